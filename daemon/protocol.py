@@ -1,0 +1,355 @@
+"""ADPT/1 codec: ZeroMQ frames <-> headers and tensors, and request validation.
+
+Contract
+--------
+* Follows PROTOCOL.md field by field; ``tests/test_protocol.py`` checks it against the
+  examples there.
+* Pure: no sockets, no I/O, no clocks. Safe to call from any thread (no shared state).
+* Zero copy: :func:`decode` and :func:`tensors_from_frames` return numpy views over the
+  received frames' buffers (read-only); :func:`encode` passes tensor buffers through
+  without copying them. A caller that keeps a decoded tensor keeps its frame alive.
+* Failure: every problem with a message raises :class:`ProtocolError` carrying the
+  protocol's error code, a one-line message and, when it could be read, the request id.
+* Units: milliseconds (``*_ms``), millijoules (``*_mj``), shares in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+SIGNATURE = b"ADPT01"
+SIGNATURE_PREFIX = b"ADPT"
+SUPPORTED_VERSIONS = ("01",)
+MAX_ID_BYTES = 128
+
+# Error codes (PROTOCOL.md §6).
+MALFORMED = "MALFORMED"
+UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+BAD_REQUEST = "BAD_REQUEST"
+BAD_CONSTRAINTS = "BAD_CONSTRAINTS"
+BAD_INPUT = "BAD_INPUT"
+TOO_LARGE = "TOO_LARGE"
+UNKNOWN_MODEL = "UNKNOWN_MODEL"
+UNKNOWN_VARIANT = "UNKNOWN_VARIANT"
+UNKNOWN_PLACEMENT = "UNKNOWN_PLACEMENT"
+INFEASIBLE = "INFEASIBLE"
+BUSY = "BUSY"
+WORKER_FAILED = "WORKER_FAILED"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+INTERNAL = "INTERNAL"
+ERROR_CODES = frozenset({
+    MALFORMED, UNSUPPORTED_VERSION, BAD_REQUEST, BAD_CONSTRAINTS, BAD_INPUT, TOO_LARGE,
+    UNKNOWN_MODEL, UNKNOWN_VARIANT, UNKNOWN_PLACEMENT, INFEASIBLE, BUSY, WORKER_FAILED,
+    SHUTTING_DOWN, INTERNAL,
+})
+# Replies with these codes are not kept for idempotent retry: a retry should run afresh.
+TRANSIENT_CODES = frozenset({BUSY, SHUTTING_DOWN, WORKER_FAILED})
+
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name)
+    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+}
+OBJECTIVES = ("latency", "energy", "accuracy")
+ON_INFEASIBLE = ("reject", "best_effort")
+CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain")
+REQUEST_TYPES = ("infer", *CONTROL_TYPES)
+
+
+class ProtocolError(Exception):
+    """A message the daemon (or client) cannot accept; maps onto one error reply."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        assert code in ERROR_CODES, code
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.details = dict(details) if details else None
+
+    def header(self) -> dict[str, Any]:
+        return error_header(self.code, self.message, self.request_id, self.details)
+
+
+# --- frames ------------------------------------------------------------------------------
+
+def _buffer(frame: Any) -> memoryview:
+    """The bytes of a received frame (zmq.Frame or bytes) without copying."""
+    buf = getattr(frame, "buffer", None)
+    return buf if buf is not None else memoryview(frame)
+
+
+def pack(header: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def encode(header: Mapping[str, Any], bodies: Sequence[Any] = ()) -> list[Any]:
+    """Frames of one ADPT message (delimiter, signature, header, bodies).
+
+    Bodies are passed through as given (numpy arrays, memoryviews, bytes or zmq Frames),
+    so a tensor's buffer reaches ZeroMQ without a copy here.
+    """
+    return [b"", SIGNATURE, pack(header), *bodies]
+
+
+def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
+    """Split an ADPT message (without the ROUTER envelope) into header and body buffers."""
+    if len(frames) < 3:
+        raise ProtocolError(MALFORMED, f"expected at least 3 frames (delimiter, signature, header), got {len(frames)}")
+    if len(_buffer(frames[0])) != 0:
+        raise ProtocolError(MALFORMED, "frame 0 must be the empty delimiter")
+    signature = bytes(_buffer(frames[1]))
+    if signature != SIGNATURE:
+        if signature.startswith(SIGNATURE_PREFIX) and len(signature) == len(SIGNATURE):
+            raise ProtocolError(
+                UNSUPPORTED_VERSION,
+                f"protocol version {signature[4:].decode('ascii', 'replace')} is not supported",
+                details={"supported": list(SUPPORTED_VERSIONS)},
+            )
+        raise ProtocolError(MALFORMED, "frame 1 is not the ADPT01 signature")
+    try:
+        header = msgpack.unpackb(_buffer(frames[2]), raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for bad input
+        raise ProtocolError(MALFORMED, f"header is not valid msgpack: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(MALFORMED, f"header must be a map, got {type(header).__name__}")
+    return header, [_buffer(f) for f in frames[3:]]
+
+
+def error_header(code: str, message: str, request_id: str | None = None,
+                 details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    header: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
+    if details:
+        header["details"] = dict(details)
+    return header
+
+
+# --- tensors -----------------------------------------------------------------------------
+
+def tensor_header(array: np.ndarray, name: str | None = None) -> dict[str, Any]:
+    header: dict[str, Any] = {"dtype": array.dtype.name, "shape": list(array.shape)}
+    if name is not None:
+        header["name"] = name
+    return header
+
+
+def tensor_body(array: np.ndarray) -> Any:
+    """A buffer for the array's bytes: the array itself when C-contiguous (no copy)."""
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.ndim else array.reshape(1)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    name: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(math.prod(self.shape)) * self.dtype.itemsize
+
+
+def parse_tensor_headers(value: Any, what: str, request_id: str | None) -> list[TensorSpec]:
+    if not isinstance(value, list):
+        raise ProtocolError(BAD_REQUEST, f"'{what}' must be an array of tensor headers", request_id)
+    specs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ProtocolError(BAD_REQUEST, f"{what}[{i}] must be a map", request_id)
+        dtype_name = item.get("dtype")
+        if dtype_name not in DTYPES:
+            raise ProtocolError(BAD_INPUT, f"{what}[{i}]: unsupported dtype {dtype_name!r}", request_id,
+                                {"supported": sorted(DTYPES)})
+        shape = item.get("shape")
+        if (not isinstance(shape, list) or len(shape) > 16
+                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
+            raise ProtocolError(BAD_INPUT, f"{what}[{i}]: shape must be an array of non-negative ints", request_id)
+        name = item.get("name")
+        specs.append(TensorSpec(DTYPES[dtype_name], tuple(shape), name if isinstance(name, str) else None))
+    return specs
+
+
+def tensors_from_frames(specs: Sequence[TensorSpec], bodies: Sequence[memoryview],
+                        request_id: str | None = None, what: str = "input") -> list[np.ndarray]:
+    """Zero-copy numpy views of the body frames, checked against their headers."""
+    if len(bodies) != len(specs):
+        raise ProtocolError(BAD_INPUT, f"{len(specs)} {what} header(s) but {len(bodies)} body frame(s)", request_id)
+    arrays = []
+    for i, (spec, body) in enumerate(zip(specs, bodies)):
+        if len(body) != spec.nbytes:
+            raise ProtocolError(
+                BAD_INPUT,
+                f"{what} {i}: body is {len(body)} bytes but dtype {spec.dtype.name} and shape "
+                f"{list(spec.shape)} need {spec.nbytes}",
+                request_id,
+            )
+        arrays.append(np.frombuffer(body, dtype=spec.dtype).reshape(spec.shape))
+    return arrays
+
+
+# --- requests ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Constraints:
+    min_accuracy: float | None = None
+    max_latency_ms: float | None = None
+    max_energy_mj: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in (("min_accuracy", self.min_accuracy),
+                                  ("max_latency_ms", self.max_latency_ms),
+                                  ("max_energy_mj", self.max_energy_mj)) if v is not None}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request header (inference, explain or another control message)."""
+
+    type: str
+    id: str
+    model: str | None = None
+    version: str | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    constraints: Constraints = field(default_factory=Constraints)
+    objective: str = "latency"
+    on_infeasible: str = "reject"
+    pin_variant: str | None = None
+    pin_placement: str | None = None
+    explain: bool = False
+    client: str | None = None
+
+
+def request_id_of(header: Mapping[str, Any]) -> str | None:
+    rid = header.get("id")
+    return rid if isinstance(rid, str) else None
+
+
+def _opt_str(header: Mapping[str, Any], key: str, rid: str) -> str | None:
+    value = header.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be a non-empty string", rid)
+    return value
+
+
+def _enum(header: Mapping[str, Any], key: str, allowed: Sequence[str], default: str, rid: str) -> str:
+    value = header.get(key, default)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {value!r}", rid)
+    return value
+
+
+def parse_constraints(value: Any, rid: str | None) -> Constraints:
+    if value is None:
+        return Constraints()
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_CONSTRAINTS, "'constraints' must be a map", rid)
+    out: dict[str, float | None] = {}
+    for key in ("min_accuracy", "max_latency_ms", "max_energy_mj"):
+        raw = value.get(key)
+        if raw is None:
+            out[key] = None
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise ProtocolError(BAD_CONSTRAINTS, f"constraint {key} must be a finite number; got {raw!r}", rid)
+        raw = float(raw)
+        if key == "min_accuracy" and not 0.0 <= raw <= 1.0:
+            raise ProtocolError(BAD_CONSTRAINTS, f"min_accuracy must be within [0, 1]; got {raw}", rid)
+        if key != "min_accuracy" and raw <= 0.0:
+            raise ProtocolError(BAD_CONSTRAINTS, f"{key} must be greater than 0; got {raw}", rid)
+        out[key] = raw
+    unknown = set(value) - {"min_accuracy", "max_latency_ms", "max_energy_mj"}
+    if unknown:
+        raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {', '.join(sorted(map(str, unknown)))}", rid)
+    return Constraints(**out)
+
+
+def parse_request(header: Mapping[str, Any]) -> Request:
+    """Validate a request header (PROTOCOL.md §4 and §7)."""
+    rid = header.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise ProtocolError(BAD_REQUEST, "'id' must be a non-empty string")
+    if len(rid.encode("utf-8")) > MAX_ID_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'id' is longer than {MAX_ID_BYTES} bytes")
+    rtype = header.get("type")
+    if rtype not in REQUEST_TYPES:
+        raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {rtype!r}", rid)
+    if rtype not in ("infer", "explain"):
+        return Request(type=rtype, id=rid)
+
+    model = header.get("model")
+    if not isinstance(model, str) or not model:
+        raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
+    version = header.get("version")
+    if version is not None and not isinstance(version, str):
+        if isinstance(version, int) and not isinstance(version, bool):
+            version = str(version)
+        else:
+            raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
+    inputs: tuple[TensorSpec, ...] = ()
+    if rtype == "infer":
+        if "inputs" not in header:
+            raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
+        inputs = tuple(parse_tensor_headers(header["inputs"], "inputs", rid))
+    pin = header.get("pin")
+    if pin is not None and not isinstance(pin, dict):
+        raise ProtocolError(BAD_REQUEST, "'pin' must be a map", rid)
+    pin = pin or {}
+    explain = header.get("explain", False)
+    if not isinstance(explain, bool):
+        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
+    return Request(
+        type=rtype,
+        id=rid,
+        model=model,
+        version=version,
+        inputs=inputs,
+        constraints=parse_constraints(header.get("constraints"), rid),
+        objective=_enum(header, "objective", OBJECTIVES, "latency", rid),
+        on_infeasible=_enum(header, "on_infeasible", ON_INFEASIBLE, "reject", rid),
+        pin_variant=_opt_str(pin, "variant", rid),
+        pin_placement=_opt_str(pin, "placement", rid),
+        explain=explain or rtype == "explain",
+        client=_opt_str(header, "client", rid),
+    )
+
+
+def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
+                   version: str | None = None, constraints: Mapping[str, float] | None = None,
+                   objective: str | None = None, on_infeasible: str | None = None,
+                   pin_variant: str | None = None, pin_placement: str | None = None,
+                   explain: bool = False, client: str | None = None,
+                   request_type: str = "infer") -> dict[str, Any]:
+    """The header of an inference (or explain) request, as a client sends it."""
+    header: dict[str, Any] = {"type": request_type, "id": request_id, "model": model}
+    if request_type == "infer":
+        header["inputs"] = [tensor_header(a) for a in inputs]
+    if version is not None:
+        header["version"] = version
+    if constraints:
+        header["constraints"] = {k: float(v) for k, v in constraints.items() if v is not None}
+    if objective is not None:
+        header["objective"] = objective
+    if on_infeasible is not None:
+        header["on_infeasible"] = on_infeasible
+    pin = {k: v for k, v in (("variant", pin_variant), ("placement", pin_placement)) if v is not None}
+    if pin:
+        header["pin"] = pin
+    if explain:
+        header["explain"] = True
+    if client is not None:
+        header["client"] = client
+    return header

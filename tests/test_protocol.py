@@ -1,0 +1,139 @@
+"""The codec against PROTOCOL.md: the spec's examples are parsed and checked here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from adaptd.daemon import protocol as p
+
+SPEC = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
+
+
+def spec_examples() -> dict[str, dict]:
+    text = SPEC.read_text(encoding="utf-8")
+    blocks = re.findall(r"```json example:(\w+)\n(.*?)```", text, flags=re.S)
+    return {name: json.loads(body) for name, body in blocks}
+
+
+def test_spec_has_every_example():
+    assert set(spec_examples()) == {"request", "result", "error", "control", "ok"}
+
+
+def test_spec_request_example_parses_with_its_body():
+    header = spec_examples()["request"]
+    image = np.zeros((1, 16, 16, 1), np.float32)
+    frames = p.encode(header, [p.tensor_body(image)])
+    decoded, bodies = p.decode([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
+    req = p.parse_request(decoded)
+    assert req.type == "infer" and req.id == "6f1c2a" and req.model == "digits"
+    assert req.constraints == p.Constraints(min_accuracy=0.95, max_latency_ms=5.0)
+    assert req.objective == "energy" and req.on_infeasible == "best_effort"
+    (tensor,) = p.tensors_from_frames(req.inputs, bodies)
+    assert tensor.shape == (1, 16, 16, 1) and tensor.dtype == np.float32
+    assert len(bodies[0]) == 1024  # as the spec says
+
+
+def test_spec_result_and_error_examples_use_documented_fields():
+    ex = spec_examples()
+    result = ex["result"]
+    assert set(result["timing"]) == {"queue_ms", "compute_ms", "total_ms"}
+    assert result["energy"]["estimated"] == result["energy"]["source"].startswith("estimated")
+    (out,) = p.parse_tensor_headers(result["outputs"], "outputs", result["id"])
+    assert out.nbytes == 40  # "one body frame of 40 bytes"
+    assert ex["error"]["code"] in p.ERROR_CODES
+    assert ex["ok"]["of"] == ex["control"]["type"] and ex["ok"]["id"] == ex["control"]["id"]
+    assert p.parse_request(ex["control"]).type == "health"
+
+
+def test_every_error_code_is_documented():
+    text = SPEC.read_text(encoding="utf-8")
+    for code in p.ERROR_CODES:
+        assert f"`{code}`" in text, code
+
+
+def test_tensor_body_is_not_copied():
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frames = p.encode({"type": "x"}, [p.tensor_body(arr)])
+    assert frames[3] is arr
+
+
+def test_tensors_are_views_over_the_frames():
+    body = bytearray(np.arange(4, dtype=np.int32).tobytes())
+    (t,) = p.tensors_from_frames([p.TensorSpec(np.dtype("int32"), (4,))], [memoryview(body)])
+    body[0:4] = np.int32(7).tobytes()
+    assert t[0] == 7
+
+
+@pytest.mark.parametrize(
+    "frames, code",
+    [
+        ([b"", p.SIGNATURE], p.MALFORMED),
+        ([b"x", p.SIGNATURE, msgpack.packb({})], p.MALFORMED),
+        ([b"", b"HTTP/1", msgpack.packb({})], p.MALFORMED),
+        ([b"", b"ADPT02", msgpack.packb({})], p.UNSUPPORTED_VERSION),
+        ([b"", p.SIGNATURE, b"\xc1\xc1"], p.MALFORMED),
+        ([b"", p.SIGNATURE, msgpack.packb([1, 2])], p.MALFORMED),
+    ],
+)
+def test_malformed_frames(frames, code):
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(frames)
+    assert info.value.code == code
+
+
+GOOD = {"type": "infer", "id": "a", "model": "m", "inputs": [{"dtype": "float32", "shape": [1, 2]}]}
+
+
+@pytest.mark.parametrize(
+    "patch, code",
+    [
+        ({"id": None}, p.BAD_REQUEST),
+        ({"id": "x" * 200}, p.BAD_REQUEST),
+        ({"type": "dance"}, p.BAD_REQUEST),
+        ({"model": 3}, p.BAD_REQUEST),
+        ({"inputs": None}, p.BAD_REQUEST),
+        ({"inputs": [{"dtype": "complex64", "shape": [1]}]}, p.BAD_INPUT),
+        ({"inputs": [{"dtype": "float32", "shape": [-1]}]}, p.BAD_INPUT),
+        ({"objective": "cheapness"}, p.BAD_REQUEST),
+        ({"on_infeasible": "maybe"}, p.BAD_REQUEST),
+        ({"constraints": {"min_accuracy": 1.5}}, p.BAD_CONSTRAINTS),
+        ({"constraints": {"max_latency_ms": -1}}, p.BAD_CONSTRAINTS),
+        ({"constraints": {"max_energy_mj": float("nan")}}, p.BAD_CONSTRAINTS),
+        ({"constraints": {"max_latency_ms": "fast"}}, p.BAD_CONSTRAINTS),
+        ({"constraints": {"max_power": 3}}, p.BAD_CONSTRAINTS),
+        ({"pin": "int8"}, p.BAD_REQUEST),
+        ({"explain": "yes"}, p.BAD_REQUEST),
+    ],
+)
+def test_bad_requests(patch, code):
+    header = {**GOOD, **patch}
+    if patch.get("inputs", 0) is None:
+        del header["inputs"]
+    with pytest.raises(p.ProtocolError) as info:
+        p.parse_request(header)
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_body_size_mismatch_is_bad_input():
+    spec = p.TensorSpec(np.dtype("float32"), (1, 4))
+    with pytest.raises(p.ProtocolError) as info:
+        p.tensors_from_frames([spec], [memoryview(b"\0" * 15)], "r")
+    assert info.value.code == p.BAD_INPUT and "16" in info.value.message
+    with pytest.raises(p.ProtocolError):
+        p.tensors_from_frames([spec], [], "r")
+
+
+def test_request_header_round_trip():
+    x = np.ones((1, 2), np.float32)
+    header = p.request_header("r1", "m", [x], version="2", constraints={"max_latency_ms": 3},
+                              objective="energy", pin_variant="float16", explain=True)
+    req = p.parse_request(msgpack.unpackb(p.pack(header)))
+    assert req.version == "2" and req.constraints.max_latency_ms == 3.0
+    assert req.pin_variant == "float16" and req.pin_placement is None and req.explain
