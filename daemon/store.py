@@ -1,0 +1,458 @@
+"""The selection store: every decision, durable in SQLite and live on a ZeroMQ PUB socket.
+
+Contract
+--------
+* Lifecycle: ``SelectionStore(config, path, pub_endpoints)`` is cheap (no I/O) ->
+  :meth:`~SelectionStore.start` opens the database (creating it and its schema), binds the
+  PUB endpoints and starts the writer thread; it raises (``sqlite3.Error``, ``zmq.ZMQError``,
+  ``OSError``) if either fails, and then nothing is left running -> :meth:`submit` any
+  number of times -> :meth:`close` commits every record submitted before it, closes the PUB
+  socket and joins the writer. ``close`` is idempotent; no restart after close.
+* Threads: :meth:`submit` is called from ONE thread, the daemon's main loop, on the request
+  path. It is O(1) and never blocks or does I/O: it appends to a ``collections.deque`` and
+  sets an event. Everything else (SQLite, the PUB socket, retention) happens in the writer
+  thread, which alone owns the connection and the socket (ZeroMQ sockets are not
+  thread-safe). :meth:`describe` may be called from any thread (it reads counters).
+* Durability: records are inserted in batches, one transaction per batch. A record is
+  committed at most ``flush_interval_s`` after its ``submit`` (default 0.5 s; the writer
+  sleeps at most half the interval between batches and at least ``min_batch_gap_s``). The
+  database runs in WAL mode. With ``synchronous = "NORMAL"`` (the default) a commit is
+  written to the WAL file, i.e. into the operating system's page cache, before ``COMMIT``
+  returns, but not fsynced: a process killed with SIGKILL loses nothing committed (the
+  kernel still holds and later writes those pages; ``tests/test_store.py`` kills a real
+  child to check), while a *power loss* may lose the last commits. Set
+  ``synchronous = "FULL"`` to fsync every batch and survive power loss too, at the cost of
+  one fsync per batch.
+* Publishing: as the writer dequeues a record it publishes it on PUB with the frames of
+  PROTOCOL.md §9: ``[b"sel.<model>", b"ADPT01", msgpack(record)]``. The stream is best
+  effort (a slow subscriber loses messages); the database is the durable record.
+* Retention: every ``retention_interval_s`` the writer deletes rows older than
+  ``retention_days`` and then the oldest rows beyond ``retention_max_rows``; ``None`` turns
+  either rule off.
+* Failure: a batch whose insert fails is retried on the next wake-up; after three failed
+  attempts its records are counted in ``dropped`` (reported by :meth:`describe`, and logged)
+  rather than blocking the daemon. In normal operation ``dropped`` is 0.
+* Units: ``ts`` is Unix time in seconds; ``*_ms`` milliseconds; ``*_mj`` millijoules;
+  accuracy a share in [0, 1]. Booleans are stored as 0/1 and read back as ``bool``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from adaptd.daemon.protocol import SIGNATURE
+
+log = logging.getLogger("adaptd.store")
+
+SCHEMA_VERSION = 1
+
+# One column per PROTOCOL.md §9.1 field, in the spec's order: (name, SQL type).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts", "REAL NOT NULL"),
+    ("request_id", "TEXT"),
+    ("client", "TEXT"),
+    ("model", "TEXT"),
+    ("version", "TEXT"),
+    ("objective", "TEXT"),
+    ("on_infeasible", "TEXT"),
+    ("min_accuracy", "REAL"),
+    ("max_latency_ms", "REAL"),
+    ("max_energy_mj", "REAL"),
+    ("outcome", "TEXT"),
+    ("error_code", "TEXT"),
+    ("variant", "TEXT"),
+    ("placement", "TEXT"),
+    ("reason_code", "TEXT"),
+    ("reason", "TEXT"),
+    ("predicted_latency_ms", "REAL"),
+    ("predicted_latency_bound_ms", "REAL"),
+    ("predicted_queue_ms", "REAL"),
+    ("predicted_energy_mj", "REAL"),
+    ("predicted_accuracy", "REAL"),
+    ("queue_ms", "REAL"),
+    ("compute_ms", "REAL"),
+    ("total_ms", "REAL"),
+    ("energy_mj", "REAL"),
+    ("energy_source", "TEXT"),
+    ("energy_estimated", "INTEGER"),
+    ("met_accuracy", "INTEGER"),
+    ("met_latency", "INTEGER"),
+    ("met_energy", "INTEGER"),
+    ("met", "INTEGER"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+BOOL_COLUMNS = frozenset({"energy_estimated", "met_accuracy", "met_latency", "met_energy", "met"})
+
+SCHEMA_SQL = (
+    "CREATE TABLE IF NOT EXISTS selections (\n    id INTEGER PRIMARY KEY,\n    "
+    + ",\n    ".join(f"{name} {sqltype}" for name, sqltype in COLUMNS)
+    + "\n);\n"
+    "CREATE INDEX IF NOT EXISTS selections_ts ON selections (ts);\n"
+    "CREATE INDEX IF NOT EXISTS selections_model_ts ON selections (model, ts);\n"
+)
+_INSERT_SQL = (f"INSERT INTO selections ({', '.join(COLUMN_NAMES)}) "
+               f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})")
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The ``[store]`` table of the daemon's TOML configuration."""
+
+    path: str = "selections.sqlite3"        # relative paths: resolved by the daemon against its state dir
+    flush_interval_s: float = 0.5           # a submitted record is committed within this
+    retention_days: float | None = 30.0     # None: keep forever
+    retention_max_rows: int | None = 1_000_000  # None: no row limit
+    publish: bool = True                    # publish each record on the PUB socket
+    retention_interval_s: float = 60.0      # how often the writer applies retention
+    synchronous: str = "NORMAL"             # SQLite synchronous: NORMAL survives SIGKILL, FULL power loss
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"[store] {key}: {why}")
+
+        if not isinstance(self.path, str) or not self.path:
+            raise bad("path", f"must be a non-empty string, got {self.path!r}")
+        for key in ("flush_interval_s", "retention_interval_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise bad(key, f"must be a finite number of seconds > 0, got {v!r}")
+        if self.flush_interval_s > 3600:
+            raise bad("flush_interval_s", f"must be at most 3600 s, got {self.flush_interval_s}")
+        v = self.retention_days
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v) or v <= 0):
+            raise bad("retention_days", f"must be a number of days > 0 (or absent for no limit), got {v!r}")
+        v = self.retention_max_rows
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise bad("retention_max_rows", f"must be an integer > 0 (or absent for no limit), got {v!r}")
+        if not isinstance(self.publish, bool):
+            raise bad("publish", f"must be true or false, got {self.publish!r}")
+        if not isinstance(self.synchronous, str) or self.synchronous.upper() not in _SYNCHRONOUS:
+            raise bad("synchronous", f"must be one of {', '.join(_SYNCHRONOUS)}, got {self.synchronous!r}")
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any]) -> StoreConfig:
+        """Validate a ``[store]`` table; ``ValueError`` names the first bad key.
+
+        TOML has no null: ``retention_days = 0`` / ``retention_max_rows = 0`` or the strings
+        ``"none"``/``"off"`` turn a retention rule off.
+        """
+        if not isinstance(table, Mapping):
+            raise ValueError(f"[store] must be a table, got {type(table).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ValueError(f"[store] unknown key(s): {', '.join(map(str, unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+        values = dict(table)
+        for key in ("retention_days", "retention_max_rows"):
+            v = values.get(key)
+            if (isinstance(v, str) and v.lower() in ("none", "off")) or (
+                    not isinstance(v, bool) and isinstance(v, (int, float)) and v == 0):
+                values[key] = None
+        if isinstance(values.get("flush_interval_s"), int) and not isinstance(values["flush_interval_s"], bool):
+            values["flush_interval_s"] = float(values["flush_interval_s"])
+        return cls(**values)
+
+
+def _cell(name: str, value: Any) -> Any:
+    """A record value as SQLite stores it: scalars as is, bools as 0/1, the rest as JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if name == "reason" and isinstance(value, Mapping):  # the reply's {code, text} map
+        return str(value.get("text", ""))
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def record_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A §9.1 record as a row of ``selections`` (unknown keys ignored, missing ones NULL)."""
+    row = [_cell(name, record.get(name)) for name in COLUMN_NAMES]
+    if row[0] is None:
+        row[0] = time.time()
+    return tuple(row)
+
+
+def _row_record(row: Sequence[Any]) -> dict[str, Any]:
+    record = dict(zip(COLUMN_NAMES, row))
+    for name in BOOL_COLUMNS:
+        if record[name] is not None:
+            record[name] = bool(record[name])
+    return record
+
+
+def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (creating if needed) a store for writing: WAL mode, schema in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise sqlite3.OperationalError(f"{path}: cannot switch to WAL mode (got {mode!r})")
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        conn.close()
+        raise sqlite3.OperationalError(
+            f"{path}: selection store schema version {version}; this adaptd writes version {SCHEMA_VERSION}")
+    conn.executescript(SCHEMA_SQL)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+class SelectionStore:
+    """Durable, batched record of every selection, also published live (see module docstring)."""
+
+    _MAX_ATTEMPTS = 3
+
+    def __init__(self, config: StoreConfig, path: Path, pub_endpoints: Sequence[str] = (),
+                 context: zmq.Context | None = None, *, min_batch_gap_s: float = 0.02,
+                 clock: Any = time.time) -> None:
+        self.config = config
+        self.path = Path(path)
+        self.pub_endpoints = tuple(pub_endpoints) if config.publish else ()
+        self._context = context
+        self._clock = clock
+        # The writer sleeps at most half the flush interval, so a record waits at most that
+        # plus one batch's insert; at least min_batch_gap_s, to batch under heavy load.
+        self._max_sleep_s = config.flush_interval_s / 2.0
+        self._min_gap_s = min(min_batch_gap_s, self._max_sleep_s)
+        self._queue: collections.deque[Mapping[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_error: BaseException | None = None
+        self._closed = False
+        # counters (written by the writer thread, read anywhere)
+        self.rows_written = 0
+        self.published = 0
+        self.dropped = 0
+        self.batches = 0
+        self.last_flush_ts: float | None = None
+        self.last_error: str | None = None
+        self.retention_deleted = 0
+
+    # --- request path ---------------------------------------------------------------------
+
+    def submit(self, record: Mapping[str, Any]) -> None:
+        """Queue one §9.1 selection record. O(1), no I/O, never blocks."""
+        self._queue.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None or self._closed:
+            raise RuntimeError("SelectionStore.start() called twice or after close()")
+        self._thread = threading.Thread(target=self._run, name="adaptd-store", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            self._closed = True
+            raise self._start_error
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> SelectionStore:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "rows_written": self.rows_written,
+            "pending": len(self._queue),
+            "batches": self.batches,
+            "last_flush_ts": self.last_flush_ts,
+            "published": self.published,
+            "pub_endpoints": list(self.pub_endpoints),
+            "dropped": self.dropped,
+            "retention_deleted": self.retention_deleted,
+            "flush_interval_s": self.config.flush_interval_s,
+            "synchronous": self.config.synchronous.upper(),
+            "last_error": self.last_error,
+        }
+
+    # --- writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        pub: zmq.Socket | None = None
+        try:
+            conn = connect(self.path, synchronous=self.config.synchronous)
+            if self.pub_endpoints:
+                ctx = self._context or zmq.Context.instance()
+                pub = ctx.socket(zmq.PUB)
+                pub.setsockopt(zmq.LINGER, 0)
+                pub.setsockopt(zmq.SNDHWM, 10_000)
+                for endpoint in self.pub_endpoints:
+                    pub.bind(endpoint)
+        except BaseException as exc:  # reported to start()'s caller
+            self._start_error = exc
+            if pub is not None:
+                pub.close(0)
+            if conn is not None:
+                conn.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._apply_retention(conn)   # once at start, then every retention_interval_s
+            self._loop(conn, pub)
+        finally:
+            if pub is not None:
+                pub.close(0)
+            conn.close()
+
+    def _loop(self, conn: sqlite3.Connection, pub: zmq.Socket | None) -> None:
+        pending: list[tuple[Any, ...]] = []   # rows dequeued (and published) but not committed
+        attempts = 0
+        next_retention = time.monotonic() + self.config.retention_interval_s
+        last_batch = 0.0
+        while True:
+            stopping = self._stop.is_set()
+            if not stopping:
+                self._wake.wait(self._max_sleep_s)
+                # Coalesce bursts into one transaction, but never past the flush deadline.
+                gap = self._min_gap_s - (time.monotonic() - last_batch)
+                if gap > 0:
+                    self._stop.wait(gap)
+                self._wake.clear()
+            while self._queue:
+                record = self._queue.popleft()
+                if pub is not None:
+                    self._publish(pub, record)
+                pending.append(record_row(record))
+            if pending:
+                try:
+                    with conn:  # one transaction per batch
+                        conn.execute("BEGIN")
+                        conn.executemany(_INSERT_SQL, pending)
+                except sqlite3.Error as exc:
+                    attempts += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("selection store: batch of %d failed (attempt %d): %s",
+                              len(pending), attempts, exc)
+                    if attempts >= self._MAX_ATTEMPTS or stopping:
+                        self.dropped += len(pending)
+                        pending = []
+                        attempts = 0
+                else:
+                    self.rows_written += len(pending)
+                    self.batches += 1
+                    self.last_flush_ts = self._clock()
+                    pending = []
+                    attempts = 0
+                last_batch = time.monotonic()
+            if time.monotonic() >= next_retention and not stopping:
+                self._apply_retention(conn)
+                next_retention = time.monotonic() + self.config.retention_interval_s
+            if stopping and not self._queue:
+                return
+
+    def _publish(self, pub: zmq.Socket, record: Mapping[str, Any]) -> None:
+        model = record.get("model") or ""
+        try:
+            pub.send_multipart([f"sel.{model}".encode(), SIGNATURE,
+                                msgpack.packb(dict(record), use_bin_type=True, default=str)],
+                               flags=zmq.NOBLOCK)
+            self.published += 1
+        except zmq.Again:  # PUB drops for slow subscribers: best effort by design
+            pass
+        except (zmq.ZMQError, TypeError, ValueError) as exc:
+            self.last_error = f"publish: {exc}"
+
+    def _apply_retention(self, conn: sqlite3.Connection) -> None:
+        try:
+            deleted = 0
+            with conn:
+                conn.execute("BEGIN")
+                if self.config.retention_days is not None:
+                    cutoff = self._clock() - self.config.retention_days * 86400.0
+                    deleted += conn.execute("DELETE FROM selections WHERE ts < ?", (cutoff,)).rowcount
+                if self.config.retention_max_rows is not None:
+                    count = conn.execute("SELECT COUNT(*) FROM selections").fetchone()[0]
+                    excess = count - self.config.retention_max_rows
+                    if excess > 0:
+                        deleted += conn.execute(
+                            "DELETE FROM selections WHERE id IN "
+                            "(SELECT id FROM selections ORDER BY ts ASC, id ASC LIMIT ?)", (excess,)).rowcount
+            self.retention_deleted += max(deleted, 0)
+        except sqlite3.Error as exc:
+            self.last_error = f"retention: {exc}"
+            log.error("selection store: retention failed: %s", exc)
+
+
+# --- readers (export, report) ---------------------------------------------------------------
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a store (which may be in use by a running daemon)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"selection store {path} does not exist")
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def read_selections(path: Path, since: float | None = None, model: str | None = None,
+                    until: float | None = None) -> Iterator[dict[str, Any]]:
+    """Selection records (§9.1 dicts) ordered by time; ``since``/``until`` are Unix seconds."""
+    where, params = [], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(float(since))
+    if until is not None:
+        where.append("ts < ?")
+        params.append(float(until))
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    sql = f"SELECT {', '.join(COLUMN_NAMES)} FROM selections"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY ts, id"
+    conn = open_readonly(path)
+    try:
+        for row in conn.execute(sql, params):
+            yield _row_record(row)
+    finally:
+        conn.close()
