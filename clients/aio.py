@@ -1,0 +1,185 @@
+"""The asyncio adaptd client: many requests outstanding on one DEALER socket.
+
+Contract
+--------
+* Same API as :class:`adaptd.clients.client.Client`, with ``async def``; same results,
+  exceptions, timeouts and retry rule (after a timeout the same frames are sent again under
+  the same id, at most ``retries`` times, then ``RequestTimeout``).
+* Lifecycle: construct anywhere; the socket is created and a reader task started on the
+  first request, inside the running event loop, and both belong to that loop. ``await
+  close()`` (or ``async with``) cancels the reader and fails any request still waiting with
+  ``RuntimeError``.
+* Concurrency: any number of coroutines of the one loop may call it at once; replies, in any
+  order, are routed to the waiting call by request id. Not thread-safe (one event loop).
+  Two concurrent calls with the same explicit ``request_id`` are refused (``ValueError``).
+  Replies for ids nobody waits for any more are discarded and counted in ``stale_replies``.
+* Zero copy as in the synchronous client: inputs go out with ``copy=False``; outputs are
+  numpy views over the reply frames (no copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from adaptd.clients.client import (
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, body_from_reply, control_message,
+    default_endpoint, infer_message, new_request_id, reply_id, result_from_reply,
+)
+from adaptd.clients.errors import RequestTimeout, error_from_header
+
+
+class AsyncClient:
+    def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
+                 retries: int = DEFAULT_RETRIES, context: zmq.asyncio.Context | None = None,
+                 name: str | None = None) -> None:
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_ms = float(timeout_ms)
+        self.retries = int(retries)
+        self.name = name
+        self.stale_replies = 0
+        self.retried = 0
+        self._context = context
+        self._socket: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task | None = None
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _ensure_open(self) -> zmq.asyncio.Socket:
+        if self._closed:
+            raise RuntimeError("client is closed")
+        if self._socket is None:
+            ctx = self._context or zmq.asyncio.Context.instance()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._socket = sock
+            self._reader = asyncio.get_running_loop().create_task(self._read_replies())
+        return self._socket
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError("client closed while the request was waiting"))
+        self._waiting.clear()
+        if self._socket is not None:
+            self._socket.close(0)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _read_replies(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart(copy=False)
+            rid, header, bodies = reply_id(frames)
+            if header is None:
+                continue   # undecodable: nobody can be told; the waiting call will time out
+            fut = self._waiting.get(rid) if rid is not None else None
+            if fut is None:
+                if rid is None and header.get("type") == "error":
+                    # The daemon could not read an id: fail every waiting call rather than hang.
+                    for f in self._waiting.values():
+                        if not f.done():
+                            f.set_exception(error_from_header(header))
+                else:
+                    self.stale_replies += 1
+                continue
+            if not fut.done():
+                fut.set_result((header, bodies))
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def infer(self, model: str, inputs: Any, *, version: str | None = None,
+                    min_accuracy: float | None = None, max_latency_ms: float | None = None,
+                    max_energy_mj: float | None = None, objective: str = "latency",
+                    on_infeasible: str = "reject", variant: str | None = None,
+                    placement: str | None = None, explain: bool = False, request_id: str | None = None,
+                    timeout_ms: float | None = None) -> InferResult:
+        rid = request_id or new_request_id()
+        frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
+                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
+                               objective=objective, on_infeasible=on_infeasible, variant=variant,
+                               placement=placement, explain=explain, client=self.name)
+        started = time.perf_counter()
+        header, bodies = await self._roundtrip(rid, frames, timeout_ms)
+        return result_from_reply(header, bodies, started)
+
+    async def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
+                      max_latency_ms: float | None = None, max_energy_mj: float | None = None,
+                      objective: str = "latency", on_infeasible: str = "reject",
+                      variant: str | None = None, placement: str | None = None,
+                      request_id: str | None = None, timeout_ms: float | None = None) -> Explanation:
+        rid = request_id or new_request_id()
+        frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
+                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
+                               objective=objective, on_infeasible=on_infeasible, variant=variant,
+                               placement=placement, client=self.name, request_type="explain")
+        header, _ = await self._roundtrip(rid, frames, timeout_ms)
+        return Explanation.from_body(body_from_reply(header, "explain"))
+
+    async def models(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return await self._control("models", timeout_ms)
+
+    async def placements(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return await self._control("placements", timeout_ms)
+
+    async def stats(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return await self._control("stats", timeout_ms)
+
+    async def health(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return await self._control("health", timeout_ms)
+
+    async def reload(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return await self._control("reload", timeout_ms)
+
+    async def _control(self, request_type: str, timeout_ms: float | None) -> dict[str, Any]:
+        rid = new_request_id()
+        header, _ = await self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
+        return body_from_reply(header, request_type)
+
+    async def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None):
+        sock = self._ensure_open()
+        if rid in self._waiting:
+            raise ValueError(f"request id {rid!r} is already outstanding on this client")
+        timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.retried += 1
+                try:
+                    await asyncio.wait_for(sock.send_multipart(frames, copy=False), timeout_s)
+                    return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+                except asyncio.TimeoutError:
+                    continue
+            attempts = self.retries + 1
+            raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
+                                 f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
+        finally:
+            self._waiting.pop(rid, None)
+            if not fut.done():
+                fut.cancel()

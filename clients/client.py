@@ -1,0 +1,432 @@
+"""The synchronous adaptd client, and what it shares with the asyncio one (``aio.py``).
+
+Contract
+--------
+* Lifecycle: ``Client(endpoint)`` creates one ``DEALER`` socket and connects it (ZeroMQ
+  connects lazily: constructing a client never fails because the daemon is not up yet);
+  :meth:`Client.close` (or ``with Client() as c:``) closes it. No use after close.
+* Threads: a ``Client`` may be shared between threads; calls are serialised by a lock
+  (one request outstanding at a time). For many concurrent requests use
+  :class:`adaptd.clients.aio.AsyncClient`, or one ``Client`` per thread.
+* Replies are matched by request id. A reply for an id the client no longer waits for (the
+  late answer to a request that timed out, then succeeded on retry) is discarded and counted
+  in ``stale_replies``.
+* Timeouts and retries: each attempt waits ``timeout_ms``; after a timeout the *same*
+  message is sent again with the *same* id, at most ``retries`` times, so the daemon runs it
+  at most once (PROTOCOL.md §8). Then :class:`~adaptd.clients.errors.RequestTimeout`. Error
+  replies are never retried by the client; ``BUSY``, ``WORKER_FAILED`` and ``SHUTTING_DOWN``
+  raise a :class:`~adaptd.clients.errors.TransientError` the caller may retry.
+* Zero copy: input arrays are sent as their own frames with ``copy=False`` (pyzmq still
+  copies frames under its 64 KiB threshold, where copying is cheaper). Do not modify an input
+  array while its request is in flight. Outputs are numpy views over the reply frames
+  (``np.frombuffer``, no copy); ``np.array(out)`` gives an independent copy.
+* Units: ``*_ms`` milliseconds, ``*_mj`` millijoules, accuracy a share in [0, 1]. Energy
+  that was estimated (no power sensor) has ``Energy.estimated`` true and a ``source``
+  starting with ``estimated``; present it as an estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from adaptd.clients.errors import AdaptdError, ReplyError, RequestTimeout, error_from_header
+from adaptd.daemon import protocol as p
+
+ENDPOINT_ENV = "ADAPTD_ENDPOINT"
+PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
+DEFAULT_TIMEOUT_MS = 30_000.0
+DEFAULT_RETRIES = 2
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+def default_runtime_dir() -> Path:
+    """Where a daemon run by hand keeps its sockets: ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "adaptd"
+    return Path(f"/tmp/adaptd-{os.getuid()}")
+
+
+def default_endpoint() -> str:
+    """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default ipc socket."""
+    return os.environ.get(ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / 'adaptd.sock'}"
+
+
+def default_pub_endpoint() -> str:
+    """The selection stream: ``$ADAPTD_PUB_ENDPOINT``, else the daemon's default ipc socket."""
+    return os.environ.get(PUB_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / 'adaptd-selections.sock'}"
+
+
+# --- results -----------------------------------------------------------------------------------
+
+def _f(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_ms: float | None
+    compute_ms: float | None
+    total_ms: float | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Timing:
+        d = d or {}
+        return cls(_f(d.get("queue_ms")), _f(d.get("compute_ms")), _f(d.get("total_ms")))
+
+
+@dataclass(frozen=True)
+class Energy:
+    """Energy of one execution, idle power deducted. ``estimated``: from a power model, not a sensor."""
+
+    energy_mj: float | None
+    source: str | None
+    estimated: bool
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Energy:
+        d = d or {}
+        source = d.get("source") if isinstance(d.get("source"), str) else None
+        estimated = bool(d.get("estimated")) or (source or "").startswith("estimated")
+        return cls(_f(d.get("energy_mj")), source, estimated)
+
+    def describe(self) -> str:
+        if self.energy_mj is None:
+            return "n/a"
+        return f"{self.energy_mj:.3f} mJ ({'estimated' if self.estimated else 'measured'}, {self.source})"
+
+
+@dataclass(frozen=True)
+class Predicted:
+    latency_ms: float | None = None
+    latency_bound_ms: float | None = None
+    queue_ms: float | None = None
+    energy_mj: float | None = None
+    energy_estimated: bool = False
+    accuracy: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Predicted:
+        d = d or {}
+        return cls(_f(d.get("latency_ms")), _f(d.get("latency_bound_ms")), _f(d.get("queue_ms")),
+                   _f(d.get("energy_mj")), bool(d.get("energy_estimated")), _f(d.get("accuracy")))
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+    @classmethod
+    def from_value(cls, value: Any) -> Reason:
+        if isinstance(value, Mapping):
+            return cls(str(value.get("code", "")), str(value.get("text", "")))
+        return cls(str(value or ""), "")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the daemon chose for one request, what it predicted and what it measured."""
+
+    model: str
+    version: str | None
+    variant: str
+    placement: str
+    timing: Timing
+    energy: Energy
+    predicted: Predicted
+    constraints_met: dict[str, bool]
+    met: bool
+    reason: Reason
+    replayed: bool = False
+    alternatives: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def from_header(cls, h: Mapping[str, Any]) -> Selection:
+        try:
+            return cls(
+                model=str(h["model"]), version=None if h.get("version") is None else str(h["version"]),
+                variant=str(h["variant"]), placement=str(h["placement"]),
+                timing=Timing.from_dict(h.get("timing")), energy=Energy.from_dict(h.get("energy")),
+                predicted=Predicted.from_dict(h.get("predicted")),
+                constraints_met={str(k): bool(v) for k, v in (h.get("constraints_met") or {}).items()},
+                met=bool(h.get("met", True)), reason=Reason.from_value(h.get("reason")),
+                replayed=bool(h.get("replayed", False)), alternatives=h.get("alternatives"),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ReplyError(f"result reply lacks a valid field: {exc}", request_id=h.get("id")) from None
+
+
+@dataclass(frozen=True)
+class InferResult:
+    request_id: str
+    outputs: list[np.ndarray]
+    selection: Selection
+    client_ms: float          # as the client saw it: first send to reply, retries included
+    header: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The daemon's dry-run decision (PROTOCOL.md §7.6); nothing ran."""
+
+    feasible: bool
+    variant: str | None
+    placement: str | None
+    reason: Reason
+    predicted: Predicted
+    predicted_met: dict[str, bool]
+    violations: dict[str, Any]
+    alternatives: list[dict[str, Any]]
+    body: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_body(cls, b: Mapping[str, Any]) -> Explanation:
+        return cls(
+            feasible=bool(b.get("feasible", b.get("placement") is not None)),
+            variant=b.get("variant"), placement=b.get("placement"),
+            reason=Reason.from_value(b.get("reason")), predicted=Predicted.from_dict(b.get("predicted")),
+            predicted_met={str(k): bool(v) for k, v in (b.get("predicted_met") or {}).items()},
+            violations=dict(b.get("violations") or {}), alternatives=list(b.get("alternatives") or []),
+            body=dict(b),
+        )
+
+
+# --- request building and reply parsing (shared with aio.py) -----------------------------------
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def as_input_arrays(inputs: Any) -> list[np.ndarray]:
+    """One array or a sequence of arrays -> C-contiguous arrays; float64 becomes float32."""
+    if isinstance(inputs, np.ndarray):
+        arrays = [inputs]
+    elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
+        arrays = [np.asarray(a) for a in inputs]
+    else:
+        arrays = [np.asarray(inputs)]
+    out = []
+    for a in arrays:
+        if a.dtype == np.float64:
+            a = a.astype(np.float32)
+        if a.dtype.name not in p.DTYPES:
+            raise ValueError(f"dtype {a.dtype} cannot be sent; supported: {', '.join(p.DTYPES)}")
+        out.append(p.tensor_body(a))
+    return out
+
+
+def constraints_dict(min_accuracy: float | None, max_latency_ms: float | None,
+                     max_energy_mj: float | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (("min_accuracy", min_accuracy), ("max_latency_ms", max_latency_ms),
+                                     ("max_energy_mj", max_energy_mj)) if v is not None}
+
+
+def infer_message(request_id: str, model: str, inputs: Any, *, version: str | None = None,
+                  min_accuracy: float | None = None, max_latency_ms: float | None = None,
+                  max_energy_mj: float | None = None, objective: str = "latency",
+                  on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
+                  explain: bool = False, client: str | None = None,
+                  request_type: str = "infer") -> list[Any]:
+    """The frames of an inference (or explain) request; bodies are the arrays themselves."""
+    arrays = as_input_arrays(inputs) if request_type == "infer" else []
+    header = p.request_header(
+        request_id, model, arrays, version=version,
+        constraints=constraints_dict(min_accuracy, max_latency_ms, max_energy_mj),
+        objective=objective, on_infeasible=on_infeasible, pin_variant=variant, pin_placement=placement,
+        explain=explain, client=client, request_type=request_type)
+    return p.encode(header, arrays)
+
+
+def control_message(request_id: str, request_type: str) -> list[Any]:
+    return p.encode({"type": request_type, "id": request_id})
+
+
+def reply_id(frames: Sequence[Any]) -> tuple[str | None, dict[str, Any] | None, list[memoryview]]:
+    """(id, header, bodies) of a reply; (None, None, []) if it cannot be decoded at all."""
+    try:
+        header, bodies = p.decode(frames)
+    except p.ProtocolError:
+        return None, None, []
+    return p.request_id_of(header), header, bodies
+
+
+def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], started: float) -> InferResult:
+    kind = header.get("type")
+    if kind == "error":
+        raise error_from_header(header)
+    rid = str(header.get("id"))
+    if kind != "result":
+        raise ReplyError(f"expected a 'result' reply, got {kind!r}", request_id=rid)
+    try:
+        specs = p.parse_tensor_headers(header.get("outputs"), "outputs", rid)
+        outputs = p.tensors_from_frames(specs, bodies, rid, what="output")
+    except p.ProtocolError as exc:
+        raise ReplyError(f"reply outputs: {exc.message}", request_id=rid) from None
+    return InferResult(rid, outputs, Selection.from_header(header),
+                       (time.perf_counter() - started) * 1e3, dict(header))
+
+
+def body_from_reply(header: Mapping[str, Any], of: str) -> dict[str, Any]:
+    kind = header.get("type")
+    if kind == "error":
+        raise error_from_header(header)
+    if kind != "ok" or not isinstance(header.get("body"), Mapping):
+        raise ReplyError(f"expected an 'ok' reply with a body to {of!r}, got {kind!r}",
+                         request_id=p.request_id_of(header))
+    return dict(header["body"])
+
+
+def new_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+# --- the synchronous client ----------------------------------------------------------------------
+
+class Client:
+    """Blocking ADPT/1 client over one DEALER socket (see the module docstring)."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
+                 retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
+                 name: str | None = None) -> None:
+        if timeout_ms <= 0:
+            raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout_ms = float(timeout_ms)
+        self.retries = int(retries)
+        self.name = name
+        self.stale_replies = 0
+        self.retried = 0
+        self._lock = threading.Lock()
+        self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._socket.close(0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- requests -----------------------------------------------------------------------
+
+    def infer(self, model: str, inputs: Any, *, version: str | None = None,
+              min_accuracy: float | None = None, max_latency_ms: float | None = None,
+              max_energy_mj: float | None = None, objective: str = "latency",
+              on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
+              explain: bool = False, request_id: str | None = None,
+              timeout_ms: float | None = None) -> InferResult:
+        """Run one inference; returns the outputs and the selection, or raises an AdaptdError."""
+        rid = request_id or new_request_id()
+        frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
+                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
+                               objective=objective, on_infeasible=on_infeasible, variant=variant,
+                               placement=placement, explain=explain, client=self.name)
+        started = time.perf_counter()
+        header, bodies = self._roundtrip(rid, frames, timeout_ms)
+        return result_from_reply(header, bodies, started)
+
+    def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
+                max_latency_ms: float | None = None, max_energy_mj: float | None = None,
+                objective: str = "latency", on_infeasible: str = "reject", variant: str | None = None,
+                placement: str | None = None, request_id: str | None = None,
+                timeout_ms: float | None = None) -> Explanation:
+        """Dry run: what the daemon would choose now, and why (nothing runs)."""
+        rid = request_id or new_request_id()
+        frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
+                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
+                               objective=objective, on_infeasible=on_infeasible, variant=variant,
+                               placement=placement, client=self.name, request_type="explain")
+        header, _ = self._roundtrip(rid, frames, timeout_ms)
+        return Explanation.from_body(body_from_reply(header, "explain"))
+
+    def models(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        """Body of ``models`` (§7.1): ``models`` (with their variants) and ``placements``."""
+        return self._control("models", timeout_ms)
+
+    def placements(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return self._control("placements", timeout_ms)
+
+    def stats(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        """Body of ``stats`` (§7.3): ``arms`` (one map per variant x placement) and ``energy``."""
+        return self._control("stats", timeout_ms)
+
+    def health(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return self._control("health", timeout_ms)
+
+    def reload(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        return self._control("reload", timeout_ms)
+
+    def _control(self, request_type: str, timeout_ms: float | None) -> dict[str, Any]:
+        rid = new_request_id()
+        header, _ = self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
+        return body_from_reply(header, request_type)
+
+    def _roundtrip(self, rid: str, frames: list[Any],
+                   timeout_ms: float | None) -> tuple[dict[str, Any], list[memoryview]]:
+        timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("client is closed")
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.retried += 1
+                deadline = time.monotonic() + timeout_s
+                if not self._send(frames, deadline):
+                    continue
+                while (remaining := deadline - time.monotonic()) > 0:
+                    if not self._poller.poll(max(1, int(remaining * 1e3))):
+                        continue
+                    reply = self._socket.recv_multipart(copy=False)
+                    got, header, bodies = reply_id(reply)
+                    if header is None:
+                        raise ReplyError("undecodable reply from the daemon", request_id=rid)
+                    if got == rid:
+                        return header, bodies
+                    if got is None and header.get("type") == "error":
+                        raise error_from_header(header)   # daemon could not read our id
+                    self.stale_replies += 1               # a late reply to an earlier request
+        attempts = self.retries + 1
+        raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
+                             f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
+
+    def _send(self, frames: list[Any], deadline: float) -> bool:
+        while True:
+            try:
+                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:   # high-water mark reached (daemon away): wait for room
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1e3)), zmq.POLLOUT):
+                    return False
+
+
+__all__ = [
+    "AdaptdError", "Client", "Energy", "Explanation", "InferResult", "Predicted", "Reason",
+    "Selection", "Timing", "default_endpoint", "default_pub_endpoint", "default_runtime_dir",
+]
