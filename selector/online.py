@@ -1,0 +1,237 @@
+"""Online cost model: per-arm latency and energy estimates that learn from every execution.
+
+Contract
+--------
+* Lifecycle: construct with hyper-parameters only; ``init_priors`` sizes the per-arm state from
+  the structural predictor's estimates (prior mean and spread of latency, prior energy) and returns
+  self; then ``update`` once per measured execution, in any order of arms, with the measurement's
+  timestamp passed in (seconds, any monotonic origin; the model never reads a clock).
+* State is columnar: numpy arrays indexed by arm id, updated in place by ``update``. The
+  arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
+  ``est_energy_mj_``, ``energy_estimated_``, ``last_update_s_``) are always current after
+  ``update`` returns, so a decision reads them without recomputing anything.
+* Thread safety: none. The daemon calls ``update`` and the selector's ``choose`` from one thread.
+* Units: latency ms, energy mJ, time s, power W (= mJ/ms).
+
+Estimator, per arm
+------------------
+* Latency mean and variance: an exponentially weighted moving average with *time-based* decay:
+  a measurement ``dt`` seconds after the previous one gets weight
+  ``max(1 - 2**(-dt / half_life_s), min_update_weight, 1 / n)``: with few samples it is their plain
+  average, under heavy traffic each sample still counts ``min_update_weight`` (so a slow-down is
+  followed within a bounded number of requests), and after a quiet spell the new sample dominates
+  (a regime change is followed within about one half-life of seconds).
+* A sliding window of the last ``window`` latencies gives an empirical quantile once it holds
+  ``min_window`` samples.
+* The measured bound at confidence q is ``max(mean + z_q * sd, window quantile q)``; the published
+  mean and bound blend the prior (from the structural predictor) with the measurements:
+  ``prior_share = prior_weight / (prior_weight + n)`` while ``n < full_trust_n``, 0 after.
+* Energy: same weighting of measured energy when the daemon reports one. Until an arm has any,
+  its energy is its prior power (W) times its current latency estimate, so an energy estimate
+  follows a latency regime change too; ``energy_estimated_`` is True then, and otherwise copies
+  the flag of the last measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+
+class OnlineCostModel:
+    def __init__(
+        self,
+        *,
+        confidence: float = 0.95,
+        half_life_s: float = 2.0,
+        min_update_weight: float = 0.1,
+        window: int = 16,
+        min_window: int = 4,
+        prior_weight: float = 1.0,
+        full_trust_n: int = 5,
+    ) -> None:
+        if not 0.5 <= confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+        if not half_life_s > 0:
+            raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
+        if not 0.0 <= min_update_weight <= 1.0:
+            raise ValueError(f"min_update_weight must be in [0, 1], got {min_update_weight}")
+        if window < 1 or min_window < 1:
+            raise ValueError("window and min_window must be >= 1")
+        self.confidence = confidence
+        self.half_life_s = half_life_s
+        self.min_update_weight = min_update_weight
+        self.window = window
+        self.min_window = min_window
+        self.prior_weight = prior_weight
+        self.full_trust_n = full_trust_n
+
+    # ------------------------------------------------------------------ setup
+    def init_priors(self, prior_latency_ms, prior_latency_sd_ms, prior_energy_mj) -> "OnlineCostModel":
+        """Size the per-arm state; NaN in a prior means "unknown" (an arm with no latency prior
+        is never predicted to meet a latency bound until measured)."""
+        lat = np.asarray(prior_latency_ms, dtype=np.float64).copy()
+        sd = np.asarray(prior_latency_sd_ms, dtype=np.float64).copy()
+        en = np.asarray(prior_energy_mj, dtype=np.float64).copy()
+        n_arms = lat.shape[0]
+        if sd.shape != (n_arms,) or en.shape != (n_arms,):
+            raise ValueError("prior arrays must have one entry per arm")
+        self.z_ = NormalDist().inv_cdf(self.confidence)
+        self.prior_latency_ms_ = lat
+        self.prior_latency_sd_ms_ = sd
+        self.prior_bound_ms_ = lat + self.z_ * np.nan_to_num(sd, nan=0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.prior_power_w_ = np.where(lat > 0, en / lat, np.nan)
+        # measured state
+        self.n_ = np.zeros(n_arms, dtype=np.int64)
+        self.mean_ms_ = np.full(n_arms, np.nan)
+        self.var_ms2_ = np.zeros(n_arms)
+        self.last_update_s_ = np.full(n_arms, -np.inf)  # -inf: never measured
+        self.window_ms_ = np.zeros((n_arms, self.window))
+        self.window_n_ = np.zeros(n_arms, dtype=np.int64)
+        self.window_pos_ = np.zeros(n_arms, dtype=np.int64)
+        self.energy_n_ = np.zeros(n_arms, dtype=np.int64)
+        self.energy_mean_mj_ = np.full(n_arms, np.nan)
+        self.energy_var_mj2_ = np.zeros(n_arms)
+        self.last_energy_s_ = np.full(n_arms, -np.inf)
+        # published (read by the selector on the request path)
+        self.est_latency_ms_ = lat.copy()
+        self.latency_bound_ms_ = self.prior_bound_ms_.copy()
+        self.est_energy_mj_ = en.copy()
+        self.energy_estimated_ = np.ones(n_arms, dtype=bool)
+        return self
+
+    @property
+    def n_arms(self) -> int:
+        return int(self.n_.shape[0])
+
+    # ------------------------------------------------------------------ learning
+    def _weight(self, n_after: int, dt_s: float) -> float:
+        w_time = 1.0 - math.pow(2.0, -max(dt_s, 0.0) / self.half_life_s) if math.isfinite(dt_s) else 1.0
+        return max(w_time, self.min_update_weight, 1.0 / n_after)
+
+    def update(self, arm: int, latency_ms: float, energy_mj: float | None = None,
+               energy_estimated: bool = True, t_s: float = 0.0) -> None:
+        """Learn from one execution of ``arm``: its measured latency (ms, model load excluded),
+        its energy (mJ) or None when the daemon has none, whether that energy is an estimate, and
+        the time it finished (s). Raises ValueError on a negative or non-finite latency (and the
+        state is left unchanged)."""
+        a = int(arm)
+        lat = float(latency_ms)
+        if not (math.isfinite(lat) and lat >= 0.0):
+            raise ValueError(f"latency_ms must be finite and >= 0, got {latency_ms!r}")
+        t = float(t_s)
+        if not math.isfinite(t):
+            raise ValueError(f"t_s must be finite, got {t_s!r}")
+        e = None
+        if energy_mj is not None:
+            e = float(energy_mj)
+            if not (math.isfinite(e) and e >= 0.0):
+                raise ValueError(f"energy_mj must be finite and >= 0 or None, got {energy_mj!r}")
+
+        n = int(self.n_[a]) + 1
+        self.n_[a] = n
+        dt = t - float(self.last_update_s_[a])
+        w = self._weight(n, dt)
+        if n == 1:
+            mean, var = lat, 0.0
+        else:
+            mean = float(self.mean_ms_[a])
+            var = float(self.var_ms2_[a])
+            diff = lat - mean
+            incr = w * diff
+            mean += incr
+            var = (1.0 - w) * (var + diff * incr)
+        self.mean_ms_[a] = mean
+        self.var_ms2_[a] = var
+        self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
+        pos = int(self.window_pos_[a])
+        self.window_ms_[a, pos] = lat
+        self.window_pos_[a] = (pos + 1) % self.window
+        k = min(int(self.window_n_[a]) + 1, self.window)
+        self.window_n_[a] = k
+
+        bound = mean + self.z_ * math.sqrt(max(var, 0.0))
+        if k >= self.min_window:
+            q = _quantile(self.window_ms_[a, :k], self.confidence)
+            if q > bound:
+                bound = q
+        share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
+        prior_mean = float(self.prior_latency_ms_[a])
+        if share > 0.0 and math.isfinite(prior_mean):
+            est = (1.0 - share) * mean + share * prior_mean
+            bound = (1.0 - share) * bound + share * float(self.prior_bound_ms_[a])
+        else:
+            est = mean
+        self.est_latency_ms_[a] = est
+        self.latency_bound_ms_[a] = bound
+
+        if e is not None:
+            ne = int(self.energy_n_[a]) + 1
+            self.energy_n_[a] = ne
+            we = self._weight(ne, t - float(self.last_energy_s_[a]))
+            if ne == 1:
+                em, ev = e, 0.0
+            else:
+                em = float(self.energy_mean_mj_[a])
+                ev = float(self.energy_var_mj2_[a])
+                d = e - em
+                em += we * d
+                ev = (1.0 - we) * (ev + d * we * d)
+            self.energy_mean_mj_[a] = em
+            self.energy_var_mj2_[a] = ev
+            self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
+            self.est_energy_mj_[a] = em
+            self.energy_estimated_[a] = bool(energy_estimated)
+        elif self.energy_n_[a] == 0:
+            p = float(self.prior_power_w_[a])
+            self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
+            self.energy_estimated_[a] = True
+
+    # ------------------------------------------------------------------ reading
+    def arm_stats(self, a: int) -> dict:
+        """Plain-typed statistics of one arm (for ``stats`` replies and tests)."""
+        k = int(self.window_n_[a])
+        win = np.sort(self.window_ms_[a, :k]) if k else None
+        last = None
+        if k:
+            last = float(self.window_ms_[a, (int(self.window_pos_[a]) - 1) % self.window])
+
+        def f(x):
+            x = float(x)
+            return x if math.isfinite(x) else None
+
+        return {
+            "count": int(self.n_[a]),
+            "latency_ms": {
+                "last": last,
+                "ewma": f(self.mean_ms_[a]),
+                "sd": f(math.sqrt(self.var_ms2_[a])) if self.n_[a] else None,
+                "p50": _quantile(win, 0.5) if k else None,
+                "p95": _quantile(win, 0.95) if k else None,
+                "estimate": f(self.est_latency_ms_[a]),
+                "bound": f(self.latency_bound_ms_[a]),
+                "prior": f(self.prior_latency_ms_[a]),
+            },
+            "energy_mj": {
+                "ewma": f(self.energy_mean_mj_[a]),
+                "estimate": f(self.est_energy_mj_[a]),
+            },
+            "energy_estimated": bool(self.energy_estimated_[a]),
+            "last_at_s": f(self.last_update_s_[a]),
+        }
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """Linear-interpolated quantile of a small 1-D array (numpy's default method), cheaply."""
+    s = np.sort(values)
+    k = s.shape[0]
+    if k == 1:
+        return float(s[0])
+    pos = q * (k - 1)
+    lo = int(pos)
+    hi = min(lo + 1, k - 1)
+    frac = pos - lo
+    return float(s[lo] + (s[hi] - s[lo]) * frac)

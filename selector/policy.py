@@ -1,0 +1,596 @@
+"""The selection policy: per request, the arm (variant x placement) that meets the caller's
+constraints at least cost, and why.
+
+Contract
+--------
+* Lifecycle: build once per repository generation (``Selector(arms, placements, config)`` or
+  ``Selector.from_manifests(manifests, placements, predictor, config)``); then, per request,
+  ``choose`` (or ``explain`` for a dry run), and per measured execution ``update``. A reload
+  builds a new Selector (arm ids are only valid within the Selector that issued them).
+* Pure: no sockets, files, threads or clocks; ``now_s`` and measurement timestamps are passed in
+  (seconds, any monotonic origin, the same one for both).
+* Thread safety: none; the daemon calls ``choose``/``update`` from one thread.
+* Determinism: the decision is a function of the arms, every ``update`` so far, the number of
+  non-dry-run ``choose`` calls so far (the probe budget) and the call's arguments. ``explain`` and
+  ``choose(dry_run=True)`` change nothing.
+* Units: ms, mJ, s; accuracy as a share.
+
+Policy (PROTOCOL.md §4, §5.2)
+-----------------------------
+* Arms: every (variant, placement) pair of a model whose runtimes match, ids in sorted
+  ``(model, variant, placement)`` order. Ties are broken by the objective, then by the secondary
+  key (energy for ``latency``; latency for ``energy`` and ``accuracy``), then by arm id.
+* Feasible: accuracy >= ``min_accuracy`` (unknown accuracy never is), latency bound at the
+  configured confidence *plus the predicted queue wait on the arm's placement* <=
+  ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is).
+* Objective among feasible arms: least expected latency (queue included), least energy, or
+  most accurate (unknown accuracy ranks last).
+* Probing: each non-dry-run decision earns ``probe_share`` of a probe credit (at most 1 held);
+  with a whole credit, a candidate arm not measured for ``probe_interval_s`` (never measured
+  first, then the longest unmeasured, then arm id) that is itself predicted feasible replaces the
+  best, with code ``probe``. So probes are at most ``probe_share * decisions + 1``.
+* Infeasible: the *closest* arm minimises the normalised total violation
+  ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
+  ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
+  energy counts +inf), ties by arm id. ``reject``: no arm, code ``infeasible``, the closest arm
+  and its violations reported; ``best_effort``: the closest arm, code ``best_effort``.
+* Pins: a pinned variant and/or placement restrict the candidates; pinning both returns that
+  arm whatever the predictions (code ``pinned``; ``predicted_met`` stays honest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .online import OnlineCostModel
+from .request import (
+    CONSTRAINT_NAMES,
+    QueueSnapshot,
+    Request,
+    UnknownModelError,
+    UnknownPlacementError,
+    UnknownVariantError,
+)
+
+_BIG = 1e300  # "unknown" cost: ranks after every known cost, before excluded arms (inf)
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """Hyper-parameters of the selector and its online cost model."""
+
+    confidence: float = 0.95          # latency bound quantile
+    half_life_s: float = 2.0          # time decay of the latency/energy EWMA
+    min_update_weight: float = 0.1    # each sample's weight at least this (bounded reaction in requests)
+    window: int = 16                  # sliding window for the empirical quantile
+    min_window: int = 4               # samples before the window quantile is used
+    prior_weight: float = 1.0         # prior counts as this many samples ...
+    full_trust_n: int = 5             # ... until this many measurements
+    probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
+    probe_share: float = 0.02         # at most this share of decisions are probes (+1)
+    prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probe_share <= 1.0:
+            raise ValueError(f"probe_share must be in [0, 1], got {self.probe_share}")
+        if not self.probe_interval_s >= 0:
+            raise ValueError(f"probe_interval_s must be >= 0, got {self.probe_interval_s}")
+        if not self.prior_rel_sd >= 0:
+            raise ValueError(f"prior_rel_sd must be >= 0, got {self.prior_rel_sd}")
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm's static description and prior cost (NaN/None: unknown)."""
+
+    model: str
+    variant: str
+    placement: str
+    accuracy: float | None = None
+    prior_latency_ms: float | None = None
+    prior_latency_sd_ms: float | None = None
+    prior_energy_mj: float | None = None
+    version: str | None = None
+
+
+def _f(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+class Decision:
+    """The outcome of one ``choose``: the arm (or None), the reason and the predictions.
+
+    Attributes: ``model``, ``variant``, ``placement``, ``arm_id`` (None when infeasible),
+    ``code`` (selected | pinned | probe | best_effort | infeasible), ``text``, ``predicted``
+    (dict), ``predicted_met`` (dict: True/False per constraint, None when unset), ``feasible``
+    (the returned/closest arm is predicted to meet every set constraint), ``violations``
+    ({constraint: {predicted, bound, by}} for the returned or closest arm's failing constraints),
+    ``closest`` ({variant, placement} when infeasible or best_effort), ``n_candidates``,
+    ``n_feasible``, ``alternatives`` (list of dicts, only when asked).
+    """
+
+    __slots__ = ("model", "variant", "placement", "arm_id", "code", "text", "predicted",
+                 "predicted_met", "feasible", "violations", "closest", "n_candidates",
+                 "n_feasible", "alternatives")
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    @property
+    def met(self) -> bool:
+        return bool(self.feasible)
+
+    def to_dict(self) -> dict:
+        """Plain types only (str, float, int, bool, None, list, dict): msgpack/JSON-ready."""
+        d = {
+            "model": self.model,
+            "variant": self.variant,
+            "placement": self.placement,
+            "arm_id": self.arm_id,
+            "reason": {"code": self.code, "text": self.text},
+            "predicted": dict(self.predicted) if self.predicted is not None else None,
+            "predicted_met": dict(self.predicted_met),
+            "feasible": bool(self.feasible),
+            "n_candidates": self.n_candidates,
+            "n_feasible": self.n_feasible,
+        }
+        if self.violations:
+            d["violations"] = {k: dict(v) for k, v in self.violations.items()}
+        if self.closest is not None:
+            d["closest"] = dict(self.closest)
+        if self.alternatives is not None:
+            d["alternatives"] = [dict(a) for a in self.alternatives]
+        return d
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Decision({self.code}: {self.variant} on {self.placement}: {self.text})"
+
+
+_UNIT = {"min_accuracy": "", "max_latency_ms": " ms", "max_energy_mj": " mJ"}
+_WHAT = {"min_accuracy": "accuracy", "max_latency_ms": "latency bound", "max_energy_mj": "energy"}
+
+
+def describe_violations(violations: Mapping[str, Mapping[str, Any]]) -> str:
+    """E.g. ``latency bound 7.9 ms exceeds 5.0 ms by 2.9 ms``; joined with '; '."""
+    parts = []
+    for name, v in violations.items():
+        unit = _UNIT[name]
+        if v["predicted"] is None:
+            parts.append(f"{_WHAT[name]} unknown (bound {v['bound']:.4g}{unit})")
+        elif name == "min_accuracy":
+            parts.append(f"accuracy {v['predicted']:.4g} is below {v['bound']:.4g} by {v['by']:.3g}")
+        else:
+            parts.append(f"{_WHAT[name]} {v['predicted']:.3g}{unit} exceeds {v['bound']:.3g}{unit} "
+                         f"by {v['by']:.3g}{unit}")
+    return "; ".join(parts)
+
+
+def _attr(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+class Selector:
+    """Columnar per-request selector over every arm of every model in a repository."""
+
+    def __init__(self, arms: Iterable[ArmSpec], placements: Sequence[str] | None = None,
+                 config: SelectorConfig | None = None) -> None:
+        self.config = config or SelectorConfig()
+        specs = sorted(arms, key=lambda s: (s.model, s.variant, s.placement))
+        if not specs:
+            raise ValueError("a selector needs at least one arm")
+        keys = [(s.model, s.variant, s.placement) for s in specs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate arm (model, variant, placement)")
+        self.arms: tuple[ArmSpec, ...] = tuple(specs)
+        names = sorted({s.placement for s in specs} | set(placements or ()))
+        self.placements: tuple[str, ...] = tuple(names)
+        self._pindex = {p: i for i, p in enumerate(names)}
+        self._arm_index = {k: i for i, k in enumerate(keys)}
+        n = len(specs)
+        self._pidx = np.array([self._pindex[s.placement] for s in specs], dtype=np.intp)
+        self._acc = np.array([np.nan if s.accuracy is None else float(s.accuracy) for s in specs])
+        self._acc_key = np.where(np.isnan(self._acc), 1.0, -self._acc)  # accuracy objective: lower is better
+        self._variant_names = [s.variant for s in specs]
+        self._placement_names = [s.placement for s in specs]
+        self._model_range: dict[str, tuple[int, int]] = {}
+        for i, s in enumerate(specs):
+            lo, _ = self._model_range.get(s.model, (i, i))
+            self._model_range[s.model] = (lo, i + 1)
+        self._variant_mask: dict[tuple[str, str], np.ndarray] = {}
+        self._placement_mask: dict[tuple[str, str], np.ndarray] = {}
+        for model, (lo, hi) in self._model_range.items():
+            for i in range(lo, hi):
+                for key, table, attr in (((model, self._variant_names[i]), self._variant_mask, None),
+                                         ((model, self._placement_names[i]), self._placement_mask, None)):
+                    if key not in table:
+                        table[key] = np.zeros(hi - lo, dtype=bool)
+                    table[key][i - lo] = True
+        cfg = self.config
+        prior_lat = np.array([np.nan if s.prior_latency_ms is None else float(s.prior_latency_ms) for s in specs])
+        prior_sd = np.array([
+            (cfg.prior_rel_sd * float(s.prior_latency_ms) if s.prior_latency_sd_ms is None else float(s.prior_latency_sd_ms))
+            if s.prior_latency_ms is not None else np.nan for s in specs])
+        prior_en = np.array([np.nan if s.prior_energy_mj is None else float(s.prior_energy_mj) for s in specs])
+        self._online = OnlineCostModel(
+            confidence=cfg.confidence, half_life_s=cfg.half_life_s,
+            min_update_weight=cfg.min_update_weight, window=cfg.window, min_window=cfg.min_window,
+            prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
+        ).init_priors(prior_lat, prior_sd, prior_en)
+        self._probe_credit = 0.0
+        self._n_arms = n
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_manifests(cls, manifests: Iterable[Mapping[str, Any]], placements: Iterable[Any],
+                       predictor: Any = None, config: SelectorConfig | None = None) -> "Selector":
+        """Arms from variant manifests (``adaptd.manifest/1`` dicts) x placements (objects or
+        dicts with ``name``, ``kind``, ``cores``, ``threads``, ``runtime``), pairing each variant
+        with every placement of its runtime. Priors come from ``predictor.predict`` (a fitted
+        :class:`~adaptd.selector.predictor.StructuralPredictor`) when it knows the arm, else from
+        the manifest's ``latency_ms_1thread`` median scaled by ``threads ** -0.75``, else unknown.
+        """
+        from .predictor import variant_records  # local: keep import order simple
+
+        cfg = config or SelectorConfig()
+        placements = list(placements)
+        specs = []
+        for manifest in manifests:
+            model, version, records = variant_records(manifest)
+            for rec in records:
+                runtime = rec.get("runtime", "litert")
+                metrics = rec.get("metrics") or {}
+                acc = metrics.get("accuracy") if isinstance(metrics, Mapping) else None
+                for pl in placements:
+                    if _attr(pl, "runtime", "litert") != runtime:
+                        continue
+                    lat = sd = en = None
+                    pred = predictor.predict_record(rec, pl) if predictor is not None else None
+                    if pred is not None:
+                        lat, sd, en = pred["latency_ms"], pred["latency_sd_ms"], pred["energy_mj"]
+                    else:
+                        l1 = (rec.get("latency_ms_1thread") or {}).get("median")
+                        if l1:
+                            threads = max(int(_attr(pl, "threads", 1) or 1), 1)
+                            lat = float(l1) * threads ** -0.75
+                            sd = cfg.prior_rel_sd * lat * (1.0 if threads == 1 else 2.0)
+                    specs.append(ArmSpec(model=model, variant=str(rec["name"]), placement=str(_attr(pl, "name")),
+                                         accuracy=None if acc is None else float(acc), prior_latency_ms=lat,
+                                         prior_latency_sd_ms=sd, prior_energy_mj=en, version=version))
+        return cls(specs, [str(_attr(p, "name")) for p in placements], cfg)
+
+    # ------------------------------------------------------------------ lookups
+    @property
+    def n_arms(self) -> int:
+        return self._n_arms
+
+    @property
+    def cost_model(self) -> OnlineCostModel:
+        return self._online
+
+    def arm_id(self, model: str, variant: str, placement: str) -> int:
+        try:
+            return self._arm_index[(model, variant, placement)]
+        except KeyError:
+            raise KeyError(f"no arm {variant} on {placement} for model {model}") from None
+
+    def arm(self, arm_id: int) -> ArmSpec:
+        return self.arms[arm_id]
+
+    def models(self) -> list[str]:
+        return sorted(self._model_range)
+
+    def service_estimate_ms(self, arm_id: int) -> float:
+        return float(self._online.est_latency_ms_[arm_id])
+
+    # ------------------------------------------------------------------ learning
+    def update(self, arm: int | tuple[str, str, str], latency_ms: float, energy_mj: float | None,
+               energy_estimated: bool, t_s: float) -> None:
+        """Feed one measured execution: the arm (id or (model, variant, placement)), its latency
+        (ms, compute only, model load and queue wait excluded), its energy (mJ, or None), whether
+        that energy is estimated, and when it finished (s, same origin as ``now_s``)."""
+        a = arm if isinstance(arm, (int, np.integer)) else self.arm_id(*arm)
+        if not 0 <= a < self._n_arms:
+            raise KeyError(f"no arm id {a}")
+        self._online.update(a, latency_ms, energy_mj, energy_estimated, t_s)
+
+    def stats(self) -> list[dict]:
+        """Per-arm live statistics, plain types (for the ``stats`` control reply)."""
+        out = []
+        for i, s in enumerate(self.arms):
+            d = {"arm_id": i, "model": s.model, "version": s.version, "variant": s.variant,
+                 "placement": s.placement, "accuracy": s.accuracy}
+            d.update(self._online.arm_stats(i))
+            out.append(d)
+        return out
+
+    # ------------------------------------------------------------------ the decision
+    def _placement_wait(self, queues: Mapping[str, QueueSnapshot]) -> np.ndarray | None:
+        wait = None
+        est = self._online.est_latency_ms_
+        for name, q in queues.items():
+            if q.inflight_arm_id is None and not q.queued_arm_ids:
+                continue
+            p = self._pindex.get(name)
+            if p is None:
+                continue
+            w = 0.0
+            if q.inflight_arm_id is not None:
+                rem = est.item(q.inflight_arm_id) - q.inflight_elapsed_ms
+                if rem > 0.0:
+                    w += rem
+            for j in q.queued_arm_ids:
+                w += est.item(j)
+            if w != w:  # an unknown estimate in the queue: treat as no information
+                w = 0.0
+            if wait is None:
+                wait = np.zeros(len(self.placements))
+            wait[p] = w
+        return wait
+
+    def explain(self, request: Request, now_s: float,
+                queues: Mapping[str, QueueSnapshot] | None = None) -> Decision:
+        """Dry run with alternatives: what ``choose`` would pick now, changing nothing (no probe)."""
+        return self.choose(request, now_s, queues, explain=True, dry_run=True)
+
+    def choose(self, request: Request, now_s: float, queues: Mapping[str, QueueSnapshot] | None = None,
+               *, explain: bool = False, dry_run: bool = False) -> Decision:
+        """Pick the arm for ``request`` at time ``now_s`` given the placements' queues.
+
+        Raises UnknownModelError / UnknownVariantError / UnknownPlacementError for pins or models
+        this selector does not know. Never raises for an infeasible request: see ``Decision.code``.
+        """
+        r = request
+        try:
+            lo, hi = self._model_range[r.model]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {r.model!r}") from None
+        om = self._online
+        est = om.est_latency_ms_[lo:hi]
+        bound = om.latency_bound_ms_[lo:hi]
+        energy = om.est_energy_mj_[lo:hi]
+        wait = self._placement_wait(queues) if queues else None
+        if wait is None:
+            arm_wait = None
+            lat_mean, lat_bound = est, bound
+        else:
+            arm_wait = wait[self._pidx[lo:hi]]
+            lat_mean = est + arm_wait
+            lat_bound = bound + arm_wait
+
+        # candidates: pins
+        cand = None
+        pinned_arm = None
+        if r.variant is not None or r.placement is not None:
+            cand = self._pin_mask(r, lo, hi)
+            if r.variant is not None and r.placement is not None:
+                pinned_arm = int(np.flatnonzero(cand)[0])
+        n_cand = (hi - lo) if cand is None else int(np.count_nonzero(cand))
+
+        # feasibility by the model's own estimates
+        feas = cand
+        if r.min_accuracy is not None:
+            ok = self._acc[lo:hi] >= r.min_accuracy
+            feas = ok if feas is None else feas & ok
+        if r.max_latency_ms is not None:
+            ok = lat_bound <= r.max_latency_ms
+            feas = ok if feas is None else feas & ok
+        if r.max_energy_mj is not None:
+            ok = energy <= r.max_energy_mj
+            feas = ok if feas is None else feas & ok
+
+        if pinned_arm is not None:
+            i = pinned_arm
+            n_feas = int(bool(feas[i]))
+            code = "pinned"
+        else:
+            if feas is None:
+                n_feas = hi - lo
+            else:
+                n_feas = int(np.count_nonzero(feas))
+            if n_feas:
+                key1, key2 = self._keys(r.objective, lo, hi, lat_mean, energy)
+                masked = key1 if feas is None else np.where(feas, key1, np.inf)
+                i = int(masked.argmin())
+                ties = masked == masked[i]
+                if np.count_nonzero(ties) > 1:
+                    i = int(np.where(ties, key2, np.inf).argmin())
+                code = "selected"
+                best_i = i
+                if not dry_run and self.config.probe_share > 0.0:
+                    credit = self._probe_credit + self.config.probe_share
+                    if credit >= 1.0:
+                        j = self._probe_pick(now_s, lo, hi, feas, i)
+                        if j is not None:
+                            i = j
+                            code = "probe"
+                            credit -= 1.0
+                    self._probe_credit = min(credit, 1.0)
+            else:
+                i = self._closest(r, lo, hi, cand, lat_bound, energy)
+                code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
+
+        a = lo + i
+        acc = self._acc.item(a)
+        e = energy.item(i)
+        predicted = {
+            "latency_ms": _f(lat_mean.item(i)),
+            "latency_bound_ms": _f(lat_bound.item(i)),
+            "queue_ms": 0.0 if arm_wait is None else float(arm_wait.item(i)),
+            "energy_mj": e if e == e else None,
+            "energy_estimated": bool(om.energy_estimated_.item(a)),
+            "accuracy": acc if acc == acc else None,
+        }
+        met = {
+            "min_accuracy": None if r.min_accuracy is None else (acc >= r.min_accuracy),
+            "max_latency_ms": None if r.max_latency_ms is None else bool(lat_bound.item(i) <= r.max_latency_ms),
+            "max_energy_mj": None if r.max_energy_mj is None else bool(e <= r.max_energy_mj),
+        }
+        feasible = met["min_accuracy"] is not False and met["max_latency_ms"] is not False \
+            and met["max_energy_mj"] is not False
+        violations = None if feasible else self._violations(r, predicted)
+        variant, placement = self._variant_names[a], self._placement_names[a]
+        closest = None
+        if code == "infeasible" or code == "best_effort":
+            closest = {"variant": variant, "placement": placement}
+        text = self._text(code, r, variant, placement, predicted, n_cand, n_feas, violations, now_s, a)
+        alternatives = None
+        if explain:
+            alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
+                                              energy, i, code)
+        if code == "infeasible":
+            variant = placement = None
+            a_out = None
+        else:
+            a_out = a
+        return Decision(model=r.model, variant=variant, placement=placement, arm_id=a_out, code=code,
+                        text=text, predicted=predicted, predicted_met=met, feasible=feasible,
+                        violations=violations, closest=closest, n_candidates=n_cand, n_feasible=n_feas,
+                        alternatives=alternatives)
+
+    # ------------------------------------------------------------------ decision helpers
+    def _pin_mask(self, r: Request, lo: int, hi: int) -> np.ndarray:
+        mask = None
+        if r.variant is not None:
+            mask = self._variant_mask.get((r.model, r.variant))
+            if mask is None:
+                raise UnknownVariantError(f"model {r.model!r} has no variant {r.variant!r}")
+        if r.placement is not None:
+            pm = self._placement_mask.get((r.model, r.placement))
+            if pm is None:
+                raise UnknownPlacementError(f"no placement {r.placement!r} can run model {r.model!r}")
+            mask = pm if mask is None else mask & pm
+            if not mask.any():
+                raise UnknownPlacementError(f"placement {r.placement!r} cannot run variant {r.variant!r}")
+        return mask
+
+    def _keys(self, objective: str, lo: int, hi: int, lat_mean: np.ndarray, energy: np.ndarray):
+        if objective == "latency":
+            k1, k2 = lat_mean, energy
+        elif objective == "energy":
+            k1, k2 = energy, lat_mean
+        else:
+            k1, k2 = self._acc_key[lo:hi], lat_mean
+        return _finite(k1), _finite(k2)
+
+    def _probe_pick(self, now_s: float, lo: int, hi: int, feas: np.ndarray | None, best: int) -> int | None:
+        last = self._online.last_update_s_[lo:hi]
+        stale = (now_s - last) > self.config.probe_interval_s
+        if feas is not None:
+            stale &= feas
+        stale[best] = False
+        if not stale.any():
+            return None
+        return int(np.where(stale, last, np.inf).argmin())
+
+    def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy) -> int:
+        total = np.zeros(hi - lo)
+        with np.errstate(invalid="ignore"):
+            if r.min_accuracy is not None:
+                acc = self._acc[lo:hi]
+                v = np.maximum(0.0, (r.min_accuracy - acc) / max(r.min_accuracy, 1e-12))
+                total += np.where(np.isnan(acc), 1.0, v)
+            if r.max_latency_ms is not None:
+                v = np.maximum(0.0, (lat_bound - r.max_latency_ms) / r.max_latency_ms)
+                total += np.where(np.isnan(lat_bound), _BIG, v)
+            if r.max_energy_mj is not None:
+                v = np.maximum(0.0, (energy - r.max_energy_mj) / r.max_energy_mj)
+                total += np.where(np.isnan(energy), _BIG, v)
+        total = np.minimum(total, _BIG)
+        if cand is not None:
+            total = np.where(cand, total, np.inf)
+        return int(total.argmin())
+
+    @staticmethod
+    def _violations(r: Request, predicted: Mapping[str, Any]) -> dict:
+        out = {}
+        acc = predicted["accuracy"]
+        if r.min_accuracy is not None and (acc is None or acc < r.min_accuracy):
+            out["min_accuracy"] = {"predicted": acc, "bound": r.min_accuracy,
+                                   "by": None if acc is None else r.min_accuracy - acc}
+        lb = predicted["latency_bound_ms"]
+        if r.max_latency_ms is not None and (lb is None or lb > r.max_latency_ms):
+            out["max_latency_ms"] = {"predicted": lb, "bound": r.max_latency_ms,
+                                     "by": None if lb is None else lb - r.max_latency_ms}
+        e = predicted["energy_mj"]
+        if r.max_energy_mj is not None and (e is None or e > r.max_energy_mj):
+            out["max_energy_mj"] = {"predicted": e, "bound": r.max_energy_mj,
+                                    "by": None if e is None else e - r.max_energy_mj}
+        return out
+
+    def _text(self, code, r, variant, placement, p, n_cand, n_feas, violations, now_s, a) -> str:
+        if code == "selected":
+            if r.objective == "latency":
+                what = "least latency"
+                val = "latency unknown" if p["latency_ms"] is None else f"{p['latency_ms']:.3g} ms"
+            elif r.objective == "energy":
+                what = "least energy"
+                val = "energy unknown" if p["energy_mj"] is None else f"{p['energy_mj']:.3g} mJ"
+            else:
+                what = "most accurate"
+                val = "accuracy unknown" if p["accuracy"] is None else f"accuracy {p['accuracy']:.4g}"
+            return (f"{what} among {n_feas} of {n_cand} arms predicted to meet the constraints: "
+                    f"{variant} on {placement} ({val})")
+        if code == "probe":
+            last = self._online.last_update_s_.item(a)
+            age = "never measured" if last == -math.inf else f"not measured for {now_s - last:.1f} s"
+            return f"probe: {variant} on {placement} {age}, predicted to meet the constraints"
+        if code == "pinned":
+            tail = "predicted to meet the constraints" if not violations else \
+                "predicted NOT to meet the constraints: " + describe_violations(violations)
+            return f"pinned: {variant} on {placement}; {tail}"
+        head = f"no arm of {n_cand} predicted to meet the constraints; closest: {variant} on {placement}: "
+        body = describe_violations(violations or {})
+        return head + body + ("; running it (best effort)" if code == "best_effort" else "")
+
+    def _alternatives(self, r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait, energy, chosen, code):
+        n = hi - lo
+        idx = np.arange(n) if cand is None else np.flatnonzero(cand)
+        feas_all = np.ones(n, dtype=bool) if feas is None else feas
+        key1, key2 = self._keys(r.objective, lo, hi, lat_mean, energy)
+        order = [int(j) for j in np.lexsort((np.arange(n), key2, key1)) if feas_all[j] and (cand is None or cand[j])]
+        if chosen in order:
+            order.remove(chosen)
+        ranks = {chosen: 0}
+        for k, j in enumerate(order, start=1):
+            ranks[j] = k
+        out = []
+        for j in idx:
+            j = int(j)
+            a = lo + j
+            acc = self._acc.item(a)
+            excluded = []
+            if r.min_accuracy is not None and not (acc >= r.min_accuracy):
+                excluded.append("min_accuracy")
+            if r.max_latency_ms is not None and not (lat_bound.item(j) <= r.max_latency_ms):
+                excluded.append("max_latency_ms")
+            if r.max_energy_mj is not None and not (energy.item(j) <= r.max_energy_mj):
+                excluded.append("max_energy_mj")
+            e = energy.item(j)
+            out.append({
+                "variant": self._variant_names[a], "placement": self._placement_names[a],
+                "accuracy": acc if acc == acc else None,
+                "latency_ms": _f(lat_mean.item(j)), "latency_bound_ms": _f(lat_bound.item(j)),
+                "queue_ms": 0.0 if arm_wait is None else float(arm_wait.item(j)),
+                "energy_mj": e if e == e else None,
+                "energy_estimated": bool(self._online.energy_estimated_.item(a)),
+                "excluded_by": excluded,
+                "rank": ranks.get(j) if (not excluded or j == chosen) and code != "infeasible" else None,
+            })
+        out.sort(key=lambda d: (d["rank"] is None, d["rank"] if d["rank"] is not None else 0,
+                                d["variant"], d["placement"]))
+        return out
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    """NaN (unknown) -> a huge finite cost, so unknowns rank after knowns but before excluded."""
+    if np.isnan(x).any():
+        return np.where(np.isnan(x), _BIG, x)
+    return x

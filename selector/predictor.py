@@ -1,0 +1,286 @@
+"""Structural cost predictor: an arm's latency and energy from its variant's graph, before it
+has ever run (the cold-start prior of the online cost model).
+
+Contract
+--------
+* scikit-learn shape: hyper-parameters in ``__init__``; ``fit(records)`` learns per-placement
+  coefficients and returns self; ``predict``/``predict_record`` are pure; learned state ends in
+  ``_``; ``to_dict``/``from_dict`` round-trip the fitted state through plain JSON types.
+* Pure: numpy only; ``adaptd calibrate`` (variants/calibrate.py) does the profiling and the file.
+* Thread safety: a fitted predictor is read-only and may be shared.
+* Units: latency ms, energy mJ, power W (= mJ/ms), FLOPs as counted by the manifest (a
+  multiply-add = 2), bytes.
+
+Model (in the spirit of FastDeepIoT and nn-Meter)
+-------------------------------------------------
+Per placement, latency is a non-negative combination of interpretable terms:
+
+    latency_ms = sum_{g, c} a[g, c] * MFLOP[g, c]  +  b * n_ops  +  m_w * weight_MB
+                 + m_a * activation_MB  +  c0
+
+where g is the op group (``conv`` = conv/transposed conv, ``dw`` = depthwise conv, ``fc`` =
+fully connected / matmul, ``other`` = everything else) and c the compute class from the variant's
+quantization (``f32``: none or float16 — LiteRT runs float16-stored weights in float32; ``hybrid``:
+dynamic-range int8; ``int8``: full integer). Each a[g, c] is ms per MFLOP of that op kind at that
+precision on that placement, b the per-op dispatch overhead, m_* the memory-traffic terms. The
+fit minimises *relative* error (rows weighted by 1/latency) by non-negative least squares
+(Lawson-Hanson), so coefficients stay physical and the model extrapolates sanely to unseen
+graphs. Sparsity is not a feature: LiteRT stores pruned weights densely, so they run at dense
+speed (BACKGROUND.md); a sparse runtime would add a term here.
+
+Energy: where calibration records carry a measured energy, a per-placement mean power (W) is
+fitted (median of energy/latency) and energy = power x predicted latency, flagged estimated;
+without any, energy is None.
+
+Unknown placements: the calibrated placement of the same kind with the nearest thread count,
+latency scaled by ``(t_cal / t) ** thread_exponent``; none of that kind: no prediction (None).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+SCHEMA = "adaptd.predictor/1"
+GROUPS = ("conv", "dw", "fc", "other")
+CLASSES = ("f32", "hybrid", "int8")
+FEATURE_NAMES = tuple(f"mflop_{g}_{c}" for c in CLASSES for g in GROUPS) + (
+    "n_ops", "weight_mb", "activation_mb", "const")
+
+
+def variant_records(manifest: Mapping[str, Any]) -> tuple[str, str | None, list[dict]]:
+    """(model, version, variant records) of one ``adaptd.manifest/1`` dict: ``variants`` may be a
+    list of records or a map name -> record."""
+    model = manifest.get("model") or manifest.get("name")
+    if not model:
+        raise ValueError("manifest has no model name ('model' or 'name')")
+    version = manifest.get("version")
+    variants = manifest.get("variants") or []
+    if isinstance(variants, Mapping):
+        recs = [dict(v, name=v.get("name", k)) for k, v in variants.items()]
+    else:
+        recs = [dict(v) for v in variants]
+    return str(model), None if version is None else str(version), recs
+
+
+def op_group(op_name: str) -> str:
+    """Map an op name (TFLite builtin like ``DEPTHWISE_CONV_2D`` or a Keras layer class like
+    ``DepthwiseConv2D``) to its group."""
+    n = re.sub(r"[^A-Z0-9]", "", op_name.upper())
+    if "DEPTHWISE" in n:
+        return "dw"
+    if "CONV" in n:
+        return "conv"
+    if "FULLYCONNECTED" in n or "DENSE" in n or "MATMUL" in n or n == "EINSUM":
+        return "fc"
+    return "other"
+
+
+def compute_class(quantization: str | None, compute_dtype: str | None = None) -> str:
+    q = (quantization or "").lower()
+    if q in ("none", "float16", "float32", "fp16", "fp32"):
+        return "f32"
+    if q in ("dynamic_int8", "dynamic", "int8_dynamic"):
+        return "hybrid"
+    if q in ("full_int8", "int8", "int8_full"):
+        return "int8"
+    d = (compute_dtype or "float32").lower()
+    return {"int8": "int8", "mixed": "hybrid"}.get(d, "f32")
+
+
+def features(structure: Mapping[str, Any], quantization: str | None) -> np.ndarray:
+    """The feature vector (``FEATURE_NAMES`` order) of one variant's ``structure`` dict."""
+    x = np.zeros(len(FEATURE_NAMES))
+    cls = compute_class(quantization, structure.get("compute_dtype"))
+    ci = CLASSES.index(cls)
+    op_flops = structure.get("op_flops") or {}
+    if op_flops:
+        for name, fl in op_flops.items():
+            x[ci * len(GROUPS) + GROUPS.index(op_group(name))] += float(fl) / 1e6
+    else:  # no per-op split: count everything as conv
+        x[ci * len(GROUPS)] += float(structure.get("flops") or 0) / 1e6
+    base = len(CLASSES) * len(GROUPS)
+    x[base + 0] = float(sum((structure.get("ops") or {}).values()))
+    x[base + 1] = float(structure.get("weight_bytes") or 0) / 1e6
+    x[base + 2] = float(structure.get("activation_bytes") or 0) / 1e6
+    x[base + 3] = 1.0
+    return x
+
+
+def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """Non-negative least squares, min ||a x - b|| s.t. x >= 0 (Lawson & Hanson, 1974)."""
+    m, n = a.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = a.T @ (b - a @ x)
+    tol = 10 * np.finfo(float).eps * np.linalg.norm(a, 1) * max(m, n)
+    it = 0
+    max_iter = max_iter or 3 * n
+    while (~passive).any() and (w[~passive] > tol).any() and it < max_iter:
+        it += 1
+        j = int(np.argmax(np.where(passive, -np.inf, w)))
+        passive[j] = True
+        while True:
+            s = np.zeros(n)
+            s[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (s[passive] > tol).all():
+                break
+            neg = passive & (s <= tol)
+            alpha = np.min(x[neg] / (x[neg] - s[neg]))
+            x = x + alpha * (s - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+            if not passive.any():
+                break
+        x = s if passive.any() else x
+        w = a.T @ (b - a @ x)
+    return np.clip(x, 0.0, None)
+
+
+def _pl(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+class StructuralPredictor:
+    """Per-placement non-negative linear latency model over graph features, plus a power model."""
+
+    def __init__(self, *, ridge: float = 1e-6, thread_exponent: float = 0.75, min_rel_sd: float = 0.05) -> None:
+        self.ridge = ridge
+        self.thread_exponent = thread_exponent
+        self.min_rel_sd = min_rel_sd
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, records: Iterable[Mapping[str, Any]]) -> "StructuralPredictor":
+        """Learn from calibration records: dicts with ``structure`` (manifest dict),
+        ``quantization``, ``placement`` (name), ``placement_kind``, ``threads``, ``latency_ms``
+        and optionally ``energy_mj``. Returns self."""
+        by_pl: dict[str, list[Mapping[str, Any]]] = {}
+        for r in records:
+            by_pl.setdefault(str(r["placement"]), []).append(r)
+        if not by_pl:
+            raise ValueError("no calibration records")
+        self.placements_: dict[str, dict] = {}
+        for name, recs in sorted(by_pl.items()):
+            x = np.stack([features(r["structure"], r.get("quantization")) for r in recs])
+            y = np.array([float(r["latency_ms"]) for r in recs])
+            if (y <= 0).any() or not np.isfinite(y).all():
+                raise ValueError(f"latencies must be finite and > 0 (placement {name})")
+            xw = x / y[:, None]
+            scale = np.linalg.norm(xw, axis=0)
+            scale[scale == 0] = 1.0
+            xs = xw / scale
+            if self.ridge > 0:  # a touch of ridge keeps the problem well posed with few records
+                k = xs.shape[1]
+                xs = np.vstack([xs, math.sqrt(self.ridge) * np.eye(k)])
+                target = np.concatenate([np.ones(len(y)), np.zeros(k)])
+            else:
+                target = np.ones(len(y))
+            coef = nnls(xs, target) / scale
+            pred = x @ coef
+            rel = np.abs(pred - y) / y
+            powers = [float(r["energy_mj"]) / float(r["latency_ms"]) for r in recs
+                      if r.get("energy_mj") is not None and math.isfinite(float(r["energy_mj"]))]
+            self.placements_[name] = {
+                "kind": str(recs[0].get("placement_kind", "cpu")),
+                "threads": int(recs[0].get("threads", 1)),
+                "coef": [float(c) for c in coef],
+                "rel_sd": float(max(np.sqrt(np.mean(rel ** 2)), self.min_rel_sd)),
+                "train_mape": float(np.median(rel)),
+                "power_w": float(np.median(powers)) if powers else None,
+                "n": int(len(y)),
+            }
+        return self
+
+    # ------------------------------------------------------------------ predicting
+    def _resolve(self, placement: Any) -> tuple[dict, float] | None:
+        name = str(_pl(placement, "name", placement) if not isinstance(placement, str) else placement)
+        if name in self.placements_:
+            return self.placements_[name], 1.0
+        if isinstance(placement, str):
+            return None
+        kind = _pl(placement, "kind", "cpu")
+        threads = int(_pl(placement, "threads", 1) or 1)
+        same = [(abs(p["threads"] - threads), n) for n, p in self.placements_.items() if p["kind"] == kind]
+        if not same:
+            return None
+        _, best = min(same)
+        p = self.placements_[best]
+        return p, (p["threads"] / threads) ** self.thread_exponent
+
+    def predict(self, structure: Mapping[str, Any], quantization: str | None, placement: Any) -> dict | None:
+        """{latency_ms, latency_sd_ms, energy_mj (or None), energy_estimated} for a variant's
+        ``structure`` on ``placement`` (a calibrated placement name, or an object/dict with name,
+        kind, threads); None when no calibrated placement resembles it."""
+        res = self._resolve(placement)
+        if res is None:
+            return None
+        p, factor = res
+        lat = float(features(structure, quantization) @ np.asarray(p["coef"])) * factor
+        lat = max(lat, 1e-3)
+        sd = lat * p["rel_sd"] * (1.0 if factor == 1.0 else 2.0)
+        energy = None if p["power_w"] is None else p["power_w"] * lat
+        return {"latency_ms": lat, "latency_sd_ms": sd, "energy_mj": energy, "energy_estimated": True}
+
+    def predict_record(self, record: Mapping[str, Any], placement: Any) -> dict | None:
+        """``predict`` from a manifest variant record (None if it has no ``structure``)."""
+        structure = record.get("structure")
+        if not structure:
+            return None
+        return self.predict(structure, record.get("quantization"), placement)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "params": {"ridge": self.ridge, "thread_exponent": self.thread_exponent,
+                       "min_rel_sd": self.min_rel_sd},
+            "feature_names": list(FEATURE_NAMES),
+            "placements": {k: dict(v) for k, v in self.placements_.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StructuralPredictor":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a {SCHEMA} dict (schema {d.get('schema')!r})")
+        if list(d.get("feature_names", [])) != list(FEATURE_NAMES):
+            raise ValueError("predictor was fitted with a different feature set; recalibrate")
+        self = cls(**d.get("params", {}))
+        self.placements_ = {k: dict(v) for k, v in d["placements"].items()}
+        return self
+
+
+def holdout_errors(records: Sequence[Mapping[str, Any]], group_key: str = "model",
+                   **params: Any) -> dict:
+    """Leave-one-group-out absolute percentage errors: for each group (model), fit on the others
+    and predict its arms. Returns {"mape": median APE, "mean_ape", "n", "per_group": {...}, "errors"}."""
+    groups = sorted({str(r[group_key]) for r in records})
+    errors = []
+    per_group = {}
+    for g in groups:
+        train = [r for r in records if str(r[group_key]) != g]
+        test = [r for r in records if str(r[group_key]) == g]
+        if not train:
+            continue
+        pred = StructuralPredictor(**params).fit(train)
+        ape = []
+        for r in test:
+            p = pred.predict(r["structure"], r.get("quantization"),
+                             {"name": r["placement"], "kind": r.get("placement_kind", "cpu"),
+                              "threads": r.get("threads", 1)})
+            if p is None:
+                continue
+            ape.append(abs(p["latency_ms"] - float(r["latency_ms"])) / float(r["latency_ms"]))
+        per_group[g] = float(np.median(ape)) if ape else None
+        errors.extend(ape)
+    return {
+        "mape": float(np.median(errors)) if errors else None,
+        "mean_ape": float(np.mean(errors)) if errors else None,
+        "n": len(errors),
+        "per_group": per_group,
+        "errors": [float(e) for e in errors],
+    }

@@ -1,0 +1,302 @@
+"""Property tests of the selection policy (adaptd.selector.policy), against a brute-force
+reference computed from the selector's own published estimates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaptd.selector import (
+    ArmSpec,
+    InvalidConstraintsError,
+    InvalidRequestError,
+    QueueSnapshot,
+    Request,
+    Selector,
+    SelectorConfig,
+    UnknownModelError,
+    UnknownPlacementError,
+    UnknownVariantError,
+)
+
+PLACEMENTS = ("cpu:0", "cpu:1", "cpu:0-1", "gpu:0")
+
+
+@st.composite
+def scenarios(draw):
+    n_var = draw(st.integers(1, 5))
+    n_pl = draw(st.integers(1, 4))
+    pls = PLACEMENTS[:n_pl]
+    arms = []
+    for v in range(n_var):
+        acc = draw(st.one_of(st.none(), st.floats(0.0, 1.0)))
+        for p in pls:
+            lat = draw(st.one_of(st.none(), st.floats(0.1, 50.0)))
+            en = draw(st.one_of(st.none(), st.floats(0.1, 100.0)))
+            arms.append(ArmSpec("m", f"v{v}", p, acc, lat, None, en))
+    # a few measurements
+    meas = draw(st.lists(st.tuples(st.integers(0, len(arms) - 1), st.floats(0.1, 60.0),
+                                   st.one_of(st.none(), st.floats(0.0, 100.0)), st.floats(0.0, 0.5)),
+                         max_size=12))
+    queues = {}
+    for p in pls:
+        if draw(st.booleans()):
+            queued = tuple(draw(st.lists(st.integers(0, len(arms) - 1), max_size=3)))
+            inflight = draw(st.one_of(st.none(), st.integers(0, len(arms) - 1)))
+            queues[p] = QueueSnapshot(queued, inflight, draw(st.floats(0.0, 20.0)))
+    req = Request(
+        "m",
+        min_accuracy=draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
+        max_latency_ms=draw(st.one_of(st.none(), st.floats(0.5, 80.0))),
+        max_energy_mj=draw(st.one_of(st.none(), st.floats(0.5, 100.0))),
+        objective=draw(st.sampled_from(["latency", "energy", "accuracy"])),
+        on_infeasible=draw(st.sampled_from(["reject", "best_effort"])),
+    )
+    return arms, list(pls), meas, queues, req
+
+
+def build(arms, pls, meas, **cfg):
+    s = Selector(arms, pls, SelectorConfig(**cfg))
+    t = 0.0
+    for a, lat, en, dt in meas:
+        t += dt
+        s.update(a, lat, en, True, t)
+    return s, t
+
+
+def reference(s: Selector, req: Request, queues):
+    """Per arm: (arm id, lat_mean, lat_bound, energy, accuracy, feasible, violation) by brute force."""
+    om = s.cost_model
+    wait = {}
+    for p, q in queues.items():
+        w = 0.0
+        if q.inflight_arm_id is not None:
+            w += max(0.0, om.est_latency_ms_[q.inflight_arm_id] - q.inflight_elapsed_ms)
+        w += sum(om.est_latency_ms_[j] for j in q.queued_arm_ids)
+        wait[p] = 0.0 if math.isnan(w) else w
+    rows = []
+    for a, arm in enumerate(s.arms):
+        if arm.model != req.model:
+            continue
+        if req.variant is not None and arm.variant != req.variant:
+            continue
+        if req.placement is not None and arm.placement != req.placement:
+            continue
+        w = wait.get(arm.placement, 0.0)
+        mean = om.est_latency_ms_[a] + w
+        bound = om.latency_bound_ms_[a] + w
+        en = om.est_energy_mj_[a]
+        acc = arm.accuracy
+        ok = True
+        viol = 0.0
+        if req.min_accuracy is not None:
+            ok &= acc is not None and acc >= req.min_accuracy
+            viol += 1.0 if acc is None else max(0.0, (req.min_accuracy - acc) / max(req.min_accuracy, 1e-12))
+        if req.max_latency_ms is not None:
+            ok &= bool(bound <= req.max_latency_ms)
+            viol += 1e300 if math.isnan(bound) else max(0.0, (bound - req.max_latency_ms) / req.max_latency_ms)
+        if req.max_energy_mj is not None:
+            ok &= bool(en <= req.max_energy_mj)
+            viol += 1e300 if math.isnan(en) else max(0.0, (en - req.max_energy_mj) / req.max_energy_mj)
+        rows.append(dict(a=a, mean=mean, bound=bound, energy=en, acc=acc, ok=ok, viol=min(viol, 1e300)))
+    return rows
+
+
+def objective_key(row, objective):
+    nan_big = lambda x: 1e300 if math.isnan(x) else x  # noqa: E731
+    if objective == "latency":
+        return (nan_big(row["mean"]), nan_big(row["energy"]), row["a"])
+    if objective == "energy":
+        return (nan_big(row["energy"]), nan_big(row["mean"]), row["a"])
+    return (1.0 if row["acc"] is None else -row["acc"], nan_big(row["mean"]), row["a"])
+
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(scenarios())
+def test_feasible_when_possible_and_optimal(sc):
+    arms, pls, meas, queues, req = sc
+    s, t = build(arms, pls, meas, probe_share=0.0)
+    d = s.choose(req, t + 1.0, queues)
+    rows = reference(s, req, queues)
+    feasible = [r for r in rows if r["ok"]]
+    if feasible:
+        assert d.code == "selected"
+        best = min(feasible, key=lambda r: objective_key(r, req.objective))
+        assert d.arm_id == best["a"]
+        # every set constraint met by the model's own estimates
+        assert d.feasible and all(v is not False for v in d.predicted_met.values())
+        if req.max_latency_ms is not None:
+            assert d.predicted["latency_bound_ms"] <= req.max_latency_ms
+        if req.max_energy_mj is not None:
+            assert d.predicted["energy_mj"] <= req.max_energy_mj
+        if req.min_accuracy is not None:
+            assert d.predicted["accuracy"] >= req.min_accuracy
+    else:
+        closest = min(rows, key=lambda r: (r["viol"], r["a"]))
+        assert not d.feasible
+        assert d.closest == {"variant": s.arms[closest["a"]].variant, "placement": s.arms[closest["a"]].placement}
+        assert d.violations  # names what fails, by how much
+        if req.on_infeasible == "reject":
+            assert d.code == "infeasible" and d.arm_id is None and d.variant is None
+        else:
+            assert d.code == "best_effort" and d.arm_id == closest["a"]
+    json.dumps(d.to_dict())  # wire-friendly
+
+
+@FAST
+@given(scenarios())
+def test_deterministic(sc):
+    arms, pls, meas, queues, req = sc
+    s1, t = build(arms, pls, meas, probe_share=0.5, probe_interval_s=0.1)
+    s2, _ = build(list(reversed(arms)), pls, meas, probe_share=0.5, probe_interval_s=0.1)
+    for k in range(6):
+        d1 = s1.choose(req, t + k, queues, explain=True)
+        d2 = s2.choose(req, t + k, queues, explain=True)
+        assert d1.to_dict() == d2.to_dict()
+
+
+@FAST
+@given(scenarios(), st.data())
+def test_pins(sc, data):
+    arms, pls, meas, queues, req = sc
+    s, t = build(arms, pls, meas, probe_share=0.0)
+    arm = data.draw(st.sampled_from(s.arms))
+    pin_v = data.draw(st.booleans())
+    pin_p = data.draw(st.booleans())
+    r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
+                variant=arm.variant if pin_v else None, placement=arm.placement if pin_p else None)
+    d = s.choose(r, t, queues)
+    if pin_v and pin_p:
+        assert d.code == "pinned" and (d.variant, d.placement) == (arm.variant, arm.placement)
+        rows = reference(s, r, queues)
+        assert d.feasible == rows[0]["ok"]  # honest about the constraints
+    elif d.arm_id is not None:
+        if pin_v:
+            assert d.variant == arm.variant
+        if pin_p:
+            assert d.placement == arm.placement
+
+
+@FAST
+@given(scenarios())
+def test_probes_only_feasible_and_bounded(sc):
+    arms, pls, meas, queues, req = sc
+    share = 0.05
+    s, t = build(arms, pls, meas, probe_share=share, probe_interval_s=1.0)
+    n = 200
+    probes = 0
+    for k in range(n):
+        now = t + 0.05 * k
+        d = s.choose(req, now, queues)
+        if d.code == "probe":
+            probes += 1
+            rows = {r["a"]: r for r in reference(s, req, queues)}
+            assert rows[d.arm_id]["ok"]
+            assert d.feasible
+            assert now - s.cost_model.last_update_s_[d.arm_id] > 1.0
+    assert probes <= share * n + 1
+
+
+def test_explain_changes_nothing_and_ranks():
+    arms = [ArmSpec("m", f"v{v}", p, 0.5 + 0.1 * v, 2.0 + v, 0.1, 1.0 + v) for v in range(4) for p in PLACEMENTS[:2]]
+    s = Selector(arms, list(PLACEMENTS[:2]), SelectorConfig(probe_share=1.0, probe_interval_s=0.0))
+    r = Request("m", min_accuracy=0.6, max_latency_ms=4.5, objective="latency")
+    d = s.explain(r, 100.0)
+    assert d.code == "selected" and d.variant == "v1"
+    alts = d.alternatives
+    assert len(alts) == 8
+    assert alts[0]["rank"] == 0 and (alts[0]["variant"], alts[0]["placement"]) == (d.variant, d.placement)
+    excluded = {(a["variant"], a["placement"]): a["excluded_by"] for a in alts}
+    assert excluded[("v0", "cpu:0")] == ["min_accuracy"]
+    assert "max_latency_ms" in excluded[("v3", "cpu:0")]
+    assert all(a["rank"] is None for a in alts if a["excluded_by"])
+    # a dry run spends no probe credit; the real call probes (probe_share=1 and all arms stale)
+    assert s.explain(r, 100.0).code == "selected"
+    assert s.choose(r, 100.0).code == "probe"
+    assert "4 of 8 arms" in d.text
+
+
+def test_queue_wait_moves_choice():
+    arms = [ArmSpec("m", "a", "cpu:0", 0.9, 2.0, 0.0, None), ArmSpec("m", "a", "cpu:1", 0.9, 3.0, 0.0, None)]
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0))
+    r = Request("m", max_latency_ms=5.0)
+    assert s.choose(r, 0.0).placement == "cpu:0"
+    a0 = s.arm_id("m", "a", "cpu:0")
+    # in flight 2.0 ms job started 0.5 ms ago + one queued 2.0 ms job -> wait 3.5 ms on cpu:0
+    q = {"cpu:0": QueueSnapshot((a0,), a0, 0.5)}
+    d = s.choose(r, 0.0, q, explain=True)
+    assert d.placement == "cpu:1" and d.predicted["queue_ms"] == 0.0
+    alt = {a["placement"]: a for a in d.alternatives}
+    assert alt["cpu:0"]["queue_ms"] == pytest.approx(3.5)
+    assert alt["cpu:0"]["latency_bound_ms"] == pytest.approx(5.5)
+    assert alt["cpu:0"]["excluded_by"] == ["max_latency_ms"]
+
+
+def test_unknown_accuracy_fails_min_accuracy_and_ranks_last():
+    arms = [ArmSpec("m", "zoo", "cpu:0", None, 1.0, 0.0, None), ArmSpec("m", "known", "cpu:0", 0.3, 5.0, 0.0, None)]
+    s = Selector(arms, ["cpu:0"], SelectorConfig(probe_share=0.0))
+    assert s.choose(Request("m", min_accuracy=0.0), 0.0).variant == "known"
+    assert s.choose(Request("m", objective="accuracy"), 0.0).variant == "known"
+    assert s.choose(Request("m"), 0.0).variant == "zoo"
+    d = s.choose(Request("m", min_accuracy=0.5), 0.0)
+    assert d.code == "infeasible" and d.closest["variant"] == "known"
+    assert "accuracy 0.3 is below 0.5 by 0.2" in d.text
+
+
+@pytest.mark.parametrize("kw", [
+    dict(min_accuracy=1.5), dict(min_accuracy=-0.1), dict(max_latency_ms=-1.0), dict(max_latency_ms=0.0),
+    dict(max_energy_mj=float("nan")), dict(max_latency_ms=float("inf")), dict(max_energy_mj="3"),
+    dict(min_accuracy=True),
+])
+def test_invalid_constraints(kw):
+    with pytest.raises(InvalidConstraintsError) as e:
+        Request("m", **kw)
+    assert isinstance(e.value, ValueError) and e.value.code == "BAD_CONSTRAINTS"
+    assert str(e.value)
+
+
+def test_invalid_request_and_unknowns():
+    with pytest.raises(InvalidRequestError):
+        Request("m", objective="speed")
+    with pytest.raises(InvalidRequestError):
+        Request("m", on_infeasible="maybe")
+    with pytest.raises(InvalidConstraintsError):
+        Request.from_dict({"model": "m", "constraints": {"max_latency_ms": -3}})
+    r = Request.from_dict({"model": "m", "constraints": {"max_latency_ms": 3}, "pin": {"variant": "a"},
+                           "objective": "energy", "extra": 1})
+    assert (r.max_latency_ms, r.variant, r.objective) == (3.0, "a", "energy")
+    s = Selector([ArmSpec("m", "a", "cpu:0", 0.9, 1.0)], ["cpu:0", "gpu:0"])
+    with pytest.raises(UnknownModelError):
+        s.choose(Request("x"), 0.0)
+    with pytest.raises(UnknownVariantError):
+        s.choose(Request("m", variant="b"), 0.0)
+    with pytest.raises(UnknownPlacementError):
+        s.choose(Request("m", placement="gpu:0"), 0.0)
+
+
+def test_from_manifests_pairs_runtimes_and_uses_priors():
+    manifest = {"schema": "adaptd.manifest/1", "model": "digits", "version": "1", "variants": [
+        {"name": "float32", "runtime": "litert", "quantization": "none", "metrics": {"accuracy": 0.96},
+         "latency_ms_1thread": {"median": 2.0, "p90": 2.2, "n": 20}},
+        {"name": "float32_tf", "runtime": "tensorflow", "quantization": "none", "metrics": None,
+         "latency_ms_1thread": {"median": 4.0, "p90": 4.4, "n": 20}},
+    ]}
+    pls = [{"name": "cpu:0", "kind": "cpu", "cores": (0,), "threads": 1, "runtime": "litert"},
+           {"name": "cpu:0-1", "kind": "cpu", "cores": (0, 1), "threads": 2, "runtime": "litert"},
+           {"name": "tf:cpu", "kind": "cpu", "cores": (0, 1), "threads": 2, "runtime": "tensorflow"}]
+    s = Selector.from_manifests([manifest], pls)
+    assert [(a.variant, a.placement) for a in s.arms] == [
+        ("float32", "cpu:0"), ("float32", "cpu:0-1"), ("float32_tf", "tf:cpu")]
+    assert s.arms[0].prior_latency_ms == 2.0 and s.arms[0].accuracy == 0.96
+    assert s.arms[1].prior_latency_ms == pytest.approx(2.0 * 2 ** -0.75)
+    assert s.arms[2].accuracy is None
+    d = s.choose(Request("digits", objective="latency"), 0.0)
+    assert (d.variant, d.placement) == ("float32", "cpu:0-1")
