@@ -431,6 +431,7 @@ def save_manifest(manifest: Manifest, directory: Path) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the daemon may run as another user
         os.replace(tmp, target)
     except BaseException:
         try:

@@ -1,0 +1,91 @@
+"""Magnitude pruning on Keras 3, without tensorflow-model-optimization.
+
+``prune_keras(model, sparsity, ...)`` zeroes, in every Conv/Dense/DepthwiseConv/SeparableConv
+kernel, the ``round(sparsity * size)`` weights of smallest magnitude (a per-layer threshold;
+biases and normalisation parameters are kept), fixes that mask, and, when training data is
+given, fine-tunes the model with the mask re-applied after every batch, so the weights left at
+the end honour the mask exactly. It changes ``model`` in place; callers that need the original
+weights save ``model.get_weights()`` first and restore them after. ``prune_variables`` does the
+one-shot part on plain ``tf.Variable``s (SavedModel sources). Import TensorFlow/Keras lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
+    """Boolean mask keeping all but the ``round(sparsity * w.size)`` smallest-|w| entries."""
+    k = int(round(sparsity * w.size))
+    mask = np.ones(w.size, dtype=bool)
+    if k > 0:
+        idx = np.argpartition(np.abs(w).reshape(-1), k - 1)[:k]
+        mask[idx] = False
+    return mask.reshape(w.shape)
+
+
+def prunable_variables(model: Any) -> list[Any]:
+    """The kernels of the model's Conv*, Dense, DepthwiseConv* and SeparableConv* layers."""
+    import keras
+
+    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+             keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+             keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose,
+             keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, kinds):
+            continue
+        for attr in ("kernel", "depthwise_kernel", "pointwise_kernel"):
+            v = getattr(layer, attr, None)
+            if v is not None and id(v) not in seen and len(v.shape) >= 2:
+                seen.add(id(v))
+                found.append(v)
+    return found
+
+
+def prune_variables(variables: Sequence[Any], sparsity: float) -> list[np.ndarray]:
+    """One-shot: assign each variable its magnitude-masked value; return the masks."""
+    masks = []
+    for v in variables:
+        w = np.asarray(v.numpy())
+        m = magnitude_mask(w, sparsity)
+        v.assign((w * m).astype(w.dtype))
+        masks.append(m)
+    return masks
+
+
+def _outputs_are_probabilities(model: Any, x: np.ndarray) -> bool:
+    p = np.asarray(model.predict(x[:64], verbose=0))
+    return bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def prune_keras(model: Any, sparsity: float, x_train: np.ndarray | None = None,
+                y_train: np.ndarray | None = None, epochs: int = 2, batch_size: int = 64,
+                learning_rate: float = 1e-3, progress: bool = False) -> bool:
+    """Prune ``model`` in place to ``sparsity``; return True if it was fine-tuned."""
+    import keras
+
+    variables = prunable_variables(model)
+    if not variables:
+        raise ValueError("the model has no Conv/Dense kernels to prune")
+    masks = [m.astype(np.float32) for m in prune_variables(variables, sparsity)]
+    if x_train is None or y_train is None or epochs <= 0:
+        return False
+
+    class ReapplyMask(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            for v, m in zip(variables, masks):
+                v.assign(v * m)
+
+    from_logits = not _outputs_are_probabilities(model, x_train)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True,
+              verbose=0, callbacks=[ReapplyMask()])
+    for v, m in zip(variables, masks):  # exact, whatever the last step did
+        v.assign(v * m)
+    return True
