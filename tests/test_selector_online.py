@@ -1,0 +1,159 @@
+"""The online cost model follows regime changes, decays with time, blends its prior; and the
+pure-library version of "a sudden slow-down moves traffic off an arm within a bounded number of
+requests" (simulated clock, simulated measurements)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptd.selector import ArmSpec, OnlineCostModel, Request, Selector, SelectorConfig
+
+
+def model(n=1, prior=5.0, sd=0.5, energy=float("nan"), **kw):
+    return OnlineCostModel(**kw).init_priors(np.full(n, prior), np.full(n, sd), np.full(n, energy))
+
+
+def test_first_samples_are_averaged_and_prior_fades():
+    m = model(prior=50.0, sd=5.0)
+    m.update(0, 10.0, None, True, 0.0)
+    # one sample: prior counts as one sample -> halfway
+    assert m.est_latency_ms_[0] == pytest.approx(30.0)
+    for k in range(1, 5):
+        m.update(0, 10.0, None, True, 0.001 * k)
+    # full trust after 5 samples: prior gone
+    assert m.est_latency_ms_[0] == pytest.approx(10.0)
+    assert m.latency_bound_ms_[0] == pytest.approx(10.0)
+
+
+def test_slowdown_raises_bound_within_two_updates_and_mean_within_25():
+    m = model()
+    t = 0.0
+    for _ in range(100):
+        t += 0.01
+        m.update(0, 5.0, None, True, t)
+    assert m.latency_bound_ms_[0] == pytest.approx(5.0)
+    for k in range(1, 26):
+        t += 0.01  # 100 requests/s: time decay alone would take ~2 s; min_update_weight bounds it
+        m.update(0, 10.0, None, True, t)
+        if k == 2:
+            assert m.latency_bound_ms_[0] >= 9.0
+    assert m.est_latency_ms_[0] >= 9.5
+
+
+def test_regime_change_followed_within_seconds_at_low_rate():
+    m = model(half_life_s=2.0, min_update_weight=0.0)
+    t = 0.0
+    for _ in range(50):
+        t += 1.0
+        m.update(0, 5.0, None, True, t)
+    for _ in range(8):  # 8 s at one sample per second: 1 - 2**-4 of the change followed
+        t += 1.0
+        m.update(0, 20.0, None, True, t)
+    assert m.est_latency_ms_[0] == pytest.approx(20.0 - 15.0 * 2 ** -4, rel=1e-6)
+
+
+def test_long_gap_lets_the_new_sample_dominate():
+    m = model(half_life_s=2.0)
+    for k in range(30):
+        m.update(0, 5.0, None, True, 0.01 * k)
+    m.update(0, 8.0, None, True, 30.0)  # 30 s later: weight 1 - 2**-15
+    assert m.mean_ms_[0] == pytest.approx(8.0, abs=1e-3)
+
+
+def test_speedup_followed_and_window_flushes():
+    m = model(window=8)
+    t = 0.0
+    for _ in range(20):
+        t += 0.01
+        m.update(0, 10.0, None, True, t)
+    for _ in range(40):
+        t += 0.01
+        m.update(0, 4.0, None, True, t)
+    assert m.est_latency_ms_[0] == pytest.approx(4.0, rel=0.03)  # 6 ms * 0.9**40
+    assert m.latency_bound_ms_[0] < 4.5
+
+
+def test_bound_uses_distribution_not_mean():
+    m = model(min_update_weight=0.0, half_life_s=1e9)
+    rng = np.random.default_rng(0)
+    xs = rng.normal(10.0, 1.0, 400)
+    for k, x in enumerate(xs):
+        m.update(0, x, None, True, 0.001 * k)
+    assert m.est_latency_ms_[0] == pytest.approx(10.0, abs=0.2)
+    assert 11.2 < m.latency_bound_ms_[0] < 12.5  # ~ mean + 1.645 sd (or the window's p95)
+
+
+def test_energy_prior_follows_latency_until_measured():
+    m = model(prior=5.0, energy=10.0)  # prior power 2 W
+    assert m.est_energy_mj_[0] == 10.0 and m.energy_estimated_[0]
+    for k in range(6):
+        m.update(0, 8.0, None, True, 0.01 * k)
+    assert m.est_energy_mj_[0] == pytest.approx(16.0)
+    m.update(0, 8.0, 3.0, False, 1.0)
+    assert m.est_energy_mj_[0] == 3.0 and not m.energy_estimated_[0]
+    m.update(0, 8.0, None, True, 1.1)  # no energy this time: keeps the measured estimate
+    assert m.est_energy_mj_[0] == 3.0 and not m.energy_estimated_[0]
+
+
+def test_bad_measurement_rejected_state_unchanged():
+    m = model()
+    m.update(0, 5.0, None, True, 0.0)
+    before = (m.n_.copy(), m.est_latency_ms_.copy())
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError):
+            m.update(0, bad, None, True, 1.0)
+    with pytest.raises(ValueError):
+        m.update(0, 5.0, -2.0, True, 1.0)
+    assert (m.n_ == before[0]).all() and (m.est_latency_ms_ == before[1]).all()
+
+
+def test_stats_plain_types():
+    arms = [ArmSpec("m", "a", "cpu:0", 0.9, 2.0, 0.2, 4.0)]
+    s = Selector(arms)
+    s.update(0, 2.5, None, True, 1.0)
+    st = s.stats()[0]
+    assert st["count"] == 1 and st["latency_ms"]["last"] == 2.5 and st["energy_estimated"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure-library version of the daemon test: a sudden slow-down of one arm moves traffic off it.
+
+def simulate(slow_at: int, n: int, request: Request, gap_s: float = 0.02, seed: int = 0):
+    """Two arms; 'fast' runs 5 ms until request `slow_at`, then 15 ms; 'steady' always 7 ms.
+    Each request: choose at the simulated time, 'run' it, feed the measurement back."""
+    rng = np.random.default_rng(seed)
+    arms = [ArmSpec("m", "fast", "cpu:0", 0.9, 5.0, 0.5, None),
+            ArmSpec("m", "steady", "cpu:1", 0.9, 7.0, 0.7, None)]
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.02, probe_interval_s=1.0))
+    truth = {"fast": 5.0, "steady": 7.0}
+    chosen = []
+    t = 0.0
+    for k in range(n):
+        if k == slow_at:
+            truth["fast"] = 15.0
+        t += gap_s
+        d = s.choose(request, t)
+        chosen.append((d.variant, d.code))
+        if d.arm_id is not None:
+            lat = truth[d.variant] * float(rng.lognormal(0.0, 0.05))
+            s.update(d.arm_id, lat, None, True, t + lat / 1e3)
+    return chosen
+
+
+@pytest.mark.parametrize("request_, bound", [
+    (Request("m", objective="latency"), 12),               # mean must cross 7 ms: ~0.9**k decay
+    (Request("m", max_latency_ms=10.0), 3),                # bound crosses 10 ms within 2 samples
+])
+def test_sudden_slowdown_moves_traffic_off_within_bounded_requests(request_, bound):
+    slow_at, n = 200, 600
+    chosen = simulate(slow_at, n, request_)
+    assert all(v == "fast" for v, c in chosen[100:slow_at] if c == "selected")
+    after = chosen[slow_at:]
+    first_off = next(k for k, (v, c) in enumerate(after) if v == "steady" and c == "selected")
+    assert first_off <= bound
+    # and it stays off, apart from bounded probes of the slowed arm
+    later = after[first_off:]
+    on_fast = [c for v, c in later if v == "fast"]
+    assert all(c == "probe" for c in on_fast)
+    assert len(on_fast) <= 0.02 * len(later) + 1
