@@ -71,7 +71,12 @@ def test_speedup_followed_and_window_flushes():
         t += 0.01
         m.update(0, 4.0, None, True, t)
     assert m.est_latency_ms_[0] == pytest.approx(4.0, rel=0.03)  # 6 ms * 0.9**40
-    assert m.latency_bound_ms_[0] < 4.5
+    # the bound is conservative: the step's variance decays like the mean, the window has flushed
+    assert m.latency_bound_ms_[0] < 6.0
+    for _ in range(40):
+        t += 0.01
+        m.update(0, 4.0, None, True, t)
+    assert m.latency_bound_ms_[0] < 4.1
 
 
 def test_bound_uses_distribution_not_mean():
