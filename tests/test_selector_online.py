@@ -76,7 +76,7 @@ def test_speedup_followed_and_window_flushes():
     for _ in range(40):
         t += 0.01
         m.update(0, 4.0, None, True, t)
-    assert m.latency_bound_ms_[0] < 4.1
+    assert m.latency_bound_ms_[0] < 4.2  # sd decays like 0.95**k
 
 
 def test_bound_uses_distribution_not_mean():
