@@ -69,6 +69,14 @@ class SampleRing:
     @classmethod
     def attach(cls, name: str, n_rails: int, capacity: int) -> "SampleRing":
         shm = shared_memory.SharedMemory(name=name, create=False)
+        # Python < 3.13 registers attached blocks with this process's resource tracker, which
+        # would unlink the creator's block when this process exits; the creator owns it.
+        try:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        except Exception:
+            pass
         ring = cls(shm, n_rails, capacity, owner=False)
         if int(ring.header[H_NRAILS]) != n_rails or int(ring.header[H_CAP]) != capacity:
             raise ValueError("shared ring layout mismatch")

@@ -106,7 +106,7 @@ class SamplerProcess:
         wall_ns, cpu_ns, samples = int(h[ringmod.H_WALL_NS]), int(h[ringmod.H_CPU_NS]), int(h[ringmod.H_SEQ])
         return {
             "samples": samples,
-            "achieved_hz": int(h[ringmod.H_HZ_MILLI]) / 1000.0,
+            "achieved_hz": (int(h[ringmod.H_HZ_MILLI]) / 1000.0) or (samples * 1e9 / wall_ns if wall_ns else 0.0),
             "cpu_share": cpu_ns / wall_ns if wall_ns > 0 else 0.0,
             "read_errors": int(h[ringmod.H_ERRORS]),
             "alive": self.alive(),
