@@ -1,0 +1,272 @@
+"""The daemon's configuration: TOML -> validated, immutable dataclasses with documented defaults.
+
+Contract
+--------
+* ``load_config(path)`` reads a TOML file; ``Config.from_dict`` validates a mapping. Both raise
+  :class:`ConfigError` (a ``ValueError``) naming the offending key, for unknown keys too, so a
+  typo never silently falls back to a default. Every setting and its default is documented in
+  ``systemd/adaptd.toml``; ``tests/test_config.py`` checks that file loads and names every key.
+* Objects are frozen and hold no resources: safe to share between threads.
+* Paths: relative paths in the file are resolved against the file's directory; the state
+  directory defaults to ``$STATE_DIRECTORY`` (systemd), the runtime directory to
+  ``$RUNTIME_DIRECTORY``, ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``.
+* Units are in the names: ``*_s`` seconds, ``*_bytes`` bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from adaptd.daemon.power.config import PowerConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+def default_runtime_dir() -> Path:
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "adaptd"
+    return Path(f"/tmp/adaptd-{os.getuid()}")
+
+
+def default_state_dir() -> Path:
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path.cwd()
+
+
+def default_endpoint() -> str:
+    return f"ipc://{default_runtime_dir() / 'adaptd.sock'}"
+
+
+def default_pub_endpoint() -> str:
+    return f"ipc://{default_runtime_dir() / 'adaptd-selections.sock'}"
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}.{key}: expected {name}, got {value!r}")
+    return value
+
+
+def _positive(value: float | int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {value}")
+
+
+def _endpoint_list(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of endpoint strings")
+    for v in value:
+        if not v.startswith(("ipc://", "tcp://")):
+            raise ConfigError(f"{key}: {v!r} is not an ipc:// or tcp:// endpoint")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    endpoints: tuple[str, ...] = ()          # empty: the default ipc endpoint
+    pub_endpoints: tuple[str, ...] = ()      # empty: the default ipc stream endpoint
+    ipc_mode: int = 0o660
+    max_message_bytes: int = 64 * 1024 * 1024
+    dedup_window_s: float = 60.0
+    dedup_entries: int = 1024
+    drain_timeout_s: float = 30.0
+    watchdog: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
+        w = "server"
+        _check_keys(d, {f.name for f in fields(cls)}, w)
+        out = cls(
+            endpoints=_endpoint_list(d.get("endpoints", []), f"{w}.endpoints"),
+            pub_endpoints=_endpoint_list(d.get("pub_endpoints", []), f"{w}.pub_endpoints"),
+            ipc_mode=_typed(d, "ipc_mode", int, 0o660, w),
+            max_message_bytes=_typed(d, "max_message_bytes", int, cls.max_message_bytes, w),
+            dedup_window_s=_typed(d, "dedup_window_s", float, cls.dedup_window_s, w),
+            dedup_entries=_typed(d, "dedup_entries", int, cls.dedup_entries, w),
+            drain_timeout_s=_typed(d, "drain_timeout_s", float, cls.drain_timeout_s, w),
+            watchdog=_typed(d, "watchdog", bool, True, w),
+        )
+        _positive(out.max_message_bytes, f"{w}.max_message_bytes")
+        _positive(out.drain_timeout_s, f"{w}.drain_timeout_s")
+        if out.dedup_entries < 0 or out.dedup_window_s < 0:
+            raise ConfigError(f"{w}.dedup_*: must not be negative")
+        if not 0 <= out.ipc_mode <= 0o777:
+            raise ConfigError(f"{w}.ipc_mode: not a file mode: {out.ipc_mode}")
+        return out
+
+
+@dataclass(frozen=True)
+class CustomPlacement:
+    name: str
+    cores: tuple[int, ...]
+    threads: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PlacementsConfig:
+    include: tuple[str, ...] = ()            # empty: every discovered placement
+    exclude: tuple[str, ...] = ()
+    tensorflow: str = "auto"                 # auto | on | off
+    queue_limit: int = 32
+    load: str = "lazy"                       # lazy | eager
+    custom: tuple[CustomPlacement, ...] = ()
+    worker_start_timeout_s: float = 60.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlacementsConfig:
+        w = "placements"
+        _check_keys(d, {f.name for f in fields(cls)}, w)
+        custom = []
+        for i, c in enumerate(d.get("custom", [])):
+            cw = f"{w}.custom[{i}]"
+            if not isinstance(c, dict):
+                raise ConfigError(f"{cw}: expected a table")
+            _check_keys(c, {"name", "cores", "threads", "description"}, cw)
+            cores = c.get("cores")
+            if not isinstance(cores, list) or not cores or not all(isinstance(x, int) and x >= 0 for x in cores):
+                raise ConfigError(f"{cw}.cores: expected a non-empty list of core numbers")
+            name = _typed(c, "name", str, None, cw)
+            if not name:
+                raise ConfigError(f"{cw}.name: required")
+            threads = _typed(c, "threads", int, len(cores), cw)
+            _positive(threads, f"{cw}.threads")
+            custom.append(CustomPlacement(name, tuple(sorted(set(cores))), threads,
+                                          _typed(c, "description", str, "", cw)))
+        out = cls(
+            include=tuple(_typed(d, "include", list, [], w)),
+            exclude=tuple(_typed(d, "exclude", list, [], w)),
+            tensorflow=_typed(d, "tensorflow", str, "auto", w),
+            queue_limit=_typed(d, "queue_limit", int, cls.queue_limit, w),
+            load=_typed(d, "load", str, "lazy", w),
+            custom=tuple(custom),
+            worker_start_timeout_s=_typed(d, "worker_start_timeout_s", float, 60.0, w),
+        )
+        if out.tensorflow not in ("auto", "on", "off"):
+            raise ConfigError(f"{w}.tensorflow: expected auto, on or off, got {out.tensorflow!r}")
+        if out.load not in ("lazy", "eager"):
+            raise ConfigError(f"{w}.load: expected lazy or eager, got {out.load!r}")
+        _positive(out.queue_limit, f"{w}.queue_limit")
+        return out
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    window: int = 256           # executions kept per arm for percentiles
+    ewma_alpha: float = 0.2     # weight of the newest execution in the EWMA
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StatsConfig:
+        w = "stats"
+        _check_keys(d, {f.name for f in fields(cls)}, w)
+        out = cls(window=_typed(d, "window", int, cls.window, w),
+                  ewma_alpha=_typed(d, "ewma_alpha", float, cls.ewma_alpha, w))
+        if out.window < 8:
+            raise ConfigError(f"{w}.window: must be at least 8, got {out.window}")
+        if not 0 < out.ewma_alpha <= 1:
+            raise ConfigError(f"{w}.ewma_alpha: must be in (0, 1], got {out.ewma_alpha}")
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    repository: Path
+    state_dir: Path
+    runtime_dir: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    placements: PlacementsConfig = field(default_factory=PlacementsConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    selector: Mapping[str, Any] = field(default_factory=dict)
+    store: Mapping[str, Any] = field(default_factory=dict)
+    log_level: str = "info"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self.server.endpoints or (f"ipc://{self.runtime_dir / 'adaptd.sock'}",)
+
+    @property
+    def pub_endpoints(self) -> tuple[str, ...]:
+        return self.server.pub_endpoints or (f"ipc://{self.runtime_dir / 'adaptd-selections.sock'}",)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+        base = base_dir or Path.cwd()
+        top = {"repository", "state_dir", "runtime_dir", "log_level",
+               "server", "placements", "stats", "power", "selector", "store"}
+        _check_keys(d, top, "config")
+
+        def path(key: str, default: Path) -> Path:
+            value = _typed(d, key, str, None, "config")
+            if value is None:
+                return default
+            p = Path(os.path.expandvars(value)).expanduser()
+            return p if p.is_absolute() else (base / p)
+
+        repo = d.get("repository")
+        if repo is None:
+            raise ConfigError("config.repository: required (the model repository's path)")
+        state_dir = path("state_dir", default_state_dir())
+        log_level = _typed(d, "log_level", str, "info", "config")
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"config.log_level: expected debug, info, warning or error, got {log_level!r}")
+        for key in ("server", "placements", "stats", "power", "selector", "store"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ConfigError(f"config.{key}: expected a table")
+        try:
+            power = PowerConfig.from_dict(d.get("power", {}))
+        except ValueError as exc:
+            raise ConfigError(f"power: {exc}") from None
+        return cls(
+            repository=path("repository", Path()),
+            state_dir=state_dir,
+            runtime_dir=path("runtime_dir", default_runtime_dir()),
+            server=ServerConfig.from_dict(d.get("server", {})),
+            placements=PlacementsConfig.from_dict(d.get("placements", {})),
+            stats=StatsConfig.from_dict(d.get("stats", {})),
+            power=power,
+            selector=dict(d.get("selector", {})),
+            store=dict(d.get("store", {})),
+            log_level=log_level,
+        )
+
+
+def load_config(path: Path) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return Config.from_dict(data, base_dir=Path(path).resolve().parent)

@@ -1,0 +1,182 @@
+"""A placement's worker process: runs variants, one execution at a time, pinned to its cores.
+
+Contract
+--------
+* Started by :mod:`adaptd.daemon.workers` as ``python -m adaptd.daemon.worker SPEC_JSON``; SPEC
+  gives the daemon's PAIR endpoint, the cores, the thread count and the runtime. The process pins
+  itself to its cores *before* importing an interpreter, so every thread the runtime starts
+  inherits the pinning.
+* Lifecycle: connect -> send ``ready`` -> serve messages in order until ``stop`` or until the
+  daemon's socket goes away (the daemon's death ends the worker: it exits when its parent does).
+* Internal protocol (not part of PROTOCOL.md; both ends live in this package). Frames:
+  ``[verb, msgpack header, *bodies]``. Daemon -> worker: ``run`` (header: job, dir, variant,
+  inputs: tensor headers; bodies: the input tensors as received from the client), ``load``,
+  ``unload_except``, ``stop``. Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
+  compute_ms, cpu_time_s, outputs; bodies: output tensors), ``loaded``, ``fail`` (header: job,
+  code, message).
+* Timing: ``t0_ns``/``t1_ns`` are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, comparable with the
+  daemon's and the power sampler's clocks) taken around the execution: from handing the input to
+  the interpreter to having the outputs, model load excluded. ``cpu_time_s`` is this process's CPU
+  time (all threads) over the same span, used by the estimated power model.
+* Only this process imports the interpreter runtime: LiteRT for ``litert`` placements,
+  TensorFlow for ``tensorflow`` ones. A failure to load or run a variant is answered ``fail``
+  and the worker keeps serving; only a crash ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+
+def _pack(header: dict[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class VariantCache:
+    """Loaded variants of this worker, keyed by (version dir, variant name)."""
+
+    def __init__(self, threads: int, device: str | None) -> None:
+        self.threads = threads
+        self.device = device
+        self.loaded: dict[tuple[str, str], Any] = {}
+        self.memory_bytes: dict[tuple[str, str], int] = {}
+        self._manifests: dict[str, Any] = {}
+
+    def get(self, version_dir: str, variant: str) -> tuple[Any, float | None]:
+        """The loaded variant and, if it was loaded now, its load time in ms."""
+        key = (version_dir, variant)
+        hit = self.loaded.get(key)
+        if hit is not None:
+            return hit, None
+        from adaptd.variants.manifest import load_manifest
+        from adaptd.variants.runtime import load_variant
+
+        manifest = self._manifests.get(version_dir)
+        if manifest is None:
+            manifest = self._manifests[version_dir] = load_manifest(Path(version_dir))
+        record = next((v for v in manifest.variants if v.name == variant), None)
+        if record is None:
+            raise KeyError(f"variant {variant!r} is not in {version_dir}")
+        t0 = time.perf_counter()
+        rss0 = _rss_bytes()
+        kwargs = {"device": self.device} if record.runtime == "tensorflow" and self.device else {}
+        loaded = load_variant(Path(version_dir), record, num_threads=self.threads, **kwargs)
+        # One execution on zeros so the footprint includes the runtime's buffers.
+        loaded.run([np.zeros(s.shape, np.float32) for s in record.inputs])
+        self.memory_bytes[key] = max(0, _rss_bytes() - rss0)
+        self.loaded[key] = loaded
+        return loaded, (time.perf_counter() - t0) * 1e3
+
+    def unload_except(self, keep_dirs: set[str]) -> None:
+        for key in [k for k in self.loaded if k[0] not in keep_dirs]:
+            del self.loaded[key]
+            self.memory_bytes.pop(key, None)
+        for d in [d for d in self._manifests if d not in keep_dirs]:
+            del self._manifests[d]
+
+
+def serve(spec: dict[str, Any]) -> int:
+    cores = spec.get("cores")
+    if cores:
+        os.sched_setaffinity(0, cores)
+    runtime = spec.get("runtime", "litert")
+    if runtime == "litert":
+        import ai_edge_litert.interpreter  # noqa: F401  (import now, not on the first request)
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow  # noqa: F401
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(spec["endpoint"])
+    cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
+    sock.send_multipart([b"ready", _pack({"pid": os.getpid(), "rss_bytes": _rss_bytes()})])
+    parent = os.getppid()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+
+    while True:
+        if not poller.poll(1000):
+            if os.getppid() != parent:  # the daemon died: nobody to serve
+                return 0
+            continue
+        frames = sock.recv_multipart(copy=False)
+        verb = frames[0].bytes
+        header = msgpack.unpackb(frames[1].buffer, raw=False) if len(frames) > 1 else {}
+        if verb == b"run":
+            _run(sock, cache, header, frames[2:])
+        elif verb == b"load":
+            try:
+                _, load_ms = cache.get(header["dir"], header["variant"])
+                key = (header["dir"], header["variant"])
+                sock.send_multipart([b"loaded", _pack({"dir": header["dir"], "variant": header["variant"],
+                                                       "memory_bytes": cache.memory_bytes.get(key, 0),
+                                                       "load_ms": load_ms, "rss_bytes": _rss_bytes()})])
+            except Exception as exc:  # noqa: BLE001 - reported to the daemon, worker keeps serving
+                sock.send_multipart([b"fail", _pack({"job": None, "code": "WORKER_FAILED",
+                                                     "message": f"cannot load {header.get('variant')}: {exc}"})])
+        elif verb == b"unload_except":
+            cache.unload_except(set(header.get("dirs", [])))
+        elif verb == b"stop":
+            sock.close(linger=1000)
+            ctx.term()
+            return 0
+
+
+def _run(sock: zmq.Socket, cache: VariantCache, header: dict[str, Any], bodies: list[Any]) -> None:
+    job = header["job"]
+    try:
+        loaded, load_ms = cache.get(header["dir"], header["variant"])
+        inputs = [np.frombuffer(b.buffer, dtype=np.dtype(h["dtype"])).reshape(h["shape"])
+                  for h, b in zip(header["inputs"], bodies)]
+        cpu0 = time.process_time()
+        t0_ns = time.monotonic_ns()
+        outputs = loaded.run(inputs)
+        t1_ns = time.monotonic_ns()
+        cpu_time_s = time.process_time() - cpu0
+    except Exception as exc:  # noqa: BLE001 - the request gets an error reply; the worker lives on
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        sock.send_multipart([b"fail", _pack({"job": job, "code": "WORKER_FAILED", "message": detail})])
+        return
+    out_headers = []
+    out_bodies = []
+    for arr in outputs:
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        out_headers.append({"dtype": "float32", "shape": list(arr.shape)})
+        out_bodies.append(arr)
+    key = (header["dir"], header["variant"])
+    reply = {"job": job, "t0_ns": t0_ns, "t1_ns": t1_ns, "compute_ms": (t1_ns - t0_ns) / 1e6,
+             "cpu_time_s": cpu_time_s, "outputs": out_headers}
+    if load_ms is not None:
+        reply["load_ms"] = load_ms
+        reply["memory_bytes"] = cache.memory_bytes.get(key, 0)
+    sock.send_multipart([b"done", _pack(reply), *out_bodies], copy=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    try:
+        return serve(spec)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
