@@ -11,6 +11,8 @@ callers mutate the weights this reads).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 from pathlib import Path
@@ -132,6 +134,12 @@ class SourceModel:
 
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}")
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras 3 prints its temporary export
+            return self._convert(quantization, representative)
+
+    def _convert(self, quantization: str, representative: np.ndarray | None) -> bytes:
+        import tensorflow as tf
+
         c = self._converter()
         if quantization == "float16":
             c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -160,8 +168,6 @@ class SourceModel:
     def export_saved_model(self, directory: Path) -> None:
         """Write the float32 model as a SavedModel with a ``serving_default`` signature."""
         if self.keras_model is not None:
-            import contextlib
-            import io
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the endpoints
                     self.keras_model.export(str(directory), format="tf_saved_model")

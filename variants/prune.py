@@ -1,8 +1,10 @@
 """Magnitude pruning on Keras 3, without tensorflow-model-optimization.
 
-``prune_keras(model, sparsity, ...)`` zeroes, in every Conv/Dense/DepthwiseConv/SeparableConv
-kernel, the ``round(sparsity * size)`` weights of smallest magnitude (a per-layer threshold;
-biases and normalisation parameters are kept), fixes that mask, and, when training data is
+``prune_keras(model, sparsity, ...)`` zeroes the smallest-magnitude weights of the
+Conv/Dense/DepthwiseConv/SeparableConv kernels until ``sparsity`` of all their weights are zero
+(one global threshold by default, with a floor so no kernel is wiped out; ``scope="layer"``
+prunes each kernel to ``sparsity`` on its own; biases and normalisation parameters are
+kept), fixes that mask, and, when training data is
 given, fine-tunes the model with the mask re-applied after every batch, so the weights left at
 the end honour the mask exactly. It changes ``model`` in place; callers that need the original
 weights save ``model.get_weights()`` first and restore them after. ``prune_variables`` does the
@@ -15,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+MIN_KEEP = 0.02  # global pruning never leaves a kernel with fewer than 2% of its weights
 
 
 def magnitude_mask(w: np.ndarray, sparsity: float) -> np.ndarray:
@@ -47,14 +51,50 @@ def prunable_variables(model: Any) -> list[Any]:
     return found
 
 
-def prune_variables(variables: Sequence[Any], sparsity: float) -> list[np.ndarray]:
-    """One-shot: assign each variable its magnitude-masked value; return the masks."""
-    masks = []
-    for v in variables:
-        w = np.asarray(v.numpy())
-        m = magnitude_mask(w, sparsity)
+def prune_variables(variables: Sequence[Any], sparsity: float, scope: str = "global") -> list[np.ndarray]:
+    """One-shot: assign each variable its magnitude-masked value; return the masks.
+
+    ``scope="layer"``: each kernel loses ``sparsity`` of its own weights. ``scope="global"``:
+    one magnitude threshold over all kernels together (the same overall sparsity, taken
+    mostly from the large layers), but no kernel keeps fewer than ``MIN_KEEP`` of its weights,
+    so a small layer is never wiped out; the layer-wise masks fill any shortfall.
+    """
+    weights = [np.asarray(v.numpy()) for v in variables]
+    if scope == "layer":
+        masks = [magnitude_mask(w, sparsity) for w in weights]
+    elif scope == "global":
+        flat = np.concatenate([np.abs(w).reshape(-1) for w in weights])
+        k = int(round(sparsity * flat.size))
+        masks = []
+        if k == 0:
+            masks = [np.ones(w.shape, dtype=bool) for w in weights]
+        else:
+            order = np.argsort(flat, kind="stable")
+            drop = np.zeros(flat.size, dtype=bool)
+            drop[order[:k]] = True
+            offset = 0
+            for w in weights:
+                m = ~drop[offset:offset + w.size].reshape(w.shape)
+                offset += w.size
+                floor = magnitude_mask(w, 1.0 - MIN_KEEP)
+                if m.sum() < floor.sum():
+                    m = floor
+                masks.append(m)
+            # layers held at the floor leave a shortfall: take it from the largest kernels
+            short = k - sum(int((~m).sum()) for m in masks)
+            for i in sorted(range(len(weights)), key=lambda i: -weights[i].size):
+                if short <= 0:
+                    break
+                m, w = masks[i], weights[i]
+                target = min(int((~m).sum()) + short, int(round((1.0 - MIN_KEEP) * w.size)))
+                extra = target - int((~m).sum())
+                if extra > 0:
+                    masks[i] = magnitude_mask(w, target / w.size)
+                    short -= extra
+    else:
+        raise ValueError(f"unknown pruning scope {scope!r}")
+    for v, w, m in zip(variables, weights, masks):
         v.assign((w * m).astype(w.dtype))
-        masks.append(m)
     return masks
 
 
@@ -65,14 +105,14 @@ def _outputs_are_probabilities(model: Any, x: np.ndarray) -> bool:
 
 def prune_keras(model: Any, sparsity: float, x_train: np.ndarray | None = None,
                 y_train: np.ndarray | None = None, epochs: int = 2, batch_size: int = 64,
-                learning_rate: float = 1e-3, progress: bool = False) -> bool:
+                learning_rate: float = 1e-3, scope: str = "global") -> bool:
     """Prune ``model`` in place to ``sparsity``; return True if it was fine-tuned."""
     import keras
 
     variables = prunable_variables(model)
     if not variables:
         raise ValueError("the model has no Conv/Dense kernels to prune")
-    masks = [m.astype(np.float32) for m in prune_variables(variables, sparsity)]
+    masks = [m.astype(np.float32) for m in prune_variables(variables, sparsity, scope)]
     if x_train is None or y_train is None or epochs <= 0:
         return False
 
