@@ -30,7 +30,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 H_SEQ, H_NRAILS, H_CAP, H_READY, H_STOP, H_CPU_NS, H_WALL_NS, H_ERRORS, H_PID, H_FAILED = range(10)
-H_START_NS, H_HZ_MILLI = 10, 11
+H_START_NS, H_HZ_MILLI, H_STAT_SAMPLES = 10, 11, 12
 HEADER_LEN = 16
 PUBLISH_LAG = 0 if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") else 1
 

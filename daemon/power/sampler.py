@@ -106,7 +106,8 @@ class SamplerProcess:
         wall_ns, cpu_ns, samples = int(h[ringmod.H_WALL_NS]), int(h[ringmod.H_CPU_NS]), int(h[ringmod.H_SEQ])
         return {
             "samples": samples,
-            "achieved_hz": (int(h[ringmod.H_HZ_MILLI]) / 1000.0) or (samples * 1e9 / wall_ns if wall_ns else 0.0),
+            "achieved_hz": (int(h[ringmod.H_HZ_MILLI]) / 1000.0)
+            or (int(h[ringmod.H_STAT_SAMPLES]) * 1e9 / wall_ns if wall_ns else 0.0),
             "cpu_share": cpu_ns / wall_ns if wall_ns > 0 else 0.0,
             "read_errors": int(h[ringmod.H_ERRORS]),
             "alive": self.alive(),
@@ -170,6 +171,7 @@ def run(spec: dict) -> int:
     next_ns = wall0
     k = 0
     hz_k0, hz_t0 = 0, wall0
+    stats_ns = wall0
     try:
         while header[ringmod.H_STOP] == 0:
             t_a = time.monotonic_ns()
@@ -198,10 +200,12 @@ def run(spec: dict) -> int:
             t_prev = t
             ring.append(t, energy, power)
             k += 1
-            if k % 100 == 0 or period_ns >= 100_000_000:
-                now = time.monotonic_ns()
+            now = time.monotonic_ns()
+            if now - stats_ns >= 100_000_000:  # publish health about ten times a second
+                stats_ns = now
                 header[ringmod.H_CPU_NS] = time.process_time_ns() - cpu0
                 header[ringmod.H_WALL_NS] = now - wall0
+                header[ringmod.H_STAT_SAMPLES] = k
                 header[ringmod.H_ERRORS] = errors
                 if now - hz_t0 >= 500_000_000:
                     header[ringmod.H_HZ_MILLI] = int((k - hz_k0) * 1e12 / (now - hz_t0))
@@ -209,7 +213,6 @@ def run(spec: dict) -> int:
                 if os.getppid() != parent:
                     break
             next_ns += period_ns
-            now = time.monotonic_ns()
             if next_ns > now:
                 time.sleep((next_ns - now) / 1e9)
             elif now - next_ns > 10 * period_ns:
@@ -217,6 +220,7 @@ def run(spec: dict) -> int:
     finally:
         header[ringmod.H_CPU_NS] = time.process_time_ns() - cpu0
         header[ringmod.H_WALL_NS] = time.monotonic_ns() - wall0
+        header[ringmod.H_STAT_SAMPLES] = k
         header[ringmod.H_ERRORS] = errors
         for s in sources:
             s.close()
