@@ -15,14 +15,17 @@ Model (in the spirit of FastDeepIoT and nn-Meter)
 -------------------------------------------------
 Per placement, latency is a non-negative combination of interpretable terms:
 
-    latency_ms = sum_{g, c} a[g, c] * MFLOP[g, c]  +  b * n_ops  +  m_w * weight_MB
-                 + m_a * activation_MB  +  c0
+    latency_ms = sum_{g, c} a[g, c] * MFLOP[g, c]  +  b * n_ops  +  c0
+                 [ + m_w * weight_MB + m_a * activation_MB   when memory_terms=True ]
 
 where g is the op group (``conv`` = conv/transposed conv, ``dw`` = depthwise conv, ``fc`` =
 fully connected / matmul, ``other`` = everything else) and c the compute class from the variant's
 quantization (``f32``: none or float16 — LiteRT runs float16-stored weights in float32; ``hybrid``:
 dynamic-range int8; ``int8``: full integer). Each a[g, c] is ms per MFLOP of that op kind at that
-precision on that placement, b the per-op dispatch overhead, m_* the memory-traffic terms. The
+precision on that placement, b the per-op dispatch overhead (ops that cost nothing per inference, ``FREE_OPS``, are not
+counted), m_* the memory-traffic terms: off by default, because on the development zoo they
+raised the held-out error (few models, and XNNPACK's packed weights make weight bytes a poor
+proxy for traffic); the calibration pass reports the held-out figure either way. The
 fit minimises *relative* error (rows weighted by 1/latency) by non-negative least squares
 (Lawson-Hanson), so coefficients stay physical and the model extrapolates sanely to unseen
 graphs. Sparsity is not a feature: LiteRT stores pruned weights densely, so they run at dense
@@ -91,22 +94,35 @@ def compute_class(quantization: str | None, compute_dtype: str | None = None) ->
     return {"int8": "int8", "mixed": "hybrid"}.get(d, "f32")
 
 
-def features(structure: Mapping[str, Any], quantization: str | None) -> np.ndarray:
-    """The feature vector (``FEATURE_NAMES`` order) of one variant's ``structure`` dict."""
+# Ops that cost nothing per inference: shape bookkeeping, and DEQUANTIZE of constant weights
+# (float16-stored variants), which LiteRT folds once at load time.
+FREE_OPS = frozenset({"DEQUANTIZE", "RESHAPE", "SHAPE", "SQUEEZE", "EXPAND_DIMS", "PACK", "STRIDED_SLICE"})
+
+
+def feature_names(memory_terms: bool = False) -> tuple[str, ...]:
+    return FEATURE_NAMES if memory_terms else tuple(n for n in FEATURE_NAMES if not n.endswith("_mb"))
+
+
+def features(structure: Mapping[str, Any], quantization: str | None, memory_terms: bool = False) -> np.ndarray:
+    """The feature vector (``feature_names(memory_terms)`` order) of one variant's ``structure``."""
     x = np.zeros(len(FEATURE_NAMES))
     cls = compute_class(quantization, structure.get("compute_dtype"))
     ci = CLASSES.index(cls)
     op_flops = structure.get("op_flops") or {}
     if op_flops:
         for name, fl in op_flops.items():
+            if name.upper() in FREE_OPS:
+                continue
             x[ci * len(GROUPS) + GROUPS.index(op_group(name))] += float(fl) / 1e6
     else:  # no per-op split: count everything as conv
         x[ci * len(GROUPS)] += float(structure.get("flops") or 0) / 1e6
     base = len(CLASSES) * len(GROUPS)
-    x[base + 0] = float(sum((structure.get("ops") or {}).values()))
+    x[base + 0] = float(sum(c for n, c in (structure.get("ops") or {}).items() if n.upper() not in FREE_OPS))
     x[base + 1] = float(structure.get("weight_bytes") or 0) / 1e6
     x[base + 2] = float(structure.get("activation_bytes") or 0) / 1e6
     x[base + 3] = 1.0
+    if not memory_terms:
+        x = np.delete(x, [base + 1, base + 2])
     return x
 
 
@@ -149,8 +165,10 @@ def _pl(obj: Any, name: str, default: Any = None) -> Any:
 class StructuralPredictor:
     """Per-placement non-negative linear latency model over graph features, plus a power model."""
 
-    def __init__(self, *, ridge: float = 1e-6, thread_exponent: float = 0.75, min_rel_sd: float = 0.05) -> None:
+    def __init__(self, *, ridge: float = 1e-6, thread_exponent: float = 0.75, min_rel_sd: float = 0.05,
+                 memory_terms: bool = False) -> None:
         self.ridge = ridge
+        self.memory_terms = memory_terms
         self.thread_exponent = thread_exponent
         self.min_rel_sd = min_rel_sd
 
@@ -166,7 +184,7 @@ class StructuralPredictor:
             raise ValueError("no calibration records")
         self.placements_: dict[str, dict] = {}
         for name, recs in sorted(by_pl.items()):
-            x = np.stack([features(r["structure"], r.get("quantization")) for r in recs])
+            x = np.stack([features(r["structure"], r.get("quantization"), self.memory_terms) for r in recs])
             y = np.array([float(r["latency_ms"]) for r in recs])
             if (y <= 0).any() or not np.isfinite(y).all():
                 raise ValueError(f"latencies must be finite and > 0 (placement {name})")
@@ -220,7 +238,7 @@ class StructuralPredictor:
         if res is None:
             return None
         p, factor = res
-        lat = float(features(structure, quantization) @ np.asarray(p["coef"])) * factor
+        lat = float(features(structure, quantization, self.memory_terms) @ np.asarray(p["coef"])) * factor
         lat = max(lat, 1e-3)
         sd = lat * p["rel_sd"] * (1.0 if factor == 1.0 else 2.0)
         energy = None if p["power_w"] is None else p["power_w"] * lat
@@ -238,8 +256,8 @@ class StructuralPredictor:
         return {
             "schema": SCHEMA,
             "params": {"ridge": self.ridge, "thread_exponent": self.thread_exponent,
-                       "min_rel_sd": self.min_rel_sd},
-            "feature_names": list(FEATURE_NAMES),
+                       "min_rel_sd": self.min_rel_sd, "memory_terms": self.memory_terms},
+            "feature_names": list(feature_names(self.memory_terms)),
             "placements": {k: dict(v) for k, v in self.placements_.items()},
         }
 
@@ -247,9 +265,9 @@ class StructuralPredictor:
     def from_dict(cls, d: Mapping[str, Any]) -> "StructuralPredictor":
         if d.get("schema") != SCHEMA:
             raise ValueError(f"not a {SCHEMA} dict (schema {d.get('schema')!r})")
-        if list(d.get("feature_names", [])) != list(FEATURE_NAMES):
-            raise ValueError("predictor was fitted with a different feature set; recalibrate")
         self = cls(**d.get("params", {}))
+        if list(d.get("feature_names", [])) != list(feature_names(self.memory_terms)):
+            raise ValueError("predictor was fitted with a different feature set; recalibrate")
         self.placements_ = {k: dict(v) for k, v in d["placements"].items()}
         return self
 

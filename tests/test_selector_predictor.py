@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adaptd.selector import StructuralPredictor, holdout_errors, variant_records
-from adaptd.selector.predictor import FEATURE_NAMES, compute_class, features, nnls, op_group
+from adaptd.selector.predictor import compute_class, feature_names, features, nnls, op_group
 
 
 def synth_structure(rng, scale):
@@ -54,7 +54,12 @@ def test_op_groups_and_classes():
     assert op_group("ADD") == "other"
     assert compute_class("float16") == "f32" and compute_class("dynamic_int8") == "hybrid"
     assert compute_class("full_int8") == "int8" and compute_class(None, "int8") == "int8"
-    assert features({"ops": {}, "op_flops": {}}, "none").shape == (len(FEATURE_NAMES),)
+    assert features({"ops": {}, "op_flops": {}}, "none").shape == (len(feature_names()),)
+    assert features({"ops": {}, "op_flops": {}}, "none", memory_terms=True).shape == (len(feature_names(True)),)
+    # DEQUANTIZE of float16 weights is folded at load: not an op per inference
+    f16 = features({"ops": {"CONV_2D": 2, "DEQUANTIZE": 2}, "op_flops": {"CONV_2D": 4e6, "DEQUANTIZE": 1e6}}, "float16")
+    f32 = features({"ops": {"CONV_2D": 2}, "op_flops": {"CONV_2D": 4e6}}, "none")
+    assert (f16 == f32).all()
 
 
 def test_fit_predict_and_round_trip():

@@ -1,0 +1,94 @@
+"""``adaptd calibrate`` on tiny real .tflite models: profile with LiteRT, hold out, fit, store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from adaptd.clients.cli import main  # noqa: E402
+from adaptd.selector import ArmSpec, Request, Selector, StructuralPredictor  # noqa: E402
+from adaptd.variants.calibrate import (  # noqa: E402
+    CALIBRATION_FILE,
+    calibrate,
+    load_calibration,
+    load_predictor,
+    write_calibration,
+)
+
+
+def _tiny(width: int) -> "tf.keras.Model":
+    import keras
+
+    return keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(width, 3, activation="relu"),
+        keras.layers.DepthwiseConv2D(3),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ])
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for model, width in (("tiny_a", 8), ("tiny_b", 24)):
+        d = root / model / "1"
+        d.mkdir(parents=True)
+        m = _tiny(width)
+        variants = []
+        for kind, quant in (("float32", "none"), ("int8_dynamic", "dynamic_int8")):
+            conv = tf.lite.TFLiteConverter.from_keras_model(m)
+            if quant == "dynamic_int8":
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            (d / f"{kind}.tflite").write_bytes(conv.convert())
+            variants.append({"name": kind, "kind": kind, "runtime": "litert", "path": f"{kind}.tflite",
+                             "quantization": quant, "metrics": None})
+        variants.append({"name": "float32_tf", "kind": "float32_tf", "runtime": "tensorflow",
+                         "path": "saved_model", "quantization": "none", "metrics": None})  # skipped
+        (d / "manifest.json").write_text(json.dumps({"schema": "adaptd.manifest/1", "model": model,
+                                                     "version": "1", "variants": variants}))
+    return root
+
+
+def test_calibrate_profiles_holds_out_and_round_trips(repo):
+    core = sorted(os.sched_getaffinity(0))[0]
+    before = os.sched_getaffinity(0)
+    placements = [{"name": f"cpu:{core}", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
+    doc = calibrate(repo, placements, repeats=3, warmup=1)
+    assert os.sched_getaffinity(0) == before  # affinity restored
+    assert len(doc["records"]) == 4 and all(r["latency_ms"] > 0 for r in doc["records"])
+    assert doc["holdout"]["method"] == "leave-one-model-out" and doc["holdout"]["n"] == 4
+    assert doc["holdout"]["mape"] >= 0
+    assert doc["device"]["cores"]
+    path = write_calibration(repo, doc)
+    assert path == repo / CALIBRATION_FILE and not list(repo.glob(".calibration-*"))
+    assert load_calibration(repo)["holdout"] == json.loads(json.dumps(doc["holdout"]))
+    pred = load_predictor(repo)
+    assert isinstance(pred, StructuralPredictor)
+    # the fitted prior feeds a selector
+    manifest = json.loads((repo / "tiny_b" / "1" / "manifest.json").read_text())
+    from adaptd.variants.structure import describe_tflite
+
+    for v in manifest["variants"]:
+        if v["runtime"] == "litert":
+            v["structure"] = describe_tflite(repo / "tiny_b" / "1" / v["path"])
+    sel = Selector.from_manifests([manifest], placements, predictor=pred)
+    assert all(isinstance(a, ArmSpec) and a.prior_latency_ms > 0 for a in sel.arms)
+    assert sel.choose(Request("tiny_b"), 0.0).code == "selected"
+
+
+def test_cli_calibrate(repo, capsys):
+    rc = main(["calibrate", "--repository", str(repo), "--repeats", "2", "--models", "tiny_a", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "held-out latency error" in out and "random-25%" in out
+    assert load_calibration(repo)["records"][0]["model"] == "tiny_a"
+
+
+def test_cli_calibrate_unknown_model(repo, capsys):
+    rc = main(["calibrate", "--repository", str(repo), "--models", "nope", "--no-progress"])
+    assert rc == 1 and "nope" in capsys.readouterr().err
