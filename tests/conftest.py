@@ -1,0 +1,82 @@
+"""Shared fixtures.
+
+``tiny_repository`` (session scope) builds a real model repository through the real variant
+pipeline (real TFLite conversions, real LiteRT/TensorFlow runs, measurements in child
+processes): a tiny CNN on scikit-learn's digits at 8x8, all variant kinds including
+``float32_tf`` and the pruned ones (1 fine-tuning epoch). It returns
+``(repo_root: Path, model_name: str, version: str)``. Treat the repository as read-only;
+copy it (``shutil.copytree``) if a test must change it. About 20-30 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TINY_MODEL = "tiny"
+
+
+def _tiny_data() -> dict[str, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[..., None]
+    y = d.target.astype(np.int64)
+    idx = np.random.default_rng(0).permutation(len(x))
+    x, y = x[idx], y[idx]
+    return {"x_train": x[:1200], "y_train": y[:1200], "x_val": x[1200:1500], "y_val": y[1200:1500]}
+
+
+def _tiny_keras_model(data: dict[str, np.ndarray]):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(32, activation="relu")(h)
+    out = keras.layers.Dense(10, activation="softmax")(h)
+    model = keras.Model(inp, out)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(data["x_train"], data["y_train"], epochs=4, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> tuple[Path, Path]:
+    """``(model.keras, data.npz)``: the tiny trained CNN and its digits split (8x8x1, 10 classes)."""
+    d = tmp_path_factory.mktemp("tiny-source")
+    data = _tiny_data()
+    model = _tiny_keras_model(data)
+    model_path, data_path = d / "tiny.keras", d / "tiny.npz"
+    model.save(model_path)
+    np.savez(data_path, **data)
+    return model_path, data_path
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_source, tmp_path_factory) -> tuple[Path, str, str]:
+    """A real repository with every variant kind of the tiny CNN: (repo_root, model, version)."""
+    from adaptd.variants.build import BuildOptions, build_entry
+    from adaptd.variants.convert import open_source
+    from adaptd.variants.dataset import check_against_model, file_sha256, load_dataset
+
+    t0 = time.perf_counter()
+    model_path, data_path = tiny_source
+    repo = tmp_path_factory.mktemp("tiny-repo")
+    ds = load_dataset(data_path)
+    source = open_source(model_path)
+    check_against_model(ds, source.input_shape, source.num_classes)
+    opts = BuildOptions(epochs=1, progress=False, latency_runs=10, latency_max_s=0.2)
+    version_dir, manifest = build_entry(repo, TINY_MODEL, source, ds, options=opts,
+                                        source_sha256=file_sha256(model_path))
+    print(f"\ntiny_repository built in {time.perf_counter() - t0:.1f} s")
+    return repo, manifest.model, manifest.version
