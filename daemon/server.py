@@ -101,7 +101,7 @@ class Daemon:
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
         self.policy.reset(self.registry)
 
-        self.pool = WorkerPool(self.placements, self.context, cfg.runtime_dir, cfg.placements.queue_limit)
+        self.pool = WorkerPool(self.placements, cfg.placements.queue_limit)
         self.pool.start()
 
         from adaptd.daemon.power import EnergyMeter
@@ -193,8 +193,8 @@ class Daemon:
             poller = zmq.Poller()
             for s in self._frontends:
                 poller.register(s, zmq.POLLIN)
-            for s in self.pool.sockets():
-                poller.register(s, zmq.POLLIN)
+            for fd in self.pool.channel_fds():
+                poller.register(fd, zmq.POLLIN)
             for fd in self.pool.pidfds():
                 poller.register(fd, zmq.POLLIN)
             poller.register(wake, zmq.POLLIN)
@@ -202,6 +202,7 @@ class Daemon:
         register()
         self.pool.on_change = register
         frontends = set(self._frontends)
+        pidfds = set(self.pool.pidfds())
         watchdog_s = self.notifier.watchdog_interval_s() if self.config.server.watchdog else None
         next_watchdog = time.monotonic()
         drain_deadline = None
@@ -209,18 +210,20 @@ class Daemon:
 
         while True:
             for item, _ in poller.poll(timeout_ms):
-                if isinstance(item, zmq.Socket):
-                    if item in frontends:
-                        self._drain_frontend(item)
-                    else:
-                        self._drain_worker(item)
+                if item in frontends:
+                    self._drain_frontend(item)
                 elif item == wake:
                     try:
                         os.read(wake, 512)
                     except BlockingIOError:
                         pass
-                else:
+                elif item in pidfds:
                     outcome = self.pool.on_exit(item)
+                    pidfds = set(self.pool.pidfds())
+                    if outcome is not None:
+                        self._on_outcome(outcome)
+                else:
+                    outcome = self.pool.on_message(item)
                     if outcome is not None:
                         self._on_outcome(outcome)
 
@@ -250,12 +253,6 @@ class Daemon:
             except zmq.Again:
                 return
             self._on_request(sock, frames)
-
-    def _drain_worker(self, sock: zmq.Socket) -> None:
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            outcome = self.pool.on_message(sock)
-            if outcome is not None:
-                self._on_outcome(outcome)
 
     # --- requests ------------------------------------------------------------------------
     def _on_request(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:

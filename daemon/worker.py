@@ -3,13 +3,13 @@
 Contract
 --------
 * Started by :mod:`adaptd.daemon.workers` as ``python -m adaptd.daemon.worker SPEC_JSON``; SPEC
-  gives the daemon's PAIR endpoint, the cores, the thread count and the runtime. The process pins
-  itself to its cores *before* importing an interpreter, so every thread the runtime starts
-  inherits the pinning.
-* Lifecycle: connect -> send ``ready`` -> serve messages in order until ``stop`` or until the
-  daemon's socket goes away (the daemon's death ends the worker: it exits when its parent does).
-* Internal protocol (not part of PROTOCOL.md; both ends live in this package). Frames:
-  ``[verb, msgpack header, *bodies]``. Daemon -> worker: ``run`` (header: job, dir, variant,
+  gives the inherited channel's file descriptor, the cores, the thread count and the runtime.
+  The process pins itself to its cores *before* importing an interpreter, so every thread the
+  runtime starts inherits the pinning.
+* Lifecycle: send ``ready`` -> serve messages in order until ``stop`` or until the channel
+  closes (the daemon's death ends the worker).
+* Internal protocol (not part of PROTOCOL.md; both ends live in this package), carried by
+  :mod:`adaptd.daemon.channel`: a verb, a header map and bodies. Daemon -> worker: ``run`` (header: job, dir, variant,
   inputs: tensor headers; bodies: the input tensors as received from the client), ``load``,
   ``unload_except``, ``stop``. Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
   compute_ms, cpu_time_s, outputs; bodies: output tensors), ``loaded``, ``fail`` (header: job,
@@ -33,13 +33,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
-import zmq
 
-
-def _pack(header: dict[str, Any]) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
+from adaptd.daemon.channel import Channel
 
 
 def _rss_bytes() -> int:
@@ -101,49 +97,38 @@ def serve(spec: dict[str, Any]) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow  # noqa: F401
 
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(spec["endpoint"])
+    channel = Channel.from_fd(int(spec["fd"]))
     cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
-    sock.send_multipart([b"ready", _pack({"pid": os.getpid(), "rss_bytes": _rss_bytes()})])
-    parent = os.getppid()
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-
+    channel.send("ready", {"pid": os.getpid(), "rss_bytes": _rss_bytes()})
     while True:
-        if not poller.poll(1000):
-            if os.getppid() != parent:  # the daemon died: nobody to serve
-                return 0
-            continue
-        frames = sock.recv_multipart(copy=False)
-        verb = frames[0].bytes
-        header = msgpack.unpackb(frames[1].buffer, raw=False) if len(frames) > 1 else {}
-        if verb == b"run":
-            _run(sock, cache, header, frames[2:])
-        elif verb == b"load":
+        try:
+            verb, header, bodies = channel.recv()
+        except ConnectionError:   # the daemon is gone: nobody to serve
+            return 0
+        if verb == "run":
+            _run(channel, cache, header, bodies)
+        elif verb == "load":
             try:
                 _, load_ms = cache.get(header["dir"], header["variant"])
                 key = (header["dir"], header["variant"])
-                sock.send_multipart([b"loaded", _pack({"dir": header["dir"], "variant": header["variant"],
-                                                       "memory_bytes": cache.memory_bytes.get(key, 0),
-                                                       "load_ms": load_ms, "rss_bytes": _rss_bytes()})])
+                channel.send("loaded", {"dir": header["dir"], "variant": header["variant"],
+                                        "memory_bytes": cache.memory_bytes.get(key, 0),
+                                        "load_ms": load_ms, "rss_bytes": _rss_bytes()})
             except Exception as exc:  # noqa: BLE001 - reported to the daemon, worker keeps serving
-                sock.send_multipart([b"fail", _pack({"job": None, "code": "WORKER_FAILED",
-                                                     "message": f"cannot load {header.get('variant')}: {exc}"})])
-        elif verb == b"unload_except":
+                channel.send("fail", {"job": None, "code": "WORKER_FAILED",
+                                      "message": f"cannot load {header.get('variant')}: {exc}"})
+        elif verb == "unload_except":
             cache.unload_except(set(header.get("dirs", [])))
-        elif verb == b"stop":
-            sock.close(linger=1000)
-            ctx.term()
+        elif verb == "stop":
+            channel.close()
             return 0
 
 
-def _run(sock: zmq.Socket, cache: VariantCache, header: dict[str, Any], bodies: list[Any]) -> None:
+def _run(channel: Channel, cache: VariantCache, header: dict[str, Any], bodies: list[memoryview]) -> None:
     job = header["job"]
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
-        inputs = [np.frombuffer(b.buffer, dtype=np.dtype(h["dtype"])).reshape(h["shape"])
+        inputs = [np.frombuffer(b, dtype=np.dtype(h["dtype"])).reshape(h["shape"])
                   for h, b in zip(header["inputs"], bodies)]
         cpu0 = time.process_time()
         t0_ns = time.monotonic_ns()
@@ -152,7 +137,7 @@ def _run(sock: zmq.Socket, cache: VariantCache, header: dict[str, Any], bodies: 
         cpu_time_s = time.process_time() - cpu0
     except Exception as exc:  # noqa: BLE001 - the request gets an error reply; the worker lives on
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        sock.send_multipart([b"fail", _pack({"job": job, "code": "WORKER_FAILED", "message": detail})])
+        channel.send("fail", {"job": job, "code": "WORKER_FAILED", "message": detail})
         return
     out_headers = []
     out_bodies = []
@@ -166,7 +151,7 @@ def _run(sock: zmq.Socket, cache: VariantCache, header: dict[str, Any], bodies: 
     if load_ms is not None:
         reply["load_ms"] = load_ms
         reply["memory_bytes"] = cache.memory_bytes.get(key, 0)
-    sock.send_multipart([b"done", _pack(reply), *out_bodies], copy=False)
+    channel.send("done", reply, out_bodies)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,11 @@
 
 Contract
 --------
-* Used from the daemon's main thread only (ZeroMQ sockets are not thread-safe); nothing here
+* Used from the daemon's main thread only (channels have one reader and one writer); nothing here
   blocks except :meth:`WorkerPool.start`'s wait for the workers' ``ready`` when asked to.
 * Each placement has exactly one worker process, pinned to the placement's cores, reached over
-  a PAIR socket on an ipc endpoint private to that incarnation of the worker. At most one job is
+  a :class:`~adaptd.daemon.channel.Channel` (a socketpair private to that incarnation of the
+  worker; the daemon polls its file descriptor). At most one job is
   in flight per worker; the rest wait in the placement's queue (bounded by ``queue_limit``:
   :meth:`WorkerPool.submit` refuses beyond it, and the daemon answers ``BUSY``).
 * A worker that dies (detected through its pidfd, never by polling timeouts) is restarted; the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
@@ -29,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-import zmq
-
+from adaptd.daemon.channel import Channel
 from adaptd.daemon.placements import Placement
 
 log = logging.getLogger("adaptd.workers")
@@ -66,9 +66,8 @@ class Worker:
     placement: Placement
     queue: deque[Job] = field(default_factory=deque)
     proc: subprocess.Popen | None = None
-    sock: zmq.Socket | None = None
+    channel: Channel | None = None
     pidfd: int | None = None
-    endpoint: str = ""
     ready: bool = False
     inflight: Job | None = None
     restarts: int = 0
@@ -76,6 +75,7 @@ class Worker:
     loaded: dict[tuple[str, str], int] = field(default_factory=dict)   # (dir, variant) -> memory bytes
     rss_bytes: int | None = None
     pending_loads: list[tuple[str, str]] = field(default_factory=list)
+    eager: list[tuple[str, str]] = field(default_factory=list)        # loaded again after a restart
 
     @property
     def busy(self) -> bool:
@@ -87,18 +87,11 @@ class Worker:
                 "restarts": self.restarts}
 
 
-def _pack(header: dict[str, Any]) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
-
-
 class WorkerPool:
-    def __init__(self, placements: Iterable[Placement], context: zmq.Context, runtime_dir: Path,
-                 queue_limit: int) -> None:
-        self.context = context
-        self.runtime_dir = runtime_dir
+    def __init__(self, placements: Iterable[Placement], queue_limit: int) -> None:
         self.queue_limit = queue_limit
         self.workers: dict[str, Worker] = {p.name: Worker(p) for p in placements}
-        self._by_socket: dict[zmq.Socket, Worker] = {}
+        self._by_fd: dict[int, Worker] = {}
         self._by_pidfd: dict[int, Worker] = {}
         self._next_job = 1
         self.on_change: Callable[[], None] | None = None   # poller registration changed
@@ -111,15 +104,15 @@ class WorkerPool:
     def wait_ready(self, timeout_s: float) -> list[str]:
         """Block until every worker said ``ready`` (used at start-up only); return the laggards."""
         deadline = time.monotonic() + timeout_s
-        poller = zmq.Poller()
-        for w in self.workers.values():
-            poller.register(w.sock, zmq.POLLIN)
+        poller = select.poll()
+        for fd in self._by_fd:
+            poller.register(fd, select.POLLIN)
         while any(not w.ready for w in self.workers.values()):
             left_ms = (deadline - time.monotonic()) * 1e3
             if left_ms <= 0:
                 break
-            for sock, _ in poller.poll(left_ms):
-                self.on_message(sock)
+            for fd, _ in poller.poll(left_ms):
+                self.on_message(fd)
             for w in self.workers.values():
                 if w.proc and w.proc.poll() is not None and not w.ready:
                     raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
@@ -127,35 +120,30 @@ class WorkerPool:
         return [w.placement.name for w in self.workers.values() if not w.ready]
 
     def _spawn(self, worker: Worker) -> None:
-        incarnation = worker.restarts
-        safe = worker.placement.name.replace(":", "_").replace(",", "_")
-        path = self.runtime_dir / f"worker-{os.getpid()}-{safe}-{incarnation}.sock"
-        sock = self.context.socket(zmq.PAIR)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(f"ipc://{path}")
-        spec = {"endpoint": f"ipc://{path}", "cores": list(worker.placement.cores),
+        channel, child_end = Channel.pair()
+        spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
                 "threads": worker.placement.threads, "runtime": worker.placement.runtime,
                 "device": worker.placement.device, "placement": worker.placement.name}
-        proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker", json.dumps(spec)],
-                                stdin=subprocess.DEVNULL, close_fds=True)
-        worker.proc, worker.sock, worker.endpoint = proc, sock, f"ipc://{path}"
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker", json.dumps(spec)],
+                                    stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
+        finally:
+            child_end.close()
+        worker.proc, worker.channel = proc, channel
         worker.pidfd = os.pidfd_open(proc.pid)
         worker.ready = False
         worker.started_at = time.time()
         worker.loaded.clear()
-        self._by_socket[sock] = worker
+        worker.pending_loads = list(worker.eager)
+        self._by_fd[channel.fileno()] = worker
         self._by_pidfd[worker.pidfd] = worker
         log.info("worker for %s started (pid %d)", worker.placement.name, proc.pid)
 
     def _close(self, worker: Worker) -> None:
-        if worker.sock is not None:
-            self._by_socket.pop(worker.sock, None)
-            worker.sock.close(linger=0)
-            worker.sock = None
-            try:
-                os.unlink(worker.endpoint.removeprefix("ipc://"))
-            except OSError:
-                pass
+        if worker.channel is not None:
+            self._by_fd.pop(worker.channel.fileno(), None)
+            worker.channel.close()
+            worker.channel = None
         if worker.pidfd is not None:
             self._by_pidfd.pop(worker.pidfd, None)
             os.close(worker.pidfd)
@@ -163,10 +151,10 @@ class WorkerPool:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         for w in self.workers.values():
-            if w.sock is not None and w.proc and w.proc.poll() is None:
+            if w.channel is not None and w.proc and w.proc.poll() is None and w.inflight is None:
                 try:
-                    w.sock.send_multipart([b"stop", _pack({})], flags=zmq.NOBLOCK)
-                except zmq.ZMQError:
+                    w.channel.send("stop", {})
+                except OSError:
                     pass
         deadline = time.monotonic() + timeout_s
         for w in self.workers.values():
@@ -180,8 +168,8 @@ class WorkerPool:
             self._close(w)
 
     # --- poller integration --------------------------------------------------------------
-    def sockets(self) -> list[zmq.Socket]:
-        return list(self._by_socket)
+    def channel_fds(self) -> list[int]:
+        return list(self._by_fd)
 
     def pidfds(self) -> list[int]:
         return list(self._by_pidfd)
@@ -204,60 +192,68 @@ class WorkerPool:
 
     def preload(self, placement: str, version_dir: str, variant: str) -> None:
         worker = self.workers[placement]
+        worker.eager.append((version_dir, variant))
         worker.pending_loads.append((version_dir, variant))
         self._send_loads(worker)
 
     def _send_loads(self, worker: Worker) -> None:
-        if not worker.ready or worker.sock is None:
+        if not worker.ready or worker.channel is None:
             return
         while worker.pending_loads:
             d, v = worker.pending_loads.pop(0)
-            worker.sock.send_multipart([b"load", _pack({"dir": d, "variant": v})])
+            worker.channel.send("load", {"dir": d, "variant": v})
 
     def unload_except(self, dirs: set[str]) -> None:
         for worker in self.workers.values():
             for key in [k for k in worker.loaded if k[0] not in dirs]:
                 del worker.loaded[key]
-            if worker.ready and worker.sock is not None:
-                worker.sock.send_multipart([b"unload_except", _pack({"dirs": sorted(dirs)})])
+            worker.eager = [k for k in worker.eager if k[0] in dirs]
+            if worker.ready and worker.channel is not None:
+                worker.channel.send("unload_except", {"dirs": sorted(dirs)})
 
     def _dispatch(self, worker: Worker) -> None:
-        if worker.inflight is not None or not worker.ready or not worker.queue or worker.sock is None:
+        if worker.inflight is not None or not worker.ready or not worker.queue or worker.channel is None:
             return
         job = worker.queue.popleft()
         job.dispatched_ns = time.monotonic_ns()
         worker.inflight = job
         header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant,
                   "inputs": job.input_headers}
-        worker.sock.send_multipart([b"run", _pack(header), *job.input_frames], copy=False)
+        worker.channel.send("run", header, job.input_frames)
 
-    def on_message(self, sock: zmq.Socket) -> Outcome | None:
-        """Handle one message from a worker; returns a finished job's outcome, if any."""
-        worker = self._by_socket.get(sock)
-        if worker is None:
+    def on_message(self, fd: int) -> Outcome | None:
+        """Read one message from a worker's channel; returns a finished job's outcome, if any.
+
+        A closed channel means the worker is dying; its pidfd reports the death (on_exit)."""
+        worker = self._by_fd.get(fd)
+        if worker is None or worker.channel is None:
             return None
-        frames = sock.recv_multipart(copy=False)
-        verb = frames[0].bytes
-        header = msgpack.unpackb(frames[1].buffer, raw=False)
-        if verb == b"ready":
+        try:
+            verb, header, bodies = worker.channel.recv()
+        except (ConnectionError, OSError):
+            self._by_fd.pop(fd, None)   # stop polling it; on_exit cleans up
+            if self.on_change:
+                self.on_change()
+            return None
+        if verb == "ready":
             worker.ready = True
             worker.rss_bytes = header.get("rss_bytes")
             self._send_loads(worker)
             self._dispatch(worker)
             return None
-        if verb == b"loaded":
+        if verb == "loaded":
             worker.loaded[(header["dir"], header["variant"])] = int(header.get("memory_bytes", 0))
             worker.rss_bytes = header.get("rss_bytes", worker.rss_bytes)
             return None
         job = worker.inflight
-        if verb in (b"done", b"fail") and job is not None and header.get("job") == job.job_id:
+        if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
             worker.inflight = None
-            if verb == b"done" and "memory_bytes" in header:
+            if verb == "done" and "memory_bytes" in header:
                 worker.loaded[(job.version_dir, job.variant)] = int(header["memory_bytes"])
-            outcome = Outcome(job, header, list(frames[2:]), verb == b"done", time.monotonic_ns())
+            outcome = Outcome(job, header, bodies, verb == "done", time.monotonic_ns())
             self._dispatch(worker)
             return outcome
-        if verb == b"fail":
+        if verb == "fail":
             log.warning("worker %s: %s", worker.placement.name, header.get("message"))
         return None
 
