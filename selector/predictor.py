@@ -54,9 +54,11 @@ FEATURE_NAMES = tuple(f"mflop_{g}_{c}" for c in CLASSES for g in GROUPS) + (
     "n_ops", "weight_mb", "activation_mb", "const")
 
 
-def variant_records(manifest: Mapping[str, Any]) -> tuple[str, str | None, list[dict]]:
-    """(model, version, variant records) of one ``adaptd.manifest/1`` dict: ``variants`` may be a
-    list of records or a map name -> record."""
+def variant_records(manifest: Any) -> tuple[str, str | None, list[dict]]:
+    """(model, version, variant records) of one ``adaptd.manifest/1`` dict (or an object with
+    ``to_dict()`` giving one): ``variants`` may be a list of records or a map name -> record."""
+    if not isinstance(manifest, Mapping) and hasattr(manifest, "to_dict"):
+        manifest = manifest.to_dict()
     model = manifest.get("model") or manifest.get("name")
     if not model:
         raise ValueError("manifest has no model name ('model' or 'name')")

@@ -300,3 +300,32 @@ def test_from_manifests_pairs_runtimes_and_uses_priors():
     assert s.arms[2].accuracy is None
     d = s.choose(Request("digits", objective="latency"), 0.0)
     assert (d.variant, d.placement) == ("float32", "cpu:0-1")
+
+
+def test_from_manifests_accepts_objects_and_predictor_priors():
+    from types import SimpleNamespace
+
+    from adaptd.selector import StructuralPredictor
+
+    structure = {"flops": 2_000_000, "params": 10, "nonzero_params": 10, "weight_bytes": 40,
+                 "activation_bytes": 1000, "ops": {"CONV_2D": 2}, "op_flops": {"CONV_2D": 2_000_000},
+                 "compute_dtype": "float32"}
+    recs = [{"structure": structure, "quantization": q, "placement": "cpu:0", "placement_kind": "cpu",
+             "threads": 1, "latency_ms": lat, "energy_mj": 2.0 * lat} for q, lat in (("none", 1.0), ("full_int8", 0.5))]
+    pred = StructuralPredictor().fit(recs)
+
+    class Manifest:  # e.g. adaptd.variants.manifest.Manifest
+        def to_dict(self):
+            return {"model": "m", "version": "3", "variants": [
+                {"name": "f32", "runtime": "litert", "quantization": "none", "structure": structure,
+                 "metrics": {"accuracy": 0.9}},
+                {"name": "i8", "runtime": "litert", "quantization": "full_int8", "structure": structure,
+                 "metrics": {"accuracy": 0.85}}]}
+
+    pl = SimpleNamespace(name="cpu:0", kind="cpu", cores=(0,), threads=1, runtime="litert")
+    s = Selector.from_manifests([Manifest()], [pl], predictor=pred)
+    assert [a.prior_latency_ms for a in s.arms] == pytest.approx([1.0, 0.5], rel=0.05)
+    assert s.arms[0].version == "3"
+    d = s.choose(Request("m", objective="energy"), 0.0)
+    assert d.variant == "i8" and d.predicted["energy_mj"] == pytest.approx(1.0, rel=0.05)
+    assert d.predicted["energy_estimated"] is True
