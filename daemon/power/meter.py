@@ -13,7 +13,8 @@ Threads and processes
 The sampler is a child process writing a shared-memory ring (``sampler.py``, ``ring.py``); the
 daemon side never samples. ``attribute`` and ``describe`` may be called from any thread,
 concurrently with each other and with the idle re-measurement thread (one lock guards the idle
-figures and the execution history; ring reads take no lock).
+figures and the execution history; ring reads take no lock). ``close`` must not race an
+``attribute`` call in flight (the daemon closes the meter after its request loop has stopped).
 
 Units: time ns (``time.monotonic_ns()``, CLOCK_MONOTONIC, comparable across processes on Linux),
 power mW, energy mJ, CPU time s.
@@ -387,6 +388,7 @@ class EnergyMeter:
             "sample_hz_configured": self.config.sample_hz if d.sources else 0.0,
             "sampler_cpu_share": st["cpu_share"] if st else 0.0,
             "sampler_alive": st["alive"] if st else False,
+            "sampler_pid": self._sampler.proc.pid if self._sampler and self._sampler.proc else None,
             "samples": st["samples"] if st else 0,
             "read_errors": st["read_errors"] if st else 0,
             "gpu_overlaps": gpu_overlaps,

@@ -186,6 +186,19 @@ class FakeSysfs:
 
         self._rails[name] = w
 
+    def add_counter_file(self, rail: str, path: str, scale: float = 1.0) -> None:
+        """A plain file holding ``int(cumulative energy mJ x scale)`` for ``rail`` (e.g. what a
+        fake NVML module reads as its total-energy counter)."""
+        f = _File(path, 0)
+        self._files.append(f)
+        self._rails[rail] = lambda _mw, mj: f.write(int(mj * scale))
+
+    def add_power_file(self, rail: str, path: str) -> None:
+        """A plain file holding ``int(power mW)`` for ``rail`` (a fake NVML power reading)."""
+        f = _File(path, 0)
+        self._files.append(f)
+        self._rails[rail] = lambda mw, _mj: f.write(int(round(mw)))
+
     def write(self, rail: str, power_mw: float, energy_mj: float = 0.0) -> None:
         self._rails[rail](power_mw, energy_mj)
 
