@@ -157,13 +157,13 @@ class PlacementsConfig:
             name = _typed(c, "name", str, None, cw)
             if not name:
                 raise ConfigError(f"{cw}.name: required")
-            threads = _typed(c, "threads", int, len(cores), cw)
+            threads = _typed(c, "threads", int, len(set(cores)), cw)
             _positive(threads, f"{cw}.threads")
             custom.append(CustomPlacement(name, tuple(sorted(set(cores))), threads,
                                           _typed(c, "description", str, "", cw)))
         out = cls(
-            include=tuple(_typed(d, "include", list, [], w)),
-            exclude=tuple(_typed(d, "exclude", list, [], w)),
+            include=_name_list(d, "include", w),
+            exclude=_name_list(d, "exclude", w),
             tensorflow=_typed(d, "tensorflow", str, "auto", w),
             queue_limit=_typed(d, "queue_limit", int, cls.queue_limit, w),
             load=_typed(d, "load", str, "lazy", w),
@@ -175,7 +175,15 @@ class PlacementsConfig:
         if out.load not in ("lazy", "eager"):
             raise ConfigError(f"{w}.load: expected lazy or eager, got {out.load!r}")
         _positive(out.queue_limit, f"{w}.queue_limit")
+        _positive(out.worker_start_timeout_s, f"{w}.worker_start_timeout_s")
         return out
+
+
+def _name_list(d: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = _typed(d, key, list, [], where)
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key}: expected a list of placement names, got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -245,6 +253,14 @@ class Config:
             power = PowerConfig.from_dict(d.get("power", {}))
         except ValueError as exc:
             raise ConfigError(f"power: {exc}") from None
+        # [store] stays a mapping (the store builds its StoreConfig), but is checked now, so a
+        # bad value is a ConfigError at load time, not a failure half-way through start-up.
+        from adaptd.daemon.store import StoreConfig
+
+        try:
+            StoreConfig.from_dict(d.get("store", {}))
+        except ValueError as exc:
+            raise ConfigError(f"store: {exc}") from None
         return cls(
             repository=path("repository", Path()),
             state_dir=state_dir,
