@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=None)
     p.add_argument("--no-progress", action="store_true")
     _target(p, "adaptd.variants.demo:run_demo_build")
+    p = dsub.add_parser("run", help="build the demo (if needed), start the daemon, send requests, print the selections")
+    p.add_argument("--repository", type=Path, default=Path("demo-repo"))
+    p.add_argument("--workdir", type=Path, default=Path("var/demo"),
+                   help="where the daemon's config, log and selection store go")
+    p.add_argument("--no-progress", action="store_true")
+    _target(p, "adaptd.clients.demo:run_demo")
 
     p = sub.add_parser("calibrate", help="profile this device to calibrate the structural cost predictor")
     p.add_argument("--repository", type=Path, required=True)
