@@ -136,7 +136,7 @@ class AsyncClient:
         frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, client=self.name, request_type="explain")
+                               placement=placement, explain=True, client=self.name, request_type="explain")
         header, _ = await self._roundtrip(rid, frames, timeout_ms)
         return Explanation.from_body(body_from_reply(header, "explain"))
 
