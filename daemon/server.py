@@ -262,13 +262,13 @@ class Daemon:
         split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
         if split is None or split == 0:
             envelope, message = frames[:1], frames[1:]
-            if split is None:
-                message = [b"", *message]   # so decode names the real problem (signature)
         else:
             envelope, message = frames[:split], frames[split:]
         route = (sock, envelope)
         request_id = None
         try:
+            if split is None:
+                raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
             header, bodies = proto.decode(message)
             request_id = proto.request_id_of(header)
             size = sum(len(f.buffer) for f in message)
@@ -401,6 +401,7 @@ class Daemon:
                                         request.id, {"placement": arm.placement.name, "variant": arm.variant.name})
             for route in pending.routes:
                 self._send(route, header, ())
+            self.requests += len(pending.routes)
             self._record(request, model, pending.client, time.time(), outcome="error",
                          error_code=proto.WORKER_FAILED, choice=pending.choice, arm=arm)
             return
@@ -436,6 +437,7 @@ class Daemon:
             header["alternatives"] = choice.alternatives
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
+        self.requests += len(pending.routes)
         self._remember(request.id, header, outcome.bodies)
         self._record(request, model, pending.client, now, outcome="ok", error_code=None, choice=choice, arm=arm,
                      timing=(queue_ms, compute_ms, total_ms), energy=energy, met=met)
