@@ -151,7 +151,13 @@ class WorkerPool:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         for w in self.workers.values():
-            if w.channel is not None and w.proc and w.proc.poll() is None and w.inflight is None:
+            if w.proc is None or w.proc.poll() is not None:
+                continue
+            if w.inflight is not None:
+                # Stopping with a job still running (drain timeout, second SIGTERM): its request
+                # has been answered already, so the worker is not waited for.
+                w.proc.kill()
+            elif w.channel is not None:
                 try:
                     w.channel.send("stop", {})
                 except OSError:

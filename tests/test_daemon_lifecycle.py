@@ -1,0 +1,342 @@
+"""The daemon's lifecycle and faults, with real processes and signals: a worker killed with SIGKILL
+mid-request, BUSY under overload, drain on SIGTERM, reload on SIGHUP (requests in flight finish on
+the old version), and sd_notify READY/WATCHDOG/RELOADING/STOPPING on a real notify socket.
+
+A request must be in flight long enough to act on it, so this module builds its own slow model
+(a stack of 3x3 convolutions, ~10 ms per image on one core) through the real pipeline, float32
+only; a batch of images makes a request that runs for most of a second. Nothing here sleeps to
+synchronise: tests wait on replies, on the ``placements`` control message (``busy``), on notify
+datagrams and on process exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from adaptd.daemon import protocol as proto
+from adaptd.daemon.launch import DaemonProcess
+
+MODEL = "slow"
+SHAPE = (32, 32, 8)
+SLOW_BATCH = 48          # one request of this batch runs for roughly half a second on one core
+QUEUE_LIMIT = 2
+REPLY_MS = 60_000
+
+BUILD = textwrap.dedent("""
+    import os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pathlib import Path
+    import keras
+    from adaptd.variants.build import BuildOptions, build_entry
+    from adaptd.variants.convert import open_source
+
+    out = Path(sys.argv[1])
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input({shape})]
+    layers += [keras.layers.Conv2D(64, 3, padding="same", activation="relu") for _ in range(6)]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, activation="softmax")]
+    keras.Sequential(layers).save(out / "slow.keras")
+    opts = BuildOptions(kinds=("float32",), progress=False, latency_runs=3, latency_max_s=0.2)
+    import numpy as np
+    rep = np.random.default_rng(0).random((4, *{shape}), dtype=np.float32)
+    build_entry(out / "repo", "{model}", open_source(out / "slow.keras"), None, options=opts, representative=rep)
+""").format(shape=SHAPE, model=MODEL)
+
+
+@pytest.fixture(scope="module")
+def slow_repository(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slow-model")
+    proc = subprocess.run([sys.executable, "-c", BUILD, str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "repo" / MODEL / "1" / "manifest.json").exists()
+    return out / "repo"
+
+
+def copy_repository(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def add_version(repo: Path, version: str) -> None:
+    """Publish a copy of version 1 as ``version`` the way the pipeline does: one rename."""
+    staging = repo / MODEL / f".staging-{version}"
+    shutil.copytree(repo / MODEL / "1", staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest["version"] = version
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    os.rename(staging, repo / MODEL / version)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def images(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, *SHAPE), dtype=np.float32)
+
+
+def dealer(d: DaemonProcess) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.endpoint)
+    return sock
+
+
+def send_infer(sock: zmq.Socket, rid: str, batch: int, placement: str | None = None, **kw) -> None:
+    x = images(batch)
+    header = proto.request_header(rid, MODEL, [x], pin_variant="float32", pin_placement=placement, **kw)
+    sock.send_multipart(proto.encode(header, [x]), copy=False)
+
+
+def recv(sock: zmq.Socket, timeout_ms: int = REPLY_MS) -> dict:
+    assert sock.poll(timeout_ms), "no reply"
+    header, _ = proto.decode(sock.recv_multipart())
+    return header
+
+
+def control(d: DaemonProcess, kind: str) -> dict:
+    reply, _ = d.request({"type": kind, "id": f"{kind}-{uuid.uuid4().hex}"})
+    assert reply["type"] == "ok", reply
+    return reply["body"]
+
+
+def placement_state(d: DaemonProcess, name: str) -> dict:
+    return next(p for p in control(d, "placements")["placements"] if p["name"] == name)
+
+
+def wait_for(predicate, what: str, timeout_s: float = 60.0):
+    """Ask ``predicate`` (which itself waits on a reply) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_busy(d: DaemonProcess, name: str) -> dict:
+    return wait_for(lambda: (lambda p: p if p["busy"] else None)(placement_state(d, name)), f"{name} busy")
+
+
+def first_placement(d: DaemonProcess) -> str:
+    """A single-core LiteRT placement (one thread: the slow requests are slowest there)."""
+    placements = control(d, "placements")["placements"]
+    single = [p["name"] for p in placements if p["runtime"] == "litert" and len(p["cores"]) == 1]
+    return (single or [p["name"] for p in placements if p["runtime"] == "litert"])[0]
+
+
+class NotifySocket:
+    def __init__(self) -> None:
+        self.path = f"/tmp/adaptd-n-{uuid.uuid4().hex[:8]}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.seen: list[dict[str, str]] = []
+
+    def wait(self, key: str, timeout_s: float = 60.0) -> dict[str, str]:
+        """The next datagram carrying ``key`` (earlier ones are kept in ``seen``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key} notification; got {self.seen}")
+            self.sock.settimeout(left)
+            data = self.sock.recv(4096)
+            fields = dict(line.split("=", 1) for line in data.decode().split("\n") if line)
+            self.seen.append(fields)
+            if key in fields:
+                return fields
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+
+
+# --- a shared daemon for the fault tests --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def daemon(slow_repository, tmp_path_factory):
+    work = tmp_path_factory.mktemp("faults")
+    repo = copy_repository(slow_repository, work / "repo")
+    d = DaemonProcess.start(repo, work, config={"placements": {"tensorflow": "off", "queue_limit": QUEUE_LIMIT}})
+    yield d
+    assert d.stop() == 0, d.log()
+
+
+def test_a_worker_killed_mid_request_fails_that_request_and_comes_back(daemon):
+    name = first_placement(daemon)
+    before = placement_state(daemon, name)
+    others = {p["name"]: p["restarts"] for p in control(daemon, "placements")["placements"] if p["name"] != name}
+    sock = dealer(daemon)
+    try:
+        send_infer(sock, "victim", SLOW_BATCH, name)
+        send_infer(sock, "queued", 1, name)           # waits behind the victim
+        busy = wait_busy(daemon, name)
+        assert busy["worker_pid"] == before["worker_pid"] and busy["queued"] == 1
+        os.kill(busy["worker_pid"], signal.SIGKILL)
+        replies = {r["id"]: r for r in (recv(sock), recv(sock))}
+        assert not sock.poll(100), "more than one reply per request"
+    finally:
+        sock.close()
+    victim = replies["victim"]
+    assert victim["type"] == "error" and victim["code"] == "WORKER_FAILED", victim
+    assert victim["details"]["placement"] == name
+    # The queued request was not lost: it ran on the restarted worker.
+    assert replies["queued"]["type"] == "result", replies["queued"]
+    assert replies["queued"]["placement"] == name
+    after = placement_state(daemon, name)
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["worker_pid"] not in (None, before["worker_pid"])
+    assert sorted(os.sched_getaffinity(after["worker_pid"])) == after["cores"]
+    # Later requests succeed; the other placements were not disturbed.
+    reply, _ = daemon.request(proto.request_header("later", MODEL, [images(1)], pin_variant="float32",
+                                                   pin_placement=name), [images(1)])
+    assert reply["type"] == "result", reply
+    assert {p["name"]: p["restarts"] for p in control(daemon, "placements")["placements"]
+            if p["name"] != name} == others
+    arm = next(a for a in control(daemon, "stats")["arms"] if a["placement"] == name)
+    assert arm["errors"] >= 1
+    # WORKER_FAILED is not stored for replay: a retry of the same id runs afresh.
+    reply, _ = daemon.request(proto.request_header("victim", MODEL, [images(1)], pin_variant="float32",
+                                                   pin_placement=name), [images(1)])
+    assert reply["type"] == "result" and reply["replayed"] is False, reply
+
+
+def test_a_full_queue_answers_busy_at_once(daemon):
+    name = first_placement(daemon)
+    sock = dealer(daemon)
+    extra = 3
+    try:
+        send_infer(sock, "running", SLOW_BATCH, name)
+        wait_busy(daemon, name)
+        for i in range(QUEUE_LIMIT):
+            send_infer(sock, f"queued-{i}", 1, name)
+        for i in range(extra):
+            send_infer(sock, f"over-{i}", 1, name)
+        # BUSY comes back while the first request still runs, ahead of every result.
+        busy = [recv(sock) for _ in range(extra)]
+        assert [b["id"] for b in busy] == [f"over-{i}" for i in range(extra)]
+        for b in busy:
+            assert b["type"] == "error" and b["code"] == "BUSY", b
+            assert b["details"] == {"placement": name, "queue_limit": QUEUE_LIMIT}
+        state = placement_state(daemon, name)
+        assert state["busy"] and state["queued"] == QUEUE_LIMIT and state["queue_limit"] == QUEUE_LIMIT
+        rest = {r["id"]: r for r in (recv(sock) for _ in range(1 + QUEUE_LIMIT))}
+        assert set(rest) == {"running", *(f"queued-{i}" for i in range(QUEUE_LIMIT))}
+        assert all(r["type"] == "result" for r in rest.values()), rest
+        # BUSY is not stored: once there is room, the same id runs.
+        send_infer(sock, "over-0", 1, name)
+        again = recv(sock)
+        assert again["type"] == "result" and again["replayed"] is False, again
+    finally:
+        sock.close()
+
+
+def test_a_failed_reload_keeps_the_old_repository_serving(daemon):
+    repo = Path(control(daemon, "health")["repository"])
+    broken = repo / MODEL / "7"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    try:
+        reply, _ = daemon.request({"type": "reload", "id": "bad-reload"})
+        assert reply["type"] == "error" and reply["code"] == "INTERNAL", reply
+        assert "manifest" in reply["message"]
+    finally:
+        shutil.rmtree(broken)
+    health = control(daemon, "health")
+    assert health["status"] == "serving" and health["generation"] == 1
+    reply, _ = daemon.request(proto.request_header("after-bad-reload", MODEL, [images(1)]), [images(1)])
+    assert reply["type"] == "result" and reply["version"] == "1", reply
+
+
+# --- reload on SIGHUP, drain on SIGTERM, with systemd's notify socket ----------------------------
+
+def test_sighup_reloads_atomically_and_sigterm_drains(slow_repository, tmp_path):
+    repo = copy_repository(slow_repository, tmp_path / "repo")
+    notify = NotifySocket()
+    try:
+        d = DaemonProcess.start(repo, tmp_path / "work", config={"placements": {"tensorflow": "off"}},
+                                env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
+        try:
+            ready = notify.wait("READY")
+            assert ready["MAINPID"] == str(d.proc.pid) and "slow:1" in ready["STATUS"]
+            # The watchdog is kept at half of WATCHDOG_USEC.
+            notify.wait("WATCHDOG")
+            notify.wait("WATCHDOG")
+            name = first_placement(d)
+            sock = dealer(d)
+
+            # --- SIGHUP while a request runs on version 1 ---
+            send_infer(sock, "on-v1", SLOW_BATCH, name)
+            wait_busy(d, name)
+            add_version(repo, "2")
+            d.signal(signal.SIGHUP)
+            notify.wait("RELOADING")
+            ready = notify.wait("READY")
+            assert "slow:2" in ready["STATUS"]
+            assert control(d, "health")["generation"] == 2
+            models = control(d, "models")["models"]
+            assert [(m["name"], m["version"], m["versions"]) for m in models] == [(MODEL, "2", ["1", "2"])]
+            old = recv(sock)
+            assert old["id"] == "on-v1" and old["type"] == "result" and old["version"] == "1", old
+            send_infer(sock, "on-v2", 1, name)
+            new = recv(sock)
+            assert new["type"] == "result" and new["version"] == "2", new
+            # The old version is still addressable by number.
+            send_infer(sock, "v1-by-number", 1, name, version="1")
+            assert recv(sock)["version"] == "1"
+
+            # --- SIGTERM while a request runs: it finishes, new ones are refused ---
+            send_infer(sock, "draining", SLOW_BATCH, name)
+            wait_busy(d, name)
+            d.signal(signal.SIGTERM)
+            notify.wait("STOPPING")
+            assert control(d, "health")["status"] == "draining"
+            send_infer(sock, "too-late", 1, name)
+            refused = recv(sock)
+            assert refused["id"] == "too-late" and refused["code"] == "SHUTTING_DOWN", refused
+            finished = recv(sock)
+            assert finished["id"] == "draining" and finished["type"] == "result", finished
+            assert d.proc.wait(60) == 0, d.log()
+            assert not sock.poll(100)
+            sock.close()
+            # It cleaned up after itself: no socket files left behind.
+            assert not Path(d.endpoint[len("ipc://"):]).exists()
+            assert not Path(d.pub_endpoint[len("ipc://"):]).exists()
+        finally:
+            d.kill()
+    finally:
+        notify.close()
+
+
+def test_a_second_sigterm_stops_at_once_and_still_answers(slow_repository, tmp_path):
+    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off"},
+                                                                "server": {"drain_timeout_s": 600.0}})
+    try:
+        name = first_placement(d)
+        sock = dealer(d)
+        send_infer(sock, "held", SLOW_BATCH * 20, name)    # would run far longer than this test
+        wait_busy(d, name)
+        d.signal(signal.SIGTERM)
+        wait_for(lambda: control(d, "health")["status"] == "draining", "draining")
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        reply = recv(sock)
+        assert reply["id"] == "held" and reply["code"] == "SHUTTING_DOWN", reply
+        assert d.proc.wait(30) == 0, d.log()
+        # At once: neither the running execution nor the workers' 5 s stop timeout is waited for.
+        assert time.monotonic() - t0 < 4.0
+        sock.close()
+    finally:
+        d.kill()
