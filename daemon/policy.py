@@ -5,8 +5,9 @@ Contract
 * A :class:`Policy` is called from the daemon's main thread only: ``choose`` once per request
   (or dry run), ``observe`` once per finished execution, ``reset`` after a reload. ``choose``
   must not block or do I/O; it receives the time instead of reading a clock.
-* ``choose`` receives the candidate arms already restricted by the request's pins (never
-  empty) and the placements' queue lengths; it returns a :class:`Choice`. An infeasible request
+* ``choose`` receives the candidate arms already restricted by the request's pins and the
+  input's dtype (never empty) and the worker pool (read only: its queued and in-flight jobs,
+  each job's ``context`` a request with ``model`` and ``arm``); it returns a :class:`Choice`. An infeasible request
   under ``reject`` is a Choice with ``arm=None``; the daemon turns it into ``INFEASIBLE``.
 * :class:`MostAccuratePolicy` is the trivial baseline: the most accurate variant on the first
   placement that can run it. The cost-model selector lives in :mod:`adaptd.selector`, wrapped
@@ -15,7 +16,7 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ class Choice:
 
 class Policy(Protocol):
     def choose(self, model: ModelVersion, request: Request, candidates: Sequence[Arm],
-               queues: Mapping[str, int], now_s: float) -> Choice: ...
+               queues: Any, now_s: float) -> Choice: ...
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float) -> None: ...
@@ -66,7 +67,7 @@ class MostAccuratePolicy:
         self._latency_ewma_ms: dict[tuple[str, str, str, str], float] = {}
 
     def choose(self, model: ModelVersion, request: Request, candidates: Sequence[Arm],
-               queues: Mapping[str, int], now_s: float) -> Choice:
+               queues: Any, now_s: float) -> Choice:
         def rank(arm: Arm) -> tuple:
             acc = arm.accuracy
             return (-(acc if acc is not None else -1.0), arm.variant.size_bytes, arm.variant.name)

@@ -38,7 +38,7 @@ import zmq
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.config import Config, ConfigError, load_config
 from adaptd.daemon.placements import Placement, discover
-from adaptd.daemon.policy import Choice, MostAccuratePolicy, Policy
+from adaptd.daemon.policy import Choice, Policy
 from adaptd.daemon.registry import Arm, ModelVersion, Registry, RegistryError, load_registry
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.stats import ArmStats
@@ -73,7 +73,7 @@ class _Replay:
 class Daemon:
     def __init__(self, config: Config, policy: Policy | None = None) -> None:
         self.config = config
-        self.policy: Policy = policy if policy is not None else _default_policy(config)
+        self.policy: Policy | None = policy
         self.notifier = Notifier()
         self.started_at = time.time()
         self.requests = 0
@@ -99,6 +99,8 @@ class Daemon:
         self.placements = discover(cfg.placements)
         self._placement_by_name = {p.name: p for p in self.placements}
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
+        if self.policy is None:
+            self.policy = _default_policy(cfg)
         self.policy.reset(self.registry)
 
         self.pool = WorkerPool(self.placements, cfg.placements.queue_limit)
@@ -306,7 +308,7 @@ class Daemon:
         self._check_inputs(request, candidates, bodies)
         candidates = [a for a in candidates if self._dtype_ok(request, a)]
         now = time.time()
-        choice = self.policy.choose(model, request, candidates, self._queues(), now)
+        choice = self.policy.choose(model, request, candidates, self.pool, time.monotonic())
         client = request.client or bytes(route[1][0].buffer).hex()
         if choice.arm is None:
             closest = choice.closest
@@ -385,9 +387,6 @@ class Daemon:
             raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) "
                                       f"{[s.dtype.name for s in request.inputs]}; send one of {dtypes}", request.id)
 
-    def _queues(self) -> dict[str, int]:
-        return {name: self.pool.queue_length(name) for name in self.pool.workers}
-
     # --- outcomes ------------------------------------------------------------------------
     def _on_outcome(self, outcome: Outcome) -> None:
         pending: Pending = outcome.job.context
@@ -411,7 +410,7 @@ class Daemon:
         energy = self.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], float(h["cpu_time_s"]))
         now = time.time()
         stats.record(compute_ms, energy.energy_mj, energy.source, energy.estimated, now)
-        self.policy.observe(model, arm, compute_ms, energy.energy_mj, energy.estimated, now)
+        self.policy.observe(model, arm, compute_ms, energy.energy_mj, energy.estimated, time.monotonic())
         total_ms = (time.monotonic_ns() - pending.received_ns) / 1e6
         c = request.constraints
         met: dict[str, bool] = {}
@@ -552,7 +551,7 @@ class Daemon:
 
     def _control_explain(self, request: proto.Request) -> dict[str, Any]:
         model, candidates = self._candidates(request)
-        choice = self.policy.choose(model, request, candidates, self._queues(), time.time())
+        choice = self.policy.choose(model, request, candidates, self.pool, time.monotonic())
         return {"model": model.name, "version": model.version,
                 "variant": choice.arm.variant.name if choice.arm else None,
                 "placement": choice.arm.placement.name if choice.arm else None,
@@ -611,10 +610,8 @@ def _rss_bytes() -> int:
 
 
 def _default_policy(config: Config) -> Policy:
-    try:
-        from adaptd.daemon.selection import SelectorPolicy
-    except ImportError:
-        return MostAccuratePolicy()
+    from adaptd.daemon.selection import SelectorPolicy
+
     return SelectorPolicy.from_config(config)
 
 

@@ -1,0 +1,199 @@
+"""The daemon's policy backed by :mod:`adaptd.selector`: manifests and placements in, a
+:class:`~adaptd.daemon.policy.Choice` per request out.
+
+Contract
+--------
+* Implements :class:`~adaptd.daemon.policy.Policy`; called from the daemon's main thread only.
+* ``reset`` (start-up and every reload) builds a new :class:`~adaptd.selector.Selector` over every
+  loaded model version (selector model key ``name:version``) and the placements, with priors from
+  the calibrated structural predictor stored beside the repository (``calibration.json``,
+  written by ``adaptd calibrate``) when there is one, else from the manifests' first latency
+  measurements. Live estimates of arms that survive a reload are not carried over: a reload is
+  a new regime.
+* ``choose`` passes the placements' real queues (queued and in-flight jobs by arm) so the
+  prediction includes the queue wait; ``observe`` feeds every measured execution back.
+* ``[selector]`` config: ``policy`` (``adaptive``, the default; ``static``: priors only, never
+  updated, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
+  repository's ``calibration.json``), and every :class:`~adaptd.selector.SelectorConfig` field.
+* Times: ``now_s`` is ``time.monotonic()`` seconds, the same origin for ``choose`` and ``observe``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from adaptd.daemon import protocol as proto
+from adaptd.daemon.policy import Choice, MostAccuratePolicy, Policy
+from adaptd.daemon.registry import Arm, ModelVersion, Registry
+from adaptd.selector import QueueSnapshot, Request, Selector, SelectorConfig, SelectorError
+
+log = logging.getLogger("adaptd.selection")
+
+POLICIES = ("adaptive", "static", "most_accurate")
+
+
+class ConfigKeyError(ValueError):
+    pass
+
+
+def _key(model: ModelVersion) -> str:
+    return f"{model.name}:{model.version}"
+
+
+class SelectorPolicy:
+    def __init__(self, selector_config: SelectorConfig, *, online: bool = True,
+                 calibration: Path | None = None) -> None:
+        self.selector_config = selector_config
+        self.online = online
+        self.calibration = calibration
+        self.selector: Selector | None = None
+        self.predictor_source = "manifest first latency"
+
+    @classmethod
+    def from_config(cls, config: Any) -> Policy:
+        table = dict(config.selector)
+        policy = table.pop("policy", "adaptive")
+        if policy not in POLICIES:
+            raise ConfigKeyError(f"selector.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        calibration = table.pop("calibration", None)
+        fields = {f.name for f in dataclasses.fields(SelectorConfig)}
+        unknown = set(table) - fields
+        if unknown:
+            raise ConfigKeyError(f"selector: unknown key(s) {', '.join(sorted(unknown))}; "
+                                 f"allowed: policy, calibration, {', '.join(sorted(fields))}")
+        if policy == "most_accurate":
+            return MostAccuratePolicy()
+        try:
+            sel_cfg = SelectorConfig(**table)
+        except (TypeError, ValueError) as exc:
+            raise ConfigKeyError(f"selector: {exc}") from None
+        path = Path(calibration) if calibration else Path(config.repository) / "calibration.json"
+        return cls(sel_cfg, online=(policy == "adaptive"), calibration=path)
+
+    # --- Policy ----------------------------------------------------------------------------
+    def reset(self, registry: Registry) -> None:
+        predictor = None
+        if self.calibration is not None and self.calibration.is_file():
+            try:
+                from adaptd.variants.calibrate import load_predictor
+
+                predictor = load_predictor(self.calibration.parent) if self.calibration.name == "calibration.json" \
+                    else _load_predictor_file(self.calibration)
+                self.predictor_source = f"calibrated structural predictor ({self.calibration})"
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring calibration %s: %s", self.calibration, exc)
+        manifests = []
+        for versions in registry.models.values():
+            for mv in versions.values():
+                doc = mv.manifest.to_dict()
+                doc["model"] = _key(mv)
+                manifests.append(doc)
+        placements = {a.placement.name: a.placement for vs in registry.models.values()
+                      for mv in vs.values() for a in mv.arms}
+        self.selector = Selector.from_manifests(manifests, placements.values(), predictor, self.selector_config) \
+            if manifests else None
+        self._arms: dict[tuple[str, str, str], Arm] = {
+            (_key(mv), a.variant.name, a.placement.name): a
+            for vs in registry.models.values() for mv in vs.values() for a in mv.arms}
+        log.info("selector over %d arms; priors from the %s", self.selector.n_arms if self.selector else 0,
+                 self.predictor_source)
+
+    def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
+               queues: Any, now_s: float) -> Choice:
+        assert self.selector is not None
+        snapshots = self._snapshots(queues, now_s) if queues is not None else None
+        variants = {a.variant.name for a in candidates}
+        if request.pin_variant is None and len(variants) < len(model.variants):
+            # The input's dtype rules some variants out: choose among the rest, one pin each.
+            decisions = [self._decide(model, request, snapshots, now_s, pin_variant=v) for v in sorted(variants)]
+            decision = min(decisions, key=lambda d: _rank(d, request.objective))
+        else:
+            decision = self._decide(model, request, snapshots, now_s)
+        return self._choice(model, decision)
+
+    def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
+                energy_estimated: bool, now_s: float) -> None:
+        if not self.online or self.selector is None:
+            return
+        try:
+            self.selector.update((_key(model), arm.variant.name, arm.placement.name), latency_ms, energy_mj,
+                                 energy_estimated, now_s)
+        except KeyError:   # an arm of a generation that a reload replaced
+            pass
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _decide(self, model: ModelVersion, request: proto.Request, snapshots, now_s: float,
+                pin_variant: str | None = None):
+        c = request.constraints
+        try:
+            sreq = Request(model=_key(model), min_accuracy=c.min_accuracy, max_latency_ms=c.max_latency_ms,
+                           max_energy_mj=c.max_energy_mj, objective=request.objective,
+                           on_infeasible=request.on_infeasible, variant=pin_variant or request.pin_variant,
+                           placement=request.pin_placement)
+            return self.selector.choose(sreq, now_s, snapshots, explain=request.explain,
+                                        dry_run=request.type == "explain")
+        except SelectorError as exc:
+            code = getattr(exc, "code", proto.BAD_REQUEST)
+            raise proto.ProtocolError(code if code in proto.ERROR_CODES else proto.BAD_REQUEST, str(exc),
+                                      request.id) from None
+
+    def _snapshots(self, pool: Any, now_s: float) -> dict[str, QueueSnapshot] | None:
+        out: dict[str, QueueSnapshot] | None = None
+        now_ns = time.monotonic_ns()
+        for name, worker in pool.workers.items():
+            if worker.inflight is None and not worker.queue:
+                continue
+            queued = tuple(i for i in (self._arm_id(j.context) for j in worker.queue) if i is not None)
+            inflight = elapsed = None
+            if worker.inflight is not None:
+                inflight = self._arm_id(worker.inflight.context)
+                started = worker.inflight.dispatched_ns or now_ns
+                elapsed = (now_ns - started) / 1e6
+            if out is None:
+                out = {}
+            out[name] = QueueSnapshot(queued, inflight, elapsed or 0.0)
+        return out
+
+    def _arm_id(self, pending: Any) -> int | None:
+        try:
+            return self.selector.arm_id(_key(pending.model), pending.arm.variant.name, pending.arm.placement.name)
+        except (KeyError, AttributeError):
+            return None
+
+    def _choice(self, model: ModelVersion, d: Any) -> Choice:
+        key = _key(model)
+        arm = self._arms.get((key, d.variant, d.placement)) if d.variant else None
+        closest = None
+        if d.closest:
+            closest = self._arms.get((key, d.closest["variant"], d.closest["placement"]))
+        met = {k: bool(v) for k, v in (d.predicted_met or {}).items() if v is not None}
+        return Choice(arm=arm, code=d.code, text=d.text, predicted=dict(d.predicted or {}), predicted_met=met,
+                      feasible=bool(d.feasible), violations=d.violations, closest=closest,
+                      alternatives=d.alternatives)
+
+
+def _rank(decision: Any, objective: str) -> tuple:
+    p = decision.predicted or {}
+    infeasible = decision.code in ("infeasible", "best_effort")
+    inf = float("inf")
+    if objective == "accuracy":
+        value = -(p.get("accuracy") if p.get("accuracy") is not None else -1.0)
+    elif objective == "energy":
+        value = p.get("energy_mj") if p.get("energy_mj") is not None else inf
+    else:
+        value = p.get("latency_ms") if p.get("latency_ms") is not None else inf
+    return (infeasible, value, decision.variant or "")
+
+
+def _load_predictor_file(path: Path):
+    import json
+
+    from adaptd.selector import StructuralPredictor
+
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    return StructuralPredictor.from_dict(doc["predictor"])
