@@ -340,3 +340,17 @@ def test_a_second_sigterm_stops_at_once_and_still_answers(slow_repository, tmp_p
         sock.close()
     finally:
         d.kill()
+
+
+def test_an_idle_worker_killed_twice_is_restarted_each_time(daemon):
+    name = first_placement(daemon)
+    for _ in range(2):
+        before = placement_state(daemon, name)
+        os.kill(before["worker_pid"], signal.SIGKILL)
+        after = wait_for(lambda: (lambda p: p if p["restarts"] == before["restarts"] + 1 else None)(
+            placement_state(daemon, name)), "a restart")
+        assert after["worker_pid"] != before["worker_pid"]
+    reply, _ = daemon.request(proto.request_header("after-kills", MODEL, [images(1)], pin_variant="float32",
+                                                   pin_placement=name), [images(1)])
+    assert reply["type"] == "result", reply
+    assert control(daemon, "health")["in_flight"] == 0
