@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, required=True)
     p.add_argument("--config", type=Path, default=None, help="daemon config (for the placements)")
     p.add_argument("--models", default=None, help="comma-separated models to profile (default: all)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per arm and round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds interleaved over all arms; an arm's latency is its least round median")
     p.add_argument("--no-progress", action="store_true")
     _target(p, "adaptd.variants.calibrate:run_calibrate")
 

@@ -59,7 +59,7 @@ def test_calibrate_profiles_holds_out_and_round_trips(repo):
     core = sorted(os.sched_getaffinity(0))[0]
     before = os.sched_getaffinity(0)
     placements = [{"name": f"cpu:{core}", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
-    doc = calibrate(repo, placements, repeats=3, warmup=1)
+    doc = calibrate(repo, placements, repeats=3, warmup=1, rounds=2)
     assert os.sched_getaffinity(0) == before  # affinity restored
     assert len(doc["records"]) == 4 and all(r["latency_ms"] > 0 for r in doc["records"])
     assert doc["holdout"]["method"] == "leave-one-model-out" and doc["holdout"]["n"] == 4
@@ -83,7 +83,7 @@ def test_calibrate_profiles_holds_out_and_round_trips(repo):
 
 
 def test_cli_calibrate(repo, capsys):
-    rc = main(["calibrate", "--repository", str(repo), "--repeats", "2", "--models", "tiny_a", "--no-progress"])
+    rc = main(["calibrate", "--repository", str(repo), "--repeats", "2", "--rounds", "2", "--models", "tiny_a", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0 and "held-out latency error" in out and "random-25%" in out
     assert load_calibration(repo)["records"][0]["model"] == "tiny_a"
@@ -92,3 +92,12 @@ def test_cli_calibrate(repo, capsys):
 def test_cli_calibrate_unknown_model(repo, capsys):
     rc = main(["calibrate", "--repository", str(repo), "--models", "nope", "--no-progress"])
     assert rc == 1 and "nope" in capsys.readouterr().err
+
+
+def test_rounds_recorded(repo):
+    core = sorted(os.sched_getaffinity(0))[0]
+    placements = [{"name": "c", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
+    doc = calibrate(repo, placements, models=["tiny_a"], repeats=2, warmup=0, rounds=3)
+    for r in doc["records"]:
+        assert len(r["round_medians_ms"]) == 3 and r["latency_ms"] == min(r["round_medians_ms"])
+    assert doc["measurement_spread"]["median"] >= 0

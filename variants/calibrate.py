@@ -6,8 +6,10 @@ Contract
   repository (newest version each) on every LiteRT placement with a real interpreter: the
   process is pinned with ``os.sched_setaffinity`` to the placement's cores *before* the
   interpreter (and its thread pool) is created, ``num_threads`` is the placement's; model load and
-  ``warmup`` invocations are excluded; the median of ``repeats`` timed ``invoke()`` calls is the
-  arm's latency. The affinity is restored afterwards, also on failure.
+  ``warmup`` invocations are excluded; each of ``rounds`` rounds (interleaved over all arms)
+  takes the median of ``repeats`` timed ``invoke()`` calls, and the least round median is the
+  arm's latency (the unloaded device; the spread between rounds is recorded as a noise figure).
+  The affinity is restored afterwards, also on failure.
 * It then measures the predictor's error on arms held out from calibration (leave-one-model-out
   when there are at least two models, else a seeded random quarter of the arms), fits the
   predictor on all arms, and returns the calibration document (plain JSON types).
@@ -159,10 +161,10 @@ def _device() -> dict:
 
 def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None = None,
               models: Sequence[str] | None = None, repeats: int = 20, warmup: int = 3,
-              progress: Callable[[str], None] | None = None, seed: int = 0) -> dict:
+              progress: Callable[[str], None] | None = None, seed: int = 0, rounds: int = 3) -> dict:
     """Profile, evaluate on held-out arms, fit; return the calibration document."""
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
+    if repeats < 1 or rounds < 1:
+        raise ValueError("repeats and rounds must be >= 1")
     pls = [dict(p) for p in (placements if placements is not None else default_placements())
            if p.get("runtime", "litert") == "litert"]
     if not pls:
@@ -172,15 +174,29 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
         raise ValueError(f"no LiteRT variants in repository {repository}")
     records = []
     t_start = time.time()
-    for v in variants:
-        for p in pls:
-            m = profile_arm(v["path"], p["cores"], p["threads"], repeats, warmup, seed)
-            records.append({"model": v["model"], "version": v["version"], "variant": v["variant"],
-                            "quantization": v["quantization"], "structure": v["structure"],
-                            "placement": p["name"], "placement_kind": p.get("kind", "cpu"),
-                            "threads": int(p["threads"]), "energy_mj": None, **m})
-            if progress:
-                progress(f"{v['model']}/{v['variant']} on {p['name']}: {m['latency_ms']:.3f} ms")
+    # Rounds are interleaved over all arms so that a burst of foreign load hits one round of an
+    # arm, not all of them; the arm's latency is the least of its round medians (the structural
+    # model describes the unloaded device; the online model follows load).
+    rounds_ms: dict[tuple[int, int], list[dict]] = {}
+    for rnd in range(rounds):
+        for vi, v in enumerate(variants):
+            for pi, p in enumerate(pls):
+                m = profile_arm(v["path"], p["cores"], p["threads"], repeats, warmup, seed + rnd)
+                rounds_ms.setdefault((vi, pi), []).append(m)
+                if progress:
+                    progress(f"round {rnd + 1}/{rounds} {v['model']}/{v['variant']} on {p['name']}: "
+                             f"{m['latency_ms']:.3f} ms")
+    for (vi, pi), ms in sorted(rounds_ms.items()):
+        v, p = variants[vi], pls[pi]
+        best = min(ms, key=lambda m: m["latency_ms"])
+        meds = [m["latency_ms"] for m in ms]
+        records.append({"model": v["model"], "version": v["version"], "variant": v["variant"],
+                        "quantization": v["quantization"], "structure": v["structure"],
+                        "placement": p["name"], "placement_kind": p.get("kind", "cpu"),
+                        "threads": int(p["threads"]), "energy_mj": None,
+                        "latency_ms": best["latency_ms"], "latency_p90_ms": best["latency_p90_ms"],
+                        "n": sum(m["n"] for m in ms), "round_medians_ms": meds,
+                        "round_spread": (max(meds) - min(meds)) / min(meds) if min(meds) > 0 else 0.0})
     n_models = len({r["model"] for r in records})
     if n_models >= 2:
         method = "leave-one-model-out"
@@ -202,7 +218,10 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
         "device": _device(),
         "placements": pls,
         "repeats": repeats,
+        "rounds": rounds,
         "warmup": warmup,
+        "measurement_spread": {"median": float(np.median([r["round_spread"] for r in records])),
+                               "max": float(max(r["round_spread"] for r in records))},
         "predictor": predictor.to_dict(),
         "holdout": {"method": method, "mape": held["mape"], "mean_ape": held["mean_ape"], "n": held["n"],
                     "per_model": held.get("per_group", {})},
@@ -276,7 +295,8 @@ def run_calibrate(args: Any) -> int:
     quiet = getattr(args, "no_progress", False)
     progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        doc = calibrate(args.repository, placements, models, repeats=args.repeats, progress=progress)
+        doc = calibrate(args.repository, placements, models, repeats=args.repeats, progress=progress,
+                        rounds=getattr(args, "rounds", 3))
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     path = write_calibration(args.repository, doc)
@@ -284,6 +304,8 @@ def run_calibrate(args: Any) -> int:
     mape = "n/a" if h["mape"] is None else f"{100 * h['mape']:.1f}%"
     print(f"calibrated {len(doc['records'])} arms on {', '.join(p['name'] for p in doc['placements'])} "
           f"({doc['device']['cpu_model']}) in {doc['duration_s']:.1f} s")
+    sp = doc["measurement_spread"]
+    print(f"measurement spread between rounds: median {100 * sp['median']:.1f}%, max {100 * sp['max']:.1f}%")
     print(f"held-out latency error ({h['method']}, {h['n']} arms): median APE {mape}"
           + ("" if h["mean_ape"] is None else f", mean APE {100 * h['mean_ape']:.1f}%"))
     for model, e in sorted((h.get("per_model") or {}).items()):
