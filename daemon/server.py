@@ -211,7 +211,10 @@ class Daemon:
         timeout_ms = 1000.0 if watchdog_s is None else min(1000.0, watchdog_s * 1e3)
 
         while True:
-            for item, _ in poller.poll(timeout_ms):
+            # Worker deaths last: a replacement worker may reuse the dead one's descriptor
+            # numbers, so no event of this round may be read after a restart.
+            events = sorted(poller.poll(timeout_ms), key=lambda e: e[0] in pidfds)
+            for item, _ in events:
                 if item in frontends:
                     self._drain_frontend(item)
                 elif item == wake:

@@ -198,6 +198,8 @@ class WorkerPool:
 
     def preload(self, placement: str, version_dir: str, variant: str) -> None:
         worker = self.workers[placement]
+        if (version_dir, variant) in worker.eager:
+            return
         worker.eager.append((version_dir, variant))
         worker.pending_loads.append((version_dir, variant))
         self._send_loads(worker)
