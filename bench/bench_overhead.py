@@ -1,0 +1,199 @@
+"""Daemon overhead: the same variant in-process versus through the daemon (ipc and tcp).
+
+For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures, in one run:
+
+* in-process: ``LoadedVariant.run`` in this process with the placement's thread count;
+* bare echo: a ZeroMQ ROUTER echo in another process, carrying the same frames (the floor any
+  ZeroMQ service pays);
+* the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
+  client processes: round-trip p50/p99 and throughput.
+
+Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
+in-process measured in the same run. Usage::
+
+    .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _echo_server(endpoint: str, ready) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        sock.send_multipart(frames, copy=False)
+
+
+def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
+            warmup: int, barrier, out) -> None:
+    from adaptd.daemon import protocol as proto
+
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    rtts = []
+    barrier.wait()
+    t_start = time.perf_counter()
+    for i in range(n + warmup):
+        header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
+        t = time.perf_counter()
+        sock.send_multipart(proto.encode(header, [x]), copy=False)
+        sock.recv_multipart(copy=False)
+        if i >= warmup:
+            rtts.append(time.perf_counter() - t)
+        if i == warmup - 1:
+            t_start = time.perf_counter()
+    out.put((rtts, time.perf_counter() - t_start))
+
+
+def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(clients)
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
+                                              warmup, barrier, q)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    results = [q.get() for _ in procs]
+    for p in procs:
+        p.join()
+    rtts = np.concatenate([r[0] for r in results]) * 1e6
+    wall = max(r[1] for r in results)
+    return {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
+            "throughput_rps": len(rtts) / wall}
+
+
+def measure_inprocess(version_dir: Path, variant: str, threads: int, shape, n: int) -> dict:
+    from adaptd.variants.manifest import load_manifest
+    from adaptd.variants.runtime import load_variant
+
+    record = next(v for v in load_manifest(version_dir).variants if v.name == variant)
+    loaded = load_variant(version_dir, record, num_threads=threads)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for _ in range(50):
+        loaded.run([x])
+    ts = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        loaded.run([x])
+        ts.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t0
+    ts = np.array(ts) * 1e6
+    return {"p50_us": float(np.percentile(ts, 50)), "p99_us": float(np.percentile(ts, 99)),
+            "throughput_rps": n / wall}
+
+
+def ensure_repos(demo_repo: Path, zoo_repo: Path) -> None:
+    adaptd = [sys.executable, "-m", "adaptd"]
+    if not (demo_repo / "digits").exists():
+        subprocess.run([*adaptd, "demo", "build", "--repository", str(demo_repo), "--no-progress"], check=True)
+    if not (zoo_repo / "MobileNetV2").exists():
+        subprocess.run([*adaptd, "variants", "zoo", "MobileNetV2", "--repository", str(zoo_repo),
+                        "--kinds", "float32", "--no-progress"], check=True)
+
+
+def summarise(rounds: list[dict]) -> dict:
+    keys = rounds[0].keys()
+    return {k: {"median": float(np.median([r[k] for r in rounds])),
+                "min": float(np.min([r[k] for r in rounds])), "max": float(np.max([r[k] for r in rounds]))}
+            for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--demo-repository", type=Path, default=ROOT / "demo-repo")
+    ap.add_argument("--zoo-repository", type=Path, default=ROOT / "bench-zoo")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=1500)
+    ap.add_argument("--models", default="digits,MobileNetV2")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    from adaptd.daemon.launch import DaemonProcess
+    from adaptd.daemon.placements import discover
+    from adaptd.daemon.config import PlacementsConfig
+
+    ensure_repos(args.demo_repository, args.zoo_repository)
+    placement = discover(PlacementsConfig())[-1]          # the widest CPU placement
+    models = {"digits": (args.demo_repository, (1, 16, 16, 1)), "MobileNetV2": (args.zoo_repository, (1, 224, 224, 3))}
+    report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
+                          "python": platform.python_version()},
+              "placement": placement.name, "threads": placement.threads, "models": {}}
+    ctx = mp.get_context("spawn")
+    for model in args.models.split(","):
+        repo, shape = models[model]
+        n = args.requests if model == "digits" else max(200, args.requests // 5)
+        version_dir = sorted((repo / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)[-1]
+        rows: dict[str, list[dict]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            echo_ep = f"ipc://{tmp}/echo.sock"
+            ready = ctx.Event()
+            echo = ctx.Process(target=_echo_server, args=(echo_ep, ready), daemon=True)
+            echo.start()
+            ready.wait()
+            daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
+                                         config={"placements": {"include": [placement.name], "load": "eager"}})
+            try:
+                for _ in range(args.rounds):
+                    rows.setdefault("in-process", []).append(
+                        measure_inprocess(version_dir, "float32", placement.threads, shape, n))
+                    rows.setdefault("zmq echo (ipc)", []).append(
+                        measure_clients(echo_ep, model, None, None, shape, n, 1))
+                    for transport, ep in (("ipc", daemon.endpoint), ("tcp", daemon.tcp_endpoint)):
+                        for clients in (1, 2, 4):
+                            rows.setdefault(f"daemon {transport}, {clients} client(s)", []).append(
+                                measure_clients(ep, model, "float32", placement.name, shape, n, clients))
+            finally:
+                daemon.stop()
+                echo.kill()
+        summary = {k: summarise(v) for k, v in rows.items()}
+        report["models"][model] = summary
+        base = summary["in-process"]["p50_us"]["median"]
+        echo_p50 = summary["zmq echo (ipc)"]["p50_us"]["median"]
+        print(f"\n{model} (float32 on {placement.name}, {placement.threads} thread(s)), {args.rounds} rounds")
+        print(f"{'path':34s} {'p50 us':>18s} {'p99 us':>18s} {'x in-proc p50':>14s} {'req/s':>9s}")
+        for k, s in summary.items():
+            p50, p99 = s["p50_us"], s["p99_us"]
+            print(f"{k:34s} {p50['median']:8.0f} [{p50['min']:.0f}..{p50['max']:.0f}] "
+                  f"{p99['median']:8.0f} [{p99['min']:.0f}..{p99['max']:.0f}] {p50['median'] / base:14.2f} "
+                  f"{s['throughput_rps']['median']:9.0f}")
+        d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
+        print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
