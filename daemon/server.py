@@ -410,7 +410,7 @@ class Daemon:
         h = outcome.header
         compute_ms = float(h["compute_ms"])
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
-        energy = self.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], float(h["cpu_time_s"]))
+        energy = self.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], float(h["cpu_time_s"]), wait=False)
         now = time.time()
         stats.record(compute_ms, energy.energy_mj, energy.source, energy.estimated, now)
         self.policy.observe(model, arm, compute_ms, energy.energy_mj, energy.estimated, time.monotonic())

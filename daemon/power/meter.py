@@ -47,8 +47,9 @@ Sharing a rail between concurrent executions (the rule, simple and documented):
 Waiting for samples: ``attribute`` needs a sample at or after t1. It waits for the sampler to pass
 t1 for at most ``2 x sample period`` (plus the publish lag on AArch64; see ``ring.py``), polling;
 if the sampler has not got there by then it holds the last sample's power up to t1. So the call
-blocks at most about 2 ms at 1 kHz, 20 ms at 100 Hz. Callers on a latency-critical path should
-call it after replying.
+blocks at most about 2 ms at 1 kHz, 20 ms at 100 Hz. ``attribute(..., wait=False)`` never waits
+(it holds the last published sample's power up to t1): the daemon's request path uses it, trading
+sub-sample precision for not delaying replies.
 
 Estimated roles: a role with no sensor uses the power profile (``estimated.py``); the reading is
 then labelled ``estimated:<profile>`` (``+measured:...`` for the part that was measured), and
@@ -98,6 +99,7 @@ class EnergyMeter:
     """Facade over detection, the sampler and attribution (see the module contract)."""
 
     HISTORY = 256            # executions kept for the rail-sharing rule
+    ORDER_SLACK_NS = 50_000_000   # attribution may lag completion by up to this (see _record_and_share)
     IDLE_GUARD_NS = 200_000_000  # idle window ends this long before "now" when re-measuring
 
     def __init__(self, config: PowerConfig, detection: Detection, *, idle_cpu_max_cores: float = 0.1) -> None:
@@ -179,7 +181,10 @@ class EnergyMeter:
         self.close()
 
     # -- attribution ----------------------------------------------------------------------
-    def attribute(self, placement, t0_ns: int, t1_ns: int, cpu_time_s: float) -> EnergyReading:
+    def attribute(self, placement, t0_ns: int, t1_ns: int, cpu_time_s: float, *,
+                  wait: bool = True) -> EnergyReading:
+        """Energy of one execution. ``wait=False`` never blocks: samples not yet published are
+        replaced by holding the last sample's power up to ``t1_ns`` (the daemon's request path)."""
         if t1_ns < t0_ns:
             raise ValueError(f"t1_ns ({t1_ns}) < t0_ns ({t0_ns})")
         kind = getattr(placement, "kind", "cpu")
@@ -188,7 +193,6 @@ class EnergyMeter:
         cores = tuple(getattr(placement, "cores", ()) or ())
         wall_s = (t1_ns - t0_ns) / 1e9
         cpu_time_s = max(float(cpu_time_s), 0.0)
-        share = self._record_and_share(_Execution(t0_ns, t1_ns, cpu_time_s, kind))
         profile = self.detection.profile
 
         use_gpu = kind == "gpu"
@@ -205,10 +209,11 @@ class EnergyMeter:
         measured_label = self._measured_label(rails_used)
         est_label = f"estimated:{profile.name}"
         label = est_label + ("+" + measured_label if measured_label else "") if estimated else measured_label
-        if not rails_used:
+        if not rails_used:   # fully estimated: no rail to share, no history needed
             return EnergyReading(estimated_mj, label, True)
 
-        dyn = self._dynamic_mj(t0_ns, t1_ns)
+        share = self._record_and_share(_Execution(t0_ns, t1_ns, cpu_time_s, kind))
+        dyn = self._dynamic_mj(t0_ns, t1_ns, wait)
         if isinstance(dyn, str):
             return EnergyReading(None, f"{label} (unavailable: {dyn})", estimated)
         energy = share * float(dyn[self._cpu_only].sum()) if len(self._cpu_only) else 0.0
@@ -229,7 +234,13 @@ class EnergyMeter:
         """Record ``x`` and return its share of the CPU rail (the module's sharing rule)."""
         with self._lock:
             others = 0.0
-            for y in self._history:
+            # Newest first. The history is in attribution order, which is completion order up to
+            # the daemon's handling delay (ORDER_SLACK_NS): once an execution ended that long
+            # before X started, it and every older one cannot overlap X. This keeps the call
+            # O(executions overlapping X) instead of O(history) on the request path.
+            for y in reversed(self._history):
+                if y.t1_ns < x.t0_ns - self.ORDER_SLACK_NS:
+                    break
                 overlap = min(x.t1_ns, y.t1_ns) - max(x.t0_ns, y.t0_ns)
                 if overlap <= 0:
                     continue
@@ -243,14 +254,14 @@ class EnergyMeter:
             return 1.0 if others <= 0.0 else 0.0
         return x.cpu_time_s / (x.cpu_time_s + others)
 
-    def _dynamic_mj(self, t0_ns: int, t1_ns: int) -> np.ndarray | str:
+    def _dynamic_mj(self, t0_ns: int, t1_ns: int, wait: bool = True) -> np.ndarray | str:
         """Per-rail energy above idle over [t0, t1] (mJ), or a reason string if unavailable."""
         s = self._sampler
         if s is None or s.ring is None or s.ring.header is None:
             return "sampler not started" if not self._closed else "meter closed"
         ring = s.ring
         period_ns = s.period_ns
-        deadline = time.monotonic_ns() + (2 + ringmod.PUBLISH_LAG) * period_ns
+        deadline = time.monotonic_ns() + ((2 + ringmod.PUBLISH_LAG) * period_ns if wait else 0)
         while True:
             last = ring.latest()
             if last is not None and last[0] >= t1_ns:
