@@ -118,9 +118,23 @@ class Decision:
                  "predicted_met", "feasible", "violations", "closest", "n_candidates",
                  "n_feasible", "alternatives")
 
-    def __init__(self, **kw: Any) -> None:
-        for k in self.__slots__:
-            setattr(self, k, kw.get(k))
+    def __init__(self, *, model=None, variant=None, placement=None, arm_id=None, code=None, text=None,
+                 predicted=None, predicted_met=None, feasible=None, violations=None, closest=None,
+                 n_candidates=None, n_feasible=None, alternatives=None) -> None:
+        self.model = model
+        self.variant = variant
+        self.placement = placement
+        self.arm_id = arm_id
+        self.code = code
+        self.text = text
+        self.predicted = predicted
+        self.predicted_met = predicted_met
+        self.feasible = feasible
+        self.violations = violations
+        self.closest = closest
+        self.n_candidates = n_candidates
+        self.n_feasible = n_feasible
+        self.alternatives = alternatives
 
     @property
     def met(self) -> bool:
@@ -399,9 +413,14 @@ class Selector:
                 key1, key2 = self._keys(r.objective, lo, hi, lat_mean, energy)
                 masked = key1 if feas is None else np.where(feas, key1, np.inf)
                 i = int(masked.argmin())
-                ties = masked == masked[i]
+                best = masked.item(i)
+                if best != best:  # argmin stops at the first NaN (unknown): redo with unknown = _BIG
+                    masked = _finite(masked)
+                    i = int(masked.argmin())
+                    best = masked.item(i)
+                ties = masked == best
                 if np.count_nonzero(ties) > 1:
-                    i = int(np.where(ties, key2, np.inf).argmin())
+                    i = int(np.where(ties, _finite(key2), np.inf).argmin())
                 code = "selected"
                 best_i = i
                 if not dry_run and self.config.probe_share > 0.0:
@@ -472,13 +491,13 @@ class Selector:
         return mask
 
     def _keys(self, objective: str, lo: int, hi: int, lat_mean: np.ndarray, energy: np.ndarray):
+        """(primary, secondary) cost keys, lower is better; NaN means unknown (callers map it
+        to ``_BIG`` with ``_finite`` so unknowns rank after every known cost)."""
         if objective == "latency":
-            k1, k2 = lat_mean, energy
-        elif objective == "energy":
-            k1, k2 = energy, lat_mean
-        else:
-            k1, k2 = self._acc_key[lo:hi], lat_mean
-        return _finite(k1), _finite(k2)
+            return lat_mean, energy
+        if objective == "energy":
+            return energy, lat_mean
+        return self._acc_key[lo:hi], lat_mean
 
     def _probe_pick(self, now_s: float, lo: int, hi: int, feas: np.ndarray | None, best: int) -> int | None:
         last = self._online.last_update_s_[lo:hi]
@@ -555,6 +574,7 @@ class Selector:
         idx = np.arange(n) if cand is None else np.flatnonzero(cand)
         feas_all = np.ones(n, dtype=bool) if feas is None else feas
         key1, key2 = self._keys(r.objective, lo, hi, lat_mean, energy)
+        key1, key2 = _finite(key1), _finite(key2)
         order = [int(j) for j in np.lexsort((np.arange(n), key2, key1)) if feas_all[j] and (cand is None or cand[j])]
         if chosen in order:
             order.remove(chosen)
