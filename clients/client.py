@@ -50,8 +50,14 @@ DEFAULT_RETRIES = 2
 
 # --- endpoints ---------------------------------------------------------------------------------
 
+SYSTEM_RUNTIME_DIR = Path("/run/adaptd")   # systemd's RuntimeDirectory=adaptd
+
+
 def default_runtime_dir() -> Path:
-    """Where a daemon run by hand keeps its sockets: ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``."""
+    """Where the daemon's sockets are: the system service's ``/run/adaptd`` when it is running,
+    else where a daemon run by hand keeps them: ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``."""
+    if (SYSTEM_RUNTIME_DIR / "adaptd.sock").exists():
+        return SYSTEM_RUNTIME_DIR
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "adaptd"

@@ -48,14 +48,6 @@ def default_state_dir() -> Path:
     return Path.cwd()
 
 
-def default_endpoint() -> str:
-    return f"ipc://{default_runtime_dir() / 'adaptd.sock'}"
-
-
-def default_pub_endpoint() -> str:
-    return f"ipc://{default_runtime_dir() / 'adaptd-selections.sock'}"
-
-
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
