@@ -169,7 +169,7 @@ def _plot_mix(page: _Page, records: Sequence[Mapping[str, Any]], model: str, slu
         shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0) * 100
         ax.stackplot(centers, shares, labels=names, alpha=0.85)
         ax.set_ylim(0, 100)
-        ax.set_ylabel(f"share of requests served (%)")
+        ax.set_ylabel("share of requests served (%)")
         ax.set_title(f"{model}: {label} chosen, share per {edges[1] - edges[0]:g} s interval")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title=label)
     _finish_time_axis(axes[1], plt)

@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from adaptd.selector.predictor import StructuralPredictor, holdout_errors
+from adaptd.variants.manifest import write_text_atomic
 
 CALIBRATION_FILE = "calibration.json"
 SCHEMA = "adaptd.calibration/1"
@@ -248,23 +248,8 @@ def _split_errors(records: list[dict]) -> dict:
 # ----------------------------------------------------------------------------- storage
 def write_calibration(repository: Path, document: Mapping[str, Any]) -> Path:
     """Write ``REPOSITORY/calibration.json`` atomically; return its path."""
-    repository = Path(repository)
-    target = repository / CALIBRATION_FILE
     text = json.dumps(document, indent=1, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".json", dir=repository)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    return write_text_atomic(Path(repository) / CALIBRATION_FILE, text)
 
 
 def load_calibration(repository: Path) -> dict | None:

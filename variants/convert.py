@@ -130,7 +130,6 @@ class SourceModel:
 
     def to_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         """Convert the current weights with ``quantization`` (one of QUANTIZATIONS)."""
-        import tensorflow as tf
 
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}")

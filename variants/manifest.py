@@ -419,13 +419,12 @@ def load_manifest(path: Path) -> Manifest:
     return Manifest.from_dict(data)
 
 
-def save_manifest(manifest: Manifest, directory: Path) -> Path:
-    """Write ``directory/manifest.json`` atomically (tmp file, fsync, rename); return its path."""
-    directory = Path(directory)
-    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
-    Manifest.from_dict(json.loads(text))  # never write what we could not read back
-    target = directory / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
+def write_text_atomic(target: Path, text: str) -> Path:
+    """Write ``target`` atomically: a temporary file beside it, fsync, mode 0644, rename.
+
+    Readers see the old file or the new one, never a part; on failure nothing is left behind."""
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=target.suffix, dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -440,3 +439,10 @@ def save_manifest(manifest: Manifest, directory: Path) -> Path:
             pass
         raise
     return target
+
+
+def save_manifest(manifest: Manifest, directory: Path) -> Path:
+    """Write ``directory/manifest.json`` atomically (tmp file, fsync, rename); return its path."""
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    Manifest.from_dict(json.loads(text))  # never write what we could not read back
+    return write_text_atomic(Path(directory) / MANIFEST_FILE, text)
