@@ -83,12 +83,15 @@ def main() -> int:
           f"{args.calls} calls x {args.runs} runs; {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"numpy {np.__version__}; gc on")
     p99s: dict[str, list[float]] = {}
+    p50s: dict[str, list[float]] = {}
     t_now = 1e4
+    load_before = os.getloadavg()[0]
     for run in range(args.runs):
         for name, (req, q) in scen.items():
             time_calls(lambda i: sel.choose(req, t_now + i * 1e-3, q), 1000)  # warm-up
             us = time_calls(lambda i: sel.choose(req, t_now + i * 1e-3, q), args.calls)
             p50, p90, p99 = np.percentile(us, [50, 90, 99])
+            p50s.setdefault(name, []).append(p50)
             p99s.setdefault(name, []).append(p99)
             print(f"run {run}  {name:45s} p50 {p50:6.1f}  p90 {p90:6.1f}  p99 {p99:6.1f}  max {us.max():8.1f} us")
         hdr = {"model": "model", "constraints": {"min_accuracy": 0.8, "max_latency_ms": 15.0}, "objective": "energy"}
@@ -96,25 +99,33 @@ def main() -> int:
         qq = scen["latency + 3 constraints, queues"][1]
         us = time_calls(lambda i: sel.choose(Request.from_dict(hdr), t_now + i * 1e-3, qq), args.calls)
         p50, p90, p99 = np.percentile(us, [50, 90, 99])
+        p50s.setdefault(name, []).append(p50)
         p99s.setdefault(name, []).append(p99)
         print(f"run {run}  {name:45s} p50 {p50:6.1f}  p90 {p90:6.1f}  p99 {p99:6.1f}  max {us.max():8.1f} us")
         name = "explain (dry run, 200 alternatives)"
         req, q = scen["latency + 3 constraints, queues"]
         us = time_calls(lambda i: sel.explain(req, t_now, q), 500)
         p50, p90, p99 = np.percentile(us, [50, 90, 99])
+        p50s.setdefault(name, []).append(p50)
         p99s.setdefault(name, []).append(p99)
         print(f"run {run}  {name:45s} p50 {p50:6.1f}  p90 {p90:6.1f}  p99 {p99:6.1f}  max {us.max():8.1f} us")
         name = "update (one measurement)"
+        sel_u = build(args.variants, args.placements)  # a copy: updates must not change the scenarios
         rng = np.random.default_rng(run)
         arms = rng.integers(0, sel.n_arms, args.calls)
         lats = rng.uniform(1.0, 30.0, args.calls)
-        us = time_calls(lambda i: sel.update(int(arms[i]), float(lats[i]), None, True, t_now + i * 1e-3), args.calls)
+        us = time_calls(lambda i: sel_u.update(int(arms[i]), float(lats[i]), None, True, t_now + i * 1e-3), args.calls)
         p50, p90, p99 = np.percentile(us, [50, 90, 99])
+        p50s.setdefault(name, []).append(p50)
         p99s.setdefault(name, []).append(p99)
         print(f"run {run}  {name:45s} p50 {p50:6.1f}  p90 {p90:6.1f}  p99 {p99:6.1f}  max {us.max():8.1f} us")
-    print("\np99 over runs (us): min / median / max")
-    for name, v in p99s.items():
-        print(f"  {name:45s} {min(v):6.1f} / {float(np.median(v)):6.1f} / {max(v):6.1f}")
+    print(f"\nload average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
+    print("median over runs (min-max), us:")
+    print("| scenario | p50 | p99 |\n|---|---|---|")
+    for name in p99s:
+        a, b = p50s[name], p99s[name]
+        print(f"| {name} | {np.median(a):.1f} ({min(a):.1f}-{max(a):.1f}) | "
+              f"{np.median(b):.1f} ({min(b):.1f}-{max(b):.1f}) |")
     return 0
 
 

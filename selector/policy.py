@@ -25,10 +25,11 @@ Policy (PROTOCOL.md §4, §5.2)
   ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
-* Probing: each non-dry-run decision earns ``probe_share`` of a probe credit (at most 1 held);
-  with a whole credit, a candidate arm not measured for ``probe_interval_s`` (never measured
-  first, then the longest unmeasured, then arm id) that is itself predicted feasible replaces the
-  best, with code ``probe``. So probes are at most ``probe_share * decisions + 1``.
+* Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
+  credit; a whole credit is spent on looking for a candidate arm not measured for
+  ``probe_interval_s`` (never measured first, then the longest unmeasured, then arm id) that is
+  itself predicted feasible; if there is one it replaces the best, with code ``probe``. So probes
+  are at most ``probe_share * decisions`` (+1), and the look itself runs on that share only.
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -212,6 +213,8 @@ class Selector:
         self._pidx = np.array([self._pindex[s.placement] for s in specs], dtype=np.intp)
         self._acc = np.array([np.nan if s.accuracy is None else float(s.accuracy) for s in specs])
         self._acc_key = np.where(np.isnan(self._acc), 1.0, -self._acc)  # accuracy objective: lower is better
+        self._acc_unknown = np.isnan(self._acc).astype(np.float64)
+        self._acc0 = np.nan_to_num(self._acc, nan=0.0)
         self._variant_names = [s.variant for s in specs]
         self._placement_names = [s.placement for s in specs]
         self._model_range: dict[str, tuple[int, int]] = {}
@@ -426,12 +429,14 @@ class Selector:
                 if not dry_run and self.config.probe_share > 0.0:
                     credit = self._probe_credit + self.config.probe_share
                     if credit >= 1.0:
+                        # the credit pays for the look, found or not: the stale-arm scan then
+                        # costs a 1/probe_share share of decisions, never every one
+                        credit -= 1.0
                         j = self._probe_pick(now_s, lo, hi, feas, i)
                         if j is not None:
                             i = j
                             code = "probe"
-                            credit -= 1.0
-                    self._probe_credit = min(credit, 1.0)
+                    self._probe_credit = credit
             else:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
@@ -510,19 +515,20 @@ class Selector:
         return int(np.where(stale, last, np.inf).argmin())
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy) -> int:
+        """Arm (index in the model's range) with the least normalised total violation; unknown
+        accuracy counts 1, unknown latency or energy ``_BIG``; ties -> lowest arm id."""
         total = np.zeros(hi - lo)
-        with np.errstate(invalid="ignore"):
-            if r.min_accuracy is not None:
-                acc = self._acc[lo:hi]
-                v = np.maximum(0.0, (r.min_accuracy - acc) / max(r.min_accuracy, 1e-12))
-                total += np.where(np.isnan(acc), 1.0, v)
-            if r.max_latency_ms is not None:
-                v = np.maximum(0.0, (lat_bound - r.max_latency_ms) / r.max_latency_ms)
-                total += np.where(np.isnan(lat_bound), _BIG, v)
-            if r.max_energy_mj is not None:
-                v = np.maximum(0.0, (energy - r.max_energy_mj) / r.max_energy_mj)
-                total += np.where(np.isnan(energy), _BIG, v)
-        total = np.minimum(total, _BIG)
+        if r.min_accuracy is not None:
+            m = r.min_accuracy
+            if m > 0.0:  # unknown accuracy is stored as 0 here: violation exactly 1
+                total += np.maximum(0.0, (m - self._acc0[lo:hi]) * (1.0 / m))
+            else:
+                total += self._acc_unknown[lo:hi]
+        if r.max_latency_ms is not None:
+            total += np.maximum(0.0, (lat_bound - r.max_latency_ms) * (1.0 / r.max_latency_ms))
+        if r.max_energy_mj is not None:
+            total += np.maximum(0.0, (energy - r.max_energy_mj) * (1.0 / r.max_energy_mj))
+        total = np.fmin(total, _BIG)  # NaN (unknown estimate) and inf -> _BIG
         if cand is not None:
             total = np.where(cand, total, np.inf)
         return int(total.argmin())
