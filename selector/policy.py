@@ -358,11 +358,15 @@ class Selector:
         return self.choose(request, now_s, queues, explain=True, dry_run=True)
 
     def choose(self, request: Request, now_s: float, queues: Mapping[str, QueueSnapshot] | None = None,
-               *, explain: bool = False, dry_run: bool = False) -> Decision:
+               *, explain: bool = False, dry_run: bool = False,
+               allowed_variants: Iterable[str] | None = None) -> Decision:
         """Pick the arm for ``request`` at time ``now_s`` given the placements' queues.
 
+        ``allowed_variants`` restricts the candidates like a pin does, to several variants (e.g.
+        those that accept the request's input dtype); unknown names in it are ignored.
         Raises UnknownModelError / UnknownVariantError / UnknownPlacementError for pins or models
-        this selector does not know. Never raises for an infeasible request: see ``Decision.code``.
+        this selector does not know (UnknownVariantError too when no allowed variant is left).
+        Never raises for an infeasible request: see ``Decision.code``.
         """
         r = request
         try:
@@ -387,8 +391,10 @@ class Selector:
         pinned_arm = None
         if r.variant is not None or r.placement is not None:
             cand = self._pin_mask(r, lo, hi)
-            if r.variant is not None and r.placement is not None:
-                pinned_arm = int(np.flatnonzero(cand)[0])
+        if allowed_variants is not None:
+            cand = self._allowed_mask(r, lo, hi, allowed_variants, cand)
+        if r.variant is not None and r.placement is not None:
+            pinned_arm = int(np.flatnonzero(cand)[0])
         n_cand = (hi - lo) if cand is None else int(np.count_nonzero(cand))
 
         # feasibility by the model's own estimates
@@ -493,6 +499,22 @@ class Selector:
             mask = pm if mask is None else mask & pm
             if not mask.any():
                 raise UnknownPlacementError(f"placement {r.placement!r} cannot run variant {r.variant!r}")
+        return mask
+
+    def _allowed_mask(self, r: Request, lo: int, hi: int, allowed: Iterable[str], cand) -> np.ndarray:
+        mask = np.zeros(hi - lo, dtype=bool)
+        names = []
+        for v in allowed:
+            names.append(v)
+            vm = self._variant_mask.get((r.model, v))
+            if vm is not None:
+                mask |= vm
+        if cand is not None:
+            mask &= cand
+        if not mask.any():
+            pinned = " with the pins of this request" if cand is not None else ""
+            raise UnknownVariantError(f"model {r.model!r}: no arm left among the allowed variants "
+                                      f"({', '.join(sorted(names)) or 'none'}){pinned}")
         return mask
 
     def _keys(self, objective: str, lo: int, hi: int, lat_mean: np.ndarray, energy: np.ndarray):

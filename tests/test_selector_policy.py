@@ -329,3 +329,30 @@ def test_from_manifests_accepts_objects_and_predictor_priors():
     d = s.choose(Request("m", objective="energy"), 0.0)
     assert d.variant == "i8" and d.predicted["energy_mj"] == pytest.approx(1.0, rel=0.05)
     assert d.predicted["energy_estimated"] is True
+
+
+@FAST
+@given(scenarios(), st.data())
+def test_allowed_variants_restrict_like_a_filtered_repository(sc, data):
+    arms, pls, meas, queues, req = sc
+    s, t = build(arms, pls, meas, probe_share=0.0)
+    names = sorted({a.variant for a in s.arms})
+    allowed = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+    d = s.choose(req, t + 1.0, queues, allowed_variants=allowed + ["not-a-variant"])
+    rows = [r for r in reference(s, req, queues) if s.arms[r["a"]].variant in allowed]
+    feasible = [r for r in rows if r["ok"]]
+    if feasible:
+        assert d.arm_id == min(feasible, key=lambda r: objective_key(r, req.objective))["a"]
+    else:
+        closest = min(rows, key=lambda r: (r["viol"], r["a"]))
+        assert d.closest["variant"] == s.arms[closest["a"]].variant
+        assert d.n_candidates == len(rows)
+
+
+def test_allowed_variants_errors():
+    s = Selector([ArmSpec("m", "a", "cpu:0", 0.9, 1.0), ArmSpec("m", "b", "cpu:0", 0.9, 2.0)], ["cpu:0"])
+    assert s.choose(Request("m"), 0.0, allowed_variants=["b"]).variant == "b"
+    with pytest.raises(UnknownVariantError):
+        s.choose(Request("m"), 0.0, allowed_variants=[])
+    with pytest.raises(UnknownVariantError):
+        s.choose(Request("m", variant="a", placement="cpu:0"), 0.0, allowed_variants=["b"])
