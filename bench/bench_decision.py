@@ -17,7 +17,6 @@ import platform
 import time
 
 import numpy as np
-
 from adaptd.selector import ArmSpec, QueueSnapshot, Request, Selector, SelectorConfig
 
 

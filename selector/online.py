@@ -69,7 +69,7 @@ class OnlineCostModel:
         self.full_trust_n = full_trust_n
 
     # ------------------------------------------------------------------ setup
-    def init_priors(self, prior_latency_ms, prior_latency_sd_ms, prior_energy_mj) -> "OnlineCostModel":
+    def init_priors(self, prior_latency_ms, prior_latency_sd_ms, prior_energy_mj) -> OnlineCostModel:
         """Size the per-arm state; NaN in a prior means "unknown" (an arm with no latency prior
         is never predicted to meet a latency bound until measured)."""
         lat = np.asarray(prior_latency_ms, dtype=np.float64).copy()
@@ -156,8 +156,7 @@ class OnlineCostModel:
         bound = mean + self.z_ * math.sqrt(max(var, 0.0))
         if k >= self.min_window:
             q = _quantile(self.window_ms_[a, :k], self.confidence)
-            if q > bound:
-                bound = q
+            bound = max(bound, q)
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):

@@ -42,14 +42,14 @@ Policy (PROTOCOL.md §4, §5.2)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .online import OnlineCostModel
 from .request import (
-    CONSTRAINT_NAMES,
     QueueSnapshot,
     Request,
     UnknownModelError,
@@ -115,9 +115,22 @@ class Decision:
     ``n_feasible``, ``alternatives`` (list of dicts, only when asked).
     """
 
-    __slots__ = ("model", "variant", "placement", "arm_id", "code", "text", "predicted",
-                 "predicted_met", "feasible", "violations", "closest", "n_candidates",
-                 "n_feasible", "alternatives")
+    __slots__ = (
+        "alternatives",
+        "arm_id",
+        "closest",
+        "code",
+        "feasible",
+        "model",
+        "n_candidates",
+        "n_feasible",
+        "placement",
+        "predicted",
+        "predicted_met",
+        "text",
+        "variant",
+        "violations",
+    )
 
     def __init__(self, *, model=None, variant=None, placement=None, arm_id=None, code=None, text=None,
                  predicted=None, predicted_met=None, feasible=None, violations=None, closest=None,
@@ -247,7 +260,7 @@ class Selector:
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def from_manifests(cls, manifests: Iterable[Mapping[str, Any]], placements: Iterable[Any],
-                       predictor: Any = None, config: SelectorConfig | None = None) -> "Selector":
+                       predictor: Any = None, config: SelectorConfig | None = None) -> Selector:
         """Arms from variant manifests (``adaptd.manifest/1`` dicts) x placements (objects or
         dicts with ``name``, ``kind``, ``cores``, ``threads``, ``runtime``), pairing each variant
         with every placement of its runtime. Priors come from ``predictor.predict`` (a fitted
@@ -431,7 +444,6 @@ class Selector:
                 if np.count_nonzero(ties) > 1:
                     i = int(np.where(ties, _finite(key2), np.inf).argmin())
                 code = "selected"
-                best_i = i
                 if not dry_run and self.config.probe_share > 0.0:
                     credit = self._probe_credit + self.config.probe_share
                     if credit >= 1.0:

@@ -43,7 +43,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class StructuralPredictor:
         self.min_rel_sd = min_rel_sd
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, records: Iterable[Mapping[str, Any]]) -> "StructuralPredictor":
+    def fit(self, records: Iterable[Mapping[str, Any]]) -> StructuralPredictor:
         """Learn from calibration records: dicts with ``structure`` (manifest dict),
         ``quantization``, ``placement`` (name), ``placement_kind``, ``threads``, ``latency_ms``
         and optionally ``energy_mj``. Returns self."""
@@ -212,7 +213,7 @@ class StructuralPredictor:
                 "rel_sd": float(max(np.sqrt(np.mean(rel ** 2)), self.min_rel_sd)),
                 "train_mape": float(np.median(rel)),
                 "power_w": float(np.median(powers)) if powers else None,
-                "n": int(len(y)),
+                "n": len(y),
             }
         return self
 
@@ -264,7 +265,7 @@ class StructuralPredictor:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StructuralPredictor":
+    def from_dict(cls, d: Mapping[str, Any]) -> StructuralPredictor:
         if d.get("schema") != SCHEMA:
             raise ValueError(f"not a {SCHEMA} dict (schema {d.get('schema')!r})")
         self = cls(**d.get("params", {}))

@@ -17,8 +17,9 @@ Contract
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 OBJECTIVES = ("latency", "energy", "accuracy")
 ON_INFEASIBLE = ("reject", "best_effort")
@@ -105,7 +106,7 @@ class Request:
                 raise InvalidRequestError(f"pin.{pin} must be a non-empty string")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Request":
+    def from_dict(cls, d: Mapping[str, Any]) -> Request:
         """Build from a decoded protocol header (``model``, ``constraints``, ``objective``,
         ``on_infeasible``, ``pin``); absent keys take their defaults, unknown keys are ignored."""
         c = d.get("constraints") or {}

@@ -10,9 +10,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from adaptd.clients.cli import main  # noqa: E402
-from adaptd.selector import ArmSpec, Request, Selector, StructuralPredictor  # noqa: E402
-from adaptd.variants.calibrate import (  # noqa: E402
+from adaptd.clients.cli import main
+from adaptd.selector import ArmSpec, Request, Selector, StructuralPredictor
+from adaptd.variants.calibrate import (
     CALIBRATION_FILE,
     calibrate,
     load_calibration,
@@ -21,7 +21,7 @@ from adaptd.variants.calibrate import (  # noqa: E402
 )
 
 
-def _tiny(width: int) -> "tf.keras.Model":
+def _tiny(width: int) -> tf.keras.Model:
     import keras
 
     return keras.Sequential([

@@ -6,11 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from adaptd.selector import (
     ArmSpec,
     InvalidConstraintsError,
@@ -23,6 +19,8 @@ from adaptd.selector import (
     UnknownPlacementError,
     UnknownVariantError,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PLACEMENTS = ("cpu:0", "cpu:1", "cpu:0-1", "gpu:0")
 
@@ -108,7 +106,7 @@ def reference(s: Selector, req: Request, queues):
 
 
 def objective_key(row, objective):
-    nan_big = lambda x: 1e300 if math.isnan(x) else x  # noqa: E731
+    nan_big = lambda x: 1e300 if math.isnan(x) else x
     if objective == "latency":
         return (nan_big(row["mean"]), nan_big(row["energy"]), row["a"])
     if objective == "energy":

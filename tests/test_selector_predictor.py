@@ -7,9 +7,14 @@ import json
 
 import numpy as np
 import pytest
-
 from adaptd.selector import StructuralPredictor, holdout_errors, variant_records
-from adaptd.selector.predictor import compute_class, feature_names, features, nnls, op_group
+from adaptd.selector.predictor import (
+    compute_class,
+    feature_names,
+    features,
+    nnls,
+    op_group,
+)
 
 
 def synth_structure(rng, scale):

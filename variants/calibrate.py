@@ -33,11 +33,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from adaptd.selector.predictor import StructuralPredictor, holdout_errors
 from adaptd.variants.manifest import write_text_atomic
 
@@ -126,7 +126,7 @@ def profile_arm(model_path: str | Path, cores: Sequence[int], threads: int, repe
     from ai_edge_litert.interpreter import Interpreter
 
     previous = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, set(int(c) for c in cores))
+    os.sched_setaffinity(0, {int(c) for c in cores})
     try:
         it = Interpreter(model_path=str(model_path), num_threads=int(threads))
         it.allocate_tensors()
