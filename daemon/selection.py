@@ -108,13 +108,9 @@ class SelectorPolicy:
         assert self.selector is not None
         snapshots = self._snapshots(queues, now_s) if queues is not None else None
         variants = {a.variant.name for a in candidates}
-        if request.pin_variant is None and len(variants) < len(model.variants):
-            # The input's dtype rules some variants out: choose among the rest, one pin each.
-            decisions = [self._decide(model, request, snapshots, now_s, pin_variant=v) for v in sorted(variants)]
-            decision = min(decisions, key=lambda d: _rank(d, request.objective))
-        else:
-            decision = self._decide(model, request, snapshots, now_s)
-        return self._choice(model, decision)
+        # The input's dtype may rule some variants out (e.g. uint8 input: integer variants only).
+        allowed = variants if len(variants) < len(model.variants) else None
+        return self._choice(model, self._decide(model, request, snapshots, now_s, allowed))
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float) -> None:
@@ -128,15 +124,15 @@ class SelectorPolicy:
 
     # --- helpers ---------------------------------------------------------------------------
     def _decide(self, model: ModelVersion, request: proto.Request, snapshots, now_s: float,
-                pin_variant: str | None = None):
+                allowed_variants: set[str] | None = None):
         c = request.constraints
         try:
             sreq = Request(model=_key(model), min_accuracy=c.min_accuracy, max_latency_ms=c.max_latency_ms,
                            max_energy_mj=c.max_energy_mj, objective=request.objective,
-                           on_infeasible=request.on_infeasible, variant=pin_variant or request.pin_variant,
+                           on_infeasible=request.on_infeasible, variant=request.pin_variant,
                            placement=request.pin_placement)
             return self.selector.choose(sreq, now_s, snapshots, explain=request.explain,
-                                        dry_run=request.type == "explain")
+                                        dry_run=request.type == "explain", allowed_variants=allowed_variants)
         except SelectorError as exc:
             code = getattr(exc, "code", proto.BAD_REQUEST)
             raise proto.ProtocolError(code if code in proto.ERROR_CODES else proto.BAD_REQUEST, str(exc),
@@ -175,19 +171,6 @@ class SelectorPolicy:
         return Choice(arm=arm, code=d.code, text=d.text, predicted=dict(d.predicted or {}), predicted_met=met,
                       feasible=bool(d.feasible), violations=d.violations, closest=closest,
                       alternatives=d.alternatives)
-
-
-def _rank(decision: Any, objective: str) -> tuple:
-    p = decision.predicted or {}
-    infeasible = decision.code in ("infeasible", "best_effort")
-    inf = float("inf")
-    if objective == "accuracy":
-        value = -(p.get("accuracy") if p.get("accuracy") is not None else -1.0)
-    elif objective == "energy":
-        value = p.get("energy_mj") if p.get("energy_mj") is not None else inf
-    else:
-        value = p.get("latency_ms") if p.get("latency_ms") is not None else inf
-    return (infeasible, value, decision.variant or "")
 
 
 def _load_predictor_file(path: Path):

@@ -12,8 +12,9 @@ Contract
   :mod:`adaptd.daemon.channel`: a verb, a header map and bodies. Daemon -> worker: ``run`` (header: job, dir, variant,
   inputs: tensor headers; bodies: the input tensors as received from the client), ``load``,
   ``unload_except``, ``stop``. Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
-  compute_ms, cpu_time_s, outputs; bodies: output tensors), ``loaded``, ``fail`` (header: job,
-  code, message).
+  compute_ms, cpu_time_s, idle_since_ns: when the worker started waiting for the message that
+  turned out to be this run; load_ms and memory_bytes when the run loaded its variant; outputs;
+  bodies: output tensors), ``loaded``, ``fail`` (header: job, code, message).
 * Timing: ``t0_ns``/``t1_ns`` are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, comparable with the
   daemon's and the power sampler's clocks) taken around the execution: from handing the input to
   the interpreter to having the outputs, model load excluded. ``cpu_time_s`` is this process's CPU
@@ -101,12 +102,13 @@ def serve(spec: dict[str, Any]) -> int:
     cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
     channel.send("ready", {"pid": os.getpid(), "rss_bytes": _rss_bytes()})
     while True:
+        idle_since_ns = time.monotonic_ns()   # free from here: a run's service time may start here
         try:
             verb, header, bodies = channel.recv()
         except ConnectionError:   # the daemon is gone: nobody to serve
             return 0
         if verb == "run":
-            _run(channel, cache, header, bodies)
+            _run(channel, cache, header, bodies, idle_since_ns)
         elif verb == "load":
             try:
                 _, load_ms = cache.get(header["dir"], header["variant"])
@@ -115,7 +117,8 @@ def serve(spec: dict[str, Any]) -> int:
                                         "memory_bytes": cache.memory_bytes.get(key, 0),
                                         "load_ms": load_ms, "rss_bytes": _rss_bytes()})
             except Exception as exc:  # noqa: BLE001 - reported to the daemon, worker keeps serving
-                channel.send("fail", {"job": None, "code": "WORKER_FAILED",
+                channel.send("fail", {"job": None, "code": "WORKER_FAILED", "dir": header.get("dir"),
+                                      "variant": header.get("variant"),
                                       "message": f"cannot load {header.get('variant')}: {exc}"})
         elif verb == "unload_except":
             cache.unload_except(set(header.get("dirs", [])))
@@ -124,7 +127,8 @@ def serve(spec: dict[str, Any]) -> int:
             return 0
 
 
-def _run(channel: Channel, cache: VariantCache, header: dict[str, Any], bodies: list[memoryview]) -> None:
+def _run(channel: Channel, cache: VariantCache, header: dict[str, Any], bodies: list[memoryview],
+         idle_since_ns: int) -> None:
     job = header["job"]
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
@@ -147,7 +151,7 @@ def _run(channel: Channel, cache: VariantCache, header: dict[str, Any], bodies: 
         out_bodies.append(arr)
     key = (header["dir"], header["variant"])
     reply = {"job": job, "t0_ns": t0_ns, "t1_ns": t1_ns, "compute_ms": (t1_ns - t0_ns) / 1e6,
-             "cpu_time_s": cpu_time_s, "outputs": out_headers}
+             "cpu_time_s": cpu_time_s, "idle_since_ns": idle_since_ns, "outputs": out_headers}
     if load_ms is not None:
         reply["load_ms"] = load_ms
         reply["memory_bytes"] = cache.memory_bytes.get(key, 0)

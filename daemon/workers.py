@@ -75,6 +75,7 @@ class Worker:
     rss_bytes: int | None = None
     pending_loads: list[tuple[str, str]] = field(default_factory=list)
     eager: list[tuple[str, str]] = field(default_factory=list)        # loaded again after a restart
+    failed_loads: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def busy(self) -> bool:
@@ -117,6 +118,25 @@ class WorkerPool:
                     raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
                                        "during start-up")
         return [w.placement.name for w in self.workers.values() if not w.ready]
+
+    def wait_loaded(self, timeout_s: float) -> list[str]:
+        """Block until every eager load sent so far is answered (start-up only); return laggards."""
+        deadline = time.monotonic() + timeout_s
+
+        def waiting() -> list[Worker]:
+            return [w for w in self.workers.values()
+                    if w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager)]
+
+        poller = select.poll()
+        for fd in self._by_fd:
+            poller.register(fd, select.POLLIN)
+        while waiting():
+            left_ms = (deadline - time.monotonic()) * 1e3
+            if left_ms <= 0:
+                break
+            for fd, _ in poller.poll(left_ms):
+                self.on_message(fd)
+        return [w.placement.name for w in waiting()]
 
     def _spawn(self, worker: Worker) -> None:
         channel, child_end = Channel.pair()
@@ -261,6 +281,8 @@ class WorkerPool:
             self._dispatch(worker)
             return outcome
         if verb == "fail":
+            if header.get("job") is None and header.get("variant"):
+                worker.failed_loads.add((header.get("dir"), header.get("variant")))
             log.warning("worker %s: %s", worker.placement.name, header.get("message"))
         return None
 

@@ -6,6 +6,11 @@ processes): a tiny CNN on scikit-learn's digits at 8x8, all variant kinds includ
 ``float32_tf`` and the pruned ones (1 fine-tuning epoch). It returns
 ``(repo_root: Path, model_name: str, version: str)``. Treat the repository as read-only;
 copy it (``shutil.copytree``) if a test must change it. About 20-30 s on 2 cores.
+
+``slow_repository`` (session scope) holds one model, ``slow``: a stack of 3x3 convolutions on
+32x32x8 inputs, about 10 ms per image on one core, float32 only, built through the real pipeline
+in a child process. Tests use it where an execution must last long enough to act on (a request
+in flight, a queue that fills, a core that gets contended). It returns the repository's root.
 """
 
 from __future__ import annotations
@@ -80,3 +85,39 @@ def tiny_repository(tiny_source, tmp_path_factory) -> tuple[Path, str, str]:
                                         source_sha256=file_sha256(model_path))
     print(f"\ntiny_repository built in {time.perf_counter() - t0:.1f} s")
     return repo, manifest.model, manifest.version
+
+
+SLOW_MODEL = "slow"
+SLOW_SHAPE = (32, 32, 8)
+_SLOW_BUILD = """
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pathlib import Path
+import keras
+import numpy as np
+from adaptd.variants.build import BuildOptions, build_entry
+from adaptd.variants.convert import open_source
+
+out = Path(sys.argv[1])
+keras.utils.set_random_seed(0)
+layers = [keras.Input({shape})]
+layers += [keras.layers.Conv2D(64, 3, padding="same", activation="relu") for _ in range(6)]
+layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, activation="softmax")]
+keras.Sequential(layers).save(out / "slow.keras")
+opts = BuildOptions(kinds=("float32",), progress=False, latency_runs=3, latency_max_s=0.2)
+rep = np.random.default_rng(0).random((4, *{shape}), dtype=np.float32)
+build_entry(out / "repo", "{model}", open_source(out / "slow.keras"), None, options=opts, representative=rep)
+""".format(shape=SLOW_SHAPE, model=SLOW_MODEL)
+
+
+@pytest.fixture(scope="session")
+def slow_repository(tmp_path_factory) -> Path:
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("slow-model")
+    proc = subprocess.run([sys.executable, "-c", _SLOW_BUILD, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "repo" / SLOW_MODEL / "1" / "manifest.json").exists()
+    return out / "repo"

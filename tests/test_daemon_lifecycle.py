@@ -2,9 +2,9 @@
 mid-request, BUSY under overload, drain on SIGTERM, reload on SIGHUP (requests in flight finish on
 the old version), and sd_notify READY/WATCHDOG/RELOADING/STOPPING on a real notify socket.
 
-A request must be in flight long enough to act on it, so this module builds its own slow model
-(a stack of 3x3 convolutions, ~10 ms per image on one core) through the real pipeline, float32
-only; a batch of images makes a request that runs for most of a second. Nothing here sleeps to
+A request must be in flight long enough to act on it, so this module uses the shared
+``slow_repository`` (tests/conftest.py: a stack of 3x3 convolutions, ~10 ms per image on one
+core, float32 only); a batch of images makes a request that runs for most of a second. Nothing here sleeps to
 synchronise: tests wait on replies, on the ``placements`` control message (``busy``), on notify
 datagrams and on process exit.
 """
@@ -16,9 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -30,41 +27,11 @@ import zmq
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.launch import DaemonProcess
 
-MODEL = "slow"
+MODEL = "slow"            # the model and input shape of conftest.py's slow_repository
 SHAPE = (32, 32, 8)
 SLOW_BATCH = 48          # one request of this batch runs for roughly half a second on one core
 QUEUE_LIMIT = 2
 REPLY_MS = 60_000
-
-BUILD = textwrap.dedent("""
-    import os, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pathlib import Path
-    import keras
-    from adaptd.variants.build import BuildOptions, build_entry
-    from adaptd.variants.convert import open_source
-
-    out = Path(sys.argv[1])
-    keras.utils.set_random_seed(0)
-    layers = [keras.Input({shape})]
-    layers += [keras.layers.Conv2D(64, 3, padding="same", activation="relu") for _ in range(6)]
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(4, activation="softmax")]
-    keras.Sequential(layers).save(out / "slow.keras")
-    opts = BuildOptions(kinds=("float32",), progress=False, latency_runs=3, latency_max_s=0.2)
-    import numpy as np
-    rep = np.random.default_rng(0).random((4, *{shape}), dtype=np.float32)
-    build_entry(out / "repo", "{model}", open_source(out / "slow.keras"), None, options=opts, representative=rep)
-""").format(shape=SHAPE, model=MODEL)
-
-
-@pytest.fixture(scope="module")
-def slow_repository(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("slow-model")
-    proc = subprocess.run([sys.executable, "-c", BUILD, str(out)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "repo" / MODEL / "1" / "manifest.json").exists()
-    return out / "repo"
-
 
 def copy_repository(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)

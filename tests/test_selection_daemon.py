@@ -1,0 +1,67 @@
+"""The selector in the real daemon follows a change of regime: when the placement it prefers
+suddenly slows down (its core taken by another process, as interference would), traffic moves
+off it within a bounded number of requests and stays off, but for the bounded share of probes.
+
+The slow-down is real, not simulated: a busy loop pinned to the placement's core halves the
+worker's share of it, and the model (``slow_repository``: about 10 ms per image) runs long
+enough for that to double its execution time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from adaptd.clients.client import Client
+from adaptd.daemon.launch import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+MOVE_WITHIN = 10       # requests after the slow-down by which traffic must have moved
+HOG = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("ready", flush=True)
+while True:
+    pass
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores for two single-core placements")
+def test_a_slowed_placement_loses_its_traffic(slow_repository, tmp_path):
+    cores = sorted(os.sched_getaffinity(0))[:2]
+    names = [f"cpu:{c}" for c in cores]
+    config = {"placements": {"include": names, "load": "eager"},
+              "selector": {"probe_interval_s": 1.0, "probe_share": 0.05}}
+    x = np.random.default_rng(0).random((1, 32, 32, 8), dtype=np.float32)
+    with DaemonProcess.start(slow_repository, tmp_path / "d", config=config) as d, Client(d.endpoint) as client:
+        codes = []
+
+        def placement() -> tuple[str, float]:
+            s = client.infer("slow", x, objective="latency").selection
+            codes.append(s.reason.code)
+            return s.placement, s.timing.total_ms
+
+        warm = [placement() for _ in range(30)]
+        # The placement the selector prefers now: its latest choice that was not a probe.
+        favourite = next(p for (p, _), code in zip(reversed(warm), reversed(codes)) if code == "selected")
+        warm_ms = float(np.median([ms for p, ms in warm[10:] if p == favourite]))
+        hog = subprocess.Popen([sys.executable, "-c", HOG, favourite.split(":")[1]], stdout=subprocess.PIPE, text=True)
+        try:
+            assert hog.stdout.readline().strip() == "ready"
+            chosen = [placement() for _ in range(MOVE_WITHIN)]
+            after = [p for p, _ in (placement() for _ in range(40))]
+        finally:
+            hog.kill()
+            hog.wait()
+    # The slow-down was real: what ran on the contended core took clearly longer ...
+    slowed = [ms for p, ms in chosen if p == favourite]
+    assert slowed and max(slowed) > 1.3 * warm_ms, (warm_ms, chosen)
+    # ... and traffic left it within MOVE_WITHIN requests ...
+    assert any(p != favourite for p, _ in chosen), f"traffic stayed on the slowed {favourite}: {chosen}"
+    # ... and stayed off but for probes (at most probe_share of decisions, plus one).
+    assert after.count(favourite) <= 0.05 * 40 + 2, after
