@@ -550,18 +550,20 @@ class Selector:
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy) -> int:
         """Arm (index in the model's range) with the least normalised total violation; unknown
-        accuracy counts 1, unknown latency or energy ``_BIG``; ties -> lowest arm id."""
+        accuracy counts 1, unknown latency or energy ``_BIG``; ties -> lowest arm id. Divisions,
+        not products with a reciprocal: ``(m - 0) / m`` is exactly 1, as unknown accuracy counts,
+        while ``m * (1 / m)`` may not be, which would break ties by rounding."""
         total = np.zeros(hi - lo)
         if r.min_accuracy is not None:
             m = r.min_accuracy
             if m > 0.0:  # unknown accuracy is stored as 0 here: violation exactly 1
-                total += np.maximum(0.0, (m - self._acc0[lo:hi]) * (1.0 / m))
+                total += np.maximum(0.0, (m - self._acc0[lo:hi]) / m)
             else:
                 total += self._acc_unknown[lo:hi]
         if r.max_latency_ms is not None:
-            total += np.maximum(0.0, (lat_bound - r.max_latency_ms) * (1.0 / r.max_latency_ms))
+            total += np.maximum(0.0, (lat_bound - r.max_latency_ms) / r.max_latency_ms)
         if r.max_energy_mj is not None:
-            total += np.maximum(0.0, (energy - r.max_energy_mj) * (1.0 / r.max_energy_mj))
+            total += np.maximum(0.0, (energy - r.max_energy_mj) / r.max_energy_mj)
         total = np.fmin(total, _BIG)  # NaN (unknown estimate) and inf -> _BIG
         if cand is not None:
             total = np.where(cand, total, np.inf)

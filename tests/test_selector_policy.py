@@ -94,7 +94,8 @@ def reference(s: Selector, req: Request, queues):
         viol = 0.0
         if req.min_accuracy is not None:
             ok &= acc is not None and acc >= req.min_accuracy
-            viol += 1.0 if acc is None else max(0.0, (req.min_accuracy - acc) / max(req.min_accuracy, 1e-12))
+            m = req.min_accuracy   # relative violation; with m == 0 a known accuracy never violates
+            viol += 1.0 if acc is None else (max(0.0, (m - acc) / m) if m > 0 else 0.0)
         if req.max_latency_ms is not None:
             ok &= bool(bound <= req.max_latency_ms)
             viol += 1e300 if math.isnan(bound) else max(0.0, (bound - req.max_latency_ms) / req.max_latency_ms)
