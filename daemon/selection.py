@@ -15,6 +15,9 @@ Contract
 * ``[selector]`` config: ``policy`` (``adaptive``, the default; ``static``: priors only, never
   updated, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
   repository's ``calibration.json``), and every :class:`~adaptd.selector.SelectorConfig` field.
+* Energy priors: where the predictor gives none, ``energy_prior`` (the energy meter's power
+  model, set by the daemon) estimates one from the arm's latency prior; it is labelled estimated
+  like every figure from the power model, and measurements replace it.
 * Times: ``now_s`` is ``time.monotonic()`` seconds, the same origin for ``choose`` and ``observe``.
 """
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,8 @@ class SelectorPolicy:
         self.calibration = calibration
         self.selector: Selector | None = None
         self.predictor_source = "manifest first latency"
+        # (placement, latency_ms) -> estimated mJ: the energy meter's power model (set by the daemon)
+        self.energy_prior: Callable[[Any, float], float] | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
@@ -95,8 +100,15 @@ class SelectorPolicy:
                 manifests.append(doc)
         placements = {a.placement.name: a.placement for vs in registry.models.values()
                       for mv in vs.values() for a in mv.arms}
-        self.selector = Selector.from_manifests(manifests, placements.values(), predictor, self.selector_config) \
+        selector = Selector.from_manifests(manifests, placements.values(), predictor, self.selector_config) \
             if manifests else None
+        if selector is not None and self.energy_prior is not None:
+            # Arms with a latency prior but no energy prior get the power model's estimate, so an
+            # energy bound can be met (and the arm probed) before the first measurement.
+            specs = [dataclasses.replace(a, prior_energy_mj=self.energy_prior(placements[a.placement], a.prior_latency_ms))
+                     if a.prior_energy_mj is None and a.prior_latency_ms is not None else a for a in selector.arms]
+            selector = Selector(specs, list(placements), self.selector_config)
+        self.selector = selector
         self._arms: dict[tuple[str, str, str], Arm] = {
             (_key(mv), a.variant.name, a.placement.name): a
             for vs in registry.models.values() for mv in vs.values() for a in mv.arms}

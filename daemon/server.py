@@ -99,9 +99,6 @@ class Daemon:
         self.placements = discover(cfg.placements)
         self._placement_by_name = {p.name: p for p in self.placements}
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
-        if self.policy is None:
-            self.policy = _default_policy(cfg)
-        self.policy.reset(self.registry)
 
         self.pool = WorkerPool(self.placements, cfg.placements.queue_limit)
         self.pool.start()
@@ -110,6 +107,11 @@ class Daemon:
 
         self.meter = EnergyMeter.from_config(cfg.power)
         self.meter.start()
+        if self.policy is None:
+            self.policy = _default_policy(cfg)
+        if hasattr(self.policy, "energy_prior"):
+            self.policy.energy_prior = self.meter.predict_mj
+        self.policy.reset(self.registry)
 
         from adaptd.daemon.store import SelectionStore, StoreConfig
 

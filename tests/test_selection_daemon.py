@@ -65,3 +65,17 @@ def test_a_slowed_placement_loses_its_traffic(slow_repository, tmp_path):
     assert any(p != favourite for p, _ in chosen), f"traffic stayed on the slowed {favourite}: {chosen}"
     # ... and stayed off but for probes (at most probe_share of decisions, plus one).
     assert after.count(favourite) <= 0.05 * 40 + 2, after
+
+
+def test_unmeasured_arms_have_estimated_energy_priors(tiny_repository, tmp_path):
+    """Before any execution, every arm has an energy prediction (the power model applied to its
+    latency prior, labelled estimated), so an energy bound can be met from the first request."""
+    repo, model, _ = tiny_repository
+    with DaemonProcess.start(repo, tmp_path / "d") as d, Client(d.endpoint) as client:
+        e = client.explain(model, max_energy_mj=1e6, objective="energy")
+        assert e.feasible and e.alternatives
+        for alt in e.alternatives:
+            assert alt["energy_mj"] is not None and alt["energy_mj"] > 0, alt
+            assert alt["energy_estimated"] is True
+        r = client.infer(model, np.zeros((1, 8, 8, 1), np.float32), max_energy_mj=1e6, objective="energy")
+        assert r.selection.reason.code in ("selected", "probe") and r.selection.predicted.energy_mj is not None

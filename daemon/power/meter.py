@@ -223,6 +223,19 @@ class EnergyMeter:
             energy += float(dyn[self._gpu_only].sum())
         return EnergyReading(energy + estimated_mj, label, estimated)
 
+    def predict_mj(self, placement, latency_ms: float) -> float:
+        """An *estimated* energy for an execution never measured: the power profile applied to
+        ``latency_ms`` with every thread of the placement busy (an upper-end guess). The selector
+        uses it as a prior until measurements replace it; it is always labelled estimated."""
+        wall_s = max(float(latency_ms), 0.0) / 1e3
+        cores = tuple(getattr(placement, "cores", ()) or ())
+        threads = max(int(getattr(placement, "threads", 1) or 1), 1)
+        profile = self.detection.profile
+        energy_mj = profile.cpu_energy_mj(cores, wall_s * threads)
+        if getattr(placement, "kind", "cpu") == "gpu":
+            energy_mj += profile.gpu_energy_mj(wall_s)
+        return energy_mj
+
     def _measured_label(self, rails_used: list[int]) -> str:
         by_sensor: dict[str, list[str]] = {}
         for i in rails_used:
