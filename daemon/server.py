@@ -23,6 +23,7 @@ Contract
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -148,6 +149,10 @@ class Daemon:
             if laggards:
                 log.warning("eager loads still running after %s s on %s; serving anyway",
                             cfg.placements.worker_start_timeout_s, ", ".join(laggards))
+        # Everything allocated so far lives as long as the daemon: keep the collector off it,
+        # so a collection on the request path walks only the objects of recent requests.
+        gc.collect()
+        gc.freeze()
         self.notifier.ready(f"serving {self._models_summary()}")
         log.info("serving %s on %s; placements %s", self._models_summary(), ", ".join(cfg.endpoints),
                  ", ".join(p.name for p in self.placements))
