@@ -82,7 +82,7 @@ class DaemonProcess:
     def start(cls, repository: Path, workdir: Path, *, config: Mapping[str, Any] | None = None,
               tcp: bool = False, ready_timeout_s: float = 60.0, env: Mapping[str, str] | None = None
               ) -> DaemonProcess:
-        workdir = Path(workdir)
+        workdir = Path(workdir).resolve()   # the config resolves relative paths against its own directory
         workdir.mkdir(parents=True, exist_ok=True)
         # ipc paths must stay short (108 bytes on Linux): keep them in a short runtime dir.
         runtime_dir = Path(f"/tmp/adaptd-t-{uuid.uuid4().hex[:10]}")
