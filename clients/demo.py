@@ -38,11 +38,9 @@ def run_demo(args: argparse.Namespace) -> int:
     image, label = ds.x_val[:1], int(ds.y_val[0])
 
     print(f"starting the daemon on {repo} ...")
-    with DaemonProcess.start(repo, Path(args.workdir)) as daemon:
+    with DaemonProcess.start(repo, Path(args.workdir), config={"placements": {"load": "eager"}}) as daemon:
         print(f"daemon ready at {daemon.endpoint} (selection store: {daemon.store_path})\n")
         with Client(daemon.endpoint, timeout_ms=30_000) as client:
-            # One warm-up request per placement would be typical of a long-running daemon;
-            # here the first request of each arm also loads it (its load time shows as queue wait).
             for title, constraints, objective in REQUESTS:
                 try:
                     result = client.infer(MODEL_NAME, image, objective=objective, on_infeasible="best_effort",
