@@ -104,9 +104,9 @@ def test_disk_write_failure_leaves_nothing(tmp_path, tiny_source) -> None:
     """A real write failure: the child may write at most 96 KiB per file (RLIMIT_FSIZE).
 
     TensorFlow's converter writes scratch files that scale with the model and hits the limit
-    first; its own error text is unspecific, so only the exit, the single line and the clean
-    repository are asserted here. Our own writes map OSError to "write failed PATH: reason"
-    (test_write_errors_become_one_line)."""
+    first; its own error text is unspecific, so the build probes the scratch space when a
+    conversion fails and names the write failure. Our own writes map OSError to
+    "write failed PATH: reason" too (test_write_errors_become_one_line)."""
     import keras
 
     inp = keras.Input((8, 8, 1))
@@ -127,6 +127,7 @@ def test_disk_write_failure_leaves_nothing(tmp_path, tiny_source) -> None:
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("adaptd: error:")]
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert len(errors) == 1, proc.stderr[-2000:]
+    assert "write failed" in errors[0] and "File too large" in errors[0], errors[0]
     assert _nothing_published(repo), sorted(p.name for p in repo.iterdir())
 
 

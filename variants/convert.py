@@ -128,6 +128,11 @@ class SourceModel:
         fn = self._saved.signatures["serving_default"]
         return tf.lite.TFLiteConverter.from_concrete_functions([fn], self._saved)
 
+    def _param_bytes(self) -> int:
+        if self.keras_model is not None:
+            return 4 * int(self.keras_model.count_params())
+        return sum(int(v.shape.num_elements() or 0) * 4 for v in getattr(self._saved, "variables", ()))
+
     def to_tflite(self, quantization: str, representative: np.ndarray | None = None) -> bytes:
         """Convert the current weights with ``quantization`` (one of QUANTIZATIONS)."""
 
@@ -162,6 +167,11 @@ class SourceModel:
         try:
             return bytes(c.convert())
         except Exception as exc:
+            # The converter writes scratch files of about the model's size; when it cannot, its own
+            # error says nothing of it. Name that cause when it is the cause.
+            scratch = _scratch_write_error(self._param_bytes())
+            if scratch is not None:
+                raise scratch from exc
             raise ConversionError(f"TFLite conversion ({quantization}) failed: {_first_line(exc)}") from exc
 
     def export_saved_model(self, directory: Path) -> None:
@@ -235,3 +245,16 @@ def tensor_specs_from_saved_model(directory: Path) -> tuple[list[dict], list[dic
             [spec(k, v) for k, v in sorted(fn.structured_outputs.items())])
 
 
+def _scratch_write_error(nbytes: int) -> OSError | None:
+    """The OSError of writing ``nbytes`` (at least 1 MiB) to the temporary directory, or None."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile() as fh:
+            fh.write(b"\0" * max(int(nbytes), 1 << 20))
+            fh.flush()
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = tempfile.gettempdir()
+        return exc
+    return None
