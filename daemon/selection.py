@@ -15,9 +15,11 @@ Contract
 * ``[selector]`` config: ``policy`` (``adaptive``, the default; ``static``: priors only, never
   updated, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
   repository's ``calibration.json``), and every :class:`~adaptd.selector.SelectorConfig` field.
-* Energy priors: where the predictor gives none, ``energy_prior`` (the energy meter's power
-  model, set by the daemon) estimates one from the arm's latency prior; it is labelled estimated
-  like every figure from the power model, and measurements replace it.
+* Priors are completed with what the daemon knows: ``overhead_ms`` (the measured round trip of
+  each placement's worker channel) is added to every latency prior, since measured service
+  times include it; where the predictor gives no energy, ``energy_prior`` (the energy meter's
+  power model) estimates one from the latency prior, labelled estimated like every figure from
+  the power model. Measurements replace both.
 * Times: ``now_s`` is ``time.monotonic()`` seconds, the same origin for ``choose`` and ``observe``.
 """
 
@@ -58,6 +60,8 @@ class SelectorPolicy:
         self.predictor_source = "manifest first latency"
         # (placement, latency_ms) -> estimated mJ: the energy meter's power model (set by the daemon)
         self.energy_prior: Callable[[Any, float], float] | None = None
+        # placement -> ms the daemon <-> worker hop adds to every execution (set by the daemon)
+        self.overhead_ms: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
@@ -102,12 +106,9 @@ class SelectorPolicy:
                       for mv in vs.values() for a in mv.arms}
         selector = Selector.from_manifests(manifests, placements.values(), predictor, self.selector_config) \
             if manifests else None
-        if selector is not None and self.energy_prior is not None:
-            # Arms with a latency prior but no energy prior get the power model's estimate, so an
-            # energy bound can be met (and the arm probed) before the first measurement.
-            specs = [dataclasses.replace(a, prior_energy_mj=self.energy_prior(placements[a.placement], a.prior_latency_ms))
-                     if a.prior_energy_mj is None and a.prior_latency_ms is not None else a for a in selector.arms]
-            selector = Selector(specs, list(placements), self.selector_config)
+        if selector is not None and (self.energy_prior is not None or self.overhead_ms):
+            selector = Selector([self._complete_prior(a, placements[a.placement]) for a in selector.arms],
+                                list(placements), self.selector_config)
         self.selector = selector
         self._arms: dict[tuple[str, str, str], Arm] = {
             (_key(mv), a.variant.name, a.placement.name): a
@@ -135,6 +136,19 @@ class SelectorPolicy:
             pass
 
     # --- helpers ---------------------------------------------------------------------------
+    def _complete_prior(self, arm: Any, placement: Any) -> Any:
+        """A variant's latency prior is its execution alone: add the hop to its worker, which
+        every measured service time includes. Arms with a latency prior but no energy prior get
+        the power model's estimate, so an energy bound can be met (and the arm probed) before
+        the first measurement."""
+        if arm.prior_latency_ms is None:
+            return arm
+        latency_ms = arm.prior_latency_ms + self.overhead_ms.get(arm.placement, 0.0)
+        energy_mj = arm.prior_energy_mj
+        if energy_mj is None and self.energy_prior is not None:
+            energy_mj = self.energy_prior(placement, arm.prior_latency_ms)
+        return dataclasses.replace(arm, prior_latency_ms=latency_ms, prior_energy_mj=energy_mj)
+
     def _decide(self, model: ModelVersion, request: proto.Request, snapshots, now_s: float,
                 allowed_variants: set[str] | None = None):
         c = request.constraints

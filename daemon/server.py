@@ -110,9 +110,6 @@ class Daemon:
         self.meter.start()
         if self.policy is None:
             self.policy = _default_policy(cfg)
-        if hasattr(self.policy, "energy_prior"):
-            self.policy.energy_prior = self.meter.predict_mj
-        self.policy.reset(self.registry)
 
         from adaptd.daemon.store import SelectionStore, StoreConfig
 
@@ -143,6 +140,12 @@ class Daemon:
         if laggards:
             raise RuntimeError(f"workers not ready within {cfg.placements.worker_start_timeout_s} s: "
                                f"{', '.join(laggards)}")
+        if hasattr(self.policy, "energy_prior"):
+            self.policy.energy_prior = self.meter.predict_mj
+            self.policy.overhead_ms = self.pool.measure_overhead_ms()
+            log.info("worker channel round trip: %s", ", ".join(f"{k} {v * 1e3:.0f} us"
+                                                               for k, v in self.policy.overhead_ms.items()))
+        self.policy.reset(self.registry)
         if cfg.placements.load == "eager":
             self._preload(self.registry)
             laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)

@@ -11,7 +11,8 @@ Contract
 * Internal protocol (not part of PROTOCOL.md; both ends live in this package), carried by
   :mod:`adaptd.daemon.channel`: a verb, a header map and bodies. Daemon -> worker: ``run`` (header: job, dir, variant,
   inputs: tensor headers; bodies: the input tensors as received from the client), ``load``,
-  ``unload_except``, ``stop``. Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
+  ``unload_except``, ``ping`` (answered ``pong`` at once: the channel's round trip), ``stop``.
+  Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
   compute_ms, cpu_time_s, idle_since_ns: when the worker started waiting for the message that
   turned out to be this run; load_ms and memory_bytes when the run loaded its variant; outputs;
   bodies: output tensors), ``loaded``, ``fail`` (header: job, code, message).
@@ -120,6 +121,8 @@ def serve(spec: dict[str, Any]) -> int:
                 channel.send("fail", {"job": None, "code": "WORKER_FAILED", "dir": header.get("dir"),
                                       "variant": header.get("variant"),
                                       "message": f"cannot load {header.get('variant')}: {exc}"})
+        elif verb == "ping":
+            channel.send("pong", {"n": header.get("n")})
         elif verb == "unload_except":
             cache.unload_except(set(header.get("dirs", [])))
         elif verb == "stop":

@@ -138,6 +138,32 @@ class WorkerPool:
                 self.on_message(fd)
         return [w.placement.name for w in waiting()]
 
+    def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
+        """Median round trip of an empty message to each idle, ready worker (start-up only):
+        the cost of the hop itself, which a variant's own latency does not include."""
+        out: dict[str, float] = {}
+        for name, w in self.workers.items():
+            if not w.ready or w.channel is None or w.inflight is not None or w.queue:
+                continue
+            rtts = []
+            for i in range(rounds):
+                t0 = time.perf_counter_ns()
+                w.channel.send("ping", {"n": i})
+                while True:   # loads answered meanwhile are recorded as usual
+                    verb, header, _ = w.channel.recv()
+                    if verb == "pong" and header.get("n") == i:
+                        break
+                    self._record_side_message(w, verb, header)
+                rtts.append((time.perf_counter_ns() - t0) / 1e6)
+            out[name] = sorted(rtts)[len(rtts) // 2]
+        return out
+
+    def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> None:
+        if verb == "loaded":
+            worker.loaded[(header["dir"], header["variant"])] = int(header.get("memory_bytes", 0))
+        elif verb == "fail" and header.get("job") is None and header.get("variant"):
+            worker.failed_loads.add((header.get("dir"), header.get("variant")))
+
     def _spawn(self, worker: Worker) -> None:
         channel, child_end = Channel.pair()
         spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
@@ -269,7 +295,7 @@ class WorkerPool:
             self._dispatch(worker)
             return None
         if verb == "loaded":
-            worker.loaded[(header["dir"], header["variant"])] = int(header.get("memory_bytes", 0))
+            self._record_side_message(worker, verb, header)
             worker.rss_bytes = header.get("rss_bytes", worker.rss_bytes)
             return None
         job = worker.inflight
@@ -281,8 +307,7 @@ class WorkerPool:
             self._dispatch(worker)
             return outcome
         if verb == "fail":
-            if header.get("job") is None and header.get("variant"):
-                worker.failed_loads.add((header.get("dir"), header.get("variant")))
+            self._record_side_message(worker, verb, header)
             log.warning("worker %s: %s", worker.placement.name, header.get("message"))
         return None
 
