@@ -5,7 +5,8 @@ default delegates, so the op list is the model's own, not XNNPACK's partitions) 
 
     {"flops": int, "params": int, "nonzero_params": int, "weight_bytes": int,
      "activation_bytes": int, "ops": {op_name: count}, "op_flops": {op_name: flops},
-     "compute_dtype": "float32" | "float16" | "int8" | "mixed"}
+     "compute_dtype": "float32" | "float16" | "int8" | "mixed",
+     "delegate_partitions": int | None, "layers": [layer, ...]}
 
 at the recorded input shape (batch 1). Conventions:
 
@@ -17,6 +18,28 @@ at the recorded input shape (batch 1). Conventions:
   nonzero_params and weight_bytes are over the same tensors.
 * activation_bytes: bytes of all non-constant tensors (an upper bound on the arena; LiteRT
   reuses buffers).
+* layers: one record per distinct kernel of the graph, in first-execution order (the unit of a
+  kernel-level cost model in the spirit of nn-Meter)::
+
+      {"op": "CONV_2D", "dtype": "float32" | "float16" | "mixed" | "int8" | ...,
+       "in_shapes": [[1, 56, 56, 32]], "out_shape": [1, 28, 28, 64], "kernel": [3, 3],
+       "stride": [2, 2], "flops": int, "weight_bytes": int, "act_bytes": int, "count": int,
+       "delegated": bool | None}
+
+  dtype is the op's compute dtype (as compute_dtype for MAC ops; otherwise the dtype of its
+  first activation input); in_shapes are the shapes of the non-constant inputs (the first two,
+  with ``n_inputs`` when there are more); kernel is the filter's spatial size (conv ops only,
+  key absent otherwise); stride is inferred from input and output spatial sizes for conv and
+  pooling ops (TFLite's op details do not carry options; absent otherwise); flops as above; weight_bytes
+  the stored bytes of its constant inputs; act_bytes the bytes of its non-constant inputs and
+  outputs (the traffic of a kernel that reads and writes each once); delegated whether LiteRT's
+  default CPU delegate (XNNPACK) takes the op (found by building the interpreter with node
+  fusion disabled, so each delegated op is its own delegate node), None where no default
+  delegate applies. Identical kernels (same op, dtype, shapes, delegation) are merged with a
+  ``count`` (repeated blocks of ResNet and NASNet collapse; see docs/manifest.md for sizes).
+  DEQUANTIZE ops of constants (folded at load) and the pure shape ops are not listed.
+* delegate_partitions: the number of delegate nodes LiteRT's default delegate makes of the
+  graph (each boundary with a builtin kernel costs a switch); None without a default delegate.
 * compute_dtype: per MAC op, "int8" when its activation input is 8-bit, "mixed" when the
   activation is float but the weight 8-bit (dynamic range), "float16" when the stored weight
   is float16, else "float32"; the model's value is the common one, or "mixed".
@@ -137,25 +160,87 @@ def _op_compute_dtype(g: _Graph, op: dict) -> str:
     return "float32"
 
 
+_SPATIAL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"}
+_SHAPE_OPS = FREE_OPS | {"PACK", "STRIDED_SLICE"}
+_MAX_IN_SHAPES = 2  # a concatenation of many inputs lists the first two and n_inputs
+
+
+def _layer(g: _Graph, op: dict, flops: int) -> dict[str, Any] | None:
+    """The kernel record of one op (see the module docstring), or None for ops that cost
+    nothing per inference."""
+    name = op["op_name"]
+    ins = [int(i) for i in op["inputs"] if int(i) >= 0]
+    outs = [int(o) for o in op["outputs"] if int(o) >= 0]
+    if name in _SHAPE_OPS or (name == "DEQUANTIZE" and ins and g.stored(ins[0]) is not None):
+        return None
+    acts = [i for i in ins if g.stored(i) is None]
+    consts = [g.stored(i) for i in ins if g.stored(i) is not None]
+    if name == "TRANSPOSE_CONV":  # the output_shape input is a constant, not a weight
+        acts = ins[2:3]
+    dtype = _op_compute_dtype(g, op) if name in MAC_OPS else g.dtype(acts[0] if acts else outs[0])
+    out_shape = [int(d) for d in g.tensors[outs[0]]["shape"]] if outs else []
+    in_shapes = [[int(d) for d in g.tensors[i]["shape"]] for i in acts[:_MAX_IN_SHAPES]]
+    kernel = stride = None
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"):
+        kernel = [int(d) for d in g.tensors[ins[1]]["shape"][1:3]]
+    if name in _SPATIAL_OPS and in_shapes and len(in_shapes[0]) == 4 and len(out_shape) == 4:
+        stride = [max(1, round(in_shapes[0][a] / max(1, out_shape[a]))) for a in (1, 2)]
+    rec = {"op": name, "dtype": dtype, "in_shapes": in_shapes, "out_shape": out_shape, "kernel": kernel,
+           "stride": stride, "flops": int(flops), "weight_bytes": int(sum(g.nbytes(i) for i in set(consts))),
+           "act_bytes": int(sum(g.nbytes(i) for i in acts + outs)), "count": 1}
+    if len(acts) > _MAX_IN_SHAPES:
+        rec["n_inputs"] = len(acts)
+    return {k: v for k, v in rec.items() if v is not None}
+
+
+def _delegation(path: Path) -> tuple[set[tuple[int, ...]] | None, int | None]:
+    """(output tensor tuples of the ops LiteRT's default CPU delegate (XNNPACK) takes, number of
+    delegate partitions), or (None, None) where the default delegate cannot be applied."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        single = Interpreter(model_path=str(path), num_threads=1, experimental_disable_delegate_node_fusion=True)
+        fused = Interpreter(model_path=str(path), num_threads=1)
+        single.allocate_tensors()  # the default delegate is applied here
+        fused.allocate_tensors()
+        taken = {tuple(int(x) for x in op["outputs"]) for op in single._get_ops_details() if op["op_name"] == "DELEGATE"}
+        partitions = sum(op["op_name"] == "DELEGATE" for op in fused._get_ops_details())
+    except (ValueError, RuntimeError):  # no default delegate in this build: builtin kernels only
+        return None, None
+    return taken, int(partitions)
+
+
 def describe_tflite(path: Path) -> dict[str, Any]:
     """The structural description of the model at ``path`` (see the module docstring)."""
     g = _Graph(Path(path))
+    taken, partitions = _delegation(Path(path))
     ops: Counter[str] = Counter()
     op_flops: Counter[str] = Counter()
     param_ids: set[int] = set()
     dtypes: set[str] = set()
+    layers: dict[tuple, dict[str, Any]] = {}
     for op in g.ops:
         name = op["op_name"]
         ops[name] += 1
         if name in MAC_OPS:
-            op_flops[name] += 2 * _mac_count(g, op)
+            fl = 2 * _mac_count(g, op)
             ws, bs = g.weight_inputs(op)
             param_ids.update(ws + bs)
             dtypes.add(_op_compute_dtype(g, op))
         elif name in FREE_OPS:
-            op_flops[name] += 0
+            fl = 0
         else:
-            op_flops[name] += sum(g.elements(int(o)) for o in op["outputs"])
+            fl = sum(g.elements(int(o)) for o in op["outputs"])
+        op_flops[name] += fl
+        rec = _layer(g, op, fl)
+        if rec is not None:
+            rec["delegated"] = None if taken is None else tuple(int(x) for x in op["outputs"]) in taken
+            key = (rec["op"], rec["dtype"], rec["delegated"], repr(rec["in_shapes"]), repr(rec["out_shape"]),
+                   repr(rec.get("kernel")), repr(rec.get("stride")), rec["flops"], rec["weight_bytes"], rec["act_bytes"])
+            if key in layers:
+                layers[key]["count"] += 1
+            else:
+                layers[key] = rec
     params = sum(g.elements(i) for i in param_ids)
     nonzero = sum(int(np.count_nonzero(g.value(i))) for i in param_ids)
     weight_bytes = sum(g.nbytes(i) for i in param_ids)
@@ -170,6 +255,8 @@ def describe_tflite(path: Path) -> dict[str, Any]:
         "ops": dict(sorted(ops.items())),
         "op_flops": {k: int(v) for k, v in sorted(op_flops.items())},
         "compute_dtype": compute_dtype,
+        "delegate_partitions": partitions,
+        "layers": list(layers.values()),
     }
 
 
