@@ -31,6 +31,32 @@ fit minimises *relative* error (rows weighted by 1/latency) by non-negative leas
 graphs. Sparsity is not a feature: LiteRT stores pruned weights densely, so they run at dense
 speed (BACKGROUND.md); a sparse runtime would add a term here.
 
+Kernel-level model (nn-Meter style), used where the variant's ``structure`` has ``layers``
+-----------------------------------------------------------------------------------------
+Each kernel (a ``structure["layers"]`` record, TFLite op with fused activation, times its
+``count``) costs, per placement, a non-negative combination of its own features; the variant's
+latency is the sum over kernels:
+
+    delegated to XNNPACK (``delegated`` true or unknown):
+        conv / fully connected   a_mac[c] * MFLOP
+        depthwise conv           a_dw[c] * MFLOP
+        any other op             m_other[c] * activation MB (bytes read + written)
+        every kernel             b * 1  +  w * weight MB (float16 weights count as float32:
+                                 XNNPACK unpacks them at load)
+    left to LiteRT's builtin kernels (``delegated`` false: hybrid depthwise conv, int8
+    hard-swish / average pool / ReLU / concatenation, dynamic reshapes):
+        MAC ops                  u_mac * MFLOP
+        other ops                u_other[c] * activation MB
+        every kernel             u_n * 1
+    plus p * delegate_partitions (each switch between XNNPACK and builtin kernels) + c0,
+
+with c the kernel's compute class (its ``dtype``: int8 -> ``int8``, float activations with 8-bit
+weights -> ``hybrid``, else ``f32``). The same fit (relative error, NNLS, ridge) as the totals
+model; both are fitted per placement, and a variant without ``layers`` (an older manifest) is
+predicted by the totals model. On the development zoo the kernel-level model halved the
+held-out error of the totals model (BENCHMARKS.md); which LiteRT kernels run each op, not only
+FLOPs, is what decides latency there.
+
 Energy: where calibration records carry a measured energy, a per-placement mean power (W) is
 fitted (median of energy/latency) and energy = power x predicted latency, flagged estimated;
 without any, energy is None.
@@ -53,6 +79,11 @@ GROUPS = ("conv", "dw", "fc", "other")
 CLASSES = ("f32", "hybrid", "int8")
 FEATURE_NAMES = tuple(f"mflop_{g}_{c}" for c in CLASSES for g in GROUPS) + (
     "n_ops", "weight_mb", "activation_mb", "const")
+LAYER_FEATURE_NAMES = (tuple(f"mflop_mac_{c}" for c in CLASSES) + tuple(f"mflop_dw_{c}" for c in CLASSES)
+                       + tuple(f"act_mb_other_{c}" for c in CLASSES)
+                       + ("n_kernels", "weight_mb", "builtin_mflop_mac")
+                       + tuple(f"builtin_act_mb_other_{c}" for c in CLASSES)
+                       + ("builtin_n_kernels", "delegate_partitions", "const"))
 
 
 def variant_records(manifest: Any) -> tuple[str, str | None, list[dict]]:
@@ -129,6 +160,61 @@ def features(structure: Mapping[str, Any], quantization: str | None, memory_term
     return x
 
 
+def layer_class(layer: Mapping[str, Any], quantization: str | None = None) -> str:
+    """Compute class of one kernel record: ``int8`` for 8-bit activations; ``hybrid`` for a MAC op
+    with 8-bit weights on float activations, and for every MAC op of a dynamic-range variant (its
+    few float-weight MAC ops, too small for the converter to quantize, are counted with the
+    hybrid ones: fitted better on the development zoo); else ``f32``."""
+    d = str(layer.get("dtype") or "").lower()
+    if d in ("int8", "uint8", "int16"):
+        return "int8"
+    if d == "mixed":
+        return "hybrid"
+    if op_group(str(layer.get("op", ""))) != "other" and compute_class(quantization) == "hybrid":
+        return "hybrid"
+    if not d:
+        return compute_class(quantization) if op_group(str(layer.get("op", ""))) != "other" else "f32"
+    return "f32"
+
+
+def layer_features(structure: Mapping[str, Any], quantization: str | None = None) -> np.ndarray | None:
+    """The kernel-level feature vector (``LAYER_FEATURE_NAMES`` order) of a ``structure`` with
+    ``layers``; None without them."""
+    layers = structure.get("layers")
+    if not layers:
+        return None
+    ix = {n: i for i, n in enumerate(LAYER_FEATURE_NAMES)}
+    x = np.zeros(len(LAYER_FEATURE_NAMES))
+    for layer in layers:
+        op = str(layer.get("op", "")).upper()
+        if op in FREE_OPS and op != "DEQUANTIZE":  # describe_tflite lists DEQUANTIZE of activations only
+            continue
+        n = float(layer.get("count", 1) or 1)
+        g = op_group(op)
+        c = layer_class(layer, quantization)
+        mflop = n * float(layer.get("flops") or 0) / 1e6
+        act_mb = n * float(layer.get("act_bytes") or 0) / 1e6
+        if layer.get("delegated") is False:
+            if g == "other":
+                x[ix[f"builtin_act_mb_other_{c}"]] += act_mb
+            else:
+                x[ix["builtin_mflop_mac"]] += mflop
+            x[ix["builtin_n_kernels"]] += n
+            continue
+        if g == "dw":
+            x[ix[f"mflop_dw_{c}"]] += mflop
+        elif g == "other":
+            x[ix[f"act_mb_other_{c}"]] += act_mb
+        else:
+            x[ix[f"mflop_mac_{c}"]] += mflop
+        wmul = 2.0 if str(layer.get("dtype", "")).lower() == "float16" else 1.0
+        x[ix["weight_mb"]] += n * wmul * float(layer.get("weight_bytes") or 0) / 1e6
+        x[ix["n_kernels"]] += n
+    x[ix["delegate_partitions"]] = float(structure.get("delegate_partitions") or 0)
+    x[ix["const"]] = 1.0
+    return x
+
+
 def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
     """Non-negative least squares, min ||a x - b|| s.t. x >= 0 (Lawson & Hanson, 1974)."""
     m, n = a.shape
@@ -169,8 +255,9 @@ class StructuralPredictor:
     """Per-placement non-negative linear latency model over graph features, plus a power model."""
 
     def __init__(self, *, ridge: float = 1e-6, thread_exponent: float = 0.75, min_rel_sd: float = 0.05,
-                 memory_terms: bool = False) -> None:
+                 memory_terms: bool = False, kernel_model: bool = True) -> None:
         self.ridge = ridge
+        self.kernel_model = kernel_model
         self.memory_terms = memory_terms
         self.thread_exponent = thread_exponent
         self.min_rel_sd = min_rel_sd
@@ -187,26 +274,14 @@ class StructuralPredictor:
             raise ValueError("no calibration records")
         self.placements_: dict[str, dict] = {}
         for name, recs in sorted(by_pl.items()):
-            x = np.stack([features(r["structure"], r.get("quantization"), self.memory_terms) for r in recs])
             y = np.array([float(r["latency_ms"]) for r in recs])
             if (y <= 0).any() or not np.isfinite(y).all():
                 raise ValueError(f"latencies must be finite and > 0 (placement {name})")
-            xw = x / y[:, None]
-            scale = np.linalg.norm(xw, axis=0)
-            scale[scale == 0] = 1.0
-            xs = xw / scale
-            if self.ridge > 0:  # a touch of ridge keeps the problem well posed with few records
-                k = xs.shape[1]
-                xs = np.vstack([xs, math.sqrt(self.ridge) * np.eye(k)])
-                target = np.concatenate([np.ones(len(y)), np.zeros(k)])
-            else:
-                target = np.ones(len(y))
-            coef = nnls(xs, target) / scale
-            pred = x @ coef
-            rel = np.abs(pred - y) / y
+            x = np.stack([features(r["structure"], r.get("quantization"), self.memory_terms) for r in recs])
+            coef, rel = self._fit_relative(x, y)
             powers = [float(r["energy_mj"]) / float(r["latency_ms"]) for r in recs
                       if r.get("energy_mj") is not None and math.isfinite(float(r["energy_mj"]))]
-            self.placements_[name] = {
+            entry = {
                 "kind": str(recs[0].get("placement_kind", "cpu")),
                 "threads": int(recs[0].get("threads", 1)),
                 "coef": [float(c) for c in coef],
@@ -215,7 +290,33 @@ class StructuralPredictor:
                 "power_w": float(np.median(powers)) if powers else None,
                 "n": len(y),
             }
+            # the kernel-level model, from the records whose structure lists its kernels
+            lx = [layer_features(r["structure"], r.get("quantization")) if self.kernel_model else None
+                  for r in recs]
+            keep = [i for i, v in enumerate(lx) if v is not None]
+            if keep:
+                lcoef, lrel = self._fit_relative(np.stack([lx[i] for i in keep]), y[keep])
+                entry.update({"layer_coef": [float(c) for c in lcoef],
+                              "layer_rel_sd": float(max(np.sqrt(np.mean(lrel ** 2)), self.min_rel_sd)),
+                              "layer_train_mape": float(np.median(lrel)), "layer_n": len(keep)})
+            self.placements_[name] = entry
         return self
+
+    def _fit_relative(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Non-negative coefficients minimising the relative error of ``x @ coef`` against ``y``
+        (rows weighted by 1/y, columns scaled to unit norm, a touch of ridge); (coef, |rel err|)."""
+        xw = x / y[:, None]
+        scale = np.linalg.norm(xw, axis=0)
+        scale[scale == 0] = 1.0
+        xs = xw / scale
+        if self.ridge > 0:  # keeps the problem well posed with few records
+            k = xs.shape[1]
+            xs = np.vstack([xs, math.sqrt(self.ridge) * np.eye(k)])
+            target = np.concatenate([np.ones(len(y)), np.zeros(k)])
+        else:
+            target = np.ones(len(y))
+        coef = nnls(xs, target) / scale
+        return coef, np.abs(x @ coef - y) / y
 
     # ------------------------------------------------------------------ predicting
     def _resolve(self, placement: Any) -> tuple[dict, float] | None:
@@ -241,9 +342,13 @@ class StructuralPredictor:
         if res is None:
             return None
         p, factor = res
-        lat = float(features(structure, quantization, self.memory_terms) @ np.asarray(p["coef"])) * factor
-        lat = max(lat, 1e-3)
-        sd = lat * p["rel_sd"] * (1.0 if factor == 1.0 else 2.0)
+        lx = layer_features(structure, quantization) if p.get("layer_coef") is not None else None
+        if lx is not None:
+            lat, rel_sd = float(lx @ np.asarray(p["layer_coef"])), p["layer_rel_sd"]
+        else:  # no kernel records (older manifest) or no kernel-level fit: the totals model
+            lat, rel_sd = float(features(structure, quantization, self.memory_terms) @ np.asarray(p["coef"])), p["rel_sd"]
+        lat = max(lat * factor, 1e-3)
+        sd = lat * rel_sd * (1.0 if factor == 1.0 else 2.0)
         energy = None if p["power_w"] is None else p["power_w"] * lat
         return {"latency_ms": lat, "latency_sd_ms": sd, "energy_mj": energy, "energy_estimated": True}
 
@@ -259,8 +364,10 @@ class StructuralPredictor:
         return {
             "schema": SCHEMA,
             "params": {"ridge": self.ridge, "thread_exponent": self.thread_exponent,
-                       "min_rel_sd": self.min_rel_sd, "memory_terms": self.memory_terms},
+                       "min_rel_sd": self.min_rel_sd, "memory_terms": self.memory_terms,
+                       "kernel_model": self.kernel_model},
             "feature_names": list(feature_names(self.memory_terms)),
+            "layer_feature_names": list(LAYER_FEATURE_NAMES),
             "placements": {k: dict(v) for k, v in self.placements_.items()},
         }
 
@@ -271,7 +378,11 @@ class StructuralPredictor:
         self = cls(**d.get("params", {}))
         if list(d.get("feature_names", [])) != list(feature_names(self.memory_terms)):
             raise ValueError("predictor was fitted with a different feature set; recalibrate")
-        self.placements_ = {k: dict(v) for k, v in d["placements"].items()}
+        placements = {k: dict(v) for k, v in d["placements"].items()}
+        if list(d.get("layer_feature_names", [])) != list(LAYER_FEATURE_NAMES):
+            for v in placements.values():  # an older or different kernel model: the totals model only
+                v.pop("layer_coef", None)
+        self.placements_ = placements
         return self
 
 
