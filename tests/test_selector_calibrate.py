@@ -56,7 +56,7 @@ def repo(tmp_path_factory) -> Path:
 
 
 def test_calibrate_profiles_holds_out_and_round_trips(repo):
-    core = sorted(os.sched_getaffinity(0))[0]
+    core = min(os.sched_getaffinity(0))
     before = os.sched_getaffinity(0)
     placements = [{"name": f"cpu:{core}", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
     doc = calibrate(repo, placements, repeats=3, warmup=1, rounds=2)
@@ -95,9 +95,32 @@ def test_cli_calibrate_unknown_model(repo, capsys):
 
 
 def test_rounds_recorded(repo):
-    core = sorted(os.sched_getaffinity(0))[0]
+    core = min(os.sched_getaffinity(0))
     placements = [{"name": "c", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
     doc = calibrate(repo, placements, models=["tiny_a"], repeats=2, warmup=0, rounds=3)
     for r in doc["records"]:
         assert len(r["round_medians_ms"]) == 3 and r["latency_ms"] == min(r["round_medians_ms"])
     assert doc["measurement_spread"]["median"] >= 0
+
+
+def test_structure_lists_kernels_and_calibration_fits_the_kernel_model(repo):
+    from adaptd.variants.structure import describe_tflite
+
+    st = describe_tflite(repo / "tiny_b" / "1" / "float32.tflite")
+    ops = [layer["op"] for layer in st["layers"]]
+    assert ops[:2] == ["CONV_2D", "DEPTHWISE_CONV_2D"] and "FULLY_CONNECTED" in ops
+    conv = st["layers"][0]
+    assert conv["kernel"] == [3, 3] and conv["stride"] == [1, 1] and conv["out_shape"] == [1, 14, 14, 24]
+    assert conv["in_shapes"] == [[1, 16, 16, 3]] and conv["dtype"] == "float32" and conv["count"] == 1
+    assert conv["flops"] == 2 * 14 * 14 * 24 * 27 and conv["weight_bytes"] == 4 * (24 * 27 + 24)
+    assert conv["act_bytes"] == 4 * (16 * 16 * 3 + 14 * 14 * 24)
+    assert sum(layer["flops"] * layer["count"] for layer in st["layers"]) == st["flops"]
+    assert all(layer["delegated"] for layer in st["layers"]) and st["delegate_partitions"] >= 1
+    hybrid = describe_tflite(repo / "tiny_b" / "1" / "int8_dynamic.tflite")
+    assert {layer["dtype"] for layer in hybrid["layers"] if layer["op"] == "CONV_2D"} <= {"mixed", "float32"}
+    # calibration describes the files (the manifests here carry no structure): kernel model fitted
+    core = min(os.sched_getaffinity(0))
+    placements = [{"name": "c", "kind": "cpu", "runtime": "litert", "cores": [core], "threads": 1}]
+    doc = calibrate(repo, placements, repeats=2, warmup=0, rounds=1)
+    assert "layer_coef" in doc["predictor"]["placements"]["c"]
+    assert doc["holdout"]["totals_mape"] is not None

@@ -11,8 +11,10 @@ Contract
   arm's latency (the unloaded device; the spread between rounds is recorded as a noise figure).
   The affinity is restored afterwards, also on failure.
 * It then measures the predictor's error on arms held out from calibration (leave-one-model-out
-  when there are at least two models, else a seeded random quarter of the arms), fits the
-  predictor on all arms, and returns the calibration document (plain JSON types).
+  when there are at least two models, else a seeded random quarter of the arms), for the
+  predictor as used (kernel-level model where the structure lists ``layers``) and, for
+  comparison, for the per-op-type totals model alone (``holdout.totals_mape``); it fits the
+  predictor on all arms and returns the calibration document (plain JSON types).
 * ``write_calibration`` stores it at ``REPOSITORY/calibration.json`` atomically (temporary file
   in the same directory, fsync, rename): a reader sees the old file or the new one.
 * ``load_predictor(repository)`` gives the fitted :class:`StructuralPredictor` or None when the
@@ -201,6 +203,7 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
     if n_models >= 2:
         method = "leave-one-model-out"
         held = holdout_errors(records, "model")
+        totals = holdout_errors(records, "model", kernel_model=False)
     else:
         method = "random-25%-of-arms"
         rng = np.random.default_rng(seed)
@@ -208,6 +211,7 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
         for r, f in zip(records, fold):
             r["_fold"] = "test" if f else "train"
         held = _split_errors(records)
+        totals = _split_errors(records, kernel_model=False)
         for r in records:
             r.pop("_fold", None)
     predictor = StructuralPredictor().fit(records)
@@ -224,17 +228,18 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
                                "max": float(max(r["round_spread"] for r in records))},
         "predictor": predictor.to_dict(),
         "holdout": {"method": method, "mape": held["mape"], "mean_ape": held["mean_ape"], "n": held["n"],
-                    "per_model": held.get("per_group", {})},
+                    "per_model": held.get("per_group", {}),
+                    "totals_mape": totals["mape"], "totals_per_model": totals.get("per_group", {})},
         "records": [{k: v for k, v in r.items() if k != "structure"} for r in records],
     }
 
 
-def _split_errors(records: list[dict]) -> dict:
+def _split_errors(records: list[dict], **params: Any) -> dict:
     train = [r for r in records if r["_fold"] == "train"]
     test = [r for r in records if r["_fold"] == "test"]
     if not train or not test:
         return {"mape": None, "mean_ape": None, "n": 0}
-    p = StructuralPredictor().fit(train)
+    p = StructuralPredictor(**params).fit(train)
     errs = []
     for r in test:
         pr = p.predict(r["structure"], r["quantization"],
@@ -295,5 +300,7 @@ def run_calibrate(args: Any) -> int:
           + ("" if h["mean_ape"] is None else f", mean APE {100 * h['mean_ape']:.1f}%"))
     for model, e in sorted((h.get("per_model") or {}).items()):
         print(f"  {model}: median APE {'n/a' if e is None else f'{100 * e:.1f}%'}")
+    if h.get("totals_mape") is not None:
+        print(f"  (the per-op-type totals model alone: median APE {100 * h['totals_mape']:.1f}%)")
     print(f"wrote {path}")
     return 0
