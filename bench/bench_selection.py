@@ -1,0 +1,577 @@
+"""Selection benchmark (issue 6): adaptd's adaptive policy against fixed choices and an oracle,
+on a stream of requests with mixed constraints while a background load switches on and off.
+
+Usage: .venv/bin/python bench/bench_selection.py [--quick] [--reps N] [--stream-s S] [--json OUT]
+
+Setup (cached, built only when missing): ``bench-zoo/repo`` holds the demo model ``digits``
+(copied from ``demo-repo/``, built there with ``adaptd demo build`` if absent) and two zoo models
+at 128x128 (``MobileNetV2-128``, ``MobileNetV3Small-128``; kinds float32, float16, int8_dynamic,
+int8_full, pruned50), calibrated with ``adaptd calibrate`` (the offline profile the priors, and
+the static policy, come from). Placements: cpu:0, cpu:1, cpu:0-1 (LiteRT; TensorFlow off), all
+variants loaded eagerly.
+
+Background load: ``bench/selection_load.py``, ``--load-procs`` busy processes pinned to core 1,
+off for ``--off`` s then on for ``--on`` s, repeating, from the run's t0. cpu:1 and cpu:0-1 slow
+down while it is on.
+
+Stream: one request every ``--period-ms`` (sent at its scheduled time, or at once when the
+previous reply came late), for ``--warmup-s + --stream-s`` seconds; model uniform over the three,
+constraint entry uniform over the model's mix (see ``mixes``), fixed seed, so every policy gets
+the same requests at the same offsets from its t0, i.e. in the same load phase. The first
+``--warmup-s`` seconds (one load cycle by default) are sent but not scored. Bounds come from a
+profiling pass (every arm measured pinned through the daemon for one off+on cycle): latency
+bounds at the 20/40/60th percentiles of the arms' median total latency over both phases, energy
+bounds at the 20/50th percentiles of the arms' median energy (estimated) unloaded.
+
+Policies, each against a fresh daemon with the same config except ``[selector]``:
+* ``adaptive``: the default selector.
+* ``static``: ``[selector] policy = "static"`` (calibrated priors only, never updated).
+* ``most_accurate``: (a) pinned in the client to the variant of highest manifest accuracy (float32
+  where accuracy is unknown: the zoo models) on cpu:0-1 (all cores).
+* ``smallest``: (b) pinned to the smallest variant (size_bytes; ties by name) on cpu:0-1.
+* ``oracle``: (d) lock-step with a measurement loop in the same run: between stream requests it
+  runs pinned requests round-robin over every arm of every model (no constraints), keeping each
+  arm's last ``--oracle-window`` (total latency, energy) samples per load state (on/off); at
+  each stream request it takes, per arm, the medians of the current state's samples as the arm's
+  true cost at that moment, picks the best arm meeting the request's constraints by them (same
+  objective and ties as the selector: latency, then energy; energy, then latency), and runs it
+  pinned. No arm meets them: the request is *infeasible* (not run).
+
+Scores, over the scored requests: a request is *feasible* when the oracle found an arm for it
+(in the same repetition); attainment = share of feasible requests answered with ``met: true``.
+Latency is the daemon's ``total_ms`` (what ``met`` judges), energy the daemon's per-request
+energy, which on this machine is ESTIMATED from CPU time by the power model (no sensor), and
+accuracy the chosen variant's manifest accuracy (digits only). Ratios to the oracle are over the
+feasible requests both served, in the same repetition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adaptd.clients.client import Client
+from adaptd.clients.errors import AdaptdError
+from adaptd.daemon.launch import DaemonProcess
+from selection_load import load_on
+
+ZOO = (("MobileNetV2", 128), ("MobileNetV3Small", 128))
+ZOO_KINDS = "float32,float16,int8_dynamic,int8_full,pruned50"
+PLACEMENTS = ("cpu:0", "cpu:1", "cpu:0-1")
+ALL_CORES = "cpu:0-1"
+POLICIES = ("adaptive", "static", "most_accurate", "smallest", "oracle")
+ADPT = str(Path(sys.executable).parent / "adaptd")
+
+
+# ----------------------------------------------------------------------------- setup
+def prepare(repo: Path, log) -> None:
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, size in ZOO:
+        if not (repo / f"{name}-{size}").is_dir():
+            log(f"building zoo model {name} at {size}x{size} into {repo} (1-2 min)")
+            subprocess.run([ADPT, "variants", "zoo", name, "--repository", str(repo), "--kinds", ZOO_KINDS,
+                            "--input-size", str(size), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    if not (repo / "digits").is_dir():
+        demo = ROOT / "demo-repo"
+        if not (demo / "digits").is_dir():
+            log("building the demo model into demo-repo/ (about 1.5 min)")
+            subprocess.run([ADPT, "demo", "build", "--repository", str(demo)], check=True, stdout=subprocess.DEVNULL)
+        shutil.copytree(demo / "digits", repo / "digits")
+    if not (repo / "calibration.json").is_file():
+        log("calibrating the structural predictor on this machine (adaptd calibrate)")
+        subprocess.run([ADPT, "calibrate", "--repository", str(repo), "--no-progress"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def daemon_config(policy: str) -> dict:
+    cfg: dict[str, Any] = {"placements": {"tensorflow": "off", "load": "eager", "include": list(PLACEMENTS)}}
+    if policy == "static":
+        cfg["selector"] = {"policy": "static"}
+    return cfg
+
+
+class Load:
+    """The background load process for one run (its schedule starts at ``t0``)."""
+
+    def __init__(self, args, t0: float, until: float) -> None:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parent / "selection_load.py"), "--core", str(args.load_core),
+             "--t0", repr(t0), "--on", str(args.on), "--off", str(args.off), "--until", repr(until),
+             "--procs", str(args.load_procs)], env=env)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
+
+
+# ----------------------------------------------------------------------------- the repository
+def catalogue(client: Client) -> dict[str, dict]:
+    """{model: {inputs, variants: {name: {accuracy, size_bytes}}, arms: [(variant, placement)]}}."""
+    body = client.models()
+    out = {}
+    for m in body["models"]:
+        variants = {v["name"]: {"accuracy": v.get("accuracy"), "size_bytes": v.get("size_bytes")}
+                    for v in m["variants"] if v.get("runtime", "litert") == "litert"}
+        spec = m["variants"][0]["inputs"][0]
+        out[m["name"]] = {"shape": [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]],
+                          "variants": variants,
+                          "arms": [(v, p) for v in sorted(variants) for p in PLACEMENTS]}
+    return out
+
+
+def make_input(shape, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
+
+
+def fixed_arm(cat: dict, model: str, kind: str) -> tuple[str, str]:
+    vs = cat[model]["variants"]
+    if kind == "most_accurate":
+        known = {n: v["accuracy"] for n, v in vs.items() if v["accuracy"] is not None}
+        v = max(sorted(known), key=lambda n: known[n]) if known else "float32"
+    else:
+        v = min(sorted(vs), key=lambda n: vs[n]["size_bytes"])
+    return v, ALL_CORES
+
+
+# ----------------------------------------------------------------------------- measuring arms
+class ArmTable:
+    """Per (model, variant, placement) and load state, the last ``window`` (latency, energy)."""
+
+    def __init__(self, cat: dict, window: int, idle_s: float) -> None:
+        self.cat = cat
+        self.idle_s = idle_s
+        self.samples: dict[tuple, deque] = {}
+        self.window = window
+        self.order = [(m, v, p) for m in sorted(cat) for (v, p) in cat[m]["arms"]]
+        self.next = 0
+
+    def add(self, key: tuple, on: bool, total_ms: float, energy_mj: float | None) -> None:
+        self.samples.setdefault((key, on), deque(maxlen=self.window)).append((total_ms, energy_mj))
+
+    def cost(self, key: tuple, on: bool, q: float = 50.0) -> tuple[float, float] | None:
+        """(latency, energy) at percentile ``q`` of the state's recent samples (median by default)."""
+        s = self.samples.get((key, on))
+        if not s:
+            return None
+        lat = pct([x[0] for x in s], q)
+        es = [x[1] for x in s if x[1] is not None]
+        return lat, (pct(es, q) if es else float("nan"))
+
+    def measure_one(self, client: Client, inputs: dict, on_fn) -> None:
+        m, v, p = self.order[self.next % len(self.order)]
+        self.next += 1
+        # idle first, as every stream request is: a request after an idle spell pays the wake-up
+        # of the daemon and the worker (about 0.5 ms here), which back-to-back requests do not
+        time.sleep(self.idle_s)
+        on = on_fn()
+        try:
+            r = client.infer(m, inputs[m], variant=v, placement=p)
+        except AdaptdError:
+            return
+        if on_fn() != on:   # the phase changed during the execution: ambiguous, drop it
+            return
+        s = r.selection
+        self.add((m, v, p), on, s.timing.total_ms, s.energy.energy_mj)
+
+
+def oracle_pick(table: ArmTable, cat: dict, req: dict, on: bool, q: float) -> tuple[str, str] | None:
+    """Feasible: the arm's percentile-``q`` latency and energy in this load state meet the bounds;
+    best: the least median objective (then the other median, then the arm's names)."""
+    best, best_key = None, None
+    for v, p in cat[req["model"]]["arms"]:
+        c = table.cost((req["model"], v, p), on, q)
+        med = table.cost((req["model"], v, p), on)
+        if c is None:
+            continue
+        lat, en = c
+        acc = cat[req["model"]]["variants"][v]["accuracy"]
+        if req.get("min_accuracy") is not None and (acc is None or acc < req["min_accuracy"]):
+            continue
+        if req.get("max_latency_ms") is not None and not lat <= req["max_latency_ms"]:
+            continue
+        if req.get("max_energy_mj") is not None and not en <= req["max_energy_mj"]:
+            continue
+        key = (med[1], med[0]) if req["objective"] == "energy" else (med[0], med[1])
+        key = key + (v, p)
+        if best_key is None or key < best_key:
+            best, best_key = (v, p), key
+    return best
+
+
+# ----------------------------------------------------------------------------- bounds and stream
+def pct(values, q):
+    return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")
+
+
+def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, dict]:
+    """One off+on cycle of pinned measurements of every arm -> per-model bounds."""
+    with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive"),
+                             ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
+        cat = catalogue(c)
+        inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
+        t0 = time.monotonic() + 0.5
+        cycle = args.on + args.off
+        until = t0 + cycle * args.profile_cycles
+        load = Load(args, t0, until + 1.0)
+        table = ArmTable(cat, 10_000, args.measure_idle_ms / 1e3)
+        try:
+            while time.monotonic() < t0:
+                time.sleep(0.01)
+            while time.monotonic() < until:
+                table.measure_one(c, inputs, lambda: load_on(time.monotonic(), t0, args.on, args.off))
+        finally:
+            load.stop()
+    bounds, arms_out = {}, {}
+    for m in sorted(cat):
+        rows = []
+        for v, p in cat[m]["arms"]:
+            rows.append({"variant": v, "placement": p, "off": table.cost((m, v, p), False),
+                         "on": table.cost((m, v, p), True)})
+        fastest = min(r["off"][0] for r in rows if r["off"] is not None)
+        frugal = min(r["off"][1] for r in rows if r["off"] is not None and r["off"][1] == r["off"][1])
+        bounds[m] = {"fastest_ms": fastest, "least_energy_mj": frugal,
+                     **{f"L{k}": fastest * k for k in LAT_FACTORS}, **{f"E{k}": frugal * k for k in ENERGY_FACTORS}}
+        arms_out[m] = rows
+        log(f"  {m}: fastest arm {fastest:.3g} ms, least energy {frugal:.3g} mJ (estimated), unloaded medians")
+    return cat, bounds, {"catalogue": {m: {k: v for k, v in cat[m].items() if k != 'arms'} for m in cat},
+                    "arms": arms_out}
+
+
+LAT_FACTORS = (1.3, 2, 3)       # latency bounds: these multiples of the fastest arm's unloaded median
+ENERGY_FACTORS = (1.2, 2)       # energy bounds: these multiples of the least energy of an arm, unloaded
+
+
+def mixes(model: str, b: dict, has_accuracy: bool) -> list[dict]:
+    mix = [
+        {"name": "lat<=1.3f min energy", "max_latency_ms": b["L1.3"], "objective": "energy"},
+        {"name": "lat<=2f min energy", "max_latency_ms": b["L2"], "objective": "energy"},
+        {"name": "lat<=3f min energy", "max_latency_ms": b["L3"], "objective": "energy"},
+        {"name": "energy<=1.2e min latency", "max_energy_mj": b["E1.2"], "objective": "latency"},
+        {"name": "energy<=2e & lat<=2f min latency", "max_energy_mj": b["E2"], "max_latency_ms": b["L2"],
+         "objective": "latency"},
+    ]
+    if has_accuracy:
+        mix += [
+            {"name": "acc>=0.975 & lat<=2f min energy", "min_accuracy": 0.975, "max_latency_ms": b["L2"],
+             "objective": "energy"},
+            {"name": "acc>=0.97 & energy<=2e min latency", "min_accuracy": 0.97, "max_energy_mj": b["E2"],
+             "objective": "latency"},
+        ]
+    return mix
+
+
+def make_stream(cat: dict, bounds: dict, n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    models = sorted(cat)
+    mix = {m: mixes(m, bounds[m], any(v["accuracy"] is not None for v in cat[m]["variants"].values()))
+           for m in models}
+    out = []
+    for i in range(n):
+        m = rng.choice(models)
+        e = dict(rng.choice(mix[m]))
+        e["model"] = m
+        e["i"] = i
+        out.append(e)
+    return out
+
+
+# ----------------------------------------------------------------------------- one run
+def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log) -> list[dict]:
+    cycle = args.on + args.off
+    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy),
+                             ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
+        cat = catalogue(c)
+        inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
+        table = ArmTable(cat, args.oracle_window, args.measure_idle_ms / 1e3) if policy == "oracle" else None
+        prelude = cycle if policy == "oracle" else 0.0   # the oracle measures one cycle before the stream
+        t0 = time.monotonic() + prelude + 0.5
+        until = t0 + len(stream) * args.period_ms / 1e3
+        load = Load(args, t0, until + 2.0)
+        phase = (lambda: load_on(time.monotonic(), t0, args.on, args.off))
+        records = []
+        try:
+            if table is not None:
+                while time.monotonic() < t0:
+                    table.measure_one(c, inputs, phase)
+            for req in stream:
+                at = t0 + req["i"] * args.period_ms / 1e3
+                while True:
+                    left = at - time.monotonic()
+                    if left <= 0:
+                        break
+                    if table is not None and left > (args.oracle_gap_ms + args.measure_idle_ms) / 1e3:
+                        table.measure_one(c, inputs, phase)
+                    else:
+                        time.sleep(min(left, 0.002))
+                sent = time.monotonic()
+                on = load_on(sent, t0, args.on, args.off)
+                rec = {"i": req["i"], "model": req["model"], "entry": req["name"], "on": on,
+                       "late_ms": (sent - at) * 1e3, "scored": req["i"] * args.period_ms / 1e3 >= args.warmup_s}
+                kw = {k: req.get(k) for k in ("min_accuracy", "max_latency_ms", "max_energy_mj")}
+                kw["objective"] = req["objective"]
+                if policy in ("most_accurate", "smallest"):
+                    kw["variant"], kw["placement"] = fixed_arm(cat, req["model"], policy)
+                elif policy == "oracle":
+                    pick = oracle_pick(table, cat, req, on, args.oracle_quantile)
+                    rec["oracle_feasible"] = pick is not None
+                    if pick is None:
+                        rec.update(outcome="infeasible_oracle")
+                        records.append(rec)
+                        continue
+                    kw["variant"], kw["placement"] = pick
+                try:
+                    r = c.infer(req["model"], inputs[req["model"]], **kw)
+                    s = r.selection
+                    acc = cat[req["model"]]["variants"][s.variant]["accuracy"]
+                    rec.update(outcome="ok", variant=s.variant, placement=s.placement, reason=s.reason.code,
+                               total_ms=s.timing.total_ms, compute_ms=s.timing.compute_ms, client_ms=r.client_ms,
+                               energy_mj=s.energy.energy_mj, energy_estimated=s.energy.estimated, met=s.met,
+                               accuracy=acc, constraints_met=s.constraints_met, queue_ms=s.timing.queue_ms,
+                               predicted_latency_ms=s.predicted.latency_ms,
+                               predicted_bound_ms=s.predicted.latency_bound_ms,
+                               predicted_energy_mj=s.predicted.energy_mj)
+                except AdaptdError as exc:
+                    rec.update(outcome="rejected" if exc.code == "INFEASIBLE" else f"error:{exc.code}", met=False)
+                rec["on_after"] = phase()
+                records.append(rec)
+            stats = c.stats() if policy in ("adaptive", "static") else None
+        finally:
+            load.stop()
+    return records, stats
+
+
+# ----------------------------------------------------------------------------- scoring
+def score(records: list[dict], oracle: list[dict]) -> dict:
+    feas = {r["i"]: r.get("oracle_feasible", False) for r in oracle if r["scored"]}
+    orc = {r["i"]: r for r in oracle if r["scored"] and r["outcome"] == "ok"}
+    rs = [r for r in records if r["scored"]]
+    ok = [r for r in rs if r["outcome"] == "ok"]
+    fr = [r for r in rs if feas.get(r["i"])]
+    met_f = [r for r in fr if r["outcome"] == "ok" and r["met"]]
+    both = [r for r in fr if r["outcome"] == "ok" and r["i"] in orc]
+    lat = [r["total_ms"] for r in ok]
+    en = [r["energy_mj"] for r in ok if r.get("energy_mj") is not None]
+    acc = [r["accuracy"] for r in ok if r.get("accuracy") is not None]
+
+    def ratio(key):
+        a = [r[key] for r in both if r.get(key) is not None and orc[r["i"]].get(key) is not None]
+        b = [orc[r["i"]][key] for r in both if r.get(key) is not None and orc[r["i"]].get(key) is not None]
+        return sum(a) / sum(b) if b and sum(b) > 0 else None
+
+    def attain(sub):
+        return sum(1 for r in sub if r["outcome"] == "ok" and r["met"]) / len(sub) if sub else None
+
+    tight = [r for r in fr if ("1.3f" in r["entry"] or "1.2e" in r["entry"])]
+    loose = [r for r in fr if not ("1.3f" in r["entry"] or "1.2e" in r["entry"])]
+    by_entry = {}
+    for r in fr:
+        by_entry.setdefault(f"{r['model']} | {r['entry']}", []).append(r)
+    # the daemon's own latency prediction against what met judges (total_ms), served requests
+    under = [r["total_ms"] - r["predicted_bound_ms"] for r in ok
+             if r.get("predicted_bound_ms") is not None and r.get("total_ms") is not None]
+    by_phase = {}
+    for on in (False, True):
+        f_on = [r for r in fr if r["on"] == on]
+        by_phase["on" if on else "off"] = (sum(1 for r in f_on if r["outcome"] == "ok" and r["met"]) / len(f_on)
+                                           if f_on else None)
+    placements = {}
+    for r in ok:
+        key = f"{'on' if r['on'] else 'off'}:{r['placement']}"
+        placements[key] = placements.get(key, 0) + 1
+    return {
+        "scored": len(rs), "feasible": len(fr), "served": len(ok),
+        "rejected": sum(1 for r in rs if r["outcome"] == "rejected"),
+        "rejected_feasible": sum(1 for r in fr if r["outcome"] == "rejected"),
+        "errors": sum(1 for r in rs if r["outcome"].startswith("error")),
+        "attainment": len(met_f) / len(fr) if fr else None,
+        "attainment_by_phase": by_phase,
+        "attainment_tight": attain(tight), "attainment_loose": attain(loose),
+        "n_tight": len(tight), "n_loose": len(loose),
+        "attainment_by_entry": {k: [attain(v), len(v)] for k, v in sorted(by_entry.items())},
+        "total_minus_predicted_bound_ms_p50": pct(under, 50) if under else None,
+        "share_total_above_predicted_bound": (sum(1 for u in under if u > 0) / len(under)) if under else None,
+        "met_of_served": sum(1 for r in ok if r["met"]) / len(ok) if ok else None,
+        "energy_mj_mean": statistics.fmean(en) if en else None,
+        "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99), "latency_ms_mean": statistics.fmean(lat) if lat else None,
+        "accuracy_mean_digits": statistics.fmean(acc) if acc else None,
+        "energy_ratio_to_oracle": ratio("energy_mj"), "latency_ratio_to_oracle": ratio("total_ms"),
+        "n_compared_to_oracle": len(both),
+        "late_ms_p99": pct([r["late_ms"] for r in rs], 99),
+        "phase_changed_in_flight": sum(1 for r in rs if "on_after" in r and r["on_after"] != r["on"]),
+        "probes": sum(1 for r in ok if r.get("reason") == "probe"),
+        "placements": dict(sorted(placements.items())),
+    }
+
+
+def git_head() -> str | None:
+    if os.environ.get("BENCH_COMMIT"):   # a run from an exported snapshot of a commit
+        return os.environ["BENCH_COMMIT"]
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine() -> dict:
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_start": os.getloadavg(), "commit": git_head()}
+
+
+def fmt(x, spec=".3g"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def median_spread(vals):
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return None, None, None
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def table(per_rep: list[dict]) -> str:
+    cols = [("attainment", "attain. of feasible", ".1%"), ("attainment_by_phase.off", "load off", ".1%"),
+            ("attainment_by_phase.on", "load on", ".1%"), ("attainment_tight", "tight bounds", ".1%"),
+            ("attainment_loose", "loose bounds", ".1%"), ("rejected_feasible", "rejected feasible", ".0f"),
+            ("energy_mj_mean", "energy mJ/req (est.)", ".3g"), ("energy_ratio_to_oracle", "energy / oracle", ".3f"),
+            ("latency_ms_p50", "lat p50 ms", ".3g"), ("latency_ms_p99", "lat p99 ms", ".3g"),
+            ("latency_ratio_to_oracle", "lat mean / oracle", ".3f"), ("accuracy_mean_digits", "digits acc.", ".4f")]
+    head = "| policy | " + " | ".join(c[1] for c in cols) + " |"
+    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    for pol in per_rep[0]["scores"]:
+        cells = []
+        for key, _, spec in cols:
+            vals = []
+            for rep in per_rep:
+                s = rep["scores"][pol]
+                v = s
+                for k in key.split("."):
+                    v = v.get(k) if isinstance(v, dict) else None
+                vals.append(v)
+            med, lo, hi = median_spread(vals)
+            if med is None:
+                cells.append("-")
+            elif len(per_rep) > 1:
+                cells.append(f"{fmt(med, spec)} ({fmt(lo, spec)}-{fmt(hi, spec)})")
+            else:
+                cells.append(fmt(med, spec))
+        lines.append(f"| {pol} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="selection benchmark (issue 6)")
+    ap.add_argument("--quick", action="store_true", help="about 2 minutes: 1 repetition, 12 s scored")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--stream-s", type=float, default=36.0, help="scored seconds per run")
+    ap.add_argument("--warmup-s", type=float, default=6.0, help="unscored seconds at the start of each run")
+    ap.add_argument("--period-ms", type=float, default=25.0, help="one request every this many ms")
+    ap.add_argument("--on", type=float, default=3.0)
+    ap.add_argument("--off", type=float, default=3.0)
+    ap.add_argument("--load-core", type=int, default=1)
+    ap.add_argument("--load-procs", type=int, default=2)
+    ap.add_argument("--oracle-window", type=int, default=8, help="samples per arm and load state")
+    ap.add_argument("--oracle-quantile", type=float, default=90.0,
+                    help="an arm meets a bound when this percentile of its samples does")
+    ap.add_argument("--oracle-gap-ms", type=float, default=8.0,
+                    help="the oracle's measurement loop stops this long before the next stream request")
+    ap.add_argument("--profile-cycles", type=int, default=1)
+    ap.add_argument("--measure-idle-ms", type=float, default=5.0,
+                    help="idle time before each measurement request (profile and oracle)")
+    ap.add_argument("--seed", type=int, default=6)
+    ap.add_argument("--repository", type=Path, default=ROOT / "bench-zoo" / "repo")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--render", type=Path, help="print the table of a JSON file this benchmark wrote, and exit")
+    args = ap.parse_args(argv)
+    if args.render:
+        print(table(json.loads(args.render.read_text())["reps"]))
+        return 0
+    if args.quick:
+        args.reps, args.stream_s = 1, 12.0
+    policies = [p for p in POLICIES if p in args.policies.split(",")]
+    if "oracle" not in policies:
+        policies.append("oracle")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.time()
+    prepare(args.repository, log)
+    info = machine()
+    workdir = Path(tempfile.mkdtemp(prefix="adaptd-bench-sel-"))
+    try:
+        log("profiling every arm through the daemon for the constraint bounds")
+        cat, bounds, profile = profile_bounds(args, args.repository, workdir, log)
+        n = round((args.warmup_s + args.stream_s) * 1e3 / args.period_ms)
+        stream = make_stream(cat, bounds, n, args.seed)
+        reps = []
+        for rep in range(args.reps):
+            order = policies[rep % len(policies):] + policies[:rep % len(policies)]
+            runs, stats = {}, {}
+            for pol in order:
+                log(f"rep {rep + 1}/{args.reps}: {pol} ({len(stream)} requests)")
+                runs[pol], stats[pol] = run_policy(pol, args, args.repository, workdir / f"r{rep}", stream, log)
+            scores = {pol: score(runs[pol], runs["oracle"]) for pol in policies}
+            reps.append({"order": order, "scores": scores, "records": runs, "stats": stats})
+            for pol in policies:
+                s = scores[pol]
+                log(f"  {pol:14s} attainment {fmt(s['attainment'], '.1%')} of {s['feasible']} feasible; "
+                    f"rejected {s['rejected']}; energy {fmt(s['energy_mj_mean'])} mJ (est.), "
+                    f"x{fmt(s['energy_ratio_to_oracle'])} oracle; p50 {fmt(s['latency_ms_p50'])} ms; "
+                    f"p99 {fmt(s['latency_ms_p99'])} ms; {s['placements']}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = {p: {k: median_spread([r["scores"][p].get(k) for r in reps])
+                   for k in ("attainment", "energy_ratio_to_oracle", "latency_ratio_to_oracle", "energy_mj_mean",
+                             "latency_ms_p50", "latency_ms_p99", "accuracy_mean_digits")}
+               for p in policies}
+    out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
+           "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "bounds": bounds, "profile": profile, "summary": summary,
+           "reps": [{"order": r["order"], "scores": r["scores"]} for r in reps],
+           "wall_s": time.time() - started, "loadavg_end": os.getloadavg()}
+    print(f"\nselection benchmark: {info['cpu']}, {info['logical_cpus']} CPUs, {out['date']}, "
+          f"{args.reps} repetition(s) x {args.stream_s:g} s scored, load on core {args.load_core} "
+          f"{args.off:g} s off / {args.on:g} s on; energy is ESTIMATED (power model, no sensor); "
+          f"medians (min-max) over repetitions; wall {out['wall_s']:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        full = dict(out, records=[r["records"] for r in reps], daemon_stats=[r["stats"] for r in reps])
+        args.json.write_text(json.dumps(full, indent=1, default=str))
+        print(f"wrote {args.json}")
+    print(table(reps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
