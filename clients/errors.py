@@ -73,6 +73,13 @@ class UnknownPlacementError(AdaptdError):
     code = "UNKNOWN_PLACEMENT"
 
 
+class UnknownRegionError(AdaptdError):
+    """The request names a shared-memory region the daemon does not have (any more): it was
+    unregistered, its owner exited, or the daemon restarted. Register a new region."""
+
+    code = "UNKNOWN_REGION"
+
+
 class InfeasibleError(AdaptdError):
     """No arm is predicted to meet the constraints; ``closest`` and ``violations`` say why."""
 
@@ -124,7 +131,7 @@ ERRORS_BY_CODE: dict[str, type[AdaptdError]] = {
     for cls in (MalformedError, UnsupportedVersionError, BadRequestError, BadConstraintsError,
                 BadInputError, TooLargeError, UnknownModelError, UnknownVariantError,
                 UnknownPlacementError, InfeasibleError, BusyError, WorkerFailedError,
-                ShuttingDownError, InternalError)
+                ShuttingDownError, InternalError, UnknownRegionError)
 }
 
 

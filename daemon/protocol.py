@@ -43,10 +43,11 @@ BUSY = "BUSY"
 WORKER_FAILED = "WORKER_FAILED"
 SHUTTING_DOWN = "SHUTTING_DOWN"
 INTERNAL = "INTERNAL"
+UNKNOWN_REGION = "UNKNOWN_REGION"
 ERROR_CODES = frozenset({
     MALFORMED, UNSUPPORTED_VERSION, BAD_REQUEST, BAD_CONSTRAINTS, BAD_INPUT, TOO_LARGE,
     UNKNOWN_MODEL, UNKNOWN_VARIANT, UNKNOWN_PLACEMENT, INFEASIBLE, BUSY, WORKER_FAILED,
-    SHUTTING_DOWN, INTERNAL,
+    SHUTTING_DOWN, INTERNAL, UNKNOWN_REGION,
 })
 # Replies with these codes are not kept for idempotent retry: a retry should run afresh.
 TRANSIENT_CODES = frozenset({BUSY, SHUTTING_DOWN, WORKER_FAILED})
@@ -57,7 +58,8 @@ DTYPES: dict[str, np.dtype] = {
 }
 OBJECTIVES = ("latency", "energy", "accuracy")
 ON_INFEASIBLE = ("reject", "best_effort")
-CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain")
+SHM_TYPES = ("shm_register", "shm_unregister", "shm_regions")     # §11
+CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain", *SHM_TYPES)
 REQUEST_TYPES = ("infer", *CONTROL_TYPES)
 
 
@@ -149,10 +151,22 @@ def tensor_body(array: np.ndarray) -> Any:
 
 
 @dataclass(frozen=True)
+class ShmRef:
+    """Where a tensor lies in a registered shared-memory region (§11)."""
+
+    region: str
+    offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"region": self.region, "offset": self.offset}
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     dtype: np.dtype
     shape: tuple[int, ...]
     name: str | None = None
+    shm: ShmRef | None = None      # in a region: no body frame
 
     @property
     def nbytes(self) -> int:
@@ -175,13 +189,40 @@ def parse_tensor_headers(value: Any, what: str, request_id: str | None) -> list[
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
             raise ProtocolError(BAD_INPUT, f"{what}[{i}]: shape must be an array of non-negative ints", request_id)
         name = item.get("name")
-        specs.append(TensorSpec(DTYPES[dtype_name], tuple(shape), name if isinstance(name, str) else None))
+        shm = parse_shm_ref(item["shm"], f"{what}[{i}].shm", request_id) if item.get("shm") is not None else None
+        specs.append(TensorSpec(DTYPES[dtype_name], tuple(shape), name if isinstance(name, str) else None, shm))
     return specs
+
+
+def parse_shm_ref(value: Any, what: str, request_id: str | None) -> ShmRef:
+    """``{"region": str, "offset": int >= 0}`` (§11); BAD_REQUEST otherwise."""
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_REQUEST, f"'{what}' must be a map with region and offset", request_id)
+    region, offset = value.get("region"), value.get("offset", 0)
+    if not isinstance(region, str) or not region or len(region) > 255:
+        raise ProtocolError(BAD_REQUEST, f"'{what}.region' must be a region name", request_id)
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**63:
+        raise ProtocolError(BAD_REQUEST, f"'{what}.offset' must be a non-negative int; got {offset!r}", request_id)
+    return ShmRef(region, offset)
+
+
+def shm_tensor_header(dtype: Any, shape: Sequence[int], region: str, offset: int,
+                      name: str | None = None) -> dict[str, Any]:
+    """The header of a tensor that lies in a region (§11): it has no body frame."""
+    header: dict[str, Any] = {"dtype": np.dtype(dtype).name, "shape": [int(d) for d in shape],
+                              "shm": {"region": region, "offset": int(offset)}}
+    if name is not None:
+        header["name"] = name
+    return header
 
 
 def tensors_from_frames(specs: Sequence[TensorSpec], bodies: Sequence[memoryview],
                         request_id: str | None = None, what: str = "input") -> list[np.ndarray]:
-    """Zero-copy numpy views of the body frames, checked against their headers."""
+    """Zero-copy numpy views of the body frames, checked against their headers.
+
+    Every spec must be inline here (no ``shm``); a client resolves region tensors itself."""
+    if any(s.shm is not None for s in specs):
+        raise ProtocolError(BAD_INPUT, f"a shared-memory {what} cannot be read from frames", request_id)
     if len(bodies) != len(specs):
         raise ProtocolError(BAD_INPUT, f"{len(specs)} {what} header(s) but {len(bodies)} body frame(s)", request_id)
     arrays = []
@@ -227,6 +268,10 @@ class Request:
     pin_placement: str | None = None
     explain: bool = False
     client: str | None = None
+    outputs_to: ShmRef | None = None     # infer: write the outputs into a region (§11)
+    size: int | None = None              # shm_register
+    owner_pid: int | None = None         # shm_register
+    region: str | None = None            # shm_unregister
 
 
 def request_id_of(header: Mapping[str, Any]) -> str | None:
@@ -287,6 +332,8 @@ def parse_request(header: Mapping[str, Any]) -> Request:
     rtype = header.get("type")
     if rtype not in REQUEST_TYPES:
         raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {rtype!r}", rid)
+    if rtype in SHM_TYPES:
+        return _parse_shm_control(rtype, rid, header)
     if rtype not in ("infer", "explain"):
         return Request(type=rtype, id=rid)
 
@@ -324,7 +371,28 @@ def parse_request(header: Mapping[str, Any]) -> Request:
         pin_placement=_opt_str(pin, "placement", rid),
         explain=explain or rtype == "explain",
         client=_opt_str(header, "client", rid),
+        outputs_to=(parse_shm_ref(header["outputs_to"], "outputs_to", rid)
+                    if rtype == "infer" and header.get("outputs_to") is not None else None),
     )
+
+
+def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:
+    def integer(key: str, required: bool, low: int) -> int | None:
+        value = header.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ProtocolError(BAD_REQUEST, f"'{key}' must be an int >= {low}; got {value!r}", rid)
+        return value
+
+    if rtype == "shm_register":
+        return Request(type=rtype, id=rid, size=integer("size", True, 1), owner_pid=integer("owner_pid", False, 1))
+    if rtype == "shm_unregister":
+        region = header.get("region")
+        if not isinstance(region, str) or not region:
+            raise ProtocolError(BAD_REQUEST, "'region' must be a region name", rid)
+        return Request(type=rtype, id=rid, region=region)
+    return Request(type=rtype, id=rid)
 
 
 def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
@@ -332,11 +400,17 @@ def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
                    objective: str | None = None, on_infeasible: str | None = None,
                    pin_variant: str | None = None, pin_placement: str | None = None,
                    explain: bool = False, client: str | None = None,
-                   request_type: str = "infer") -> dict[str, Any]:
-    """The header of an inference (or explain) request, as a client sends it."""
+                   request_type: str = "infer", input_headers: Sequence[Mapping[str, Any]] | None = None,
+                   outputs_to: ShmRef | None = None) -> dict[str, Any]:
+    """The header of an inference (or explain) request, as a client sends it.
+
+    ``input_headers`` replaces the headers made from ``inputs`` (for tensors in a region, §11)."""
     header: dict[str, Any] = {"type": request_type, "id": request_id, "model": model}
     if request_type == "infer":
-        header["inputs"] = [tensor_header(a) for a in inputs]
+        header["inputs"] = ([dict(h) for h in input_headers] if input_headers is not None
+                            else [tensor_header(a) for a in inputs])
+        if outputs_to is not None:
+            header["outputs_to"] = outputs_to.to_dict()
     if version is not None:
         header["version"] = version
     if constraints:
