@@ -15,11 +15,15 @@ Contract
   Replies for ids nobody waits for any more are discarded and counted in ``stale_replies``.
 * Zero copy as in the synchronous client: inputs go out with ``copy=False``; outputs are
   numpy views over the reply frames (no copy).
+* Shared memory as in the synchronous client (PROTOCOL.md §11): ``await register_region(n)``,
+  arrays inside a registered region go by reference, ``outputs_to=region``; ``close()``
+  unregisters the client's regions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -27,10 +31,10 @@ import zmq
 import zmq.asyncio
 
 from adaptd.clients.client import (
-    DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, body_from_reply, control_message,
+    DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
     default_endpoint, infer_message, new_request_id, reply_id, result_from_reply,
 )
-from adaptd.clients.errors import RequestTimeout, error_from_header
+from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
 
 
 class AsyncClient:
@@ -52,6 +56,7 @@ class AsyncClient:
         self._reader: asyncio.Task | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._closed = False
+        self.regions: dict[str, Region] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -70,6 +75,15 @@ class AsyncClient:
     async def close(self) -> None:
         if self._closed:
             return
+        if self._socket is not None:
+            for region in list(self.regions.values()):
+                try:
+                    await self.unregister_region(region, timeout_ms=min(self.timeout_ms, 2000.0))
+                except (AdaptdError, RuntimeError):
+                    region.close()
+        for region in self.regions.values():
+            region.close()
+        self.regions.clear()
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
@@ -117,15 +131,48 @@ class AsyncClient:
                     max_energy_mj: float | None = None, objective: str = "latency",
                     on_infeasible: str = "reject", variant: str | None = None,
                     placement: str | None = None, explain: bool = False, request_id: str | None = None,
-                    timeout_ms: float | None = None) -> InferResult:
+                    timeout_ms: float | None = None, outputs_to: Any = None) -> InferResult:
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=explain, client=self.name)
+                               placement=placement, explain=explain, client=self.name,
+                               regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
         header, bodies = await self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started)
+        return result_from_reply(header, bodies, started, self.regions)
+
+    async def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
+        """As :meth:`adaptd.clients.client.Client.register_region`."""
+        rid = new_request_id()
+        header, _ = await self._roundtrip(rid, control_message(rid, "shm_register", size=int(nbytes),
+                                                               owner_pid=os.getpid()), timeout_ms)
+        body = body_from_reply(header, "shm_register")
+        try:
+            region = Region(str(body["region"]), int(body["size"]), str(body["path"]))
+        except BaseException:
+            rid = new_request_id()
+            await self._roundtrip(rid, control_message(rid, "shm_unregister", region=body["region"]), timeout_ms)
+            raise
+        self.regions[region.name] = region
+        return region
+
+    async def unregister_region(self, region: Region | str, timeout_ms: float | None = None) -> None:
+        """As :meth:`adaptd.clients.client.Client.unregister_region`."""
+        name = region if isinstance(region, str) else region.name
+        mapped = self.regions.pop(name, None)
+        try:
+            rid = new_request_id()
+            header, _ = await self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms)
+            body_from_reply(header, "shm_unregister")
+        finally:
+            if mapped is not None:
+                mapped.close()
+            if isinstance(region, Region):
+                region.close()
+
+    async def shm_regions(self, timeout_ms: float | None = None) -> list[dict[str, Any]]:
+        return list((await self._control("shm_regions", timeout_ms))["regions"])
 
     async def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
                       max_latency_ms: float | None = None, max_energy_mj: float | None = None,

@@ -20,6 +20,14 @@ Contract
   copies frames under its 64 KiB threshold, where copying is cheaper). Do not modify an input
   array while its request is in flight. Outputs are numpy views over the reply frames
   (``np.frombuffer``, no copy); ``np.array(out)`` gives an independent copy.
+* Shared memory (PROTOCOL.md §11), for a client on the daemon's machine:
+  :meth:`Client.register_region` asks the daemon for a region and maps it here; arrays made with
+  :meth:`Region.ndarray` (or any C-contiguous array whose bytes lie inside a registered region)
+  are then sent by region and offset instead of as frames, and ``outputs_to=region`` has the
+  outputs written into the region (the returned outputs are views of it, overwritten by the next
+  request that writes there). Do not modify a region's input bytes while a request reading them
+  is in flight. A region ends with :meth:`Client.unregister_region`, :meth:`Client.close`, the
+  exit of the process that registered it, or the daemon's exit; the inline path stays the default.
 * Units: ``*_ms`` milliseconds, ``*_mj`` millijoules, accuracy a share in [0, 1]. Energy
   that was estimated (no power sensor) has ``Energy.estimated`` true and a ``source``
   starting with ``estimated``; present it as an estimate.
@@ -27,6 +35,7 @@ Contract
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import time
@@ -209,6 +218,132 @@ class Explanation:
         )
 
 
+# --- shared-memory regions (PROTOCOL.md §11) ----------------------------------------------------
+
+class Region:
+    """A shared-memory region the daemon allocated, mapped read-write in this process.
+
+    ``name`` is what requests cite; ``size`` its bytes. :meth:`ndarray` gives writable numpy views
+    of it. Made by :meth:`Client.register_region`; ended by :meth:`Client.unregister_region`
+    (which also unmaps it here: views made earlier must not be used after that)."""
+
+    def __init__(self, name: str, size: int, path: str) -> None:
+        self.name = name
+        self.size = int(size)
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except PermissionError:
+            raise PermissionError(f"cannot open {path}: this user may not map the daemon's shared memory "
+                                  "(regions have the request socket's owner, group and mode: join its group)") from None
+        try:
+            self._mm: mmap.mmap | None = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.bytes = np.frombuffer(self._mm, dtype=np.uint8)      # the whole region, writable
+        self.address = int(self.bytes.ctypes.data)
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def ndarray(self, shape: Any, dtype: Any = np.float32, offset: int = 0) -> np.ndarray:
+        """A writable C-contiguous view of ``shape`` x ``dtype`` at ``offset`` bytes."""
+        if self._mm is None:
+            raise RuntimeError(f"region {self.name} is closed")
+        dtype = np.dtype(dtype)
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset < 0 or offset + count * dtype.itemsize > self.size:
+            raise ValueError(f"{count * dtype.itemsize} bytes at offset {offset} do not fit region {self.name} "
+                             f"of {self.size} bytes")
+        return np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def offset_of(self, array: np.ndarray) -> int | None:
+        """The array's byte offset in this region, if all its bytes lie inside it; else None."""
+        if self._mm is None:
+            return None
+        start = array.__array_interface__["data"][0]
+        if self.address <= start and start + array.nbytes <= self.address + self.size:
+            return start - self.address
+        return None
+
+    def close(self) -> None:
+        """Unmap here (the daemon's region is ended by ``unregister_region``)."""
+        mm, self._mm = self._mm, None
+        self.bytes = np.empty(0, np.uint8)
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:   # views are still alive: unmapped when the last one goes
+                pass
+
+    def __repr__(self) -> str:
+        return f"Region({self.name!r}, size={self.size}{', closed' if self.closed else ''})"
+
+
+@dataclass(frozen=True)
+class ShmTensor:
+    """A tensor named by region and offset instead of carried as bytes (PROTOCOL.md §11)."""
+
+    region: Region | str
+    offset: int
+    dtype: Any
+    shape: tuple[int, ...]
+
+    @property
+    def region_name(self) -> str:
+        return self.region if isinstance(self.region, str) else self.region.name
+
+
+def _shm_header(array: np.ndarray, regions: Sequence[Region]) -> dict[str, Any] | None:
+    """The §11 header for an array whose bytes lie in a registered region, else None."""
+    if (not array.flags.c_contiguous or array.dtype.name not in p.DTYPES or array.dtype.byteorder == ">"
+            or array.nbytes == 0):
+        return None
+    for region in regions:
+        offset = region.offset_of(array)
+        if offset is not None:
+            return p.shm_tensor_header(array.dtype, array.shape, region.name, offset)
+    return None
+
+
+def input_frames(inputs: Any, regions: Sequence[Region] = ()) -> tuple[list[dict[str, Any]] | None, list[Any]]:
+    """(tensor headers, body frames) of a request's inputs; headers None when all are inline
+    (the classic path, unchanged). Region tensors (ShmTensor, or arrays inside ``regions``)
+    get a ``shm`` header and no frame."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    if not any(isinstance(x, ShmTensor) for x in items) and not regions:
+        return None, as_input_arrays(inputs)
+    headers: list[dict[str, Any]] = []
+    bodies: list[Any] = []
+    for x in items:
+        if isinstance(x, ShmTensor):
+            headers.append(p.shm_tensor_header(x.dtype, x.shape, x.region_name, x.offset))
+            continue
+        if isinstance(x, np.ndarray):
+            h = _shm_header(x, regions)
+            if h is not None:
+                headers.append(h)
+                continue
+        (arr,) = as_input_arrays([x])
+        headers.append(p.tensor_header(arr))
+        bodies.append(arr)
+    return headers, bodies
+
+
+def outputs_ref(outputs_to: Any) -> p.ShmRef | None:
+    """``outputs_to``: None, a Region (offset 0), (Region or name, offset), or a ShmTensor."""
+    if outputs_to is None:
+        return None
+    if isinstance(outputs_to, Region):
+        return p.ShmRef(outputs_to.name, 0)
+    if isinstance(outputs_to, ShmTensor):
+        return p.ShmRef(outputs_to.region_name, int(outputs_to.offset))
+    region, offset = outputs_to
+    return p.ShmRef(region if isinstance(region, str) else region.name, int(offset))
+
+
 # --- request building and reply parsing (shared with aio.py) -----------------------------------
 
 def new_request_id() -> str:
@@ -244,19 +379,23 @@ def infer_message(request_id: str, model: str, inputs: Any, *, version: str | No
                   max_energy_mj: float | None = None, objective: str = "latency",
                   on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
                   explain: bool = False, client: str | None = None,
-                  request_type: str = "infer") -> list[Any]:
-    """The frames of an inference (or explain) request; bodies are the arrays themselves."""
-    arrays = as_input_arrays(inputs) if request_type == "infer" else []
+                  request_type: str = "infer", regions: Sequence[Region] = (),
+                  outputs_to: Any = None) -> list[Any]:
+    """The frames of an inference (or explain) request; bodies are the arrays themselves.
+
+    Inputs in ``regions`` (or given as ShmTensor) are sent by reference (PROTOCOL.md §11)."""
+    headers, arrays = input_frames(inputs, regions) if request_type == "infer" else (None, [])
     header = p.request_header(
         request_id, model, arrays, version=version,
         constraints=constraints_dict(min_accuracy, max_latency_ms, max_energy_mj),
         objective=objective, on_infeasible=on_infeasible, pin_variant=variant, pin_placement=placement,
-        explain=explain, client=client, request_type=request_type)
+        explain=explain, client=client, request_type=request_type, input_headers=headers,
+        outputs_to=outputs_ref(outputs_to) if request_type == "infer" else None)
     return p.encode(header, arrays)
 
 
-def control_message(request_id: str, request_type: str) -> list[Any]:
-    return p.encode({"type": request_type, "id": request_id})
+def control_message(request_id: str, request_type: str, **fields: Any) -> list[Any]:
+    return p.encode({"type": request_type, "id": request_id, **fields})
 
 
 def reply_id(frames: Sequence[Any]) -> tuple[str | None, dict[str, Any] | None, list[memoryview]]:
@@ -268,7 +407,8 @@ def reply_id(frames: Sequence[Any]) -> tuple[str | None, dict[str, Any] | None, 
     return p.request_id_of(header), header, bodies
 
 
-def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], started: float) -> InferResult:
+def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], started: float,
+                      regions: Mapping[str, Region] | None = None) -> InferResult:
     kind = header.get("type")
     if kind == "error":
         raise error_from_header(header)
@@ -277,9 +417,22 @@ def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], s
         raise ReplyError(f"expected a 'result' reply, got {kind!r}", request_id=rid)
     try:
         specs = p.parse_tensor_headers(header.get("outputs"), "outputs", rid)
-        outputs = p.tensors_from_frames(specs, bodies, rid, what="output")
+        inline = p.tensors_from_frames([s for s in specs if s.shm is None], bodies, rid, what="output")
     except p.ProtocolError as exc:
         raise ReplyError(f"reply outputs: {exc.message}", request_id=rid) from None
+    outputs = []
+    for spec in specs:
+        if spec.shm is None:
+            outputs.append(inline.pop(0))
+            continue
+        region = (regions or {}).get(spec.shm.region)
+        if region is None or region.closed:
+            raise ReplyError(f"reply output in region {spec.shm.region}, which this client has not mapped",
+                             request_id=rid)
+        try:
+            outputs.append(region.ndarray(spec.shape, spec.dtype, spec.shm.offset))
+        except ValueError as exc:
+            raise ReplyError(f"reply outputs: {exc}", request_id=rid) from None
     return InferResult(rid, outputs, Selection.from_header(header),
                        (time.perf_counter() - started) * 1e3, dict(header))
 
@@ -324,10 +477,17 @@ class Client:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._closed = False
+        self.regions: dict[str, Region] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
+        """Unregister this client's regions (best effort), unmap them, close the socket."""
+        for region in list(self.regions.values()):
+            try:
+                self.unregister_region(region, timeout_ms=min(self.timeout_ms, 2000.0))
+            except (AdaptdError, RuntimeError):
+                region.close()    # the daemon is gone or forgot it: its exit removes it
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -346,16 +506,56 @@ class Client:
               max_energy_mj: float | None = None, objective: str = "latency",
               on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
               explain: bool = False, request_id: str | None = None,
-              timeout_ms: float | None = None) -> InferResult:
-        """Run one inference; returns the outputs and the selection, or raises an AdaptdError."""
+              timeout_ms: float | None = None, outputs_to: Any = None) -> InferResult:
+        """Run one inference; returns the outputs and the selection, or raises an AdaptdError.
+
+        Inputs whose bytes lie in one of this client's regions (or ShmTensor) go by reference;
+        ``outputs_to`` (a Region, ``(region, offset)`` or ShmTensor) has the outputs written there."""
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=explain, client=self.name)
+                               placement=placement, explain=explain, client=self.name,
+                               regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
         header, bodies = self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started)
+        return result_from_reply(header, bodies, started, self.regions)
+
+    def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
+        """Ask the daemon for a shared-memory region of ``nbytes`` and map it (PROTOCOL.md §11).
+
+        The region lives until :meth:`unregister_region`, :meth:`close`, this process's exit or
+        the daemon's exit."""
+        rid = new_request_id()
+        header, _ = self._roundtrip(rid, control_message(rid, "shm_register", size=int(nbytes),
+                                                         owner_pid=os.getpid()), timeout_ms)
+        body = body_from_reply(header, "shm_register")
+        try:
+            region = Region(str(body["region"]), int(body["size"]), str(body["path"]))
+        except BaseException:
+            rid = new_request_id()
+            self._roundtrip(rid, control_message(rid, "shm_unregister", region=body["region"]), timeout_ms)
+            raise
+        self.regions[region.name] = region
+        return region
+
+    def unregister_region(self, region: Region | str, timeout_ms: float | None = None) -> None:
+        """End a region at the daemon (requests already holding it finish first) and unmap it here."""
+        name = region if isinstance(region, str) else region.name
+        mapped = self.regions.pop(name, None)
+        try:
+            rid = new_request_id()
+            header, _ = self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms)
+            body_from_reply(header, "shm_unregister")
+        finally:
+            if mapped is not None:
+                mapped.close()
+            if isinstance(region, Region):
+                region.close()
+
+    def shm_regions(self, timeout_ms: float | None = None) -> list[dict[str, Any]]:
+        """The daemon's registered regions (``shm_regions``, §11.2)."""
+        return list(self._control("shm_regions", timeout_ms)["regions"])
 
     def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
                 max_latency_ms: float | None = None, max_energy_mj: float | None = None,
@@ -433,6 +633,6 @@ class Client:
 
 
 __all__ = [
-    "AdaptdError", "Client", "Energy", "Explanation", "InferResult", "Predicted", "Reason",
-    "Selection", "Timing", "default_endpoint", "default_pub_endpoint", "default_runtime_dir",
+    "AdaptdError", "Client", "Energy", "Explanation", "InferResult", "Predicted", "Reason", "Region",
+    "Selection", "ShmTensor", "Timing", "default_endpoint", "default_pub_endpoint", "default_runtime_dir",
 ]

@@ -19,12 +19,16 @@ Contract
   worker -> (worker runs) -> reply, statistics, energy attribution, selection record. Tensor
   bytes are passed as the received ZeroMQ frames, never copied here. TensorFlow is never
   imported by this process.
+* Shared memory (PROTOCOL.md §11): this process creates, bounds-checks and removes regions
+  (:mod:`adaptd.daemon.shm`) but never maps one: tensors in a region are read and written by the
+  worker alone.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import signal
 import stat
@@ -42,6 +46,7 @@ from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.policy import Choice, Policy
 from adaptd.daemon.registry import Arm, ModelVersion, Registry, RegistryError, load_registry
 from adaptd.daemon.sdnotify import Notifier
+from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.daemon.stats import ArmStats
 from adaptd.daemon.workers import Job, Outcome, WorkerPool
 
@@ -63,6 +68,7 @@ class Pending:
     received_ns: int
     received_at: float
     submitted_ns: int = 0       # handed to the worker pool (after decoding and choosing)
+    regions: tuple[str, ...] = ()   # shared-memory regions the job reads or writes (held until its outcome)
 
 
 @dataclass
@@ -92,6 +98,7 @@ class Daemon:
         self.placements: list[Placement] = []
         self.meter = None
         self.store = None
+        self.regions = RegionTable()
 
     # --- start-up ------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +108,10 @@ class Daemon:
         self.placements = discover(cfg.placements)
         self._placement_by_name = {p.name: p for p in self.placements}
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
+        self.regions = RegionTable(cfg.server.ipc_mode)
+        stale = self.regions.sweep_stale()
+        if stale:
+            log.info("removed %d shared-memory region(s) left by daemons no longer running", len(stale))
 
         self.pool = WorkerPool(self.placements, cfg.placements.queue_limit)
         self.pool.start()
@@ -223,6 +234,7 @@ class Daemon:
         watchdog_s = self.notifier.watchdog_interval_s() if self.config.server.watchdog else None
         next_watchdog = time.monotonic()
         drain_deadline = None
+        next_sweep = time.monotonic()
         timeout_ms = 1000.0 if watchdog_s is None else min(1000.0, watchdog_s * 1e3)
 
         while True:
@@ -248,6 +260,10 @@ class Daemon:
                         self._on_outcome(outcome)
 
             now = time.monotonic()
+            if now >= next_sweep:   # regions whose registering process has exited (§11.2)
+                next_sweep = now + 1.0
+                if self.regions.owned():
+                    self._regions_gone(self.regions.sweep_owners())
             if watchdog_s is not None and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_s
@@ -324,6 +340,7 @@ class Daemon:
 
         model, candidates = self._candidates(request)
         self._check_inputs(request, candidates, bodies)
+        shm_inputs, outputs_to = self._check_regions(request, candidates)
         candidates = [a for a in candidates if self._dtype_ok(request, a)]
         now = time.time()
         choice = self.policy.choose(model, request, candidates, self.pool, time.monotonic())
@@ -337,12 +354,16 @@ class Daemon:
             raise proto.ProtocolError(proto.INFEASIBLE, choice.text, rid, details)
 
         arm = choice.arm
-        pending = Pending(request, [route], model, arm, choice, client, received_ns, now)
+        regions = tuple(r["region"] for r in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
+        pending = Pending(request, [route], model, arm, choice, client, received_ns, now, regions=regions)
         job = Job(rid, str(model.directory), arm.variant.name,
-                  [{"dtype": s.dtype.name, "shape": list(s.shape)} for s in request.inputs],
-                  bodies, received_ns, pending)
+                  [{"dtype": s.dtype.name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
+                   for i, s in enumerate(request.inputs)],
+                  bodies, received_ns, pending, outputs_to=outputs_to)
         pending.submitted_ns = time.monotonic_ns()
+        self.regions.acquire(regions)
         if not self.pool.submit(arm.placement.name, job):
+            self._regions_gone(self.regions.release(regions))
             self._record(request, model, client, now, outcome="error", error_code=proto.BUSY, choice=choice, arm=arm)
             raise proto.ProtocolError(proto.BUSY, f"placement {arm.placement.name} has {self.config.placements.queue_limit} "
                                       "requests queued; retry later", rid,
@@ -390,14 +411,19 @@ class Daemon:
         if len(request.inputs) != len(want):
             raise proto.ProtocolError(proto.BAD_INPUT, f"the model takes {len(want)} input(s); the request has "
                                       f"{len(request.inputs)}", request.id)
-        if len(bodies) != len(request.inputs):
-            raise proto.ProtocolError(proto.BAD_INPUT, f"{len(request.inputs)} input header(s) but {len(bodies)} "
+        inline = [s for s in request.inputs if s.shm is None]
+        if len(bodies) != len(inline):
+            raise proto.ProtocolError(proto.BAD_INPUT, f"{len(inline)} inline input header(s) but {len(bodies)} "
                                       "body frame(s)", request.id)
-        for i, (spec, w, body) in enumerate(zip(request.inputs, want, bodies)):
+        frames = iter(bodies)
+        for i, (spec, w) in enumerate(zip(request.inputs, want)):
             expected = tuple(w.shape)
             if len(spec.shape) != len(expected) or tuple(spec.shape[1:]) != expected[1:] or spec.shape[0] < 1:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: shape {list(spec.shape)} does not match the "
                                           f"model's {list(expected)}", request.id)
+            if spec.shm is not None:
+                continue
+            body = next(frames)
             if len(body) != spec.nbytes:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
                                           f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}", request.id)
@@ -406,11 +432,49 @@ class Daemon:
             raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) "
                                       f"{[s.dtype.name for s in request.inputs]}; send one of {dtypes}", request.id)
 
+    def _check_regions(self, request: proto.Request, candidates: list[Arm]
+                       ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+        """Bounds-check every region a request names (§11.3), without touching the bytes.
+
+        Returns the worker's references: ``{input index: {region, offset, size}}`` and the
+        outputs' ``{region, offset, size}`` (or None)."""
+        shm_inputs: dict[int, dict[str, Any]] = {}
+        try:
+            for i, spec in enumerate(request.inputs):
+                if spec.shm is None:
+                    continue
+                if spec.shm.offset % spec.dtype.itemsize:
+                    raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: offset {spec.shm.offset} is not a multiple "
+                                              f"of {spec.dtype.name}'s {spec.dtype.itemsize} bytes", request.id)
+                region = self.regions.check(spec.shm.region, spec.shm.offset, spec.nbytes)
+                shm_inputs[i] = {"region": region.name, "offset": spec.shm.offset, "size": region.size}
+            outputs_to = None
+            if request.outputs_to is not None:
+                ref = request.outputs_to
+                if ref.offset % 4:
+                    raise proto.ProtocolError(proto.BAD_INPUT, f"outputs_to: offset {ref.offset} is not a multiple "
+                                              "of 4 bytes (outputs are float32)", request.id)
+                batch = request.inputs[0].shape[0] if request.inputs else 1
+                need = sum(4 * batch * math.prod(o.shape[1:]) for o in candidates[0].variant.outputs)
+                region = self.regions.check(ref.region, ref.offset, need)
+                outputs_to = {"region": region.name, "offset": ref.offset, "size": region.size}
+        except RegionError as exc:
+            code = proto.UNKNOWN_REGION if exc.kind == "unknown" else proto.BAD_INPUT
+            raise proto.ProtocolError(code, exc.message, request.id) from None
+        return shm_inputs, outputs_to
+
+    def _regions_gone(self, names: list[str]) -> None:
+        """Regions just unlinked: the workers that mapped them unmap them."""
+        if names:
+            self.pool.broadcast("shm_unmap", {"regions": names})
+
     # --- outcomes ------------------------------------------------------------------------
     def _on_outcome(self, outcome: Outcome) -> None:
         pending: Pending = outcome.job.context
         request, arm, model = pending.request, pending.arm, pending.model
         self._pending.pop(request.id, None)
+        if pending.regions:
+            self._regions_gone(self.regions.release(pending.regions))
         stats = self._arm_stats(model, arm)
         if not outcome.ok:
             stats.errors += 1
@@ -571,6 +635,31 @@ class Daemon:
                 "repository": str(self.registry.root), "generation": self.registry.generation,
                 "store": self.store.describe()}
 
+    def _control_shm_register(self, request: proto.Request) -> dict[str, Any]:
+        self._regions_gone(self.regions.sweep_owners())
+        if self.draining:
+            raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", request.id)
+        assert request.size is not None
+        try:
+            region = self.regions.create(request.size, request.owner_pid)
+        except RegionError as exc:
+            raise proto.ProtocolError(proto.BAD_REQUEST, exc.message, request.id) from None
+        log.debug("region %s registered (%d bytes, owner pid %s)", region.name, region.size, region.owner_pid)
+        return {"region": region.name, "size": region.size, "path": str(region.path)}
+
+    def _control_shm_unregister(self, request: proto.Request) -> dict[str, Any]:
+        assert request.region is not None
+        try:
+            in_use = self.regions.lookup(request.region).users
+            self._regions_gone(self.regions.end(request.region))
+        except RegionError as exc:
+            raise proto.ProtocolError(proto.UNKNOWN_REGION, exc.message, request.id) from None
+        return {"region": request.region, "in_use": in_use}
+
+    def _control_shm_regions(self, request: proto.Request) -> dict[str, Any]:
+        self._regions_gone(self.regions.sweep_owners())
+        return {"regions": self.regions.describe()}
+
     def _control_reload(self, request: proto.Request) -> dict[str, Any]:
         error = self.reload()
         if error:
@@ -618,6 +707,7 @@ class Daemon:
                 self._send(route, header, ())
         self._pending.clear()
         self.pool.stop()
+        self.regions.close_all()
         if self.store is not None:
             self.store.close()
         if self.meter is not None:

@@ -10,12 +10,19 @@ Contract
   closes (the daemon's death ends the worker).
 * Internal protocol (not part of PROTOCOL.md; both ends live in this package), carried by
   :mod:`adaptd.daemon.channel`: a verb, a header map and bodies. Daemon -> worker: ``run`` (header: job, dir, variant,
-  inputs: tensor headers; bodies: the input tensors as received from the client), ``load``,
-  ``unload_except``, ``ping`` (answered ``pong`` at once: the channel's round trip), ``stop``.
+  inputs: tensor headers, a header with ``shm: {region, offset, size}`` naming a shared-memory
+  region instead of a body; optional ``outputs_to: {region, offset, size}``; bodies: the inline
+  input tensors as received from the client), ``load``, ``unload_except``, ``shm_unmap``
+  (header: regions, names the daemon has unlinked), ``ping`` (answered ``pong`` at once: the
+  channel's round trip), ``stop``.
   Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
   compute_ms, cpu_time_s, idle_since_ns: when the worker started waiting for the message that
   turned out to be this run; load_ms and memory_bytes when the run loaded its variant; outputs;
-  bodies: output tensors), ``loaded``, ``fail`` (header: job, code, message).
+  bodies: output tensors, none for outputs written to ``outputs_to``, whose headers then carry
+  ``shm: {region, offset}``), ``loaded``, ``fail`` (header: job, code, message).
+* Shared memory: a region is mapped on first use and kept until ``shm_unmap``
+  (:class:`~adaptd.daemon.shm.WorkerMaps`); the numpy views over it live only during the run
+  that made them. Reading the input out of the region is the interpreter's own input copy.
 * Timing: ``t0_ns``/``t1_ns`` are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, comparable with the
   daemon's and the power sampler's clocks) taken around the execution: from handing the input to
   the interpreter to having the outputs, model load excluded. ``cpu_time_s`` is this process's CPU
@@ -38,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from adaptd.daemon.channel import Channel
+from adaptd.daemon.shm import WorkerMaps
 
 
 def _rss_bytes() -> int:
@@ -101,6 +109,7 @@ def serve(spec: dict[str, Any]) -> int:
 
     channel = Channel.from_fd(int(spec["fd"]))
     cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
+    maps = WorkerMaps()
     channel.send("ready", {"pid": os.getpid(), "rss_bytes": _rss_bytes()})
     while True:
         idle_since_ns = time.monotonic_ns()   # free from here: a run's service time may start here
@@ -109,7 +118,7 @@ def serve(spec: dict[str, Any]) -> int:
         except ConnectionError:   # the daemon is gone: nobody to serve
             return 0
         if verb == "run":
-            _run(channel, cache, header, bodies, idle_since_ns)
+            _run(channel, cache, maps, header, bodies, idle_since_ns)
         elif verb == "load":
             try:
                 _, load_ms = cache.get(header["dir"], header["variant"])
@@ -123,6 +132,8 @@ def serve(spec: dict[str, Any]) -> int:
                                       "message": f"cannot load {header.get('variant')}: {exc}"})
         elif verb == "ping":
             channel.send("pong", {"n": header.get("n")})
+        elif verb == "shm_unmap":
+            maps.unmap(header.get("regions", ()))
         elif verb == "unload_except":
             cache.unload_except(set(header.get("dirs", [])))
         elif verb == "stop":
@@ -130,28 +141,54 @@ def serve(spec: dict[str, Any]) -> int:
             return 0
 
 
-def _run(channel: Channel, cache: VariantCache, header: dict[str, Any], bodies: list[memoryview],
-         idle_since_ns: int) -> None:
+def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memoryview]) -> list[np.ndarray]:
+    frames = iter(bodies)
+    return [maps.view(h["shm"], h["dtype"], h["shape"]) if h.get("shm") is not None
+            else np.frombuffer(next(frames), dtype=np.dtype(h["dtype"])).reshape(h["shape"])
+            for h in headers]
+
+
+def _write_outputs(maps: WorkerMaps, ref: dict[str, Any], outputs: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Outputs back to back from ``ref``'s offset, float32 (PROTOCOL.md §11.4)."""
+    headers = []
+    offset = int(ref["offset"])
+    for arr in outputs:
+        view = maps.view({**ref, "offset": offset}, np.float32, arr.shape)
+        view[...] = arr
+        del view
+        headers.append({"dtype": "float32", "shape": list(arr.shape),
+                        "shm": {"region": ref["region"], "offset": offset}})
+        offset += 4 * int(np.prod(arr.shape))
+    return headers
+
+
+def _run(channel: Channel, cache: VariantCache, maps: WorkerMaps, header: dict[str, Any],
+         bodies: list[memoryview], idle_since_ns: int) -> None:
     job = header["job"]
+    inputs: list[np.ndarray] = []
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
-        inputs = [np.frombuffer(b, dtype=np.dtype(h["dtype"])).reshape(h["shape"])
-                  for h, b in zip(header["inputs"], bodies)]
+        inputs = _inputs(maps, header["inputs"], bodies)
         cpu0 = time.process_time()
         t0_ns = time.monotonic_ns()
         outputs = loaded.run(inputs)
         t1_ns = time.monotonic_ns()
         cpu_time_s = time.process_time() - cpu0
+        inputs.clear()   # the views over a region live only during the execution
+        out_headers: list[dict[str, Any]] = []
+        out_bodies: list[np.ndarray] = []
+        if header.get("outputs_to") is not None:
+            out_headers = _write_outputs(maps, header["outputs_to"], outputs)
+        else:
+            for arr in outputs:
+                arr = np.ascontiguousarray(arr, dtype=np.float32)
+                out_headers.append({"dtype": "float32", "shape": list(arr.shape)})
+                out_bodies.append(arr)
     except Exception as exc:  # noqa: BLE001 - the request gets an error reply; the worker lives on
+        inputs.clear()
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         channel.send("fail", {"job": job, "code": "WORKER_FAILED", "message": detail})
         return
-    out_headers = []
-    out_bodies = []
-    for arr in outputs:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        out_headers.append({"dtype": "float32", "shape": list(arr.shape)})
-        out_bodies.append(arr)
     key = (header["dir"], header["variant"])
     reply = {"job": job, "t0_ns": t0_ns, "t1_ns": t1_ns, "compute_ms": (t1_ns - t0_ns) / 1e6,
              "cpu_time_s": cpu_time_s, "idle_since_ns": idle_since_ns, "outputs": out_headers}

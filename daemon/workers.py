@@ -49,6 +49,7 @@ class Job:
     context: Any                      # the daemon's per-request state, returned untouched
     dispatched_ns: int | None = None
     job_id: int = 0
+    outputs_to: dict[str, Any] | None = None   # {region, offset, size}: write outputs there (PROTOCOL.md §11)
 
 
 @dataclass
@@ -264,6 +265,15 @@ class WorkerPool:
             if worker.ready and worker.channel is not None:
                 worker.channel.send("unload_except", {"dirs": sorted(dirs)})
 
+    def broadcast(self, verb: str, header: dict[str, Any]) -> None:
+        """Send a message to every ready worker (one that is starting has nothing to forget)."""
+        for worker in self.workers.values():
+            if worker.ready and worker.channel is not None:
+                try:
+                    worker.channel.send(verb, header)
+                except OSError:   # dying: its pidfd reports it
+                    pass
+
     def _dispatch(self, worker: Worker) -> None:
         if worker.inflight is not None or not worker.ready or not worker.queue or worker.channel is None:
             return
@@ -272,6 +282,8 @@ class WorkerPool:
         worker.inflight = job
         header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant,
                   "inputs": job.input_headers}
+        if job.outputs_to is not None:
+            header["outputs_to"] = job.outputs_to
         worker.channel.send("run", header, job.input_frames)
 
     def on_message(self, fd: int) -> Outcome | None:
