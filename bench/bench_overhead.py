@@ -6,12 +6,16 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
 * bare echo: a ZeroMQ ROUTER echo in another process, carrying the same frames (the floor any
   ZeroMQ service pays);
 * the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
-  client processes: round-trip p50/p99 and throughput.
+  client processes: round-trip p50/p99 and throughput;
+* the daemon over ipc with the input in a shared-memory region (PROTOCOL.md §11): each client
+  process registers a region, and its requests name it instead of carrying the bytes. ``shm``
+  keeps the input where the application made it (the in-process baseline does not copy it
+  either); ``shm, copy in`` copies the input into the region before every request.
 
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
 in-process measured in the same run. Usage::
 
-    .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json]
+    .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json] [--no-tcp]
 """
 
 from __future__ import annotations
@@ -45,33 +49,65 @@ def _echo_server(endpoint: str, ready) -> None:
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
-            warmup: int, barrier, out) -> None:
+            warmup: int, barrier, out, shm: str | None = None) -> None:
+    """One client process: raw frames on a DEALER socket (the thinnest client). ``shm``: None
+    (inline frames), "shm" (the input lives in a registered region) or "copy" (copied into the
+    region before each request)."""
+    import mmap
+
     from adaptd.daemon import protocol as proto
 
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(endpoint)
+    region = None
+    if shm:
+        sock.send_multipart(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes,
+                                          "owner_pid": os.getpid()}))
+        body = proto.decode(sock.recv_multipart())[0]["body"]
+        fd = os.open(body["path"], os.O_RDWR)
+        mm = mmap.mmap(fd, body["size"])
+        os.close(fd)
+        xs = np.frombuffer(mm, np.float32, x.size).reshape(shape)
+        xs[...] = x
+        region = body["region"]
+        inputs = [proto.shm_tensor_header(np.float32, shape, region, 0)]
     rtts = []
     barrier.wait()
     t_start = time.perf_counter()
     for i in range(n + warmup):
-        header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
-        t = time.perf_counter()
-        sock.send_multipart(proto.encode(header, [x]), copy=False)
-        sock.recv_multipart(copy=False)
+        if region is None:
+            header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
+            t = time.perf_counter()
+            sock.send_multipart(proto.encode(header, [x]), copy=False)
+        else:
+            t = time.perf_counter()
+            if shm == "copy":
+                np.copyto(xs, x)
+            header = proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant, pin_placement=placement,
+                                          input_headers=inputs)
+            sock.send_multipart(proto.encode(header), copy=False)
+        reply = sock.recv_multipart(copy=False)
         if i >= warmup:
             rtts.append(time.perf_counter() - t)
         if i == warmup - 1:
             t_start = time.perf_counter()
-    out.put((rtts, time.perf_counter() - t_start))
+            assert proto.decode(reply)[0]["type"] != "error", proto.decode(reply)[0]   # (the echo returns the request)
+    wall = time.perf_counter() - t_start
+    if region is not None:
+        del xs
+        sock.send_multipart(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
+        sock.recv_multipart()
+        mm.close()
+    out.put((rtts, wall))
 
 
-def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100):
+def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
-                                              warmup, barrier, q)) for _ in range(clients)]
+                                              warmup, barrier, q, shm)) for _ in range(clients)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -128,6 +164,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--models", default="digits,MobileNetV2")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-tcp", action="store_true", help="skip the tcp rows (shorter run)")
     args = ap.parse_args()
 
     from adaptd.daemon.launch import DaemonProcess
@@ -160,10 +197,17 @@ def main() -> int:
                         measure_inprocess(version_dir, "float32", placement.threads, shape, n))
                     rows.setdefault("zmq echo (ipc)", []).append(
                         measure_clients(echo_ep, model, None, None, shape, n, 1))
-                    for transport, ep in (("ipc", daemon.endpoint), ("tcp", daemon.tcp_endpoint)):
+                    transports = (("ipc", daemon.endpoint),) + (() if args.no_tcp else (("tcp", daemon.tcp_endpoint),))
+                    for transport, ep in transports:
                         for clients in (1, 2, 4):
                             rows.setdefault(f"daemon {transport}, {clients} client(s)", []).append(
                                 measure_clients(ep, model, "float32", placement.name, shape, n, clients))
+                        if transport == "ipc":
+                            for label, mode, clients in (("shm", "shm", 1), ("shm", "shm", 2),
+                                                         ("shm, copy in", "copy", 1)):
+                                rows.setdefault(f"daemon ipc+{label}, {clients} client(s)", []).append(
+                                    measure_clients(ep, model, "float32", placement.name, shape, n, clients,
+                                                    shm=mode))
             finally:
                 daemon.stop()
                 echo.kill()
@@ -180,6 +224,10 @@ def main() -> int:
                   f"{s['throughput_rps']['median']:9.0f}")
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
+        s1 = summary["daemon ipc+shm, 1 client(s)"]["p50_us"]
+        ratios = [r["p50_us"] / i["p50_us"] for r, i in zip(rows["daemon ipc+shm, 1 client(s)"], rows["in-process"])]
+        print(f"daemon ipc+shm p50 - in-process p50 = {s1['median'] - base:.0f} us; daemon+shm / in-process = "
+              f"{s1['median'] / base:.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
