@@ -49,13 +49,16 @@ def _echo_server(endpoint: str, ready) -> None:
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
-            warmup: int, barrier, out, shm: str | None = None) -> None:
+            warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = ()) -> None:
     """One client process: raw frames on a DEALER socket (the thinnest client). ``shm``: None
     (inline frames), "shm" (the input lives in a registered region) or "copy" (copied into the
     region before each request)."""
     import mmap
 
     from adaptd.daemon import protocol as proto
+
+    if cores:
+        os.sched_setaffinity(0, cores)
 
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     sock = zmq.Context().socket(zmq.DEALER)
@@ -102,12 +105,12 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     out.put((rtts, wall))
 
 
-def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None):
+def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None, cores=()):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
-                                              warmup, barrier, q, shm)) for _ in range(clients)]
+                                              warmup, barrier, q, shm, cores)) for _ in range(clients)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -119,10 +122,22 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
             "throughput_rps": len(rtts) / wall}
 
 
-def measure_inprocess(version_dir: Path, variant: str, threads: int, shape, n: int) -> dict:
+def measure_inprocess(version_dir: Path, variant: str, threads: int, shape, n: int,
+                      cores: tuple[int, ...] = ()) -> dict:
+    """The baseline: this process pinned to the placement's cores, as its worker is."""
     from adaptd.variants.manifest import load_manifest
     from adaptd.variants.runtime import load_variant
 
+    saved = os.sched_getaffinity(0)
+    if cores:
+        os.sched_setaffinity(0, cores)
+    try:
+        return _inprocess(load_manifest, load_variant, version_dir, variant, threads, shape, n)
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def _inprocess(load_manifest, load_variant, version_dir: Path, variant: str, threads: int, shape, n: int) -> dict:
     record = next(v for v in load_manifest(version_dir).variants if v.name == variant)
     loaded = load_variant(version_dir, record, num_threads=threads)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
@@ -165,6 +180,9 @@ def main() -> int:
     ap.add_argument("--models", default="digits,MobileNetV2")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-tcp", action="store_true", help="skip the tcp rows (shorter run)")
+    ap.add_argument("--placement", default=None,
+                    help="placement to serve on (default: the widest); clients are pinned to the other cores, "
+                         "if any, as the daemon's clients would run beside a placement on a bigger board")
     args = ap.parse_args()
 
     from adaptd.daemon.launch import DaemonProcess
@@ -172,11 +190,14 @@ def main() -> int:
     from adaptd.daemon.config import PlacementsConfig
 
     ensure_repos(args.demo_repository, args.zoo_repository)
-    placement = discover(PlacementsConfig())[-1]          # the widest CPU placement
+    found = {p.name: p for p in discover(PlacementsConfig())}
+    placement = found[args.placement] if args.placement else list(found.values())[-1]   # default: the widest
+    client_cores = tuple(sorted(set(os.sched_getaffinity(0)) - set(placement.cores)))
     models = {"digits": (args.demo_repository, (1, 16, 16, 1)), "MobileNetV2": (args.zoo_repository, (1, 224, 224, 3))}
     report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
-              "placement": placement.name, "threads": placement.threads, "models": {}}
+              "placement": placement.name, "threads": placement.threads, "client_cores": list(client_cores),
+              "models": {}}
     ctx = mp.get_context("spawn")
     for model in args.models.split(","):
         repo, shape = models[model]
@@ -194,20 +215,21 @@ def main() -> int:
             try:
                 for _ in range(args.rounds):
                     rows.setdefault("in-process", []).append(
-                        measure_inprocess(version_dir, "float32", placement.threads, shape, n))
+                        measure_inprocess(version_dir, "float32", placement.threads, shape, n, placement.cores))
                     rows.setdefault("zmq echo (ipc)", []).append(
-                        measure_clients(echo_ep, model, None, None, shape, n, 1))
+                        measure_clients(echo_ep, model, None, None, shape, n, 1, cores=client_cores))
                     transports = (("ipc", daemon.endpoint),) + (() if args.no_tcp else (("tcp", daemon.tcp_endpoint),))
                     for transport, ep in transports:
                         for clients in (1, 2, 4):
                             rows.setdefault(f"daemon {transport}, {clients} client(s)", []).append(
-                                measure_clients(ep, model, "float32", placement.name, shape, n, clients))
+                                measure_clients(ep, model, "float32", placement.name, shape, n, clients,
+                                                cores=client_cores))
                         if transport == "ipc":
                             for label, mode, clients in (("shm", "shm", 1), ("shm", "shm", 2),
                                                          ("shm, copy in", "copy", 1)):
                                 rows.setdefault(f"daemon ipc+{label}, {clients} client(s)", []).append(
                                     measure_clients(ep, model, "float32", placement.name, shape, n, clients,
-                                                    shm=mode))
+                                                    shm=mode, cores=client_cores))
             finally:
                 daemon.stop()
                 echo.kill()
