@@ -32,31 +32,21 @@ import zmq.asyncio
 
 from adaptd.clients.client import (
     DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
-    default_endpoint, infer_message, new_request_id, reply_id, result_from_reply,
+    ClientSettings, infer_message, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
 
 
-class AsyncClient:
+class AsyncClient(ClientSettings):
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.asyncio.Context | None = None,
                  name: str | None = None) -> None:
-        if timeout_ms <= 0:
-            raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.endpoint = endpoint or default_endpoint()
-        self.timeout_ms = float(timeout_ms)
-        self.retries = int(retries)
-        self.name = name
-        self.stale_replies = 0
-        self.retried = 0
+        super().__init__(endpoint, timeout_ms, retries, name)
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
         self._waiting: dict[str, asyncio.Future] = {}
         self._closed = False
-        self.regions: dict[str, Region] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 

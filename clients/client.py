@@ -456,12 +456,10 @@ def new_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
 
 # --- the synchronous client ----------------------------------------------------------------------
 
-class Client:
-    """Blocking ADPT/1 client over one DEALER socket (see the module docstring)."""
+class ClientSettings:
+    """What the synchronous and the asyncio client share: where, how long, how often, who."""
 
-    def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
-                 retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
-                 name: str | None = None) -> None:
+    def __init__(self, endpoint: str | None, timeout_ms: float, retries: int, name: str | None) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
         if retries < 0:
@@ -470,14 +468,23 @@ class Client:
         self.timeout_ms = float(timeout_ms)
         self.retries = int(retries)
         self.name = name
-        self.stale_replies = 0
-        self.retried = 0
+        self.stale_replies = 0      # replies for ids no longer awaited, discarded
+        self.retried = 0            # resends after a timeout (same id)
+        self.regions: dict[str, Region] = {}
+
+
+class Client(ClientSettings):
+    """Blocking ADPT/1 client over one DEALER socket (see the module docstring)."""
+
+    def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
+                 retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
+                 name: str | None = None) -> None:
+        super().__init__(endpoint, timeout_ms, retries, name)
         self._lock = threading.Lock()
         self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._closed = False
-        self.regions: dict[str, Region] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
