@@ -341,7 +341,7 @@ class Daemon:
         model, candidates = self._candidates(request)
         self._check_inputs(request, candidates, bodies)
         shm_inputs, outputs_to = self._check_regions(request, candidates)
-        candidates = [a for a in candidates if self._dtype_ok(request, a)]
+        candidates = self._accepting(request, candidates)
         now = time.time()
         choice = self.policy.choose(model, request, candidates, self.pool, time.monotonic())
         client = request.client or bytes(route[1][0].buffer).hex()
@@ -398,15 +398,21 @@ class Daemon:
         return model, arms
 
     @staticmethod
-    def _dtype_ok(request: proto.Request, arm: Arm) -> bool:
-        for spec, want in zip(request.inputs, arm.variant.inputs):
-            if spec.dtype.name != "float32" and spec.dtype.name != want.dtype:
-                return False
-        return True
+    def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
+        """The candidates that take the request's input dtypes (float32 goes to every variant;
+        another dtype only to variants whose input has it)."""
+        names = [s.dtype.name for s in request.inputs]
+        if all(n == "float32" for n in names):
+            return candidates
+        accepted = [a for a in candidates
+                    if all(n == "float32" or n == w.dtype for n, w in zip(names, a.variant.inputs))]
+        if not accepted:
+            dtypes = sorted({"float32", *(t.dtype for a in candidates for t in a.variant.inputs)})
+            raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) {names}; "
+                                      f"send one of {dtypes}", request.id)
+        return accepted
 
     def _check_inputs(self, request: proto.Request, candidates: list[Arm], bodies: list[memoryview]) -> None:
-        if request.type != "infer":
-            return
         want = candidates[0].variant.inputs
         if len(request.inputs) != len(want):
             raise proto.ProtocolError(proto.BAD_INPUT, f"the model takes {len(want)} input(s); the request has "
@@ -427,10 +433,6 @@ class Daemon:
             if len(body) != spec.nbytes:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
                                           f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}", request.id)
-        if not any(self._dtype_ok(request, a) for a in candidates):
-            dtypes = sorted({"float32", *(t.dtype for a in candidates for t in a.variant.inputs)})
-            raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) "
-                                      f"{[s.dtype.name for s in request.inputs]}; send one of {dtypes}", request.id)
 
     def _check_regions(self, request: proto.Request, candidates: list[Arm]
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
