@@ -24,23 +24,13 @@ DRIVER_DIR = "sys/bus/i2c/drivers/ina3221"
 
 class HwmonSource(PowerSource):
     sensor = SENSOR
+    spec_key = "channels"
 
     def __init__(self, channels: list[dict]) -> None:
         # channel: {"label", "role", "voltage": path (mV), "current": path (mA)}
         self._channels = channels
         self._rails = tuple(Rail(c["label"], SENSOR, c["role"]) for c in channels)
         self._files: list[tuple[SysfsFile, SysfsFile]] = []
-
-    @property
-    def rails(self) -> tuple[Rail, ...]:
-        return self._rails
-
-    def spec(self) -> dict:
-        return {"sensor": SENSOR, "channels": self._channels}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "HwmonSource":
-        return cls(spec["channels"])
 
     def open(self) -> None:
         self._files = []

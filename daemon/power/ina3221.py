@@ -27,23 +27,13 @@ DRIVER_DIR = "sys/bus/i2c/drivers/ina3221x"
 
 class Ina3221Source(PowerSource):
     sensor = SENSOR
+    spec_key = "channels"
 
     def __init__(self, channels: list[dict]) -> None:
         # channel: {"label", "role", "power": path|None, "current": path|None, "voltage": path|None}
         self._channels = channels
         self._rails = tuple(Rail(c["label"], SENSOR, c["role"]) for c in channels)
         self._files: list[tuple[SysfsFile | None, SysfsFile | None, SysfsFile | None]] = []
-
-    @property
-    def rails(self) -> tuple[Rail, ...]:
-        return self._rails
-
-    def spec(self) -> dict:
-        return {"sensor": SENSOR, "channels": self._channels}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "Ina3221Source":
-        return cls(spec["channels"])
 
     def open(self) -> None:
         self._files = []

@@ -30,6 +30,7 @@ def _import_nvml():
 
 class NvmlSource(PowerSource):
     sensor = SENSOR
+    spec_key = "devices"
 
     def __init__(self, devices: list[dict]) -> None:
         # device: {"index": int, "counter": bool}
@@ -40,17 +41,6 @@ class NvmlSource(PowerSource):
         self._nvml = None
         self._handles: list = []
         self._base_mj: list[float | None] = []
-
-    @property
-    def rails(self) -> tuple[Rail, ...]:
-        return self._rails
-
-    def spec(self) -> dict:
-        return {"sensor": SENSOR, "devices": self._devices}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "NvmlSource":
-        return cls(spec["devices"])
 
     def open(self) -> None:
         nvml = _import_nvml()

@@ -40,6 +40,7 @@ def role_of(domain: str) -> str:
 
 class RaplSource(PowerSource):
     sensor = SENSOR
+    spec_key = "domains"
 
     def __init__(self, domains: list[dict]) -> None:
         # domain: {"name", "energy": path, "max_range_uj": int}
@@ -49,17 +50,6 @@ class RaplSource(PowerSource):
         self._prev_uj: list[int | None] = []
         self._prev_t_ns: list[int] = []
         self._total_uj: list[int] = []
-
-    @property
-    def rails(self) -> tuple[Rail, ...]:
-        return self._rails
-
-    def spec(self) -> dict:
-        return {"sensor": SENSOR, "domains": self._domains}
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "RaplSource":
-        return cls(spec["domains"])
 
     def open(self) -> None:
         self._fds = [os.open(d["energy"], os.O_RDONLY | os.O_CLOEXEC) for d in self._domains]

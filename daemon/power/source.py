@@ -71,14 +71,20 @@ class PowerSource(ABC):
     """A family of rails read together by the sampler (see the module contract)."""
 
     sensor: str = ""
+    spec_key: str = ""             # the constructor's one argument, kept as ``_<spec_key>``
+    _rails: tuple[Rail, ...] = ()  # set by the constructor
 
     @property
-    @abstractmethod
-    def rails(self) -> tuple[Rail, ...]: ...
+    def rails(self) -> tuple[Rail, ...]:
+        return self._rails
 
-    @abstractmethod
     def spec(self) -> dict:
         """JSON-able description from which ``source_from_spec`` rebuilds this source."""
+        return {"sensor": self.sensor, self.spec_key: getattr(self, f"_{self.spec_key}")}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "PowerSource":
+        return cls(spec[cls.spec_key])
 
     @abstractmethod
     def open(self) -> None: ...
