@@ -85,6 +85,14 @@ def _time_bins(ts: np.ndarray, target: int = 40) -> np.ndarray:
     return start + width * np.arange(n + 1)
 
 
+def _binned(records: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, list]:
+    """Time bins over the records' ``ts``: (bin edges, each record's bin index, bin centres as dates)."""
+    ts = _num(r["ts"] for r in records)
+    edges = _time_bins(ts)
+    idx = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, len(edges) - 2)
+    return edges, idx, _dates((edges[:-1] + edges[1:]) / 2)
+
+
 def _dates(ts: np.ndarray):
     return [_dt.datetime.fromtimestamp(t) for t in ts]
 
@@ -155,10 +163,7 @@ def _plot_mix(page: _Page, records: Sequence[Mapping[str, Any]], model: str, slu
     rs = [r for r in records if r.get("outcome") == "ok"]
     if not rs:
         return
-    ts = _num(r["ts"] for r in rs)
-    edges = _time_bins(ts)
-    idx = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, len(edges) - 2)
-    centers = _dates((edges[:-1] + edges[1:]) / 2)
+    edges, idx, centers = _binned(rs)
     fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for ax, key, label in ((axes[0], "variant", "variant"), (axes[1], "placement", "placement")):
         names = sorted({str(r.get(key)) for r in rs})
@@ -184,10 +189,7 @@ def _plot_attainment(page: _Page, records: Sequence[Mapping[str, Any]], model: s
     rs = [r for r in records if any(r.get(k) is not None for k in ("min_accuracy", "max_latency_ms", "max_energy_mj"))]
     if not rs:
         return
-    ts = _num(r["ts"] for r in rs)
-    edges = _time_bins(ts)
-    idx = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, len(edges) - 2)
-    centers = _dates((edges[:-1] + edges[1:]) / 2)
+    edges, idx, centers = _binned(rs)
     nb = len(edges) - 1
     fig, ax = plt.subplots(figsize=(12, 4.8))
 
