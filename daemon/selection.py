@@ -91,8 +91,7 @@ class SelectorPolicy:
             try:
                 from adaptd.variants.calibrate import load_predictor
 
-                predictor = load_predictor(self.calibration.parent) if self.calibration.name == "calibration.json" \
-                    else _load_predictor_file(self.calibration)
+                predictor = load_predictor(self.calibration)
                 self.predictor_source = f"calibrated structural predictor ({self.calibration})"
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("ignoring calibration %s: %s", self.calibration, exc)
@@ -197,12 +196,3 @@ class SelectorPolicy:
         return Choice(arm=arm, code=d.code, text=d.text, predicted=dict(d.predicted or {}), predicted_met=met,
                       feasible=bool(d.feasible), violations=d.violations, closest=closest,
                       alternatives=d.alternatives)
-
-
-def _load_predictor_file(path: Path):
-    import json
-
-    from adaptd.selector import StructuralPredictor
-
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    return StructuralPredictor.from_dict(doc["predictor"])

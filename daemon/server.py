@@ -26,6 +26,7 @@ Contract
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -754,9 +755,9 @@ def run_serve(args) -> int:
         if args.repository is not None:
             overrides["repository"] = Path(args.repository).resolve()
         if args.endpoint:
-            overrides["server"] = _replace(config.server, endpoints=tuple(args.endpoint))
+            overrides["server"] = dataclasses.replace(config.server, endpoints=tuple(args.endpoint))
         if overrides:
-            config = _replace(config, **overrides)
+            config = dataclasses.replace(config, **overrides)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     logging.getLogger().setLevel(config.log_level.upper())
@@ -767,8 +768,3 @@ def run_serve(args) -> int:
         raise UserError(f"cannot start: {exc}") from None
     return daemon.run()
 
-
-def _replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)

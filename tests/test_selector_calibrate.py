@@ -69,6 +69,7 @@ def test_calibrate_profiles_holds_out_and_round_trips(repo):
     assert path == repo / CALIBRATION_FILE and not list(repo.glob(".calibration-*"))
     assert load_calibration(repo)["holdout"] == json.loads(json.dumps(doc["holdout"]))
     pred = load_predictor(repo)
+    assert load_predictor(repo / "calibration.json").to_dict() == pred.to_dict()   # the file itself, as config names it
     assert isinstance(pred, StructuralPredictor)
     # the fitted prior feeds a selector
     manifest = json.loads((repo / "tiny_b" / "1" / "manifest.json").read_text())

@@ -257,8 +257,12 @@ def write_calibration(repository: Path, document: Mapping[str, Any]) -> Path:
     return write_text_atomic(Path(repository) / CALIBRATION_FILE, text)
 
 
-def load_calibration(repository: Path) -> dict | None:
-    path = Path(repository) / CALIBRATION_FILE
+def load_calibration(location: Path) -> dict | None:
+    """The calibration document at ``location``: a repository (its ``calibration.json``) or the
+    file itself; None when there is none."""
+    path = Path(location)
+    if path.is_dir():
+        path = path / CALIBRATION_FILE
     if not path.is_file():
         return None
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -267,9 +271,10 @@ def load_calibration(repository: Path) -> dict | None:
     return doc
 
 
-def load_predictor(repository: Path) -> StructuralPredictor | None:
-    """The calibrated predictor stored beside the repository, or None if never calibrated."""
-    doc = load_calibration(repository)
+def load_predictor(location: Path) -> StructuralPredictor | None:
+    """The calibrated predictor at ``location`` (as :func:`load_calibration`), or None if never
+    calibrated."""
+    doc = load_calibration(location)
     return None if doc is None else StructuralPredictor.from_dict(doc["predictor"])
 
 
