@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from adaptd.daemon import protocol as proto
@@ -190,7 +189,3 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def unpack(frame: bytes) -> Any:
-    return msgpack.unpackb(frame, raw=False)

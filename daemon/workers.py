@@ -345,9 +345,6 @@ class WorkerPool:
                                         "while running this request; it has been restarted"},
                        [], False, time.monotonic_ns())
 
-    def idle(self) -> bool:
-        return all(w.inflight is None and not w.queue for w in self.workers.values())
-
     def workers_rss_bytes(self) -> int:
         import psutil
 
