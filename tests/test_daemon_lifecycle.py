@@ -93,8 +93,11 @@ def wait_for(predicate, what: str, timeout_s: float = 60.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_busy(d: DaemonProcess, name: str) -> dict:
-    return wait_for(lambda: (lambda p: p if p["busy"] else None)(placement_state(d, name)), f"{name} busy")
+def wait_busy(d: DaemonProcess, name: str, queued: int = 0) -> dict:
+    """The placement's state once it runs a job with at least ``queued`` more behind it (requests
+    on another connection may reach the daemon after this one's control requests)."""
+    return wait_for(lambda: (lambda p: p if p["busy"] and p["queued"] >= queued else None)(placement_state(d, name)),
+                    f"{name} busy with {queued} queued")
 
 
 def first_placement(d: DaemonProcess) -> str:
@@ -149,7 +152,7 @@ def test_a_worker_killed_mid_request_fails_that_request_and_comes_back(daemon):
     try:
         send_infer(sock, "victim", SLOW_BATCH, name)
         send_infer(sock, "queued", 1, name)           # waits behind the victim
-        busy = wait_busy(daemon, name)
+        busy = wait_busy(daemon, name, queued=1)
         assert busy["worker_pid"] == before["worker_pid"] and busy["queued"] == 1
         os.kill(busy["worker_pid"], signal.SIGKILL)
         replies = {r["id"]: r for r in (recv(sock), recv(sock))}
@@ -186,19 +189,25 @@ def test_a_full_queue_answers_busy_at_once(daemon):
     extra = 3
     try:
         send_infer(sock, "running", SLOW_BATCH, name)
-        wait_busy(daemon, name)
-        for i in range(QUEUE_LIMIT):
-            send_infer(sock, f"queued-{i}", 1, name)
-        for i in range(extra):
-            send_infer(sock, f"over-{i}", 1, name)
-        # BUSY comes back while the first request still runs, ahead of every result.
-        busy = [recv(sock) for _ in range(extra)]
-        assert [b["id"] for b in busy] == [f"over-{i}" for i in range(extra)]
-        for b in busy:
-            assert b["type"] == "error" and b["code"] == "BUSY", b
-            assert b["details"] == {"placement": name, "queue_limit": QUEUE_LIMIT}
-        state = placement_state(daemon, name)
-        assert state["busy"] and state["queued"] == QUEUE_LIMIT and state["queue_limit"] == QUEUE_LIMIT
+        worker_pid = wait_busy(daemon, name)["worker_pid"]
+        # Freeze the worker so "running" is still running whatever this machine's speed: the
+        # daemon must answer BUSY from its own queue, without the worker.
+        os.kill(worker_pid, signal.SIGSTOP)
+        try:
+            for i in range(QUEUE_LIMIT):
+                send_infer(sock, f"queued-{i}", 1, name)
+            for i in range(extra):
+                send_infer(sock, f"over-{i}", 1, name)
+            # BUSY comes back while the first request still runs, ahead of every result.
+            busy = [recv(sock) for _ in range(extra)]
+            assert [b["id"] for b in busy] == [f"over-{i}" for i in range(extra)]
+            for b in busy:
+                assert b["type"] == "error" and b["code"] == "BUSY", b
+                assert b["details"] == {"placement": name, "queue_limit": QUEUE_LIMIT}
+            state = placement_state(daemon, name)
+            assert state["busy"] and state["queued"] == QUEUE_LIMIT and state["queue_limit"] == QUEUE_LIMIT
+        finally:
+            os.kill(worker_pid, signal.SIGCONT)
         rest = {r["id"]: r for r in (recv(sock) for _ in range(1 + QUEUE_LIMIT))}
         assert set(rest) == {"running", *(f"queued-{i}" for i in range(QUEUE_LIMIT))}
         assert all(r["type"] == "result" for r in rest.values()), rest
