@@ -119,9 +119,12 @@ class SelectorPolicy:
                queues: Any, now_s: float) -> Choice:
         assert self.selector is not None
         snapshots = self._snapshots(queues, now_s) if queues is not None else None
-        variants = {a.variant.name for a in candidates}
         # The input's dtype may rule some variants out (e.g. uint8 input: integer variants only).
-        allowed = variants if len(variants) < len(model.variants) else None
+        # A pinned variant is the only candidate variant already: no set to pass.
+        allowed = None
+        if request.pin_variant is None:
+            variants = {a.variant.name for a in candidates}
+            allowed = variants if len(variants) < len(model.variants) else None
         return self._choice(model, self._decide(model, request, snapshots, now_s, allowed))
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,

@@ -386,6 +386,10 @@ class Selector:
             lo, hi = self._model_range[r.model]
         except KeyError:
             raise UnknownModelError(f"unknown model {r.model!r}") from None
+        if r.variant is not None and r.placement is not None and allowed_variants is None and not explain:
+            a = self._arm_index.get((r.model, r.variant, r.placement))
+            if a is not None:   # both pinned: one arm, no arrays to mask (unknown pins: the checks below)
+                return self._choose_pinned(r, a, now_s, queues)
         om = self._online
         est = om.est_latency_ms_[lo:hi]
         bound = om.latency_bound_ms_[lo:hi]
@@ -459,20 +463,48 @@ class Selector:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
 
-        a = lo + i
+        alternatives = None
+        if explain:
+            alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
+                                              energy, i, code)
+        return self._decision(r, lo + i, code, lat_mean.item(i), lat_bound.item(i),
+                              0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
+                              n_cand, n_feas, now_s, alternatives)
+
+    def _choose_pinned(self, r: Request, a: int, now_s: float,
+                       queues: Mapping[str, QueueSnapshot] | None) -> Decision:
+        """``choose`` for a request pinning both variant and placement: the same decision as the
+        general path (``tests/test_selector_policy.py`` compares them), in scalars."""
+        om = self._online
+        queue_ms = 0.0
+        if queues:
+            wait = self._placement_wait(queues)
+            if wait is not None:
+                queue_ms = float(wait.item(self._pidx.item(a)))
+        lat_mean = om.est_latency_ms_.item(a) + queue_ms
+        lat_bound = om.latency_bound_ms_.item(a) + queue_ms
+        e = om.est_energy_mj_.item(a)
+        ok = ((r.min_accuracy is None or self._acc.item(a) >= r.min_accuracy)
+              and (r.max_latency_ms is None or lat_bound <= r.max_latency_ms)
+              and (r.max_energy_mj is None or e <= r.max_energy_mj))
+        return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, 1, int(ok), now_s, None)
+
+    def _decision(self, r: Request, a: int, code: str, lat_mean: float, lat_bound: float, queue_ms: float,
+                  e: float, n_cand: int, n_feas: int, now_s: float, alternatives: list | None) -> Decision:
+        """The Decision for arm ``a`` (global id) with its predicted latency, bound, queue wait and
+        energy (NaN: unknown)."""
         acc = self._acc.item(a)
-        e = energy.item(i)
         predicted = {
-            "latency_ms": _f(lat_mean.item(i)),
-            "latency_bound_ms": _f(lat_bound.item(i)),
-            "queue_ms": 0.0 if arm_wait is None else float(arm_wait.item(i)),
+            "latency_ms": _f(lat_mean),
+            "latency_bound_ms": _f(lat_bound),
+            "queue_ms": queue_ms,
             "energy_mj": e if e == e else None,
-            "energy_estimated": bool(om.energy_estimated_.item(a)),
+            "energy_estimated": bool(self._online.energy_estimated_.item(a)),
             "accuracy": acc if acc == acc else None,
         }
         met = {
             "min_accuracy": None if r.min_accuracy is None else (acc >= r.min_accuracy),
-            "max_latency_ms": None if r.max_latency_ms is None else bool(lat_bound.item(i) <= r.max_latency_ms),
+            "max_latency_ms": None if r.max_latency_ms is None else bool(lat_bound <= r.max_latency_ms),
             "max_energy_mj": None if r.max_energy_mj is None else bool(e <= r.max_energy_mj),
         }
         feasible = met["min_accuracy"] is not False and met["max_latency_ms"] is not False \
@@ -483,10 +515,6 @@ class Selector:
         if code == "infeasible" or code == "best_effort":
             closest = {"variant": variant, "placement": placement}
         text = self._text(code, r, variant, placement, predicted, n_cand, n_feas, violations, now_s, a)
-        alternatives = None
-        if explain:
-            alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
-                                              energy, i, code)
         if code == "infeasible":
             variant = placement = None
             a_out = None

@@ -184,6 +184,21 @@ def test_pins(sc, data):
             assert d.placement == arm.placement
 
 
+@given(scenarios(), st.data())
+def test_both_pins_scalar_path_equals_the_general_path(sc, data):
+    """A request pinning variant and placement takes a scalar shortcut; passing every variant as
+    ``allowed_variants`` forces the general, masked path: the decisions must be identical."""
+    arms, pls, meas, queues, req = sc
+    s, t = build(arms, pls, meas)
+    arm = data.draw(st.sampled_from(s.arms))
+    r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
+                variant=arm.variant, placement=arm.placement)
+    fast = s.choose(r, t, queues)
+    general = s.choose(r, t, queues, allowed_variants=sorted({a.variant for a in s.arms}))
+    assert fast.to_dict() == general.to_dict()
+    assert fast.code == "pinned"
+
+
 @FAST
 @given(scenarios())
 def test_probes_only_feasible_and_bounded(sc):
