@@ -56,6 +56,7 @@ DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name)
     for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 }
+DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 OBJECTIVES = ("latency", "energy", "accuracy")
 ON_INFEASIBLE = ("reject", "best_effort")
 SHM_TYPES = ("shm_register", "shm_unregister", "shm_regions")     # §11
@@ -171,6 +172,11 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         return int(math.prod(self.shape)) * self.dtype.itemsize
+
+    @property
+    def dtype_name(self) -> str:
+        """The protocol's name of the dtype (a dict lookup: ``np.dtype.name`` is Python code)."""
+        return DTYPE_NAMES[self.dtype]
 
 
 def parse_tensor_headers(value: Any, what: str, request_id: str | None) -> list[TensorSpec]:

@@ -54,6 +54,7 @@ from adaptd.daemon.workers import Job, Outcome, WorkerPool
 log = logging.getLogger("adaptd")
 
 FRONTEND_BATCH = 64   # messages taken from one socket per poll round, so no socket starves
+DEFER_MAX_ITEMS = 16  # answered requests whose bookkeeping may wait for an idle moment
 
 
 @dataclass
@@ -91,6 +92,9 @@ class Daemon:
         self._stop_requested = 0
         self._reload_requested = False
         self._pending: dict[str, Pending] = {}
+        # Bookkeeping of answered requests not done yet (statistics, the policy's update, the
+        # selection record): see _defer.
+        self._deferred: list[tuple[Any, tuple[Any, ...]]] = []
         self._replays: OrderedDict[str, _Replay] = OrderedDict()
         self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
         self._frontends: list[zmq.Socket] = []
@@ -241,7 +245,15 @@ class Daemon:
         while True:
             # Worker deaths last: a replacement worker may reuse the dead one's descriptor
             # numbers, so no event of this round may be read after a restart.
-            events = sorted(poller.poll(timeout_ms), key=lambda e: e[0] in pidfds)
+            # With bookkeeping waiting, look without blocking first: nothing to do means an idle
+            # moment (e.g. a caller reading its reply), which is when that work is done.
+            events = poller.poll(0 if self._deferred else timeout_ms)
+            if len(events) > 1:
+                events.sort(key=lambda e: e[0] in pidfds)
+            if not events and self._deferred:
+                self._flush_deferred()
+            elif len(self._deferred) >= DEFER_MAX_ITEMS:   # never idle: keep the backlog bounded
+                self._flush_deferred()
             for item, _ in events:
                 if item in frontends:
                     self._drain_frontend(item)
@@ -317,6 +329,7 @@ class Daemon:
             if request.type == "infer":
                 self._on_infer(route, request, bodies, received_ns)
             else:
+                self._flush_deferred()   # statistics and explanations include every answered request
                 self._reply(route, self._on_control(request), ())
         except proto.ProtocolError as exc:
             self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details)
@@ -358,7 +371,7 @@ class Daemon:
         regions = tuple(r["region"] for r in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
         pending = Pending(request, [route], model, arm, choice, client, received_ns, now, regions=regions)
         job = Job(rid, str(model.directory), arm.variant.name,
-                  [{"dtype": s.dtype.name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
+                  [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
                    for i, s in enumerate(request.inputs)],
                   bodies, received_ns, pending, outputs_to=outputs_to)
         pending.submitted_ns = time.monotonic_ns()
@@ -402,7 +415,7 @@ class Daemon:
     def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
         """The candidates that take the request's input dtypes (float32 goes to every variant;
         another dtype only to variants whose input has it)."""
-        names = [s.dtype.name for s in request.inputs]
+        names = [s.dtype_name for s in request.inputs]
         if all(n == "float32" for n in names):
             return candidates
         accepted = [a for a in candidates
@@ -442,6 +455,8 @@ class Daemon:
         Returns the worker's references: ``{input index: {region, offset, size}}`` and the
         outputs' ``{region, offset, size}`` (or None)."""
         shm_inputs: dict[int, dict[str, Any]] = {}
+        if request.outputs_to is None and all(spec.shm is None for spec in request.inputs):
+            return shm_inputs, None
         try:
             for i, spec in enumerate(request.inputs):
                 if spec.shm is None:
@@ -495,7 +510,8 @@ class Daemon:
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
         energy = self.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], float(h["cpu_time_s"]), wait=False)
         now = time.time()
-        stats.record(compute_ms, energy.energy_mj, energy.source, energy.estimated, now)
+        now_ns = time.monotonic_ns()
+        total_ms = (now_ns - pending.received_ns) / 1e6
         # The policy learns the latency a caller's bound is judged on (total_ms: from receiving the
         # request to the reply) less the wait behind other work, which it predicts from the queues
         # instead: so the daemon's own decode, choice, dispatch and result handling count, with the
@@ -505,11 +521,7 @@ class Daemon:
         # (bench/bench_selection.py). The statistics keep the interpreter's own execution time.
         started_ns = max(outcome.job.dispatched_ns, int(h.get("idle_since_ns") or 0))   # not behind other work
         behind_ns = max(0, started_ns - (pending.submitted_ns or started_ns))
-        now_ns = time.monotonic_ns()
         path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
-        self.policy.observe(model, arm, max(path_ms, compute_ms), energy.energy_mj, energy.estimated,
-                            now_ns / 1e9)
-        total_ms = (time.monotonic_ns() - pending.received_ns) / 1e6
         c = request.constraints
         met: dict[str, bool] = {}
         if c.min_accuracy is not None:
@@ -536,8 +548,36 @@ class Daemon:
             self._send(route, header, outcome.bodies)
         self.requests += len(pending.routes)
         self._remember(request.id, header, outcome.bodies)
-        self._record(request, model, pending.client, now, outcome="ok", error_code=None, choice=choice, arm=arm,
-                     timing=(queue_ms, compute_ms, total_ms), energy=energy, met=met)
+        self._defer(self._account, pending, stats, compute_ms, queue_ms, total_ms, max(path_ms, compute_ms),
+                    energy, met, now, now_ns)
+
+    def _account(self, pending: Pending, stats: ArmStats, compute_ms: float, queue_ms: float, total_ms: float,
+                 path_ms: float, energy: Any, met: dict[str, bool], now: float, now_ns: int) -> None:
+        """An answered request's statistics, the policy's update and its selection record."""
+        stats.record(compute_ms, energy.energy_mj, energy.source, energy.estimated, now)
+        self.policy.observe(pending.model, pending.arm, path_ms, energy.energy_mj, energy.estimated, now_ns / 1e9)
+        self._record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
+                     choice=pending.choice, arm=pending.arm, timing=(queue_ms, compute_ms, total_ms),
+                     energy=energy, met=met)
+
+    # --- bookkeeping after the reply -------------------------------------------------------
+    def _defer(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` after the reply has gone, at the next idle moment of the main loop
+        (no socket, channel or signal ready), before any control message (so statistics,
+        explanations and health include every answered request), once DEFER_MAX_ITEMS wait (a
+        daemon that is never idle), and at shutdown. The reply's fields are all computed before
+        it is sent; only what no caller waits for is deferred. A caller that reads its reply and
+        sends the next request gives the daemon that idle moment, so the bookkeeping (about a
+        quarter of the daemon's per-request work) leaves the round trip."""
+        self._deferred.append((fn, args))
+
+    def _flush_deferred(self) -> None:
+        work, self._deferred = self._deferred, []
+        for fn, args in work:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one record's bookkeeping must not stop the daemon
+                log.exception("bookkeeping of an answered request failed")
 
     def _arm_stats(self, model: ModelVersion, arm: Arm) -> ArmStats:
         key = (model.name, model.version, arm.variant.name, arm.placement.name)
@@ -704,6 +744,7 @@ class Daemon:
         return None
 
     def shutdown(self) -> int:
+        self._flush_deferred()
         for rid, pending in list(self._pending.items()):
             header = proto.error_header(proto.SHUTTING_DOWN, "the daemon stopped before this request finished", rid)
             for route in pending.routes:

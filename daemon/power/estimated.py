@@ -55,8 +55,16 @@ class PowerProfile:
     def busy_core_mw(self, cores: tuple[int, ...] | list[int]) -> float:
         if not cores:
             return self.default_busy_core_mw
-        per_core = {c: cl.busy_core_mw for cl in self.clusters for c in cl.cores}
+        per_core = self._per_core_mw()
         return sum(per_core.get(c, self.default_busy_core_mw) for c in cores) / len(cores)
+
+    def _per_core_mw(self) -> dict[int, float]:
+        """core -> busy mW, built once (the daemon asks on every request)."""
+        table = self.__dict__.get("_per_core_cache")
+        if table is None:
+            table = {c: cl.busy_core_mw for cl in self.clusters for c in cl.cores}
+            object.__setattr__(self, "_per_core_cache", table)   # frozen: a cache, not state
+        return table
 
     def cpu_energy_mj(self, cores, cpu_time_s: float) -> float:
         return max(cpu_time_s, 0.0) * self.busy_core_mw(tuple(cores))

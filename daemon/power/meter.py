@@ -206,11 +206,11 @@ class EnergyMeter:
             estimated = True
 
         rails_used = list(self._cpu) + (list(self._gpu_only) if use_gpu else [])
+        if not rails_used:   # fully estimated: no rail to share, no history needed
+            return EnergyReading(estimated_mj, f"estimated:{profile.name}", True)
         measured_label = self._measured_label(rails_used)
         est_label = f"estimated:{profile.name}"
         label = est_label + ("+" + measured_label if measured_label else "") if estimated else measured_label
-        if not rails_used:   # fully estimated: no rail to share, no history needed
-            return EnergyReading(estimated_mj, label, True)
 
         share = self._record_and_share(_Execution(t0_ns, t1_ns, cpu_time_s, kind))
         dyn = self._dynamic_mj(t0_ns, t1_ns, wait)
