@@ -601,6 +601,7 @@ class Daemon:
             "reason_code": choice.code, "reason": choice.text,
             "predicted_latency_ms": p.get("latency_ms"), "predicted_latency_bound_ms": p.get("latency_bound_ms"),
             "predicted_queue_ms": p.get("queue_ms"), "predicted_energy_mj": p.get("energy_mj"),
+            "predicted_energy_bound_mj": p.get("energy_bound_mj"),
             "predicted_accuracy": p.get("accuracy"),
             "queue_ms": timing[0] if timing else None, "compute_ms": timing[1] if timing else None,
             "total_ms": timing[2] if timing else None,

@@ -57,7 +57,9 @@ from adaptd.daemon.protocol import SIGNATURE
 
 log = logging.getLogger("adaptd.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added since version 1, in order: a version-1 store gains them on open (ALTER TABLE).
+ADDED_IN_2 = (("predicted_energy_bound_mj", "REAL"),)
 
 # One column per PROTOCOL.md §9.1 field, in the spec's order: (name, SQL type).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -81,6 +83,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("predicted_latency_bound_ms", "REAL"),
     ("predicted_queue_ms", "REAL"),
     ("predicted_energy_mj", "REAL"),
+    ("predicted_energy_bound_mj", "REAL"),
     ("predicted_accuracy", "REAL"),
     ("queue_ms", "REAL"),
     ("compute_ms", "REAL"),
@@ -216,10 +219,13 @@ def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         conn.close()
         raise sqlite3.OperationalError(
             f"{path}: selection store schema version {version}; this adaptd writes version {SCHEMA_VERSION}")
+    if version == 1:   # older rows keep NULL in the new columns
+        for name, sqltype in ADDED_IN_2:
+            conn.execute(f"ALTER TABLE selections ADD COLUMN {name} {sqltype}")
     conn.executescript(SCHEMA_SQL)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn

@@ -8,7 +8,7 @@ Contract
   timestamp passed in (seconds, any monotonic origin; the model never reads a clock).
 * State is columnar: numpy arrays indexed by arm id, updated in place by ``update``. The
   arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
-  ``est_energy_mj_``, ``energy_estimated_``, ``last_update_s_``) are always current after
+  ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``, ``last_update_s_``) are always current after
   ``update`` returns, so a decision reads them without recomputing anything.
 * Thread safety: none. The daemon calls ``update`` and the selector's ``choose`` from one thread.
 * Units: latency ms, energy mJ, time s, power W (= mJ/ms).
@@ -30,6 +30,12 @@ Estimator, per arm
   its energy is its prior power (W) times its current latency estimate, so an energy estimate
   follows a latency regime change too; ``energy_estimated_`` is True then, and otherwise copies
   the flag of the last measurement.
+* Energy bound at the same confidence, because a caller's energy bound is judged per execution
+  like its latency bound (a bound near the mean would be missed about half the time): once the
+  arm's energy window holds ``min_window`` samples, ``max(mean + z_q * sd, window quantile q)``;
+  before that, the mean scaled by the arm's latency bound / latency estimate (energy is power x
+  time, and the latency side already blends a prior spread in); with no energy measured, prior
+  power x latency bound.
 """
 
 from __future__ import annotations
@@ -96,10 +102,15 @@ class OnlineCostModel:
         self.energy_mean_mj_ = np.full(n_arms, np.nan)
         self.energy_var_mj2_ = np.zeros(n_arms)
         self.last_energy_s_ = np.full(n_arms, -np.inf)
+        self.energy_window_mj_ = np.zeros((n_arms, self.window))
+        self.energy_window_n_ = np.zeros(n_arms, dtype=np.int64)
         # published (read by the selector on the request path)
         self.est_latency_ms_ = lat.copy()
         self.latency_bound_ms_ = self.prior_bound_ms_.copy()
         self.est_energy_mj_ = en.copy()
+        with np.errstate(invalid="ignore"):
+            self.energy_bound_mj_ = self.prior_power_w_ * self.prior_bound_ms_
+        self.energy_bound_mj_ = np.where(np.isnan(self.energy_bound_mj_), en, self.energy_bound_mj_)
         self.energy_estimated_ = np.ones(n_arms, dtype=bool)
         return self
 
@@ -182,11 +193,21 @@ class OnlineCostModel:
             self.energy_mean_mj_[a] = em
             self.energy_var_mj2_[a] = ev
             self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
+            ke = min(int(self.energy_window_n_[a]) + 1, self.window)
+            self.energy_window_mj_[a, (ne - 1) % self.window] = e
+            self.energy_window_n_[a] = ke
+            if ke >= self.min_window:
+                ebound = max(em + self.z_ * math.sqrt(max(ev, 0.0)),
+                             _quantile(self.energy_window_mj_[a, :ke], self.confidence))
+            else:
+                ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
             self.est_energy_mj_[a] = em
+            self.energy_bound_mj_[a] = ebound
             self.energy_estimated_[a] = bool(energy_estimated)
         elif self.energy_n_[a] == 0:
             p = float(self.prior_power_w_[a])
             self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
+            self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
 
     # ------------------------------------------------------------------ reading
@@ -217,6 +238,7 @@ class OnlineCostModel:
             "energy_mj": {
                 "ewma": f(self.energy_mean_mj_[a]),
                 "estimate": f(self.est_energy_mj_[a]),
+                "bound": f(self.energy_bound_mj_[a]),
             },
             "energy_estimated": bool(self.energy_estimated_[a]),
             "last_at_s": f(self.last_update_s_[a]),

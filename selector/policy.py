@@ -22,7 +22,8 @@ Policy (PROTOCOL.md §4, §5.2)
   key (energy for ``latency``; latency for ``energy`` and ``accuracy``), then by arm id.
 * Feasible: accuracy >= ``min_accuracy`` (unknown accuracy never is), latency bound at the
   configured confidence *plus the predicted queue wait on the arm's placement* <=
-  ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is).
+  ``max_latency_ms``, energy bound at the same confidence <= ``max_energy_mj`` (unknown energy
+  never is; see :mod:`.online` for the bound).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
 * Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
@@ -181,7 +182,7 @@ class Decision:
 
 
 _UNIT = {"min_accuracy": "", "max_latency_ms": " ms", "max_energy_mj": " mJ"}
-_WHAT = {"min_accuracy": "accuracy", "max_latency_ms": "latency bound", "max_energy_mj": "energy"}
+_WHAT = {"min_accuracy": "accuracy", "max_latency_ms": "latency bound", "max_energy_mj": "energy bound"}
 
 
 def describe_violations(violations: Mapping[str, Mapping[str, Any]]) -> str:
@@ -394,6 +395,7 @@ class Selector:
         est = om.est_latency_ms_[lo:hi]
         bound = om.latency_bound_ms_[lo:hi]
         energy = om.est_energy_mj_[lo:hi]
+        energy_bound = om.energy_bound_mj_[lo:hi]
         wait = self._placement_wait(queues) if queues else None
         if wait is None:
             arm_wait = None
@@ -423,7 +425,7 @@ class Selector:
             ok = lat_bound <= r.max_latency_ms
             feas = ok if feas is None else feas & ok
         if r.max_energy_mj is not None:
-            ok = energy <= r.max_energy_mj
+            ok = energy_bound <= r.max_energy_mj
             feas = ok if feas is None else feas & ok
 
         if pinned_arm is not None:
@@ -460,16 +462,16 @@ class Selector:
                             code = "probe"
                     self._probe_credit = credit
             else:
-                i = self._closest(r, lo, hi, cand, lat_bound, energy)
+                i = self._closest(r, lo, hi, cand, lat_bound, energy_bound)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
 
         alternatives = None
         if explain:
             alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
-                                              energy, i, code)
+                                              energy, energy_bound, i, code)
         return self._decision(r, lo + i, code, lat_mean.item(i), lat_bound.item(i),
                               0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
-                              n_cand, n_feas, now_s, alternatives)
+                              energy_bound.item(i), n_cand, n_feas, now_s, alternatives)
 
     def _choose_pinned(self, r: Request, a: int, now_s: float,
                        queues: Mapping[str, QueueSnapshot] | None) -> Decision:
@@ -484,28 +486,31 @@ class Selector:
         lat_mean = om.est_latency_ms_.item(a) + queue_ms
         lat_bound = om.latency_bound_ms_.item(a) + queue_ms
         e = om.est_energy_mj_.item(a)
+        e_bound = om.energy_bound_mj_.item(a)
         ok = ((r.min_accuracy is None or self._acc.item(a) >= r.min_accuracy)
               and (r.max_latency_ms is None or lat_bound <= r.max_latency_ms)
-              and (r.max_energy_mj is None or e <= r.max_energy_mj))
-        return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, 1, int(ok), now_s, None)
+              and (r.max_energy_mj is None or e_bound <= r.max_energy_mj))
+        return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, e_bound, 1, int(ok), now_s, None)
 
     def _decision(self, r: Request, a: int, code: str, lat_mean: float, lat_bound: float, queue_ms: float,
-                  e: float, n_cand: int, n_feas: int, now_s: float, alternatives: list | None) -> Decision:
-        """The Decision for arm ``a`` (global id) with its predicted latency, bound, queue wait and
-        energy (NaN: unknown)."""
+                  e: float, e_bound: float, n_cand: int, n_feas: int, now_s: float,
+                  alternatives: list | None) -> Decision:
+        """The Decision for arm ``a`` (global id) with its predicted latency, bound, queue wait,
+        energy and energy bound (NaN: unknown)."""
         acc = self._acc.item(a)
         predicted = {
             "latency_ms": _f(lat_mean),
             "latency_bound_ms": _f(lat_bound),
             "queue_ms": queue_ms,
             "energy_mj": e if e == e else None,
+            "energy_bound_mj": e_bound if e_bound == e_bound else None,
             "energy_estimated": bool(self._online.energy_estimated_.item(a)),
             "accuracy": acc if acc == acc else None,
         }
         met = {
             "min_accuracy": None if r.min_accuracy is None else (acc >= r.min_accuracy),
             "max_latency_ms": None if r.max_latency_ms is None else bool(lat_bound <= r.max_latency_ms),
-            "max_energy_mj": None if r.max_energy_mj is None else bool(e <= r.max_energy_mj),
+            "max_energy_mj": None if r.max_energy_mj is None else bool(e_bound <= r.max_energy_mj),
         }
         feasible = met["min_accuracy"] is not False and met["max_latency_ms"] is not False \
             and met["max_energy_mj"] is not False
@@ -576,7 +581,7 @@ class Selector:
             return None
         return int(np.where(stale, last, np.inf).argmin())
 
-    def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy) -> int:
+    def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy_bound) -> int:
         """Arm (index in the model's range) with the least normalised total violation; unknown
         accuracy counts 1, unknown latency or energy ``_BIG``; ties -> lowest arm id. Divisions,
         not products with a reciprocal: ``(m - 0) / m`` is exactly 1, as unknown accuracy counts,
@@ -591,7 +596,7 @@ class Selector:
         if r.max_latency_ms is not None:
             total += np.maximum(0.0, (lat_bound - r.max_latency_ms) / r.max_latency_ms)
         if r.max_energy_mj is not None:
-            total += np.maximum(0.0, (energy - r.max_energy_mj) / r.max_energy_mj)
+            total += np.maximum(0.0, (energy_bound - r.max_energy_mj) / r.max_energy_mj)
         total = np.fmin(total, _BIG)  # NaN (unknown estimate) and inf -> _BIG
         if cand is not None:
             total = np.where(cand, total, np.inf)
@@ -608,7 +613,7 @@ class Selector:
         if r.max_latency_ms is not None and (lb is None or lb > r.max_latency_ms):
             out["max_latency_ms"] = {"predicted": lb, "bound": r.max_latency_ms,
                                      "by": None if lb is None else lb - r.max_latency_ms}
-        e = predicted["energy_mj"]
+        e = predicted["energy_bound_mj"]
         if r.max_energy_mj is not None and (e is None or e > r.max_energy_mj):
             out["max_energy_mj"] = {"predicted": e, "bound": r.max_energy_mj,
                                     "by": None if e is None else e - r.max_energy_mj}
@@ -639,7 +644,8 @@ class Selector:
         body = describe_violations(violations or {})
         return head + body + ("; running it (best effort)" if code == "best_effort" else "")
 
-    def _alternatives(self, r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait, energy, chosen, code):
+    def _alternatives(self, r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait, energy, energy_bound, chosen,
+                      code):
         n = hi - lo
         idx = np.arange(n) if cand is None else np.flatnonzero(cand)
         feas_all = np.ones(n, dtype=bool) if feas is None else feas
@@ -661,7 +667,8 @@ class Selector:
                 excluded.append("min_accuracy")
             if r.max_latency_ms is not None and not (lat_bound.item(j) <= r.max_latency_ms):
                 excluded.append("max_latency_ms")
-            if r.max_energy_mj is not None and not (energy.item(j) <= r.max_energy_mj):
+            eb = energy_bound.item(j)
+            if r.max_energy_mj is not None and not (eb <= r.max_energy_mj):
                 excluded.append("max_energy_mj")
             e = energy.item(j)
             out.append({
@@ -670,6 +677,7 @@ class Selector:
                 "latency_ms": _f(lat_mean.item(j)), "latency_bound_ms": _f(lat_bound.item(j)),
                 "queue_ms": 0.0 if arm_wait is None else float(arm_wait.item(j)),
                 "energy_mj": e if e == e else None,
+                "energy_bound_mj": eb if eb == eb else None,
                 "energy_estimated": bool(self._online.energy_estimated_.item(a)),
                 "excluded_by": excluded,
                 "rank": ranks.get(j) if (not excluded or j == chosen) and code != "infeasible" else None,

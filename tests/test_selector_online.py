@@ -100,6 +100,48 @@ def test_energy_prior_follows_latency_until_measured():
     assert m.est_energy_mj_[0] == 3.0 and not m.energy_estimated_[0]
 
 
+def test_energy_bound_before_and_after_measurements():
+    m = model(prior=5.0, sd=0.5, energy=10.0)   # prior power 2 W; prior latency bound 5 + 1.645 * 0.5
+    assert m.energy_bound_mj_[0] == pytest.approx(2.0 * m.latency_bound_ms_[0])
+    assert m.energy_bound_mj_[0] > m.est_energy_mj_[0]
+    # first energies: no window yet -> the mean scaled by the latency side's relative spread
+    m.update(0, 5.0, 4.0, False, 0.0)
+    ratio = m.latency_bound_ms_[0] / m.est_latency_ms_[0]
+    assert ratio > 1.0 and m.energy_bound_mj_[0] == pytest.approx(4.0 * ratio)
+
+
+def test_energy_bound_is_met_by_new_samples_at_the_confidence():
+    """Per-execution energies scatter around their mean: judged one by one, a bound at the mean is
+    missed about half the time, the 95% bound about 5% of the time."""
+    m = model(energy=10.0, min_update_weight=0.0, half_life_s=1e9)
+    rng = np.random.default_rng(1)
+    xs = rng.lognormal(np.log(2.0), 0.25, 2000)
+    above_mean = above_bound = 0
+    for k, x in enumerate(xs):
+        if k >= 50:
+            above_mean += x > m.est_energy_mj_[0]
+            above_bound += x > m.energy_bound_mj_[0]
+        m.update(0, 5.0, x, True, 0.001 * k)
+    n = len(xs) - 50
+    assert 0.35 < above_mean / n < 0.65
+    assert above_bound / n < 0.10
+    assert m.energy_bound_mj_[0] > m.est_energy_mj_[0]
+
+
+def test_selector_judges_an_energy_bound_on_the_confidence_bound():
+    arms = [ArmSpec("m", "a", "p0", 0.9, 1.0, 0.1, 2.0), ArmSpec("m", "b", "p0", 0.9, 2.0, 0.1, 2.5)]
+    s = Selector(arms, ["p0"], SelectorConfig(probe_share=0.0))
+    rng = np.random.default_rng(2)
+    for k in range(40):   # a: mean 2 mJ but wide; b: mean 2.5 mJ, steady
+        s.update(0, 1.0, float(rng.choice([1.0, 3.0])), True, 0.01 * k)
+        s.update(1, 2.0, 2.5, True, 0.01 * k)
+    d = s.choose(Request("m", max_energy_mj=2.7, objective="latency"), 0.5)
+    assert (d.variant, d.code) == ("b", "selected")   # a's mean (2) fits, its bound (3) does not
+    pinned = s.choose(Request("m", max_energy_mj=2.7, variant="a", placement="p0"), 0.5)
+    assert not pinned.feasible and pinned.violations["max_energy_mj"]["predicted"] == pinned.predicted["energy_bound_mj"]
+    assert pinned.predicted["energy_mj"] < 2.7 < pinned.predicted["energy_bound_mj"]
+
+
 def test_bad_measurement_rejected_state_unchanged():
     m = model()
     m.update(0, 5.0, None, True, 0.0)
