@@ -73,6 +73,10 @@ def test_the_sample_loads_and_its_values_are_the_defaults():
     assert cfg.power == PowerConfig()
     assert StoreConfig.from_dict(cfg.store) == StoreConfig()
     assert cfg.log_level == "info"
+    from adaptd.daemon.selection import SelectorPolicy
+    from adaptd.selector import SelectorConfig
+
+    assert SelectorPolicy.from_config(cfg).selector_config == SelectorConfig()
     # Commented-out settings show the values systemd's directories give them.
     text = SAMPLE.read_text()
     assert '# state_dir = "/var/lib/adaptd"' in text and '# runtime_dir = "/run/adaptd"' in text

@@ -128,14 +128,19 @@ def test_energy_bound_is_met_by_new_samples_at_the_confidence():
     assert m.energy_bound_mj_[0] > m.est_energy_mj_[0]
 
 
-def test_selector_judges_an_energy_bound_on_the_confidence_bound():
+@pytest.mark.parametrize("energy_at_confidence", [False, True])
+def test_selector_judges_an_energy_bound_on_the_mean_or_the_confidence_bound(energy_at_confidence):
     arms = [ArmSpec("m", "a", "p0", 0.9, 1.0, 0.1, 2.0), ArmSpec("m", "b", "p0", 0.9, 2.0, 0.1, 2.5)]
-    s = Selector(arms, ["p0"], SelectorConfig(probe_share=0.0))
+    s = Selector(arms, ["p0"], SelectorConfig(probe_share=0.0, energy_at_confidence=energy_at_confidence))
     rng = np.random.default_rng(2)
     for k in range(40):   # a: mean 2 mJ but wide; b: mean 2.5 mJ, steady
         s.update(0, 1.0, float(rng.choice([1.0, 3.0])), True, 0.01 * k)
         s.update(1, 2.0, 2.5, True, 0.01 * k)
     d = s.choose(Request("m", max_energy_mj=2.7, objective="latency"), 0.5)
+    if not energy_at_confidence:   # the mean (about 2) fits: the faster arm a
+        assert (d.variant, d.code) == ("a", "selected")
+        assert d.predicted["energy_mj"] < 2.7 < d.predicted["energy_bound_mj"]
+        return
     assert (d.variant, d.code) == ("b", "selected")   # a's mean (2) fits, its bound (3) does not
     pinned = s.choose(Request("m", max_energy_mj=2.7, variant="a", placement="p0"), 0.5)
     assert not pinned.feasible and pinned.violations["max_energy_mj"]["predicted"] == pinned.predicted["energy_bound_mj"]

@@ -69,7 +69,7 @@ def build(arms, pls, meas, **cfg):
 
 def reference(s: Selector, req: Request, queues):
     """Per arm: (arm id, lat_mean, lat_bound, energy, accuracy, feasible, violation) by brute force;
-    feasibility by the latency bound and the energy bound (the model's own estimates)."""
+    feasibility by the latency bound and the energy the config judges (the model's own estimates)."""
     om = s.cost_model
     wait = {}
     for p, q in queues.items():
@@ -100,8 +100,8 @@ def reference(s: Selector, req: Request, queues):
         if req.max_latency_ms is not None:
             ok &= bool(bound <= req.max_latency_ms)
             viol += 1e300 if math.isnan(bound) else max(0.0, (bound - req.max_latency_ms) / req.max_latency_ms)
-        if req.max_energy_mj is not None:   # judged on the energy bound, like latency
-            eb = om.energy_bound_mj_[a]
+        if req.max_energy_mj is not None:   # the mean, or the energy bound like latency's
+            eb = om.energy_bound_mj_[a] if s.config.energy_at_confidence else om.est_energy_mj_[a]
             ok &= bool(eb <= req.max_energy_mj)
             viol += 1e300 if math.isnan(eb) else max(0.0, (eb - req.max_energy_mj) / req.max_energy_mj)
         rows.append(dict(a=a, mean=mean, bound=bound, energy=en, acc=acc, ok=ok, viol=min(viol, 1e300)))
@@ -120,11 +120,12 @@ def objective_key(row, objective):
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("energy_at_confidence", [False, True])
 @FAST
-@given(scenarios())
-def test_feasible_when_possible_and_optimal(sc):
+@given(sc=scenarios())
+def test_feasible_when_possible_and_optimal(sc, energy_at_confidence):
     arms, pls, meas, queues, req = sc
-    s, t = build(arms, pls, meas, probe_share=0.0)
+    s, t = build(arms, pls, meas, probe_share=0.0, energy_at_confidence=energy_at_confidence)
     d = s.choose(req, t + 1.0, queues)
     rows = reference(s, req, queues)
     feasible = [r for r in rows if r["ok"]]
@@ -137,7 +138,8 @@ def test_feasible_when_possible_and_optimal(sc):
         if req.max_latency_ms is not None:
             assert d.predicted["latency_bound_ms"] <= req.max_latency_ms
         if req.max_energy_mj is not None:
-            assert d.predicted["energy_mj"] <= req.max_energy_mj
+            judged = "energy_bound_mj" if energy_at_confidence else "energy_mj"
+            assert d.predicted[judged] <= req.max_energy_mj
         if req.min_accuracy is not None:
             assert d.predicted["accuracy"] >= req.min_accuracy
     else:
@@ -191,7 +193,7 @@ def test_both_pins_scalar_path_equals_the_general_path(sc, data):
     """A request pinning variant and placement takes a scalar shortcut; passing every variant as
     ``allowed_variants`` forces the general, masked path: the decisions must be identical."""
     arms, pls, meas, queues, req = sc
-    s, t = build(arms, pls, meas)
+    s, t = build(arms, pls, meas, energy_at_confidence=data.draw(st.booleans()))
     arm = data.draw(st.sampled_from(s.arms))
     r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
                 variant=arm.variant, placement=arm.placement)
