@@ -102,10 +102,15 @@ def prepare(repo: Path, log) -> None:
                        stdout=subprocess.DEVNULL)
 
 
-def daemon_config(policy: str) -> dict:
+def daemon_config(policy: str, selector: dict | None = None) -> dict:
+    """The daemon's config for a policy; ``selector``: extra ``[selector]`` settings (the
+    adaptive and static policies only, e.g. ``confidence``)."""
     cfg: dict[str, Any] = {"placements": {"tensorflow": "off", "load": "eager", "include": list(PLACEMENTS)}}
+    table = dict(selector or {}) if policy in ("adaptive", "static") else {}
     if policy == "static":
-        cfg["selector"] = {"policy": "static"}
+        table["policy"] = "static"
+    if table:
+        cfg["selector"] = table
     return cfg
 
 
@@ -299,7 +304,7 @@ def make_stream(cat: dict, bounds: dict, n: int, seed: int) -> list[dict]:
 # ----------------------------------------------------------------------------- one run
 def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log) -> list[dict]:
     cycle = args.on + args.off
-    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy),
+    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, args.selector),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
@@ -510,6 +515,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--repository", type=Path, default=ROOT / "bench-zoo" / "repo")
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--selector", type=json.loads, default=None, metavar="JSON",
+                    help='extra [selector] settings for the adaptive and static policies, e.g. '
+                         '\'{"confidence": 0.9}\' (default: the daemon\'s defaults)')
     ap.add_argument("--json", type=Path)
     ap.add_argument("--render", type=Path, help="print the table of a JSON file this benchmark wrote, and exit")
     args = ap.parse_args(argv)
