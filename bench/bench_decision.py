@@ -55,6 +55,8 @@ def scenarios(sel: Selector) -> dict:
         "infeasible, best_effort, queues": (
             Request("model", max_latency_ms=0.2, on_infeasible="best_effort"), queues),
         "pinned variant, queues": (Request("model", variant="v07", max_latency_ms=12.0), queues),
+        "pinned variant and placement, queues": (
+            Request("model", variant="v07", placement="cpu:1", max_latency_ms=12.0), queues),
     }
 
 
