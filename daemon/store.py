@@ -452,12 +452,16 @@ def read_selections(path: Path, since: float | None = None, model: str | None = 
     if model is not None:
         where.append("model = ?")
         params.append(model)
-    sql = f"SELECT {', '.join(COLUMN_NAMES)} FROM selections"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY ts, id"
     conn = open_readonly(path)
     try:
+        # A store of an older schema, read without a daemon having migrated it: its missing
+        # columns read as NULL.
+        present = {row[1] for row in conn.execute("PRAGMA table_info(selections)")}
+        columns = [name if name in present else f"NULL AS {name}" for name in COLUMN_NAMES]
+        sql = f"SELECT {', '.join(columns)} FROM selections"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, id"
         for row in conn.execute(sql, params):
             yield _row_record(row)
     finally:

@@ -211,6 +211,9 @@ def test_a_version_1_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Pa
     conn.commit()
     conn.close()
 
+    # read as it is (log analysis of an old store, no daemon has opened it since)
+    (before,) = list(read_selections(db))
+    assert before["request_id"] == "r0" and before["predicted_energy_bound_mj"] is None
     connect(db).close()
     store = SelectionStore(StoreConfig(), db)
     store.start()
