@@ -144,17 +144,8 @@ class OnlineCostModel:
 
         n = int(self.n_[a]) + 1
         self.n_[a] = n
-        dt = t - float(self.last_update_s_[a])
-        w = self._weight(n, dt)
-        if n == 1:
-            mean, var = lat, 0.0
-        else:
-            mean = float(self.mean_ms_[a])
-            var = float(self.var_ms2_[a])
-            diff = lat - mean
-            incr = w * diff
-            mean += incr
-            var = (1.0 - w) * (var + diff * incr)
+        mean, var = _ewma(float(self.mean_ms_[a]), float(self.var_ms2_[a]), lat, n,
+                          self._weight(n, t - float(self.last_update_s_[a])))
         self.mean_ms_[a] = mean
         self.var_ms2_[a] = var
         self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
@@ -164,10 +155,7 @@ class OnlineCostModel:
         k = min(int(self.window_n_[a]) + 1, self.window)
         self.window_n_[a] = k
 
-        bound = mean + self.z_ * math.sqrt(max(var, 0.0))
-        if k >= self.min_window:
-            q = _quantile(self.window_ms_[a, :k], self.confidence)
-            bound = max(bound, q)
+        bound = self._bound(mean, var, self.window_ms_[a, :k])
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -181,15 +169,8 @@ class OnlineCostModel:
         if e is not None:
             ne = int(self.energy_n_[a]) + 1
             self.energy_n_[a] = ne
-            we = self._weight(ne, t - float(self.last_energy_s_[a]))
-            if ne == 1:
-                em, ev = e, 0.0
-            else:
-                em = float(self.energy_mean_mj_[a])
-                ev = float(self.energy_var_mj2_[a])
-                d = e - em
-                em += we * d
-                ev = (1.0 - we) * (ev + d * we * d)
+            em, ev = _ewma(float(self.energy_mean_mj_[a]), float(self.energy_var_mj2_[a]), e, ne,
+                           self._weight(ne, t - float(self.last_energy_s_[a])))
             self.energy_mean_mj_[a] = em
             self.energy_var_mj2_[a] = ev
             self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
@@ -197,8 +178,7 @@ class OnlineCostModel:
             self.energy_window_mj_[a, (ne - 1) % self.window] = e
             self.energy_window_n_[a] = ke
             if ke >= self.min_window:
-                ebound = max(em + self.z_ * math.sqrt(max(ev, 0.0)),
-                             _quantile(self.energy_window_mj_[a, :ke], self.confidence))
+                ebound = self._bound(em, ev, self.energy_window_mj_[a, :ke])
             else:
                 ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
             self.est_energy_mj_[a] = em
@@ -209,6 +189,13 @@ class OnlineCostModel:
             self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
             self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
+
+    def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
+        """``mean + z sd``, raised to the window's quantile once it holds ``min_window`` samples."""
+        bound = mean + self.z_ * math.sqrt(max(var, 0.0))
+        if window.shape[0] >= self.min_window:
+            bound = max(bound, _quantile(window, self.confidence))
+        return bound
 
     # ------------------------------------------------------------------ reading
     def arm_stats(self, a: int) -> dict:
@@ -243,6 +230,16 @@ class OnlineCostModel:
             "energy_estimated": bool(self.energy_estimated_[a]),
             "last_at_s": f(self.last_update_s_[a]),
         }
+
+
+def _ewma(mean: float, var: float, x: float, n: int, w: float) -> tuple[float, float]:
+    """One exponentially weighted update of (mean, variance) with weight ``w``; the first
+    sample (``n == 1``) is the mean itself."""
+    if n == 1:
+        return x, 0.0
+    diff = x - mean
+    incr = w * diff
+    return mean + incr, (1.0 - w) * (var + diff * incr)
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
