@@ -1,12 +1,19 @@
 """Decision cost of the selector: one ``choose`` over 50 variants x 4 placements (200 arms).
 
 Usage: python bench/bench_decision.py [--variants 50] [--placements 4] [--calls 20000] [--runs 5]
+       python bench/bench_decision.py --cold [--cold-calls 400]
 
 Builds a synthetic repository-sized selector (priors drawn at random, a few hundred
 measurements fed in, queues on two placements), then times ``choose`` call by call with
 ``time.perf_counter_ns`` for several request mixes, and ``update``. Prints p50/p90/p99/max in
 microseconds per scenario, per run, and the spread of p99 over runs. Garbage collection stays
 on, as in the daemon. Target (the issue): p99 <= 50 us for 50 x 4.
+
+``--cold`` compares instead the two ways of deciding for a model the size of the demo's (8
+variants x 3 placements = 24 arms): the loop over floats (the default up to
+``SCALAR_MAX_ARMS``) and the masked arrays, each called hot (back to back) and cold (before
+each call the caches are flushed by writing 32 MB and the thread sleeps 4 ms, as between the
+daemon's requests). Calls alternate between the two, so both see the same machine.
 """
 
 from __future__ import annotations
@@ -70,13 +77,44 @@ def time_calls(fn, n: int) -> np.ndarray:
     return out / 1e3  # us
 
 
+def cold_compare(calls: int) -> None:
+    scalar = build(8, 3)
+    masked = build(8, 3)
+    masked.scalar_max_arms = 0
+    q = {"cpu:0": QueueSnapshot((scalar.arm_id("model", "v00", "cpu:0"),), None, 0.0)}
+    req = Request("model", max_latency_ms=15.0, objective="energy")
+    junk = np.zeros(4_000_000)
+    out: dict[tuple[str, str], list[float]] = {}
+    clock = time.perf_counter_ns
+    for temp in ("hot", "cold"):
+        for i in range(calls):
+            for name, sel in (("scalar loop", scalar), ("masked arrays", masked)):
+                if temp == "cold":
+                    junk += 1.0
+                    time.sleep(0.004)
+                t0 = clock()
+                sel.choose(req, 1e4 + i * 1e-3, q)
+                out.setdefault((name, temp), []).append((clock() - t0) / 1e3)
+    print(f"24 arms, energy objective + latency bound, one queue; {calls} calls each; us")
+    print("| path | hot p50 | hot p99 | cold p50 | cold p99 |\n|---|---|---|---|---|")
+    for name in ("scalar loop", "masked arrays"):
+        hot, cold = np.array(out[(name, "hot")]), np.array(out[(name, "cold")])
+        print(f"| {name} | {np.percentile(hot, 50):.1f} | {np.percentile(hot, 99):.1f} | "
+              f"{np.percentile(cold, 50):.1f} | {np.percentile(cold, 99):.1f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", type=int, default=50)
     ap.add_argument("--placements", type=int, default=4)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cold", action="store_true", help="scalar loop against masked arrays, hot and cold (24 arms)")
+    ap.add_argument("--cold-calls", type=int, default=400)
     args = ap.parse_args()
+    if args.cold:
+        cold_compare(args.cold_calls)
+        return 0
     sel = build(args.variants, args.placements)
     scen = scenarios(sel)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")

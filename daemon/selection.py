@@ -109,6 +109,10 @@ class SelectorPolicy:
             selector = Selector([self._complete_prior(a, placements[a.placement]) for a in selector.arms],
                                 list(placements), self.selector_config)
         self.selector = selector
+        # variants that some placement here runs, per model (a TensorFlow variant has no arm
+        # when no TensorFlow placement is configured)
+        self._runnable: dict[str, int] = {_key(mv): len({a.variant.name for a in mv.arms})
+                                          for vs in registry.models.values() for mv in vs.values()}
         self._arms: dict[tuple[str, str, str], Arm] = {
             (_key(mv), a.variant.name, a.placement.name): a
             for vs in registry.models.values() for mv in vs.values() for a in mv.arms}
@@ -121,10 +125,11 @@ class SelectorPolicy:
         snapshots = self._snapshots(queues, now_s) if queues is not None else None
         # The input's dtype may rule some variants out (e.g. uint8 input: integer variants only).
         # A pinned variant is the only candidate variant already: no set to pass.
+        # Candidates covering every arm the model has here (the usual case) need no set.
         allowed = None
-        if request.pin_variant is None:
+        if request.pin_variant is None and len(candidates) < len(model.arms):
             variants = {a.variant.name for a in candidates}
-            allowed = variants if len(variants) < len(model.variants) else None
+            allowed = variants if len(variants) < self._runnable.get(_key(model), 0) else None
         return self._choice(model, self._decide(model, request, snapshots, now_s, allowed))
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,

@@ -59,6 +59,13 @@ from .request import (
 )
 
 _BIG = 1e300  # "unknown" cost: ranks after every known cost, before excluded arms (inf)
+# Models with at most this many arms are decided by a loop over Python floats, larger ones by
+# masked numpy arrays. On the daemon's request path a decision runs with cold caches (requests
+# arrive milliseconds apart, other work in between), where numpy's per-call dispatch costs most:
+# for 24 arms the loop takes about two thirds of the masked path's time cold, and no more hot
+# (bench/bench_decision.py --cold; BENCHMARKS.md). For 200 arms the arrays win. Same decisions
+# either way (tests/test_selector_policy.py compares them).
+SCALAR_MAX_ARMS = 48
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,11 @@ class Selector:
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
         self._n_arms = n
+        self.scalar_max_arms = SCALAR_MAX_ARMS
+        # plain-float copies of the static columns for the scalar path
+        self._acc_l: list[float] = self._acc.tolist()
+        self._acc_key_l: list[float] = self._acc_key.tolist()
+        self._pidx_l: list[int] = self._pidx.tolist()
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -347,7 +359,8 @@ class Selector:
         return out
 
     # ------------------------------------------------------------------ the decision
-    def _placement_wait(self, queues: Mapping[str, QueueSnapshot]) -> np.ndarray | None:
+    def _placement_waits(self, queues: Mapping[str, QueueSnapshot]) -> list[float] | None:
+        """Predicted wait (ms) per placement index, or None when no queue holds anything."""
         wait = None
         est = self._online.est_latency_ms_
         for name, q in queues.items():
@@ -366,9 +379,13 @@ class Selector:
             if w != w:  # an unknown estimate in the queue: treat as no information
                 w = 0.0
             if wait is None:
-                wait = np.zeros(len(self.placements))
+                wait = [0.0] * len(self.placements)
             wait[p] = w
         return wait
+
+    def _placement_wait(self, queues: Mapping[str, QueueSnapshot]) -> np.ndarray | None:
+        wait = self._placement_waits(queues)
+        return None if wait is None else np.array(wait)
 
     def explain(self, request: Request, now_s: float,
                 queues: Mapping[str, QueueSnapshot] | None = None) -> Decision:
@@ -395,6 +412,10 @@ class Selector:
             a = self._arm_index.get((r.model, r.variant, r.placement))
             if a is not None:   # both pinned: one arm, no arrays to mask (unknown pins: the checks below)
                 return self._choose_pinned(r, a, now_s, queues)
+        if hi - lo <= self.scalar_max_arms and not explain:
+            d = self._choose_small(r, lo, hi, now_s, queues, dry_run, allowed_variants)
+            if d is not None:
+                return d
         om = self._online
         est = om.est_latency_ms_[lo:hi]
         bound = om.latency_bound_ms_[lo:hi]
@@ -485,9 +506,9 @@ class Selector:
         om = self._online
         queue_ms = 0.0
         if queues:
-            wait = self._placement_wait(queues)
+            wait = self._placement_waits(queues)
             if wait is not None:
-                queue_ms = float(wait.item(self._pidx.item(a)))
+                queue_ms = wait[self._pidx_l[a]]
         lat_mean = om.est_latency_ms_.item(a) + queue_ms
         lat_bound = om.latency_bound_ms_.item(a) + queue_ms
         e = om.est_energy_mj_.item(a)
@@ -496,6 +517,80 @@ class Selector:
               and (r.max_latency_ms is None or lat_bound <= r.max_latency_ms)
               and (r.max_energy_mj is None or e_judged <= r.max_energy_mj))
         return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, e_judged, 1, int(ok), now_s, None)
+
+    def _choose_small(self, r: Request, lo: int, hi: int, now_s: float,
+                      queues: Mapping[str, QueueSnapshot] | None, dry_run: bool,
+                      allowed: Iterable[str] | None) -> Decision | None:
+        """``choose`` for a small model, in Python floats: the same decision as the masked path.
+        None when it has nothing to say more cheaply: no feasible arm (the masked path finds the
+        closest) or both pins given through ``allowed`` (its ``pinned`` code)."""
+        cand = None
+        if r.variant is not None or r.placement is not None:
+            cand = self._pin_mask(r, lo, hi)
+        if allowed is not None:
+            cand = self._allowed_mask(r, lo, hi, allowed, cand)
+        if r.variant is not None and r.placement is not None:
+            return None
+        om = self._online
+        est = om.est_latency_ms_[lo:hi].tolist()
+        bound = om.latency_bound_ms_[lo:hi].tolist()
+        energy = om.est_energy_mj_[lo:hi].tolist()
+        judged = om.energy_bound_mj_[lo:hi].tolist() if self.config.energy_at_confidence else energy
+        waits = self._placement_waits(queues) if queues else None
+        in_cand = None if cand is None else cand.tolist()
+        acc, pidx = self._acc_l, self._pidx_l
+        min_acc, max_lat, max_en = r.min_accuracy, r.max_latency_ms, r.max_energy_mj
+        objective = r.objective
+        n_cand = n_feas = 0
+        feas: list[int] = []
+        best_key: tuple | None = None
+        best = -1
+        for j in range(hi - lo):
+            if in_cand is not None and not in_cand[j]:
+                continue
+            n_cand += 1
+            a = lo + j
+            if min_acc is not None and not acc[a] >= min_acc:
+                continue
+            if waits is None:
+                mean, lb = est[j], bound[j]
+            else:
+                w = waits[pidx[a]]
+                mean, lb = est[j] + w, bound[j] + w
+            if max_lat is not None and not lb <= max_lat:
+                continue
+            if max_en is not None and not judged[j] <= max_en:
+                continue
+            n_feas += 1
+            feas.append(j)
+            if objective == "latency":
+                k1, k2 = mean, energy[j]
+            elif objective == "energy":
+                k1, k2 = energy[j], mean
+            else:
+                k1, k2 = self._acc_key_l[a], mean
+            key = (_BIG if k1 != k1 else k1, _BIG if k2 != k2 else k2)
+            if best_key is None or key < best_key:
+                best_key, best = key, j
+        if not n_feas:
+            return None
+        i = best
+        code = "selected"
+        if not dry_run and self.config.probe_share > 0.0:
+            credit = self._probe_credit + self.config.probe_share
+            if credit >= 1.0:   # as in the masked path: the credit pays for the look
+                credit -= 1.0
+                last = om.last_update_s_[lo:hi].tolist()
+                interval = self.config.probe_interval_s
+                stale = [(last[j], j) for j in feas if j != best and (now_s - last[j]) > interval]
+                if stale:
+                    i = min(stale)[1]
+                    code = "probe"
+            self._probe_credit = credit
+        w = 0.0 if waits is None else waits[pidx[lo + i]]
+        return self._decision(r, lo + i, code, est[i] + w if waits is not None else est[i],
+                              bound[i] + w if waits is not None else bound[i], w, energy[i], judged[i],
+                              n_cand, n_feas, now_s, None)
 
     def _decision(self, r: Request, a: int, code: str, lat_mean: float, lat_bound: float, queue_ms: float,
                   e: float, e_judged: float, n_cand: int, n_feas: int, now_s: float,

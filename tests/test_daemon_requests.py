@@ -212,6 +212,14 @@ def test_float32_inputs_are_quantized_and_native_integer_inputs_pass_through(dae
     reply_q, out_q = infer(daemon, model, xq, pin_variant=v, pin_placement=p)
     assert reply_q["type"] == "result", reply_q
     assert out_q == out_f
+    # Unpinned (or the placement alone pinned), an integer input goes only to a variant that
+    # takes that dtype: the candidates the policy chooses among are narrowed to those.
+    takes = {vv for vv, var in model["variants"].items() if var["inputs"][0]["dtype"] == spec["dtype"]}
+    for pins in ({}, {"pin_placement": p}):
+        for _ in range(3):
+            reply_u, _ = infer(daemon, model, xq, **pins)
+            assert reply_u["type"] == "result", reply_u
+            assert reply_u["variant"] in takes, (reply_u["variant"], takes)
     # Integer inputs to a float variant: no such variant takes them.
     reply, _ = infer(daemon, model, xq, pin_variant="float32")
     assert reply["code"] == "BAD_INPUT", reply

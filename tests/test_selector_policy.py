@@ -204,6 +204,40 @@ def test_both_pins_scalar_path_equals_the_general_path(sc, data):
 
 
 @FAST
+@given(scenarios(), st.data())
+def test_small_model_scalar_path_equals_the_masked_path(sc, data):
+    """Models of at most ``scalar_max_arms`` arms are decided by a loop over floats, larger ones
+    by masked arrays: the same decisions, probes (and the probe budget) included, call after
+    call, with and without pins and allowed variants."""
+    arms, pls, meas, queues, req = sc
+    cfg = dict(energy_at_confidence=data.draw(st.booleans()), probe_share=data.draw(st.sampled_from([0.0, 0.3, 1.0])),
+               probe_interval_s=data.draw(st.sampled_from([0.0, 0.2, 100.0])))
+    scalar, t = build(arms, pls, meas, **cfg)
+    masked, _ = build(arms, pls, meas, **cfg)
+    masked.scalar_max_arms = 0
+    assert scalar.scalar_max_arms >= len(scalar.arms)
+    arm = data.draw(st.sampled_from(scalar.arms))
+    pin_v, pin_p = data.draw(st.booleans()), data.draw(st.booleans())
+    r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
+                variant=arm.variant if pin_v else None, placement=arm.placement if pin_p else None)
+    variants = sorted({a.variant for a in scalar.arms})
+    allowed = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(variants), min_size=1, unique=True)))
+    for k in range(4):
+        outcomes = []
+        for s in (scalar, masked):
+            try:
+                outcomes.append(s.choose(r, t + 0.1 * k, queues, allowed_variants=allowed,
+                                         dry_run=k == 2).to_dict())
+            except UnknownVariantError as exc:
+                outcomes.append(("UnknownVariantError", str(exc)))
+        assert outcomes[0] == outcomes[1]
+        if isinstance(outcomes[0], dict) and outcomes[0]["arm_id"] is not None and k % 2:
+            a = outcomes[0]["arm_id"]   # both learn the same measurement
+            for s in (scalar, masked):
+                s.update(a, 1.0 + k, 2.0, True, t + 0.1 * k)
+
+
+@FAST
 @given(scenarios())
 def test_probes_only_feasible_and_bounded(sc):
     arms, pls, meas, queues, req = sc
