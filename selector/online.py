@@ -22,7 +22,11 @@ Estimator, per arm
   followed within a bounded number of requests), and after a quiet spell the new sample dominates
   (a regime change is followed within about one half-life of seconds).
 * A sliding window of the last ``window`` latencies gives an empirical quantile once it holds
-  ``min_window`` samples.
+  ``min_window`` samples no older than ``window_max_age_s`` at the update being made. Without the
+  age limit a window outlived the regime that filled it: an arm that had a slow spell and then
+  went unchosen kept the spell's quantile as its bound until ``window`` new samples came, which
+  its own bound prevented (bench/bench_selection.py: one arm left unchosen for the last 25 s of a
+  run). With it, the next measurement (a re-probe) is judged on the samples of its own regime.
 * The measured bound at confidence q is ``max(mean + z_q * sd, window quantile q)``; the published
   mean and bound blend the prior (from the structural predictor) with the measurements:
   ``prior_share = prior_weight / (prior_weight + n)`` while ``n < full_trust_n``, 0 after.
@@ -55,6 +59,7 @@ class OnlineCostModel:
         min_update_weight: float = 0.1,
         window: int = 16,
         min_window: int = 4,
+        window_max_age_s: float = 10.0,
         prior_weight: float = 1.0,
         full_trust_n: int = 5,
     ) -> None:
@@ -66,11 +71,14 @@ class OnlineCostModel:
             raise ValueError(f"min_update_weight must be in [0, 1], got {min_update_weight}")
         if window < 1 or min_window < 1:
             raise ValueError("window and min_window must be >= 1")
+        if not window_max_age_s > 0:
+            raise ValueError(f"window_max_age_s must be > 0, got {window_max_age_s}")
         self.confidence = confidence
         self.half_life_s = half_life_s
         self.min_update_weight = min_update_weight
         self.window = window
         self.min_window = min_window
+        self.window_max_age_s = window_max_age_s
         self.prior_weight = prior_weight
         self.full_trust_n = full_trust_n
 
@@ -96,6 +104,7 @@ class OnlineCostModel:
         self.var_ms2_ = np.zeros(n_arms)
         self.last_update_s_ = np.full(n_arms, -np.inf)  # -inf: never measured
         self.window_ms_ = np.zeros((n_arms, self.window))
+        self.window_t_ = np.zeros((n_arms, self.window))   # when each window sample was taken (s)
         self.window_n_ = np.zeros(n_arms, dtype=np.int64)
         self.window_pos_ = np.zeros(n_arms, dtype=np.int64)
         self.energy_n_ = np.zeros(n_arms, dtype=np.int64)
@@ -103,6 +112,7 @@ class OnlineCostModel:
         self.energy_var_mj2_ = np.zeros(n_arms)
         self.last_energy_s_ = np.full(n_arms, -np.inf)
         self.energy_window_mj_ = np.zeros((n_arms, self.window))
+        self.energy_window_t_ = np.zeros((n_arms, self.window))
         self.energy_window_n_ = np.zeros(n_arms, dtype=np.int64)
         # published (read by the selector on the request path)
         self.est_latency_ms_ = lat.copy()
@@ -151,11 +161,12 @@ class OnlineCostModel:
         self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
         pos = int(self.window_pos_[a])
         self.window_ms_[a, pos] = lat
+        self.window_t_[a, pos] = t
         self.window_pos_[a] = (pos + 1) % self.window
         k = min(int(self.window_n_[a]) + 1, self.window)
         self.window_n_[a] = k
 
-        bound = self._bound(mean, var, self.window_ms_[a, :k])
+        bound = self._bound(mean, var, self._recent(self.window_ms_[a, :k], self.window_t_[a, :k], t))
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -176,9 +187,11 @@ class OnlineCostModel:
             self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
             ke = min(int(self.energy_window_n_[a]) + 1, self.window)
             self.energy_window_mj_[a, (ne - 1) % self.window] = e
+            self.energy_window_t_[a, (ne - 1) % self.window] = t
             self.energy_window_n_[a] = ke
-            if ke >= self.min_window:
-                ebound = self._bound(em, ev, self.energy_window_mj_[a, :ke])
+            recent = self._recent(self.energy_window_mj_[a, :ke], self.energy_window_t_[a, :ke], t)
+            if recent.shape[0] >= self.min_window:
+                ebound = self._bound(em, ev, recent)
             else:
                 ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
             self.est_energy_mj_[a] = em
@@ -189,6 +202,12 @@ class OnlineCostModel:
             self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
             self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
+
+    def _recent(self, values: np.ndarray, times: np.ndarray, t: float) -> np.ndarray:
+        """The window's samples no older than ``window_max_age_s`` at time ``t``."""
+        if times.min() >= t - self.window_max_age_s:
+            return values
+        return values[times >= t - self.window_max_age_s]
 
     def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
         """``mean + z sd``, raised to the window's quantile once it holds ``min_window`` samples."""

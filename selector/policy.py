@@ -28,9 +28,13 @@ Policy (PROTOCOL.md §4, §5.2)
   most accurate (unknown accuracy ranks last).
 * Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
   credit; a whole credit is spent on looking for a candidate arm not measured for
-  ``probe_interval_s`` (never measured first, then the longest unmeasured, then arm id) that is
-  itself predicted feasible; if there is one it replaces the best, with code ``probe``. So probes
-  are at most ``probe_share * decisions`` (+1), and the look itself runs on that share only.
+  ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
+  objective (then the longest unmeasured, never measured first, then arm id); if there is one
+  it replaces the best, with code ``probe``. So probes are at most ``probe_share * decisions``
+  (+1), and the look itself runs on that share only. Best-first, because the arm worth
+  refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
+  spent the probes on arms measured hopeless, again and again, while an arm that had one slow
+  spell waited (bench/bench_selection.py).
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -77,6 +81,7 @@ class SelectorConfig:
     min_update_weight: float = 0.1    # each sample's weight at least this (bounded reaction in requests)
     window: int = 16                  # sliding window for the empirical quantile
     min_window: int = 4               # samples before the window quantile is used
+    window_max_age_s: float = 10.0    # window samples older than this (s) no longer count
     prior_weight: float = 1.0         # prior counts as this many samples ...
     full_trust_n: int = 5             # ... until this many measurements
     probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
@@ -264,6 +269,7 @@ class Selector:
         self._online = OnlineCostModel(
             confidence=cfg.confidence, half_life_s=cfg.half_life_s,
             min_update_weight=cfg.min_update_weight, window=cfg.window, min_window=cfg.min_window,
+            window_max_age_s=cfg.window_max_age_s,
             prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
@@ -482,7 +488,7 @@ class Selector:
                         # the credit pays for the look, found or not: the stale-arm scan then
                         # costs a 1/probe_share share of decisions, never every one
                         credit -= 1.0
-                        j = self._probe_pick(now_s, lo, hi, feas, i)
+                        j = self._probe_pick(now_s, lo, hi, feas, i, key1, key2)
                         if j is not None:
                             i = j
                             code = "probe"
@@ -542,7 +548,7 @@ class Selector:
         min_acc, max_lat, max_en = r.min_accuracy, r.max_latency_ms, r.max_energy_mj
         objective = r.objective
         n_cand = n_feas = 0
-        feas: list[int] = []
+        feas: list[tuple[float, float, int]] = []
         best_key: tuple | None = None
         best = -1
         for j in range(hi - lo):
@@ -562,7 +568,6 @@ class Selector:
             if max_en is not None and not judged[j] <= max_en:
                 continue
             n_feas += 1
-            feas.append(j)
             if objective == "latency":
                 k1, k2 = mean, energy[j]
             elif objective == "energy":
@@ -570,6 +575,7 @@ class Selector:
             else:
                 k1, k2 = self._acc_key_l[a], mean
             key = (_BIG if k1 != k1 else k1, _BIG if k2 != k2 else k2)
+            feas.append((*key, j))
             if best_key is None or key < best_key:
                 best_key, best = key, j
         if not n_feas:
@@ -582,9 +588,9 @@ class Selector:
                 credit -= 1.0
                 last = om.last_update_s_[lo:hi].tolist()
                 interval = self.config.probe_interval_s
-                stale = [(last[j], j) for j in feas if j != best and (now_s - last[j]) > interval]
+                stale = [(k1, k2, last[j], j) for k1, k2, j in feas if j != best and (now_s - last[j]) > interval]
                 if stale:
-                    i = min(stale)[1]
+                    i = min(stale)[3]
                     code = "probe"
             self._probe_credit = credit
         w = 0.0 if waits is None else waits[pidx[lo + i]]
@@ -672,15 +678,18 @@ class Selector:
             return energy, lat_mean
         return self._acc_key[lo:hi], lat_mean
 
-    def _probe_pick(self, now_s: float, lo: int, hi: int, feas: np.ndarray | None, best: int) -> int | None:
+    def _probe_pick(self, now_s: float, lo: int, hi: int, feas: np.ndarray | None, best: int,
+                    key1: np.ndarray, key2: np.ndarray) -> int | None:
         last = self._online.last_update_s_[lo:hi]
         stale = (now_s - last) > self.config.probe_interval_s
         if feas is not None:
             stale &= feas
         stale[best] = False
-        if not stale.any():
+        idx = np.flatnonzero(stale)
+        if not idx.size:
             return None
-        return int(np.where(stale, last, np.inf).argmin())
+        order = np.lexsort((idx, last[idx], _finite(key2[idx]), _finite(key1[idx])))
+        return int(idx[order[0]])
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy_bound) -> int:
         """Arm (index in the model's range) with the least normalised total violation; unknown

@@ -52,6 +52,25 @@ def test_regime_change_followed_within_seconds_at_low_rate():
     assert m.est_latency_ms_[0] == pytest.approx(20.0 - 15.0 * 2 ** -4, rel=1e-6)
 
 
+def test_a_slow_spell_stops_counting_once_older_than_the_window_age():
+    """A spell of slow samples sets the bound while it is recent; a measurement taken more than
+    window_max_age_s later (a re-probe) is no longer held back by it, latency and energy alike."""
+    m = model(window=16, min_window=4, window_max_age_s=10.0, half_life_s=2.0)
+    t = 0.0
+    for k in range(16):   # 4 slow samples among 12 fast ones, all in the window
+        t += 0.05
+        slow = k % 4 == 0
+        m.update(0, 30.0 if slow else 5.0, 30.0 if slow else 5.0, True, t)
+    spell_bound = m.latency_bound_ms_[0]
+    assert spell_bound >= 29.0 and m.energy_bound_mj_[0] >= 29.0
+    m.update(0, 5.0, 5.0, True, t + 5.0)   # within the age limit: the spell still counts
+    assert m.latency_bound_ms_[0] >= 29.0
+    for j in range(4):   # re-probed after a long quiet spell: judged on what it measures now
+        m.update(0, 5.0, 5.0, True, t + 30.0 + 0.01 * j)
+        # the gap reset the mean; what is left of the spell's variance is a few % of it
+        assert 5.0 <= m.latency_bound_ms_[0] < 5.5 and 5.0 <= m.energy_bound_mj_[0] < 5.5
+
+
 def test_long_gap_lets_the_new_sample_dominate():
     m = model(half_life_s=2.0)
     for k in range(30):

@@ -276,6 +276,30 @@ def test_explain_changes_nothing_and_ranks():
     assert "4 of 8 arms" in d.text
 
 
+@pytest.mark.parametrize("path", ["scalar", "masked"])
+def test_a_probe_refreshes_the_stale_arm_that_would_be_chosen_not_the_oldest(path):
+    """Among stale feasible arms the probe goes to the best by the objective: ``b``, measured
+    slower than ``a`` once, before ``c``, measured long ago and hopeless; then by age."""
+    arms = [ArmSpec("m", v, "cpu:0", 0.9, 1.0, 0.1, 1.0) for v in ("a", "b", "c", "d")]
+    s = Selector(arms, ["cpu:0"], SelectorConfig(probe_share=1.0, probe_interval_s=1.0, full_trust_n=1))
+    if path == "masked":
+        s.scalar_max_arms = 0
+    ids = {v: s.arm_id("m", v, "cpu:0") for v in "abcd"}
+    s.update(ids["c"], 50.0, None, True, 0.0)   # oldest, hopeless
+    s.update(ids["d"], 3.0, None, True, 1.0)
+    s.update(ids["b"], 2.0, None, True, 2.0)    # one slow-ish measurement
+    s.update(ids["a"], 1.0, None, True, 9.5)    # fresh: the choice
+    r = Request("m", max_latency_ms=100.0, objective="latency")
+    d = s.choose(r, 10.0)
+    assert d.code == "probe" and d.variant == "b"
+    s.update(ids["b"], 2.0, None, True, 10.0)
+    d = s.choose(r, 10.5)
+    assert d.code == "probe" and d.variant == "d"   # b is fresh now; d beats c
+    # an arm the request's own constraint rules out is never probed
+    d = s.choose(Request("m", max_latency_ms=2.5, objective="latency"), 11.0)
+    assert d.code == "selected" and d.variant == "a"
+
+
 def test_queue_wait_moves_choice():
     arms = [ArmSpec("m", "a", "cpu:0", 0.9, 2.0, 0.0, None), ArmSpec("m", "a", "cpu:1", 0.9, 3.0, 0.0, None)]
     s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0))
