@@ -16,6 +16,7 @@ Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds
 in-process measured in the same run. Usage::
 
     .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json] [--no-tcp]
+                                             [--spin-us US]
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def main() -> int:
     ap.add_argument("--models", default="digits,MobileNetV2")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-tcp", action="store_true", help="skip the tcp rows (shorter run)")
+    ap.add_argument("--spin-us", type=int, default=0, help="the daemon's [server] spin_us (default 0: off)")
     ap.add_argument("--placement", default=None,
                     help="placement to serve on (default: the widest); clients are pinned to the other cores, "
                          "if any, as the daemon's clients would run beside a placement on a bigger board")
@@ -197,6 +199,7 @@ def main() -> int:
     report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
               "placement": placement.name, "threads": placement.threads, "client_cores": list(client_cores),
+              "spin_us": args.spin_us,
               "models": {}}
     ctx = mp.get_context("spawn")
     for model in args.models.split(","):
@@ -211,7 +214,8 @@ def main() -> int:
             echo.start()
             ready.wait()
             daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
-                                         config={"placements": {"include": [placement.name], "load": "eager"}})
+                                         config={"placements": {"include": [placement.name], "load": "eager"},
+                                                 "server": {"spin_us": args.spin_us}})
             try:
                 for _ in range(args.rounds):
                     rows.setdefault("in-process", []).append(

@@ -91,6 +91,7 @@ class ServerConfig:
     dedup_entries: int = 1024
     drain_timeout_s: float = 30.0
     watchdog: bool = True
+    spin_us: int = 0                          # poll without sleeping this long after a dispatch
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
@@ -105,7 +106,10 @@ class ServerConfig:
             dedup_entries=_typed(d, "dedup_entries", int, cls.dedup_entries, w),
             drain_timeout_s=_typed(d, "drain_timeout_s", float, cls.drain_timeout_s, w),
             watchdog=_typed(d, "watchdog", bool, True, w),
+            spin_us=_typed(d, "spin_us", int, 0, w),
         )
+        if not 0 <= out.spin_us <= 100_000:
+            raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
         _positive(out.max_message_bytes, f"{w}.max_message_bytes")
         _positive(out.drain_timeout_s, f"{w}.drain_timeout_s")
         if out.dedup_entries < 0 or out.dedup_window_s < 0:

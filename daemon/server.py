@@ -241,13 +241,22 @@ class Daemon:
         drain_deadline = None
         next_sweep = time.monotonic()
         timeout_ms = 1000.0 if watchdog_s is None else min(1000.0, watchdog_s * 1e3)
+        spin_ns = self.config.server.spin_us * 1000
 
         while True:
             # Worker deaths last: a replacement worker may reuse the dead one's descriptor
             # numbers, so no event of this round may be read after a restart.
             # With bookkeeping waiting, look without blocking first: nothing to do means an idle
             # moment (e.g. a caller reading its reply), which is when that work is done.
-            events = poller.poll(0 if self._deferred else timeout_ms)
+            spin_until_ns = None if self._deferred or not spin_ns else self._spin_until_ns(spin_ns)
+            events = poller.poll(0 if self._deferred or spin_until_ns else timeout_ms)
+            if not events and spin_until_ns:
+                # [server] spin_us: a result due soon is picked up without a wake-up from sleep
+                while not events and time.monotonic_ns() < spin_until_ns:
+                    os.sched_yield()   # a worker sharing this core runs first
+                    events = poller.poll(0)
+                if not events:
+                    events = poller.poll(timeout_ms)
             if len(events) > 1:
                 events.sort(key=lambda e: e[0] in pidfds)
             if not events and self._deferred:
@@ -294,6 +303,15 @@ class Daemon:
                 if self._stop_requested > 1 or not self._pending or now >= drain_deadline:
                     break
         return self.shutdown()
+
+    def _spin_until_ns(self, spin_ns: int) -> int | None:
+        """The end of the spin after the latest dispatch still in flight; None when nothing is in
+        flight or that spin is over (then the loop sleeps as usual)."""
+        started = self.pool.latest_dispatch_ns()
+        if started is None:
+            return None
+        until = started + spin_ns
+        return until if until > time.monotonic_ns() else None
 
     def _drain_frontend(self, sock: zmq.Socket) -> None:
         for _ in range(FRONTEND_BATCH):

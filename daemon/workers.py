@@ -231,6 +231,16 @@ class WorkerPool:
         w = self.workers[placement]
         return len(w.queue) + (1 if w.inflight else 0)
 
+    def latest_dispatch_ns(self) -> int | None:
+        """When the most recently dispatched job still in flight was handed to its worker
+        (``time.monotonic_ns()``), or None when no job is in flight."""
+        latest = None
+        for w in self.workers.values():
+            job = w.inflight
+            if job is not None and job.dispatched_ns is not None and (latest is None or job.dispatched_ns > latest):
+                latest = job.dispatched_ns
+        return latest
+
     def submit(self, placement: str, job: Job) -> bool:
         """Queue a job; False when the placement's queue is full (answer BUSY)."""
         worker = self.workers[placement]

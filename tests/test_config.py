@@ -142,6 +142,8 @@ BAD = [
     ("[[placements.custom]]\ncores = [0]", "placements.custom[0].name"),
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nthreads = 0", "placements.custom[0].threads"),
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nspeed = 1", "speed"),
+    ("[server]\nspin_us = -1", "server.spin_us"),
+    ("[server]\nspin_us = 1e3", "spin_us"),
     ("[stats]\nwindow = 4", "stats.window"),
     ("[stats]\newma_alpha = 0", "stats.ewma_alpha"),
     ("[stats]\newma_alpha = 1.5", "stats.ewma_alpha"),

@@ -330,3 +330,43 @@ def test_an_idle_worker_killed_twice_is_restarted_each_time(daemon):
                                                    pin_placement=name), [images(1)])
     assert reply["type"] == "result", reply
     assert control(daemon, "health")["in_flight"] == 0
+
+
+def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
+    """``[server] spin_us``: after handing a job to a worker the daemon polls without sleeping for
+    that long, and no longer. Short executions (one image, ~10 ms) each cost the daemon about
+    the spin in CPU time; a half-second execution costs it the spin once, not the half second;
+    answers are unchanged. (CPU time from the kernel's accounting of the daemon process, with
+    margins of several times over what the spin, or its absence, would make it.)"""
+    psutil = pytest.importorskip("psutil")
+    spin_ms = 3.0
+    with DaemonProcess.start(slow_repository, tmp_path, config={
+            "server": {"spin_us": int(spin_ms * 1000)},
+            "placements": {"tensorflow": "off", "load": "eager"}}) as d:
+        placement = first_placement(d)
+        proc = psutil.Process(d.proc.pid)
+
+        def cpu_s() -> float:
+            t = proc.cpu_times()
+            return t.user + t.system
+
+        sock = dealer(d)
+        send_infer(sock, "warm", 1, placement)
+        assert recv(sock)["type"] == "result"
+        n = 30
+        before = cpu_s()
+        for i in range(n):
+            send_infer(sock, f"short-{i}", 1, placement)
+            reply = recv(sock)
+            assert reply["type"] == "result" and reply["placement"] == placement, reply
+        per_request_ms = (cpu_s() - before) / n * 1e3
+        assert per_request_ms >= 0.6 * spin_ms, per_request_ms   # it spun (without: well under 1 ms)
+
+        before, t0 = cpu_s(), time.monotonic()
+        send_infer(sock, "long", SLOW_BATCH, placement)
+        reply = recv(sock)
+        wall_s, used_s = time.monotonic() - t0, cpu_s() - before
+        assert reply["type"] == "result", reply
+        assert wall_s > 0.1, wall_s
+        assert used_s < 0.25 * wall_s, (used_s, wall_s)   # spun for the spin, slept the rest
+        sock.close()
