@@ -55,7 +55,11 @@ Scores, over the scored requests: a request is *feasible* when the oracle found 
 Latency is the daemon's ``total_ms`` (what ``met`` judges), energy the daemon's per-request
 energy, which on this machine is ESTIMATED from CPU time by the power model (no sensor), and
 accuracy the chosen variant's manifest accuracy (digits only). Ratios to the oracle are over the
-feasible requests both served, in the same repetition.
+feasible requests both served, in the same repetition. The runs of a repetition follow each other
+a minute or more apart on a shared host whose speed drifts; the measurement loop's pinned work on
+the twins, identical in every run, measures that drift: the *host factor* of a run is the median
+over arms of its median energy (latency) there against the oracle's run, and the host-adjusted
+energy ratio divides by it (both the raw and the adjusted ratio are reported).
 """
 
 from __future__ import annotations
@@ -210,6 +214,15 @@ class ArmTable:
         es = [x[1] for x in s if x[1] is not None]
         return lat, (pct(es, q) if es else float("nan"))
 
+    def medians(self) -> dict[str, tuple[float, float]]:
+        """Per arm (both load states together, at least 4 samples): median (latency, energy),
+        keyed ``model|variant|placement``: the run's host-speed reference (see ``host_factor``)."""
+        out: dict[str, list] = {}
+        for (key, _), samples in self.samples.items():
+            out.setdefault("|".join(key), []).extend(samples)
+        return {k: (pct([x[0] for x in v], 50), pct([x[1] for x in v if x[1] is not None], 50))
+                for k, v in out.items() if len(v) >= 4}
+
     def measure_one(self, client: Client, inputs: dict, on_fn) -> None:
         m, v, p = self.order[self.next % len(self.order)]
         self.next += 1
@@ -329,7 +342,7 @@ def make_stream(cat: dict, bounds: dict, n: int, seed: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- one run
-def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log) -> list[dict]:
+def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log):
     cycle = args.on + args.off
     with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, args.selector),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
@@ -392,11 +405,23 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
             stats = c.stats() if policy in ("adaptive", "static") else None
         finally:
             load.stop()
-    return records, stats
+    return records, stats, table.medians()
+
+
+def host_factor(run: dict, oracle: dict, which: int) -> float | None:
+    """How much costlier the same pinned work on the twins was in this run than in the oracle's
+    run of the same repetition: the median over arms measured in both of the ratio of their
+    medians (``which``: 0 latency, 1 energy). The policies run one after another, a minute or
+    more apart, on a shared host whose speed drifts by 10-20% over such spans; dividing a
+    policy's ratio to the oracle by this factor compares them as if on the same host."""
+    ratios = [run[k][which] / oracle[k][which] for k in run.keys() & oracle.keys()
+              if oracle[k][which] and oracle[k][which] > 0 and run[k][which] == run[k][which]]
+    return statistics.median(ratios) if len(ratios) >= 10 else None
 
 
 # ----------------------------------------------------------------------------- scoring
-def score(records: list[dict], oracle: list[dict]) -> dict:
+def score(records: list[dict], oracle: list[dict], host_energy: float | None = None,
+          host_latency: float | None = None) -> dict:
     feas = {r["i"]: r.get("oracle_feasible", False) for r in oracle if r["scored"]}
     orc = {r["i"]: r for r in oracle if r["scored"] and r["outcome"] == "ok"}
     rs = [r for r in records if r["scored"]]
@@ -450,6 +475,9 @@ def score(records: list[dict], oracle: list[dict]) -> dict:
         "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99), "latency_ms_mean": statistics.fmean(lat) if lat else None,
         "accuracy_mean_digits": statistics.fmean(acc) if acc else None,
         "energy_ratio_to_oracle": ratio("energy_mj"), "latency_ratio_to_oracle": ratio("total_ms"),
+        "host_factor_energy": host_energy, "host_factor_latency": host_latency,
+        "energy_ratio_to_oracle_host_adjusted": (ratio("energy_mj") / host_energy
+                                                 if host_energy and ratio("energy_mj") is not None else None),
         "n_compared_to_oracle": len(both),
         "late_ms_p99": pct([r["late_ms"] for r in rs], 99),
         "phase_changed_in_flight": sum(1 for r in rs if "on_after" in r and r["on_after"] != r["on"]),
@@ -497,6 +525,8 @@ def table(per_rep: list[dict]) -> str:
             ("attainment_by_phase.on", "load on", ".1%"), ("attainment_tight", "tight bounds", ".1%"),
             ("attainment_loose", "loose bounds", ".1%"), ("rejected_feasible", "rejected feasible", ".0f"),
             ("energy_mj_mean", "energy mJ/req (est.)", ".3g"), ("energy_ratio_to_oracle", "energy / oracle", ".3f"),
+            ("host_factor_energy", "host factor (energy)", ".3f"),
+            ("energy_ratio_to_oracle_host_adjusted", "energy / oracle, host-adjusted", ".3f"),
             ("latency_ms_p50", "lat p50 ms", ".3g"), ("latency_ms_p99", "lat p99 ms", ".3g"),
             ("latency_ratio_to_oracle", "lat mean / oracle", ".3f"), ("accuracy_mean_digits", "digits acc.", ".4f")]
     head = "| policy | " + " | ".join(c[1] for c in cols) + " |"
@@ -574,22 +604,26 @@ def main(argv=None) -> int:
         reps = []
         for rep in range(args.reps):
             order = policies[rep % len(policies):] + policies[:rep % len(policies)]
-            runs, stats = {}, {}
+            runs, stats, medians = {}, {}, {}
             for pol in order:
                 log(f"rep {rep + 1}/{args.reps}: {pol} ({len(stream)} requests)")
-                runs[pol], stats[pol] = run_policy(pol, args, args.repository, workdir / f"r{rep}", stream, log)
-            scores = {pol: score(runs[pol], runs["oracle"]) for pol in policies}
+                runs[pol], stats[pol], medians[pol] = run_policy(pol, args, args.repository, workdir / f"r{rep}",
+                                                                 stream, log)
+            scores = {pol: score(runs[pol], runs["oracle"], host_factor(medians[pol], medians["oracle"], 1),
+                                 host_factor(medians[pol], medians["oracle"], 0)) for pol in policies}
             reps.append({"order": order, "scores": scores, "records": runs, "stats": stats})
             for pol in policies:
                 s = scores[pol]
                 log(f"  {pol:14s} attainment {fmt(s['attainment'], '.1%')} of {s['feasible']} feasible; "
                     f"rejected {s['rejected']}; energy {fmt(s['energy_mj_mean'])} mJ (est.), "
-                    f"x{fmt(s['energy_ratio_to_oracle'])} oracle; p50 {fmt(s['latency_ms_p50'])} ms; "
+                    f"x{fmt(s['energy_ratio_to_oracle'])} oracle (x{fmt(s['energy_ratio_to_oracle_host_adjusted'])} "
+                    f"host-adjusted); p50 {fmt(s['latency_ms_p50'])} ms; "
                     f"p99 {fmt(s['latency_ms_p99'])} ms; {s['placements']}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = {p: {k: median_spread([r["scores"][p].get(k) for r in reps])
-                   for k in ("attainment", "energy_ratio_to_oracle", "latency_ratio_to_oracle", "energy_mj_mean",
+                   for k in ("attainment", "energy_ratio_to_oracle", "energy_ratio_to_oracle_host_adjusted",
+                             "latency_ratio_to_oracle", "energy_mj_mean",
                              "latency_ms_p50", "latency_ms_p99", "accuracy_mean_digits")}
                for p in policies}
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
