@@ -166,7 +166,8 @@ class OnlineCostModel:
         k = min(int(self.window_n_[a]) + 1, self.window)
         self.window_n_[a] = k
 
-        bound = self._bound(mean, var, self._recent(self.window_ms_[a, :k], self.window_t_[a, :k], t))
+        oldest = self.window_t_.item(a, (pos + 1) % self.window if k == self.window else 0)
+        bound = self._bound(mean, var, self._recent(self.window_ms_[a, :k], self.window_t_[a, :k], t, oldest))
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -189,7 +190,8 @@ class OnlineCostModel:
             self.energy_window_mj_[a, (ne - 1) % self.window] = e
             self.energy_window_t_[a, (ne - 1) % self.window] = t
             self.energy_window_n_[a] = ke
-            recent = self._recent(self.energy_window_mj_[a, :ke], self.energy_window_t_[a, :ke], t)
+            oldest = self.energy_window_t_.item(a, ne % self.window if ke == self.window else 0)
+            recent = self._recent(self.energy_window_mj_[a, :ke], self.energy_window_t_[a, :ke], t, oldest)
             if recent.shape[0] >= self.min_window:
                 ebound = self._bound(em, ev, recent)
             else:
@@ -203,9 +205,10 @@ class OnlineCostModel:
             self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
 
-    def _recent(self, values: np.ndarray, times: np.ndarray, t: float) -> np.ndarray:
-        """The window's samples no older than ``window_max_age_s`` at time ``t``."""
-        if times.min() >= t - self.window_max_age_s:
+    def _recent(self, values: np.ndarray, times: np.ndarray, t: float, oldest: float) -> np.ndarray:
+        """The window's samples no older than ``window_max_age_s`` at time ``t`` (``oldest``:
+        the time of the window's oldest sample, the common case being that it is recent)."""
+        if oldest >= t - self.window_max_age_s:
             return values
         return values[times >= t - self.window_max_age_s]
 

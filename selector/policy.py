@@ -686,9 +686,13 @@ class Selector:
             stale &= feas
         stale[best] = False
         idx = np.flatnonzero(stale)
-        if not idx.size:
-            return None
-        order = np.lexsort((idx, last[idx], _finite(key2[idx]), _finite(key1[idx])))
+        if idx.size <= 1:
+            return int(idx[0]) if idx.size else None
+        k1 = _finite(key1[idx])
+        idx = idx[k1 == k1.min()]   # the best by the objective; usually one arm
+        if idx.size == 1:
+            return int(idx[0])
+        order = np.lexsort((idx, last[idx], _finite(key2[idx])))
         return int(idx[order[0]])
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy_bound) -> int:
@@ -700,7 +704,8 @@ class Selector:
         if r.min_accuracy is not None:
             m = r.min_accuracy
             if m > 0.0:  # unknown accuracy is stored as 0 here: violation exactly 1
-                total += np.maximum(0.0, (m - self._acc0[lo:hi]) / m)
+                with np.errstate(over="ignore"):   # a subnormal bound: inf, capped below
+                    total += np.maximum(0.0, (m - self._acc0[lo:hi]) / m)
             else:
                 total += self._acc_unknown[lo:hi]
         if r.max_latency_ms is not None:
