@@ -42,7 +42,7 @@ class Policy(Protocol):
                queues: Any, now_s: float) -> Choice: ...
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
-                energy_estimated: bool, now_s: float) -> None: ...
+                energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None: ...
 
     def reset(self, registry: Registry) -> None: ...
 
@@ -85,7 +85,7 @@ class MostAccuratePolicy:
                       predicted, _predicted_met(request, arm.accuracy, latency_ms, None))
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
-                energy_estimated: bool, now_s: float) -> None:
+                energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None:
         key = (model.name, model.version, *arm.key)
         old = self._latency_ewma_ms.get(key)
         self._latency_ewma_ms[key] = latency_ms if old is None else old + 0.2 * (latency_ms - old)

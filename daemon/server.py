@@ -573,7 +573,8 @@ class Daemon:
                  path_ms: float, energy: Any, met: dict[str, bool], now: float, now_ns: int) -> None:
         """An answered request's statistics, the policy's update and its selection record."""
         stats.record(compute_ms, energy.energy_mj, energy.source, energy.estimated, now)
-        self.policy.observe(pending.model, pending.arm, path_ms, energy.energy_mj, energy.estimated, now_ns / 1e9)
+        self.policy.observe(pending.model, pending.arm, path_ms, energy.energy_mj, energy.estimated, now_ns / 1e9,
+                            compute_ms=compute_ms)
         self._record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
                      choice=pending.choice, arm=pending.arm, timing=(queue_ms, compute_ms, total_ms),
                      energy=energy, met=met)

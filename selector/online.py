@@ -30,6 +30,8 @@ Estimator, per arm
 * The measured bound at confidence q is ``max(mean + z_q * sd, window quantile q)``; the published
   mean and bound blend the prior (from the structural predictor) with the measurements:
   ``prior_share = prior_weight / (prior_weight + n)`` while ``n < full_trust_n``, 0 after.
+* ``shift_priors`` moves the latency priors of some arms by a cost learnt elsewhere (the daemon:
+  its own path around the interpreter, per placement).
 * Energy: same weighting of measured energy when the daemon reports one. Until an arm has any,
   its energy is its prior power (W) times its current latency estimate, so an energy estimate
   follows a latency regime change too; ``energy_estimated_`` is True then, and otherwise copies
@@ -204,6 +206,23 @@ class OnlineCostModel:
             self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
             self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
+
+    def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
+        """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (ids or a mask):
+        a cost every execution on their placement pays that the structural prior does not know
+        (the serving path around the interpreter), learnt from other arms. A never-measured
+        arm publishes the shifted prior at once; a measured one blends it in at its next update
+        while it still gives the prior weight. Energy priors are left alone: that path's time is
+        not the worker's CPU time, which is what energy is estimated from."""
+        d = float(delta_ms)
+        if not math.isfinite(d):
+            raise ValueError(f"delta_ms must be finite, got {delta_ms!r}")
+        idx = np.flatnonzero(arms) if np.asarray(arms).dtype == bool else np.asarray(arms, dtype=np.intp)
+        self.prior_latency_ms_[idx] += d
+        self.prior_bound_ms_[idx] += d
+        fresh = idx[self.n_[idx] == 0]
+        self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
+        self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
 
     def _recent(self, values: np.ndarray, times: np.ndarray, t: float, oldest: float) -> np.ndarray:
         """The window's samples no older than ``window_max_age_s`` at time ``t`` (``oldest``:

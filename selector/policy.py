@@ -354,6 +354,13 @@ class Selector:
             raise KeyError(f"no arm id {a}")
         self._online.update(a, latency_ms, energy_mj, energy_estimated, t_s)
 
+    def shift_placement_priors(self, placement: str, delta_ms: float) -> None:
+        """Add ``delta_ms`` to the latency prior of every arm on ``placement`` (see
+        :meth:`OnlineCostModel.shift_priors`); unknown placements are ignored."""
+        p = self._pindex.get(placement)
+        if p is not None:
+            self._online.shift_priors(self._pidx == p, delta_ms)
+
     def stats(self) -> list[dict]:
         """Per-arm live statistics, plain types (for the ``stats`` control reply)."""
         out = []

@@ -31,3 +31,29 @@ def test_learned_latency_covers_the_daemons_request_path(tiny_repository, tmp_pa
     # The estimate (an EWMA of what was learned) is at least most of the median total; learning
     # the worker's service time alone gave about half of it for this model.
     assert e.predicted.latency_ms >= 0.8 * measured, (e.predicted, measured, totals[20:])
+
+
+def test_a_never_measured_arm_is_predicted_with_its_placements_path(tiny_repository, tmp_path):
+    """The structural prior knows the interpreter, not the daemon's path around it. After
+    requests on one arm, another arm of the same placement, never run, is predicted with the
+    path that placement's executions paid (learnt as latency minus execution), while its own
+    execution part stays the prior's."""
+    repo, model, _ = tiny_repository
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    with DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"load": "eager"}}) as d, \
+            Client(d.endpoint) as client:
+        placement = client.placements()["placements"][0]["name"]
+        variants = [v["name"] for v in client.models()["models"][0]["variants"] if v.get("runtime", "litert") == "litert"]
+        run, other = variants[0], variants[1]
+        before = client.explain(model, variant=other, placement=placement).predicted.latency_ms
+        paths = []
+        for _ in range(60):
+            s = client.infer(model, x, variant=run, placement=placement).selection
+            paths.append(s.timing.total_ms - s.timing.compute_ms)
+        after = client.explain(model, variant=other, placement=placement).predicted.latency_ms
+        stats = {(a["variant"], a["placement"]): a for a in client.stats()["arms"]}
+    assert stats.get((other, placement), {}).get("count", 0) == 0   # never run
+    path = float(np.median(paths[30:]))
+    assert before < 0.5 * path, (before, path)   # the prior alone lacked most of the path
+    assert after >= 0.7 * path, (before, after, path)
+    assert after <= before + 2.0 * path, (before, after, path)

@@ -227,3 +227,22 @@ def test_sudden_slowdown_moves_traffic_off_within_bounded_requests(request_, bou
     on_fast = [c for v, c in later if v == "fast"]
     assert all(c == "probe" for c in on_fast)
     assert len(on_fast) <= 0.02 * len(later) + 1
+
+
+def test_shifting_a_placements_priors_moves_never_measured_arms_now_and_measured_ones_by_blend():
+    arms = [ArmSpec("m", v, p, 0.9, 1.0, 0.1, 2.0) for v in ("a", "b") for p in ("cpu:0", "cpu:1")]
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(prior_weight=1.0, full_trust_n=5))
+    om = s.cost_model
+    ids = {(v, p): s.arm_id("m", v, p) for v in "ab" for p in ("cpu:0", "cpu:1")}
+    s.update(ids[("a", "cpu:0")], 3.0, None, True, 0.0)   # measured once: est = (3 + 1) / 2
+    measured_before = om.est_latency_ms_[ids[("a", "cpu:0")]]
+    energy_before = om.est_energy_mj_.copy()
+    s.shift_placement_priors("cpu:0", 0.5)
+    s.shift_placement_priors("gpu:9", 7.0)   # unknown: ignored
+    assert om.est_latency_ms_[ids[("b", "cpu:0")]] == pytest.approx(1.5)       # never measured: at once
+    assert om.latency_bound_ms_[ids[("b", "cpu:0")]] > 1.5
+    assert om.est_latency_ms_[ids[("b", "cpu:1")]] == pytest.approx(1.0)       # other placement: as it was
+    assert om.est_latency_ms_[ids[("a", "cpu:0")]] == measured_before          # measured: at its next update
+    s.update(ids[("a", "cpu:0")], 3.0, None, True, 0.01)
+    assert om.est_latency_ms_[ids[("a", "cpu:0")]] == pytest.approx((2 * 3.0 + 1.5) / 3)
+    assert om.est_energy_mj_[ids[("b", "cpu:0")]] == energy_before[ids[("b", "cpu:0")]]   # energy prior untouched
