@@ -445,12 +445,8 @@ class Selector:
             lat_bound = bound + arm_wait
 
         # candidates: pins
-        cand = None
+        cand = self._candidates_mask(r, lo, hi, allowed_variants)
         pinned_arm = None
-        if r.variant is not None or r.placement is not None:
-            cand = self._pin_mask(r, lo, hi)
-        if allowed_variants is not None:
-            cand = self._allowed_mask(r, lo, hi, allowed_variants, cand)
         if r.variant is not None and r.placement is not None:
             pinned_arm = int(np.flatnonzero(cand)[0])
         n_cand = (hi - lo) if cand is None else int(np.count_nonzero(cand))
@@ -537,11 +533,7 @@ class Selector:
         """``choose`` for a small model, in Python floats: the same decision as the masked path.
         None when it has nothing to say more cheaply: no feasible arm (the masked path finds the
         closest) or both pins given through ``allowed`` (its ``pinned`` code)."""
-        cand = None
-        if r.variant is not None or r.placement is not None:
-            cand = self._pin_mask(r, lo, hi)
-        if allowed is not None:
-            cand = self._allowed_mask(r, lo, hi, allowed, cand)
+        cand = self._candidates_mask(r, lo, hi, allowed)
         if r.variant is not None and r.placement is not None:
             return None
         om = self._online
@@ -645,6 +637,16 @@ class Selector:
                         alternatives=alternatives)
 
     # ------------------------------------------------------------------ decision helpers
+    def _candidates_mask(self, r: Request, lo: int, hi: int, allowed: Iterable[str] | None) -> np.ndarray | None:
+        """The model's arms that the pins and ``allowed`` leave (None: all); raises for unknown
+        pins and for an empty set."""
+        cand = None
+        if r.variant is not None or r.placement is not None:
+            cand = self._pin_mask(r, lo, hi)
+        if allowed is not None:
+            cand = self._allowed_mask(r, lo, hi, allowed, cand)
+        return cand
+
     def _pin_mask(self, r: Request, lo: int, hi: int) -> np.ndarray:
         mask = None
         if r.variant is not None:
