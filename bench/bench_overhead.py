@@ -16,7 +16,7 @@ Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds
 in-process measured in the same run. Usage::
 
     .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json] [--no-tcp]
-                                             [--spin-us US]
+                                             [--spin-us US] [--pin-daemon]
 """
 
 from __future__ import annotations
@@ -182,6 +182,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-tcp", action="store_true", help="skip the tcp rows (shorter run)")
     ap.add_argument("--spin-us", type=int, default=0, help="the daemon's [server] spin_us (default 0: off)")
+    ap.add_argument("--pin-daemon", action="store_true",
+                    help="[server] cores = the clients' cores (default: the daemon is not pinned)")
     ap.add_argument("--placement", default=None,
                     help="placement to serve on (default: the widest); clients are pinned to the other cores, "
                          "if any, as the daemon's clients would run beside a placement on a bigger board")
@@ -199,7 +201,7 @@ def main() -> int:
     report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
               "placement": placement.name, "threads": placement.threads, "client_cores": list(client_cores),
-              "spin_us": args.spin_us,
+              "spin_us": args.spin_us, "daemon_cores": list(client_cores) if args.pin_daemon else [],
               "models": {}}
     ctx = mp.get_context("spawn")
     for model in args.models.split(","):
@@ -215,7 +217,8 @@ def main() -> int:
             ready.wait()
             daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
                                          config={"placements": {"include": [placement.name], "load": "eager"},
-                                                 "server": {"spin_us": args.spin_us}})
+                                                 "server": {"spin_us": args.spin_us,
+                                                            "cores": list(client_cores) if args.pin_daemon else []}})
             try:
                 for _ in range(args.rounds):
                     rows.setdefault("in-process", []).append(

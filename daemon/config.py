@@ -72,6 +72,13 @@ def _positive(value: float | int, key: str) -> None:
         raise ConfigError(f"{key}: must be greater than 0, got {value}")
 
 
+def _core_list(value: Any, key: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                                               for x in value):
+        raise ConfigError(f"{key}: expected a list of core numbers, got {value!r}")
+    return tuple(sorted(set(value)))
+
+
 def _endpoint_list(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of endpoint strings")
@@ -92,6 +99,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     watchdog: bool = True
     spin_us: int = 0                          # poll without sleeping this long after a dispatch
+    cores: tuple[int, ...] = ()               # CPU cores for the daemon's own threads; empty: any
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
@@ -107,6 +115,7 @@ class ServerConfig:
             drain_timeout_s=_typed(d, "drain_timeout_s", float, cls.drain_timeout_s, w),
             watchdog=_typed(d, "watchdog", bool, True, w),
             spin_us=_typed(d, "spin_us", int, 0, w),
+            cores=_core_list(d.get("cores", []), f"{w}.cores"),
         )
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")

@@ -110,8 +110,10 @@ class Daemon:
         cfg = self.config
         cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.context = zmq.Context()
-        self.placements = discover(cfg.placements)
+        self.placements = discover(cfg.placements)   # before pinning: it reads this process's cores
         self._placement_by_name = {p.name: p for p in self.placements}
+        if cfg.server.cores:
+            _pin_process(cfg.server.cores)
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
         self.regions = RegionTable(cfg.server.ipc_mode)
         stale = self.regions.sweep_stale()
@@ -787,6 +789,23 @@ class Daemon:
         self.notifier.close()
         log.info("stopped")
         return 0
+
+
+def _pin_process(cores: tuple[int, ...]) -> None:
+    """Pin every thread of this process (ZeroMQ's I/O thread is already running) to ``cores``;
+    threads and processes started later inherit it, and each worker then pins itself to its
+    placement's cores. Raises RuntimeError naming ``server.cores`` for cores this process may
+    not use."""
+    allowed = os.sched_getaffinity(0)
+    if not set(cores) <= allowed:
+        raise RuntimeError(f"server.cores: {sorted(set(cores) - allowed)} not among this process's cores "
+                           f"{sorted(allowed)}")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except ProcessLookupError:   # a thread that ended meanwhile
+            pass
+    log.info("daemon threads pinned to cores %s", ",".join(map(str, cores)))
 
 
 def _rss_bytes() -> int:

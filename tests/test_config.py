@@ -143,6 +143,8 @@ BAD = [
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nthreads = 0", "placements.custom[0].threads"),
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nspeed = 1", "speed"),
     ("[server]\nspin_us = -1", "server.spin_us"),
+    ("[server]\ncores = [-1]", "server.cores"),
+    ("[server]\ncores = 0", "server.cores"),
     ("[server]\nspin_us = 1e3", "spin_us"),
     ("[stats]\nwindow = 4", "stats.window"),
     ("[stats]\newma_alpha = 0", "stats.ewma_alpha"),

@@ -370,3 +370,32 @@ def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
         assert wall_s > 0.1, wall_s
         assert used_s < 0.25 * wall_s, (used_s, wall_s)   # spun for the spin, slept the rest
         sock.close()
+
+
+def test_server_cores_pin_the_daemons_threads_and_leave_the_workers_on_theirs(slow_repository, tmp_path):
+    """``[server] cores``: every thread of the daemon (ZeroMQ's I/O thread and the selection
+    store's included) runs on those cores; each worker still runs on its placement's cores; the
+    placements are those of the whole machine, not of the pinned daemon. A core the daemon may
+    not use is a start-up error naming the setting."""
+    allowed = sorted(os.sched_getaffinity(0))
+    core = allowed[-1]
+    with DaemonProcess.start(slow_repository, tmp_path / "ok", config={
+            "server": {"cores": [core]}, "placements": {"tensorflow": "off"}}) as d:
+        placements = control(d, "placements")["placements"]
+        tids = os.listdir(f"/proc/{d.proc.pid}/task")
+        assert len(tids) >= 2
+        for tid in tids:
+            assert os.sched_getaffinity(int(tid)) == {core}, tid
+        covered = set()
+        for p in placements:
+            assert sorted(os.sched_getaffinity(p["worker_pid"])) == sorted(p["cores"]), p
+            covered |= set(p["cores"])
+        assert covered == set(allowed)
+        sock = dealer(d)
+        send_infer(sock, "pinned-daemon", 1, placements[0]["name"])
+        assert recv(sock)["type"] == "result"
+        sock.close()
+    bad = max(allowed) + 1000
+    with pytest.raises(RuntimeError, match="server.cores"):
+        DaemonProcess.start(slow_repository, tmp_path / "bad", config={"server": {"cores": [bad]}},
+                            ready_timeout_s=60)
