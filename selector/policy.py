@@ -417,6 +417,8 @@ class Selector:
         Never raises for an infeasible request: see ``Decision.code``.
         """
         r = request
+        if allowed_variants is not None:   # read twice when the scalar path hands over: no one-shot iterators
+            allowed_variants = tuple(allowed_variants)
         try:
             lo, hi = self._model_range[r.model]
         except KeyError:
@@ -477,8 +479,12 @@ class Selector:
                 masked = key1 if feas is None else np.where(feas, key1, np.inf)
                 i = int(masked.argmin())
                 best = masked.item(i)
-                if best != best:  # argmin stops at the first NaN (unknown): redo with unknown = _BIG
-                    masked = _finite(masked)
+                if not best < _BIG:
+                    # argmin stopped at a NaN (unknown), or the best is infinite and may tie with
+                    # an excluded arm: redo with unknown and infinite costs at _BIG
+                    masked = _finite(key1)
+                    if feas is not None:
+                        masked = np.where(feas, masked, np.inf)
                     i = int(masked.argmin())
                     best = masked.item(i)
                 ties = masked == best
@@ -573,7 +579,7 @@ class Selector:
                 k1, k2 = energy[j], mean
             else:
                 k1, k2 = self._acc_key_l[a], mean
-            key = (_BIG if k1 != k1 else k1, _BIG if k2 != k2 else k2)
+            key = (k1 if k1 < _BIG else _BIG, k2 if k2 < _BIG else _BIG)   # NaN, inf: _BIG
             feas.append((*key, j))
             if best_key is None or key < best_key:
                 best_key, best = key, j
@@ -812,7 +818,9 @@ class Selector:
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
-    """NaN (unknown) -> a huge finite cost, so unknowns rank after knowns but before excluded."""
-    if np.isnan(x).any():
-        return np.where(np.isnan(x), _BIG, x)
+    """NaN (unknown) and +inf -> a huge finite cost, so they rank after known costs but before
+    excluded arms (inf): an infinite prior must not tie with an excluded arm."""
+    bad = ~(x < _BIG)
+    if bad.any():
+        return np.where(bad, _BIG, x)
     return x

@@ -300,6 +300,23 @@ def test_a_probe_refreshes_the_stale_arm_that_would_be_chosen_not_the_oldest(pat
     assert d.code == "selected" and d.variant == "a"
 
 
+@pytest.mark.parametrize("path", ["scalar", "masked"])
+def test_an_infinite_cost_never_ties_with_an_excluded_arm(path):
+    """An arm whose energy prior is infinite is still a candidate (ranked last among the
+    feasible), never confused with an arm the constraints exclude; and allowed variants may
+    come as a one-shot iterator."""
+    arms = [ArmSpec("m", "a", "cpu:0", 0.5, 1.0, 0.1, float("inf")),
+            ArmSpec("m", "b", "cpu:0", 0.9, 1.0, 0.1, float("inf"))]
+    s = Selector(arms, ["cpu:0"], SelectorConfig(probe_share=0.0))
+    if path == "masked":
+        s.scalar_max_arms = 0
+    d = s.choose(Request("m", min_accuracy=0.8, objective="energy"), 0.0)
+    assert d.variant == "b" and d.feasible
+    d = s.choose(Request("m", max_latency_ms=0.01, on_infeasible="best_effort"), 0.0,
+                 allowed_variants=iter(["a"]))
+    assert d.code == "best_effort" and d.variant == "a"
+
+
 def test_queue_wait_moves_choice():
     arms = [ArmSpec("m", "a", "cpu:0", 0.9, 2.0, 0.0, None), ArmSpec("m", "a", "cpu:1", 0.9, 3.0, 0.0, None)]
     s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0))
