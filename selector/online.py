@@ -106,16 +106,15 @@ class OnlineCostModel:
         self.var_ms2_ = np.zeros(n_arms)
         self.last_update_s_ = np.full(n_arms, -np.inf)  # -inf: never measured
         self.window_ms_ = np.zeros((n_arms, self.window))
-        self.window_t_ = np.zeros((n_arms, self.window))   # when each window sample was taken (s)
-        self.window_n_ = np.zeros(n_arms, dtype=np.int64)
-        self.window_pos_ = np.zeros(n_arms, dtype=np.int64)
+        # rings of the last ``window`` samples and when each was taken (s); the n-th sample of an
+        # arm goes to slot (n - 1) % window, so the counts above say what each ring holds
+        self.window_t_ = np.zeros((n_arms, self.window))
         self.energy_n_ = np.zeros(n_arms, dtype=np.int64)
         self.energy_mean_mj_ = np.full(n_arms, np.nan)
         self.energy_var_mj2_ = np.zeros(n_arms)
         self.last_energy_s_ = np.full(n_arms, -np.inf)
         self.energy_window_mj_ = np.zeros((n_arms, self.window))
         self.energy_window_t_ = np.zeros((n_arms, self.window))
-        self.energy_window_n_ = np.zeros(n_arms, dtype=np.int64)
         # published (read by the selector on the request path)
         self.est_latency_ms_ = lat.copy()
         self.latency_bound_ms_ = self.prior_bound_ms_.copy()
@@ -161,15 +160,7 @@ class OnlineCostModel:
         self.mean_ms_[a] = mean
         self.var_ms2_[a] = var
         self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
-        pos = int(self.window_pos_[a])
-        self.window_ms_[a, pos] = lat
-        self.window_t_[a, pos] = t
-        self.window_pos_[a] = (pos + 1) % self.window
-        k = min(int(self.window_n_[a]) + 1, self.window)
-        self.window_n_[a] = k
-
-        oldest = self.window_t_.item(a, (pos + 1) % self.window if k == self.window else 0)
-        bound = self._bound(mean, var, self._recent(self.window_ms_[a, :k], self.window_t_[a, :k], t, oldest))
+        bound = self._bound(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -188,12 +179,7 @@ class OnlineCostModel:
             self.energy_mean_mj_[a] = em
             self.energy_var_mj2_[a] = ev
             self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
-            ke = min(int(self.energy_window_n_[a]) + 1, self.window)
-            self.energy_window_mj_[a, (ne - 1) % self.window] = e
-            self.energy_window_t_[a, (ne - 1) % self.window] = t
-            self.energy_window_n_[a] = ke
-            oldest = self.energy_window_t_.item(a, ne % self.window if ke == self.window else 0)
-            recent = self._recent(self.energy_window_mj_[a, :ke], self.energy_window_t_[a, :ke], t, oldest)
+            recent = self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t)
             if recent.shape[0] >= self.min_window:
                 ebound = self._bound(em, ev, recent)
             else:
@@ -208,7 +194,7 @@ class OnlineCostModel:
             self.energy_estimated_[a] = True
 
     def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
-        """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (ids or a mask):
+        """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (a boolean mask):
         a cost every execution on their placement pays that the structural prior does not know
         (the serving path around the interpreter), learnt from other arms. A never-measured
         arm publishes the shifted prior at once; a measured one blends it in at its next update
@@ -217,19 +203,24 @@ class OnlineCostModel:
         d = float(delta_ms)
         if not math.isfinite(d):
             raise ValueError(f"delta_ms must be finite, got {delta_ms!r}")
-        idx = np.flatnonzero(arms) if np.asarray(arms).dtype == bool else np.asarray(arms, dtype=np.intp)
+        idx = np.flatnonzero(arms)
         self.prior_latency_ms_[idx] += d
         self.prior_bound_ms_[idx] += d
         fresh = idx[self.n_[idx] == 0]
         self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
         self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
 
-    def _recent(self, values: np.ndarray, times: np.ndarray, t: float, oldest: float) -> np.ndarray:
-        """The window's samples no older than ``window_max_age_s`` at time ``t`` (``oldest``:
-        the time of the window's oldest sample, the common case being that it is recent)."""
-        if oldest >= t - self.window_max_age_s:
-            return values
-        return values[times >= t - self.window_max_age_s]
+    def _push(self, values: np.ndarray, times: np.ndarray, a: int, n: int, x: float, t: float) -> np.ndarray:
+        """Put arm ``a``'s ``n``-th sample ``x``, taken at ``t``, in its ring; return the ring's
+        samples no older than ``window_max_age_s`` at ``t``."""
+        w = self.window
+        values[a, (n - 1) % w] = x
+        times[a, (n - 1) % w] = t
+        k = min(n, w)
+        oldest = times.item(a, n % w if k == w else 0)
+        if oldest >= t - self.window_max_age_s:   # the common case: the whole ring is recent
+            return values[a, :k]
+        return values[a, :k][times[a, :k] >= t - self.window_max_age_s]
 
     def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
         """``mean + z sd``, raised to the window's quantile once it holds ``min_window`` samples."""
@@ -241,11 +232,11 @@ class OnlineCostModel:
     # ------------------------------------------------------------------ reading
     def arm_stats(self, a: int) -> dict:
         """Plain-typed statistics of one arm (for ``stats`` replies and tests)."""
-        k = int(self.window_n_[a])
+        k = min(int(self.n_[a]), self.window)
         win = np.sort(self.window_ms_[a, :k]) if k else None
         last = None
         if k:
-            last = float(self.window_ms_[a, (int(self.window_pos_[a]) - 1) % self.window])
+            last = float(self.window_ms_[a, (int(self.n_[a]) - 1) % self.window])
 
         def f(x):
             x = float(x)
