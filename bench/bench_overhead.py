@@ -197,11 +197,12 @@ def main() -> int:
     found = {p.name: p for p in discover(PlacementsConfig())}
     placement = found[args.placement] if args.placement else list(found.values())[-1]   # default: the widest
     client_cores = tuple(sorted(set(os.sched_getaffinity(0)) - set(placement.cores)))
+    daemon_cores = list(client_cores) if args.pin_daemon else []
     models = {"digits": (args.demo_repository, (1, 16, 16, 1)), "MobileNetV2": (args.zoo_repository, (1, 224, 224, 3))}
     report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
               "placement": placement.name, "threads": placement.threads, "client_cores": list(client_cores),
-              "spin_us": args.spin_us, "daemon_cores": list(client_cores) if args.pin_daemon else [],
+              "spin_us": args.spin_us, "daemon_cores": daemon_cores,
               "models": {}}
     ctx = mp.get_context("spawn")
     for model in args.models.split(","):
@@ -217,8 +218,7 @@ def main() -> int:
             ready.wait()
             daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
                                          config={"placements": {"include": [placement.name], "load": "eager"},
-                                                 "server": {"spin_us": args.spin_us,
-                                                            "cores": list(client_cores) if args.pin_daemon else []}})
+                                                 "server": {"spin_us": args.spin_us, "cores": daemon_cores}})
             try:
                 for _ in range(args.rounds):
                     rows.setdefault("in-process", []).append(

@@ -358,16 +358,15 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
         phase = (lambda: load_on(time.monotonic(), t0, args.on, args.off))
         records = []
         try:
-            if table is not None:
-                while time.monotonic() < t0:
-                    table.measure_one(c, inputs, phase)
+            while time.monotonic() < t0:
+                table.measure_one(c, inputs, phase)
             for req in stream:
                 at = t0 + req["i"] * args.period_ms / 1e3
                 while True:
                     left = at - time.monotonic()
                     if left <= 0:
                         break
-                    if table is not None and left > (args.oracle_gap_ms + args.measure_idle_ms) / 1e3:
+                    if left > (args.oracle_gap_ms + args.measure_idle_ms) / 1e3:
                         table.measure_one(c, inputs, phase)
                     else:
                         time.sleep(min(left, 0.002))
