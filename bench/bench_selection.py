@@ -29,6 +29,8 @@ Policies, each against a fresh daemon with the same config except ``[selector]``
 * ``most_accurate``: (a) pinned in the client to the variant of highest manifest accuracy (float32
   where accuracy is unknown: the zoo models) on cpu:0-1 (all cores).
 * ``smallest``: (b) pinned to the smallest variant (size_bytes; ties by name) on cpu:0-1.
+* ``adaptive_alt`` (only with ``--alt JSON``): the adaptive policy with those ``[selector]``
+  settings, in the same repetitions as the default one (an A/B comparison).
 * ``oracle``: (d) reads the measurement loop below: per arm, the last ``--oracle-window``
   (total latency, energy) samples of the current load state (on/off); an arm meets a bound when
   the ``--oracle-quantile`` percentile of its samples does (99th of 16 by default: the target is
@@ -52,6 +54,11 @@ path, which no other policy had.
 
 Scores, over the scored requests: a request is *feasible* when the oracle found an arm for it
 (in the same repetition); attainment = share of feasible requests answered with ``met: true``.
+The oracle's rule is also applied in every run to that run's own measurements of the twins, at
+the moment of each request: *feasible in its own run*, and the attainment over those requests.
+It judges a policy against what the host could do while that policy ran, whereas the oracle's
+run is a minute or more away, on a host whose speed drifts (a request feasible in the oracle's
+run, on a fast host, can be infeasible for every arm during a slow spell of another run).
 Latency is the daemon's ``total_ms`` (what ``met`` judges), energy the daemon's per-request
 energy, which on this machine is ESTIMATED from CPU time by the power model (no sensor), and
 accuracy the chosen variant's manifest accuracy (digits only). Ratios to the oracle are over the
@@ -96,6 +103,7 @@ ZOO_KINDS = "float32,float16,int8_dynamic,int8_full,pruned50"
 PLACEMENTS = ("cpu:0", "cpu:1", "cpu:0-1")
 ALL_CORES = "cpu:0-1"
 POLICIES = ("adaptive", "static", "most_accurate", "smallest", "oracle")
+ALT = "adaptive_alt"   # the adaptive policy with the ``--alt`` settings, run beside the default one
 ADPT = str(Path(sys.executable).parent / "adaptd")
 TWIN = "twin-"   # model-name prefix of the measured copies (see the module docstring)
 
@@ -134,7 +142,7 @@ def daemon_config(policy: str, selector: dict | None = None) -> dict:
     """The daemon's config for a policy; ``selector``: extra ``[selector]`` settings (the
     adaptive and static policies only, e.g. ``confidence``)."""
     cfg: dict[str, Any] = {"placements": {"tensorflow": "off", "load": "eager", "include": list(PLACEMENTS)}}
-    table = dict(selector or {}) if policy in ("adaptive", "static") else {}
+    table = dict(selector or {}) if policy in ("adaptive", "static", ALT) else {}
     if policy == "static":
         table["policy"] = "static"
     if table:
@@ -344,7 +352,8 @@ def make_stream(cat: dict, bounds: dict, n: int, seed: int) -> list[dict]:
 # ----------------------------------------------------------------------------- one run
 def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log):
     cycle = args.on + args.off
-    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, args.selector),
+    selector = args.alt if policy == ALT else args.selector
+    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, selector),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
@@ -376,10 +385,12 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
                        "late_ms": (sent - at) * 1e3, "scored": req["i"] * args.period_ms / 1e3 >= args.warmup_s}
                 kw = {k: req.get(k) for k in ("min_accuracy", "max_latency_ms", "max_energy_mj")}
                 kw["objective"] = req["objective"]
+                # what the oracle would pick now, from this run's own measurements of the twins
+                pick = oracle_pick(table, cat, req, on, args.oracle_quantile)
+                rec["feasible_here"] = pick is not None
                 if policy in ("most_accurate", "smallest"):
                     kw["variant"], kw["placement"] = fixed_arm(cat, req["model"], policy)
                 elif policy == "oracle":
-                    pick = oracle_pick(table, cat, req, on, args.oracle_quantile)
                     rec["oracle_feasible"] = pick is not None
                     if pick is None:
                         rec.update(outcome="infeasible_oracle")
@@ -398,10 +409,11 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
                                predicted_bound_ms=s.predicted.latency_bound_ms,
                                predicted_energy_mj=s.predicted.energy_mj)
                 except AdaptdError as exc:
-                    rec.update(outcome="rejected" if exc.code == "INFEASIBLE" else f"error:{exc.code}", met=False)
+                    rec.update(outcome="rejected" if exc.code == "INFEASIBLE" else f"error:{exc.code}", met=False,
+                               error=exc.message)
                 rec["on_after"] = phase()
                 records.append(rec)
-            stats = c.stats() if policy in ("adaptive", "static") else None
+            stats = c.stats() if policy in ("adaptive", "static", ALT) else None
         finally:
             load.stop()
     return records, stats, table.medians()
@@ -440,8 +452,14 @@ def score(records: list[dict], oracle: list[dict], host_energy: float | None = N
     def attain(sub):
         return sum(1 for r in sub if r["outcome"] == "ok" and r["met"]) / len(sub) if sub else None
 
-    tight = [r for r in fr if ("1.3f" in r["entry"] or "1.2e" in r["entry"])]
-    loose = [r for r in fr if not ("1.3f" in r["entry"] or "1.2e" in r["entry"])]
+    def is_tight(r):
+        return "1.3f" in r["entry"] or "1.2e" in r["entry"]
+
+    tight = [r for r in fr if is_tight(r)]
+    loose = [r for r in fr if not is_tight(r)]
+    # judged against this run's own measurements of the twins at the moment of each request, so
+    # the host's drift between runs does not move requests in or out of the feasible set
+    here = [r for r in rs if r.get("feasible_here")]
     by_entry = {}
     for r in fr:
         by_entry.setdefault(f"{r['model']} | {r['entry']}", []).append(r)
@@ -465,6 +483,10 @@ def score(records: list[dict], oracle: list[dict], host_energy: float | None = N
         "attainment": len(met_f) / len(fr) if fr else None,
         "attainment_by_phase": by_phase,
         "attainment_tight": attain(tight), "attainment_loose": attain(loose),
+        "feasible_here": len(here), "attainment_here": attain(here),
+        "attainment_here_tight": attain([r for r in here if is_tight(r)]),
+        "attainment_here_loose": attain([r for r in here if not is_tight(r)]),
+        "rejected_feasible_here": sum(1 for r in here if r["outcome"] == "rejected"),
         "n_tight": len(tight), "n_loose": len(loose),
         "attainment_by_entry": {k: [attain(v), len(v)] for k, v in sorted(by_entry.items())},
         "total_minus_predicted_bound_ms_p50": pct(under, 50) if under else None,
@@ -520,7 +542,9 @@ def median_spread(vals):
 
 
 def table(per_rep: list[dict]) -> str:
-    cols = [("attainment", "attain. of feasible", ".1%"), ("attainment_by_phase.off", "load off", ".1%"),
+    cols = [("attainment", "attain. of feasible", ".1%"), ("attainment_here", "attain., feasible in own run", ".1%"),
+            ("attainment_here_tight", "own run, tight", ".1%"), ("rejected_feasible_here", "own run, rejected", ".0f"),
+            ("attainment_by_phase.off", "load off", ".1%"),
             ("attainment_by_phase.on", "load on", ".1%"), ("attainment_tight", "tight bounds", ".1%"),
             ("attainment_loose", "loose bounds", ".1%"), ("rejected_feasible", "rejected feasible", ".0f"),
             ("energy_mj_mean", "energy mJ/req (est.)", ".3g"), ("energy_ratio_to_oracle", "energy / oracle", ".3f"),
@@ -576,6 +600,9 @@ def main(argv=None) -> int:
     ap.add_argument("--selector", type=json.loads, default=None, metavar="JSON",
                     help='extra [selector] settings for the adaptive and static policies, e.g. '
                          '\'{"confidence": 0.9}\' (default: the daemon\'s defaults)')
+    ap.add_argument("--alt", type=json.loads, default=None, metavar="JSON",
+                    help=f"also run the adaptive policy with these [selector] settings, as policy '{ALT}', "
+                         "in the same repetitions (an A/B comparison on the same host phases)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--render", type=Path, help="print the table of a JSON file this benchmark wrote, and exit")
     args = ap.parse_args(argv)
@@ -585,6 +612,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.reps, args.stream_s = 1, 12.0
     policies = [p for p in POLICIES if p in args.policies.split(",")]
+    if args.alt is not None:
+        policies.insert(policies.index("adaptive") + 1 if "adaptive" in policies else 0, ALT)
     if "oracle" not in policies:
         policies.append("oracle")
 
@@ -613,7 +642,8 @@ def main(argv=None) -> int:
             reps.append({"order": order, "scores": scores, "records": runs, "stats": stats})
             for pol in policies:
                 s = scores[pol]
-                log(f"  {pol:14s} attainment {fmt(s['attainment'], '.1%')} of {s['feasible']} feasible; "
+                log(f"  {pol:14s} attainment {fmt(s['attainment'], '.1%')} of {s['feasible']} feasible "
+                    f"({fmt(s['attainment_here'], '.1%')} of {s['feasible_here']} feasible in its own run); "
                     f"rejected {s['rejected']}; energy {fmt(s['energy_mj_mean'])} mJ (est.), "
                     f"x{fmt(s['energy_ratio_to_oracle'])} oracle (x{fmt(s['energy_ratio_to_oracle_host_adjusted'])} "
                     f"host-adjusted); p50 {fmt(s['latency_ms_p50'])} ms; "
@@ -621,7 +651,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = {p: {k: median_spread([r["scores"][p].get(k) for r in reps])
-                   for k in ("attainment", "energy_ratio_to_oracle", "energy_ratio_to_oracle_host_adjusted",
+                   for k in ("attainment", "attainment_here", "energy_ratio_to_oracle", "energy_ratio_to_oracle_host_adjusted",
                              "latency_ratio_to_oracle", "energy_mj_mean",
                              "latency_ms_p50", "latency_ms_p99", "accuracy_mean_digits")}
                for p in policies}
