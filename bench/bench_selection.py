@@ -388,6 +388,7 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
                 # what the oracle would pick now, from this run's own measurements of the twins
                 pick = oracle_pick(table, cat, req, on, args.oracle_quantile)
                 rec["feasible_here"] = pick is not None
+                rec["pick_here"] = pick
                 if policy in ("most_accurate", "smallest"):
                     kw["variant"], kw["placement"] = fixed_arm(cat, req["model"], policy)
                 elif policy == "oracle":
