@@ -640,7 +640,7 @@ def main(argv=None) -> int:
                                                                  stream, log)
             scores = {pol: score(runs[pol], runs["oracle"], host_factor(medians[pol], medians["oracle"], 1),
                                  host_factor(medians[pol], medians["oracle"], 0)) for pol in policies}
-            reps.append({"order": order, "scores": scores, "records": runs, "stats": stats})
+            reps.append({"order": order, "scores": scores, "records": runs, "stats": stats, "twin_medians": medians})
             for pol in policies:
                 s = scores[pol]
                 log(f"  {pol:14s} attainment {fmt(s['attainment'], '.1%')} of {s['feasible']} feasible "
@@ -659,7 +659,7 @@ def main(argv=None) -> int:
     out = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "bounds": bounds, "profile": profile, "summary": summary,
-           "reps": [{"order": r["order"], "scores": r["scores"]} for r in reps],
+           "reps": [{"order": r["order"], "scores": r["scores"], "twin_medians": r["twin_medians"]} for r in reps],
            "wall_s": time.time() - started, "loadavg_end": os.getloadavg()}
     print(f"\nselection benchmark: {info['cpu']}, {info['logical_cpus']} CPUs, {out['date']}, "
           f"{args.reps} repetition(s) x {args.stream_s:g} s scored, load on core {args.load_core} "
