@@ -56,7 +56,7 @@ class OnlineCostModel:
     def __init__(
         self,
         *,
-        confidence: float = 0.95,
+        confidence: float = 0.9,
         half_life_s: float = 2.0,
         min_update_weight: float = 0.1,
         window: int = 16,
