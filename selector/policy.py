@@ -34,7 +34,13 @@ Policy (PROTOCOL.md §4, §5.2)
   (+1), and the look itself runs on that share only. Best-first, because the arm worth
   refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
   spent the probes on arms measured hopeless, again and again, while an arm that had one slow
-  spell waited (bench/bench_selection.py).
+  spell waited (bench/bench_selection.py). One exception to best-first, with ``probe_closest``
+  (the default): when a request was found infeasible and its *closest* arm's estimate was stale
+  (a prior never measured, or older than ``probe_interval_s``), that arm is the model's next
+  probe, on the first request it is predicted to meet. A rejection teaches the cost model
+  nothing, so without this an arm that fails a tight bound on an old estimate stays unmeasured
+  while the requests it might meet are rejected (bench/bench_selection.py: MobileNetV2's arm
+  closest to its tight latency bound was never measured in a run, only its prior known).
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -87,6 +93,7 @@ class SelectorConfig:
     full_trust_n: int = 5             # ... until this many measurements
     probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
     probe_share: float = 0.02         # at most this share of decisions are probes (+1)
+    probe_closest: bool = True        # a stale arm closest to an infeasible request is probed first
     prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
     # max_energy_mj judged on the energy bound at ``confidence`` (True) or on the mean (False, the
     # default): bench/bench_selection.py measured the bound turning near-mean misses into
@@ -274,6 +281,9 @@ class Selector:
             prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
+        # per model (its first arm id): the arm closest to an infeasible request, on a stale
+        # estimate; the model's next probe (see the module's contract)
+        self._probe_next: dict[int, int] = {}
         self._n_arms = n
         self.scalar_max_arms = SCALAR_MAX_ARMS
         # plain-float copies of the static columns for the scalar path
@@ -506,6 +516,9 @@ class Selector:
             else:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy_judged)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
+                if not dry_run and self.config.probe_closest and self.config.probe_share > 0.0 \
+                        and now_s - om.last_update_s_.item(lo + i) > self.config.probe_interval_s:
+                    self._probe_next[lo] = lo + i
 
         alternatives = None
         if explain:
@@ -595,7 +608,12 @@ class Selector:
                 last = om.last_update_s_[lo:hi].tolist()
                 interval = self.config.probe_interval_s
                 stale = [(k1, k2, last[j], j) for k1, k2, j in feas if j != best and (now_s - last[j]) > interval]
-                if stale:
+                closest = self._probe_closest(lo, now_s)
+                if closest is not None and any(x[3] == closest for x in stale):
+                    del self._probe_next[lo]
+                    i = closest
+                    code = "probe"
+                elif stale:
                     i = min(stale)[3]
                     code = "probe"
             self._probe_credit = credit
@@ -701,6 +719,10 @@ class Selector:
         if feas is not None:
             stale &= feas
         stale[best] = False
+        j = self._probe_closest(lo, now_s)
+        if j is not None and stale[j]:
+            del self._probe_next[lo]
+            return j
         idx = np.flatnonzero(stale)
         if idx.size <= 1:
             return int(idx[0]) if idx.size else None
@@ -710,6 +732,17 @@ class Selector:
             return int(idx[0])
         order = np.lexsort((idx, last[idx], _finite(key2[idx])))
         return int(idx[order[0]])
+
+    def _probe_closest(self, lo: int, now_s: float) -> int | None:
+        """The model's pending probe of the arm closest to an infeasible request (index in the
+        model's range), or None; dropped once the arm's estimate is fresh (it was measured)."""
+        a = self._probe_next.get(lo)
+        if a is None:
+            return None
+        if now_s - self._online.last_update_s_.item(a) <= self.config.probe_interval_s:
+            del self._probe_next[lo]
+            return None
+        return a - lo
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy_bound) -> int:
         """Arm (index in the model's range) with the least normalised total violation; unknown

@@ -211,7 +211,7 @@ def test_small_model_scalar_path_equals_the_masked_path(sc, data):
     call, with and without pins and allowed variants."""
     arms, pls, meas, queues, req = sc
     cfg = dict(energy_at_confidence=data.draw(st.booleans()), probe_share=data.draw(st.sampled_from([0.0, 0.3, 1.0])),
-               probe_interval_s=data.draw(st.sampled_from([0.0, 0.2, 100.0])))
+               probe_interval_s=data.draw(st.sampled_from([0.0, 0.2, 100.0])), probe_closest=data.draw(st.booleans()))
     scalar, t = build(arms, pls, meas, **cfg)
     masked, _ = build(arms, pls, meas, **cfg)
     masked.scalar_max_arms = 0
@@ -222,12 +222,15 @@ def test_small_model_scalar_path_equals_the_masked_path(sc, data):
                 variant=arm.variant if pin_v else None, placement=arm.placement if pin_p else None)
     variants = sorted({a.variant for a in scalar.arms})
     allowed = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(variants), min_size=1, unique=True)))
-    for k in range(4):
+    # the request alternates with an unconstrained one, so that a probe of the arm closest to an
+    # infeasible request (probe_closest) can follow it
+    free = Request("m", objective=req.objective, variant=r.variant, placement=r.placement)
+    for k in range(6):
         outcomes = []
         for s in (scalar, masked):
             try:
-                outcomes.append(s.choose(r, t + 0.1 * k, queues, allowed_variants=allowed,
-                                         dry_run=k == 2).to_dict())
+                outcomes.append(s.choose(r if k % 3 != 1 else free, t + 0.1 * k, queues, allowed_variants=allowed,
+                                         dry_run=k == 3).to_dict())
             except UnknownVariantError as exc:
                 outcomes.append(("UnknownVariantError", str(exc)))
         assert outcomes[0] == outcomes[1]
@@ -235,6 +238,56 @@ def test_small_model_scalar_path_equals_the_masked_path(sc, data):
             a = outcomes[0]["arm_id"]   # both learn the same measurement
             for s in (scalar, masked):
                 s.update(a, 1.0 + k, 2.0, True, t + 0.1 * k)
+
+
+def _closest_probe_scenario(**cfg):
+    """Arms of one model on one placement, every decision a probe look: ``fast`` measured a
+    little slower than 2 ms; known only by their priors, ``near`` (2.2 ms), ``frugal`` (the least
+    energy) and ``mid``. For a 4 ms bound and the energy objective every arm is feasible,
+    ``frugal`` is chosen and a best-first probe goes to ``mid``, the next by energy."""
+    arms = [ArmSpec("m", "fast", "cpu:0", 0.9, 1.0, 0.0, 9.0),
+            ArmSpec("m", "frugal", "cpu:0", 0.9, 3.0, 0.0, 1.0),
+            ArmSpec("m", "mid", "cpu:0", 0.9, 3.5, 0.0, 3.0),
+            ArmSpec("m", "near", "cpu:0", 0.9, 2.2, 0.0, 6.0)]
+    s = Selector(arms, ["cpu:0"], SelectorConfig(probe_share=1.0, probe_interval_s=10.0, **cfg))
+    t = 100.0
+    for k in range(8):
+        s.update(0, 2.5 + 0.01 * k, 9.0, True, t + 0.01 * k)
+    return s, t + 1.0
+
+
+TIGHT = Request("m", max_latency_ms=2.0, objective="energy")   # closest: near, its prior 10% over
+LOOSE = Request("m", max_latency_ms=4.0, objective="energy")
+
+
+@pytest.mark.parametrize("probe_closest", [True, False])
+def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(probe_closest):
+    """A rejection teaches the cost model nothing: with probe_closest, the arm closest to the
+    rejected request, known only by its prior, is the next probe (on a request it is predicted
+    to meet); without it, probes go best-first by the request's objective."""
+    s, t = _closest_probe_scenario(probe_closest=probe_closest)
+    d = s.choose(TIGHT, t)
+    assert d.code == "infeasible" and d.closest["variant"] == "near"
+    d = s.choose(LOOSE, t + 0.1)
+    assert d.code == "probe"
+    assert d.variant == ("near" if probe_closest else "mid")
+    s.update(d.arm_id, 2.1, 6.0, True, t + 0.1)
+    assert s.choose(LOOSE, t + 0.2).variant == ("mid" if probe_closest else "near")   # then best-first
+
+
+def test_a_dry_run_leaves_no_pending_closest_probe():
+    s, t = _closest_probe_scenario()
+    assert s.choose(TIGHT, t, dry_run=True).closest["variant"] == "near"
+    d = s.choose(LOOSE, t + 0.1)
+    assert (d.code, d.variant) == ("probe", "mid")
+
+
+def test_a_pending_closest_probe_is_dropped_once_the_arm_is_measured():
+    s, t = _closest_probe_scenario()
+    assert s.choose(TIGHT, t).closest["variant"] == "near"
+    s.update(s.arm_id("m", "near", "cpu:0"), 2.4, 6.0, True, t + 0.05)   # fresh now, still too slow
+    d = s.choose(LOOSE, t + 0.1)
+    assert (d.code, d.variant) == ("probe", "mid")
 
 
 @FAST
