@@ -337,12 +337,15 @@ def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
     that long, and no longer. Short executions (one image, ~10 ms) each cost the daemon about
     the spin in CPU time; a half-second execution costs it the spin once, not the half second;
     answers are unchanged. (CPU time from the kernel's accounting of the daemon process, with
-    margins of several times over what the spin, or its absence, would make it.)"""
+    margins of several times over what the spin, or its absence, would make it: the spin is
+    bounded in wall time and yields its core to any runnable thread, so on a core shared with
+    other work it uses less CPU than it lasts; 1.3 ms of a 3 ms spin was seen so, with the rest
+    of the test suite and a benchmark running beside it.)"""
     psutil = pytest.importorskip("psutil")
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         pytest.skip("needs a core for the daemon besides its worker's")
-    spin_ms = 3.0
+    spin_ms = 5.0   # under the short execution's ~10 ms here
     # The daemon on one core, the worker on another: on a shared core the spin yields to the
     # worker and its CPU time would say little.
     with DaemonProcess.start(slow_repository, tmp_path, config={
@@ -366,7 +369,7 @@ def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
             reply = recv(sock)
             assert reply["type"] == "result" and reply["placement"] == placement, reply
         per_request_ms = (cpu_s() - before) / n * 1e3
-        assert per_request_ms >= 0.6 * spin_ms, per_request_ms   # it spun (without: well under 1 ms)
+        assert per_request_ms >= 0.3 * spin_ms, per_request_ms   # it spun (without: well under 1 ms)
 
         before, t0 = cpu_s(), time.monotonic()
         send_infer(sock, "long", SLOW_BATCH, placement)
