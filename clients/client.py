@@ -50,6 +50,7 @@ import zmq
 
 from adaptd.clients.errors import AdaptdError, ReplyError, RequestTimeout, error_from_header
 from adaptd.daemon import protocol as p
+from adaptd.daemon.frames import recv_frames, send_frames
 
 ENDPOINT_ENV = "ADAPTD_ENDPOINT"
 PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
@@ -615,7 +616,7 @@ class Client(ClientSettings):
                 while (remaining := deadline - time.monotonic()) > 0:
                     if not self._poller.poll(max(1, int(remaining * 1e3))):
                         continue
-                    reply = self._socket.recv_multipart(copy=False)
+                    reply = recv_frames(self._socket)
                     got, header, bodies = reply_id(reply)
                     if header is None:
                         raise ReplyError("undecodable reply from the daemon", request_id=rid)
@@ -631,7 +632,7 @@ class Client(ClientSettings):
     def _send(self, frames: list[Any], deadline: float) -> bool:
         while True:
             try:
-                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(self._socket, frames, zmq.NOBLOCK)
                 return True
             except zmq.Again:   # high-water mark reached (daemon away): wait for room
                 remaining = deadline - time.monotonic()

@@ -43,6 +43,7 @@ import zmq
 
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.config import Config, ConfigError, load_config
+from adaptd.daemon.frames import recv_frames, send_frames
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.policy import Choice, Policy
 from adaptd.daemon.registry import Arm, ModelVersion, Registry, RegistryError, load_registry
@@ -318,7 +319,7 @@ class Daemon:
     def _drain_frontend(self, sock: zmq.Socket) -> None:
         for _ in range(FRONTEND_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._on_request(sock, frames)
@@ -648,7 +649,7 @@ class Daemon:
     def _send(self, route, header: dict[str, Any], bodies) -> None:
         sock, envelope = route
         try:
-            sock.send_multipart([*envelope, *proto.encode(header, bodies)], copy=False)
+            send_frames(sock, [*envelope, *proto.encode(header, bodies)])
         except zmq.ZMQError as exc:   # the peer went away; nothing else to do for it
             log.debug("reply to a departed client dropped: %s", exc)
 
