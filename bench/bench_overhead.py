@@ -4,7 +4,8 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
 
 * in-process: ``LoadedVariant.run`` in this process with the placement's thread count;
 * bare echo: a ZeroMQ ROUTER echo in another process, carrying the same frames (the floor any
-  ZeroMQ service pays);
+  ZeroMQ service pays); it and the client processes send and receive frame by frame
+  (``adaptd.daemon.frames``), as the daemon and the client library do;
 * the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
   client processes: round-trip p50/p99 and throughput;
 * the daemon over ipc with the input in a shared-memory region (PROTOCOL.md §11): each client
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from adaptd.daemon.frames import recv_frames, send_frames
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,8 +48,7 @@ def _echo_server(endpoint: str, ready) -> None:
     sock.bind(endpoint)
     ready.set()
     while True:
-        frames = sock.recv_multipart(copy=False)
-        sock.send_multipart(frames, copy=False)
+        send_frames(sock, recv_frames(sock))
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
@@ -83,15 +85,15 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         if region is None:
             header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
             t = time.perf_counter()
-            sock.send_multipart(proto.encode(header, [x]), copy=False)
+            send_frames(sock, proto.encode(header, [x]))
         else:
             t = time.perf_counter()
             if shm == "copy":
                 np.copyto(xs, x)
             header = proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant, pin_placement=placement,
                                           input_headers=inputs)
-            sock.send_multipart(proto.encode(header), copy=False)
-        reply = sock.recv_multipart(copy=False)
+            send_frames(sock, proto.encode(header))
+        reply = recv_frames(sock)
         if i >= warmup:
             rtts.append(time.perf_counter() - t)
         if i == warmup - 1:
