@@ -55,7 +55,6 @@ from adaptd.daemon.workers import Job, Outcome, WorkerPool
 log = logging.getLogger("adaptd")
 
 FRONTEND_BATCH = 64   # messages taken from one socket per poll round, so no socket starves
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)   # plain ints: no enum arithmetic per request
 DEFER_MAX_ITEMS = 16  # answered requests whose bookkeeping may wait for an idle moment
 
 
@@ -319,10 +318,6 @@ class Daemon:
 
     def _drain_frontend(self, sock: zmq.Socket) -> None:
         for _ in range(FRONTEND_BATCH):
-            # ask before reading: a read that finds nothing raises zmq.Again, which costs more
-            # than the request's own receive (pyzmq builds the error's message)
-            if not sock.getsockopt(_EVENTS) & _POLLIN:
-                return
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
