@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zmq
+from adaptd.daemon import frames as frames_mod
 from adaptd.daemon.frames import recv_frames, send_frames
 
 
@@ -44,10 +45,30 @@ def test_a_pyzmq_multipart_message_is_received_frame_by_frame_and_sent_back(pair
     assert back == [b"", b"header", b"tiny", np.arange(100_000, dtype=np.float32).tobytes()]
 
 
-def test_noblock_raises_again_when_nothing_waits_and_an_empty_message_sends_nothing(pair):
+@pytest.mark.parametrize("frame_knows_more", [True, False])
+def test_the_end_of_a_message_is_found_by_either_backends_means(pair, monkeypatch, frame_knows_more):
+    """Cython's Frame.more, or the socket's ZMQ_RCVMORE where the backend (CFFI) leaves it unset."""
+    monkeypatch.setattr(frames_mod, "_FRAME_KNOWS_MORE", frame_knows_more)
+    router, dealer = pair
+    send_frames(dealer, [b"", b"one"])
+    send_frames(dealer, [b"", b"two", b"three"])
+    assert [bytes(f.buffer) for f in recv_frames(router)][1:] == [b"", b"one"]
+    assert [bytes(f.buffer) for f in recv_frames(router)][1:] == [b"", b"two", b"three"]
+
+
+def test_noblock_raises_again_when_nothing_waits(pair):
     router, dealer = pair
     with pytest.raises(zmq.Again):
         recv_frames(router, zmq.NOBLOCK)
-    send_frames(dealer, [])
     send_frames(dealer, [b"", b"after"], zmq.NOBLOCK)
     assert [bytes(f.buffer) for f in recv_frames(router)][1:] == [b"", b"after"]
+
+
+def test_a_frame_that_is_not_a_buffer_sends_nothing_so_the_next_message_stays_whole(pair):
+    router, dealer = pair
+    with pytest.raises(TypeError):
+        send_frames(dealer, [b"", b"header", None])
+    with pytest.raises(ValueError):
+        send_frames(dealer, [])
+    send_frames(dealer, [b"", b"next"])
+    assert [bytes(f.buffer) for f in recv_frames(router)][1:] == [b"", b"next"]
