@@ -13,7 +13,7 @@ Contract
 * ``choose`` passes the placements' real queues (queued and in-flight jobs by arm) so the
   prediction includes the queue wait; ``observe`` feeds every measured execution back.
 * ``[selector]`` config: ``policy`` (``adaptive``, the default; ``static``: priors only, never
-  updated, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
+  updated and never probing, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
   repository's ``calibration.json``), and every :class:`~adaptd.selector.SelectorConfig` field.
 * Priors are completed with what the daemon knows: ``overhead_ms`` (the measured round trip of
   each placement's worker channel) is added to every latency prior, since measured service
@@ -62,6 +62,8 @@ def _key(model: ModelVersion) -> str:
 class SelectorPolicy:
     def __init__(self, selector_config: SelectorConfig, *, online: bool = True,
                  calibration: Path | None = None) -> None:
+        if not online:   # a probe refreshes an estimate; one that never learns would just run a worse arm
+            selector_config = dataclasses.replace(selector_config, probe_share=0.0)
         self.selector_config = selector_config
         self.online = online
         self.calibration = calibration

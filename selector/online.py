@@ -51,12 +51,16 @@ from statistics import NormalDist
 
 import numpy as np
 
+# The default quantile of the latency bound (SelectorConfig uses it too): 0.90, not 0.95, from
+# paired runs of bench/bench_selection.py (BENCHMARKS.md, Selection).
+DEFAULT_CONFIDENCE = 0.9
+
 
 class OnlineCostModel:
     def __init__(
         self,
         *,
-        confidence: float = 0.9,
+        confidence: float = DEFAULT_CONFIDENCE,
         half_life_s: float = 2.0,
         min_update_weight: float = 0.1,
         window: int = 16,

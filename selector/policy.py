@@ -35,12 +35,15 @@ Policy (PROTOCOL.md §4, §5.2)
   refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
   spent the probes on arms measured hopeless, again and again, while an arm that had one slow
   spell waited (bench/bench_selection.py). One exception to best-first, with ``probe_closest``
-  (the default): when a request was found infeasible and its *closest* arm's estimate was stale
-  (a prior never measured, or older than ``probe_interval_s``), that arm is the model's next
-  probe, on the first request it is predicted to meet. A rejection teaches the cost model
-  nothing, so without this an arm that fails a tight bound on an old estimate stays unmeasured
-  while the requests it might meet are rejected (bench/bench_selection.py: MobileNetV2's arm
-  closest to its tight latency bound was never measured in a run, only its prior known).
+  (the default): when a request is found infeasible and its *closest* arm's estimate is stale
+  (a prior never measured, or older than ``probe_interval_s``) and that arm meets the request's
+  accuracy bound (a manifest figure: nothing to learn there), the arm becomes the model's
+  pending probe, replacing any earlier one. It is taken at the model's next probe look (within
+  the budget above) whose request it is predicted to meet, and dropped once the arm has been
+  measured since. A rejection teaches the cost model nothing, so without this an arm that
+  fails a tight bound on an old estimate stays unmeasured while the requests it might meet are
+  rejected (bench/bench_selection.py: MobileNetV2's arm closest to its tight latency bound was
+  never measured in a run, only its prior known).
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -59,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from .online import OnlineCostModel
+from .online import DEFAULT_CONFIDENCE, OnlineCostModel
 from .request import (
     QueueSnapshot,
     Request,
@@ -82,8 +85,7 @@ SCALAR_MAX_ARMS = 48
 class SelectorConfig:
     """Hyper-parameters of the selector and its online cost model."""
 
-    # latency bound quantile; 0.90, not 0.95: paired runs of bench/bench_selection.py (BENCHMARKS.md)
-    confidence: float = 0.9
+    confidence: float = DEFAULT_CONFIDENCE   # latency bound quantile (see online.py)
     half_life_s: float = 2.0          # time decay of the latency/energy EWMA
     min_update_weight: float = 0.1    # each sample's weight at least this (bounded reaction in requests)
     window: int = 16                  # sliding window for the empirical quantile
@@ -282,8 +284,8 @@ class Selector:
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
         # per model (its first arm id): the arm closest to an infeasible request, on a stale
-        # estimate; the model's next probe (see the module's contract)
-        self._probe_next: dict[int, int] = {}
+        # estimate, and when (s); the model's next probe (see the module's contract)
+        self._probe_next: dict[int, tuple[int, float]] = {}
         self._n_arms = n
         self.scalar_max_arms = SCALAR_MAX_ARMS
         # plain-float copies of the static columns for the scalar path
@@ -517,8 +519,10 @@ class Selector:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy_judged)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
                 if not dry_run and self.config.probe_closest and self.config.probe_share > 0.0 \
-                        and now_s - om.last_update_s_.item(lo + i) > self.config.probe_interval_s:
-                    self._probe_next[lo] = lo + i
+                        and now_s - om.last_update_s_.item(lo + i) > self.config.probe_interval_s \
+                        and (r.min_accuracy is None or self._acc.item(lo + i) >= r.min_accuracy):
+                    # (an arm that fails on accuracy, a manifest figure, has nothing to learn)
+                    self._probe_next[lo] = (lo + i, now_s)
 
         alternatives = None
         if explain:
@@ -608,7 +612,7 @@ class Selector:
                 last = om.last_update_s_[lo:hi].tolist()
                 interval = self.config.probe_interval_s
                 stale = [(k1, k2, last[j], j) for k1, k2, j in feas if j != best and (now_s - last[j]) > interval]
-                closest = self._probe_closest(lo, now_s)
+                closest = self._probe_closest(lo)
                 if closest is not None and any(x[3] == closest for x in stale):
                     del self._probe_next[lo]
                     i = closest
@@ -719,7 +723,7 @@ class Selector:
         if feas is not None:
             stale &= feas
         stale[best] = False
-        j = self._probe_closest(lo, now_s)
+        j = self._probe_closest(lo)
         if j is not None and stale[j]:
             del self._probe_next[lo]
             return j
@@ -733,13 +737,14 @@ class Selector:
         order = np.lexsort((idx, last[idx], _finite(key2[idx])))
         return int(idx[order[0]])
 
-    def _probe_closest(self, lo: int, now_s: float) -> int | None:
+    def _probe_closest(self, lo: int) -> int | None:
         """The model's pending probe of the arm closest to an infeasible request (index in the
-        model's range), or None; dropped once the arm's estimate is fresh (it was measured)."""
-        a = self._probe_next.get(lo)
-        if a is None:
+        model's range), or None; dropped once the arm has been measured since that request."""
+        pending = self._probe_next.get(lo)
+        if pending is None:
             return None
-        if now_s - self._online.last_update_s_.item(a) <= self.config.probe_interval_s:
+        a, since_s = pending
+        if self._online.last_update_s_.item(a) >= since_s:
             del self._probe_next[lo]
             return None
         return a - lo

@@ -191,3 +191,15 @@ def test_config_objects_are_frozen():
     cfg = Config.from_dict({"repository": "/m"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.server.queue_limit = 3  # type: ignore[attr-defined]
+
+
+def test_the_static_policy_never_probes_and_the_adaptive_one_keeps_its_probe_share(tmp_path):
+    """A probe refreshes an estimate; a policy that never learns would only run a worse arm."""
+    from adaptd.daemon.selection import SelectorPolicy
+
+    for policy, share in (("static", 0.0), ("adaptive", 0.05)):
+        path = tmp_path / f"{policy}.toml"
+        path.write_text(to_toml({"repository": str(tmp_path), "selector": {"policy": policy, "probe_share": 0.05}}))
+        sp = SelectorPolicy.from_config(load_config(path))
+        assert sp.selector_config.probe_share == share
+        assert sp.online == (policy == "adaptive")

@@ -240,16 +240,19 @@ def test_small_model_scalar_path_equals_the_masked_path(sc, data):
                 s.update(a, 1.0 + k, 2.0, True, t + 0.1 * k)
 
 
-def _closest_probe_scenario(**cfg):
+def _closest_probe_scenario(path="scalar", **cfg):
     """Arms of one model on one placement, every decision a probe look: ``fast`` measured a
     little slower than 2 ms; known only by their priors, ``near`` (2.2 ms), ``frugal`` (the least
     energy) and ``mid``. For a 4 ms bound and the energy objective every arm is feasible,
-    ``frugal`` is chosen and a best-first probe goes to ``mid``, the next by energy."""
+    ``frugal`` is chosen and a best-first probe goes to ``mid``, the next by energy. ``path``:
+    the loop over floats that a model this small gets, or the masked arrays of larger ones."""
     arms = [ArmSpec("m", "fast", "cpu:0", 0.9, 1.0, 0.0, 9.0),
             ArmSpec("m", "frugal", "cpu:0", 0.9, 3.0, 0.0, 1.0),
             ArmSpec("m", "mid", "cpu:0", 0.9, 3.5, 0.0, 3.0),
-            ArmSpec("m", "near", "cpu:0", 0.9, 2.2, 0.0, 6.0)]
+            ArmSpec("m", "near", "cpu:0", 0.8, 2.2, 0.0, 6.0)]
     s = Selector(arms, ["cpu:0"], SelectorConfig(probe_share=1.0, probe_interval_s=10.0, **cfg))
+    if path == "masked":
+        s.scalar_max_arms = 0
     t = 100.0
     for k in range(8):
         s.update(0, 2.5 + 0.01 * k, 9.0, True, t + 0.01 * k)
@@ -258,14 +261,16 @@ def _closest_probe_scenario(**cfg):
 
 TIGHT = Request("m", max_latency_ms=2.0, objective="energy")   # closest: near, its prior 10% over
 LOOSE = Request("m", max_latency_ms=4.0, objective="energy")
+PATHS = pytest.mark.parametrize("path", ["scalar", "masked"])
 
 
+@PATHS
 @pytest.mark.parametrize("probe_closest", [True, False])
-def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(probe_closest):
+def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(path, probe_closest):
     """A rejection teaches the cost model nothing: with probe_closest, the arm closest to the
     rejected request, known only by its prior, is the next probe (on a request it is predicted
     to meet); without it, probes go best-first by the request's objective."""
-    s, t = _closest_probe_scenario(probe_closest=probe_closest)
+    s, t = _closest_probe_scenario(path, probe_closest=probe_closest)
     d = s.choose(TIGHT, t)
     assert d.code == "infeasible" and d.closest["variant"] == "near"
     d = s.choose(LOOSE, t + 0.1)
@@ -275,17 +280,34 @@ def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(probe_cl
     assert s.choose(LOOSE, t + 0.2).variant == ("mid" if probe_closest else "near")   # then best-first
 
 
-def test_a_dry_run_leaves_no_pending_closest_probe():
-    s, t = _closest_probe_scenario()
+@PATHS
+def test_a_dry_run_leaves_no_pending_closest_probe(path):
+    s, t = _closest_probe_scenario(path)
     assert s.choose(TIGHT, t, dry_run=True).closest["variant"] == "near"
     d = s.choose(LOOSE, t + 0.1)
     assert (d.code, d.variant) == ("probe", "mid")
 
 
-def test_a_pending_closest_probe_is_dropped_once_the_arm_is_measured():
-    s, t = _closest_probe_scenario()
+@PATHS
+@pytest.mark.parametrize("later_s", [0.1, 20.0])
+def test_a_pending_closest_probe_is_dropped_once_the_arm_is_measured(path, later_s):
+    """Measured after the rejection, the arm has nothing left to tell, even once its estimate is
+    stale again (``later_s`` past ``probe_interval_s``)."""
+    s, t = _closest_probe_scenario(path)
     assert s.choose(TIGHT, t).closest["variant"] == "near"
-    s.update(s.arm_id("m", "near", "cpu:0"), 2.4, 6.0, True, t + 0.05)   # fresh now, still too slow
+    s.update(s.arm_id("m", "near", "cpu:0"), 2.4, 6.0, True, t + 0.05)   # still too slow for TIGHT
+    d = s.choose(LOOSE, t + later_s)
+    assert (d.code, d.variant) == ("probe", "mid")
+
+
+@PATHS
+def test_an_arm_failing_only_the_accuracy_bound_is_not_made_a_pending_probe(path):
+    """Accuracy is the manifest's: measuring the arm cannot make it feasible."""
+    s, t = _closest_probe_scenario(path)
+    picky = Request("m", min_accuracy=0.85, max_latency_ms=2.0, objective="energy")
+    d = s.choose(picky, t)
+    assert d.code == "infeasible" and d.closest["variant"] == "near"   # closest, at accuracy 0.8
+    assert set(d.violations) == {"min_accuracy", "max_latency_ms"}
     d = s.choose(LOOSE, t + 0.1)
     assert (d.code, d.variant) == ("probe", "mid")
 
