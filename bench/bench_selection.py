@@ -25,7 +25,7 @@ bounds at the 20/50th percentiles of the arms' median energy (estimated) unloade
 
 Policies, each against a fresh daemon with the same config except ``[selector]``:
 * ``adaptive``: the default selector.
-* ``static``: ``[selector] policy = "static"`` (calibrated priors only, never updated).
+* ``static``: ``[selector] policy = "static"`` (calibrated priors only, never updated, no probes).
 * ``most_accurate``: (a) pinned in the client to the variant of highest manifest accuracy (float32
   where accuracy is unknown: the zoo models) on cpu:0-1 (all cores).
 * ``smallest``: (b) pinned to the smallest variant (size_bytes; ties by name) on cpu:0-1.
