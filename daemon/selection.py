@@ -13,8 +13,9 @@ Contract
 * ``choose`` passes the placements' real queues (queued and in-flight jobs by arm) so the
   prediction includes the queue wait; ``observe`` feeds every measured execution back.
 * ``[selector]`` config: ``policy`` (``adaptive``, the default; ``static``: priors only, never
-  updated and never probing, for comparison; ``most_accurate``: the baseline), ``calibration`` (a path; default the
-  repository's ``calibration.json``), and every :class:`~adaptd.selector.SelectorConfig` field.
+  updated and never probing, for comparison; ``most_accurate``: the baseline), ``calibration``
+  (a path; default the repository's ``calibration.json``), and every
+  :class:`~adaptd.selector.SelectorConfig` field.
 * Priors are completed with what the daemon knows: ``overhead_ms`` (the measured round trip of
   each placement's worker channel) is added to every latency prior, since measured service
   times include it; where the predictor gives no energy, ``energy_prior`` (the energy meter's
