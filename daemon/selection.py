@@ -27,8 +27,12 @@ Contract
   execution, and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
   latency prior on that placement is shifted by the difference
   (:meth:`~adaptd.selector.Selector.shift_placement_priors`). So an arm never measured is
-  predicted with the path its placement's other arms paid, not the execution alone. The
-  average survives reloads; the ``static`` policy learns nothing, this included.
+  predicted with the path its placement's other arms paid, not the execution alone. Energy
+  likewise, per model and placement: the average of measured energy minus the arm's prior shifts
+  the energy prior of that model's arms on that placement not yet measured (a tiny model's
+  priors come from hot-loop latencies, 0.017 ms for the demo's float32, while the daemon's
+  executions take 0.045 ms, so its energy priors were 2-3x low). Both averages survive reloads;
+  the ``static`` policy learns nothing, this included.
 * Times: ``now_s`` is ``time.monotonic()`` seconds, the same origin for ``choose`` and ``observe``.
 """
 
@@ -77,6 +81,9 @@ class SelectorPolicy:
         # placement -> learnt latency minus execution (ms), and what the current priors include
         self.path_overhead_ms: dict[str, float] = {}
         self._applied_overhead_ms: dict[str, float] = {}
+        # (model key, placement) -> learnt energy the priors missed (mJ), and what they include
+        self.energy_miss_mj: dict[tuple[str, str], float] = {}
+        self._applied_energy_mj: dict[tuple[str, str], float] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
@@ -126,9 +133,12 @@ class SelectorPolicy:
         self.selector = selector
         # the new selector's priors include the channel's round trip; add what was learnt since
         self._applied_overhead_ms = {p: self.overhead_ms.get(p, 0.0) for p in placements}
+        self._applied_energy_mj = {}
         if selector is not None and self.online:
             for p, learnt in self.path_overhead_ms.items():
                 self._shift_priors(p, learnt)
+            for where, learnt_mj in self.energy_miss_mj.items():
+                self._shift_energy_priors(where, learnt_mj)
         # variants that some placement here runs, per model (a TensorFlow variant has no arm
         # when no TensorFlow placement is configured)
         self._runnable: dict[str, int] = {_key(mv): len({a.variant.name for a in mv.arms})
@@ -156,13 +166,17 @@ class SelectorPolicy:
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None:
         if not self.online or self.selector is None:
             return
+        key = _key(model)
         try:
-            self.selector.update((_key(model), arm.variant.name, arm.placement.name), latency_ms, energy_mj,
-                                 energy_estimated, now_s)
+            arm_id = self.selector.arm_id(key, arm.variant.name, arm.placement.name)
         except KeyError:   # an arm of a generation that a reload replaced
             return
+        self.selector.update(arm_id, latency_ms, energy_mj, energy_estimated, now_s)
         if compute_ms is not None:
             self._learn_overhead(arm.placement.name, max(0.0, latency_ms - compute_ms))
+        prior_mj = self.selector.prior_energy_mj(arm_id)
+        if energy_mj is not None and prior_mj == prior_mj:
+            self._learn_energy_miss((key, arm.placement.name), energy_mj - prior_mj)
 
     # --- helpers ---------------------------------------------------------------------------
     def _learn_overhead(self, placement: str, overhead_ms: float) -> None:
@@ -178,6 +192,20 @@ class SelectorPolicy:
         if abs(learnt_ms - applied) > max(0.02, 0.1 * applied):
             self.selector.shift_placement_priors(placement, learnt_ms - applied)
             self._applied_overhead_ms[placement] = learnt_ms
+
+    def _learn_energy_miss(self, where: tuple[str, str], miss_mj: float) -> None:
+        """One execution's energy minus its arm's prior, into the average of its model on its
+        placement (``where``)."""
+        old = self.energy_miss_mj.get(where)
+        new = miss_mj if old is None else old + OVERHEAD_WEIGHT * (miss_mj - old)
+        self.energy_miss_mj[where] = new
+        self._shift_energy_priors(where, new)
+
+    def _shift_energy_priors(self, where: tuple[str, str], learnt_mj: float) -> None:
+        applied = self._applied_energy_mj.get(where, 0.0)
+        if abs(learnt_mj - applied) > 0.1 * max(abs(applied), abs(learnt_mj)):
+            self.selector.shift_energy_priors(where[0], where[1], learnt_mj - applied)
+            self._applied_energy_mj[where] = learnt_mj
 
     def _complete_prior(self, arm: Any, placement: Any) -> Any:
         """A variant's latency prior is its execution alone: add the hop to its worker, which

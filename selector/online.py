@@ -31,7 +31,9 @@ Estimator, per arm
   mean and bound blend the prior (from the structural predictor) with the measurements:
   ``prior_share = prior_weight / (prior_weight + n)`` while ``n < full_trust_n``, 0 after.
 * ``shift_priors`` moves the latency priors of some arms by a cost learnt elsewhere (the daemon:
-  its own path around the interpreter, per placement).
+  its own path around the interpreter, per placement); ``shift_energy_priors`` the energy
+  priors of arms with no energy measured (the daemon: what the priors of the same model's
+  measured arms on that placement missed).
 * Energy: same weighting of measured energy when the daemon reports one. Until an arm has any,
   its energy is its prior power (W) times its current latency estimate, so an energy estimate
   follows a latency regime change too; ``energy_estimated_`` is True then, and otherwise copies
@@ -102,6 +104,8 @@ class OnlineCostModel:
         self.prior_latency_ms_ = lat
         self.prior_latency_sd_ms_ = sd
         self.prior_bound_ms_ = lat + self.z_ * np.nan_to_num(sd, nan=0.0)
+        self.prior_energy_mj_ = en.copy()                 # as given (NaN: unknown)
+        self.prior_energy_shift_mj_ = np.zeros(n_arms)   # see shift_energy_priors
         with np.errstate(invalid="ignore", divide="ignore"):
             self.prior_power_w_ = np.where(lat > 0, en / lat, np.nan)
         # measured state
@@ -193,8 +197,9 @@ class OnlineCostModel:
             self.energy_estimated_[a] = bool(energy_estimated)
         elif self.energy_n_[a] == 0:
             p = float(self.prior_power_w_[a])
-            self.est_energy_mj_[a] = p * est if math.isfinite(p) else float("nan")
-            self.energy_bound_mj_[a] = p * bound if math.isfinite(p) else float("nan")
+            shift = float(self.prior_energy_shift_mj_[a])
+            self.est_energy_mj_[a] = max(p * est + shift, 0.0) if math.isfinite(p) else float("nan")
+            self.energy_bound_mj_[a] = max(p * bound + shift, 0.0) if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
 
     def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
@@ -213,6 +218,20 @@ class OnlineCostModel:
         fresh = idx[self.n_[idx] == 0]
         self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
         self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
+
+    def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
+        """Add ``delta_mj`` to the energy prior (mean and bound, kept >= 0) of ``arms`` (a boolean
+        mask): what the priors of their siblings missed, learnt from those siblings' measurements
+        (the daemon: per model and placement). Arms with an energy measurement are left alone:
+        their estimate is measured."""
+        d = float(delta_mj)
+        if not math.isfinite(d):
+            raise ValueError(f"delta_mj must be finite, got {delta_mj!r}")
+        idx = np.flatnonzero(arms)
+        self.prior_energy_shift_mj_[idx] += d
+        fresh = idx[self.energy_n_[idx] == 0]
+        self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
+        self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
 
     def _push(self, values: np.ndarray, times: np.ndarray, a: int, n: int, x: float, t: float) -> np.ndarray:
         """Put arm ``a``'s ``n``-th sample ``x``, taken at ``t``, in its ring; return the ring's

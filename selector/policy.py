@@ -374,6 +374,22 @@ class Selector:
         if p is not None:
             self._online.shift_priors(self._pidx == p, delta_ms)
 
+    def prior_energy_mj(self, arm_id: int) -> float:
+        """The energy prior an arm was built with (mJ; NaN when it had none)."""
+        return self._online.prior_energy_mj_.item(arm_id)
+
+    def shift_energy_priors(self, model: str, placement: str, delta_mj: float) -> None:
+        """Add ``delta_mj`` to the energy prior of ``model``'s arms on ``placement`` not yet
+        measured (see :meth:`OnlineCostModel.shift_energy_priors`); unknown names are ignored."""
+        p = self._pindex.get(placement)
+        rng = self._model_range.get(model)
+        if p is None or rng is None:
+            return
+        lo, hi = rng
+        mask = np.zeros(self._n_arms, dtype=bool)
+        mask[lo:hi] = self._pidx[lo:hi] == p
+        self._online.shift_energy_priors(mask, delta_mj)
+
     def stats(self) -> list[dict]:
         """Per-arm live statistics, plain types (for the ``stats`` control reply)."""
         out = []

@@ -251,3 +251,21 @@ def test_shifting_a_placements_priors_moves_never_measured_arms_now_and_measured
     s.update(ids[("a", "cpu:0")], 3.0, None, True, 0.01)
     assert om.est_latency_ms_[ids[("a", "cpu:0")]] == pytest.approx((2 * 3.0 + 1.5) / 3)
     assert om.est_energy_mj_[ids[("b", "cpu:0")]] == energy_before[ids[("b", "cpu:0")]]   # energy prior untouched
+
+
+def test_energy_prior_shift_moves_only_arms_without_an_energy_measurement():
+    """What the energy priors of an arm's siblings missed is added to its prior while it has no
+    energy measured, and stays in it through latency-only updates; a measured arm's energy is
+    its measurements'. A shifted prior never goes below zero."""
+    m = model(n=3, prior=2.0, sd=0.0, energy=1.0)        # prior power 0.5 W
+    m.update(0, 2.0, 3.0, True, 0.0)                     # arm 0: energy measured
+    m.shift_energy_priors(np.array([True, True, False]), 0.4)
+    assert m.est_energy_mj_[0] == pytest.approx(3.0)
+    assert m.est_energy_mj_[1] == pytest.approx(1.4) and m.energy_bound_mj_[1] >= 1.4
+    assert m.est_energy_mj_[2] == pytest.approx(1.0)
+    m.update(1, 4.0, None, True, 1.0)                    # a latency without an energy
+    assert m.est_energy_mj_[1] == pytest.approx(0.5 * m.est_latency_ms_[1] + 0.4)
+    m.shift_energy_priors(np.array([False, False, True]), -5.0)
+    assert m.est_energy_mj_[2] == 0.0 and m.energy_bound_mj_[2] == 0.0
+    with pytest.raises(ValueError):
+        m.shift_energy_priors(np.array([True, False, False]), float("nan"))
