@@ -33,11 +33,10 @@ def test_learned_latency_covers_the_daemons_request_path(tiny_repository, tmp_pa
     assert e.predicted.latency_ms >= 0.8 * measured, (e.predicted, measured, totals[20:])
 
 
-def test_a_never_measured_arm_is_predicted_with_its_placements_path(tiny_repository, tmp_path):
-    """The structural prior knows the interpreter, not the daemon's path around it. After
-    requests on one arm, another arm of the same placement, never run, is predicted with the
-    path that placement's executions paid (learnt as latency minus execution), while its own
-    execution part stays the prior's."""
+def _learn_on_one_arm(tiny_repository, tmp_path, n=60):
+    """Serve ``n`` requests on one arm of the first placement; return what the daemon predicted
+    for that arm and for another arm of the same placement before and after (``explain``), the
+    replies' selections, and how often that other arm ran (it never should)."""
     repo, model, _ = tiny_repository
     x = np.zeros((1, 8, 8, 1), np.float32)
     with DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"load": "eager"}}) as d, \
@@ -45,15 +44,23 @@ def test_a_never_measured_arm_is_predicted_with_its_placements_path(tiny_reposit
         placement = client.placements()["placements"][0]["name"]
         variants = [v["name"] for v in client.models()["models"][0]["variants"] if v.get("runtime", "litert") == "litert"]
         run, other = variants[0], variants[1]
-        before = client.explain(model, variant=other, placement=placement).predicted.latency_ms
-        paths = []
-        for _ in range(60):
-            s = client.infer(model, x, variant=run, placement=placement).selection
-            paths.append(s.timing.total_ms - s.timing.compute_ms)
-        after = client.explain(model, variant=other, placement=placement).predicted.latency_ms
+        run_before = client.explain(model, variant=run, placement=placement).predicted
+        before = client.explain(model, variant=other, placement=placement).predicted
+        selections = [client.infer(model, x, variant=run, placement=placement).selection for _ in range(n)]
+        after = client.explain(model, variant=other, placement=placement).predicted
         stats = {(a["variant"], a["placement"]): a for a in client.stats()["arms"]}
-    assert stats.get((other, placement), {}).get("count", 0) == 0   # never run
-    path = float(np.median(paths[30:]))
+    return run_before, before, after, selections, stats.get((other, placement), {}).get("count", 0)
+
+
+def test_a_never_measured_arm_is_predicted_with_its_placements_path(tiny_repository, tmp_path):
+    """The structural prior knows the interpreter, not the daemon's path around it. After
+    requests on one arm, another arm of the same placement, never run, is predicted with the
+    path that placement's executions paid (learnt as latency minus execution), while its own
+    execution part stays the prior's."""
+    _, before, after, selections, other_runs = _learn_on_one_arm(tiny_repository, tmp_path)
+    assert other_runs == 0
+    path = float(np.median([s.timing.total_ms - s.timing.compute_ms for s in selections[30:]]))
+    before, after = before.latency_ms, after.latency_ms
     assert before < 0.5 * path, (before, path)   # the prior alone lacked most of the path
     assert after >= 0.7 * path, (before, after, path)
     assert after <= before + 2.0 * path, (before, after, path)
@@ -65,21 +72,11 @@ def test_a_never_measured_arm_is_predicted_with_what_its_siblings_priors_missed_
     in the manifest, 0.045 ms served), so its energy priors were 2-3x low. After requests on one
     arm, another arm of the same model and placement, never run, is predicted with about what
     the first arm's prior missed added to its own prior."""
-    repo, model, _ = tiny_repository
-    x = np.zeros((1, 8, 8, 1), np.float32)
-    with DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"load": "eager"}}) as d, \
-            Client(d.endpoint) as client:
-        placement = client.placements()["placements"][0]["name"]
-        variants = [v["name"] for v in client.models()["models"][0]["variants"] if v.get("runtime", "litert") == "litert"]
-        run, other = variants[0], variants[1]
-        run_prior = client.explain(model, variant=run, placement=placement).predicted.energy_mj
-        before = client.explain(model, variant=other, placement=placement).predicted.energy_mj
-        energies = [client.infer(model, x, variant=run, placement=placement).selection.energy.energy_mj
-                    for _ in range(60)]
-        after = client.explain(model, variant=other, placement=placement).predicted.energy_mj
-        stats = {(a["variant"], a["placement"]): a for a in client.stats()["arms"]}
-    assert stats.get((other, placement), {}).get("count", 0) == 0   # never run
-    missed = float(np.median(energies[30:])) - run_prior
+    run_before, before, after, selections, other_runs = _learn_on_one_arm(tiny_repository, tmp_path)
+    assert other_runs == 0
+    run_prior = run_before.energy_mj
+    missed = float(np.median([s.energy.energy_mj for s in selections[30:]])) - run_prior
     # without the correction after == before, which fails this as soon as the prior missed more
     # than a fifth of itself (here it misses more than the prior itself)
-    assert abs((after - before) - missed) <= 0.5 * abs(missed) + 0.1 * run_prior, (run_prior, before, after, missed)
+    shift = after.energy_mj - before.energy_mj
+    assert abs(shift - missed) <= 0.5 * abs(missed) + 0.1 * run_prior, (run_prior, before, after, missed)
