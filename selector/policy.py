@@ -628,9 +628,8 @@ class Selector:
                 last = om.last_update_s_[lo:hi].tolist()
                 interval = self.config.probe_interval_s
                 stale = [(k1, k2, last[j], j) for k1, k2, j in feas if j != best and (now_s - last[j]) > interval]
-                closest = self._probe_closest(lo)
-                if closest is not None and any(x[3] == closest for x in stale):
-                    del self._probe_next[lo]
+                closest = self._take_probe_closest(lo, {x[3] for x in stale})
+                if closest is not None:
                     i = closest
                     code = "probe"
                 elif stale:
@@ -739,9 +738,8 @@ class Selector:
         if feas is not None:
             stale &= feas
         stale[best] = False
-        j = self._probe_closest(lo)
-        if j is not None and stale[j]:
-            del self._probe_next[lo]
+        j = self._take_probe_closest(lo, np.flatnonzero(stale))
+        if j is not None:
             return j
         idx = np.flatnonzero(stale)
         if idx.size <= 1:
@@ -753,9 +751,11 @@ class Selector:
         order = np.lexsort((idx, last[idx], _finite(key2[idx])))
         return int(idx[order[0]])
 
-    def _probe_closest(self, lo: int) -> int | None:
+    def _take_probe_closest(self, lo: int, eligible) -> int | None:
         """The model's pending probe of the arm closest to an infeasible request (index in the
-        model's range), or None; dropped once the arm has been measured since that request."""
+        model's range) when it is among ``eligible`` (indices of the stale, feasible arms but the
+        best), taken off the model's pending probe; None otherwise. A pending probe is dropped
+        once its arm has been measured since that request."""
         pending = self._probe_next.get(lo)
         if pending is None:
             return None
@@ -763,6 +763,9 @@ class Selector:
         if self._online.last_update_s_.item(a) >= since_s:
             del self._probe_next[lo]
             return None
+        if (a - lo) not in eligible:
+            return None
+        del self._probe_next[lo]
         return a - lo
 
     def _closest(self, r: Request, lo: int, hi: int, cand, lat_bound, energy_bound) -> int:
