@@ -476,6 +476,7 @@ def score(records: list[dict], oracle: list[dict], host_energy: float | None = N
     for r in ok:
         key = f"{'on' if r['on'] else 'off'}:{r['placement']}"
         placements[key] = placements.get(key, 0) + 1
+    energy_ratio = ratio("energy_mj")
     return {
         "scored": len(rs), "feasible": len(fr), "served": len(ok),
         "rejected": sum(1 for r in rs if r["outcome"] == "rejected"),
@@ -496,10 +497,10 @@ def score(records: list[dict], oracle: list[dict], host_energy: float | None = N
         "energy_mj_mean": statistics.fmean(en) if en else None,
         "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99), "latency_ms_mean": statistics.fmean(lat) if lat else None,
         "accuracy_mean_digits": statistics.fmean(acc) if acc else None,
-        "energy_ratio_to_oracle": ratio("energy_mj"), "latency_ratio_to_oracle": ratio("total_ms"),
+        "energy_ratio_to_oracle": energy_ratio, "latency_ratio_to_oracle": ratio("total_ms"),
         "host_factor_energy": host_energy, "host_factor_latency": host_latency,
-        "energy_ratio_to_oracle_host_adjusted": (ratio("energy_mj") / host_energy
-                                                 if host_energy and ratio("energy_mj") is not None else None),
+        "energy_ratio_to_oracle_host_adjusted": (energy_ratio / host_energy
+                                                 if host_energy and energy_ratio is not None else None),
         "n_compared_to_oracle": len(both),
         "late_ms_p99": pct([r["late_ms"] for r in rs], 99),
         "phase_changed_in_flight": sum(1 for r in rs if "on_after" in r and r["on_after"] != r["on"]),
