@@ -19,9 +19,10 @@ previous reply came late), for ``--warmup-s + --stream-s`` seconds; model unifor
 constraint entry uniform over the model's mix (see ``mixes``), fixed seed, so every policy gets
 the same requests at the same offsets from its t0, i.e. in the same load phase. The first
 ``--warmup-s`` seconds (one load cycle by default) are sent but not scored. Bounds come from a
-profiling pass (every arm measured pinned through the daemon for one off+on cycle): latency
-bounds at the 20/40/60th percentiles of the arms' median total latency over both phases, energy
-bounds at the 20/50th percentiles of the arms' median energy (estimated) unloaded.
+profiling pass (every arm measured pinned through the daemon for one off+on cycle, its requests
+sent on the runs' cadence, below): latency bounds at 1.3x ("tight"), 2x and 3x the fastest arm's
+unloaded median total latency, energy bounds at 1.2x ("tight") and 2x the least median energy
+(estimated) of an arm unloaded (``LAT_FACTORS``, ``ENERGY_FACTORS``).
 
 Policies, each against a fresh daemon with the same config except ``[selector]``:
 * ``adaptive``: the default selector.
@@ -41,10 +42,16 @@ Policies, each against a fresh daemon with the same config except ``[selector]``
   *infeasible* (not run).
 
 The measurement loop runs in EVERY policy's run, lock-step with the stream on the same client:
-between stream requests (each after ``--measure-idle-ms`` of idle, and not within
-``--oracle-gap-ms`` of the next stream request) it runs pinned requests round-robin over every
-arm of a *twin* of each model: a copy of the model's files under the name ``twin-<model>``, so
-the same variants on the same placements cost the same, while the policies' own learning (keyed
+between stream requests it runs pinned requests round-robin over every arm of a *twin* of each
+model (``--loop-slots`` of them per stream period), every request of the run, the stream's and
+the loop's, sent on one even cadence (``--period-ms / (--loop-slots + 1)``; a slot passed
+because the previous reply came late is skipped), so that a measurement follows the same idle
+as a stream request does. The total latency of a request grows with the idle before it (the
+wake-ups of the daemon and its worker: digits on cpu:0, p50 0.55 ms back to back, 0.85 ms after
+5 ms idle, 0.87 after 12 ms); until this cadence the loop's requests came 5 ms after the last
+reply and the stream's 9-13 ms, which made the oracle's picture of an arm a little faster than
+what a stream request met. The twin is a copy of the model's files under the name
+``twin-<model>``, so the same variants on the same placements cost the same, while the policies' own learning (keyed
 by model) never sees these executions. Why every run: a request after an idle spell pays the
 wake-up of the daemon and its worker, so a run with the loop's traffic between stream requests
 is faster than one without (digits on cpu:0, median total latency 0.50-0.61 ms with it, 0.60-0.77
@@ -201,13 +208,13 @@ def fixed_arm(cat: dict, model: str, kind: str) -> tuple[str, str]:
 class ArmTable:
     """Per (model, variant, placement) and load state, the last ``window`` (latency, energy)."""
 
-    def __init__(self, cat: dict, window: int, idle_s: float) -> None:
+    def __init__(self, cat: dict, window: int) -> None:
         self.cat = cat
-        self.idle_s = idle_s
         self.samples: dict[tuple, deque] = {}
         self.window = window
         self.order = [(TWIN + m, v, p) for m in sorted(cat) for (v, p) in cat[m]["arms"]]
         self.next = 0
+        self.skipped = 0   # slots passed before the previous reply came (see ``measure_at``)
 
     def add(self, key: tuple, on: bool, total_ms: float, energy_mj: float | None) -> None:
         self.samples.setdefault((key, on), deque(maxlen=self.window)).append((total_ms, energy_mj))
@@ -231,12 +238,20 @@ class ArmTable:
         return {k: (pct([x[0] for x in v], 50), pct([x[1] for x in v if x[1] is not None], 50))
                 for k, v in out.items() if len(v) >= 4}
 
-    def measure_one(self, client: Client, inputs: dict, on_fn) -> None:
+    def measure_at(self, client: Client, inputs: dict, on_fn, at: float, late_s: float) -> None:
+        """Measure the next arm round-robin with a request sent at monotonic time ``at``, a slot
+        of the run's one cadence (``slots``), so that it follows the same idle as the stream's
+        requests do: the total latency of a request grows with the idle before it (the wake-up
+        of the daemon and its worker). A slot already more than ``late_s`` past, because the
+        previous reply came late, is skipped rather than sent with less idle before it."""
+        now = time.monotonic()
+        if now > at + late_s:
+            self.skipped += 1
+            return
+        if at > now:
+            time.sleep(at - now)
         m, v, p = self.order[self.next % len(self.order)]
         self.next += 1
-        # idle first, as every stream request is: a request after an idle spell pays the wake-up
-        # of the daemon and the worker (about 0.5 ms here), which back-to-back requests do not
-        time.sleep(self.idle_s)
         on = on_fn()
         try:
             r = client.infer(m, inputs[m[len(TWIN):]], variant=v, placement=p)
@@ -246,6 +261,14 @@ class ArmTable:
             return
         s = r.selection
         self.add((m, v, p), on, s.timing.total_ms, s.energy.energy_mj)
+
+
+def slots(args) -> tuple[float, float]:
+    """The run's cadence: (interval, lateness allowed) in seconds. Every request of a run, the
+    stream's and the measurement loop's, is sent on a grid of ``--period-ms / (--loop-slots +
+    1)``: a stream request on every (slots+1)-th point, a measurement on each point between."""
+    interval = args.period_ms / 1e3 / (args.loop_slots + 1)
+    return interval, interval / 4
 
 
 def oracle_pick(table: ArmTable, cat: dict, req: dict, on: bool, q: float) -> tuple[str, str] | None:
@@ -287,12 +310,13 @@ def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, di
         cycle = args.on + args.off
         until = t0 + cycle * args.profile_cycles
         load = Load(args, t0, until + 1.0)
-        table = ArmTable(cat, 10_000, args.measure_idle_ms / 1e3)
+        table = ArmTable(cat, 10_000)
+        interval, late_s = slots(args)
         try:
-            while time.monotonic() < t0:
-                time.sleep(0.01)
-            while time.monotonic() < until:
-                table.measure_one(c, inputs, lambda: load_on(time.monotonic(), t0, args.on, args.off))
+            at = t0
+            while at < until:   # the same cadence as the runs' (see ``slots``)
+                table.measure_at(c, inputs, lambda: load_on(time.monotonic(), t0, args.on, args.off), at, late_s)
+                at += interval
         finally:
             load.stop()
     bounds, arms_out = {}, {}
@@ -359,7 +383,8 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         # Every policy runs beside the same measurement loop (on the twins), so that all face the
         # same traffic; only the oracle reads the measurements.
-        table = ArmTable(cat, args.oracle_window, args.measure_idle_ms / 1e3)
+        table = ArmTable(cat, args.oracle_window)
+        interval, late_s = slots(args)
         prelude = cycle   # one cycle of measurements before the stream
         t0 = time.monotonic() + prelude + 0.5
         until = t0 + len(stream) * args.period_ms / 1e3
@@ -367,18 +392,18 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
         phase = (lambda: load_on(time.monotonic(), t0, args.on, args.off))
         records = []
         try:
-            while time.monotonic() < t0:
-                table.measure_one(c, inputs, phase)
+            at = t0 - prelude
+            while at < t0:
+                table.measure_at(c, inputs, phase, at, late_s)
+                at += interval
             for req in stream:
                 at = t0 + req["i"] * args.period_ms / 1e3
-                while True:
-                    left = at - time.monotonic()
-                    if left <= 0:
-                        break
-                    if left > (args.oracle_gap_ms + args.measure_idle_ms) / 1e3:
-                        table.measure_one(c, inputs, phase)
-                    else:
-                        time.sleep(min(left, 0.002))
+                if req["i"]:   # the measurement slots since the previous stream request
+                    for k in range(1, args.loop_slots + 1):
+                        table.measure_at(c, inputs, phase, at - args.period_ms / 1e3 + k * interval, late_s)
+                left = at - time.monotonic()
+                if left > 0:
+                    time.sleep(left)
                 sent = time.monotonic()
                 on = load_on(sent, t0, args.on, args.off)
                 rec = {"i": req["i"], "model": req["model"], "entry": req["name"], "on": on,
@@ -417,6 +442,7 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
             stats = c.stats() if policy in ("adaptive", "static", ALT) else None
         finally:
             load.stop()
+    log(f"  {policy}: {table.next} measurements of the twins, {table.skipped} slots skipped after a late reply")
     return records, stats, table.medians()
 
 
@@ -591,11 +617,9 @@ def main(argv=None) -> int:
     ap.add_argument("--oracle-window", type=int, default=16, help="samples per arm and load state")
     ap.add_argument("--oracle-quantile", type=float, default=99.0,
                     help="an arm meets a bound when this percentile of its samples does")
-    ap.add_argument("--oracle-gap-ms", type=float, default=8.0,
-                    help="the oracle's measurement loop stops this long before the next stream request")
+    ap.add_argument("--loop-slots", type=int, default=2,
+                    help="measurements between two stream requests, all requests evenly spaced (profile too)")
     ap.add_argument("--profile-cycles", type=int, default=1)
-    ap.add_argument("--measure-idle-ms", type=float, default=5.0,
-                    help="idle time before each measurement request (profile and oracle)")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--repository", type=Path, default=ROOT / "bench-zoo" / "repo")
     ap.add_argument("--policies", default=",".join(POLICIES))
