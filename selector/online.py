@@ -34,18 +34,6 @@ Estimator, per arm
   its own path around the interpreter, per placement); ``shift_energy_priors`` the energy
   priors of arms with no energy measured (the daemon: what the priors of the same model's
   measured arms on that placement missed).
-* Shared slow-down (``slowdown_window`` > 0; the daemon's arms are grouped per model and
-  placement): interference, throttling or a lower clock slows every arm of a placement at once,
-  while a per-arm estimate learns it only from that arm's own executions, a few misses per arm
-  and per change. So each group has a *level*, the median over its last ``slowdown_window``
-  executions by arms with ``full_trust_n`` measurements of log(latency / the arm's base mean),
-  held at 0 while its size is under ``log(slowdown_deadband)`` (small drifts are left to the
-  per-arm estimates). An arm learns from its samples divided by the level at the time (its
-  *base*, the group's normal regime; its ratio above is to the median of its recent base
-  samples, which the few executions of a new regime taken before the level moves cannot
-  shift), and publishes base x exp(level): one execution in a new
-  regime moves every arm of the group, measured or not, and one execution after it ends moves
-  them back. ``level_`` and ``slowdown_`` (exp(level)) are per group.
 * Energy: same weighting of measured energy when the daemon reports one. Until an arm has any,
   its energy is its prior power (W) times its current latency estimate, so an energy estimate
   follows a latency regime change too; ``energy_estimated_`` is True then, and otherwise copies
@@ -82,8 +70,6 @@ class OnlineCostModel:
         window_max_age_s: float = 10.0,
         prior_weight: float = 1.0,
         full_trust_n: int = 5,
-        slowdown_window: int = 0,
-        slowdown_deadband: float = 1.15,
     ) -> None:
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -95,10 +81,6 @@ class OnlineCostModel:
             raise ValueError("window and min_window must be >= 1")
         if not window_max_age_s > 0:
             raise ValueError(f"window_max_age_s must be > 0, got {window_max_age_s}")
-        if slowdown_window < 0:
-            raise ValueError(f"slowdown_window must be >= 0, got {slowdown_window}")
-        if not slowdown_deadband >= 1.0:
-            raise ValueError(f"slowdown_deadband must be >= 1, got {slowdown_deadband}")
         self.confidence = confidence
         self.half_life_s = half_life_s
         self.min_update_weight = min_update_weight
@@ -107,31 +89,17 @@ class OnlineCostModel:
         self.window_max_age_s = window_max_age_s
         self.prior_weight = prior_weight
         self.full_trust_n = full_trust_n
-        self.slowdown_window = slowdown_window
-        self.slowdown_deadband = slowdown_deadband
 
     # ------------------------------------------------------------------ setup
-    def init_priors(self, prior_latency_ms, prior_latency_sd_ms, prior_energy_mj, groups=None) -> OnlineCostModel:
+    def init_priors(self, prior_latency_ms, prior_latency_sd_ms, prior_energy_mj) -> OnlineCostModel:
         """Size the per-arm state; NaN in a prior means "unknown" (an arm with no latency prior
-        is never predicted to meet a latency bound until measured). ``groups``: per arm, the id
-        (0, 1, ...) of the arms that share a slow-down (see the contract; None: each arm alone)."""
+        is never predicted to meet a latency bound until measured)."""
         lat = np.asarray(prior_latency_ms, dtype=np.float64).copy()
         sd = np.asarray(prior_latency_sd_ms, dtype=np.float64).copy()
         en = np.asarray(prior_energy_mj, dtype=np.float64).copy()
         n_arms = lat.shape[0]
         if sd.shape != (n_arms,) or en.shape != (n_arms,):
             raise ValueError("prior arrays must have one entry per arm")
-        grp = np.arange(n_arms) if groups is None else np.asarray(groups, dtype=np.intp).copy()
-        if grp.shape != (n_arms,) or (n_arms and grp.min() < 0):
-            raise ValueError("groups must give one id >= 0 per arm")
-        self.group_ = grp
-        n_groups = int(grp.max()) + 1 if n_arms else 0
-        self.group_arms_ = [np.flatnonzero(grp == g) for g in range(n_groups)]
-        self.level_ = np.zeros(n_groups)        # log slow-down per group (0: the base regime)
-        self.slowdown_ = np.ones(n_groups)      # exp(level_)
-        self._ratios = np.zeros((n_groups, max(self.slowdown_window, 1)))   # ring of log ratios
-        self._ratios_n = np.zeros(n_groups, dtype=np.int64)
-        self._log_deadband = math.log(self.slowdown_deadband)
         self.z_ = NormalDist().inv_cdf(self.confidence)
         self.prior_latency_ms_ = lat
         self.prior_latency_sd_ms_ = sd
@@ -155,9 +123,6 @@ class OnlineCostModel:
         self.last_energy_s_ = np.full(n_arms, -np.inf)
         self.energy_window_mj_ = np.zeros((n_arms, self.window))
         self.energy_window_t_ = np.zeros((n_arms, self.window))
-        # the arms' own estimates in their group's base regime (published x slowdown_)
-        self.base_latency_ms_ = lat.copy()
-        self.base_bound_ms_ = self.prior_bound_ms_.copy()
         # published (read by the selector on the request path)
         self.est_latency_ms_ = lat.copy()
         self.latency_bound_ms_ = self.prior_bound_ms_.copy()
@@ -196,16 +161,6 @@ class OnlineCostModel:
             if not (math.isfinite(e) and e >= 0.0):
                 raise ValueError(f"energy_mj must be finite and >= 0 or None, got {energy_mj!r}")
 
-        g = int(self.group_[a])
-        level_before = float(self.level_[g])
-        if self.slowdown_window:
-            if self.n_[a] >= self.full_trust_n and lat > 0.0:
-                # against the median of the arm's recent base samples: the executions of a new
-                # regime taken before the level moved are in there, but cannot move a median
-                base = _quantile(self.window_ms_[a, :min(int(self.n_[a]), self.window)], 0.5)
-                if base > 0.0:
-                    self._learn_level(g, math.log(lat / base))
-            lat = lat / float(self.slowdown_[g])   # the sample in the group's base regime
         n = int(self.n_[a]) + 1
         self.n_[a] = n
         mean, var = _ewma(float(self.mean_ms_[a]), float(self.var_ms2_[a]), lat, n,
@@ -221,11 +176,6 @@ class OnlineCostModel:
             bound = (1.0 - share) * bound + share * float(self.prior_bound_ms_[a])
         else:
             est = mean
-        self.base_latency_ms_[a] = est
-        self.base_bound_ms_[a] = bound
-        factor = float(self.slowdown_[g])
-        est *= factor
-        bound *= factor
         self.est_latency_ms_[a] = est
         self.latency_bound_ms_[a] = bound
 
@@ -251,36 +201,6 @@ class OnlineCostModel:
             self.est_energy_mj_[a] = max(p * est + shift, 0.0) if math.isfinite(p) else float("nan")
             self.energy_bound_mj_[a] = max(p * bound + shift, 0.0) if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
-        if self.level_[g] != level_before:
-            self._publish_group(g)
-
-    def _learn_level(self, g: int, log_ratio: float) -> None:
-        """One trusted execution of group ``g``: its log(latency / base mean) joins the ring;
-        the level becomes the ring's median, or 0 inside the dead band."""
-        k = self.slowdown_window
-        n = int(self._ratios_n[g]) + 1
-        self._ratios_n[g] = n
-        self._ratios[g, (n - 1) % k] = log_ratio
-        level = float(np.median(self._ratios[g, :min(n, k)]))
-        if abs(level) < self._log_deadband:
-            level = 0.0
-        self.level_[g] = level
-        self.slowdown_[g] = math.exp(level)
-
-    def _publish_group(self, g: int) -> None:
-        """Republish every arm of group ``g`` at its current slow-down: latency estimate and
-        bound, and the energy of arms with none measured (prior power x latency)."""
-        idx = self.group_arms_[g]
-        factor = float(self.slowdown_[g])
-        self.est_latency_ms_[idx] = self.base_latency_ms_[idx] * factor
-        self.latency_bound_ms_[idx] = self.base_bound_ms_[idx] * factor
-        fresh = idx[self.energy_n_[idx] == 0]
-        if fresh.size:
-            with np.errstate(invalid="ignore"):
-                p = self.prior_power_w_[fresh]
-                shift = self.prior_energy_shift_mj_[fresh]
-                self.est_energy_mj_[fresh] = np.maximum(p * self.est_latency_ms_[fresh] + shift, 0.0)
-                self.energy_bound_mj_[fresh] = np.maximum(p * self.latency_bound_ms_[fresh] + shift, 0.0)
 
     def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
         """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (a boolean mask):
@@ -296,11 +216,8 @@ class OnlineCostModel:
         self.prior_latency_ms_[idx] += d
         self.prior_bound_ms_[idx] += d
         fresh = idx[self.n_[idx] == 0]
-        self.base_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
-        self.base_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
-        factor = self.slowdown_[self.group_[fresh]]
-        self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh] * factor
-        self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh] * factor
+        self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
+        self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
 
     def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior (mean and bound, kept >= 0) of ``arms`` (a boolean
@@ -367,9 +284,6 @@ class OnlineCostModel:
             },
             "energy_estimated": bool(self.energy_estimated_[a]),
             "last_at_s": f(self.last_update_s_[a]),
-            # the shared slow-down its estimate and bound include; the window figures above
-            # are in the base regime (samples divided by the slow-down at their time)
-            "slowdown": float(self.slowdown_[self.group_[a]]),
         }
 
 

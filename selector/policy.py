@@ -101,10 +101,6 @@ class SelectorConfig:
     # default): bench/bench_selection.py measured the bound turning near-mean misses into
     # rejections, which lowered attainment (BENCHMARKS.md, Selection)
     energy_at_confidence: bool = False
-    # a model's arms on one placement share a slow-down (online.py): the median log ratio to their
-    # base over this many recent executions (0: off), applied beyond this factor either way
-    slowdown_window: int = 0
-    slowdown_deadband: float = 1.15
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probe_share <= 1.0:
@@ -285,8 +281,7 @@ class Selector:
             min_update_weight=cfg.min_update_weight, window=cfg.window, min_window=cfg.min_window,
             window_max_age_s=cfg.window_max_age_s,
             prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
-            slowdown_window=cfg.slowdown_window, slowdown_deadband=cfg.slowdown_deadband,
-        ).init_priors(prior_lat, prior_sd, prior_en, groups=self._slowdown_groups(specs))
+        ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
         # per model (its first arm id): the arm closest to an infeasible request, on a stale
         # estimate, and when (s); the model's next probe (see the module's contract)
@@ -297,11 +292,6 @@ class Selector:
         self._acc_l: list[float] = self._acc.tolist()
         self._acc_key_l: list[float] = self._acc_key.tolist()
         self._pidx_l: list[int] = self._pidx.tolist()
-
-    def _slowdown_groups(self, specs: Sequence[ArmSpec]) -> np.ndarray:
-        """Per arm, the id of its (model, placement): the arms that share a slow-down."""
-        ids: dict[tuple[str, str], int] = {}
-        return np.array([ids.setdefault((s.model, s.placement), len(ids)) for s in specs], dtype=np.intp)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
