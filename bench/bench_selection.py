@@ -12,7 +12,8 @@ variants loaded eagerly.
 
 Background load: ``bench/selection_load.py``, ``--load-procs`` busy processes pinned to core 1,
 off for ``--off`` s then on for ``--on`` s, repeating, from the run's t0. cpu:1 and cpu:0-1 slow
-down while it is on.
+down while it is on. ``--daemon-nice N`` runs every thread of the daemon and its workers at nice
+N (what ``Nice=`` in the systemd unit does to the service), the load staying at 0.
 
 Stream: one request every ``--period-ms`` (sent at its scheduled time, or at once when the
 previous reply came late), for ``--warmup-s + --stream-s`` seconds; model uniform over the three,
@@ -173,6 +174,20 @@ class Load:
         self.proc.wait()
 
 
+def renice(daemon: DaemonProcess, nice: int | None) -> None:
+    """``--daemon-nice``: every thread of the daemon and of its workers to ``nice`` (Linux nice
+    is per thread; a systemd unit's ``Nice=`` does this for the whole service), so that they
+    preempt the background load instead of waiting behind it for a time slice."""
+    if nice is None:
+        return
+    import psutil
+
+    root = psutil.Process(daemon.proc.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        for thread in proc.threads():
+            os.setpriority(os.PRIO_PROCESS, thread.id, nice)
+
+
 # ----------------------------------------------------------------------------- the repository
 def catalogue(client: Client) -> dict[str, dict]:
     """{model: {inputs, variants: {name: {accuracy, size_bytes}}, arms: [(variant, placement)]}}."""
@@ -304,6 +319,7 @@ def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, di
     """One off+on cycle of pinned measurements of every arm -> per-model bounds."""
     with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive"),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
+        renice(d, args.daemon_nice)
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         t0 = time.monotonic() + 0.5
@@ -379,6 +395,7 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
     selector = args.alt if policy == ALT else args.selector
     with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, selector),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
+        renice(d, args.daemon_nice)
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         # Every policy runs beside the same measurement loop (on the twins), so that all face the
@@ -620,6 +637,9 @@ def main(argv=None) -> int:
     ap.add_argument("--loop-slots", type=int, default=2,
                     help="measurements between two stream requests, all requests evenly spaced (profile too)")
     ap.add_argument("--profile-cycles", type=int, default=1)
+    ap.add_argument("--daemon-nice", type=int, default=None, metavar="N",
+                    help="run the daemon's and its workers' threads at this nice value (the load stays at 0; "
+                         "below 0 needs root or CAP_SYS_NICE)")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--repository", type=Path, default=ROOT / "bench-zoo" / "repo")
     ap.add_argument("--policies", default=",".join(POLICIES))
