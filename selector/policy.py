@@ -22,9 +22,8 @@ Policy (PROTOCOL.md §4, §5.2)
   key (energy for ``latency``; latency for ``energy`` and ``accuracy``), then by arm id.
 * Feasible: accuracy >= ``min_accuracy`` (unknown accuracy never is), latency bound at the
   configured confidence *plus the predicted queue wait on the arm's placement* <=
-  ``max_latency_ms``, the energy bound at the same confidence <= ``max_energy_mj`` (see
-  :mod:`.online`; unknown energy never is), or without ``energy_at_confidence`` the predicted
-  mean energy.
+  ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is), or
+  with ``energy_at_confidence`` the energy bound at the same confidence (see :mod:`.online`).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
 * Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
@@ -98,11 +97,10 @@ class SelectorConfig:
     probe_share: float = 0.02         # at most this share of decisions are probes (+1)
     probe_closest: bool = True        # a stale arm closest to an infeasible request is probed first
     prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
-    # max_energy_mj judged on the energy bound at ``confidence`` (True, the default), as latency
-    # is, or on the mean (False): a caller's energy bound is judged per execution, and in paired
-    # runs of bench/bench_selection.py the mean let 2.6x as many served requests exceed it, for
-    # no more attainment (BENCHMARKS.md, Selection)
-    energy_at_confidence: bool = True
+    # max_energy_mj judged on the energy bound at ``confidence`` (True) or on the mean (False, the
+    # default): bench/bench_selection.py measured the bound turning near-mean misses into
+    # rejections, which lowered attainment (BENCHMARKS.md, Selection)
+    energy_at_confidence: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probe_share <= 1.0:

@@ -75,9 +75,9 @@ class Request:
 
     ``min_accuracy``: share in [0, 1]; an arm whose variant's accuracy is unknown (None, e.g. a
     latency-only zoo model) never meets it. ``max_latency_ms`` (> 0): queue wait + compute, at the
-    selector's configured confidence. ``max_energy_mj`` (> 0): the energy bound at the same
-    confidence (or the predicted mean energy without ``SelectorConfig.energy_at_confidence``); an
-    arm with no energy estimate never meets it. ``None`` means unbounded.
+    selector's configured confidence. ``max_energy_mj`` (> 0): the predicted mean energy (or its
+    bound at the same confidence, ``SelectorConfig.energy_at_confidence``); an arm with no energy
+    estimate never meets it. ``None`` means unbounded.
     """
 
     model: str
