@@ -52,8 +52,8 @@ wake-ups of the daemon and its worker: digits on cpu:0, p50 0.55 ms back to back
 5 ms idle, 0.87 after 12 ms); until this cadence the loop's requests came 5 ms after the last
 reply and the stream's 9-13 ms, which made the oracle's picture of an arm a little faster than
 what a stream request met. The twin is a copy of the model's files under the name
-``twin-<model>``, so the same variants on the same placements cost the same, while the policies' own learning (keyed
-by model) never sees these executions. Why every run: a request after an idle spell pays the
+``twin-<model>``, so the same variants on the same placements cost the same, while the
+policies' own learning (keyed by model) never sees these executions. Why every run: a request after an idle spell pays the
 wake-up of the daemon and its worker, so a run with the loop's traffic between stream requests
 is faster than one without (digits on cpu:0, median total latency 0.50-0.61 ms with it, 0.60-0.77
 ms without, measured on this machine when only the oracle ran the loop). With the loop in the
