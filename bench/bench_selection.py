@@ -53,12 +53,12 @@ wake-ups of the daemon and its worker: digits on cpu:0, p50 0.55 ms back to back
 reply and the stream's 9-13 ms, which made the oracle's picture of an arm a little faster than
 what a stream request met. The twin is a copy of the model's files under the name
 ``twin-<model>``, so the same variants on the same placements cost the same, while the
-policies' own learning (keyed by model) never sees these executions. Why every run: a request after an idle spell pays the
-wake-up of the daemon and its worker, so a run with the loop's traffic between stream requests
-is faster than one without (digits on cpu:0, median total latency 0.50-0.61 ms with it, 0.60-0.77
-ms without, measured on this machine when only the oracle ran the loop). With the loop in the
-oracle's run only, the oracle both judged feasibility and served its requests on that faster
-path, which no other policy had.
+policies' own learning (keyed by model) never sees these executions. Why every run: a request
+after an idle spell pays the wake-up of the daemon and its worker, so a run with the loop's
+traffic between stream requests is faster than one without (digits on cpu:0, median total
+latency 0.50-0.61 ms with it, 0.60-0.77 ms without, measured on this machine when only the
+oracle ran the loop). With the loop in the oracle's run only, the oracle both judged
+feasibility and served its requests on that faster path, which no other policy had.
 
 Scores, over the scored requests: a request is *feasible* when the oracle found an arm for it
 (in the same repetition); attainment = share of feasible requests answered with ``met: true``.
@@ -97,6 +97,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -180,8 +181,6 @@ def renice(daemon: DaemonProcess, nice: int | None) -> None:
     preempt the background load instead of waiting behind it for a time slice."""
     if nice is None:
         return
-    import psutil
-
     root = psutil.Process(daemon.proc.pid)
     for proc in [root, *root.children(recursive=True)]:
         for thread in proc.threads():
@@ -223,10 +222,12 @@ def fixed_arm(cat: dict, model: str, kind: str) -> tuple[str, str]:
 class ArmTable:
     """Per (model, variant, placement) and load state, the last ``window`` (latency, energy)."""
 
-    def __init__(self, cat: dict, window: int) -> None:
+    def __init__(self, cat: dict, window: int, interval_s: float) -> None:
         self.cat = cat
         self.samples: dict[tuple, deque] = {}
         self.window = window
+        self.interval_s = interval_s        # the run's cadence (see ``cadence_s``)
+        self.late_s = interval_s / 4        # a slot later than this is skipped (``measure_at``)
         self.order = [(TWIN + m, v, p) for m in sorted(cat) for (v, p) in cat[m]["arms"]]
         self.next = 0
         self.skipped = 0   # slots passed before the previous reply came (see ``measure_at``)
@@ -253,14 +254,19 @@ class ArmTable:
         return {k: (pct([x[0] for x in v], 50), pct([x[1] for x in v if x[1] is not None], 50))
                 for k, v in out.items() if len(v) >= 4}
 
-    def measure_at(self, client: Client, inputs: dict, on_fn, at: float, late_s: float) -> None:
+    def measure_grid(self, client: Client, inputs: dict, on_fn, start: float, n: int) -> None:
+        """``measure_at`` the ``n`` slots of the cadence from monotonic time ``start`` on."""
+        for k in range(n):
+            self.measure_at(client, inputs, on_fn, start + k * self.interval_s)
+
+    def measure_at(self, client: Client, inputs: dict, on_fn, at: float) -> None:
         """Measure the next arm round-robin with a request sent at monotonic time ``at``, a slot
-        of the run's one cadence (``slots``), so that it follows the same idle as the stream's
-        requests do: the total latency of a request grows with the idle before it (the wake-up
-        of the daemon and its worker). A slot already more than ``late_s`` past, because the
-        previous reply came late, is skipped rather than sent with less idle before it."""
+        of the run's one cadence (``cadence_s``), so that it follows the same idle as the
+        stream's requests do: the total latency of a request grows with the idle before it (the
+        wake-up of the daemon and its worker). A slot already more than ``late_s`` past, because
+        the previous reply came late, is skipped rather than sent with less idle before it."""
         now = time.monotonic()
-        if now > at + late_s:
+        if now > at + self.late_s:
             self.skipped += 1
             return
         if at > now:
@@ -278,12 +284,11 @@ class ArmTable:
         self.add((m, v, p), on, s.timing.total_ms, s.energy.energy_mj)
 
 
-def slots(args) -> tuple[float, float]:
-    """The run's cadence: (interval, lateness allowed) in seconds. Every request of a run, the
-    stream's and the measurement loop's, is sent on a grid of ``--period-ms / (--loop-slots +
-    1)``: a stream request on every (slots+1)-th point, a measurement on each point between."""
-    interval = args.period_ms / 1e3 / (args.loop_slots + 1)
-    return interval, interval / 4
+def cadence_s(args) -> float:
+    """The run's cadence in seconds. Every request of a run, the stream's and the measurement
+    loop's, is sent on a grid of ``--period-ms / (--loop-slots + 1)``: a stream request on every
+    (slots+1)-th point, a measurement on each point between."""
+    return args.period_ms / 1e3 / (args.loop_slots + 1)
 
 
 def oracle_pick(table: ArmTable, cat: dict, req: dict, on: bool, q: float) -> tuple[str, str] | None:
@@ -326,13 +331,10 @@ def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, di
         cycle = args.on + args.off
         until = t0 + cycle * args.profile_cycles
         load = Load(args, t0, until + 1.0)
-        table = ArmTable(cat, 10_000)
-        interval, late_s = slots(args)
-        try:
-            at = t0
-            while at < until:   # the same cadence as the runs' (see ``slots``)
-                table.measure_at(c, inputs, lambda: load_on(time.monotonic(), t0, args.on, args.off), at, late_s)
-                at += interval
+        table = ArmTable(cat, 10_000, cadence_s(args))
+        try:   # the same cadence as the runs'
+            table.measure_grid(c, inputs, lambda: load_on(time.monotonic(), t0, args.on, args.off), t0,
+                               round((until - t0) / table.interval_s))
         finally:
             load.stop()
     bounds, arms_out = {}, {}
@@ -400,8 +402,7 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         # Every policy runs beside the same measurement loop (on the twins), so that all face the
         # same traffic; only the oracle reads the measurements.
-        table = ArmTable(cat, args.oracle_window)
-        interval, late_s = slots(args)
+        table = ArmTable(cat, args.oracle_window, cadence_s(args))
         prelude = cycle   # one cycle of measurements before the stream
         t0 = time.monotonic() + prelude + 0.5
         until = t0 + len(stream) * args.period_ms / 1e3
@@ -409,15 +410,12 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
         phase = (lambda: load_on(time.monotonic(), t0, args.on, args.off))
         records = []
         try:
-            at = t0 - prelude
-            while at < t0:
-                table.measure_at(c, inputs, phase, at, late_s)
-                at += interval
+            table.measure_grid(c, inputs, phase, t0 - prelude, round(prelude / table.interval_s))
             for req in stream:
                 at = t0 + req["i"] * args.period_ms / 1e3
                 if req["i"]:   # the measurement slots since the previous stream request
-                    for k in range(1, args.loop_slots + 1):
-                        table.measure_at(c, inputs, phase, at - args.period_ms / 1e3 + k * interval, late_s)
+                    table.measure_grid(c, inputs, phase, at - args.period_ms / 1e3 + table.interval_s,
+                                       args.loop_slots)
                 left = at - time.monotonic()
                 if left > 0:
                     time.sleep(left)
