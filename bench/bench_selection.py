@@ -147,10 +147,13 @@ def prepare(repo: Path, log) -> None:
             manifest.write_text(json.dumps(doc, indent=2))
 
 
-def daemon_config(policy: str, selector: dict | None = None) -> dict:
+def daemon_config(policy: str, selector: dict | None = None, server: dict | None = None) -> dict:
     """The daemon's config for a policy; ``selector``: extra ``[selector]`` settings (the
-    adaptive and static policies only, e.g. ``confidence``)."""
+    adaptive and static policies only, e.g. ``confidence``); ``server``: ``[server]`` settings
+    (every policy's daemon, e.g. ``sched_slice_us``)."""
     cfg: dict[str, Any] = {"placements": {"tensorflow": "off", "load": "eager", "include": list(PLACEMENTS)}}
+    if server:
+        cfg["server"] = dict(server)
     table = dict(selector or {}) if policy in ("adaptive", "static", ALT) else {}
     if policy == "static":
         table["policy"] = "static"
@@ -173,6 +176,11 @@ class Load:
         if self.proc.poll() is None:
             self.proc.terminate()
         self.proc.wait()
+
+
+def server_settings(args) -> dict:
+    """``[server]`` settings of every daemon of the run, from the command line."""
+    return {} if args.sched_slice_us is None else {"sched_slice_us": args.sched_slice_us}
 
 
 def renice(daemon: DaemonProcess, nice: int | None) -> None:
@@ -322,7 +330,7 @@ def pct(values, q):
 
 def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, dict]:
     """One off+on cycle of pinned measurements of every arm -> per-model bounds."""
-    with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive"),
+    with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive", server=server_settings(args)),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
         renice(d, args.daemon_nice)
         cat = catalogue(c)
@@ -395,7 +403,7 @@ def make_stream(cat: dict, bounds: dict, n: int, seed: int) -> list[dict]:
 def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict], log):
     cycle = args.on + args.off
     selector = args.alt if policy == ALT else args.selector
-    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, selector),
+    with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, selector, server_settings(args)),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
         renice(d, args.daemon_nice)
         cat = catalogue(c)
@@ -638,6 +646,8 @@ def main(argv=None) -> int:
     ap.add_argument("--daemon-nice", type=int, default=None, metavar="N",
                     help="run the daemon's and its workers' threads at this nice value (the load stays at 0; "
                          "below 0 needs root or CAP_SYS_NICE)")
+    ap.add_argument("--sched-slice-us", type=int, default=None, metavar="US",
+                    help="[server] sched_slice_us for every daemon of the run (default: the daemon's)")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--repository", type=Path, default=ROOT / "bench-zoo" / "repo")
     ap.add_argument("--policies", default=",".join(POLICIES))

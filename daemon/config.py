@@ -100,6 +100,7 @@ class ServerConfig:
     watchdog: bool = True
     spin_us: int = 0                          # poll without sleeping this long after a dispatch
     cores: tuple[int, ...] = ()               # CPU cores for the daemon's own threads; empty: any
+    sched_slice_us: int = 0                   # fair-scheduler slice for daemon and workers; 0: kernel's
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
@@ -116,7 +117,11 @@ class ServerConfig:
             watchdog=_typed(d, "watchdog", bool, True, w),
             spin_us=_typed(d, "spin_us", int, 0, w),
             cores=_core_list(d.get("cores", []), f"{w}.cores"),
+            sched_slice_us=_typed(d, "sched_slice_us", int, cls.sched_slice_us, w),
         )
+        if out.sched_slice_us and not 100 <= out.sched_slice_us <= 100_000:
+            raise ConfigError(f"{w}.sched_slice_us: must be 0 (the kernel's default) or in 100..100000 (us), "
+                              f"got {out.sched_slice_us}")
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
         _positive(out.max_message_bytes, f"{w}.max_message_bytes")

@@ -115,6 +115,8 @@ class Daemon:
         self._placement_by_name = {p.name: p for p in self.placements}
         if cfg.server.cores:
             _pin_process(cfg.server.cores)
+        if cfg.server.sched_slice_us:   # before the workers start: they inherit it
+            _request_slice(cfg.server.sched_slice_us)
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
         self.regions = RegionTable(cfg.server.ipc_mode)
         stale = self.regions.sweep_stale()
@@ -807,6 +809,18 @@ def _pin_process(cores: tuple[int, ...]) -> None:
         except ProcessLookupError:   # a thread that ended meanwhile
             pass
     log.info("daemon threads pinned to cores %s", ",".join(map(str, cores)))
+
+
+def _request_slice(slice_us: int) -> None:
+    """``[server] sched_slice_us``: every thread of this process asks the fair scheduler for
+    that slice (:mod:`adaptd.daemon.sched`); workers and later threads inherit it."""
+    from adaptd.daemon.sched import request_slice_all_threads
+
+    if request_slice_all_threads(slice_us):
+        log.info("daemon threads and workers request a %d us scheduler slice", slice_us)
+    else:
+        log.warning("server.sched_slice_us = %d: this kernel keeps no per-thread slice (Linux 6.12 and "
+                    "later do), or the service runs under a real-time policy; left as it is", slice_us)
 
 
 def _rss_bytes() -> int:

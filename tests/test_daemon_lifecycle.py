@@ -410,3 +410,56 @@ def test_server_cores_pin_the_daemons_threads_and_leave_the_workers_on_theirs(sl
     with pytest.raises(RuntimeError, match="server.cores"):
         DaemonProcess.start(slow_repository, tmp_path / "bad", config={"server": {"cores": [bad]}},
                             ready_timeout_s=60)
+
+
+def _kernel_takes_slices() -> bool:
+    """Whether this kernel keeps a per-thread slice (Linux 6.12+), probed in a child process so
+    that this one keeps its own."""
+    import subprocess
+    import sys
+
+    probe = "from adaptd.daemon.sched import request_slice; print(request_slice(300))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+def _slices_ns(pid: int) -> dict[int, int]:
+    """``se.slice`` of every thread of ``pid``, as the kernel's /proc/PID/task/TID/sched shows it."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{tid}/sched").read_text().splitlines():
+            if line.startswith("se.slice"):
+                out[int(tid)] = int(line.split(":")[1])
+    return out
+
+
+@pytest.mark.skipif(not _kernel_takes_slices(), reason="this kernel keeps no per-thread slice (Linux < 6.12)")
+def test_sched_slice_us_reaches_every_thread_of_the_daemon_and_its_workers(slow_repository, tmp_path):
+    """``[server] sched_slice_us``: every thread of the daemon and of every worker (the
+    interpreter's threads on a two-thread placement included, and a worker restarted after a
+    crash) runs with that slice, read from the kernel's own /proc view; requests are served."""
+    slice_us = 250
+    with DaemonProcess.start(slow_repository, tmp_path, config={
+            "server": {"sched_slice_us": slice_us}, "placements": {"tensorflow": "off"}}) as d:
+        sock = dealer(d)
+        placements = control(d, "placements")["placements"]
+        for i, p in enumerate(placements):   # one run each, so the interpreters' threads exist
+            send_infer(sock, f"slice-{i}", 2, p["name"])
+            assert recv(sock)["type"] == "result"
+        pids = [d.proc.pid] + [p["worker_pid"] for p in placements]
+        for pid in pids:
+            slices = _slices_ns(pid)
+            assert slices and set(slices.values()) == {slice_us * 1000}, (pid, slices)
+        multi = [p for p in placements if p["threads"] > 1]
+        assert all(len(_slices_ns(p["worker_pid"])) > 1 for p in multi), "the interpreter's own threads"
+        victim = placements[0]
+        os.kill(victim["worker_pid"], signal.SIGKILL)
+        state = wait_for(lambda: (s := placement_state(d, victim["name"]))["ready"]
+                         and s["worker_pid"] != victim["worker_pid"] and s, "the worker's restart")
+        assert set(_slices_ns(state["worker_pid"]).values()) == {slice_us * 1000}
+        send_infer(sock, "slice-after", 1, victim["name"])
+        assert recv(sock)["type"] == "result"
+        sock.close()
+    with pytest.raises(RuntimeError, match="sched_slice_us"):
+        DaemonProcess.start(slow_repository, tmp_path / "bad", config={"server": {"sched_slice_us": 50}},
+                            ready_timeout_s=60)

@@ -1,0 +1,99 @@
+"""A time-slice request to Linux's fair scheduler, for the daemon's and its workers' threads.
+
+Why: a worker woken for a job on a core that other processes keep busy waits for the running
+task's slice to end before it runs. Under EEVDF (Linux 6.6 and later) the base slice is 0.75 ms
+x (1 + log2 of the CPU count), 1.4 ms on the 2-core development machine: with two busy
+processes on its core, 6% of a worker's wake-ups there waited 5 ms (``BENCHMARKS.md``). Since
+Linux 6.12 a SCHED_OTHER thread may request its own slice (``sched_attr.sched_runtime``, 0.1 to
+100 ms); a woken thread with a shorter slice than the running one preempts it. The thread's
+*share* of the CPU (its nice weight) is unchanged: a loaded core still runs a long execution
+slower, which the selector is there to follow; only the wait before it starts shrinks.
+
+Contract
+--------
+* :func:`request_slice` sets the calling thread's slice (or thread ``tid``'s) and reads it back.
+  It returns True when the kernel took it, False when this kernel keeps no per-thread slice
+  (before 6.12 the field is ignored for SCHED_OTHER and reads back as 0; on a board's 4.9 or
+  5.10 kernel the call is then a no-op), or when the thread runs under another policy (a
+  real-time ``CPUSchedulingPolicy=`` of the unit: left as it is). Other failures raise OSError.
+* :func:`request_slice_all_threads` does it for every thread of this process (threads that the
+  process starts later, and processes it forks or spawns, inherit the slice).
+* Units: microseconds in, as in ``[server] sched_slice_us``; the kernel takes nanoseconds.
+* Linux only (the syscall numbers of x86_64, aarch64 and 32-bit arm); elsewhere
+  :func:`request_slice` returns False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+MIN_SLICE_US = 100          # the kernel's bounds for a requested slice
+MAX_SLICE_US = 100_000
+
+SCHED_OTHER = 0
+SCHED_BATCH = 3
+
+# (sched_setattr, sched_getattr) by machine
+_SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "armv7l": (380, 381), "armv8l": (380, 381)}
+
+
+class _SchedAttr(ctypes.Structure):
+    """``struct sched_attr`` (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1."""
+
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32), ("sched_flags", ctypes.c_uint64),
+                ("sched_nice", ctypes.c_int32), ("sched_priority", ctypes.c_uint32),
+                ("sched_runtime", ctypes.c_uint64), ("sched_deadline", ctypes.c_uint64),
+                ("sched_period", ctypes.c_uint64), ("sched_util_min", ctypes.c_uint32),
+                ("sched_util_max", ctypes.c_uint32)]
+
+
+_libc = None
+
+
+def _syscall(number: int, *args) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.syscall(number, *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def current_slice_us(tid: int = 0) -> int | None:
+    """The thread's slice as the kernel reports it (0 where it keeps none); None off Linux."""
+    calls = _SYSCALLS.get(os.uname().machine)
+    if calls is None:
+        return None
+    attr = _SchedAttr()
+    _syscall(calls[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    return attr.sched_runtime // 1000
+
+
+def request_slice(slice_us: int, tid: int = 0) -> bool:
+    """Ask for a ``slice_us`` slice for thread ``tid`` (0: the calling thread); see the contract."""
+    if not MIN_SLICE_US <= slice_us <= MAX_SLICE_US:
+        raise ValueError(f"a slice must be {MIN_SLICE_US}..{MAX_SLICE_US} us, got {slice_us}")
+    calls = _SYSCALLS.get(os.uname().machine)
+    if calls is None:
+        return False
+    attr = _SchedAttr()
+    _syscall(calls[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
+    if attr.sched_policy not in (SCHED_OTHER, SCHED_BATCH):
+        return False
+    attr.size = ctypes.sizeof(attr)
+    attr.sched_flags = 0
+    attr.sched_runtime = slice_us * 1000
+    _syscall(calls[0], tid, ctypes.byref(attr), 0)     # nice and policy as read
+    return current_slice_us(tid) == slice_us
+
+
+def request_slice_all_threads(slice_us: int) -> bool:
+    """:func:`request_slice` for every thread of this process; True when it took for all."""
+    took = True
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            took = request_slice(slice_us, int(tid)) and took
+        except ProcessLookupError:   # a thread that ended meanwhile
+            pass
+    return took
