@@ -100,7 +100,7 @@ class ServerConfig:
     watchdog: bool = True
     spin_us: int = 0                          # poll without sleeping this long after a dispatch
     cores: tuple[int, ...] = ()               # CPU cores for the daemon's own threads; empty: any
-    sched_slice_us: int = 0                   # fair-scheduler slice for daemon and workers; 0: kernel's
+    sched_slice_us: int = 100                 # fair-scheduler slice for daemon and workers; 0: kernel's
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
