@@ -28,6 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 from adaptd.daemon.power.config import PowerConfig
+from adaptd.daemon.sched import MAX_SLICE_US, MIN_SLICE_US
 
 
 class ConfigError(ValueError):
@@ -119,9 +120,9 @@ class ServerConfig:
             cores=_core_list(d.get("cores", []), f"{w}.cores"),
             sched_slice_us=_typed(d, "sched_slice_us", int, cls.sched_slice_us, w),
         )
-        if out.sched_slice_us and not 100 <= out.sched_slice_us <= 100_000:
-            raise ConfigError(f"{w}.sched_slice_us: must be 0 (the kernel's default) or in 100..100000 (us), "
-                              f"got {out.sched_slice_us}")
+        if out.sched_slice_us and not MIN_SLICE_US <= out.sched_slice_us <= MAX_SLICE_US:
+            raise ConfigError(f"{w}.sched_slice_us: must be 0 (the kernel's default) or in "
+                              f"{MIN_SLICE_US}..{MAX_SLICE_US} (us), got {out.sched_slice_us}")
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
         _positive(out.max_message_bytes, f"{w}.max_message_bytes")

@@ -2,8 +2,8 @@
 
 Why: a worker woken for a job on a core that other processes keep busy waits for the running
 task's slice to end before it runs. Under EEVDF (Linux 6.6 and later) the base slice is 0.75 ms
-x (1 + log2 of the CPU count), 1.4 ms on the 2-core development machine: with two busy
-processes on its core, 6% of a worker's wake-ups there waited 5 ms (``BENCHMARKS.md``). Since
+x (1 + log2 of the CPU count), 1.4 ms on the 2-core development machine, where a worker
+sharing its core with two busy processes now and then waited 3-5 ms before it ran. Since
 Linux 6.12 a SCHED_OTHER thread may request its own slice (``sched_attr.sched_runtime``, 0.1 to
 100 ms); a woken thread with a shorter slice than the running one preempts it. The thread's
 *share* of the CPU (its nice weight) is unchanged: a loaded core still runs a long execution
@@ -60,31 +60,33 @@ def _syscall(number: int, *args) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def current_slice_us(tid: int = 0) -> int | None:
-    """The thread's slice as the kernel reports it (0 where it keeps none); None off Linux."""
+def _get_attr(tid: int) -> _SchedAttr | None:
+    """The thread's ``sched_attr`` (sched_getattr); None off Linux."""
     calls = _SYSCALLS.get(os.uname().machine)
     if calls is None:
         return None
     attr = _SchedAttr()
     _syscall(calls[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
-    return attr.sched_runtime // 1000
+    return attr
+
+
+def current_slice_us(tid: int = 0) -> int | None:
+    """The thread's slice as the kernel reports it (0 where it keeps none); None off Linux."""
+    attr = _get_attr(tid)
+    return None if attr is None else attr.sched_runtime // 1000
 
 
 def request_slice(slice_us: int, tid: int = 0) -> bool:
     """Ask for a ``slice_us`` slice for thread ``tid`` (0: the calling thread); see the contract."""
     if not MIN_SLICE_US <= slice_us <= MAX_SLICE_US:
         raise ValueError(f"a slice must be {MIN_SLICE_US}..{MAX_SLICE_US} us, got {slice_us}")
-    calls = _SYSCALLS.get(os.uname().machine)
-    if calls is None:
-        return False
-    attr = _SchedAttr()
-    _syscall(calls[1], tid, ctypes.byref(attr), ctypes.sizeof(attr), 0)
-    if attr.sched_policy not in (SCHED_OTHER, SCHED_BATCH):
+    attr = _get_attr(tid)
+    if attr is None or attr.sched_policy not in (SCHED_OTHER, SCHED_BATCH):
         return False
     attr.size = ctypes.sizeof(attr)
     attr.sched_flags = 0
     attr.sched_runtime = slice_us * 1000
-    _syscall(calls[0], tid, ctypes.byref(attr), 0)     # nice and policy as read
+    _syscall(_SYSCALLS[os.uname().machine][0], tid, ctypes.byref(attr), 0)   # nice and policy as read
     return current_slice_us(tid) == slice_us
 
 

@@ -819,8 +819,8 @@ def _request_slice(slice_us: int) -> None:
     if request_slice_all_threads(slice_us):
         log.info("daemon threads and workers request a %d us scheduler slice", slice_us)
     else:
-        log.warning("server.sched_slice_us = %d: this kernel keeps no per-thread slice (Linux 6.12 and "
-                    "later do), or the service runs under a real-time policy; left as it is", slice_us)
+        log.info("server.sched_slice_us = %d not applied: this kernel keeps no per-thread slice (Linux 6.12 "
+                 "and later do), or the service runs under a real-time policy", slice_us)
 
 
 def _rss_bytes() -> int:
