@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +127,49 @@ def test_versions_sort_numerically_and_ignore_junk(tmp_path: Path) -> None:
     assert R.list_versions(tmp_path, "m") == ["2", "9", "10"]
     assert R.version_dir(tmp_path, "m") == tmp_path / "m" / "10"
     assert R.next_version(tmp_path, "m") == "12"
-    assert R.remove_stale_staging(tmp_path) == [tmp_path / ".tmp-m-dead"]
+    assert R.remove_stale_staging(tmp_path) == []            # too new: a build may be about to lock it
+    assert R.remove_stale_staging(tmp_path, grace_s=0) == [tmp_path / ".tmp-m-dead"]
+
+
+BUILDER = """
+import sys
+from pathlib import Path
+from adaptd.variants import repository as R
+with R.staging(Path(sys.argv[1]), sys.argv[2], "1") as d:
+    (d / "half.tflite").write_bytes(b"x")
+    print(d, flush=True)
+    sys.stdin.read()   # builds until told to stop (stdin closed) or killed
+    raise SystemExit(3)   # and then fails: nothing is published
+"""
+
+
+def test_staging_left_by_a_killed_build_is_swept_and_a_running_one_is_not(tmp_path: Path) -> None:
+    """A build killed with SIGKILL leaves its staging dir; the next build removes it. A build
+    still running (a real second process holding its lock) keeps its own."""
+    def builder(model: str) -> tuple[subprocess.Popen, Path]:
+        proc = subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path), model],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return proc, Path(proc.stdout.readline().strip())
+
+    killed, killed_dir = builder("a")
+    running, running_dir = builder("b")
+    try:
+        killed.kill()
+        killed.wait()
+        assert killed_dir.is_dir() and killed_dir.name.startswith(R.STAGING_PREFIX)
+        old = time.time() - 2 * R.STAGING_GRACE_S
+        for d in (killed_dir, running_dir):
+            os.utime(d, (old, old))
+        with R.staging(tmp_path, "c", "1") as d:
+            (d / "manifest.json").write_text("{}")
+        assert not killed_dir.exists()
+        assert running_dir.is_dir() and (running_dir / "half.tflite").is_file()
+        assert R.remove_stale_staging(tmp_path, grace_s=0) == []
+    finally:
+        running.stdin.close()
+        assert running.wait() == 3
+    assert not running_dir.exists()          # a build that fails removes its own
+    assert R.list_models(tmp_path) == ["c"]
 
 
 def test_metrics_match_scikit_learn() -> None:

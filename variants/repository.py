@@ -17,8 +17,11 @@ Contract
   file in it is fsynced, the directory is renamed to ``REPO/<model>/<version>`` and the parent
   directories are fsynced. If the body raises (or is interrupted), the staging directory is
   removed and nothing is published. An existing version is never overwritten
-  (``RepositoryError``). A build killed with SIGKILL can leave a ``.tmp-*`` directory, which
-  readers ignore and ``remove_stale_staging`` deletes.
+  (``RepositoryError``). While a build runs, its process holds an exclusive ``flock`` on the
+  staging directory; the kernel drops it when that process exits, however it exits. A build
+  killed with SIGKILL (or a power cut) leaves its ``.tmp-*`` directory behind: readers ignore it,
+  and ``remove_stale_staging`` deletes every one whose lock is free, which ``staging`` does
+  before each build, so leftovers do not pile up. A directory in use is never removed.
 * Thread/process safety: concurrent readers are safe. Two writers publishing the same
   model/version race; the loser gets ``RepositoryError`` and its staging dir is removed.
 """
@@ -26,10 +29,13 @@ Contract
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +43,11 @@ from .manifest import MANIFEST_FILE, Manifest, load_manifest
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING_PREFIX = ".tmp-"
+# A staging directory is locked a moment after it is made; one younger than this is left alone,
+# whether or not it is locked yet.
+STAGING_GRACE_S = 10.0
+
+log = logging.getLogger("adaptd.repository")
 
 
 class RepositoryError(Exception):
@@ -141,10 +152,17 @@ def staging(repo: Path, model: str, version: str) -> Iterator[Path]:
     final = repo / model / str(version)
     if final.exists():
         raise RepositoryError(f"{final} already exists; versions are never overwritten")
+    for stale in remove_stale_staging(repo):
+        log.info("removed %s, left by a build that did not finish", stale)
+    lock_fd = None
     try:
         tmp = repo / f"{STAGING_PREFIX}{model}-{secrets.token_hex(4)}"
         tmp.mkdir()
+        lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)   # held until this build ends (see the contract)
     except OSError as exc:
+        if lock_fd is not None:
+            os.close(lock_fd)
         raise RepositoryError(f"cannot write to repository {repo}: {exc.strerror or exc}") from exc
     try:
         yield tmp
@@ -163,18 +181,37 @@ def staging(repo: Path, model: str, version: str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock_fd)
 
 
-def remove_stale_staging(repo: Path) -> list[Path]:
-    """Delete ``.tmp-*`` staging dirs left by killed builds; return what was removed.
+def remove_stale_staging(repo: Path, grace_s: float = STAGING_GRACE_S) -> list[Path]:
+    """Delete the ``.tmp-*`` staging dirs no build holds any more; return what was removed.
 
-    Only call this when no build is running against ``repo``.
+    Safe while other builds run against ``repo``: a directory whose lock is held, or that was
+    modified less than ``grace_s`` ago (a build that has made it but not yet locked it), is kept.
     """
     removed = []
     repo = Path(repo)
-    if repo.is_dir():
-        for p in repo.iterdir():
-            if p.name.startswith(STAGING_PREFIX) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+    if not repo.is_dir():
+        return removed
+    now = time.time()
+    for p in repo.iterdir():
+        if not p.name.startswith(STAGING_PREFIX):
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:   # not a directory, or gone already
+            continue
+        try:
+            if now - os.fstat(fd).st_mtime < grace_s:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:   # a running build's
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
                 removed.append(p)
+        finally:
+            os.close(fd)
     return removed
