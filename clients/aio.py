@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 
 from adaptd.clients.client import (
-    DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
+    CLOSE_TIMEOUT_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
     ClientSettings, infer_message, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
@@ -66,9 +66,11 @@ class AsyncClient(ClientSettings):
         if self._closed:
             return
         if self._socket is not None:
-            for region in list(self.regions.values()):
+            for region in list(self.regions.values()):   # as Client.close: once each, none after a timeout
                 try:
-                    await self.unregister_region(region, timeout_ms=min(self.timeout_ms, 2000.0))
+                    await self.unregister_region(region, timeout_ms=min(self.timeout_ms, CLOSE_TIMEOUT_MS), retries=0)
+                except RequestTimeout:
+                    break
                 except (AdaptdError, RuntimeError):
                     region.close()
         for region in self.regions.values():
@@ -147,13 +149,15 @@ class AsyncClient(ClientSettings):
         self.regions[region.name] = region
         return region
 
-    async def unregister_region(self, region: Region | str, timeout_ms: float | None = None) -> None:
+    async def unregister_region(self, region: Region | str, timeout_ms: float | None = None,
+                                retries: int | None = None) -> None:
         """As :meth:`adaptd.clients.client.Client.unregister_region`."""
         name = region if isinstance(region, str) else region.name
         mapped = self.regions.pop(name, None)
         try:
             rid = new_request_id()
-            header, _ = await self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms)
+            header, _ = await self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms,
+                                              retries)
             body_from_reply(header, "shm_unregister")
         finally:
             if mapped is not None:
@@ -197,15 +201,16 @@ class AsyncClient(ClientSettings):
         header, _ = await self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
         return body_from_reply(header, request_type)
 
-    async def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None):
+    async def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None, retries: int | None = None):
         sock = self._ensure_open()
+        retries = self.retries if retries is None else retries
         if rid in self._waiting:
             raise ValueError(f"request id {rid!r} is already outstanding on this client")
         timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
-            for attempt in range(self.retries + 1):
+            for attempt in range(retries + 1):
                 if attempt:
                     self.retried += 1
                 try:
@@ -213,7 +218,7 @@ class AsyncClient(ClientSettings):
                     return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
                 except asyncio.TimeoutError:
                     continue
-            attempts = self.retries + 1
+            attempts = retries + 1
             raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
                                  f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
         finally:

@@ -4,7 +4,9 @@ Contract
 --------
 * Lifecycle: ``Client(endpoint)`` creates one ``DEALER`` socket and connects it (ZeroMQ
   connects lazily: constructing a client never fails because the daemon is not up yet);
-  :meth:`Client.close` (or ``with Client() as c:``) closes it. No use after close.
+  :meth:`Client.close` (or ``with Client() as c:``) closes it, asking the daemon to end this
+  client's regions first, once each; with the daemon gone it returns within
+  ``CLOSE_TIMEOUT_MS``. No use after close.
 * Threads: a ``Client`` may be shared between threads; calls are serialised by a lock
   (one request outstanding at a time). For many concurrent requests use
   :class:`adaptd.clients.aio.AsyncClient`, or one ``Client`` per thread.
@@ -56,6 +58,9 @@ ENDPOINT_ENV = "ADAPTD_ENDPOINT"
 PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
 DEFAULT_TIMEOUT_MS = 30_000.0
 DEFAULT_RETRIES = 2
+# close() asks the daemon to end each region once, this long at most; when the daemon does not
+# answer, the rest are only unmapped here (the daemon ends a region when its owner exits, §11.2).
+CLOSE_TIMEOUT_MS = 1000.0
 
 
 # --- endpoints ---------------------------------------------------------------------------------
@@ -490,12 +495,21 @@ class Client(ClientSettings):
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unregister this client's regions (best effort), unmap them, close the socket."""
+        """Unregister this client's regions (best effort: one attempt each, and none after the
+        daemon fails to answer one, so a client whose daemon is gone closes within
+        ``CLOSE_TIMEOUT_MS``), unmap them, close the socket."""
+        answering = True
         for region in list(self.regions.values()):
             try:
-                self.unregister_region(region, timeout_ms=min(self.timeout_ms, 2000.0))
+                if answering:
+                    self.unregister_region(region, timeout_ms=min(self.timeout_ms, CLOSE_TIMEOUT_MS), retries=0)
+                    continue
+            except RequestTimeout:
+                answering = False
             except (AdaptdError, RuntimeError):
-                region.close()    # the daemon is gone or forgot it: its exit removes it
+                pass
+            self.regions.pop(region.name, None)
+            region.close()    # the daemon is gone or forgot it: its owner's exit ends it there
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -547,13 +561,15 @@ class Client(ClientSettings):
         self.regions[region.name] = region
         return region
 
-    def unregister_region(self, region: Region | str, timeout_ms: float | None = None) -> None:
+    def unregister_region(self, region: Region | str, timeout_ms: float | None = None,
+                          retries: int | None = None) -> None:
         """End a region at the daemon (requests already holding it finish first) and unmap it here."""
         name = region if isinstance(region, str) else region.name
         mapped = self.regions.pop(name, None)
         try:
             rid = new_request_id()
-            header, _ = self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms)
+            header, _ = self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms,
+                                        retries)
             body_from_reply(header, "shm_unregister")
         finally:
             if mapped is not None:
@@ -601,13 +617,14 @@ class Client(ClientSettings):
         header, _ = self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
         return body_from_reply(header, request_type)
 
-    def _roundtrip(self, rid: str, frames: list[Any],
-                   timeout_ms: float | None) -> tuple[dict[str, Any], list[memoryview]]:
+    def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None,
+                   retries: int | None = None) -> tuple[dict[str, Any], list[memoryview]]:
         timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
+        retries = self.retries if retries is None else retries
         with self._lock:
             if self._closed:
                 raise RuntimeError("client is closed")
-            for attempt in range(self.retries + 1):
+            for attempt in range(retries + 1):
                 if attempt:
                     self.retried += 1
                 deadline = time.monotonic() + timeout_s
@@ -625,7 +642,7 @@ class Client(ClientSettings):
                     if got is None and header.get("type") == "error":
                         raise error_from_header(header)   # daemon could not read our id
                     self.stale_replies += 1               # a late reply to an earlier request
-        attempts = self.retries + 1
+        attempts = retries + 1
         raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
                              f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
 

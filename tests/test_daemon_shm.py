@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import zmq
 
 from adaptd.clients import errors as e
 from adaptd.clients.aio import AsyncClient
-from adaptd.clients.client import Client, ShmTensor
+from adaptd.clients.client import CLOSE_TIMEOUT_MS, Client, ShmTensor
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.launch import DaemonProcess
 
@@ -242,6 +243,37 @@ def test_daemon_exit_and_kill_leave_no_region_files(tiny_repository, tmp_path):
         assert r["code"] == "UNKNOWN_REGION", r
     finally:
         assert d2.stop() == 0
+
+
+def test_clients_close_promptly_when_their_daemon_is_gone(tiny_repository, tmp_path):
+    """close() asks the daemon once per region; when the daemon is gone it stops asking after one
+    unanswered attempt and only unmaps the rest (it used to wait out every retry of every region)."""
+    repo, _, _ = tiny_repository
+    d = DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"tensorflow": "off"}})
+    try:
+        sync = Client(d.endpoint, timeout_ms=30_000, retries=2)
+        sync_regions = [sync.register_region(4096) for _ in range(3)]
+
+        async def open_async():
+            c = AsyncClient(d.endpoint, timeout_ms=30_000, retries=2)
+            return c, [await c.register_region(4096) for _ in range(3)]
+
+        loop = asyncio.new_event_loop()
+        aclient, async_regions = loop.run_until_complete(open_async())
+    finally:
+        d.kill()
+    try:
+        for close in (sync.close, lambda: loop.run_until_complete(aclient.close())):
+            t0 = time.monotonic()
+            close()
+            # one unanswered attempt of CLOSE_TIMEOUT_MS, not 3 regions x 3 attempts of it
+            assert time.monotonic() - t0 < 3 * CLOSE_TIMEOUT_MS / 1e3
+        assert all(r.closed for r in sync_regions + async_regions)
+        assert not sync.regions and not aclient.regions
+        with pytest.raises(RuntimeError, match="closed"):
+            sync.infer("any", digits())
+    finally:
+        loop.close()
 
 
 def test_unregister_while_in_use_defers_the_unlink(daemon):
