@@ -66,11 +66,14 @@ class AsyncClient(ClientSettings):
         if self._closed:
             return
         if self._socket is not None:
-            for region in list(self.regions.values()):   # as Client.close: once each, none after a timeout
-                try:
-                    await self.unregister_region(region, timeout_ms=min(self.timeout_ms, CLOSE_TIMEOUT_MS), retries=0)
-                except RequestTimeout:
+            # as Client.close: once each, all within CLOSE_TIMEOUT_MS; the rest are only unmapped
+            deadline = time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
+            for region in list(self.regions.values()):
+                left_ms = (deadline - time.monotonic()) * 1e3
+                if left_ms < 1.0:
                     break
+                try:
+                    await self.unregister_region(region, timeout_ms=left_ms, retries=0)
                 except (AdaptdError, RuntimeError):
                     region.close()
         for region in self.regions.values():

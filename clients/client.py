@@ -5,8 +5,8 @@ Contract
 * Lifecycle: ``Client(endpoint)`` creates one ``DEALER`` socket and connects it (ZeroMQ
   connects lazily: constructing a client never fails because the daemon is not up yet);
   :meth:`Client.close` (or ``with Client() as c:``) closes it, asking the daemon to end this
-  client's regions first, once each; with the daemon gone it returns within
-  ``CLOSE_TIMEOUT_MS``. No use after close.
+  client's regions first, once each and within ``CLOSE_TIMEOUT_MS`` in all, so that it
+  returns in that time when the daemon is gone. No use after close.
 * Threads: a ``Client`` may be shared between threads; calls are serialised by a lock
   (one request outstanding at a time). For many concurrent requests use
   :class:`adaptd.clients.aio.AsyncClient`, or one ``Client`` per thread.
@@ -58,9 +58,10 @@ ENDPOINT_ENV = "ADAPTD_ENDPOINT"
 PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
 DEFAULT_TIMEOUT_MS = 30_000.0
 DEFAULT_RETRIES = 2
-# close() asks the daemon to end each region once, this long at most; when the daemon does not
-# answer, the rest are only unmapped here (the daemon ends a region when its owner exits, §11.2).
-CLOSE_TIMEOUT_MS = 1000.0
+# close() asks the daemon to end this client's regions, once each, within this budget in all;
+# those it has not ended when the budget runs out are only unmapped here (the daemon ends a
+# region when the process that registered it exits, §11.2).
+CLOSE_TIMEOUT_MS = 2000.0
 
 
 # --- endpoints ---------------------------------------------------------------------------------
@@ -495,21 +496,20 @@ class Client(ClientSettings):
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Unregister this client's regions (best effort: one attempt each, and none after the
-        daemon fails to answer one, so a client whose daemon is gone closes within
-        ``CLOSE_TIMEOUT_MS``), unmap them, close the socket."""
-        answering = True
+        """Unregister this client's regions (best effort: one attempt each, all within
+        ``CLOSE_TIMEOUT_MS``, so a client whose daemon is gone closes in that time), unmap them,
+        close the socket."""
+        deadline = time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
         for region in list(self.regions.values()):
+            left_ms = (deadline - time.monotonic()) * 1e3
             try:
-                if answering:
-                    self.unregister_region(region, timeout_ms=min(self.timeout_ms, CLOSE_TIMEOUT_MS), retries=0)
+                if left_ms >= 1.0:
+                    self.unregister_region(region, timeout_ms=left_ms, retries=0)
                     continue
-            except RequestTimeout:
-                answering = False
             except (AdaptdError, RuntimeError):
                 pass
             self.regions.pop(region.name, None)
-            region.close()    # the daemon is gone or forgot it: its owner's exit ends it there
+            region.close()    # the daemon is gone, slow or forgot it: its owner's exit ends it there
         with self._lock:
             if not self._closed:
                 self._closed = True

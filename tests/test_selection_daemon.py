@@ -35,13 +35,17 @@ RUN_S, STOPPED_S = 0.001, 0.015   # the throttle's duty cycle: 1 ms of every 16 
 def throttled(process: psutil.Process):
     """Stop and continue ``process`` on a fixed duty cycle until the block exits; it is left running."""
     done = threading.Event()
+    failed: list[BaseException] = []
 
     def cycle() -> None:
-        while not done.is_set():
-            process.suspend()
-            done.wait(STOPPED_S)
-            process.resume()
-            done.wait(RUN_S)
+        try:
+            while not done.is_set():
+                process.suspend()
+                done.wait(STOPPED_S)
+                process.resume()
+                done.wait(RUN_S)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread below
+            failed.append(exc)
 
     thread = threading.Thread(target=cycle, name="throttle", daemon=True)
     thread.start()
@@ -50,7 +54,10 @@ def throttled(process: psutil.Process):
     finally:
         done.set()
         thread.join()
-        process.resume()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.resume()
+    if failed:   # e.g. the worker died: the test did not measure what it says it did
+        raise RuntimeError("the throttle stopped early") from failed[0]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores for two single-core placements")

@@ -156,6 +156,8 @@ def test_staging_left_by_a_killed_build_is_swept_and_a_running_one_is_not(tmp_pa
     try:
         killed.kill()
         killed.wait()
+        killed.stdin.close()
+        killed.stdout.close()
         assert killed_dir.is_dir() and killed_dir.name.startswith(R.STAGING_PREFIX)
         old = time.time() - 2 * R.STAGING_GRACE_S
         for d in (killed_dir, running_dir):
@@ -167,7 +169,9 @@ def test_staging_left_by_a_killed_build_is_swept_and_a_running_one_is_not(tmp_pa
         assert R.remove_stale_staging(tmp_path, grace_s=0) == []
     finally:
         running.stdin.close()
-        assert running.wait() == 3
+        code = running.wait()
+        running.stdout.close()
+    assert code == 3
     assert not running_dir.exists()          # a build that fails removes its own
     assert R.list_models(tmp_path) == ["c"]
 

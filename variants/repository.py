@@ -21,7 +21,9 @@ Contract
   staging directory; the kernel drops it when that process exits, however it exits. A build
   killed with SIGKILL (or a power cut) leaves its ``.tmp-*`` directory behind: readers ignore it,
   and ``remove_stale_staging`` deletes every one whose lock is free, which ``staging`` does
-  before each build, so leftovers do not pile up. A directory in use is never removed.
+  before each build, so leftovers do not pile up. A directory in use is never removed. The
+  lock assumes a local filesystem (``flock`` on a read-only descriptor; NFS would want a
+  writable one).
 * Thread/process safety: concurrent readers are safe. Two writers publishing the same
   model/version race; the loser gets ``RepositoryError`` and its staging dir is removed.
 """
@@ -154,16 +156,22 @@ def staging(repo: Path, model: str, version: str) -> Iterator[Path]:
         raise RepositoryError(f"{final} already exists; versions are never overwritten")
     for stale in remove_stale_staging(repo):
         log.info("removed %s, left by a build that did not finish", stale)
+    tmp = repo / f"{STAGING_PREFIX}{model}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise RepositoryError(f"cannot write to repository {repo}: {exc.strerror or exc}") from exc
     lock_fd = None
     try:
-        tmp = repo / f"{STAGING_PREFIX}{model}-{secrets.token_hex(4)}"
-        tmp.mkdir()
         lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)   # held until this build ends (see the contract)
-    except OSError as exc:
+    except BaseException as exc:
         if lock_fd is not None:
             os.close(lock_fd)
-        raise RepositoryError(f"cannot write to repository {repo}: {exc.strerror or exc}") from exc
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise RepositoryError(f"cannot lock staging dir {tmp}: {exc.strerror or exc}") from exc
+        raise
     try:
         yield tmp
         if not (tmp / MANIFEST_FILE).is_file():
