@@ -3,8 +3,9 @@
 Contract
 --------
 * Same API as :class:`adaptd.clients.client.Client`, with ``async def``; same results,
-  exceptions, timeouts and retry rule (after a timeout the same frames are sent again under
-  the same id, at most ``retries`` times, then ``RequestTimeout``).
+  exceptions, timeouts and retry rules (after a timeout the same frames are sent again under
+  the same id, at most ``retries`` times, then ``RequestTimeout``; a ``BUSY`` reply is retried
+  likewise when ``busy_retries`` asks for it, the waits awaited, not slept).
 * Lifecycle: construct anywhere; the socket is created and a reader task started on the
   first request, inside the running event loop, and both belong to that loop. ``await
   close()`` (or ``async with``) cancels the reader and fails any request still waiting with
@@ -31,7 +32,7 @@ import zmq
 import zmq.asyncio
 
 from adaptd.clients.client import (
-    CLOSE_TIMEOUT_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
+    CLOSE_TIMEOUT_MS, DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
     ClientSettings, infer_message, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
@@ -40,8 +41,9 @@ from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
 class AsyncClient(ClientSettings):
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.asyncio.Context | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name)
+                 name: str | None = None, busy_retries: int = 0,
+                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
+        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms)
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
@@ -134,7 +136,12 @@ class AsyncClient(ClientSettings):
                                placement=placement, explain=explain, client=self.name,
                                regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
-        header, bodies = await self._roundtrip(rid, frames, timeout_ms)
+        for retry in range(self.busy_retries + 1):   # as Client.infer
+            header, bodies = await self._roundtrip(rid, frames, timeout_ms)
+            if retry == self.busy_retries or header.get("code") != "BUSY" or header.get("type") != "error":
+                break
+            self.busy_retried += 1
+            await asyncio.sleep(self.busy_wait_s(retry))
         return result_from_reply(header, bodies, started, self.regions)
 
     async def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:

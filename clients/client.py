@@ -16,8 +16,12 @@ Contract
 * Timeouts and retries: each attempt waits ``timeout_ms``; after a timeout the *same*
   message is sent again with the *same* id, at most ``retries`` times, so the daemon runs it
   at most once (PROTOCOL.md §8). Then :class:`~adaptd.clients.errors.RequestTimeout`. Error
-  replies are never retried by the client; ``BUSY``, ``WORKER_FAILED`` and ``SHUTTING_DOWN``
-  raise a :class:`~adaptd.clients.errors.TransientError` the caller may retry.
+  replies are not retried by the client, but for ``BUSY`` when asked (``busy_retries``, 0 by
+  default): an inference answered ``BUSY`` (the placement's queue full, nothing run) is sent
+  again with the same id after a randomised, doubling wait (``busy_backoff_ms``, at most
+  ``BUSY_BACKOFF_MAX_MS``), at most ``busy_retries`` times, then ``BusyError``; each retry is
+  counted in ``busy_retried``. ``BUSY``, ``WORKER_FAILED`` and ``SHUTTING_DOWN`` raise a
+  :class:`~adaptd.clients.errors.TransientError` the caller may retry.
 * Zero copy: input arrays are sent as their own frames with ``copy=False`` (pyzmq still
   copies frames under its 64 KiB threshold, where copying is cheaper). Do not modify an input
   array while its request is in flight. Outputs are numpy views over the reply frames
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import threading
 import time
 import uuid
@@ -62,6 +67,8 @@ DEFAULT_RETRIES = 2
 # those it has not ended when the budget runs out are only unmapped here (the daemon ends a
 # region when the process that registered it exits, §11.2).
 CLOSE_TIMEOUT_MS = 2000.0
+DEFAULT_BUSY_BACKOFF_MS = 2.0      # the first wait before resending a request answered BUSY
+BUSY_BACKOFF_MAX_MS = 100.0        # the longest such wait
 
 
 # --- endpoints ---------------------------------------------------------------------------------
@@ -466,18 +473,34 @@ def new_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
 class ClientSettings:
     """What the synchronous and the asyncio client share: where, how long, how often, who."""
 
-    def __init__(self, endpoint: str | None, timeout_ms: float, retries: int, name: str | None) -> None:
+    def __init__(self, endpoint: str | None, timeout_ms: float, retries: int, name: str | None,
+                 busy_retries: int = 0, busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        if busy_retries < 0:
+            raise ValueError(f"busy_retries must be >= 0, got {busy_retries}")
+        if not 0 < busy_backoff_ms <= BUSY_BACKOFF_MAX_MS:
+            raise ValueError(f"busy_backoff_ms must be in (0, {BUSY_BACKOFF_MAX_MS:g}], got {busy_backoff_ms}")
         self.endpoint = endpoint or default_endpoint()
         self.timeout_ms = float(timeout_ms)
         self.retries = int(retries)
+        self.busy_retries = int(busy_retries)
+        self.busy_backoff_ms = float(busy_backoff_ms)
         self.name = name
         self.stale_replies = 0      # replies for ids no longer awaited, discarded
         self.retried = 0            # resends after a timeout (same id)
+        self.busy_retried = 0       # resends after a BUSY reply (same id)
         self.regions: dict[str, Region] = {}
+        self._jitter = random.Random()
+
+    def busy_wait_s(self, retry: int) -> float:
+        """The wait before the ``retry``-th resend (0-based) of a request answered BUSY: the
+        backoff doubled per retry, capped, times a random factor in [0.5, 1) so that clients
+        refused together do not come back together."""
+        cap_ms = min(self.busy_backoff_ms * 2.0 ** retry, BUSY_BACKOFF_MAX_MS)
+        return cap_ms * (0.5 + 0.5 * self._jitter.random()) / 1e3
 
 
 class Client(ClientSettings):
@@ -485,8 +508,9 @@ class Client(ClientSettings):
 
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
-                 name: str | None = None) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name)
+                 name: str | None = None, busy_retries: int = 0,
+                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
+        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms)
         self._lock = threading.Lock()
         self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint)
         self._poller = zmq.Poller()
@@ -540,7 +564,12 @@ class Client(ClientSettings):
                                placement=placement, explain=explain, client=self.name,
                                regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
-        header, bodies = self._roundtrip(rid, frames, timeout_ms)
+        for retry in range(self.busy_retries + 1):
+            header, bodies = self._roundtrip(rid, frames, timeout_ms)
+            if retry == self.busy_retries or header.get("code") != "BUSY" or header.get("type") != "error":
+                break
+            self.busy_retried += 1
+            time.sleep(self.busy_wait_s(retry))
         return result_from_reply(header, bodies, started, self.regions)
 
     def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:

@@ -260,3 +260,16 @@ def test_async_client_retry_timeout_and_errors(endpoint):
         assert [h["id"] for h in daemon.received].count("never") == 2
     finally:
         daemon.close()
+
+
+def test_busy_backoff_doubles_is_capped_and_randomised():
+    from adaptd.clients.client import BUSY_BACKOFF_MAX_MS, ClientSettings
+
+    s = ClientSettings("ipc:///nowhere", 1000.0, 0, None, busy_retries=5, busy_backoff_ms=2.0)
+    for retry, cap_ms in ((0, 2.0), (1, 4.0), (3, 16.0), (10, BUSY_BACKOFF_MAX_MS)):
+        waits_ms = [s.busy_wait_s(retry) * 1e3 for _ in range(200)]
+        assert all(cap_ms / 2 <= w < cap_ms for w in waits_ms), (retry, min(waits_ms), max(waits_ms))
+        assert max(waits_ms) - min(waits_ms) > cap_ms / 10          # not one fixed wait for everyone
+    for bad in ({"busy_retries": -1}, {"busy_backoff_ms": 0.0}, {"busy_backoff_ms": 2 * BUSY_BACKOFF_MAX_MS}):
+        with pytest.raises(ValueError):
+            ClientSettings("ipc:///nowhere", 1000.0, 0, None, **bad)

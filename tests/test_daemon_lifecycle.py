@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 import zmq
 
+from adaptd.clients.client import Client
+from adaptd.clients.errors import BusyError
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.launch import DaemonProcess
 
@@ -215,6 +218,53 @@ def test_a_full_queue_answers_busy_at_once(daemon):
         send_infer(sock, "over-0", 1, name)
         again = recv(sock)
         assert again["type"] == "result" and again["replayed"] is False, again
+    finally:
+        sock.close()
+
+
+def test_the_client_retries_busy_when_asked_and_gives_up_when_told(daemon):
+    """``busy_retries``: a request answered BUSY is sent again (same id) after a short wait, until
+    there is room; with the retries spent the client raises BusyError. The worker is frozen so
+    that the queue stays full for as long as the test needs, and freed once the client has been
+    refused at least once (an event set from the client's own wait, not a sleep)."""
+    name = first_placement(daemon)
+    sock = dealer(daemon)
+    refused = threading.Event()
+
+    class Watched(Client):
+        def busy_wait_s(self, retry: int) -> float:
+            refused.set()
+            return super().busy_wait_s(retry)
+
+    try:
+        send_infer(sock, "hold", SLOW_BATCH, name)
+        worker_pid = wait_busy(daemon, name)["worker_pid"]
+        os.kill(worker_pid, signal.SIGSTOP)
+        stopped = True
+        try:
+            for i in range(QUEUE_LIMIT):
+                send_infer(sock, f"fill-{i}", 1, name)
+            wait_busy(daemon, name, queued=QUEUE_LIMIT)   # the client's requests come on another connection
+            with Client(daemon.endpoint, timeout_ms=REPLY_MS, busy_retries=3, busy_backoff_ms=1.0) as c:
+                with pytest.raises(BusyError):
+                    c.infer(MODEL, images(1), variant="float32", placement=name)
+                assert c.busy_retried == 3
+            with Watched(daemon.endpoint, timeout_ms=REPLY_MS, busy_retries=10_000) as c:
+                result: list = []
+                t = threading.Thread(target=lambda: result.append(
+                    c.infer(MODEL, images(1), variant="float32", placement=name, request_id="patient")))
+                t.start()
+                assert refused.wait(REPLY_MS / 1e3)
+                os.kill(worker_pid, signal.SIGCONT)
+                stopped = False
+                t.join(REPLY_MS / 1e3)
+                assert result and result[0].request_id == "patient" and c.busy_retried >= 1
+                assert result[0].selection.placement == name
+        finally:
+            if stopped:
+                os.kill(worker_pid, signal.SIGCONT)
+        rest = {r["id"]: r for r in (recv(sock) for _ in range(1 + QUEUE_LIMIT))}
+        assert all(r["type"] == "result" for r in rest.values()), rest
     finally:
         sock.close()
 
