@@ -27,9 +27,13 @@ Estimator, per arm
   went unchosen kept the spell's quantile as its bound until ``window`` new samples came, which
   its own bound prevented (bench/bench_selection.py: one arm left unchosen for the last 25 s of a
   run). With it, the next measurement (a re-probe) is judged on the samples of its own regime.
-* The measured bound at confidence q is ``max(mean + z_q * sd, window quantile q)``; the published
-  mean and bound blend the prior (from the structural predictor) with the measurements:
-  ``prior_share = prior_weight / (prior_weight + n)`` while ``n < full_trust_n``, 0 after.
+* The measured bound at confidence q is the window's quantile q once the window holds
+  ``min_window`` samples, and ``mean + z_q * sd`` before (with ``gaussian_floor``, the larger
+  of the two throughout: latency is heavy-tailed, and a rare slow sample inflates the variance
+  for many samples after it; in paired runs the floor rejected requests the arms went on to
+  meet, BENCHMARKS.md, Selection). The published mean and bound blend the prior (from the
+  structural predictor) with the measurements: ``prior_share = prior_weight / (prior_weight +
+  n)`` while ``n < full_trust_n``, 0 after.
 * ``shift_priors`` moves the latency priors of some arms by a cost learnt elsewhere (the daemon:
   its own path around the interpreter, per placement); ``shift_energy_priors`` the energy
   priors of arms with no energy measured (the daemon: what the priors of the same model's
@@ -40,7 +44,7 @@ Estimator, per arm
   the flag of the last measurement.
 * Energy bound at the same confidence, because a caller's energy bound is judged per execution
   like its latency bound (a bound near the mean would be missed about half the time): once the
-  arm's energy window holds ``min_window`` samples, ``max(mean + z_q * sd, window quantile q)``;
+  arm's energy window holds ``min_window`` samples, its quantile q (the same rule as latency's);
   before that, the mean scaled by the arm's latency bound / latency estimate (energy is power x
   time, and the latency side already blends a prior spread in); with no energy measured, prior
   power x latency bound.
@@ -70,6 +74,7 @@ class OnlineCostModel:
         window_max_age_s: float = 10.0,
         prior_weight: float = 1.0,
         full_trust_n: int = 5,
+        gaussian_floor: bool = False,
     ) -> None:
         if not 0.5 <= confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
@@ -87,6 +92,7 @@ class OnlineCostModel:
         self.window = window
         self.min_window = min_window
         self.window_max_age_s = window_max_age_s
+        self.gaussian_floor = gaussian_floor
         self.prior_weight = prior_weight
         self.full_trust_n = full_trust_n
 
@@ -246,10 +252,12 @@ class OnlineCostModel:
         return values[a, :k][times[a, :k] >= t - self.window_max_age_s]
 
     def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
-        """``mean + z sd``, raised to the window's quantile once it holds ``min_window`` samples."""
+        """``mean + z sd`` until the window holds ``min_window`` samples, then the window's
+        quantile (with ``gaussian_floor``: the larger of the two)."""
         bound = mean + self.z_ * math.sqrt(max(var, 0.0))
         if window.shape[0] >= self.min_window:
-            bound = max(bound, _quantile(window, self.confidence))
+            q = _quantile(window, self.confidence)
+            bound = max(bound, q) if self.gaussian_floor else q
         return bound
 
     # ------------------------------------------------------------------ reading

@@ -91,6 +91,10 @@ class SelectorConfig:
     window: int = 16                  # sliding window for the empirical quantile
     min_window: int = 4               # samples before the window quantile is used
     window_max_age_s: float = 10.0    # window samples older than this (s) no longer count
+    # once the window holds min_window samples, the latency bound is its quantile (False, the
+    # default) or max(mean + z sd, quantile) (True): in paired runs of bench/bench_selection.py
+    # the floor, inflated by rare slow samples, rejected more and met fewer constraints
+    gaussian_floor: bool = False
     prior_weight: float = 1.0         # prior counts as this many samples ...
     full_trust_n: int = 5             # ... until this many measurements
     probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
@@ -279,7 +283,7 @@ class Selector:
         self._online = OnlineCostModel(
             confidence=cfg.confidence, half_life_s=cfg.half_life_s,
             min_update_weight=cfg.min_update_weight, window=cfg.window, min_window=cfg.min_window,
-            window_max_age_s=cfg.window_max_age_s,
+            window_max_age_s=cfg.window_max_age_s, gaussian_floor=cfg.gaussian_floor,
             prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0

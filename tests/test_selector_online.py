@@ -102,14 +102,38 @@ def test_speedup_followed_and_window_flushes():
     assert m.latency_bound_ms_[0] < 4.2  # sd decays like 0.95**k
 
 
-def test_bound_uses_distribution_not_mean():
-    m = model(min_update_weight=0.0, half_life_s=1e9)
+@pytest.mark.parametrize("gaussian_floor", [False, True])
+def test_bound_uses_distribution_not_mean(gaussian_floor):
+    """The bound is the window's quantile (numpy's, of the last ``window`` samples), well above
+    the mean; with ``gaussian_floor`` it is never below mean + z sd either."""
+    m = model(min_update_weight=0.0, half_life_s=1e9, confidence=0.95, gaussian_floor=gaussian_floor)
     rng = np.random.default_rng(0)
     xs = rng.normal(10.0, 1.0, 400)
     for k, x in enumerate(xs):
         m.update(0, x, None, True, 0.001 * k)
+        if k >= 50 and not gaussian_floor:
+            assert m.latency_bound_ms_[0] == pytest.approx(np.quantile(xs[k - 15:k + 1], 0.95))
     assert m.est_latency_ms_[0] == pytest.approx(10.0, abs=0.2)
-    assert 11.2 < m.latency_bound_ms_[0] < 12.5  # ~ mean + 1.645 sd (or the window's p95)
+    assert m.latency_bound_ms_[0] > 10.5
+    if gaussian_floor:
+        assert m.latency_bound_ms_[0] >= m.mean_ms_[0] + 1.6448 * np.sqrt(m.var_ms2_[0])
+
+
+def test_a_rare_slow_sample_does_not_hold_the_bound_up():
+    """One slow sample in a steady stream: the Gaussian floor stays raised for as long as the
+    variance remembers it (tens of samples at min_update_weight 0.1), the window's 0.90 quantile
+    lets go once the sample is one of the top 10% no longer (it is the window's maximum)."""
+    bounds = {}
+    for floor in (False, True):
+        m = model(confidence=0.9, gaussian_floor=floor)
+        t = 0.0
+        for k in range(60):
+            t += 0.01
+            m.update(0, 50.0 if k == 30 else 5.0, None, True, t)
+            if k == 32:
+                bounds[floor] = m.latency_bound_ms_[0]
+    assert bounds[False] == pytest.approx(5.0)
+    assert bounds[True] > 20.0
 
 
 def test_energy_prior_follows_latency_until_measured():
