@@ -24,6 +24,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from typing import Any
@@ -32,7 +33,7 @@ import zmq
 import zmq.asyncio
 
 from adaptd.clients.client import (
-    CLOSE_TIMEOUT_MS, DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
+    DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
     ClientSettings, infer_message, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
@@ -68,16 +69,13 @@ class AsyncClient(ClientSettings):
         if self._closed:
             return
         if self._socket is not None:
-            # as Client.close: once each, all within CLOSE_TIMEOUT_MS; the rest are only unmapped
-            deadline = time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
+            deadline = self.close_budget_deadline()   # as Client.close
             for region in list(self.regions.values()):
                 left_ms = (deadline - time.monotonic()) * 1e3
                 if left_ms < 1.0:
                     break
-                try:
+                with contextlib.suppress(AdaptdError, RuntimeError):   # it unmaps the region either way
                     await self.unregister_region(region, timeout_ms=left_ms, retries=0)
-                except (AdaptdError, RuntimeError):
-                    region.close()
         for region in self.regions.values():
             region.close()
         self.regions.clear()
@@ -136,12 +134,12 @@ class AsyncClient(ClientSettings):
                                placement=placement, explain=explain, client=self.name,
                                regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
-        for retry in range(self.busy_retries + 1):   # as Client.infer
-            header, bodies = await self._roundtrip(rid, frames, timeout_ms)
-            if retry == self.busy_retries or header.get("code") != "BUSY" or header.get("type") != "error":
-                break
-            self.busy_retried += 1
+        header, bodies = await self._roundtrip(rid, frames, timeout_ms)
+        retry = 0
+        while self._resend_busy(header, retry):   # as Client.infer
             await asyncio.sleep(self.busy_wait_s(retry))
+            retry += 1
+            header, bodies = await self._roundtrip(rid, frames, timeout_ms)
         return result_from_reply(header, bodies, started, self.regions)
 
     async def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:

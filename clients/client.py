@@ -41,6 +41,7 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import random
@@ -495,6 +496,18 @@ class ClientSettings:
         self.regions: dict[str, Region] = {}
         self._jitter = random.Random()
 
+    def _resend_busy(self, header: dict[str, Any], retry: int) -> bool:
+        """Whether the reply ``header`` to the ``retry``-th resend (0 for the first send) is a
+        BUSY that ``busy_retries`` asks to send again; counts the resend when it is."""
+        if retry >= self.busy_retries or header.get("type") != "error" or header.get("code") != "BUSY":
+            return False
+        self.busy_retried += 1
+        return True
+
+    def close_budget_deadline(self) -> float:
+        """When close() stops asking the daemon to end regions (``time.monotonic()`` seconds)."""
+        return time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
+
     def busy_wait_s(self, retry: int) -> float:
         """The wait before the ``retry``-th resend (0-based) of a request answered BUSY: the
         backoff doubled per retry, capped, times a random factor in [0.5, 1) so that clients
@@ -523,17 +536,16 @@ class Client(ClientSettings):
         """Unregister this client's regions (best effort: one attempt each, all within
         ``CLOSE_TIMEOUT_MS``, so a client whose daemon is gone closes in that time), unmap them,
         close the socket."""
-        deadline = time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
+        deadline = self.close_budget_deadline()
         for region in list(self.regions.values()):
             left_ms = (deadline - time.monotonic()) * 1e3
-            try:
-                if left_ms >= 1.0:
-                    self.unregister_region(region, timeout_ms=left_ms, retries=0)
-                    continue
-            except (AdaptdError, RuntimeError):
-                pass
-            self.regions.pop(region.name, None)
-            region.close()    # the daemon is gone, slow or forgot it: its owner's exit ends it there
+            if left_ms < 1.0:
+                break
+            with contextlib.suppress(AdaptdError, RuntimeError):   # it unmaps the region either way
+                self.unregister_region(region, timeout_ms=left_ms, retries=0)
+        for region in self.regions.values():   # the daemon is gone or slow: its owner's exit ends them
+            region.close()
+        self.regions.clear()
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -564,12 +576,12 @@ class Client(ClientSettings):
                                placement=placement, explain=explain, client=self.name,
                                regions=tuple(self.regions.values()), outputs_to=outputs_to)
         started = time.perf_counter()
-        for retry in range(self.busy_retries + 1):
-            header, bodies = self._roundtrip(rid, frames, timeout_ms)
-            if retry == self.busy_retries or header.get("code") != "BUSY" or header.get("type") != "error":
-                break
-            self.busy_retried += 1
+        header, bodies = self._roundtrip(rid, frames, timeout_ms)
+        retry = 0
+        while self._resend_busy(header, retry):
             time.sleep(self.busy_wait_s(retry))
+            retry += 1
+            header, bodies = self._roundtrip(rid, frames, timeout_ms)
         return result_from_reply(header, bodies, started, self.regions)
 
     def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:

@@ -254,11 +254,10 @@ class OnlineCostModel:
     def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
         """``mean + z sd`` until the window holds ``min_window`` samples, then the window's
         quantile (with ``gaussian_floor``: the larger of the two)."""
-        bound = mean + self.z_ * math.sqrt(max(var, 0.0))
-        if window.shape[0] >= self.min_window:
-            q = _quantile(window, self.confidence)
-            bound = max(bound, q) if self.gaussian_floor else q
-        return bound
+        if window.shape[0] < self.min_window:
+            return mean + self.z_ * math.sqrt(max(var, 0.0))
+        q = _quantile(window, self.confidence)
+        return max(mean + self.z_ * math.sqrt(max(var, 0.0)), q) if self.gaussian_floor else q
 
     # ------------------------------------------------------------------ reading
     def arm_stats(self, a: int) -> dict:

@@ -48,6 +48,7 @@ STAGING_PREFIX = ".tmp-"
 # A staging directory is locked a moment after it is made; one younger than this is left alone,
 # whether or not it is locked yet.
 STAGING_GRACE_S = 10.0
+_DIR_LOCK_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC   # a directory opened to flock it
 
 log = logging.getLogger("adaptd.repository")
 
@@ -163,7 +164,7 @@ def staging(repo: Path, model: str, version: str) -> Iterator[Path]:
         raise RepositoryError(f"cannot write to repository {repo}: {exc.strerror or exc}") from exc
     lock_fd = None
     try:
-        lock_fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        lock_fd = os.open(tmp, _DIR_LOCK_OPEN)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)   # held until this build ends (see the contract)
     except BaseException as exc:
         if lock_fd is not None:
@@ -207,7 +208,7 @@ def remove_stale_staging(repo: Path, grace_s: float = STAGING_GRACE_S) -> list[P
         if not p.name.startswith(STAGING_PREFIX):
             continue
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(p, _DIR_LOCK_OPEN)
         except OSError:   # not a directory, or gone already
             continue
         try:
