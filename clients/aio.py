@@ -33,8 +33,8 @@ import zmq
 import zmq.asyncio
 
 from adaptd.clients.client import (
-    DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, Explanation, InferResult, Region, body_from_reply, control_message,
-    ClientSettings, infer_message, new_request_id, reply_id, result_from_reply,
+    DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, ClientSettings, Explanation, InferResult,
+    Region, body_from_reply, control_message, infer_message, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
 
