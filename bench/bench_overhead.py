@@ -8,6 +8,15 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
   (``adaptd.daemon.frames``), as the daemon and the client library do;
 * the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
   client processes: round-trip p50/p99 and throughput;
+* relay floor: the daemon's process topology with none of its work, in Python: a ROUTER in
+  another process (pinned where the daemon is) hands each request's input frame over the
+  daemon's own worker channel (:mod:`adaptd.daemon.channel`) to a worker process pinned to the
+  placement's cores, which runs the same interpreter on it and sends the outputs back; the relay
+  replies. No decoding, validation, choice, statistics or records. ``relay floor, no execution``
+  is the same with the worker returning the input unrun. What the daemon costs over the bare
+  echo beyond this floor is its request path's work; the floor itself is what the design (one
+  worker process per placement, for crash isolation) costs in Python (with the daemon's default
+  scheduler slice, ``[server] sched_slice_us``);
 * the daemon over ipc with the input in a shared-memory region (PROTOCOL.md §11): each client
   process registers a region, and its requests name it instead of carrying the bytes. ``shm``
   keeps the input where the application made it (the in-process baseline does not copy it
@@ -49,6 +58,75 @@ def _echo_server(endpoint: str, ready) -> None:
     ready.set()
     while True:
         send_frames(sock, recv_frames(sock))
+
+
+def _relay_worker(sock, cores: tuple[int, ...], version_dir: str, variant: str, threads: int,
+                  shape, execute: bool) -> None:
+    """The floor's worker: pinned before the interpreter loads (as the daemon's workers are),
+    then one execution per message on the channel, outputs back."""
+    from adaptd.daemon.channel import Channel
+
+    if cores:
+        os.sched_setaffinity(0, cores)
+    from adaptd.variants.manifest import load_manifest
+    from adaptd.variants.runtime import load_variant
+
+    record = next(v for v in load_manifest(Path(version_dir)).variants if v.name == variant)
+    loaded = load_variant(Path(version_dir), record, num_threads=threads)
+    channel = Channel(sock)
+    channel.send("ready", {})
+    while True:
+        try:
+            _verb, _header, bodies = channel.recv()
+        except ConnectionError:
+            return
+        x = np.frombuffer(bodies[0], dtype=np.float32).reshape(shape)
+        outputs = [np.ascontiguousarray(o, dtype=np.float32) for o in loaded.run([x])] if execute else [x]
+        channel.send("done", {}, outputs)
+
+
+def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cores: tuple[int, ...],
+                  version_dir: str, variant: str, threads: int, shape, execute: bool) -> None:
+    """The floor's relay: ROUTER -> channel -> worker -> channel -> ROUTER, polled as the
+    daemon polls its front end and its workers' channels (one client, in lock step)."""
+    import socket as _socket
+
+    from adaptd.daemon.channel import Channel
+
+    from adaptd.daemon.config import ServerConfig
+    from adaptd.daemon.sched import request_slice_all_threads
+
+    if relay_cores:
+        os.sched_setaffinity(0, relay_cores)
+    if ServerConfig.sched_slice_us:   # the daemon's default scheduler slice, inherited by the worker
+        request_slice_all_threads(ServerConfig.sched_slice_us)
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    if os.fork() == 0:   # the worker, forked before any ZeroMQ context exists here
+        ours.close()
+        try:
+            _relay_worker(theirs, worker_cores, version_dir, variant, threads, shape, execute)
+        finally:
+            os._exit(0)
+    theirs.close()
+    channel = Channel(ours)
+    channel.recv()   # ready: the interpreter is loaded
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(channel.fileno(), zmq.POLLIN)
+    ready.set()
+    waiting: list = []
+    while True:
+        for item, _ in poller.poll():
+            if item is sock:
+                frames = recv_frames(sock)
+                waiting.append(frames)
+                channel.send("run", {}, [frames[-1].buffer])
+            else:
+                _verb, _header, outputs = channel.recv()
+                frames = waiting.pop(0)
+                send_frames(sock, [*frames[:-1], *outputs])
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
@@ -218,6 +296,16 @@ def main() -> int:
             echo = ctx.Process(target=_echo_server, args=(echo_ep, ready), daemon=True)
             echo.start()
             ready.wait()
+            relay_eps = {}
+            relays = []
+            for label, execute in (("relay floor, no execution", False), ("relay floor", True)):
+                relay_eps[label] = f"ipc://{tmp}/relay-{int(execute)}.sock"
+                ready = ctx.Event()
+                relays.append(ctx.Process(target=_relay_server, daemon=True, args=(
+                    relay_eps[label], ready, tuple(daemon_cores), tuple(placement.cores), str(version_dir),
+                    "float32", placement.threads, shape, execute)))
+                relays[-1].start()
+                ready.wait()
             daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
                                          config={"placements": {"include": [placement.name], "load": "eager"},
                                                  "server": {"spin_us": args.spin_us, "cores": daemon_cores}})
@@ -227,6 +315,9 @@ def main() -> int:
                         measure_inprocess(version_dir, "float32", placement.threads, shape, n, placement.cores))
                     rows.setdefault("zmq echo (ipc)", []).append(
                         measure_clients(echo_ep, model, None, None, shape, n, 1, cores=client_cores))
+                    for label, ep in relay_eps.items():
+                        rows.setdefault(label, []).append(
+                            measure_clients(ep, model, None, None, shape, n, 1, cores=client_cores))
                     transports = (("ipc", daemon.endpoint),) + (() if args.no_tcp else (("tcp", daemon.tcp_endpoint),))
                     for transport, ep in transports:
                         for clients in (1, 2, 4):
@@ -242,6 +333,8 @@ def main() -> int:
             finally:
                 daemon.stop()
                 echo.kill()
+                for relay in relays:
+                    relay.kill()   # its worker sees the channel close and exits
         summary = {k: summarise(v) for k, v in rows.items()}
         report["models"][model] = summary
         base = summary["in-process"]["p50_us"]["median"]
@@ -254,7 +347,10 @@ def main() -> int:
                   f"{p99['median']:8.0f} [{p99['min']:.0f}..{p99['max']:.0f}] {p50['median'] / base:14.2f} "
                   f"{s['throughput_rps']['median']:9.0f}")
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
+        floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
+        print(f"relay floor p50 - zmq echo p50 = {floor - echo_p50:.0f} us (the topology in Python); "
+              f"daemon ipc p50 - relay floor p50 = {d1 - floor:.0f} us (the request path's work)")
         s1 = summary["daemon ipc+shm, 1 client(s)"]["p50_us"]
         ratios = [r["p50_us"] / i["p50_us"] for r, i in zip(rows["daemon ipc+shm, 1 client(s)"], rows["in-process"])]
         print(f"daemon ipc+shm p50 - in-process p50 = {s1['median'] - base:.0f} us; daemon+shm / in-process = "
