@@ -13,7 +13,8 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
   daemon's own worker channel (:mod:`adaptd.daemon.channel`) to a worker process pinned to the
   placement's cores, which runs the same interpreter on it and sends the outputs back; the relay
   replies. No decoding, validation, choice, statistics or records. ``relay floor, no execution``
-  is the same with the worker returning the input unrun. What the daemon costs over the bare
+  is the same with the worker returning the input unrun; ``relay floor, input resident`` sends no
+  input, the worker runs on one it holds (the floor of the shared-memory rows). What the daemon costs over the bare
   echo beyond this floor is its request path's work; the floor itself is what the design (one
   worker process per placement, for crash isolation) costs in Python (with the daemon's default
   scheduler slice, ``[server] sched_slice_us``);
@@ -73,6 +74,7 @@ def _relay_worker(sock, cores: tuple[int, ...], version_dir: str, variant: str, 
 
     record = next(v for v in load_manifest(Path(version_dir)).variants if v.name == variant)
     loaded = load_variant(Path(version_dir), record, num_threads=threads)
+    resident = np.random.default_rng(0).random(shape, dtype=np.float32)   # input sent without a body
     channel = Channel(sock)
     channel.send("ready", {})
     while True:
@@ -80,7 +82,7 @@ def _relay_worker(sock, cores: tuple[int, ...], version_dir: str, variant: str, 
             _verb, _header, bodies = channel.recv()
         except ConnectionError:
             return
-        x = np.frombuffer(bodies[0], dtype=np.float32).reshape(shape)
+        x = np.frombuffer(bodies[0], dtype=np.float32).reshape(shape) if bodies else resident
         outputs = [np.ascontiguousarray(o, dtype=np.float32) for o in loaded.run([x])] if execute else [x]
         channel.send("done", {}, outputs)
 
@@ -122,18 +124,19 @@ def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cor
             if item is sock:
                 frames = recv_frames(sock)
                 waiting.append(frames)
-                channel.send("run", {}, [frames[-1].buffer])
+                channel.send("run", {}, [frames[-1].buffer] if len(frames) > 4 else [])
             else:
                 _verb, _header, outputs = channel.recv()
                 frames = waiting.pop(0)
-                send_frames(sock, [*frames[:-1], *outputs])
+                send_frames(sock, [*frames[:4], *outputs])
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
             warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = ()) -> None:
     """One client process: raw frames on a DEALER socket (the thinnest client). ``shm``: None
-    (inline frames), "shm" (the input lives in a registered region) or "copy" (copied into the
-    region before each request)."""
+    (inline frames), "shm" (the input lives in a registered region), "copy" (copied into the
+    region before each request) or "resident" (no input sent: the relay floor's worker holds
+    one, the floor of the shared-memory path)."""
     import mmap
 
     from adaptd.daemon import protocol as proto
@@ -145,7 +148,7 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(endpoint)
     region = None
-    if shm:
+    if shm in ("shm", "copy"):
         sock.send_multipart(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes,
                                           "owner_pid": os.getpid()}))
         body = proto.decode(sock.recv_multipart())[0]["body"]
@@ -160,7 +163,11 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     barrier.wait()
     t_start = time.perf_counter()
     for i in range(n + warmup):
-        if region is None:
+        if shm == "resident":
+            header = proto.request_header(uuid.uuid4().hex, model, [])
+            t = time.perf_counter()
+            send_frames(sock, proto.encode(header))
+        elif region is None:
             header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
             t = time.perf_counter()
             send_frames(sock, proto.encode(header, [x]))
@@ -318,6 +325,9 @@ def main() -> int:
                     for label, ep in relay_eps.items():
                         rows.setdefault(label, []).append(
                             measure_clients(ep, model, None, None, shape, n, 1, cores=client_cores))
+                    rows.setdefault("relay floor, input resident", []).append(
+                        measure_clients(relay_eps["relay floor"], model, None, None, shape, n, 1, shm="resident",
+                                        cores=client_cores))
                     transports = (("ipc", daemon.endpoint),) + (() if args.no_tcp else (("tcp", daemon.tcp_endpoint),))
                     for transport, ep in transports:
                         for clients in (1, 2, 4):
@@ -351,6 +361,8 @@ def main() -> int:
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
         print(f"relay floor p50 - zmq echo p50 = {floor - echo_p50:.0f} us (the topology in Python); "
               f"daemon ipc p50 - relay floor p50 = {d1 - floor:.0f} us (the request path's work)")
+        resident = summary["relay floor, input resident"]["p50_us"]["median"]
+        print(f"relay floor, input resident / in-process = {resident / base:.3f} (the floor of daemon+shm)")
         s1 = summary["daemon ipc+shm, 1 client(s)"]["p50_us"]
         ratios = [r["p50_us"] / i["p50_us"] for r, i in zip(rows["daemon ipc+shm, 1 client(s)"], rows["in-process"])]
         print(f"daemon ipc+shm p50 - in-process p50 = {s1['median'] - base:.0f} us; daemon+shm / in-process = "
