@@ -24,7 +24,7 @@ Contract
 * The rest of the daemon's path (receiving, deciding, the wake-ups, the reply: about 0.5 ms a
   request on the development machine, ten times a tiny model's execution) is learnt, not
   guessed: ``observe`` with ``compute_ms`` keeps per placement an average of latency minus
-  execution, and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
+  execution (robust to single slow executions: see PATH_CLIP_RATIO), and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
   latency prior on that placement is shifted by the difference
   (:meth:`~adaptd.selector.Selector.shift_placement_priors`). So an arm never measured is
   predicted with the path its placement's other arms paid, not the execution alone. Energy
@@ -54,6 +54,14 @@ log = logging.getLogger("adaptd.selection")
 
 POLICIES = ("adaptive", "static", "most_accurate")
 OVERHEAD_WEIGHT = 0.1   # each execution's share in its placement's path-overhead average
+# The path average is a plain mean of its first PATH_PLAIN_N samples, then an EWMA whose samples
+# are clipped to PATH_CLIP_RATIO times the average: on a shared host one execution's path can
+# take 20 times the usual (a preempted worker), and unclipped such samples doubled the shift of
+# every never-measured arm's prior on the placement (tests/test_selection_total_latency.py, with
+# a fifth of the guest's CPU stolen by its host). A lasting rise is still followed, by up to
+# (PATH_CLIP_RATIO - 1) x OVERHEAD_WEIGHT of the average per execution.
+PATH_PLAIN_N = 10
+PATH_CLIP_RATIO = 3.0
 
 
 class ConfigKeyError(ValueError):
@@ -80,6 +88,7 @@ class SelectorPolicy:
         self.overhead_ms: dict[str, float] = {}
         # placement -> learnt latency minus execution (ms), and what the current priors include
         self.path_overhead_ms: dict[str, float] = {}
+        self._path_n: dict[str, int] = {}   # placement -> executions in that average
         self._applied_overhead_ms: dict[str, float] = {}
         # (model key, placement) -> learnt energy the priors missed (mJ), and what they include
         self.energy_miss_mj: dict[tuple[str, str], float] = {}
@@ -181,9 +190,17 @@ class SelectorPolicy:
     # --- helpers ---------------------------------------------------------------------------
     def _learn_overhead(self, placement: str, overhead_ms: float) -> None:
         """One execution's latency beyond the interpreter on ``placement``, into that placement's
-        average (weight OVERHEAD_WEIGHT, starting from the channel's round trip)."""
-        old = self.path_overhead_ms.get(placement, self.overhead_ms.get(placement, 0.0))
-        new = old + OVERHEAD_WEIGHT * (overhead_ms - old)
+        average (a plain mean of the first PATH_PLAIN_N, then weight OVERHEAD_WEIGHT with the
+        sample clipped to PATH_CLIP_RATIO times the average)."""
+        n = self._path_n.get(placement, 0) + 1
+        self._path_n[placement] = n
+        old = self.path_overhead_ms.get(placement)
+        if old is None:
+            new = overhead_ms
+        elif n <= PATH_PLAIN_N:
+            new = old + (overhead_ms - old) / n
+        else:
+            new = old + OVERHEAD_WEIGHT * (min(overhead_ms, PATH_CLIP_RATIO * max(old, 0.01)) - old)
         self.path_overhead_ms[placement] = new
         self._shift_priors(placement, new)
 

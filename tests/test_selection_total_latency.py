@@ -80,3 +80,43 @@ def test_a_never_measured_arm_is_predicted_with_what_its_siblings_priors_missed_
     # than a fifth of itself (here it misses more than the prior itself)
     shift = after.energy_mj - before.energy_mj
     assert abs(shift - missed) <= 0.5 * abs(missed) + 0.1 * run_prior, (run_prior, before, after, missed)
+
+
+def test_one_slow_execution_does_not_move_the_placements_learnt_path_far(tiny_repository):
+    """On a shared host one execution's path can take 20 times the usual (a preempted worker).
+    Such a sample moves the placement's learnt path, and with it every never-measured arm's
+    prior there, by a bounded amount; a lasting rise is still followed. Real repository,
+    registry and selector; no daemon: the policy is fed executions as the daemon feeds them."""
+    from adaptd.daemon.config import PlacementsConfig
+    from adaptd.daemon.placements import discover
+    from adaptd.daemon.registry import load_registry
+    from adaptd.daemon.selection import SelectorPolicy
+    from adaptd.selector import SelectorConfig
+
+    repo, model_name, _ = tiny_repository
+    registry = load_registry(repo, discover(PlacementsConfig()), generation=1)
+    model = registry.newest()[0]
+    policy = SelectorPolicy(SelectorConfig(), calibration=None)
+    policy.reset(registry)
+    run, other = model.arms[0], next(a for a in model.arms[1:] if a.placement.name == model.arms[0].placement.name)
+    key = f"{model.name}:{model.version}"
+    other_id = policy.selector.arm_id(key, other.variant.name, other.placement.name)
+    prior_ms = policy.selector.service_estimate_ms(other_id)
+    t = 0.0
+
+    def serve(path_ms: float, compute_ms: float = 0.05) -> None:
+        nonlocal t
+        t += 0.01
+        policy.observe(model, run, compute_ms + path_ms, None, True, t, compute_ms=compute_ms)
+
+    for _ in range(30):
+        serve(0.5)
+    settled = policy.selector.service_estimate_ms(other_id) - prior_ms
+    assert abs(settled - 0.5) < 0.1, settled   # the never-measured arm carries the path (its prior had ~none)
+    serve(10.0)   # one execution preempted for 10 ms
+    spike = policy.selector.service_estimate_ms(other_id) - prior_ms
+    assert spike <= settled + 0.3 * 0.5, (settled, spike)   # unclipped it would have moved by ~0.95 ms
+    for _ in range(40):   # a lasting rise: every path now 2 ms
+        serve(2.0)
+    risen = policy.selector.service_estimate_ms(other_id) - prior_ms
+    assert risen > 1.8, risen
