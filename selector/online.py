@@ -8,8 +8,13 @@ Contract
   timestamp passed in (seconds, any monotonic origin; the model never reads a clock).
 * State is columnar: numpy arrays indexed by arm id, updated in place by ``update``. The
   arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
-  ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``, ``last_update_s_``) are always current after
-  ``update`` returns, so a decision reads them without recomputing anything.
+  ``latency_bounds_ms_``, ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``,
+  ``last_update_s_``) are always current after ``update`` returns, so a decision reads them
+  without recomputing anything.
+* Latency bounds are published at several confidences (``levels_``: BOUND_LEVELS and the
+  configured one), one row of ``latency_bounds_ms_`` each, so a request may ask for its own
+  (``level_for``: the lowest level at or above it, never a weaker promise than asked);
+  ``latency_bound_ms_`` is the configured confidence's row (a view).
 * Thread safety: none. The daemon calls ``update`` and the selector's ``choose`` from one thread.
 * Units: latency ms, energy mJ, time s, power W (= mJ/ms).
 
@@ -60,6 +65,10 @@ import numpy as np
 # The default quantile of the latency bound (SelectorConfig uses it too): 0.90, not 0.95, from
 # paired runs of bench/bench_selection.py (BENCHMARKS.md, Selection).
 DEFAULT_CONFIDENCE = 0.9
+# The confidences every arm's latency bound is kept at, besides the configured one, for requests
+# that ask for their own (PROTOCOL.md, constraints.latency_confidence). From a 16-sample window a
+# 0.99 bound is about its largest sample.
+BOUND_LEVELS = (0.5, 0.75, 0.9, 0.95, 0.99)
 
 
 class OnlineCostModel:
@@ -107,9 +116,14 @@ class OnlineCostModel:
         if sd.shape != (n_arms,) or en.shape != (n_arms,):
             raise ValueError("prior arrays must have one entry per arm")
         self.z_ = NormalDist().inv_cdf(self.confidence)
+        self.levels_ = tuple(sorted({*BOUND_LEVELS, self.confidence}))
+        self.level_ = self.levels_.index(self.confidence)
+        self.zs_ = np.array([NormalDist().inv_cdf(q) for q in self.levels_])
         self.prior_latency_ms_ = lat
         self.prior_latency_sd_ms_ = sd
-        self.prior_bound_ms_ = lat + self.z_ * np.nan_to_num(sd, nan=0.0)
+        # [level, arm]; the configured level's row is prior_bound_ms_ (a view)
+        self.prior_bounds_ms_ = lat[None, :] + self.zs_[:, None] * np.nan_to_num(sd, nan=0.0)[None, :]
+        self.prior_bound_ms_ = self.prior_bounds_ms_[self.level_]
         self.prior_energy_mj_ = en.copy()                 # as given (NaN: unknown)
         self.prior_energy_shift_mj_ = np.zeros(n_arms)   # see shift_energy_priors
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -131,7 +145,8 @@ class OnlineCostModel:
         self.energy_window_t_ = np.zeros((n_arms, self.window))
         # published (read by the selector on the request path)
         self.est_latency_ms_ = lat.copy()
-        self.latency_bound_ms_ = self.prior_bound_ms_.copy()
+        self.latency_bounds_ms_ = self.prior_bounds_ms_.copy()
+        self.latency_bound_ms_ = self.latency_bounds_ms_[self.level_]
         self.est_energy_mj_ = en.copy()
         with np.errstate(invalid="ignore"):
             self.energy_bound_mj_ = self.prior_power_w_ * self.prior_bound_ms_
@@ -142,6 +157,18 @@ class OnlineCostModel:
     @property
     def n_arms(self) -> int:
         return int(self.n_.shape[0])
+
+    def level_for(self, confidence: float | None) -> int:
+        """The row of ``latency_bounds_ms_`` for a request asking for ``confidence`` (None: the
+        configured one): the lowest kept level at or above it. Raises ValueError above the
+        highest level kept."""
+        if confidence is None:
+            return self.level_
+        for k, q in enumerate(self.levels_):
+            if q >= confidence:
+                return k
+        raise ValueError(f"latency_confidence {confidence:g} is above the highest kept here "
+                         f"({self.levels_[-1]:g}); kept: {', '.join(f'{q:g}' for q in self.levels_)}")
 
     # ------------------------------------------------------------------ learning
     def _weight(self, n_after: int, dt_s: float) -> float:
@@ -174,16 +201,17 @@ class OnlineCostModel:
         self.mean_ms_[a] = mean
         self.var_ms2_[a] = var
         self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
-        bound = self._bound(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
+        bounds = self._bounds(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
             est = (1.0 - share) * mean + share * prior_mean
-            bound = (1.0 - share) * bound + share * float(self.prior_bound_ms_[a])
+            bounds = [(1.0 - share) * b + share * pb for b, pb in zip(bounds, self.prior_bounds_ms_[:, a].tolist())]
         else:
             est = mean
         self.est_latency_ms_[a] = est
-        self.latency_bound_ms_[a] = bound
+        self.latency_bounds_ms_[:, a] = bounds
+        bound = bounds[self.level_]
 
         if e is not None:
             ne = int(self.energy_n_[a]) + 1
@@ -220,10 +248,10 @@ class OnlineCostModel:
             raise ValueError(f"delta_ms must be finite, got {delta_ms!r}")
         idx = np.flatnonzero(arms)
         self.prior_latency_ms_[idx] += d
-        self.prior_bound_ms_[idx] += d
+        self.prior_bounds_ms_[:, idx] += d
         fresh = idx[self.n_[idx] == 0]
         self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
-        self.latency_bound_ms_[fresh] = self.prior_bound_ms_[fresh]
+        self.latency_bounds_ms_[:, fresh] = self.prior_bounds_ms_[:, fresh]
 
     def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior (mean and bound, kept >= 0) of ``arms`` (a boolean
@@ -253,11 +281,21 @@ class OnlineCostModel:
 
     def _bound(self, mean: float, var: float, window: np.ndarray) -> float:
         """``mean + z sd`` until the window holds ``min_window`` samples, then the window's
-        quantile (with ``gaussian_floor``: the larger of the two)."""
+        quantile (with ``gaussian_floor``: the larger of the two), at the configured confidence."""
         if window.shape[0] < self.min_window:
             return mean + self.z_ * math.sqrt(max(var, 0.0))
         q = _quantile(window, self.confidence)
         return max(mean + self.z_ * math.sqrt(max(var, 0.0)), q) if self.gaussian_floor else q
+
+    def _bounds(self, mean: float, var: float, window: np.ndarray) -> list[float]:
+        """:meth:`_bound` at every kept level (one sort of the window for all)."""
+        sd = math.sqrt(max(var, 0.0))
+        gaussian = [mean + z * sd for z in self.zs_.tolist()]
+        if window.shape[0] < self.min_window:
+            return gaussian
+        s = np.sort(window).tolist()
+        qs = [_sorted_quantile(s, q) for q in self.levels_]
+        return [max(g, q) for g, q in zip(gaussian, qs)] if self.gaussian_floor else qs
 
     # ------------------------------------------------------------------ reading
     def arm_stats(self, a: int) -> dict:
@@ -282,6 +320,7 @@ class OnlineCostModel:
                 "p95": _quantile(win, 0.95) if k else None,
                 "estimate": f(self.est_latency_ms_[a]),
                 "bound": f(self.latency_bound_ms_[a]),
+                "bounds": {f"{q:g}": f(v) for q, v in zip(self.levels_, self.latency_bounds_ms_[:, a].tolist())},
                 "prior": f(self.prior_latency_ms_[a]),
             },
             "energy_mj": {
@@ -306,8 +345,12 @@ def _ewma(mean: float, var: float, x: float, n: int, w: float) -> tuple[float, f
 
 def _quantile(values: np.ndarray, q: float) -> float:
     """Linear-interpolated quantile of a small 1-D array (numpy's default method), cheaply."""
-    s = np.sort(values)
-    k = s.shape[0]
+    return _sorted_quantile(np.sort(values).tolist(), q)
+
+
+def _sorted_quantile(s: list[float], q: float) -> float:
+    """:func:`_quantile` of an already sorted, non-empty list."""
+    k = len(s)
     if k == 1:
         return float(s[0])
     pos = q * (k - 1)

@@ -21,8 +21,8 @@ Policy (PROTOCOL.md §4, §5.2)
   ``(model, variant, placement)`` order. Ties are broken by the objective, then by the secondary
   key (energy for ``latency``; latency for ``energy`` and ``accuracy``), then by arm id.
 * Feasible: accuracy >= ``min_accuracy`` (unknown accuracy never is), latency bound at the
-  configured confidence *plus the predicted queue wait on the arm's placement* <=
-  ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is), or
+  configured confidence (or the lowest kept at or above the request's ``latency_confidence``)
+  *plus the predicted queue wait on the arm's placement* <= ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is), or
   with ``energy_at_confidence`` the energy bound at the same confidence (see :mod:`.online`).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
@@ -64,6 +64,7 @@ import numpy as np
 
 from .online import DEFAULT_CONFIDENCE, OnlineCostModel
 from .request import (
+    InvalidConstraintsError,
     QueueSnapshot,
     Request,
     UnknownModelError,
@@ -456,17 +457,21 @@ class Selector:
             lo, hi = self._model_range[r.model]
         except KeyError:
             raise UnknownModelError(f"unknown model {r.model!r}") from None
+        om = self._online
+        try:
+            level = om.level_for(r.latency_confidence)
+        except ValueError as exc:
+            raise InvalidConstraintsError(str(exc)) from None
         if r.variant is not None and r.placement is not None and allowed_variants is None and not explain:
             a = self._arm_index.get((r.model, r.variant, r.placement))
             if a is not None:   # both pinned: one arm, no arrays to mask (unknown pins: the checks below)
-                return self._choose_pinned(r, a, now_s, queues)
+                return self._choose_pinned(r, a, now_s, queues, level)
         if hi - lo <= self.scalar_max_arms and not explain:
-            d = self._choose_small(r, lo, hi, now_s, queues, dry_run, allowed_variants)
+            d = self._choose_small(r, lo, hi, now_s, queues, dry_run, allowed_variants, level)
             if d is not None:
                 return d
-        om = self._online
         est = om.est_latency_ms_[lo:hi]
-        bound = om.latency_bound_ms_[lo:hi]
+        bound = om.latency_bounds_ms_[level, lo:hi]
         energy = om.est_energy_mj_[lo:hi]
         # the energy a max_energy_mj bound is judged on: the mean, or the bound at the confidence
         energy_judged = om.energy_bound_mj_[lo:hi] if self.config.energy_at_confidence else energy
@@ -550,10 +555,10 @@ class Selector:
                                               energy, energy_judged, i, code)
         return self._decision(r, lo + i, code, lat_mean.item(i), lat_bound.item(i),
                               0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
-                              energy_judged.item(i), n_cand, n_feas, now_s, alternatives)
+                              energy_judged.item(i), n_cand, n_feas, now_s, alternatives, level)
 
     def _choose_pinned(self, r: Request, a: int, now_s: float,
-                       queues: Mapping[str, QueueSnapshot] | None) -> Decision:
+                       queues: Mapping[str, QueueSnapshot] | None, level: int) -> Decision:
         """``choose`` for a request pinning both variant and placement: the same decision as the
         general path (``tests/test_selector_policy.py`` compares them), in scalars."""
         om = self._online
@@ -563,17 +568,18 @@ class Selector:
             if wait is not None:
                 queue_ms = wait[self._pidx_l[a]]
         lat_mean = om.est_latency_ms_.item(a) + queue_ms
-        lat_bound = om.latency_bound_ms_.item(a) + queue_ms
+        lat_bound = om.latency_bounds_ms_.item(level, a) + queue_ms
         e = om.est_energy_mj_.item(a)
         e_judged = om.energy_bound_mj_.item(a) if self.config.energy_at_confidence else e
         ok = ((r.min_accuracy is None or self._acc.item(a) >= r.min_accuracy)
               and (r.max_latency_ms is None or lat_bound <= r.max_latency_ms)
               and (r.max_energy_mj is None or e_judged <= r.max_energy_mj))
-        return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, e_judged, 1, int(ok), now_s, None)
+        return self._decision(r, a, "pinned", lat_mean, lat_bound, queue_ms, e, e_judged, 1, int(ok), now_s, None,
+                              level)
 
     def _choose_small(self, r: Request, lo: int, hi: int, now_s: float,
                       queues: Mapping[str, QueueSnapshot] | None, dry_run: bool,
-                      allowed: Iterable[str] | None) -> Decision | None:
+                      allowed: Iterable[str] | None, level: int) -> Decision | None:
         """``choose`` for a small model, in Python floats: the same decision as the masked path.
         None when it has nothing to say more cheaply: no feasible arm (the masked path finds the
         closest) or both pins given through ``allowed`` (its ``pinned`` code)."""
@@ -582,7 +588,7 @@ class Selector:
             return None
         om = self._online
         est = om.est_latency_ms_[lo:hi].tolist()
-        bound = om.latency_bound_ms_[lo:hi].tolist()
+        bound = om.latency_bounds_ms_[level, lo:hi].tolist()
         energy = om.est_energy_mj_[lo:hi].tolist()
         judged = om.energy_bound_mj_[lo:hi].tolist() if self.config.energy_at_confidence else energy
         waits = self._placement_waits(queues) if queues else None
@@ -643,18 +649,20 @@ class Selector:
         w = 0.0 if waits is None else waits[pidx[lo + i]]
         return self._decision(r, lo + i, code, est[i] + w if waits is not None else est[i],
                               bound[i] + w if waits is not None else bound[i], w, energy[i], judged[i],
-                              n_cand, n_feas, now_s, None)
+                              n_cand, n_feas, now_s, None, level)
 
     def _decision(self, r: Request, a: int, code: str, lat_mean: float, lat_bound: float, queue_ms: float,
                   e: float, e_judged: float, n_cand: int, n_feas: int, now_s: float,
-                  alternatives: list | None) -> Decision:
-        """The Decision for arm ``a`` (global id) with its predicted latency, bound, queue wait,
-        energy and the energy an energy bound is judged on (NaN: unknown)."""
+                  alternatives: list | None, level: int) -> Decision:
+        """The Decision for arm ``a`` (global id) with its predicted latency, bound (at the
+        cost model's ``level``), queue wait, energy and the energy an energy bound is judged on
+        (NaN: unknown)."""
         acc = self._acc.item(a)
         e_bound = self._online.energy_bound_mj_.item(a)
         predicted = {
             "latency_ms": _f(lat_mean),
             "latency_bound_ms": _f(lat_bound),
+            "latency_confidence": self._online.levels_[level],
             "queue_ms": queue_ms,
             "energy_mj": e if e == e else None,
             "energy_bound_mj": e_bound if e_bound == e_bound else None,

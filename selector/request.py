@@ -75,7 +75,8 @@ class Request:
 
     ``min_accuracy``: share in [0, 1]; an arm whose variant's accuracy is unknown (None, e.g. a
     latency-only zoo model) never meets it. ``max_latency_ms`` (> 0): queue wait + compute, at the
-    selector's configured confidence. ``max_energy_mj`` (> 0): the predicted mean energy (or its
+    selector's configured confidence, or at ``latency_confidence`` (in [0.5, 1)) when given: the
+    selector judges it on the lowest confidence it keeps at or above that one. ``max_energy_mj`` (> 0): the predicted mean energy (or its
     bound at the same confidence, ``SelectorConfig.energy_at_confidence``); an arm with no energy
     estimate never meets it. ``None`` means unbounded.
     """
@@ -88,6 +89,7 @@ class Request:
     on_infeasible: str = "reject"
     variant: str | None = None  # pin
     placement: str | None = None  # pin
+    latency_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -96,6 +98,10 @@ class Request:
         set_(self, "min_accuracy", _check_bound("min_accuracy", self.min_accuracy, low=0.0, low_open=False, high=1.0))
         set_(self, "max_latency_ms", _check_bound("max_latency_ms", self.max_latency_ms, low=0.0, low_open=True, high=None))
         set_(self, "max_energy_mj", _check_bound("max_energy_mj", self.max_energy_mj, low=0.0, low_open=True, high=None))
+        conf = _check_bound("latency_confidence", self.latency_confidence, low=0.5, low_open=False, high=None)
+        if conf is not None and not conf < 1.0:
+            raise InvalidConstraintsError(f"latency_confidence must be < 1, got {conf:g}")
+        set_(self, "latency_confidence", conf)
         if self.objective not in OBJECTIVES:
             raise InvalidRequestError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.on_infeasible not in ON_INFEASIBLE:
@@ -125,6 +131,7 @@ class Request:
             on_infeasible=d.get("on_infeasible") or "reject",
             variant=pin.get("variant"),
             placement=pin.get("placement"),
+            latency_confidence=c.get("latency_confidence"),
         )
 
     def constraints(self) -> dict[str, float]:

@@ -3,6 +3,7 @@ reference computed from the selector's own published estimates."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -54,6 +55,7 @@ def scenarios(draw):
         max_energy_mj=draw(st.one_of(st.none(), st.floats(0.5, 100.0))),
         objective=draw(st.sampled_from(["latency", "energy", "accuracy"])),
         on_infeasible=draw(st.sampled_from(["reject", "best_effort"])),
+        latency_confidence=draw(st.one_of(st.none(), st.floats(0.5, 0.99))),
     )
     return arms, list(pls), meas, queues, req
 
@@ -71,6 +73,7 @@ def reference(s: Selector, req: Request, queues):
     """Per arm: (arm id, lat_mean, lat_bound, energy, accuracy, feasible, violation) by brute force;
     feasibility by the latency bound and the energy the config judges (the model's own estimates)."""
     om = s.cost_model
+    level = om.level_for(req.latency_confidence)
     wait = {}
     for p, q in queues.items():
         w = 0.0
@@ -88,7 +91,7 @@ def reference(s: Selector, req: Request, queues):
             continue
         w = wait.get(arm.placement, 0.0)
         mean = om.est_latency_ms_[a] + w
-        bound = om.latency_bound_ms_[a] + w
+        bound = om.latency_bounds_ms_[level, a] + w
         en = om.est_energy_mj_[a]
         acc = arm.accuracy
         ok = True
@@ -137,6 +140,8 @@ def test_feasible_when_possible_and_optimal(sc, energy_at_confidence):
         assert d.feasible and all(v is not False for v in d.predicted_met.values())
         if req.max_latency_ms is not None:
             assert d.predicted["latency_bound_ms"] <= req.max_latency_ms
+        # the bound is at the confidence asked for, or a stricter one, never a weaker one
+        assert d.predicted["latency_confidence"] >= (req.latency_confidence or s.config.confidence)
         if req.max_energy_mj is not None:
             judged = "energy_bound_mj" if energy_at_confidence else "energy_mj"
             assert d.predicted[judged] <= req.max_energy_mj
@@ -152,6 +157,46 @@ def test_feasible_when_possible_and_optimal(sc, energy_at_confidence):
         else:
             assert d.code == "best_effort" and d.arm_id == closest["a"]
     json.dumps(d.to_dict())  # wire-friendly
+
+
+@FAST
+@given(scenarios(), st.floats(0.5, 0.99), st.floats(0.5, 0.99))
+def test_a_stricter_latency_confidence_never_admits_more_arms(sc, q1, q2):
+    """Each arm's latency bound rises with the confidence, so the feasible set at a stricter
+    confidence is a subset of the one at a looser confidence."""
+    arms, pls, meas, queues, req = sc
+    s, t = build(arms, pls, meas, probe_share=0.0)
+    lo_q, hi_q = sorted((q1, q2))
+    om = s.cost_model
+    assert (om.latency_bounds_ms_[om.level_for(hi_q)] >= om.latency_bounds_ms_[om.level_for(lo_q)]).all() \
+        or any(math.isnan(x) for x in om.latency_bounds_ms_.ravel())
+    loose = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=lo_q), queues) if r["ok"]}
+    strict = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=hi_q), queues) if r["ok"]}
+    assert strict <= loose
+    d = s.explain(dataclasses.replace(req, latency_confidence=hi_q), t + 1.0, queues)
+    assert d.n_feasible == len(strict)
+
+
+def test_latency_confidence_picks_the_arm_whose_tail_meets_the_bound():
+    """Two arms: a steady one and a cheaper one with a slow tail. At the configured 0.9 the tail
+    is beyond the window's quantile and the cheaper arm wins; at 0.99 its tail rules it out and
+    the steady arm is chosen; above the highest kept level the request is refused."""
+    arms = [ArmSpec("m", "steady", "cpu:0", 0.9, 1.0, 0.1, 1.0), ArmSpec("m", "tail", "cpu:1", 0.9, 1.0, 0.1, 1.0)]
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0))
+    t = 0.0
+    for i in range(16):
+        t += 0.01
+        s.update(0, 1.0, 1.0, True, t)
+        s.update(1, 5.0 if i == 7 else 0.9, 0.5, True, t)   # one slow execution in 16
+    loose = s.choose(Request("m", max_latency_ms=2.0, objective="energy"), t)
+    strict = s.choose(Request("m", max_latency_ms=2.0, objective="energy", latency_confidence=0.97), t)
+    assert loose.variant == "tail" and loose.predicted["latency_confidence"] == 0.9
+    assert strict.variant == "steady" and strict.predicted["latency_confidence"] == 0.99
+    assert strict.predicted["latency_bound_ms"] <= 2.0
+    with pytest.raises(InvalidConstraintsError, match="above the highest"):
+        s.choose(Request("m", max_latency_ms=2.0, objective="energy", latency_confidence=0.995), t)
+    stats = s.stats()[1]["latency_ms"]
+    assert stats["bounds"]["0.99"] > 4.0 > stats["bounds"]["0.9"]
 
 
 @FAST
@@ -422,7 +467,8 @@ def test_unknown_accuracy_fails_min_accuracy_and_ranks_last():
 @pytest.mark.parametrize("kw", [
     dict(min_accuracy=1.5), dict(min_accuracy=-0.1), dict(max_latency_ms=-1.0), dict(max_latency_ms=0.0),
     dict(max_energy_mj=float("nan")), dict(max_latency_ms=float("inf")), dict(max_energy_mj="3"),
-    dict(min_accuracy=True),
+    dict(min_accuracy=True), dict(latency_confidence=0.4), dict(latency_confidence=1.0),
+    dict(latency_confidence="0.9"),
 ])
 def test_invalid_constraints(kw):
     with pytest.raises(InvalidConstraintsError) as e:
