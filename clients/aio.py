@@ -126,13 +126,15 @@ class AsyncClient(ClientSettings):
                     max_energy_mj: float | None = None, objective: str = "latency",
                     on_infeasible: str = "reject", variant: str | None = None,
                     placement: str | None = None, explain: bool = False, request_id: str | None = None,
-                    timeout_ms: float | None = None, outputs_to: Any = None) -> InferResult:
+                    timeout_ms: float | None = None, outputs_to: Any = None,
+                    latency_confidence: float | None = None) -> InferResult:
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
                                placement=placement, explain=explain, client=self.name,
-                               regions=tuple(self.regions.values()), outputs_to=outputs_to)
+                               regions=tuple(self.regions.values()), outputs_to=outputs_to,
+                               latency_confidence=latency_confidence)
         started = time.perf_counter()
         header, bodies = await self._roundtrip(rid, frames, timeout_ms)
         retry = 0
@@ -180,12 +182,14 @@ class AsyncClient(ClientSettings):
                       max_latency_ms: float | None = None, max_energy_mj: float | None = None,
                       objective: str = "latency", on_infeasible: str = "reject",
                       variant: str | None = None, placement: str | None = None,
-                      request_id: str | None = None, timeout_ms: float | None = None) -> Explanation:
+                      request_id: str | None = None, timeout_ms: float | None = None,
+                      latency_confidence: float | None = None) -> Explanation:
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=True, client=self.name, request_type="explain")
+                               placement=placement, explain=True, client=self.name, request_type="explain",
+                               latency_confidence=latency_confidence)
         header, _ = await self._roundtrip(rid, frames, timeout_ms)
         return Explanation.from_body(body_from_reply(header, "explain"))
 

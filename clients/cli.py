@@ -39,6 +39,9 @@ def _add_endpoint(p: argparse.ArgumentParser) -> None:
 def _add_constraints(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-accuracy", type=float, default=None, help="minimum top-1 accuracy (0..1)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="latency bound (ms)")
+    p.add_argument("--latency-confidence", type=float, default=None,
+                   help="how sure the daemon must be that the latency bound holds, in [0.5, 1) "
+                        "(default: the daemon's [selector] confidence)")
     p.add_argument("--max-energy-mj", type=float, default=None, help="energy bound (mJ)")
     p.add_argument(
         "--objective", choices=("latency", "energy", "accuracy"), default="latency",

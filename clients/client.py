@@ -145,12 +145,14 @@ class Predicted:
     energy_mj: float | None = None
     energy_estimated: bool = False
     accuracy: float | None = None
+    latency_confidence: float | None = None   # the confidence latency_bound_ms is at (None: not said)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Predicted:
         d = d or {}
         return cls(_f(d.get("latency_ms")), _f(d.get("latency_bound_ms")), _f(d.get("queue_ms")),
-                   _f(d.get("energy_mj")), bool(d.get("energy_estimated")), _f(d.get("accuracy")))
+                   _f(d.get("energy_mj")), bool(d.get("energy_estimated")), _f(d.get("accuracy")),
+                   _f(d.get("latency_confidence")))
 
 
 @dataclass(frozen=True)
@@ -384,9 +386,10 @@ def as_input_arrays(inputs: Any) -> list[np.ndarray]:
 
 
 def constraints_dict(min_accuracy: float | None, max_latency_ms: float | None,
-                     max_energy_mj: float | None) -> dict[str, float]:
+                     max_energy_mj: float | None, latency_confidence: float | None = None) -> dict[str, float]:
     return {k: float(v) for k, v in (("min_accuracy", min_accuracy), ("max_latency_ms", max_latency_ms),
-                                     ("max_energy_mj", max_energy_mj)) if v is not None}
+                                     ("max_energy_mj", max_energy_mj), ("latency_confidence", latency_confidence))
+            if v is not None}
 
 
 def infer_message(request_id: str, model: str, inputs: Any, *, version: str | None = None,
@@ -395,14 +398,14 @@ def infer_message(request_id: str, model: str, inputs: Any, *, version: str | No
                   on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
                   explain: bool = False, client: str | None = None,
                   request_type: str = "infer", regions: Sequence[Region] = (),
-                  outputs_to: Any = None) -> list[Any]:
+                  outputs_to: Any = None, latency_confidence: float | None = None) -> list[Any]:
     """The frames of an inference (or explain) request; bodies are the arrays themselves.
 
     Inputs in ``regions`` (or given as ShmTensor) are sent by reference (PROTOCOL.md §11)."""
     headers, arrays = input_frames(inputs, regions) if request_type == "infer" else (None, [])
     header = p.request_header(
         request_id, model, arrays, version=version,
-        constraints=constraints_dict(min_accuracy, max_latency_ms, max_energy_mj),
+        constraints=constraints_dict(min_accuracy, max_latency_ms, max_energy_mj, latency_confidence),
         objective=objective, on_infeasible=on_infeasible, pin_variant=variant, pin_placement=placement,
         explain=explain, client=client, request_type=request_type, input_headers=headers,
         outputs_to=outputs_ref(outputs_to) if request_type == "infer" else None)
@@ -564,17 +567,21 @@ class Client(ClientSettings):
               max_energy_mj: float | None = None, objective: str = "latency",
               on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
               explain: bool = False, request_id: str | None = None,
-              timeout_ms: float | None = None, outputs_to: Any = None) -> InferResult:
+              timeout_ms: float | None = None, outputs_to: Any = None,
+              latency_confidence: float | None = None) -> InferResult:
         """Run one inference; returns the outputs and the selection, or raises an AdaptdError.
 
         Inputs whose bytes lie in one of this client's regions (or ShmTensor) go by reference;
-        ``outputs_to`` (a Region, ``(region, offset)`` or ShmTensor) has the outputs written there."""
+        ``outputs_to`` (a Region, ``(region, offset)`` or ShmTensor) has the outputs written there.
+        ``latency_confidence`` (in [0.5, 1)): how sure the daemon must be that ``max_latency_ms``
+        holds (PROTOCOL.md §4.2; default the daemon's configured confidence)."""
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
                                placement=placement, explain=explain, client=self.name,
-                               regions=tuple(self.regions.values()), outputs_to=outputs_to)
+                               regions=tuple(self.regions.values()), outputs_to=outputs_to,
+                               latency_confidence=latency_confidence)
         started = time.perf_counter()
         header, bodies = self._roundtrip(rid, frames, timeout_ms)
         retry = 0
@@ -626,13 +633,14 @@ class Client(ClientSettings):
                 max_latency_ms: float | None = None, max_energy_mj: float | None = None,
                 objective: str = "latency", on_infeasible: str = "reject", variant: str | None = None,
                 placement: str | None = None, request_id: str | None = None,
-                timeout_ms: float | None = None) -> Explanation:
+                timeout_ms: float | None = None, latency_confidence: float | None = None) -> Explanation:
         """Dry run: what the daemon would choose now, and why (nothing runs)."""
         rid = request_id or new_request_id()
         frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
                                max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
                                objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=True, client=self.name, request_type="explain")
+                               placement=placement, explain=True, client=self.name, request_type="explain",
+                               latency_confidence=latency_confidence)
         header, _ = self._roundtrip(rid, frames, timeout_ms)
         return Explanation.from_body(body_from_reply(header, "explain"))
 

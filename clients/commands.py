@@ -93,7 +93,8 @@ def _fail(exc: AdaptdError) -> UserError:
 
 def _constraint_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"min_accuracy": args.min_accuracy, "max_latency_ms": args.max_latency_ms,
-            "max_energy_mj": args.max_energy_mj, "objective": args.objective,
+            "max_energy_mj": args.max_energy_mj, "latency_confidence": args.latency_confidence,
+            "objective": args.objective,
             "on_infeasible": args.on_infeasible, "variant": args.variant, "placement": args.placement}
 
 

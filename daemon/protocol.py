@@ -251,11 +251,13 @@ class Constraints:
     min_accuracy: float | None = None
     max_latency_ms: float | None = None
     max_energy_mj: float | None = None
+    latency_confidence: float | None = None   # qualifies max_latency_ms (§4.2); not a bound itself
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in (("min_accuracy", self.min_accuracy),
                                   ("max_latency_ms", self.max_latency_ms),
-                                  ("max_energy_mj", self.max_energy_mj)) if v is not None}
+                                  ("max_energy_mj", self.max_energy_mj),
+                                  ("latency_confidence", self.latency_confidence)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -303,13 +305,16 @@ def _enum(header: Mapping[str, Any], key: str, allowed: Sequence[str], default: 
     return value
 
 
+CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj", "latency_confidence")
+
+
 def parse_constraints(value: Any, rid: str | None) -> Constraints:
     if value is None:
         return Constraints()
     if not isinstance(value, dict):
         raise ProtocolError(BAD_CONSTRAINTS, "'constraints' must be a map", rid)
     out: dict[str, float | None] = {}
-    for key in ("min_accuracy", "max_latency_ms", "max_energy_mj"):
+    for key in CONSTRAINT_KEYS:
         raw = value.get(key)
         if raw is None:
             out[key] = None
@@ -319,10 +324,12 @@ def parse_constraints(value: Any, rid: str | None) -> Constraints:
         raw = float(raw)
         if key == "min_accuracy" and not 0.0 <= raw <= 1.0:
             raise ProtocolError(BAD_CONSTRAINTS, f"min_accuracy must be within [0, 1]; got {raw}", rid)
-        if key != "min_accuracy" and raw <= 0.0:
+        if key == "latency_confidence" and not 0.5 <= raw < 1.0:
+            raise ProtocolError(BAD_CONSTRAINTS, f"latency_confidence must be within [0.5, 1); got {raw}", rid)
+        if key in ("max_latency_ms", "max_energy_mj") and raw <= 0.0:
             raise ProtocolError(BAD_CONSTRAINTS, f"{key} must be greater than 0; got {raw}", rid)
         out[key] = raw
-    unknown = set(value) - {"min_accuracy", "max_latency_ms", "max_energy_mj"}
+    unknown = set(value) - set(CONSTRAINT_KEYS)
     if unknown:
         raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {', '.join(sorted(map(str, unknown)))}", rid)
     return Constraints(**out)

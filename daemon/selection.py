@@ -244,7 +244,7 @@ class SelectorPolicy:
             sreq = Request(model=_key(model), min_accuracy=c.min_accuracy, max_latency_ms=c.max_latency_ms,
                            max_energy_mj=c.max_energy_mj, objective=request.objective,
                            on_infeasible=request.on_infeasible, variant=request.pin_variant,
-                           placement=request.pin_placement)
+                           placement=request.pin_placement, latency_confidence=c.latency_confidence)
             return self.selector.choose(sreq, now_s, snapshots, explain=request.explain,
                                         dry_run=request.type == "explain", allowed_variants=allowed_variants)
         except SelectorError as exc:

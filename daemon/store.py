@@ -57,9 +57,11 @@ from adaptd.daemon.protocol import SIGNATURE
 
 log = logging.getLogger("adaptd.store")
 
-SCHEMA_VERSION = 2
-# Columns added since version 1, in order: a version-1 store gains them on open (ALTER TABLE).
+SCHEMA_VERSION = 3
+# Columns added since version 1, in order: an older store gains them on open (ALTER TABLE).
 ADDED_IN_2 = (("predicted_energy_bound_mj", "REAL"),)
+ADDED_IN_3 = (("latency_confidence", "REAL"), ("predicted_latency_confidence", "REAL"))
+ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3, 2: ADDED_IN_3}
 
 # One column per PROTOCOL.md §9.1 field, in the spec's order: (name, SQL type).
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -73,6 +75,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("min_accuracy", "REAL"),
     ("max_latency_ms", "REAL"),
     ("max_energy_mj", "REAL"),
+    ("latency_confidence", "REAL"),
     ("outcome", "TEXT"),
     ("error_code", "TEXT"),
     ("variant", "TEXT"),
@@ -85,6 +88,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("predicted_energy_mj", "REAL"),
     ("predicted_energy_bound_mj", "REAL"),
     ("predicted_accuracy", "REAL"),
+    ("predicted_latency_confidence", "REAL"),
     ("queue_ms", "REAL"),
     ("compute_ms", "REAL"),
     ("total_ms", "REAL"),
@@ -219,13 +223,12 @@ def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA busy_timeout=5000")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, 1, SCHEMA_VERSION):
+    if version not in (0, *ADDED_SINCE, SCHEMA_VERSION):
         conn.close()
         raise sqlite3.OperationalError(
             f"{path}: selection store schema version {version}; this adaptd writes version {SCHEMA_VERSION}")
-    if version == 1:   # older rows keep NULL in the new columns
-        for name, sqltype in ADDED_IN_2:
-            conn.execute(f"ALTER TABLE selections ADD COLUMN {name} {sqltype}")
+    for name, sqltype in ADDED_SINCE.get(version, ()):   # older rows keep NULL in the new columns
+        conn.execute(f"ALTER TABLE selections ADD COLUMN {name} {sqltype}")
     conn.executescript(SCHEMA_SQL)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn

@@ -67,6 +67,11 @@ def test_sync_client_round_trip(daemon):
         assert c.health()["status"] == "serving"
         ex = c.explain(model, min_accuracy=0.5)
         assert ex.feasible and ex.alternatives and ex.variant is not None
+        # a stricter promise than the daemon's 0.9: judged at the kept level at or above it
+        strict = c.infer(model, digits(), max_latency_ms=1000.0, latency_confidence=0.96)
+        assert strict.selection.predicted.latency_confidence == 0.99
+        assert c.explain(model, max_latency_ms=1000.0, latency_confidence=0.6).predicted.latency_confidence == 0.75
+        assert s.predicted.latency_confidence == 0.9
 
 
 def test_sync_client_errors(daemon):
@@ -151,6 +156,10 @@ def test_cli_client_commands(daemon, tmp_path: Path, capsys):
     assert "serving" in capsys.readouterr().out
     assert main(["explain", model, "--max-latency-ms", "1000", *ep]) == 0
     assert "would run" in capsys.readouterr().out
+    assert main(["infer", model, str(tmp_path / "x.npy"), "--index", "0", "--max-latency-ms", "1000",
+                 "--latency-confidence", "0.97",
+                 "--json", *ep]) == 0
+    assert json.loads(capsys.readouterr().out)["predicted"]["latency_confidence"] == 0.99
     assert main(["explain", model, "--max-latency-ms", "0.000001", *ep]) == 1
     assert "INFEASIBLE" in capsys.readouterr().out
     assert main(["infer", "no-such-model", str(tmp_path / "x.npy"), *ep]) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.launch import DaemonProcess
+from adaptd.daemon.store import read_selections
 
 MAX_MESSAGE_BYTES = 4096          # small, so TOO_LARGE and ZeroMQ's backstop are cheap to reach
 REPLY_TIMEOUT_MS = 30_000
@@ -286,6 +288,9 @@ BAD_CASES = {
     "string constraint": ("BAD_CONSTRAINTS", lambda m: _frames(m, _set(constraints={"min_accuracy": "high"}))),
     "bool constraint": ("BAD_CONSTRAINTS", lambda m: _frames(m, _set(constraints={"max_latency_ms": True}))),
     "unknown constraint": ("BAD_CONSTRAINTS", lambda m: _frames(m, _set(constraints={"max_cost": 1.0}))),
+    "latency confidence of 1": ("BAD_CONSTRAINTS", lambda m: _frames(m, _set(constraints={"latency_confidence": 1.0}))),
+    "latency confidence below 0.5": ("BAD_CONSTRAINTS",
+                                     lambda m: _frames(m, _set(constraints={"latency_confidence": 0.4}))),
     # tensors
     "unknown dtype": ("BAD_INPUT", lambda m: _frames(m, _set(inputs=[{"dtype": "complex64", "shape": m["shape"]}]))),
     "wrong dtype size": ("BAD_INPUT", lambda m: _frames(m, _set(inputs=[{"dtype": "float64", "shape": m["shape"]}]))),
@@ -358,6 +363,32 @@ def test_constraints_met_is_reported_per_set_constraint(daemon, model):
                      constraints={"min_accuracy": 0.0, "max_latency_ms": 60_000.0})
     assert reply["type"] == "result", reply
     assert reply["constraints_met"] == {"min_accuracy": True, "max_latency_ms": True} and reply["met"] is True
+
+
+def test_latency_confidence_is_judged_at_a_kept_level_and_recorded(daemon, model):
+    """A request's latency_confidence is served at the lowest kept level at or above it, said in
+    the reply and recorded in the selection store; above the highest kept level it is refused."""
+    try:
+        import adaptd.daemon.selection  # noqa: F401
+    except ImportError:
+        pytest.skip("the trivial policy has no latency bounds")
+    rid = f"conf-{uuid.uuid4().hex}"
+    pin = {"pin_variant": "float32", "pin_placement": "cpu:0-1"}
+    reply, _ = infer(daemon, model, rid=rid, constraints={"max_latency_ms": 60_000.0, "latency_confidence": 0.97},
+                     **pin)
+    assert reply["type"] == "result", reply
+    assert reply["predicted"]["latency_confidence"] == 0.99
+    assert reply["constraints_met"] == {"max_latency_ms": True}   # a qualifier, not a constraint of its own
+    default, _ = infer(daemon, model, constraints={"max_latency_ms": 60_000.0}, **pin)
+    assert default["predicted"]["latency_confidence"] == 0.9   # [selector] confidence
+    refused, _ = infer(daemon, model, constraints={"max_latency_ms": 60_000.0, "latency_confidence": 0.995}, **pin)
+    assert refused["type"] == "error" and refused["code"] == "BAD_CONSTRAINTS", refused
+    assert "0.99" in refused["message"]
+    assert_serving(daemon, model)
+    deadline = time.monotonic() + 10   # the store's flush interval is under a second
+    while not (rows := [r for r in read_selections(daemon.store_path) if r["request_id"] == rid]):
+        assert time.monotonic() < deadline, "the record never reached the store"
+    assert rows[0]["latency_confidence"] == 0.97 and rows[0]["predicted_latency_confidence"] == 0.99
 
 
 # --- size limits ---------------------------------------------------------------------------------

@@ -193,34 +193,40 @@ def test_sigkill_loses_nothing_older_than_the_flush_interval(tmp_path: Path, flu
     assert not missing, f"{len(missing)} records older than the flush interval were lost: {missing[:5]}"
 
 
-def test_a_version_1_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path):
-    """A store written by schema version 1 (no predicted_energy_bound_mj) is migrated on open:
-    old rows read back with NULL in the new column, new rows carry it."""
-    from adaptd.daemon.store import ADDED_IN_2, COLUMNS, connect
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path, version: int):
+    """A store written by schema version 1 (no predicted_energy_bound_mj) or 2 (no
+    latency_confidence, predicted_latency_confidence) is migrated on open: old rows read back
+    with NULL in the new columns, new rows carry them."""
+    from adaptd.daemon.store import ADDED_SINCE, COLUMNS, SCHEMA_VERSION, connect
 
-    db = tmp_path / "v1.sqlite3"
-    added = {name for name, _ in ADDED_IN_2}
+    db = tmp_path / f"v{version}.sqlite3"
+    added = {name for name, _ in ADDED_SINCE[version]}
     v1 = [(n, t) for n, t in COLUMNS if n not in added]
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE selections (id INTEGER PRIMARY KEY, "
                  + ", ".join(f"{n} {t}" for n, t in v1) + ")")
     old = record(0)
     conn.execute(f"INSERT INTO selections ({', '.join(n for n, _ in v1)}) VALUES ({', '.join('?' for _ in v1)})",
-                 [int(old[n]) if isinstance(old[n], bool) else old[n] for n, _ in v1])
-    conn.execute("PRAGMA user_version=1")
+                 [int(old[n]) if isinstance(old.get(n), bool) else old.get(n) for n, _ in v1])
+    conn.execute(f"PRAGMA user_version={version}")
     conn.commit()
     conn.close()
 
     # read as it is (log analysis of an old store, no daemon has opened it since)
     (before,) = list(read_selections(db))
     assert before["request_id"] == "r0" and before["predicted_energy_bound_mj"] is None
+    assert before["latency_confidence"] is None
     connect(db).close()
     store = SelectionStore(StoreConfig(), db)
     store.start()
-    store.submit({**record(1), "predicted_energy_bound_mj": 2.6})
+    store.submit({**record(1), "predicted_energy_bound_mj": 2.6, "latency_confidence": 0.99,
+                  "predicted_latency_confidence": 0.99})
     store.close()
     rows = list(read_selections(db))
     assert [r["request_id"] for r in rows] == ["r0", "r1"]
     assert rows[0]["predicted_energy_bound_mj"] is None and rows[0]["predicted_energy_mj"] == 2.0
+    assert rows[0]["latency_confidence"] is None and rows[0]["predicted_latency_confidence"] is None
     assert rows[1]["predicted_energy_bound_mj"] == 2.6
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert rows[1]["latency_confidence"] == 0.99 and rows[1]["predicted_latency_confidence"] == 0.99
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
