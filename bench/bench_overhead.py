@@ -360,7 +360,8 @@ def main() -> int:
         floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
         print(f"relay floor p50 - zmq echo p50 = {floor - echo_p50:.0f} us (the topology in Python); "
-              f"daemon ipc p50 - relay floor p50 = {d1 - floor:.0f} us (the request path's work)")
+              f"daemon ipc p50 - relay floor p50 = {d1 - floor:.0f} us (the request path's work"
+              + (", less the wake-ups the daemon's spin saves: the floor never spins)" if args.spin_us else ")"))
         resident = summary["relay floor, input resident"]["p50_us"]["median"]
         print(f"relay floor, input resident / in-process = {resident / base:.3f} (the floor of daemon+shm)")
         s1 = summary["daemon ipc+shm, 1 client(s)"]["p50_us"]

@@ -121,7 +121,8 @@ def describe_result(r: InferResult) -> str:
              + ("  (replayed reply)" if s.replayed else "")]
     t, pr = s.timing, s.predicted
     lines.append(f"  latency   {fmt(t.total_ms, 3)} ms total (queue {fmt(t.queue_ms, 3)} ms, compute "
-                 f"{fmt(t.compute_ms, 3)} ms); predicted {fmt(pr.latency_ms, 3)} ms, bound {fmt(pr.latency_bound_ms, 3)} ms;"
+                 f"{fmt(t.compute_ms, 3)} ms); predicted {fmt(pr.latency_ms, 3)} ms, bound {fmt(pr.latency_bound_ms, 3)} ms"
+                 f"{'' if pr.latency_confidence is None else f' @{pr.latency_confidence:g}'};"
                  f" client saw {r.client_ms:.3f} ms")
     pe = "-" if pr.energy_mj is None else f"{pr.energy_mj:.3f} mJ ({'estimated' if pr.energy_estimated else 'measured'})"
     lines.append(f"  energy    {s.energy.describe()}; predicted {pe}")
@@ -187,8 +188,10 @@ def describe_explanation(e: Explanation, model: str) -> str:
                      ", ".join(a.get("excluded_by") or []) or "-"])
     if rows:
         lines.append("")
+        q = e.predicted.latency_confidence
         lines.append(table(rows, ["rank", "variant", "placement", "accuracy %", "pred. latency ms",
-                                  "bound ms", "queue ms", "pred. energy mJ", "excluded by"]))
+                                  "bound ms" if q is None else f"bound ms @{q:g}", "queue ms", "pred. energy mJ",
+                                  "excluded by"]))
         if any(a.get("energy_estimated") for a in e.alternatives):
             lines.append("est. = energy estimated from a power model (no sensor), not measured")
     return "\n".join(lines)
@@ -306,7 +309,8 @@ def run_reload(args: argparse.Namespace) -> int:
 
 def describe_record(r: Mapping[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(r.get("ts") or 0)) + f".{int((r.get('ts') or 0) % 1 * 1000):03d}"
-    cons = " ".join(f"{k}={fmt(r.get(k))}" for k in ("min_accuracy", "max_latency_ms", "max_energy_mj")
+    cons = " ".join(f"{k}={fmt(r.get(k))}" for k in ("min_accuracy", "max_latency_ms", "latency_confidence",
+                                                     "max_energy_mj")
                     if r.get(k) is not None) or "no constraints"
     head = f"{when} {r.get('model')}:{r.get('version')} {r.get('request_id')} [{r.get('outcome')}]"
     if r.get("outcome") == "error":

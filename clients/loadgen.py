@@ -40,7 +40,7 @@ from adaptd.clients.client import Client, InferResult
 from adaptd.clients.errors import AdaptdError, InfeasibleError, RequestTimeout
 
 SCENARIOS = ("single-stream", "server")
-_CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj")
+_CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj", "latency_confidence")
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,12 @@ class MixEntry:
     max_energy_mj: float | None = None
     objective: str = "latency"
     on_infeasible: str = "reject"
+    latency_confidence: float | None = None
 
     def request_kwargs(self) -> dict[str, Any]:
         return {"min_accuracy": self.min_accuracy, "max_latency_ms": self.max_latency_ms,
                 "max_energy_mj": self.max_energy_mj, "objective": self.objective,
-                "on_infeasible": self.on_infeasible}
+                "on_infeasible": self.on_infeasible, "latency_confidence": self.latency_confidence}
 
 
 DEFAULT_MIX = (MixEntry("unconstrained"),)
@@ -66,7 +67,7 @@ DEFAULT_MIX = (MixEntry("unconstrained"),)
 
 def parse_mix(doc: Mapping[str, Any], where: str = "mix") -> tuple[MixEntry, ...]:
     """A mix from a parsed TOML document: ``[[mix]]`` tables with ``weight``, optional ``name``,
-    constraints (``min_accuracy``, ``max_latency_ms``, ``max_energy_mj``), ``objective`` and
+    constraints (``min_accuracy``, ``max_latency_ms``, ``max_energy_mj``, ``latency_confidence``), ``objective`` and
     ``on_infeasible``. ``ValueError`` names the offending entry and key."""
     entries = doc.get("mix")
     if not isinstance(entries, list) or not entries:

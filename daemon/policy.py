@@ -76,8 +76,9 @@ class MostAccuratePolicy:
         arm = next(a for a in candidates if a.variant.name == best_variant)
         key = (model.name, model.version, *arm.key)
         latency_ms = self._latency_ewma_ms.get(key, arm.variant.latency_ms_1thread.median)
-        predicted = {"latency_ms": latency_ms, "latency_bound_ms": latency_ms, "queue_ms": 0.0,
-                     "energy_mj": None, "energy_estimated": True, "accuracy": arm.accuracy}
+        # its "bound" is the mean: it keeps no quantiles, so it says of no level (latency_confidence)
+        predicted = {"latency_ms": latency_ms, "latency_bound_ms": latency_ms, "latency_confidence": None,
+                     "queue_ms": 0.0, "energy_mj": None, "energy_estimated": True, "accuracy": arm.accuracy}
         pinned = request.pin_variant is not None and request.pin_placement is not None
         return Choice(arm, "pinned" if pinned else "selected",
                       "pinned by the request" if pinned else

@@ -54,8 +54,8 @@ log = logging.getLogger("adaptd.selection")
 
 POLICIES = ("adaptive", "static", "most_accurate")
 OVERHEAD_WEIGHT = 0.1   # each execution's share in its placement's path-overhead average
-# The path average is a plain mean of its first PATH_PLAIN_N samples, then an EWMA whose samples
-# are clipped to PATH_CLIP_RATIO times the average: on a shared host one execution's path can
+# The path average is a plain mean of its first PATH_PLAIN_N samples, then an EWMA; from the third
+# sample on, each is clipped to PATH_CLIP_RATIO times the average: on a shared host one execution's path can
 # take 20 times the usual (a preempted worker), and unclipped such samples doubled the shift of
 # every never-measured arm's prior on the placement (tests/test_selection_total_latency.py, with
 # a fifth of the guest's CPU stolen by its host). A lasting rise is still followed, by up to
@@ -190,17 +190,17 @@ class SelectorPolicy:
     # --- helpers ---------------------------------------------------------------------------
     def _learn_overhead(self, placement: str, overhead_ms: float) -> None:
         """One execution's latency beyond the interpreter on ``placement``, into that placement's
-        average (a plain mean of the first PATH_PLAIN_N, then weight OVERHEAD_WEIGHT with the
-        sample clipped to PATH_CLIP_RATIO times the average)."""
+        average (a plain mean of the first PATH_PLAIN_N, then weight OVERHEAD_WEIGHT; from the
+        third sample on, the sample clipped to PATH_CLIP_RATIO times the average)."""
         n = self._path_n.get(placement, 0) + 1
         self._path_n[placement] = n
         old = self.path_overhead_ms.get(placement)
         if old is None:
             new = overhead_ms
-        elif n <= PATH_PLAIN_N:
-            new = old + (overhead_ms - old) / n
         else:
-            new = old + OVERHEAD_WEIGHT * (min(overhead_ms, PATH_CLIP_RATIO * max(old, 0.01)) - old)
+            if n > 2:
+                overhead_ms = min(overhead_ms, PATH_CLIP_RATIO * max(old, 0.01))
+            new = old + (overhead_ms - old) * (1.0 / n if n <= PATH_PLAIN_N else OVERHEAD_WEIGHT)
         self.path_overhead_ms[placement] = new
         self._shift_priors(placement, new)
 

@@ -227,8 +227,12 @@ def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn.close()
         raise sqlite3.OperationalError(
             f"{path}: selection store schema version {version}; this adaptd writes version {SCHEMA_VERSION}")
-    for name, sqltype in ADDED_SINCE.get(version, ()):   # older rows keep NULL in the new columns
-        conn.execute(f"ALTER TABLE selections ADD COLUMN {name} {sqltype}")
+    # Older rows keep NULL in the new columns. Only columns still missing are added, so a
+    # migration cut short (a daemon killed between two ALTERs) is finished by the next open.
+    present = {row[1] for row in conn.execute("PRAGMA table_info(selections)")}
+    for name, sqltype in ADDED_SINCE.get(version, ()):
+        if name not in present:
+            conn.execute(f"ALTER TABLE selections ADD COLUMN {name} {sqltype}")
     conn.executescript(SCHEMA_SQL)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     return conn

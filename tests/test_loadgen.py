@@ -38,6 +38,8 @@ def test_mix_file(tmp_path: Path):
     a, b = load_mix(f)
     assert a == MixEntry("strict", 3.0, 0.95, 5.0, None)
     assert b.name == "max_energy_mj=20" and b.objective == "energy" and b.on_infeasible == "best_effort"
+    (c,) = parse_mix({"mix": [{"max_latency_ms": 5, "latency_confidence": 0.99}]})
+    assert c.request_kwargs()["latency_confidence"] == 0.99 and c.request_kwargs()["max_latency_ms"] == 5.0
     for bad, msg in (({"mix": [{"weight": 0}]}, "weight"), ({"mix": [{"max_latency": 5}]}, "unknown"),
                      ({"mix": []}, "one or more"), ({"mix": [{"objective": "speed"}]}, "objective")):
         with pytest.raises(ValueError, match=msg):

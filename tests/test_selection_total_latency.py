@@ -120,3 +120,24 @@ def test_one_slow_execution_does_not_move_the_placements_learnt_path_far(tiny_re
         serve(2.0)
     risen = policy.selector.service_estimate_ms(other_id) - prior_ms
     assert risen > 1.8, risen
+
+
+def test_a_slow_first_execution_does_not_set_the_placements_learnt_path(tiny_repository):
+    """The first executions after a start (cold caches, an eager load just done) can be slow too:
+    from the third sample on, the plain mean of the first ones is clipped like the EWMA after it."""
+    from adaptd.daemon.config import PlacementsConfig
+    from adaptd.daemon.placements import discover
+    from adaptd.daemon.registry import load_registry
+    from adaptd.daemon.selection import SelectorPolicy
+    from adaptd.selector import SelectorConfig
+
+    repo, _, _ = tiny_repository
+    registry = load_registry(repo, discover(PlacementsConfig()), generation=1)
+    model = registry.newest()[0]
+    policy = SelectorPolicy(SelectorConfig(), calibration=None)
+    policy.reset(registry)
+    run = model.arms[0]
+    for i, path_ms in enumerate([0.5, 0.5, 0.5, 10.0] + [0.5] * 6):   # one 10 ms path among the first ten
+        policy.observe(model, run, 0.05 + path_ms, None, True, 0.01 * (i + 1), compute_ms=0.05)
+    learnt = policy.path_overhead_ms[run.placement.name]
+    assert learnt < 0.5 + 0.2, learnt   # unclipped: 1.45 ms

@@ -230,3 +230,24 @@ def test_an_older_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path,
     assert rows[1]["predicted_energy_bound_mj"] == 2.6
     assert rows[1]["latency_confidence"] == 0.99 and rows[1]["predicted_latency_confidence"] == 0.99
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_migration_cut_short_is_finished_by_the_next_open(tmp_path: Path):
+    """A daemon killed between two ALTER TABLEs of a migration leaves some new columns added and
+    the old user_version: the next open adds only what is still missing."""
+    from adaptd.daemon.store import ADDED_SINCE, COLUMN_NAMES, COLUMNS, SCHEMA_VERSION, connect
+
+    db = tmp_path / "half.sqlite3"
+    added = [name for name, _ in ADDED_SINCE[1]]
+    cols = [(n, t) for n, t in COLUMNS if n not in added[1:]]   # the first new column made it
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE selections (id INTEGER PRIMARY KEY, " + ", ".join(f"{n} {t}" for n, t in cols) + ")")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    connect(db).close()
+    conn = sqlite3.connect(db)
+    present = [row[1] for row in conn.execute("PRAGMA table_info(selections)")]
+    assert set(COLUMN_NAMES) <= set(present) and len(present) == len(set(present))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
