@@ -28,6 +28,8 @@ from adaptd.clients.client import Client, Explanation, InferResult
 from adaptd.clients.errors import AdaptdError, InfeasibleError
 from adaptd.clients.inputs import fit_to_spec, load_array
 
+BATCH_ROWS_SHOWN = 8   # rows of a batch printed per output (all of them with --json)
+
 
 # --- formatting helpers ---------------------------------------------------------------------
 
@@ -132,11 +134,15 @@ def describe_result(r: InferResult) -> str:
     for i, out in enumerate(r.outputs):
         line = f"  output {i}  {out.dtype} {list(out.shape)}"
         flat = out.reshape(out.shape[0], -1) if out.ndim > 1 else out.reshape(1, -1)
-        if flat.shape[1] > 1:
-            top = np.argsort(flat[0])[::-1][:3]
-            line += "  top: " + ", ".join(f"{int(k)} ({flat[0, k]:.3f})" for k in top)
-        else:
-            line += f"  value {float(flat[0, 0]):.4f}" if flat.size else ""
+        rows = [""] if flat.shape[0] == 1 else [f"\n    row {j}" for j in range(min(flat.shape[0], BATCH_ROWS_SHOWN))]
+        for j, head in enumerate(rows):
+            if flat.shape[1] > 1:
+                top = np.argsort(flat[j])[::-1][:3]
+                line += head + "  top: " + ", ".join(f"{int(k)} ({flat[j, k]:.3f})" for k in top)
+            elif flat.size:
+                line += head + f"  value {float(flat[j, 0]):.4f}"
+        if flat.shape[0] > BATCH_ROWS_SHOWN:
+            line += f"\n    ... {flat.shape[0] - BATCH_ROWS_SHOWN} more row(s) (--json prints them all)"
         lines.append(line)
     return "\n".join(lines)
 

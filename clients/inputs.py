@@ -7,7 +7,8 @@ Contract
   Images come back as ``uint8`` arrays ``[H, W, C]``; use :func:`fit_to_spec` to turn them
   into a model input.
 * :func:`fit_to_spec` adapts an array to a model input spec (``{"dtype", "shape"}`` as in
-  the ``models`` reply): it adds a missing batch dimension, resizes images to the spec's
+  the ``models`` reply): it adds a missing batch dimension (any batch size is kept: the daemon
+  runs a batch in one request), resizes images to the spec's
   height and width, converts channels (RGB <-> greyscale), and scales ``uint8`` images to
   float32 in [0, 1] for float inputs. Anything it cannot reconcile raises ``ValueError``
   with both shapes: the daemon would answer ``BAD_INPUT`` anyway.
@@ -90,6 +91,6 @@ def fit_to_spec(arr: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
             arr = arr.astype(np.float32) / 255.0
     if dtype.kind == "f" and arr.dtype != np.float32 and arr.dtype.kind in "fiub":
         arr = arr.astype(np.float32)
-    if arr.ndim != len(shape) or any(d > 0 and d != a for d, a in zip(shape, arr.shape)):
+    if arr.ndim != len(shape) or arr.shape[0] < 1 or any(d > 0 and d != a for d, a in zip(shape[1:], arr.shape[1:])):
         raise ValueError(f"input of shape {list(arr.shape)} does not fit the model's {list(spec['shape'])}")
     return np.ascontiguousarray(arr)

@@ -273,3 +273,15 @@ def test_busy_backoff_doubles_is_capped_and_randomised():
     for bad in ({"busy_retries": -1}, {"busy_backoff_ms": 0.0}, {"busy_backoff_ms": 2 * BUSY_BACKOFF_MAX_MS}):
         with pytest.raises(ValueError):
             ClientSettings("ipc:///nowhere", 1000.0, 0, None, **bad)
+
+
+def test_fit_to_spec_keeps_a_batch_adds_a_missing_batch_axis_and_refuses_other_shapes():
+    from adaptd.clients.inputs import fit_to_spec
+
+    spec = {"dtype": "float32", "shape": [1, 16, 16, 1]}
+    assert fit_to_spec(np.zeros((3, 16, 16, 1), np.float64), spec).shape == (3, 16, 16, 1)   # the daemon runs a batch
+    assert fit_to_spec(np.zeros((16, 16, 1), np.float32), spec).shape == (1, 16, 16, 1)
+    with pytest.raises(ValueError, match=r"\[2, 8, 8, 1\] does not fit the model's \[1, 16, 16, 1\]"):
+        fit_to_spec(np.zeros((2, 8, 8, 1), np.float32), spec)
+    with pytest.raises(ValueError, match="does not fit"):
+        fit_to_spec(np.zeros((0, 16, 16, 1), np.float32), spec)

@@ -147,6 +147,9 @@ def test_cli_client_commands(daemon, tmp_path: Path, capsys):
     assert main(["infer", model, str(tmp_path / "x.npy"), "--index", "0", "--json", *ep]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["type"] == "result" and len(reply["outputs"][0]["data"][0]) == 10
+    assert main(["infer", model, str(tmp_path / "x.npy"), *ep]) == 0   # the whole file: a batch of 3 in one request
+    out = capsys.readouterr().out
+    assert "[3, 10]" in out and "row 2" in out
     assert main(["models", *ep]) == 0
     assert model in capsys.readouterr().out
     assert main(["stats", *ep]) == 0
