@@ -26,9 +26,9 @@ Policy (PROTOCOL.md §4, §5.2)
   with ``energy_at_confidence`` the energy bound at the same confidence (see :mod:`.online`).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
-* Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
-  credit; a whole credit is spent on looking for a candidate arm not measured for
-  ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
+* Probing: each non-dry-run decision that is not pinned to one arm (codes ``selected``,
+  ``infeasible``, ``best_effort``) earns ``probe_share`` of a probe credit; a whole credit is spent on looking for a candidate arm not
+  measured for ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
   objective (then the longest unmeasured, never measured first, then arm id); if there is one
   it replaces the best, with code ``probe``. So probes are at most ``probe_share * decisions``
   (+1), and the look itself runs on that share only. Best-first, because the arm worth
@@ -43,7 +43,11 @@ Policy (PROTOCOL.md §4, §5.2)
   measured since. A rejection teaches the cost model nothing, so without this an arm that
   fails a tight bound on an old estimate stays unmeasured while the requests it might meet are
   rejected (bench/bench_selection.py: MobileNetV2's arm closest to its tight latency bound was
-  never measured in a run, only its prior known).
+  never measured in a run, only its prior known). When no arm is predicted feasible, the look
+  (same budget) takes a stale arm that its latency *prior* predicts feasible, best by the
+  objective under that prior, and runs it with code ``probe`` and the prior's predictions
+  (``_stale_probe``): a stream whose requests share one tight bound was otherwise rejected for
+  good once a slow spell had raised every arm's bound above it, since rejections measure nothing.
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -543,7 +547,17 @@ class Selector:
             else:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy_judged)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
-                if not dry_run and self.config.probe_closest and self.config.probe_share > 0.0 \
+                stale = None
+                if not dry_run and self.config.probe_share > 0.0:
+                    credit = self._probe_credit + self.config.probe_share
+                    if credit >= 1.0:   # the same budget as the probes above
+                        credit -= 1.0
+                        stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy, energy_judged)
+                    self._probe_credit = credit
+                if stale is not None:
+                    i, probe_mean, probe_bound = stale
+                    code = "probe"
+                elif not dry_run and self.config.probe_closest and self.config.probe_share > 0.0 \
                         and now_s - om.last_update_s_.item(lo + i) > self.config.probe_interval_s \
                         and (r.min_accuracy is None or self._acc.item(lo + i) >= r.min_accuracy):
                     # (an arm that fails on accuracy, a manifest figure, has nothing to learn)
@@ -553,6 +567,10 @@ class Selector:
         if explain:
             alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
                                               energy, energy_judged, i, code)
+        if code == "probe" and not n_feas:   # a stale arm, predicted by its prior (_stale_probe)
+            return self._decision(r, lo + i, code, probe_mean, probe_bound,
+                                  0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
+                                  energy_judged.item(i), n_cand, n_feas, now_s, alternatives, level)
         return self._decision(r, lo + i, code, lat_mean.item(i), lat_bound.item(i),
                               0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
                               energy_judged.item(i), n_cand, n_feas, now_s, alternatives, level)
@@ -763,6 +781,42 @@ class Selector:
         order = np.lexsort((idx, last[idx], _finite(key2[idx])))
         return int(idx[order[0]])
 
+    def _stale_probe(self, r: Request, lo: int, hi: int, cand: np.ndarray | None, now_s: float, level: int,
+                     arm_wait: np.ndarray | None, energy: np.ndarray, energy_judged: np.ndarray
+                     ) -> tuple[int, float, float] | None:
+        """For a request no arm is predicted to meet: a stale arm (not measured for
+        ``probe_interval_s``) that its latency *prior* predicts to meet it, the best by the
+        request's objective under that prior (ties: energy or latency, then arm id), as
+        (index in the model's range, predicted latency, latency bound); None when there is none.
+
+        A rejection teaches the cost model nothing, so without this a stream whose requests all
+        carry one tight bound is rejected for good once a slow spell has put every arm's bound
+        above it: nothing is measured again, and the bounds never come down. An estimate nobody
+        has refreshed for ``probe_interval_s`` says little about now; the prior (the structural
+        predictor's, with the placement's learnt path) is what is known then. Energy and accuracy
+        are judged as for any decision."""
+        om = self._online
+        ok = (now_s - om.last_update_s_[lo:hi]) > self.config.probe_interval_s
+        if cand is not None:
+            ok &= cand
+        if r.min_accuracy is not None:
+            ok &= self._acc[lo:hi] >= r.min_accuracy
+        mean = om.prior_latency_ms_[lo:hi]
+        bound = om.prior_bounds_ms_[level, lo:hi]
+        if arm_wait is not None:
+            mean, bound = mean + arm_wait, bound + arm_wait
+        if r.max_latency_ms is not None:
+            ok &= bound <= r.max_latency_ms
+        if r.max_energy_mj is not None:
+            ok &= energy_judged <= r.max_energy_mj
+        if not ok.any():
+            return None
+        key1, key2 = self._keys(r.objective, lo, hi, mean, energy)
+        masked = np.where(ok, _finite(key1), np.inf)
+        ties = masked == masked.min()
+        j = int(np.where(ties, _finite(key2), np.inf).argmin()) if np.count_nonzero(ties) > 1 else int(masked.argmin())
+        return j, mean.item(j), bound.item(j)
+
     def _take_probe_closest(self, lo: int, eligible) -> int | None:
         """The model's pending probe of the arm closest to an infeasible request (index in the
         model's range) when it is among ``eligible`` (indices of the stale, feasible arms but the
@@ -835,6 +889,9 @@ class Selector:
         if code == "probe":
             last = self._online.last_update_s_.item(a)
             age = "never measured" if last == -math.inf else f"not measured for {now_s - last:.1f} s"
+            if not n_feas:
+                return (f"probe: no arm of {n_cand} predicted to meet the constraints on its measurements; "
+                        f"{variant} on {placement} {age}, predicted to meet them by its prior")
             return f"probe: {variant} on {placement} {age}, predicted to meet the constraints"
         if code == "pinned":
             tail = "predicted to meet the constraints" if not violations else \

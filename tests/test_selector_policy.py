@@ -371,10 +371,59 @@ def test_probes_only_feasible_and_bounded(sc):
         if d.code == "probe":
             probes += 1
             rows = {r["a"]: r for r in reference(s, req, queues)}
-            assert rows[d.arm_id]["ok"]
+            if any(r["ok"] for r in rows.values()):
+                assert rows[d.arm_id]["ok"]   # predicted feasible on its measurements
+            else:   # no arm is: a stale arm whose latency prior meets the request (_stale_probe)
+                om, a = s.cost_model, d.arm_id
+                level = om.level_for(req.latency_confidence)
+                wait = rows[a]["bound"] - om.latency_bounds_ms_[level, a]
+                prior_bound = om.prior_bounds_ms_[level, a] + wait
+                assert req.max_latency_ms is not None and prior_bound <= req.max_latency_ms
+                assert d.predicted["latency_bound_ms"] == pytest.approx(prior_bound)
+                assert req.min_accuracy is None or (rows[a]["acc"] is not None and rows[a]["acc"] >= req.min_accuracy)
+                if req.max_energy_mj is not None:
+                    judged = om.energy_bound_mj_[a] if s.config.energy_at_confidence else om.est_energy_mj_[a]
+                    assert judged <= req.max_energy_mj
             assert d.feasible
             assert now - s.cost_model.last_update_s_[d.arm_id] > 1.0
     assert probes <= share * n + 1
+
+
+def test_a_stream_of_one_tight_bound_recovers_after_a_slow_spell():
+    """Every request bounded at 2 ms; a slow spell puts both arms' bounds at 3 ms. Rejections
+    measure nothing, so before the stale-arm probe every later request was rejected for good
+    (3,000 of 3,000 over a minute). Now, once the arms have gone unmeasured for
+    probe_interval_s, one is probed on its prior within the probe budget, and when it is fast
+    again the stream is served again."""
+    arms = [ArmSpec("m", "a", "cpu:0", 0.9, 0.5, 0.05, 1.0), ArmSpec("m", "b", "cpu:1", 0.9, 0.6, 0.05, 1.0)]
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_interval_s=10.0, probe_share=0.02))
+    t = 0.0
+    for _ in range(20):   # the slow spell
+        t += 0.05
+        s.update(0, 3.0, 1.0, True, t)
+        s.update(1, 3.0, 1.0, True, t)
+    codes: list[str] = []
+    probe_at = None
+    for _ in range(3000):   # a minute of requests, one every 20 ms
+        t += 0.02
+        d = s.choose(Request("m", max_latency_ms=2.0), t)
+        codes.append(d.code)
+        if d.code == "probe":
+            probe_at = probe_at or t
+            assert d.predicted["latency_bound_ms"] <= 2.0 and "by its prior" in d.text
+            s.update(d.arm_id, 0.55, 1.0, True, t)   # the spell is over
+        elif d.code == "selected":
+            s.update(d.arm_id, 0.55, 1.0, True, t)
+    # stale 10 s after the spell (t = 1 s), then within one probe credit (50 decisions, 1 s)
+    assert probe_at is not None and 11.0 < probe_at <= 11.0 + 50 * 0.02 + 0.02
+    assert codes.count("probe") <= 0.02 * 3000 + 1
+    assert codes[-1000:].count("selected") >= 990   # served again
+    # a request that the prior cannot meet either is still rejected, never probed (every decision looks here)
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_interval_s=10.0, probe_share=1.0))
+    s.update(0, 3.0, 1.0, True, 0.0)
+    s.update(1, 3.0, 1.0, True, 0.0)
+    assert s.choose(Request("m", max_latency_ms=0.1), 30.0).code == "infeasible"
+    assert s.choose(Request("m", max_latency_ms=2.0), 30.0).code == "probe"
 
 
 def test_explain_changes_nothing_and_ranks():
