@@ -46,7 +46,7 @@ Policy (PROTOCOL.md §4, §5.2)
   never measured in a run, only its prior known). When no arm is predicted feasible, the look
   (same budget) takes a stale arm that its latency *prior* predicts feasible, best by the
   objective under that prior, and runs it with code ``probe`` and the prior's predictions
-  (``_stale_probe``): a stream whose requests share one tight bound was otherwise rejected for
+  (``_stale_probe``; ``probe_stale_prior``, on by default): a stream whose requests share one tight bound was otherwise rejected for
   good once a slow spell had raised every arm's bound above it, since rejections measure nothing.
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
@@ -105,6 +105,7 @@ class SelectorConfig:
     probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
     probe_share: float = 0.02         # at most this share of decisions are probes (+1)
     probe_closest: bool = True        # a stale arm closest to an infeasible request is probed first
+    probe_stale_prior: bool = True    # with no arm feasible, a stale arm whose prior meets the request is probed
     prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
     # max_energy_mj judged on the energy bound at ``confidence`` (True) or on the mean (False, the
     # default): bench/bench_selection.py measured the bound turning near-mean misses into
@@ -552,7 +553,9 @@ class Selector:
                     credit = self._probe_credit + self.config.probe_share
                     if credit >= 1.0:   # the same budget as the probes above
                         credit -= 1.0
-                        stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy, energy_judged)
+                        if self.config.probe_stale_prior:
+                            stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy,
+                                                      energy_judged)
                     self._probe_credit = credit
                 if stale is not None:
                     i, probe_mean, probe_bound = stale

@@ -418,10 +418,20 @@ def test_a_stream_of_one_tight_bound_recovers_after_a_slow_spell():
     assert probe_at is not None and 11.0 < probe_at <= 11.0 + 50 * 0.02 + 0.02
     assert codes.count("probe") <= 0.02 * 3000 + 1
     assert codes[-1000:].count("selected") >= 990   # served again
+    # without the stale-arm probe (probe_stale_prior = false) the stream stays rejected
+    off = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_interval_s=10.0, probe_share=1.0,
+                                                            probe_stale_prior=False))
+    for k in range(20):
+        off.update(0, 3.0, 1.0, True, 0.05 * k)
+        off.update(1, 3.0, 1.0, True, 0.05 * k)
+    assert off.choose(Request("m", max_latency_ms=2.0), 1.0).code == "infeasible"   # the spell, seen
+    assert off.choose(Request("m", max_latency_ms=2.0), 30.0).code == "infeasible"
     # a request that the prior cannot meet either is still rejected, never probed (every decision looks here)
     s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_interval_s=10.0, probe_share=1.0))
-    s.update(0, 3.0, 1.0, True, 0.0)
-    s.update(1, 3.0, 1.0, True, 0.0)
+    for k in range(20):
+        s.update(0, 3.0, 1.0, True, 0.05 * k)
+        s.update(1, 3.0, 1.0, True, 0.05 * k)
+    assert s.choose(Request("m", max_latency_ms=2.0), 1.0).code == "infeasible"   # not stale yet
     assert s.choose(Request("m", max_latency_ms=0.1), 30.0).code == "infeasible"
     assert s.choose(Request("m", max_latency_ms=2.0), 30.0).code == "probe"
 
