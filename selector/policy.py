@@ -26,12 +26,13 @@ Policy (PROTOCOL.md §4, §5.2)
   with ``energy_at_confidence`` the energy bound at the same confidence (see :mod:`.online`).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
-* Probing: each non-dry-run decision that is not pinned to one arm (codes ``selected``,
-  ``infeasible``, ``best_effort``) earns ``probe_share`` of a probe credit; a whole credit is spent on looking for a candidate arm not
+* Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
+  credit; a whole credit is spent on looking for a candidate arm not
   measured for ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
   objective (then the longest unmeasured, never measured first, then arm id); if there is one
   it replaces the best, with code ``probe``. So probes are at most ``probe_share * decisions``
-  (+1), and the look itself runs on that share only. Best-first, because the arm worth
+  (+1 per budget: this one and the stale-arm probe's below), and the look itself runs on that
+  share only. Best-first, because the arm worth
   refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
   spent the probes on arms measured hopeless, again and again, while an arm that had one slow
   spell waited (bench/bench_selection.py). One exception to best-first, with ``probe_closest``
@@ -43,8 +44,8 @@ Policy (PROTOCOL.md §4, §5.2)
   measured since. A rejection teaches the cost model nothing, so without this an arm that
   fails a tight bound on an old estimate stays unmeasured while the requests it might meet are
   rejected (bench/bench_selection.py: MobileNetV2's arm closest to its tight latency bound was
-  never measured in a run, only its prior known). When no arm is predicted feasible, the look
-  (same budget) takes a stale arm that its latency *prior* predicts feasible, best by the
+  never measured in a run, only its prior known). When no arm is predicted feasible, a look on a
+  budget of its own (``probe_share`` of such decisions, earned and spent by them) takes a stale arm that its latency *prior* predicts feasible, best by the
   objective under that prior, and runs it with code ``probe`` and the prior's predictions
   (``_stale_probe``; ``probe_stale_prior``, on by default): a stream whose requests share one tight bound was otherwise rejected for
   good once a slow spell had raised every arm's bound above it, since rejections measure nothing.
@@ -103,7 +104,7 @@ class SelectorConfig:
     prior_weight: float = 1.0         # prior counts as this many samples ...
     full_trust_n: int = 5             # ... until this many measurements
     probe_interval_s: float = 10.0    # an arm unmeasured this long may be probed
-    probe_share: float = 0.02         # at most this share of decisions are probes (+1)
+    probe_share: float = 0.02         # at most this share of decisions are probes (+1 per budget)
     probe_closest: bool = True        # a stale arm closest to an infeasible request is probed first
     probe_stale_prior: bool = True    # with no arm feasible, a stale arm whose prior meets the request is probed
     prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
@@ -293,6 +294,7 @@ class Selector:
             prior_weight=cfg.prior_weight, full_trust_n=cfg.full_trust_n,
         ).init_priors(prior_lat, prior_sd, prior_en)
         self._probe_credit = 0.0
+        self._stale_credit = 0.0   # the same budget, earned and spent by decisions no arm meets (_stale_probe)
         # per model (its first arm id): the arm closest to an infeasible request, on a stale
         # estimate, and when (s); the model's next probe (see the module's contract)
         self._probe_next: dict[int, tuple[int, float]] = {}
@@ -549,14 +551,14 @@ class Selector:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy_judged)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
                 stale = None
-                if not dry_run and self.config.probe_share > 0.0:
-                    credit = self._probe_credit + self.config.probe_share
-                    if credit >= 1.0:   # the same budget as the probes above
+                if not dry_run and self.config.probe_share > 0.0 and self.config.probe_stale_prior:
+                    # a budget of its own, the same share: the probes of feasible decisions keep
+                    # their rate, and the scan runs on that share of these decisions only
+                    credit = self._stale_credit + self.config.probe_share
+                    if credit >= 1.0:
                         credit -= 1.0
-                        if self.config.probe_stale_prior:
-                            stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy,
-                                                      energy_judged)
-                    self._probe_credit = credit
+                        stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy, energy_judged)
+                    self._stale_credit = credit
                 if stale is not None:
                     i, probe_mean, probe_bound = stale
                     code = "probe"

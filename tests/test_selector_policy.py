@@ -386,7 +386,7 @@ def test_probes_only_feasible_and_bounded(sc):
                     assert judged <= req.max_energy_mj
             assert d.feasible
             assert now - s.cost_model.last_update_s_[d.arm_id] > 1.0
-    assert probes <= share * n + 1
+    assert probes <= share * n + 2   # +1 per budget: feasible decisions' and the stale-arm probe's
 
 
 def test_a_stream_of_one_tight_bound_recovers_after_a_slow_spell():
