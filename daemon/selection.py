@@ -24,7 +24,7 @@ Contract
 * The rest of the daemon's path (receiving, deciding, the wake-ups, the reply: about 0.5 ms a
   request on the development machine, ten times a tiny model's execution) is learnt, not
   guessed: ``observe`` with ``compute_ms`` keeps per placement an average of latency minus
-  execution (robust to single slow executions: see PATH_CLIP_RATIO), and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
+  execution (a running median, robust to slow outliers: see PATH_STEP), and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
   latency prior on that placement is shifted by the difference
   (:meth:`~adaptd.selector.Selector.shift_placement_priors`). So an arm never measured is
   predicted with the path its placement's other arms paid, not the execution alone. Energy
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,14 +55,16 @@ log = logging.getLogger("adaptd.selection")
 
 POLICIES = ("adaptive", "static", "most_accurate")
 OVERHEAD_WEIGHT = 0.1   # each execution's share in its placement's path-overhead average
-# The path average is a plain mean of its first PATH_PLAIN_N samples, then an EWMA; from the third
-# sample on, each is clipped to PATH_CLIP_RATIO times the average: on a shared host one execution's path can
-# take 20 times the usual (a preempted worker), and unclipped such samples doubled the shift of
-# every never-measured arm's prior on the placement (tests/test_selection_total_latency.py, with
-# a fifth of the guest's CPU stolen by its host). A lasting rise is still followed, by up to
-# (PATH_CLIP_RATIO - 1) x OVERHEAD_WEIGHT of the average per execution.
-PATH_PLAIN_N = 10
-PATH_CLIP_RATIO = 3.0
+# The learnt path is a running *median*: the median of the first PATH_FIRST_N samples, then a
+# step of PATH_STEP of itself towards each new sample (up if above, down if below), which
+# settles where half the samples lie on either side. On a shared host the path's distribution is
+# broad and skewed: one execution can take 20 times the usual (a preempted worker), and with a
+# fifth of the guest's CPU stolen its mean was twice its median, so a mean (even of samples
+# clipped to 3x it) shifted every never-measured arm's prior by twice the usual path
+# (tests/test_selection_total_latency.py). A lasting change is still followed: a doubling in
+# about 15 executions.
+PATH_FIRST_N = 10
+PATH_STEP = 0.05
 
 
 class ConfigKeyError(ValueError):
@@ -88,7 +91,7 @@ class SelectorPolicy:
         self.overhead_ms: dict[str, float] = {}
         # placement -> learnt latency minus execution (ms), and what the current priors include
         self.path_overhead_ms: dict[str, float] = {}
-        self._path_n: dict[str, int] = {}   # placement -> executions in that average
+        self._path_first: dict[str, list[float]] = {}   # placement -> its first PATH_FIRST_N samples
         self._applied_overhead_ms: dict[str, float] = {}
         # (model key, placement) -> learnt energy the priors missed (mJ), and what they include
         self.energy_miss_mj: dict[tuple[str, str], float] = {}
@@ -190,17 +193,16 @@ class SelectorPolicy:
     # --- helpers ---------------------------------------------------------------------------
     def _learn_overhead(self, placement: str, overhead_ms: float) -> None:
         """One execution's latency beyond the interpreter on ``placement``, into that placement's
-        average (a plain mean of the first PATH_PLAIN_N, then weight OVERHEAD_WEIGHT; from the
-        third sample on, the sample clipped to PATH_CLIP_RATIO times the average)."""
-        n = self._path_n.get(placement, 0) + 1
-        self._path_n[placement] = n
+        running median (the median of the first PATH_FIRST_N, then a PATH_STEP step towards each
+        sample)."""
+        first = self._path_first.setdefault(placement, [])
         old = self.path_overhead_ms.get(placement)
-        if old is None:
-            new = overhead_ms
+        if len(first) < PATH_FIRST_N or old is None:
+            first.append(overhead_ms)
+            new = statistics.median(first)
         else:
-            if n > 2:
-                overhead_ms = min(overhead_ms, PATH_CLIP_RATIO * max(old, 0.01))
-            new = old + (overhead_ms - old) * (1.0 / n if n <= PATH_PLAIN_N else OVERHEAD_WEIGHT)
+            step = PATH_STEP * max(old, 0.01)
+            new = old + step if overhead_ms > old else old - step if overhead_ms < old else old
         self.path_overhead_ms[placement] = new
         self._shift_priors(placement, new)
 
