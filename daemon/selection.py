@@ -54,7 +54,7 @@ from adaptd.selector import QueueSnapshot, Request, Selector, SelectorConfig, Se
 log = logging.getLogger("adaptd.selection")
 
 POLICIES = ("adaptive", "static", "most_accurate")
-OVERHEAD_WEIGHT = 0.1   # each execution's share in its placement's path-overhead average
+OVERHEAD_WEIGHT = 0.1   # each execution's share in its model and placement's energy-miss average
 # The learnt path is a running *median*: the median of the first PATH_FIRST_N samples, then a
 # step of PATH_STEP of itself towards each new sample (up if above, down if below), which
 # settles where half the samples lie on either side. On a shared host the path's distribution is
