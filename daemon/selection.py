@@ -16,7 +16,7 @@ Contract
   updated and never probing, for comparison; ``most_accurate``: the baseline), ``calibration``
   (a path; default the repository's ``calibration.json``), and every
   :class:`~adaptd.selector.SelectorConfig` field.
-* Priors are completed with what the daemon knows: ``overhead_ms`` (the measured round trip of
+* Priors are completed with what the daemon knows: ``overhead_ms`` (the fastest measured round trip of
   each placement's worker channel) is added to every latency prior, since measured service
   times include it; where the predictor gives no energy, ``energy_prior`` (the energy meter's
   power model) estimates one from the latency prior, labelled estimated like every figure from

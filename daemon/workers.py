@@ -140,8 +140,12 @@ class WorkerPool:
         return [w.placement.name for w in waiting()]
 
     def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
-        """Median round trip of an empty message to each idle, ready worker (start-up only):
-        the cost of the hop itself, which a variant's own latency does not include."""
+        """Fastest round trip of an empty message to each idle, ready worker (start-up only):
+        the cost of the hop itself, which a variant's own latency does not include. The fastest,
+        not the median: on a shared host a start-up spell made the median of 20 pings 1.5 ms on
+        one placement (64 us in the next start), and every prior there carried it until that
+        placement's own executions taught the selector its path (adaptd.daemon.selection),
+        which adds whatever the hop costs beyond this."""
         out: dict[str, float] = {}
         for name, w in self.workers.items():
             if not w.ready or w.channel is None or w.inflight is not None or w.queue:
@@ -156,7 +160,7 @@ class WorkerPool:
                         break
                     self._record_side_message(w, verb, header)
                 rtts.append((time.perf_counter_ns() - t0) / 1e6)
-            out[name] = sorted(rtts)[len(rtts) // 2]
+            out[name] = min(rtts)
         return out
 
     def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> None:
