@@ -16,16 +16,17 @@ Contract
   updated and never probing, for comparison; ``most_accurate``: the baseline), ``calibration``
   (a path; default the repository's ``calibration.json``), and every
   :class:`~adaptd.selector.SelectorConfig` field.
-* Priors are completed with what the daemon knows: ``overhead_ms`` (the fastest measured round trip of
-  each placement's worker channel) is added to every latency prior, since measured service
+* Priors are completed with what the daemon knows: ``overhead_ms`` (the fastest measured round
+  trip of each placement's worker channel) is added to every latency prior, since measured service
   times include it; where the predictor gives no energy, ``energy_prior`` (the energy meter's
   power model) estimates one from the latency prior, labelled estimated like every figure from
   the power model. Measurements replace both.
 * The rest of the daemon's path (receiving, deciding, the wake-ups, the reply: about 0.5 ms a
   request on the development machine, ten times a tiny model's execution) is learnt, not
-  guessed: ``observe`` with ``compute_ms`` keeps per placement an average of latency minus
-  execution (a running median, robust to slow outliers: see PATH_STEP), and once it moves away from what the priors include (by over 10%, or 0.02 ms), every
-  latency prior on that placement is shifted by the difference
+  guessed: ``observe`` with ``compute_ms`` keeps per placement a running median of latency minus
+  execution (robust to slow outliers: see PATH_STEP), and once it moves away from what the
+  priors include (by over 10%, or 0.02 ms), every latency prior on that placement is shifted by
+  the difference
   (:meth:`~adaptd.selector.Selector.shift_placement_priors`). So an arm never measured is
   predicted with the path its placement's other arms paid, not the execution alone. Energy
   likewise, per model and placement: the average of measured energy minus the arm's prior shifts

@@ -289,13 +289,14 @@ class OnlineCostModel:
 
     def _bounds(self, mean: float, var: float, window: np.ndarray) -> list[float]:
         """:meth:`_bound` at every kept level (one sort of the window for all)."""
+        if window.shape[0] >= self.min_window:
+            s = np.sort(window).tolist()
+            qs = [_sorted_quantile(s, q) for q in self.levels_]
+            if not self.gaussian_floor:
+                return qs
         sd = math.sqrt(max(var, 0.0))
         gaussian = [mean + z * sd for z in self.zs_.tolist()]
-        if window.shape[0] < self.min_window:
-            return gaussian
-        s = np.sort(window).tolist()
-        qs = [_sorted_quantile(s, q) for q in self.levels_]
-        return [max(g, q) for g, q in zip(gaussian, qs)] if self.gaussian_floor else qs
+        return gaussian if window.shape[0] < self.min_window else [max(g, q) for g, q in zip(gaussian, qs)]
 
     # ------------------------------------------------------------------ reading
     def arm_stats(self, a: int) -> dict:

@@ -22,18 +22,18 @@ Policy (PROTOCOL.md §4, §5.2)
   key (energy for ``latency``; latency for ``energy`` and ``accuracy``), then by arm id.
 * Feasible: accuracy >= ``min_accuracy`` (unknown accuracy never is), latency bound at the
   configured confidence (or the lowest kept at or above the request's ``latency_confidence``)
-  *plus the predicted queue wait on the arm's placement* <= ``max_latency_ms``, predicted mean energy <= ``max_energy_mj`` (unknown energy never is), or
-  with ``energy_at_confidence`` the energy bound at the same confidence (see :mod:`.online`).
+  *plus the predicted queue wait on the arm's placement* <= ``max_latency_ms``, predicted mean
+  energy <= ``max_energy_mj`` (unknown energy never is), or with ``energy_at_confidence`` the
+  energy bound at the same confidence (see :mod:`.online`).
 * Objective among feasible arms: least expected latency (queue included), least energy, or
   most accurate (unknown accuracy ranks last).
 * Probing: each non-dry-run decision of code ``selected`` earns ``probe_share`` of a probe
-  credit; a whole credit is spent on looking for a candidate arm not
-  measured for ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
+  credit; a whole credit is spent on looking for a candidate arm not measured for
+  ``probe_interval_s`` that is itself predicted feasible, the best of them by the request's
   objective (then the longest unmeasured, never measured first, then arm id); if there is one
   it replaces the best, with code ``probe``. So probes are at most ``probe_share * decisions``
   (+1 per budget: this one and the stale-arm probe's below), and the look itself runs on that
-  share only. Best-first, because the arm worth
-  refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
+  share only. Best-first, because the arm worth refreshing is the one that would be chosen if its estimate were stale-high: oldest-first
   spent the probes on arms measured hopeless, again and again, while an arm that had one slow
   spell waited (bench/bench_selection.py). One exception to best-first, with ``probe_closest``
   (the default): when a request is found infeasible and its *closest* arm's estimate is stale
@@ -45,10 +45,12 @@ Policy (PROTOCOL.md §4, §5.2)
   fails a tight bound on an old estimate stays unmeasured while the requests it might meet are
   rejected (bench/bench_selection.py: MobileNetV2's arm closest to its tight latency bound was
   never measured in a run, only its prior known). When no arm is predicted feasible, a look on a
-  budget of its own (``probe_share`` of such decisions, earned and spent by them) takes a stale arm that its latency *prior* predicts feasible, best by the
-  objective under that prior, and runs it with code ``probe`` and the prior's predictions
-  (``_stale_probe``; ``probe_stale_prior``, on by default): a stream whose requests share one tight bound was otherwise rejected for
-  good once a slow spell had raised every arm's bound above it, since rejections measure nothing.
+  budget of its own (``probe_share`` of such decisions, earned and spent by them) takes a stale
+  arm that its latency *prior* predicts feasible, best by the objective under that prior, and
+  runs it with code ``probe`` and the prior's predictions (``_stale_probe``;
+  ``probe_stale_prior``, on by default): a stream whose requests share one tight bound was
+  otherwise rejected for good once a slow spell had raised every arm's bound above it, since
+  rejections measure nothing.
 * Infeasible: the *closest* arm minimises the normalised total violation
   ``sum over set constraints of max(0, (value - bound) / bound)`` (for accuracy
   ``(min_accuracy - accuracy) / min_accuracy``; unknown accuracy counts 1, unknown latency or
@@ -499,6 +501,7 @@ class Selector:
         n_cand = (hi - lo) if cand is None else int(np.count_nonzero(cand))
 
         # feasibility by the model's own estimates
+        stale = None   # (index, latency, bound) of a stale arm probed on its prior, see below
         feas = cand
         if r.min_accuracy is not None:
             ok = self._acc[lo:hi] >= r.min_accuracy
@@ -550,7 +553,6 @@ class Selector:
             else:
                 i = self._closest(r, lo, hi, cand, lat_bound, energy_judged)
                 code = "best_effort" if r.on_infeasible == "best_effort" else "infeasible"
-                stale = None
                 if not dry_run and self.config.probe_share > 0.0 and self.config.probe_stale_prior:
                     # a budget of its own, the same share: the probes of feasible decisions keep
                     # their rate, and the scan runs on that share of these decisions only
@@ -560,7 +562,7 @@ class Selector:
                         stale = self._stale_probe(r, lo, hi, cand, now_s, level, arm_wait, energy, energy_judged)
                     self._stale_credit = credit
                 if stale is not None:
-                    i, probe_mean, probe_bound = stale
+                    i = stale[0]
                     code = "probe"
                 elif not dry_run and self.config.probe_closest and self.config.probe_share > 0.0 \
                         and now_s - om.last_update_s_.item(lo + i) > self.config.probe_interval_s \
@@ -572,11 +574,9 @@ class Selector:
         if explain:
             alternatives = self._alternatives(r, lo, hi, cand, feas, lat_mean, lat_bound, arm_wait,
                                               energy, energy_judged, i, code)
-        if code == "probe" and not n_feas:   # a stale arm, predicted by its prior (_stale_probe)
-            return self._decision(r, lo + i, code, probe_mean, probe_bound,
-                                  0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
-                                  energy_judged.item(i), n_cand, n_feas, now_s, alternatives, level)
-        return self._decision(r, lo + i, code, lat_mean.item(i), lat_bound.item(i),
+        # a stale arm probed on its prior (_stale_probe) is predicted by that prior
+        mean_i, bound_i = stale[1:] if stale is not None else (lat_mean.item(i), lat_bound.item(i))
+        return self._decision(r, lo + i, code, mean_i, bound_i,
                               0.0 if arm_wait is None else float(arm_wait.item(i)), energy.item(i),
                               energy_judged.item(i), n_cand, n_feas, now_s, alternatives, level)
 
