@@ -1,0 +1,298 @@
+"""Skeletons of the request path's candidate topologies, measured before any is built.
+
+Each skeleton serves the same variant the same way a daemon would at its floor: ZeroMQ in,
+the interpreter's ``invoke``, ZeroMQ out, with none of the daemon's own work (no decoding,
+choice, statistics or records). What a skeleton costs over the bare echo is what its topology
+costs; the daemon built on it can only add to that. Candidates:
+
+* ``echo``: a ROUTER that returns each request (the floor of any ZeroMQ service).
+* ``inline``: the receiving thread runs the interpreter itself (execution where the request is
+  received; the thread is not pinned).
+* ``inline, migrate``: the same, the receiving thread moving itself onto the placement's cores
+  for the execution (``sched_setaffinity``) and back.
+* ``thread, direct``: the receiving thread hands the request to an executor thread pinned to
+  the placement's cores, which runs it and sends the reply itself on the front-end socket
+  (socket access serialised by a lock; the receiver waits on the socket's file descriptor).
+* ``thread, via receiver``: the executor hands the outputs back and the receiving thread sends
+  the reply.
+* ``process relay``: the receiving process hands the request to a worker process over a
+  socketpair (today's daemon, its floor).
+
+For each: round trip p50/p99 from one client process, and the CPU time the serving process
+(and its worker, for the relay) spends per request less the interpreter's own invoke time.
+
+Usage::
+
+    .venv/bin/python bench/bench_topology.py [--model digits|MobileNetV2] [--requests 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from adaptd.daemon.frames import recv_frames, send_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(version_dir: str, threads: int):
+    from adaptd.variants.manifest import load_manifest
+    from adaptd.variants.runtime import load_variant
+
+    record = next(v for v in load_manifest(Path(version_dir)).variants if v.name == "float32")
+    return load_variant(Path(version_dir), record, num_threads=threads)
+
+
+def _cpu_s() -> float:
+    return time.process_time()
+
+
+def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: int, cores: tuple[int, ...],
+           shape) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    invoke_ns = [0]
+    served = [0]
+
+    def run(loaded, body) -> list:
+        x = np.frombuffer(body, dtype=np.float32).reshape(shape)
+        t0 = time.perf_counter_ns()
+        out = loaded.run([x])
+        invoke_ns[0] += time.perf_counter_ns() - t0
+        return [np.ascontiguousarray(o, dtype=np.float32) for o in out]
+
+    def report() -> None:
+        stats_q.put((served[0], _cpu_s(), invoke_ns[0] / 1e9))
+
+    if kind == "echo":
+        ready.set()
+        while True:
+            frames = recv_frames(sock)
+            if len(frames[-1].buffer) == 0:   # the client's "report" message
+                report()
+                continue
+            send_frames(sock, frames)
+            served[0] += 1
+
+    if kind in ("inline", "inline, migrate"):
+        loaded = _load(version_dir, threads) if kind == "inline" else None
+        if loaded is None:   # interpreter threads inherit the placement's cores
+            free = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, cores)
+            loaded = _load(version_dir, threads)
+            os.sched_setaffinity(0, free)
+        free = os.sched_getaffinity(0)
+        ready.set()
+        while True:
+            frames = recv_frames(sock)
+            if len(frames[-1].buffer) == 0:
+                report()
+                continue
+            if kind == "inline, migrate":
+                os.sched_setaffinity(0, cores)
+                out = run(loaded, frames[-1].buffer)
+                os.sched_setaffinity(0, free)
+            else:
+                out = run(loaded, frames[-1].buffer)
+            send_frames(sock, [*frames[:-1], *out])
+            served[0] += 1
+
+    if kind.startswith("thread"):
+        direct = kind == "thread, direct"
+        lock = threading.Lock()
+        jobs: deque = deque()
+        results: deque = deque()
+        job_ready = threading.Condition(threading.Lock())
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        loaded_box: list = []
+        started = threading.Event()
+
+        def executor() -> None:
+            os.sched_setaffinity(0, cores)
+            loaded_box.append(_load(version_dir, threads))
+            started.set()
+            while True:
+                with job_ready:
+                    while not jobs:
+                        job_ready.wait()
+                    frames = jobs.popleft()
+                out = run(loaded_box[0], frames[-1].buffer)
+                if direct:
+                    with lock:
+                        send_frames(sock, [*frames[:-1], *out])
+                        pending_in = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+                    served[0] += 1
+                    if pending_in:
+                        os.write(wake_w, b"x")
+                else:
+                    results.append([*frames[:-1], *out])
+                    os.write(wake_w, b"x")
+
+        threading.Thread(target=executor, daemon=True).start()
+        started.wait()
+        fd = sock.getsockopt(zmq.FD)
+        poller = __import__("select").poll()
+        poller.register(fd, 1)
+        poller.register(wake_r, 1)
+        ready.set()
+        while True:
+            poller.poll()
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while results:
+                with lock:
+                    send_frames(sock, results.popleft())
+                served[0] += 1
+            while True:
+                with lock:
+                    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        break
+                    frames = recv_frames(sock, zmq.NOBLOCK)
+                if len(frames[-1].buffer) == 0:
+                    report()
+                    continue
+                with job_ready:
+                    jobs.append(frames)
+                    job_ready.notify()
+
+    if kind == "process relay":
+        from adaptd.daemon.channel import Channel
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        r, w = os.pipe()
+        if os.fork() == 0:
+            ours.close()
+            os.sched_setaffinity(0, cores)
+            loaded = _load(version_dir, threads)
+            ch = Channel(theirs)
+            ch.send("ready", {})
+            while True:
+                try:
+                    _v, h, bodies = ch.recv()
+                except ConnectionError:
+                    os._exit(0)
+                if h.get("report"):
+                    ch.send("report", {"cpu": _cpu_s(), "invoke": invoke_ns[0] / 1e9})
+                    continue
+                ch.send("done", {}, run(loaded, bodies[0]))
+        theirs.close()
+        ch = Channel(ours)
+        ch.recv()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(ch.fileno(), zmq.POLLIN)
+        waiting: deque = deque()
+        ready.set()
+        while True:
+            for item, _ in poller.poll():
+                if item is sock:
+                    frames = recv_frames(sock)
+                    if len(frames[-1].buffer) == 0:
+                        ch.send("x", {"report": True})
+                        _v, h, _ = ch.recv()
+                        stats_q.put((served[0], _cpu_s() + h["cpu"], h["invoke"]))
+                        continue
+                    waiting.append(frames)
+                    ch.send("run", {}, [frames[-1].buffer])
+                else:
+                    _v, _h, outs = ch.recv()
+                    frames = waiting.popleft()
+                    send_frames(sock, [*frames[:-1], *outs])
+                    served[0] += 1
+
+
+def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    header = b"\x81\xa2id\xa1x"
+    for _ in range(200):
+        send_frames(sock, [b"", b"ADPT01", header, x])
+        recv_frames(sock)
+    rtts = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        send_frames(sock, [b"", b"ADPT01", header, x])
+        recv_frames(sock)
+        rtts.append(time.perf_counter_ns() - t)
+    out.put(rtts)
+
+
+KINDS = ("echo", "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits", choices=("digits", "MobileNetV2"))
+    ap.add_argument("--demo-repository", type=Path, default=ROOT / "demo-repo")
+    ap.add_argument("--zoo-repository", type=Path, default=ROOT / "bench-zoo")
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--placement-core", type=int, default=None,
+                    help="the placement's core (default: the last allowed core); the client runs elsewhere")
+    args = ap.parse_args()
+
+    repo, shape = ((args.demo_repository, (1, 16, 16, 1)) if args.model == "digits"
+                   else (args.zoo_repository, (1, 224, 224, 3)))
+    version_dir = sorted((repo / args.model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)[-1]
+    allowed = sorted(os.sched_getaffinity(0))
+    core = allowed[-1] if args.placement_core is None else args.placement_core
+    cores = (core,)
+    client_cores = tuple(c for c in allowed if c != core) or cores
+    n = args.requests if args.model == "digits" else max(200, args.requests // 10)
+    ctx = mp.get_context("spawn")
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for kind in KINDS:   # alternating, so a slow spell of the host spreads over all
+                ep = f"ipc://{tmp}/{r}-{KINDS.index(kind)}.sock"
+                ready, stats_q, out = ctx.Event(), ctx.Queue(), ctx.Queue()
+                server = ctx.Process(target=_serve, args=(kind, ep, ready, stats_q, str(version_dir), 1, cores,
+                                                          shape), daemon=True)
+                server.start()
+                ready.wait()
+                client = ctx.Process(target=_client, args=(ep, shape, n, client_cores, out))
+                client.start()
+                rtts = np.array(out.get()) / 1e3
+                client.join()
+                sock = zmq.Context.instance().socket(zmq.DEALER)
+                sock.connect(ep)
+                send_frames(sock, [b"", b"ADPT01", b"\x80", b""])
+                served, cpu_s, invoke_s = stats_q.get()
+                sock.close(0)
+                server.kill()
+                server.join()
+                cpu_us = (cpu_s - invoke_s) / max(served, 1) * 1e6
+                rows[kind].append((float(np.percentile(rtts, 50)), float(np.percentile(rtts, 99)), cpu_us))
+    echo = np.median([p50 for p50, _, _ in rows["echo"]])
+    print(f"{args.model} float32, 1 thread on core {core}; client on {client_cores}; "
+          f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.rounds} rounds x {n} requests; median [min..max] over rounds")
+    print(f"{'skeleton':22s} {'p50 us':>18s} {'p99 us':>18s} {'p50 - echo':>11s} {'CPU/req - invoke us':>20s}")
+    for kind, rs in rows.items():
+        p50s, p99s, cpus = zip(*rs)
+        print(f"{kind:22s} {np.median(p50s):8.0f} [{min(p50s):.0f}..{max(p50s):.0f}] "
+              f"{np.median(p99s):8.0f} [{min(p99s):.0f}..{max(p99s):.0f}] {np.median(p50s) - echo:11.0f} "
+              f"{np.median(cpus):10.0f} [{min(cpus):.0f}..{max(cpus):.0f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
