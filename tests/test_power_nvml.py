@@ -29,14 +29,16 @@ FAKE = textwrap.dedent('''
     def nvmlShutdown(): pass
     def nvmlDeviceGetCount(): return 1
     def nvmlDeviceGetHandleByIndex(i): return i
-    _TRACE = None
-    def _trace():
+    _TRACE = (None, None)
+    def _trace():   # the test may replace the trace: read again when the file changes
         global _TRACE
-        if _TRACE is None:
-            with open(os.path.join(os.environ["FAKE_NVML_DIR"], "trace.json")) as f:
+        path = os.path.join(os.environ["FAKE_NVML_DIR"], "trace.json")
+        stamp = os.stat(path).st_mtime_ns
+        if _TRACE[0] != stamp:
+            with open(path) as f:
                 d = json.load(f)
-            _TRACE = (Sine(**d["sine"]), int(d["t_base_ns"]))
-        return _TRACE
+            _TRACE = (stamp, (Sine(**d["sine"]), int(d["t_base_ns"])))
+        return _TRACE[1]
     # Like the driver's, the readings are current when read: computed from the trace at call time.
     def nvmlDeviceGetTotalEnergyConsumption(h):   # mJ since the "driver" started (t_base_ns)
         if os.environ.get("FAKE_NVML_NO_ENERGY"):
@@ -70,14 +72,24 @@ def test_nvml_gpu_energy_within_2_percent(fake_nvml, monkeypatch, counter):
     if not counter:
         monkeypatch.setenv("FAKE_NVML_NO_ENERGY", "1")
     (fake_nvml / "sysfs").mkdir()
-    origin = time.monotonic_ns() + int(1.5 * S)
-    trace = Sine(origin, base_mw=60000, amp_mw=20000, period_s=0.3, before_mw=20000)
-    (fake_nvml / "trace.json").write_text(json.dumps({"sine": dataclasses.asdict(trace),
-                                                      "t_base_ns": time.monotonic_ns()}))
+    t_base_ns = time.monotonic_ns()
+
+    def write_trace(origin_ns: int) -> Sine:
+        # The same 20 W before the origin in both traces, so the energy counter stays continuous
+        # when the second replaces the first.
+        trace = Sine(origin_ns, base_mw=60000, amp_mw=20000, period_s=0.3, before_mw=20000)
+        tmp = fake_nvml / "trace.json.tmp"   # replaced whole: the sampler never reads half a file
+        tmp.write_text(json.dumps({"sine": dataclasses.asdict(trace), "t_base_ns": t_base_ns}))
+        tmp.replace(fake_nvml / "trace.json")
+        return trace
+
+    write_trace(time.monotonic_ns() + 3600 * S)   # idle while the meter measures idle power, however long
     m = EnergyMeter.from_config(PowerConfig(source="nvml", sysfs_root=str(fake_nvml / "sysfs"),
                                             idle_window_s=0.3, idle_remeasure_s=0))
     try:
         m.start()
+        origin = time.monotonic_ns() + 200 * MS
+        trace = write_trace(origin)
         d = m.describe()
         assert d["rails"][0]["kind"] == ("counter" if counter else "power")
         assert d["idle_mw"]["gpu0"] == pytest.approx(20000, rel=0.01)
