@@ -9,17 +9,25 @@ Contract
   already hold the old one finish on it (their jobs name the old version directory).
 * A manifest that fails validation makes the whole load fail with :class:`RegistryError` naming
   the file, so a reload never half-applies.
+* Every variant's file is checked against its manifest's sha256 (:mod:`adaptd.variants.digest`,
+  remembered for unchanged files). A variant whose file does not match is *refused*: it gets no
+  arm, :attr:`ModelVersion.refused` says why (naming the file), the loader logs it, and the
+  model's other variants serve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adaptd.daemon.placements import Placement
+from adaptd.variants.digest import check_variant
 from adaptd.variants.manifest import MANIFEST_FILE, Manifest, ManifestError, VariantRecord, load_manifest
+
+log = logging.getLogger("adaptd.registry")
 
 
 class RegistryError(Exception):
@@ -50,6 +58,7 @@ class ModelVersion:
     manifest: Manifest
     variants: Mapping[str, VariantRecord]
     arms: tuple[Arm, ...]
+    refused: Mapping[str, str] = field(default_factory=dict)   # variant -> why it is not served
 
     def arm(self, variant: str, placement: str) -> Arm | None:
         for a in self.arms:
@@ -66,6 +75,7 @@ class ModelVersion:
                 "accuracy": v.metrics.accuracy if v.metrics else None,
                 "f1_macro": v.metrics.f1_macro if v.metrics else None,
                 "inputs": [t.to_dict() for t in v.inputs], "outputs": [t.to_dict() for t in v.outputs],
+                "servable": v.name not in self.refused, "refused": self.refused.get(v.name),
             } for v in self.variants.values()],
         }
 
@@ -107,7 +117,14 @@ def load_registry(root: Path, placements: Iterable[Placement], generation: int) 
             except (ManifestError, OSError, ValueError) as exc:
                 raise RegistryError(f"{path}: {exc}") from None
             variants = {v.name: v for v in manifest.variants}
-            arms = tuple(Arm(v, p) for v in manifest.variants for p in placements if p.runtime == v.runtime)
+            refused = {}
+            for v in manifest.variants:
+                problem = check_variant(version_dir, v.path, v.sha256)
+                if problem is not None:
+                    refused[v.name] = problem
+                    log.error("%s:%s: variant %s refused: %s", manifest.model, version_dir.name, v.name, problem)
+            arms = tuple(Arm(v, p) for v in manifest.variants if v.name not in refused
+                         for p in placements if p.runtime == v.runtime)
             models.setdefault(manifest.model, {})[version_dir.name] = ModelVersion(
-                manifest.model, version_dir.name, version_dir.resolve(), manifest, variants, arms)
+                manifest.model, version_dir.name, version_dir.resolve(), manifest, variants, arms, refused)
     return Registry(root.resolve(), generation, models)

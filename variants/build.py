@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .digest import sha256_path
 from .manifest import (DatasetInfo, Latency, Manifest, Metrics, Pruning, Source, Task, TensorSpec,
                        VariantRecord, save_manifest)
 
@@ -90,18 +90,6 @@ def parse_kinds(text: str | None) -> tuple[str, ...]:
     if unknown:
         raise UserError(f"unknown variant kind(s) {', '.join(unknown)}; known: {', '.join(ALL_KINDS)}")
     return tuple(k for k in ALL_KINDS if k in asked)
-
-
-def _sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _size_bytes(path: Path) -> int:
@@ -240,7 +228,7 @@ def build_entry(repo: Path, model: str, source: Any, dataset: Any | None, *,
             return VariantRecord(
                 name=name, kind=name, runtime=kind.runtime, path=kind.path,
                 quantization=kind.quantization, pruning=b.get("pruning"),
-                sparsity=float(b["sparsity"]), size_bytes=_size_bytes(path), sha256=_sha256_path(path),
+                sparsity=float(b["sparsity"]), size_bytes=_size_bytes(path), sha256=sha256_path(path),
                 memory_bytes=int(memory), metrics=metrics,
                 latency_ms_1thread=latency or Latency(0.0, 0.0, 0),
                 inputs=tuple(TensorSpec.from_dict(t, "input") for t in b["inputs"]),

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .digest import check_variant
 from .manifest import Quantization, TensorSpec, VariantRecord
 
 
@@ -211,12 +212,17 @@ class _null:
 
 
 def load_variant(version_dir: Path, record: VariantRecord, num_threads: int | None = None,
-                 device: str | None = None, max_shapes: int = 2) -> LoadedVariant:
+                 device: str | None = None, max_shapes: int = 2, verify: bool = False) -> LoadedVariant:
     """Load ``record`` from ``version_dir``. ``device`` ("/GPU:0", "/CPU:0") is for the
-    tensorflow runtime only; LiteRT variants always run on the CPU."""
+    tensorflow runtime only; LiteRT variants always run on the CPU. ``verify``: refuse a file
+    whose content does not match the record's sha256 (:mod:`.digest`), as the daemon does."""
     path = Path(version_dir) / record.path
     if not path.exists():
         raise VariantLoadError(f"{path}: variant file missing")
+    if verify:
+        problem = check_variant(Path(version_dir), record.path, record.sha256)
+        if problem is not None:
+            raise VariantLoadError(problem)
     if record.runtime == "litert":
         return _LiteRTVariant(path, record, num_threads, max_shapes)
     if record.runtime == "tensorflow":
