@@ -34,17 +34,18 @@ import zmq.asyncio
 
 from adaptd.clients.client import (
     DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, ClientSettings, Explanation, InferResult,
-    Region, body_from_reply, control_message, infer_message, new_request_id, reply_id, result_from_reply,
+    Region, body_from_reply, control_message, infer_message, new_dealer, new_request_id, reply_id, result_from_reply,
 )
 from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
+from adaptd.wire.auth import CurveKeys
 
 
 class AsyncClient(ClientSettings):
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.asyncio.Context | None = None,
                  name: str | None = None, busy_retries: int = 0,
-                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms)
+                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS, curve: CurveKeys | None = None) -> None:
+        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms, curve)
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
@@ -58,10 +59,8 @@ class AsyncClient(ClientSettings):
             raise RuntimeError("client is closed")
         if self._socket is None:
             ctx = self._context or zmq.asyncio.Context.instance()
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoint)
-            self._socket = sock
+            self._socket = new_dealer(ctx, self.endpoint, self.curve)
+            sock = self._socket
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         return self._socket
 

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the config's endpoints (repeatable)")
     _target(p, "adaptd.daemon.server:run_serve")
 
+    p = sub.add_parser("keys", help="make CurveZMQ key pairs for [auth] curve")
+    ksub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
+    ksub.required = True
+    p = ksub.add_parser("new", help="write NAME.key (public) and NAME.key_secret into DIR")
+    p.add_argument("directory", type=Path)
+    p.add_argument("name", help="e.g. server, or a client's name")
+    _target(p, "adaptd.clients.commands:run_keys_new")
+
     # --- variants ------------------------------------------------------------------------
     pv = sub.add_parser("variants", help="build and inspect precompressed variants")
     vsub = pv.add_subparsers(dest="variants_command", metavar="SUBCOMMAND")

@@ -59,6 +59,9 @@ import zmq
 from adaptd.clients.errors import AdaptdError, ReplyError, RequestTimeout, error_from_header
 from adaptd.daemon import protocol as p
 from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.wire.auth import CurveKeys
+from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME, check_client_dir,
+                                client_runtime_dir)
 
 ENDPOINT_ENV = "ADAPTD_ENDPOINT"
 PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
@@ -74,28 +77,32 @@ BUSY_BACKOFF_MAX_MS = 100.0        # the longest such wait
 
 # --- endpoints ---------------------------------------------------------------------------------
 
-SYSTEM_RUNTIME_DIR = Path("/run/adaptd")   # systemd's RuntimeDirectory=adaptd
+ADMIN_ENDPOINT_ENV = "ADAPTD_ADMIN_ENDPOINT"
 
 
 def default_runtime_dir() -> Path:
-    """Where the daemon's sockets are: the system service's ``/run/adaptd`` when it is running,
-    else where a daemon run by hand keeps them: ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``."""
-    if (SYSTEM_RUNTIME_DIR / "adaptd.sock").exists():
-        return SYSTEM_RUNTIME_DIR
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "adaptd"
-    return Path(f"/tmp/adaptd-{os.getuid()}")
+    """Where the daemon's sockets are (:mod:`adaptd.wire.rundir`: the system service's
+    ``/run/adaptd`` when it is running, else where a daemon run by this user keeps them). A
+    ``/tmp/adaptd-<uid>`` that another user owns is refused (RuntimeDirError)."""
+    path = client_runtime_dir()
+    check_client_dir(path)
+    return path
 
 
 def default_endpoint() -> str:
     """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default ipc socket."""
-    return os.environ.get(ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / 'adaptd.sock'}"
+    return os.environ.get(ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / SOCKET_NAME}"
 
 
 def default_pub_endpoint() -> str:
     """The selection stream: ``$ADAPTD_PUB_ENDPOINT``, else the daemon's default ipc socket."""
-    return os.environ.get(PUB_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / 'adaptd-selections.sock'}"
+    return os.environ.get(PUB_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / STREAM_SOCKET_NAME}"
+
+
+def default_admin_endpoint() -> str:
+    """The admin endpoint (``reload``; every client's regions): ``$ADAPTD_ADMIN_ENDPOINT``, else the
+    daemon's default admin socket, which only the daemon's user (and root) may connect to."""
+    return os.environ.get(ADMIN_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / ADMIN_SOCKET_NAME}"
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -465,9 +472,15 @@ def body_from_reply(header: Mapping[str, Any], of: str) -> dict[str, Any]:
     return dict(header["body"])
 
 
-def new_dealer(context: zmq.Context, endpoint: str) -> zmq.Socket:
+def new_dealer(context: zmq.Context, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:
+    """A DEALER connected to ``endpoint`` with a random 16-byte routing identity (the daemon keys a
+    client's stored replies and regions on it: a random one cannot be guessed and claimed by
+    another local client) and, with ``curve``, CurveZMQ keys."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))   # ZeroMQ reserves a leading zero byte
+    if curve is not None:
+        curve.apply(sock)
     sock.connect(endpoint)
     return sock
 
@@ -478,7 +491,8 @@ class ClientSettings:
     """What the synchronous and the asyncio client share: where, how long, how often, who."""
 
     def __init__(self, endpoint: str | None, timeout_ms: float, retries: int, name: str | None,
-                 busy_retries: int = 0, busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
+                 busy_retries: int = 0, busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS,
+                 curve: CurveKeys | None = None) -> None:
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
         if retries < 0:
@@ -488,6 +502,8 @@ class ClientSettings:
         if not 0 < busy_backoff_ms <= BUSY_BACKOFF_MAX_MS:
             raise ValueError(f"busy_backoff_ms must be in (0, {BUSY_BACKOFF_MAX_MS:g}], got {busy_backoff_ms}")
         self.endpoint = endpoint or default_endpoint()
+        # CurveZMQ keys: given, else from $ADAPTD_CURVE_CLIENT_KEY / $ADAPTD_CURVE_SERVER_KEY, else none
+        self.curve = curve if curve is not None else CurveKeys.from_env()
         self.timeout_ms = float(timeout_ms)
         self.retries = int(retries)
         self.busy_retries = int(busy_retries)
@@ -525,10 +541,10 @@ class Client(ClientSettings):
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
                  name: str | None = None, busy_retries: int = 0,
-                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms)
+                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS, curve: CurveKeys | None = None) -> None:
+        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms, curve)
         self._lock = threading.Lock()
-        self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint)
+        self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint, self.curve)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._closed = False
@@ -659,6 +675,8 @@ class Client(ClientSettings):
         return self._control("health", timeout_ms)
 
     def reload(self, timeout_ms: float | None = None) -> dict[str, Any]:
+        """Reload the daemon's repository; the daemon accepts it on its admin endpoint only
+        (:func:`default_admin_endpoint`): elsewhere it is answered ``FORBIDDEN``."""
         return self._control("reload", timeout_ms)
 
     def _control(self, request_type: str, timeout_ms: float | None) -> dict[str, Any]:
@@ -708,5 +726,6 @@ class Client(ClientSettings):
 
 __all__ = [
     "AdaptdError", "Client", "Energy", "Explanation", "InferResult", "Predicted", "Reason", "Region",
-    "Selection", "ShmTensor", "Timing", "default_endpoint", "default_pub_endpoint", "default_runtime_dir",
+    "Selection", "ShmTensor", "Timing", "default_admin_endpoint", "default_endpoint", "default_pub_endpoint",
+    "default_runtime_dir",
 ]

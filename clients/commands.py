@@ -18,13 +18,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from adaptd.clients.cli import UserError
-from adaptd.clients.client import Client, Explanation, InferResult
+from adaptd.clients.client import Client, Explanation, InferResult, default_admin_endpoint
 from adaptd.clients.errors import AdaptdError, InfeasibleError
 from adaptd.clients.inputs import fit_to_spec, load_array
 
@@ -305,7 +306,21 @@ def run_health(args: argparse.Namespace) -> int:
     return 0 if body.get("status") == "serving" else 1
 
 
+def run_keys_new(args: argparse.Namespace) -> int:
+    from adaptd.wire.auth import new_keypair
+
+    target = Path(args.directory) / f"{args.name}.key_secret"
+    if target.exists():
+        raise UserError(f"{target} exists: choose another name or remove it first")
+    public, secret = new_keypair(Path(args.directory), args.name)
+    print(f"public key: {public}  (give it to the other side: a client's goes into [auth] client_keys)")
+    print(f"secret key: {secret}  (mode 0600: keep it here)")
+    return 0
+
+
 def run_reload(args: argparse.Namespace) -> int:
+    if getattr(args, "endpoint", None) is None:   # reload is an admin verb: the admin socket
+        args.endpoint = default_admin_endpoint()
     body = _control(args, "reload")
     print(f"reloaded: generation {body.get('generation')}; models: {body.get('models')}")
     return 0

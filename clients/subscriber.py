@@ -24,17 +24,21 @@ import zmq
 
 from adaptd.clients.client import default_pub_endpoint
 from adaptd.daemon.protocol import SIGNATURE
+from adaptd.wire.auth import CurveKeys
 
 TOPIC_PREFIX = b"sel."
 
 
 class Subscriber:
     def __init__(self, endpoint: str | None = None, models: Iterable[str] | str | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveKeys | None = None) -> None:
         self.endpoint = endpoint or default_pub_endpoint()
         self.skipped = 0
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
+        curve = curve if curve is not None else CurveKeys.from_env()   # as the clients: [auth] curve
+        if curve is not None:
+            curve.apply(self._socket)
         if isinstance(models, str):
             models = [models]
         # A topic filter is a prefix: "sel.digits" would also match "sel.digits2", so the

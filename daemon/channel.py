@@ -14,7 +14,8 @@ Contract
 * :meth:`Channel.recv` blocks until one whole message has arrived and returns zero-copy
   memoryviews into one freshly allocated buffer per message (safe to keep).
 * One reader and one writer per end at a time (the daemon's main thread on one end, the
-  worker's only thread on the other). ``ConnectionError`` means the peer is gone.
+  worker's only thread on the other). ``ConnectionError`` means the peer is gone; an end made
+  with a timeout raises ``TimeoutError`` when the peer makes no progress for that long.
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ class Channel:
         self.sock = sock
 
     @classmethod
-    def pair(cls) -> tuple[Channel, socket.socket]:
-        """A channel for this process and the raw socket to hand to the child (``pass_fds``)."""
+    def pair(cls, timeout_s: float | None = None) -> tuple[Channel, socket.socket]:
+        """A channel for this process and the raw socket to hand to the child (``pass_fds``).
+
+        ``timeout_s``: a send or receive on this end that makes no progress for that long raises
+        ``TimeoutError`` (an ``OSError``), so a peer that stops reading cannot block this
+        process; the child's end stays blocking."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.set_inheritable(False)
         theirs.set_inheritable(True)
+        if timeout_s is not None:
+            ours.settimeout(timeout_s)
         return cls(ours), theirs
 
     @classmethod

@@ -7,9 +7,16 @@ Contract
   typo never silently falls back to a default. Every setting and its default is documented in
   ``systemd/adaptd.toml``; ``tests/test_config.py`` checks that file loads and names every key.
 * Objects are frozen and hold no resources: safe to share between threads.
+* Every table is a typed dataclass, validated when the file is loaded (the ``[selector]`` and
+  ``[store]`` tables too), so a bad value stops ``adaptd serve`` before it binds a socket or
+  starts a worker.
 * Paths: relative paths in the file are resolved against the file's directory; the state
-  directory defaults to ``$STATE_DIRECTORY`` (systemd), the runtime directory to
-  ``$RUNTIME_DIRECTORY``, ``$XDG_RUNTIME_DIR/adaptd`` or ``/tmp/adaptd-<uid>``.
+  directory defaults to ``$STATE_DIRECTORY`` (systemd), else ``$XDG_STATE_HOME/adaptd`` (by
+  default ``~/.local/state/adaptd``); the runtime directory follows
+  :mod:`adaptd.wire.rundir` (``$RUNTIME_DIRECTORY``, ``$XDG_RUNTIME_DIR/adaptd`` or
+  ``/tmp/adaptd-<uid>``).
+* Exposure: a ``tcp://`` endpoint on anything but the loopback interface is refused unless
+  ``[auth] curve`` is on.
 * Units are in the names: ``*_s`` seconds, ``*_bytes`` bytes.
 """
 
@@ -29,24 +36,23 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from adaptd.daemon.power.config import PowerConfig
 from adaptd.daemon.sched import MAX_SLICE_US, MIN_SLICE_US
+from adaptd.daemon.store import StoreConfig
+from adaptd.selector import SelectorConfig
+from adaptd.wire.rundir import daemon_runtime_dir
+
+POLICIES = ("adaptive", "static", "most_accurate")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
-def default_runtime_dir() -> Path:
-    if os.environ.get("RUNTIME_DIRECTORY"):
-        return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "adaptd"
-    return Path(f"/tmp/adaptd-{os.getuid()}")
-
-
 def default_state_dir() -> Path:
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    return Path.cwd()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "adaptd"
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -80,23 +86,38 @@ def _core_list(value: Any, key: str) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
-def _endpoint_list(value: Any, key: str) -> tuple[str, ...]:
+def _endpoint_list(value: Any, key: str, ipc_only: bool = False) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of endpoint strings")
     for v in value:
-        if not v.startswith(("ipc://", "tcp://")):
-            raise ConfigError(f"{key}: {v!r} is not an ipc:// or tcp:// endpoint")
+        if not v.startswith(("ipc://", "tcp://")) or (ipc_only and not v.startswith("ipc://")):
+            raise ConfigError(f"{key}: {v!r} is not an {'ipc' if ipc_only else 'ipc:// or tcp'}:// endpoint")
     return tuple(value)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """An ipc endpoint, or a tcp one bound to the loopback interface only."""
+    if endpoint.startswith("ipc://"):
+        return True
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     endpoints: tuple[str, ...] = ()          # empty: the default ipc endpoint
     pub_endpoints: tuple[str, ...] = ()      # empty: the default ipc stream endpoint
+    admin_endpoints: tuple[str, ...] = ()    # empty: the default ipc admin endpoint (mode 0600)
     ipc_mode: int = 0o660
     max_message_bytes: int = 64 * 1024 * 1024
+    max_batch: int = 64                       # an input's leading dimension, at most
+    reject_nonfinite: bool = True             # NaN/inf in a float input: BAD_INPUT
     dedup_window_s: float = 60.0
     dedup_entries: int = 1024
+    dedup_max_bytes: int = 64 * 1024 * 1024   # replies kept for replay, bodies included
+    send_hwm: int = 1000                      # replies queued per client that is not reading them
+    shm_regions_per_client: int = 16
+    shm_bytes_per_client: int = 1 << 30
     drain_timeout_s: float = 30.0
     watchdog: bool = True
     spin_us: int = 0                          # poll without sleeping this long after a dispatch
@@ -110,10 +131,17 @@ class ServerConfig:
         out = cls(
             endpoints=_endpoint_list(d.get("endpoints", []), f"{w}.endpoints"),
             pub_endpoints=_endpoint_list(d.get("pub_endpoints", []), f"{w}.pub_endpoints"),
+            admin_endpoints=_endpoint_list(d.get("admin_endpoints", []), f"{w}.admin_endpoints", ipc_only=True),
             ipc_mode=_typed(d, "ipc_mode", int, 0o660, w),
             max_message_bytes=_typed(d, "max_message_bytes", int, cls.max_message_bytes, w),
+            max_batch=_typed(d, "max_batch", int, cls.max_batch, w),
+            reject_nonfinite=_typed(d, "reject_nonfinite", bool, cls.reject_nonfinite, w),
             dedup_window_s=_typed(d, "dedup_window_s", float, cls.dedup_window_s, w),
             dedup_entries=_typed(d, "dedup_entries", int, cls.dedup_entries, w),
+            dedup_max_bytes=_typed(d, "dedup_max_bytes", int, cls.dedup_max_bytes, w),
+            send_hwm=_typed(d, "send_hwm", int, cls.send_hwm, w),
+            shm_regions_per_client=_typed(d, "shm_regions_per_client", int, cls.shm_regions_per_client, w),
+            shm_bytes_per_client=_typed(d, "shm_bytes_per_client", int, cls.shm_bytes_per_client, w),
             drain_timeout_s=_typed(d, "drain_timeout_s", float, cls.drain_timeout_s, w),
             watchdog=_typed(d, "watchdog", bool, True, w),
             spin_us=_typed(d, "spin_us", int, 0, w),
@@ -125,9 +153,10 @@ class ServerConfig:
                               f"{MIN_SLICE_US}..{MAX_SLICE_US} (us), got {out.sched_slice_us}")
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
-        _positive(out.max_message_bytes, f"{w}.max_message_bytes")
-        _positive(out.drain_timeout_s, f"{w}.drain_timeout_s")
-        if out.dedup_entries < 0 or out.dedup_window_s < 0:
+        for key in ("max_message_bytes", "drain_timeout_s", "max_batch", "send_hwm", "shm_regions_per_client",
+                    "shm_bytes_per_client"):
+            _positive(getattr(out, key), f"{w}.{key}")
+        if out.dedup_entries < 0 or out.dedup_window_s < 0 or out.dedup_max_bytes < 0:
             raise ConfigError(f"{w}.dedup_*: must not be negative")
         if not 0 <= out.ipc_mode <= 0o777:
             raise ConfigError(f"{w}.ipc_mode: not a file mode: {out.ipc_mode}")
@@ -216,6 +245,66 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
+class SelectorSettings:
+    """``[selector]``: which policy, the calibration file, and the selector's hyper-parameters."""
+
+    policy: str = "adaptive"           # adaptive | static | most_accurate
+    calibration: Path | None = None    # None: the repository's calibration.json
+    params: SelectorConfig = field(default_factory=SelectorConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: Path) -> SelectorSettings:
+        table = dict(d)
+        policy = table.pop("policy", "adaptive")
+        if policy not in POLICIES:
+            raise ConfigError(f"selector.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
+        calibration = table.pop("calibration", None)
+        if calibration is not None and (not isinstance(calibration, str) or not calibration):
+            raise ConfigError(f"selector.calibration: expected a path, got {calibration!r}")
+        allowed = {f.name for f in fields(SelectorConfig)}
+        unknown = set(table) - allowed
+        if unknown:
+            raise ConfigError(f"selector: unknown key(s) {', '.join(sorted(unknown))}; "
+                              f"allowed: policy, calibration, {', '.join(sorted(allowed))}")
+        try:
+            params = SelectorConfig(**table)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"selector: {exc}") from None
+        path = None
+        if calibration is not None:
+            path = Path(os.path.expandvars(calibration)).expanduser()
+            path = path if path.is_absolute() else base / path
+        return cls(policy, path, params)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: CurveZMQ on every request, stream and admin socket, with an allow-list."""
+
+    curve: bool = False
+    server_key: Path | None = None     # the daemon's secret certificate (zmq.auth format)
+    client_keys: Path | None = None    # a directory of allowed clients' public certificates
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: Path) -> AuthConfig:
+        w = "auth"
+        _check_keys(d, {f.name for f in fields(cls)}, w)
+
+        def path(key: str) -> Path | None:
+            value = _typed(d, key, str, None, w)
+            if value is None:
+                return None
+            p = Path(os.path.expandvars(value)).expanduser()
+            return p if p.is_absolute() else base / p
+
+        out = cls(_typed(d, "curve", bool, False, w), path("server_key"), path("client_keys"))
+        if out.curve and (out.server_key is None or out.client_keys is None):
+            raise ConfigError(f"{w}: curve = true needs server_key (the daemon's secret certificate) and "
+                              "client_keys (a directory of allowed client certificates); `adaptd keys new` makes them")
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     repository: Path
     state_dir: Path
@@ -224,8 +313,9 @@ class Config:
     placements: PlacementsConfig = field(default_factory=PlacementsConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
-    selector: Mapping[str, Any] = field(default_factory=dict)
-    store: Mapping[str, Any] = field(default_factory=dict)
+    selector: SelectorSettings = field(default_factory=SelectorSettings)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
 
     @property
@@ -236,11 +326,34 @@ class Config:
     def pub_endpoints(self) -> tuple[str, ...]:
         return self.server.pub_endpoints or (f"ipc://{self.runtime_dir / 'adaptd-selections.sock'}",)
 
+    @property
+    def admin_endpoints(self) -> tuple[str, ...]:
+        return self.server.admin_endpoints or (f"ipc://{self.runtime_dir / 'adaptd-admin.sock'}",)
+
+    @property
+    def store_path(self) -> Path:
+        path = Path(self.store.path)
+        return path if path.is_absolute() else self.state_dir / path
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.selector.calibration or Path(self.repository) / "calibration.json"
+
+    def check_exposure(self) -> None:
+        """Refuse tcp endpoints beyond the loopback interface without authentication."""
+        if self.auth.curve:
+            return
+        for key, endpoints in (("server.endpoints", self.endpoints), ("server.pub_endpoints", self.pub_endpoints)):
+            for endpoint in endpoints:
+                if not is_loopback(endpoint):
+                    raise ConfigError(f"{key}: {endpoint} listens beyond the loopback interface; turn on "
+                                      "[auth] curve (clients then need a key) or bind to 127.0.0.1")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         base = base_dir or Path.cwd()
         top = {"repository", "state_dir", "runtime_dir", "log_level",
-               "server", "placements", "stats", "power", "selector", "store"}
+               "server", "placements", "stats", "power", "selector", "store", "auth"}
         _check_keys(d, top, "config")
 
         def path(key: str, default: Path) -> Path:
@@ -257,33 +370,34 @@ class Config:
         log_level = _typed(d, "log_level", str, "info", "config")
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"config.log_level: expected debug, info, warning or error, got {log_level!r}")
-        for key in ("server", "placements", "stats", "power", "selector", "store"):
+        for key in ("server", "placements", "stats", "power", "selector", "store", "auth"):
             if not isinstance(d.get(key, {}), dict):
                 raise ConfigError(f"config.{key}: expected a table")
         try:
             power = PowerConfig.from_dict(d.get("power", {}))
         except ValueError as exc:
             raise ConfigError(f"power: {exc}") from None
-        # [store] stays a mapping (the store builds its StoreConfig), but is checked now, so a
-        # bad value is a ConfigError at load time, not a failure half-way through start-up.
-        from adaptd.daemon.store import StoreConfig
-
         try:
-            StoreConfig.from_dict(d.get("store", {}))
+            store = StoreConfig.from_dict(d.get("store", {}))
         except ValueError as exc:
             raise ConfigError(f"store: {exc}") from None
-        return cls(
+        config = cls(
             repository=path("repository", Path()),
             state_dir=state_dir,
-            runtime_dir=path("runtime_dir", default_runtime_dir()),
+            runtime_dir=path("runtime_dir", daemon_runtime_dir()),
             server=ServerConfig.from_dict(d.get("server", {})),
             placements=PlacementsConfig.from_dict(d.get("placements", {})),
             stats=StatsConfig.from_dict(d.get("stats", {})),
             power=power,
-            selector=dict(d.get("selector", {})),
-            store=dict(d.get("store", {})),
+            selector=SelectorSettings.from_dict(d.get("selector", {}), base),
+            store=store,
+            auth=AuthConfig.from_dict(d.get("auth", {}), base),
             log_level=log_level,
         )
+        config.check_exposure()
+        if config.store_path.exists() and config.store_path.is_dir():
+            raise ConfigError(f"store.path: {config.store_path} is a directory; give the store's file name")
+        return config
 
 
 def load_config(path: Path) -> Config:

@@ -68,8 +68,11 @@ def _free_tcp_port() -> int:
 
 class DaemonProcess:
     def __init__(self, proc: subprocess.Popen, config_path: Path, endpoint: str, tcp_endpoint: str | None,
-                 pub_endpoint: str, store_path: Path, log_path: Path) -> None:
+                 pub_endpoint: str, store_path: Path, log_path: Path, admin_endpoint: str | None = None,
+                 curve: Any = None) -> None:
         self.proc = proc
+        self.admin_endpoint = admin_endpoint
+        self.curve = curve   # adaptd.wire.auth.CurveKeys for a daemon with [auth] curve
         self.config_path = config_path
         self.endpoint = endpoint
         self.tcp_endpoint = tcp_endpoint
@@ -79,24 +82,28 @@ class DaemonProcess:
 
     @classmethod
     def start(cls, repository: Path, workdir: Path, *, config: Mapping[str, Any] | None = None,
-              tcp: bool = False, ready_timeout_s: float = 60.0, env: Mapping[str, str] | None = None
-              ) -> DaemonProcess:
+              tcp: bool = False, ready_timeout_s: float = 60.0, env: Mapping[str, str] | None = None,
+              tcp_host: str = "127.0.0.1", curve: Any = None) -> DaemonProcess:
+        """``tcp``: also a tcp endpoint on ``tcp_host`` (clients connect on 127.0.0.1); ``curve``:
+        the client keys this object's own requests use (a config with ``[auth] curve``)."""
         workdir = Path(workdir).resolve()   # the config resolves relative paths against its own directory
         workdir.mkdir(parents=True, exist_ok=True)
         # ipc paths must stay short (108 bytes on Linux): keep them in a short runtime dir.
         runtime_dir = Path(f"/tmp/adaptd-t-{uuid.uuid4().hex[:10]}")
         endpoint = f"ipc://{runtime_dir}/adaptd.sock"
         pub_endpoint = f"ipc://{runtime_dir}/adaptd-selections.sock"
+        admin_endpoint = f"ipc://{runtime_dir}/adaptd-admin.sock"
         endpoints = [endpoint]
         tcp_endpoint = None
         if tcp:
-            tcp_endpoint = f"tcp://127.0.0.1:{_free_tcp_port()}"
-            endpoints.append(tcp_endpoint)
+            port = _free_tcp_port()
+            tcp_endpoint = f"tcp://127.0.0.1:{port}"
+            endpoints.append(f"tcp://{tcp_host}:{port}")
         base: dict[str, Any] = {
             "repository": str(Path(repository).resolve()),
             "state_dir": str(workdir),
             "runtime_dir": str(runtime_dir),
-            "server": {"endpoints": endpoints, "pub_endpoints": [pub_endpoint]},
+            "server": {"endpoints": endpoints, "pub_endpoints": [pub_endpoint], "admin_endpoints": [admin_endpoint]},
             "store": {"path": "selections.sqlite3"},
             "power": {"source": "estimated", "idle_window_s": 0.05},
         }
@@ -113,7 +120,8 @@ class DaemonProcess:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd", "serve", "--config", str(config_path)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
-        daemon = cls(proc, config_path, endpoint, tcp_endpoint, pub_endpoint, store_path, log_path)
+        daemon = cls(proc, config_path, endpoint, tcp_endpoint, pub_endpoint, store_path, log_path, admin_endpoint,
+                     curve)
         try:
             daemon.wait_ready(ready_timeout_s)
         except BaseException:
@@ -121,12 +129,16 @@ class DaemonProcess:
             raise
         return daemon
 
-    def request(self, header: Mapping[str, Any], bodies=(), timeout_s: float = 30.0) -> tuple[dict, list[bytes]]:
-        """One request on a fresh DEALER socket (tests and tooling; the client library is faster)."""
+    def request(self, header: Mapping[str, Any], bodies=(), timeout_s: float = 30.0,
+                admin: bool = False) -> tuple[dict, list[bytes]]:
+        """One request on a fresh DEALER socket (tests and tooling; the client library is faster);
+        ``admin``: on the admin endpoint (``reload``)."""
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.admin_endpoint if admin else self.endpoint)
         try:
             sock.send_multipart(proto.encode(header, bodies))
             if not sock.poll(timeout_s * 1e3):

@@ -46,6 +46,8 @@ class Policy(Protocol):
 
     def reset(self, registry: Registry) -> None: ...
 
+    def set_available(self, model: ModelVersion, arm: Arm, available: bool) -> None: ...
+
 
 def _predicted_met(request: Request, accuracy: float | None, latency_ms: float | None,
                    energy_mj: float | None) -> dict[str, bool]:
@@ -93,3 +95,6 @@ class MostAccuratePolicy:
 
     def reset(self, registry: Registry) -> None:
         self._latency_ewma_ms.clear()
+
+    def set_available(self, model: ModelVersion, arm: Arm, available: bool) -> None:
+        """Nothing to do: it chooses among the candidates the daemon passes, which leave such arms out."""

@@ -27,6 +27,10 @@ SIGNATURE = b"ADPT01"
 SIGNATURE_PREFIX = b"ADPT"
 SUPPORTED_VERSIONS = ("01",)
 MAX_ID_BYTES = 128
+MAX_NAME_BYTES = 128        # model, version, variant, placement, client and region names
+MAX_MESSAGE_CHARS = 400     # an error reply's message; longer ones are cut (they may quote the client)
+MAX_SHOWN_CHARS = 48        # a client's value quoted in an error message
+MAX_PID = 1 << 22           # Linux's largest pid_max
 
 # Error codes (PROTOCOL.md §6).
 MALFORMED = "MALFORMED"
@@ -44,10 +48,11 @@ WORKER_FAILED = "WORKER_FAILED"
 SHUTTING_DOWN = "SHUTTING_DOWN"
 INTERNAL = "INTERNAL"
 UNKNOWN_REGION = "UNKNOWN_REGION"
+FORBIDDEN = "FORBIDDEN"
 ERROR_CODES = frozenset({
     MALFORMED, UNSUPPORTED_VERSION, BAD_REQUEST, BAD_CONSTRAINTS, BAD_INPUT, TOO_LARGE,
     UNKNOWN_MODEL, UNKNOWN_VARIANT, UNKNOWN_PLACEMENT, INFEASIBLE, BUSY, WORKER_FAILED,
-    SHUTTING_DOWN, INTERNAL, UNKNOWN_REGION,
+    SHUTTING_DOWN, INTERNAL, UNKNOWN_REGION, FORBIDDEN,
 })
 # Replies with these codes are not kept for idempotent retry: a retry should run afresh.
 TRANSIENT_CODES = frozenset({BUSY, SHUTTING_DOWN, WORKER_FAILED})
@@ -125,8 +130,18 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
     return header, [_buffer(f) for f in frames[3:]]
 
 
+def shown(value: Any) -> str:
+    """A client's value for an error message: its repr, cut to ``MAX_SHOWN_CHARS``."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "..."
+
+
 def error_header(code: str, message: str, request_id: str | None = None,
                  details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """An error reply's header. The message is cut to ``MAX_MESSAGE_CHARS``: it may quote what a
+    client sent, and error replies are kept for replay."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 3] + "..."
     header: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
     if details:
         header["details"] = dict(details)
@@ -187,14 +202,16 @@ def parse_tensor_headers(value: Any, what: str, request_id: str | None) -> list[
         if not isinstance(item, dict):
             raise ProtocolError(BAD_REQUEST, f"{what}[{i}] must be a map", request_id)
         dtype_name = item.get("dtype")
-        if dtype_name not in DTYPES:
-            raise ProtocolError(BAD_INPUT, f"{what}[{i}]: unsupported dtype {dtype_name!r}", request_id,
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+            raise ProtocolError(BAD_INPUT, f"{what}[{i}]: unsupported dtype {shown(dtype_name)}", request_id,
                                 {"supported": sorted(DTYPES)})
         shape = item.get("shape")
         if (not isinstance(shape, list) or len(shape) > 16
                 or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape)):
             raise ProtocolError(BAD_INPUT, f"{what}[{i}]: shape must be an array of non-negative ints", request_id)
         name = item.get("name")
+        if isinstance(name, str) and len(name) > MAX_NAME_BYTES:
+            name = None   # informational only (inputs are matched by position)
         shm = parse_shm_ref(item["shm"], f"{what}[{i}].shm", request_id) if item.get("shm") is not None else None
         specs.append(TensorSpec(DTYPES[dtype_name], tuple(shape), name if isinstance(name, str) else None, shm))
     return specs
@@ -205,10 +222,11 @@ def parse_shm_ref(value: Any, what: str, request_id: str | None) -> ShmRef:
     if not isinstance(value, dict):
         raise ProtocolError(BAD_REQUEST, f"'{what}' must be a map with region and offset", request_id)
     region, offset = value.get("region"), value.get("offset", 0)
-    if not isinstance(region, str) or not region or len(region) > 255:
+    if not isinstance(region, str) or not region or len(region) > MAX_NAME_BYTES:
         raise ProtocolError(BAD_REQUEST, f"'{what}.region' must be a region name", request_id)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**63:
-        raise ProtocolError(BAD_REQUEST, f"'{what}.offset' must be a non-negative int; got {offset!r}", request_id)
+        raise ProtocolError(BAD_REQUEST, f"'{what}.offset' must be a non-negative int; got {shown(offset)}",
+                            request_id)
     return ShmRef(region, offset)
 
 
@@ -291,8 +309,9 @@ def _opt_str(header: Mapping[str, Any], key: str, rid: str) -> str | None:
     value = header.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise ProtocolError(BAD_REQUEST, f"'{key}' must be a non-empty string", rid)
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be a non-empty string of at most {MAX_NAME_BYTES} bytes",
+                            rid)
     return value
 
 
@@ -301,7 +320,7 @@ def _enum(header: Mapping[str, Any], key: str, allowed: Sequence[str], default: 
     if value is None:
         return default
     if value not in allowed:
-        raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {value!r}", rid)
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {shown(value)}", rid)
     return value
 
 
@@ -320,7 +339,7 @@ def parse_constraints(value: Any, rid: str | None) -> Constraints:
             out[key] = None
             continue
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise ProtocolError(BAD_CONSTRAINTS, f"constraint {key} must be a finite number; got {raw!r}", rid)
+            raise ProtocolError(BAD_CONSTRAINTS, f"constraint {key} must be a finite number; got {shown(raw)}", rid)
         raw = float(raw)
         if key == "min_accuracy" and not 0.0 <= raw <= 1.0:
             raise ProtocolError(BAD_CONSTRAINTS, f"min_accuracy must be within [0, 1]; got {raw}", rid)
@@ -331,7 +350,7 @@ def parse_constraints(value: Any, rid: str | None) -> Constraints:
         out[key] = raw
     unknown = set(value) - set(CONSTRAINT_KEYS)
     if unknown:
-        raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {', '.join(sorted(map(str, unknown)))}", rid)
+        raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {shown(sorted(map(str, unknown)))}", rid)
     return Constraints(**out)
 
 
@@ -344,21 +363,23 @@ def parse_request(header: Mapping[str, Any]) -> Request:
         raise ProtocolError(BAD_REQUEST, f"'id' is longer than {MAX_ID_BYTES} bytes")
     rtype = header.get("type")
     if rtype not in REQUEST_TYPES:
-        raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {rtype!r}", rid)
+        raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {shown(rtype)}", rid)
     if rtype in SHM_TYPES:
         return _parse_shm_control(rtype, rid, header)
     if rtype not in ("infer", "explain"):
         return Request(type=rtype, id=rid)
 
-    model = header.get("model")
-    if not isinstance(model, str) or not model:
+    model = _opt_str(header, "model", rid)
+    if model is None:
         raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
     version = header.get("version")
     if version is not None and not isinstance(version, str):
-        if isinstance(version, int) and not isinstance(version, bool):
+        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63:
             version = str(version)
         else:
             raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
+    if version is not None and len(version) > MAX_NAME_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'version' is longer than {MAX_NAME_BYTES} bytes", rid)
     inputs: tuple[TensorSpec, ...] = ()
     if rtype == "infer":
         if "inputs" not in header:
@@ -390,19 +411,20 @@ def parse_request(header: Mapping[str, Any]) -> Request:
 
 
 def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:
-    def integer(key: str, required: bool, low: int) -> int | None:
+    def integer(key: str, required: bool, low: int, high: int) -> int | None:
         value = header.get(key)
         if value is None and not required:
             return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ProtocolError(BAD_REQUEST, f"'{key}' must be an int >= {low}; got {value!r}", rid)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < high:
+            raise ProtocolError(BAD_REQUEST, f"'{key}' must be an int in [{low}, {high}); got {shown(value)}", rid)
         return value
 
     if rtype == "shm_register":
-        return Request(type=rtype, id=rid, size=integer("size", True, 1), owner_pid=integer("owner_pid", False, 1))
+        return Request(type=rtype, id=rid, size=integer("size", True, 1, 2**63),
+                       owner_pid=integer("owner_pid", False, 1, MAX_PID))
     if rtype == "shm_unregister":
         region = header.get("region")
-        if not isinstance(region, str) or not region:
+        if not isinstance(region, str) or not region or len(region) > MAX_NAME_BYTES:
             raise ProtocolError(BAD_REQUEST, "'region' must be a region name", rid)
         return Request(type=rtype, id=rid, region=region)
     return Request(type=rtype, id=rid)

@@ -54,7 +54,6 @@ from adaptd.selector import QueueSnapshot, Request, Selector, SelectorConfig, Se
 
 log = logging.getLogger("adaptd.selection")
 
-POLICIES = ("adaptive", "static", "most_accurate")
 OVERHEAD_WEIGHT = 0.1   # each execution's share in its model and placement's energy-miss average
 # The learnt path is a running *median*: the median of the first PATH_FIRST_N samples, then a
 # step of PATH_STEP of itself towards each new sample (up if above, down if below), which
@@ -66,10 +65,6 @@ OVERHEAD_WEIGHT = 0.1   # each execution's share in its model and placement's en
 # about 15 executions.
 PATH_FIRST_N = 10
 PATH_STEP = 0.05
-
-
-class ConfigKeyError(ValueError):
-    pass
 
 
 def _key(model: ModelVersion) -> str:
@@ -100,24 +95,11 @@ class SelectorPolicy:
 
     @classmethod
     def from_config(cls, config: Any) -> Policy:
-        table = dict(config.selector)
-        policy = table.pop("policy", "adaptive")
-        if policy not in POLICIES:
-            raise ConfigKeyError(f"selector.policy: expected one of {', '.join(POLICIES)}, got {policy!r}")
-        calibration = table.pop("calibration", None)
-        fields = {f.name for f in dataclasses.fields(SelectorConfig)}
-        unknown = set(table) - fields
-        if unknown:
-            raise ConfigKeyError(f"selector: unknown key(s) {', '.join(sorted(unknown))}; "
-                                 f"allowed: policy, calibration, {', '.join(sorted(fields))}")
-        if policy == "most_accurate":
+        """The policy ``config.selector`` (a validated :class:`~adaptd.daemon.config.SelectorSettings`) names."""
+        settings = config.selector
+        if settings.policy == "most_accurate":
             return MostAccuratePolicy()
-        try:
-            sel_cfg = SelectorConfig(**table)
-        except (TypeError, ValueError) as exc:
-            raise ConfigKeyError(f"selector: {exc}") from None
-        path = Path(calibration) if calibration else Path(config.repository) / "calibration.json"
-        return cls(sel_cfg, online=(policy == "adaptive"), calibration=path)
+        return cls(settings.params, online=(settings.policy == "adaptive"), calibration=config.calibration_path)
 
     # --- Policy ----------------------------------------------------------------------------
     def reset(self, registry: Registry) -> None:
@@ -135,6 +117,8 @@ class SelectorPolicy:
             for mv in versions.values():
                 doc = mv.manifest.to_dict()
                 doc["model"] = _key(mv)
+                if mv.refused:   # a variant whose file failed its check has no arm
+                    doc["variants"] = [v for v in doc["variants"] if v["name"] not in mv.refused]
                 manifests.append(doc)
         placements = {a.placement.name: a.placement for vs in registry.models.values()
                       for mv in vs.values() for a in mv.arms}
@@ -190,6 +174,16 @@ class SelectorPolicy:
         prior_mj = self.selector.prior_energy_mj(arm_id)
         if energy_mj is not None and prior_mj == prior_mj:
             self._learn_energy_miss((key, arm.placement.name), energy_mj - prior_mj)
+
+    def set_available(self, model: ModelVersion, arm: Arm, available: bool) -> None:
+        """Leave an arm out of every decision, or put it back (:meth:`Selector.set_available`)."""
+        if self.selector is None:
+            return
+        try:
+            self.selector.set_available(self.selector.arm_id(_key(model), arm.variant.name, arm.placement.name),
+                                        available)
+        except KeyError:   # an arm of a generation that a reload replaced
+            pass
 
     # --- helpers ---------------------------------------------------------------------------
     def _learn_overhead(self, placement: str, overhead_ms: float) -> None:

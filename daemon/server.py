@@ -14,7 +14,19 @@ Contract
   contracts; the request path hands them data without blocking.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch of
   :meth:`Daemon._on_request` ends in a reply or in a job whose outcome (done, failed, worker
-  death, drain) produces one.
+  death, drain) produces one. Nothing a client sends, and no worker's death, ends the loop: an
+  unexpected fault in one request is answered ``INTERNAL`` and logged (a traceback at most once a
+  minute per kind of fault, one line otherwise).
+* Start-up checks everything it can before it starts a process: the config is validated when
+  loaded, then the runtime directory's owner, the instance lock, placements, repository, store and
+  sockets, and only then the meter and the workers. A failure is one line (:class:`StartupError`),
+  and whatever was started is stopped and every file made removed.
+* Isolation between clients: replies kept for replay, requests in flight and shared-memory
+  regions belong to the peer that sent them (:mod:`adaptd.daemon.peers`); records name a peer
+  only by an opaque tag. ``reload`` is accepted on the admin endpoint only.
+* Under overload completions go first: each round of the loop handles the workers' results
+  before it takes new requests, and takes at most ``INTAKE_BATCH`` from each socket; a request
+  whose model has every placement's queue full is refused ``BUSY`` before it is decoded further.
 * The request path: decode and validate -> choose (policy, pure) -> queue on the placement's
   worker -> (worker runs) -> reply, statistics, energy attribution, selection record. Tensor
   bytes are passed as the received ZeroMQ frames, never copied here. TensorFlow is never
@@ -32,30 +44,43 @@ import logging
 import math
 import os
 import signal
-import stat
+import sqlite3
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from adaptd.daemon import protocol as proto
+from adaptd.daemon.auth import Authenticator
 from adaptd.daemon.config import Config, ConfigError, load_config
-from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.daemon.frames import recv_frames
+from adaptd.daemon.frontend import Frontend, ipc_path
+from adaptd.daemon.instance import InstanceLock
+from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.policy import Choice, Policy
+from adaptd.daemon.quarantine import Quarantine
 from adaptd.daemon.registry import Arm, ModelVersion, Registry, RegistryError, load_registry
+from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.daemon.stats import ArmStats
 from adaptd.daemon.workers import Job, Outcome, WorkerPool
+from adaptd.variants.digest import check_variant
+from adaptd.wire.rundir import ensure_daemon_dir
 
 log = logging.getLogger("adaptd")
 
-FRONTEND_BATCH = 64   # messages taken from one socket per poll round, so no socket starves
+INTAKE_BATCH = 16     # requests taken from one socket per round, after the round's completions
 DEFER_MAX_ITEMS = 16  # answered requests whose bookkeeping may wait for an idle moment
+ADMIN_ONLY = frozenset({"reload"})
+TRACEBACK_EVERY_S = 60.0   # an unexpected fault's traceback is logged at most this often per kind
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start: one line for the operator."""
 
 
 @dataclass
@@ -70,15 +95,13 @@ class Pending:
     client: str
     received_ns: int
     received_at: float
+    peer: bytes = b""
     submitted_ns: int = 0       # handed to the worker pool (after decoding and choosing)
     regions: tuple[str, ...] = ()   # shared-memory regions the job reads or writes (held until its outcome)
 
 
-@dataclass
-class _Replay:
-    expires: float
-    header: dict[str, Any]
-    bodies: list[Any] = field(default_factory=list)
+def _arm_key(model: ModelVersion, arm: Arm) -> tuple[str, str, str]:
+    return (str(model.directory), arm.variant.name, arm.placement.name)
 
 
 class Daemon:
@@ -89,17 +112,28 @@ class Daemon:
         self.started_at = time.time()
         self.requests = 0
         self.errors = 0
+        self.busy_fast = 0          # BUSY answers given before a request was parsed (overload)
+        self._placements_of: dict[Path, set[str]] = {}
         self.draining = False
         self._stop_requested = 0
         self._reload_requested = False
-        self._pending: dict[str, Pending] = {}
+        self._pending: dict[tuple[bytes, str], Pending] = {}
         # Bookkeeping of answered requests not done yet (statistics, the policy's update, the
         # selection record): see _defer.
         self._deferred: list[tuple[Any, tuple[Any, ...]]] = []
-        self._replays: OrderedDict[str, _Replay] = OrderedDict()
+        server = config.server
+        self.replays = ReplayCache(server.dedup_window_s, server.dedup_entries, server.dedup_max_bytes)
+        self.quarantine = Quarantine()
+        self._set_aside: set[tuple[str, str, str]] = set()   # arms the policy was told to leave out
+        self._refused: dict[tuple[str, str], str] = {}   # (dir, variant) whose file went bad after loading
+        self.peer_tags = PeerTags()
         self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
-        self._frontends: list[zmq.Socket] = []
-        self._ipc_paths: list[Path] = []
+        self._tracebacks: dict[str, float] = {}
+        self.auth = Authenticator(config.auth.curve, config.auth.server_key, config.auth.client_keys)
+        self.frontend: Frontend | None = None
+        self.lock = InstanceLock(self._lock_paths())
+        self.context: zmq.Context | None = None
+        self.pool: WorkerPool | None = None
         self.registry: Registry | None = None
         self.placements: list[Placement] = []
         self.meter = None
@@ -107,60 +141,80 @@ class Daemon:
         self.regions = RegionTable()
 
     # --- start-up ------------------------------------------------------------------------
-    def start(self) -> None:
+    def _lock_paths(self) -> list[Path]:
+        """The directories of every ipc socket and of the store (:mod:`adaptd.daemon.instance`)."""
         cfg = self.config
-        cfg.runtime_dir.mkdir(parents=True, exist_ok=True)
-        self.context = zmq.Context()
+        paths = [p.parent for p in (ipc_path(e) for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints))
+                 if p is not None]
+        paths.append(cfg.store_path.parent)
+        return paths
+
+    def start(self) -> None:
+        """Start everything, or nothing: on failure stop what was started and raise StartupError."""
+        try:
+            self._start()
+        except StartupError:
+            self._abort_start()
+            raise
+        except (RegistryError, ValueError, RuntimeError, OSError, zmq.ZMQError, sqlite3.Error) as exc:
+            self._abort_start()
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, sqlite3.Error):
+                message = f"the selection store {self.config.store_path}: {message}"
+            raise StartupError(message) from None
+        except BaseException:
+            self._abort_start()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
+        # Directories and the lock first: nothing else may touch a socket file or the store
+        # before this daemon knows no other one owns them.
+        for endpoint in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints):
+            path = ipc_path(endpoint)
+            if path is not None and path.parent == cfg.runtime_dir:
+                ensure_daemon_dir(cfg.runtime_dir)
+                break
+        for path in self.lock.paths:
+            path.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
         self.placements = discover(cfg.placements)   # before pinning: it reads this process's cores
         self._placement_by_name = {p.name: p for p in self.placements}
+        self.registry = load_registry(cfg.repository, self.placements, generation=1)
+        self._log_refused(self.registry)
+        if self.policy is None:
+            self.policy = _default_policy(cfg)
+        self.context = zmq.Context()
+        self.auth.start(self.context)
+        self.store = _open_store(cfg, self.context, self.auth.guard)
+        self.frontend = Frontend(self.context, max_message_bytes=cfg.server.max_message_bytes,
+                                 send_hwm=cfg.server.send_hwm, ipc_mode=cfg.server.ipc_mode, guard=self.auth.guard)
+        self.frontend.bind(cfg.endpoints, cfg.admin_endpoints)
+        for path in (ipc_path(e) for e in cfg.pub_endpoints):
+            if path is not None:
+                os.chmod(path, cfg.server.ipc_mode)
         if cfg.server.cores:
             _pin_process(cfg.server.cores)
         if cfg.server.sched_slice_us:   # before the workers start: they inherit it
             _request_slice(cfg.server.sched_slice_us)
-        self.registry = load_registry(cfg.repository, self.placements, generation=1)
-        self.regions = RegionTable(cfg.server.ipc_mode)
+        self.regions = RegionTable(cfg.server.ipc_mode, max_regions_per_peer=cfg.server.shm_regions_per_client,
+                                   max_bytes_per_peer=cfg.server.shm_bytes_per_client)
         stale = self.regions.sweep_stale()
         if stale:
             log.info("removed %d shared-memory region(s) left by daemons no longer running", len(stale))
-
-        self.pool = WorkerPool(self.placements, cfg.placements.queue_limit)
-        self.pool.start()
 
         from adaptd.daemon.power import EnergyMeter
 
         self.meter = EnergyMeter.from_config(cfg.power)
         self.meter.start()
-        if self.policy is None:
-            self.policy = _default_policy(cfg)
 
-        from adaptd.daemon.store import SelectionStore, StoreConfig
-
-        store_cfg = StoreConfig.from_dict(cfg.store)
-        store_path = Path(store_cfg.path)
-        if not store_path.is_absolute():
-            store_path = cfg.state_dir / store_path
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-        for endpoint in cfg.pub_endpoints:
-            self._prepare_ipc(endpoint)
-        self.store = SelectionStore(store_cfg, store_path, cfg.pub_endpoints if store_cfg.publish else (),
-                                    self.context)
-        self.store.start()
-        for endpoint in cfg.pub_endpoints:
-            self._chmod_ipc(endpoint)
-
-        for endpoint in cfg.endpoints:
-            sock = self.context.socket(zmq.ROUTER)
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.server.max_message_bytes)
-            sock.setsockopt(zmq.SNDHWM, 0)   # replies are never dropped for a slow reader
-            self._prepare_ipc(endpoint)
-            sock.bind(endpoint)
-            self._chmod_ipc(endpoint)
-            self._frontends.append(sock)
-
+        self.pool = WorkerPool(self.placements, cfg.placements.queue_limit,
+                               worker_options={"reject_nonfinite": cfg.server.reject_nonfinite})
+        self.pool.on_load_failed = self._on_load_failed
+        self.pool.start()
         laggards = self.pool.wait_ready(cfg.placements.worker_start_timeout_s)
         if laggards:
-            raise RuntimeError(f"workers not ready within {cfg.placements.worker_start_timeout_s} s: "
+            raise StartupError(f"workers not ready within {cfg.placements.worker_start_timeout_s} s: "
                                f"{', '.join(laggards)}")
         if hasattr(self.policy, "energy_prior"):
             self.policy.energy_prior = self.meter.predict_mj
@@ -182,18 +236,26 @@ class Daemon:
         log.info("serving %s on %s; placements %s", self._models_summary(), ", ".join(cfg.endpoints),
                  ", ".join(p.name for p in self.placements))
 
-    def _prepare_ipc(self, endpoint: str) -> None:
-        if endpoint.startswith("ipc://"):
-            path = Path(endpoint[len("ipc://"):])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-                path.unlink()   # a stale socket from a killed daemon
+    def _abort_start(self) -> None:
+        """Undo a start-up that failed part-way: processes stopped, files removed, lock released."""
+        for stop in (lambda: self.pool.stop(timeout_s=2.0), lambda: self.meter.close(),
+                     lambda: self.frontend.close(), lambda: self.store.close(), lambda: self.auth.stop(),
+                     lambda: self.context.term(), self.regions.close_all, self.lock.release):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - best effort: this start already failed; None parts too
+                pass
+        for path in (ipc_path(e) for e in self.config.pub_endpoints):
+            if path is not None and self.store is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
 
-    def _chmod_ipc(self, endpoint: str) -> None:
-        if endpoint.startswith("ipc://"):
-            path = Path(endpoint[len("ipc://"):])
-            os.chmod(path, self.config.server.ipc_mode)
-            self._ipc_paths.append(path)
+    def _log_refused(self, registry: Registry) -> None:
+        for model in registry.newest():
+            for variant, why in model.refused.items():
+                log.error("%s:%s variant %s is not served: %s", model.name, model.version, variant, why)
 
     def _preload(self, registry: Registry) -> None:
         for model in registry.newest():
@@ -225,45 +287,58 @@ class Daemon:
     def run(self) -> int:
         wake = self.install_signal_handlers()
         poller = zmq.Poller()
+        frontends: set[zmq.Socket] = set(self.frontend.sockets)
+        pidfds: set[int] = set()
+        rank: dict[Any, int] = {}
 
         def register() -> None:
-            nonlocal poller
+            nonlocal poller, pidfds, rank
             poller = zmq.Poller()
-            for s in self._frontends:
-                poller.register(s, zmq.POLLIN)
+            # One round's events are handled in this order: the workers' results (completions
+            # and replies before new intake), the request sockets, the signal pipe, then worker
+            # deaths last (a replacement may reuse the dead one's descriptor numbers, so no
+            # event of the round may be read after a restart).
+            rank = {}
             for fd in self.pool.channel_fds():
                 poller.register(fd, zmq.POLLIN)
-            for fd in self.pool.pidfds():
-                poller.register(fd, zmq.POLLIN)
+                rank[fd] = 0
+            for sock in self.frontend.sockets:
+                poller.register(sock, zmq.POLLIN)
+                rank[sock] = 1
             poller.register(wake, zmq.POLLIN)
+            rank[wake] = 2
+            pidfds = set(self.pool.pidfds())
+            for fd in pidfds:
+                poller.register(fd, zmq.POLLIN)
+                rank[fd] = 3
 
         register()
         self.pool.on_change = register
-        frontends = set(self._frontends)
-        pidfds = set(self.pool.pidfds())
         watchdog_s = self.notifier.watchdog_interval_s() if self.config.server.watchdog else None
         next_watchdog = time.monotonic()
         drain_deadline = None
-        next_sweep = time.monotonic()
+        next_tick = time.monotonic()
         timeout_ms = 1000.0 if watchdog_s is None else min(1000.0, watchdog_s * 1e3)
         spin_ns = self.config.server.spin_us * 1000
 
         while True:
-            # Worker deaths last: a replacement worker may reuse the dead one's descriptor
-            # numbers, so no event of this round may be read after a restart.
             # With bookkeeping waiting, look without blocking first: nothing to do means an idle
             # moment (e.g. a caller reading its reply), which is when that work is done.
             spin_until_ns = None if self._deferred or not spin_ns else self._spin_until_ns(spin_ns)
-            events = poller.poll(0 if self._deferred or spin_until_ns else timeout_ms)
+            wait_ms = timeout_ms
+            restart_s = self.pool.next_restart_s()
+            if restart_s is not None:
+                wait_ms = min(wait_ms, restart_s * 1e3 + 1.0)
+            events = poller.poll(0 if self._deferred or spin_until_ns else wait_ms)
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
                 while not events and time.monotonic_ns() < spin_until_ns:
                     os.sched_yield()   # a worker sharing this core runs first
                     events = poller.poll(0)
                 if not events:
-                    events = poller.poll(timeout_ms)
+                    events = poller.poll(wait_ms)
             if len(events) > 1:
-                events.sort(key=lambda e: e[0] in pidfds)
+                events.sort(key=lambda e: rank.get(e[0], 1))
             if not events and self._deferred:
                 self._flush_deferred()
             elif len(self._deferred) >= DEFER_MAX_ITEMS:   # never idle: keep the backlog bounded
@@ -277,9 +352,7 @@ class Daemon:
                     except BlockingIOError:
                         pass
                 elif item in pidfds:
-                    outcome = self.pool.on_exit(item)
-                    pidfds = set(self.pool.pidfds())
-                    if outcome is not None:
+                    for outcome in self.pool.on_exit(item):
                         self._on_outcome(outcome)
                 else:
                     outcome = self.pool.on_message(item)
@@ -287,10 +360,11 @@ class Daemon:
                         self._on_outcome(outcome)
 
             now = time.monotonic()
-            if now >= next_sweep:   # regions whose registering process has exited (§11.2)
-                next_sweep = now + 1.0
-                if self.regions.owned():
-                    self._regions_gone(self.regions.sweep_owners())
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self._tick(now)
+            if restart_s is not None:
+                self.pool.restart_due()
             if watchdog_s is not None and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_s
@@ -309,6 +383,15 @@ class Daemon:
                     break
         return self.shutdown()
 
+    def _tick(self, now: float) -> None:
+        """Once a second: regions whose registering process has exited (§11.2), replies past
+        their replay window, arms whose quarantine ended or whose placement is back."""
+        if self.regions.owned():
+            self._regions_gone(self.regions.sweep_owners())
+        self.replays.expire(now)
+        if self._set_aside:
+            self._sync_available(now)
+
     def _spin_until_ns(self, spin_ns: int) -> int | None:
         """The end of the spin after the latest dispatch still in flight; None when nothing is in
         flight or that spin is over (then the loop sleeps as usual)."""
@@ -319,7 +402,7 @@ class Daemon:
         return until if until > time.monotonic_ns() else None
 
     def _drain_frontend(self, sock: zmq.Socket) -> None:
-        for _ in range(FRONTEND_BATCH):
+        for _ in range(INTAKE_BATCH):
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:
@@ -337,6 +420,7 @@ class Daemon:
         else:
             envelope, message = frames[:split], frames[split:]
         route = (sock, envelope)
+        peer = peer_of(envelope, frames[-1] if self.auth.enabled else None)
         request_id = None
         try:
             if split is None:
@@ -348,40 +432,92 @@ class Daemon:
                 raise proto.ProtocolError(proto.TOO_LARGE,
                                           f"request is {size} bytes; the limit is {self.config.server.max_message_bytes}",
                                           request_id, {"limit_bytes": self.config.server.max_message_bytes})
+            if request_id is not None and header.get("type") == "infer" and self._refuse_saturated(peer, header):
+                self.busy_fast += 1
+                self._reply_error(route, proto.BUSY, "every placement that can run this model has a full queue; "
+                                  "retry later", request_id, {"queue_limit": self.config.placements.queue_limit}, peer)
+                return
             request = proto.parse_request(header)
             if request.type == "infer":
-                self._on_infer(route, request, bodies, received_ns)
+                self._on_infer(route, peer, request, bodies, received_ns)
             else:
+                admin = sock in self.frontend.admin
+                if request.type in ADMIN_ONLY and not admin:
+                    raise proto.ProtocolError(proto.FORBIDDEN, f"'{request.type}' is accepted on the admin endpoint "
+                                              "only (server.admin_endpoints)", request.id)
                 self._flush_deferred()   # statistics and explanations include every answered request
-                self._reply(route, self._on_control(request), ())
+                self._reply(route, self._on_control(request, None if admin else peer), ())
         except proto.ProtocolError as exc:
-            self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details)
+            self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details, peer)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
-            log.exception("internal error on a request")
-            self._reply_error(route, proto.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request_id)
+            self._log_internal(exc)
+            self._reply_error(route, proto.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request_id,
+                              None, peer)
 
-    def _on_infer(self, route, request: proto.Request, bodies: list[memoryview], received_ns: int) -> None:
+    def _log_internal(self, exc: BaseException) -> None:
+        """An unexpected fault: its traceback at most once a minute per kind (type and place), so
+        a client that keeps triggering it cannot flood the log; one line otherwise."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        kind = f"{type(exc).__name__}@{where}"
+        now = time.monotonic()
+        if now - self._tracebacks.get(kind, -TRACEBACK_EVERY_S) >= TRACEBACK_EVERY_S:
+            if len(self._tracebacks) > 256:
+                self._tracebacks.clear()
+            self._tracebacks[kind] = now
+            log.exception("internal error on a request (further ones like it are logged in one line for %.0f s)",
+                          TRACEBACK_EVERY_S)
+        else:
+            log.error("internal error on a request: %s: %s (at %s)", type(exc).__name__,
+                      str(exc).splitlines()[0][:200] if str(exc) else "", where)
+
+    def _refuse_saturated(self, peer: bytes, header: dict[str, Any]) -> bool:
+        """Whether an inference request can be refused BUSY before it is parsed: its model is known,
+        every placement that could run it has a full queue, and it is neither a retry of a
+        request in flight nor one with a stored reply. Under overload this keeps the refusals
+        cheap, so the daemon's time goes to the requests it can serve."""
+        model_name, version = header.get("model"), header.get("version")
+        if not isinstance(model_name, str) or not (version is None or isinstance(version, str)):
+            return False
+        model = self.registry.get(model_name, version) if self.registry is not None else None
+        if model is None:
+            return False
+        limit = self.pool.queue_limit
+        for name in self._model_placements(model):
+            if self.pool.queue_length(name) <= limit:
+                return False
+        rid = header["id"]
+        return (peer, rid) not in self._pending and self.replays.get(peer, rid, time.monotonic()) is None
+
+    def _model_placements(self, model: ModelVersion) -> set[str]:
+        cached = self._placements_of.get(model.directory)
+        if cached is None:
+            cached = self._placements_of[model.directory] = {a.placement.name for a in model.arms}
+        return cached
+
+    def _on_infer(self, route, peer: bytes, request: proto.Request, bodies: list[memoryview],
+                  received_ns: int) -> None:
         rid = request.id
-        pending = self._pending.get(rid)
+        pending = self._pending.get((peer, rid))
         if pending is not None:            # a retry of a request we are running: answer both
             pending.routes.append(route)
             return
-        replay = self._replays.get(rid)
+        replay = self.replays.get(peer, rid, time.monotonic())
         if replay is not None:
-            if replay.expires >= time.monotonic():
-                self._reply(route, {**replay.header, "replayed": True}, replay.bodies)
-                return
-            del self._replays[rid]
+            self._reply(route, {**replay[0], "replayed": True}, replay[1])
+            return
         if self.draining:
             raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", rid)
 
         model, candidates = self._candidates(request)
         self._check_inputs(request, candidates, bodies)
-        shm_inputs, outputs_to = self._check_regions(request, candidates)
+        shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
         candidates = self._accepting(request, candidates)
         now = time.time()
         choice = self.policy.choose(model, request, candidates, self.pool, time.monotonic())
-        client = request.client or bytes(route[1][0].buffer).hex()
+        client = request.client or self.peer_tags.tag(peer)
         if choice.arm is None:
             closest = choice.closest
             details = {"closest": {"variant": closest.variant.name, "placement": closest.placement.name} if closest else None,
@@ -392,7 +528,7 @@ class Daemon:
 
         arm = choice.arm
         regions = tuple(r["region"] for r in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
-        pending = Pending(request, [route], model, arm, choice, client, received_ns, now, regions=regions)
+        pending = Pending(request, [route], model, arm, choice, client, received_ns, now, peer, regions=regions)
         job = Job(rid, str(model.directory), arm.variant.name,
                   [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
                    for i, s in enumerate(request.inputs)],
@@ -405,26 +541,30 @@ class Daemon:
             raise proto.ProtocolError(proto.BUSY, f"placement {arm.placement.name} has {self.config.placements.queue_limit} "
                                       "requests queued; retry later", rid,
                                       {"placement": arm.placement.name, "queue_limit": self.config.placements.queue_limit})
-        self._pending[rid] = pending
+        self._pending[(peer, rid)] = pending
 
     def _candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:
         assert self.registry is not None
         model = self.registry.get(request.model, request.version)
         if model is None:
             known = ", ".join(sorted(self.registry.models)) or "none"
-            what = f"model {request.model!r}" + (f" version {request.version}" if request.version else "")
+            what = f"model {proto.shown(request.model)}" + (f" version {proto.shown(request.version)}"
+                                                             if request.version else "")
             raise proto.ProtocolError(proto.UNKNOWN_MODEL, f"{what} is not loaded; models: {known}", request.id)
         arms = list(model.arms)
         if request.pin_variant is not None:
             if request.pin_variant not in model.variants:
                 raise proto.ProtocolError(proto.UNKNOWN_VARIANT,
-                                          f"{model.name}:{model.version} has no variant {request.pin_variant!r}; "
+                                          f"{model.name}:{model.version} has no variant {proto.shown(request.pin_variant)}; "
                                           f"variants: {', '.join(model.variants)}", request.id)
+            if request.pin_variant in model.refused:
+                raise proto.ProtocolError(proto.UNKNOWN_VARIANT, f"variant {request.pin_variant} is not served: "
+                                          f"{model.refused[request.pin_variant]}", request.id)
             arms = [a for a in arms if a.variant.name == request.pin_variant]
         if request.pin_placement is not None:
             if request.pin_placement not in self._placement_by_name:
                 raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
-                                          f"no placement {request.pin_placement!r}; placements: "
+                                          f"no placement {proto.shown(request.pin_placement)}; placements: "
                                           f"{', '.join(self._placement_by_name)}", request.id)
             arms = [a for a in arms if a.placement.name == request.pin_placement]
         if not arms:
@@ -432,7 +572,85 @@ class Daemon:
                                       f"placement {request.pin_placement} cannot run variant {request.pin_variant} "
                                       "(their runtimes differ)" if request.pin_placement and request.pin_variant
                                       else f"no placement here can run {model.name}:{model.version}", request.id)
+        if self._set_aside:
+            now = time.monotonic()
+            usable = [a for a in arms if self._arm_down(model, a, now) is None]
+            if not usable:
+                why = self._arm_down(model, arms[0], now)
+                raise proto.ProtocolError(proto.WORKER_FAILED, f"no arm can serve this request now: {why}",
+                                          request.id, {"set_aside": [{"variant": a.variant.name,
+                                                                       "placement": a.placement.name} for a in arms]})
+            arms = usable
         return model, arms
+
+    def _arm_down(self, model: ModelVersion, arm: Arm, now: float) -> str | None:
+        """Why an arm is set aside now (its file, its quarantine, or its placement's restart), else None."""
+        key = _arm_key(model, arm)
+        if key not in self._set_aside:
+            return None
+        refused = self._refused.get((key[0], key[1]))
+        if refused is not None:
+            return f"variant {arm.variant.name} is refused: {refused}"
+        return self.quarantine.reason(key, now) or self.pool.down_reason(arm.placement.name)
+
+    def _set_aside_arm(self, model: ModelVersion, arm: Arm) -> None:
+        key = _arm_key(model, arm)
+        if key not in self._set_aside:
+            self._set_aside.add(key)
+            self.policy.set_available(model, arm, False)
+
+    def _sync_available(self, now: float) -> None:
+        """Put back the arms whose quarantine ended and whose placement is up."""
+        assert self.registry is not None
+        for model in self.registry.newest():
+            for arm in model.arms:
+                key = _arm_key(model, arm)
+                if key in self._set_aside and not self.quarantine.blocked(key, now) \
+                        and (key[0], key[1]) not in self._refused \
+                        and self.pool.down_reason(arm.placement.name) is None:
+                    self._set_aside.discard(key)
+                    self.policy.set_available(model, arm, True)
+        live = self.registry.directories()
+        self._set_aside = {k for k in self._set_aside if k[0] in live}
+
+    def _placement_down(self, placement: str) -> None:
+        """A placement's worker is held back by a crash loop: its arms leave every decision."""
+        assert self.registry is not None
+        for model in self.registry.newest():
+            for arm in model.arms:
+                if arm.placement.name == placement:
+                    self._set_aside_arm(model, arm)
+
+    def _on_load_failed(self, placement: str, key: tuple[str, str], message: str) -> None:
+        """A worker could not load a variant (or died loading it): a failure of that arm."""
+        self._arm_failed((key[0], key[1], placement), message)
+
+    def _arm_failed(self, key: tuple[str, str, str], message: str) -> None:
+        """An arm's load or execution failed. If its file no longer matches the manifest, the
+        variant is refused on every placement until a reload; otherwise the arm is quarantined
+        once it has failed repeatedly."""
+        model = next((m for m in self.registry.newest() if str(m.directory) == key[0]), None) \
+            if self.registry is not None else None
+        if model is None or key[1] not in model.variants:
+            return
+        record = model.variants[key[1]]
+        problem = check_variant(model.directory, record.path, record.sha256)
+        if problem is not None:
+            if (key[0], key[1]) not in self._refused:
+                self._refused[(key[0], key[1])] = problem
+                log.error("%s:%s variant %s refused until the repository is reloaded: %s", model.name,
+                          model.version, key[1], problem)
+                for arm in model.arms:
+                    if arm.variant.name == key[1]:
+                        self._set_aside_arm(model, arm)
+            return
+        length = self.quarantine.failed(key, time.monotonic(), message)
+        if length is None:
+            return
+        log.warning("%s on %s set aside for %.0f s after repeated failures: %s", key[1], key[2], length, message)
+        arm = model.arm(key[1], key[2])
+        if arm is not None:
+            self._set_aside_arm(model, arm)
 
     @staticmethod
     def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
@@ -464,6 +682,10 @@ class Daemon:
             if len(spec.shape) != len(expected) or tuple(spec.shape[1:]) != expected[1:] or spec.shape[0] < 1:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: shape {list(spec.shape)} does not match the "
                                           f"model's {list(expected)}", request.id)
+            if spec.shape[0] > self.config.server.max_batch:
+                raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: a batch of {spec.shape[0]}; the limit is "
+                                          f"{self.config.server.max_batch} (server.max_batch)", request.id,
+                                          {"max_batch": self.config.server.max_batch})
             if spec.shm is not None:
                 continue
             body = next(frames)
@@ -471,7 +693,7 @@ class Daemon:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
                                           f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}", request.id)
 
-    def _check_regions(self, request: proto.Request, candidates: list[Arm]
+    def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
         """Bounds-check every region a request names (§11.3), without touching the bytes.
 
@@ -487,7 +709,7 @@ class Daemon:
                 if spec.shm.offset % spec.dtype.itemsize:
                     raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: offset {spec.shm.offset} is not a multiple "
                                               f"of {spec.dtype.name}'s {spec.dtype.itemsize} bytes", request.id)
-                region = self.regions.check(spec.shm.region, spec.shm.offset, spec.nbytes)
+                region = self.regions.check(spec.shm.region, spec.shm.offset, spec.nbytes, peer)
                 shm_inputs[i] = {"region": region.name, "offset": spec.shm.offset, "size": region.size}
             outputs_to = None
             if request.outputs_to is not None:
@@ -497,7 +719,7 @@ class Daemon:
                                               "of 4 bytes (outputs are float32)", request.id)
                 batch = request.inputs[0].shape[0] if request.inputs else 1
                 need = sum(4 * batch * math.prod(o.shape[1:]) for o in candidates[0].variant.outputs)
-                region = self.regions.check(ref.region, ref.offset, need)
+                region = self.regions.check(ref.region, ref.offset, need, peer)
                 outputs_to = {"region": region.name, "offset": ref.offset, "size": region.size}
         except RegionError as exc:
             code = proto.UNKNOWN_REGION if exc.kind == "unknown" else proto.BAD_INPUT
@@ -513,21 +735,30 @@ class Daemon:
     def _on_outcome(self, outcome: Outcome) -> None:
         pending: Pending = outcome.job.context
         request, arm, model = pending.request, pending.arm, pending.model
-        self._pending.pop(request.id, None)
+        self._pending.pop((pending.peer, request.id), None)
         if pending.regions:
             self._regions_gone(self.regions.release(pending.regions))
         stats = self._arm_stats(model, arm)
         if not outcome.ok:
-            stats.errors += 1
-            self.errors += 1
-            header = proto.error_header(proto.WORKER_FAILED, outcome.header.get("message", "the worker failed"),
-                                        request.id, {"placement": arm.placement.name, "variant": arm.variant.name})
+            message = str(outcome.header.get("message", "the worker failed"))
+            code = proto.BAD_INPUT if outcome.header.get("code") == proto.BAD_INPUT else proto.WORKER_FAILED
+            if code == proto.WORKER_FAILED:
+                stats.errors += 1
+                if outcome.header.get("died", True):   # not a job that only waited in a dead worker's queue
+                    self._arm_failed(_arm_key(model, arm), message)
+            self.errors += len(pending.routes)
+            header = proto.error_header(code, message, request.id,
+                                        {"placement": arm.placement.name, "variant": arm.variant.name})
             for route in pending.routes:
                 self._send(route, header, ())
             self.requests += len(pending.routes)
+            if code not in proto.TRANSIENT_CODES:
+                self.replays.put(pending.peer, request.id, header, [], time.monotonic())
             self._record(request, model, pending.client, time.time(), outcome="error",
-                         error_code=proto.WORKER_FAILED, choice=pending.choice, arm=arm)
+                         error_code=code, choice=pending.choice, arm=arm)
             return
+        if self.quarantine.any():
+            self.quarantine.succeeded(_arm_key(model, arm))
         h = outcome.header
         compute_ms = float(h["compute_ms"])
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
@@ -570,7 +801,7 @@ class Daemon:
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
         self.requests += len(pending.routes)
-        self._remember(request.id, header, outcome.bodies)
+        self.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
         self._defer(self._account, pending, stats, compute_ms, queue_ms, total_ms, max(path_ms, compute_ms),
                     energy, met, now, now_ns)
 
@@ -640,39 +871,28 @@ class Daemon:
         }
         self.store.submit(record)
 
-    def _remember(self, rid: str, header: dict[str, Any], bodies: list[Any]) -> None:
-        cfg = self.config.server
-        if cfg.dedup_entries <= 0 or cfg.dedup_window_s <= 0:
-            return
-        self._replays[rid] = _Replay(time.monotonic() + cfg.dedup_window_s, header, bodies)
-        self._replays.move_to_end(rid)
-        while len(self._replays) > cfg.dedup_entries:
-            self._replays.popitem(last=False)
-
     # --- replies -------------------------------------------------------------------------
     def _send(self, route, header: dict[str, Any], bodies) -> None:
-        sock, envelope = route
-        try:
-            send_frames(sock, [*envelope, *proto.encode(header, bodies)])
-        except zmq.ZMQError as exc:   # the peer went away; nothing else to do for it
-            log.debug("reply to a departed client dropped: %s", exc)
+        self.frontend.send(route, proto.encode(header, bodies))
 
     def _reply(self, route, header: dict[str, Any], bodies) -> None:
         self.requests += 1
         self._send(route, header, bodies)
 
     def _reply_error(self, route, code: str, message: str, request_id: str | None,
-                     details: dict[str, Any] | None = None) -> None:
+                     details: dict[str, Any] | None = None, peer: bytes | None = None) -> None:
         self.errors += 1
         header = proto.error_header(code, message, request_id, details)
         self._reply(route, header, ())
-        if request_id and code not in proto.TRANSIENT_CODES:
-            self._remember(request_id, header, [])
+        if request_id and peer is not None and code not in proto.TRANSIENT_CODES:
+            self.replays.put(peer, request_id, header, [], time.monotonic())
 
     # --- control -------------------------------------------------------------------------
-    def _on_control(self, request: proto.Request) -> dict[str, Any]:
+    def _on_control(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
+        """A control request's reply; ``peer`` is None on the admin endpoint (every region is its)."""
         handler = getattr(self, f"_control_{request.type}")
-        return {"type": "ok", "id": request.id, "of": request.type, "body": handler(request)}
+        body = handler(request, peer) if request.type.startswith("shm_") else handler(request)
+        return {"type": "ok", "id": request.id, "of": request.type, "body": body}
 
     def _control_models(self, request: proto.Request) -> dict[str, Any]:
         assert self.registry is not None
@@ -685,7 +905,7 @@ class Daemon:
 
     def _control_stats(self, request: proto.Request) -> dict[str, Any]:
         assert self.registry is not None
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         arms = []
         for model in self.registry.newest():
             for arm in model.arms:
@@ -693,7 +913,8 @@ class Daemon:
                 stats = self._stats.get(key) or ArmStats(*key, window=self.config.stats.window)
                 worker = self.pool.workers[arm.placement.name]
                 mem = worker.loaded.get((str(model.directory), arm.variant.name))
-                arms.append(stats.snapshot(now, mem is not None, mem))
+                arms.append({**stats.snapshot(now, mem is not None, mem),
+                             **self.quarantine.describe(_arm_key(model, arm), mono)})
         return {"arms": arms, "energy": self.meter.describe()}
 
     def _control_health(self, request: proto.Request) -> dict[str, Any]:
@@ -703,32 +924,37 @@ class Daemon:
                 "rss_bytes": _rss_bytes(), "workers_rss_bytes": self.pool.workers_rss_bytes(),
                 "requests": self.requests, "errors": self.errors, "in_flight": len(self._pending),
                 "repository": str(self.registry.root), "generation": self.registry.generation,
-                "store": self.store.describe()}
+                "store": self.store.describe(),
+                "replay": {"entries": len(self.replays), "bytes": self.replays.bytes, "hits": self.replays.hits},
+                "busy_refused_early": self.busy_fast,
+                "replies_unread_dropped": self.frontend.replies_unread_dropped,
+                "replies_to_departed": self.frontend.replies_to_departed,
+                "authentication": "curve" if self.auth.enabled else "none"}
 
-    def _control_shm_register(self, request: proto.Request) -> dict[str, Any]:
+    def _control_shm_register(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
         self._regions_gone(self.regions.sweep_owners())
         if self.draining:
             raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", request.id)
         assert request.size is not None
         try:
-            region = self.regions.create(request.size, request.owner_pid)
+            region = self.regions.create(request.size, request.owner_pid, peer)
         except RegionError as exc:
             raise proto.ProtocolError(proto.BAD_REQUEST, exc.message, request.id) from None
         log.debug("region %s registered (%d bytes, owner pid %s)", region.name, region.size, region.owner_pid)
         return {"region": region.name, "size": region.size, "path": str(region.path)}
 
-    def _control_shm_unregister(self, request: proto.Request) -> dict[str, Any]:
+    def _control_shm_unregister(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
         assert request.region is not None
         try:
-            in_use = self.regions.lookup(request.region).users
-            self._regions_gone(self.regions.end(request.region))
+            in_use = self.regions.lookup(request.region, peer).users
+            self._regions_gone(self.regions.end(request.region, peer))
         except RegionError as exc:
             raise proto.ProtocolError(proto.UNKNOWN_REGION, exc.message, request.id) from None
         return {"region": request.region, "in_use": in_use}
 
-    def _control_shm_regions(self, request: proto.Request) -> dict[str, Any]:
+    def _control_shm_regions(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
         self._regions_gone(self.regions.sweep_owners())
-        return {"regions": self.regions.describe()}
+        return {"regions": self.regions.describe(peer)}
 
     def _control_reload(self, request: proto.Request) -> dict[str, Any]:
         error = self.reload()
@@ -762,7 +988,17 @@ class Daemon:
             log.error("reload failed, keeping the previous repository: %s", exc)
             return str(exc)
         self.registry = registry
+        self._log_refused(registry)
+        self.auth.reload()
         self.policy.reset(registry)
+        self.quarantine.forget_except(registry.directories())
+        self._refused.clear()     # the new registry checked every file again
+        self._set_aside.clear()   # the new policy has every arm; set aside again what is still down
+        for model in registry.newest():
+            for arm in model.arms:
+                if self.quarantine.blocked(_arm_key(model, arm), time.monotonic()) \
+                        or self.pool.down_reason(arm.placement.name) is not None:
+                    self._set_aside_arm(model, arm)
         keep = registry.directories() | {str(p.model.directory) for p in self._pending.values()}
         self.pool.unload_except(keep)
         if self.config.placements.load == "eager":
@@ -772,7 +1008,7 @@ class Daemon:
 
     def shutdown(self) -> int:
         self._flush_deferred()
-        for rid, pending in list(self._pending.items()):
+        for (_, rid), pending in list(self._pending.items()):
             header = proto.error_header(proto.SHUTTING_DOWN, "the daemon stopped before this request finished", rid)
             for route in pending.routes:
                 self._send(route, header, ())
@@ -783,14 +1019,16 @@ class Daemon:
             self.store.close()
         if self.meter is not None:
             self.meter.close()
-        for sock in self._frontends:
-            sock.close(linger=2000)
+        self.frontend.close()
+        self.auth.stop()
         self.context.term()
-        for path in self._ipc_paths:
-            try:
-                path.unlink()
-            except OSError:
-                pass
+        for path in (ipc_path(e) for e in self.config.pub_endpoints):
+            if path is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+        self.lock.release()
         self.notifier.close()
         log.info("stopped")
         return 0
@@ -861,7 +1099,22 @@ def run_serve(args) -> int:
     daemon = Daemon(config)
     try:
         daemon.start()
-    except (RegistryError, ValueError, RuntimeError, OSError, zmq.ZMQError) as exc:
+    except StartupError as exc:
         raise UserError(f"cannot start: {exc}") from None
     return daemon.run()
+
+
+def _open_store(cfg: Config, context: zmq.Context, guard: Any):
+    """The selection store, opened (its database created) and its stream bound."""
+    from adaptd.daemon.store import SelectionStore
+
+    path = cfg.store_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for endpoint in cfg.pub_endpoints:
+        from adaptd.daemon.frontend import remove_stale_socket
+
+        remove_stale_socket(endpoint)
+    store = SelectionStore(cfg.store, path, cfg.pub_endpoints if cfg.store.publish else (), context, guard=guard)
+    store.start()
+    return store
 

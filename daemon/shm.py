@@ -8,6 +8,12 @@ Contract
   touching it can get SIGBUS for want of tmpfs space) and returns its name. The daemon process
   never maps a region and never reads or writes tensor bytes: it only checks a request's
   ``offset + nbytes`` against the size it recorded.
+* Ownership: a region belongs to the peer (the client connection, or with authentication the
+  client's key: see :mod:`adaptd.daemon.peers`) that registered it. Every other peer is told it
+  does not exist: it cannot list it, name it in a request, or unregister it; only the admin
+  endpoint sees and ends every region (``peer=None`` below). Each peer may hold at most
+  ``max_regions_per_peer`` regions and ``max_bytes_per_peer`` bytes, so one client cannot take the
+  daemon's whole allowance.
 * Lifetime: a region lives until the first of ``shm_unregister``, the exit of the process that
   registered it (``owner_pid``, watched through a pidfd: :meth:`RegionTable.sweep_owners`), and
   the daemon's exit (:meth:`RegionTable.close_all`). Ending a region stops new requests naming it
@@ -41,6 +47,8 @@ NAME_RE = re.compile(r"^adaptd-(\d+)-[0-9a-f]{32}$")
 MAX_REGION_BYTES = 1 << 30         # one region
 MAX_TOTAL_BYTES = 4 << 30          # all regions of one daemon
 MAX_REGIONS = 256
+MAX_REGIONS_PER_PEER = 16
+MAX_BYTES_PER_PEER = 1 << 30
 
 
 class RegionError(Exception):
@@ -60,6 +68,7 @@ class Region:
     owner_pid: int | None
     pidfd: int | None
     created_at: float
+    peer: bytes | None = None   # who registered it (None: the admin endpoint)
     users: int = 0              # requests queued or running that name it
     ended: bool = False         # unregistered (or owner gone): no new requests; unlink when users == 0
 
@@ -72,12 +81,16 @@ class RegionTable:
     """The daemon's registered regions (see the module contract)."""
 
     def __init__(self, mode: int = 0o660, directory: Path = SHM_DIR, *, max_region_bytes: int = MAX_REGION_BYTES,
-                 max_total_bytes: int = MAX_TOTAL_BYTES, max_regions: int = MAX_REGIONS) -> None:
+                 max_total_bytes: int = MAX_TOTAL_BYTES, max_regions: int = MAX_REGIONS,
+                 max_regions_per_peer: int = MAX_REGIONS_PER_PEER,
+                 max_bytes_per_peer: int = MAX_BYTES_PER_PEER) -> None:
         self.mode = mode & 0o666
         self.directory = Path(directory)
         self.max_region_bytes = max_region_bytes
         self.max_total_bytes = max_total_bytes
         self.max_regions = max_regions
+        self.max_regions_per_peer = max_regions_per_peer
+        self.max_bytes_per_peer = max_bytes_per_peer
         self.regions: dict[str, Region] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -105,7 +118,7 @@ class RegionTable:
         self.regions.clear()
 
     # --- control messages --------------------------------------------------------------------
-    def create(self, size: int, owner_pid: int | None) -> Region:
+    def create(self, size: int, owner_pid: int | None, peer: bytes | None = None) -> Region:
         if not 0 < size <= self.max_region_bytes:
             raise RegionError("limit", f"size must be within 1..{self.max_region_bytes} bytes; got {size}")
         live = [r for r in self.regions.values()]
@@ -115,6 +128,15 @@ class RegionTable:
         if total + size > self.max_total_bytes:
             raise RegionError("limit", f"{total} bytes are registered; {size} more would pass the limit of "
                                        f"{self.max_total_bytes}")
+        if peer is not None:
+            mine = [r for r in live if r.peer == peer]
+            if len(mine) >= self.max_regions_per_peer:
+                raise RegionError("limit", f"this client holds {len(mine)} regions; the limit per client is "
+                                           f"{self.max_regions_per_peer}")
+            held = sum(r.size for r in mine)
+            if held + size > self.max_bytes_per_peer:
+                raise RegionError("limit", f"this client holds {held} bytes of regions; {size} more would pass the "
+                                           f"limit per client of {self.max_bytes_per_peer}")
         pidfd = None
         if owner_pid is not None:
             try:
@@ -139,28 +161,30 @@ class RegionTable:
                 os.close(pidfd)
             raise RegionError("limit", f"cannot reserve {size} bytes of shared memory: {exc.strerror}") from None
         os.close(fd)
-        region = Region(name, size, path, owner_pid, pidfd, time.time())
+        region = Region(name, size, path, owner_pid, pidfd, time.time(), peer)
         self.regions[name] = region
         return region
 
-    def lookup(self, name: str) -> Region:
+    def lookup(self, name: str, peer: bytes | None = None) -> Region:
+        """The live region ``name`` as ``peer`` may see it (None: the admin, who sees all)."""
         region = self.regions.get(name)
-        if region is None or region.ended:
+        if region is None or region.ended or (peer is not None and region.peer != peer):
             raise RegionError("unknown", f"no region {name!r} is registered (unregistered, its owner exited, "
                                          "or the daemon restarted: register a new one)")
         return region
 
-    def check(self, name: str, offset: int, nbytes: int) -> Region:
-        """The region, if ``[offset, offset + nbytes)`` lies inside it; else RegionError."""
-        region = self.lookup(name)
+    def check(self, name: str, offset: int, nbytes: int, peer: bytes | None = None) -> Region:
+        """The region, if ``peer`` may use it and ``[offset, offset + nbytes)`` lies inside it;
+        else RegionError."""
+        region = self.lookup(name, peer)
         if offset < 0 or offset + nbytes > region.size:
             raise RegionError("bounds", f"bytes [{offset}, {offset + nbytes}) are outside region {name} "
                                         f"of {region.size} bytes")
         return region
 
-    def end(self, name: str) -> list[str]:
+    def end(self, name: str, peer: bytes | None = None) -> list[str]:
         """Unregister: refuse new requests now; returns the names unlinked now (tell the workers)."""
-        region = self.lookup(name)
+        region = self.lookup(name, peer)
         region.ended = True
         return self._maybe_unlink(region)
 
@@ -189,8 +213,9 @@ class RegionTable:
     def owned(self) -> bool:
         return any(r.pidfd is not None and not r.ended for r in self.regions.values())
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [r.describe() for r in self.regions.values()]
+    def describe(self, peer: bytes | None = None) -> list[dict[str, Any]]:
+        """The regions ``peer`` may see (None: all)."""
+        return [r.describe() for r in self.regions.values() if peer is None or r.peer == peer]
 
     # --- internals -----------------------------------------------------------------------------
     def _maybe_unlink(self, region: Region) -> list[str]:

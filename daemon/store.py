@@ -245,8 +245,9 @@ class SelectionStore:
 
     def __init__(self, config: StoreConfig, path: Path, pub_endpoints: Sequence[str] = (),
                  context: zmq.Context | None = None, *, min_batch_gap_s: float = 0.02,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time, guard: Any = None) -> None:
         self.config = config
+        self._guard = guard   # called on the PUB socket before it binds (CurveZMQ: adaptd.daemon.auth)
         self.path = Path(path)
         self.pub_endpoints = tuple(pub_endpoints) if config.publish else ()
         self._context = context
@@ -336,6 +337,8 @@ class SelectionStore:
                 pub = ctx.socket(zmq.PUB)
                 pub.setsockopt(zmq.LINGER, 0)
                 pub.setsockopt(zmq.SNDHWM, 10_000)
+                if self._guard is not None:
+                    self._guard(pub)
                 for endpoint in self.pub_endpoints:
                     pub.bind(endpoint)
         except BaseException as exc:  # reported to start()'s caller

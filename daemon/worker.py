@@ -15,6 +15,9 @@ Contract
   input tensors as received from the client), ``load``, ``unload_except``, ``shm_unmap``
   (header: regions, names the daemon has unlinked), ``ping`` (answered ``pong`` at once: the
   channel's round trip), ``stop``.
+  ``spec.reject_nonfinite`` (default true): a float input holding NaN or an infinity is
+  answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees tensor bytes in
+  a region, so the worker checks).
   Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
   compute_ms, cpu_time_s, idle_since_ns: when the worker started waiting for the message that
   turned out to be this run; load_ms and memory_bytes when the run loaded its variant; outputs;
@@ -27,6 +30,7 @@ Contract
   daemon's and the power sampler's clocks) taken around the execution: from handing the input to
   the interpreter to having the outputs, model load excluded. ``cpu_time_s`` is this process's CPU
   time (all threads) over the same span, used by the estimated power model.
+* Loading verifies the variant's file against the manifest's sha256 and refuses a mismatch.
 * Only this process imports the interpreter runtime: LiteRT for ``litert`` placements,
   TensorFlow for ``tensorflow`` ones. A failure to load or run a variant is answered ``fail``
   and the worker keeps serving; only a crash ends it.
@@ -81,7 +85,7 @@ class VariantCache:
         t0 = time.perf_counter()
         rss0 = _rss_bytes()
         kwargs = {"device": self.device} if record.runtime == "tensorflow" and self.device else {}
-        loaded = load_variant(Path(version_dir), record, num_threads=self.threads, **kwargs)
+        loaded = load_variant(Path(version_dir), record, num_threads=self.threads, verify=True, **kwargs)
         # One execution on zeros so the footprint includes the runtime's buffers.
         loaded.run([np.zeros(s.shape, np.float32) for s in record.inputs])
         self.memory_bytes[key] = max(0, _rss_bytes() - rss0)
@@ -108,6 +112,7 @@ def serve(spec: dict[str, Any]) -> int:
         import tensorflow  # noqa: F401
 
     channel = Channel.from_fd(int(spec["fd"]))
+    reject_nonfinite = bool(spec.get("reject_nonfinite", True))
     cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
     maps = WorkerMaps()
     channel.send("ready", {"pid": os.getpid(), "rss_bytes": _rss_bytes()})
@@ -118,7 +123,7 @@ def serve(spec: dict[str, Any]) -> int:
         except ConnectionError:   # the daemon is gone: nobody to serve
             return 0
         if verb == "run":
-            _run(channel, cache, maps, header, bodies, idle_since_ns)
+            _run(channel, cache, maps, header, bodies, idle_since_ns, reject_nonfinite)
         elif verb == "load":
             try:
                 _, load_ms = cache.get(header["dir"], header["variant"])
@@ -148,6 +153,21 @@ def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memory
             for h in headers]
 
 
+def nonfinite_input(inputs: list[np.ndarray]) -> int | None:
+    """The index of the first float input holding a NaN or an infinity, else None. A float32
+    input is screened by its dot product with itself (finite for finite inputs below 1e17 in
+    magnitude, 2.5x faster than ``isfinite`` on 150k values), then checked exactly if it fails."""
+    for i, x in enumerate(inputs):
+        if x.dtype.kind != "f" or x.size == 0:
+            continue
+        flat = x.reshape(-1)
+        if x.dtype == np.float32 and np.isfinite(np.dot(flat, flat)):
+            continue
+        if not np.isfinite(flat).all():
+            return i
+    return None
+
+
 def _write_outputs(maps: WorkerMaps, ref: dict[str, Any], outputs: list[np.ndarray]) -> list[dict[str, Any]]:
     """Outputs back to back from ``ref``'s offset, float32 (PROTOCOL.md §11.4)."""
     headers = []
@@ -163,12 +183,19 @@ def _write_outputs(maps: WorkerMaps, ref: dict[str, Any], outputs: list[np.ndarr
 
 
 def _run(channel: Channel, cache: VariantCache, maps: WorkerMaps, header: dict[str, Any],
-         bodies: list[memoryview], idle_since_ns: int) -> None:
+         bodies: list[memoryview], idle_since_ns: int, reject_nonfinite: bool = True) -> None:
     job = header["job"]
     inputs: list[np.ndarray] = []
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
         inputs = _inputs(maps, header["inputs"], bodies)
+        bad = nonfinite_input(inputs) if reject_nonfinite else None
+        if bad is not None:
+            inputs.clear()
+            channel.send("fail", {"job": job, "code": "BAD_INPUT",
+                                  "message": f"input {bad} holds NaN or infinite values "
+                                             "(server.reject_nonfinite)"})
+            return
         cpu0 = time.process_time()
         t0_ns = time.monotonic_ns()
         outputs = loaded.run(inputs)
@@ -203,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(argv[0])
     try:
         return serve(spec)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError, ConnectionError):   # the daemon is gone: nothing to report
         return 0
 
 

@@ -9,11 +9,17 @@ Contract
   worker; the daemon polls its file descriptor). At most one job is
   in flight per worker; the rest wait in the placement's queue (bounded by ``queue_limit``:
   :meth:`WorkerPool.submit` refuses beyond it, and the daemon answers ``BUSY``).
-* A worker that dies (detected through its pidfd, never by polling timeouts) is restarted; the
-  job it was running is handed back through :meth:`WorkerPool.on_exit` so the daemon can answer
-  ``WORKER_FAILED``: no request is silently dropped. Queued jobs stay queued and run on the new
-  worker.
-* Times are ``time.monotonic_ns()``.
+* A worker that dies (detected through its pidfd, never by polling timeouts) is restarted. The
+  job it was running is handed back through :meth:`WorkerPool.on_exit`, once, so the daemon
+  answers it ``WORKER_FAILED`` exactly once; the jobs queued for it wait for the new worker. A
+  worker that keeps dying soon after it starts is restarted after a growing pause
+  (``RESTART_BACKOFF_S``); meanwhile its placement is *down* (:meth:`WorkerPool.down_reason`),
+  takes no jobs, and the jobs queued for it are handed back too, each once. No request is
+  silently dropped, none is answered twice.
+* No send to a worker raises: a channel that fails (the worker died, or stopped reading for
+  ``SEND_TIMEOUT_S``) marks the worker dying, kills it if it still runs, and the job stays with
+  it until its pidfd reports the death.
+* Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from adaptd.daemon.channel import Channel
 from adaptd.daemon.placements import Placement
 
 log = logging.getLogger("adaptd.workers")
+
+SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a message waits is killed
+EARLY_DEATH_S = 30.0      # a worker that dies this soon after starting counts towards a crash loop
+# pause before a restart, by the number of early deaths in a row (a worker that did any work resets it)
+RESTART_BACKOFF_S = (0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -77,6 +88,10 @@ class Worker:
     pending_loads: list[tuple[str, str]] = field(default_factory=list)
     eager: list[tuple[str, str]] = field(default_factory=list)        # loaded again after a restart
     failed_loads: set[tuple[str, str]] = field(default_factory=set)
+    loading: list[tuple[str, str]] = field(default_factory=list)      # loads sent, not yet answered
+    early_deaths: int = 0             # deaths in a row, each soon after its start
+    restart_at: float | None = None   # time.monotonic() of a restart held back by the crash loop
+    last_exit: str | None = None
 
     @property
     def busy(self) -> bool:
@@ -85,17 +100,24 @@ class Worker:
     def snapshot(self) -> dict[str, Any]:
         return {**self.placement.to_dict(), "queued": len(self.queue), "busy": self.busy,
                 "ready": self.ready, "worker_pid": self.proc.pid if self.proc else None,
-                "restarts": self.restarts}
+                "restarts": self.restarts,
+                "restart_in_s": (None if self.restart_at is None
+                                 else round(max(0.0, self.restart_at - time.monotonic()), 3)),
+                "last_exit": self.last_exit}
 
 
 class WorkerPool:
-    def __init__(self, placements: Iterable[Placement], queue_limit: int) -> None:
+    def __init__(self, placements: Iterable[Placement], queue_limit: int,
+                 worker_options: dict[str, Any] | None = None) -> None:
         self.queue_limit = queue_limit
+        self.worker_options = dict(worker_options or {})   # passed to every worker in its spec
         self.workers: dict[str, Worker] = {p.name: Worker(p) for p in placements}
         self._by_fd: dict[int, Worker] = {}
         self._by_pidfd: dict[int, Worker] = {}
         self._next_job = 1
         self.on_change: Callable[[], None] | None = None   # poller registration changed
+        # (placement, (dir, variant), message): a variant failed to load there (or killed its worker)
+        self.on_load_failed: Callable[[str, tuple[str, str], str], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,29 +173,39 @@ class WorkerPool:
             if not w.ready or w.channel is None or w.inflight is not None or w.queue:
                 continue
             rtts = []
-            for i in range(rounds):
-                t0 = time.perf_counter_ns()
-                w.channel.send("ping", {"n": i})
-                while True:   # loads answered meanwhile are recorded as usual
-                    verb, header, _ = w.channel.recv()
-                    if verb == "pong" and header.get("n") == i:
-                        break
-                    self._record_side_message(w, verb, header)
-                rtts.append((time.perf_counter_ns() - t0) / 1e6)
+            try:
+                for i in range(rounds):
+                    t0 = time.perf_counter_ns()
+                    w.channel.send("ping", {"n": i})
+                    while True:   # loads answered meanwhile are recorded as usual
+                        verb, header, _ = w.channel.recv()
+                        if verb == "pong" and header.get("n") == i:
+                            break
+                        self._record_side_message(w, verb, header)
+                    rtts.append((time.perf_counter_ns() - t0) / 1e6)
+            except OSError:   # it died meanwhile: its pidfd reports it
+                continue
             out[name] = min(rtts)
         return out
 
-    def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> None:
+    def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> tuple[str, str] | None:
+        """A ``loaded`` or a load's ``fail``; returns the (dir, variant) of a failed load."""
+        key = (header.get("dir"), header.get("variant"))
+        if key in worker.loading:
+            worker.loading.remove(key)
         if verb == "loaded":
-            worker.loaded[(header["dir"], header["variant"])] = int(header.get("memory_bytes", 0))
+            worker.loaded[key] = int(header.get("memory_bytes", 0))
         elif verb == "fail" and header.get("job") is None and header.get("variant"):
-            worker.failed_loads.add((header.get("dir"), header.get("variant")))
+            worker.failed_loads.add(key)
+            return key
+        return None
 
     def _spawn(self, worker: Worker) -> None:
-        channel, child_end = Channel.pair()
+        worker.restart_at = None
+        channel, child_end = Channel.pair(SEND_TIMEOUT_S)
         spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
                 "threads": worker.placement.threads, "runtime": worker.placement.runtime,
-                "device": worker.placement.device, "placement": worker.placement.name}
+                "device": worker.placement.device, "placement": worker.placement.name, **self.worker_options}
         try:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker", json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
@@ -184,6 +216,7 @@ class WorkerPool:
         worker.ready = False
         worker.started_at = time.time()
         worker.loaded.clear()
+        worker.loading.clear()
         worker.pending_loads = list(worker.eager)
         self._by_fd[channel.fileno()] = worker
         self._by_pidfd[worker.pidfd] = worker
@@ -235,6 +268,30 @@ class WorkerPool:
         w = self.workers[placement]
         return len(w.queue) + (1 if w.inflight else 0)
 
+    def down_reason(self, placement: str) -> str | None:
+        """Why ``placement`` takes no jobs now (its worker is held back by a crash loop), or None."""
+        w = self.workers[placement]
+        if w.restart_at is None:
+            return None
+        return (f"the worker for {placement} died {w.early_deaths} times in a row soon after starting "
+                f"({w.last_exit}); it restarts in {max(0.0, w.restart_at - time.monotonic()):.1f} s")
+
+    def next_restart_s(self) -> float | None:
+        """Seconds until the next held-back restart is due (None: none is)."""
+        due = [w.restart_at for w in self.workers.values() if w.restart_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def restart_due(self) -> None:
+        """Start the workers whose held-back restart is due (the daemon's loop calls this)."""
+        now = time.monotonic()
+        started = False
+        for w in self.workers.values():
+            if w.restart_at is not None and now >= w.restart_at:
+                self._spawn(w)
+                started = True
+        if started and self.on_change:
+            self.on_change()
+
     def latest_dispatch_ns(self) -> int | None:
         """When the most recently dispatched job still in flight was handed to its worker
         (``time.monotonic_ns()``), or None when no job is in flight."""
@@ -246,10 +303,12 @@ class WorkerPool:
         return latest
 
     def submit(self, placement: str, job: Job) -> bool:
-        """Queue a job; False when the placement's queue is full (answer BUSY)."""
+        """Queue a job; False when the placement's queue is full (answer BUSY). The caller checks
+        :meth:`down_reason` first: a placement that is down takes no jobs."""
         worker = self.workers[placement]
         if len(worker.queue) >= self.queue_limit:
             return False
+        assert worker.restart_at is None, f"{placement} is down"
         job.job_id = self._next_job
         self._next_job += 1
         worker.queue.append(job)
@@ -269,7 +328,8 @@ class WorkerPool:
             return
         while worker.pending_loads:
             d, v = worker.pending_loads.pop(0)
-            worker.channel.send("load", {"dir": d, "variant": v})
+            if self._send(worker, "load", {"dir": d, "variant": v}):
+                worker.loading.append((d, v))
 
     def unload_except(self, dirs: set[str]) -> None:
         for worker in self.workers.values():
@@ -277,16 +337,27 @@ class WorkerPool:
                 del worker.loaded[key]
             worker.eager = [k for k in worker.eager if k[0] in dirs]
             if worker.ready and worker.channel is not None:
-                worker.channel.send("unload_except", {"dirs": sorted(dirs)})
+                self._send(worker, "unload_except", {"dirs": sorted(dirs)})
 
     def broadcast(self, verb: str, header: dict[str, Any]) -> None:
         """Send a message to every ready worker (one that is starting has nothing to forget)."""
         for worker in self.workers.values():
             if worker.ready and worker.channel is not None:
-                try:
-                    worker.channel.send(verb, header)
-                except OSError:   # dying: its pidfd reports it
-                    pass
+                self._send(worker, verb, header)
+
+    def _send(self, worker: Worker, verb: str, header: dict[str, Any], bodies: Any = ()) -> bool:
+        """Send on a worker's channel; False when the channel failed. Then the worker is dying
+        (its pidfd reports the death) or wedged (it read nothing for SEND_TIMEOUT_S: it is
+        killed, so its pidfd reports it too)."""
+        try:
+            worker.channel.send(verb, header, bodies)
+            return True
+        except OSError as exc:
+            log.warning("worker for %s: cannot send %s (%s); it is being replaced", worker.placement.name, verb,
+                        exc.strerror or type(exc).__name__)
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.kill()
+            return False
 
     def _dispatch(self, worker: Worker) -> None:
         if worker.inflight is not None or not worker.ready or not worker.queue or worker.channel is None:
@@ -298,7 +369,8 @@ class WorkerPool:
                   "inputs": job.input_headers}
         if job.outputs_to is not None:
             header["outputs_to"] = job.outputs_to
-        worker.channel.send("run", header, job.input_frames)
+        # A failed send leaves the job in flight: the worker's death (on_exit) answers it, once.
+        self._send(worker, "run", header, job.input_frames)
 
     def on_message(self, fd: int) -> Outcome | None:
         """Read one message from a worker's channel; returns a finished job's outcome, if any.
@@ -323,41 +395,68 @@ class WorkerPool:
         if verb == "loaded":
             self._record_side_message(worker, verb, header)
             worker.rss_bytes = header.get("rss_bytes", worker.rss_bytes)
+            worker.early_deaths = 0   # it came up and did real work
             return None
         job = worker.inflight
         if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
             worker.inflight = None
-            if verb == "done" and "memory_bytes" in header:
-                worker.loaded[(job.version_dir, job.variant)] = int(header["memory_bytes"])
+            if verb == "done":
+                worker.early_deaths = 0
+                if "memory_bytes" in header:
+                    worker.loaded[(job.version_dir, job.variant)] = int(header["memory_bytes"])
             outcome = Outcome(job, header, bodies, verb == "done", time.monotonic_ns())
             self._dispatch(worker)
             return outcome
         if verb == "fail":
-            self._record_side_message(worker, verb, header)
+            failed = self._record_side_message(worker, verb, header)
             log.warning("worker %s: %s", worker.placement.name, header.get("message"))
+            if failed is not None and self.on_load_failed:
+                self.on_load_failed(worker.placement.name, failed, str(header.get("message")))
         return None
 
-    def on_exit(self, pidfd: int) -> Outcome | None:
-        """A worker died: restart it; return its in-flight job as a failure."""
+    def on_exit(self, pidfd: int) -> list[Outcome]:
+        """A worker died: restart it (at once, or after a pause when it keeps dying soon after
+        starting); return the job it was running and, when the restart is held back, the jobs
+        queued for it, each as a failure."""
         worker = self._by_pidfd.get(pidfd)
         if worker is None:
-            return None
+            return []
         code = worker.proc.wait() if worker.proc else None
-        job, worker.inflight = worker.inflight, None
-        log.error("worker for %s (pid %s) died with code %s; restarting",
-                  worker.placement.name, worker.proc.pid if worker.proc else "?", code)
+        pid = worker.proc.pid if worker.proc else "?"
+        lived_s = time.time() - worker.started_at
+        running, loading = worker.inflight, list(worker.loading)
+        worker.inflight = None
+        worker.last_exit = f"exit code {code} after {lived_s:.1f} s"
         self._close(worker)
+        worker.ready = False
         worker.restarts += 1
+        worker.early_deaths = worker.early_deaths + 1 if lived_s < EARLY_DEATH_S else 0
+        pause_s = RESTART_BACKOFF_S[min(max(worker.early_deaths - 1, 0), len(RESTART_BACKOFF_S) - 1)]
+        held = [running] if running is not None else []
+        if pause_s:   # the queue would wait out the pause: hand it back
+            held += list(worker.queue)
+            worker.queue.clear()
+        log.error("worker for %s (pid %s) died with code %s after %.1f s; restarting%s",
+                  worker.placement.name, pid, code, lived_s, f" in {pause_s:g} s" if pause_s else "")
+        if running is None and loading and self.on_load_failed:   # it died loading a variant
+            self.on_load_failed(worker.placement.name, loading[0], f"the worker died ({worker.last_exit}) "
+                                "while loading it")
         # Variants the dead worker had loaded eagerly are loaded again by the new one.
-        self._spawn(worker)
+        if pause_s:
+            worker.restart_at = time.monotonic() + pause_s
+            worker.proc = None
+        else:
+            self._spawn(worker)
         if self.on_change:
             self.on_change()
-        if job is None:
-            return None
-        return Outcome(job, {"job": job.job_id, "code": "WORKER_FAILED",
-                             "message": f"the worker for {worker.placement.name} died (exit code {code}) "
-                                        "while running this request; it has been restarted"},
-                       [], False, time.monotonic_ns())
+        outcomes = []
+        for job in held:
+            what = "while running this request" if job is running else "with this request queued for it"
+            outcomes.append(Outcome(job, {"job": job.job_id, "code": "WORKER_FAILED", "died": job is running,
+                                          "message": f"the worker for {worker.placement.name} died ({worker.last_exit}) "
+                                                     f"{what}; it is being restarted"},
+                                    [], False, time.monotonic_ns()))
+        return outcomes
 
     def workers_rss_bytes(self) -> int:
         import psutil

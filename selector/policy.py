@@ -301,6 +301,8 @@ class Selector:
         # estimate, and when (s); the model's next probe (see the module's contract)
         self._probe_next: dict[int, tuple[int, float]] = {}
         self._n_arms = n
+        self._unavailable = np.zeros(n, dtype=bool)   # arms the caller set aside (set_available)
+        self._any_unavailable = False
         self.scalar_max_arms = SCALAR_MAX_ARMS
         # plain-float copies of the static columns for the scalar path
         self._acc_l: list[float] = self._acc.tolist()
@@ -350,6 +352,13 @@ class Selector:
     @property
     def n_arms(self) -> int:
         return self._n_arms
+
+    def set_available(self, arm_id: int, available: bool) -> None:
+        """Leave an arm out of every decision (``available=False``: its loads or executions keep
+        failing, its placement is down) or put it back. An arm set aside is never chosen, probed
+        or named closest; a request with none of its candidates left is the caller's to refuse."""
+        self._unavailable[arm_id] = not available
+        self._any_unavailable = bool(self._unavailable.any())
 
     @property
     def cost_model(self) -> OnlineCostModel:
@@ -724,6 +733,12 @@ class Selector:
             cand = self._pin_mask(r, lo, hi)
         if allowed is not None:
             cand = self._allowed_mask(r, lo, hi, allowed, cand)
+        if self._any_unavailable:
+            up = ~self._unavailable[lo:hi]
+            if not up.all():
+                cand = up if cand is None else cand & up
+                if not cand.any():
+                    raise UnknownVariantError(f"model {r.model!r}: every candidate arm is set aside")
         return cand
 
     def _pin_mask(self, r: Request, lo: int, hi: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adaptd.daemon.config import (
+    AuthConfig,
     Config,
     ConfigError,
     CustomPlacement,
@@ -25,7 +26,7 @@ from adaptd.daemon.store import StoreConfig
 SAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "adaptd.toml"
 
 TABLES = {"server": ServerConfig, "placements": PlacementsConfig, "stats": StatsConfig,
-          "power": PowerConfig, "store": StoreConfig}
+          "power": PowerConfig, "store": StoreConfig, "auth": AuthConfig}
 TOP_LEVEL = {"repository", "state_dir", "runtime_dir", "log_level"}
 
 
@@ -71,11 +72,13 @@ def test_the_sample_loads_and_its_values_are_the_defaults():
     assert cfg.placements == PlacementsConfig()
     assert cfg.stats == StatsConfig()
     assert cfg.power == PowerConfig()
-    assert StoreConfig.from_dict(cfg.store) == StoreConfig()
+    assert cfg.store == StoreConfig()
+    assert cfg.auth == AuthConfig()
     assert cfg.log_level == "info"
     from adaptd.daemon.selection import SelectorPolicy
     from adaptd.selector import SelectorConfig
 
+    assert cfg.selector.params == SelectorConfig()
     assert SelectorPolicy.from_config(cfg).selector_config == SelectorConfig()
     # Commented-out settings show the values systemd's directories give them.
     text = SAMPLE.read_text()

@@ -275,7 +275,7 @@ def test_a_failed_reload_keeps_the_old_repository_serving(daemon):
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
     try:
-        reply, _ = daemon.request({"type": "reload", "id": "bad-reload"})
+        reply, _ = daemon.request({"type": "reload", "id": "bad-reload"}, admin=True)
         assert reply["type"] == "error" and reply["code"] == "INTERNAL", reply
         assert "manifest" in reply["message"]
     finally:
@@ -348,7 +348,8 @@ def test_sighup_reloads_atomically_and_sigterm_drains(slow_repository, tmp_path)
 
 def test_a_second_sigterm_stops_at_once_and_still_answers(slow_repository, tmp_path):
     d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off"},
-                                                                "server": {"drain_timeout_s": 600.0}})
+                                                                "server": {"drain_timeout_s": 600.0,
+                                                                           "max_batch": SLOW_BATCH * 20}})
     try:
         name = first_placement(d)
         sock = dealer(d)

@@ -93,6 +93,14 @@ def recv(sock: zmq.Socket, timeout_ms: int = REPLY_TIMEOUT_MS) -> tuple[dict, li
     return header, [bytes(b) for b in bodies]
 
 
+def wait_for_record(d: DaemonProcess, rid: str, timeout_s: float = 10.0) -> dict:
+    """The request's selection record, once the store has committed it (within its flush interval)."""
+    deadline = time.monotonic() + timeout_s
+    while not (rows := [r for r in read_selections(d.store_path) if r["request_id"] == rid]):
+        assert time.monotonic() < deadline, "the record never reached the store"
+    return rows[0]
+
+
 def maps_of(pid: int) -> str:
     with open(f"/proc/{pid}/maps") as fh:
         return fh.read()
@@ -385,10 +393,8 @@ def test_latency_confidence_is_judged_at_a_kept_level_and_recorded(daemon, model
     assert refused["type"] == "error" and refused["code"] == "BAD_CONSTRAINTS", refused
     assert "0.99" in refused["message"]
     assert_serving(daemon, model)
-    deadline = time.monotonic() + 10   # the store's flush interval is under a second
-    while not (rows := [r for r in read_selections(daemon.store_path) if r["request_id"] == rid]):
-        assert time.monotonic() < deadline, "the record never reached the store"
-    assert rows[0]["latency_confidence"] == 0.97 and rows[0]["predicted_latency_confidence"] == 0.99
+    record = wait_for_record(daemon, rid)
+    assert record["latency_confidence"] == 0.97 and record["predicted_latency_confidence"] == 0.99
 
 
 # --- size limits ---------------------------------------------------------------------------------
@@ -510,12 +516,57 @@ def test_a_retried_id_runs_once_and_replays_the_reply(daemon, model):
     assert count(control(daemon, "stats")) == count(before) + 1
 
 
-def test_an_error_reply_is_replayed_but_busy_like_errors_are_not_stored(daemon, model):
+def test_an_error_reply_is_replayed_on_the_same_connection(daemon, model):
     rid = f"err-{uuid.uuid4().hex}"
-    reply, _ = infer(daemon, model, rid=rid, pin_variant="no-such-variant")
-    assert reply["code"] == "UNKNOWN_VARIANT"
-    reply, _ = infer(daemon, model, rid=rid)
-    assert reply["code"] == "UNKNOWN_VARIANT" and reply.get("replayed") is True
+    x = sample(model)
+    sock = dealer(daemon)
+    try:
+        sock.send_multipart(proto.encode(proto.request_header(rid, model["name"], [x], pin_variant="no-such-variant"),
+                                         [x]))
+        reply, _ = recv(sock)
+        assert reply["code"] == "UNKNOWN_VARIANT"
+        sock.send_multipart(proto.encode(proto.request_header(rid, model["name"], [x]), [x]))
+        reply, _ = recv(sock)
+        assert reply["code"] == "UNKNOWN_VARIANT" and reply.get("replayed") is True
+    finally:
+        sock.close()
+
+
+def test_another_client_resending_an_id_never_gets_the_first_clients_reply(daemon, model):
+    """The selection stream publishes request ids: knowing one must not reach its outputs. A
+    second connection sending the same id (with other input) runs its own request."""
+    rid = f"victim-{uuid.uuid4().hex}"
+    secret = sample(model, 1, seed=7)
+    victim = dealer(daemon)
+    thief = dealer(daemon)
+    try:
+        victim.send_multipart(proto.encode(proto.request_header(rid, model["name"], [secret]), [secret]))
+        first, outputs = recv(victim)
+        assert first["type"] == "result"
+        zeros = np.zeros_like(secret)
+        thief.send_multipart(proto.encode(proto.request_header(rid, model["name"], [zeros]), [zeros]))
+        stolen, their_outputs = recv(thief)
+        assert stolen["type"] == "result" and stolen["replayed"] is False
+        assert their_outputs != outputs
+    finally:
+        victim.close()
+        thief.close()
+
+
+def test_records_name_a_client_by_an_opaque_tag_not_its_routing_identity(daemon, model):
+    sock = dealer(daemon)
+    sock.setsockopt(zmq.ROUTING_ID, b"secret-identity-1234")
+    rid = f"tag-{uuid.uuid4().hex}"
+    try:
+        x = sample(model)
+        sock.send_multipart(proto.encode(proto.request_header(rid, model["name"], [x]), [x]))
+        reply, _ = recv(sock)
+        assert reply["type"] == "result"
+    finally:
+        sock.close()
+    record = wait_for_record(daemon, rid)
+    assert record["client"].startswith("peer-")
+    assert "secret" not in record["client"] and b"secret-identity-1234".hex() not in record["client"]
 
 
 def test_a_req_socket_works_too(daemon, model):

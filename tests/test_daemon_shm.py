@@ -26,7 +26,7 @@ import zmq
 
 from adaptd.clients import errors as e
 from adaptd.clients.aio import AsyncClient
-from adaptd.clients.client import CLOSE_TIMEOUT_MS, Client, ShmTensor
+from adaptd.clients.client import CLOSE_TIMEOUT_MS, Client, Region, ShmTensor
 from adaptd.daemon import protocol as proto
 from adaptd.daemon.launch import DaemonProcess
 
@@ -124,63 +124,146 @@ def test_async_client_shm(daemon):
 
 # --- refusals -------------------------------------------------------------------------------
 
-def raw_infer(d: DaemonProcess, model: str, placement: str, inputs: list[dict], bodies=(), **extra) -> dict:
+class RawPeer:
+    """One raw DEALER connection to the daemon: the regions it registers are its own (§11.1)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def request(self, header: dict, bodies=()) -> dict:
+        self.sock.send_multipart(proto.encode(header, bodies))
+        assert self.sock.poll(30_000), f"no reply to {header.get('type')}"
+        reply, _ = proto.decode(self.sock.recv_multipart())
+        return reply
+
+    def register(self, size: int) -> str:
+        return self.map(size).name
+
+    def map(self, size: int) -> Region:
+        """Register a region on this connection and map it here."""
+        reply = self.request({"type": "shm_register", "id": uuid.uuid4().hex, "size": size})
+        assert reply["type"] == "ok", reply
+        body = reply["body"]
+        return Region(body["region"], body["size"], body["path"])
+
+    def regions(self) -> list[dict]:
+        return self.request({"type": "shm_regions", "id": uuid.uuid4().hex})["body"]["regions"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_infer(peer: RawPeer, model: str, placement: str, inputs: list[dict], bodies=(), **extra) -> dict:
     header = {"type": "infer", "id": uuid.uuid4().hex, "model": model, "inputs": inputs,
               "pin": pinned(placement), **extra}
-    reply, _ = d.request(header, bodies)
-    return reply
+    return peer.request(header, bodies)
 
 
 def test_bounds_alignment_and_unknown_regions_are_refused(daemon):
     d, model, placement = daemon
     shape = [1, 8, 8, 1]
+    peer = RawPeer(d.endpoint)
     with Client(d.endpoint, timeout_ms=30_000) as c:
-        region = c.register_region(1024)
-        name = region.name
+        name = peer.register(1024)
 
         def shm(offset, region_name=name):
             return [proto.shm_tensor_header(np.float32, shape, region_name, offset)]
 
-        ok = raw_infer(d, model, placement, shm(1024 - 256))          # the last 256 bytes: fits exactly
+        d_raw = peer
+        ok = raw_infer(d_raw, model, placement, shm(1024 - 256))          # the last 256 bytes: fits exactly
         assert ok["type"] == "result", ok
         for offset in (1024 - 252, 1024, 10**12):
-            r = raw_infer(d, model, placement, shm(offset))
+            r = raw_infer(d_raw, model, placement, shm(offset))
             assert r["code"] == "BAD_INPUT" and "outside region" in r["message"], r
-        r = raw_infer(d, model, placement, shm(2))
+        r = raw_infer(d_raw, model, placement, shm(2))
         assert r["code"] == "BAD_INPUT" and "multiple" in r["message"], r
-        r = raw_infer(d, model, placement, [{"dtype": "float32", "shape": shape, "shm": {"region": name,
-                                                                                         "offset": -4}}])
+        r = raw_infer(d_raw, model, placement, [{"dtype": "float32", "shape": shape, "shm": {"region": name,
+                                                                                             "offset": -4}}])
         assert r["code"] == "BAD_REQUEST", r
-        r = raw_infer(d, model, placement, shm(0, f"adaptd-{d.proc.pid}-{'0' * 32}"))
+        r = raw_infer(d_raw, model, placement, shm(0, f"adaptd-{d.proc.pid}-{'0' * 32}"))
         assert r["code"] == "UNKNOWN_REGION", r
         # outputs that do not fit (10 float32 per image: 40 bytes at 1000 overflows 1024)
-        r = raw_infer(d, model, placement, shm(0), outputs_to={"region": name, "offset": 1000})
+        r = raw_infer(d_raw, model, placement, shm(0), outputs_to={"region": name, "offset": 1000})
         assert r["code"] == "BAD_INPUT" and "outside region" in r["message"], r
         # a shm tensor takes no frame: an extra body frame is refused
         x = digits()
-        r = raw_infer(d, model, placement, shm(0), [x])
+        r = raw_infer(d_raw, model, placement, shm(0), [x])
         assert r["code"] == "BAD_INPUT" and "body frame" in r["message"], r
         # client-side errors map to their classes
+        region = c.register_region(1024)
         with pytest.raises(e.UnknownRegionError):
             c.infer(model, ShmTensor("adaptd-1-" + "0" * 32, 0, np.float32, shape), **pinned(placement))
         with pytest.raises(e.BadInputError):
             c.infer(model, ShmTensor(region, 1000, np.float32, shape), **pinned(placement))
-        # unregister, then use
-        xs = region.ndarray(shape)
         c.unregister_region(region)
+        # unregister, then use
+        ended = peer.request({"type": "shm_unregister", "id": uuid.uuid4().hex, "region": name})
+        assert ended["type"] == "ok", ended
         assert not (SHM / name).exists()
-        r = raw_infer(d, model, placement, shm(0))
+        r = raw_infer(d_raw, model, placement, shm(0))
         assert r["code"] == "UNKNOWN_REGION", r
         with pytest.raises(e.UnknownRegionError):
             c.unregister_region(name)
-        del xs
         # the daemon keeps serving
         assert c.infer(model, digits(), **pinned(placement)).outputs[0].shape == (1, 10)
+    peer.close()
+
+
+def test_a_region_is_invisible_and_unusable_to_other_clients(daemon):
+    """A region belongs to the connection that registered it: another one cannot list it, run on
+    it, write outputs into it or end it; the admin endpoint sees and ends every region."""
+    d, model, placement = daemon
+    shape = [1, 8, 8, 1]
+    owner, other = RawPeer(d.endpoint), RawPeer(d.endpoint)
+    try:
+        name = owner.register(1024)
+        listed = other.request({"type": "shm_regions", "id": uuid.uuid4().hex})["body"]["regions"]
+        assert all(r["region"] != name for r in listed)
+        assert any(r["region"] == name for r in
+                   owner.request({"type": "shm_regions", "id": uuid.uuid4().hex})["body"]["regions"])
+        ref = [proto.shm_tensor_header(np.float32, shape, name, 0)]
+        assert raw_infer(other, model, placement, ref)["code"] == "UNKNOWN_REGION"
+        x = digits()
+        r = raw_infer(other, model, placement, [proto.tensor_header(x)], [x], outputs_to={"region": name, "offset": 0})
+        assert r["code"] == "UNKNOWN_REGION", r
+        r = other.request({"type": "shm_unregister", "id": uuid.uuid4().hex, "region": name})
+        assert r["code"] == "UNKNOWN_REGION", r
+        assert raw_infer(owner, model, placement, ref)["type"] == "result"
+        admin = RawPeer(d.admin_endpoint)
+        try:
+            everyone = admin.request({"type": "shm_regions", "id": uuid.uuid4().hex})["body"]["regions"]
+            assert any(r["region"] == name for r in everyone)
+            assert admin.request({"type": "shm_unregister", "id": uuid.uuid4().hex, "region": name})["type"] == "ok"
+        finally:
+            admin.close()
+        assert raw_infer(owner, model, placement, ref)["code"] == "UNKNOWN_REGION"
+    finally:
+        owner.close()
+        other.close()
+
+
+def test_one_client_cannot_take_every_region(daemon):
+    """A per-client quota (server.shm_regions_per_client, 16 by default) leaves room for others."""
+    d, _, _ = daemon
+    greedy, modest = RawPeer(d.endpoint), RawPeer(d.endpoint)
+    try:
+        names = [greedy.register(4096) for _ in range(16)]
+        refused = greedy.request({"type": "shm_register", "id": uuid.uuid4().hex, "size": 4096, "owner_pid": 1})
+        assert refused["code"] == "BAD_REQUEST" and "per client" in refused["message"], refused
+        assert modest.register(4096)
+        for name in names:
+            greedy.request({"type": "shm_unregister", "id": uuid.uuid4().hex, "region": name})
+    finally:
+        greedy.close()
+        modest.close()
 
 
 def test_register_limits(daemon):
     d, _, _ = daemon
-    for body in ({"size": 0}, {"size": 2 << 30}, {"size": 64, "owner_pid": 2**22 + 12345}, {}):
+    for body in ({"size": 0}, {"size": 2 << 30}, {"size": 64, "owner_pid": 2**22 + 12345}, {},
+                 {"size": 64, "owner_pid": 2**31}, {"size": 64, "owner_pid": 2**63}):
         reply, _ = d.request({"type": "shm_register", "id": uuid.uuid4().hex, **body})
         assert reply["type"] == "error" and reply["code"] == "BAD_REQUEST", (body, reply)
 
@@ -205,7 +288,7 @@ def test_a_crashed_owner_leaves_no_region_behind(daemon):
     try:
         name = proc.stdout.readline().strip()
         assert name and (SHM / name).exists()
-        with Client(d.endpoint) as c:
+        with Client(d.admin_endpoint) as c:   # the admin endpoint sees every client's regions
             assert any(r["region"] == name and r["owner_pid"] == proc.pid for r in c.shm_regions())
             proc.kill()
             proc.wait()
@@ -280,32 +363,28 @@ def test_clients_close_promptly_when_their_daemon_is_gone(tiny_repository, tmp_p
 
 def test_unregister_while_in_use_defers_the_unlink(daemon):
     d, model, placement = daemon
-    ctx = zmq.Context.instance()
+    peer = RawPeer(d.endpoint)   # requests, the region and its unregister share one connection
+    sock = peer.sock
     with Client(d.endpoint, timeout_ms=30_000) as c:
-        region = c.register_region(64 * 8 * 8 * 4)
-        xs = region.ndarray((64, 8, 8, 1))
-        xs[...] = digits(64)
         want = c.infer(model, digits(64), **pinned(placement)).outputs[0]
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(d.endpoint)
-        try:
-            # several requests queued on the region, then the unregister: they all finish first
-            rids = [f"q{i}" for i in range(6)]
-            for rid in rids:
-                header = proto.request_header(rid, model, [], pin_variant="float32", pin_placement=placement,
-                                              input_headers=[proto.shm_tensor_header(np.float32, xs.shape,
-                                                                                     region.name, 0)])
-                sock.send_multipart(proto.encode(header), copy=False)
-            unreg = {"type": "shm_unregister", "id": "u", "region": region.name}
-            sock.send_multipart(proto.encode(unreg))
-            replies = {}
-            while len(replies) < len(rids) + 1:
-                assert sock.poll(30_000)
-                h, bodies = proto.decode(sock.recv_multipart())
-                replies[h["id"]] = (h, [bytes(b) for b in bodies])
-        finally:
-            sock.close()
+    region = peer.map(64 * 8 * 8 * 4)
+    xs = region.ndarray((64, 8, 8, 1))
+    xs[...] = digits(64)
+    try:
+        # several requests queued on the region, then the unregister: they all finish first
+        rids = [f"q{i}" for i in range(6)]
+        for rid in rids:
+            header = proto.request_header(rid, model, [], pin_variant="float32", pin_placement=placement,
+                                          input_headers=[proto.shm_tensor_header(np.float32, xs.shape,
+                                                                                 region.name, 0)])
+            sock.send_multipart(proto.encode(header), copy=False)
+        unreg = {"type": "shm_unregister", "id": "u", "region": region.name}
+        sock.send_multipart(proto.encode(unreg))
+        replies = {}
+        while len(replies) < len(rids) + 1:
+            assert sock.poll(30_000)
+            h, bodies = proto.decode(sock.recv_multipart())
+            replies[h["id"]] = (h, [bytes(b) for b in bodies])
         assert replies["u"][0]["type"] == "ok"
         for rid in rids:
             h, bodies = replies[rid]
@@ -313,9 +392,10 @@ def test_unregister_while_in_use_defers_the_unlink(daemon):
             np.testing.assert_array_equal(np.frombuffer(bodies[0], np.float32).reshape(64, 10), want)
         del xs
         region.close()
-        c.regions.pop(region.name, None)
-        assert all(r["region"] != region.name for r in c.shm_regions())
+        assert all(r["region"] != region.name for r in peer.regions())
         assert not (SHM / region.name).exists()
+    finally:
+        peer.close()
 
 
 # --- a worker killed while it reads a region ------------------------------------------------------
@@ -341,13 +421,12 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
                         return state
                 raise AssertionError(f"{name} never busy")
 
-            region = c.register_region(SLOW_BATCH * int(np.prod(SLOW_SHAPE)) * 4)
+            peer = RawPeer(d.endpoint)   # the region's owner: its requests share its connection
+            sock = peer.sock
+            region = peer.map(SLOW_BATCH * int(np.prod(SLOW_SHAPE)) * 4)
             xs = region.ndarray((SLOW_BATCH, *SLOW_SHAPE))
             xs[...] = np.random.default_rng(0).random(xs.shape, dtype=np.float32)
             want = np.array(c.infer("slow", np.array(xs[:1]), variant="float32", placement=name).outputs[0])
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(d.endpoint)
 
             def send(rid: str, batch: int) -> None:
                 header = proto.request_header(rid, "slow", [], pin_variant="float32", pin_placement=name,
@@ -359,7 +438,7 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
                 send("victim", SLOW_BATCH)
                 busy = wait_busy()
                 send("queued", 1)
-                ended, _ = d.request({"type": "shm_unregister", "id": "end", "region": region.name})
+                ended, _ = d.request({"type": "shm_unregister", "id": "end", "region": region.name}, admin=True)
                 assert ended["type"] == "ok" and ended["body"]["in_use"] == 2, ended
                 late, _ = d.request(proto.request_header(
                     "late", "slow", [], pin_variant="float32", pin_placement=name,
@@ -372,18 +451,19 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
                     assert sock.poll(60_000)
                     h, bodies = proto.decode(sock.recv_multipart())
                     replies[h["id"]] = (h, [bytes(b) for b in bodies])
-            finally:
-                sock.close()
+            except BaseException:
+                peer.close()
+                raise
             victim = replies["victim"][0]
             assert victim["type"] == "error" and victim["code"] == "WORKER_FAILED", victim
             queued, bodies = replies["queued"]
             assert queued["type"] == "result", queued
             np.testing.assert_array_equal(np.frombuffer(bodies[0], np.float32).reshape(want.shape), want)
-            assert all(r["region"] != region.name for r in c.shm_regions())
+            assert all(r["region"] != region.name for r in peer.regions())
             assert not (SHM / region.name).exists()
             del xs
             region.close()
-            c.regions.clear()
+            peer.close()
     finally:
         assert d.stop() == 0, d.log()
     assert region_files(d.proc.pid) == set()

@@ -1,0 +1,126 @@
+"""The daemon's client-facing sockets: request and admin ROUTERs, how they bind, how replies leave.
+
+Contract
+--------
+* :meth:`Frontend.bind` creates one ``ROUTER`` per request endpoint and per admin endpoint (ipc
+  only, socket file mode 0600: only the daemon's own user, and root, may connect), guards each
+  with CurveZMQ when authentication is on, and binds it. An ipc socket file left by a daemon that
+  is gone is replaced; the caller holds the instance lock (:mod:`adaptd.daemon.instance`), so it is
+  never a live daemon's. On failure every socket bound so far is closed and its file removed.
+* Replies (:meth:`Frontend.send`) never block the daemon. Each client connection may have
+  ``send_hwm`` replies waiting that it has not read; a reply beyond that is dropped and counted
+  (``replies_unread_dropped``), as is a reply to a client that has gone
+  (``replies_to_departed``). A client that stops reading loses its own replies, never the
+  daemon's memory; a retry of a dropped reply is answered from the replay store.
+* Threads: the daemon's main thread only (ZeroMQ sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from adaptd.daemon.frames import send_frames
+
+log = logging.getLogger("adaptd.frontend")
+
+ADMIN_IPC_MODE = 0o600
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def remove_stale_socket(endpoint: str) -> None:
+    """Remove a socket file a dead daemon left at an ipc endpoint (the caller holds the lock)."""
+    path = ipc_path(endpoint)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class Frontend:
+    def __init__(self, context: zmq.Context, *, max_message_bytes: int, send_hwm: int, ipc_mode: int,
+                 guard: Any = None) -> None:
+        self.context = context
+        self.max_message_bytes = max_message_bytes
+        self.send_hwm = send_hwm
+        self.ipc_mode = ipc_mode
+        self._guard = guard            # CurveZMQ (adaptd.daemon.auth.Authenticator.guard)
+        self.sockets: list[zmq.Socket] = []
+        self.admin: set[zmq.Socket] = set()
+        self.ipc_paths: list[Path] = []
+        self.replies_unread_dropped = 0
+        self.replies_to_departed = 0
+
+    def bind(self, endpoints: Sequence[str], admin_endpoints: Sequence[str]) -> None:
+        try:
+            for endpoint in endpoints:
+                self._bind(endpoint, admin=False)
+            for endpoint in admin_endpoints:
+                self._bind(endpoint, admin=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def _bind(self, endpoint: str, admin: bool) -> None:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or departed peer raises, never blocks
+        if self._guard is not None:
+            self._guard(sock)
+        remove_stale_socket(endpoint)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
+        self.sockets.append(sock)
+        if admin:
+            self.admin.add(sock)
+        path = ipc_path(endpoint)
+        if path is not None:
+            self.ipc_paths.append(path)
+            os.chmod(path, ADMIN_IPC_MODE if admin else self.ipc_mode)
+
+    def send(self, route: tuple[zmq.Socket, list[Any]], frames: list[Any]) -> bool:
+        """Send a reply (envelope + message frames) without blocking; False when it was dropped."""
+        sock, envelope = route
+        try:
+            send_frames(sock, [*envelope, *frames], _NOBLOCK)
+            return True
+        except zmq.Again:   # the peer left send_hwm replies unread
+            self.replies_unread_dropped += 1
+            if self.replies_unread_dropped in (1, 10, 100) or self.replies_unread_dropped % 1000 == 0:
+                log.warning("a client is not reading its replies: %d dropped so far (server.send_hwm = %d)",
+                            self.replies_unread_dropped, self.send_hwm)
+        except zmq.ZMQError as exc:   # EHOSTUNREACH: the peer went away
+            self.replies_to_departed += 1
+            log.debug("reply to a departed client dropped: %s", exc)
+        return False
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=2000)
+        self.sockets.clear()
+        self.admin.clear()
+        for path in self.ipc_paths:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        self.ipc_paths.clear()

@@ -1,0 +1,100 @@
+"""Stored replies for idempotent retries (PROTOCOL.md §8), bounded and private to each client.
+
+Contract
+--------
+* A reply is stored under (peer, request id): ``peer`` is the identity the daemon saw the request
+  come from (the client's CurveZMQ public key when authentication is on, else its connection's
+  routing identity), never something the request itself claims. A retry is answered from the
+  store only when it comes from the same peer, so knowing another client's request id (the
+  selection stream publishes ids) reaches nothing.
+* Bounded three ways: entries (``max_entries``), bytes (``max_bytes``: the tensor bodies plus an
+  estimate of the header) and age (``window_s``). An entry older than the window is never
+  answered and is dropped at the next :meth:`put` or :meth:`expire`, whichever comes first; the
+  daemon calls :meth:`expire` about once a second, so memory held by expired replies is released
+  within a second of their expiry, not when new replies push them out. Replies larger than
+  ``max_bytes`` on their own are not stored.
+* Stored bodies are the buffers that were sent (zero-copy frames or arrays); the store keeps
+  them alive until the entry goes.
+* Single-threaded: the daemon's main thread only. Times are ``time.monotonic()`` seconds.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+HEADER_BYTES_ESTIMATE = 1024   # a stored header's share of the byte bound (msgpack'd, ~300-800 bytes)
+
+
+@dataclass
+class _Entry:
+    expires: float
+    header: dict[str, Any]
+    bodies: list[Any] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class ReplayCache:
+    def __init__(self, window_s: float, max_entries: int, max_bytes: int) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self._entries: OrderedDict[tuple[bytes, str], _Entry] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_s > 0 and self.max_entries > 0 and self.max_bytes > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, peer: bytes, request_id: str, now: float) -> tuple[dict[str, Any], list[Any]] | None:
+        """The stored reply for this peer's id (header, bodies), or None."""
+        if not self._entries:
+            return None
+        entry = self._entries.get((peer, request_id))
+        if entry is None:
+            return None
+        if entry.expires < now:
+            self._drop((peer, request_id))
+            return None
+        self.hits += 1
+        return entry.header, entry.bodies
+
+    def put(self, peer: bytes, request_id: str, header: dict[str, Any], bodies: list[Any], now: float) -> None:
+        if not self.enabled:
+            return
+        nbytes = HEADER_BYTES_ESTIMATE + sum(_nbytes(b) for b in bodies)
+        if nbytes > self.max_bytes:
+            return
+        key = (peer, request_id)
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = _Entry(now + self.window_s, header, bodies, nbytes)
+        self.bytes += nbytes
+        self.expire(now)
+        while self._entries and (len(self._entries) > self.max_entries or self.bytes > self.max_bytes):
+            self._drop(next(iter(self._entries)))
+
+    def expire(self, now: float) -> None:
+        """Drop every entry past its window (entries are in expiry order: one window for all)."""
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.expires >= now:
+                return
+            self._drop(key)
+
+    def _drop(self, key: tuple[bytes, str]) -> None:
+        entry = self._entries.pop(key)
+        self.bytes -= entry.nbytes
+
+
+def _nbytes(buffer: Any) -> int:
+    n = getattr(buffer, "nbytes", None)
+    if n is not None:
+        return int(n)
+    inner = getattr(buffer, "buffer", None)   # zmq.Frame
+    return len(inner if inner is not None else buffer)
