@@ -9,17 +9,26 @@ Contract
   already hold the old one finish on it (their jobs name the old version directory).
 * A manifest that fails validation makes the whole load fail with :class:`RegistryError` naming
   the file, so a reload never half-applies.
+* A variant no placement can run (its runtime is not among the placements', e.g. a ``float32_tf``
+  variant where there is no TensorFlow placement) has no arm: it is never selected. The load
+  records why in ``ModelVersion.unservable`` and logs it once (a warning per variant per load,
+  i.e. at start and at each reload); ``models`` shows it per variant (``servable``,
+  ``unservable_reason``) and ``explain`` lists it (:meth:`ModelVersion.describe_unservable`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import importlib.util
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adaptd.daemon.placements import Placement
 from adaptd.variants.manifest import MANIFEST_FILE, Manifest, ManifestError, VariantRecord, load_manifest
+
+log = logging.getLogger("adaptd.registry")
 
 
 class RegistryError(Exception):
@@ -50,6 +59,7 @@ class ModelVersion:
     manifest: Manifest
     variants: Mapping[str, VariantRecord]
     arms: tuple[Arm, ...]
+    unservable: Mapping[str, str] = field(default_factory=dict)   # variant -> why no placement runs it
 
     def arm(self, variant: str, placement: str) -> Arm | None:
         for a in self.arms:
@@ -66,8 +76,22 @@ class ModelVersion:
                 "accuracy": v.metrics.accuracy if v.metrics else None,
                 "f1_macro": v.metrics.f1_macro if v.metrics else None,
                 "inputs": [t.to_dict() for t in v.inputs], "outputs": [t.to_dict() for t in v.outputs],
+                "servable": v.name not in self.unservable, "unservable_reason": self.unservable.get(v.name),
             } for v in self.variants.values()],
         }
+
+    def describe_unservable(self) -> list[dict[str, str]]:
+        """The variants no placement can run, each ``{variant, reason}`` (``explain``'s
+        ``unservable``: variants it did not consider)."""
+        return [{"variant": name, "reason": why} for name, why in self.unservable.items()]
+
+    def no_arm_reason(self, variant: str | None, placement: str | None) -> str:
+        """Why a request pinned to ``variant`` and/or ``placement`` has no arm to run."""
+        if variant is not None and placement is not None:
+            return f"placement {placement} cannot run variant {variant} (their runtimes differ)"
+        if variant is not None and variant in self.unservable:
+            return f"variant {variant} of {self.name}:{self.version} cannot be served: {self.unservable[variant]}"
+        return f"no placement here can run {self.name}:{self.version}"
 
 
 @dataclass(frozen=True)
@@ -91,12 +115,33 @@ class Registry:
         return [vs[max(vs, key=int)] for vs in self.models.values()]
 
 
+def unservable_reason(runtime: str, placements: Sequence[Placement],
+                      tensorflow_installed: bool | None = None) -> str:
+    """Why no placement among ``placements`` runs a variant of ``runtime``, for an operator.
+    ``tensorflow_installed``: None finds out (``importlib.util.find_spec``, nothing imported)."""
+    runtimes = sorted({p.runtime for p in placements})
+    text = (f"no placement runs its runtime {runtime!r} "
+            f"(the placements here, {', '.join(p.name for p in placements) or 'none'}, run "
+            f"{' and '.join(runtimes) or 'nothing'})")
+    if runtime == "tensorflow":
+        if tensorflow_installed is None:
+            tensorflow_installed = importlib.util.find_spec("tensorflow") is not None
+        if not tensorflow_installed:
+            text += "; TensorFlow is not installed (pip install 'adaptd[build]')"
+        else:
+            text += ("; TensorFlow is installed but no TensorFlow placement is configured: "
+                     "[placements] tensorflow = \"auto\" adds gpu:0 only where there is a GPU, "
+                     "\"on\" adds tf:cpu where there is none; see also [placements] include/exclude")
+    return text
+
+
 def load_registry(root: Path, placements: Iterable[Placement], generation: int) -> Registry:
     root = Path(root)
     if not root.is_dir():
         raise RegistryError(f"model repository {root} is not a directory")
     placements = list(placements)
     models: dict[str, dict[str, ModelVersion]] = {}
+    skipped: dict[tuple[str, str, str], list[str]] = {}   # (model, variant, why) -> versions
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()):
             path = version_dir / MANIFEST_FILE
@@ -108,6 +153,13 @@ def load_registry(root: Path, placements: Iterable[Placement], generation: int) 
                 raise RegistryError(f"{path}: {exc}") from None
             variants = {v.name: v for v in manifest.variants}
             arms = tuple(Arm(v, p) for v in manifest.variants for p in placements if p.runtime == v.runtime)
+            unservable = {v.name: unservable_reason(v.runtime, placements) for v in manifest.variants
+                          if not any(a.variant.name == v.name for a in arms)}
+            for name, why in unservable.items():
+                skipped.setdefault((manifest.model, name, why), []).append(version_dir.name)
             models.setdefault(manifest.model, {})[version_dir.name] = ModelVersion(
-                manifest.model, version_dir.name, version_dir.resolve(), manifest, variants, arms)
+                manifest.model, version_dir.name, version_dir.resolve(), manifest, variants, arms, unservable)
+    for (model, variant, why), versions in skipped.items():
+        log.warning("model %s variant %s (version%s %s) will not be served: %s", model, variant,
+                    "s" if len(versions) > 1 else "", ", ".join(versions), why)
     return Registry(root.resolve(), generation, models)

@@ -429,9 +429,7 @@ class Daemon:
             arms = [a for a in arms if a.placement.name == request.pin_placement]
         if not arms:
             raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
-                                      f"placement {request.pin_placement} cannot run variant {request.pin_variant} "
-                                      "(their runtimes differ)" if request.pin_placement and request.pin_variant
-                                      else f"no placement here can run {model.name}:{model.version}", request.id)
+                                      model.no_arm_reason(request.pin_variant, request.pin_placement), request.id)
         return model, arms
 
     @staticmethod
@@ -750,7 +748,8 @@ class Daemon:
                 "violations": choice.violations,
                 "closest": ({"variant": choice.closest.variant.name, "placement": choice.closest.placement.name}
                             if choice.closest else None),
-                "alternatives": choice.alternatives or []}
+                "alternatives": choice.alternatives or [],
+                "unservable": model.describe_unservable()}
 
     # --- reload and shutdown -------------------------------------------------------------
     def reload(self) -> str | None:
