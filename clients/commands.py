@@ -322,6 +322,8 @@ def run_health(args: argparse.Namespace) -> int:
                 if k.endswith("_bytes") and isinstance(v, (int, float)):
                     v = f"{v / 2**20:.1f} MiB"
                 print(f"{k:18} {fmt(v, 1)}")
+        if isinstance(body.get("store"), Mapping) and "board_id" in body["store"]:
+            print(f"{'board_id':18} {fmt(body['store']['board_id'])}")
     return 0 if body.get("status") == "serving" else 1
 
 

@@ -227,6 +227,7 @@ class Config:
     selector: Mapping[str, Any] = field(default_factory=dict)
     store: Mapping[str, Any] = field(default_factory=dict)
     log_level: str = "info"
+    board_id: str | None = None   # None: derived from the machine id (daemon/board.py)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -239,7 +240,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         base = base_dir or Path.cwd()
-        top = {"repository", "state_dir", "runtime_dir", "log_level",
+        top = {"repository", "state_dir", "runtime_dir", "log_level", "board_id",
                "server", "placements", "stats", "power", "selector", "store"}
         _check_keys(d, top, "config")
 
@@ -257,6 +258,14 @@ class Config:
         log_level = _typed(d, "log_level", str, "info", "config")
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"config.log_level: expected debug, info, warning or error, got {log_level!r}")
+        board_id = d.get("board_id")
+        if board_id is not None:
+            from adaptd.daemon.board import BoardIdError, validate_board_id
+
+            try:
+                validate_board_id(board_id, "config.board_id")
+            except BoardIdError as exc:
+                raise ConfigError(str(exc)) from None
         for key in ("server", "placements", "stats", "power", "selector", "store"):
             if not isinstance(d.get(key, {}), dict):
                 raise ConfigError(f"config.{key}: expected a table")
@@ -283,6 +292,7 @@ class Config:
             selector=dict(d.get("selector", {})),
             store=dict(d.get("store", {})),
             log_level=log_level,
+            board_id=board_id,
         )
 
 

@@ -133,6 +133,7 @@ class Daemon:
         if self.policy is None:
             self.policy = _default_policy(cfg)
 
+        from adaptd.daemon.board import daemon_board_id
         from adaptd.daemon.store import SelectionStore, StoreConfig
 
         store_cfg = StoreConfig.from_dict(cfg.store)
@@ -143,7 +144,7 @@ class Daemon:
         for endpoint in cfg.pub_endpoints:
             self._prepare_ipc(endpoint)
         self.store = SelectionStore(store_cfg, store_path, cfg.pub_endpoints if store_cfg.publish else (),
-                                    self.context)
+                                    self.context, board_id=daemon_board_id(cfg.board_id))
         self.store.start()
         for endpoint in cfg.pub_endpoints:
             self._chmod_ipc(endpoint)
