@@ -364,13 +364,19 @@ def run_log_tail(args: argparse.Namespace) -> int:
 
 
 def run_log_export(args: argparse.Namespace) -> int:
-    from adaptd.clients.export import export_selections, parse_since
+    from pathlib import Path
+
+    from adaptd.clients.export import export_board_id, export_format, export_selections, parse_since
 
     try:
-        n = export_selections(args.store, args.out, since=parse_since(args.since), model=args.model)
+        fmt = export_format(Path(args.out))
+        board_id, source = export_board_id(args.store, getattr(args, "board_id", None))
+        n = export_selections(args.store, args.out, since=parse_since(args.since), model=args.model, fmt=fmt,
+                              board_id=board_id)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
-    print(f"wrote {n} selection(s) to {args.out}", file=sys.stderr)
+    what = "a Parquet dataset partitioned by board_id, model and date in " if fmt == "dataset" else ""
+    print(f"wrote {n} selection(s) of board {board_id} ({source}) to {what}{args.out}", file=sys.stderr)
     return 0
 
 

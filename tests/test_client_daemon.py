@@ -19,6 +19,7 @@ from adaptd.clients.cli import main
 from adaptd.clients.client import Client
 from adaptd.clients.loadgen import MixEntry, run_scenario
 from adaptd.clients.subscriber import Subscriber
+from adaptd.daemon.board import MACHINE_ID_PATHS, machine_board_id
 from adaptd.daemon.launch import DaemonProcess
 from adaptd.daemon.store import read_selections
 
@@ -258,6 +259,12 @@ def test_export_and_report_on_the_store_of_a_real_run(daemon, tmp_path: Path):
     mine = next(r for r in rows if r["request_id"] == "export-last")
     assert mine["variant"] == last.selection.variant and mine["outcome"] == "ok"
     assert any(r["outcome"] == "rejected" for r in rows)
+    # The daemon recorded its board id in the store (no board_id configured: this machine's derived one).
+    with Client(d.endpoint) as c:
+        board_id = c.health()["store"]["board_id"]
+    if any(p.exists() for p in MACHINE_ID_PATHS):
+        assert board_id == machine_board_id()
+    assert board_id and {r["board_id"] for r in rows} == {board_id}
     assert main(["report", "--store", str(d.store_path), "--out", str(tmp_path / "rep"),
                  "--repository", str(d.config_path.parent)]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
