@@ -8,7 +8,7 @@ Contract
   Daemon errors, timeouts and bad files become :class:`~adaptd.clients.cli.UserError` (one
   line on stderr, exit 1).
 * Energy is always printed with its provenance: "estimated" (from a power model) or
-  "measured" (a sensor), never a bare figure.
+  "measured" (a sensor), never a bare figure; where there is no figure, "n/a".
 * Units in column headers: ms, mJ, accuracy in %.
 """
 
