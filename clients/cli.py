@@ -178,9 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pub-endpoint", default=None)
     p.add_argument("--json", action="store_true")
     _target(p, "adaptd.clients.commands:run_log_tail")
-    p = lsub.add_parser("export", help="export selections to CSV or Parquet")
+    p = lsub.add_parser("export", help="export selections to CSV, Parquet or a partitioned Parquet dataset")
     p.add_argument("--store", type=Path, required=True, help="selection store (SQLite file)")
-    p.add_argument("--out", type=Path, required=True, help="output file (.csv or .parquet)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output: a .csv or .parquet file, or a directory for a Parquet dataset partitioned "
+                        "board_id=/model=/date= (whole UTC days; each export replaces the partitions it writes)")
+    p.add_argument("--board-id", default=None,
+                   help="the board id on every row (default: the one the daemon recorded in the store)")
     p.add_argument("--since", default=None, help="ISO time or a duration like 1h, 30m")
     p.add_argument("--model", default=None)
     _target(p, "adaptd.clients.commands:run_log_export")

@@ -8,7 +8,7 @@ Contract
   Daemon errors, timeouts and bad files become :class:`~adaptd.clients.cli.UserError` (one
   line on stderr, exit 1).
 * Energy is always printed with its provenance: "estimated" (from a power model) or
-  "measured" (a sensor), never a bare figure.
+  "measured" (a sensor), never a bare figure; where there is no figure, "n/a".
 * Units in column headers: ms, mJ, accuracy in %.
 """
 
@@ -201,6 +201,8 @@ def describe_explanation(e: Explanation, model: str) -> str:
                                   "excluded by"]))
         if any(a.get("energy_estimated") for a in e.alternatives):
             lines.append("est. = energy estimated from a power model (no sensor), not measured")
+    for u in e.body.get("unservable") or []:
+        lines.append(f"not considered: {u.get('variant')}: {u.get('reason')}")
     return "\n".join(lines)
 
 
@@ -229,17 +231,23 @@ def _control(args: argparse.Namespace, what: str) -> dict[str, Any]:
 
 
 def describe_models(body: Mapping[str, Any]) -> str:
-    rows = []
+    rows, unservable = [], []
     for m in body.get("models", []):
         for v in m.get("variants", []):
             acc = v.get("accuracy")
+            servable = v.get("servable", True)   # a daemon predating the field serves every variant it lists
+            if not servable:
+                unservable.append(f"{m.get('name')}:{m.get('version')} {v.get('name')} is not served: "
+                                  f"{v.get('unservable_reason') or 'no placement can run it'}")
             rows.append([str(m.get("name")), str(m.get("version")), str(v.get("name")), str(v.get("kind")),
                          str(v.get("runtime")), str(v.get("quantization")), fmt(v.get("sparsity")),
                          "-" if acc is None else f"{acc * 100:.1f}",
                          fmt(None if v.get("size_bytes") is None else v["size_bytes"] / 1024, 1),
-                         " ".join(f"{i.get('dtype')}{list(i.get('shape', []))}" for i in v.get("inputs") or [])])
+                         " ".join(f"{i.get('dtype')}{list(i.get('shape', []))}" for i in v.get("inputs") or []),
+                         "yes" if servable else "NO (see below)"])
     out = [table(rows, ["model", "version", "variant", "kind", "runtime", "quantization", "sparsity",
-                        "accuracy %", "size KiB", "inputs"])]
+                        "accuracy %", "size KiB", "inputs", "served"])]
+    out += unservable
     pl = body.get("placements")
     if pl:
         out += ["", describe_placements(pl)]
@@ -260,18 +268,28 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def arm_energy_kind(arm: Mapping[str, Any]) -> str:
+    """The provenance of an arm's energy figures in a ``stats`` reply: "estimated", "measured",
+    or "n/a" for an arm with no energy figure (it never ran, or its runs had no energy reading)."""
+    en = arm.get("energy_mj") or {}
+    if all(en.get(k) is None for k in ("last", "ewma", "p50", "p95", "p99")):
+        return "n/a"
+    if arm.get("energy_estimated") or str(arm.get("energy_source") or "").startswith("estimated"):
+        return "estimated"
+    return "measured"
+
+
 def describe_stats(body: Mapping[str, Any]) -> str:
     rows = []
     estimated_any = False
     for a in body.get("arms", []):
         lat, en = a.get("latency_ms") or {}, a.get("energy_mj") or {}
-        est = bool(a.get("energy_estimated"))
-        estimated_any |= est
+        kind = arm_energy_kind(a)
+        estimated_any |= kind == "estimated"
         rows.append([f"{a.get('model')}:{a.get('version')}", str(a.get("variant")), str(a.get("placement")),
                      fmt(a.get("count")), fmt(a.get("errors")), fmt(a.get("loaded")),
                      fmt(lat.get("p50"), 3), fmt(lat.get("p95"), 3), fmt(lat.get("p99"), 3), fmt(lat.get("ewma"), 3),
-                     fmt(en.get("p50"), 3), fmt(en.get("ewma"), 3), "estimated" if est else "measured",
-                     fmt(a.get("age_s"), 1)])
+                     fmt(en.get("p50"), 3), fmt(en.get("ewma"), 3), kind, fmt(a.get("age_s"), 1)])
     out = [table(rows, ["model", "variant", "placement", "runs", "errors", "loaded", "p50 ms", "p95 ms",
                         "p99 ms", "ewma ms", "energy p50 mJ", "energy ewma mJ", "energy", "age s"])]
     meter = body.get("energy") or {}
@@ -282,6 +300,8 @@ def describe_stats(body: Mapping[str, Any]) -> str:
                                             or str(src).startswith("estimated") else ""))
     elif estimated_any:
         out.append("energy 'estimated': from a power model, not measured by a sensor")
+    if any(r[12] == "n/a" for r in rows):
+        out.append("energy 'n/a': no energy figure for the arm yet (it has not run)")
     return "\n".join(out)
 
 
@@ -303,6 +323,8 @@ def run_health(args: argparse.Namespace) -> int:
                 if k.endswith("_bytes") and isinstance(v, (int, float)):
                     v = f"{v / 2**20:.1f} MiB"
                 print(f"{k:18} {fmt(v, 1)}")
+        if isinstance(body.get("store"), Mapping) and "board_id" in body["store"]:
+            print(f"{'board_id':18} {fmt(body['store']['board_id'])}")
     return 0 if body.get("status") == "serving" else 1
 
 
@@ -357,13 +379,19 @@ def run_log_tail(args: argparse.Namespace) -> int:
 
 
 def run_log_export(args: argparse.Namespace) -> int:
-    from adaptd.clients.export import export_selections, parse_since
+    from pathlib import Path
+
+    from adaptd.clients.export import export_board_id, export_format, export_selections, parse_since
 
     try:
-        n = export_selections(args.store, args.out, since=parse_since(args.since), model=args.model)
+        fmt = export_format(Path(args.out))
+        board_id, source = export_board_id(args.store, getattr(args, "board_id", None))
+        n = export_selections(args.store, args.out, since=parse_since(args.since), model=args.model, fmt=fmt,
+                              board_id=board_id)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
-    print(f"wrote {n} selection(s) to {args.out}", file=sys.stderr)
+    what = "a Parquet dataset partitioned by board_id, model and date in " if fmt == "dataset" else ""
+    print(f"wrote {n} selection(s) of board {board_id} ({source}) to {what}{args.out}", file=sys.stderr)
     return 0
 
 

@@ -34,9 +34,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from adaptd.daemon.board import BoardIdError, validate_board_id
 from adaptd.daemon.power.config import PowerConfig
 from adaptd.daemon.sched import MAX_SLICE_US, MIN_SLICE_US
-from adaptd.daemon.store import StoreConfig
+from adaptd.daemon.store_config import StoreConfig
 from adaptd.selector import SelectorConfig
 from adaptd.wire.rundir import daemon_runtime_dir
 
@@ -317,6 +318,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
+    board_id: str | None = None   # None: derived from the machine id (daemon/board.py)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -352,7 +354,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         base = base_dir or Path.cwd()
-        top = {"repository", "state_dir", "runtime_dir", "log_level",
+        top = {"repository", "state_dir", "runtime_dir", "log_level", "board_id",
                "server", "placements", "stats", "power", "selector", "store", "auth"}
         _check_keys(d, top, "config")
 
@@ -370,6 +372,12 @@ class Config:
         log_level = _typed(d, "log_level", str, "info", "config")
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"config.log_level: expected debug, info, warning or error, got {log_level!r}")
+        board_id = d.get("board_id")
+        if board_id is not None:
+            try:
+                validate_board_id(board_id, "config.board_id")
+            except BoardIdError as exc:
+                raise ConfigError(str(exc)) from None
         for key in ("server", "placements", "stats", "power", "selector", "store", "auth"):
             if not isinstance(d.get(key, {}), dict):
                 raise ConfigError(f"config.{key}: expected a table")
@@ -393,6 +401,7 @@ class Config:
             store=store,
             auth=AuthConfig.from_dict(d.get("auth", {}), base),
             log_level=log_level,
+            board_id=board_id,
         )
         config.check_exposure()
         if config.store_path.exists() and config.store_path.is_dir():

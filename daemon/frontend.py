@@ -88,7 +88,7 @@ class Frontend:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise zmq.ZMQError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
+            raise OSError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
         self.sockets.append(sock)
         if admin:
             self.admin.add(sock)

@@ -117,8 +117,8 @@ class SelectorPolicy:
             for mv in versions.values():
                 doc = mv.manifest.to_dict()
                 doc["model"] = _key(mv)
-                if mv.refused:   # a variant whose file failed its check has no arm
-                    doc["variants"] = [v for v in doc["variants"] if v["name"] not in mv.refused]
+                if mv.unservable:   # a refused file, or a runtime no placement has: no arm
+                    doc["variants"] = [v for v in doc["variants"] if v["name"] not in mv.unservable]
                 manifests.append(doc)
         placements = {a.placement.name: a.placement for vs in registry.models.values()
                       for mv in vs.values() for a in mv.arms}

@@ -159,6 +159,8 @@ class Daemon:
         except (RegistryError, ValueError, RuntimeError, OSError, zmq.ZMQError, sqlite3.Error) as exc:
             self._abort_start()
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, OSError) and exc.strerror:   # not "[Errno 98] ..."
+                message = exc.strerror + (f": {exc.filename}" if exc.filename else "")
             if isinstance(exc, sqlite3.Error):
                 message = f"the selection store {self.config.store_path}: {message}"
             raise StartupError(message) from None
@@ -181,7 +183,6 @@ class Daemon:
         self.placements = discover(cfg.placements)   # before pinning: it reads this process's cores
         self._placement_by_name = {p.name: p for p in self.placements}
         self.registry = load_registry(cfg.repository, self.placements, generation=1)
-        self._log_refused(self.registry)
         if self.policy is None:
             self.policy = _default_policy(cfg)
         self.context = zmq.Context()
@@ -251,11 +252,6 @@ class Daemon:
                     path.unlink()
                 except OSError:
                     pass
-
-    def _log_refused(self, registry: Registry) -> None:
-        for model in registry.newest():
-            for variant, why in model.refused.items():
-                log.error("%s:%s variant %s is not served: %s", model.name, model.version, variant, why)
 
     def _preload(self, registry: Registry) -> None:
         for model in registry.newest():
@@ -557,9 +553,11 @@ class Daemon:
                 raise proto.ProtocolError(proto.UNKNOWN_VARIANT,
                                           f"{model.name}:{model.version} has no variant {proto.shown(request.pin_variant)}; "
                                           f"variants: {', '.join(model.variants)}", request.id)
-            if request.pin_variant in model.refused:
+            runtime = model.variants[request.pin_variant].runtime
+            if request.pin_variant in model.unservable and any(p.runtime == runtime for p in self.placements):
+                # refused for its file (a runtime no placement has is UNKNOWN_PLACEMENT, below)
                 raise proto.ProtocolError(proto.UNKNOWN_VARIANT, f"variant {request.pin_variant} is not served: "
-                                          f"{model.refused[request.pin_variant]}", request.id)
+                                          f"{model.unservable[request.pin_variant]}", request.id)
             arms = [a for a in arms if a.variant.name == request.pin_variant]
         if request.pin_placement is not None:
             if request.pin_placement not in self._placement_by_name:
@@ -569,9 +567,7 @@ class Daemon:
             arms = [a for a in arms if a.placement.name == request.pin_placement]
         if not arms:
             raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
-                                      f"placement {request.pin_placement} cannot run variant {request.pin_variant} "
-                                      "(their runtimes differ)" if request.pin_placement and request.pin_variant
-                                      else f"no placement here can run {model.name}:{model.version}", request.id)
+                                      model.no_arm_reason(request.pin_variant, request.pin_placement), request.id)
         if self._set_aside:
             now = time.monotonic()
             usable = [a for a in arms if self._arm_down(model, a, now) is None]
@@ -976,7 +972,8 @@ class Daemon:
                 "violations": choice.violations,
                 "closest": ({"variant": choice.closest.variant.name, "placement": choice.closest.placement.name}
                             if choice.closest else None),
-                "alternatives": choice.alternatives or []}
+                "alternatives": choice.alternatives or [],
+                "unservable": model.describe_unservable()}
 
     # --- reload and shutdown -------------------------------------------------------------
     def reload(self) -> str | None:
@@ -988,7 +985,6 @@ class Daemon:
             log.error("reload failed, keeping the previous repository: %s", exc)
             return str(exc)
         self.registry = registry
-        self._log_refused(registry)
         self.auth.reload()
         self.policy.reset(registry)
         self.quarantine.forget_except(registry.directories())
@@ -1106,6 +1102,7 @@ def run_serve(args) -> int:
 
 def _open_store(cfg: Config, context: zmq.Context, guard: Any):
     """The selection store, opened (its database created) and its stream bound."""
+    from adaptd.daemon.board import daemon_board_id
     from adaptd.daemon.store import SelectionStore
 
     path = cfg.store_path
@@ -1114,7 +1111,8 @@ def _open_store(cfg: Config, context: zmq.Context, guard: Any):
         from adaptd.daemon.frontend import remove_stale_socket
 
         remove_stale_socket(endpoint)
-    store = SelectionStore(cfg.store, path, cfg.pub_endpoints if cfg.store.publish else (), context, guard=guard)
+    store = SelectionStore(cfg.store, path, cfg.pub_endpoints if cfg.store.publish else (), context, guard=guard,
+                           board_id=daemon_board_id(cfg.board_id))
     store.start()
     return store
 

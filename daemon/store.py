@@ -32,6 +32,11 @@ Contract
 * Failure: a batch whose insert fails is retried on the next wake-up; after three failed
   attempts its records are counted in ``dropped`` (reported by :meth:`describe`, and logged)
   rather than blocking the daemon. In normal operation ``dropped`` is 0.
+* Board id: a store made with ``board_id`` records it (table ``meta``, key ``board_id``) when the
+  writer opens the database, replacing a different one recorded before (logged); a store made
+  without one leaves what is recorded. :func:`read_board_id` reads it back (None for a store
+  that has none, e.g. one written by an older adaptd). The ``meta`` table does not change the
+  schema version: older readers ignore it.
 * Units: ``ts`` is Unix time in seconds; ``*_ms`` milliseconds; ``*_mj`` millijoules;
   accuracy a share in [0, 1]. Booleans are stored as 0/1 and read back as ``bool``.
 """
@@ -41,12 +46,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,7 @@ import msgpack
 import zmq
 
 from adaptd.daemon.protocol import SIGNATURE
+from adaptd.daemon.store_config import StoreConfig   # the [store] table; imported from here too
 
 log = logging.getLogger("adaptd.store")
 
@@ -109,73 +113,10 @@ SCHEMA_SQL = (
     + "\n);\n"
     "CREATE INDEX IF NOT EXISTS selections_ts ON selections (ts);\n"
     "CREATE INDEX IF NOT EXISTS selections_model_ts ON selections (model, ts);\n"
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
 )
 _INSERT_SQL = (f"INSERT INTO selections ({', '.join(COLUMN_NAMES)}) "
                f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})")
-
-_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """The ``[store]`` table of the daemon's TOML configuration."""
-
-    path: str = "selections.sqlite3"        # relative paths: resolved by the daemon against its state dir
-    flush_interval_s: float = 0.5           # a submitted record is committed within this
-    retention_days: float | None = 30.0     # None: keep forever
-    retention_max_rows: int | None = 1_000_000  # None: no row limit
-    publish: bool = True                    # publish each record on the PUB socket
-    retention_interval_s: float = 60.0      # how often the writer applies retention
-    synchronous: str = "NORMAL"             # SQLite synchronous: NORMAL survives SIGKILL, FULL power loss
-
-    def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> ValueError:
-            return ValueError(f"[store] {key}: {why}")
-
-        if not isinstance(self.path, str) or not self.path:
-            raise bad("path", f"must be a non-empty string, got {self.path!r}")
-        for key in ("flush_interval_s", "retention_interval_s"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise bad(key, f"must be a finite number of seconds > 0, got {v!r}")
-        if self.flush_interval_s > 3600:
-            raise bad("flush_interval_s", f"must be at most 3600 s, got {self.flush_interval_s}")
-        v = self.retention_days
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                              or not math.isfinite(v) or v <= 0):
-            raise bad("retention_days", f"must be a number of days > 0 (or absent for no limit), got {v!r}")
-        v = self.retention_max_rows
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise bad("retention_max_rows", f"must be an integer > 0 (or absent for no limit), got {v!r}")
-        if not isinstance(self.publish, bool):
-            raise bad("publish", f"must be true or false, got {self.publish!r}")
-        if not isinstance(self.synchronous, str) or self.synchronous.upper() not in _SYNCHRONOUS:
-            raise bad("synchronous", f"must be one of {', '.join(_SYNCHRONOUS)}, got {self.synchronous!r}")
-
-    @classmethod
-    def from_dict(cls, table: Mapping[str, Any]) -> StoreConfig:
-        """Validate a ``[store]`` table; ``ValueError`` names the first bad key.
-
-        TOML has no null: ``retention_days = 0`` / ``retention_max_rows = 0`` or the strings
-        ``"none"``/``"off"`` turn a retention rule off.
-        """
-        if not isinstance(table, Mapping):
-            raise ValueError(f"[store] must be a table, got {type(table).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise ValueError(f"[store] unknown key(s): {', '.join(map(str, unknown))}; "
-                             f"known: {', '.join(sorted(known))}")
-        values = dict(table)
-        for key in ("retention_days", "retention_max_rows"):
-            v = values.get(key)
-            if (isinstance(v, str) and v.lower() in ("none", "off")) or (
-                    not isinstance(v, bool) and isinstance(v, (int, float)) and v == 0):
-                values[key] = None
-        if isinstance(values.get("flush_interval_s"), int) and not isinstance(values["flush_interval_s"], bool):
-            values["flush_interval_s"] = float(values["flush_interval_s"])
-        return cls(**values)
-
 
 def _cell(name: str, value: Any) -> Any:
     """A record value as SQLite stores it: scalars as is, bools as 0/1, the rest as JSON."""
@@ -238,6 +179,17 @@ def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
     return conn
 
 
+def record_board_id(conn: sqlite3.Connection, board_id: str) -> None:
+    """Record ``board_id`` as the store's board (see the module docstring)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'board_id'").fetchone()
+    if row is not None and row[0] == board_id:
+        return
+    if row is not None:
+        log.warning("selection store: board id changed from %s to %s; exports label every row %s",
+                    row[0], board_id, board_id)
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('board_id', ?)", (board_id,))
+
+
 class SelectionStore:
     """Durable, batched record of every selection, also published live (see module docstring)."""
 
@@ -245,10 +197,11 @@ class SelectionStore:
 
     def __init__(self, config: StoreConfig, path: Path, pub_endpoints: Sequence[str] = (),
                  context: zmq.Context | None = None, *, min_batch_gap_s: float = 0.02,
-                 clock: Any = time.time, guard: Any = None) -> None:
+                 clock: Any = time.time, guard: Any = None, board_id: str | None = None) -> None:
         self.config = config
         self._guard = guard   # called on the PUB socket before it binds (CurveZMQ: adaptd.daemon.auth)
         self.path = Path(path)
+        self.board_id = board_id
         self.pub_endpoints = tuple(pub_endpoints) if config.publish else ()
         self._context = context
         self._clock = clock
@@ -312,6 +265,7 @@ class SelectionStore:
     def describe(self) -> dict[str, Any]:
         return {
             "path": str(self.path),
+            "board_id": self.board_id,
             "rows_written": self.rows_written,
             "pending": len(self._queue),
             "batches": self.batches,
@@ -332,6 +286,8 @@ class SelectionStore:
         pub: zmq.Socket | None = None
         try:
             conn = connect(self.path, synchronous=self.config.synchronous)
+            if self.board_id is not None:
+                record_board_id(conn, self.board_id)
             if self.pub_endpoints:
                 ctx = self._context or zmq.Context.instance()
                 pub = ctx.socket(zmq.PUB)
@@ -447,6 +403,18 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+def read_board_id(path: Path) -> str | None:
+    """The board id recorded in a store, or None."""
+    conn = open_readonly(path)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'board_id'").fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        conn.close()
 
 
 def read_selections(path: Path, since: float | None = None, model: str | None = None,

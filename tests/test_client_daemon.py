@@ -19,6 +19,7 @@ from adaptd.clients.cli import main
 from adaptd.clients.client import Client
 from adaptd.clients.loadgen import MixEntry, run_scenario
 from adaptd.clients.subscriber import Subscriber
+from adaptd.daemon.board import MACHINE_ID_PATHS, machine_board_id
 from adaptd.daemon.launch import DaemonProcess
 from adaptd.daemon.store import read_selections
 
@@ -169,6 +170,61 @@ def test_cli_client_commands(daemon, tmp_path: Path, capsys):
     assert "UNKNOWN_MODEL" in capsys.readouterr().err
 
 
+def _unservable_warnings(d: DaemonProcess) -> int:
+    return sum("variant float32_tf" in line and "will not be served" in line
+               for line in d.log_path.read_text(errors="replace").splitlines())
+
+
+def test_a_variant_no_placement_runs_is_shown_with_why_and_logged_once_per_load(daemon, capsys):
+    # The daemon here has LiteRT placements only (no GPU, [placements] tensorflow = "auto"), so the
+    # repository's float32_tf variant (TensorFlow runtime) has no placement to run on.
+    d, model, _ = daemon
+    assert _unservable_warnings(d) == 1    # at start
+    with Client(d.endpoint) as c:
+        body = c.models()
+        assert {p["runtime"] for p in body["placements"]} == {"litert"}
+        variants = {v["name"]: v for m in body["models"] if m["name"] == model for v in m["variants"]}
+        tf = variants["float32_tf"]
+        assert tf["servable"] is False and "'tensorflow'" in tf["unservable_reason"]
+        assert all(v["servable"] and v["unservable_reason"] is None for n, v in variants.items() if n != "float32_tf")
+        ex = c.explain(model)
+        assert ex.body["unservable"] == [{"variant": "float32_tf", "reason": tf["unservable_reason"]}]
+        assert ex.alternatives and all(a["variant"] != "float32_tf" for a in ex.alternatives)
+        with pytest.raises(e.UnknownPlacementError, match="float32_tf .*cannot be served: no placement runs"):
+            c.infer(model, digits(), variant="float32_tf")
+        with Client(d.admin_endpoint, timeout_ms=30_000) as admin:
+            admin.reload()
+        assert _unservable_warnings(d) == 2    # once more for the reload, not per request
+        c.explain(model)
+        c.models()
+    assert _unservable_warnings(d) == 2
+    ep = ["--endpoint", d.endpoint]
+    assert main(["models", *ep]) == 0
+    out = capsys.readouterr().out
+    assert "float32_tf is not served: no placement runs its runtime 'tensorflow'" in out
+    assert main(["explain", model, *ep]) == 0
+    assert "not considered: float32_tf: no placement runs" in capsys.readouterr().out
+
+
+def test_stats_labels_energy_of_arms_that_never_ran_na(daemon, capsys):
+    d, model, _ = daemon
+    with Client(d.endpoint) as c:
+        c.infer(model, digits())
+        arms = c.stats()["arms"]
+    never = [a for a in arms if a["count"] == 0]
+    ran = [a for a in arms if a["energy_mj"]["p50"] is not None]
+    assert never and ran    # the daemon's meter is estimated (no power sensor here)
+    assert main(["stats", "--endpoint", d.endpoint]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for a in never:
+        row = next(ln.split() for ln in lines if ln.split()[:3] == [f"{model}:{a['version']}", a["variant"], a["placement"]])
+        assert row[12] == "n/a", row
+    for a in ran:
+        row = next(ln.split() for ln in lines if ln.split()[:3] == [f"{model}:{a['version']}", a["variant"], a["placement"]])
+        assert row[12] == "estimated", row
+    assert not any(ln.split()[12:13] == ["measured"] for ln in lines[2:] if len(ln.split()) > 12)
+
+
 def test_loadgen_against_the_daemon(daemon):
     d, model, _ = daemon
     mix = (MixEntry("loose", 3.0, max_latency_ms=1000.0), MixEntry("impossible", 1.0, max_latency_ms=1e-6))
@@ -204,6 +260,12 @@ def test_export_and_report_on_the_store_of_a_real_run(daemon, tmp_path: Path):
     mine = next(r for r in rows if r["request_id"] == "export-last")
     assert mine["variant"] == last.selection.variant and mine["outcome"] == "ok"
     assert any(r["outcome"] == "rejected" for r in rows)
+    # The daemon recorded its board id in the store (no board_id configured: this machine's derived one).
+    with Client(d.endpoint) as c:
+        board_id = c.health()["store"]["board_id"]
+    if any(p.exists() for p in MACHINE_ID_PATHS):
+        assert board_id == machine_board_id()
+    assert board_id and {r["board_id"] for r in rows} == {board_id}
     assert main(["report", "--store", str(d.store_path), "--out", str(tmp_path / "rep"),
                  "--repository", str(d.config_path.parent)]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()

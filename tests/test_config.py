@@ -27,7 +27,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "adaptd.toml"
 
 TABLES = {"server": ServerConfig, "placements": PlacementsConfig, "stats": StatsConfig,
           "power": PowerConfig, "store": StoreConfig, "auth": AuthConfig}
-TOP_LEVEL = {"repository", "state_dir", "runtime_dir", "log_level"}
+TOP_LEVEL = {"repository", "state_dir", "runtime_dir", "log_level", "board_id"}
 
 
 def documented_keys(text: str) -> dict[str, set[str]]:
@@ -75,6 +75,7 @@ def test_the_sample_loads_and_its_values_are_the_defaults():
     assert cfg.store == StoreConfig()
     assert cfg.auth == AuthConfig()
     assert cfg.log_level == "info"
+    assert cfg.board_id is None   # derived from the machine id (tests/test_board.py)
     from adaptd.daemon.selection import SelectorPolicy
     from adaptd.selector import SelectorConfig
 
@@ -111,6 +112,12 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path):
     cfg = load_config(path)
     assert cfg.server == ServerConfig() and cfg.placements == PlacementsConfig()
     assert cfg.server.max_message_bytes == 64 * 1024 * 1024 and cfg.placements.queue_limit == 32
+
+
+def test_a_board_id_is_read(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('repository = "/m"\nboard_id = "tx2-lab_03.b"\n')
+    assert load_config(path).board_id == "tx2-lab_03.b"
 
 
 def test_custom_placements_are_parsed(tmp_path):
@@ -160,6 +167,9 @@ BAD = [
     ("[store]\nretention_max_rows = -5", "retention_max_rows"),
     ("[store]\nlocation = \"x.db\"", "location"),
     ("log_level = \"loud\"", "log_level"),
+    ("board_id = \"lab/3\"", "config.board_id"),
+    ("board_id = \"\"", "config.board_id"),
+    ("board_id = 3", "config.board_id"),
     ("state_dir = 5", "state_dir"),
     ("server = 5", "server"),
 ]

@@ -167,7 +167,7 @@ def test_a_corrupt_variant_is_refused_at_start_naming_its_file_and_the_others_se
         assert str(bad) in d.log() and "int8_full" in d.log()
         reply, _ = d.request({"type": "models", "id": "m"})
         variants = {v["name"]: v for v in reply["body"]["models"][0]["variants"]}
-        assert variants["int8_full"]["servable"] is False and str(bad) in variants["int8_full"]["refused"]
+        assert variants["int8_full"]["servable"] is False and str(bad) in variants["int8_full"]["unservable_reason"]
         assert variants["float32"]["servable"] is True
         x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
         sock = dealer(d.endpoint)

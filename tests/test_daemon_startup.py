@@ -38,10 +38,15 @@ def write_config(tmp_path: Path, repo: Path, **tables) -> tuple[Path, Path]:
     return path, runtime
 
 
+LOG_LINE = ("DEBUG ", "INFO ", "WARNING ")   # the daemon's own log records (level, logger: message)
+
+
 def one_line_failure(result: subprocess.CompletedProcess) -> str:
+    """The one line that says why the daemon did not start (log records aside: a start-up may
+    well log what it did before it failed)."""
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("INFO")]
-    assert len(lines) == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(LOG_LINE)]
+    assert len(lines) == 1 and lines[0].startswith("adaptd: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]
 

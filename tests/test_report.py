@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import time
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 
 from adaptd.clients.cli import main
 from adaptd.clients.export import EXPORT_COLUMNS, parse_since
-from adaptd.clients.report import _pareto, summarize
+from adaptd.clients.report import summarize
+from adaptd.clients.report_plots import pareto_front as _pareto
 from adaptd.daemon.store import SelectionStore, StoreConfig, read_selections
 
 ARMS = {  # variant: (accuracy, latency ms on cpu:0-1, energy mJ)
@@ -178,3 +180,114 @@ def test_report_writes_a_readable_page_with_nontrivial_plots(store, tmp_path: Pa
 def test_read_selections_filters(store):
     path, records = store
     assert len(list(read_selections(path, model="digits"))) == sum(r["model"] == "digits" for r in records)
+
+
+# --- readable at any run length: the figures' own axes, as rendered ------------------------------
+
+def draw(plots) -> dict:
+    for p in plots:
+        p.fig.canvas.draw()
+    return {p.name: p for p in plots}
+
+
+def tick_labels(ax) -> list[str]:
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) >= 3 and all(labels), labels
+    assert len(set(labels)) == len(labels), f"repeated tick labels: {labels}"
+    return labels
+
+
+def axis_use(ax, which: str, values) -> float:
+    """The share of the drawn axis that the middle 98% of ``values`` spans (in the axis' scale)."""
+    lo, hi = getattr(ax, f"get_{which}lim")()
+    p1, p99 = np.percentile(np.asarray(values, float), [1, 99])
+    f = np.log10 if getattr(ax, f"get_{which}scale")() == "log" else (lambda v: v)
+    return float((f(p99) - f(p1)) / (f(hi) - f(lo)))
+
+
+def scatter_offsets(ax) -> np.ndarray:
+    from matplotlib.collections import PathCollection
+
+    return np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+
+
+def texts(fig) -> str:
+    return "\n".join(t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def stored(tmp_path: Path, records: list[dict]) -> list[dict]:
+    path = tmp_path / "selections.sqlite3"
+    with SelectionStore(StoreConfig(retention_days=None), path) as s:
+        for r in records:
+            s.submit(r)
+    return list(read_selections(path))
+
+
+def test_a_one_minute_store_gets_seconds_since_the_first_decision(store, tmp_path: Path):
+    from adaptd.clients.report import render_report
+
+    path, _ = store
+    index, plots = render_report(list(read_selections(path)), tmp_path / "r")
+    plots = draw(plots)
+    ax = plots["mix_digits.png"].fig.axes[1]
+    labels = tick_labels(ax)
+    assert all(re.fullmatch(r"\d+", t) for t in labels), labels     # whole seconds over a minute
+    assert ax.get_xlabel().startswith("time since the first decision") and ax.get_xlabel().endswith("(s)")
+    assert plots["mix_digits.png"].fig.axes[0].get_title() == "digits: variant chosen, share per 2 s"
+    assert "Too short" not in index.read_text()
+
+
+def test_a_multi_hour_store_gets_clock_ticks_and_a_first_load_outlier_is_clipped(tmp_path: Path):
+    from adaptd.clients.report import render_report
+
+    records = realistic_records(3000, time.time() - 7 * 3600, seed=3)
+    span = 6 * 3600
+    for i, r in enumerate(records):
+        r["ts"] = records[0]["ts"] + span * i / (len(records) - 1)
+    assert records[1]["outcome"] == "ok" and records[1]["model"] == "digits"
+    records[1]["total_ms"] = 70.0       # a variant's first request, its load included
+    index, plots = render_report(stored(tmp_path, records), tmp_path / "r")
+    plots = draw(plots)
+    page = index.read_text()
+    for name in ("mix_digits.png", "attainment_digits.png", "mix_mnv2.png", "attainment_mnv2.png"):
+        fig = plots[name].fig
+        ax = fig.axes[-1] if name.startswith("mix") else fig.axes[0]
+        labels = tick_labels(ax)
+        assert all(re.fullmatch(r"(\w{3} \d{2}\n)?\d{2}:\d{2}", t) for t in labels), labels
+        assert re.search(r"\n\d{2}:\d{2}$", labels[0]), "the first tick names the date"
+        assert ax.get_xlabel().startswith("local time")
+        assert fig.axes[0].get_title().endswith("per 10 min"), fig.axes[0].get_title()
+    lat = plots["predicted_vs_measured.png"].fig.axes[0]
+    assert "axis clipped" in lat.get_xlabel() and "axis clipped" in lat.get_ylabel()
+    assert lat.get_ylim()[1] < 70
+    measured = [r["total_ms"] for r in records if r["outcome"] == "ok"]
+    assert axis_use(lat, "y", measured) > 0.6, "the bulk of the requests fills the plot"
+    assert lat.get_ylim()[1] == pytest.approx(scatter_offsets(lat)[:, 1].max())   # the outlier on the edge
+    dist = plots["latency_digits.png"].fig.axes[0]
+    assert "axis clipped" in dist.get_xlabel() and dist.get_xlim()[1] < 70
+    assert "1 request(s) beyond it (up to 70 ms)" in texts(plots["latency_digits.png"].fig)
+    lo, hi = lat.get_ylim()
+    beyond = sum(1 for r in records if r["outcome"] == "ok"
+                 and not all(lo <= r[k] <= hi for k in ("predicted_latency_ms", "total_ms")))
+    assert 1 <= beyond <= 5
+    assert f"axes clipped: {beyond} request(s) beyond them (up to 70 ms)" in page
+    assert "Too short" not in page and "0.0999" not in page
+
+
+def test_a_store_too_short_to_plot_over_time_says_so(tmp_path: Path):
+    from adaptd.clients.report import render_report
+
+    records = realistic_records(8, time.time() - 60, seed=4)
+    for i, r in enumerate(records):
+        r["ts"] = records[0]["ts"] + 0.005 * i      # 8 decisions in 35 ms
+    index, plots = render_report(stored(tmp_path, records), tmp_path / "r")
+    plots = draw(plots)
+    page = index.read_text()
+    for name in ("mix_digits.png", "attainment_digits.png"):
+        assert "Too short to show change over time" in texts(plots[name].fig), name
+        assert any(n.startswith("Too short to show change over time") for n in plots[name].notes)
+        tick_labels(plots[name].fig.axes[-1])
+    assert page.count("Too short to show change over time") >= 2
+    ok = sum(r["outcome"] == "ok" for r in records)
+    assert f"only {ok} request(s): too few to judge the predictions" in texts(plots["predicted_vs_measured.png"].fig)
+    assert "only one arm served requests" in texts(plots["pareto_mnv2.png"].fig)

@@ -251,3 +251,37 @@ def test_a_migration_cut_short_is_finished_by_the_next_open(tmp_path: Path):
     assert set(COLUMN_NAMES) <= set(present) and len(present) == len(set(present))
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_the_store_records_its_board_id(tmp_path: Path, caplog):
+    from adaptd.daemon.store import read_board_id
+
+    db = tmp_path / "b.sqlite3"
+    with SelectionStore(StoreConfig(), db) as s:    # no id given: none recorded
+        s.submit(record(0))
+    assert read_board_id(db) is None
+    with SelectionStore(StoreConfig(), db, board_id="tx2-a") as s:
+        assert s.describe()["board_id"] == "tx2-a"
+    assert read_board_id(db) == "tx2-a"
+    with SelectionStore(StoreConfig(), db) as s:    # a store opened without one keeps it
+        pass
+    assert read_board_id(db) == "tx2-a"
+    with caplog.at_level("WARNING", logger="adaptd.store"):
+        with SelectionStore(StoreConfig(), db, board_id="tx2-b") as s:
+            pass
+    assert read_board_id(db) == "tx2-b"
+    assert any("board id changed from tx2-a to tx2-b" in r.getMessage() for r in caplog.records)
+    assert [r["request_id"] for r in read_selections(db)] == ["r0"]
+
+
+def test_a_store_without_the_meta_table_has_no_board_id(tmp_path: Path):
+    """A store an older adaptd wrote (only the selections table) reads back with no board id."""
+    from adaptd.daemon.store import COLUMNS, read_board_id
+
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE selections (id INTEGER PRIMARY KEY, " + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")")
+    conn.execute("PRAGMA user_version=3")
+    conn.commit()
+    conn.close()
+    assert read_board_id(db) is None
