@@ -193,9 +193,13 @@ class FidelityEvent:
     validation_accuracy: float | None
     reason: str
 
-    def to_record(self) -> dict[str, Any]:
-        """Plain types only, msgpack/JSON-ready; ``type`` is ``fidelity``."""
-        return {"type": "fidelity", **asdict(self)}
+    def to_record(self, ts: float | None = None) -> dict[str, Any]:
+        """Plain types only, msgpack/JSON-ready; ``type`` is ``fidelity``. ``ts`` replaces the
+        tracker's time (the daemon passes Unix time, as in every record it publishes)."""
+        out = {"type": "fidelity", **asdict(self)}
+        if ts is not None:
+            out["ts"] = float(ts)
+        return out
 
 
 class _VariantState:

@@ -172,7 +172,8 @@ def test_a_shift_lowers_the_estimate_within_a_bounded_number_of_comparisons_and_
     assert first < 60, first             # with a window full of agreement before the shift
     est = mf.accuracy("int8_full")
     assert est.source == SOURCE_LIVE and est.value < 0.6
-    raised = events[1][1].to_record()
+    raised = events[1][1].to_record(ts=1.7e9)
+    assert raised["ts"] == 1.7e9 and events[1][1].to_record()["ts"] == events[1][1].ts
     assert raised["type"] == "fidelity" and raised["variant"] == "int8_full" and raised["reference"] == "float32"
     assert raised["accuracy_source"] == SOURCE_LIVE and raised["agreement_high"] < 0.9 + 0.1
     # The reference's own figure stays its validation accuracy; other variants are untouched.
