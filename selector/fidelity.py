@@ -232,16 +232,17 @@ class ModelFidelity:
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], params: FidelityParams | None = None,
-                      reference: str | None = None) -> ModelFidelity:
+                      default_reference: str = "float32") -> ModelFidelity:
         """From a manifest's dict (``Manifest.to_dict()`` or manifest.json). The reference is
-        ``reference`` if given, else ``manifest["reference"]`` if the manifest names one, else
-        ``float32``."""
+        the variant the manifest names (``manifest["reference"]``), else ``default_reference``
+        (``[fidelity] reference``). Raises ``ValueError`` when the model has no such variant:
+        its variants then cannot be compared, and the owner runs no shadows for it."""
         accs = {}
         for v in manifest["variants"]:
             metrics = v.get("metrics")
             accs[v["name"]] = None if not isinstance(metrics, Mapping) or metrics.get("accuracy") is None \
                 else float(metrics["accuracy"])
-        ref = reference or manifest.get("reference") or "float32"
+        ref = manifest.get("reference") or default_reference
         return cls(manifest["model"], str(manifest["version"]), ref, accs, params)
 
     @property

@@ -220,9 +220,11 @@ def test_from_manifest_reads_the_validation_accuracies_and_checks_the_reference(
     mf = ModelFidelity.from_manifest(manifest.to_dict())
     assert mf.reference == "float32" and "float32" not in mf.variants and "int8_full" in mf.variants
     assert mf.accuracy("int8_full").value == manifest.variant("int8_full").metrics.accuracy
-    assert ModelFidelity.from_manifest(manifest.to_dict(), reference="float16").reference == "float16"
+    named = {**manifest.to_dict(), "reference": "float16"}
+    assert ModelFidelity.from_manifest(named, default_reference="pruned50").reference == "float16"
+    assert ModelFidelity.from_manifest(manifest.to_dict(), default_reference="pruned50").reference == "pruned50"
     with pytest.raises(ValueError, match="reference"):
-        ModelFidelity.from_manifest(manifest.to_dict(), reference="float64")
+        ModelFidelity.from_manifest(manifest.to_dict(), default_reference="float64")
     with pytest.raises(ValueError, match="reference"):
         mf.record("float32", [True], 0.0)
 
