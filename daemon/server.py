@@ -212,6 +212,7 @@ class Daemon:
         self.pool = WorkerPool(self.placements, cfg.placements.queue_limit,
                                worker_options={"reject_nonfinite": cfg.server.reject_nonfinite})
         self.pool.on_load_failed = self._on_load_failed
+        self.pool.on_down = self._placement_down
         self.pool.start()
         laggards = self.pool.wait_ready(cfg.placements.worker_start_timeout_s)
         if laggards:

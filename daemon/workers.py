@@ -116,6 +116,7 @@ class WorkerPool:
         self._by_pidfd: dict[int, Worker] = {}
         self._next_job = 1
         self.on_change: Callable[[], None] | None = None   # poller registration changed
+        self.on_down: Callable[[str], None] | None = None   # a placement's restart is held back
         # (placement, (dir, variant), message): a variant failed to load there (or killed its worker)
         self.on_load_failed: Callable[[str, tuple[str, str], str], None] | None = None
 
@@ -445,6 +446,8 @@ class WorkerPool:
         if pause_s:
             worker.restart_at = time.monotonic() + pause_s
             worker.proc = None
+            if self.on_down:
+                self.on_down(worker.placement.name)
         else:
             self._spawn(worker)
         if self.on_change:
