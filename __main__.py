@@ -1,5 +1,5 @@
 """``python -m adaptd``: the same command line as the ``adaptd`` script."""
 
-from adaptd.clients.cli import main
+from adaptd.cli.main import main
 
 raise SystemExit(main())

@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--no-stale-probe", action="store_true", help="[selector] probe_stale_prior = false")
     args = ap.parse_args()
 
-    from adaptd.daemon.launch import DaemonProcess
+    from adaptd.tools.launch import DaemonProcess
 
     with tempfile.TemporaryDirectory() as tmp:
         mix = Path(tmp) / "mix.toml"

@@ -5,7 +5,7 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
 * in-process: ``LoadedVariant.run`` in this process with the placement's thread count;
 * bare echo: a ZeroMQ ROUTER echo in another process, carrying the same frames (the floor any
   ZeroMQ service pays); it and the client processes send and receive frame by frame
-  (``adaptd.daemon.frames``), as the daemon and the client library do;
+  (``adaptd.wire.frames``), as the daemon and the client library do;
 * the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
   client processes: round-trip p50/p99 and throughput;
 * relay floor: the daemon's process topology with none of its work, in Python: a ROUTER in
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.wire.frames import recv_frames, send_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     one, the floor of the shared-memory path)."""
     import mmap
 
-    from adaptd.daemon import protocol as proto
+    from adaptd.wire import protocol as proto
 
     if cores:
         os.sched_setaffinity(0, cores)
@@ -276,7 +276,7 @@ def main() -> int:
                          "if any, as the daemon's clients would run beside a placement on a bigger board")
     args = ap.parse_args()
 
-    from adaptd.daemon.launch import DaemonProcess
+    from adaptd.tools.launch import DaemonProcess
     from adaptd.daemon.placements import discover
     from adaptd.daemon.config import PlacementsConfig
 

@@ -104,7 +104,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from adaptd.clients.client import Client
 from adaptd.clients.errors import AdaptdError
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.tools.launch import DaemonProcess
 from selection_load import load_on
 
 ZOO = (("MobileNetV2", 128), ("MobileNetV3Small", 128))

@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_round(repo: Path) -> dict:
-    from adaptd.daemon import protocol as proto
-    from adaptd.daemon.launch import DaemonProcess, to_toml
+    from adaptd.wire import protocol as proto
+    from adaptd.tools.launch import DaemonProcess, to_toml
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         tmp = Path(tmp)

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.wire.frames import recv_frames, send_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,6 @@ class AsyncClient(ClientSettings):
         if self._socket is None:
             ctx = self._context or zmq.asyncio.Context.instance()
             self._socket = new_dealer(ctx, self.endpoint, self.curve)
-            sock = self._socket
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         return self._socket
 

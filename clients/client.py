@@ -57,8 +57,8 @@ import numpy as np
 import zmq
 
 from adaptd.clients.errors import AdaptdError, ReplyError, RequestTimeout, error_from_header
-from adaptd.daemon import protocol as p
-from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.wire import protocol as p
+from adaptd.wire.frames import recv_frames, send_frames
 from adaptd.wire.auth import CurveKeys
 from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME, check_client_dir,
                                 client_runtime_dir)

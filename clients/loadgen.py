@@ -23,9 +23,7 @@ Contract
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -313,43 +311,3 @@ async def _server(endpoint, model, inputs, entries, arrivals, duration_s, concur
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
     return samples, elapsed
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-def default_input(endpoint: str | None, model: str, version: str | None, timeout_ms: float) -> np.ndarray:
-    """Zeros of the model's first input shape, from the daemon's ``models`` reply."""
-    from adaptd.clients.commands import input_spec
-
-    with Client(endpoint, timeout_ms=timeout_ms, retries=1) as c:
-        spec = input_spec(c.models(), model, version)
-    if spec is None:
-        raise ValueError(f"the daemon does not list model {model!r}; pass --input")
-    shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]]
-    return np.zeros(shape, np.dtype(spec.get("dtype", "float32")))
-
-
-def run_load(args: argparse.Namespace) -> int:
-    from adaptd.clients.cli import UserError
-    from adaptd.clients.commands import input_spec, split_model
-    from adaptd.clients.inputs import fit_to_spec, load_array
-
-    model, version = split_model(args.model)
-    try:
-        mix = load_mix(args.mix)
-        if args.input is not None:
-            try:
-                with Client(args.endpoint, timeout_ms=args.timeout_ms, retries=1) as c:
-                    spec = input_spec(c.models(), model, version)
-            except AdaptdError:
-                spec = None
-            x = fit_to_spec(load_array(args.input), spec)
-        else:
-            x = default_input(args.endpoint, model, version, args.timeout_ms)
-        result = run_scenario(args.endpoint, model, x, scenario=args.scenario, requests=args.requests,
-                              duration_s=args.duration_s, rate_per_s=args.rate, mix=mix,
-                              concurrency=args.concurrency, timeout_ms=args.timeout_ms, version=version)
-    except (OSError, ValueError, AdaptdError) as exc:
-        raise UserError(str(exc)) from None
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.describe())
-    return 0

@@ -23,7 +23,7 @@ import msgpack
 import zmq
 
 from adaptd.clients.client import default_pub_endpoint
-from adaptd.daemon.protocol import SIGNATURE
+from adaptd.wire.protocol import SIGNATURE
 from adaptd.wire.auth import CurveKeys
 
 TOPIC_PREFIX = b"sel."

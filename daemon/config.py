@@ -34,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from adaptd.daemon.board import BoardIdError, validate_board_id
+from adaptd.wire.board import BoardIdError, validate_board_id
 from adaptd.daemon.power.config import PowerConfig
 from adaptd.daemon.sched import MAX_SLICE_US, MIN_SLICE_US
 from adaptd.daemon.store_config import StoreConfig
@@ -318,7 +318,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
-    board_id: str | None = None   # None: derived from the machine id (daemon/board.py)
+    board_id: str | None = None   # None: derived from the machine id (adaptd.wire.board)
 
     @property
     def endpoints(self) -> tuple[str, ...]:

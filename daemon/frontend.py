@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from adaptd.daemon.frames import send_frames
+from adaptd.wire.frames import send_frames
 
 log = logging.getLogger("adaptd.frontend")
 

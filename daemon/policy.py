@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from adaptd.daemon.protocol import Request
+from adaptd.wire.protocol import Request
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
 
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from adaptd.daemon import protocol as proto
+from adaptd.wire import protocol as proto
 from adaptd.daemon.policy import Choice, MostAccuratePolicy, Policy
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
 from adaptd.selector import QueueSnapshot, Request, Selector, SelectorConfig, SelectorError

@@ -38,7 +38,6 @@ Contract
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import math
@@ -52,10 +51,10 @@ from typing import Any
 
 import zmq
 
-from adaptd.daemon import protocol as proto
+from adaptd.wire import protocol as proto
 from adaptd.daemon.auth import Authenticator
-from adaptd.daemon.config import Config, ConfigError, load_config
-from adaptd.daemon.frames import recv_frames
+from adaptd.daemon.config import Config
+from adaptd.wire.frames import recv_frames
 from adaptd.daemon.frontend import Frontend, ipc_path
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.peers import PeerTags, peer_of
@@ -69,6 +68,7 @@ from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.daemon.stats import ArmStats
 from adaptd.daemon.workers import Job, Outcome, WorkerPool
 from adaptd.variants.digest import check_variant
+from adaptd.wire import records, replies
 from adaptd.wire.rundir import ensure_daemon_dir
 
 log = logging.getLogger("adaptd")
@@ -503,7 +503,7 @@ class Daemon:
             return
         replay = self.replays.get(peer, rid, time.monotonic())
         if replay is not None:
-            self._reply(route, {**replay[0], "replayed": True}, replay[1])
+            self._reply(route, replies.replayed(replay[0]), replay[1])
             return
         if self.draining:
             raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", rid)
@@ -773,28 +773,15 @@ class Daemon:
         started_ns = max(outcome.job.dispatched_ns, int(h.get("idle_since_ns") or 0))   # not behind other work
         behind_ns = max(0, started_ns - (pending.submitted_ns or started_ns))
         path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
-        c = request.constraints
-        met: dict[str, bool] = {}
-        if c.min_accuracy is not None:
-            met["min_accuracy"] = arm.accuracy is not None and arm.accuracy >= c.min_accuracy
-        if c.max_latency_ms is not None:
-            met["max_latency_ms"] = total_ms <= c.max_latency_ms
-        if c.max_energy_mj is not None:
-            met["max_energy_mj"] = energy.energy_mj is not None and energy.energy_mj <= c.max_energy_mj
+        met = replies.met_constraints(request.constraints.as_dict(), arm.accuracy, total_ms, energy.energy_mj)
         choice = pending.choice
-        header = {
-            "type": "result", "id": request.id, "model": model.name, "version": model.version,
-            "variant": arm.variant.name, "placement": arm.placement.name,
-            "outputs": h["outputs"],
-            "timing": {"queue_ms": queue_ms, "compute_ms": compute_ms, "total_ms": total_ms},
-            "energy": {"energy_mj": energy.energy_mj, "source": energy.source, "estimated": energy.estimated},
-            "predicted": choice.predicted,
-            "constraints_met": met, "met": all(met.values()),
-            "reason": {"code": choice.code, "text": choice.text},
-            "replayed": False,
-        }
-        if request.explain and choice.alternatives is not None:
-            header["alternatives"] = choice.alternatives
+        header = replies.result_header(
+            request_id=request.id, model=model.name, version=model.version, variant=arm.variant.name,
+            placement=arm.placement.name, outputs=h["outputs"], queue_ms=queue_ms, compute_ms=compute_ms,
+            total_ms=total_ms, energy_mj=energy.energy_mj, energy_source=energy.source,
+            energy_estimated=energy.estimated, predicted=choice.predicted, constraints_met=met,
+            reason_code=choice.code, reason_text=choice.text,
+            alternatives=choice.alternatives if request.explain else None)
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
         self.requests += len(pending.routes)
@@ -841,31 +828,16 @@ class Daemon:
     def _record(self, request: proto.Request, model: ModelVersion, client: str, now: float, *, outcome: str,
                 error_code: str | None, choice: Choice, arm: Arm | None, timing=None, energy=None,
                 met: dict[str, bool] | None = None) -> None:
-        c = request.constraints
-        p = choice.predicted or {}
-        met = met or {}
-        record = {
-            "ts": now, "request_id": request.id, "client": client, "model": model.name, "version": model.version,
-            "objective": request.objective, "on_infeasible": request.on_infeasible,
-            "min_accuracy": c.min_accuracy, "max_latency_ms": c.max_latency_ms, "max_energy_mj": c.max_energy_mj,
-            "latency_confidence": c.latency_confidence,
-            "outcome": outcome, "error_code": error_code,
-            "variant": arm.variant.name if arm else None, "placement": arm.placement.name if arm else None,
-            "reason_code": choice.code, "reason": choice.text,
-            "predicted_latency_ms": p.get("latency_ms"), "predicted_latency_bound_ms": p.get("latency_bound_ms"),
-            "predicted_latency_confidence": p.get("latency_confidence"),
-            "predicted_queue_ms": p.get("queue_ms"), "predicted_energy_mj": p.get("energy_mj"),
-            "predicted_energy_bound_mj": p.get("energy_bound_mj"),
-            "predicted_accuracy": p.get("accuracy"),
-            "queue_ms": timing[0] if timing else None, "compute_ms": timing[1] if timing else None,
-            "total_ms": timing[2] if timing else None,
-            "energy_mj": energy.energy_mj if energy else None,
-            "energy_source": energy.source if energy else None,
-            "energy_estimated": bool(energy.estimated) if energy else bool(p.get("energy_estimated", False)),
-            "met_accuracy": met.get("min_accuracy"), "met_latency": met.get("max_latency_ms"),
-            "met_energy": met.get("max_energy_mj"),
-            "met": all(met.values()) if outcome == "ok" else False,
-        }
+        record = records.selection_record(
+            ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
+            objective=request.objective, on_infeasible=request.on_infeasible,
+            constraints=request.constraints.as_dict(), outcome=outcome, error_code=error_code,
+            variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
+            reason_code=choice.code, reason=choice.text, predicted=choice.predicted,
+            timing=({"queue_ms": timing[0], "compute_ms": timing[1], "total_ms": timing[2]} if timing else None),
+            energy=({"energy_mj": energy.energy_mj, "source": energy.source, "estimated": energy.estimated}
+                    if energy else None),
+            met=met)
         self.store.submit(record)
 
     # --- replies -------------------------------------------------------------------------
@@ -889,7 +861,7 @@ class Daemon:
         """A control request's reply; ``peer`` is None on the admin endpoint (every region is its)."""
         handler = getattr(self, f"_control_{request.type}")
         body = handler(request, peer) if request.type.startswith("shm_") else handler(request)
-        return {"type": "ok", "id": request.id, "of": request.type, "body": body}
+        return replies.ok_header(request.type, request.id, body)
 
     def _control_models(self, request: proto.Request) -> dict[str, Any]:
         assert self.registry is not None
@@ -1071,39 +1043,9 @@ def _default_policy(config: Config) -> Policy:
     return SelectorPolicy.from_config(config)
 
 
-def run_serve(args) -> int:
-    """``adaptd serve``: the CLI entry."""
-    from adaptd.clients.cli import UserError
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.config is not None:
-            config = load_config(args.config)
-        else:
-            if args.repository is None:
-                raise UserError("give --config FILE or --repository DIR")
-            config = Config.from_dict({"repository": str(args.repository)})
-        overrides: dict[str, Any] = {}
-        if args.repository is not None:
-            overrides["repository"] = Path(args.repository).resolve()
-        if args.endpoint:
-            overrides["server"] = dataclasses.replace(config.server, endpoints=tuple(args.endpoint))
-        if overrides:
-            config = dataclasses.replace(config, **overrides)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-    logging.getLogger().setLevel(config.log_level.upper())
-    daemon = Daemon(config)
-    try:
-        daemon.start()
-    except StartupError as exc:
-        raise UserError(f"cannot start: {exc}") from None
-    return daemon.run()
-
-
 def _open_store(cfg: Config, context: zmq.Context, guard: Any):
     """The selection store, opened (its database created) and its stream bound."""
-    from adaptd.daemon.board import daemon_board_id
+    from adaptd.wire.board import daemon_board_id
     from adaptd.daemon.store import SelectionStore
 
     path = cfg.store_path

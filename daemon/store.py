@@ -34,8 +34,8 @@ Contract
   rather than blocking the daemon. In normal operation ``dropped`` is 0.
 * Board id: a store made with ``board_id`` records it (table ``meta``, key ``board_id``) when the
   writer opens the database, replacing a different one recorded before (logged); a store made
-  without one leaves what is recorded. :func:`read_board_id` reads it back (None for a store
-  that has none, e.g. one written by an older adaptd). The ``meta`` table does not change the
+  without one leaves what is recorded. :func:`adaptd.wire.records.read_board_id` reads it back
+  (None for a store that has none, e.g. one written by an older adaptd). The ``meta`` table does not change the
   schema version: older readers ignore it.
 * Units: ``ts`` is Unix time in seconds; ``*_ms`` milliseconds; ``*_mj`` millijoules;
   accuracy a share in [0, 1]. Booleans are stored as 0/1 and read back as ``bool``.
@@ -49,15 +49,16 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
 
-from adaptd.daemon.protocol import SIGNATURE
 from adaptd.daemon.store_config import StoreConfig   # the [store] table; imported from here too
+from adaptd.wire.protocol import SIGNATURE
+from adaptd.wire.records import COLUMN_NAMES, COLUMNS
 
 log = logging.getLogger("adaptd.store")
 
@@ -66,46 +67,6 @@ SCHEMA_VERSION = 3
 ADDED_IN_2 = (("predicted_energy_bound_mj", "REAL"),)
 ADDED_IN_3 = (("latency_confidence", "REAL"), ("predicted_latency_confidence", "REAL"))
 ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3, 2: ADDED_IN_3}
-
-# One column per PROTOCOL.md §9.1 field, in the spec's order: (name, SQL type).
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("ts", "REAL NOT NULL"),
-    ("request_id", "TEXT"),
-    ("client", "TEXT"),
-    ("model", "TEXT"),
-    ("version", "TEXT"),
-    ("objective", "TEXT"),
-    ("on_infeasible", "TEXT"),
-    ("min_accuracy", "REAL"),
-    ("max_latency_ms", "REAL"),
-    ("max_energy_mj", "REAL"),
-    ("latency_confidence", "REAL"),
-    ("outcome", "TEXT"),
-    ("error_code", "TEXT"),
-    ("variant", "TEXT"),
-    ("placement", "TEXT"),
-    ("reason_code", "TEXT"),
-    ("reason", "TEXT"),
-    ("predicted_latency_ms", "REAL"),
-    ("predicted_latency_bound_ms", "REAL"),
-    ("predicted_queue_ms", "REAL"),
-    ("predicted_energy_mj", "REAL"),
-    ("predicted_energy_bound_mj", "REAL"),
-    ("predicted_accuracy", "REAL"),
-    ("predicted_latency_confidence", "REAL"),
-    ("queue_ms", "REAL"),
-    ("compute_ms", "REAL"),
-    ("total_ms", "REAL"),
-    ("energy_mj", "REAL"),
-    ("energy_source", "TEXT"),
-    ("energy_estimated", "INTEGER"),
-    ("met_accuracy", "INTEGER"),
-    ("met_latency", "INTEGER"),
-    ("met_energy", "INTEGER"),
-    ("met", "INTEGER"),
-)
-COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
-BOOL_COLUMNS = frozenset({"energy_estimated", "met_accuracy", "met_latency", "met_energy", "met"})
 
 SCHEMA_SQL = (
     "CREATE TABLE IF NOT EXISTS selections (\n    id INTEGER PRIMARY KEY,\n    "
@@ -117,6 +78,7 @@ SCHEMA_SQL = (
 )
 _INSERT_SQL = (f"INSERT INTO selections ({', '.join(COLUMN_NAMES)}) "
                f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})")
+
 
 def _cell(name: str, value: Any) -> Any:
     """A record value as SQLite stores it: scalars as is, bools as 0/1, the rest as JSON."""
@@ -142,14 +104,6 @@ def record_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     if row[0] is None:
         row[0] = time.time()
     return tuple(row)
-
-
-def _row_record(row: Sequence[Any]) -> dict[str, Any]:
-    record = dict(zip(COLUMN_NAMES, row))
-    for name in BOOL_COLUMNS:
-        if record[name] is not None:
-            record[name] = bool(record[name])
-    return record
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -391,56 +345,3 @@ class SelectionStore:
         except sqlite3.Error as exc:
             self.last_error = f"retention: {exc}"
             log.error("selection store: retention failed: %s", exc)
-
-
-# --- readers (export, report) ---------------------------------------------------------------
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection to a store (which may be in use by a running daemon)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"selection store {path} does not exist")
-    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def read_board_id(path: Path) -> str | None:
-    """The board id recorded in a store, or None."""
-    conn = open_readonly(path)
-    try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
-            return None
-        row = conn.execute("SELECT value FROM meta WHERE key = 'board_id'").fetchone()
-        return None if row is None else str(row[0])
-    finally:
-        conn.close()
-
-
-def read_selections(path: Path, since: float | None = None, model: str | None = None,
-                    until: float | None = None) -> Iterator[dict[str, Any]]:
-    """Selection records (§9.1 dicts) ordered by time; ``since``/``until`` are Unix seconds."""
-    where, params = [], []
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(float(since))
-    if until is not None:
-        where.append("ts < ?")
-        params.append(float(until))
-    if model is not None:
-        where.append("model = ?")
-        params.append(model)
-    conn = open_readonly(path)
-    try:
-        # A store of an older schema, read without a daemon having migrated it: its missing
-        # columns read as NULL.
-        present = {row[1] for row in conn.execute("PRAGMA table_info(selections)")}
-        columns = [name if name in present else f"NULL AS {name}" for name in COLUMN_NAMES]
-        sql = f"SELECT {', '.join(columns)} FROM selections"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY ts, id"
-        for row in conn.execute(sql, params):
-            yield _row_record(row)
-    finally:
-        conn.close()

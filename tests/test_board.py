@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptd.daemon.board import (
+from adaptd.wire.board import (
     MACHINE_ID_PATHS,
     BoardIdError,
     daemon_board_id,

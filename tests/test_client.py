@@ -15,7 +15,7 @@ import zmq
 from adaptd.clients import errors as e
 from adaptd.clients.aio import AsyncClient
 from adaptd.clients.client import Client, default_endpoint, default_pub_endpoint
-from adaptd.daemon import protocol as p
+from adaptd.wire import protocol as p
 
 
 def result_header(req: dict, outputs: list[np.ndarray], **extra) -> dict:

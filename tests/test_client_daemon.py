@@ -15,13 +15,13 @@ import pytest
 
 from adaptd.clients import errors as e
 from adaptd.clients.aio import AsyncClient
-from adaptd.clients.cli import main
+from adaptd.cli.main import main
 from adaptd.clients.client import Client
 from adaptd.clients.loadgen import MixEntry, run_scenario
 from adaptd.clients.subscriber import Subscriber
-from adaptd.daemon.board import MACHINE_ID_PATHS, machine_board_id
-from adaptd.daemon.launch import DaemonProcess
-from adaptd.daemon.store import read_selections
+from adaptd.wire.board import MACHINE_ID_PATHS, machine_board_id
+from adaptd.tools.launch import DaemonProcess
+from adaptd.wire.records import read_selections
 
 pytestmark = pytest.mark.slow
 

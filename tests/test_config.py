@@ -19,7 +19,7 @@ from adaptd.daemon.config import (
     StatsConfig,
     load_config,
 )
-from adaptd.daemon.launch import to_toml
+from adaptd.tools.launch import to_toml
 from adaptd.daemon.power.config import PowerConfig
 from adaptd.daemon.store import StoreConfig
 

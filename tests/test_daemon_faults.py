@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import zmq
 
-from adaptd.daemon import protocol as proto
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.wire import protocol as proto
+from adaptd.tools.launch import DaemonProcess
 
 SLOW = "slow"              # conftest.py's slow_repository: ~10 ms per image on one core
 SLOW_SHAPE = (32, 32, 8)

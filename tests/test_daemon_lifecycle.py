@@ -27,8 +27,8 @@ import zmq
 
 from adaptd.clients.client import Client
 from adaptd.clients.errors import BusyError
-from adaptd.daemon import protocol as proto
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.wire import protocol as proto
+from adaptd.tools.launch import DaemonProcess
 
 MODEL = "slow"            # the model and input shape of conftest.py's slow_repository
 SHAPE = (32, 32, 8)

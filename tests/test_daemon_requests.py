@@ -19,9 +19,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from adaptd.daemon import protocol as proto
-from adaptd.daemon.launch import DaemonProcess
-from adaptd.daemon.store import read_selections
+from adaptd.wire import protocol as proto
+from adaptd.tools.launch import DaemonProcess
+from adaptd.wire.records import read_selections
 
 MAX_MESSAGE_BYTES = 4096          # small, so TOO_LARGE and ZeroMQ's backstop are cheap to reach
 REPLY_TIMEOUT_MS = 30_000

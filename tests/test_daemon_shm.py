@@ -27,8 +27,8 @@ import zmq
 from adaptd.clients import errors as e
 from adaptd.clients.aio import AsyncClient
 from adaptd.clients.client import CLOSE_TIMEOUT_MS, Client, Region, ShmTensor
-from adaptd.daemon import protocol as proto
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.wire import protocol as proto
+from adaptd.tools.launch import DaemonProcess
 
 SHM = Path("/dev/shm")
 

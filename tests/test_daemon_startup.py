@@ -18,8 +18,8 @@ import zmq
 
 from adaptd.clients.client import Client
 from adaptd.clients.errors import AdaptdError, RequestTimeout
-from adaptd.daemon import protocol as proto
-from adaptd.daemon.launch import DaemonProcess, to_toml
+from adaptd.wire import protocol as proto
+from adaptd.tools.launch import DaemonProcess, to_toml
 from adaptd.wire.auth import CurveKeys, new_keypair
 
 

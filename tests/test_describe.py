@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from adaptd.clients.client import Explanation
-from adaptd.clients.commands import arm_energy_kind, describe_explanation, describe_models, describe_stats
+from adaptd.cli.commands import arm_energy_kind, describe_explanation, describe_models, describe_stats
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.registry import load_registry, unservable_reason
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from adaptd.clients.cli import main
-from adaptd.clients.export import EXPORT_COLUMNS, export_board_id, utc_day_start
-from adaptd.daemon.board import machine_board_id
+from adaptd.cli.main import main
+from adaptd.tools.export import EXPORT_COLUMNS, export_board_id, utc_day_start
+from adaptd.wire.board import machine_board_id
 from adaptd.daemon.store import SelectionStore, StoreConfig
 
 pa_ds = pytest.importorskip("pyarrow.dataset")

@@ -1,4 +1,4 @@
-"""Frame-by-frame multipart I/O (adaptd.daemon.frames) over real ZeroMQ sockets: the same
+"""Frame-by-frame multipart I/O (adaptd.wire.frames) over real ZeroMQ sockets: the same
 messages as pyzmq's multipart calls, in both directions, small and large frames alike."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zmq
-from adaptd.daemon import frames as frames_mod
-from adaptd.daemon.frames import recv_frames, send_frames
+from adaptd.wire import frames as frames_mod
+from adaptd.wire.frames import recv_frames, send_frames
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import zmq
 from adaptd.clients.loadgen import (
     MixEntry, Sample, load_mix, parse_mix, percentiles, run_scenario, summarize,
 )
-from adaptd.daemon import protocol as p
+from adaptd.wire import protocol as p
 
 
 def test_percentiles_and_summary():

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from adaptd.clients.client import Client
-from adaptd.clients.report import build_report
+from adaptd.tools.report import build_report
 from adaptd.clients.subscriber import Subscriber
-from adaptd.daemon.launch import DaemonProcess
-from adaptd.daemon.store import read_selections
+from adaptd.tools.launch import DaemonProcess
+from adaptd.wire.records import read_selections
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from adaptd.daemon import protocol as p
+from adaptd.wire import protocol as p
+from adaptd.wire import records, replies
 
 SPEC = Path(__file__).resolve().parents[1] / "PROTOCOL.md"
 
@@ -22,7 +23,37 @@ def spec_examples() -> dict[str, dict]:
 
 
 def test_spec_has_every_example():
-    assert set(spec_examples()) == {"request", "result", "error", "control", "ok"}
+    assert set(spec_examples()) == {"request", "result", "error", "control", "ok", "record"}
+
+
+def test_the_builders_make_the_spec_examples():
+    """The daemon builds every reply and record with these functions: built from the examples'
+    own values, they must give the examples back, key for key."""
+    ex = spec_examples()
+    result = ex["result"]
+    request = p.parse_request(ex["request"])
+    met = replies.met_constraints(request.constraints.as_dict(), result["predicted"]["accuracy"],
+                                  result["timing"]["total_ms"], result["energy"]["energy_mj"])
+    built = replies.result_header(
+        request_id=result["id"], model=result["model"], version=result["version"], variant=result["variant"],
+        placement=result["placement"], outputs=result["outputs"], **result["timing"],
+        energy_mj=result["energy"]["energy_mj"], energy_source=result["energy"]["source"],
+        energy_estimated=result["energy"]["estimated"], predicted=result["predicted"], constraints_met=met,
+        reason_code=result["reason"]["code"], reason_text=result["reason"]["text"])
+    assert built == result
+    error = ex["error"]
+    assert p.error_header(error["code"], error["message"], error["id"]) == error
+    ok = ex["ok"]
+    assert replies.ok_header(ok["of"], ok["id"], ok["body"]) == ok
+    record = ex["record"]
+    assert records.selection_record(
+        ts=record["ts"], request_id=request.id, client=record["client"], model=result["model"],
+        version=result["version"], objective=request.objective, on_infeasible=request.on_infeasible,
+        constraints=request.constraints.as_dict(), outcome="ok", error_code=None, variant=result["variant"],
+        placement=result["placement"], reason_code=result["reason"]["code"], reason=result["reason"]["text"],
+        predicted=result["predicted"], timing=result["timing"], energy=result["energy"],
+        met=result["constraints_met"]) == record
+    assert set(record) == set(records.COLUMN_NAMES)
 
 
 def test_spec_request_example_parses_with_its_body():

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adaptd.clients.cli import main
-from adaptd.clients.export import EXPORT_COLUMNS, parse_since
-from adaptd.clients.report import summarize
-from adaptd.clients.report_plots import pareto_front as _pareto
-from adaptd.daemon.store import SelectionStore, StoreConfig, read_selections
+from adaptd.cli.main import main
+from adaptd.tools.export import EXPORT_COLUMNS, parse_since
+from adaptd.tools.report import summarize
+from adaptd.tools.report_plots import pareto_front as _pareto
+from adaptd.daemon.store import SelectionStore, StoreConfig
+from adaptd.wire.records import read_selections
 
 ARMS = {  # variant: (accuracy, latency ms on cpu:0-1, energy mJ)
     "float32": (0.962, 4.3, 20.0), "float16": (0.961, 4.4, 20.5),
@@ -224,7 +225,7 @@ def stored(tmp_path: Path, records: list[dict]) -> list[dict]:
 
 
 def test_a_one_minute_store_gets_seconds_since_the_first_decision(store, tmp_path: Path):
-    from adaptd.clients.report import render_report
+    from adaptd.tools.report import render_report
 
     path, _ = store
     index, plots = render_report(list(read_selections(path)), tmp_path / "r")
@@ -238,7 +239,7 @@ def test_a_one_minute_store_gets_seconds_since_the_first_decision(store, tmp_pat
 
 
 def test_a_multi_hour_store_gets_clock_ticks_and_a_first_load_outlier_is_clipped(tmp_path: Path):
-    from adaptd.clients.report import render_report
+    from adaptd.tools.report import render_report
 
     records = realistic_records(3000, time.time() - 7 * 3600, seed=3)
     span = 6 * 3600
@@ -275,7 +276,7 @@ def test_a_multi_hour_store_gets_clock_ticks_and_a_first_load_outlier_is_clipped
 
 
 def test_a_store_too_short_to_plot_over_time_says_so(tmp_path: Path):
-    from adaptd.clients.report import render_report
+    from adaptd.tools.report import render_report
 
     records = realistic_records(8, time.time() - 60, seed=4)
     for i, r in enumerate(records):

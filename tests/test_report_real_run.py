@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from adaptd.clients.loadgen import MixEntry, run_scenario
-from adaptd.clients.report import render_report
-from adaptd.daemon.launch import DaemonProcess
-from adaptd.daemon.store import read_selections
+from adaptd.tools.report import render_report
+from adaptd.tools.launch import DaemonProcess
+from adaptd.wire.records import read_selections
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptd.clients.report_scales import (
+from adaptd.tools.report_scales import (
     CLOCK_MIN_SPAN_S,
     DAY,
     HUMAN_STEPS_S,

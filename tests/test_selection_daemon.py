@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from adaptd.clients.client import Client
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.tools.launch import DaemonProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from adaptd.clients.cli import main
+from adaptd.cli.main import main
 from adaptd.selector import ArmSpec, Request, Selector, StructuralPredictor
 from adaptd.variants.calibrate import (
     CALIBRATION_FILE,

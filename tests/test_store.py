@@ -15,7 +15,8 @@ import msgpack
 import pytest
 import zmq
 
-from adaptd.daemon.store import COLUMN_NAMES, SelectionStore, StoreConfig, read_selections
+from adaptd.daemon.store import SelectionStore, StoreConfig
+from adaptd.wire.records import COLUMN_NAMES, read_selections
 
 
 def record(i: int, *, ts: float | None = None, model: str = "digits") -> dict:
@@ -198,7 +199,8 @@ def test_an_older_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path,
     """A store written by schema version 1 (no predicted_energy_bound_mj) or 2 (no
     latency_confidence, predicted_latency_confidence) is migrated on open: old rows read back
     with NULL in the new columns, new rows carry them."""
-    from adaptd.daemon.store import ADDED_SINCE, COLUMNS, SCHEMA_VERSION, connect
+    from adaptd.daemon.store import ADDED_SINCE, SCHEMA_VERSION, connect
+    from adaptd.wire.records import COLUMNS
 
     db = tmp_path / f"v{version}.sqlite3"
     added = {name for name, _ in ADDED_SINCE[version]}
@@ -235,7 +237,8 @@ def test_an_older_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path,
 def test_a_migration_cut_short_is_finished_by_the_next_open(tmp_path: Path):
     """A daemon killed between two ALTER TABLEs of a migration leaves some new columns added and
     the old user_version: the next open adds only what is still missing."""
-    from adaptd.daemon.store import ADDED_SINCE, COLUMN_NAMES, COLUMNS, SCHEMA_VERSION, connect
+    from adaptd.daemon.store import ADDED_SINCE, SCHEMA_VERSION, connect
+    from adaptd.wire.records import COLUMN_NAMES, COLUMNS
 
     db = tmp_path / "half.sqlite3"
     added = [name for name, _ in ADDED_SINCE[1]]
@@ -254,7 +257,7 @@ def test_a_migration_cut_short_is_finished_by_the_next_open(tmp_path: Path):
 
 
 def test_the_store_records_its_board_id(tmp_path: Path, caplog):
-    from adaptd.daemon.store import read_board_id
+    from adaptd.wire.records import read_board_id
 
     db = tmp_path / "b.sqlite3"
     with SelectionStore(StoreConfig(), db) as s:    # no id given: none recorded
@@ -276,7 +279,7 @@ def test_the_store_records_its_board_id(tmp_path: Path, caplog):
 
 def test_a_store_without_the_meta_table_has_no_board_id(tmp_path: Path):
     """A store an older adaptd wrote (only the selections table) reads back with no board id."""
-    from adaptd.daemon.store import COLUMNS, read_board_id
+    from adaptd.wire.records import COLUMNS, read_board_id
 
     db = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(db)

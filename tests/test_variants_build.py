@@ -133,7 +133,7 @@ def test_runtime_import_does_not_import_tensorflow(built) -> None:
 
 
 def test_show_prints_the_table(tiny_repository, capsys) -> None:
-    from adaptd.clients.cli import main
+    from adaptd.cli.main import main
 
     repo, model, version = tiny_repository
     assert main(["variants", "show", "--repository", str(repo), model]) == 0

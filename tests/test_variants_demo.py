@@ -11,7 +11,7 @@ from adaptd.variants.build import ALL_KINDS
 
 @pytest.mark.slow
 def test_demo_build_end_to_end(tmp_path, capsys) -> None:
-    from adaptd.clients.cli import main
+    from adaptd.cli.main import main
     from adaptd.variants.repository import resolve
 
     t0 = time.perf_counter()

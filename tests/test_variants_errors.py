@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adaptd.clients.cli import main
+from adaptd.cli.main import main
 
 
 def _build(capsys, model: Path, data: Path, repo: Path, *extra: str) -> tuple[int, str]:

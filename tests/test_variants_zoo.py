@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from adaptd.clients.client import Client
-from adaptd.daemon.launch import DaemonProcess
+from adaptd.tools.launch import DaemonProcess
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@
 4. the manifest is written last and the staging directory is renamed into place
    (``repository.staging``): a failure or interrupt at any point publishes nothing.
 
-Errors the user can fix surface as ``adaptd.clients.cli.UserError`` (one line, exit 1).
+Errors the user can fix surface as ``adaptd.cli.main.UserError`` (one line, exit 1).
 Not thread-safe: it mutates the source model's weights while pruning (restoring them after).
 """
 
@@ -81,7 +81,7 @@ class BuildOptions:
 
 def parse_kinds(text: str | None) -> tuple[str, ...]:
     """``"float32,int8_full"`` -> ordered tuple; ``None``/``"all"`` -> every kind."""
-    from ..clients.cli import UserError
+    from adaptd.cli import UserError
 
     if text is None or text.strip() in ("", "all"):
         return ALL_KINDS
@@ -324,7 +324,7 @@ def summary_table(manifest: Manifest) -> str:
 
 def user_error_from(exc: BaseException) -> Exception:
     """Map a pipeline exception onto the CLI's one-line ``UserError``."""
-    from ..clients.cli import UserError
+    from adaptd.cli import UserError
 
     if isinstance(exc, UserError):
         return exc
@@ -372,7 +372,7 @@ def run_kinds(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from ..clients.cli import UserError
+    from adaptd.cli import UserError
     from .manifest import ManifestError
     from .repository import RepositoryError, check_repository, resolve
 

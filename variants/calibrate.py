@@ -280,7 +280,7 @@ def load_predictor(location: Path) -> StructuralPredictor | None:
 
 # ----------------------------------------------------------------------------- CLI
 def run_calibrate(args: Any) -> int:
-    from adaptd.clients.cli import UserError
+    from adaptd.cli import UserError
 
     models = [m.strip() for m in args.models.split(",") if m.strip()] if getattr(args, "models", None) else None
     try:

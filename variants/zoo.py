@@ -76,7 +76,7 @@ def build_zoo(name: str, repo: Path, input_size: int | None = None, kinds: tuple
 
 
 def run_zoo(args: argparse.Namespace) -> int:
-    from ..clients.cli import UserError
+    from adaptd.cli import UserError
     from .build import parse_kinds, summary_table, user_error_from
 
     if args.list:

@@ -3,9 +3,9 @@
 
 Contract
 --------
-* Each ``run_*(args) -> int`` takes the ``argparse.Namespace`` built by ``clients/cli.py``,
+* Each ``run_*(args) -> int`` takes the ``argparse.Namespace`` built by ``adaptd.cli.main``,
   prints to stdout (a table for people, or JSON with ``--json``) and returns the exit code.
-  Daemon errors, timeouts and bad files become :class:`~adaptd.clients.cli.UserError` (one
+  Daemon errors, timeouts and bad files become :class:`~adaptd.cli.main.UserError` (one
   line on stderr, exit 1).
 * Energy is always printed with its provenance: "estimated" (from a power model) or
   "measured" (a sensor), never a bare figure; where there is no figure, "n/a".
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptd.clients.cli import UserError
+from adaptd.cli import UserError
 from adaptd.clients.client import Client, Explanation, InferResult, default_admin_endpoint
 from adaptd.clients.errors import AdaptdError, InfeasibleError
 from adaptd.clients.inputs import fit_to_spec, load_array
@@ -381,7 +381,7 @@ def run_log_tail(args: argparse.Namespace) -> int:
 def run_log_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adaptd.clients.export import export_board_id, export_format, export_selections, parse_since
+    from adaptd.tools.export import export_board_id, export_format, export_selections, parse_since
 
     try:
         fmt = export_format(Path(args.out))

@@ -37,8 +37,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from adaptd.daemon.board import BoardIdError, machine_board_id, validate_board_id
-from adaptd.daemon.store import BOOL_COLUMNS, COLUMN_NAMES, COLUMNS, read_board_id, read_selections
+from adaptd.wire.board import BoardIdError, machine_board_id, validate_board_id
+from adaptd.wire.records import BOOL_COLUMNS, COLUMN_NAMES, COLUMNS, read_board_id, read_selections
 
 EXPORT_COLUMNS: tuple[str, ...] = ("board_id", COLUMN_NAMES[0], "time_iso", *COLUMN_NAMES[1:])
 PARTITION_COLUMNS: tuple[str, ...] = ("board_id", "model", "date")

@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from adaptd.daemon import protocol as proto
+from adaptd.wire import protocol as proto
 
 
 def _toml_value(value: Any) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptd.clients.report_scales import (
+from adaptd.tools.report_scales import (
     TimeAxis,
     ValueScale,
     format_duration,

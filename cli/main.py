@@ -15,11 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from adaptd.cli import UserError
+
 DEFAULT_ENDPOINT_ENV = "ADAPTD_ENDPOINT"
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad file, bad option): printed as one line, exit 1."""
 
 
 def _target(parser: argparse.ArgumentParser, spec: str) -> None:
@@ -70,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=None, help="override the config's repository path")
     p.add_argument("--endpoint", action="append", default=None,
                    help="override the config's endpoints (repeatable)")
-    _target(p, "adaptd.daemon.server:run_serve")
+    _target(p, "adaptd.cli.serve:run_serve")
 
     p = sub.add_parser("keys", help="make CurveZMQ key pairs for [auth] curve")
     ksub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
@@ -78,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("new", help="write NAME.key (public) and NAME.key_secret into DIR")
     p.add_argument("directory", type=Path)
     p.add_argument("name", help="e.g. server, or a client's name")
-    _target(p, "adaptd.clients.commands:run_keys_new")
+    _target(p, "adaptd.cli.commands:run_keys_new")
 
     # --- variants ------------------------------------------------------------------------
     pv = sub.add_parser("variants", help="build and inspect precompressed variants")
@@ -127,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("var/demo"),
                    help="where the daemon's config, log and selection store go")
     p.add_argument("--no-progress", action="store_true")
-    _target(p, "adaptd.clients.demo:run_demo")
+    _target(p, "adaptd.cli.tools:run_demo")
 
     p = sub.add_parser("calibrate", help="profile this device to calibrate the structural cost predictor")
     p.add_argument("--repository", type=Path, required=True)
@@ -148,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     _add_constraints(p)
     _add_endpoint(p)
-    _target(p, "adaptd.clients.commands:run_infer")
+    _target(p, "adaptd.cli.commands:run_infer")
 
     p = sub.add_parser("explain", help="dry run: what the daemon would choose for a request, and why")
     p.add_argument("model")
     p.add_argument("--json", action="store_true")
     _add_constraints(p)
     _add_endpoint(p)
-    _target(p, "adaptd.clients.commands:run_explain")
+    _target(p, "adaptd.cli.commands:run_explain")
 
     for name, help_text in (("models", "list models, variants and placements"),
                             ("stats", "per-arm live statistics"),
@@ -163,11 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true")
         _add_endpoint(p)
-        _target(p, f"adaptd.clients.commands:run_{name}")
+        _target(p, f"adaptd.cli.commands:run_{name}")
 
     p = sub.add_parser("reload", help="ask the daemon to reload its repository")
     _add_endpoint(p)
-    _target(p, "adaptd.clients.commands:run_reload")
+    _target(p, "adaptd.cli.commands:run_reload")
 
     pl = sub.add_parser("log", help="the selection store: follow or export it")
     lsub = pl.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
@@ -177,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="stop after N selections")
     p.add_argument("--pub-endpoint", default=None)
     p.add_argument("--json", action="store_true")
-    _target(p, "adaptd.clients.commands:run_log_tail")
+    _target(p, "adaptd.cli.commands:run_log_tail")
     p = lsub.add_parser("export", help="export selections to CSV, Parquet or a partitioned Parquet dataset")
     p.add_argument("--store", type=Path, required=True, help="selection store (SQLite file)")
     p.add_argument("--out", type=Path, required=True,
@@ -187,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the board id on every row (default: the one the daemon recorded in the store)")
     p.add_argument("--since", default=None, help="ISO time or a duration like 1h, 30m")
     p.add_argument("--model", default=None)
-    _target(p, "adaptd.clients.commands:run_log_export")
+    _target(p, "adaptd.cli.commands:run_log_export")
 
     p = sub.add_parser("report", help="write an HTML report with plots of the selections")
     p.add_argument("--store", type=Path, required=True)
@@ -196,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None)
     p.add_argument("--repository", type=Path, default=None,
                    help="model repository, for accuracy on the Pareto plots")
-    _target(p, "adaptd.clients.report:run_report")
+    _target(p, "adaptd.cli.tools:run_report")
 
     p = sub.add_parser("load", help="drive the daemon with a LoadGen-like scenario")
     p.add_argument("model")
@@ -209,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="server scenario: outstanding requests at most")
     p.add_argument("--json", action="store_true")
     _add_endpoint(p)
-    _target(p, "adaptd.clients.loadgen:run_load")
+    _target(p, "adaptd.cli.tools:run_load")
 
     return parser
 

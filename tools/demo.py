@@ -8,7 +8,6 @@ stops the daemon. Energy on a machine without power sensors is labelled ``estima
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 REQUESTS = (
@@ -24,21 +23,22 @@ def _has_model(repo: Path, name: str) -> bool:
                for p in (repo / name).glob("*"))
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(repository: Path, workdir: Path, progress: bool = True) -> None:
+    """Build (once), serve, ask and explain, printing each step (see the module docstring)."""
     from adaptd.clients.client import Client
     from adaptd.clients.errors import AdaptdError
-    from adaptd.daemon.launch import DaemonProcess
+    from adaptd.tools.launch import DaemonProcess
     from adaptd.variants.demo import MODEL_NAME, build_demo, digits_dataset
 
-    repo = Path(args.repository)
+    repo = Path(repository)
     if not _has_model(repo, MODEL_NAME):
         print(f"building the demo model's variants into {repo} (once; takes a minute or two) ...")
-        build_demo(repo, progress=not args.no_progress)
+        build_demo(repo, progress=progress)
     ds = digits_dataset()
     image, label = ds.x_val[:1], int(ds.y_val[0])
 
     print(f"starting the daemon on {repo} ...")
-    with DaemonProcess.start(repo, Path(args.workdir), config={"placements": {"load": "eager"}}) as daemon:
+    with DaemonProcess.start(repo, Path(workdir), config={"placements": {"load": "eager"}}) as daemon:
         print(f"daemon ready at {daemon.endpoint} (selection store: {daemon.store_path})\n")
         with Client(daemon.endpoint, timeout_ms=30_000) as client:
             for title, constraints, objective in REQUESTS:
@@ -62,4 +62,3 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"{explanation.placement}; {len(feasible)} of {len(explanation.alternatives)} arms feasible")
     print("\ndaemon stopped. Next: `adaptd report --store "
           f"{daemon.store_path} --out report/` for plots of these selections.")
-    return 0

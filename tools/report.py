@@ -4,7 +4,7 @@ Contract
 --------
 * :func:`build_report(records, out_dir, ...)` writes ``out_dir/index.html`` and one PNG per
   plot, and returns the page's path; :func:`render_report` does the same and also returns the
-  :class:`~adaptd.clients.report_plots.Plot` objects (their figures stay inspectable);
+  :class:`~adaptd.tools.report_plots.Plot` objects (their figures stay inspectable);
   :func:`run_report(args)` is the CLI entry (reads the store read-only with
   ``--since``/``--model``). Written for a reader who never saw the daemon: every plot has a
   title, axis labels with units and a short explanation; the page opens with a summary table
@@ -23,7 +23,6 @@ Contract
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import html
 from collections import Counter, defaultdict
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptd.clients.report_plots import (
+from adaptd.tools.report_plots import (
     Plot,
     attainment_plot,
     energy_kind,
@@ -43,7 +42,7 @@ from adaptd.clients.report_plots import (
     pareto_plot,
     predicted_plot,
 )
-from adaptd.clients.report_scales import format_duration
+from adaptd.tools.report_scales import format_duration
 
 DPI = 110
 
@@ -215,18 +214,3 @@ def _html(summary: Mapping[str, Any], plots: Sequence[Plot], title: str, source:
                      + f"<img src='{html.escape(plot.name)}' alt='{html.escape(plot.title)}'>")
     parts.append(f"<p><small>Generated {when(_dt.datetime.now().timestamp())} by adaptd report.</small></p></body></html>")
     return "\n".join(parts)
-
-
-def run_report(args: argparse.Namespace) -> int:
-    from adaptd.clients.cli import UserError
-    from adaptd.clients.export import parse_since
-    from adaptd.daemon.store import read_selections
-
-    try:
-        records = list(read_selections(args.store, since=parse_since(args.since), model=args.model))
-        index = build_report(records, args.out, repository=getattr(args, "repository", None),
-                             source=str(args.store))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(str(exc)) from None
-    print(f"wrote {index} ({len(records)} decisions)")
-    return 0

@@ -1,0 +1,157 @@
+"""The selection record (PROTOCOL.md §9.1): its fields, how the daemon builds one, how it is read.
+
+Contract
+--------
+* :data:`COLUMNS` names every field of a record in the spec's order with its SQL type; the
+  daemon's store (:mod:`adaptd.daemon.store`) has one column each, and the stream publishes the
+  same map. :func:`selection_record` is the one place a record is built.
+* Readers (:func:`read_selections`, :func:`read_board_id`) open a store read-only, so a running
+  daemon's store can be read (by ``adaptd report``, ``adaptd log export``, tests) without
+  importing the daemon. A store of an older schema reads its missing columns as None.
+* Pure but for the readers' SQLite I/O; safe from any thread (each call opens its own
+  connection).
+* Units: ``ts`` Unix seconds; ``*_ms`` milliseconds; ``*_mj`` millijoules; accuracy a share.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# One column per PROTOCOL.md §9.1 field, in the spec's order: (name, SQL type).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts", "REAL NOT NULL"),
+    ("request_id", "TEXT"),
+    ("client", "TEXT"),
+    ("model", "TEXT"),
+    ("version", "TEXT"),
+    ("objective", "TEXT"),
+    ("on_infeasible", "TEXT"),
+    ("min_accuracy", "REAL"),
+    ("max_latency_ms", "REAL"),
+    ("max_energy_mj", "REAL"),
+    ("latency_confidence", "REAL"),
+    ("outcome", "TEXT"),
+    ("error_code", "TEXT"),
+    ("variant", "TEXT"),
+    ("placement", "TEXT"),
+    ("reason_code", "TEXT"),
+    ("reason", "TEXT"),
+    ("predicted_latency_ms", "REAL"),
+    ("predicted_latency_bound_ms", "REAL"),
+    ("predicted_queue_ms", "REAL"),
+    ("predicted_energy_mj", "REAL"),
+    ("predicted_energy_bound_mj", "REAL"),
+    ("predicted_accuracy", "REAL"),
+    ("predicted_latency_confidence", "REAL"),
+    ("queue_ms", "REAL"),
+    ("compute_ms", "REAL"),
+    ("total_ms", "REAL"),
+    ("energy_mj", "REAL"),
+    ("energy_source", "TEXT"),
+    ("energy_estimated", "INTEGER"),
+    ("met_accuracy", "INTEGER"),
+    ("met_latency", "INTEGER"),
+    ("met_energy", "INTEGER"),
+    ("met", "INTEGER"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
+BOOL_COLUMNS = frozenset({"energy_estimated", "met_accuracy", "met_latency", "met_energy", "met"})
+
+
+
+def selection_record(*, ts: float, request_id: str, client: str, model: str, version: str, objective: str,
+                     on_infeasible: str, constraints: Mapping[str, float | None], outcome: str,
+                     error_code: str | None, variant: str | None, placement: str | None, reason_code: str,
+                     reason: str, predicted: Mapping[str, Any] | None, timing: Mapping[str, float] | None = None,
+                     energy: Mapping[str, Any] | None = None,
+                     met: Mapping[str, bool] | None = None) -> dict[str, Any]:
+    """A §9.1 record. ``constraints``: the request's (keys of PROTOCOL.md §4; absent = unset);
+    ``predicted``: the reply's ``predicted`` map; ``timing`` and ``energy``: the reply's maps
+    (None when nothing ran); ``met``: the reply's ``constraints_met`` (None when nothing ran)."""
+    p = predicted or {}
+    met = met or {}
+    return {
+        "ts": ts, "request_id": request_id, "client": client, "model": model, "version": version,
+        "objective": objective, "on_infeasible": on_infeasible,
+        "min_accuracy": constraints.get("min_accuracy"), "max_latency_ms": constraints.get("max_latency_ms"),
+        "max_energy_mj": constraints.get("max_energy_mj"), "latency_confidence": constraints.get("latency_confidence"),
+        "outcome": outcome, "error_code": error_code, "variant": variant, "placement": placement,
+        "reason_code": reason_code, "reason": reason,
+        "predicted_latency_ms": p.get("latency_ms"), "predicted_latency_bound_ms": p.get("latency_bound_ms"),
+        "predicted_latency_confidence": p.get("latency_confidence"),
+        "predicted_queue_ms": p.get("queue_ms"), "predicted_energy_mj": p.get("energy_mj"),
+        "predicted_energy_bound_mj": p.get("energy_bound_mj"), "predicted_accuracy": p.get("accuracy"),
+        "queue_ms": timing.get("queue_ms") if timing else None,
+        "compute_ms": timing.get("compute_ms") if timing else None,
+        "total_ms": timing.get("total_ms") if timing else None,
+        "energy_mj": energy.get("energy_mj") if energy else None,
+        "energy_source": energy.get("source") if energy else None,
+        "energy_estimated": bool(energy.get("estimated")) if energy else bool(p.get("energy_estimated", False)),
+        "met_accuracy": met.get("min_accuracy"), "met_latency": met.get("max_latency_ms"),
+        "met_energy": met.get("max_energy_mj"),
+        "met": all(met.values()) if outcome == "ok" else False,
+    }
+
+
+def _row_record(row: Sequence[Any]) -> dict[str, Any]:
+    record = dict(zip(COLUMN_NAMES, row))
+    for name in BOOL_COLUMNS:
+        if record[name] is not None:
+            record[name] = bool(record[name])
+    return record
+
+
+# --- readers (export, report) -----------------------------------------------------------------
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a store (which may be in use by a running daemon)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"selection store {path} does not exist")
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def read_board_id(path: Path) -> str | None:
+    """The board id recorded in a store, or None."""
+    conn = open_readonly(path)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'board_id'").fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        conn.close()
+
+
+def read_selections(path: Path, since: float | None = None, model: str | None = None,
+                    until: float | None = None) -> Iterator[dict[str, Any]]:
+    """Selection records (§9.1 dicts) ordered by time; ``since``/``until`` are Unix seconds."""
+    where, params = [], []
+    if since is not None:
+        where.append("ts >= ?")
+        params.append(float(since))
+    if until is not None:
+        where.append("ts < ?")
+        params.append(float(until))
+    if model is not None:
+        where.append("model = ?")
+        params.append(model)
+    conn = open_readonly(path)
+    try:
+        # A store of an older schema, read without a daemon having migrated it: its missing
+        # columns read as NULL.
+        present = {row[1] for row in conn.execute("PRAGMA table_info(selections)")}
+        columns = [name if name in present else f"NULL AS {name}" for name in COLUMN_NAMES]
+        sql = f"SELECT {', '.join(columns)} FROM selections"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, id"
+        for row in conn.execute(sql, params):
+            yield _row_record(row)
+    finally:
+        conn.close()
