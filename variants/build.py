@@ -194,6 +194,22 @@ def _buildable(source: Any, requested: tuple[str, ...], has_rep: bool, explicit:
     return kinds
 
 
+def _synthetic_sample(inputs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """One random batch-1 input per spec, as a client would send it (frames where declared):
+    something to time a variant on when there is no data."""
+    rng = np.random.default_rng(0)
+    out = []
+    for t in inputs:
+        shape = tuple(1 if d < 0 else d for d in t.shape)
+        dtype = np.dtype(t.preprocessing.source_dtype if t.preprocessing is not None else t.dtype)
+        if dtype.kind == "f":
+            out.append(rng.random(shape, dtype=np.float32).astype(dtype))
+        else:
+            info = np.iinfo(dtype)
+            out.append(rng.integers(max(info.min, -128), min(info.max, 255) + 1, shape).astype(dtype))
+    return out
+
+
 def build_entry(repo: Path, model: str, source: Any, dataset: Any | None, *,
                 version: str | None = None, options: BuildOptions | None = None,
                 source_sha256: str | None = None, representative: Any = None,
@@ -290,6 +306,7 @@ def _build(tmp: Path, model: str, version: str, source: Any, dataset: Any, model
             else:
                 prune_variables(source.prunable_variables(), sparsity)
                 tuned = False
+            source.weights_changed()
             try:
                 for kind in group:
                     bar.set_postfix_str(kind.name)
@@ -348,7 +365,9 @@ def _build(tmp: Path, model: str, version: str, source: Any, dataset: Any, model
 
     measured: dict[str, dict[str, Any]] = {}
     if opts.measure:
-        sample = dataset.val_inputs(0, 1) if dataset is not None else [np.asarray(r[:1]) for r in representative]
+        sample = (dataset.val_inputs(0, 1) if dataset is not None else
+                  [np.asarray(r[:1]) for r in representative] if representative is not None else
+                  _synthetic_sample(model_inputs))
         bar = _bar(len(kinds), "measure", opts.progress, blog.terminal)
         try:
             for name in kinds:

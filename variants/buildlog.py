@@ -31,6 +31,22 @@ from typing import Any, TextIO
 LOG_NAME = "build.log"
 
 
+def _flush_all() -> None:
+    """Flush Python's and C's standard streams, so that what was written so far lands where the
+    file descriptors point now (the converter writes through C stdio, buffered for a file)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 class BuildLog:
     """See the module contract."""
 
@@ -58,11 +74,7 @@ class BuildLog:
         self._depth += 1
         if self._depth > 1:
             return self
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_all()
         self._terminal_fd = os.dup(2)
         self.terminal = os.fdopen(os.dup(self._terminal_fd), "w", buffering=1, encoding="utf-8",
                                   errors="replace")
@@ -88,11 +100,7 @@ class BuildLog:
         self._depth -= 1
         if self._depth > 0:
             return
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_all()
         self._warnings.__exit__(None, None, None)
         os.dup2(self._saved[0], 1)
         os.dup2(self._saved[1], 2)

@@ -11,8 +11,10 @@ model's order), exposes its prunable variables, and exports the float32 SavedMod
 TensorFlow runtime loads (``export_saved_model``). A Keras model is exported through a
 ``serving_default`` endpoint whose inputs and outputs carry the model's names, so every
 converted file's signature maps back onto the model's tensors
-(``tensor_specs_from_tflite``). Every failure raises ``SourceError`` or ``ConversionError``
-with one line. Not thread-safe (pruning callers mutate the weights this reads).
+(``tensor_specs_from_tflite``); that export is reused by the next conversions until the
+weights change (``set_weights``, or ``weights_changed()`` from a caller that changed them in
+place, as pruning does). Every failure raises ``SourceError`` or ``ConversionError`` with one
+line. Not thread-safe (pruning callers mutate the weights this reads).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class SourceModel(PredictionChoice):
         self.keras_model = keras_model
         self._saved = saved
         self._saved_dir = saved_dir
+        self._export: tempfile.TemporaryDirectory | None = None   # of the current weights
         if keras_model is not None:
             ins = [_spec(t.name, t.dtype, t.shape) for t in keras_model.inputs]
             names = list(getattr(keras_model, "output_names", None) or [])
@@ -172,6 +175,13 @@ class SourceModel(PredictionChoice):
         else:
             for v, w in zip(self._saved.variables, weights):
                 v.assign(w)
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """Forget the export of the previous weights."""
+        if self._export is not None:
+            self._export.cleanup()
+            self._export = None
 
     # --- conversion -----------------------------------------------------------------------
     def _keras_export(self, directory: Path) -> None:
@@ -200,31 +210,37 @@ class SourceModel(PredictionChoice):
             return 4 * int(self.keras_model.count_params())
         return sum(int(v.shape.num_elements() or 0) * 4 for v in getattr(self._saved, "variables", ()))
 
+    def _exported(self) -> Path:
+        """A SavedModel of the current Keras weights (exported once per weights)."""
+        if self._export is None:
+            export = tempfile.TemporaryDirectory(prefix="adaptd-export-")
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its exports
+                    self._keras_export(Path(export.name) / "model")
+            except Exception as exc:
+                export.cleanup()
+                if isinstance(exc, OSError):
+                    raise
+                scratch = _scratch_write_error(self._param_bytes())
+                if scratch is not None:
+                    raise scratch from exc
+                raise ConversionError(f"Keras export for conversion failed: {first_line(exc)}") from exc
+            self._export = export
+        return Path(self._export.name) / "model"
+
     def to_tflite(self, quantization: str, representative: Sequence[np.ndarray] | np.ndarray | None = None) -> bytes:
         """Convert the current weights with ``quantization`` (one of QUANTIZATIONS)."""
+        import tensorflow as tf
+
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}")
-        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its exports
-            if self.keras_model is None:
-                import tensorflow as tf
-
-                fn = self._saved.signatures["serving_default"]
-                return self._convert(tf.lite.TFLiteConverter.from_concrete_functions([fn], self._saved),
-                                     quantization, representative)
-            with tempfile.TemporaryDirectory(prefix="adaptd-export-") as tmp:
-                try:
-                    self._keras_export(Path(tmp) / "model")
-                except OSError:
-                    raise
-                except Exception as exc:
-                    scratch = _scratch_write_error(self._param_bytes())
-                    if scratch is not None:
-                        raise scratch from exc
-                    raise ConversionError(f"Keras export for conversion failed: {first_line(exc)}") from exc
-                import tensorflow as tf
-
-                return self._convert(tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "model")),
-                                     quantization, representative)
+        if self.keras_model is None:
+            fn = self._saved.signatures["serving_default"]
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], self._saved)
+        else:
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(self._exported()))
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self._convert(converter, quantization, representative)
 
     def _convert(self, c: Any, quantization: str, representative: Any) -> bytes:
         import tensorflow as tf
@@ -252,16 +268,7 @@ class SourceModel(PredictionChoice):
 
     def export_saved_model(self, directory: Path) -> None:
         """Write the float32 model as a SavedModel with a ``serving_default`` signature."""
-        if self.keras_model is not None:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    self._keras_export(directory)
-            except Exception as exc:
-                if isinstance(exc, OSError):
-                    raise
-                raise ConversionError(f"SavedModel export failed: {first_line(exc)}") from exc
-        else:
-            shutil.copytree(self._saved_dir, directory)
+        shutil.copytree(self._exported() if self.keras_model is not None else self._saved_dir, directory)
 
 
 def representative_generator(inputs: Sequence[TensorSpec], representative: Any) -> Any:

@@ -175,6 +175,9 @@ class TFLiteSource(PredictionChoice):
                 w.assign(value)
         self._pruned = False
 
+    def weights_changed(self) -> None:
+        """Nothing to forget: the bytes are made from the weights at each conversion."""
+
     def _current(self) -> bytes:
         """The float32 model with the current weights."""
         if self._weights is None:
