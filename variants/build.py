@@ -241,19 +241,21 @@ def build_entry(repo: Path, model: str, source: Any, dataset: Any | None, *,
     elif representative is not None:
         representative = [representative] if isinstance(representative, np.ndarray) else list(representative)
     blog = build_log if build_log is not None else BuildLog()
-    with blog:
-        kinds = _buildable(source, requested, representative is not None, opts.explicit_kinds, blog.note)
-        if any(KINDS[k].quantization == "full_int8" for k in kinds) and representative is None:
-            raise ValueError("full-integer kinds need a dataset or representative inputs")
-        with staging(repo, model, version) as tmp:
-            manifest = _build(tmp, model, version, source, dataset, model_inputs, representative, kinds,
-                              opts, source_sha256, blog)
-            save_manifest(manifest, tmp)
-            blog.publish(tmp)
+    try:
+        with blog:
+            kinds = _buildable(source, requested, representative is not None, opts.explicit_kinds, blog.note)
+            if any(KINDS[k].quantization == "full_int8" for k in kinds) and representative is None:
+                raise ValueError("full-integer kinds need a dataset or representative inputs")
+            with staging(repo, model, version) as tmp:
+                manifest = _build(tmp, model, version, source, dataset, model_inputs, representative, kinds,
+                                  opts, source_sha256, blog)
+                save_manifest(manifest, tmp)
+                blog.publish(tmp)
+    finally:
+        if build_log is None:      # a log of our own: the published copy is the one that stays
+            blog.discard()
     final = repo / model / version
     blog.published_at = final / "build.log"
-    if build_log is None:
-        blog.discard()
     if log is not None:
         log(f"published {final}")
     return final, manifest

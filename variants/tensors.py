@@ -7,6 +7,7 @@ re-exports every name here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,10 @@ class Preprocessing:
         if not dtype.startswith("float"):
             return (f"the input is {dtype}, not float: preprocessing turns {self.source_dtype} frames into a "
                     f"float input (an integer input takes its own dtype as it is)")
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        offsets = self.offset if isinstance(self.offset, tuple) else (self.offset,)
+        if not all(math.isfinite(v) and v > 0 for v in scales) or not all(math.isfinite(v) for v in offsets):
+            return "the scale must be finite and > 0, the offset finite"
         lengths = {len(v) for v in (self.scale, self.offset) if isinstance(v, tuple)}
         if len(lengths) > 1:
             return "scale and offset have different lengths"

@@ -104,9 +104,10 @@ def run_zoo(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < ARCHS[match].min_size:
         raise UserError(f"{match} needs --input-size >= {ARCHS[match].min_size}, got {args.input_size}")
     try:
-        _, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size, kinds,
-                                progress=not args.no_progress)
+        version_dir, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size,
+                                          kinds, progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as exc:
         raise user_error_from(exc) from exc
     print(summary_table(manifest))
+    print(f"build log: {version_dir / 'build.log'}")
     return 0
