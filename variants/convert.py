@@ -66,6 +66,17 @@ def _spec(name: str, dtype: str, shape: Sequence[Any]) -> TensorSpec:
     return TensorSpec(str(name), str(dtype), (1, *dims))
 
 
+def keras_feed(model: Any, arrays: Sequence[Any]) -> Any:
+    """``arrays`` (one per input, in ``model.inputs`` order) in the structure the model was built
+    with (a dict, a list or one tensor), so that Keras takes them without a structure warning."""
+    struct = getattr(model, "_inputs_struct", None)
+    if struct is not None:
+        import keras
+
+        return keras.tree.pack_sequence_as(struct, list(arrays))
+    return arrays[0] if len(arrays) == 1 else list(arrays)
+
+
 def is_class_scores(spec: TensorSpec) -> bool:
     """An output of shape (N, classes) with at least two classes."""
     return len(spec.shape) == 2 and spec.shape[1] >= 2
@@ -190,14 +201,12 @@ class SourceModel(PredictionChoice):
         import tensorflow as tf
 
         model = self.keras_model
-        in_names = [t.name for t in self.inputs]
         out_names = [t.name for t in self.outputs]
         specs = [tf.TensorSpec((None, *[None if d < 0 else d for d in t.shape[1:]]), tf.float32, name=t.name)
                  for t in self.inputs]
-        single = len(in_names) == 1
 
         def serve(*xs: Any) -> dict[str, Any]:
-            out = model(xs[0] if single else dict(zip(in_names, xs)), training=False)
+            out = model(keras_feed(model, xs), training=False)
             return dict(zip(out_names, keras.tree.flatten(out)))
 
         archive = keras.export.ExportArchive()

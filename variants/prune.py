@@ -115,12 +115,12 @@ def _head(model: Any, prediction_index: int) -> Any:
 
 def _feed(model: Any, x: Any, rows: slice | None = None) -> Any:
     """``x`` (one array, or one per input in the model's order) as the model takes it."""
+    from .convert import keras_feed
+
     arrays = [x] if isinstance(x, np.ndarray) else list(x)
     if rows is not None:
         arrays = [a[rows] for a in arrays]
-    if len(arrays) == 1:
-        return arrays[0]
-    return {t.name: a for t, a in zip(model.inputs, arrays)}
+    return keras_feed(model, arrays)
 
 
 def prune_keras(model: Any, sparsity: float, x_train: Any = None,
@@ -143,10 +143,10 @@ def prune_keras(model: Any, sparsity: float, x_train: Any = None,
                 v.assign(v * m)
 
     head = _head(model, prediction_index)
-    from_logits = not _outputs_are_probabilities(head, _feed(model, x_train, slice(0, 64)))
+    from_logits = not _outputs_are_probabilities(head, _feed(head, x_train, slice(0, 64)))
     head.compile(optimizer=keras.optimizers.Adam(learning_rate),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    head.fit(_feed(model, x_train), y_train, epochs=epochs, batch_size=batch_size, shuffle=True,
+    head.fit(_feed(head, x_train), y_train, epochs=epochs, batch_size=batch_size, shuffle=True,
              verbose=0, callbacks=[ReapplyMask()])
     for v, m in zip(variables, masks):  # exact, whatever the last step did
         v.assign(v * m)
