@@ -83,9 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     vsub = pv.add_subparsers(dest="variants_command", metavar="SUBCOMMAND")
     vsub.required = True
     p = vsub.add_parser("build", help="build a model's variants into a repository")
-    p.add_argument("model", type=Path, help="source model: a .keras file or a SavedModel directory")
-    p.add_argument("--data", type=Path, required=True,
-                   help=".npz with x_val/y_val (required) and x_train/y_train (optional)")
+    p.add_argument("model", type=Path, help="source model: a .keras file, a SavedModel directory or a .tflite file")
+    p.add_argument("--data", type=Path, default=None,
+                   help=".npz with x_val/y_val (x_val/<input> per input) and optionally x_train/y_train; "
+                        "required unless the model is a .tflite")
+    p.add_argument("--prediction-output", default=None,
+                   help="the output that is the class prediction (default: the only (N, classes) output)")
+    p.add_argument("--preprocess", action="append", default=None, metavar="[NAME=]uint8:SCALE:OFFSET",
+                   help="accept uint8 frames for input NAME: x = frame * SCALE + OFFSET (numbers, a/b, or one "
+                        "per channel, comma-separated); [NAME=]uint8:model when the model scales its input itself")
     p.add_argument("--repository", type=Path, required=True, help="model repository root")
     p.add_argument("--name", default=None, help="model name (default: the source file's stem)")
     p.add_argument("--version", dest="model_version", default=None,

@@ -10,7 +10,9 @@ Contract
   the ``models`` reply): it adds a missing batch dimension (any batch size is kept: the daemon
   runs a batch in one request), resizes images to the spec's
   height and width, converts channels (RGB <-> greyscale), and scales ``uint8`` images to
-  float32 in [0, 1] for float inputs. Anything it cannot reconcile raises ``ValueError``
+  float32 in [0, 1] for float inputs, except for an input whose spec declares ``preprocessing``
+  from uint8 frames: those images are sent as uint8 (a quarter of the bytes) and the daemon
+  applies the model's own scale and offset. Anything it cannot reconcile raises ``ValueError``
   with both shapes: the daemon would answer ``BAD_INPUT`` anyway.
 * Pure functions, no state; file errors surface as ``OSError``/``ValueError``.
 """
@@ -76,6 +78,7 @@ def fit_to_spec(arr: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
     shape: Sequence[int] = [int(d) if d is not None and int(d) > 0 else -1 for d in spec.get("shape", [])]
     dtype = np.dtype(spec.get("dtype", "float32"))
     is_image = arr.dtype == np.uint8 and len(shape) == 4
+    frames = arr.dtype == np.uint8 and (spec.get("preprocessing") or {}).get("from") == "uint8"
     if arr.ndim == len(shape) - 1:
         arr = arr[None, ...]
     if is_image and arr.ndim == 4:
@@ -87,9 +90,9 @@ def fit_to_spec(arr: np.ndarray, spec: Mapping[str, Any] | None) -> np.ndarray:
                 arr = np.repeat(arr, c, axis=-1)
         if h > 0 and w > 0:
             arr = np.stack([_resize(a, h, w) for a in arr])
-        if dtype.kind == "f":
+        if dtype.kind == "f" and not frames:
             arr = arr.astype(np.float32) / 255.0
-    if dtype.kind == "f" and arr.dtype != np.float32 and arr.dtype.kind in "fiub":
+    if dtype.kind == "f" and arr.dtype != np.float32 and arr.dtype.kind in "fiub" and not frames:
         arr = arr.astype(np.float32)
     if arr.ndim != len(shape) or arr.shape[0] < 1 or any(d > 0 and d != a for d, a in zip(shape[1:], arr.shape[1:])):
         raise ValueError(f"input of shape {list(arr.shape)} does not fit the model's {list(spec['shape'])}")

@@ -68,6 +68,8 @@ from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.daemon.stats import ArmStats
 from adaptd.daemon.workers import Job, Outcome, WorkerPool
 from adaptd.variants.digest import check_variant
+from adaptd.variants.preprocess import accepted_dtypes
+from adaptd.variants.preprocess import accepts as accepts_dtypes
 from adaptd.wire import records, replies
 from adaptd.wire.rundir import ensure_daemon_dir
 
@@ -652,14 +654,13 @@ class Daemon:
     @staticmethod
     def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
         """The candidates that take the request's input dtypes (float32 goes to every variant;
-        another dtype only to variants whose input has it)."""
+        another dtype only to those that take it: adaptd.variants.preprocess.accepts)."""
         names = [s.dtype_name for s in request.inputs]
         if all(n == "float32" for n in names):
             return candidates
-        accepted = [a for a in candidates
-                    if all(n == "float32" or n == w.dtype for n, w in zip(names, a.variant.inputs))]
+        accepted = [a for a in candidates if accepts_dtypes(a.variant, names)]
         if not accepted:
-            dtypes = sorted({"float32", *(t.dtype for a in candidates for t in a.variant.inputs)})
+            dtypes = accepted_dtypes(a.variant for a in candidates)
             raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) {names}; "
                                       f"send one of {dtypes}", request.id)
         return accepted

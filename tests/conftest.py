@@ -79,7 +79,7 @@ def tiny_repository(tiny_source, tmp_path_factory) -> tuple[Path, str, str]:
     repo = tmp_path_factory.mktemp("tiny-repo")
     ds = load_dataset(data_path)
     source = open_source(model_path)
-    check_against_model(ds, source.input_shape, source.num_classes)
+    check_against_model(ds, source.inputs, source.num_classes)
     opts = BuildOptions(epochs=1, progress=False, latency_runs=10, latency_max_s=0.2)
     version_dir, manifest = build_entry(repo, TINY_MODEL, source, ds, options=opts,
                                         source_sha256=file_sha256(model_path))

@@ -285,3 +285,16 @@ def test_fit_to_spec_keeps_a_batch_adds_a_missing_batch_axis_and_refuses_other_s
         fit_to_spec(np.zeros((2, 8, 8, 1), np.float32), spec)
     with pytest.raises(ValueError, match="does not fit"):
         fit_to_spec(np.zeros((0, 16, 16, 1), np.float32), spec)
+
+
+def test_fit_to_spec_sends_frames_as_uint8_where_the_model_declares_preprocessing():
+    from adaptd.clients.inputs import fit_to_spec
+
+    image = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    plain = {"dtype": "float32", "shape": [1, 6, 5, 3]}
+    framed = {**plain, "preprocessing": {"from": "uint8", "scale": 2 / 255, "offset": -1.0, "in_model": False}}
+    sent = fit_to_spec(image, framed)
+    assert sent.dtype == np.uint8 and sent.shape == (1, 6, 5, 3)       # resized, still a quarter of the bytes
+    scaled = fit_to_spec(image, plain)
+    assert scaled.dtype == np.float32 and float(scaled.max()) <= 1.0    # no declaration: scaled to [0, 1] here
+    np.testing.assert_allclose(scaled * 255, sent, atol=1)

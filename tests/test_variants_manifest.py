@@ -39,8 +39,10 @@ def _doc(**kw) -> dict:
         "schema": SCHEMA, "model": "m", "version": "3", "created_at": "2025-01-01T00:00:00Z",
         "adaptd_version": "0.1.0", "tools": {"tensorflow": "2.21.0", "keras": "3", "litert": "2.3.0"},
         "source": {"path": "m.keras", "format": "keras", "sha256": None},
-        "task": {"kind": "classification", "num_classes": 10, "accuracy_known": True},
+        "task": {"kind": "classification", "num_classes": 10, "accuracy_known": True, "prediction_output": "y"},
         "dataset": {"path": "d.npz", "sha256": "cd" * 32, "n_train": 5, "n_val": 50},
+        "inputs": [{"name": "image", "dtype": "float32", "shape": [1, 8, 8, 1], "quantization": None}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1, 10], "quantization": None}],
         "variants": [_variant(), _variant("pruned75", pruning={"target_sparsity": 0.75, "method": "magnitude",
                                                                "fine_tuned": True}, sparsity=0.751)],
     }
@@ -68,6 +70,11 @@ def test_manifest_round_trips_through_dict_and_file(tmp_path: Path) -> None:
     (lambda d: d["variants"][0]["metrics"].pop("f1_macro"), "f1_macro"),
     (lambda d: d["variants"][0]["inputs"][0].update(shape="1x8"), "shape"),
     (lambda d: d["variants"].append(copy.deepcopy(d["variants"][0])), "duplicate"),
+    (lambda d: d.pop("inputs"), "inputs"),
+    (lambda d: d["task"].update(prediction_output="nope"), "prediction_output"),
+    (lambda d: d["variants"][0]["outputs"].append(dict(d["outputs"][0], name="z")), r"outputs: 2, but the model has 1"),
+    (lambda d: d["inputs"][0].update(preprocessing={"from": "uint8", "scale": 0.0, "offset": 0, "in_model": False}),
+     "scale"),
 ])
 def test_manifest_validation_names_the_field(mutate, field) -> None:
     doc = _doc()
@@ -187,3 +194,60 @@ def test_metrics_match_scikit_learn() -> None:
     assert m.accuracy == pytest.approx(accuracy_score(y, p))
     assert (m.precision_macro, m.recall_macro, m.f1_macro) == pytest.approx((P, Rc, F))
     assert m.n == 400
+
+
+V1 = {
+    "schema": "adaptd.manifest/1", "model": "old", "version": "1", "created_at": "2025-01-01T00:00:00Z",
+    "adaptd_version": "0.1.0", "tools": {"tensorflow": "2.18.0", "keras": "3", "litert": "2.0.0"},
+    "source": {"path": "m.keras", "format": "keras", "sha256": None},
+    "task": {"kind": "classification", "num_classes": 10, "accuracy_known": True},
+    "dataset": None,
+    "variants": [_variant()],
+}
+
+
+def test_schema_1_manifests_still_load_and_are_written_back_as_the_current_schema(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps(V1))
+    m = load_manifest(tmp_path)
+    assert m.schema == "adaptd.manifest/1"
+    assert m.inputs == m.variants[0].inputs and m.outputs == m.variants[0].outputs
+    assert m.task.prediction_output == "y" and m.prediction_index == 0
+    again = m.to_dict()
+    assert again["schema"] == SCHEMA and again["inputs"][0]["name"] == "x"
+    assert Manifest.from_dict(again).variants == m.variants
+
+
+def _with_preprocessing(pre: dict, dtype: str = "float32", shape: list | None = None) -> dict:
+    doc = _doc()
+    doc["inputs"][0].update(preprocessing=pre, dtype=dtype, shape=shape or [1, 8, 8, 3])
+    for v in doc["variants"]:
+        v["inputs"][0].update(preprocessing=pre, shape=shape or [1, 8, 8, 3])
+    return doc
+
+
+def test_preprocessing_round_trips_on_the_model_and_every_variant() -> None:
+    pre = {"from": "uint8", "scale": [0.017, 0.0175, 0.0171], "offset": [-2.1, -2.0, -1.8], "in_model": False}
+    doc = _with_preprocessing(pre)
+    m = Manifest.from_dict(doc)
+    assert m.to_dict() == doc
+    p = m.inputs[0].preprocessing
+    assert p.channels == 3 and p.scale == (0.017, 0.0175, 0.0171) and m.variants[1].inputs[0].preprocessing == p
+
+
+@pytest.mark.parametrize("pre, dtype, shape, message", [
+    ({"from": "uint8", "scale": [0.1, 0.2], "offset": 0.0, "in_model": False}, "float32", None, "per-channel"),
+    ({"from": "uint8", "scale": 1 / 255, "offset": 0.0, "in_model": False}, "int8", None, "not float"),
+    ({"from": "uint8", "scale": 1 / 255, "offset": 0.0, "in_model": True}, "float32", None, "in_model"),
+    ({"from": "int16", "scale": 1.0, "offset": 0.0, "in_model": False}, "float32", None, "from"),
+    ({"from": "uint8", "scale": 1.0, "offset": float("inf"), "in_model": False}, "float32", None, "finite"),
+])
+def test_preprocessing_that_does_not_fit_the_input_is_refused(pre, dtype, shape, message) -> None:
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(_with_preprocessing(pre, dtype, shape))
+
+
+def test_variant_preprocessing_must_agree_with_the_model() -> None:
+    doc = _with_preprocessing({"from": "uint8", "scale": 1 / 255, "offset": 0.0, "in_model": False})
+    del doc["variants"][1]["inputs"][0]["preprocessing"]
+    with pytest.raises(ManifestError, match=r"variants\[pruned75\].inputs\[0\].preprocessing: differs"):
+        Manifest.from_dict(doc)

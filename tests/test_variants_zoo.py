@@ -59,3 +59,30 @@ def test_zoo_build_end_to_end_and_served(tmp_path) -> None:
         np.testing.assert_allclose(served[kind], here, rtol=1e-5, atol=1e-6, err_msg=kind)
         # a softmax head: every row is a probability distribution (int8: to within its steps)
         np.testing.assert_allclose(served[kind].sum(axis=1), 1.0, atol=0.02 if kind == "int8_full" else 1e-4)
+
+
+@pytest.mark.parametrize("arch, frames_in_model", [("MobileNetV2", False), ("EfficientNetB0", True)])
+def test_zoo_architectures_build_small_and_run_through_litert(tmp_path, arch, frames_in_model) -> None:
+    """A converter change that breaks a real architecture fails here: two more keras.applications
+    networks (inverted residuals with ReLU6; squeeze-and-excitation with swish and the network's
+    own rescaling layers) at 32x32, float32 and int8 dynamic-range, loaded and run through LiteRT
+    on uint8 frames (the preprocessing every zoo model declares) and on float input."""
+    from adaptd.variants.runtime import load_variant
+    from adaptd.variants.zoo import build_zoo
+
+    vdir, m = build_zoo(arch, tmp_path / "zoo", input_size=32, kinds=("float32", "int8_dynamic"), progress=False,
+                        classes=10, measure=False)
+    assert m.model == f"{arch}-32" and [v.name for v in m.variants] == ["float32", "int8_dynamic"]
+    pre = m.inputs[0].preprocessing
+    assert pre.in_model is frames_in_model and (pre.scale, pre.offset) == ((1.0, 0.0) if frames_in_model else (2 / 255, -1.0))
+    f32, dyn = m.variants
+    assert dyn.structure["compute_dtype"] == "mixed" and dyn.size_bytes < f32.size_bytes / 2
+    frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    as_float = frames.astype(np.float32) * np.float32(pre.scale) + np.float32(pre.offset)
+    for rec in m.variants:
+        assert tuple(rec.inputs[0].shape) == (1, 32, 32, 3) and tuple(rec.outputs[0].shape) == (1, 10)
+        v = load_variant(vdir, rec, num_threads=1)
+        on_frames, on_floats = v.run([frames])[0], v.run([as_float])[0]
+        assert on_frames.shape == (2, 10) and np.all(np.isfinite(on_frames))
+        np.testing.assert_allclose(on_frames.sum(axis=1), 1.0, atol=1e-4)       # a softmax head
+        np.testing.assert_array_equal(on_frames, on_floats)                      # the same input, either way

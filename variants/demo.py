@@ -101,9 +101,10 @@ def run_demo_build(args: argparse.Namespace) -> int:
 
     kinds = parse_kinds(args.kinds)
     try:
-        _, manifest = build_demo(args.repository, epochs=args.epochs, kinds=kinds,
-                                 progress=not args.no_progress)
+        version_dir, manifest = build_demo(args.repository, epochs=args.epochs, kinds=kinds,
+                                           progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as exc:
         raise user_error_from(exc) from exc
     print(summary_table(manifest))
+    print(f"build log: {version_dir / 'build.log'}")
     return 0

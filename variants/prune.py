@@ -98,15 +98,36 @@ def prune_variables(variables: Sequence[Any], sparsity: float, scope: str = "glo
     return masks
 
 
-def _outputs_are_probabilities(model: Any, x: np.ndarray) -> bool:
-    p = np.asarray(model.predict(x[:64], verbose=0))
+def _outputs_are_probabilities(model: Any, x: Any) -> bool:
+    p = np.asarray(model.predict(x, verbose=0))
     return bool(np.all(p >= -1e-6) and np.allclose(p.sum(axis=-1), 1.0, atol=1e-3))
 
 
-def prune_keras(model: Any, sparsity: float, x_train: np.ndarray | None = None,
+def _head(model: Any, prediction_index: int) -> Any:
+    """The model itself, or (several outputs) a model of its prediction output sharing its layers:
+    fine-tuning it trains the shared weights."""
+    if len(model.outputs) == 1:
+        return model
+    import keras
+
+    return keras.Model(model.inputs, model.outputs[prediction_index])
+
+
+def _feed(model: Any, x: Any, rows: slice | None = None) -> Any:
+    """``x`` (one array, or one per input in the model's order) as the model takes it."""
+    from .convert import keras_feed
+
+    arrays = [x] if isinstance(x, np.ndarray) else list(x)
+    if rows is not None:
+        arrays = [a[rows] for a in arrays]
+    return keras_feed(model, arrays)
+
+
+def prune_keras(model: Any, sparsity: float, x_train: Any = None,
                 y_train: np.ndarray | None = None, epochs: int = 2, batch_size: int = 64,
-                learning_rate: float = 1e-3, scope: str = "global") -> bool:
-    """Prune ``model`` in place to ``sparsity``; return True if it was fine-tuned."""
+                learning_rate: float = 1e-3, scope: str = "global", prediction_index: int = 0) -> bool:
+    """Prune ``model`` in place to ``sparsity``; return True if it was fine-tuned. ``x_train`` is
+    one array or one per input (the model's order); the loss is on output ``prediction_index``."""
     import keras
 
     variables = prunable_variables(model)
@@ -121,11 +142,12 @@ def prune_keras(model: Any, sparsity: float, x_train: np.ndarray | None = None,
             for v, m in zip(variables, masks):
                 v.assign(v * m)
 
-    from_logits = not _outputs_are_probabilities(model, x_train)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True,
-              verbose=0, callbacks=[ReapplyMask()])
+    head = _head(model, prediction_index)
+    from_logits = not _outputs_are_probabilities(head, _feed(head, x_train, slice(0, 64)))
+    head.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    head.fit(_feed(head, x_train), y_train, epochs=epochs, batch_size=batch_size, shuffle=True,
+             verbose=0, callbacks=[ReapplyMask()])
     for v, m in zip(variables, masks):  # exact, whatever the last step did
         v.assign(v * m)
     return True

@@ -9,10 +9,13 @@ Contract
   called any number of times; ``close`` drops the interpreters. No reload after close.
 * Thread safety: a ``LoadedVariant`` is NOT thread-safe; one caller at a time (a worker owns
   it). Different ``LoadedVariant`` objects are independent.
-* ``run(inputs)`` takes one array per recorded input, in the recorded order. Float arrays
-  (any float dtype) are always accepted: for an integer-input variant they are quantized with
-  the recorded scale/zero_point (``q = clip(round(x / scale) + zero_point)``); arrays already in
-  the variant's own input dtype are passed unchanged. The leading (batch) dimension may differ
+* ``run(inputs)`` takes one array per recorded input, in the recorded (the model's) order. Float
+  arrays (any float dtype) are always accepted: for an integer-input variant they are quantized
+  with the recorded scale/zero_point (``q = clip(round(x / scale) + zero_point)``); arrays already
+  in the variant's own input dtype are passed unchanged; where the model declares preprocessing
+  for an input, uint8 frames are accepted too and become what this variant takes (float:
+  ``frame * scale + offset``; integer: that and the quantization in one step), see
+  ``adaptd.variants.preprocess``. The leading (batch) dimension may differ
   from the recorded 1: the interpreter is resized and re-allocated for that shape, and up to
   ``max_shapes`` shapes are kept ready (one interpreter per shape, least recently used
   evicted). Outputs are always float32 (integer outputs dequantized), one per recorded
@@ -33,46 +36,12 @@ from typing import Any
 import numpy as np
 
 from .digest import check_variant
-from .manifest import Quantization, TensorSpec, VariantRecord
+from .manifest import TensorSpec, VariantRecord
+from .preprocess import InputPreparer, dequantize, quantize  # noqa: F401  (quantize re-exported)
 
 
 class VariantLoadError(Exception):
     """A variant that cannot be loaded as recorded (one-line message)."""
-
-
-def quantize(x: np.ndarray, q: Quantization, dtype: np.dtype) -> np.ndarray:
-    """Float -> integer with ``q`` (round half to even, saturating)."""
-    info = np.iinfo(dtype)
-    v = np.round(np.asarray(x, dtype=np.float32) / np.float32(q.scale)) + q.zero_point
-    return np.clip(v, info.min, info.max).astype(dtype)
-
-
-def dequantize(x: np.ndarray, q: Quantization | None) -> np.ndarray:
-    """Integer -> float32 with ``q``; float arrays are returned as float32."""
-    if q is None or not np.issubdtype(x.dtype, np.integer):
-        return np.asarray(x, dtype=np.float32)
-    return (x.astype(np.float32) - np.float32(q.zero_point)) * np.float32(q.scale)
-
-
-def _prepare(x: np.ndarray, spec: TensorSpec, position: int) -> np.ndarray:
-    x = np.asarray(x)
-    want = np.dtype(spec.dtype)
-    if x.dtype == want:
-        out = x
-    elif np.issubdtype(x.dtype, np.floating):
-        if np.issubdtype(want, np.integer):
-            if spec.quantization is None:
-                raise ValueError(f"input {position} ({spec.name}) is {want.name} without quantization "
-                                 f"parameters; send {want.name}")
-            out = quantize(x, spec.quantization, want)
-        else:
-            out = x.astype(want)
-    else:
-        raise ValueError(f"input {position} ({spec.name}): got {x.dtype.name}, expected float32 or {want.name}")
-    if out.ndim != len(spec.shape) or tuple(out.shape[1:]) != tuple(spec.shape[1:]):
-        raise ValueError(f"input {position} ({spec.name}): shape {tuple(out.shape)} does not match "
-                         f"(N, {', '.join(map(str, spec.shape[1:]))})")
-    return np.ascontiguousarray(out)
 
 
 class LoadedVariant:
@@ -82,6 +51,7 @@ class LoadedVariant:
         self.record = record
         self.input_specs: tuple[TensorSpec, ...] = record.inputs
         self.output_specs: tuple[TensorSpec, ...] = record.outputs
+        self._preparers = [InputPreparer(s, i) for i, s in enumerate(record.inputs)]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -92,7 +62,7 @@ class LoadedVariant:
     def _check_count(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.input_specs):
             raise ValueError(f"{self.record.name}: expected {len(self.input_specs)} input(s), got {len(inputs)}")
-        return [_prepare(x, s, i) for i, (x, s) in enumerate(zip(inputs, self.input_specs))]
+        return [prepare(x) for prepare, x in zip(self._preparers, inputs)]
 
 
 class _LiteRTVariant(LoadedVariant):

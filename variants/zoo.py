@@ -7,7 +7,10 @@ is given. Accuracy is unknown: every variant's ``metrics`` is null and
 ``task.accuracy_known`` is false. Full-integer kinds are calibrated on random inputs drawn
 from the range the network's first layer expects (0..255 for models that include their own
 preprocessing, -1..1 otherwise); pruned kinds are one-shot (there is nothing to fine-tune on).
-Latency and memory are measured as for any build.
+Every zoo model declares the preprocessing of its input, so a client can send uint8 camera
+frames: "in the model" for the networks that rescale their own input, ``frame * 2/255 - 1``
+for the others. Latency and memory are measured as for any build (``measure=False`` records
+zeros, for quick checks).
 """
 
 from __future__ import annotations
@@ -53,9 +56,19 @@ def make_model(arch: Arch, size: int, classes: int = 1000) -> Any:
     return ctor(weights=None, include_top=True, classes=classes, input_shape=(size, size, 3))
 
 
+def preprocessing(arch: Arch) -> Any:
+    """How a uint8 frame becomes the input ``arch`` expects."""
+    from .manifest import Preprocessing
+
+    lo, hi = arch.input_range
+    if (lo, hi) == (0.0, 255.0):
+        return Preprocessing.included()
+    return Preprocessing((hi - lo) / 255.0, lo)
+
+
 def build_zoo(name: str, repo: Path, input_size: int | None = None, kinds: tuple[str, ...] | None = None,
               progress: bool = True, latency_runs: int = 50, latency_max_s: float = 1.0,
-              representative_n: int = 8, classes: int = 1000) -> tuple[Path, Any]:
+              representative_n: int = 8, classes: int = 1000, measure: bool = True) -> tuple[Path, Any]:
     """Build ``name``'s variants into ``repo``; return (version_dir, manifest)."""
     from .build import ALL_KINDS, BuildOptions, build_entry
     from .convert import SourceModel, quiet_tensorflow
@@ -70,8 +83,9 @@ def build_zoo(name: str, repo: Path, input_size: int | None = None, kinds: tuple
     rep = np.random.default_rng(0).uniform(lo, hi, size=(representative_n, size, size, 3)).astype(np.float32)
     source = SourceModel.from_keras(model, "zoo", path=f"keras.applications.{arch.constructor}")
     model_name = name if size == arch.native_size else f"{name}-{size}"
-    opts = BuildOptions(kinds=kinds or ALL_KINDS, epochs=0, progress=progress,
-                        latency_runs=latency_runs, latency_max_s=latency_max_s)
+    opts = BuildOptions(kinds=kinds or ALL_KINDS, epochs=0, progress=progress, measure=measure,
+                        latency_runs=latency_runs, latency_max_s=latency_max_s,
+                        preprocessing={"": preprocessing(arch)})
     return build_entry(repo, model_name, source, None, options=opts, representative=rep)
 
 
@@ -90,9 +104,10 @@ def run_zoo(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < ARCHS[match].min_size:
         raise UserError(f"{match} needs --input-size >= {ARCHS[match].min_size}, got {args.input_size}")
     try:
-        _, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size, kinds,
-                                progress=not args.no_progress)
+        version_dir, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size,
+                                          kinds, progress=not args.no_progress)
     except (OSError, ValueError, RuntimeError) as exc:
         raise user_error_from(exc) from exc
     print(summary_table(manifest))
+    print(f"build log: {version_dir / 'build.log'}")
     return 0
