@@ -11,6 +11,7 @@ import pytest
 
 from adaptd.daemon.reservoir import LABEL_SOURCE, DisagreementReservoir
 from adaptd.variants.dataset import check_against_model, load_dataset
+from adaptd.variants.manifest import load_manifest
 
 
 def offer(r: DisagreementReservoir, x: np.ndarray, i: int = 0) -> bool:
@@ -126,11 +127,13 @@ def test_the_export_is_a_dataset_with_pseudo_labels(tiny_repository, tiny_source
     path = tmp_path / "disagreements.npz"
     assert r.export(path) == len(r)
     ds = load_dataset(path)
-    check_against_model(ds, (8, 8, 1), 10)
-    assert ds.x_val.shape == (len(r), 8, 8, 1) and ds.x_train is None
+    inputs = load_manifest(repo / model / version).inputs
+    check_against_model(ds, inputs, 10)
+    (x_val,) = ds.x_val.values() if isinstance(ds.x_val, dict) else (ds.x_val,)
+    assert x_val.shape == (len(r), 8, 8, 1) and ds.x_train is None
     # y_val is the reference's top-1 on each kept input, and the file says so.
     index = {xs[i].tobytes(): int(ref_top1[i]) for i in range(len(xs))}
-    assert [index[row.tobytes()] for row in ds.x_val] == ds.y_val.tolist()
+    assert [index[row.tobytes()] for row in x_val] == ds.y_val.tolist()
     with np.load(path) as z:
         assert str(z["label_source"]) == LABEL_SOURCE and str(z["reference"]) == "float32"
         assert (z["served_top1"] != z["y_val"]).all() and set(z["served_variant"].tolist()) == {"int8_full"}
