@@ -33,6 +33,7 @@ class Outcome:
     corpus_size: int
     corpus_s: float
     flat: watch.Flatness | None
+    samples: list[watch.RssSample]
     tracebacks: list[str]
     exit_code: int | None
     messages_per_s: float
@@ -63,6 +64,7 @@ class Outcome:
         ]
         if self.flat is not None:
             lines.append(f"memory                  {self.flat.describe()}")
+            lines.append(f"RSS by messages sent    {self.rss_curve()}")
         lines.append("replies by code         " + ", ".join(f"{k} {v}" for k, v in r.codes.most_common()))
         fails = self.failures()
         lines.append("failures                " + ("none" if not fails else
@@ -70,6 +72,18 @@ class Outcome:
         lines += [f"  e.g. {e}" for e in r.examples[:6]]
         lines += [f"  traceback: {t.splitlines()[-1]}" for t in self.tracebacks[:3]]
         return "\n".join(lines)
+
+    def rss_curve(self, points: int = 10) -> str:
+        """The daemon's RSS (MiB) at each tenth of the messages sent."""
+        if not self.samples:
+            return "-"
+        end = max(s.progress for s in self.samples) or 1
+        out = []
+        for k in range(1, points + 1):
+            at = end * k / points
+            sample = min(self.samples, key=lambda s: abs(s.progress - at))
+            out.append(f"{k * 100 // points}% {sample.rss_bytes / 2**20:.0f}")
+        return ", ".join(out)
 
     def codes_by_defect(self, top: int = 40) -> str:
         groups: dict[str, Counter] = {}
@@ -113,4 +127,4 @@ def run(daemon, messages: int, *, corpus_size: int, seed: int, max_message_bytes
                            tolerance_bytes=rss_tolerance_bytes, ceiling_bytes=rss_ceiling_bytes)
             if samples else None)
     rate = (report.sent + report.mute_sent) / report.elapsed_s if report.elapsed_s else 0.0
-    return Outcome(report, len(corpus), corpus_s, flat, log.tracebacks(), exit_code, rate)
+    return Outcome(report, len(corpus), corpus_s, flat, samples, log.tracebacks(), exit_code, rate)
