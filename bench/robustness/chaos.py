@@ -45,8 +45,10 @@ from .ledger import Counts, Ledger
 
 # --- the client process ----------------------------------------------------------------------
 
-def client_main(cfg: dict[str, Any], stop_sending: Any, daemon_gone: Any, done: Any, results: Any) -> None:
-    """One client: send ``cfg['requests']`` requests, judge every reply, report its counts."""
+def client_main(cfg: dict[str, Any], go: Any, stop_sending: Any, daemon_gone: Any, ready: Any, done: Any,
+                results: Any) -> None:
+    """One client: once ``go`` is set, send ``cfg['requests']`` requests, judge every reply,
+    report its counts."""
     exp = Expected.load(Path(cfg["expected"]))
     per = len(exp.inputs) // cfg["clients"]
     mine = list(range(cfg["index"] * per, (cfg["index"] + 1) * per))
@@ -92,6 +94,8 @@ def client_main(cfg: dict[str, Any], stop_sending: Any, daemon_gone: Any, done: 
             ledger.wrong()
             note(f"reply {rid} ({header.get('variant')}@{header.get('placement')}): outputs {verdict}")
 
+    ready.set()
+    go.wait()
     seq = 0
     while True:
         sending = seq < cfg["requests"] and not stop_sending.is_set() and not daemon_gone.is_set()
@@ -248,21 +252,28 @@ def run(daemon, expected_path: Path, *, requests: int, clients: int, kill_every_
         deadline_s: float = 30.0, pin_share: float = 0.5, busy_only: bool = False, seed: int = 0,
         progress: Any = None) -> ChaosOutcome:
     ctx = mp.get_context("spawn")
-    stop_sending, daemon_gone = ctx.Event(), ctx.Event()
+    go, stop_sending, daemon_gone = ctx.Event(), ctx.Event(), ctx.Event()
     results = ctx.Queue()
     placements = [p["name"] for p in watch.control(daemon.endpoint, "placements")["body"]["placements"]]
-    procs, dones = [], []
-    t0 = time.monotonic()
+    procs, readies, dones = [], [], []
     for i in range(clients):
         cfg = {"endpoint": daemon.endpoint, "expected": str(expected_path), "index": i, "clients": clients,
                "requests": requests // clients + (1 if i < requests % clients else 0), "window": window,
                "deadline_s": deadline_s, "pin_share": pin_share, "placements": placements, "seed": seed,
                "prefix": f"r{seed}."}
-        done = ctx.Event()
-        p = ctx.Process(target=client_main, args=(cfg, stop_sending, daemon_gone, done, results), daemon=True)
+        ready, done = ctx.Event(), ctx.Event()
+        p = ctx.Process(target=client_main, args=(cfg, go, stop_sending, daemon_gone, ready, done, results),
+                        daemon=True)
         p.start()
         procs.append(p)
+        readies.append(ready)
         dones.append(done)
+    for p, ready in zip(procs, readies):      # the clients start together, the clock and killer with them
+        while not ready.wait(1.0):
+            if not p.is_alive():
+                raise RuntimeError("a client process died while starting")
+    go.set()
+    t0 = time.monotonic()
     killer = Killer(daemon.endpoint, daemon.proc.pid, kill_every_s, seed, busy_only).start()
     exit_code = None
     try:
