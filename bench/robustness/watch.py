@@ -4,9 +4,9 @@ Contract
 --------
 * Only public interfaces: the ``placements`` and ``health`` control messages (PROTOCOL.md §7),
   ``/proc/<pid>/status`` and ``/proc/<pid>/stat``, and the daemon's log file.
-* :func:`worker_pids` returns the workers the daemon names, keeping only processes that are
-  really the daemon's children right now (a pid named a moment ago may have been reused), so a
-  killer never signals an unrelated process.
+* :func:`worker_pids` returns the workers the daemon names, keeping only live processes that
+  are really the daemon's children right now (a pid named a moment ago may have exited or been
+  reused), so a killer never signals an unrelated or already dead process.
 * :class:`RssSampler` samples a pid's VmRSS on its own thread every ``interval_s`` with a
   caller-supplied progress figure (e.g. messages sent so far); :func:`flatness` judges the
   samples. Units: bytes, seconds.
@@ -46,14 +46,16 @@ def control(endpoint: str, kind: str, timeout_s: float = 10.0, **fields: Any) ->
 
 
 def parent_pid(pid: int) -> int | None:
-    """The parent of ``pid`` from ``/proc/<pid>/stat``, None when it is gone."""
+    """The parent of ``pid`` from ``/proc/<pid>/stat``; None when it is gone or has exited
+    (a zombie waiting for its parent to reap it)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after the last ')'
-    return int(stat[stat.rindex(b")") + 2:].split()[1])
+    state, ppid = stat[stat.rindex(b")") + 2:].split()[:2]
+    return None if state in (b"Z", b"X") else int(ppid)
 
 
 def children(pid: int) -> list[int]:
