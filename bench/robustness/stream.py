@@ -17,7 +17,7 @@ Contract
   signature in front); and byte-level mutations of encoded drafts (header bytes flipped,
   inserted or dropped; every frame's bytes re-split at random points).
 * ``Message.rid`` is set only where the daemon can read the id back (a draft whose id slot was
-  filled); it is then unique across streams with different ``prefix`` es, and the message must
+  filled, within ``max_message_bytes``); it is then unique across streams with different ``prefix`` es, and the message must
   be answered exactly once under that id. ``Message.valid`` is False when PROTOCOL.md rules the
   message out (no success reply is allowed); mutated messages are labelled valid (their fate is
   unknown) and carry no readable id.
@@ -129,8 +129,10 @@ class MessageStream:
             draft = self._draft()
             rid = self._new_id()
             frames, readable = wire.encode(draft, rid)
-            valid = draft.valid and sum(map(len, frames)) <= self.max_message_bytes   # else TOO_LARGE
-            return Message(frames, rid if readable else None, valid, draft.defect)
+            if sum(map(len, frames)) > self.max_message_bytes:
+                # TOO_LARGE; a daemon may refuse it unread, so its id is not owed back
+                return Message(frames, None, False, "too_large")
+            return Message(frames, rid if readable else None, draft.valid, draft.defect)
         if r < self.mix[0] + self.mix[1]:
             return Message(self._random_frames(), None, False, "random")
         return self._mutated()

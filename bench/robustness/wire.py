@@ -7,9 +7,9 @@ Contract
   registered region, as its ``models`` and ``shm_register`` replies describe them), using a
   ``draw`` callable: Hypothesis' own (:data:`drafts` is the Hypothesis strategy) or a
   :class:`~.stream.PooledDraw`, which takes each value from a pool Hypothesis drew once.
-  Every ``draw`` here is of a module-level strategy or of one whose ``repr`` holds all its
+  Every ``draw`` here is of a strategy of :mod:`.values` or of one whose ``repr`` holds all its
   parameters (no filters with closures), so pools can be keyed by ``repr``; choices between
-  alternatives go through :func:`pick`, :func:`flag` and :func:`between`.
+  alternatives go through ``values.pick``, ``flag`` and ``between``.
 * A draft is valid, or near-valid: valid but for one field of its request type, set to a value
   PROTOCOL.md rules out (a wrong type, a list or map where a string is expected, a huge,
   negative or NaN number, a long string, a wrong count of tensors, bodies of the wrong size,
@@ -38,8 +38,11 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
+from .values import (BINARY, EXT, FLOATS, HEX_NAME, INTS, LISTS, MAPS, MAX_ID_BYTES, NAN_INF, NEGATIVE_INTS,
+                     NON_INTS, NON_STRINGS, SCALARS, TEXT, VALUES, any_of, between, flag, not_one_of, other_text,
+                     pick)
+
 SIGNATURE = b"ADPT01"
-MAX_ID_BYTES = 128
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2, "int32": 4,
             "int64": 8, "bool": 1}
@@ -48,7 +51,6 @@ ON_INFEASIBLE = ("reject", "best_effort")
 PLAIN_CONTROL = ("models", "placements", "stats", "health", "shm_regions")
 REQUEST_TYPES = ("infer", "explain", "shm_register", "shm_unregister", "reload", *PLAIN_CONTROL)
 PID_NEVER = 1 << 22      # above Linux's largest pid_max: never a running process
-HEX = "0123456789abcdef"
 
 
 class _IdSlot:
@@ -106,63 +108,6 @@ class Draft:
     valid: bool = True
     defect: str = "valid"                               # "<type>.<field>[.<what>]" or "frame:<what>"
     frame: tuple[str, Any] = ("none", None)             # frame-level defect and its parameter
-
-
-# --- choices and values --------------------------------------------------------------------
-
-def pick(draw, seq):
-    """One of ``seq`` (uniform under a pooled draw)."""
-    chooser = getattr(draw, "pick", None)
-    return chooser(seq) if chooser else draw(st.sampled_from(tuple(seq)))
-
-
-def flag(draw) -> bool:
-    return pick(draw, (False, True))
-
-
-def between(draw, low: int, high: int) -> int:
-    uniform = getattr(draw, "between", None)
-    return uniform(low, high) if uniform else draw(st.integers(low, high))
-
-
-EDGE_INTS = (0, 1, -1, 2, 127, 128, 255, 256, 2**15, 2**16, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**62,
-             2**63 - 1, 2**63, 2**64 - 1, -2**31, -2**63)
-EDGE_FLOATS = (math.nan, math.inf, -math.inf, -0.0, 0.0, 1e308, -1e308, 5e-324, 0.5, 1.0, 1.5)
-
-TEXT = st.text(st.characters(codec="utf-8"), max_size=24)
-LONG_TEXT = st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(MAX_ID_BYTES + 1, 1 << 17))
-INTS = st.one_of(st.sampled_from(EDGE_INTS), st.integers(-2**63, 2**64 - 1))
-NEGATIVE_INTS = st.integers(-2**63, -1)
-FLOATS = st.one_of(st.sampled_from(EDGE_FLOATS), st.floats())
-EXT = st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
-BINARY = st.binary(max_size=24)
-SCALARS = st.one_of(st.none(), st.booleans(), INTS, FLOATS, TEXT, BINARY, EXT)
-VALUES = st.recursive(SCALARS | LONG_TEXT,
-                      lambda kids: st.lists(kids, max_size=4) | st.dictionaries(TEXT, kids, max_size=4),
-                      max_leaves=12)
-LISTS = st.lists(SCALARS, max_size=4)
-MAPS = st.dictionaries(TEXT, SCALARS, max_size=4)
-NON_STRINGS = (st.booleans(), INTS, FLOATS, BINARY, LISTS, MAPS, EXT)          # never None
-NON_INTS = (st.booleans(), FLOATS, TEXT, BINARY, LISTS, MAPS, EXT)              # never None
-NAN_INF = st.sampled_from((math.nan, math.inf, -math.inf))
-HEX_NAME = st.text(HEX, min_size=1, max_size=32)
-
-
-def any_of(draw, *strategies) -> Any:
-    return draw(pick(draw, strategies))
-
-
-def other_text(draw, known) -> str:
-    """A string that is none of ``known`` (sometimes empty, sometimes very long)."""
-    while True:
-        s = draw(LONG_TEXT) if between(draw, 0, 5) == 0 else draw(TEXT)
-        if s not in known:
-            return s
-
-
-def not_one_of(draw, known) -> Any:
-    """A value that is none of the strings ``known``: other strings or any other type."""
-    return other_text(draw, known) if flag(draw) else any_of(draw, *NON_STRINGS)
 
 
 # --- valid requests ------------------------------------------------------------------------
@@ -268,13 +213,14 @@ def break_field(draw, h: dict, bodies: list[Any], target: Target) -> str:
     if what in REQUIRED.get(rtype, ()) and between(draw, 0, 5) == 0:
         del h[what]
         return f"{rtype}.{what}.missing"
-    if what == "id":
-        kind = pick(draw, ("missing", "empty", "long", "type"))
+    if what == "id":    # an empty string is a string: the protocol does not rule it out
+        kind = pick(draw, ("missing", "long", "type"))
         if kind == "missing":
             del h["id"]
+        elif kind == "long":
+            h["id"] = "i" * between(draw, MAX_ID_BYTES + 1, 4096)
         else:
-            h["id"] = {"empty": lambda: "", "long": lambda: "i" * between(draw, MAX_ID_BYTES + 1, 4096),
-                       "type": lambda: any_of(draw, st.none(), *NON_STRINGS)}[kind]()
+            h["id"] = any_of(draw, st.none(), *NON_STRINGS)
         return f"{rtype}.id.{kind}"
     if what == "type":
         h["type"] = not_one_of(draw, REQUEST_TYPES)
@@ -494,7 +440,9 @@ def encode(draft: Draft, request_id: str) -> tuple[list[bytes], bool]:
         "header_bytes": lambda: [b"", SIGNATURE, param, *bodies],
         "header_truncated": lambda: [b"", SIGNATURE, header[:param % max(1, len(header))], *bodies],
         "header_not_map": lambda: [b"", SIGNATURE, pack(param), *bodies],
-        "header_key_types": lambda: [b"", SIGNATURE, pack({**param, **(h if isinstance(h, dict) else {})}), *bodies],
+        # keys that are not strings, and no type or id: whether such keys are ignored or
+        # refused, the message is not a request
+        "header_key_types": lambda: [b"", SIGNATURE, pack(param), *bodies],
         "too_few_frames": lambda: [b"", SIGNATURE, header][:param],
     }[kind]()
     return frames or [b""], False
