@@ -58,6 +58,49 @@ def parent_pid(pid: int) -> int | None:
     return None if state in (b"Z", b"X") else int(ppid)
 
 
+def cpu_state(pid: int) -> tuple[str, int] | None:
+    """``(state, CPU clock ticks used)`` of ``pid`` from ``/proc/<pid>/stat`` (state ``R``
+    running, ``S`` sleeping, ``Z`` exited but not yet reaped, ...); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[11]) + int(fields[12])     # state, utime + stime
+
+
+def wait_idle(pid: int, timeout_s: float = 60.0, quiet_s: float = 0.06) -> None:
+    """Return once ``pid`` sleeps and has used no CPU for ``quiet_s`` (it waits for work);
+    AssertionError after ``timeout_s``. For a process nothing else can wake meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    since, last = None, None
+    while time.monotonic() < deadline:
+        now = cpu_state(pid)
+        if now is None:
+            raise AssertionError(f"process {pid} is gone")
+        if now[0] == "S" and now == last:
+            if since is not None and time.monotonic() - since >= quiet_s:
+                return
+            since = since or time.monotonic()
+        else:
+            since = None
+        last = now
+        time.sleep(0.01)     # a polling interval: /proc has no change notification
+    raise AssertionError(f"process {pid} did not go idle within {timeout_s} s")
+
+
+def wait_exited(pid: int, timeout_s: float = 10.0) -> None:
+    """Return once ``pid`` has exited (a zombie its parent has not reaped yet, or gone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = cpu_state(pid)
+        if now is None or now[0] in ("Z", "X"):
+            return
+        time.sleep(0.001)    # a polling interval
+    raise AssertionError(f"process {pid} did not exit within {timeout_s} s")
+
+
 def children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (``/proc/<pid>/task/*/children``)."""
     out: list[int] = []
