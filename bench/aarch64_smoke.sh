@@ -338,7 +338,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/adaptd-aarch64.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 chmod 755 "$WORK"
 say "the input sample and the adaptd wheel (host)"
-"$HOST_VENV/bin/python" "$SCRIPT_DIR/aarch64_variants.py" pick "$DEMO_REPO" "$WORK/input"
+"$HOST_VENV/bin/python" "$SCRIPT_DIR/aarch64_variants.py" pick "$DEMO_REPO" "$WORK/input" \
+    || die "no input sample: the demo repository's variants do not all run on the host"
 # The wheel is built from a copy of the working tree (tracked and untracked, not ignored files):
 # uncommitted changes are tested, and no stale build/ directory is packed into it.
 mkdir "$WORK/src"
@@ -358,6 +359,10 @@ for cpu in 0 1 2 3; do
         "CPU part	: 0xd07" "CPU revision	: 3" ""
 done >"$WORK/cpuinfo"
 
+# unshare's parent ignores SIGINT and SIGQUIT and its child inherits that, and a shell cannot
+# trap a signal ignored on entry: env restores them, so that Ctrl-C ends stage 2 (and with it
+# every process in its namespace).
 ADAPTD_SMOKE_STAGE=root ADAPTD_SMOKE_ROOT=$ROOT ADAPTD_SMOKE_WORK=$WORK ADAPTD_SMOKE_REPO=$DEMO_REPO \
-    unshare --mount --propagation private --pid --kill-child "$BASH" "${BASH_SOURCE[0]}"
+    unshare --mount --propagation private --pid --kill-child \
+    env --default-signal=INT,QUIT "$BASH" "${BASH_SOURCE[0]}"
 say "arm64 smoke test passed"

@@ -47,7 +47,12 @@ def pick(repo: Path, out_dir: Path) -> int:
     ds = digits_dataset()
     x, y = ds.x_val[:32].astype(np.float32), ds.y_val[:32].astype(int)
     right = np.ones(len(x), dtype=bool)
-    for classes in _classes(repo, x).values():
+    try:
+        predicted = _classes(repo, x)
+    except Exception as exc:  # noqa: BLE001 - one line: the repository is broken here already
+        print(f"{repo}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for classes in predicted.values():
         if classes is not None:
             right &= classes == y
     if not right.any():
