@@ -87,7 +87,7 @@ if [[ ${ADAPTD_SMOKE_STAGE:-} == root ]]; then
         if in_root pip install -q --only-binary=:all: 'pyarrow>=15,<30'; then
             echo "pyarrow: installed"
         else
-            echo "pyarrow: no aarch64 wheel installable; \`log export\` will be skipped"
+            echo "pyarrow: no aarch64 wheel installable; \`log export\` will write CSV, not Parquet"
         fi
         echo "$deps_sha" >"$DEPS_STAMP"
     else
