@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,9 @@ from adaptd.daemon.placements import Placement
 
 log = logging.getLogger("adaptd.workers")
 
+# A worker ended by these signals was killed from outside (an operator, the OOM killer, a test): its
+# death does not count against the variant it was running (a crash, SIGSEGV or SIGABRT, does).
+EXTERNAL_DEATHS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
 SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a message waits is killed
 EARLY_DEATH_S = 30.0      # a worker that dies this soon after starting counts towards a crash loop
 # pause before a restart, by the number of early deaths in a row (a worker that did any work resets it)
@@ -439,7 +443,8 @@ class WorkerPool:
             worker.queue.clear()
         log.error("worker for %s (pid %s) died with code %s after %.1f s; restarting%s",
                   worker.placement.name, pid, code, lived_s, f" in {pause_s:g} s" if pause_s else "")
-        if running is None and loading and self.on_load_failed:   # it died loading a variant
+        crashed = code not in EXTERNAL_DEATHS   # killed from outside (an operator, a test): not the variant's doing
+        if running is None and loading and crashed and self.on_load_failed:   # it died loading a variant
             self.on_load_failed(worker.placement.name, loading[0], f"the worker died ({worker.last_exit}) "
                                 "while loading it")
         # Variants the dead worker had loaded eagerly are loaded again by the new one.
@@ -455,11 +460,19 @@ class WorkerPool:
         outcomes = []
         for job in held:
             what = "while running this request" if job is running else "with this request queued for it"
-            outcomes.append(Outcome(job, {"job": job.job_id, "code": "WORKER_FAILED", "died": job is running,
+            outcomes.append(Outcome(job, {"job": job.job_id, "code": "WORKER_FAILED", "died": job is running and crashed,
                                           "message": f"the worker for {worker.placement.name} died ({worker.last_exit}) "
                                                      f"{what}; it is being restarted"},
                                     [], False, time.monotonic_ns()))
         return outcomes
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Each placement's state, as ``placements`` shows it (PROTOCOL.md §7.2)."""
+        return [w.snapshot() for w in self.workers.values()]
+
+    def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
+        """The memory a loaded variant took on its placement's worker, or None when not loaded."""
+        return self.workers[placement].loaded.get((version_dir, variant))
 
     def workers_rss_bytes(self) -> int:
         import psutil

@@ -145,7 +145,7 @@ def test_the_build_calibrates_int8_on_the_exported_inputs(tiny_repository, tiny_
     """`adaptd variants build --data <export>`: the rebuilt int8_full is calibrated on the
     shifted inputs (its input range now covers them) and agrees with float32 on them far more
     often than the int8_full that was calibrated on the original inputs."""
-    from adaptd.variants.build import run_build
+    from adaptd.cli.variants import run_build
     from adaptd.variants.repository import resolve
     from adaptd.variants.runtime import load_variant
 

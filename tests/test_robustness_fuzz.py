@@ -30,7 +30,7 @@ def test_fuzzed_messages_each_get_one_clear_reply_and_the_daemon_stays_well(tiny
     daemon = DaemonProcess.start(repo, tmp_path, config={"server": {"max_message_bytes": MAX_MESSAGE_BYTES},
                                                          "placements": {"tensorflow": "off"}})
     try:
-        outcome = fuzzrun.run(daemon, MESSAGES, corpus_size=100, seed=5, max_message_bytes=MAX_MESSAGE_BYTES)
+        outcome = fuzzrun.run(daemon, MESSAGES, corpus_size=400, seed=5, max_message_bytes=MAX_MESSAGE_BYTES)
     finally:
         daemon.kill()
     print(outcome.table())

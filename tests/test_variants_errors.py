@@ -144,7 +144,7 @@ def test_zoo_list_and_bad_names(capsys, tmp_path) -> None:
 
 
 def test_write_errors_become_one_line() -> None:
-    from adaptd.variants.build import user_error_from
+    from adaptd.cli.variants import user_error_from
 
     err = user_error_from(OSError(27, "File too large", "/repo/.tmp-m-1/float32.tflite"))
     assert str(err) == "write failed /repo/.tmp-m-1/float32.tflite: File too large"

@@ -151,8 +151,9 @@ def built(tmp_path_factory) -> tuple[Path, dict[str, Entry]]:
 @pytest.fixture(scope="module")
 def client(built, tmp_path_factory):
     repo, _ = built
+    # whole validation splits go in one request: a batch over the default server.max_batch
     with DaemonProcess.start(repo, tmp_path_factory.mktemp("user-daemon"),
-                             config={"placements": {"tensorflow": "off"}}) as d, \
+                             config={"placements": {"tensorflow": "off"}, "server": {"max_batch": 1024}}) as d, \
             Client(d.endpoint, timeout_ms=60_000) as c:
         yield c
 

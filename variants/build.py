@@ -21,7 +21,9 @@
    printed, see ``buildlog.py``) are written last and the staging directory is renamed into
    place (``repository.staging``): a failure or interrupt at any point publishes nothing.
 
-Errors the user can fix surface as ``adaptd.cli.UserError`` (one line, exit 1).
+Errors the user can fix are raised with one line each (``ValueError`` and its kinds here, the
+converter's ``SourceError``/``ConversionError``, ``OSError``); the command line
+(``adaptd.cli.variants``) shows them as one line, exit 1.
 Not thread-safe: it mutates the source model's weights while pruning (restoring them after),
 and redirects the process's stdout/stderr to the build log while it runs.
 """
@@ -94,16 +96,18 @@ class BuildOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class KindError(ValueError):
+    """An unknown variant kind was asked for (one line)."""
+
+
 def parse_kinds(text: str | None) -> tuple[str, ...]:
     """``"float32,int8_full"`` -> ordered tuple; ``None``/``"all"`` -> every kind."""
-    from adaptd.cli import UserError
-
     if text is None or text.strip() in ("", "all"):
         return ALL_KINDS
     asked = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in asked if k not in KINDS]
     if unknown:
-        raise UserError(f"unknown variant kind(s) {', '.join(unknown)}; known: {', '.join(ALL_KINDS)}")
+        raise KindError(f"unknown variant kind(s) {', '.join(unknown)}; known: {', '.join(ALL_KINDS)}")
     return tuple(k for k in ALL_KINDS if k in asked)
 
 
@@ -385,5 +389,3 @@ def _build(tmp: Path, model: str, version: str, source: Any, dataset: Any, model
         variants=tuple(records), inputs=model_inputs, outputs=tuple(source.outputs))
 
 
-# The CLI entry points and the summary table live in build_cli; they are reachable from here too.
-from .build_cli import run_build, run_kinds, run_show, summary_table, user_error_from  # noqa: E402,F401

@@ -10,7 +10,6 @@ loudly otherwise). All variant kinds are then built into ``REPO/digits/<next ver
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import time
 from pathlib import Path
@@ -94,17 +93,3 @@ def build_demo(repo: Path, epochs: int | None = None, kinds: tuple[str, ...] | N
         raise RuntimeError(f"float32 LiteRT variant reached only {f32.metrics.accuracy:.4f} (< {MIN_ACCURACY})")
     log(f"built {len(manifest.variants)} variants into {version_dir} in {time.perf_counter() - t0:.1f} s")
     return version_dir, manifest
-
-
-def run_demo_build(args: argparse.Namespace) -> int:
-    from .build import parse_kinds, summary_table, user_error_from
-
-    kinds = parse_kinds(args.kinds)
-    try:
-        version_dir, manifest = build_demo(args.repository, epochs=args.epochs, kinds=kinds,
-                                           progress=not args.no_progress)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise user_error_from(exc) from exc
-    print(summary_table(manifest))
-    print(f"build log: {version_dir / 'build.log'}")
-    return 0

@@ -15,7 +15,6 @@ zeros, for quick checks).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,27 +86,3 @@ def build_zoo(name: str, repo: Path, input_size: int | None = None, kinds: tuple
                         latency_runs=latency_runs, latency_max_s=latency_max_s,
                         preprocessing={"": preprocessing(arch)})
     return build_entry(repo, model_name, source, None, options=opts, representative=rep)
-
-
-def run_zoo(args: argparse.Namespace) -> int:
-    from adaptd.cli import UserError
-    from .build import parse_kinds, summary_table, user_error_from
-
-    if args.list:
-        for a in ARCHS.values():
-            print(f"{a.name:<18} native {a.native_size}x{a.native_size}")
-        return 0
-    match = {k.lower(): k for k in ARCHS}.get(str(args.name).lower())
-    if match is None:
-        raise UserError(f"unknown architecture {args.name!r}; known: {', '.join(ARCHS)}")
-    kinds = parse_kinds(args.kinds)
-    if args.input_size is not None and args.input_size < ARCHS[match].min_size:
-        raise UserError(f"{match} needs --input-size >= {ARCHS[match].min_size}, got {args.input_size}")
-    try:
-        version_dir, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size,
-                                          kinds, progress=not args.no_progress)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise user_error_from(exc) from exc
-    print(summary_table(manifest))
-    print(f"build log: {version_dir / 'build.log'}")
-    return 0

@@ -1,4 +1,5 @@
-"""The ``adaptd variants build | kinds | show`` commands: arguments in, summary table out.
+"""The ``adaptd variants build | kinds | show | zoo`` and ``adaptd demo build`` commands: arguments
+in, summary table out.
 
 ``run_build`` runs ``build.build_entry`` with everything TensorFlow and the converter print kept
 in the build log (``buildlog.BuildLog``): the terminal shows the progress bars, the lines the
@@ -13,7 +14,9 @@ import argparse
 from fractions import Fraction
 from pathlib import Path
 
-from .manifest import Manifest, Preprocessing
+from adaptd.cli import UserError
+from adaptd.variants.build import KindError, parse_kinds
+from adaptd.variants.manifest import Manifest, Preprocessing
 
 PREPROCESS_FORM = "[NAME=]uint8:SCALE:OFFSET or [NAME=]uint8:model"
 
@@ -110,10 +113,15 @@ def parse_preprocessing(items: list[str] | None) -> dict[str, Preprocessing]:
 # --- CLI entry points -------------------------------------------------------------------
 
 
+def kinds_of(text: str | None) -> tuple[str, ...]:
+    try:
+        return parse_kinds(text)
+    except KindError as exc:
+        raise UserError(str(exc)) from None
+
+
 def user_error_from(exc: BaseException, log: Path | None = None) -> Exception:
     """Map a pipeline exception onto the CLI's one-line ``UserError`` (naming ``log`` if given)."""
-    from adaptd.cli import UserError
-
     if isinstance(exc, UserError):
         return exc
     if isinstance(exc, OSError):
@@ -125,15 +133,15 @@ def user_error_from(exc: BaseException, log: Path | None = None) -> Exception:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from .build import BuildOptions, build_entry, parse_kinds, with_preprocessing
-    from .buildlog import BuildLog
-    from .convert import ConversionError, SourceError, open_source, quiet_tensorflow
-    from .dataset import DatasetError, check_against_model, file_sha256, load_dataset
-    from .measure import MeasureError
-    from .repository import RepositoryError, check_model_name, check_repository
-    from .runtime import VariantLoadError
+    from adaptd.variants.build import BuildOptions, build_entry, with_preprocessing
+    from adaptd.variants.buildlog import BuildLog
+    from adaptd.variants.convert import ConversionError, SourceError, open_source, quiet_tensorflow
+    from adaptd.variants.dataset import DatasetError, check_against_model, file_sha256, load_dataset
+    from adaptd.variants.measure import MeasureError
+    from adaptd.variants.repository import RepositoryError, check_model_name, check_repository
+    from adaptd.variants.runtime import VariantLoadError
 
-    kinds = parse_kinds(args.kinds)
+    kinds = kinds_of(args.kinds)
     explicit = args.kinds is not None and args.kinds.strip() not in ("", "all")
     expected = (SourceError, DatasetError, RepositoryError, ConversionError, MeasureError,
                 VariantLoadError, OSError, ValueError)
@@ -180,7 +188,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_kinds(args: argparse.Namespace) -> int:
-    from .build import KINDS
+    from adaptd.variants.build import KINDS
 
     for k in KINDS.values():
         print(f"{k.name:<14} {k.runtime:<10} {k.description}")
@@ -188,9 +196,8 @@ def run_kinds(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from adaptd.cli import UserError
-    from .manifest import ManifestError
-    from .repository import RepositoryError, check_repository, resolve
+    from adaptd.variants.manifest import ManifestError
+    from adaptd.variants.repository import RepositoryError, check_repository, resolve
 
     try:
         check_repository(args.repository)
@@ -198,4 +205,41 @@ def run_show(args: argparse.Namespace) -> int:
     except (RepositoryError, ManifestError) as exc:
         raise UserError(str(exc)) from exc
     print(summary_table(manifest))
+    return 0
+
+
+def run_zoo(args: argparse.Namespace) -> int:
+    from adaptd.variants.zoo import ARCHS, DEFAULT_REPOSITORY, build_zoo
+
+    if args.list:
+        for a in ARCHS.values():
+            print(f"{a.name:<18} native {a.native_size}x{a.native_size}")
+        return 0
+    match = {k.lower(): k for k in ARCHS}.get(str(args.name).lower())
+    if match is None:
+        raise UserError(f"unknown architecture {args.name!r}; known: {', '.join(ARCHS)}")
+    kinds = kinds_of(args.kinds)
+    if args.input_size is not None and args.input_size < ARCHS[match].min_size:
+        raise UserError(f"{match} needs --input-size >= {ARCHS[match].min_size}, got {args.input_size}")
+    try:
+        version_dir, manifest = build_zoo(match, args.repository or DEFAULT_REPOSITORY, args.input_size,
+                                          kinds, progress=not args.no_progress)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise user_error_from(exc) from exc
+    print(summary_table(manifest))
+    print(f"build log: {version_dir / 'build.log'}")
+    return 0
+
+
+def run_demo_build(args: argparse.Namespace) -> int:
+    from adaptd.variants.demo import build_demo
+
+    kinds = kinds_of(args.kinds)
+    try:
+        version_dir, manifest = build_demo(args.repository, epochs=args.epochs, kinds=kinds,
+                                           progress=not args.no_progress)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise user_error_from(exc) from exc
+    print(summary_table(manifest))
+    print(f"build log: {version_dir / 'build.log'}")
     return 0

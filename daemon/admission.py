@@ -1,0 +1,201 @@
+"""Admission: what an inference request may run on, checked before anything is chosen or queued.
+
+Contract
+--------
+* :meth:`Admission.admit` takes a parsed request (``adaptd.wire.protocol.Request``), its inline
+  body frames and the peer it came from, and returns an :class:`Admitted`: the model version,
+  the candidate arms (the pins applied, set-aside arms removed, only variants that take the
+  input's dtypes), and the shared-memory references the executor needs. Every problem is a
+  ``ProtocolError`` with the code PROTOCOL.md §6 gives it (UNKNOWN_MODEL, UNKNOWN_VARIANT,
+  UNKNOWN_PLACEMENT, BAD_INPUT, UNKNOWN_REGION, WORKER_FAILED when every candidate is set aside).
+  Client values quoted in messages are cut (``protocol.shown``).
+* :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
+  and every placement that could run it has a full queue: under overload such requests are
+  refused BUSY for the price of a header decode.
+* Admission reads the registry, the regions and the queues and changes nothing but the regions'
+  bounds checks (none of which touch tensor bytes). The daemon's main thread only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptd.daemon.arms import ArmHealth
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.registry import Arm, ModelVersion, Registry
+from adaptd.daemon.shm import RegionError, RegionTable
+from adaptd.variants.preprocess import accepted_dtypes
+from adaptd.variants.preprocess import accepts as accepts_dtypes
+from adaptd.wire import protocol as proto
+
+
+@dataclass
+class Admitted:
+    model: ModelVersion
+    candidates: list[Arm]
+    shm_inputs: dict[int, dict[str, Any]]        # input index -> {region, offset, size}
+    outputs_to: dict[str, Any] | None            # {region, offset, size}
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The regions the execution reads or writes (held until its outcome)."""
+        refs = [*self.shm_inputs.values(), *([self.outputs_to] if self.outputs_to else [])]
+        return tuple(r["region"] for r in refs)
+
+
+class Admission:
+    def __init__(self, registry: Callable[[], Registry], placements: list[Placement], health: ArmHealth,
+                 regions: Callable[[], RegionTable], queue_length: Callable[[str], int], queue_limit: int,
+                 max_batch: int) -> None:
+        self._registry = registry
+        self._placements = {p.name: p for p in placements}
+        self._runtimes = {p.runtime for p in placements}
+        self._health = health
+        self._regions = regions
+        self._queue_length = queue_length
+        self._queue_limit = queue_limit
+        self._max_batch = max_batch
+        self._placements_of: dict[Path, set[str]] = {}
+
+    # --- before parsing ------------------------------------------------------------------------
+    def refuse_early(self, header: dict[str, Any]) -> bool:
+        """Whether an inference request's model is known and every placement that could run it
+        has a full queue (see the module contract). The caller checks retries and replays first."""
+        model_name, version = header.get("model"), header.get("version")
+        if not isinstance(model_name, str) or not (version is None or isinstance(version, str)):
+            return False
+        model = self._registry().get(model_name, version)
+        if model is None:
+            return False
+        places = self._placements_of.get(model.directory)
+        if places is None:
+            places = self._placements_of[model.directory] = {a.placement.name for a in model.arms}
+        return all(self._queue_length(name) > self._queue_limit for name in places)
+
+    # --- admission ------------------------------------------------------------------------------
+    def admit(self, request: proto.Request, bodies: list[memoryview], peer: bytes) -> Admitted:
+        model, candidates = self.candidates(request)
+        self._check_inputs(request, candidates, bodies)
+        shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
+        return Admitted(model, self._accepting(request, candidates), shm_inputs, outputs_to)
+
+    def candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:
+        """The model version and the arms the request's pins leave, set-aside arms removed."""
+        registry = self._registry()
+        model = registry.get(request.model, request.version)
+        if model is None:
+            known = ", ".join(sorted(registry.models)) or "none"
+            what = f"model {proto.shown(request.model)}" + (f" version {proto.shown(request.version)}"
+                                                             if request.version else "")
+            raise proto.ProtocolError(proto.UNKNOWN_MODEL, f"{what} is not loaded; models: {known}", request.id)
+        arms = list(model.arms)
+        if request.pin_variant is not None:
+            if request.pin_variant not in model.variants:
+                raise proto.ProtocolError(proto.UNKNOWN_VARIANT,
+                                          f"{model.name}:{model.version} has no variant {proto.shown(request.pin_variant)}; "
+                                          f"variants: {', '.join(model.variants)}", request.id)
+            runtime = model.variants[request.pin_variant].runtime
+            if request.pin_variant in model.unservable and runtime in self._runtimes:
+                # refused for its file (a runtime no placement has is UNKNOWN_PLACEMENT, below)
+                raise proto.ProtocolError(proto.UNKNOWN_VARIANT, f"variant {request.pin_variant} is not served: "
+                                          f"{model.unservable[request.pin_variant]}", request.id)
+            arms = [a for a in arms if a.variant.name == request.pin_variant]
+        if request.pin_placement is not None:
+            if request.pin_placement not in self._placements:
+                raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
+                                          f"no placement {proto.shown(request.pin_placement)}; placements: "
+                                          f"{', '.join(self._placements)}", request.id)
+            arms = [a for a in arms if a.placement.name == request.pin_placement]
+        if not arms:
+            raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
+                                      model.no_arm_reason(request.pin_variant, request.pin_placement), request.id)
+        if self._health.any():
+            now = time.monotonic()
+            usable = [a for a in arms if self._health.why(model, a, now) is None]
+            if not usable:
+                why = self._health.why(model, arms[0], now)
+                raise proto.ProtocolError(proto.WORKER_FAILED, f"no arm can serve this request now: {why}",
+                                          request.id, {"set_aside": [{"variant": a.variant.name,
+                                                                       "placement": a.placement.name} for a in arms]})
+            arms = usable
+        return model, arms
+
+    @staticmethod
+    def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
+        """The candidates that take the request's input dtypes (float32 goes to every variant;
+        another dtype only to those that take it: adaptd.variants.preprocess.accepts)."""
+        names = [s.dtype_name for s in request.inputs]
+        if all(n == "float32" for n in names):
+            return candidates
+        accepted = [a for a in candidates if accepts_dtypes(a.variant, names)]
+        if not accepted:
+            dtypes = accepted_dtypes(a.variant for a in candidates)
+            raise proto.ProtocolError(proto.BAD_INPUT, f"no variant takes input dtype(s) {names}; "
+                                      f"send one of {dtypes}", request.id)
+        return accepted
+
+    def _check_inputs(self, request: proto.Request, candidates: list[Arm], bodies: list[memoryview]) -> None:
+        want = candidates[0].variant.inputs
+        if len(request.inputs) != len(want):
+            raise proto.ProtocolError(proto.BAD_INPUT, f"the model takes {len(want)} input(s); the request has "
+                                      f"{len(request.inputs)}", request.id)
+        inline = [s for s in request.inputs if s.shm is None]
+        if len(bodies) != len(inline):
+            raise proto.ProtocolError(proto.BAD_INPUT, f"{len(inline)} inline input header(s) but {len(bodies)} "
+                                      "body frame(s)", request.id)
+        frames = iter(bodies)
+        for i, (spec, w) in enumerate(zip(request.inputs, want)):
+            expected = tuple(w.shape)
+            if len(spec.shape) != len(expected) or tuple(spec.shape[1:]) != expected[1:] or spec.shape[0] < 1:
+                raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: shape {list(spec.shape)} does not match the "
+                                          f"model's {list(expected)}", request.id)
+            if spec.shape[0] > self._max_batch:
+                raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: a batch of {spec.shape[0]}; the limit is "
+                                          f"{self._max_batch} (server.max_batch)", request.id,
+                                          {"max_batch": self._max_batch})
+            if spec.shm is not None:
+                continue
+            body = next(frames)
+            if len(body) != spec.nbytes:
+                raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
+                                          f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}",
+                                          request.id)
+
+    def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
+                       ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
+        """Bounds-check every region a request names (§11.3), without touching the bytes.
+
+        Returns the executor's references: ``{input index: {region, offset, size}}`` and the
+        outputs' ``{region, offset, size}`` (or None)."""
+        shm_inputs: dict[int, dict[str, Any]] = {}
+        if request.outputs_to is None and all(spec.shm is None for spec in request.inputs):
+            return shm_inputs, None
+        regions = self._regions()
+        try:
+            for i, spec in enumerate(request.inputs):
+                if spec.shm is None:
+                    continue
+                if spec.shm.offset % spec.dtype.itemsize:
+                    raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: offset {spec.shm.offset} is not a multiple "
+                                              f"of {spec.dtype.name}'s {spec.dtype.itemsize} bytes", request.id)
+                region = regions.check(spec.shm.region, spec.shm.offset, spec.nbytes, peer)
+                shm_inputs[i] = {"region": region.name, "offset": spec.shm.offset, "size": region.size}
+            outputs_to = None
+            if request.outputs_to is not None:
+                ref = request.outputs_to
+                if ref.offset % 4:
+                    raise proto.ProtocolError(proto.BAD_INPUT, f"outputs_to: offset {ref.offset} is not a multiple "
+                                              "of 4 bytes (outputs are float32)", request.id)
+                batch = request.inputs[0].shape[0] if request.inputs else 1
+                need = sum(4 * batch * math.prod(o.shape[1:]) for o in candidates[0].variant.outputs)
+                region = regions.check(ref.region, ref.offset, need, peer)
+                outputs_to = {"region": region.name, "offset": ref.offset, "size": region.size}
+        except RegionError as exc:
+            code = proto.UNKNOWN_REGION if exc.kind == "unknown" else proto.BAD_INPUT
+            raise proto.ProtocolError(code, exc.message, request.id) from None
+        return shm_inputs, outputs_to

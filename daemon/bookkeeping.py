@@ -1,0 +1,81 @@
+"""What the daemon writes down after a reply: per-arm statistics, the policy's update, the record.
+
+Contract
+--------
+* The reply's fields are all computed before it is sent; what no caller waits for is *deferred*
+  (:meth:`Bookkeeping.defer`): run at the next idle moment of the main loop (no socket, channel
+  or signal ready), before any control message (so statistics, explanations and health include
+  every answered request), once ``DEFER_MAX_ITEMS`` wait (a daemon that is never idle), and at
+  shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
+  moment, so the bookkeeping leaves the round trip.
+* :meth:`Bookkeeping.record` builds a selection record (``adaptd.wire.records.selection_record``)
+  and hands it to the store, which commits and publishes it off the request path.
+* A failure in one request's bookkeeping is logged and does not stop the others.
+* The daemon's main thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from adaptd.daemon.registry import Arm, ModelVersion
+from adaptd.daemon.stats import ArmStats
+from adaptd.wire import protocol as proto
+from adaptd.wire import records
+
+log = logging.getLogger("adaptd.bookkeeping")
+
+DEFER_MAX_ITEMS = 16  # answered requests whose bookkeeping may wait for an idle moment
+
+
+class Bookkeeping:
+    def __init__(self, submit: Callable[[dict[str, Any]], None], window: int, ewma_alpha: float) -> None:
+        self._submit = submit          # the store's submit: O(1), never blocks
+        self._window = window
+        self._alpha = ewma_alpha
+        self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
+        self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+
+    # --- deferred work ---------------------------------------------------------------------------
+    @property
+    def waiting(self) -> bool:
+        return bool(self._deferred)
+
+    @property
+    def full(self) -> bool:
+        return len(self._deferred) >= DEFER_MAX_ITEMS
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._deferred.append((fn, args))
+
+    def flush(self) -> None:
+        work, self._deferred = self._deferred, []
+        for fn, args in work:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one record's bookkeeping must not stop the daemon
+                log.exception("bookkeeping of an answered request failed")
+
+    # --- statistics ------------------------------------------------------------------------------
+    def stats_of(self, model: ModelVersion, arm: Arm) -> ArmStats:
+        key = (model.name, model.version, arm.variant.name, arm.placement.name)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = ArmStats(*key, window=self._window, alpha=self._alpha)
+        return stats
+
+    # --- records ---------------------------------------------------------------------------------
+    def record(self, request: proto.Request, model: ModelVersion, client: str, now: float, *, outcome: str,
+               error_code: str | None, choice: Any, arm: Arm | None, timing: Mapping[str, float] | None = None,
+               energy: Mapping[str, Any] | None = None, met: Mapping[str, bool] | None = None) -> None:
+        """One selection record: ``timing``, ``energy`` and ``met`` as the reply carries them
+        (None when nothing ran)."""
+        self._submit(records.selection_record(
+            ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
+            objective=request.objective, on_infeasible=request.on_infeasible,
+            constraints=request.constraints.as_dict(), outcome=outcome, error_code=error_code,
+            variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
+            reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
+            energy=energy, met=met))

@@ -1,0 +1,183 @@
+"""The daemon built in-process, with fakes for its pool, meter, store and sockets: the request path
+driven with frames and outcomes, no process started.
+
+The fakes stand in for the parts whose real versions start processes or bind sockets (and are
+tested through real daemons elsewhere); they offer exactly the methods the daemon calls. The
+registry, the policy, admission, replay, bookkeeping and the wire are the real ones.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from adaptd.daemon.config import Config
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.power.meter import EnergyReading
+from adaptd.daemon.registry import load_registry
+from adaptd.daemon.server import Daemon
+from adaptd.daemon.workers import Outcome
+from adaptd.wire import protocol as proto
+
+PLACEMENT = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "one core")
+
+
+class FakePool:
+    """The worker pool's interface, holding submitted jobs instead of running them."""
+
+    queue_limit = 2
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+        self.on_load_failed = self.on_down = self.on_change = None
+
+    def submit(self, placement: str, job: Any) -> bool:
+        if len(self.jobs) > self.queue_limit:
+            return False
+        job.dispatched_ns = time.monotonic_ns()
+        self.jobs.append(job)
+        return True
+
+    def queue_length(self, placement: str) -> int:
+        return len(self.jobs)
+
+    def down_reason(self, placement: str) -> str | None:
+        return None
+
+    def snapshots(self) -> list[dict]:
+        return [{**PLACEMENT.to_dict(), "queued": len(self.jobs), "busy": bool(self.jobs)}]
+
+    def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
+        return None
+
+    def workers_rss_bytes(self) -> int:
+        return 0
+
+    def broadcast(self, verb: str, header: dict) -> None:
+        pass
+
+    def finish(self, job: Any, outputs: list[np.ndarray]) -> Outcome:
+        self.jobs.remove(job)
+        t0 = time.monotonic_ns()
+        header = {"job": 1, "t0_ns": t0, "t1_ns": t0 + 50_000, "compute_ms": 0.05, "cpu_time_s": 5e-5,
+                  "idle_since_ns": t0, "outputs": [proto.tensor_header(o) for o in outputs]}
+        return Outcome(job, header, outputs, True, time.monotonic_ns())
+
+
+class FakeMeter:
+    def attribute(self, placement, t0_ns, t1_ns, cpu_time_s, wait=True) -> EnergyReading:
+        return EnergyReading(0.25, "estimated:generic", True)
+
+    def describe(self) -> dict:
+        return {"source": "estimated:generic", "estimated": True}
+
+    def predict_mj(self, placement, latency_ms) -> float:
+        return 0.1 * latency_ms
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def submit(self, record: dict) -> None:
+        self.records.append(record)
+
+    def describe(self) -> dict:
+        return {"rows_written": len(self.records)}
+
+
+class FakeFrontend:
+    """The request sockets: replies are kept, decoded, per route."""
+
+    def __init__(self) -> None:
+        self.sockets, self.admin = [], set()
+        self.sent: list[tuple[Any, dict, list[bytes]]] = []
+        self.replies_unread_dropped = self.replies_to_departed = 0
+
+    def send(self, route, frames) -> bool:
+        header = msgpack.unpackb(frames[2], raw=False)
+        self.sent.append((route[1][0], header, [bytes(memoryview(f)) for f in frames[3:]]))
+        return True
+
+
+class Frame:
+    """A received frame, as zmq.Frame offers it (``.buffer``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buffer = memoryview(data)
+
+
+def message(peer: bytes, header: dict, bodies=()) -> list[Frame]:
+    frames = proto.encode(header, bodies)
+    return [Frame(peer), *(Frame(bytes(memoryview(f))) for f in frames)]
+
+
+@pytest.fixture
+def daemon(tiny_repository, tmp_path):
+    repo, model, _ = tiny_repository
+    config = Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path),
+                               "selector": {"policy": "most_accurate"}})
+    d = Daemon(config)
+    pool, store, frontend = FakePool(), FakeStore(), FakeFrontend()
+    d.assemble(registry=load_registry(repo, [PLACEMENT], 1), placements=[PLACEMENT], pool=pool, meter=FakeMeter(),
+               store=store, frontend=frontend)
+    d.policy.reset(d.registry)
+    return SimpleNamespace(d=d, pool=pool, store=store, frontend=frontend, model=model)
+
+
+def x() -> np.ndarray:
+    return np.zeros((1, 8, 8, 1), np.float32)
+
+
+def test_a_request_is_queued_then_answered_with_its_record(daemon):
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    header = proto.request_header("r1", daemon.model, [x()], constraints={"min_accuracy": 0.5})
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    assert frontend.sent == [] and len(pool.jobs) == 1
+    (job,) = pool.jobs
+    d.path.on_outcome(pool.finish(job, [np.full((1, 10), 0.1, np.float32)]))
+    (peer, reply, bodies), = frontend.sent
+    assert bytes(peer.buffer) == b"peer-a" and reply["type"] == "result" and reply["id"] == "r1"
+    assert reply["energy"] == {"energy_mj": 0.25, "source": "estimated:generic", "estimated": True}
+    assert reply["constraints_met"] == {"min_accuracy": True} and len(bodies) == 1
+    d.books.flush()
+    (record,) = daemon.store.records
+    assert record["request_id"] == "r1" and record["outcome"] == "ok" and record["energy_estimated"] is True
+    assert record["client"].startswith("peer-")
+
+
+def test_a_retry_from_the_same_peer_is_replayed_and_another_peers_runs_afresh(daemon):
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    header = proto.request_header("same-id", daemon.model, [x()])
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[0], [np.ones((1, 10), np.float32)]))
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    assert frontend.sent[-1][1]["replayed"] is True and not pool.jobs
+    d.path.on_request(None, message(b"peer-b", header, [x()]))
+    assert len(pool.jobs) == 1, "another peer's request with the same id runs"
+
+
+def test_bad_input_is_refused_before_anything_runs_and_a_full_queue_is_busy(daemon):
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    bad = np.zeros((1, 9, 9, 1), np.float32)
+    d.path.on_request(None, message(b"p", proto.request_header("bad", daemon.model, [bad]), [bad]))
+    assert frontend.sent[-1][1]["code"] == "BAD_INPUT" and not pool.jobs
+    for i in range(5):
+        d.path.on_request(None, message(b"p", proto.request_header(f"q{i}", daemon.model, [x()]), [x()]))
+    # with the one queue full (a job running, two waiting), both are refused before being parsed
+    assert [h["code"] for _, h, _ in frontend.sent[1:]] == ["BUSY", "BUSY"] and len(pool.jobs) == 3
+    assert d.path.busy_early == 2
+
+
+def test_control_replies_come_from_the_same_parts(daemon):
+    d, frontend = daemon.d, daemon.frontend
+    d.path.on_request(None, message(b"p", {"type": "health", "id": "h"}))
+    d.path.on_request(None, message(b"p", {"type": "reload", "id": "r"}))
+    health, reload = frontend.sent[0][1], frontend.sent[1][1]
+    assert health["type"] == "ok" and health["body"]["status"] == "serving"
+    assert reload["code"] == "FORBIDDEN"
