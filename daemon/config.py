@@ -75,6 +75,16 @@ def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], de
     return value
 
 
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _scalars(cls: type, d: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every int/float/bool/str field of the dataclass ``cls`` from table ``d``, type-checked,
+    each absent one at the dataclass's own default (the one place a default is written)."""
+    return {f.name: _typed(d, f.name, _SCALARS[f.type], f.default, where)
+            for f in fields(cls) if f.type in _SCALARS}
+
+
 def _positive(value: float | int, key: str) -> None:
     if value <= 0:
         raise ConfigError(f"{key}: must be greater than 0, got {value}")
@@ -130,24 +140,11 @@ class ServerConfig:
         w = "server"
         _check_keys(d, {f.name for f in fields(cls)}, w)
         out = cls(
+            **_scalars(cls, d, w),
             endpoints=_endpoint_list(d.get("endpoints", []), f"{w}.endpoints"),
             pub_endpoints=_endpoint_list(d.get("pub_endpoints", []), f"{w}.pub_endpoints"),
             admin_endpoints=_endpoint_list(d.get("admin_endpoints", []), f"{w}.admin_endpoints", ipc_only=True),
-            ipc_mode=_typed(d, "ipc_mode", int, 0o660, w),
-            max_message_bytes=_typed(d, "max_message_bytes", int, cls.max_message_bytes, w),
-            max_batch=_typed(d, "max_batch", int, cls.max_batch, w),
-            reject_nonfinite=_typed(d, "reject_nonfinite", bool, cls.reject_nonfinite, w),
-            dedup_window_s=_typed(d, "dedup_window_s", float, cls.dedup_window_s, w),
-            dedup_entries=_typed(d, "dedup_entries", int, cls.dedup_entries, w),
-            dedup_max_bytes=_typed(d, "dedup_max_bytes", int, cls.dedup_max_bytes, w),
-            send_hwm=_typed(d, "send_hwm", int, cls.send_hwm, w),
-            shm_regions_per_client=_typed(d, "shm_regions_per_client", int, cls.shm_regions_per_client, w),
-            shm_bytes_per_client=_typed(d, "shm_bytes_per_client", int, cls.shm_bytes_per_client, w),
-            drain_timeout_s=_typed(d, "drain_timeout_s", float, cls.drain_timeout_s, w),
-            watchdog=_typed(d, "watchdog", bool, True, w),
-            spin_us=_typed(d, "spin_us", int, 0, w),
             cores=_core_list(d.get("cores", []), f"{w}.cores"),
-            sched_slice_us=_typed(d, "sched_slice_us", int, cls.sched_slice_us, w),
         )
         if out.sched_slice_us and not MIN_SLICE_US <= out.sched_slice_us <= MAX_SLICE_US:
             raise ConfigError(f"{w}.sched_slice_us: must be 0 (the kernel's default) or in "
@@ -203,13 +200,10 @@ class PlacementsConfig:
             custom.append(CustomPlacement(name, tuple(sorted(set(cores))), threads,
                                           _typed(c, "description", str, "", cw)))
         out = cls(
+            **_scalars(cls, d, w),
             include=_name_list(d, "include", w),
             exclude=_name_list(d, "exclude", w),
-            tensorflow=_typed(d, "tensorflow", str, "auto", w),
-            queue_limit=_typed(d, "queue_limit", int, cls.queue_limit, w),
-            load=_typed(d, "load", str, "lazy", w),
             custom=tuple(custom),
-            worker_start_timeout_s=_typed(d, "worker_start_timeout_s", float, 60.0, w),
         )
         if out.tensorflow not in ("auto", "on", "off"):
             raise ConfigError(f"{w}.tensorflow: expected auto, on or off, got {out.tensorflow!r}")
@@ -236,8 +230,7 @@ class StatsConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> StatsConfig:
         w = "stats"
         _check_keys(d, {f.name for f in fields(cls)}, w)
-        out = cls(window=_typed(d, "window", int, cls.window, w),
-                  ewma_alpha=_typed(d, "ewma_alpha", float, cls.ewma_alpha, w))
+        out = cls(**_scalars(cls, d, w))
         if out.window < 8:
             raise ConfigError(f"{w}.window: must be at least 8, got {out.window}")
         if not 0 < out.ewma_alpha <= 1:
@@ -298,7 +291,7 @@ class AuthConfig:
             p = Path(os.path.expandvars(value)).expanduser()
             return p if p.is_absolute() else base / p
 
-        out = cls(_typed(d, "curve", bool, False, w), path("server_key"), path("client_keys"))
+        out = cls(_typed(d, "curve", bool, cls.curve, w), path("server_key"), path("client_keys"))
         if out.curve and (out.server_key is None or out.client_keys is None):
             raise ConfigError(f"{w}: curve = true needs server_key (the daemon's secret certificate) and "
                               "client_keys (a directory of allowed client certificates); `adaptd keys new` makes them")

@@ -20,17 +20,13 @@ import time
 from typing import Any
 
 from adaptd.daemon.shm import RegionError
+from adaptd.daemon.worker_process import rss_bytes
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 
 log = logging.getLogger("adaptd.control")
 
 ADMIN_ONLY = frozenset({"reload"})
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm", "rb") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class Control:

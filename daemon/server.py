@@ -65,7 +65,7 @@ from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.shm import RegionTable
 from adaptd.daemon.request_path import RequestPath
-from adaptd.daemon.workers import WorkerPool
+from adaptd.daemon.pool import WorkerPool
 from adaptd.wire.rundir import ensure_daemon_dir
 
 log = logging.getLogger("adaptd")

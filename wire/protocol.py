@@ -269,7 +269,7 @@ class Constraints:
     min_accuracy: float | None = None
     max_latency_ms: float | None = None
     max_energy_mj: float | None = None
-    latency_confidence: float | None = None   # qualifies max_latency_ms (§4.2); not a bound itself
+    latency_confidence: float | None = None   # qualifies max_latency_ms (§4); not a bound itself
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in (("min_accuracy", self.min_accuracy),

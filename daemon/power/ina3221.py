@@ -1,6 +1,6 @@
 """Jetson INA3221 power monitors through the JetPack 4 iio driver (``ina3221x``), as on the TX2.
 
-Layout read (per BACKGROUND.md and the tools Jetson users trust, e.g. jtop, energymon):
+Layout read (as NVIDIA documents it for the Jetson TX2, and as the tools Jetson users trust read it, e.g. jtop, energymon):
 ``<root>/sys/bus/i2c/drivers/ina3221x/<bus>-<addr>/iio:device<D>/`` holding, per channel N,
 ``rail_name_N`` (label, e.g. ``VDD_SYS_GPU``), ``in_power{N}_input`` (mW),
 ``in_current{N}_input`` (mA) and ``in_voltage{N}_input`` (mV). On the TX2: 0-0040 = VDD_SYS_GPU,

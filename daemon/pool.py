@@ -212,7 +212,7 @@ class WorkerPool:
                 "threads": worker.placement.threads, "runtime": worker.placement.runtime,
                 "device": worker.placement.device, "placement": worker.placement.name, **self.worker_options}
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker", json.dumps(spec)],
+            proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
         finally:
             child_end.close()

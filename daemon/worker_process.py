@@ -2,7 +2,7 @@
 
 Contract
 --------
-* Started by :mod:`adaptd.daemon.workers` as ``python -m adaptd.daemon.worker SPEC_JSON``; SPEC
+* Started by :mod:`adaptd.daemon.pool` as ``python -m adaptd.daemon.worker_process SPEC_JSON``; SPEC
   gives the inherited channel's file descriptor, the cores, the thread count and the runtime.
   The process pins itself to its cores *before* importing an interpreter, so every thread the
   runtime starts inherits the pinning.
@@ -52,7 +52,8 @@ from adaptd.daemon.channel import Channel
 from adaptd.daemon.shm import WorkerMaps
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory in bytes (from /proc/self/statm)."""
     with open("/proc/self/statm", "rb") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -83,12 +84,12 @@ class VariantCache:
         if record is None:
             raise KeyError(f"variant {variant!r} is not in {version_dir}")
         t0 = time.perf_counter()
-        rss0 = _rss_bytes()
+        rss0 = rss_bytes()
         kwargs = {"device": self.device} if record.runtime == "tensorflow" and self.device else {}
         loaded = load_variant(Path(version_dir), record, num_threads=self.threads, verify=True, **kwargs)
         # One execution on zeros so the footprint includes the runtime's buffers.
         loaded.run([np.zeros(s.shape, np.float32) for s in record.inputs])
-        self.memory_bytes[key] = max(0, _rss_bytes() - rss0)
+        self.memory_bytes[key] = max(0, rss_bytes() - rss0)
         self.loaded[key] = loaded
         return loaded, (time.perf_counter() - t0) * 1e3
 
@@ -115,7 +116,7 @@ def serve(spec: dict[str, Any]) -> int:
     reject_nonfinite = bool(spec.get("reject_nonfinite", True))
     cache = VariantCache(int(spec.get("threads", 1)), spec.get("device"))
     maps = WorkerMaps()
-    channel.send("ready", {"pid": os.getpid(), "rss_bytes": _rss_bytes()})
+    channel.send("ready", {"pid": os.getpid(), "rss_bytes": rss_bytes()})
     while True:
         idle_since_ns = time.monotonic_ns()   # free from here: a run's service time may start here
         try:
@@ -130,7 +131,7 @@ def serve(spec: dict[str, Any]) -> int:
                 key = (header["dir"], header["variant"])
                 channel.send("loaded", {"dir": header["dir"], "variant": header["variant"],
                                         "memory_bytes": cache.memory_bytes.get(key, 0),
-                                        "load_ms": load_ms, "rss_bytes": _rss_bytes()})
+                                        "load_ms": load_ms, "rss_bytes": rss_bytes()})
             except Exception as exc:  # noqa: BLE001 - reported to the daemon, worker keeps serving
                 channel.send("fail", {"job": None, "code": "WORKER_FAILED", "dir": header.get("dir"),
                                       "variant": header.get("variant"),
