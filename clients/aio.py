@@ -140,7 +140,7 @@ class AsyncClient(ClientSettings):
             await asyncio.sleep(self.busy_wait_s(retry))
             retry += 1
             header, bodies = await self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started, self.regions)
+        return result_from_reply(header, bodies, (time.perf_counter() - started) * 1e3, self.regions)
 
     async def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
         """As :meth:`adaptd.clients.client.Client.register_region`."""

@@ -203,7 +203,7 @@ class Client(ClientSettings):
             time.sleep(self.busy_wait_s(retry))
             retry += 1
             header, bodies = self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started, self.regions)
+        return result_from_reply(header, bodies, (time.perf_counter() - started) * 1e3, self.regions)
 
     def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
         """Ask the daemon for a shared-memory region of ``nbytes`` and map it (PROTOCOL.md §11).

@@ -9,13 +9,11 @@ Contract
   or raise the :mod:`adaptd.clients.errors` exception it names.
 * Outputs are numpy views over the reply's frames (or the named region), no copy.
 * No state; safe from any thread.
-* Units: constraints in ms and mJ, accuracy a share in [0, 1]; ``started`` is
-  ``time.perf_counter()`` seconds, ``client_ms`` milliseconds.
+* Units: constraints in ms and mJ, accuracy a share in [0, 1], ``client_ms`` milliseconds.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -114,8 +112,10 @@ def reply_id(frames: Sequence[Any]) -> tuple[str | None, dict[str, Any] | None, 
     return p.request_id_of(header), header, bodies
 
 
-def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], started: float,
+def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], client_ms: float,
                       regions: Mapping[str, Region] | None = None) -> InferResult:
+    """The InferResult of a ``result`` reply (outputs are views over ``bodies`` or ``regions``), or
+    the exception an ``error`` reply names; ``ReplyError`` for anything else."""
     kind = header.get("type")
     if kind == "error":
         raise error_from_header(header)
@@ -140,11 +140,11 @@ def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], s
             outputs.append(region.ndarray(spec.shape, spec.dtype, spec.shm.offset))
         except ValueError as exc:
             raise ReplyError(f"reply outputs: {exc}", request_id=rid) from None
-    return InferResult(rid, outputs, Selection.from_header(header),
-                       (time.perf_counter() - started) * 1e3, dict(header))
+    return InferResult(rid, outputs, Selection.from_header(header), client_ms, dict(header))
 
 
 def body_from_reply(header: Mapping[str, Any], of: str) -> dict[str, Any]:
+    """The body of an ``ok`` reply to ``of``, or the exception an ``error`` reply names."""
     kind = header.get("type")
     if kind == "error":
         raise error_from_header(header)
