@@ -82,8 +82,10 @@ class Call:
 
 
 # --- events ------------------------------------------------------------------------------------
+# Plain records, read-only by convention (not frozen: a frozen dataclass costs twice as much to
+# make, and every request makes two of them).
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send ``frames`` under ``request_id`` after ``wait_s`` seconds (call ``sending`` first)."""
 
@@ -92,29 +94,29 @@ class Send:
     wait_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done:
     request_id: str
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     request_id: str
     error: Exception
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stale:
     request_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Undecodable:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unattributed:
     error: AdaptdError
 

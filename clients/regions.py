@@ -104,8 +104,8 @@ class ShmTensor:
 
 def region_tensor_header(array: np.ndarray, regions: Sequence[Region]) -> dict[str, Any] | None:
     """The §11 header for an array whose bytes lie in a registered region, else None."""
-    if (not array.flags.c_contiguous or array.dtype.name not in p.DTYPES or array.dtype.byteorder == ">"
-            or array.nbytes == 0):
+    # DTYPE_NAMES holds the protocol's dtypes in native (little-endian) byte order only
+    if not array.flags.c_contiguous or array.dtype not in p.DTYPE_NAMES or array.nbytes == 0:
         return None
     for region in regions:
         offset = region.offset_of(array)

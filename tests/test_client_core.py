@@ -82,6 +82,20 @@ def test_float64_inputs_go_as_float32_and_unsendable_dtypes_are_refused():
         core.infer("tiny", np.ones((1, 4), np.complex64))
 
 
+def test_inputs_of_every_layout_arrive_as_the_daemon_reads_them():
+    core = new_core()
+    base = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    inputs = [base.astype(">f4"), base[:, :, ::2], np.float32(7.0), np.array([True, False]), [1, 2, 3]]
+    on_the_wire = [memoryview(f).tobytes() for f in core.infer("tiny", inputs).frames]
+    header, bodies = p.decode(on_the_wire)
+    specs = p.parse_tensor_headers(header["inputs"], "inputs", "r")
+    decoded = p.tensors_from_frames(specs, bodies)
+    expected = [base, base[:, :, ::2], np.array([7.0], np.float32), np.array([True, False]), np.array([1, 2, 3])]
+    for got, want in zip(decoded, expected, strict=True):
+        assert got.dtype == want.dtype.newbyteorder("<") and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
 def test_explain_and_control_messages_and_fresh_ids():
     core = new_core(name="n", timeout_ms=500.0, retries=1, busy_retries=4)
     explain = core.explain("tiny", max_energy_mj=2.0, placement="gpu")
@@ -95,6 +109,7 @@ def test_explain_and_control_messages_and_fresh_ids():
     assert core.infer("tiny", image()).busy_retries == 4
     ids = {core.control("health").request_id for _ in range(100)}
     assert len(ids) == 100 and explain.request_id not in ids
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)     # 16 random bytes in hex
 
 
 # --- matching replies ----------------------------------------------------------------------------
