@@ -1,11 +1,13 @@
-"""The asyncio adaptd client: many requests outstanding on one DEALER socket.
+"""The asyncio adaptd client: many requests outstanding on one DEALER socket, an asyncio shell
+around :class:`adaptd.clients.core.ClientCore` (as :mod:`adaptd.clients.client` is the blocking one).
 
 Contract
 --------
 * Same API as :class:`adaptd.clients.client.Client`, with ``async def``; same results,
   exceptions, timeouts and retry rules (after a timeout the same frames are sent again under
   the same id, at most ``retries`` times, then ``RequestTimeout``; a ``BUSY`` reply is retried
-  likewise when ``busy_retries`` asks for it, the waits awaited, not slept).
+  likewise when ``busy_retries`` asks for it, the waits awaited, not slept): the core decides
+  them all for both clients.
 * Lifecycle: construct anywhere; the socket is created and a reader task started on the
   first request, inside the running event loop, and both belong to that loop. ``await
   close()`` (or ``async with``) cancels the reader and fails any request still waiting with
@@ -13,43 +15,48 @@ Contract
 * Concurrency: any number of coroutines of the one loop may call it at once; replies, in any
   order, are routed to the waiting call by request id. Not thread-safe (one event loop).
   Two concurrent calls with the same explicit ``request_id`` are refused (``ValueError``).
-  Replies for ids nobody waits for any more are discarded and counted in ``stale_replies``.
+  Replies for ids nobody waits for any more are discarded and counted in ``stale_replies``; an
+  undecodable reply is dropped (nobody can be told whose it was: that call times out).
 * Zero copy as in the synchronous client: inputs go out with ``copy=False``; outputs are
   numpy views over the reply frames (no copy).
 * Shared memory as in the synchronous client (PROTOCOL.md §11): ``await register_region(n)``,
   arrays inside a registered region go by reference, ``outputs_to=region``; ``close()``
   unregisters the client's regions.
+* Attributes as the synchronous client's (settings, counters, ``regions``, ``core``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
+from collections.abc import Generator
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from adaptd.clients.client import (
-    DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, ClientSettings, Explanation, InferResult,
-    Region, body_from_reply, control_message, infer_message, new_dealer, new_request_id, reply_id, result_from_reply,
-)
-from adaptd.clients.errors import AdaptdError, RequestTimeout, error_from_header
+from adaptd.clients.client import new_dealer
+from adaptd.clients.core import Call, ClientCore, CoreAttributes, Done, Event, Failed, Send, Unattributed
+from adaptd.clients.errors import AdaptdError
+from adaptd.clients.regions import Region
+from adaptd.clients.results import Explanation, InferResult
+from adaptd.clients.settings import DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, ClientSettings
 from adaptd.wire.auth import CurveKeys
 
 
-class AsyncClient(ClientSettings):
+class AsyncClient(CoreAttributes):
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.asyncio.Context | None = None,
                  name: str | None = None, busy_retries: int = 0,
                  busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS, curve: CurveKeys | None = None) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms, curve)
+        self._core = ClientCore(ClientSettings.resolve(
+            endpoint, timeout_ms=timeout_ms, retries=retries, name=name, busy_retries=busy_retries,
+            busy_backoff_ms=busy_backoff_ms, curve=curve))
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
         self._reader: asyncio.Task | None = None
-        self._waiting: dict[str, asyncio.Future] = {}
+        self._waiting: dict[str, asyncio.Future] = {}   # request id -> its next event
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -66,17 +73,13 @@ class AsyncClient(ClientSettings):
     async def close(self) -> None:
         if self._closed:
             return
-        if self._socket is not None:
-            deadline = self.close_budget_deadline()   # as Client.close
-            for region in list(self.regions.values()):
-                left_ms = (deadline - time.monotonic()) * 1e3
-                if left_ms < 1.0:
-                    break
+        core = self._core
+        if self._socket is not None:   # as Client.close
+            deadline = core.close_deadline(time.monotonic())
+            while (step := core.next_region_to_end(deadline, time.monotonic())) is not None:
                 with contextlib.suppress(AdaptdError, RuntimeError):   # it unmaps the region either way
-                    await self.unregister_region(region, timeout_ms=left_ms, retries=0)
-        for region in self.regions.values():
-            region.close()
-        self.regions.clear()
+                    await self.unregister_region(step[0], timeout_ms=step[1], retries=0)
+        core.unmap_regions()
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
@@ -99,23 +102,21 @@ class AsyncClient(ClientSettings):
 
     async def _read_replies(self) -> None:
         assert self._socket is not None
+        core = self._core
         while True:
             frames = await self._socket.recv_multipart(copy=False)
-            rid, header, bodies = reply_id(frames)
-            if header is None:
-                continue   # undecodable: nobody can be told; the waiting call will time out
-            fut = self._waiting.get(rid) if rid is not None else None
-            if fut is None:
-                if rid is None and header.get("type") == "error":
-                    # The daemon could not read an id: fail every waiting call rather than hang.
-                    for f in self._waiting.values():
-                        if not f.done():
-                            f.set_exception(error_from_header(header))
-                else:
-                    self.stale_replies += 1
-                continue
-            if not fut.done():
-                fut.set_result((header, bodies))
+            event = core.receive(frames, time.monotonic())
+            if type(event) is Unattributed:   # the daemon could not read an id: fail every waiting call
+                for failed in core.fail_awaiting(event.error):
+                    self._deliver(failed)
+            elif type(event) in (Done, Failed, Send):
+                self._deliver(event)
+            # Stale (counted by the core) and Undecodable: nobody to tell
+
+    def _deliver(self, event: Done | Failed | Send) -> None:
+        fut = self._waiting.get(event.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(event)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -126,55 +127,24 @@ class AsyncClient(ClientSettings):
                     placement: str | None = None, explain: bool = False, request_id: str | None = None,
                     timeout_ms: float | None = None, outputs_to: Any = None,
                     latency_confidence: float | None = None) -> InferResult:
-        rid = request_id or new_request_id()
-        frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
-                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
-                               objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=explain, client=self.name,
-                               regions=tuple(self.regions.values()), outputs_to=outputs_to,
-                               latency_confidence=latency_confidence)
-        started = time.perf_counter()
-        header, bodies = await self._roundtrip(rid, frames, timeout_ms)
-        retry = 0
-        while self._resend_busy(header, retry):   # as Client.infer
-            await asyncio.sleep(self.busy_wait_s(retry))
-            retry += 1
-            header, bodies = await self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started, self.regions)
+        """As :meth:`adaptd.clients.client.Client.infer`."""
+        return await self._exchange(self._core.infer(
+            model, inputs, version=version, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms,
+            max_energy_mj=max_energy_mj, objective=objective, on_infeasible=on_infeasible, variant=variant,
+            placement=placement, explain=explain, request_id=request_id, timeout_ms=timeout_ms,
+            outputs_to=outputs_to, latency_confidence=latency_confidence))
 
     async def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
         """As :meth:`adaptd.clients.client.Client.register_region`."""
-        rid = new_request_id()
-        header, _ = await self._roundtrip(rid, control_message(rid, "shm_register", size=int(nbytes),
-                                                               owner_pid=os.getpid()), timeout_ms)
-        body = body_from_reply(header, "shm_register")
-        try:
-            region = Region(str(body["region"]), int(body["size"]), str(body["path"]))
-        except BaseException:
-            rid = new_request_id()
-            await self._roundtrip(rid, control_message(rid, "shm_unregister", region=body["region"]), timeout_ms)
-            raise
-        self.regions[region.name] = region
-        return region
+        return await self._run(self._core.register_region(nbytes, timeout_ms))
 
     async def unregister_region(self, region: Region | str, timeout_ms: float | None = None,
                                 retries: int | None = None) -> None:
         """As :meth:`adaptd.clients.client.Client.unregister_region`."""
-        name = region if isinstance(region, str) else region.name
-        mapped = self.regions.pop(name, None)
-        try:
-            rid = new_request_id()
-            header, _ = await self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms,
-                                              retries)
-            body_from_reply(header, "shm_unregister")
-        finally:
-            if mapped is not None:
-                mapped.close()
-            if isinstance(region, Region):
-                region.close()
+        await self._run(self._core.unregister_region(region, timeout_ms, retries))
 
     async def shm_regions(self, timeout_ms: float | None = None) -> list[dict[str, Any]]:
-        return list((await self._control("shm_regions", timeout_ms))["regions"])
+        return list((await self._exchange(self._core.control("shm_regions", timeout_ms)))["regions"])
 
     async def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
                       max_latency_ms: float | None = None, max_energy_mj: float | None = None,
@@ -182,56 +152,65 @@ class AsyncClient(ClientSettings):
                       variant: str | None = None, placement: str | None = None,
                       request_id: str | None = None, timeout_ms: float | None = None,
                       latency_confidence: float | None = None) -> Explanation:
-        rid = request_id or new_request_id()
-        frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
-                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
-                               objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=True, client=self.name, request_type="explain",
-                               latency_confidence=latency_confidence)
-        header, _ = await self._roundtrip(rid, frames, timeout_ms)
-        return Explanation.from_body(body_from_reply(header, "explain"))
+        """As :meth:`adaptd.clients.client.Client.explain`."""
+        return await self._exchange(self._core.explain(
+            model, version=version, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms,
+            max_energy_mj=max_energy_mj, objective=objective, on_infeasible=on_infeasible, variant=variant,
+            placement=placement, request_id=request_id, timeout_ms=timeout_ms,
+            latency_confidence=latency_confidence))
 
     async def models(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return await self._control("models", timeout_ms)
+        return await self._exchange(self._core.control("models", timeout_ms))
 
     async def placements(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return await self._control("placements", timeout_ms)
+        return await self._exchange(self._core.control("placements", timeout_ms))
 
     async def stats(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return await self._control("stats", timeout_ms)
+        return await self._exchange(self._core.control("stats", timeout_ms))
 
     async def health(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return await self._control("health", timeout_ms)
+        return await self._exchange(self._core.control("health", timeout_ms))
 
     async def reload(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return await self._control("reload", timeout_ms)
+        return await self._exchange(self._core.control("reload", timeout_ms))
 
-    async def _control(self, request_type: str, timeout_ms: float | None) -> dict[str, Any]:
-        rid = new_request_id()
-        header, _ = await self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
-        return body_from_reply(header, request_type)
+    # --- I/O ----------------------------------------------------------------------------
 
-    async def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None, retries: int | None = None):
-        sock = self._ensure_open()
-        retries = self.retries if retries is None else retries
-        if rid in self._waiting:
-            raise ValueError(f"request id {rid!r} is already outstanding on this client")
-        timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
-        fut = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
+    async def _run(self, operation: Generator[Call, Any, Any]) -> Any:
+        """As Client._run, awaiting each exchange."""
+        with contextlib.closing(operation):
+            try:
+                call = next(operation)
+                while True:
+                    call = operation.send(await self._exchange(call))
+            except StopIteration as done:
+                return done.value
+
+    async def _exchange(self, call: Call) -> Any:
+        """Send ``call`` and await its outcome, as the core directs; its value or its exception."""
+        self._ensure_open()
+        core = self._core
+        rid = call.request_id
+        event: Event = core.start(call, time.monotonic())   # ValueError for an id already in flight
+        fut: asyncio.Future | None = None
         try:
-            for attempt in range(retries + 1):
-                if attempt:
-                    self.retried += 1
+            while type(event) is Send:
+                if event.wait_s > 0:
+                    await asyncio.sleep(event.wait_s)   # BUSY: the core's randomised wait
+                sock = self._ensure_open()              # RuntimeError if closed meanwhile
+                deadline = core.sending(rid, time.monotonic())
+                if fut is None or fut.done():
+                    fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
                 try:
-                    await asyncio.wait_for(sock.send_multipart(frames, copy=False), timeout_s)
-                    return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+                    await asyncio.wait_for(sock.send_multipart(event.frames, copy=False), deadline - time.monotonic())
+                    event = await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
                 except asyncio.TimeoutError:
-                    continue
-            attempts = retries + 1
-            raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
-                                 f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
+                    event = fut.result() if fut.done() else core.timed_out(rid)
         finally:
+            core.forget(rid)
             self._waiting.pop(rid, None)
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.cancel()
+        if type(event) is Done:
+            return event.value
+        raise event.error

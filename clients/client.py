@@ -1,4 +1,8 @@
-"""The synchronous adaptd client, and what it shares with the asyncio one (``aio.py``).
+"""The synchronous adaptd client: a blocking shell around :class:`adaptd.clients.core.ClientCore`.
+
+The core builds the messages, matches the replies and decides every retry; this module owns the
+socket, waits on it and sleeps when the core says so. The asyncio client (``aio.py``) is the
+other shell around the same core.
 
 Contract
 --------
@@ -8,7 +12,7 @@ Contract
   client's regions first, once each and within ``CLOSE_TIMEOUT_MS`` in all, so that it
   returns in that time when the daemon is gone. No use after close.
 * Threads: a ``Client`` may be shared between threads; calls are serialised by a lock
-  (one request outstanding at a time). For many concurrent requests use
+  (one request outstanding at a time, its BUSY waits included). For many concurrent requests use
   :class:`adaptd.clients.aio.AsyncClient`, or one ``Client`` per thread.
 * Replies are matched by request id. A reply for an id the client no longer waits for (the
   late answer to a request that timed out, then succeeded on retry) is discarded and counted
@@ -34,6 +38,10 @@ Contract
   request that writes there). Do not modify a region's input bytes while a request reading them
   is in flight. A region ends with :meth:`Client.unregister_region`, :meth:`Client.close`, the
   exit of the process that registered it, or the daemon's exit; the inline path stays the default.
+* Attributes: the settings (``endpoint``, ``timeout_ms``, ``retries``, ``busy_retries``,
+  ``busy_backoff_ms``, ``name``, ``curve``; read-only, validated once: ``ValueError``), the
+  counters ``stale_replies``, ``retried`` and ``busy_retried``, ``regions`` (name -> Region)
+  and ``core``, the protocol state they are read from.
 * Units: ``*_ms`` milliseconds, ``*_mj`` millijoules, accuracy a share in [0, 1]. Energy
   that was estimated (no power sensor) has ``Energy.estimated`` true and a ``source``
   starting with ``estimated``; present it as an estimate.
@@ -42,434 +50,29 @@ Contract
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import random
 import threading
 import time
-import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Generator
 from typing import Any
 
-import numpy as np
 import zmq
 
-from adaptd.clients.errors import AdaptdError, ReplyError, RequestTimeout, error_from_header
-from adaptd.wire import protocol as p
-from adaptd.wire.frames import recv_frames, send_frames
+from adaptd.clients.core import (Call, ClientCore, CoreAttributes, Done, Event, Send, Stale, Unattributed,
+                                 Undecodable)
+# Several names below are imported only so that they stay importable from this module, as they
+# have been: the endpoint variables, the settings and their constants, the reply classes, the
+# regions and infer_message.
+from adaptd.clients.endpoints import (ADMIN_ENDPOINT_ENV, ENDPOINT_ENV, PUB_ENDPOINT_ENV, default_admin_endpoint,
+                                      default_endpoint, default_pub_endpoint, default_runtime_dir)
+from adaptd.clients.errors import AdaptdError
+from adaptd.clients.messages import infer_message
+from adaptd.clients.regions import Region, ShmTensor
+from adaptd.clients.results import Energy, Explanation, InferResult, Predicted, Reason, Selection, Timing
+from adaptd.clients.settings import (BUSY_BACKOFF_MAX_MS, CLOSE_TIMEOUT_MS, DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES,
+                                     DEFAULT_TIMEOUT_MS, ClientSettings)
 from adaptd.wire.auth import CurveKeys
-from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME, check_client_dir,
-                                client_runtime_dir)
-
-ENDPOINT_ENV = "ADAPTD_ENDPOINT"
-PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
-DEFAULT_TIMEOUT_MS = 30_000.0
-DEFAULT_RETRIES = 2
-# close() asks the daemon to end this client's regions, once each, within this budget in all;
-# those it has not ended when the budget runs out are only unmapped here (the daemon ends a
-# region when the process that registered it exits, §11.2).
-CLOSE_TIMEOUT_MS = 2000.0
-DEFAULT_BUSY_BACKOFF_MS = 2.0      # the first wait before resending a request answered BUSY
-BUSY_BACKOFF_MAX_MS = 100.0        # the longest such wait
-
-
-# --- endpoints ---------------------------------------------------------------------------------
-
-ADMIN_ENDPOINT_ENV = "ADAPTD_ADMIN_ENDPOINT"
-
-
-def default_runtime_dir() -> Path:
-    """Where the daemon's sockets are (:mod:`adaptd.wire.rundir`: the system service's
-    ``/run/adaptd`` when it is running, else where a daemon run by this user keeps them). A
-    ``/tmp/adaptd-<uid>`` that another user owns is refused (RuntimeDirError)."""
-    path = client_runtime_dir()
-    check_client_dir(path)
-    return path
-
-
-def default_endpoint() -> str:
-    """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default ipc socket."""
-    return os.environ.get(ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / SOCKET_NAME}"
-
-
-def default_pub_endpoint() -> str:
-    """The selection stream: ``$ADAPTD_PUB_ENDPOINT``, else the daemon's default ipc socket."""
-    return os.environ.get(PUB_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / STREAM_SOCKET_NAME}"
-
-
-def default_admin_endpoint() -> str:
-    """The admin endpoint (``reload``; every client's regions): ``$ADAPTD_ADMIN_ENDPOINT``, else the
-    daemon's default admin socket, which only the daemon's user (and root) may connect to."""
-    return os.environ.get(ADMIN_ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / ADMIN_SOCKET_NAME}"
-
-
-# --- results -----------------------------------------------------------------------------------
-
-def _f(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class Timing:
-    queue_ms: float | None
-    compute_ms: float | None
-    total_ms: float | None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Timing:
-        d = d or {}
-        return cls(_f(d.get("queue_ms")), _f(d.get("compute_ms")), _f(d.get("total_ms")))
-
-
-@dataclass(frozen=True)
-class Energy:
-    """Energy of one execution, idle power deducted. ``estimated``: from a power model, not a sensor."""
-
-    energy_mj: float | None
-    source: str | None
-    estimated: bool
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Energy:
-        d = d or {}
-        source = d.get("source") if isinstance(d.get("source"), str) else None
-        estimated = bool(d.get("estimated")) or (source or "").startswith("estimated")
-        return cls(_f(d.get("energy_mj")), source, estimated)
-
-    def describe(self) -> str:
-        if self.energy_mj is None:
-            return "n/a"
-        return f"{self.energy_mj:.3f} mJ ({'estimated' if self.estimated else 'measured'}, {self.source})"
-
-
-@dataclass(frozen=True)
-class Predicted:
-    latency_ms: float | None = None
-    latency_bound_ms: float | None = None
-    queue_ms: float | None = None
-    energy_mj: float | None = None
-    energy_estimated: bool = False
-    accuracy: float | None = None
-    latency_confidence: float | None = None   # the confidence latency_bound_ms is at (None: not said)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> Predicted:
-        d = d or {}
-        return cls(_f(d.get("latency_ms")), _f(d.get("latency_bound_ms")), _f(d.get("queue_ms")),
-                   _f(d.get("energy_mj")), bool(d.get("energy_estimated")), _f(d.get("accuracy")),
-                   _f(d.get("latency_confidence")))
-
-
-@dataclass(frozen=True)
-class Reason:
-    code: str
-    text: str
-
-    @classmethod
-    def from_value(cls, value: Any) -> Reason:
-        if isinstance(value, Mapping):
-            return cls(str(value.get("code", "")), str(value.get("text", "")))
-        return cls(str(value or ""), "")
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What the daemon chose for one request, what it predicted and what it measured."""
-
-    model: str
-    version: str | None
-    variant: str
-    placement: str
-    timing: Timing
-    energy: Energy
-    predicted: Predicted
-    constraints_met: dict[str, bool]
-    met: bool
-    reason: Reason
-    replayed: bool = False
-    alternatives: list[dict[str, Any]] | None = None
-
-    @classmethod
-    def from_header(cls, h: Mapping[str, Any]) -> Selection:
-        try:
-            return cls(
-                model=str(h["model"]), version=None if h.get("version") is None else str(h["version"]),
-                variant=str(h["variant"]), placement=str(h["placement"]),
-                timing=Timing.from_dict(h.get("timing")), energy=Energy.from_dict(h.get("energy")),
-                predicted=Predicted.from_dict(h.get("predicted")),
-                constraints_met={str(k): bool(v) for k, v in (h.get("constraints_met") or {}).items()},
-                met=bool(h.get("met", True)), reason=Reason.from_value(h.get("reason")),
-                replayed=bool(h.get("replayed", False)), alternatives=h.get("alternatives"),
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ReplyError(f"result reply lacks a valid field: {exc}", request_id=h.get("id")) from None
-
-
-@dataclass(frozen=True)
-class InferResult:
-    request_id: str
-    outputs: list[np.ndarray]
-    selection: Selection
-    client_ms: float          # as the client saw it: first send to reply, retries included
-    header: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """The daemon's dry-run decision (PROTOCOL.md §7.6); nothing ran."""
-
-    feasible: bool
-    variant: str | None
-    placement: str | None
-    reason: Reason
-    predicted: Predicted
-    predicted_met: dict[str, bool]
-    violations: dict[str, Any]
-    alternatives: list[dict[str, Any]]
-    body: dict[str, Any] = field(repr=False, default_factory=dict)
-
-    @classmethod
-    def from_body(cls, b: Mapping[str, Any]) -> Explanation:
-        return cls(
-            feasible=bool(b.get("feasible", b.get("placement") is not None)),
-            variant=b.get("variant"), placement=b.get("placement"),
-            reason=Reason.from_value(b.get("reason")), predicted=Predicted.from_dict(b.get("predicted")),
-            predicted_met={str(k): bool(v) for k, v in (b.get("predicted_met") or {}).items()},
-            violations=dict(b.get("violations") or {}), alternatives=list(b.get("alternatives") or []),
-            body=dict(b),
-        )
-
-
-# --- shared-memory regions (PROTOCOL.md §11) ----------------------------------------------------
-
-class Region:
-    """A shared-memory region the daemon allocated, mapped read-write in this process.
-
-    ``name`` is what requests cite; ``size`` its bytes. :meth:`ndarray` gives writable numpy views
-    of it. Made by :meth:`Client.register_region`; ended by :meth:`Client.unregister_region`
-    (which also unmaps it here: views made earlier must not be used after that)."""
-
-    def __init__(self, name: str, size: int, path: str) -> None:
-        self.name = name
-        self.size = int(size)
-        self.path = path
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except PermissionError:
-            raise PermissionError(f"cannot open {path}: this user may not map the daemon's shared memory "
-                                  "(regions have the request socket's owner, group and mode: join its group)") from None
-        try:
-            self._mm: mmap.mmap | None = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
-            os.close(fd)
-        self.bytes = np.frombuffer(self._mm, dtype=np.uint8)      # the whole region, writable
-        self.address = int(self.bytes.ctypes.data)
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def ndarray(self, shape: Any, dtype: Any = np.float32, offset: int = 0) -> np.ndarray:
-        """A writable C-contiguous view of ``shape`` x ``dtype`` at ``offset`` bytes."""
-        if self._mm is None:
-            raise RuntimeError(f"region {self.name} is closed")
-        dtype = np.dtype(dtype)
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        count = int(np.prod(shape, dtype=np.int64))
-        if offset < 0 or offset + count * dtype.itemsize > self.size:
-            raise ValueError(f"{count * dtype.itemsize} bytes at offset {offset} do not fit region {self.name} "
-                             f"of {self.size} bytes")
-        return np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-    def offset_of(self, array: np.ndarray) -> int | None:
-        """The array's byte offset in this region, if all its bytes lie inside it; else None."""
-        if self._mm is None:
-            return None
-        start = array.__array_interface__["data"][0]
-        if self.address <= start and start + array.nbytes <= self.address + self.size:
-            return start - self.address
-        return None
-
-    def close(self) -> None:
-        """Unmap here (the daemon's region is ended by ``unregister_region``)."""
-        mm, self._mm = self._mm, None
-        self.bytes = np.empty(0, np.uint8)
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:   # views are still alive: unmapped when the last one goes
-                pass
-
-    def __repr__(self) -> str:
-        return f"Region({self.name!r}, size={self.size}{', closed' if self.closed else ''})"
-
-
-@dataclass(frozen=True)
-class ShmTensor:
-    """A tensor named by region and offset instead of carried as bytes (PROTOCOL.md §11)."""
-
-    region: Region | str
-    offset: int
-    dtype: Any
-    shape: tuple[int, ...]
-
-    @property
-    def region_name(self) -> str:
-        return self.region if isinstance(self.region, str) else self.region.name
-
-
-def _shm_header(array: np.ndarray, regions: Sequence[Region]) -> dict[str, Any] | None:
-    """The §11 header for an array whose bytes lie in a registered region, else None."""
-    if (not array.flags.c_contiguous or array.dtype.name not in p.DTYPES or array.dtype.byteorder == ">"
-            or array.nbytes == 0):
-        return None
-    for region in regions:
-        offset = region.offset_of(array)
-        if offset is not None:
-            return p.shm_tensor_header(array.dtype, array.shape, region.name, offset)
-    return None
-
-
-def input_frames(inputs: Any, regions: Sequence[Region] = ()) -> tuple[list[dict[str, Any]] | None, list[Any]]:
-    """(tensor headers, body frames) of a request's inputs; headers None when all are inline
-    (the classic path, unchanged). Region tensors (ShmTensor, or arrays inside ``regions``)
-    get a ``shm`` header and no frame."""
-    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    if not any(isinstance(x, ShmTensor) for x in items) and not regions:
-        return None, as_input_arrays(inputs)
-    headers: list[dict[str, Any]] = []
-    bodies: list[Any] = []
-    for x in items:
-        if isinstance(x, ShmTensor):
-            headers.append(p.shm_tensor_header(x.dtype, x.shape, x.region_name, x.offset))
-            continue
-        if isinstance(x, np.ndarray):
-            h = _shm_header(x, regions)
-            if h is not None:
-                headers.append(h)
-                continue
-        (arr,) = as_input_arrays([x])
-        headers.append(p.tensor_header(arr))
-        bodies.append(arr)
-    return headers, bodies
-
-
-def outputs_ref(outputs_to: Any) -> p.ShmRef | None:
-    """``outputs_to``: None, a Region (offset 0), (Region or name, offset), or a ShmTensor."""
-    if outputs_to is None:
-        return None
-    if isinstance(outputs_to, Region):
-        return p.ShmRef(outputs_to.name, 0)
-    if isinstance(outputs_to, ShmTensor):
-        return p.ShmRef(outputs_to.region_name, int(outputs_to.offset))
-    region, offset = outputs_to
-    return p.ShmRef(region if isinstance(region, str) else region.name, int(offset))
-
-
-# --- request building and reply parsing (shared with aio.py) -----------------------------------
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def as_input_arrays(inputs: Any) -> list[np.ndarray]:
-    """One array or a sequence of arrays -> C-contiguous arrays; float64 becomes float32."""
-    if isinstance(inputs, np.ndarray):
-        arrays = [inputs]
-    elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
-        arrays = [np.asarray(a) for a in inputs]
-    else:
-        arrays = [np.asarray(inputs)]
-    out = []
-    for a in arrays:
-        if a.dtype == np.float64:
-            a = a.astype(np.float32)
-        if a.dtype.name not in p.DTYPES:
-            raise ValueError(f"dtype {a.dtype} cannot be sent; supported: {', '.join(p.DTYPES)}")
-        out.append(p.tensor_body(a))
-    return out
-
-
-def constraints_dict(min_accuracy: float | None, max_latency_ms: float | None,
-                     max_energy_mj: float | None, latency_confidence: float | None = None) -> dict[str, float]:
-    return {k: float(v) for k, v in (("min_accuracy", min_accuracy), ("max_latency_ms", max_latency_ms),
-                                     ("max_energy_mj", max_energy_mj), ("latency_confidence", latency_confidence))
-            if v is not None}
-
-
-def infer_message(request_id: str, model: str, inputs: Any, *, version: str | None = None,
-                  min_accuracy: float | None = None, max_latency_ms: float | None = None,
-                  max_energy_mj: float | None = None, objective: str = "latency",
-                  on_infeasible: str = "reject", variant: str | None = None, placement: str | None = None,
-                  explain: bool = False, client: str | None = None,
-                  request_type: str = "infer", regions: Sequence[Region] = (),
-                  outputs_to: Any = None, latency_confidence: float | None = None) -> list[Any]:
-    """The frames of an inference (or explain) request; bodies are the arrays themselves.
-
-    Inputs in ``regions`` (or given as ShmTensor) are sent by reference (PROTOCOL.md §11)."""
-    headers, arrays = input_frames(inputs, regions) if request_type == "infer" else (None, [])
-    header = p.request_header(
-        request_id, model, arrays, version=version,
-        constraints=constraints_dict(min_accuracy, max_latency_ms, max_energy_mj, latency_confidence),
-        objective=objective, on_infeasible=on_infeasible, pin_variant=variant, pin_placement=placement,
-        explain=explain, client=client, request_type=request_type, input_headers=headers,
-        outputs_to=outputs_ref(outputs_to) if request_type == "infer" else None)
-    return p.encode(header, arrays)
-
-
-def control_message(request_id: str, request_type: str, **fields: Any) -> list[Any]:
-    return p.encode({"type": request_type, "id": request_id, **fields})
-
-
-def reply_id(frames: Sequence[Any]) -> tuple[str | None, dict[str, Any] | None, list[memoryview]]:
-    """(id, header, bodies) of a reply; (None, None, []) if it cannot be decoded at all."""
-    try:
-        header, bodies = p.decode(frames)
-    except p.ProtocolError:
-        return None, None, []
-    return p.request_id_of(header), header, bodies
-
-
-def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], started: float,
-                      regions: Mapping[str, Region] | None = None) -> InferResult:
-    kind = header.get("type")
-    if kind == "error":
-        raise error_from_header(header)
-    rid = str(header.get("id"))
-    if kind != "result":
-        raise ReplyError(f"expected a 'result' reply, got {kind!r}", request_id=rid)
-    try:
-        specs = p.parse_tensor_headers(header.get("outputs"), "outputs", rid)
-        inline = p.tensors_from_frames([s for s in specs if s.shm is None], bodies, rid, what="output")
-    except p.ProtocolError as exc:
-        raise ReplyError(f"reply outputs: {exc.message}", request_id=rid) from None
-    outputs = []
-    for spec in specs:
-        if spec.shm is None:
-            outputs.append(inline.pop(0))
-            continue
-        region = (regions or {}).get(spec.shm.region)
-        if region is None or region.closed:
-            raise ReplyError(f"reply output in region {spec.shm.region}, which this client has not mapped",
-                             request_id=rid)
-        try:
-            outputs.append(region.ndarray(spec.shape, spec.dtype, spec.shm.offset))
-        except ValueError as exc:
-            raise ReplyError(f"reply outputs: {exc}", request_id=rid) from None
-    return InferResult(rid, outputs, Selection.from_header(header),
-                       (time.perf_counter() - started) * 1e3, dict(header))
-
-
-def body_from_reply(header: Mapping[str, Any], of: str) -> dict[str, Any]:
-    kind = header.get("type")
-    if kind == "error":
-        raise error_from_header(header)
-    if kind != "ok" or not isinstance(header.get("body"), Mapping):
-        raise ReplyError(f"expected an 'ok' reply with a body to {of!r}, got {kind!r}",
-                         request_id=p.request_id_of(header))
-    return dict(header["body"])
+from adaptd.wire.frames import recv_frames, send_frames
 
 
 def new_dealer(context: zmq.Context, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:
@@ -485,64 +88,16 @@ def new_dealer(context: zmq.Context, endpoint: str, curve: CurveKeys | None = No
     return sock
 
 
-# --- the synchronous client ----------------------------------------------------------------------
-
-class ClientSettings:
-    """What the synchronous and the asyncio client share: where, how long, how often, who."""
-
-    def __init__(self, endpoint: str | None, timeout_ms: float, retries: int, name: str | None,
-                 busy_retries: int = 0, busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS,
-                 curve: CurveKeys | None = None) -> None:
-        if timeout_ms <= 0:
-            raise ValueError(f"timeout_ms must be > 0, got {timeout_ms}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        if busy_retries < 0:
-            raise ValueError(f"busy_retries must be >= 0, got {busy_retries}")
-        if not 0 < busy_backoff_ms <= BUSY_BACKOFF_MAX_MS:
-            raise ValueError(f"busy_backoff_ms must be in (0, {BUSY_BACKOFF_MAX_MS:g}], got {busy_backoff_ms}")
-        self.endpoint = endpoint or default_endpoint()
-        # CurveZMQ keys: given, else from $ADAPTD_CURVE_CLIENT_KEY / $ADAPTD_CURVE_SERVER_KEY, else none
-        self.curve = curve if curve is not None else CurveKeys.from_env()
-        self.timeout_ms = float(timeout_ms)
-        self.retries = int(retries)
-        self.busy_retries = int(busy_retries)
-        self.busy_backoff_ms = float(busy_backoff_ms)
-        self.name = name
-        self.stale_replies = 0      # replies for ids no longer awaited, discarded
-        self.retried = 0            # resends after a timeout (same id)
-        self.busy_retried = 0       # resends after a BUSY reply (same id)
-        self.regions: dict[str, Region] = {}
-        self._jitter = random.Random()
-
-    def _resend_busy(self, header: dict[str, Any], retry: int) -> bool:
-        """Whether the reply ``header`` to the ``retry``-th resend (0 for the first send) is a
-        BUSY that ``busy_retries`` asks to send again; counts the resend when it is."""
-        if retry >= self.busy_retries or header.get("type") != "error" or header.get("code") != "BUSY":
-            return False
-        self.busy_retried += 1
-        return True
-
-    def close_budget_deadline(self) -> float:
-        """When close() stops asking the daemon to end regions (``time.monotonic()`` seconds)."""
-        return time.monotonic() + min(self.timeout_ms, CLOSE_TIMEOUT_MS) / 1e3
-
-    def busy_wait_s(self, retry: int) -> float:
-        """The wait before the ``retry``-th resend (0-based) of a request answered BUSY: the
-        backoff doubled per retry, capped, times a random factor in [0.5, 1) so that clients
-        refused together do not come back together."""
-        cap_ms = min(self.busy_backoff_ms * 2.0 ** retry, BUSY_BACKOFF_MAX_MS)
-        return cap_ms * (0.5 + 0.5 * self._jitter.random()) / 1e3
-
-
-class Client(ClientSettings):
+class Client(CoreAttributes):
     """Blocking ADPT/1 client over one DEALER socket (see the module docstring)."""
 
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
                  name: str | None = None, busy_retries: int = 0,
                  busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS, curve: CurveKeys | None = None) -> None:
-        super().__init__(endpoint, timeout_ms, retries, name, busy_retries, busy_backoff_ms, curve)
+        self._core = ClientCore(ClientSettings.resolve(
+            endpoint, timeout_ms=timeout_ms, retries=retries, name=name, busy_retries=busy_retries,
+            busy_backoff_ms=busy_backoff_ms, curve=curve))
         self._lock = threading.Lock()
         self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint, self.curve)
         self._poller = zmq.Poller()
@@ -555,16 +110,12 @@ class Client(ClientSettings):
         """Unregister this client's regions (best effort: one attempt each, all within
         ``CLOSE_TIMEOUT_MS``, so a client whose daemon is gone closes in that time), unmap them,
         close the socket."""
-        deadline = self.close_budget_deadline()
-        for region in list(self.regions.values()):
-            left_ms = (deadline - time.monotonic()) * 1e3
-            if left_ms < 1.0:
-                break
+        core = self._core
+        deadline = core.close_deadline(time.monotonic())
+        while (step := core.next_region_to_end(deadline, time.monotonic())) is not None:
             with contextlib.suppress(AdaptdError, RuntimeError):   # it unmaps the region either way
-                self.unregister_region(region, timeout_ms=left_ms, retries=0)
-        for region in self.regions.values():   # the daemon is gone or slow: its owner's exit ends them
-            region.close()
-        self.regions.clear()
+                self.unregister_region(step[0], timeout_ms=step[1], retries=0)
+        core.unmap_regions()   # the daemon is gone or slow: its owner's exit ends them
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -590,60 +141,28 @@ class Client(ClientSettings):
         Inputs whose bytes lie in one of this client's regions (or ShmTensor) go by reference;
         ``outputs_to`` (a Region, ``(region, offset)`` or ShmTensor) has the outputs written there.
         ``latency_confidence`` (in [0.5, 1)): how sure the daemon must be that ``max_latency_ms``
-        holds (PROTOCOL.md §4.2; default the daemon's configured confidence)."""
-        rid = request_id or new_request_id()
-        frames = infer_message(rid, model, inputs, version=version, min_accuracy=min_accuracy,
-                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
-                               objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=explain, client=self.name,
-                               regions=tuple(self.regions.values()), outputs_to=outputs_to,
-                               latency_confidence=latency_confidence)
-        started = time.perf_counter()
-        header, bodies = self._roundtrip(rid, frames, timeout_ms)
-        retry = 0
-        while self._resend_busy(header, retry):
-            time.sleep(self.busy_wait_s(retry))
-            retry += 1
-            header, bodies = self._roundtrip(rid, frames, timeout_ms)
-        return result_from_reply(header, bodies, started, self.regions)
+        holds (PROTOCOL.md §4; default the daemon's configured confidence)."""
+        return self._exchange(self._core.infer(
+            model, inputs, version=version, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms,
+            max_energy_mj=max_energy_mj, objective=objective, on_infeasible=on_infeasible, variant=variant,
+            placement=placement, explain=explain, request_id=request_id, timeout_ms=timeout_ms,
+            outputs_to=outputs_to, latency_confidence=latency_confidence))
 
     def register_region(self, nbytes: int, timeout_ms: float | None = None) -> Region:
         """Ask the daemon for a shared-memory region of ``nbytes`` and map it (PROTOCOL.md §11).
 
         The region lives until :meth:`unregister_region`, :meth:`close`, this process's exit or
         the daemon's exit."""
-        rid = new_request_id()
-        header, _ = self._roundtrip(rid, control_message(rid, "shm_register", size=int(nbytes),
-                                                         owner_pid=os.getpid()), timeout_ms)
-        body = body_from_reply(header, "shm_register")
-        try:
-            region = Region(str(body["region"]), int(body["size"]), str(body["path"]))
-        except BaseException:
-            rid = new_request_id()
-            self._roundtrip(rid, control_message(rid, "shm_unregister", region=body["region"]), timeout_ms)
-            raise
-        self.regions[region.name] = region
-        return region
+        return self._run(self._core.register_region(nbytes, timeout_ms))
 
     def unregister_region(self, region: Region | str, timeout_ms: float | None = None,
                           retries: int | None = None) -> None:
         """End a region at the daemon (requests already holding it finish first) and unmap it here."""
-        name = region if isinstance(region, str) else region.name
-        mapped = self.regions.pop(name, None)
-        try:
-            rid = new_request_id()
-            header, _ = self._roundtrip(rid, control_message(rid, "shm_unregister", region=name), timeout_ms,
-                                        retries)
-            body_from_reply(header, "shm_unregister")
-        finally:
-            if mapped is not None:
-                mapped.close()
-            if isinstance(region, Region):
-                region.close()
+        self._run(self._core.unregister_region(region, timeout_ms, retries))
 
     def shm_regions(self, timeout_ms: float | None = None) -> list[dict[str, Any]]:
         """The daemon's registered regions (``shm_regions``, §11.2)."""
-        return list(self._control("shm_regions", timeout_ms)["regions"])
+        return list(self._exchange(self._core.control("shm_regions", timeout_ms))["regions"])
 
     def explain(self, model: str, *, version: str | None = None, min_accuracy: float | None = None,
                 max_latency_ms: float | None = None, max_energy_mj: float | None = None,
@@ -651,67 +170,80 @@ class Client(ClientSettings):
                 placement: str | None = None, request_id: str | None = None,
                 timeout_ms: float | None = None, latency_confidence: float | None = None) -> Explanation:
         """Dry run: what the daemon would choose now, and why (nothing runs)."""
-        rid = request_id or new_request_id()
-        frames = infer_message(rid, model, (), version=version, min_accuracy=min_accuracy,
-                               max_latency_ms=max_latency_ms, max_energy_mj=max_energy_mj,
-                               objective=objective, on_infeasible=on_infeasible, variant=variant,
-                               placement=placement, explain=True, client=self.name, request_type="explain",
-                               latency_confidence=latency_confidence)
-        header, _ = self._roundtrip(rid, frames, timeout_ms)
-        return Explanation.from_body(body_from_reply(header, "explain"))
+        return self._exchange(self._core.explain(
+            model, version=version, min_accuracy=min_accuracy, max_latency_ms=max_latency_ms,
+            max_energy_mj=max_energy_mj, objective=objective, on_infeasible=on_infeasible, variant=variant,
+            placement=placement, request_id=request_id, timeout_ms=timeout_ms,
+            latency_confidence=latency_confidence))
 
     def models(self, timeout_ms: float | None = None) -> dict[str, Any]:
         """Body of ``models`` (§7.1): ``models`` (with their variants) and ``placements``."""
-        return self._control("models", timeout_ms)
+        return self._exchange(self._core.control("models", timeout_ms))
 
     def placements(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return self._control("placements", timeout_ms)
+        return self._exchange(self._core.control("placements", timeout_ms))
 
     def stats(self, timeout_ms: float | None = None) -> dict[str, Any]:
         """Body of ``stats`` (§7.3): ``arms`` (one map per variant x placement) and ``energy``."""
-        return self._control("stats", timeout_ms)
+        return self._exchange(self._core.control("stats", timeout_ms))
 
     def health(self, timeout_ms: float | None = None) -> dict[str, Any]:
-        return self._control("health", timeout_ms)
+        return self._exchange(self._core.control("health", timeout_ms))
 
     def reload(self, timeout_ms: float | None = None) -> dict[str, Any]:
         """Reload the daemon's repository; the daemon accepts it on its admin endpoint only
         (:func:`default_admin_endpoint`): elsewhere it is answered ``FORBIDDEN``."""
-        return self._control("reload", timeout_ms)
+        return self._exchange(self._core.control("reload", timeout_ms))
 
-    def _control(self, request_type: str, timeout_ms: float | None) -> dict[str, Any]:
-        rid = new_request_id()
-        header, _ = self._roundtrip(rid, control_message(rid, request_type), timeout_ms)
-        return body_from_reply(header, request_type)
+    # --- I/O ----------------------------------------------------------------------------
 
-    def _roundtrip(self, rid: str, frames: list[Any], timeout_ms: float | None,
-                   retries: int | None = None) -> tuple[dict[str, Any], list[memoryview]]:
-        timeout_s = (timeout_ms if timeout_ms is not None else self.timeout_ms) / 1e3
-        retries = self.retries if retries is None else retries
+    def _run(self, operation: Generator[Call, Any, Any]) -> Any:
+        """Drive one of the core's multi-request operations: each call it yields is exchanged and
+        its value sent back; a failure closes the operation (its cleanup runs) and propagates."""
+        with contextlib.closing(operation):
+            try:
+                call = next(operation)
+                while True:
+                    call = operation.send(self._exchange(call))
+            except StopIteration as done:
+                return done.value
+
+    def _exchange(self, call: Call) -> Any:
+        """Send ``call`` and wait for its outcome, as the core directs; its value or its exception."""
+        core = self._core
+        rid = call.request_id
         with self._lock:
             if self._closed:
                 raise RuntimeError("client is closed")
-            for attempt in range(retries + 1):
-                if attempt:
-                    self.retried += 1
-                deadline = time.monotonic() + timeout_s
-                if not self._send(frames, deadline):
+            event = core.start(call, time.monotonic())
+            try:
+                while type(event) is Send:
+                    if event.wait_s > 0:
+                        time.sleep(event.wait_s)   # BUSY: the core's randomised wait
+                    event = self._attempt(rid, event.frames, core.sending(rid, time.monotonic()))
+            finally:
+                core.forget(rid)
+        if type(event) is Done:
+            return event.value
+        raise event.error
+
+    def _attempt(self, rid: str, frames: list[Any], deadline: float) -> Event:
+        """One attempt: send, then read replies until this request's event or the deadline."""
+        core = self._core
+        if self._send(frames, deadline):
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not self._poller.poll(max(1, int(remaining * 1e3))):
                     continue
-                while (remaining := deadline - time.monotonic()) > 0:
-                    if not self._poller.poll(max(1, int(remaining * 1e3))):
-                        continue
-                    reply = recv_frames(self._socket)
-                    got, header, bodies = reply_id(reply)
-                    if header is None:
-                        raise ReplyError("undecodable reply from the daemon", request_id=rid)
-                    if got == rid:
-                        return header, bodies
-                    if got is None and header.get("type") == "error":
-                        raise error_from_header(header)   # daemon could not read our id
-                    self.stale_replies += 1               # a late reply to an earlier request
-        attempts = retries + 1
-        raise RequestTimeout(f"no reply from {self.endpoint} within {timeout_s * 1e3:.0f} ms "
-                             f"({attempts} attempt{'s' if attempts > 1 else ''}, same id)", request_id=rid)
+                event = core.receive(recv_frames(self._socket), time.monotonic())
+                kind = type(event)
+                if kind is Stale:
+                    continue                               # a late reply to an earlier request
+                if kind is Undecodable:
+                    return core.undecodable(rid)
+                if kind is Unattributed:                   # the daemon could not read our id
+                    return core.fail_awaiting(event.error)[0]
+                return event                               # ours: the only request in flight
+        return core.timed_out(rid)
 
     def _send(self, frames: list[Any], deadline: float) -> bool:
         while True:

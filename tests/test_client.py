@@ -264,8 +264,9 @@ def test_async_client_retry_timeout_and_errors(endpoint):
 
 def test_busy_backoff_doubles_is_capped_and_randomised():
     from adaptd.clients.client import BUSY_BACKOFF_MAX_MS, ClientSettings
+    from adaptd.clients.core import ClientCore
 
-    s = ClientSettings("ipc:///nowhere", 1000.0, 0, None, busy_retries=5, busy_backoff_ms=2.0)
+    s = ClientCore(ClientSettings("ipc:///nowhere", 1000.0, 0, None, busy_retries=5, busy_backoff_ms=2.0))
     for retry, cap_ms in ((0, 2.0), (1, 4.0), (3, 16.0), (10, BUSY_BACKOFF_MAX_MS)):
         waits_ms = [s.busy_wait_s(retry) * 1e3 for _ in range(200)]
         assert all(cap_ms / 2 <= w < cap_ms for w in waits_ms), (retry, min(waits_ms), max(waits_ms))
@@ -298,3 +299,32 @@ def test_fit_to_spec_sends_frames_as_uint8_where_the_model_declares_preprocessin
     scaled = fit_to_spec(image, plain)
     assert scaled.dtype == np.float32 and float(scaled.max()) <= 1.0    # no declaration: scaled to [0, 1] here
     np.testing.assert_allclose(scaled * 255, sent, atol=1)
+
+
+def test_both_clients_resend_busy_under_the_same_id_and_fail_calls_the_daemon_could_not_read(endpoint):
+    def handler(header, arrays, count):
+        if header.get("id") == "unreadable":   # as if the daemon could not read the id
+            return [(p.error_header("MALFORMED", "header is not valid msgpack"), [])]
+        if header["type"] == "infer" and count <= 2:
+            return [(p.error_header("BUSY", "queue full", header["id"]), [])]
+        return echo_softmax(header, arrays, count)
+    daemon = FakeDaemon(endpoint, handler)
+
+    async def run_async():
+        async with AsyncClient(endpoint, timeout_ms=5000, busy_retries=3, busy_backoff_ms=1.0) as c:
+            r = await c.infer("digits", np.ones((1, 2), np.float32), request_id="async-busy")
+            with pytest.raises(e.MalformedError):
+                await c.infer("digits", np.ones((1, 2), np.float32), request_id="unreadable")
+            return r, c.busy_retried, c.retried
+    try:
+        with Client(endpoint, timeout_ms=5000, busy_retries=3, busy_backoff_ms=1.0) as c:
+            r = c.infer("digits", np.ones((1, 2), np.float32), request_id="sync-busy")
+            assert float(r.outputs[0][0, 0]) == 2.0 and (c.busy_retried, c.retried) == (2, 0)
+            with pytest.raises(e.MalformedError):
+                c.infer("digits", np.ones((1, 2), np.float32), request_id="unreadable")
+        r, busy_retried, retried = asyncio.run(run_async())
+        assert r.request_id == "async-busy" and (busy_retried, retried) == (2, 0)
+        ids = [h["id"] for h in daemon.received]
+        assert ids.count("sync-busy") == ids.count("async-busy") == 3
+    finally:
+        daemon.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -226,15 +227,15 @@ def test_the_client_retries_busy_when_asked_and_gives_up_when_told(daemon):
     """``busy_retries``: a request answered BUSY is sent again (same id) after a short wait, until
     there is room; with the retries spent the client raises BusyError. The worker is frozen so
     that the queue stays full for as long as the test needs, and freed once the client has been
-    refused at least once (an event set from the client's own wait, not a sleep)."""
+    refused at least once (an event set when the client draws its randomised wait, not a sleep)."""
     name = first_placement(daemon)
     sock = dealer(daemon)
     refused = threading.Event()
 
-    class Watched(Client):
-        def busy_wait_s(self, retry: int) -> float:
+    class Watched(random.Random):
+        def random(self) -> float:
             refused.set()
-            return super().busy_wait_s(retry)
+            return super().random()
 
     try:
         send_infer(sock, "hold", SLOW_BATCH, name)
@@ -249,7 +250,8 @@ def test_the_client_retries_busy_when_asked_and_gives_up_when_told(daemon):
                 with pytest.raises(BusyError):
                     c.infer(MODEL, images(1), variant="float32", placement=name)
                 assert c.busy_retried == 3
-            with Watched(daemon.endpoint, timeout_ms=REPLY_MS, busy_retries=10_000) as c:
+            with Client(daemon.endpoint, timeout_ms=REPLY_MS, busy_retries=10_000) as c:
+                c.core.jitter = Watched()
                 result: list = []
                 t = threading.Thread(target=lambda: result.append(
                     c.infer(MODEL, images(1), variant="float32", placement=name, request_id="patient")))
