@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repository", type=Path, default=None,
                     help="default: the slow model, built once into var/bench-slow")
     ap.add_argument("--model", default=None, help="default: the repository's first model")
+    ap.add_argument("--isolation", choices=("thread", "process"), default="thread",
+                    help="[placements] isolation of the daemon under test (default: thread, the daemon's default)")
     ap.add_argument("--variant", default="float32")
     ap.add_argument("--placement", default=None, help="default: the last single-core LiteRT placement")
     ap.add_argument("--queue-limit", type=int, default=32)
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no repository at {args.repository}")
     with tempfile.TemporaryDirectory(prefix="adaptd-overload-") as work:
         with DaemonProcess.start(args.repository, Path(work), config={
-                "placements": {"tensorflow": "off", "queue_limit": args.queue_limit}}) as daemon:
+                "placements": {"tensorflow": "off", "queue_limit": args.queue_limit,
+                               "isolation": args.isolation}}) as daemon:
             body = watch.control(daemon.endpoint, "models")["body"]
             entry = next((m for m in body["models"] if m["name"] == args.model), None) if args.model else body["models"][0]
             if entry is None:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no repository at {args.repository}: build one with `adaptd demo build --repository demo-repo`")
     with tempfile.TemporaryDirectory(prefix="adaptd-chaos-") as work:
         daemon = DaemonProcess.start(args.repository, Path(work), config={
-            "placements": {"tensorflow": "off", "queue_limit": args.queue_limit}})
+            "placements": {"tensorflow": "off", "queue_limit": args.queue_limit, "isolation": "process"}})
         try:
             models = watch.control(daemon.endpoint, "models")["body"]["models"]
             entry = next((m for m in models if m["name"] == args.model), None) if args.model else models[0]

@@ -176,6 +176,8 @@ class PlacementsConfig:
     tensorflow: str = "auto"                 # auto | on | off
     queue_limit: int = 32
     load: str = "lazy"                       # lazy | eager
+    isolation: str = "thread"                # thread | process: where LiteRT placements run
+    inline_max_ms: float = 2.0               # predicted latency up to which a job runs on the receiving thread
     custom: tuple[CustomPlacement, ...] = ()
     worker_start_timeout_s: float = 60.0
 
@@ -209,6 +211,10 @@ class PlacementsConfig:
             raise ConfigError(f"{w}.tensorflow: expected auto, on or off, got {out.tensorflow!r}")
         if out.load not in ("lazy", "eager"):
             raise ConfigError(f"{w}.load: expected lazy or eager, got {out.load!r}")
+        if out.isolation not in ("thread", "process"):
+            raise ConfigError(f"{w}.isolation: expected thread or process, got {out.isolation!r}")
+        if not 0.0 <= out.inline_max_ms <= 1000.0:
+            raise ConfigError(f"{w}.inline_max_ms: must be in 0..1000 (ms), got {out.inline_max_ms}")
         _positive(out.queue_limit, f"{w}.queue_limit")
         _positive(out.worker_start_timeout_s, f"{w}.worker_start_timeout_s")
         return out

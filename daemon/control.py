@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from adaptd.daemon.shm import RegionError
-from adaptd.daemon.worker_process import rss_bytes
+from adaptd.daemon.execution import rss_bytes
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 

@@ -71,6 +71,7 @@ class RequestPath:
         self.requests = 0           # replies sent
         self.errors = 0             # error replies sent
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
+        self._inline_max_ms = daemon.config.placements.inline_max_ms
         self._tracebacks: dict[str, float] = {}
 
     def drain(self, sock: zmq.Socket) -> None:
@@ -190,14 +191,21 @@ class RequestPath:
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
         self.d.regions.acquire(regions)
+        self.pending[(peer, rid)] = pending
+        predicted_ms = (choice.predicted or {}).get("latency_ms")
+        if predicted_ms is not None and predicted_ms <= self._inline_max_ms:
+            outcome = self.d.pool.run_inline(arm.placement.name, job)
+            if outcome is not None:   # ran here and now: no hand-off, no wake-up
+                self.on_outcome(outcome)
+                return
         if not self.d.pool.submit(arm.placement.name, job):
+            del self.pending[(peer, rid)]
             self.d.regions_gone(self.d.regions.release(regions))
             self.d.books.record(request, model, client, now, outcome="error", error_code=proto.BUSY, choice=choice,
                               arm=arm)
             raise proto.ProtocolError(proto.BUSY, f"placement {arm.placement.name} has {self.d.config.placements.queue_limit} "
                                       "requests queued; retry later", rid,
                                       {"placement": arm.placement.name, "queue_limit": self.d.config.placements.queue_limit})
-        self.pending[(peer, rid)] = pending
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:

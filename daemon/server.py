@@ -65,7 +65,7 @@ from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.shm import RegionTable
 from adaptd.daemon.request_path import RequestPath
-from adaptd.daemon.pool import WorkerPool
+from adaptd.daemon.dispatch import Dispatcher
 from adaptd.wire.rundir import ensure_daemon_dir
 
 log = logging.getLogger("adaptd")
@@ -173,8 +173,8 @@ class Daemon:
 
         self.meter = EnergyMeter.from_config(cfg.power)
         self.meter.start()
-        self.pool = WorkerPool(placements, cfg.placements.queue_limit,
-                               worker_options={"reject_nonfinite": cfg.server.reject_nonfinite})
+        self.pool = Dispatcher(placements, cfg.placements.queue_limit, isolation=cfg.placements.isolation,
+                               reject_nonfinite=cfg.server.reject_nonfinite, home_cores=cfg.server.cores)
         self.assemble(registry=registry, placements=placements, pool=self.pool, meter=self.meter, store=self.store,
                       frontend=self.frontend, regions=regions)
         self.pool.start()
@@ -315,8 +315,7 @@ class Daemon:
                     for outcome in self.pool.on_exit(item):
                         self.path.on_outcome(outcome)
                 else:
-                    outcome = self.pool.on_message(item)
-                    if outcome is not None:
+                    for outcome in self.pool.on_message(item):
                         self.path.on_outcome(outcome)
 
             now = time.monotonic()

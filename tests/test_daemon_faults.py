@@ -86,7 +86,8 @@ def wait_until(predicate, what: str, timeout_s: float = 60.0):
 
 @pytest.fixture
 def slow_daemon(slow_repository, tmp_path):
-    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "load": "eager"}})
+    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "load": "eager",
+                                                                              "isolation": "process"}})
     yield d
     d.stop()
 

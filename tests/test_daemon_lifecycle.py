@@ -143,7 +143,7 @@ class NotifySocket:
 def daemon(slow_repository, tmp_path_factory):
     work = tmp_path_factory.mktemp("faults")
     repo = copy_repository(slow_repository, work / "repo")
-    d = DaemonProcess.start(repo, work, config={"placements": {"tensorflow": "off", "queue_limit": QUEUE_LIMIT}})
+    d = DaemonProcess.start(repo, work, config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": QUEUE_LIMIT}})
     yield d
     assert d.stop() == 0, d.log()
 
@@ -294,7 +294,7 @@ def test_sighup_reloads_atomically_and_sigterm_drains(slow_repository, tmp_path)
     repo = copy_repository(slow_repository, tmp_path / "repo")
     notify = NotifySocket()
     try:
-        d = DaemonProcess.start(repo, tmp_path / "work", config={"placements": {"tensorflow": "off"}},
+        d = DaemonProcess.start(repo, tmp_path / "work", config={"placements": {"tensorflow": "off", "isolation": "process"}},
                                 env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"})
         try:
             ready = notify.wait("READY")
@@ -349,7 +349,7 @@ def test_sighup_reloads_atomically_and_sigterm_drains(slow_repository, tmp_path)
 
 
 def test_a_second_sigterm_stops_at_once_and_still_answers(slow_repository, tmp_path):
-    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off"},
+    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "isolation": "process"},
                                                                 "server": {"drain_timeout_s": 600.0,
                                                                            "max_batch": SLOW_BATCH * 20}})
     try:
@@ -403,7 +403,7 @@ def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
     # worker and its CPU time would say little.
     with DaemonProcess.start(slow_repository, tmp_path, config={
             "server": {"spin_us": int(spin_ms * 1000), "cores": [allowed[-1]]},
-            "placements": {"tensorflow": "off", "load": "eager"}}) as d:
+            "placements": {"tensorflow": "off", "isolation": "process", "load": "eager"}}) as d:
         placement = next(p["name"] for p in control(d, "placements")["placements"]
                          if p["runtime"] == "litert" and allowed[-1] not in p["cores"])
         proc = psutil.Process(d.proc.pid)
@@ -444,7 +444,7 @@ def test_server_cores_pin_the_daemons_threads_and_leave_the_workers_on_theirs(sl
     allowed = sorted(os.sched_getaffinity(0))
     core = allowed[-1]
     with DaemonProcess.start(slow_repository, tmp_path / "ok", config={
-            "server": {"cores": [core]}, "placements": {"tensorflow": "off"}}) as d:
+            "server": {"cores": [core]}, "placements": {"tensorflow": "off", "isolation": "process"}}) as d:
         placements = control(d, "placements")["placements"]
         tids = os.listdir(f"/proc/{d.proc.pid}/task")
         assert len(tids) >= 2
@@ -493,7 +493,7 @@ def test_sched_slice_us_reaches_every_thread_of_the_daemon_and_its_workers(slow_
     crash) runs with that slice, read from the kernel's own /proc view; requests are served."""
     slice_us = 250
     with DaemonProcess.start(slow_repository, tmp_path, config={
-            "server": {"sched_slice_us": slice_us}, "placements": {"tensorflow": "off"}}) as d:
+            "server": {"sched_slice_us": slice_us}, "placements": {"tensorflow": "off", "isolation": "process"}}) as d:
         sock = dealer(d)
         placements = control(d, "placements")["placements"]
         for i, p in enumerate(placements):   # one run each, so the interpreters' threads exist

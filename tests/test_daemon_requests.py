@@ -113,16 +113,34 @@ def has_tensorflow(pid: int) -> bool:
 
 # --- placements, models, every arm --------------------------------------------------------------
 
-def test_placements_each_have_a_live_pinned_worker(daemon, model):
+def thread_affinities(pid: int) -> list[list[int]]:
+    """The CPU affinity of every thread of a process."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out.append(sorted(os.sched_getaffinity(int(tid))))
+        except OSError:   # a thread that ended meanwhile
+            pass
+    return out
+
+
+def test_placements_each_have_a_live_pinned_executor(daemon, model):
+    """LiteRT placements run on a thread of the daemon pinned to their cores (isolation =
+    "thread", the default); the TensorFlow placement in a worker process pinned to its own."""
     placements = control(daemon, "placements")["placements"]
     names = [p["name"] for p in placements]
     assert "tf:cpu" in names and any(n.startswith("cpu:") for n in names)
     for p in placements:
         assert p["runtime"] == ("tensorflow" if p["name"] == "tf:cpu" else "litert")
         assert p["queue_limit"] > 0 and p["queued"] == 0 and p["restarts"] == 0
+        assert p["isolation"] == ("process" if p["runtime"] == "tensorflow" else "thread")
         pid = p["worker_pid"]
-        assert pid and pid != daemon.proc.pid
-        assert sorted(os.sched_getaffinity(pid)) == sorted(p["cores"]), p
+        if p["isolation"] == "process":
+            assert pid and pid != daemon.proc.pid
+            assert sorted(os.sched_getaffinity(pid)) == sorted(p["cores"]), p
+        else:
+            assert pid == daemon.proc.pid
+            assert sorted(p["cores"]) in thread_affinities(pid), p
 
 
 def test_measured_latency_excludes_the_model_load(daemon, model):
@@ -640,7 +658,7 @@ def test_health_counts_requests_and_errors(daemon, model):
 def test_tensorflow_is_only_in_the_tf_worker(daemon, model):
     assert not has_tensorflow(daemon.proc.pid)
     for p in control(daemon, "placements")["placements"]:
-        assert has_tensorflow(p["worker_pid"]) == (p["runtime"] == "tensorflow"), p["name"]
+        assert has_tensorflow(p["worker_pid"]) == (p["runtime"] == "tensorflow"), p["name"]   # the daemon's own pid for a thread placement
 
 
 def test_without_a_tf_placement_no_process_imports_tensorflow_and_eager_load_reports_memory(

@@ -44,7 +44,7 @@ def digits(n: int = 1, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def daemon(tiny_repository, tmp_path_factory):
     repo, model, _ = tiny_repository
-    d = DaemonProcess.start(repo, tmp_path_factory.mktemp("shm"), config={"placements": {"tensorflow": "off"}})
+    d = DaemonProcess.start(repo, tmp_path_factory.mktemp("shm"), config={"placements": {"tensorflow": "off", "isolation": "process"}})
     with Client(d.endpoint, timeout_ms=30_000) as c:
         placement = next(p["name"] for p in c.placements()["placements"] if p["runtime"] == "litert")
     yield d, model, placement
@@ -83,6 +83,34 @@ def test_shm_round_trip_matches_inline_and_the_daemon_never_maps_the_region(daem
         assert region.name not in Path(f"/proc/{d.proc.pid}/maps").read_text()
         c.unregister_region(region)
         assert not (SHM / region.name).exists()
+
+
+def test_shm_round_trip_on_a_thread_placement_matches_inline(tiny_repository, tmp_path):
+    """isolation = "thread" (the default): the placement's thread, or the receiving thread running
+    a short job inline, maps the region in the daemon's own process; inputs and outputs_to behave
+    exactly as with a worker process, and an ended region is unmapped there too."""
+    repo, model, _ = tiny_repository
+    with DaemonProcess.start(repo, tmp_path, config={"placements": {"tensorflow": "off"}}) as d, \
+            Client(d.endpoint, timeout_ms=30_000) as c:
+        placement = next(p["name"] for p in c.placements()["placements"] if p["isolation"] == "thread")
+        x = digits(4)
+        inline = c.infer(model, x, **pinned(placement)).outputs[0]
+        region = c.register_region(1 << 16)
+        xs = region.ndarray(x.shape, np.float32, offset=128)
+        xs[...] = x
+        np.testing.assert_array_equal(c.infer(model, xs, **pinned(placement)).outputs[0], inline)
+        r = c.infer(model, ShmTensor(region, 128, np.float32, x.shape), outputs_to=(region, 4096), **pinned(placement))
+        np.testing.assert_array_equal(r.outputs[0], inline)
+        assert region.offset_of(r.outputs[0]) == 4096
+        assert region.name in Path(f"/proc/{d.proc.pid}/maps").read_text()
+        c.unregister_region(region)
+        assert not (SHM / region.name).exists()
+        c.health()   # a round trip after the unregister: the placements' threads have unmapped it since
+        for _ in range(1000):
+            if region.name not in Path(f"/proc/{d.proc.pid}/maps").read_text():
+                break
+            c.health()
+        assert region.name not in Path(f"/proc/{d.proc.pid}/maps").read_text()
 
 
 def test_many_requests_reuse_one_region(daemon):
@@ -302,7 +330,7 @@ def test_a_crashed_owner_leaves_no_region_behind(daemon):
 
 def test_daemon_exit_and_kill_leave_no_region_files(tiny_repository, tmp_path):
     repo, model, _ = tiny_repository
-    cfg = {"placements": {"tensorflow": "off"}}
+    cfg = {"placements": {"tensorflow": "off", "isolation": "process"}}
     d = DaemonProcess.start(repo, tmp_path / "a", config=cfg)
     try:
         reply, _ = d.request({"type": "shm_register", "id": "r1", "size": 4096})
@@ -334,7 +362,7 @@ def test_clients_close_promptly_when_their_daemon_is_gone(tiny_repository, tmp_p
     wait out every retry of every region)."""
     repo, _, _ = tiny_repository
     loop = asyncio.new_event_loop()
-    d = DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"tensorflow": "off"}})
+    d = DaemonProcess.start(repo, tmp_path / "d", config={"placements": {"tensorflow": "off", "isolation": "process"}})
     try:
         sync = Client(d.endpoint, timeout_ms=30_000, retries=2)
         sync_regions = [sync.register_region(4096) for _ in range(3)]
@@ -408,7 +436,7 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
     """A worker SIGKILLed mid-read fails that request WORKER_FAILED; a region unregistered while
     requests hold it stays mapped for them (the queued one runs on the restarted worker, which
     maps it afresh) and is unlinked when the last of them is answered."""
-    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off"}})
+    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "isolation": "process"}})
     try:
         with Client(d.endpoint, timeout_ms=60_000, retries=0) as c:
             litert = [p for p in c.placements()["placements"] if p["runtime"] == "litert"]

@@ -38,7 +38,7 @@ def test_workers_killed_mid_request_lose_duplicate_and_misroute_nothing(slow_rep
     exp_path = tmp_path / "expected.npz"
     expected.build(slow_repository, "slow", "1", CLIENTS * 8, candidates=CLIENTS * 16).save(exp_path)
     daemon = DaemonProcess.start(slow_repository, tmp_path / "daemon",
-                                 config={"placements": {"tensorflow": "off", "queue_limit": 16}})
+                                 config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": 16}})
     try:
         outcome = chaos.run(daemon, exp_path, requests=REQUESTS, clients=CLIENTS, kill_every_s=KILL_EVERY_S,
                             window=4, deadline_s=30.0, busy_only=True)
@@ -66,7 +66,7 @@ def test_a_worker_killed_between_two_jobs_loses_nothing_and_the_daemon_lives(slo
     is frozen (SIGSTOP) meanwhile so that this order is certain, not a race: frozen, it cannot
     read the result, dispatch the next job or notice the death until SIGCONT. Each request must
     get exactly one reply (a result, or WORKER_FAILED), and the daemon must go on serving."""
-    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "queue_limit": 4}})
+    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": 4}})
     log = watch.LogWatch(d.log_path)
     placement = [p for p in watch.control(d.endpoint, "placements")["body"]["placements"] if len(p["cores"]) == 1][0]
     sock = zmq.Context.instance().socket(zmq.DEALER)

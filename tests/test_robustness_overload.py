@@ -35,7 +35,7 @@ REPLY_S = 60.0
 @pytest.fixture
 def daemon(slow_repository, tmp_path):
     d = DaemonProcess.start(slow_repository, tmp_path,
-                            config={"placements": {"tensorflow": "off", "queue_limit": QUEUE_LIMIT}})
+                            config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": QUEUE_LIMIT}})
     yield d
     assert d.stop() == 0, d.log()
 

@@ -71,7 +71,7 @@ def tiny(tiny_repository, tmp_path_factory):
     repo, name, version = tiny_repository
     work = tmp_path_factory.mktemp("replay")
     exp = expected.build(repo, name, version, 2)
-    d = DaemonProcess.start(repo, work, config={"placements": {"tensorflow": "off"}})
+    d = DaemonProcess.start(repo, work, config={"placements": {"tensorflow": "off", "isolation": "process"}})
     yield d, exp
     assert d.stop() == 0, d.log()
 
@@ -145,7 +145,7 @@ SLOW_BATCH = 48     # one request of this batch runs for about half a second on 
 def slow(slow_repository, tmp_path_factory):
     work = tmp_path_factory.mktemp("replay-slow")
     exp = expected.build(slow_repository, "slow", "1", 2, candidates=8)
-    d = DaemonProcess.start(slow_repository, work, config={"placements": {"tensorflow": "off", "queue_limit": 4}})
+    d = DaemonProcess.start(slow_repository, work, config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": 4}})
     yield d, exp
     assert d.stop() == 0, d.log()
 

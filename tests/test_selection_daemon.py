@@ -64,7 +64,7 @@ def throttled(process: psutil.Process):
 def test_a_slowed_placement_loses_its_traffic(slow_repository, tmp_path):
     cores = sorted(os.sched_getaffinity(0))[:2]
     names = [f"cpu:{c}" for c in cores]
-    config = {"placements": {"include": names, "load": "eager"},
+    config = {"placements": {"include": names, "load": "eager", "isolation": "process"},   # the worker is throttled
               "selector": {"probe_interval_s": 1.0, "probe_share": 0.05}}
     x = np.random.default_rng(0).random((1, 32, 32, 8), dtype=np.float32)
     with DaemonProcess.start(slow_repository, tmp_path / "d", config=config) as d, Client(d.endpoint) as client:

@@ -1,0 +1,155 @@
+"""Where a job runs: a placement's thread in the daemon (LiteRT, the default), or its worker process
+(TensorFlow placements, and LiteRT ones with ``isolation = "process"``), behind one interface.
+
+Contract
+--------
+* :class:`Dispatcher` offers the daemon one pool: ``submit``, ``run_inline``, queue lengths,
+  snapshots, loads, shared-memory unmaps, the file descriptors its loop polls and what they
+  deliver (:meth:`on_message` returns the outcomes that arrived, :meth:`on_exit` those of a dead
+  worker process), and the lifecycle. Each call goes to the placement's host:
+  :class:`~adaptd.daemon.placement_threads.ThreadPlacements` or
+  :class:`~adaptd.daemon.pool.WorkerPool`. ``workers`` maps every placement to its state (the
+  selector reads ``queue`` and ``inflight`` of each).
+* A job runs inline (on the calling thread, no hand-off: :meth:`run_inline`) only on a thread
+  placement, and only when that placement is idle with the variant loaded; the caller decides
+  which jobs are short enough.
+* The daemon's main thread only, like the two hosts it wraps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from adaptd.daemon.placement_threads import ThreadPlacements
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.pool import Job, Outcome, WorkerPool
+
+log = logging.getLogger("adaptd.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, placements: Iterable[Placement], queue_limit: int, *, isolation: str = "thread",
+                 reject_nonfinite: bool = True, home_cores: tuple[int, ...] = ()) -> None:
+        placements = list(placements)
+        in_thread = [p for p in placements if p.runtime == "litert" and isolation == "thread"]
+        in_process = [p for p in placements if p not in in_thread]
+        self.queue_limit = queue_limit
+        self.threads = ThreadPlacements(in_thread, queue_limit, reject_nonfinite=reject_nonfinite,
+                                        home_cores=home_cores)
+        self.processes = WorkerPool(in_process, queue_limit, worker_options={"reject_nonfinite": reject_nonfinite})
+        self._host: dict[str, Any] = {p.name: self.threads for p in in_thread}
+        self._host.update({p.name: self.processes for p in in_process})
+        self.workers: dict[str, Any] = {**self.threads.workers, **self.processes.workers}
+
+    # --- callbacks the daemon sets ---------------------------------------------------------------
+    @property
+    def on_change(self) -> Callable[[], None] | None:
+        return self.processes.on_change
+
+    @on_change.setter
+    def on_change(self, fn: Callable[[], None] | None) -> None:
+        self.processes.on_change = fn
+
+    @property
+    def on_down(self) -> Callable[[str], None] | None:
+        return self.processes.on_down
+
+    @on_down.setter
+    def on_down(self, fn: Callable[[str], None] | None) -> None:
+        self.processes.on_down = fn
+
+    @property
+    def on_load_failed(self) -> Callable[[str, tuple[str, str], str], None] | None:
+        return self.processes.on_load_failed
+
+    @on_load_failed.setter
+    def on_load_failed(self, fn: Callable[[str, tuple[str, str], str], None] | None) -> None:
+        self.processes.on_load_failed = fn
+        self.threads.on_load_failed = fn
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.threads.start()
+        self.processes.start()
+
+    def wait_ready(self, timeout_s: float) -> list[str]:
+        return self.threads.wait_ready(timeout_s) + self.processes.wait_ready(timeout_s)
+
+    def wait_loaded(self, timeout_s: float) -> list[str]:
+        return self.threads.wait_loaded(timeout_s) + self.processes.wait_loaded(timeout_s)
+
+    def measure_overhead_ms(self) -> dict[str, float]:
+        """The hop a process placement adds to every execution (a thread placement's inline runs
+        have none; its hand-offs are learnt from executions like the rest of the path)."""
+        return {**{name: 0.0 for name in self.threads.workers}, **self.processes.measure_overhead_ms()}
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.threads.stop(timeout_s)
+        self.processes.stop(timeout_s)
+
+    # --- work ------------------------------------------------------------------------------------
+    def submit(self, placement: str, job: Job) -> bool:
+        return self._host[placement].submit(placement, job)
+
+    def run_inline(self, placement: str, job: Job) -> Outcome | None:
+        host = self._host[placement]
+        return host.run_inline(placement, job) if host is self.threads else None
+
+    def preload(self, placement: str, version_dir: str, variant: str) -> None:
+        self._host[placement].preload(placement, version_dir, variant)
+
+    def unload_except(self, dirs: set[str]) -> None:
+        self.threads.unload_except(dirs)
+        self.processes.unload_except(dirs)
+
+    def broadcast(self, verb: str, header: dict[str, Any]) -> None:
+        self.threads.broadcast(verb, header)
+        self.processes.broadcast(verb, header)
+
+    # --- the loop's file descriptors -----------------------------------------------------------
+    def channel_fds(self) -> list[int]:
+        return [self.threads.fileno(), *self.processes.channel_fds()]
+
+    def pidfds(self) -> list[int]:
+        return self.processes.pidfds()
+
+    def on_message(self, fd: int) -> list[Outcome]:
+        if fd == self.threads.fileno():
+            return self.threads.completed()
+        outcome = self.processes.on_message(fd)
+        return [] if outcome is None else [outcome]
+
+    def on_exit(self, fd: int) -> list[Outcome]:
+        return self.processes.on_exit(fd)
+
+    def next_restart_s(self) -> float | None:
+        return self.processes.next_restart_s()
+
+    def restart_due(self) -> None:
+        self.processes.restart_due()
+
+    # --- queries ---------------------------------------------------------------------------------
+    def queue_length(self, placement: str) -> int:
+        return self._host[placement].queue_length(placement)
+
+    def down_reason(self, placement: str) -> str | None:
+        host = self._host[placement]
+        return host.down_reason(placement) if host is self.processes else None
+
+    def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
+        return self.loaded_bytes(placement, version_dir, variant) is not None
+
+    def latest_dispatch_ns(self) -> int | None:
+        times = [t for t in (self.threads.latest_dispatch_ns(), self.processes.latest_dispatch_ns()) if t is not None]
+        return max(times) if times else None
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return self.threads.snapshots() + [{**s, "isolation": "process"} for s in self.processes.snapshots()]
+
+    def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
+        return self._host[placement].loaded_bytes(placement, version_dir, variant)
+
+    def workers_rss_bytes(self) -> int:
+        return self.processes.workers_rss_bytes()

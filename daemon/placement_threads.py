@@ -1,0 +1,292 @@
+"""LiteRT placements served in the daemon's own process: a pinned thread each, and short jobs run
+inline by the thread that received them.
+
+Contract
+--------
+* One :class:`ThreadPlacement` per LiteRT placement with ``isolation = "thread"``: a thread pinned
+  to the placement's cores (pinned before it creates an interpreter, so the interpreter's own
+  threads inherit the cores) that owns the placement's :class:`~adaptd.daemon.execution.VariantCache`
+  and shared-memory maps, and runs the jobs queued for it in order, one at a time. LiteRT's
+  ``invoke`` releases the GIL, so placements run in parallel with each other and with the
+  daemon's main thread.
+* Inline execution (:meth:`ThreadPlacements.run_inline`): the daemon's main thread runs a job
+  itself, with no hand-off, when the placement is idle (nothing queued or running, its lock free)
+  and the job's variant is loaded there. It moves onto the placement's cores for the run
+  (``sched_setaffinity`` of the calling thread: a no-op when already there) and stays there
+  (the next request most often goes the same way), or moves back to ``[server] cores`` when those
+  are set. The caller decides which jobs are short enough to run inline.
+* Every use of a placement's interpreters and maps happens under its lock, by its thread or by
+  the main thread inline: one at a time. Commands other than runs (load, unload, unmap, ping)
+  go through the same queue, so they never overlap a run.
+* Outcomes of jobs the threads ran are appended to a deque and the daemon's loop is woken through
+  an eventfd (:meth:`fileno`); :meth:`completed` hands them over on the main thread. An inline
+  run returns its outcome to its caller. Times are ``time.monotonic_ns()``; CPU time is the
+  executing thread's (for an interpreter with several threads, the others are counted as busy
+  for the whole run: an estimate, used by the estimated power model only).
+* A crash inside the interpreter (a segfault) ends the daemon (systemd restarts it); variant
+  files are checked against their manifest before they load. ``isolation = "process"`` keeps
+  crash isolation at the price of a process hop per request (adaptd.daemon.pool).
+* Created, started and stopped by the daemon's main thread; :meth:`submit`, :meth:`run_inline`,
+  :meth:`completed` and the queries are main-thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptd.daemon.execution import VariantCache, run_job
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.pool import Job, Outcome
+from adaptd.daemon.shm import WorkerMaps
+
+log = logging.getLogger("adaptd.threads")
+
+
+@dataclass
+class ThreadPlacement:
+    placement: Placement
+    reject_nonfinite: bool = True
+    queue: deque[Job] = field(default_factory=deque)          # runs waiting (the selector reads it)
+    commands: deque[tuple[str, Any]] = field(default_factory=deque)
+    inflight: Job | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wakeup: threading.Condition = field(default_factory=threading.Condition)
+    cache: VariantCache | None = None
+    maps: WorkerMaps = field(default_factory=WorkerMaps)
+    thread: threading.Thread | None = None
+    ready: bool = False
+    loading: set[tuple[str, str]] = field(default_factory=set)   # eager loads sent, not yet done
+    failed_loads: set[tuple[str, str]] = field(default_factory=set)
+    eager: list[tuple[str, str]] = field(default_factory=list)
+    stopping: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight is not None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.placement.to_dict(), "queued": len(self.queue), "busy": self.busy, "ready": self.ready,
+                "worker_pid": os.getpid(), "restarts": 0, "restart_in_s": None, "last_exit": None,
+                "isolation": "thread"}
+
+    def loaded(self) -> dict[tuple[str, str], int]:
+        return dict(self.cache.memory_bytes) if self.cache is not None else {}
+
+
+class ThreadPlacements:
+    def __init__(self, placements: Iterable[Placement], queue_limit: int, *, reject_nonfinite: bool = True,
+                 home_cores: tuple[int, ...] = ()) -> None:
+        self.queue_limit = queue_limit
+        self.workers: dict[str, ThreadPlacement] = {
+            p.name: ThreadPlacement(p, reject_nonfinite) for p in placements}
+        self._home = tuple(home_cores)               # [server] cores: where the main thread lives
+        self._here: tuple[int, ...] | None = None    # the main thread's cores now (None: unpinned)
+        self._done: deque[Outcome] = deque()
+        self._failed_loads: deque[tuple[str, tuple[str, str], str]] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._next_job = 1
+        self.on_load_failed: Callable[[str, tuple[str, str], str], None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        for w in self.workers.values():
+            w.thread = threading.Thread(target=self._serve, args=(w,), name=f"adaptd-{w.placement.name}",
+                                        daemon=True)
+            w.thread.start()
+
+    def wait_ready(self, timeout_s: float) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers.values():
+            with w.wakeup:
+                w.wakeup.wait_for(lambda w=w: w.ready, max(0.0, deadline - time.monotonic()))
+        return [name for name, w in self.workers.items() if not w.ready]
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        for w in self.workers.values():
+            with w.wakeup:
+                w.stopping = True
+                w.wakeup.notify()
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers.values():
+            if w.thread is not None:
+                w.thread.join(max(0.0, deadline - time.monotonic()))
+        os.close(self._wake)
+
+    # --- the placements' threads ---------------------------------------------------------------
+    def _serve(self, w: ThreadPlacement) -> None:
+        os.sched_setaffinity(0, w.placement.cores)   # before any interpreter exists: its threads inherit it
+        import ai_edge_litert.interpreter  # noqa: F401  (imported now, not on the first request)
+
+        w.cache = VariantCache(w.placement.threads, w.placement.device)
+        with w.wakeup:
+            w.ready = True
+            w.wakeup.notify_all()
+        while True:
+            idle_since_ns = time.monotonic_ns()
+            with w.wakeup:
+                while not (w.commands or w.queue or w.stopping):
+                    w.wakeup.wait()
+                if w.stopping:
+                    return
+                if w.commands:
+                    command = w.commands.popleft()
+                    job = None
+                else:
+                    job = w.queue.popleft()
+                    job.dispatched_ns = time.monotonic_ns()
+                    w.inflight = job
+            if job is None:
+                self._command(w, *command)
+                continue
+            with w.lock:
+                ok, header, bodies = self._execute(w, job, idle_since_ns)
+            self._done.append(Outcome(job, header, bodies, ok, time.monotonic_ns()))
+            w.inflight = None
+            os.eventfd_write(self._wake, 1)
+
+    def _command(self, w: ThreadPlacement, verb: str, arg: Any) -> None:
+        with w.lock:
+            if verb == "load":
+                try:
+                    w.cache.get(*arg)
+                except Exception as exc:  # noqa: BLE001 - reported; the placement serves on
+                    w.failed_loads.add(arg)
+                    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    log.warning("%s: cannot load %s: %s", w.placement.name, arg[1], message)
+                    self._failed_loads.append((w.placement.name, arg, message))
+                    os.eventfd_write(self._wake, 1)
+                with w.wakeup:
+                    w.loading.discard(arg)
+                    w.wakeup.notify_all()
+            elif verb == "unload_except":
+                w.cache.unload_except(arg)
+            elif verb == "unmap":
+                w.maps.unmap(arg)
+
+    def _execute(self, w: ThreadPlacement, job: Job, idle_since_ns: int) -> tuple[bool, dict[str, Any], list[Any]]:
+        """Run one job (the placement's lock held)."""
+        header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant, "inputs": job.input_headers}
+        if job.outputs_to is not None:
+            header["outputs_to"] = job.outputs_to
+        threads = w.placement.threads
+        ok, reply, bodies = run_job(w.cache, w.maps, header, job.input_frames, idle_since_ns, w.reject_nonfinite,
+                                    time.thread_time)
+        if ok and threads > 1:   # the interpreter's other threads, counted busy for the run
+            reply["cpu_time_s"] += (threads - 1) * (reply["t1_ns"] - reply["t0_ns"]) / 1e9
+        return ok, reply, bodies
+
+    # --- the daemon's main thread ----------------------------------------------------------------
+    def fileno(self) -> int:
+        """Readable when jobs the threads ran have outcomes (:meth:`completed`)."""
+        return self._wake
+
+    def completed(self) -> list[Outcome]:
+        """The outcomes of jobs the threads ran since the last call (and, through
+        ``on_load_failed``, the loads that failed)."""
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while self._failed_loads:
+            placement, key, message = self._failed_loads.popleft()
+            if self.on_load_failed:
+                self.on_load_failed(placement, key, message)
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def submit(self, placement: str, job: Job) -> bool:
+        """Queue a job for the placement's thread; False when its queue is full (BUSY)."""
+        w = self.workers[placement]
+        if len(w.queue) >= self.queue_limit:
+            return False
+        job.job_id = self._next_job
+        self._next_job += 1
+        with w.wakeup:
+            w.queue.append(job)
+            w.wakeup.notify()
+        return True
+
+    def run_inline(self, placement: str, job: Job) -> Outcome | None:
+        """Run a job on the calling (main) thread now, if the placement is idle and the variant
+        loaded there; else None (the caller queues it)."""
+        w = self.workers[placement]
+        if w.queue or w.inflight is not None or w.commands or w.cache is None \
+                or (job.version_dir, job.variant) not in w.cache.loaded or not w.lock.acquire(blocking=False):
+            return None
+        try:
+            cores = w.placement.cores
+            if self._here != cores:
+                os.sched_setaffinity(0, cores)
+                self._here = cores
+            job.job_id = self._next_job
+            self._next_job += 1
+            job.dispatched_ns = time.monotonic_ns()
+            w.inflight = job
+            ok, header, bodies = self._execute(w, job, job.dispatched_ns)
+            w.inflight = None
+        finally:
+            w.lock.release()
+            if self._home and self._here != self._home:
+                os.sched_setaffinity(0, self._home)
+                self._here = self._home
+        return Outcome(job, header, bodies, ok, time.monotonic_ns())
+
+    def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
+        cache = self.workers[placement].cache
+        return cache is not None and (version_dir, variant) in cache.loaded
+
+    def _send(self, w: ThreadPlacement, verb: str, arg: Any) -> None:
+        with w.wakeup:
+            w.commands.append((verb, arg))
+            w.wakeup.notify()
+
+    def preload(self, placement: str, version_dir: str, variant: str) -> None:
+        w = self.workers[placement]
+        key = (version_dir, variant)
+        if key not in w.eager:
+            w.eager.append(key)
+        w.loading.add(key)
+        self._send(w, "load", key)
+
+    def wait_loaded(self, timeout_s: float) -> list[str]:
+        """Block until every eager load sent so far has finished (start-up only); the laggards."""
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers.values():
+            with w.wakeup:
+                w.wakeup.wait_for(lambda w=w: not w.loading, max(0.0, deadline - time.monotonic()))
+        return [name for name, w in self.workers.items() if w.loading]
+
+    def unload_except(self, dirs: set[str]) -> None:
+        for w in self.workers.values():
+            w.eager = [k for k in w.eager if k[0] in dirs]
+            self._send(w, "unload_except", set(dirs))
+
+    def broadcast(self, verb: str, header: dict[str, Any]) -> None:
+        if verb == "shm_unmap":
+            for w in self.workers.values():
+                self._send(w, "unmap", list(header.get("regions", ())))
+
+    # --- queries ---------------------------------------------------------------------------------
+    def queue_length(self, placement: str) -> int:
+        w = self.workers[placement]
+        return len(w.queue) + (1 if w.inflight is not None else 0)
+
+    def latest_dispatch_ns(self) -> int | None:
+        times = [w.inflight.dispatched_ns for w in self.workers.values()
+                 if w.inflight is not None and w.inflight.dispatched_ns is not None]
+        return max(times) if times else None
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [w.snapshot() for w in self.workers.values()]
+
+    def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
+        return self.workers[placement].loaded().get((version_dir, variant))
