@@ -23,6 +23,7 @@ Contract
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -93,15 +94,21 @@ def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memory
 
 def nonfinite_input(inputs: list[np.ndarray]) -> int | None:
     """The index of the first float input holding a NaN or an infinity, else None. A float32
-    input is screened by its dot product with itself (finite for finite inputs below 1e17 in
-    magnitude, 2.5x faster than ``isfinite`` on 150k values), then checked exactly if it fails."""
+    input is screened by one reduction, finite for finite inputs below 1e17 in magnitude, and
+    checked exactly only when that is not finite: its sum for small inputs (1.3 us for 256
+    values), its dot product with itself (BLAS: 16 us for 150k values, ``isfinite`` 40)."""
     for i, x in enumerate(inputs):
         if x.dtype.kind != "f" or x.size == 0:
             continue
-        flat = x.reshape(-1)
-        if x.dtype == np.float32 and np.isfinite(np.dot(flat, flat)):
-            continue
-        if not np.isfinite(flat).all():
+        if x.dtype == np.float32:
+            if x.size <= 4096:
+                screen = np.add.reduce(x, axis=None)
+            else:
+                flat = x.reshape(-1)
+                screen = np.dot(flat, flat)
+            if math.isfinite(screen):
+                continue
+        if not np.isfinite(x).all():
             return i
     return None
 

@@ -25,7 +25,9 @@ Contract
   one fsync per batch.
 * Publishing: as the writer dequeues a record it publishes it on PUB with the frames of
   PROTOCOL.md §9: ``[b"sel.<model>", b"ADPT01", msgpack(record)]``. The stream is best
-  effort (a slow subscriber loses messages); the database is the durable record.
+  effort (a slow subscriber loses messages); the database is the durable record. The socket is
+  an XPUB: the writer counts subscriptions and, while there are none, packs nothing (a
+  record's msgpack and send were the writer's largest cost per record).
 * Retention: every ``retention_interval_s`` the writer deletes rows older than
   ``retention_days`` and then the oldest rows beyond ``retention_max_rows``; ``None`` turns
   either rule off.
@@ -173,6 +175,7 @@ class SelectionStore:
         # counters (written by the writer thread, read anywhere)
         self.rows_written = 0
         self.published = 0
+        self.subscriptions = 0      # the stream's live subscriptions (by topic prefix)
         self.dropped = 0
         self.batches = 0
         self.last_flush_ts: float | None = None
@@ -244,7 +247,7 @@ class SelectionStore:
                 record_board_id(conn, self.board_id)
             if self.pub_endpoints:
                 ctx = self._context or zmq.Context.instance()
-                pub = ctx.socket(zmq.PUB)
+                pub = ctx.socket(zmq.XPUB)   # a PUB that hears subscriptions: none, nothing to pack
                 pub.setsockopt(zmq.LINGER, 0)
                 pub.setsockopt(zmq.SNDHWM, 10_000)
                 if self._guard is not None:
@@ -282,9 +285,10 @@ class SelectionStore:
                 if gap > 0:
                     self._stop.wait(gap)
                 self._wake.clear()
+            listening = pub is not None and self._subscribed(pub)
             while self._queue:
                 record = self._queue.popleft()
-                if pub is not None:
+                if listening:
                     self._publish(pub, record)
                 pending.append(record_row(record))
             if pending:
@@ -313,6 +317,19 @@ class SelectionStore:
                 next_retention = time.monotonic() + self.config.retention_interval_s
             if stopping and not self._queue:
                 return
+
+    def _subscribed(self, pub: zmq.Socket) -> bool:
+        """Whether any subscriber listens (XPUB hands the writer each subscribe and unsubscribe):
+        with none, records are not packed for the stream at all."""
+        while True:
+            try:
+                message = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return self.subscriptions > 0
+            if message[:1] == b"\x01":
+                self.subscriptions += 1
+            elif message[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
 
     def _publish(self, pub: zmq.Socket, record: Mapping[str, Any]) -> None:
         model = record.get("model") or ""

