@@ -74,6 +74,9 @@ class NoMeter:
     def predict_mj(self, placement, latency_ms):
         return latency_ms
 
+    def runtime_energy_mj(self, cpu_s):
+        return cpu_s * 1000.0, "estimated:generic"
+
     def describe(self) -> dict:
         return {}
 

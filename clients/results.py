@@ -72,6 +72,24 @@ class Energy:
 
 
 @dataclass(frozen=True)
+class RuntimeCost:
+    """The daemon's own cost for one request, outside the execution: its CPU time and that time's
+    energy, which is always estimated (PROTOCOL.md §5)."""
+
+    cpu_ms: float | None
+    energy_mj: float | None
+    source: str | None
+    estimated: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RuntimeCost | None:
+        if not d:
+            return None
+        return cls(_f(d.get("cpu_ms")), _f(d.get("energy_mj")), d.get("source") if isinstance(d.get("source"), str)
+                   else None, True)
+
+
+@dataclass(frozen=True)
 class Predicted:
     latency_ms: float | None = None
     latency_bound_ms: float | None = None
@@ -117,6 +135,7 @@ class Selection:
     reason: Reason
     replayed: bool = False
     alternatives: list[dict[str, Any]] | None = None
+    runtime: RuntimeCost | None = None
 
     @classmethod
     def from_header(cls, h: Mapping[str, Any]) -> Selection:
@@ -129,6 +148,7 @@ class Selection:
                 constraints_met={str(k): bool(v) for k, v in (h.get("constraints_met") or {}).items()},
                 met=bool(h.get("met", True)), reason=Reason.from_value(h.get("reason")),
                 replayed=bool(h.get("replayed", False)), alternatives=h.get("alternatives"),
+                runtime=RuntimeCost.from_dict(h.get("runtime")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ReplyError(f"result reply lacks a valid field: {exc}", request_id=h.get("id")) from None

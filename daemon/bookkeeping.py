@@ -69,7 +69,8 @@ class Bookkeeping:
     # --- records ---------------------------------------------------------------------------------
     def record(self, request: proto.Request, model: ModelVersion, client: str, now: float, *, outcome: str,
                error_code: str | None, choice: Any, arm: Arm | None, timing: Mapping[str, float] | None = None,
-               energy: Mapping[str, Any] | None = None, met: Mapping[str, bool] | None = None) -> None:
+               energy: Mapping[str, Any] | None = None, met: Mapping[str, bool] | None = None,
+               runtime: Mapping[str, Any] | None = None) -> None:
         """One selection record: ``timing``, ``energy`` and ``met`` as the reply carries them
         (None when nothing ran)."""
         self._submit(records.selection_record(
@@ -78,4 +79,4 @@ class Bookkeeping:
             constraints=request.constraints.as_dict(), outcome=outcome, error_code=error_code,
             variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
             reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
-            energy=energy, met=met))
+            energy=energy, met=met, runtime=runtime))

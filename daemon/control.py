@@ -58,7 +58,18 @@ class Control:
                 mem = d.pool.loaded_bytes(arm.placement.name, str(model.directory), arm.variant.name)
                 arms.append({**d.books.stats_of(model, arm).snapshot(now, mem is not None, mem),
                              **d.health.describe(model, arm, mono)})
-        return {"arms": arms, "energy": d.meter.describe()}
+        return {"arms": arms, "energy": d.meter.describe(), "runtime": self.runtime()}
+
+    def runtime(self) -> dict[str, Any]:
+        """What the daemon itself costs per inference: its process's CPU time since it started,
+        less the executions run in it (thread placements), over the inferences answered; the
+        energy, estimated from that CPU time."""
+        d = self.d
+        served = max(d.path.inferences, 1)
+        cpu_s = max(time.process_time() - d.started_cpu_s - d.path.execution_cpu_s, 0.0)
+        energy_mj, source = d.meter.runtime_energy_mj(cpu_s / served)
+        return {"inferences": d.path.inferences, "cpu_ms_per_request": cpu_s / served * 1e3,
+                "energy_mj_per_request": energy_mj, "source": source, "estimated": True}
 
     def health(self, request: proto.Request) -> dict[str, Any]:
         d = self.d

@@ -178,8 +178,11 @@ class ThreadPlacements:
         threads = w.placement.threads
         ok, reply, bodies = run_job(w.cache, w.maps, header, job.input_frames, idle_since_ns, w.reject_nonfinite,
                                     time.thread_time)
-        if ok and threads > 1:   # the interpreter's other threads, counted busy for the run
-            reply["cpu_time_s"] += (threads - 1) * (reply["t1_ns"] - reply["t0_ns"]) / 1e9
+        if ok:
+            reply["in_process"] = True
+            reply["caller_cpu_s"] = reply["cpu_time_s"]   # the calling thread's own, measured
+            if threads > 1:   # the interpreter's other threads, counted busy for the run
+                reply["cpu_time_s"] += (threads - 1) * (reply["t1_ns"] - reply["t0_ns"]) / 1e9
         return ok, reply, bodies
 
     # --- the daemon's main thread ----------------------------------------------------------------

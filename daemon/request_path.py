@@ -56,6 +56,9 @@ class Pending:
     received_ns: int
     received_at: float
     peer: bytes = b""
+    cpu_start_ns: int = 0       # the main thread's CPU clock when the request arrived
+    cpu_ns: int = 0             # its CPU time on the request until the job was handed over
+    inline: bool = False        # run on the main thread (its execution's CPU is the main thread's too)
     submitted_ns: int = 0       # handed to the worker pool (after decoding and choosing)
     regions: tuple[str, ...] = ()   # shared-memory regions the job reads or writes (held until its outcome)
 
@@ -71,6 +74,9 @@ class RequestPath:
         self.requests = 0           # replies sent
         self.errors = 0             # error replies sent
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
+        self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
+        self.inferences = 0         # inference requests answered with a result
+        self._cpu0 = 0
         self._inline_max_ms = daemon.config.placements.inline_max_ms
         self._tracebacks: dict[str, float] = {}
 
@@ -86,6 +92,7 @@ class RequestPath:
     def on_request(self, sock: Any, frames: list[Any]) -> None:
         """One message from a request socket: exactly one reply, now or when its job ends."""
         received_ns = time.monotonic_ns()
+        self._cpu0 = time.thread_time_ns()
         # The envelope is everything before the empty delimiter (one identity frame for a
         # direct DEALER or REQ peer, more behind a proxy).
         split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
@@ -190,14 +197,17 @@ class RequestPath:
                    for i, s in enumerate(request.inputs)],
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
+        pending.cpu_start_ns = self._cpu0
         self.d.regions.acquire(regions)
         self.pending[(peer, rid)] = pending
         predicted_ms = (choice.predicted or {}).get("latency_ms")
         if predicted_ms is not None and predicted_ms <= self._inline_max_ms:
+            pending.inline = True
             outcome = self.d.pool.run_inline(arm.placement.name, job)
             if outcome is not None:   # ran here and now: no hand-off, no wake-up
                 self.on_outcome(outcome)
                 return
+            pending.inline = False
         if not self.d.pool.submit(arm.placement.name, job):
             del self.pending[(peer, rid)]
             self.d.regions_gone(self.d.regions.release(regions))
@@ -206,10 +216,12 @@ class RequestPath:
             raise proto.ProtocolError(proto.BUSY, f"placement {arm.placement.name} has {self.d.config.placements.queue_limit} "
                                       "requests queued; retry later", rid,
                                       {"placement": arm.placement.name, "queue_limit": self.d.config.placements.queue_limit})
+        pending.cpu_ns = time.thread_time_ns() - self._cpu0
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping."""
+        cpu0 = time.thread_time_ns()
         pending: Pending = outcome.job.context
         request, arm, model = pending.request, pending.arm, pending.model
         self.pending.pop((pending.peer, request.id), None)
@@ -254,13 +266,21 @@ class RequestPath:
         path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
         met = replies.met_constraints(request.constraints.as_dict(), arm.accuracy, total_ms, energy.energy_mj)
         choice = pending.choice
+        self.inferences += 1
+        if h.get("in_process"):
+            self.execution_cpu_s += float(h["cpu_time_s"])
+        if pending.inline:   # this thread ran the execution too: its CPU clock includes the run
+            cpu_ns = time.thread_time_ns() - pending.cpu_start_ns - int(float(h.get("caller_cpu_s", 0.0)) * 1e9)
+        else:
+            cpu_ns = pending.cpu_ns + time.thread_time_ns() - cpu0
+        runtime = replies.runtime_cost(cpu_ns / 1e6, *self.d.meter.runtime_energy_mj(cpu_ns / 1e9))
         header = replies.result_header(
             request_id=request.id, model=model.name, version=model.version, variant=arm.variant.name,
             placement=arm.placement.name, outputs=h["outputs"], queue_ms=queue_ms, compute_ms=compute_ms,
             total_ms=total_ms, energy_mj=energy.energy_mj, energy_source=energy.source,
             energy_estimated=energy.estimated, predicted=choice.predicted, constraints_met=met,
             reason_code=choice.code, reason_text=choice.text,
-            alternatives=choice.alternatives if request.explain else None)
+            alternatives=choice.alternatives if request.explain else None, runtime=runtime)
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
         self.requests += len(pending.routes)
@@ -276,7 +296,7 @@ class RequestPath:
                             now_ns / 1e9, compute_ms=timing["compute_ms"])
         self.d.books.record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
                           choice=pending.choice, arm=pending.arm, timing=timing, energy=energy,
-                          met=header["constraints_met"])
+                          met=header["constraints_met"], runtime=header["runtime"])
 
     # --- replies -------------------------------------------------------------------------
     def _send(self, route, header: dict[str, Any], bodies) -> None:

@@ -82,6 +82,7 @@ class Daemon:
         self.policy = policy
         self.notifier = Notifier()
         self.started_at = time.time()
+        self.started_cpu_s = time.process_time()
         self.draining = False
         self._stop_requested = 0
         self._reload_requested = False

@@ -64,11 +64,12 @@ from adaptd.wire.records import COLUMN_NAMES, COLUMNS
 
 log = logging.getLogger("adaptd.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added since version 1, in order: an older store gains them on open (ALTER TABLE).
 ADDED_IN_2 = (("predicted_energy_bound_mj", "REAL"),)
 ADDED_IN_3 = (("latency_confidence", "REAL"), ("predicted_latency_confidence", "REAL"))
-ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3, 2: ADDED_IN_3}
+ADDED_IN_4 = (("runtime_cpu_ms", "REAL"), ("runtime_energy_mj", "REAL"))
+ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3 + ADDED_IN_4, 2: ADDED_IN_3 + ADDED_IN_4, 3: ADDED_IN_4}
 
 SCHEMA_SQL = (
     "CREATE TABLE IF NOT EXISTS selections (\n    id INTEGER PRIMARY KEY,\n    "

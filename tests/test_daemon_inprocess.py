@@ -82,6 +82,9 @@ class FakeMeter:
     def predict_mj(self, placement, latency_ms) -> float:
         return 0.1 * latency_ms
 
+    def runtime_energy_mj(self, cpu_s) -> tuple[float, str]:
+        return 1000.0 * cpu_s, "estimated:generic"
+
 
 class FakeStore:
     def __init__(self) -> None:
@@ -148,9 +151,12 @@ def test_a_request_is_queued_then_answered_with_its_record(daemon):
     assert bytes(peer.buffer) == b"peer-a" and reply["type"] == "result" and reply["id"] == "r1"
     assert reply["energy"] == {"energy_mj": 0.25, "source": "estimated:generic", "estimated": True}
     assert reply["constraints_met"] == {"min_accuracy": True} and len(bodies) == 1
+    runtime = reply["runtime"]   # the daemon's own cost: measured CPU, estimated energy
+    assert runtime["cpu_ms"] > 0 and runtime["estimated"] is True and runtime["energy_mj"] == runtime["cpu_ms"]
     d.books.flush()
     (record,) = daemon.store.records
     assert record["request_id"] == "r1" and record["outcome"] == "ok" and record["energy_estimated"] is True
+    assert record["runtime_cpu_ms"] == runtime["cpu_ms"]
     assert record["client"].startswith("peer-")
 
 

@@ -696,3 +696,19 @@ def _wait_a_little(d: DaemonProcess) -> None:
     except subprocess.TimeoutExpired:
         return
     raise AssertionError(f"the daemon exited: {d.log()}")
+
+
+# --- what the daemon itself costs -----------------------------------------------------------------
+
+def test_every_reply_says_what_the_daemon_itself_spent_and_stats_sum_it_up(daemon, model):
+    """The daemon's own CPU per request, outside the execution, with its (always estimated)
+    energy: per reply and record, and per inference in stats."""
+    rid = f"runtime-{uuid.uuid4().hex}"
+    reply, _ = infer(daemon, model, rid=rid)
+    runtime = reply["runtime"]
+    assert runtime["cpu_ms"] > 0 and runtime["energy_mj"] > 0
+    assert runtime["estimated"] is True and runtime["source"].startswith("estimated")
+    record = wait_for_record(daemon, rid)
+    assert record["runtime_cpu_ms"] == runtime["cpu_ms"] and record["runtime_energy_mj"] == runtime["energy_mj"]
+    overall = control(daemon, "stats")["runtime"]
+    assert overall["inferences"] >= 1 and overall["cpu_ms_per_request"] > 0 and overall["estimated"] is True

@@ -39,7 +39,9 @@ def test_the_builders_make_the_spec_examples():
         placement=result["placement"], outputs=result["outputs"], **result["timing"],
         energy_mj=result["energy"]["energy_mj"], energy_source=result["energy"]["source"],
         energy_estimated=result["energy"]["estimated"], predicted=result["predicted"], constraints_met=met,
-        reason_code=result["reason"]["code"], reason_text=result["reason"]["text"])
+        reason_code=result["reason"]["code"], reason_text=result["reason"]["text"],
+        runtime=replies.runtime_cost(result["runtime"]["cpu_ms"], result["runtime"]["energy_mj"],
+                                     result["runtime"]["source"]))
     assert built == result
     error = ex["error"]
     assert p.error_header(error["code"], error["message"], error["id"]) == error
@@ -52,7 +54,7 @@ def test_the_builders_make_the_spec_examples():
         constraints=request.constraints.as_dict(), outcome="ok", error_code=None, variant=result["variant"],
         placement=result["placement"], reason_code=result["reason"]["code"], reason=result["reason"]["text"],
         predicted=result["predicted"], timing=result["timing"], energy=result["energy"],
-        met=result["constraints_met"]) == record
+        met=result["constraints_met"], runtime=result["runtime"]) == record
     assert set(record) == set(records.COLUMN_NAMES)
 
 

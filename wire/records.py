@@ -56,6 +56,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("met_latency", "INTEGER"),
     ("met_energy", "INTEGER"),
     ("met", "INTEGER"),
+    ("runtime_cpu_ms", "REAL"),
+    ("runtime_energy_mj", "REAL"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 BOOL_COLUMNS = frozenset({"energy_estimated", "met_accuracy", "met_latency", "met_energy", "met"})
@@ -67,10 +69,12 @@ def selection_record(*, ts: float, request_id: str, client: str, model: str, ver
                      error_code: str | None, variant: str | None, placement: str | None, reason_code: str,
                      reason: str, predicted: Mapping[str, Any] | None, timing: Mapping[str, float] | None = None,
                      energy: Mapping[str, Any] | None = None,
-                     met: Mapping[str, bool] | None = None) -> dict[str, Any]:
+                     met: Mapping[str, bool] | None = None,
+                     runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A §9.1 record. ``constraints``: the request's (keys of PROTOCOL.md §4; absent = unset);
     ``predicted``: the reply's ``predicted`` map; ``timing`` and ``energy``: the reply's maps
-    (None when nothing ran); ``met``: the reply's ``constraints_met`` (None when nothing ran)."""
+    (None when nothing ran); ``met``: the reply's ``constraints_met`` (None when nothing ran);
+    ``runtime``: the reply's ``runtime`` map (the daemon's own cost; None when nothing ran)."""
     p = predicted or {}
     met = met or {}
     return {
@@ -93,6 +97,8 @@ def selection_record(*, ts: float, request_id: str, client: str, model: str, ver
         "met_accuracy": met.get("min_accuracy"), "met_latency": met.get("max_latency_ms"),
         "met_energy": met.get("max_energy_mj"),
         "met": all(met.values()) if outcome == "ok" else False,
+        "runtime_cpu_ms": runtime.get("cpu_ms") if runtime else None,
+        "runtime_energy_mj": runtime.get("energy_mj") if runtime else None,
     }
 
 

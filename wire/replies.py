@@ -21,8 +21,10 @@ def result_header(*, request_id: str, model: str, version: str, variant: str, pl
                   outputs: Sequence[Mapping[str, Any]], queue_ms: float, compute_ms: float, total_ms: float,
                   energy_mj: float | None, energy_source: str, energy_estimated: bool,
                   predicted: Mapping[str, Any], constraints_met: Mapping[str, bool], reason_code: str,
-                  reason_text: str, alternatives: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """§5: what ran, its outputs' headers, what it cost, what was predicted and why."""
+                  reason_text: str, alternatives: Sequence[Mapping[str, Any]] | None = None,
+                  runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """§5: what ran, its outputs' headers, what it cost, what was predicted and why; ``runtime``:
+    the daemon's own cost for this request (:func:`runtime_cost`)."""
     header = {
         "type": "result", "id": request_id, "model": model, "version": version,
         "variant": variant, "placement": placement, "outputs": list(outputs),
@@ -33,9 +35,17 @@ def result_header(*, request_id: str, model: str, version: str, variant: str, pl
         "reason": {"code": reason_code, "text": reason_text},
         "replayed": False,
     }
+    if runtime is not None:
+        header["runtime"] = dict(runtime)
     if alternatives is not None:
         header["alternatives"] = list(alternatives)
     return header
+
+
+def runtime_cost(cpu_ms: float, energy_mj: float, source: str) -> dict[str, Any]:
+    """§5 ``runtime``: the daemon's own CPU for one request, outside the execution, and its energy,
+    always estimated (a power model applied to that CPU time: no sensor isolates it)."""
+    return {"cpu_ms": cpu_ms, "energy_mj": energy_mj, "source": source, "estimated": True}
 
 
 def replayed(header: Mapping[str, Any]) -> dict[str, Any]:

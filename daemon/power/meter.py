@@ -236,6 +236,12 @@ class EnergyMeter:
             energy_mj += profile.gpu_energy_mj(wall_s)
         return energy_mj
 
+    def runtime_energy_mj(self, cpu_s: float) -> tuple[float, str]:
+        """The estimated energy of ``cpu_s`` of the daemon's own CPU time (on no placement's cores
+        in particular: the profile's default per-core power) and its label, ``estimated:<profile>``."""
+        profile = self.detection.profile
+        return profile.cpu_energy_mj((), max(cpu_s, 0.0)), f"estimated:{profile.name}"
+
     def _measured_label(self, rails_used: list[int]) -> str:
         by_sensor: dict[str, list[str]] = {}
         for i in rails_used:
