@@ -175,7 +175,8 @@ class PlacementsConfig:
     exclude: tuple[str, ...] = ()
     tensorflow: str = "auto"                 # auto | on | off
     queue_limit: int = 32
-    load: str = "lazy"                       # lazy | eager
+    load: str = "auto"                       # auto | lazy | eager
+    eager_memory_bytes: int = 1 << 30        # auto: eager when the repository's variants fit in this
     isolation: str = "thread"                # thread | process: where LiteRT placements run
     inline_max_ms: float = 2.0               # predicted latency up to which a job runs on the receiving thread
     custom: tuple[CustomPlacement, ...] = ()
@@ -209,8 +210,10 @@ class PlacementsConfig:
         )
         if out.tensorflow not in ("auto", "on", "off"):
             raise ConfigError(f"{w}.tensorflow: expected auto, on or off, got {out.tensorflow!r}")
-        if out.load not in ("lazy", "eager"):
-            raise ConfigError(f"{w}.load: expected lazy or eager, got {out.load!r}")
+        if out.load not in ("auto", "lazy", "eager"):
+            raise ConfigError(f"{w}.load: expected auto, lazy or eager, got {out.load!r}")
+        if out.eager_memory_bytes < 0:
+            raise ConfigError(f"{w}.eager_memory_bytes: must not be negative, got {out.eager_memory_bytes}")
         if out.isolation not in ("thread", "process"):
             raise ConfigError(f"{w}.isolation: expected thread or process, got {out.isolation!r}")
         if not 0.0 <= out.inline_max_ms <= 1000.0:

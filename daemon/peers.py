@@ -30,9 +30,12 @@ ROUTE_PREFIX = b"r:"    # a connection's routing identity
 def peer_of(envelope: Sequence[Any], first_frame: Any) -> bytes:
     """The peer identity of a request (see the module contract). ``first_frame`` is any frame of
     the message after the envelope (ZeroMQ attaches the connection's metadata to each)."""
-    user = _user_id(first_frame)
-    if user:
-        return KEY_PREFIX + user.encode("utf-8", "surrogateescape")
+    if first_frame is not None:
+        user = _user_id(first_frame)
+        if user:
+            return KEY_PREFIX + user.encode("utf-8", "surrogateescape")
+    if len(envelope) == 1:   # a direct DEALER or REQ peer: the common case
+        return ROUTE_PREFIX + bytes(envelope[0].buffer)
     return ROUTE_PREFIX + b"/".join(bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in envelope)
 
 

@@ -76,6 +76,7 @@ class RequestPath:
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
         self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
         self.inferences = 0         # inference requests answered with a result
+        self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
         self._inline_max_ms = daemon.config.placements.inline_max_ms
         self._tracebacks: dict[str, float] = {}
@@ -95,7 +96,10 @@ class RequestPath:
         self._cpu0 = time.thread_time_ns()
         # The envelope is everything before the empty delimiter (one identity frame for a
         # direct DEALER or REQ peer, more behind a proxy).
-        split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
+        if len(frames) > 1 and not frames[1].buffer:   # a direct peer: one identity frame
+            split = 1
+        else:
+            split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
         if split is None or split == 0:
             envelope, message = frames[:1], frames[1:]
         else:
@@ -138,8 +142,9 @@ class RequestPath:
 
     def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> bool:
         """Refuse BUSY before parsing (admission's rule), unless it is a retry of a request in
-        flight or one with a stored reply."""
-        return (self.d.admission.refuse_early(header) and (peer, request_id) not in self.pending
+        flight or one with a stored reply. Looked at only while some queue is full (``saturated``:
+        set by a BUSY, cleared by the next outcome), so it costs nothing otherwise."""
+        return (self.saturated and self.d.admission.refuse_early(header) and (peer, request_id) not in self.pending
                 and self.d.replays.get(peer, request_id, time.monotonic()) is None)
 
     def _log_internal(self, exc: BaseException) -> None:
@@ -209,6 +214,7 @@ class RequestPath:
                 return
             pending.inline = False
         if not self.d.pool.submit(arm.placement.name, job):
+            self.saturated = True
             del self.pending[(peer, rid)]
             self.d.regions_gone(self.d.regions.release(regions))
             self.d.books.record(request, model, client, now, outcome="error", error_code=proto.BUSY, choice=choice,
@@ -222,6 +228,7 @@ class RequestPath:
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping."""
         cpu0 = time.thread_time_ns()
+        self.saturated = False
         pending: Pending = outcome.job.context
         request, arm, model = pending.request, pending.arm, pending.model
         self.pending.pop((pending.peer, request.id), None)

@@ -189,7 +189,7 @@ class Daemon:
             log.info("worker channel round trip: %s", ", ".join(f"{k} {v * 1e3:.0f} us"
                                                                for k, v in self.policy.overhead_ms.items()))
         self.policy.reset(registry)
-        if cfg.placements.load == "eager":
+        if self._eager(registry):
             self._preload(registry)
             laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)
             if laggards:
@@ -219,6 +219,19 @@ class Daemon:
                         path.unlink()
                     except OSError:
                         pass
+
+    def _eager(self, registry: Registry) -> bool:
+        """Whether to load every arm now: ``[placements] load``, and for "auto" whether the
+        variants' memory (each once per placement that runs it) fits ``eager_memory_bytes``."""
+        cfg = self.config.placements
+        if cfg.load != "auto":
+            return cfg.load == "eager"
+        need = sum(arm.variant.memory_bytes for model in registry.newest() for arm in model.arms)
+        eager = need <= cfg.eager_memory_bytes
+        log.info("load = auto: the variants take about %.0f MiB loaded on every placement, %s %.0f MiB: %s",
+                 need / 2**20, "within" if eager else "over", cfg.eager_memory_bytes / 2**20,
+                 "loading them all now" if eager else "each loads on its first request")
+        return eager
 
     def _preload(self, registry: Registry) -> None:
         for model in registry.newest():
@@ -380,7 +393,7 @@ class Daemon:
         self.health.reset(registry, time.monotonic())
         keep = registry.directories() | {str(p.model.directory) for p in self.path.pending.values()}
         self.pool.unload_except(keep)
-        if self.config.placements.load == "eager":
+        if self._eager(registry):
             self._preload(registry)
         log.info("reloaded the repository (generation %d): %s", registry.generation, self._models_summary())
         return None

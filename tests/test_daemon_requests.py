@@ -32,7 +32,7 @@ def daemon(tiny_repository, tmp_path_factory):
     repo, _, _ = tiny_repository
     d = DaemonProcess.start(repo, tmp_path_factory.mktemp("daemon"), tcp=True, config={
         "server": {"max_message_bytes": MAX_MESSAGE_BYTES},
-        "placements": {"tensorflow": "on", "queue_limit": 512},   # no BUSY here: see test_daemon_lifecycle
+        "placements": {"tensorflow": "on", "queue_limit": 512, "load": "lazy"},   # no BUSY here (see test_daemon_lifecycle); first loads are tested
     })
     yield d
     assert d.stop() == 0, d.log()
