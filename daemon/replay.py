@@ -67,17 +67,19 @@ class ReplayCache:
     def put(self, peer: bytes, request_id: str, header: dict[str, Any], bodies: list[Any], now: float) -> None:
         if not self.enabled:
             return
-        nbytes = HEADER_BYTES_ESTIMATE + sum(_nbytes(b) for b in bodies)
+        nbytes = HEADER_BYTES_ESTIMATE
+        for body in bodies:
+            nbytes += _nbytes(body)
         if nbytes > self.max_bytes:
             return
         key = (peer, request_id)
-        if key in self._entries:
+        entries = self._entries
+        if key in entries:
             self._drop(key)
-        self._entries[key] = _Entry(now + self.window_s, header, bodies, nbytes)
+        entries[key] = _Entry(now + self.window_s, header, bodies, nbytes)
         self.bytes += nbytes
-        self.expire(now)
-        while self._entries and (len(self._entries) > self.max_entries or self.bytes > self.max_bytes):
-            self._drop(next(iter(self._entries)))
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(entries)))
 
     def expire(self, now: float) -> None:
         """Drop every entry past its window (entries are in expiry order: one window for all)."""
