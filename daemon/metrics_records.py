@@ -7,20 +7,20 @@ Contract
   writer; it never raises. :meth:`RecordMetrics.collect` (a ``prometheus_client`` collector,
   registered on the daemon's private registry) runs on the metrics listener's threads.
 * Why not ``prometheus_client.Counter``/``Histogram``: each of their updates takes a lock and a
-  labelled child costs a look-up, about 10 us per record in all here; the daemon's main thread
-  is the one that serves requests. Figures are plain ints and floats in dicts and lists, written
-  by one thread; a scrape copies each dict or list in one C-level call (atomic under the GIL:
-  no Python code runs between its items) and renders the copies with the library's metric
-  families. A histogram's ``_sum`` may lag its buckets by the record being counted; every
-  counter only grows. Labelled series appear with their first record.
+  labelled child costs a look-up, about 10 us per record in all here, on the daemon's main
+  thread, the one that serves requests. Figures are plain ints and floats in per-arm objects,
+  dicts and lists, written by that thread alone; a scrape copies each dict or list in one
+  C-level call (atomic under the GIL: no Python code runs between its items) and renders the
+  copies with the library's metric families. A histogram's ``_sum`` may lag its buckets by the
+  record being counted; every counter only grows. Labelled series appear with their first record.
 * Units: records carry ms and mJ; the families hold seconds and joules.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -49,7 +49,7 @@ _LE = [*(repr(b) for b in DURATION_BUCKETS_S), "+Inf"]
 
 
 class _Histogram:
-    """One arm's histogram: a count per bucket (the last: above every bound) and the sum (s)."""
+    """A count per bucket (the last: above every bound) and the sum (s)."""
 
     __slots__ = ("counts", "sum_s")
 
@@ -57,20 +57,26 @@ class _Histogram:
         self.counts = [0] * (len(_BOUNDS) + 1)
         self.sum_s = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(_BOUNDS, seconds)] += 1   # le: a value on a bound counts in it
-        self.sum_s += seconds
+
+class _Arm:
+    """One arm's figures from its answered requests."""
+
+    __slots__ = ("ok", "met", "durations", "energy_j")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.met = [0] * 6                                   # (accuracy, latency, energy) x (met, missed)
+        self.durations = (_Histogram(), _Histogram(), _Histogram())   # in DURATIONS' order
+        self.energy_j: dict[str, float] = {}                 # source (estimated, measured) -> J
 
 
 class RecordMetrics:
     """The record-fed families (see the module contract)."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, ...], int] = {}        # (model, variant, placement, outcome, code)
-        self.constraints: dict[tuple[str, str, str], int] = {}  # (model, kind, met)
+        self.arms: dict[tuple[str, str, str], _Arm] = {}
+        self.refused: dict[tuple[str, ...], int] = {}        # (model, variant, placement, outcome, code), not ok
         self.probes: dict[tuple[str, str, str], int] = {}
-        self.energy_j: dict[tuple[str, ...], float] = {}      # (model, variant, placement, source)
-        self.durations: dict[tuple[str, str, str], tuple[_Histogram, _Histogram, _Histogram]] = {}
         self._errors_logged_at = -60.0
 
     # --- main thread ---------------------------------------------------------------------------
@@ -85,70 +91,81 @@ class RecordMetrics:
                 log.exception("metrics: a selection record could not be counted")
 
     def _observe(self, r: Mapping[str, Any]) -> None:
-        model = r["model"] or ""
-        arm = (model, r["variant"] or "", r["placement"] or "")
-        outcome = r["outcome"] or ""
-        key = (*arm, outcome, r["error_code"] or "")
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
+        key = (r["model"] or "", r["variant"] or "", r["placement"] or "")
         if r["reason_code"] == "probe":
-            self.probes[arm] = self.probes.get(arm, 0) + 1
+            self.probes[key] = self.probes.get(key, 0) + 1
+        outcome = r["outcome"]
         if outcome != "ok":
+            k = (*key, outcome or "", r["error_code"] or "")
+            self.refused[k] = self.refused.get(k, 0) + 1
             return
-        constraints = self.constraints
-        for field, kind in CONSTRAINT_KINDS:
-            met = r[field]
-            if met is not None:
-                k = (model, kind, "true" if met else "false")
-                constraints[k] = constraints.get(k, 0) + 1
-        hists = self.durations.get(arm)
-        if hists is None:
-            hists = self.durations[arm] = (_Histogram(), _Histogram(), _Histogram())
-        for hist, (_, field, _) in zip(hists, DURATIONS):
-            ms = r[field]
+        arm = self.arms.get(key)
+        if arm is None:
+            arm = self.arms[key] = _Arm()
+        arm.ok += 1
+        met = arm.met
+        for i, field in ((0, "met_accuracy"), (2, "met_latency"), (4, "met_energy")):
+            m = r[field]
+            if m is not None:
+                met[i if m else i + 1] += 1
+        total, queue, compute = arm.durations
+        for hist, ms in ((total, r["total_ms"]), (queue, r["queue_ms"]), (compute, r["compute_ms"])):
             if ms is not None:
-                hist.observe(ms / 1e3)
+                seconds = ms / 1e3
+                hist.counts[bisect_left(_BOUNDS, seconds)] += 1   # le: a value on a bound counts in it
+                hist.sum_s += seconds
         energy_mj = r["energy_mj"]
-        if energy_mj is not None and energy_mj == energy_mj:
-            k = (*arm, "estimated" if r["energy_estimated"] else "measured")
-            self.energy_j[k] = self.energy_j.get(k, 0.0) + max(0.0, energy_mj) / 1e3
+        if energy_mj is not None and energy_mj == energy_mj:   # not NaN; below zero (sensor noise) adds 0
+            source = "estimated" if r["energy_estimated"] else "measured"
+            energy_j = arm.energy_j
+            energy_j[source] = energy_j.get(source, 0.0) + (energy_mj / 1e3 if energy_mj > 0.0 else 0.0)
 
     # --- scrapes (any thread) ------------------------------------------------------------------
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
+        arms = list(self.arms.items())
         requests = CounterMetricFamily(
             "adaptd_requests", "Inference requests that reached a decision, by arm, outcome (ok, rejected, error) "
             "and error code ('' when ok). A rejected request's arm is the one closest to meeting it.",
             labels=[*ARM, "outcome", "code"])
-        for labels, n in list(self.requests.items()):
+        for key, arm in arms:
+            requests.add_metric((*key, "ok", ""), arm.ok)
+        for labels, n in list(self.refused.items()):
             requests.add_metric(labels, n)
-        constraints = CounterMetricFamily(
-            "adaptd_constraints", "Constraints of answered requests, by kind (accuracy, latency, energy) and "
-            "whether the reply met them.", labels=["model", "kind", "met"])
-        for labels, n in list(self.constraints.items()):
-            constraints.add_metric(labels, n)
+        met: dict[tuple[str, str, str], int] = {}
         energy = CounterMetricFamily(
             "adaptd_energy_joules", "Energy attributed to answered requests, labelled measured or estimated as "
             "the replies are (an execution read below zero by sensor noise adds nothing).", labels=[*ARM, "source"])
-        for labels, joules in list(self.energy_j.items()):
-            energy.add_metric(labels, joules)
+        for key, arm in arms:
+            counts = list(arm.met)
+            for i, (_, kind) in enumerate(CONSTRAINT_KINDS):
+                for j, word in ((0, "true"), (1, "false")):
+                    if counts[2 * i + j]:
+                        k = (key[0], kind, word)
+                        met[k] = met.get(k, 0) + counts[2 * i + j]
+            for source, joules in list(arm.energy_j.items()):
+                energy.add_metric((*key, source), joules)
+        constraints = CounterMetricFamily(
+            "adaptd_constraints", "Constraints of answered requests, by kind (accuracy, latency, energy) and "
+            "whether the reply met them.", labels=["model", "kind", "met"])
+        for labels, n in met.items():
+            constraints.add_metric(labels, n)
         probes = CounterMetricFamily(
             "adaptd_probes", "Requests the selector sent to an arm to refresh its estimate (reason 'probe').",
             labels=list(ARM))
         for labels, n in list(self.probes.items()):
             probes.add_metric(labels, n)
         yield from (requests, constraints, energy, probes)
-        arms = list(self.durations.items())
         for i, (name, _, doc) in enumerate(DURATIONS):
             family = HistogramMetricFamily(name, doc, labels=list(ARM))
-            for labels, hists in arms:
-                hist = hists[i]
+            for key, arm in arms:
+                hist = arm.durations[i]
                 counts, total_s = list(hist.counts), hist.sum_s
                 cumulative, buckets = 0, []
                 for le, n in zip(_LE, counts):
                     cumulative += n
                     buckets.append((le, cumulative))
-                family.add_metric(labels, buckets, total_s)
+                family.add_metric(key, buckets, total_s)
             yield family
