@@ -6,7 +6,9 @@ prometheus_client; with the package missing or the port taken it does not start,
 from __future__ import annotations
 
 import math
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +208,24 @@ def test_gauges_per_placement_selector_and_store(daemon):
         assert name.startswith(("adaptd_", "process_")), name
         for labels in series:
             assert not {"request_id", "client", "id"} & {k for k, _ in labels}, (name, labels)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_from_outside_counts_one_restart(daemon):
+    d, model, port = daemon
+    with Client(d.endpoint, timeout_ms=30_000) as c:
+        victim = c.placements()["placements"][0]
+        before = value(scrape(port), "adaptd_worker_restarts_total", placement=victim["name"])
+        os.kill(victim["worker_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + DEADLINE_S
+        while True:   # the restart shows once the daemon has seen the death and published (about 1 s)
+            samples = scrape(port)
+            if value(samples, "adaptd_worker_restarts_total", placement=victim["name"]) > before:
+                break
+            assert time.monotonic() < deadline, "no restart counted"
+            c.health()
+        assert value(samples, "adaptd_worker_restarts_total", placement=victim["name"]) == before + 1
+        c.infer(model, digits(), placement=victim["name"])   # the new worker serves
 
 
 @pytest.mark.slow
