@@ -38,7 +38,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections import deque
 from pathlib import Path
