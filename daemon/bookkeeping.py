@@ -9,7 +9,8 @@ Contract
   shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
   moment, so the bookkeeping leaves the round trip.
 * :meth:`Bookkeeping.record` builds a selection record (``adaptd.wire.records.selection_record``)
-  and hands it to the store, which commits and publishes it off the request path.
+  and hands it to the store, which commits and publishes it off the request path, then to
+  ``on_record`` when set (the metrics, :mod:`adaptd.daemon.metrics`), on this thread.
 * A failure in one request's bookkeeping is logged and does not stop the others.
 * The daemon's main thread only.
 """
@@ -37,6 +38,7 @@ class Bookkeeping:
         self._alpha = ewma_alpha
         self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
         self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self.on_record: Callable[[dict[str, Any]], None] | None = None   # also sees each record (metrics)
 
     # --- deferred work ---------------------------------------------------------------------------
     @property
@@ -73,10 +75,13 @@ class Bookkeeping:
                runtime: Mapping[str, Any] | None = None) -> None:
         """One selection record: ``timing``, ``energy`` and ``met`` as the reply carries them
         (None when nothing ran)."""
-        self._submit(records.selection_record(
+        record = records.selection_record(
             ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
             objective=request.objective, on_infeasible=request.on_infeasible,
             constraints=request.constraints.as_dict(), outcome=outcome, error_code=error_code,
             variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
             reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
-            energy=energy, met=met, runtime=runtime))
+            energy=energy, met=met, runtime=runtime)
+        self._submit(record)
+        if self.on_record is not None:
+            self.on_record(record)

@@ -16,7 +16,8 @@ Contract
   :mod:`adaptd.wire.rundir` (``$RUNTIME_DIRECTORY``, ``$XDG_RUNTIME_DIR/adaptd`` or
   ``/tmp/adaptd-<uid>``).
 * Exposure: a ``tcp://`` endpoint on anything but the loopback interface is refused unless
-  ``[auth] curve`` is on.
+  ``[auth] curve`` is on; the ``[metrics]`` HTTP endpoint (no authentication) on anything but
+  loopback unless ``[metrics] allow_remote`` is set.
 * Units are in the names: ``*_s`` seconds, ``*_bytes`` bytes.
 """
 
@@ -308,6 +309,32 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus/OpenMetrics endpoint (:mod:`adaptd.daemon.metrics`), off by default."""
+
+    enabled: bool = False
+    address: str = "127.0.0.1"      # the HTTP listener's address; beyond loopback only with allow_remote
+    port: int = 9470
+    allow_remote: bool = False      # a non-loopback address exposes model names and request rates
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetricsConfig:
+        w = "metrics"
+        _check_keys(d, {f.name for f in fields(cls)}, w)
+        out = cls(**_scalars(cls, d, w))
+        if not 1 <= out.port <= 65535:
+            raise ConfigError(f"{w}.port: must be in 1..65535, got {out.port}")
+        if not out.address:
+            raise ConfigError(f"{w}.address: required (e.g. 127.0.0.1)")
+        host = out.address.strip("[]")
+        if not (host in LOOPBACK_HOSTS or host.startswith("127.")) and not out.allow_remote:
+            raise ConfigError(f"{w}.address: {out.address} is beyond the loopback interface and the endpoint "
+                              "has no authentication (it shows model names and request rates); set "
+                              "allow_remote = true to serve it there, or bind to 127.0.0.1")
+        return out
+
+
+@dataclass(frozen=True)
 class Config:
     repository: Path
     state_dir: Path
@@ -319,6 +346,7 @@ class Config:
     selector: SelectorSettings = field(default_factory=SelectorSettings)
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log_level: str = "info"
     board_id: str | None = None   # None: derived from the machine id (adaptd.wire.board)
 
@@ -357,7 +385,7 @@ class Config:
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         base = base_dir or Path.cwd()
         top = {"repository", "state_dir", "runtime_dir", "log_level", "board_id",
-               "server", "placements", "stats", "power", "selector", "store", "auth"}
+               "server", "placements", "stats", "power", "selector", "store", "auth", "metrics"}
         _check_keys(d, top, "config")
 
         def path(key: str, default: Path) -> Path:
@@ -380,7 +408,7 @@ class Config:
                 validate_board_id(board_id, "config.board_id")
             except BoardIdError as exc:
                 raise ConfigError(str(exc)) from None
-        for key in ("server", "placements", "stats", "power", "selector", "store", "auth"):
+        for key in ("server", "placements", "stats", "power", "selector", "store", "auth", "metrics"):
             if not isinstance(d.get(key, {}), dict):
                 raise ConfigError(f"config.{key}: expected a table")
         try:
@@ -402,6 +430,7 @@ class Config:
             selector=SelectorSettings.from_dict(d.get("selector", {}), base),
             store=store,
             auth=AuthConfig.from_dict(d.get("auth", {}), base),
+            metrics=MetricsConfig.from_dict(d.get("metrics", {})),
             log_level=log_level,
             board_id=board_id,
         )

@@ -5,7 +5,8 @@ Contract
 * Lifecycle (as uvicorn's Server): ``Daemon(config)`` is cheap; :meth:`Daemon.start` checks and
   starts everything, in this order, or nothing: the runtime directory's owner, the instance lock
   (:mod:`adaptd.daemon.instance`), placements, the repository, the store, the sockets
-  (:mod:`adaptd.daemon.frontend`), the power meter, the workers; then tells systemd READY. A
+  (:mod:`adaptd.daemon.frontend`), the power meter, the workers, the metrics endpoint when
+  ``[metrics]`` is on (:mod:`adaptd.daemon.metrics`); then tells systemd READY. A
   failure is one line (:class:`StartupError`); whatever was started is stopped and every file
   made removed. :meth:`Daemon.run` serves until SIGTERM/SIGINT, then drains (new requests get
   ``SHUTTING_DOWN``, held ones finish and are answered, up to ``server.drain_timeout_s``; what is
@@ -99,6 +100,7 @@ class Daemon:
         self.meter: Any = None
         self.store: Any = None
         self.regions = RegionTable()
+        self.metrics: Any = None   # adaptd.daemon.metrics.DaemonMetrics when [metrics] is on
 
     # --- assembly --------------------------------------------------------------------------
     def assemble(self, *, registry: Registry, placements: list[Placement], pool: Any, meter: Any, store: Any,
@@ -195,6 +197,9 @@ class Daemon:
             if laggards:
                 log.warning("eager loads still running after %s s on %s; serving anyway",
                             cfg.placements.worker_start_timeout_s, ", ".join(laggards))
+        if cfg.metrics.enabled:   # prometheus_client is imported only then
+            from adaptd.daemon import metrics
+            self.metrics = metrics.start(self)
         # Everything allocated so far lives as long as the daemon: keep the collector off it,
         # so a collection on the request path walks only the objects of recent requests.
         gc.collect()
@@ -205,7 +210,7 @@ class Daemon:
 
     def _abort_start(self) -> None:
         """Undo a start-up that failed part-way: processes stopped, files removed, lock released."""
-        for stop in (lambda: self.pool.stop(timeout_s=2.0), lambda: self.meter.close(),
+        for stop in (lambda: self.metrics.close(), lambda: self.pool.stop(timeout_s=2.0), lambda: self.meter.close(),
                      lambda: self.frontend.close(), lambda: self.store.close(), lambda: self.auth.stop(),
                      lambda: self.context.term(), self.regions.close_all, self.lock.release):
             try:
@@ -363,6 +368,8 @@ class Daemon:
             self.regions_gone(self.regions.sweep_owners())
         self.replays.expire(now)
         self.health.sync(self.registry, now)
+        if self.metrics is not None:
+            self.metrics.publish()
 
     def _spin_until_ns(self, spin_ns: int) -> int | None:
         """The end of the spin after the latest dispatch still in flight; None when nothing is in
@@ -401,6 +408,8 @@ class Daemon:
     def shutdown(self) -> int:
         self.books.flush()
         self.path.abandon_all()
+        if self.metrics is not None:
+            self.metrics.close()
         self.pool.stop()
         self.regions.close_all()
         if self.store is not None:

@@ -12,7 +12,8 @@ Contract
   path. It is O(1) and never blocks or does I/O: it appends to a ``collections.deque`` and
   sets an event. Everything else (SQLite, the PUB socket, retention) happens in the writer
   thread, which alone owns the connection and the socket (ZeroMQ sockets are not
-  thread-safe). :meth:`describe` may be called from any thread (it reads counters).
+  thread-safe). :meth:`describe`, :meth:`oldest_pending_ts` and :meth:`lag_s` may be called
+  from any thread (they read counters and the queue's head).
 * Durability: records are inserted in batches, one transaction per batch. A record is
   committed at most ``flush_interval_s`` after its ``submit`` (default 0.5 s; the writer
   sleeps at most half the interval between batches and at least ``min_batch_gap_s``). The
@@ -182,6 +183,7 @@ class SelectionStore:
         self.last_flush_ts: float | None = None
         self.last_error: str | None = None
         self.retention_deleted = 0
+        self._uncommitted_ts: float | None = None   # ts of the oldest record the writer holds uncommitted
 
     # --- request path ---------------------------------------------------------------------
 
@@ -237,6 +239,24 @@ class SelectionStore:
             "last_error": self.last_error,
         }
 
+    def oldest_pending_ts(self) -> float | None:
+        """The ``ts`` (Unix s) of the oldest record submitted and not yet committed, or None.
+
+        Any thread. Reads the queue's head before the writer's own oldest: the writer publishes a
+        record's ts before taking it off the queue and clears it after the commit, so a reader
+        never misses the oldest record; for an instant after a commit it may still see it."""
+        try:
+            head = self._queue[0].get("ts")
+        except IndexError:
+            head = None
+        held = self._uncommitted_ts
+        return held if held is not None else head
+
+    def lag_s(self) -> float:
+        """How long the oldest record not yet committed has waited (s; 0.0 when none waits). Any thread."""
+        ts = self.oldest_pending_ts()
+        return 0.0 if ts is None else max(0.0, self._clock() - ts)
+
     # --- writer thread --------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -288,6 +308,8 @@ class SelectionStore:
                 self._wake.clear()
             listening = pub is not None and self._subscribed(pub)
             while self._queue:
+                if not pending:   # published before the pop: oldest_pending_ts never skips it
+                    self._uncommitted_ts = self._queue[0].get("ts")
                 record = self._queue.popleft()
                 if listening:
                     self._publish(pub, record)
@@ -305,12 +327,14 @@ class SelectionStore:
                     if attempts >= self._MAX_ATTEMPTS or stopping:
                         self.dropped += len(pending)
                         pending = []
+                        self._uncommitted_ts = None
                         attempts = 0
                 else:
                     self.rows_written += len(pending)
                     self.batches += 1
                     self.last_flush_ts = self._clock()
                     pending = []
+                    self._uncommitted_ts = None
                     attempts = 0
                 last_batch = time.monotonic()
             if time.monotonic() >= next_retention and not stopping:

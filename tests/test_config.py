@@ -14,6 +14,7 @@ from adaptd.daemon.config import (
     Config,
     ConfigError,
     CustomPlacement,
+    MetricsConfig,
     PlacementsConfig,
     ServerConfig,
     StatsConfig,
@@ -26,7 +27,7 @@ from adaptd.daemon.store import StoreConfig
 SAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "adaptd.toml"
 
 TABLES = {"server": ServerConfig, "placements": PlacementsConfig, "stats": StatsConfig,
-          "power": PowerConfig, "store": StoreConfig, "auth": AuthConfig}
+          "power": PowerConfig, "store": StoreConfig, "auth": AuthConfig, "metrics": MetricsConfig}
 TOP_LEVEL = {"repository", "state_dir", "runtime_dir", "log_level", "board_id"}
 
 
@@ -74,6 +75,7 @@ def test_the_sample_loads_and_its_values_are_the_defaults():
     assert cfg.power == PowerConfig()
     assert cfg.store == StoreConfig()
     assert cfg.auth == AuthConfig()
+    assert cfg.metrics == MetricsConfig()
     assert cfg.log_level == "info"
     assert cfg.board_id is None   # derived from the machine id (tests/test_board.py)
     from adaptd.daemon.selection import SelectorPolicy
@@ -166,6 +168,12 @@ BAD = [
     ("[store]\nsynchronous = \"SOMETIMES\"", "synchronous"),
     ("[store]\nretention_max_rows = -5", "retention_max_rows"),
     ("[store]\nlocation = \"x.db\"", "location"),
+    ("[metrics]\nport = 0", "metrics.port"),
+    ("[metrics]\nport = 65536", "metrics.port"),
+    ("[metrics]\nenabled = \"yes\"", "metrics.enabled"),
+    ("[metrics]\naddress = \"0.0.0.0\"", "metrics.address"),
+    ("[metrics]\naddress = \"\"", "metrics.address"),
+    ("[metrics]\npath = \"/m\"", "path"),
     ("log_level = \"loud\"", "log_level"),
     ("board_id = \"lab/3\"", "config.board_id"),
     ("board_id = \"\"", "config.board_id"),
@@ -182,6 +190,14 @@ def test_a_bad_setting_is_a_config_error_naming_the_key(tmp_path, text, key):
     path.write_text(body)
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config(path)
+
+
+def test_metrics_beyond_loopback_need_allow_remote(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('repository = "/m"\n[metrics]\nenabled = true\naddress = "[::1]"\nport = 9100\n')
+    assert load_config(path).metrics == MetricsConfig(enabled=True, address="[::1]", port=9100)
+    path.write_text('repository = "/m"\n[metrics]\naddress = "0.0.0.0"\nallow_remote = true\n')
+    assert load_config(path).metrics.address == "0.0.0.0"
 
 
 def test_the_repository_is_required(tmp_path):
