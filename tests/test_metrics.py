@@ -211,9 +211,12 @@ def test_gauges_per_placement_selector_and_store(daemon):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_from_outside_counts_one_restart(daemon):
-    d, model, port = daemon
-    with Client(d.endpoint, timeout_ms=30_000) as c:
+def test_a_worker_killed_from_outside_counts_one_restart(tiny_repository, tmp_path):
+    repo, model, _ = tiny_repository
+    port = free_port()   # worker processes exist only with process isolation
+    d = DaemonProcess.start(repo, tmp_path, config={"metrics": {"enabled": True, "port": port},
+                                                    "placements": {"isolation": "process"}})
+    with d, Client(d.endpoint, timeout_ms=30_000) as c:
         victim = c.placements()["placements"][0]
         before = value(scrape(port), "adaptd_worker_restarts_total", placement=victim["name"])
         os.kill(victim["worker_pid"], signal.SIGKILL)
