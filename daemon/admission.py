@@ -10,8 +10,9 @@ Contract
   UNKNOWN_PLACEMENT, BAD_INPUT, UNKNOWN_REGION, WORKER_FAILED when every candidate is set aside).
   Client values quoted in messages are cut (``protocol.shown``).
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
-  and every placement that could run it has a full queue: under overload such requests are
-  refused BUSY for the price of a header decode.
+  and every placement that could run it (the pinned one, when the request pins a placement of
+  the model) has a full queue: under overload such requests are refused BUSY for the price of a
+  header decode.
 * Admission reads the registry, the regions and the queues and changes nothing but the regions'
   bounds checks (none of which touch tensor bytes). The daemon's main thread only.
 """
@@ -75,6 +76,11 @@ class Admission:
         places = self._placements_of.get(model.directory)
         if places is None:
             places = self._placements_of[model.directory] = {a.placement.name for a in model.arms}
+        pin = header.get("pin")
+        if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue
+            pinned = pin.get("placement")
+            if isinstance(pinned, str) and pinned in places:
+                return self._queue_length(pinned) > self._queue_limit
         return all(self._queue_length(name) > self._queue_limit for name in places)
 
     # --- admission ------------------------------------------------------------------------------
