@@ -253,13 +253,16 @@ class SelectorPolicy:
         out: dict[str, QueueSnapshot] | None = None
         now_ns = time.monotonic_ns()
         for name, worker in pool.workers.items():
-            if worker.inflight is None and not worker.queue:
+            # A placement thread pops its queue and sets its in-flight job while this runs: read
+            # each once, the queue as one copy (tuple() of a deque runs under the GIL, whole).
+            running, waiting = worker.inflight, tuple(worker.queue)
+            if running is None and not waiting:
                 continue
-            queued = tuple(i for i in (self._arm_id(j.context) for j in worker.queue) if i is not None)
+            queued = tuple(i for i in (self._arm_id(j.context) for j in waiting) if i is not None)
             inflight = elapsed = None
-            if worker.inflight is not None:
-                inflight = self._arm_id(worker.inflight.context)
-                started = worker.inflight.dispatched_ns or now_ns
+            if running is not None:
+                inflight = self._arm_id(running.context)
+                started = running.dispatched_ns or now_ns
                 elapsed = (now_ns - started) / 1e6
             if out is None:
                 out = {}
