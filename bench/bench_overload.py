@@ -18,6 +18,11 @@ arm's, and measures:
 3. for comparison, a closed loop with ``--many`` requests in flight (each reply, BUSY included,
    sends the next at once): replies per second, all and successful.
 
+By default (``--client-cores auto``) this script, its senders and the daemon's own threads run on
+every core but the measured placement's: on a small machine a load generator offering 10x a
+core's worth of requests would otherwise take that core from the execution it measures, and the
+figure would be the generator's, not the daemon's. ``--client-cores none`` measures unpinned.
+
 Targets (exit 1 when one is missed): successful replies per second under overload at least 90% of
 the peak; admitted requests' p99 round trip within 2 x queue_limit x the service time; BUSY p99
 under 1 ms; none lost or duplicated. Exit 2 when this machine could not offer at least 90% of the
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isolation", choices=("thread", "process"), default="thread",
                     help="[placements] isolation of the daemon under test (default: thread, the daemon's default)")
     ap.add_argument("--variant", default="float32")
-    ap.add_argument("--placement", default=None, help="default: the last single-core LiteRT placement")
+    ap.add_argument("--placement", default=None, help="default: the single-core LiteRT placement on the last core")
     ap.add_argument("--queue-limit", type=int, default=32)
     ap.add_argument("--outstanding", type=int, default=4, help="closed loop: requests in flight")
     ap.add_argument("--peak-s", type=float, default=5.0)
@@ -57,8 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overload-s", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=2, help="open-loop sender processes")
     ap.add_argument("--many", type=int, default=1600, help="closed loop for comparison: requests in flight")
+    ap.add_argument("--client-cores", default="auto",
+                    help="cores for this script, its senders and the daemon's own threads ([server] cores): "
+                         "'auto' (every core but the placement's, so the offered load does not take the "
+                         "placement's core from the execution it measures), 'none' (unpinned), or e.g. '0'")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    last_core = max(os.sched_getaffinity(0))
+    client_cores = _client_cores(args.client_cores, args.placement)
     if args.repository is None:
         args.repository = models.slow_repository(Path(__file__).resolve().parents[1] / "var" / "bench-slow")
     if not args.repository.is_dir():
@@ -66,15 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="adaptd-overload-") as work:
         with DaemonProcess.start(args.repository, Path(work), config={
                 "placements": {"tensorflow": "off", "queue_limit": args.queue_limit,
-                               "isolation": args.isolation}}) as daemon:
+                               "isolation": args.isolation},
+                "server": {"cores": sorted(client_cores)}}) as daemon:
+            if client_cores:   # after the daemon started: it finds its placements on the cores it may use
+                os.sched_setaffinity(0, client_cores)   # the senders (spawned) inherit it
             body = watch.control(daemon.endpoint, "models")["body"]
             entry = next((m for m in body["models"] if m["name"] == args.model), None) if args.model else body["models"][0]
             if entry is None:
                 ap.error(f"no model {args.model!r}")
             places = watch.control(daemon.endpoint, "placements")["body"]["placements"]
             single = [p for p in places if p["runtime"] == "litert" and len(p["cores"]) == 1]
+            on_last = [p for p in single if p["cores"] == [last_core]]
             place = next((p for p in places if p["name"] == args.placement), None) if args.placement else \
-                (single or places)[-1]
+                (on_last or single or places)[-1]
             if place is None:
                 ap.error(f"no placement {args.placement!r}")
             spec = next(v for v in entry["variants"] if v["name"] == args.variant)["inputs"][0]
@@ -90,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             many = (overload.closed_loop(daemon.endpoint, cfg, args.many, args.peak_s, prefix="many")
                     if args.many else None)
             alive = daemon.proc.poll() is None
+            if "INTERNAL" in over.other_codes:
+                print(daemon.log()[-6000:], file=sys.stderr)
         exit_code = daemon.proc.returncode
     bound_ms = 2 * queue_limit * service_ms
     rows = [
@@ -111,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                                              f"({many.results_per_s / peak.results_per_s:.0%} of peak)")] if many else []),
         ("other replies", ", ".join(f"{k} {v}" for k, v in over.other_codes.items()) or "-"),
         ("daemon", f"{'running' if alive else 'DIED'} after the load; exit status {exit_code} after SIGTERM"),
-        ("load average", f"{os.getloadavg()[0]:.2f} (2 cores)"),
+        ("isolation, pinning", f"{args.isolation}; client and daemon threads on "
+                               f"{','.join(map(str, sorted(client_cores))) if client_cores else 'any core'}"),
+        ("load average", f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"),
     ]
     print("\n".join(f"{k:<24} {v}" for k, v in rows))
     misses = {
@@ -133,6 +153,20 @@ def main(argv: list[str] | None = None) -> int:
               "not an overload figure")
         return 2
     return 1 if missed else 0
+
+
+def _client_cores(spec: str, placement: str | None) -> set[int]:
+    """The cores ``--client-cores`` names (empty: unpinned). 'auto' leaves out the measured
+    placement's core: the one ``--placement`` names (cpu:N), else the last core, where the
+    default placement runs."""
+    available = sorted(os.sched_getaffinity(0))
+    if spec == "none":
+        return set()
+    if spec != "auto":
+        return {int(c) for c in spec.split(",")}
+    match = re.fullmatch(r"cpu:(\d+)", placement or "")
+    busy = int(match.group(1)) if match else available[-1]
+    return set(available) - {busy}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Contract
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import queue
 import random
@@ -65,6 +66,10 @@ def closed_loop(endpoint: str, cfg: dict[str, Any], outstanding: int, duration_s
     would be answered from the daemon's replay store)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    # room for every reply it has asked for: with more in flight than the daemon's send_hwm
+    # (1000) and ZeroMQ's default receive queue, the daemon drops replies to a client that does
+    # not read them in time (PROTOCOL.md §3.2), and this loop would wait for them forever
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(endpoint)
     x = np.random.default_rng(0).random(cfg["shape"], dtype=np.float32)
     sent: dict[str, float] = {}
@@ -151,7 +156,10 @@ def _open_loop_proc(endpoint: str, cfg: dict[str, Any], index: int, rate_per_s: 
             next_send += rng.expovariate(rate_per_s)
         if now >= end:
             break
-        receive(max(0, int((next_send - now) * 1e3)))
+        # wait for replies until the next send is due, rounded up to whole milliseconds (poll's
+        # unit): rounding down would spin through the last millisecond of every gap and take a
+        # core's worth of CPU from the daemon on a small machine
+        receive(max(1, math.ceil((next_send - now) * 1e3)))
     drain_end = time.monotonic() + drain_s
     while len(reply_at) < len(sent_at) and time.monotonic() < drain_end:
         receive(50)
