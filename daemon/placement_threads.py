@@ -23,7 +23,7 @@ Contract
   run returns its outcome to its caller. Times are ``time.monotonic_ns()``; CPU time is the
   executing thread's (for an interpreter with several threads, the others are counted as busy
   for the whole run: an estimate, used by the estimated power model only).
-* While placement threads exist the interpreter's switch interval is 0.5 ms (``sys.setswitchinterval``,
+* While placement threads exist the interpreter's switch interval is 0.1 ms (``sys.setswitchinterval``,
   process-wide), so a thread whose run ended gets the GIL back within that long.
 * A crash inside the interpreter (a segfault) ends the daemon (systemd restarts it); variant
   files are checked against their manifest before they load. ``isolation = "process"`` keeps
@@ -105,8 +105,8 @@ class ThreadPlacements:
         if self.workers:
             # A placement thread whose invoke returned waits for the GIL until the main thread
             # gives it up: at most the switch interval (5 ms by default) while the main thread is
-            # busy with intake, i.e. up to two such waits per job under load. 0.5 ms bounds that
-            # at about a tenth of a small model's service time.
+            # busy with intake, i.e. up to two such waits per job under load (bench_overload.py:
+            # a 3 ms model ran at 8-13 ms a job at 5 ms, 3.5-3.6 ms at 0.5 ms, 3.2-3.5 at 0.1 ms).
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         for w in self.workers.values():
             w.thread = threading.Thread(target=self._serve, args=(w,), name=f"adaptd-{w.placement.name}",
