@@ -193,7 +193,29 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     out.put((rtts, wall))
 
 
-def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None, cores=()):
+def _cpu_s(pid: int) -> float:
+    """CPU time (user + system) of a process and its children so far: the daemon's threads, and
+    its worker processes with process isolation."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None, cores=(),
+                    cpu_of=None):
+    """Round trips from ``clients`` processes; with ``cpu_of`` (a pid), also that process's CPU
+    time per request (``cpu_us``: warm-up requests included, so sends and receives of every
+    request count)."""
+    cpu0 = _cpu_s(cpu_of) if cpu_of else None
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
@@ -206,8 +228,11 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
         p.join()
     rtts = np.concatenate([r[0] for r in results]) * 1e6
     wall = max(r[1] for r in results)
-    return {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
-            "throughput_rps": len(rtts) / wall}
+    out = {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
+           "throughput_rps": len(rtts) / wall}
+    if cpu_of:
+        out["cpu_us"] = (_cpu_s(cpu_of) - cpu0) * 1e6 / ((n // clients + warmup) * clients)
+    return out
 
 
 def measure_inprocess(version_dir: Path, variant: str, threads: int, shape, n: int,
@@ -271,6 +296,8 @@ def main() -> int:
     ap.add_argument("--spin-us", type=int, default=0, help="the daemon's [server] spin_us (default 0: off)")
     ap.add_argument("--pin-daemon", action="store_true",
                     help="[server] cores = the clients' cores (default: the daemon is not pinned)")
+    ap.add_argument("--isolation", choices=("thread", "process"), default="thread",
+                    help="the daemon's [placements] isolation (default: thread, the daemon's default)")
     ap.add_argument("--placement", default=None,
                     help="placement to serve on (default: the widest); clients are pinned to the other cores, "
                          "if any, as the daemon's clients would run beside a placement on a bigger board")
@@ -289,7 +316,7 @@ def main() -> int:
     report = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
               "placement": placement.name, "threads": placement.threads, "client_cores": list(client_cores),
-              "spin_us": args.spin_us, "daemon_cores": daemon_cores,
+              "spin_us": args.spin_us, "daemon_cores": daemon_cores, "isolation": args.isolation,
               "models": {}}
     ctx = mp.get_context("spawn")
     for model in args.models.split(","):
@@ -314,7 +341,8 @@ def main() -> int:
                 relays[-1].start()
                 ready.wait()
             daemon = DaemonProcess.start(repo, Path(tmp) / "d", tcp=True,
-                                         config={"placements": {"include": [placement.name], "load": "eager"},
+                                         config={"placements": {"include": [placement.name], "load": "eager",
+                                                                "isolation": args.isolation},
                                                  "server": {"spin_us": args.spin_us, "cores": daemon_cores}})
             try:
                 for _ in range(args.rounds):
@@ -333,13 +361,13 @@ def main() -> int:
                         for clients in (1, 2, 4):
                             rows.setdefault(f"daemon {transport}, {clients} client(s)", []).append(
                                 measure_clients(ep, model, "float32", placement.name, shape, n, clients,
-                                                cores=client_cores))
+                                                cores=client_cores, cpu_of=daemon.proc.pid))
                         if transport == "ipc":
                             for label, mode, clients in (("shm", "shm", 1), ("shm", "shm", 2),
                                                          ("shm, copy in", "copy", 1)):
                                 rows.setdefault(f"daemon ipc+{label}, {clients} client(s)", []).append(
                                     measure_clients(ep, model, "float32", placement.name, shape, n, clients,
-                                                    shm=mode, cores=client_cores))
+                                                    shm=mode, cores=client_cores, cpu_of=daemon.proc.pid))
             finally:
                 daemon.stop()
                 echo.kill()
@@ -350,12 +378,15 @@ def main() -> int:
         base = summary["in-process"]["p50_us"]["median"]
         echo_p50 = summary["zmq echo (ipc)"]["p50_us"]["median"]
         print(f"\n{model} (float32 on {placement.name}, {placement.threads} thread(s)), {args.rounds} rounds")
-        print(f"{'path':34s} {'p50 us':>18s} {'p99 us':>18s} {'x in-proc p50':>14s} {'req/s':>9s}")
+        print(f"{'path':34s} {'p50 us':>18s} {'p99 us':>18s} {'x in-proc p50':>14s} {'req/s':>9s} "
+              f"{'daemon CPU us/req':>22s}")
         for k, s in summary.items():
             p50, p99 = s["p50_us"], s["p99_us"]
+            cpu = s.get("cpu_us")
             print(f"{k:34s} {p50['median']:8.0f} [{p50['min']:.0f}..{p50['max']:.0f}] "
                   f"{p99['median']:8.0f} [{p99['min']:.0f}..{p99['max']:.0f}] {p50['median'] / base:14.2f} "
-                  f"{s['throughput_rps']['median']:9.0f}")
+                  f"{s['throughput_rps']['median']:9.0f} "
+                  + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}]" if cpu else ""))
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
