@@ -3,7 +3,6 @@ reference computed from the selector's own published estimates."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -170,10 +169,10 @@ def test_a_stricter_latency_confidence_never_admits_more_arms(sc, q1, q2):
     om = s.cost_model
     assert (om.latency_bounds_ms_[om.level_for(hi_q)] >= om.latency_bounds_ms_[om.level_for(lo_q)]).all() \
         or any(math.isnan(x) for x in om.latency_bounds_ms_.ravel())
-    loose = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=lo_q), queues) if r["ok"]}
-    strict = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=hi_q), queues) if r["ok"]}
+    loose = {r["a"] for r in reference(s, req.replace(latency_confidence=lo_q), queues) if r["ok"]}
+    strict = {r["a"] for r in reference(s, req.replace(latency_confidence=hi_q), queues) if r["ok"]}
     assert strict <= loose
-    d = s.explain(dataclasses.replace(req, latency_confidence=hi_q), t + 1.0, queues)
+    d = s.explain(req.replace(latency_confidence=hi_q), t + 1.0, queues)
     assert d.n_feasible == len(strict)
 
 
