@@ -139,5 +139,5 @@ def test_a_slow_first_execution_does_not_set_the_placements_learnt_path(tiny_rep
     run = model.arms[0]
     for i, path_ms in enumerate([0.5, 0.5, 0.5, 10.0] + [0.5] * 6):   # one 10 ms path among the first ten
         policy.observe(model, run, 0.05 + path_ms, None, True, 0.01 * (i + 1), compute_ms=0.05)
-    learnt = policy.path_overhead_ms[run.placement.name]
+    learnt = policy.learner.path_ms[run.placement.name]
     assert learnt < 0.5 + 0.2, learnt   # their mean: 1.45 ms
