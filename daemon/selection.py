@@ -22,8 +22,8 @@ Contract
   made here and nowhere else. Selector errors become the protocol's (their ``code``).
 * ``reset`` builds a new policy over every loaded model version (selector model key
   ``name:version``) and the placements, with priors from the calibrated structural predictor
-  (``calibration.json``, written by ``adaptd calibrate``) when there is one, else from the
-  manifests' first latency measurements. Live estimates do not survive a reload (a new regime); what the
+  (:func:`adaptd.selector.fit.load_predictor`) when there is one, else from the manifests'
+  first latency measurements. Live estimates do not survive a reload (a new regime); what the
   :class:`~adaptd.selector.PriorLearner` learnt of the priors does (``adaptive`` only learns).
 * Set by the daemon after it starts: ``overhead_ms`` (per placement, the fastest round trip of
   its worker channel) and ``energy_prior`` (the energy meter's power model, ``(placement,
@@ -45,6 +45,7 @@ from adaptd.daemon.registry import Arm, ModelVersion, Registry
 from adaptd.selector.baseline import MostAccurate
 from adaptd.selector.config import SelectorConfig
 from adaptd.selector.decision import Alternative, Decision, Met, Prediction, Violation
+from adaptd.selector.fit import load_predictor
 from adaptd.selector.online import PriorLearner
 from adaptd.selector.policy import Selector
 from adaptd.selector.request import QueueSnapshot, Request, SelectorError
@@ -209,8 +210,6 @@ class SelectorPolicy:
         if self.calibration is None or not self.calibration.is_file():
             return None
         try:
-            from adaptd.variants.calibrate import load_predictor
-
             predictor = load_predictor(self.calibration)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("ignoring calibration %s: %s", self.calibration, exc)

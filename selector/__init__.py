@@ -1,4 +1,5 @@
-"""adaptd.selector: the per-request policy and the cost models behind it (pure: no I/O).
+"""adaptd.selector: the per-request policy and the cost models behind it (pure: no I/O but reading
+a stored calibration, :mod:`.fit`).
 
 Public API (what the daemon calls):
 
@@ -12,7 +13,8 @@ Public API (what the daemon calls):
   :class:`Violation`, :class:`Alternative` (:mod:`.decision`); :class:`SelectorConfig`;
   :class:`ArmSpec` and :func:`arms_from_manifests` (:mod:`.arms`).
 - :class:`PriorLearner` (:mod:`.online`): what the priors miss, learnt across arms and reloads.
-- :class:`StructuralPredictor` (cold-start latency/energy from a variant's ``structure``).
+- :class:`StructuralPredictor` (cold-start latency/energy from a variant's ``structure``);
+  :func:`fit_calibration`, :func:`load_predictor` (:mod:`.fit`).
 - Errors, all ``ValueError`` with a protocol ``code``: :class:`InvalidConstraintsError`,
   :class:`InvalidRequestError`, :class:`UnknownModelError`, :class:`UnknownVariantError`,
   :class:`UnknownPlacementError`.
@@ -29,10 +31,11 @@ _WHERE = {
     "SelectorConfig": "config",
     "Alternative": "decision", "Decision": "decision", "Met": "decision", "Prediction": "decision",
     "Violation": "decision", "describe_violations": "decision",
+    "fit_calibration": "fit", "holdout_errors": "fit", "load_calibration": "fit", "load_predictor": "fit",
     "OnlineCostModel": "online", "PriorLearner": "online",
     "Selector": "policy",
     "ProbeBudget": "probe",
-    "StructuralPredictor": "predictor", "holdout_errors": "predictor", "variant_records": "predictor",
+    "StructuralPredictor": "predictor", "variant_records": "predictor",
     "Constraints": "request", "InvalidConstraintsError": "request", "InvalidRequestError": "request",
     "QueueSnapshot": "request", "Request": "request", "SelectorError": "request",
     "UnknownModelError": "request", "UnknownPlacementError": "request", "UnknownVariantError": "request",
