@@ -128,6 +128,7 @@ class Selector:
         self._probing = self.probes.enabled
         self._pending = PendingProbes()   # per model (its first arm id)
         self.scalar_max_arms = SCALAR_MAX_ARMS
+        self._scanners: dict[tuple, Any] = {}   # the kernel's compiled loops, by the shape of a request
         self._learner = learner
         if learner is not None:   # what was learnt before this generation
             path, energy = learner.start(self.placements)
@@ -325,14 +326,18 @@ class Selector:
     def _scan_lists(self, r: Request, m: _Columns, idx: list[int] | None, waits: list[float] | None, level: int):
         """The kernel's compiled loop over the model's candidates: (best (key1, key2, j) or None,
         every feasible arm's)."""
-        columns = (m.est, m.bounds[level], m.energy, m.energy_bound if self.config.energy_at_confidence else None)
+        est, bnd, energy = m.est, m.bounds[level], m.energy
+        judged = m.energy_bound if self.config.energy_at_confidence else None
         if idx is None or 4 * len(idx) > m.hi - m.lo:   # Python floats; a few candidates of many: read in place
-            columns = [None if c is None else c.tolist() for c in columns]
-        est, bnd, energy, judged = columns
+            est, bnd, energy = est.tolist(), bnd.tolist(), energy.tolist()
+            if judged is not None:
+                judged = judged.tolist()
         c = r.constraints
         bounds = (c.min_accuracy, c.max_latency_ms, c.max_energy_mj)
-        scan = kernel.scanner((bounds[0] is not None, bounds[1] is not None, bounds[2] is not None), r.objective,
-                              waits is not None)
+        shape = (bounds[0] is not None, bounds[1] is not None, bounds[2] is not None, r.objective, waits is not None)
+        scan = self._scanners.get(shape)
+        if scan is None:
+            scan = self._scanners[shape] = kernel.scanner(shape[:3], r.objective, waits is not None)
         return scan(range(m.hi - m.lo) if idx is None else idx, est, bnd, energy, energy if judged is None else judged,
                     m.acc_l, m.acc_key_l, m.pidx_l, waits, bounds)
 
@@ -441,12 +446,14 @@ class Selector:
         predicted = Prediction(mean if isfinite(mean) else None, bound if isfinite(bound) else None, om.levels_[level],
                                w, e if e == e else None, e_bound if e_bound == e_bound else None,
                                om.energy_estimated_.item(a), acc if acc == acc else None)
-        met = Met(*kernel.meets(r, acc, bound, e_judged))
+        verdicts = kernel.meets(r, acc, bound, e_judged)
+        met = Met(*verdicts)
+        feasible = False not in verdicts
         c = r.constraints
-        vs = () if met.all else violations(met, (c.min_accuracy, c.max_latency_ms, c.max_energy_mj),
-                                           (predicted.accuracy, predicted.latency_bound_ms, number_or_none(e_judged)))
+        vs = () if feasible else violations(met, (c.min_accuracy, c.max_latency_ms, c.max_energy_mj),
+                                            (predicted.accuracy, predicted.latency_bound_ms, number_or_none(e_judged)))
         if n_feas is None:
-            n_feas = int(met.all)
+            n_feas = int(feasible)
         spec = self.arms[a]
         age = None
         if code == "probe":
