@@ -374,7 +374,7 @@ class Selector:
         if taken is not None:
             return taken
         k1, k2 = kernel.KEYS[r.objective]
-        return best_stale_columns(j, kernel.finite(figures[k1][j]), kernel.finite(figures[k2][j]), m.last[j])
+        return best_stale_columns(j, figures[k1], figures[k2], m.last)
 
     def _stale_probe(self, r: Request, m: _Columns, cand: np.ndarray | None, figures: dict[str, np.ndarray],
                      level: int, now_s: float) -> int | None:

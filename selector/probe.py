@@ -26,6 +26,8 @@ from collections.abc import Container, Iterable, Sequence
 
 import numpy as np
 
+from .kernel import finite
+
 
 class ProbeBudget:
     FEASIBLE = 0
@@ -102,12 +104,12 @@ def best_stale(entries: Iterable[tuple[float, float, float, int]]) -> int | None
 
 
 def best_stale_columns(idx: np.ndarray, key1: np.ndarray, key2: np.ndarray, last: np.ndarray) -> int | None:
-    """:func:`best_stale` over the arms ``idx`` (ascending) with their keys (``BIG`` for
-    unknown) and last measurement times as columns."""
+    """:func:`best_stale` over the arms ``idx`` (ascending) of a model's columns: its keys (NaN or
+    infinite: ``BIG``) and last measurement times, read only as far as ties need."""
     if idx.size <= 1:
         return int(idx[0]) if idx.size else None
-    best = key1 == key1.min()   # usually one arm
-    if np.count_nonzero(best) == 1:
-        return int(idx[best][0])
-    idx, key2, last = idx[best], key2[best], last[best]
-    return int(idx[np.lexsort((idx, last, key2))[0]])
+    k1 = finite(key1[idx])
+    idx = idx[k1 == k1.min()]   # usually one arm
+    if idx.size == 1:
+        return int(idx[0])
+    return int(idx[np.lexsort((idx, last[idx], finite(key2[idx])))[0]])
