@@ -388,11 +388,14 @@ class Selector:
         has refreshed for ``probe_interval_s`` says little about now; the prior (the structural
         predictor's, with the placement's learnt path) is what is known then. Energy and accuracy
         are judged as for any decision."""
-        stale = (now_s - m.last) > self.config.probe_interval_s
+        ok = (now_s - m.last) > self.config.probe_interval_s   # stale
+        if cand is not None:
+            ok &= cand
         prior = kernel.figure_columns(m.prior, m.prior_bounds[level], figures["energy_mj"], figures["energy_judged_mj"],
                                       m.acc, m.acc_key, figures["queue_ms"])
-        ok = kernel.conjunction(kernel.meets(r, prior["accuracy"], prior["latency_bound_ms"],
-                                             prior["energy_judged_mj"]), stale if cand is None else stale & cand)
+        for verdict in kernel.meets(r, prior["accuracy"], prior["latency_bound_ms"], prior["energy_judged_mj"]):
+            if verdict is not None:
+                ok &= verdict
         if not ok.any():
             return None
         k1, k2 = kernel.KEYS[r.objective]
