@@ -1,7 +1,7 @@
 """Decision cost of the selector: one ``choose`` over 50 variants x 4 placements (200 arms).
 
 Usage: python bench/bench_decision.py [--variants 50] [--placements 4] [--calls 20000] [--runs 5]
-       python bench/bench_decision.py --cold [--cold-calls 400]
+       python bench/bench_decision.py --cold [--cold-calls 400] [--cold-size 8x3]
 
 Builds a synthetic repository-sized selector (priors drawn at random, a few hundred
 measurements fed in, queues on two placements), then times ``choose`` call by call with
@@ -9,11 +9,12 @@ measurements fed in, queues on two placements), then times ``choose`` call by ca
 microseconds per scenario, per run, and the spread of p99 over runs. Garbage collection stays
 on, as in the daemon. Target (the issue): p99 <= 50 us for 50 x 4.
 
-``--cold`` compares instead the two ways of deciding for a model the size of the demo's (8
-variants x 3 placements = 24 arms): the loop over floats (the default up to
-``SCALAR_MAX_ARMS``) and the masked arrays, each called hot (back to back) and cold (before
-each call the caches are flushed by writing 32 MB and the thread sleeps 4 ms, as between the
-daemon's requests). Calls alternate between the two, so both see the same machine.
+``--cold`` compares instead the two ways the selector applies its kernel, for a model of
+``--cold-size`` variants x placements (default 8 x 3 = 24 arms, the demo's size): the loop over
+Python floats compiled from the kernel (what decisions among at most ``SCALAR_MAX_ARMS``
+candidates get) and numpy over the model's columns, each called hot (back to back) and cold
+(before each call the caches are flushed by writing 32 MB and the thread sleeps 4 ms, as
+between the daemon's requests). Calls alternate between the two, so both see the same machine.
 """
 
 from __future__ import annotations
@@ -77,9 +78,10 @@ def time_calls(fn, n: int) -> np.ndarray:
     return out / 1e3  # us
 
 
-def cold_compare(calls: int) -> None:
-    scalar = build(8, 3)
-    masked = build(8, 3)
+def cold_compare(calls: int, n_variants: int = 8, n_placements: int = 3) -> None:
+    scalar = build(n_variants, n_placements)
+    masked = build(n_variants, n_placements)
+    scalar.scalar_max_arms = scalar.n_arms
     masked.scalar_max_arms = 0
     q = {"cpu:0": QueueSnapshot((scalar.arm_id("model", "v00", "cpu:0"),), None, 0.0)}
     req = Request("model", max_latency_ms=15.0, objective="energy")
@@ -95,7 +97,7 @@ def cold_compare(calls: int) -> None:
                 t0 = clock()
                 sel.choose(req, 1e4 + i * 1e-3, q)
                 out.setdefault((name, temp), []).append((clock() - t0) / 1e3)
-    print(f"24 arms, energy objective + latency bound, one queue; {calls} calls each; us")
+    print(f"{scalar.n_arms} arms, energy objective + latency bound, one queue; {calls} calls each; us")
     print("| path | hot p50 | hot p99 | cold p50 | cold p99 |\n|---|---|---|---|---|")
     for name in ("scalar loop", "masked arrays"):
         hot, cold = np.array(out[(name, "hot")]), np.array(out[(name, "cold")])
@@ -109,11 +111,13 @@ def main() -> int:
     ap.add_argument("--placements", type=int, default=4)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--cold", action="store_true", help="scalar loop against masked arrays, hot and cold (24 arms)")
+    ap.add_argument("--cold", action="store_true", help="scalar loop against masked arrays, hot and cold")
     ap.add_argument("--cold-calls", type=int, default=400)
+    ap.add_argument("--cold-size", default="8x3", help="variants x placements of the --cold model (default 8x3)")
     args = ap.parse_args()
     if args.cold:
-        cold_compare(args.cold_calls)
+        n_variants, n_placements = (int(x) for x in args.cold_size.lower().split("x"))
+        cold_compare(args.cold_calls, n_variants, n_placements)
         return 0
     sel = build(args.variants, args.placements)
     scen = scenarios(sel)

@@ -2,10 +2,10 @@
 
 ``adaptd`` (``adaptd.cli.main:main``) parses the arguments and calls one entry function per verb:
 ``adaptd.cli.commands`` (the client verbs: infer, explain, models, stats, health, reload, log,
-keys), ``adaptd.cli.tools`` (report, load, demo), ``adaptd.cli.serve`` (the daemon) and
-``adaptd.cli.variants`` (building variants, calibration). The entry functions turn what the
-layers below raise into :class:`UserError`: one line on stderr, exit status 1. Nothing below this
-package imports it.
+keys), ``adaptd.cli.tools`` (report, load, demo), ``adaptd.cli.serve`` (the daemon),
+``adaptd.cli.variants`` (building variants) and ``adaptd.cli.calibrate`` (calibration, on the
+daemon's placements). The entry functions turn what the layers below raise into
+:class:`UserError`: one line on stderr, exit status 1. Nothing below this package imports it.
 """
 
 

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds interleaved over all arms; an arm's latency is its least round median")
     p.add_argument("--no-progress", action="store_true")
-    _target(p, "adaptd.variants.calibrate:run_calibrate")
+    _target(p, "adaptd.cli.calibrate:run_calibrate")
 
     # --- clients -------------------------------------------------------------------------
     p = sub.add_parser("infer", help="send one inference request and print the selection")

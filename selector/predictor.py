@@ -6,7 +6,8 @@ Contract
 * scikit-learn shape: hyper-parameters in ``__init__``; ``fit(records)`` learns per-placement
   coefficients and returns self; ``predict``/``predict_record`` are pure; learned state ends in
   ``_``; ``to_dict``/``from_dict`` round-trip the fitted state through plain JSON types.
-* Pure: numpy only; ``adaptd calibrate`` (variants/calibrate.py) does the profiling and the file.
+* Pure: numpy only; :mod:`.fit` evaluates and fits it on a device's calibration records and reads
+  a stored calibration back; ``adaptd calibrate`` (:mod:`adaptd.variants.calibrate`) profiles.
 * Thread safety: a fitted predictor is read-only and may be shared.
 * Units: latency ms, energy mJ, power W (= mJ/ms), FLOPs as counted by the manifest (a
   multiply-add = 2), bytes.
@@ -69,7 +70,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -384,35 +385,3 @@ class StructuralPredictor:
                 v.pop("layer_coef", None)
         self.placements_ = placements
         return self
-
-
-def holdout_errors(records: Sequence[Mapping[str, Any]], group_key: str = "model",
-                   **params: Any) -> dict:
-    """Leave-one-group-out absolute percentage errors: for each group (model), fit on the others
-    and predict its arms. Returns {"mape": median APE, "mean_ape", "n", "per_group": {...}, "errors"}."""
-    groups = sorted({str(r[group_key]) for r in records})
-    errors = []
-    per_group = {}
-    for g in groups:
-        train = [r for r in records if str(r[group_key]) != g]
-        test = [r for r in records if str(r[group_key]) == g]
-        if not train:
-            continue
-        pred = StructuralPredictor(**params).fit(train)
-        ape = []
-        for r in test:
-            p = pred.predict(r["structure"], r.get("quantization"),
-                             {"name": r["placement"], "kind": r.get("placement_kind", "cpu"),
-                              "threads": r.get("threads", 1)})
-            if p is None:
-                continue
-            ape.append(abs(p["latency_ms"] - float(r["latency_ms"])) / float(r["latency_ms"]))
-        per_group[g] = float(np.median(ape)) if ape else None
-        errors.extend(ape)
-    return {
-        "mape": float(np.median(errors)) if errors else None,
-        "mean_ape": float(np.mean(errors)) if errors else None,
-        "n": len(errors),
-        "per_group": per_group,
-        "errors": [float(e) for e in errors],
-    }

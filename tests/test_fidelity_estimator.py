@@ -209,7 +209,7 @@ def test_a_request_moves_off_a_variant_that_no_longer_meets_its_bound():
     for i in range(100):
         mf.record("int8_full", [i % 2 == 0], float(i))
     after = Selector(arms(), ["cpu:0"], SelectorConfig(probe_share=0.0)).choose(req, 0.0)
-    assert after.variant == "int8_dynamic" and after.predicted["accuracy"] >= 0.96
+    assert after.variant == "int8_dynamic" and after.predicted.accuracy >= 0.96
 
 
 def test_from_manifest_reads_the_validation_accuracies_and_checks_the_reference(tiny_repository):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from adaptd.clients.client import Client
+from adaptd.selector.online import OVERHEAD_WEIGHT
 from adaptd.tools.launch import DaemonProcess
 
 pytestmark = pytest.mark.slow
@@ -70,16 +71,25 @@ def test_a_never_measured_arm_is_predicted_with_what_its_siblings_priors_missed_
     """Energy priors come from the power model and the variant's latency prior, a hot-loop
     figure; in the daemon a tiny model's executions take longer (the demo's float32: 0.017 ms
     in the manifest, 0.045 ms served), so its energy priors were 2-3x low. After requests on one
-    arm, another arm of the same model and placement, never run, is predicted with about what
-    the first arm's prior missed added to its own prior."""
+    arm, another arm of the same model and placement, never run, is predicted with what the
+    first arm's prior missed (the learner's average of it) added to its own prior.
+
+    The reference is that average, recomputed from the energies the daemon learnt from (each
+    reply carries its execution's), not a median of them: on a shared machine single executions
+    take several times the usual energy (a preempted worker), and an average and a median of such
+    samples differ by more than any fixed share, which made this test fail on a loaded machine."""
     run_before, before, after, selections, other_runs = _learn_on_one_arm(tiny_repository, tmp_path)
     assert other_runs == 0
     run_prior = run_before.energy_mj
-    missed = float(np.median([s.energy.energy_mj for s in selections[30:]])) - run_prior
-    # without the correction after == before, which fails this as soon as the prior missed more
-    # than a fifth of itself (here it misses more than the prior itself)
+    misses = [s.energy.energy_mj - run_prior for s in selections]
+    learnt = misses[0]
+    for miss in misses[1:]:
+        learnt += OVERHEAD_WEIGHT * (miss - learnt)
+    # without the correction after == before, which fails this whenever the prior missed anything;
+    # the shift follows the average once it moves by over 10% (the learner's hysteresis)
     shift = after.energy_mj - before.energy_mj
-    assert abs(shift - missed) <= 0.5 * abs(missed) + 0.1 * run_prior, (run_prior, before, after, missed)
+    assert abs(shift - learnt) <= 0.1 * max(abs(shift), abs(learnt)) + 1e-9 * run_prior, \
+        (run_prior, before, after, learnt, misses)
 
 
 def test_one_slow_execution_does_not_move_the_placements_learnt_path_far(tiny_repository):
@@ -139,5 +149,5 @@ def test_a_slow_first_execution_does_not_set_the_placements_learnt_path(tiny_rep
     run = model.arms[0]
     for i, path_ms in enumerate([0.5, 0.5, 0.5, 10.0] + [0.5] * 6):   # one 10 ms path among the first ten
         policy.observe(model, run, 0.05 + path_ms, None, True, 0.01 * (i + 1), compute_ms=0.05)
-    learnt = policy.path_overhead_ms[run.placement.name]
+    learnt = policy.learner.path_ms[run.placement.name]
     assert learnt < 0.5 + 0.2, learnt   # their mean: 1.45 ms

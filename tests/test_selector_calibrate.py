@@ -12,13 +12,8 @@ tf = pytest.importorskip("tensorflow")
 
 from adaptd.cli.main import main
 from adaptd.selector import ArmSpec, Request, Selector, StructuralPredictor
-from adaptd.variants.calibrate import (
-    CALIBRATION_FILE,
-    calibrate,
-    load_calibration,
-    load_predictor,
-    write_calibration,
-)
+from adaptd.selector.fit import CALIBRATION_FILE, load_calibration, load_predictor
+from adaptd.variants.calibrate import calibrate, write_calibration
 
 
 def _tiny(width: int) -> tf.keras.Model:

@@ -187,12 +187,12 @@ def test_selector_judges_an_energy_bound_on_the_mean_or_the_confidence_bound(ene
     d = s.choose(Request("m", max_energy_mj=2.7, objective="latency"), 0.5)
     if not energy_at_confidence:   # the mean (about 2) fits: the faster arm a
         assert (d.variant, d.code) == ("a", "selected")
-        assert d.predicted["energy_mj"] < 2.7 < d.predicted["energy_bound_mj"]
+        assert d.predicted.energy_mj < 2.7 < d.predicted.energy_bound_mj
         return
     assert (d.variant, d.code) == ("b", "selected")   # a's mean (2) fits, its bound (3) does not
     pinned = s.choose(Request("m", max_energy_mj=2.7, variant="a", placement="p0"), 0.5)
-    assert not pinned.feasible and pinned.violations["max_energy_mj"]["predicted"] == pinned.predicted["energy_bound_mj"]
-    assert pinned.predicted["energy_mj"] < 2.7 < pinned.predicted["energy_bound_mj"]
+    assert not pinned.feasible and pinned.violation("max_energy_mj").predicted == pinned.predicted.energy_bound_mj
+    assert pinned.predicted.energy_mj < 2.7 < pinned.predicted.energy_bound_mj
 
 
 def test_bad_measurement_rejected_state_unchanged():

@@ -3,8 +3,6 @@ reference computed from the selector's own published estimates."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 
 import pytest
@@ -137,26 +135,25 @@ def test_feasible_when_possible_and_optimal(sc, energy_at_confidence):
         best = min(feasible, key=lambda r: objective_key(r, req.objective))
         assert d.arm_id == best["a"]
         # every set constraint met by the model's own estimates
-        assert d.feasible and all(v is not False for v in d.predicted_met.values())
+        assert d.feasible and d.met.all
         if req.max_latency_ms is not None:
-            assert d.predicted["latency_bound_ms"] <= req.max_latency_ms
+            assert d.predicted.latency_bound_ms <= req.max_latency_ms
         # the bound is at the confidence asked for, or a stricter one, never a weaker one
-        assert d.predicted["latency_confidence"] >= (req.latency_confidence or s.config.confidence)
+        assert d.predicted.latency_confidence >= (req.latency_confidence or s.config.confidence)
         if req.max_energy_mj is not None:
             judged = "energy_bound_mj" if energy_at_confidence else "energy_mj"
-            assert d.predicted[judged] <= req.max_energy_mj
+            assert getattr(d.predicted, judged) <= req.max_energy_mj
         if req.min_accuracy is not None:
-            assert d.predicted["accuracy"] >= req.min_accuracy
+            assert d.predicted.accuracy >= req.min_accuracy
     else:
         closest = min(rows, key=lambda r: (r["viol"], r["a"]))
         assert not d.feasible
-        assert d.closest == {"variant": s.arms[closest["a"]].variant, "placement": s.arms[closest["a"]].placement}
+        assert d.closest_id == closest["a"]
         assert d.violations  # names what fails, by how much
         if req.on_infeasible == "reject":
             assert d.code == "infeasible" and d.arm_id is None and d.variant is None
         else:
             assert d.code == "best_effort" and d.arm_id == closest["a"]
-    json.dumps(d.to_dict())  # wire-friendly
 
 
 @FAST
@@ -170,10 +167,10 @@ def test_a_stricter_latency_confidence_never_admits_more_arms(sc, q1, q2):
     om = s.cost_model
     assert (om.latency_bounds_ms_[om.level_for(hi_q)] >= om.latency_bounds_ms_[om.level_for(lo_q)]).all() \
         or any(math.isnan(x) for x in om.latency_bounds_ms_.ravel())
-    loose = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=lo_q), queues) if r["ok"]}
-    strict = {r["a"] for r in reference(s, dataclasses.replace(req, latency_confidence=hi_q), queues) if r["ok"]}
+    loose = {r["a"] for r in reference(s, req.replace(latency_confidence=lo_q), queues) if r["ok"]}
+    strict = {r["a"] for r in reference(s, req.replace(latency_confidence=hi_q), queues) if r["ok"]}
     assert strict <= loose
-    d = s.explain(dataclasses.replace(req, latency_confidence=hi_q), t + 1.0, queues)
+    d = s.explain(req.replace(latency_confidence=hi_q), t + 1.0, queues)
     assert d.n_feasible == len(strict)
 
 
@@ -190,9 +187,9 @@ def test_latency_confidence_picks_the_arm_whose_tail_meets_the_bound():
         s.update(1, 5.0 if i == 7 else 0.9, 0.5, True, t)   # one slow execution in 16
     loose = s.choose(Request("m", max_latency_ms=2.0, objective="energy"), t)
     strict = s.choose(Request("m", max_latency_ms=2.0, objective="energy", latency_confidence=0.97), t)
-    assert loose.variant == "tail" and loose.predicted["latency_confidence"] == 0.9
-    assert strict.variant == "steady" and strict.predicted["latency_confidence"] == 0.99
-    assert strict.predicted["latency_bound_ms"] <= 2.0
+    assert loose.variant == "tail" and loose.predicted.latency_confidence == 0.9
+    assert strict.variant == "steady" and strict.predicted.latency_confidence == 0.99
+    assert strict.predicted.latency_bound_ms <= 2.0
     with pytest.raises(InvalidConstraintsError, match="above the highest"):
         s.choose(Request("m", max_latency_ms=2.0, objective="energy", latency_confidence=0.995), t)
     stats = s.stats()[1]["latency_ms"]
@@ -208,7 +205,7 @@ def test_deterministic(sc):
     for k in range(6):
         d1 = s1.choose(req, t + k, queues, explain=True)
         d2 = s2.choose(req, t + k, queues, explain=True)
-        assert d1.to_dict() == d2.to_dict()
+        assert d1 == d2
 
 
 @FAST
@@ -233,27 +230,34 @@ def test_pins(sc, data):
             assert d.placement == arm.placement
 
 
+@FAST
 @given(scenarios(), st.data())
-def test_both_pins_scalar_path_equals_the_general_path(sc, data):
-    """A request pinning variant and placement takes a scalar shortcut; passing every variant as
-    ``allowed_variants`` forces the general, masked path: the decisions must be identical."""
+def test_a_pinned_arm_is_judged_as_the_model_judges_it_among_the_others(sc, data):
+    """Pinning both variant and placement applies the kernel to that one arm: its prediction and
+    what it meets are those the model's columns give the same arm in an unpinned explanation."""
     arms, pls, meas, queues, req = sc
     s, t = build(arms, pls, meas, energy_at_confidence=data.draw(st.booleans()))
     arm = data.draw(st.sampled_from(s.arms))
-    r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
-                variant=arm.variant, placement=arm.placement)
-    fast = s.choose(r, t, queues)
-    general = s.choose(r, t, queues, allowed_variants=sorted({a.variant for a in s.arms}))
-    assert fast.to_dict() == general.to_dict()
-    assert fast.code == "pinned"
+    pinned = s.choose(req.replace(variant=arm.variant, placement=arm.placement), t, queues)
+    assert pinned.code == "pinned" and (pinned.variant, pinned.placement) == (arm.variant, arm.placement)
+    alt = next(a for a in s.explain(req, t, queues).alternatives if (a.variant, a.placement) == (arm.variant, arm.placement))
+    assert alt.predicted == pinned.predicted
+    assert alt.excluded_by == tuple(name for name, ok in pinned.met.items() if not ok)
+    assert pinned.n_candidates == 1 and pinned.n_feasible == int(pinned.feasible)
+
+
+def _ids(s: Selector, variants=None, variant=None, placement=None) -> list[int]:
+    """Arm ids of model m: of ``variants`` (None: all), restricted by the pins."""
+    return [i for i, a in enumerate(s.arms) if a.model == "m" and (variants is None or a.variant in variants)
+            and variant in (None, a.variant) and placement in (None, a.placement)]
 
 
 @FAST
 @given(scenarios(), st.data())
 def test_small_model_scalar_path_equals_the_masked_path(sc, data):
-    """Models of at most ``scalar_max_arms`` arms are decided by a loop over floats, larger ones
-    by masked arrays: the same decisions, probes (and the probe budget) included, call after
-    call, with and without pins and allowed variants."""
+    """Decisions among at most ``scalar_max_arms`` candidates are scanned by a loop compiled from the kernel,
+    larger ones by numpy over columns: the same decisions, probes (and the probe budget)
+    included, call after call, with and without pins and candidates."""
     arms, pls, meas, queues, req = sc
     cfg = dict(energy_at_confidence=data.draw(st.booleans()), probe_share=data.draw(st.sampled_from([0.0, 0.3, 1.0])),
                probe_interval_s=data.draw(st.sampled_from([0.0, 0.2, 100.0])), probe_closest=data.draw(st.booleans()))
@@ -263,26 +267,20 @@ def test_small_model_scalar_path_equals_the_masked_path(sc, data):
     assert scalar.scalar_max_arms >= len(scalar.arms)
     arm = data.draw(st.sampled_from(scalar.arms))
     pin_v, pin_p = data.draw(st.booleans()), data.draw(st.booleans())
-    r = Request("m", req.min_accuracy, req.max_latency_ms, req.max_energy_mj, req.objective, req.on_infeasible,
-                variant=arm.variant if pin_v else None, placement=arm.placement if pin_p else None)
+    r = req.replace(variant=arm.variant if pin_v else None, placement=arm.placement if pin_p else None)
     variants = sorted({a.variant for a in scalar.arms})
     allowed = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(variants), min_size=1, unique=True)))
+    candidates = None if allowed is None else _ids(scalar, allowed, r.variant, r.placement) or None
     # the request alternates with an unconstrained one, so that a probe of the arm closest to an
     # infeasible request (probe_closest) can follow it
     free = Request("m", objective=req.objective, variant=r.variant, placement=r.placement)
     for k in range(6):
-        outcomes = []
-        for s in (scalar, masked):
-            try:
-                outcomes.append(s.choose(r if k % 3 != 1 else free, t + 0.1 * k, queues, allowed_variants=allowed,
-                                         dry_run=k == 3).to_dict())
-            except UnknownVariantError as exc:
-                outcomes.append(("UnknownVariantError", str(exc)))
+        outcomes = [s.choose(r if k % 3 != 1 else free, t + 0.1 * k, queues, candidates=candidates, dry_run=k == 3)
+                    for s in (scalar, masked)]
         assert outcomes[0] == outcomes[1]
-        if isinstance(outcomes[0], dict) and outcomes[0]["arm_id"] is not None and k % 2:
-            a = outcomes[0]["arm_id"]   # both learn the same measurement
-            for s in (scalar, masked):
-                s.update(a, 1.0 + k, 2.0, True, t + 0.1 * k)
+        if outcomes[0].arm_id is not None and k % 2:
+            for s in (scalar, masked):   # both learn the same measurement
+                s.update(outcomes[0].arm_id, 1.0 + k, 2.0, True, t + 0.1 * k)
 
 
 def _closest_probe_scenario(path="scalar", **cfg):
@@ -317,7 +315,7 @@ def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(path, pr
     to meet); without it, probes go best-first by the request's objective."""
     s, t = _closest_probe_scenario(path, probe_closest=probe_closest)
     d = s.choose(TIGHT, t)
-    assert d.code == "infeasible" and d.closest["variant"] == "near"
+    assert d.code == "infeasible" and s.arm(d.closest_id).variant == "near"
     d = s.choose(LOOSE, t + 0.1)
     assert d.code == "probe"
     assert d.variant == ("near" if probe_closest else "mid")
@@ -328,7 +326,7 @@ def test_the_stale_arm_closest_to_an_infeasible_request_is_probed_first(path, pr
 @PATHS
 def test_a_dry_run_leaves_no_pending_closest_probe(path):
     s, t = _closest_probe_scenario(path)
-    assert s.choose(TIGHT, t, dry_run=True).closest["variant"] == "near"
+    assert s.arm(s.choose(TIGHT, t, dry_run=True).closest_id).variant == "near"
     d = s.choose(LOOSE, t + 0.1)
     assert (d.code, d.variant) == ("probe", "mid")
 
@@ -339,7 +337,7 @@ def test_a_pending_closest_probe_is_dropped_once_the_arm_is_measured(path, later
     """Measured after the rejection, the arm has nothing left to tell, even once its estimate is
     stale again (``later_s`` past ``probe_interval_s``)."""
     s, t = _closest_probe_scenario(path)
-    assert s.choose(TIGHT, t).closest["variant"] == "near"
+    assert s.arm(s.choose(TIGHT, t).closest_id).variant == "near"
     s.update(s.arm_id("m", "near", "cpu:0"), 2.4, 6.0, True, t + 0.05)   # still too slow for TIGHT
     d = s.choose(LOOSE, t + later_s)
     assert (d.code, d.variant) == ("probe", "mid")
@@ -351,8 +349,8 @@ def test_an_arm_failing_only_the_accuracy_bound_is_not_made_a_pending_probe(path
     s, t = _closest_probe_scenario(path)
     picky = Request("m", min_accuracy=0.85, max_latency_ms=2.0, objective="energy")
     d = s.choose(picky, t)
-    assert d.code == "infeasible" and d.closest["variant"] == "near"   # closest, at accuracy 0.8
-    assert set(d.violations) == {"min_accuracy", "max_latency_ms"}
+    assert d.code == "infeasible" and s.arm(d.closest_id).variant == "near"   # closest, at accuracy 0.8
+    assert {v.constraint for v in d.violations} == {"min_accuracy", "max_latency_ms"}
     d = s.choose(LOOSE, t + 0.1)
     assert (d.code, d.variant) == ("probe", "mid")
 
@@ -379,7 +377,7 @@ def test_probes_only_feasible_and_bounded(sc):
                 wait = rows[a]["bound"] - om.latency_bounds_ms_[level, a]
                 prior_bound = om.prior_bounds_ms_[level, a] + wait
                 assert req.max_latency_ms is not None and prior_bound <= req.max_latency_ms
-                assert d.predicted["latency_bound_ms"] == pytest.approx(prior_bound)
+                assert d.predicted.latency_bound_ms == pytest.approx(prior_bound)
                 assert req.min_accuracy is None or (rows[a]["acc"] is not None and rows[a]["acc"] >= req.min_accuracy)
                 if req.max_energy_mj is not None:
                     judged = om.energy_bound_mj_[a] if s.config.energy_at_confidence else om.est_energy_mj_[a]
@@ -410,7 +408,7 @@ def test_a_stream_of_one_tight_bound_recovers_after_a_slow_spell():
         codes.append(d.code)
         if d.code == "probe":
             probe_at = probe_at or t
-            assert d.predicted["latency_bound_ms"] <= 2.0 and "by its prior" in d.text
+            assert d.predicted.latency_bound_ms <= 2.0 and "by its prior" in d.text
             s.update(d.arm_id, 0.55, 1.0, True, t)   # the spell is over
         elif d.code == "selected":
             s.update(d.arm_id, 0.55, 1.0, True, t)
@@ -444,11 +442,11 @@ def test_explain_changes_nothing_and_ranks():
     assert d.code == "selected" and d.variant == "v1"
     alts = d.alternatives
     assert len(alts) == 8
-    assert alts[0]["rank"] == 0 and (alts[0]["variant"], alts[0]["placement"]) == (d.variant, d.placement)
-    excluded = {(a["variant"], a["placement"]): a["excluded_by"] for a in alts}
-    assert excluded[("v0", "cpu:0")] == ["min_accuracy"]
+    assert alts[0].rank == 0 and (alts[0].variant, alts[0].placement) == (d.variant, d.placement)
+    excluded = {(a.variant, a.placement): a.excluded_by for a in alts}
+    assert excluded[("v0", "cpu:0")] == ("min_accuracy",)
     assert "max_latency_ms" in excluded[("v3", "cpu:0")]
-    assert all(a["rank"] is None for a in alts if a["excluded_by"])
+    assert all(a.rank is None for a in alts if a.excluded_by)
     # a dry run spends no probe credit; the real call probes (probe_share=1 and all arms stale)
     assert s.explain(r, 100.0).code == "selected"
     assert s.choose(r, 100.0).code == "probe"
@@ -492,7 +490,7 @@ def test_an_infinite_cost_never_ties_with_an_excluded_arm(path):
     d = s.choose(Request("m", min_accuracy=0.8, objective="energy"), 0.0)
     assert d.variant == "b" and d.feasible
     d = s.choose(Request("m", max_latency_ms=0.01, on_infeasible="best_effort"), 0.0,
-                 allowed_variants=iter(["a"]))
+                 candidates=iter([s.arm_id("m", "a", "cpu:0")]))
     assert d.code == "best_effort" and d.variant == "a"
 
 
@@ -505,11 +503,11 @@ def test_queue_wait_moves_choice():
     # in flight 2.0 ms job started 0.5 ms ago + one queued 2.0 ms job -> wait 3.5 ms on cpu:0
     q = {"cpu:0": QueueSnapshot((a0,), a0, 0.5)}
     d = s.choose(r, 0.0, q, explain=True)
-    assert d.placement == "cpu:1" and d.predicted["queue_ms"] == 0.0
-    alt = {a["placement"]: a for a in d.alternatives}
-    assert alt["cpu:0"]["queue_ms"] == pytest.approx(3.5)
-    assert alt["cpu:0"]["latency_bound_ms"] == pytest.approx(5.5)
-    assert alt["cpu:0"]["excluded_by"] == ["max_latency_ms"]
+    assert d.placement == "cpu:1" and d.predicted.queue_ms == 0.0
+    alt = {a.placement: a for a in d.alternatives}
+    assert alt["cpu:0"].predicted.queue_ms == pytest.approx(3.5)
+    assert alt["cpu:0"].predicted.latency_bound_ms == pytest.approx(5.5)
+    assert alt["cpu:0"].excluded_by == ("max_latency_ms",)
 
 
 def test_unknown_accuracy_fails_min_accuracy_and_ranks_last():
@@ -519,7 +517,7 @@ def test_unknown_accuracy_fails_min_accuracy_and_ranks_last():
     assert s.choose(Request("m", objective="accuracy"), 0.0).variant == "known"
     assert s.choose(Request("m"), 0.0).variant == "zoo"
     d = s.choose(Request("m", min_accuracy=0.5), 0.0)
-    assert d.code == "infeasible" and d.closest["variant"] == "known"
+    assert d.code == "infeasible" and s.arm(d.closest_id).variant == "known"
     assert "accuracy 0.3 is below 0.5 by 0.2" in d.text
 
 
@@ -600,32 +598,36 @@ def test_from_manifests_accepts_objects_and_predictor_priors():
     assert [a.prior_latency_ms for a in s.arms] == pytest.approx([1.0, 0.5], rel=0.05)
     assert s.arms[0].version == "3"
     d = s.choose(Request("m", objective="energy"), 0.0)
-    assert d.variant == "i8" and d.predicted["energy_mj"] == pytest.approx(1.0, rel=0.05)
-    assert d.predicted["energy_estimated"] is True
+    assert d.variant == "i8" and d.predicted.energy_mj == pytest.approx(1.0, rel=0.05)
+    assert d.predicted.energy_estimated is True
 
 
 @FAST
 @given(scenarios(), st.data())
-def test_allowed_variants_restrict_like_a_filtered_repository(sc, data):
+def test_candidates_restrict_like_a_filtered_repository(sc, data):
+    """The caller's candidates (e.g. the variants an input's dtype allows) are the arms chosen
+    among: the best of them, or the closest of them."""
     arms, pls, meas, queues, req = sc
     s, t = build(arms, pls, meas, probe_share=0.0)
     names = sorted({a.variant for a in s.arms})
     allowed = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
-    d = s.choose(req, t + 1.0, queues, allowed_variants=allowed + ["not-a-variant"])
+    d = s.choose(req, t + 1.0, queues, candidates=_ids(s, allowed))
     rows = [r for r in reference(s, req, queues) if s.arms[r["a"]].variant in allowed]
     feasible = [r for r in rows if r["ok"]]
     if feasible:
         assert d.arm_id == min(feasible, key=lambda r: objective_key(r, req.objective))["a"]
     else:
-        closest = min(rows, key=lambda r: (r["viol"], r["a"]))
-        assert d.closest["variant"] == s.arms[closest["a"]].variant
+        assert d.closest_id == min(rows, key=lambda r: (r["viol"], r["a"]))["a"]
         assert d.n_candidates == len(rows)
 
 
-def test_allowed_variants_errors():
-    s = Selector([ArmSpec("m", "a", "cpu:0", 0.9, 1.0), ArmSpec("m", "b", "cpu:0", 0.9, 2.0)], ["cpu:0"])
-    assert s.choose(Request("m"), 0.0, allowed_variants=["b"]).variant == "b"
-    with pytest.raises(UnknownVariantError):
-        s.choose(Request("m"), 0.0, allowed_variants=[])
-    with pytest.raises(UnknownVariantError):
-        s.choose(Request("m", variant="a", placement="cpu:0"), 0.0, allowed_variants=["b"])
+def test_candidates_are_trusted_and_pins_resolved_only_without_them():
+    s = Selector([ArmSpec("m", "a", "cpu:0", 0.9, 1.0), ArmSpec("m", "b", "cpu:0", 0.9, 2.0),
+                  ArmSpec("n", "a", "cpu:0", 0.9, 1.0)], ["cpu:0"])
+    b = s.arm_id("m", "b", "cpu:0")
+    assert s.choose(Request("m"), 0.0, candidates=[b]).variant == "b"
+    # the caller resolved the pins (to b): the pins only make the decision "pinned"
+    assert s.choose(Request("m", variant="x", placement="y"), 0.0, candidates=[b]).code == "pinned"
+    for bad in ([], [s.arm_id("n", "a", "cpu:0")]):
+        with pytest.raises(ValueError, match="candidates"):
+            s.choose(Request("m"), 0.0, candidates=bad)

@@ -10,15 +10,14 @@ Contract
   takes the median of ``repeats`` timed ``invoke()`` calls, and the least round median is the
   arm's latency (the unloaded device; the spread between rounds is recorded as a noise figure).
   The affinity is restored afterwards, also on failure.
-* It then measures the predictor's error on arms held out from calibration (leave-one-model-out
-  when there are at least two models, else a seeded random quarter of the arms), for the
-  predictor as used (kernel-level model where the structure lists ``layers``) and, for
-  comparison, for the per-op-type totals model alone (``holdout.totals_mape``); it fits the
-  predictor on all arms and returns the calibration document (plain JSON types).
+* The records go to :func:`adaptd.selector.fit.fit_calibration`, which measures the predictor's
+  error on held-out arms and fits it; ``calibrate`` returns the calibration document (plain JSON
+  types) with both.
 * ``write_calibration`` stores it at ``REPOSITORY/calibration.json`` atomically (temporary file
-  in the same directory, fsync, rename): a reader sees the old file or the new one.
-* ``load_predictor(repository)`` gives the fitted :class:`StructuralPredictor` or None when the
-  device was never calibrated.
+  in the same directory, fsync, rename): a reader sees the old file or the new one. Reading it
+  back is the selector's (:func:`adaptd.selector.fit.load_predictor`).
+* The placements are the caller's (``adaptd calibrate`` passes the daemon's, :mod:`adaptd.cli`);
+  :func:`default_placements` when none are given. Nothing here imports the daemon.
 * Manifests are read leniently (plain JSON, ``path`` or ``file`` naming the model file) so a
   repository still being written by another version of the build pipeline can be profiled.
   Variant structure comes from the manifest's ``structure``, else from ``describe_tflite``.
@@ -33,18 +32,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from adaptd.selector.predictor import StructuralPredictor, holdout_errors
+from adaptd.selector.fit import CALIBRATION_FILE, SCHEMA, fit_calibration
 from adaptd.variants.manifest import write_text_atomic
-
-CALIBRATION_FILE = "calibration.json"
-SCHEMA = "adaptd.calibration/1"
 
 
 # ----------------------------------------------------------------------------- placements
@@ -56,18 +51,6 @@ def default_placements() -> list[dict]:
     if len(cores) > 1:
         out.append({"name": "cpu:all", "kind": "cpu", "runtime": "litert", "cores": cores, "threads": len(cores)})
     return out
-
-
-def placements_from_config(config_path: Path | None) -> list[dict]:
-    """The daemon's LiteRT placements (its discovery, filtered by the config) when the daemon's
-    modules are available; otherwise :func:`default_placements`."""
-    try:
-        from adaptd.daemon.config import PlacementsConfig, load_config
-        from adaptd.daemon.placements import discover
-    except Exception:  # the daemon is not installed / not ready: fall back
-        return default_placements()
-    pcfg = load_config(config_path).placements if config_path is not None else PlacementsConfig()
-    return [p.to_dict() for p in discover(pcfg) if p.runtime == "litert"]
 
 
 # ----------------------------------------------------------------------------- repository
@@ -199,22 +182,7 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
                         "latency_ms": best["latency_ms"], "latency_p90_ms": best["latency_p90_ms"],
                         "n": sum(m["n"] for m in ms), "round_medians_ms": meds,
                         "round_spread": (max(meds) - min(meds)) / min(meds) if min(meds) > 0 else 0.0})
-    n_models = len({r["model"] for r in records})
-    if n_models >= 2:
-        method = "leave-one-model-out"
-        held = holdout_errors(records, "model")
-        totals = holdout_errors(records, "model", kernel_model=False)
-    else:
-        method = "random-25%-of-arms"
-        rng = np.random.default_rng(seed)
-        fold = rng.random(len(records)) < 0.25
-        for r, f in zip(records, fold):
-            r["_fold"] = "test" if f else "train"
-        held = _split_errors(records)
-        totals = _split_errors(records, kernel_model=False)
-        for r in records:
-            r.pop("_fold", None)
-    predictor = StructuralPredictor().fit(records)
+    predictor, holdout = fit_calibration(records, seed)
     return {
         "schema": SCHEMA,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -227,27 +195,9 @@ def calibrate(repository: Path, placements: Iterable[Mapping[str, Any]] | None =
         "measurement_spread": {"median": float(np.median([r["round_spread"] for r in records])),
                                "max": float(max(r["round_spread"] for r in records))},
         "predictor": predictor.to_dict(),
-        "holdout": {"method": method, "mape": held["mape"], "mean_ape": held["mean_ape"], "n": held["n"],
-                    "per_model": held.get("per_group", {}),
-                    "totals_mape": totals["mape"], "totals_per_model": totals.get("per_group", {})},
+        "holdout": holdout,
         "records": [{k: v for k, v in r.items() if k != "structure"} for r in records],
     }
-
-
-def _split_errors(records: list[dict], **params: Any) -> dict:
-    train = [r for r in records if r["_fold"] == "train"]
-    test = [r for r in records if r["_fold"] == "test"]
-    if not train or not test:
-        return {"mape": None, "mean_ape": None, "n": 0}
-    p = StructuralPredictor(**params).fit(train)
-    errs = []
-    for r in test:
-        pr = p.predict(r["structure"], r["quantization"],
-                       {"name": r["placement"], "kind": r["placement_kind"], "threads": r["threads"]})
-        if pr is not None:
-            errs.append(abs(pr["latency_ms"] - r["latency_ms"]) / r["latency_ms"])
-    return {"mape": float(np.median(errs)) if errs else None,
-            "mean_ape": float(np.mean(errs)) if errs else None, "n": len(errs)}
 
 
 # ----------------------------------------------------------------------------- storage
@@ -255,57 +205,3 @@ def write_calibration(repository: Path, document: Mapping[str, Any]) -> Path:
     """Write ``REPOSITORY/calibration.json`` atomically; return its path."""
     text = json.dumps(document, indent=1, sort_keys=False) + "\n"
     return write_text_atomic(Path(repository) / CALIBRATION_FILE, text)
-
-
-def load_calibration(location: Path) -> dict | None:
-    """The calibration document at ``location``: a repository (its ``calibration.json``) or the
-    file itself; None when there is none."""
-    path = Path(location)
-    if path.is_dir():
-        path = path / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not an {SCHEMA} document")
-    return doc
-
-
-def load_predictor(location: Path) -> StructuralPredictor | None:
-    """The calibrated predictor at ``location`` (as :func:`load_calibration`), or None if never
-    calibrated."""
-    doc = load_calibration(location)
-    return None if doc is None else StructuralPredictor.from_dict(doc["predictor"])
-
-
-# ----------------------------------------------------------------------------- CLI
-def run_calibrate(args: Any) -> int:
-    from adaptd.cli import UserError
-
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if getattr(args, "models", None) else None
-    try:
-        placements = placements_from_config(getattr(args, "config", None))
-    except Exception as exc:
-        raise UserError(f"placements: {exc}") from exc
-    quiet = getattr(args, "no_progress", False)
-    progress = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    try:
-        doc = calibrate(args.repository, placements, models, repeats=args.repeats, progress=progress,
-                        rounds=getattr(args, "rounds", 3))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    path = write_calibration(args.repository, doc)
-    h = doc["holdout"]
-    mape = "n/a" if h["mape"] is None else f"{100 * h['mape']:.1f}%"
-    print(f"calibrated {len(doc['records'])} arms on {', '.join(p['name'] for p in doc['placements'])} "
-          f"({doc['device']['cpu_model']}) in {doc['duration_s']:.1f} s")
-    sp = doc["measurement_spread"]
-    print(f"measurement spread between rounds: median {100 * sp['median']:.1f}%, max {100 * sp['max']:.1f}%")
-    print(f"held-out latency error ({h['method']}, {h['n']} arms): median APE {mape}"
-          + ("" if h["mean_ape"] is None else f", mean APE {100 * h['mean_ape']:.1f}%"))
-    for model, e in sorted((h.get("per_model") or {}).items()):
-        print(f"  {model}: median APE {'n/a' if e is None else f'{100 * e:.1f}%'}")
-    if h.get("totals_mape") is not None:
-        print(f"  (the per-op-type totals model alone: median APE {100 * h['totals_mape']:.1f}%)")
-    print(f"wrote {path}")
-    return 0

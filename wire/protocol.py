@@ -23,6 +23,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from adaptd.selector.request import OBJECTIVES, ON_INFEASIBLE, Constraints, InvalidConstraintsError
+
 SIGNATURE = b"ADPT01"
 SIGNATURE_PREFIX = b"ADPT"
 SUPPORTED_VERSIONS = ("01",)
@@ -62,8 +64,6 @@ DTYPES: dict[str, np.dtype] = {
     for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 }
 DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
-OBJECTIVES = ("latency", "energy", "accuracy")
-ON_INFEASIBLE = ("reject", "best_effort")
 SHM_TYPES = ("shm_register", "shm_unregister", "shm_regions")     # §11
 CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain", *SHM_TYPES)
 REQUEST_TYPES = ("infer", *CONTROL_TYPES)
@@ -265,20 +265,6 @@ def tensors_from_frames(specs: Sequence[TensorSpec], bodies: Sequence[memoryview
 # --- requests ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Constraints:
-    min_accuracy: float | None = None
-    max_latency_ms: float | None = None
-    max_energy_mj: float | None = None
-    latency_confidence: float | None = None   # qualifies max_latency_ms (§4); not a bound itself
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in (("min_accuracy", self.min_accuracy),
-                                  ("max_latency_ms", self.max_latency_ms),
-                                  ("max_energy_mj", self.max_energy_mj),
-                                  ("latency_confidence", self.latency_confidence)) if v is not None}
-
-
-@dataclass(frozen=True)
 class Request:
     """A validated request header (inference, explain or another control message)."""
 
@@ -328,30 +314,20 @@ CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj", "latency_c
 
 
 def parse_constraints(value: Any, rid: str | None) -> Constraints:
+    """§4.2: a map of known keys; the values are judged by the selector's rules
+    (:class:`adaptd.selector.request.Constraints`), whose message a ``BAD_CONSTRAINTS`` carries."""
     if value is None:
         return Constraints()
     if not isinstance(value, dict):
         raise ProtocolError(BAD_CONSTRAINTS, "'constraints' must be a map", rid)
-    out: dict[str, float | None] = {}
-    for key in CONSTRAINT_KEYS:
-        raw = value.get(key)
-        if raw is None:
-            out[key] = None
-            continue
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise ProtocolError(BAD_CONSTRAINTS, f"constraint {key} must be a finite number; got {shown(raw)}", rid)
-        raw = float(raw)
-        if key == "min_accuracy" and not 0.0 <= raw <= 1.0:
-            raise ProtocolError(BAD_CONSTRAINTS, f"min_accuracy must be within [0, 1]; got {raw}", rid)
-        if key == "latency_confidence" and not 0.5 <= raw < 1.0:
-            raise ProtocolError(BAD_CONSTRAINTS, f"latency_confidence must be within [0.5, 1); got {raw}", rid)
-        if key in ("max_latency_ms", "max_energy_mj") and raw <= 0.0:
-            raise ProtocolError(BAD_CONSTRAINTS, f"{key} must be greater than 0; got {raw}", rid)
-        out[key] = raw
+    try:
+        constraints = Constraints(*(value.get(key) for key in CONSTRAINT_KEYS))
+    except InvalidConstraintsError as exc:
+        raise ProtocolError(BAD_CONSTRAINTS, str(exc), rid) from None
     unknown = set(value) - set(CONSTRAINT_KEYS)
     if unknown:
         raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {shown(sorted(map(str, unknown)))}", rid)
-    return Constraints(**out)
+    return constraints
 
 
 def parse_request(header: Mapping[str, Any]) -> Request:

@@ -1,0 +1,74 @@
+"""What the priors miss (adaptd.selector.online.PriorLearner): completion with the caller's
+numbers, the placement's path as a running median, the energy miss as an average, both kept
+across selector generations. Real selectors; no daemon (tests/test_selection_total_latency.py
+holds the same through a real daemon)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from adaptd.selector import ArmSpec, PriorLearner, Selector, SelectorConfig
+from adaptd.selector.online import OVERHEAD_WEIGHT, PATH_FIRST_N, PATH_STEP
+
+ARMS = [ArmSpec("m", v, p, 0.9, 1.0, 0.1, e) for v, e in (("a", 2.0), ("b", None)) for p in ("cpu:0", "cpu:1")]
+
+
+def test_priors_are_completed_with_the_round_trip_and_the_power_model():
+    learner = PriorLearner(round_trip_ms={"cpu:0": 0.25}, power_w={"cpu:0": 3.0, "cpu:1": 2.0})
+    s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    by = {(a.variant, a.placement): a for a in s.arms}
+    assert by[("a", "cpu:0")].prior_latency_ms == 1.25 and by[("a", "cpu:1")].prior_latency_ms == 1.0
+    assert by[("a", "cpu:0")].prior_energy_mj == 2.0                 # its own prior kept
+    assert by[("b", "cpu:0")].prior_energy_mj == pytest.approx(3.0)  # the power model x the execution's prior
+    assert by[("b", "cpu:1")].prior_energy_mj == pytest.approx(2.0)
+    unknown = ArmSpec("m", "c", "cpu:0")
+    assert learner.complete(unknown) is unknown
+
+
+def test_the_path_is_a_running_median_and_shifts_never_measured_arms_beyond_a_threshold():
+    learner = PriorLearner()
+    s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    a0, b0, b1 = s.arm_id("m", "a", "cpu:0"), s.arm_id("m", "b", "cpu:0"), s.arm_id("m", "b", "cpu:1")
+    paths = [0.5, 0.5, 9.0, 0.5, 0.4, 0.6, 0.5, 0.5, 0.5, 0.5]
+    for k, path in enumerate(paths):
+        s.update(a0, 0.1 + path, None, True, 0.01 * k, compute_ms=0.1)
+    assert len(paths) == PATH_FIRST_N and learner.path_ms["cpu:0"] == pytest.approx(statistics.median(paths))
+    assert s.service_estimate_ms(b0) == pytest.approx(1.0 + 0.5)   # never measured: prior + path
+    assert s.service_estimate_ms(b1) == 1.0                        # another placement
+    s.update(a0, 0.1 + 50.0, None, True, 1.0, compute_ms=0.1)      # one slow path: one step up
+    assert learner.path_ms["cpu:0"] == pytest.approx(0.5 * (1 + PATH_STEP))
+    assert s.service_estimate_ms(b0) == pytest.approx(1.5)         # within 10%: not applied
+    s.update(a0, 0.1, None, True, 1.1)                             # no compute_ms: no path sample
+    assert learner.path_ms["cpu:0"] == pytest.approx(0.5 * (1 + PATH_STEP))
+
+
+def test_the_energy_miss_is_an_average_per_model_and_placement_shifting_unmeasured_arms():
+    learner = PriorLearner(power_w={"cpu:0": 2.0, "cpu:1": 2.0})   # b's energy prior: 2 W x 1 ms
+    s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    a0, b0, b1 = s.arm_id("m", "a", "cpu:0"), s.arm_id("m", "b", "cpu:0"), s.arm_id("m", "b", "cpu:1")
+    energy = s.cost_model.est_energy_mj_
+    s.update(a0, 1.0, 3.0, True, 0.0)                 # missed 1 mJ of its 2 mJ prior
+    assert learner.energy_miss_mj[("m", "cpu:0")] == 1.0
+    assert energy[b0] == pytest.approx(2.0 + 1.0) and energy[b1] == pytest.approx(2.0)
+    s.update(a0, 1.0, 4.0, True, 0.1)                 # missed 2: the average moves by 10%, no more
+    assert learner.energy_miss_mj[("m", "cpu:0")] == pytest.approx(1.0 + OVERHEAD_WEIGHT * (2.0 - 1.0))
+    assert energy[b0] == pytest.approx(3.0)           # within the 10% hysteresis: not applied
+    for k in range(10):
+        s.update(a0, 1.0, 4.0, True, 0.2 + 0.01 * k)
+    assert energy[b0] > 3.2 and ("m", "cpu:1") not in learner.energy_miss_mj
+
+
+def test_what_was_learnt_is_given_to_the_next_generation():
+    learner = PriorLearner(round_trip_ms={"cpu:0": 0.1})
+    s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    a0 = s.arm_id("m", "a", "cpu:0")
+    for k in range(PATH_FIRST_N):
+        s.update(a0, 1.0, 3.0, True, 0.01 * k, compute_ms=0.2)    # path 0.8 ms; energy missed 1 mJ
+    fresh = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    a1 = fresh.arm_id("m", "a", "cpu:1")
+    # the round trip is in the completed prior; the learnt path replaces it, not adds to it
+    assert fresh.service_estimate_ms(a0) == pytest.approx(1.0 + 0.8)
+    assert fresh.service_estimate_ms(a1) == 1.0
+    assert fresh.cost_model.est_energy_mj_[a0] == pytest.approx(2.0 + 1.0)
+    assert fresh.cost_model.est_energy_mj_[a1] == pytest.approx(2.0)
