@@ -33,8 +33,8 @@ class SelectorConfig:
     probe_stale_prior: bool = True    # with no arm feasible, a stale arm whose prior meets the request is probed
     prior_rel_sd: float = 0.25        # relative spread of a prior that comes without one
     # max_energy_mj judged on the energy bound at ``confidence`` (True) or on the mean (False, the
-    # default): bench/bench_selection.py measured the bound turning near-mean misses into
-    # rejections, which lowered attainment (BENCHMARKS.md, Selection)
+    # default): paired runs of bench/bench_selection.py were split, and full runs with the bound
+    # rejected hundreds of feasible requests (docs/decisions.md, "Energy bounds on the mean")
     energy_at_confidence: bool = False
 
     def __post_init__(self) -> None:

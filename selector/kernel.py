@@ -13,8 +13,8 @@ Contract
   - :func:`scan_columns` (numpy) and the loops :func:`scanner` compiles from the tables (Python
     floats) find the candidates that meet the request and the best of them. They give the same
     answers; the loop is cheaper where a model has few arms, since numpy's cost per call
-    dominates there, the more so with the cold caches a daemon decides with (BENCHMARKS.md,
-    bench/bench_decision.py ``--cold``).
+    dominates there, the more so with the cold caches a daemon decides with (BENCHMARKS.md, "How
+    long does the selector take to decide?", bench/bench_decision.py ``--cold``).
 * Figures (see :data:`FIGURES`): ``accuracy`` (NaN: unknown), ``accuracy_key`` (minus the
   accuracy; 1 when unknown), ``latency_ms`` and ``latency_bound_ms`` (queue wait included),
   ``energy_mj``, ``energy_judged_mj`` (what an energy bound is judged on: the mean or the bound).

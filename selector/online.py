@@ -38,7 +38,7 @@ Estimator, per arm
   ``min_window`` samples, and ``mean + z_q * sd`` before (with ``gaussian_floor``, the larger
   of the two throughout: latency is heavy-tailed, and a rare slow sample inflates the variance
   for many samples after it; in paired runs the floor rejected requests the arms went on to
-  meet, BENCHMARKS.md, Selection). The published mean and bound blend the prior (from the
+  meet: docs/decisions.md, "Latency bound: the window's quantile alone"). The published mean and bound blend the prior (from the
   structural predictor) with the measurements: ``prior_share = prior_weight / (prior_weight +
   n)`` while ``n < full_trust_n``, 0 after.
 * ``shift_priors`` moves the latency priors of some arms by a cost learnt elsewhere (the daemon:
@@ -97,7 +97,7 @@ from statistics import NormalDist
 import numpy as np
 
 # The default quantile of the latency bound (SelectorConfig uses it too): 0.90, not 0.95, from
-# paired runs of bench/bench_selection.py (BENCHMARKS.md, Selection).
+# paired runs of bench/bench_selection.py (docs/decisions.md, "Latency confidence").
 DEFAULT_CONFIDENCE = 0.9
 # The confidences every arm's latency bound is kept at, besides the configured one, for requests
 # that ask for their own (PROTOCOL.md, constraints.latency_confidence). From a 16-sample window a

@@ -84,8 +84,8 @@ from .request import (
 # compiled from the kernel, larger ones by numpy over the model's columns. On the daemon's request
 # path a decision runs with cold caches (requests arrive milliseconds apart, other work in
 # between), where numpy's per-call dispatch costs most. bench/bench_decision.py --cold (BENCHMARKS.md,
-# Decision cost): at 24 and 60 arms the loop costs what numpy does hot and 30-40 us less cold; at
-# 120 it costs twice numpy's hot and a little less cold; at 200, 2.3x hot and as much cold. 64
+# "How long does the selector take to decide?"): at 24 and 60 arms the loop costs what numpy does hot and 30-40 us less cold; at
+# 120 it costs 1.7x numpy's hot and a little less cold; at 200, 2.7x hot and as much cold. 64
 # covers a model of 9 variants on up to 7 placements. Same decisions either way: the loop and the
 # columns apply the same kernel.
 SCALAR_MAX_ARMS = 64

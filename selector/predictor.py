@@ -30,7 +30,7 @@ proxy for traffic); the calibration pass reports the held-out figure either way.
 fit minimises *relative* error (rows weighted by 1/latency) by non-negative least squares
 (Lawson-Hanson), so coefficients stay physical and the model extrapolates sanely to unseen
 graphs. Sparsity is not a feature: LiteRT stores pruned weights densely, so they run at dense
-speed (BACKGROUND.md); a sparse runtime would add a term here.
+speed (XNNPACK has no sparse kernels for these graphs); a sparse runtime would add a term here.
 
 Kernel-level model (nn-Meter style), used where the variant's ``structure`` has ``layers``
 -----------------------------------------------------------------------------------------
@@ -54,8 +54,9 @@ latency is the sum over kernels:
 with c the kernel's compute class (its ``dtype``: int8 -> ``int8``, float activations with 8-bit
 weights -> ``hybrid``, else ``f32``). The same fit (relative error, NNLS, ridge) as the totals
 model; both are fitted per placement, and a variant without ``layers`` (an older manifest) is
-predicted by the totals model. On the development zoo the kernel-level model halved the
-held-out error of the totals model (BENCHMARKS.md); which LiteRT kernels run each op, not only
+predicted by the totals model. On the development zoo the kernel-level model cut the held-out
+error of the totals model by a third (median 9.5% against 14.6%; BENCHMARKS.md, "How well does
+the cost model predict a model it has never run?"); which LiteRT kernels run each op, not only
 FLOPs, is what decides latency there.
 
 Energy: where calibration records carry a measured energy, a per-placement mean power (W) is
