@@ -61,6 +61,7 @@ from adaptd.daemon.control import Control
 from adaptd.daemon.frontend import Frontend, ipc_path
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
+from adaptd.daemon.power import EnergyMeter
 from adaptd.daemon.registry import Registry, RegistryError, load_registry
 from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
@@ -171,8 +172,6 @@ class Daemon:
         stale = regions.sweep_stale()
         if stale:
             log.info("removed %d shared-memory region(s) left by daemons no longer running", len(stale))
-
-        from adaptd.daemon.power import EnergyMeter
 
         self.meter = EnergyMeter.from_config(cfg.power)
         self.meter.start()

@@ -19,6 +19,9 @@ import zmq
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.frontend import ipc_path, remove_stale_socket
+from adaptd.daemon.sched import request_slice_all_threads
+from adaptd.daemon.selection import SelectorPolicy
+from adaptd.daemon.store import SelectionStore
 from adaptd.wire.board import daemon_board_id
 
 log = logging.getLogger("adaptd")
@@ -52,8 +55,6 @@ def pin_process(cores: tuple[int, ...]) -> None:
 def request_slice(slice_us: int) -> None:
     """``[server] sched_slice_us``: every thread of this process asks the fair scheduler for
     that slice (:mod:`adaptd.daemon.sched`); workers and later threads inherit it."""
-    from adaptd.daemon.sched import request_slice_all_threads
-
     if request_slice_all_threads(slice_us):
         log.info("daemon threads and workers request a %d us scheduler slice", slice_us)
     else:
@@ -62,15 +63,11 @@ def request_slice(slice_us: int) -> None:
 
 
 def default_policy(config: Config) -> Any:
-    from adaptd.daemon.selection import SelectorPolicy
-
     return SelectorPolicy.from_config(config)
 
 
 def open_store(cfg: Config, context: zmq.Context, guard: Any) -> Any:
     """The selection store, opened (its database created) and its stream bound."""
-    from adaptd.daemon.store import SelectionStore
-
     path = cfg.store_path
     path.parent.mkdir(parents=True, exist_ok=True)
     for endpoint in cfg.pub_endpoints:
