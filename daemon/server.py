@@ -217,12 +217,15 @@ class Daemon:
             except Exception:  # noqa: BLE001 - best effort: this start already failed; None parts too
                 pass
         if self.store is not None:
-            for path in (ipc_path(e) for e in self.config.pub_endpoints):
-                if path is not None:
-                    try:
-                        path.unlink()
-                    except OSError:
-                        pass
+            self._unlink_stream_sockets()
+
+    def _unlink_stream_sockets(self) -> None:
+        for path in (ipc_path(e) for e in self.config.pub_endpoints):
+            if path is not None:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
 
     def _eager(self, registry: Registry) -> bool:
         """Whether to load every arm now: ``[placements] load``, and for "auto" whether the
@@ -418,12 +421,7 @@ class Daemon:
         self.frontend.close()
         self.auth.stop()
         self.context.term()
-        for path in (ipc_path(e) for e in self.config.pub_endpoints):
-            if path is not None:
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
+        self._unlink_stream_sockets()
         self.lock.release()
         self.notifier.close()
         log.info("stopped")
