@@ -35,6 +35,12 @@ from adaptd.variants.preprocess import accepts as accepts_dtypes
 from adaptd.wire import protocol as proto
 
 
+def busy_reply(placement: str, queue_limit: int) -> tuple[str, dict[str, Any]]:
+    """BUSY's message and details for a placement whose queue is full (PROTOCOL.md §6)."""
+    return (f"placement {placement} has {queue_limit} requests queued; retry later",
+            {"placement": placement, "queue_limit": queue_limit})
+
+
 @dataclass
 class Admitted:
     model: ModelVersion
@@ -64,24 +70,31 @@ class Admission:
         self._placements_of: dict[Path, set[str]] = {}
 
     # --- before parsing ------------------------------------------------------------------------
-    def refuse_early(self, header: dict[str, Any]) -> bool:
-        """Whether an inference request's model is known and every placement that could run it
-        has a full queue (see the module contract). The caller checks retries and replays first."""
+    def refuse_early(self, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The BUSY reply's message and details if an inference request's model is known and
+        every placement that could run it (the pinned one, if it pins one of the model's) has a
+        full queue (see the module contract); else None. The caller checks retries and replays
+        first."""
         model_name, version = header.get("model"), header.get("version")
         if not isinstance(model_name, str) or not (version is None or isinstance(version, str)):
-            return False
+            return None
         model = self._registry().get(model_name, version)
         if model is None:
-            return False
+            return None
         places = self._placements_of.get(model.directory)
         if places is None:
             places = self._placements_of[model.directory] = {a.placement.name for a in model.arms}
+        limit = self._queue_limit
         pin = header.get("pin")
         if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue
             pinned = pin.get("placement")
             if isinstance(pinned, str) and pinned in places:
-                return self._queue_length(pinned) > self._queue_limit
-        return all(self._queue_length(name) > self._queue_limit for name in places)
+                if self._queue_length(pinned) <= limit:
+                    return None
+                return busy_reply(pinned, limit)
+        if all(self._queue_length(name) > limit for name in places):
+            return ("every placement that can run this model has a full queue; retry later", {"queue_limit": limit})
+        return None
 
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: proto.Request, bodies: list[memoryview], peer: bytes) -> Admitted:

@@ -28,6 +28,7 @@ from typing import Any
 
 import zmq
 
+from adaptd.daemon.admission import busy_reply
 from adaptd.daemon.arms import arm_key
 from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.peers import PeerTags, peer_of
@@ -117,11 +118,11 @@ class RequestPath:
             if size > limit:
                 raise proto.ProtocolError(proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
                                           request_id, {"limit_bytes": limit})
-            if request_id is not None and header.get("type") == "infer" and self._refuse_early(peer, request_id,
-                                                                                               header):
+            busy = (self._refuse_early(peer, request_id, header)
+                    if self.saturated and request_id is not None and header.get("type") == "infer" else None)
+            if busy is not None:
                 self.busy_early += 1
-                self._reply_error(route, proto.BUSY, "every placement that can run this model has a full queue; "
-                                  "retry later", request_id, {"queue_limit": self.d.config.placements.queue_limit}, peer)
+                self._reply_error(route, proto.BUSY, busy[0], request_id, busy[1], peer)
                 return
             request = proto.parse_request(header)
             if request.type == "infer":
@@ -140,12 +141,15 @@ class RequestPath:
             self._reply_error(route, proto.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request_id,
                               None, peer)
 
-    def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> bool:
-        """Refuse BUSY before parsing (admission's rule), unless it is a retry of a request in
-        flight or one with a stored reply. Looked at only while some queue is full (``saturated``:
-        set by a BUSY, cleared by the next outcome), so it costs nothing otherwise."""
-        return (self.saturated and self.d.admission.refuse_early(header) and (peer, request_id) not in self.pending
-                and self.d.replays.get(peer, request_id, time.monotonic()) is None)
+    def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """BUSY before parsing (admission's rule), unless it is a retry of a request in flight or
+        one with a stored reply. Asked only while some queue is full (``saturated``: set by a BUSY,
+        cleared by the next outcome), so it costs nothing otherwise."""
+        busy = self.d.admission.refuse_early(header)
+        if busy is None or (peer, request_id) in self.pending \
+                or self.d.replays.get(peer, request_id, time.monotonic()) is not None:
+            return None
+        return busy
 
     def _log_internal(self, exc: BaseException) -> None:
         """An unexpected fault: its traceback at most once a minute per kind (type and place), so
@@ -219,9 +223,8 @@ class RequestPath:
             self.d.regions_gone(self.d.regions.release(regions))
             self.d.books.record(request, model, client, now, outcome="error", error_code=proto.BUSY, choice=choice,
                               arm=arm)
-            raise proto.ProtocolError(proto.BUSY, f"placement {arm.placement.name} has {self.d.config.placements.queue_limit} "
-                                      "requests queued; retry later", rid,
-                                      {"placement": arm.placement.name, "queue_limit": self.d.config.placements.queue_limit})
+            message, details = busy_reply(arm.placement.name, self.d.config.placements.queue_limit)
+            raise proto.ProtocolError(proto.BUSY, message, rid, details)
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
 
     # --- outcomes ------------------------------------------------------------------------
