@@ -152,7 +152,8 @@ def test_a_request_is_queued_then_answered_with_its_record(daemon):
     assert reply["energy"] == {"energy_mj": 0.25, "source": "estimated:generic", "estimated": True}
     assert reply["constraints_met"] == {"min_accuracy": True} and len(bodies) == 1
     runtime = reply["runtime"]   # the daemon's own cost: measured CPU, estimated energy
-    assert runtime["cpu_ms"] > 0 and runtime["estimated"] is True and runtime["energy_mj"] == runtime["cpu_ms"]
+    assert runtime["cpu_ms"] > 0 and runtime["estimated"] is True
+    assert runtime["energy_mj"] == pytest.approx(runtime["cpu_ms"])   # 1 W generic prior
     d.books.flush()
     (record,) = daemon.store.records
     assert record["request_id"] == "r1" and record["outcome"] == "ok" and record["energy_estimated"] is True
