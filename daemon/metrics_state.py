@@ -32,7 +32,7 @@ def snapshot(daemon: Any, selector: SelectorReader) -> dict[str, Any]:
         "placements": [{"placement": s["name"], "queued": s["queued"], "busy": s["busy"], "ready": s["ready"],
                         "restarts": s["restarts"]} for s in d.pool.snapshots()],
         "queue_limit": d.config.placements.queue_limit,
-        "replies": d.path.requests, "error_replies": d.path.errors, "busy_early": d.path.busy_early,
+        "replies": d.path.requests, "error_replies": dict(d.path.errors_by_code), "busy_early": d.path.busy_early,
         "in_flight": len(d.path.pending),
         "replay": {"entries": len(d.replays), "bytes": d.replays.bytes, "hits": d.replays.hits},
         "selector": selector.rows(d.policy),
@@ -128,9 +128,12 @@ class StateCollector:
         yield from (queued, busy, up, restarts)
         yield gauge("adaptd_queue_limit", "Requests a placement may hold waiting; beyond it BUSY.", snap["queue_limit"])
         yield counter("adaptd_replies", "Replies sent, control and error replies included.", snap["replies"])
-        yield counter("adaptd_error_replies", "Error replies, every code, including requests refused before a "
-                      "decision (malformed, unknown model, bad shape), which make no selection record.",
-                      snap["error_replies"])
+        errors = CounterMetricFamily("adaptd_error_replies", "Error replies by code, including requests refused "
+                                     "before a decision (malformed, unknown model, bad shape), which make no "
+                                     "selection record.", labels=["code"])
+        for code, n in sorted(snap["error_replies"].items()):
+            errors.add_metric([code], n)
+        yield errors
         yield counter("adaptd_busy_refused_early", "Requests refused BUSY before parsing, every placement that "
                       "could run their model being full (no selection record).", snap["busy_early"])
         yield gauge("adaptd_requests_in_flight", "Inference requests queued or running.", snap["in_flight"])

@@ -74,6 +74,7 @@ class RequestPath:
         self.peer_tags = PeerTags()
         self.requests = 0           # replies sent
         self.errors = 0             # error replies sent
+        self.errors_by_code: dict[str, int] = {}   # the same, per error code (metrics)
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
         self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
         self.inferences = 0         # inference requests answered with a result
@@ -245,7 +246,7 @@ class RequestPath:
                 stats.errors += 1
                 if outcome.header.get("died", True):   # a crash of its own: not a kill from outside, not a job that waited
                     self.d.health.failed(self.d.registry, arm_key(model, arm), message, time.monotonic())
-            self.errors += len(pending.routes)
+            self._count_errors(code, len(pending.routes))
             header = proto.error_header(code, message, request.id,
                                         {"placement": arm.placement.name, "variant": arm.variant.name})
             for route in pending.routes:
@@ -318,11 +319,15 @@ class RequestPath:
 
     def _reply_error(self, route, code: str, message: str, request_id: str | None,
                      details: dict[str, Any] | None = None, peer: bytes | None = None) -> None:
-        self.errors += 1
+        self._count_errors(code, 1)
         header = proto.error_header(code, message, request_id, details)
         self._reply(route, header, ())
         if request_id and peer is not None and code not in proto.TRANSIENT_CODES:
             self.d.replays.put(peer, request_id, header, [], time.monotonic())
+
+    def _count_errors(self, code: str, n: int) -> None:
+        self.errors += n
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + n
 
     def abandon_all(self) -> None:
         """Shutdown: every request still held is answered SHUTTING_DOWN."""
