@@ -76,7 +76,11 @@ What the priors miss (:class:`PriorLearner`; one per daemon, it outlives each se
   A lasting change is still followed: a doubling in about 15 executions. Once the median moves
   away from what the priors include (by over 10%, or 0.02 ms), every latency prior on that
   placement is shifted by the difference: an arm never measured is predicted with the path its
-  placement's other arms paid (:meth:`OnlineCostModel.shift_priors`).
+  placement's other arms paid (:meth:`OnlineCostModel.shift_priors`). A placement with no
+  execution of its own yet borrows the median of the other placements' paths (at least its own
+  round trip): most of the path is the daemon's own work, the same on every placement, and
+  without it a fresh daemon predicted 0.008 ms for a request that took 1.5 ms on each placement's
+  first request. Its own first execution replaces the borrowed figure.
 * Energy (:meth:`~PriorLearner.energy_sample`), per model and placement: an average (weight
   OVERHEAD_WEIGHT) of measured energy minus the arm's prior shifts, once it moves by over 10%,
   the energy prior of that model's arms on that placement not yet measured (a tiny model's
@@ -401,13 +405,15 @@ class PriorLearner:
         self._applied_ms = {p: self.round_trip_ms.get(p, 0.0) for p in placements}
         self._applied_mj = {}
         path = [(p, d) for p, learnt in self.path_ms.items() if (d := self._path_shift(p, learnt)) is not None]
+        path += self._borrowed_shifts()
         energy = [(*where, d) for where, learnt in self.energy_miss_mj.items()
                   if (d := self._energy_shift(where, learnt)) is not None]
         return path, energy
 
-    def path_sample(self, placement: str, path_ms: float) -> float | None:
+    def path_sample(self, placement: str, path_ms: float) -> list[tuple[str, float]]:
         """One execution's latency beyond the interpreter on ``placement``: into its running median;
-        the shift (ms) its latency priors need now, or None."""
+        the (placement, ms) shifts latency priors need now: its own, and those of placements that
+        borrow the median path (none of their own yet). Empty when nothing moved enough."""
         first = self._path_first.setdefault(placement, [])
         old = self.path_ms.get(placement)
         if len(first) < PATH_FIRST_N or old is None:
@@ -417,7 +423,19 @@ class PriorLearner:
             step = PATH_STEP * max(old, 0.01)
             new = old + step if path_ms > old else old - step if path_ms < old else old
         self.path_ms[placement] = new
-        return self._path_shift(placement, new)
+        shift = self._path_shift(placement, new)
+        if shift is None:
+            return []
+        return [(placement, shift), *self._borrowed_shifts()]
+
+    def _borrowed_shifts(self) -> list[tuple[str, float]]:
+        """Shifts for the current generation's placements with no path of their own: to the median
+        of the learnt paths, or their round trip where that is more."""
+        if not self.path_ms:
+            return []
+        median_ms = statistics.median(self.path_ms.values())
+        return [(p, d) for p in self._applied_ms if p not in self.path_ms
+                and (d := self._path_shift(p, max(median_ms, self.round_trip_ms.get(p, 0.0)))) is not None]
 
     def energy_sample(self, model: str, placement: str, miss_mj: float) -> float | None:
         """One execution's energy minus its arm's prior: into the average of its model on its

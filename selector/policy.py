@@ -194,9 +194,8 @@ class Selector:
             return
         spec = self.arms[a]
         if compute_ms is not None:
-            delta_ms = learner.path_sample(spec.placement, max(0.0, latency_ms - compute_ms))
-            if delta_ms is not None:
-                self.shift_placement_priors(spec.placement, delta_ms)
+            for placement, delta_ms in learner.path_sample(spec.placement, max(0.0, latency_ms - compute_ms)):
+                self.shift_placement_priors(placement, delta_ms)
         prior_mj = self.prior_energy_mj(a)
         if energy_mj is not None and prior_mj == prior_mj:
             delta_mj = learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj)

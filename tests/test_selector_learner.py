@@ -35,7 +35,7 @@ def test_the_path_is_a_running_median_and_shifts_never_measured_arms_beyond_a_th
         s.update(a0, 0.1 + path, None, True, 0.01 * k, compute_ms=0.1)
     assert len(paths) == PATH_FIRST_N and learner.path_ms["cpu:0"] == pytest.approx(statistics.median(paths))
     assert s.service_estimate_ms(b0) == pytest.approx(1.0 + 0.5)   # never measured: prior + path
-    assert s.service_estimate_ms(b1) == 1.0                        # another placement
+    assert s.service_estimate_ms(b1) == pytest.approx(1.0 + 0.5)   # no path of its own: borrows it
     s.update(a0, 0.1 + 50.0, None, True, 1.0, compute_ms=0.1)      # one slow path: one step up
     assert learner.path_ms["cpu:0"] == pytest.approx(0.5 * (1 + PATH_STEP))
     assert s.service_estimate_ms(b0) == pytest.approx(1.5)         # within 10%: not applied
@@ -69,6 +69,25 @@ def test_what_was_learnt_is_given_to_the_next_generation():
     a1 = fresh.arm_id("m", "a", "cpu:1")
     # the round trip is in the completed prior; the learnt path replaces it, not adds to it
     assert fresh.service_estimate_ms(a0) == pytest.approx(1.0 + 0.8)
-    assert fresh.service_estimate_ms(a1) == 1.0
+    assert fresh.service_estimate_ms(a1) == pytest.approx(1.0 + 0.8)   # borrowed: cpu:1 never ran
     assert fresh.cost_model.est_energy_mj_[a0] == pytest.approx(2.0 + 1.0)
     assert fresh.cost_model.est_energy_mj_[a1] == pytest.approx(2.0)
+
+
+def test_a_placement_borrows_the_median_path_until_its_own_executions_replace_it():
+    """The daemon's own work is most of the path and the same on every placement: a placement
+    that never ran is predicted with the others' median path (at least its own round trip), and
+    its first executions replace that figure, not add to it."""
+    placements = ["cpu:0", "cpu:1", "cpu:2"]
+    arms = [ArmSpec("m", "a", p, 0.9, 1.0, 0.1) for p in placements]
+    learner = PriorLearner(round_trip_ms={"cpu:2": 0.9})   # a process placement's measured hop
+    s = Selector(arms, placements, SelectorConfig(), learner)
+    a0, a1, a2 = (s.arm_id("m", "a", p) for p in placements)
+    assert s.service_estimate_ms(a1) == 1.0 and s.service_estimate_ms(a2) == pytest.approx(1.9)
+    s.update(a0, 0.1 + 0.5, None, True, 0.0, compute_ms=0.1)           # cpu:0's path: 0.5 ms
+    assert s.service_estimate_ms(a1) == pytest.approx(1.0 + 0.5)        # borrowed
+    assert s.service_estimate_ms(a2) == pytest.approx(1.9)              # its own hop is more
+    for k in range(3):
+        s.update(a1, 0.1 + 0.2, None, True, 0.1 * (k + 1), compute_ms=0.1)   # cpu:1's own: 0.2 ms
+    assert learner.path_ms["cpu:1"] == pytest.approx(0.2)
+    assert s.cost_model.prior_latency_ms_[a1] == pytest.approx(1.0 + 0.2)   # replaced, not added
