@@ -9,7 +9,7 @@ Contract
   worker process), and the lifecycle. Each call goes to the placement's host:
   :class:`~adaptd.daemon.placement_threads.ThreadPlacements` or
   :class:`~adaptd.daemon.pool.WorkerPool`. ``workers`` maps every placement to its state (the
-  selector reads ``queue`` and ``inflight`` of each).
+  selector reads ``inflight`` and ``waiting()`` of each: the job running, the jobs behind it).
 * A job runs inline (on the calling thread, no hand-off: :meth:`run_inline`) only on a thread
   placement, and only when that placement is idle with the variant loaded; the caller decides
   which jobs are short enough.

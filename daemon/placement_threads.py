@@ -74,6 +74,11 @@ class ThreadPlacement:
     def busy(self) -> bool:
         return self.inflight is not None
 
+    def waiting(self) -> tuple[Job, ...]:
+        """The runs waiting, in order: one copy of the queue (``tuple`` of a deque runs under the
+        GIL, whole, while this placement's thread pops it)."""
+        return tuple(self.queue)
+
     def snapshot(self) -> dict[str, Any]:
         return {**self.placement.to_dict(), "queued": len(self.queue), "busy": self.busy, "ready": self.ready,
                 "worker_pid": os.getpid(), "restarts": 0, "restart_in_s": None, "last_exit": None,

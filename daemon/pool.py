@@ -6,19 +6,24 @@ Contract
   blocks except :meth:`WorkerPool.start`'s wait for the workers' ``ready`` when asked to.
 * Each placement has exactly one worker process, pinned to the placement's cores, reached over
   a :class:`~adaptd.daemon.channel.Channel` (a socketpair private to that incarnation of the
-  worker; the daemon polls its file descriptor). At most one job is
-  in flight per worker; the rest wait in the placement's queue (bounded by ``queue_limit``:
+  worker; the daemon polls its file descriptor). At most ``PIPELINE_DEPTH`` (2) jobs are in a
+  worker's channel: the one it runs and, when its input is small (``PIPELINE_MAX_BYTES``, inline
+  bytes; a shared-memory input costs none), the next, so the worker starts that one without
+  waiting for the main thread to read the first's result (which, under overload, waits behind
+  intake). The rest wait in the placement's queue (bounded by ``queue_limit``:
   :meth:`WorkerPool.submit` refuses beyond it, and the daemon answers ``BUSY``).
 * A worker that dies (detected through its pidfd, never by polling timeouts) is restarted. The
   job it was running is handed back through :meth:`WorkerPool.on_exit`, once, so the daemon
-  answers it ``WORKER_FAILED`` exactly once; the jobs queued for it wait for the new worker. A
+  answers it ``WORKER_FAILED`` exactly once; a job sent behind it, which never started, goes back
+  to the head of the queue, and the jobs queued for it wait for the new worker. A
   worker that keeps dying soon after it starts is restarted after a growing pause
   (``RESTART_BACKOFF_S``); meanwhile its placement is *down* (:meth:`WorkerPool.down_reason`),
   takes no jobs, and the jobs queued for it are handed back too, each once. No request is
   silently dropped, none is answered twice.
 * No send to a worker raises: a channel that fails (the worker died, or stopped reading for
-  ``SEND_TIMEOUT_S``) marks the worker dying, kills it if it still runs, and the job stays with
-  it until its pidfd reports the death.
+  ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
+  still runs; a job whose send failed never reached a worker that could run it, and goes back to
+  the head of the queue for the new worker, which the pidfd's report of the death starts.
 * Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from itertools import islice
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +55,11 @@ SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a me
 EARLY_DEATH_S = 30.0      # a worker that dies this soon after starting counts towards a crash loop
 # pause before a restart, by the number of early deaths in a row (a worker that did any work resets it)
 RESTART_BACKOFF_S = (0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one and the next
+# A job is sent behind a running one only when its inline input is at most this: the channel's
+# kernel buffer (about 200 kB by default) must take it whole, or the send would block the main
+# thread until the worker reads it, for the rest of the running job.
+PIPELINE_MAX_BYTES = 64 * 1024
 
 
 @dataclass
@@ -84,7 +95,7 @@ class Worker:
     channel: Channel | None = None
     pidfd: int | None = None
     ready: bool = False
-    inflight: Job | None = None
+    sent: deque[Job] = field(default_factory=deque)   # in the channel, in order; the first runs
     restarts: int = 0
     started_at: float = 0.0
     loaded: dict[tuple[str, str], int] = field(default_factory=dict)   # (dir, variant) -> memory bytes
@@ -98,11 +109,25 @@ class Worker:
     last_exit: str | None = None
 
     @property
+    def inflight(self) -> Job | None:
+        """The job the worker runs (or is about to start), or None."""
+        return self.sent[0] if self.sent else None
+
+    @property
     def busy(self) -> bool:
-        return self.inflight is not None
+        return bool(self.sent)
+
+    def waiting(self) -> tuple[Job, ...]:
+        """The jobs not running yet, in the order they will run: sent behind the running one,
+        then queued."""
+        return (*islice(self.sent, 1, None), *self.queue)
+
+    def n_waiting(self) -> int:
+        """How many jobs wait behind the running one (what ``queue_limit`` bounds)."""
+        return len(self.queue) + max(0, len(self.sent) - 1)
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.placement.to_dict(), "queued": len(self.queue), "busy": self.busy,
+        return {**self.placement.to_dict(), "queued": self.n_waiting(), "busy": self.busy,
                 "ready": self.ready, "worker_pid": self.proc.pid if self.proc else None,
                 "restarts": self.restarts,
                 "restart_in_s": (None if self.restart_at is None
@@ -175,7 +200,7 @@ class WorkerPool:
         which adds whatever the hop costs beyond this."""
         out: dict[str, float] = {}
         for name, w in self.workers.items():
-            if not w.ready or w.channel is None or w.inflight is not None or w.queue:
+            if not w.ready or w.channel is None or w.sent or w.queue:
                 continue
             rtts = []
             try:
@@ -241,7 +266,7 @@ class WorkerPool:
         for w in self.workers.values():
             if w.proc is None or w.proc.poll() is not None:
                 continue
-            if w.inflight is not None:
+            if w.sent:
                 # Stopping with a job still running (drain timeout, second SIGTERM): its request
                 # has been answered already, so the worker is not waited for.
                 w.proc.kill()
@@ -271,7 +296,7 @@ class WorkerPool:
     # --- work ----------------------------------------------------------------------------
     def queue_length(self, placement: str) -> int:
         w = self.workers[placement]
-        return len(w.queue) + (1 if w.inflight else 0)
+        return len(w.queue) + len(w.sent)
 
     def down_reason(self, placement: str) -> str | None:
         """Why ``placement`` takes no jobs now (its worker is held back by a crash loop), or None."""
@@ -302,7 +327,7 @@ class WorkerPool:
         (``time.monotonic_ns()``), or None when no job is in flight."""
         latest = None
         for w in self.workers.values():
-            job = w.inflight
+            job = w.sent[-1] if w.sent else None
             if job is not None and job.dispatched_ns is not None and (latest is None or job.dispatched_ns > latest):
                 latest = job.dispatched_ns
         return latest
@@ -311,7 +336,7 @@ class WorkerPool:
         """Queue a job; False when the placement's queue is full (answer BUSY). The caller checks
         :meth:`down_reason` first: a placement that is down takes no jobs."""
         worker = self.workers[placement]
-        if len(worker.queue) >= self.queue_limit:
+        if worker.n_waiting() >= self.queue_limit:
             return False
         assert worker.restart_at is None, f"{placement} is down"
         job.job_id = self._next_job
@@ -365,17 +390,26 @@ class WorkerPool:
             return False
 
     def _dispatch(self, worker: Worker) -> None:
-        if worker.inflight is not None or not worker.ready or not worker.queue or worker.channel is None:
-            return
-        job = worker.queue.popleft()
-        job.dispatched_ns = time.monotonic_ns()
-        worker.inflight = job
-        header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant,
-                  "inputs": job.input_headers}
-        if job.outputs_to is not None:
-            header["outputs_to"] = job.outputs_to
-        # A failed send leaves the job in flight: the worker's death (on_exit) answers it, once.
-        self._send(worker, "run", header, job.input_frames)
+        """Send queued jobs while the worker's channel has room (module contract)."""
+        queue, sent = worker.queue, worker.sent
+        while queue and worker.ready and worker.channel is not None and len(sent) < PIPELINE_DEPTH:
+            job = queue[0]
+            if sent and sum(memoryview(f).nbytes for f in job.input_frames) > PIPELINE_MAX_BYTES:
+                return   # it waits for the running job's result
+            queue.popleft()
+            job.dispatched_ns = time.monotonic_ns()
+            sent.append(job)
+            header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant,
+                      "inputs": job.input_headers}
+            if job.outputs_to is not None:
+                header["outputs_to"] = job.outputs_to
+            if not self._send(worker, "run", header, job.input_frames):
+                # It never reached a worker that could run it: it waits for the new one, first in
+                # line, and nothing more is sent to this one (its death restarts it).
+                sent.pop()
+                queue.appendleft(job)
+                worker.ready = False
+                return
 
     def on_message(self, fd: int) -> Outcome | None:
         """Read one message from a worker's channel; returns a finished job's outcome, if any.
@@ -404,7 +438,7 @@ class WorkerPool:
             return None
         job = worker.inflight
         if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
-            worker.inflight = None
+            worker.sent.popleft()
             if verb == "done":
                 worker.early_deaths = 0
                 if "memory_bytes" in header:
@@ -430,7 +464,9 @@ class WorkerPool:
         pid = worker.proc.pid if worker.proc else "?"
         lived_s = time.time() - worker.started_at
         running, loading = worker.inflight, list(worker.loading)
-        worker.inflight = None
+        behind = list(islice(worker.sent, 1, None))   # sent, never started: they run on the new worker
+        worker.sent.clear()
+        worker.queue.extendleft(reversed(behind))
         worker.last_exit = f"exit code {code} after {lived_s:.1f} s"
         self._close(worker)
         worker.ready = False

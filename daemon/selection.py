@@ -222,8 +222,8 @@ class SelectorPolicy:
         now_ns = time.monotonic_ns()
         for name, worker in pool.workers.items():
             # A placement thread pops its queue and sets its in-flight job while this runs: read
-            # each once, the queue as one copy (tuple() of a deque runs under the GIL, whole).
-            running, waiting = worker.inflight, tuple(worker.queue)
+            # each once, the waiting jobs as one copy (ThreadPlacement.waiting).
+            running, waiting = worker.inflight, worker.waiting()
             if running is None and not waiting:
                 continue
             queued = tuple(i for i in (self._arm_id(j.context) for j in waiting) if i is not None)

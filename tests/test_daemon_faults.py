@@ -115,10 +115,15 @@ def test_a_worker_dying_after_its_result_while_jobs_wait_does_not_end_the_daemon
     finally:
         sock.close()
     assert d.proc.poll() is None, d.log()
-    assert replies["running"]["type"] == "result"
-    # the job handed to the dead worker is answered once; the one behind it runs on the new worker
-    assert replies["next"]["code"] == "WORKER_FAILED", replies["next"]
-    assert replies["last"]["type"] == "result", replies["last"]
+    # Each is answered once (replies_then_health): a result, or WORKER_FAILED for at most the one
+    # job the worker was running when it died. Which one that is depends on how far the worker got
+    # before the kill ("next" waits in its channel behind "running": tests/test_pool_pipeline.py
+    # pins each case down); a job sent to the dead worker runs on the new one.
+    failed = [rid for rid, r in replies.items() if r["type"] != "result"]
+    assert all(replies[rid]["code"] == "WORKER_FAILED" for rid in failed) and len(failed) <= 1, replies
+    reply, _ = d.request(proto.request_header("after", SLOW, [images(1)], pin_variant="float32", pin_placement=name),
+                         [images(1)])
+    assert reply["type"] == "result", reply
 
 
 def test_a_request_sent_to_a_worker_that_just_died_gets_one_reply(slow_daemon):

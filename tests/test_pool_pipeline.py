@@ -1,0 +1,99 @@
+"""A worker process's channel holds the job it runs and the next one (adaptd.daemon.pool): the
+next starts without waiting for the daemon's main thread, a large input is not sent behind a
+running job, ``queue_limit`` counts the job waiting in the channel, and a worker's death answers
+only the job it was running, the one behind it going back to the head of the queue.
+
+A real WorkerPool with a real worker process running LiteRT on the suite's slow model; the
+worker is frozen with SIGSTOP so that what sits where is certain, not a race."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.pool import PIPELINE_MAX_BYTES, Job, Outcome, WorkerPool
+
+from .conftest import SLOW_MODEL, SLOW_SHAPE
+
+DEADLINE_S = 60.0
+
+
+def make_job(repo, rid: str, batch: int) -> Job:
+    x = np.random.default_rng(0).random((batch, *SLOW_SHAPE), dtype=np.float32)
+    return Job(rid, str(repo / SLOW_MODEL / "1"), "float32",
+               [{"dtype": "float32", "shape": list(x.shape)}], [x], time.monotonic_ns(), None)
+
+
+def pump(pool: WorkerPool, want: int) -> list[Outcome]:
+    """Read the pool's channels and pidfds as the daemon's loop does, until ``want`` outcomes."""
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(outcomes) < want:
+        assert time.monotonic() < deadline, f"only {len(outcomes)} of {want} outcomes"
+        channels, pidfds = pool.channel_fds(), pool.pidfds()
+        readable, _, _ = select.select(channels + pidfds, [], [], 0.1)
+        for fd in readable:
+            if fd in pidfds:
+                outcomes += pool.on_exit(fd)
+            elif (outcome := pool.on_message(fd)) is not None:
+                outcomes.append(outcome)
+    return outcomes
+
+
+@pytest.fixture
+def pool():
+    placement = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0, one thread")
+    p = WorkerPool([placement], queue_limit=3)
+    p.start()
+    try:
+        assert p.wait_ready(DEADLINE_S) == []
+        yield p
+    finally:
+        p.stop()
+
+
+def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, slow_repository):
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    big_batch = PIPELINE_MAX_BYTES // (4 * int(np.prod(SLOW_SHAPE))) + 1
+    jobs = [make_job(slow_repository, "a", 1), make_job(slow_repository, "b", 1),
+            make_job(slow_repository, "big", big_batch), make_job(slow_repository, "c", 1)]
+    assert all(pool.submit("cpu:0", j) for j in jobs)
+    # "a" runs, "b" waits in the channel; "big" would not fit the channel's buffer: it stays queued,
+    # and "c" behind it (the order is kept)
+    assert [j.request_id for j in worker.sent] == ["a", "b"]
+    assert [j.request_id for j in worker.queue] == ["big", "c"]
+    assert worker.n_waiting() == 3 and worker.snapshot()["queued"] == 3
+    assert [j.request_id for j in worker.waiting()] == ["b", "big", "c"]
+    assert not pool.submit("cpu:0", make_job(slow_repository, "over", 1))   # queue_limit counts "b"
+
+    dead_pid = worker.proc.pid
+    os.kill(dead_pid, signal.SIGKILL)
+    os.kill(dead_pid, signal.SIGCONT)
+    (failed,) = pump(pool, 1)
+    assert failed.job.request_id == "a" and not failed.ok and failed.header["code"] == "WORKER_FAILED"
+    assert [j.request_id for j in worker.queue] == ["b", "big", "c"] and not worker.sent
+    # the new worker runs the rest, each once, in order
+    done = pump(pool, 3)
+    assert [o.job.request_id for o in done] == ["b", "big", "c"] and all(o.ok for o in done)
+    assert worker.proc.pid != dead_pid and worker.restarts == 1
+    assert [o.bodies[0].nbytes for o in done] == [4 * 4, 4 * 4 * big_batch, 4 * 4]   # 4 classes, float32
+
+
+def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool, slow_repository):
+    """The death is not read yet (its pidfd is pending) when a job is sent: the send fails, the
+    job goes back to the head of the queue, and the new worker runs it; no job failed."""
+    worker = pool.workers["cpu:0"]
+    dead_pid = worker.proc.pid
+    os.kill(dead_pid, signal.SIGKILL)
+    select.select([worker.pidfd], [], [], DEADLINE_S)   # dead (its socket closed), not reaped
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    assert [j.request_id for j in worker.queue] == ["a"] and not worker.sent and not worker.ready
+    (done,) = pump(pool, 1)
+    assert done.job.request_id == "a" and done.ok and worker.proc.pid != dead_pid
