@@ -137,7 +137,6 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
         return 0
     per = run(d, args.requests, x)
-    invoke_us = np.median([a.stats.p50 for a in []] or [0.0])
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request (inline execution included): "
           f"p50 {np.percentile(per, 50):.1f}, p90 {np.percentile(per, 90):.1f}")

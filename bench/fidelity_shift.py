@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if q is not None:
         lo, hi = (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
         print(f"# int8_full input: scale {q.scale:.6g}, zero point {q.zero_point}: represents [{lo:.3g}, {hi:.3g}]")
-    print(f"# validation accuracy in the manifest: " + ", ".join(
+    print("# validation accuracy in the manifest: " + ", ".join(
         f"{n} {manifest.variant(n).metrics.accuracy:.4f}" for n in names if manifest.variant(n).metrics))
 
     def top1(name: str, xs: np.ndarray) -> np.ndarray:

@@ -24,6 +24,17 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def wait_until(predicate, what: str, timeout_s: float = 60.0):
+    """Ask ``predicate`` (which itself waits on something: a reply, /proc) until it returns a
+    truthy value, and return that; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+    raise AssertionError(f"timed out waiting for {what}")
+
 TINY_MODEL = "tiny"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import zmq
 
 from adaptd.wire import protocol as proto
 from adaptd.tools.launch import DaemonProcess
+
+from .conftest import wait_until
 
 SLOW = "slow"              # conftest.py's slow_repository: ~10 ms per image on one core
 SLOW_SHAPE = (32, 32, 8)
@@ -73,15 +74,6 @@ def single_core_placement(d: DaemonProcess) -> str:
 def proc_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
-
-
-def wait_until(predicate, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

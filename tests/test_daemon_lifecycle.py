@@ -31,6 +31,8 @@ from adaptd.clients.errors import BusyError
 from adaptd.wire import protocol as proto
 from adaptd.tools.launch import DaemonProcess
 
+from .conftest import wait_until
+
 MODEL = "slow"            # the model and input shape of conftest.py's slow_repository
 SHAPE = (32, 32, 8)
 SLOW_BATCH = 48          # one request of this batch runs for roughly half a second on one core
@@ -87,20 +89,10 @@ def placement_state(d: DaemonProcess, name: str) -> dict:
     return next(p for p in control(d, "placements")["placements"] if p["name"] == name)
 
 
-def wait_for(predicate, what: str, timeout_s: float = 60.0):
-    """Ask ``predicate`` (which itself waits on a reply) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_busy(d: DaemonProcess, name: str, queued: int = 0) -> dict:
     """The placement's state once it runs a job with at least ``queued`` more behind it (requests
     on another connection may reach the daemon after this one's control requests)."""
-    return wait_for(lambda: (lambda p: p if p["busy"] and p["queued"] >= queued else None)(placement_state(d, name)),
+    return wait_until(lambda: (lambda p: p if p["busy"] and p["queued"] >= queued else None)(placement_state(d, name)),
                     f"{name} busy with {queued} queued")
 
 
@@ -358,7 +350,7 @@ def test_a_second_sigterm_stops_at_once_and_still_answers(slow_repository, tmp_p
         send_infer(sock, "held", SLOW_BATCH * 20, name)    # would run far longer than this test
         wait_busy(d, name)
         d.signal(signal.SIGTERM)
-        wait_for(lambda: control(d, "health")["status"] == "draining", "draining")
+        wait_until(lambda: control(d, "health")["status"] == "draining", "draining")
         t0 = time.monotonic()
         d.signal(signal.SIGTERM)
         reply = recv(sock)
@@ -376,7 +368,7 @@ def test_an_idle_worker_killed_twice_is_restarted_each_time(daemon):
     for _ in range(2):
         before = placement_state(daemon, name)
         os.kill(before["worker_pid"], signal.SIGKILL)
-        after = wait_for(lambda: (lambda p: p if p["restarts"] == before["restarts"] + 1 else None)(
+        after = wait_until(lambda: (lambda p: p if p["restarts"] == before["restarts"] + 1 else None)(
             placement_state(daemon, name)), "a restart")
         assert after["worker_pid"] != before["worker_pid"]
     reply, _ = daemon.request(proto.request_header("after-kills", MODEL, [images(1)], pin_variant="float32",
@@ -507,7 +499,7 @@ def test_sched_slice_us_reaches_every_thread_of_the_daemon_and_its_workers(slow_
         assert all(len(_slices_ns(p["worker_pid"])) > 1 for p in multi), "the interpreter's own threads"
         victim = placements[0]
         os.kill(victim["worker_pid"], signal.SIGKILL)
-        state = wait_for(lambda: (s := placement_state(d, victim["name"]))["ready"]
+        state = wait_until(lambda: (s := placement_state(d, victim["name"]))["ready"]
                          and s["worker_pid"] != victim["worker_pid"] and s, "the worker's restart")
         assert set(_slices_ns(state["worker_pid"]).values()) == {slice_us * 1000}
         send_infer(sock, "slice-after", 1, victim["name"])

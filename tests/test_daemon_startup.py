@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from adaptd.clients.client import Client
-from adaptd.clients.errors import AdaptdError, RequestTimeout
-from adaptd.wire import protocol as proto
+from adaptd.clients.errors import RequestTimeout
 from adaptd.tools.launch import DaemonProcess, to_toml
 from adaptd.wire.auth import CurveKeys, new_keypair
 
