@@ -24,7 +24,8 @@ from typing import Any
 
 from adaptd.daemon.placement_threads import ThreadPlacements
 from adaptd.daemon.placements import Placement
-from adaptd.daemon.pool import Job, Outcome, WorkerPool
+from adaptd.daemon.jobs import Job, Outcome
+from adaptd.daemon.pool import WorkerPool
 
 log = logging.getLogger("adaptd.dispatch")
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from adaptd.daemon.execution import VariantCache, run_job
 from adaptd.daemon.placements import Placement
-from adaptd.daemon.pool import Job, Outcome
+from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.shm import WorkerMaps
 
 log = logging.getLogger("adaptd.threads")

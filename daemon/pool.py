@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adaptd.daemon.channel import Channel
+from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 
 log = logging.getLogger("adaptd.workers")
@@ -60,31 +61,6 @@ PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one 
 # kernel buffer (about 200 kB by default) must take it whole, or the send would block the main
 # thread until the worker reads it, for the rest of the running job.
 PIPELINE_MAX_BYTES = 64 * 1024
-
-
-@dataclass
-class Job:
-    """One execution: a request bound to an arm, waiting for or running on a worker."""
-
-    request_id: str
-    version_dir: str
-    variant: str
-    input_headers: list[dict[str, Any]]
-    input_frames: list[Any]
-    received_ns: int
-    context: Any                      # the daemon's per-request state, returned untouched
-    dispatched_ns: int | None = None
-    job_id: int = 0
-    outputs_to: dict[str, Any] | None = None   # {region, offset, size}: write outputs there (PROTOCOL.md §11)
-
-
-@dataclass
-class Outcome:
-    job: Job
-    header: dict[str, Any]            # the worker's ``done`` header, or ``fail`` header
-    bodies: list[Any]
-    ok: bool
-    finished_ns: int
 
 
 @dataclass

@@ -21,7 +21,7 @@ from adaptd.daemon.placements import Placement
 from adaptd.daemon.power.meter import EnergyReading
 from adaptd.daemon.registry import load_registry
 from adaptd.daemon.server import Daemon
-from adaptd.daemon.pool import Outcome
+from adaptd.daemon.jobs import Outcome
 from adaptd.wire import protocol as proto
 
 PLACEMENT = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "one core")

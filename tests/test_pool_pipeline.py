@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from adaptd.daemon.placements import Placement
-from adaptd.daemon.pool import PIPELINE_MAX_BYTES, Job, Outcome, WorkerPool
+from adaptd.daemon.jobs import Job, Outcome
+from adaptd.daemon.pool import PIPELINE_MAX_BYTES, WorkerPool
 
 from .conftest import SLOW_MODEL, SLOW_SHAPE
 
