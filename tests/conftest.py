@@ -132,3 +132,22 @@ def slow_repository(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "repo" / SLOW_MODEL / "1" / "manifest.json").exists()
     return out / "repo"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test that fails between starting a daemon and stopping it leaves that daemon running:
+    end every process this run started that is still alive, so a failed run leaves none behind."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=5)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass

@@ -61,12 +61,18 @@ LONG_BATCH = 48          # about half a second on one core
 
 
 def test_a_worker_killed_between_two_jobs_loses_nothing_and_the_daemon_lives(slow_repository, tmp_path):
-    """The worker finishes a job and is killed before the daemon has read its result, with
-    another job queued behind it: the daemon wakes to the result and the death at once. It
+    """The worker finishes its jobs (the second waited in its channel) and is killed before the
+    daemon has read their results: the daemon wakes to the results and the death at once. It
     is frozen (SIGSTOP) meanwhile so that this order is certain, not a race: frozen, it cannot
-    read the result, dispatch the next job or notice the death until SIGCONT. Each request must
-    get exactly one reply (a result, or WORKER_FAILED), and the daemon must go on serving."""
-    d = DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "isolation": "process", "queue_limit": 4}})
+    read a result, send the next job or notice the death until SIGCONT. Each request must get
+    exactly one reply (a result, or WORKER_FAILED), and the daemon must go on serving; a request
+    sent then runs on the new worker."""
+    with DaemonProcess.start(slow_repository, tmp_path, config={"placements": {"tensorflow": "off", "isolation": "process",
+                                                                               "queue_limit": 4}}) as d:
+        _killed_between_two_jobs(d)
+
+
+def _killed_between_two_jobs(d: DaemonProcess) -> None:
     log = watch.LogWatch(d.log_path)
     placement = [p for p in watch.control(d.endpoint, "placements")["body"]["placements"] if len(p["cores"]) == 1][0]
     sock = zmq.Context.instance().socket(zmq.DEALER)
