@@ -14,8 +14,11 @@ Contract
   (:class:`~adaptd.selector.shadow.ShadowScheduler`). A sampled request gets a shadow job only
   when a placement that can run the reference, with the reference loaded there, is idle (queue
   empty, nothing in flight) and the CPU budget allows; the job goes through that placement's
-  normal queue (its thread, or its worker process), never inline on the main thread. A request
-  that arrives while it runs sees it as the placement's job in flight (the selector predicts the
+  normal execution, as a request's would: inline on the main thread when the reference's
+  measured CPU time is within ``[placements] inline_max_ms`` (then it costs no hand-off, no
+  wake-up and no GIL hand-over, and a request that arrives meanwhile waits at most that long),
+  else through the placement's queue (its thread, or its worker process). A request that arrives
+  while a queued one runs sees it as the placement's job in flight (the selector predicts the
   wait, and may choose another placement), as it would any request's.
 * Not shadowed (counted as ``unsupported``): inputs or outputs in shared memory (the daemon never
   maps a region), models of several inputs, and inputs not sent as float32 (a variant's own
@@ -86,8 +89,9 @@ def _array(body: Any, header: dict[str, Any]) -> np.ndarray:
 
 class LiveFidelity:
     def __init__(self, config: Any, pool: Any, meter: Any, submit: Callable[[dict[str, Any]], None],
-                 set_accuracy: Callable[[ModelVersion, str, float | None, str], None]) -> None:
+                 set_accuracy: Callable[[ModelVersion, str, float | None, str], None], inline_max_ms: float = 0.0) -> None:
         self.config = config                   # adaptd.daemon.fidelity_config.FidelityConfig
+        self._inline_max_ms = inline_max_ms    # [placements] inline_max_ms: shorter runs are run inline
         self._pool, self._meter, self._submit, self._set_accuracy = pool, meter, submit, set_accuracy
         self.scheduler = ShadowScheduler(config.shadow_params(), time.monotonic())
         self._models: dict[str, _Model] = {}   # version directory -> its state
@@ -135,11 +139,12 @@ class LiveFidelity:
         variant = arm.variant.name
         tracker = state.tracker
         served_placement = arm.placement.name
+        cpu_ms = self._cpu_ms.get(job.version_dir, 0.0)
+        inline = cpu_ms <= self._inline_max_ms
         d = self.scheduler.decide(
-            served_variant=variant, reference=tracker.reference,
-            predicted_cpu_ms=self._cpu_ms.get(job.version_dir, 0.0),
+            served_variant=variant, reference=tracker.reference, predicted_cpu_ms=cpu_ms,
             window_samples=tracker.accuracy(variant).n if variant != tracker.reference else 0,
-            reference_idle=lambda: self._find_idle(state, served_placement), now_s=time.monotonic())
+            reference_idle=lambda: self._find_idle(state, served_placement, inline), now_s=time.monotonic())
         if not d.run:
             return
         placement = self._idle
@@ -153,6 +158,12 @@ class LiveFidelity:
         run = ShadowRun(model, ref_arm, variant, served, d.charged_ms, x)
         shadow = Job(f"shadow:{job.request_id}", job.version_dir, tracker.reference,
                      [dict(job.input_headers[0])], list(job.input_frames), time.monotonic_ns(), run)
+        if inline:   # as short a run as the daemon runs inline for a request: no hand-off, no wake-up
+            done = self._pool.run_inline(placement, shadow)
+            if done is not None:
+                self.runs += 1
+                self.on_outcome(done)
+                return
         if self._pool.submit(placement, shadow):
             self.runs += 1
         else:
@@ -167,14 +178,16 @@ class LiveFidelity:
             return None
         return job.input_frames[0]
 
-    def _find_idle(self, state: _Model, served_placement: str) -> bool:
+    def _find_idle(self, state: _Model, served_placement: str, inline: bool) -> bool:
         """Whether a placement that runs the reference (loaded) is idle; the one found is kept in
-        ``_idle``. The fewest interpreter threads first (the least CPU taken from requests), then
-        another placement than the one that served (the next request most often goes there)."""
+        ``_idle``. The fewest interpreter threads first (the least CPU taken from requests), then,
+        for a run on the main thread (``inline``), the placement that served (the thread is on its
+        cores already), else another one (the next request most often goes to the same)."""
         pool = self._pool
         directory = str(state.model.directory)
         self._idle = None
-        for arm in sorted(state.reference_arms, key=lambda a: (a.placement.threads, a.placement.name == served_placement)):
+        for arm in sorted(state.reference_arms,
+                          key=lambda a: (a.placement.threads, (a.placement.name == served_placement) != inline)):
             name = arm.placement.name
             if pool.queue_length(name) == 0 and pool.down_reason(name) is None \
                     and pool.is_loaded(name, directory, arm.variant.name):

@@ -118,7 +118,8 @@ class Daemon:
         self.admission = Admission(lambda: self.registry, placements, self.health, lambda: self.regions,
                                    pool.queue_length, pool.queue_limit, cfg.server.max_batch)
         self.books = Bookkeeping(store.submit, cfg.stats.window, cfg.stats.ewma_alpha)
-        self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy)
+        self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy,
+                                     cfg.placements.inline_max_ms)
         self.path = RequestPath(self)
         pool.on_load_failed = lambda placement, key, message: self.health.failed(
             self.registry, (key[0], key[1], placement), message, time.monotonic())
