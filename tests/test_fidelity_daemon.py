@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 
@@ -156,6 +158,12 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
         data = np.load(io.BytesIO(bodies[0]))
         assert data["x_val"].shape[1:] == (8, 8, 1) and len(data["y_val"]) == reply["body"]["items"]
         assert data["x_val"].min() >= 0.75 - 1e-6    # shifted inputs only
+        out = tmp_path / "shifted.npz"   # the command, on the admin endpoint, writes data the build reads
+        cli = subprocess.run([sys.executable, "-m", "adaptd", "fidelity", "export", repo[1], "--out", str(out),
+                              "--endpoint", d.admin_endpoint], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        from adaptd.variants.dataset import load_dataset
+        assert len(load_dataset(out).y_val) >= reply["body"]["items"]
     sub.close()
     assert d.proc.returncode == 0
     events = read_fidelity_events(d.store_path)
@@ -164,3 +172,6 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
     rows = list(read_selections(d.store_path))
     assert all(r["accuracy_used"] >= BOUND and r["met_accuracy"] for r in rows)
     assert [r["variant"] for r in rows[:40]] == ["int8_full"] * 40
+    from adaptd.tools.report import render_report
+    _, plots = render_report(rows, tmp_path / "report", fidelity_events=events)
+    assert f"fidelity_{repo[1]}.png" in {p.name for p in plots}
