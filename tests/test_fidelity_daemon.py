@@ -115,6 +115,10 @@ def test_without_a_shift_nothing_changes(repo, digits, tmp_path):
         assert 0 < shadow["cpu_ms_measured"] <= budget + 5.0, shadow
         assert stats["runtime"]["shadow_cpu_ms"] == shadow["cpu_ms_measured"]
         assert shadow["energy_mj"] > 0 and shadow["energy_estimated"]
+        from adaptd.cli.commands import describe_stats
+        text = describe_stats(stats)   # what `adaptd stats` prints
+        line = next(ln for ln in text.splitlines() if " int8_full " in f" {ln} " and "validation" in ln)
+        assert "ALARM" not in line and "estimated" in text.splitlines()[-1]
     assert d.proc.returncode == 0
     assert read_fidelity_events(d.store_path) == []
     rows = list(read_selections(d.store_path))
@@ -125,7 +129,7 @@ def test_without_a_shift_nothing_changes(repo, digits, tmp_path):
 def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo, digits, tmp_path):
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    with start(repo, tmp_path / "d") as d:
+    with start(repo, tmp_path / "d") as d, sub:
         sub.connect(d.pub_endpoint)
         sub.setsockopt(zmq.SUBSCRIBE, b"fid.")
         before = [infer(d, repo[1], x) for x in digits[:40]]
@@ -164,7 +168,6 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
         assert cli.returncode == 0, cli.stderr
         from adaptd.variants.dataset import load_dataset
         assert len(load_dataset(out).y_val) >= reply["body"]["items"]
-    sub.close()
     assert d.proc.returncode == 0
     events = read_fidelity_events(d.store_path)
     kinds = {(e["variant"], e["event"]) for e in events}

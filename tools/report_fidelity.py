@@ -61,7 +61,8 @@ def fidelity_plot(records: Sequence[Mapping[str, Any]], events: Sequence[Mapping
     bottom.set_ylabel("accuracy judged (%)")
     bottom.set_title(f"{model}: accuracy each served request's min_accuracy was judged against")
     for ax in (top, bottom):
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        if ax.get_legend_handles_labels()[0]:   # a panel may have nothing to show (no event yet)
+            ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     _finish_time_axis(bottom, axis)
     fig.tight_layout()
     return Plot(f"fidelity_{slug}.png", f"{model}: live fidelity over time",
