@@ -1,5 +1,5 @@
 """The client commands of the CLI: ``infer``, ``explain``, ``models``, ``stats``, ``health``,
-``reload``, ``log tail`` and ``log export``.
+``reload``, ``fidelity export``, ``log tail`` and ``log export``.
 
 Contract
 --------
@@ -302,7 +302,34 @@ def describe_stats(body: Mapping[str, Any]) -> str:
         out.append("energy 'estimated': from a power model, not measured by a sensor")
     if any(r[12] == "n/a" for r in rows):
         out.append("energy 'n/a': no energy figure for the arm yet (it has not run)")
+    fidelity = body.get("fidelity")
+    if fidelity:
+        out += ["", describe_fidelity(fidelity)]
     return "\n".join(out)
+
+
+def describe_fidelity(f: Mapping[str, Any]) -> str:
+    """``stats``' fidelity section: per variant the accuracy its requests are judged on, where it
+    came from, and its agreement with the reference (PROTOCOL.md §5.3)."""
+    if not f.get("enabled"):
+        return "live fidelity: off ([fidelity] enabled = false)"
+    rows = []
+    for m in f.get("models", []):
+        for name, v in (m.get("variants") or {}).items():
+            a = v.get("agreement") or {}
+            interval = "-" if a.get("agreement") is None else \
+                f"{a['agreement']:.3f} [{a['agreement_low']:.3f}, {a['agreement_high']:.3f}]"
+            rows.append([f"{m.get('model')}:{m.get('version')}", name,
+                         "reference" if name == m.get("reference") else fmt(a.get("n")), interval,
+                         fmt(v.get("accuracy_used"), 4), str(v.get("accuracy_source")),
+                         fmt(v.get("validation_accuracy"), 4), "ALARM" if v.get("alarm") else "-"])
+    s = f.get("shadow") or {}
+    energy = energy_label(s.get("energy_mj"), s.get("energy_estimated"))
+    return "\n".join([table(rows, ["model", "variant", "compared", "agreement [interval]", "accuracy used",
+                                   "source", "validation", "alarm"]), "",
+                      f"shadow runs: {fmt(s.get('runs'))} ({fmt(s.get('compared'))} compared), "
+                      f"CPU {fmt(s.get('cpu_ms_measured'), 1)} ms (budget {fmt(s.get('budget_ms_per_s'), 1)} ms/s), "
+                      f"energy {energy}: the runtime's, not the requests'"])
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -345,6 +372,28 @@ def run_reload(args: argparse.Namespace) -> int:
         args.endpoint = default_admin_endpoint()
     body = _control(args, "reload")
     print(f"reloaded: generation {body.get('generation')}; models: {body.get('models')}")
+    return 0
+
+
+def run_fidelity_export(args: argparse.Namespace) -> int:
+    if getattr(args, "endpoint", None) is None:   # the export holds every client's inputs: admin only
+        args.endpoint = default_admin_endpoint()
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UserError(f"{out}: the export is an .npz; name the file so")
+    with _client(args) as c:
+        try:
+            body, data = c.fidelity_export(args.model, args.version)
+        except AdaptdError as exc:
+            raise _fail(exc) from None
+    tmp = out.with_name(f".{out.name}.part")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote {body.get('items')} input(s) of {args.model} to {out} (labels: the reference's top-1, "
+          "not ground truth); rebuild with: adaptd variants build ... --data " + str(out), file=sys.stderr)
     return 0
 
 

@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_endpoint(p)
     _target(p, "adaptd.cli.commands:run_reload")
 
+    pf = sub.add_parser("fidelity", help="live fidelity: the variants' agreement with the reference")
+    fsub = pf.add_subparsers(dest="fidelity_command", metavar="SUBCOMMAND")
+    fsub.required = True
+    p = fsub.add_parser("export", help="write the inputs the variants disagreed on as an .npz for "
+                                       "`adaptd variants build --data` ([fidelity] reservoir = true)")
+    p.add_argument("model")
+    p.add_argument("--version", default=None, help="default: the newest the daemon tracks")
+    p.add_argument("--out", type=Path, required=True, help="the .npz to write")
+    _add_endpoint(p)
+    _target(p, "adaptd.cli.commands:run_fidelity_export")
+
     pl = sub.add_parser("log", help="the selection store: follow or export it")
     lsub = pl.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
     lsub.required = True

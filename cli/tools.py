@@ -22,12 +22,14 @@ from adaptd.clients.inputs import fit_to_spec, load_array
 def run_report(args: argparse.Namespace) -> int:
     from adaptd.tools.export import parse_since
     from adaptd.tools.report import build_report
-    from adaptd.wire.records import read_selections
+    from adaptd.wire.records import read_fidelity_events, read_selections
 
     try:
-        records = list(read_selections(args.store, since=parse_since(args.since), model=args.model))
+        since = parse_since(args.since)
+        records = list(read_selections(args.store, since=since, model=args.model))
+        events = [e for e in read_fidelity_events(args.store, since=since) if args.model in (None, e["model"])]
         index = build_report(records, args.out, repository=getattr(args, "repository", None),
-                             source=str(args.store))
+                             source=str(args.store), fidelity_events=events)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {index} ({len(records)} decisions)")

@@ -195,6 +195,12 @@ class Client(CoreAttributes):
         (:func:`default_admin_endpoint`): elsewhere it is answered ``FORBIDDEN``."""
         return self._exchange(self._core.control("reload", timeout_ms))
 
+    def fidelity_export(self, model: str, version: str | None = None,
+                        timeout_ms: float | None = None) -> tuple[dict[str, Any], bytes]:
+        """The daemon's reservoir of inputs its variants disagreed on (§7.7; admin endpoint only):
+        the reply's body and the ``.npz`` bytes, which ``adaptd variants build --data`` accepts."""
+        return self._exchange(self._core.fidelity_export(model, version, timeout_ms))
+
     # --- I/O ----------------------------------------------------------------------------
 
     def _run(self, operation: Generator[Call, Any, Any]) -> Any:

@@ -178,6 +178,15 @@ class ClientCore:
                                **options)
         return self._call(rid, frames, _read_explanation, timeout_ms, None, 0)
 
+    def fidelity_export(self, model: str, version: str | None = None, timeout_ms: float | None = None) -> Call:
+        """PROTOCOL.md §7.7 (admin endpoint): its value is ``(body, npz bytes)``."""
+        rid = new_request_id()
+        fields = {"model": model, **({"version": str(version)} if version is not None else {})}
+
+        def read(header: dict[str, Any], bodies: list[memoryview], client_ms: float) -> Any:
+            return body_from_reply(header, "fidelity_export"), bytes(bodies[0]) if bodies else b""
+        return self._call(rid, control_message(rid, "fidelity_export", **fields), read, timeout_ms, None, 0)
+
     def control(self, request_type: str, timeout_ms: float | None = None, retries: int | None = None,
                 **fields: Any) -> Call:
         """A control request (§7, §11); its value is the reply's body."""

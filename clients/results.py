@@ -98,13 +98,17 @@ class Predicted:
     energy_estimated: bool = False
     accuracy: float | None = None
     latency_confidence: float | None = None   # the confidence latency_bound_ms is at (None: not said)
+    # where ``accuracy`` (the figure min_accuracy was judged on) came from: validation | live
+    # (PROTOCOL.md §5.3); None from a daemon that does not say
+    accuracy_source: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Predicted:
         d = d or {}
+        source = d.get("accuracy_source")
         return cls(_f(d.get("latency_ms")), _f(d.get("latency_bound_ms")), _f(d.get("queue_ms")),
                    _f(d.get("energy_mj")), bool(d.get("energy_estimated")), _f(d.get("accuracy")),
-                   _f(d.get("latency_confidence")))
+                   _f(d.get("latency_confidence")), source if isinstance(source, str) else None)
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fidelity: Any = field(default_factory=lambda: _fidelity_config({}))   # FidelityConfig ([fidelity])
     log_level: str = "info"
     board_id: str | None = None   # None: derived from the machine id (adaptd.wire.board)
 
@@ -385,7 +386,7 @@ class Config:
     def from_dict(cls, d: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         base = base_dir or Path.cwd()
         top = {"repository", "state_dir", "runtime_dir", "log_level", "board_id",
-               "server", "placements", "stats", "power", "selector", "store", "auth", "metrics"}
+               "server", "placements", "stats", "power", "selector", "store", "auth", "metrics", "fidelity"}
         _check_keys(d, top, "config")
 
         def path(key: str, default: Path) -> Path:
@@ -408,7 +409,7 @@ class Config:
                 validate_board_id(board_id, "config.board_id")
             except BoardIdError as exc:
                 raise ConfigError(str(exc)) from None
-        for key in ("server", "placements", "stats", "power", "selector", "store", "auth", "metrics"):
+        for key in ("server", "placements", "stats", "power", "selector", "store", "auth", "metrics", "fidelity"):
             if not isinstance(d.get(key, {}), dict):
                 raise ConfigError(f"config.{key}: expected a table")
         try:
@@ -431,6 +432,7 @@ class Config:
             store=store,
             auth=AuthConfig.from_dict(d.get("auth", {}), base),
             metrics=MetricsConfig.from_dict(d.get("metrics", {})),
+            fidelity=_fidelity_config(d.get("fidelity", {})),
             log_level=log_level,
             board_id=board_id,
         )
@@ -438,6 +440,14 @@ class Config:
         if config.store_path.exists() and config.store_path.is_dir():
             raise ConfigError(f"store.path: {config.store_path} is a directory; give the store's file name")
         return config
+
+
+def _fidelity_config(table: Mapping[str, Any]) -> Any:
+    """The ``[fidelity]`` table (:mod:`adaptd.daemon.fidelity_config`, which builds on this
+    module's helpers, hence imported here)."""
+    from adaptd.daemon.fidelity_config import FidelityConfig
+
+    return FidelityConfig.from_dict(table)
 
 
 def load_config(path: Path) -> Config:

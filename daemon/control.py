@@ -8,7 +8,8 @@ Contract
   and ends every client's regions). Which types need the admin endpoint is the caller's check
   (``ADMIN_ONLY``).
 * Handlers read the daemon's state and change only what their request asks: regions (register,
-  end), the repository (reload). They run on the daemon's main thread, after the deferred
+  end), the repository (reload). Every reply is a header; ``fidelity_export`` adds one body
+  frame (the ``.npz``). They run on the daemon's main thread, after the deferred
   bookkeeping of answered requests, so statistics include every reply already sent.
 """
 
@@ -26,7 +27,7 @@ from adaptd.wire import replies
 
 log = logging.getLogger("adaptd.control")
 
-ADMIN_ONLY = frozenset({"reload"})
+ADMIN_ONLY = frozenset({"reload", "fidelity_export"})   # the export holds every client's inputs
 
 
 class Control:
@@ -35,10 +36,14 @@ class Control:
     def __init__(self, daemon: Any) -> None:
         self.d = daemon
 
-    def reply(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
+    def reply(self, request: proto.Request, peer: bytes | None) -> tuple[dict[str, Any], list[bytes]]:
+        """The ``ok`` header and its body frames (none but for ``fidelity_export``)."""
+        if request.type == "fidelity_export":
+            body, frames = self.fidelity_export(request)
+            return replies.ok_header(request.type, request.id, body), frames
         handler = getattr(self, request.type)
         body = handler(request, peer) if request.type.startswith("shm_") else handler(request)
-        return replies.ok_header(request.type, request.id, body)
+        return replies.ok_header(request.type, request.id, body), []
 
     def models(self, request: proto.Request) -> dict[str, Any]:
         registry = self.d.registry
@@ -58,7 +63,16 @@ class Control:
                 mem = d.pool.loaded_bytes(arm.placement.name, str(model.directory), arm.variant.name)
                 arms.append({**d.books.stats_of(model, arm).snapshot(now, mem is not None, mem),
                              **d.health.describe(model, arm, mono)})
-        return {"arms": arms, "energy": d.meter.describe(), "runtime": self.runtime()}
+        return {"arms": arms, "energy": d.meter.describe(), "runtime": self.runtime(), "fidelity": d.fidelity.stats()}
+
+    def fidelity_export(self, request: proto.Request) -> tuple[dict[str, Any], list[bytes]]:
+        """§7.8: the reservoir of disagreeing inputs as one ``.npz`` body frame."""
+        try:
+            data, n = self.d.fidelity.export(request.model, request.version)
+        except LookupError as exc:
+            raise proto.ProtocolError(proto.UNKNOWN_MODEL if "no live fidelity" in str(exc) else proto.BAD_REQUEST,
+                                      str(exc), request.id) from None
+        return {"model": request.model, "items": n, "bytes": len(data), "format": "npz"}, [data]
 
     def runtime(self) -> dict[str, Any]:
         """What the daemon itself costs per inference: its process's CPU time since it started,
@@ -66,10 +80,12 @@ class Control:
         energy, estimated from that CPU time."""
         d = self.d
         served = max(d.path.inferences, 1)
-        cpu_s = max(time.process_time() - d.started_cpu_s - d.path.execution_cpu_s, 0.0)
+        shadow_s = d.fidelity.cpu_ms_in_process / 1e3   # the runtime's, shown apart from the requests'
+        cpu_s = max(time.process_time() - d.started_cpu_s - d.path.execution_cpu_s - shadow_s, 0.0)
         energy_mj, source = d.meter.runtime_energy_mj(cpu_s / served)
         return {"inferences": d.path.inferences, "cpu_ms_per_request": cpu_s / served * 1e3,
-                "energy_mj_per_request": energy_mj, "source": source, "estimated": True}
+                "energy_mj_per_request": energy_mj, "source": source, "estimated": True,
+                "shadow_cpu_ms": d.fidelity.cpu_ms, "shadow_energy_mj": d.fidelity.energy_mj}
 
     def health(self, request: proto.Request) -> dict[str, Any]:
         d = self.d

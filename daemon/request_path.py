@@ -7,7 +7,10 @@ Contract
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
   worker. :meth:`RequestPath.on_outcome` turns a finished job into its reply
   (:mod:`adaptd.wire.replies`) and defers the statistics, the policy's update and the selection
-  record (:mod:`adaptd.daemon.bookkeeping`) off the round trip.
+  record (:mod:`adaptd.daemon.bookkeeping`) off the round trip. Deferred with them, live
+  fidelity (:mod:`adaptd.daemon.fidelity`) may queue a shadow run of the model's reference on
+  the same input; a shadow job's outcome goes back to it (deferred too), with no reply and no
+  record.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch ends in a reply or in a
   pending job whose outcome (done, failed, worker death, drain: :meth:`abandon_all`) produces
   one. An unexpected fault in one request is answered ``INTERNAL`` and logged (a traceback at
@@ -31,6 +34,7 @@ import zmq
 from adaptd.daemon.admission import busy_reply
 from adaptd.daemon.arms import arm_key
 from adaptd.daemon.control import ADMIN_ONLY
+from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
 from adaptd.daemon.pool import Job, Outcome
@@ -134,7 +138,7 @@ class RequestPath:
                     raise proto.ProtocolError(proto.FORBIDDEN, f"'{request.type}' is accepted on the admin endpoint "
                                               "only (server.admin_endpoints)", request.id)
                 self.d.books.flush()   # statistics and explanations include every answered request
-                self._reply(route, self.d.control.reply(request, None if admin else peer), ())
+                self._reply(route, *self.d.control.reply(request, None if admin else peer))
         except proto.ProtocolError as exc:
             self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details, peer)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
@@ -232,6 +236,9 @@ class RequestPath:
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping."""
         cpu0 = time.thread_time_ns()
+        if type(outcome.job.context) is ShadowRun:   # the runtime's own work: no reply, no record,
+            self.d.books.defer(self.d.fidelity.on_outcome, outcome)   # compared at an idle moment
+            return
         self.saturated = False
         pending: Pending = outcome.job.context
         request, arm, model = pending.request, pending.arm, pending.model
@@ -275,7 +282,8 @@ class RequestPath:
         started_ns = max(outcome.job.dispatched_ns, int(h.get("idle_since_ns") or 0))   # not behind other work
         behind_ns = max(0, started_ns - (pending.submitted_ns or started_ns))
         path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
-        met = replies.met_constraints(request.constraints.as_dict(), arm.accuracy, total_ms, energy.energy_mj)
+        met = replies.met_constraints(request.constraints.as_dict(), pending.choice.decision.predicted.accuracy, total_ms,
+                                      energy.energy_mj)
         choice = pending.choice
         self.inferences += 1
         if h.get("in_process"):
@@ -297,6 +305,8 @@ class RequestPath:
         self.requests += len(pending.routes)
         self.d.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
+        # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
+        self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
 
     def _account(self, pending: Pending, stats: Any, header: dict[str, Any], path_ms: float, now: float,
                  now_ns: int) -> None:

@@ -58,7 +58,8 @@ def predicted_map(p: Prediction) -> dict[str, Any]:
     """PROTOCOL.md §5 ``predicted``."""
     return {"latency_ms": p.latency_ms, "latency_bound_ms": p.latency_bound_ms,
             "latency_confidence": p.latency_confidence, "queue_ms": p.queue_ms, "energy_mj": p.energy_mj,
-            "energy_bound_mj": p.energy_bound_mj, "energy_estimated": p.energy_estimated, "accuracy": p.accuracy}
+            "energy_bound_mj": p.energy_bound_mj, "energy_estimated": p.energy_estimated, "accuracy": p.accuracy,
+            "accuracy_used": p.accuracy, "accuracy_source": p.accuracy_source}
 
 
 def met_map(met: Met) -> dict[str, bool]:
@@ -201,6 +202,12 @@ class SelectorPolicy:
         except KeyError:   # an arm of a generation that a reload replaced
             return
         self.selector.update(arm_id, latency_ms, energy_mj, energy_estimated, now_s, compute_ms=compute_ms)
+
+    def set_accuracy(self, model: ModelVersion, variant: str, accuracy: float | None, source: str) -> None:
+        """The accuracy ``min_accuracy`` is judged against for ``variant``'s arms from now on
+        (live fidelity, :mod:`adaptd.daemon.fidelity`); the baseline policy keeps the manifest's."""
+        if isinstance(self.selector, Selector):
+            self.selector.set_accuracy(model_key(model), variant, accuracy, source)
 
     def set_available(self, model: ModelVersion, arm: Arm, available: bool) -> None:
         """Nothing to do: the candidates the daemon passes to ``choose`` leave arms set aside out."""

@@ -58,6 +58,7 @@ from adaptd.daemon.auth import Authenticator
 from adaptd.daemon.bookkeeping import Bookkeeping
 from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
+from adaptd.daemon.fidelity import LiveFidelity
 from adaptd.daemon.frontend import Frontend, ipc_path
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
@@ -117,10 +118,17 @@ class Daemon:
         self.admission = Admission(lambda: self.registry, placements, self.health, lambda: self.regions,
                                    pool.queue_length, pool.queue_limit, cfg.server.max_batch)
         self.books = Bookkeeping(store.submit, cfg.stats.window, cfg.stats.ewma_alpha)
+        self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy,
+                                     cfg.placements.inline_max_ms)
         self.path = RequestPath(self)
         pool.on_load_failed = lambda placement, key, message: self.health.failed(
             self.registry, (key[0], key[1], placement), message, time.monotonic())
         pool.on_down = lambda placement: self.health.placement_down(self.registry, placement)
+
+    def _set_accuracy(self, model: Any, variant: str, accuracy: float | None, source: str) -> None:
+        """Live fidelity's figure for a variant's arms (the policy judges min_accuracy on it)."""
+        if hasattr(self.policy, "set_accuracy"):
+            self.policy.set_accuracy(model, variant, accuracy, source)
 
     # --- start-up --------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +198,7 @@ class Daemon:
             log.info("worker channel round trip: %s", ", ".join(f"{k} {v * 1e3:.0f} us"
                                                                for k, v in self.policy.overhead_ms.items()))
         self.policy.reset(registry)
+        self.fidelity.reset(registry)
         if self._eager(registry):
             self._preload(registry)
             laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)
@@ -365,11 +374,13 @@ class Daemon:
 
     def _tick(self, now: float) -> None:
         """Once a second: regions whose registering process has exited (§11.2), replies past
-        their replay window, arms whose quarantine ended or whose placement is back."""
+        their replay window, arms whose quarantine ended or whose placement is back, shadow
+        comparisons past their window's age."""
         if self.regions.owned():
             self.regions_gone(self.regions.sweep_owners())
         self.replays.expire(now)
         self.health.sync(self.registry, now)
+        self.fidelity.tick(now)
         if self.metrics is not None:
             self.metrics.publish()
 
@@ -399,6 +410,7 @@ class Daemon:
         self.registry = registry
         self.auth.reload()
         self.policy.reset(registry)
+        self.fidelity.reset(registry)
         self.health.reset(registry, time.monotonic())
         keep = registry.directories() | {str(p.model.directory) for p in self.path.pending.values()}
         self.pool.unload_except(keep)

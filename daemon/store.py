@@ -25,7 +25,9 @@ Contract
   ``synchronous = "FULL"`` to fsync every batch and survive power loss too, at the cost of
   one fsync per batch.
 * Publishing: as the writer dequeues a record it publishes it on PUB with the frames of
-  PROTOCOL.md §9: ``[b"sel.<model>", b"ADPT01", msgpack(record)]``. The stream is best
+  PROTOCOL.md §9: ``[b"sel.<model>", b"ADPT01", msgpack(record)]``. A fidelity event (a map
+  with ``type: fidelity``, :mod:`adaptd.daemon.fidelity`) goes the same way under
+  ``fid.<model>`` and into the ``fidelity_events`` table instead of ``selections``. The stream is best
   effort (a slow subscriber loses messages); the database is the durable record. The socket is
   an XPUB: the writer counts subscriptions and, while there are none, packs nothing (a
   record's msgpack and send were the writer's largest cost per record).
@@ -61,16 +63,18 @@ import zmq
 
 from adaptd.daemon.store_config import StoreConfig   # the [store] table; imported from here too
 from adaptd.wire.protocol import SIGNATURE
-from adaptd.wire.records import COLUMN_NAMES, COLUMNS
+from adaptd.wire.records import COLUMN_NAMES, COLUMNS, FIDELITY_COLUMN_NAMES, FIDELITY_COLUMNS
 
 log = logging.getLogger("adaptd.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added since version 1, in order: an older store gains them on open (ALTER TABLE).
 ADDED_IN_2 = (("predicted_energy_bound_mj", "REAL"),)
 ADDED_IN_3 = (("latency_confidence", "REAL"), ("predicted_latency_confidence", "REAL"))
 ADDED_IN_4 = (("runtime_cpu_ms", "REAL"), ("runtime_energy_mj", "REAL"))
-ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3 + ADDED_IN_4, 2: ADDED_IN_3 + ADDED_IN_4, 3: ADDED_IN_4}
+ADDED_IN_5 = (("accuracy_used", "REAL"), ("accuracy_source", "TEXT"))   # live fidelity (docs/fidelity.md)
+ADDED_SINCE = {1: ADDED_IN_2 + ADDED_IN_3 + ADDED_IN_4 + ADDED_IN_5, 2: ADDED_IN_3 + ADDED_IN_4 + ADDED_IN_5,
+               3: ADDED_IN_4 + ADDED_IN_5, 4: ADDED_IN_5}
 
 SCHEMA_SQL = (
     "CREATE TABLE IF NOT EXISTS selections (\n    id INTEGER PRIMARY KEY,\n    "
@@ -79,7 +83,13 @@ SCHEMA_SQL = (
     "CREATE INDEX IF NOT EXISTS selections_ts ON selections (ts);\n"
     "CREATE INDEX IF NOT EXISTS selections_model_ts ON selections (model, ts);\n"
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);\n"
+    "CREATE TABLE IF NOT EXISTS fidelity_events (\n    id INTEGER PRIMARY KEY,\n    "
+    + ",\n    ".join(f"{name} {sqltype}" for name, sqltype in FIDELITY_COLUMNS)
+    + "\n);\n"
+    "CREATE INDEX IF NOT EXISTS fidelity_events_ts ON fidelity_events (ts);\n"
 )
+_INSERT_FIDELITY_SQL = (f"INSERT INTO fidelity_events ({', '.join(FIDELITY_COLUMN_NAMES)}) "
+                        f"VALUES ({', '.join('?' for _ in FIDELITY_COLUMN_NAMES)})")
 _INSERT_SQL = (f"INSERT INTO selections ({', '.join(COLUMN_NAMES)}) "
                f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})")
 
@@ -108,6 +118,11 @@ def record_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     if row[0] is None:
         row[0] = time.time()
     return tuple(row)
+
+
+def fidelity_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A fidelity event (``type: fidelity``) as a row of ``fidelity_events``."""
+    return tuple(_cell(name, event.get(name)) for name in FIDELITY_COLUMN_NAMES)
 
 
 def connect(path: Path, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
@@ -294,6 +309,7 @@ class SelectionStore:
 
     def _loop(self, conn: sqlite3.Connection, pub: zmq.Socket | None) -> None:
         pending: list[tuple[Any, ...]] = []   # rows dequeued (and published) but not committed
+        events: list[tuple[Any, ...]] = []    # fidelity events dequeued, not committed
         attempts = 0
         next_retention = time.monotonic() + self.config.retention_interval_s
         last_batch = 0.0
@@ -311,29 +327,34 @@ class SelectionStore:
                 if not pending:   # published before the pop: oldest_pending_ts never skips it
                     self._uncommitted_ts = self._queue[0].get("ts")
                 record = self._queue.popleft()
+                fidelity = record.get("type") == "fidelity"
                 if listening:
-                    self._publish(pub, record)
-                pending.append(record_row(record))
-            if pending:
+                    self._publish(pub, record, "fid" if fidelity else "sel")
+                if fidelity:
+                    events.append(fidelity_row(record))
+                else:
+                    pending.append(record_row(record))
+            if pending or events:
                 try:
                     with conn:  # one transaction per batch
                         conn.execute("BEGIN")
                         conn.executemany(_INSERT_SQL, pending)
+                        conn.executemany(_INSERT_FIDELITY_SQL, events)
                 except sqlite3.Error as exc:
                     attempts += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("selection store: batch of %d failed (attempt %d): %s",
-                              len(pending), attempts, exc)
+                              len(pending) + len(events), attempts, exc)
                     if attempts >= self._MAX_ATTEMPTS or stopping:
-                        self.dropped += len(pending)
-                        pending = []
+                        self.dropped += len(pending) + len(events)
+                        pending, events = [], []
                         self._uncommitted_ts = None
                         attempts = 0
                 else:
                     self.rows_written += len(pending)
                     self.batches += 1
                     self.last_flush_ts = self._clock()
-                    pending = []
+                    pending, events = [], []
                     self._uncommitted_ts = None
                     attempts = 0
                 last_batch = time.monotonic()
@@ -356,10 +377,10 @@ class SelectionStore:
             elif message[:1] == b"\x00":
                 self.subscriptions = max(0, self.subscriptions - 1)
 
-    def _publish(self, pub: zmq.Socket, record: Mapping[str, Any]) -> None:
+    def _publish(self, pub: zmq.Socket, record: Mapping[str, Any], kind: str = "sel") -> None:
         model = record.get("model") or ""
         try:
-            pub.send_multipart([f"sel.{model}".encode(), SIGNATURE,
+            pub.send_multipart([f"{kind}.{model}".encode(), SIGNATURE,
                                 msgpack.packb(dict(record), use_bin_type=True, default=str)],
                                flags=zmq.NOBLOCK)
             self.published += 1
@@ -376,6 +397,7 @@ class SelectionStore:
                 if self.config.retention_days is not None:
                     cutoff = self._clock() - self.config.retention_days * 86400.0
                     deleted += conn.execute("DELETE FROM selections WHERE ts < ?", (cutoff,)).rowcount
+                    conn.execute("DELETE FROM fidelity_events WHERE ts < ?", (cutoff,))
                 if self.config.retention_max_rows is not None:
                     count = conn.execute("SELECT COUNT(*) FROM selections").fetchone()[0]
                     excess = count - self.config.retention_max_rows

@@ -31,7 +31,8 @@ class Prediction:
     energy_mj: float | None            # expected
     energy_bound_mj: float | None      # at the selector's confidence
     energy_estimated: bool             # from a model, not (only) measured
-    accuracy: float | None
+    accuracy: float | None             # the figure min_accuracy is judged against (accuracy_used)
+    accuracy_source: str = "validation"   # where it came from: validation | live (docs/fidelity.md)
 
 
 @dataclass(slots=True)

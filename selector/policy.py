@@ -112,6 +112,7 @@ class Selector:
         self._model_range = table.ranges
         self._pidx_l: list[int] = self._pidx.tolist()
         self._acc_l: list[float] = self._acc.tolist()
+        self._acc_src: list[str] = ["validation"] * len(specs)   # accuracy_source per arm
         prior_lat = np.array([np.nan if s.prior_latency_ms is None else float(s.prior_latency_ms) for s in specs])
         prior_sd = np.array([
             (cfg.prior_rel_sd * float(s.prior_latency_ms) if s.prior_latency_sd_ms is None
@@ -176,6 +177,16 @@ class Selector:
         return [{"arm_id": i, "model": s.model, "version": s.version, "variant": s.variant,
                  "placement": s.placement, "accuracy": s.accuracy, **self._online.arm_stats(i)}
                 for i, s in enumerate(self.arms)]
+
+    def set_accuracy(self, model: str, variant: str, accuracy: float | None, source: str) -> int:
+        """Set the figure ``min_accuracy`` is judged on for a variant's arms, and its source; how many."""
+        m, v = self._models.get(model), (np.nan if accuracy is None else float(accuracy))
+        arms = [a for a in range(m.lo, m.hi) if self.arms[a].variant == variant] if m else []
+        for a in arms:   # in place: the model's columns are views of these; its lists are remade
+            self._acc[a], self._acc_key[a], self._acc_unknown[a] = v, 1.0 if v != v else -v, float(v != v)
+            self._acc0[a], self._acc_l[a], self._acc_src[a] = 0.0 if v != v else v, v, source
+            m.acc_l, m.acc_key_l = m.acc.tolist(), m.acc_key.tolist()
+        return len(arms)
 
     # ------------------------------------------------------------------ learning
     def update(self, arm: int | tuple[str, str, str], latency_ms: float, energy_mj: float | None,
@@ -427,7 +438,7 @@ class Selector:
             rank = ranks.get(j) if (not excluded or j == chosen) and code != "infeasible" else None
             out.append(Alternative(spec.variant, spec.placement, Prediction(
                 finite_or_none(mean[j]), finite_or_none(bound[j]), conf, queue[j], number_or_none(energy[j]),
-                number_or_none(e_bound[j]), estimated[j], number_or_none(acc[j])), excluded, rank))
+                number_or_none(e_bound[j]), estimated[j], number_or_none(acc[j]), self._acc_src[lo + j]), excluded, rank))
         out.sort(key=lambda x: (x.rank is None, x.rank or 0, x.variant, x.placement))
         return tuple(out)
 
@@ -447,7 +458,7 @@ class Selector:
         acc = self._acc_l[a]
         predicted = Prediction(mean if isfinite(mean) else None, bound if isfinite(bound) else None, om.levels_[level],
                                w, e if e == e else None, e_bound if e_bound == e_bound else None,
-                               om.energy_estimated_.item(a), acc if acc == acc else None)
+                               om.energy_estimated_.item(a), acc if acc == acc else None, self._acc_src[a])
         verdicts = kernel.meets(r, acc, bound, e_judged)
         met = Met(*verdicts)
         feasible = False not in verdicts

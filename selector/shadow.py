@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 REASONS = ("shadow", "reference", "disabled", "not_sampled", "no_idle_placement", "cpu_budget")
@@ -98,11 +99,12 @@ class ShadowScheduler:
         self._tokens_ms = min(self._capacity_ms, self._tokens_ms + dt * self.params.cpu_budget_ms_per_s)
 
     def decide(self, *, served_variant: str, reference: str, predicted_cpu_ms: float, window_samples: int,
-               reference_idle: bool, now_s: float) -> ShadowDecision:
+               reference_idle: bool | Callable[[], bool], now_s: float) -> ShadowDecision:
         """Whether to run ``reference`` on the input a request was served with by
         ``served_variant``; ``predicted_cpu_ms`` is the reference's predicted CPU time on the
         placement it would run on, ``window_samples`` the served variant's comparisons in
-        its window, ``reference_idle`` whether such a placement is idle now."""
+        its window, ``reference_idle`` whether such a placement is idle now (or a function that
+        says so, called only for a request the draw sampled: the unsampled ones cost a draw)."""
         if not (predicted_cpu_ms >= 0 and math.isfinite(predicted_cpu_ms)):
             raise ValueError(f"predicted_cpu_ms must be a finite number >= 0, got {predicted_cpu_ms}")
         p = self.params
@@ -114,7 +116,7 @@ class ShadowScheduler:
         share = 1.0 if window_samples < p.warmup_samples else p.share
         if not self._rng.random() < share:
             return self._no("not_sampled")
-        if not reference_idle:
+        if not (reference_idle() if callable(reference_idle) else reference_idle):
             return self._no("no_idle_placement")
         if self._tokens_ms < predicted_cpu_ms and self._tokens_ms < self._capacity_ms:
             return self._no("cpu_budget")

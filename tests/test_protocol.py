@@ -170,3 +170,11 @@ def test_request_header_round_trip():
     req = p.parse_request(msgpack.unpackb(p.pack(header)))
     assert req.version == "2" and req.constraints.max_latency_ms == 3.0
     assert req.pin_variant == "float16" and req.pin_placement is None and req.explain
+
+
+def test_fidelity_export_names_a_model():
+    req = p.parse_request({"type": "fidelity_export", "id": "e1", "model": "digits", "version": 2})
+    assert (req.type, req.model, req.version) == ("fidelity_export", "digits", "2")
+    with pytest.raises(p.ProtocolError) as exc:
+        p.parse_request({"type": "fidelity_export", "id": "e2"})
+    assert exc.value.code == p.BAD_REQUEST and "model" in exc.value.message

@@ -631,3 +631,26 @@ def test_candidates_are_trusted_and_pins_resolved_only_without_them():
     for bad in ([], [s.arm_id("n", "a", "cpu:0")]):
         with pytest.raises(ValueError, match="candidates"):
             s.choose(Request("m"), 0.0, candidates=bad)
+
+
+def test_a_live_accuracy_replaces_the_validation_one_for_every_placement_of_the_variant():
+    """``set_accuracy`` (live fidelity) moves a request off a variant whose figure no longer meets
+    its bound, on both decision paths, and the decision says where the figure came from."""
+    arms = [ArmSpec("m", v, p, acc, lat) for v, acc, lat in (("float32", 0.97, 0.3), ("int8_full", 0.97, 0.1),
+                                                             ("int8_dynamic", 0.969, 0.2))
+            for p in ("cpu:0", "cpu:1")]
+    sel = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0))
+    req = Request("m", min_accuracy=0.96)
+    d = sel.choose(req, 0.0)
+    assert d.variant == "int8_full" and d.predicted.accuracy_source == "validation"
+    assert sel.set_accuracy("m", "int8_full", 0.42, "live") == 2
+    assert sel.set_accuracy("m", "nope", 0.1, "live") == 0 and sel.set_accuracy("x", "int8_full", 0.1, "live") == 0
+    for explain in (False, True):
+        d = sel.choose(req, 0.0, explain=explain, dry_run=explain)
+        assert d.variant == "int8_dynamic" and d.predicted.accuracy == 0.969
+    pinned = sel.choose(Request("m", variant="int8_full", placement="cpu:1", min_accuracy=0.96), 0.0)
+    assert pinned.predicted.accuracy == 0.42 and pinned.predicted.accuracy_source == "live"
+    assert pinned.met.min_accuracy is False
+    assert sel.choose(Request("m", variant="int8_full", placement="cpu:0"), 0.0).predicted.accuracy == 0.42
+    sel.set_accuracy("m", "int8_full", 0.97, "validation")
+    assert sel.choose(req, 0.0).variant == "int8_full"

@@ -145,6 +145,37 @@ def test_every_record_is_published_with_the_spec_frames(tmp_path: Path):
     sub.close()
 
 
+def test_fidelity_events_are_kept_apart_and_published_under_fid(tmp_path: Path):
+    """A fidelity event goes to its own table and topic, never among the selection records."""
+    from adaptd.wire.records import read_fidelity_events
+
+    endpoint = f"ipc://{tmp_path}/fid.sock"
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"fid.")
+    event = {"type": "fidelity", "event": "alarm_raised", "ts": 1.0e9, "model": "digits", "version": "1",
+             "variant": "int8_full", "reference": "float32", "n": 40, "agreement": 0.5, "agreement_low": 0.34,
+             "agreement_high": 0.66, "confidence": 0.95, "alarm_agreement": 0.9, "accuracy_used": 0.3,
+             "accuracy_source": "live", "validation_accuracy": 0.97, "reason": "agreement confidently below 0.9"}
+    with SelectionStore(StoreConfig(), tmp_path / "f.db", [endpoint]) as store:
+        sub.connect(endpoint)
+        probes = 0
+        while not sub.poll(20):   # the subscription's handshake, as above
+            store.submit({**event, "event": "probe"})
+            probes += 1
+            assert probes < 500
+        while sub.poll(200):
+            sub.recv_multipart()
+        store.submit(record(0))
+        store.submit(event)
+        topic, signature, body = sub.recv_multipart() if sub.poll(5000) else (None, None, None)
+        assert topic == b"fid.digits" and signature == b"ADPT01" and msgpack.unpackb(body) == event
+    sub.close()
+    assert [r["request_id"] for r in read_selections(tmp_path / "f.db")] == ["r0"]
+    kept = [e for e in read_fidelity_events(tmp_path / "f.db") if e["event"] != "probe"]
+    assert kept == [event]
+
+
 # --- SIGKILL ---------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
@@ -194,7 +225,7 @@ def test_sigkill_loses_nothing_older_than_the_flush_interval(tmp_path: Path, flu
     assert not missing, f"{len(missing)} records older than the flush interval were lost: {missing[:5]}"
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_an_older_store_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path, version: int):
     """A store written by schema version 1 (no predicted_energy_bound_mj) or 2 (no
     latency_confidence, predicted_latency_confidence) is migrated on open: old rows read back

@@ -12,7 +12,8 @@ Contract
   plot its notes (a run too short for it, a clipped axis).
 * Plots (``clients/report_plots.py``, scales from ``clients/report_scales.py``, readable for
   runs from a second to months): variant and placement mix over time; constraint attainment
-  over time; predicted versus measured latency and energy; per-arm latency distributions; and
+  over time, beside live fidelity (``tools/report_fidelity.py``: each variant's agreement with
+  the reference at its fidelity events and the accuracy requests were judged on); predicted versus measured latency and energy; per-arm latency distributions; and
   per model the Pareto frontier of accuracy against latency and against energy, per placement.
 * Energy from a power model rather than a sensor is labelled "estimated" in every title,
   axis label, legend and table where it appears.
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from adaptd.tools.report_fidelity import fidelity_plot
 from adaptd.tools.report_plots import (
     Plot,
     attainment_plot,
@@ -120,13 +122,16 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in s)
 
 
-def report_plots(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> list[Plot]:
+def report_plots(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
+                 fidelity_events: Sequence[Mapping[str, Any]] = ()) -> list[Plot]:
     """Every plot of the page, in page order (records sorted by time)."""
     plots: list[Plot | None] = []
     models = sorted({str(r.get("model")) for r in records})
     by_model = {m: [r for r in records if str(r.get("model")) == m] for m in models}
     for model in models:
-        plots += [mix_plot(by_model[model], model, _slug(model)), attainment_plot(by_model[model], model, _slug(model))]
+        events = [e for e in fidelity_events if str(e.get("model")) == model]
+        plots += [mix_plot(by_model[model], model, _slug(model)), attainment_plot(by_model[model], model, _slug(model)),
+                  fidelity_plot(by_model[model], events, model, _slug(model))]
     if records:
         plots.append(predicted_plot(records))
     for model in models:
@@ -136,7 +141,8 @@ def report_plots(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any
 
 
 def render_report(records: Sequence[Mapping[str, Any]], out_dir: Path, *, repository: Path | None = None,
-                  title: str = "adaptd selection report", source: str = "") -> tuple[Path, list[Plot]]:
+                  title: str = "adaptd selection report", source: str = "",
+                  fidelity_events: Sequence[Mapping[str, Any]] = ()) -> tuple[Path, list[Plot]]:
     """Write the page and its PNGs; return the page's path and the plots (figures kept)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +153,7 @@ def render_report(records: Sequence[Mapping[str, Any]], out_dir: Path, *, reposi
         key = (a["model"], str(a["version"]), a["variant"])
         if key in repo_acc:
             a["accuracy"] = repo_acc[key]
-    plots = report_plots(records, summary)
+    plots = report_plots(records, summary, fidelity_events)
     for plot in plots:
         plot.fig.savefig(out_dir / plot.name, dpi=DPI)
     index = out_dir / "index.html"
@@ -156,8 +162,10 @@ def render_report(records: Sequence[Mapping[str, Any]], out_dir: Path, *, reposi
 
 
 def build_report(records: Sequence[Mapping[str, Any]], out_dir: Path, *, repository: Path | None = None,
-                 title: str = "adaptd selection report", source: str = "") -> Path:
-    return render_report(records, out_dir, repository=repository, title=title, source=source)[0]
+                 title: str = "adaptd selection report", source: str = "",
+                 fidelity_events: Sequence[Mapping[str, Any]] = ()) -> Path:
+    return render_report(records, out_dir, repository=repository, title=title, source=source,
+                         fidelity_events=fidelity_events)[0]
 
 
 def _html(summary: Mapping[str, Any], plots: Sequence[Plot], title: str, source: str) -> str:

@@ -65,7 +65,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 SHM_TYPES = ("shm_register", "shm_unregister", "shm_regions")     # §11
-CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain", *SHM_TYPES)
+CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain", "fidelity_export", *SHM_TYPES)
 REQUEST_TYPES = ("infer", *CONTROL_TYPES)
 
 
@@ -342,20 +342,12 @@ def parse_request(header: Mapping[str, Any]) -> Request:
         raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {shown(rtype)}", rid)
     if rtype in SHM_TYPES:
         return _parse_shm_control(rtype, rid, header)
-    if rtype not in ("infer", "explain"):
+    if rtype not in ("infer", "explain", "fidelity_export"):
         return Request(type=rtype, id=rid)
 
-    model = _opt_str(header, "model", rid)
-    if model is None:
-        raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
-    version = header.get("version")
-    if version is not None and not isinstance(version, str):
-        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63:
-            version = str(version)
-        else:
-            raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
-    if version is not None and len(version) > MAX_NAME_BYTES:
-        raise ProtocolError(BAD_REQUEST, f"'version' is longer than {MAX_NAME_BYTES} bytes", rid)
+    model, version = _model_version(header, rid)
+    if rtype == "fidelity_export":   # §7.8: a model (and version) only
+        return Request(type=rtype, id=rid, model=model, version=version)
     inputs: tuple[TensorSpec, ...] = ()
     if rtype == "infer":
         if "inputs" not in header:
@@ -384,6 +376,22 @@ def parse_request(header: Mapping[str, Any]) -> Request:
         outputs_to=(parse_shm_ref(header["outputs_to"], "outputs_to", rid)
                     if rtype == "infer" and header.get("outputs_to") is not None else None),
     )
+
+
+def _model_version(header: Mapping[str, Any], rid: str) -> tuple[str, str | None]:
+    """A request's ``model`` (required) and ``version`` (optional; an integer is read as its digits)."""
+    model = _opt_str(header, "model", rid)
+    if model is None:
+        raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
+    version = header.get("version")
+    if version is not None and not isinstance(version, str):
+        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63:
+            version = str(version)
+        else:
+            raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
+    if version is not None and len(version) > MAX_NAME_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'version' is longer than {MAX_NAME_BYTES} bytes", rid)
+    return model, version
 
 
 def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:

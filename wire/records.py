@@ -58,9 +58,34 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("met", "INTEGER"),
     ("runtime_cpu_ms", "REAL"),
     ("runtime_energy_mj", "REAL"),
+    ("accuracy_used", "REAL"),
+    ("accuracy_source", "TEXT"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in COLUMNS)
 BOOL_COLUMNS = frozenset({"energy_estimated", "met_accuracy", "met_latency", "met_energy", "met"})
+
+# The fidelity event (PROTOCOL.md §9.3, docs/fidelity.md §5): a variant's drift alarm raised or
+# cleared, or the source of the accuracy its requests are judged on changed. Published on the
+# stream under ``fid.<model>`` and kept in the store's ``fidelity_events`` table (one column each).
+FIDELITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ts", "REAL NOT NULL"),
+    ("event", "TEXT"),
+    ("model", "TEXT"),
+    ("version", "TEXT"),
+    ("variant", "TEXT"),
+    ("reference", "TEXT"),
+    ("n", "INTEGER"),
+    ("agreement", "REAL"),
+    ("agreement_low", "REAL"),
+    ("agreement_high", "REAL"),
+    ("confidence", "REAL"),
+    ("alarm_agreement", "REAL"),
+    ("accuracy_used", "REAL"),
+    ("accuracy_source", "TEXT"),
+    ("validation_accuracy", "REAL"),
+    ("reason", "TEXT"),
+)
+FIDELITY_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in FIDELITY_COLUMNS)
 
 
 
@@ -99,6 +124,8 @@ def selection_record(*, ts: float, request_id: str, client: str, model: str, ver
         "met": all(met.values()) if outcome == "ok" else False,
         "runtime_cpu_ms": runtime.get("cpu_ms") if runtime else None,
         "runtime_energy_mj": runtime.get("energy_mj") if runtime else None,
+        "accuracy_used": p.get("accuracy_used", p.get("accuracy")),
+        "accuracy_source": p.get("accuracy_source"),
     }
 
 
@@ -159,5 +186,20 @@ def read_selections(path: Path, since: float | None = None, model: str | None = 
         sql += " ORDER BY ts, id"
         for row in conn.execute(sql, params):
             yield _row_record(row)
+    finally:
+        conn.close()
+
+
+def read_fidelity_events(path: Path, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """Fidelity events (``type: fidelity`` maps) ordered by time; none from a store that has no
+    ``fidelity_events`` table (written before schema version 5)."""
+    conn = open_readonly(path)
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fidelity_events'") \
+                .fetchone() is None:
+            return []
+        sql = f"SELECT {', '.join(FIDELITY_COLUMN_NAMES)} FROM fidelity_events WHERE ts >= ? AND ts < ? ORDER BY ts, id"
+        rows = conn.execute(sql, (-1e308 if since is None else float(since), 1e308 if until is None else float(until)))
+        return [{"type": "fidelity", **dict(zip(FIDELITY_COLUMN_NAMES, row))} for row in rows]
     finally:
         conn.close()
