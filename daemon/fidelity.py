@@ -46,7 +46,7 @@ import numpy as np
 
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
 from adaptd.daemon.reservoir import DisagreementReservoir
-from adaptd.daemon.pool import Job, Outcome
+from adaptd.daemon.jobs import Job, Outcome
 from adaptd.selector.fidelity import FidelityEvent, ModelFidelity
 from adaptd.selector.shadow import ShadowScheduler
 

@@ -37,7 +37,7 @@ from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
-from adaptd.daemon.pool import Job, Outcome
+from adaptd.daemon.jobs import Job, Outcome
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
