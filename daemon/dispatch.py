@@ -13,6 +13,13 @@ Contract
 * A job runs inline (on the calling thread, no hand-off: :meth:`run_inline`) only on a thread
   placement, and only when that placement is idle with the variant loaded; the caller decides
   which jobs are short enough.
+* The shadow worker (``shadow_worker=True``, live fidelity on): one more worker process, under
+  ``SCHED_IDLE`` on every core the placements use, for shadow runs too long to run inline
+  (:mod:`adaptd.daemon.fidelity`): it runs only on a core nothing else wants, so a reference
+  that takes milliseconds never takes CPU from a request, its client or the main thread. It is
+  not a placement: no selector arm, not in ``workers`` or ``snapshots``; one job at a time
+  (:meth:`submit_shadow` refuses while it is busy). Its file descriptors, death and restart go
+  through the same loop as the placements' workers.
 * The daemon's main thread only, like the two hosts it wraps.
 """
 
@@ -30,9 +37,12 @@ from adaptd.daemon.pool import WorkerPool
 log = logging.getLogger("adaptd.dispatch")
 
 
+SHADOW = "shadow"
+
+
 class Dispatcher:
     def __init__(self, placements: Iterable[Placement], queue_limit: int, *, isolation: str = "thread",
-                 reject_nonfinite: bool = True, home_cores: tuple[int, ...] = ()) -> None:
+                 reject_nonfinite: bool = True, home_cores: tuple[int, ...] = (), shadow_worker: bool = False) -> None:
         placements = list(placements)
         in_thread = [p for p in placements if p.runtime == "litert" and isolation == "thread"]
         in_process = [p for p in placements if p not in in_thread]
@@ -43,6 +53,11 @@ class Dispatcher:
         self._host: dict[str, Any] = {p.name: self.threads for p in in_thread}
         self._host.update({p.name: self.processes for p in in_process})
         self.workers: dict[str, Any] = {**self.threads.workers, **self.processes.workers}
+        cores = tuple(sorted({c for p in placements if p.kind == "cpu" for c in p.cores}))
+        self.shadows = WorkerPool([Placement(SHADOW, "cpu", "litert", cores, 1, None, "shadow runs, SCHED_IDLE")],
+                                  queue_limit=1, worker_options={"reject_nonfinite": False, "sched_idle": True}) \
+            if shadow_worker and cores else None
+        self._pools = [self.processes] if self.shadows is None else [self.processes, self.shadows]
 
     # --- callbacks the daemon sets ---------------------------------------------------------------
     @property
@@ -51,7 +66,8 @@ class Dispatcher:
 
     @on_change.setter
     def on_change(self, fn: Callable[[], None] | None) -> None:
-        self.processes.on_change = fn
+        for pool in self._pools:
+            pool.on_change = fn
 
     @property
     def on_down(self) -> Callable[[str], None] | None:
@@ -73,7 +89,8 @@ class Dispatcher:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.threads.start()
-        self.processes.start()
+        for pool in self._pools:
+            pool.start()
 
     def wait_ready(self, timeout_s: float) -> list[str]:
         return self.threads.wait_ready(timeout_s) + self.processes.wait_ready(timeout_s)
@@ -88,11 +105,25 @@ class Dispatcher:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self.threads.stop(timeout_s)
-        self.processes.stop(timeout_s)
+        for pool in self._pools:
+            pool.stop(timeout_s)
 
     # --- work ------------------------------------------------------------------------------------
     def submit(self, placement: str, job: Job) -> bool:
         return self._host[placement].submit(placement, job)
+
+    def submit_shadow(self, job: Job) -> bool:
+        """Hand a shadow run to the shadow worker; False when there is none, or it is starting,
+        restarting or busy (the run is skipped, never queued)."""
+        w = None if self.shadows is None else self.shadows.workers[SHADOW]
+        if w is None or w.busy or w.queue or not w.ready or w.channel is None:
+            return False
+        return self.shadows.submit(SHADOW, job)
+
+    def shadow_idle(self) -> bool:
+        """Whether :meth:`submit_shadow` would take a run now."""
+        w = None if self.shadows is None else self.shadows.workers[SHADOW]
+        return w is not None and not w.busy and not w.queue and w.ready and w.channel is not None
 
     def run_inline(self, placement: str, job: Job) -> Outcome | None:
         host = self._host[placement]
@@ -101,9 +132,16 @@ class Dispatcher:
     def preload(self, placement: str, version_dir: str, variant: str) -> None:
         self._host[placement].preload(placement, version_dir, variant)
 
+    def preload_shadow(self, version_dir: str, variant: str) -> None:
+        """Have the shadow worker load a reference now (and again after a restart), so that its
+        first run waits for no load; nothing without a shadow worker."""
+        if self.shadows is not None:
+            self.shadows.preload(SHADOW, version_dir, variant)
+
     def unload_except(self, dirs: set[str]) -> None:
         self.threads.unload_except(dirs)
-        self.processes.unload_except(dirs)
+        for pool in self._pools:
+            pool.unload_except(dirs)
 
     def broadcast(self, verb: str, header: dict[str, Any]) -> None:
         self.threads.broadcast(verb, header)
@@ -111,25 +149,29 @@ class Dispatcher:
 
     # --- the loop's file descriptors -----------------------------------------------------------
     def channel_fds(self) -> list[int]:
-        return [self.threads.fileno(), *self.processes.channel_fds()]
+        return [self.threads.fileno(), *(fd for pool in self._pools for fd in pool.channel_fds())]
 
     def pidfds(self) -> list[int]:
-        return self.processes.pidfds()
+        return [fd for pool in self._pools for fd in pool.pidfds()]
 
     def on_message(self, fd: int) -> list[Outcome]:
         if fd == self.threads.fileno():
             return self.threads.completed()
         outcome = self.processes.on_message(fd)
+        if outcome is None and self.shadows is not None:   # a pool ignores another's descriptors
+            outcome = self.shadows.on_message(fd)
         return [] if outcome is None else [outcome]
 
     def on_exit(self, fd: int) -> list[Outcome]:
-        return self.processes.on_exit(fd)
+        return [o for pool in self._pools for o in pool.on_exit(fd)]
 
     def next_restart_s(self) -> float | None:
-        return self.processes.next_restart_s()
+        due = [t for t in (pool.next_restart_s() for pool in self._pools) if t is not None]
+        return min(due) if due else None
 
     def restart_due(self) -> None:
-        self.processes.restart_due()
+        for pool in self._pools:
+            pool.restart_due()
 
     # --- queries ---------------------------------------------------------------------------------
     def queue_length(self, placement: str) -> int:
@@ -153,4 +195,4 @@ class Dispatcher:
         return self._host[placement].loaded_bytes(placement, version_dir, variant)
 
     def workers_rss_bytes(self) -> int:
-        return self.processes.workers_rss_bytes()
+        return sum(pool.workers_rss_bytes() for pool in self._pools)

@@ -16,10 +16,13 @@ Contract
   empty, nothing in flight) and the CPU budget allows; the job goes through that placement's
   normal execution, as a request's would: inline on the main thread when the reference's
   measured CPU time is within ``[placements] inline_max_ms`` (then it costs no hand-off, no
-  wake-up and no GIL hand-over, and a request that arrives meanwhile waits at most that long),
-  else through the placement's queue (its thread, or its worker process). A request that arrives
-  while a queued one runs sees it as the placement's job in flight (the selector predicts the
-  wait, and may choose another placement), as it would any request's.
+  wake-up and no GIL hand-over, and a request that arrives meanwhile waits at most that long).
+  A longer run goes to the daemon's shadow worker (:mod:`adaptd.daemon.dispatch`), a process
+  under ``SCHED_IDLE`` that runs only on a core nothing else wants, when it is idle: on a
+  placement's thread a 9 ms MobileNetV2 reference took the second core from the client and the
+  main thread, and raised the requests' p99 by 9% (BENCHMARKS.md). Without a shadow worker (a
+  dispatcher built without one) or for a TensorFlow reference, it goes through an idle
+  placement's queue, where a request that arrives meanwhile sees it as the job in flight.
 * Not shadowed (counted as ``unsupported``): inputs or outputs in shared memory (the daemon never
   maps a region), models of several inputs, and inputs not sent as float32 (a variant's own
   integer dtype means nothing to the reference).
@@ -97,7 +100,8 @@ class LiveFidelity:
         self._models: dict[str, _Model] = {}   # version directory -> its state
         self._cpu_ms: dict[str, float] = {}    # version dir -> the reference's predicted CPU ms per run
         self._idle: str | None = None          # the placement the last idle check found
-        self.runs = self.failed = self.unsupported = self.compared = 0
+        self._offload = getattr(pool, "shadows", None) is not None   # a SCHED_IDLE shadow worker
+        self.runs = self.failed = self.unsupported = self.compared = self.offloaded = 0
         self.cpu_ms = 0.0                      # measured CPU time of shadow runs (runtime's)
         self.cpu_ms_in_process = 0.0           # the part of it run by the daemon's own threads
         self.energy_mj = 0.0                   # their energy (runtime's)
@@ -126,6 +130,8 @@ class LiveFidelity:
                 state = _Model(mv, tracker, reservoir)
                 if state.reference_arms:
                     self._models[str(mv.directory)] = state
+                    if self._offload and state.reference_arms[0].variant.runtime == "litert":
+                        self._pool.preload_shadow(str(mv.directory), tracker.reference)
                     ref = state.reference_arms[0].variant   # until measured: the build's latency, every thread busy
                     self._cpu_ms.setdefault(str(mv.directory), ref.latency_ms_1thread.median
                                             * max(a.placement.threads for a in state.reference_arms))
@@ -141,19 +147,23 @@ class LiveFidelity:
         served_placement = arm.placement.name
         cpu_ms = self._cpu_ms.get(job.version_dir, 0.0)
         inline = cpu_ms <= self._inline_max_ms
+        # Longer runs go to the shadow worker, which takes only CPU nothing else wants.
+        offload = not inline and self._offload and state.reference_arms[0].variant.runtime == "litert"
         d = self.scheduler.decide(
             served_variant=variant, reference=tracker.reference, predicted_cpu_ms=cpu_ms,
             window_samples=tracker.accuracy(variant).n if variant != tracker.reference else 0,
-            reference_idle=lambda: self._find_idle(state, served_placement, inline), now_s=time.monotonic())
+            reference_idle=self._pool.shadow_idle if offload else
+            (lambda: self._find_idle(state, served_placement, inline)), now_s=time.monotonic())
         if not d.run:
             return
-        placement = self._idle
+        placement = None if offload else self._idle
         x = self._shadowable(job, outcome, state)
-        if x is None or placement is None:
+        if x is None or (placement is None and not offload):
             self.unsupported += 1
             self.scheduler.settle(d.charged_ms, None)
             return
-        ref_arm = next(a for a in state.reference_arms if a.placement.name == placement)
+        ref_arm = state.reference_arms[0] if offload else \
+            next(a for a in state.reference_arms if a.placement.name == placement)
         served = _array(outcome.bodies[state.output], outcome.header["outputs"][state.output])
         run = ShadowRun(model, ref_arm, variant, served, d.charged_ms, x)
         shadow = Job(f"shadow:{job.request_id}", job.version_dir, tracker.reference,
@@ -164,8 +174,9 @@ class LiveFidelity:
                 self.runs += 1
                 self.on_outcome(done)
                 return
-        if self._pool.submit(placement, shadow):
+        if self._pool.submit_shadow(shadow) if offload else self._pool.submit(placement, shadow):
             self.runs += 1
+            self.offloaded += offload
         else:
             self.scheduler.settle(d.charged_ms, None)
 
@@ -275,7 +286,8 @@ class LiveFidelity:
         return {
             "enabled": bool(self.config.enabled), "reference": self.config.reference,
             "shadow": {**shadow, "runs": self.runs, "failed": self.failed, "compared": self.compared,
-                       "unsupported": self.unsupported, "cpu_ms_measured": self.cpu_ms,
+                       "unsupported": self.unsupported, "offloaded": self.offloaded,
+                       "cpu_ms_measured": self.cpu_ms, "cpu_ms_in_process": self.cpu_ms_in_process,
                        "energy_mj": self.energy_mj, "energy_estimated": self.energy_estimated},
             "events": self.events,
             "models": [{**s.tracker.snapshot(),

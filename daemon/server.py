@@ -184,7 +184,8 @@ class Daemon:
         self.meter = EnergyMeter.from_config(cfg.power)
         self.meter.start()
         self.pool = Dispatcher(placements, cfg.placements.queue_limit, isolation=cfg.placements.isolation,
-                               reject_nonfinite=cfg.server.reject_nonfinite, home_cores=cfg.server.cores)
+                               reject_nonfinite=cfg.server.reject_nonfinite, home_cores=cfg.server.cores,
+                               shadow_worker=cfg.fidelity.enabled)
         self.assemble(registry=registry, placements=placements, pool=self.pool, meter=self.meter, store=self.store,
                       frontend=self.frontend, regions=regions)
         self.pool.start()

@@ -15,6 +15,8 @@ Contract
   input tensors as received from the client), ``load``, ``unload_except``, ``shm_unmap``
   (header: regions, names the daemon has unlinked), ``ping`` (answered ``pong`` at once: the
   channel's round trip), ``stop``.
+  ``spec.sched_idle`` (default false): the process runs under ``SCHED_IDLE``, only on a core
+  that nothing else wants (the shadow worker of live fidelity, :mod:`adaptd.daemon.dispatch`).
   ``spec.reject_nonfinite`` (default true): a float input holding NaN or an infinity is
   answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees tensor bytes in
   a region, so the worker checks).
@@ -54,6 +56,8 @@ def serve(spec: dict[str, Any]) -> int:
     cores = spec.get("cores")
     if cores:
         os.sched_setaffinity(0, cores)
+    if spec.get("sched_idle"):   # before the runtime starts its threads: they inherit it
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     runtime = spec.get("runtime", "litert")
     if runtime == "litert":
         import ai_edge_litert.interpreter  # noqa: F401  (import now, not on the first request)

@@ -49,14 +49,6 @@ def one_line_failure(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def worker_children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(p) for p in fh.read().split()]
-    except OSError:
-        return []
-
-
 def test_a_second_daemon_on_the_same_socket_and_store_exits_naming_the_first(tiny_repository, tmp_path):
     repo, model, _ = tiny_repository
     d = DaemonProcess.start(repo, tmp_path, config={"placements": {"tensorflow": "off"}})

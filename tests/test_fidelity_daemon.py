@@ -178,3 +178,30 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
     from adaptd.tools.report import render_report
     _, plots = render_report(rows, tmp_path / "report", fidelity_events=events)
     assert f"fidelity_{repo[1]}.png" in {p.name for p in plots}
+
+
+def test_long_shadow_runs_go_to_the_idle_priority_worker(repo, digits, tmp_path):
+    """A reference slower than inline_max_ms (here every one: the limit is 0) runs in the shadow
+    worker, a process under SCHED_IDLE that is not a placement: no request is answered from it,
+    it is not listed, and its runs are compared like any other."""
+    import os
+
+    import psutil
+    with DaemonProcess.start(repo[0], tmp_path / "d", config={
+            "selector": {"policy": "static"}, "placements": {"load": "eager", "inline_max_ms": 0.0},
+            "fidelity": {"share": SHARE}}) as d:
+        # A run is offered only while the worker is idle: the window fills within a bounded number
+        replies = []
+        while len(replies) < 300 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["compared"] < 30:
+            replies += [infer(d, repo[1], x) for x in digits[len(replies) % 200:][:10]]
+        fid = wait_compared(d, 30)
+        shadow = fid["shadow"]
+        assert shadow["compared"] >= 30 and shadow["offloaded"] == shadow["runs"] >= shadow["compared"], shadow
+        assert shadow["cpu_ms_in_process"] == 0.0 and shadow["cpu_ms_measured"] > 0, shadow
+        workers = [p for p in psutil.Process(d.proc.pid).children() if "adaptd.daemon.worker_process" in p.cmdline()]
+        idle = [p for p in workers if json.loads(p.cmdline()[-1]).get("sched_idle")]
+        assert len(idle) == 1 and os.sched_getscheduler(idle[0].pid) == os.SCHED_IDLE
+        assert idle[0].cpu_times().user > 0   # it ran the shadows
+        placements = control(d, "placements")[0]["body"]["placements"]
+        assert "shadow" not in {p["name"] for p in placements}
+        assert {r["placement"] for r in replies} <= {p["name"] for p in placements}
