@@ -91,12 +91,20 @@ def wait_idle(pid: int, timeout_s: float = 60.0, quiet_s: float = 0.06) -> None:
 
 
 def wait_exited(pid: int, timeout_s: float = 10.0) -> None:
-    """Return once ``pid`` has exited (a zombie its parent has not reaped yet, or gone)."""
+    """Return once ``pid`` has exited with all its threads (a zombie its parent has not reaped
+    yet, or gone). The leader turns zombie before its other threads are gone, and until the last
+    one is, the process's file descriptors are open: a message sent to it then still goes in."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now = cpu_state(pid)
-        if now is None or now[0] in ("Z", "X"):
+        if now is None:
             return
+        if now[0] in ("Z", "X"):
+            try:
+                if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                    return
+            except OSError:   # reaped meanwhile
+                return
         time.sleep(0.001)    # a polling interval
     raise AssertionError(f"process {pid} did not exit within {timeout_s} s")
 
