@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,14 +47,16 @@ class FakeDaemon:
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         self._router.bind(endpoint)
+        # A fresh name each time: id(self) is reused once an instance is collected.
+        self._stop_endpoint = f"inproc://stop-{uuid.uuid4().hex}"
         self._stop = self._ctx.socket(zmq.PAIR)
-        self._stop.bind(f"inproc://stop-{id(self)}")
+        self._stop.bind(self._stop_endpoint)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         stop = self._ctx.socket(zmq.PAIR)
-        stop.connect(f"inproc://stop-{id(self)}")
+        stop.connect(self._stop_endpoint)
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(stop, zmq.POLLIN)
@@ -78,6 +81,7 @@ class FakeDaemon:
     def close(self) -> None:
         self._stop.send(b"")
         self._thread.join()
+        self._stop.close(0)
         self._stop.close(0)
 
 
