@@ -46,7 +46,7 @@ from adaptd.selector.baseline import MostAccurate
 from adaptd.selector.config import SelectorConfig
 from adaptd.selector.decision import Alternative, Decision, Met, Prediction, Violation
 from adaptd.selector.fit import load_predictor
-from adaptd.selector.online import PriorLearner
+from adaptd.selector.priors import PriorLearner
 from adaptd.selector.policy import Selector
 from adaptd.selector.request import QueueSnapshot, Request, SelectorError
 from adaptd.wire import protocol as proto

@@ -12,7 +12,7 @@ Public API (what the daemon calls):
   :class:`QueueSnapshot`; :class:`Decision` with :class:`Prediction`, :class:`Met`,
   :class:`Violation`, :class:`Alternative` (:mod:`.decision`); :class:`SelectorConfig`;
   :class:`ArmSpec` and :func:`arms_from_manifests` (:mod:`.arms`).
-- :class:`PriorLearner` (:mod:`.online`): what the priors miss, learnt across arms and reloads.
+- :class:`PriorLearner` (:mod:`.priors`): what the priors miss, learnt across arms and reloads.
 - :class:`StructuralPredictor` (cold-start latency/energy from a variant's ``structure``);
   :func:`fit_calibration`, :func:`load_predictor` (:mod:`.fit`).
 - Errors, all ``ValueError`` with a protocol ``code``: :class:`InvalidConstraintsError`,
@@ -32,7 +32,7 @@ _WHERE = {
     "Alternative": "decision", "Decision": "decision", "Met": "decision", "Prediction": "decision",
     "Violation": "decision", "describe_violations": "decision",
     "fit_calibration": "fit", "holdout_errors": "fit", "load_calibration": "fit", "load_predictor": "fit",
-    "OnlineCostModel": "online", "PriorLearner": "online",
+    "OnlineCostModel": "online", "PriorLearner": "priors",
     "Selector": "policy",
     "ProbeBudget": "probe",
     "StructuralPredictor": "predictor", "variant_records": "predictor",

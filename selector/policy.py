@@ -6,7 +6,7 @@ Contract
 * Lifecycle: build once per repository generation (``Selector(arms, placements, config,
   learner)`` or ``Selector.from_manifests(...)``); then, per request, ``choose`` (``explain`` for
   a dry run), and per measured execution ``update``. A reload builds a new Selector (arm ids are
-  only valid within the Selector that issued them); a :class:`~.online.PriorLearner` passed to
+  only valid within the Selector that issued them); a :class:`~.priors.PriorLearner` passed to
   each carries what was learnt about the priors across them.
 * Pure: no sockets, files, threads or clocks; ``now_s`` and measurement timestamps are passed in
   (seconds, any monotonic origin, the same one for both).
@@ -71,7 +71,8 @@ from . import kernel
 from .arms import ArmSpec, ArmTable, arms_from_manifests, attr
 from .config import SelectorConfig
 from .decision import Alternative, Decision, Met, Prediction, finite_or_none, number_or_none, reason_text, violations
-from .online import OnlineCostModel, PriorLearner
+from .online import OnlineCostModel
+from .priors import PriorLearner
 from .probe import PendingProbes, ProbeBudget, best_stale, best_stale_columns
 from .request import (
     CONSTRAINT_NAMES,
@@ -209,9 +210,8 @@ class Selector:
                 self.shift_placement_priors(placement, delta_ms)
         prior_mj = self.prior_energy_mj(a)
         if energy_mj is not None and prior_mj == prior_mj:
-            delta_mj = learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj)
-            if delta_mj is not None:
-                self.shift_energy_priors(spec.model, spec.placement, delta_mj)
+            for model, placement, delta_mj in learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj):
+                self.shift_energy_priors(model, placement, delta_mj)
 
     def shift_placement_priors(self, placement: str, delta_ms: float) -> None:
         """Add ``delta_ms`` to the latency prior of every arm on ``placement`` (see

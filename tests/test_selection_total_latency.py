@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adaptd.clients.client import Client
-from adaptd.selector.online import OVERHEAD_WEIGHT
+from adaptd.selector.priors import OVERHEAD_WEIGHT
 from adaptd.tools.launch import DaemonProcess
 
 pytestmark = pytest.mark.slow

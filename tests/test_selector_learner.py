@@ -1,4 +1,4 @@
-"""What the priors miss (adaptd.selector.online.PriorLearner): completion with the caller's
+"""What the priors miss (adaptd.selector.priors.PriorLearner): completion with the caller's
 numbers, the placement's path as a running median, the energy miss as an average, both kept
 across selector generations. Real selectors; no daemon (tests/test_selection_total_latency.py
 holds the same through a real daemon)."""
@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 from adaptd.selector import ArmSpec, PriorLearner, Selector, SelectorConfig
-from adaptd.selector.online import OVERHEAD_WEIGHT, PATH_FIRST_N, PATH_STEP
+from adaptd.selector.priors import OVERHEAD_WEIGHT, PATH_FIRST_N, PATH_STEP
 
 ARMS = [ArmSpec("m", v, p, 0.9, 1.0, 0.1, e) for v, e in (("a", 2.0), ("b", None)) for p in ("cpu:0", "cpu:1")]
 
@@ -50,7 +50,8 @@ def test_the_energy_miss_is_an_average_per_model_and_placement_shifting_unmeasur
     energy = s.cost_model.est_energy_mj_
     s.update(a0, 1.0, 3.0, True, 0.0)                 # missed 1 mJ of its 2 mJ prior
     assert learner.energy_miss_mj[("m", "cpu:0")] == 1.0
-    assert energy[b0] == pytest.approx(2.0 + 1.0) and energy[b1] == pytest.approx(2.0)
+    # cpu:1 has no energy measurement of m: it borrows the miss (same power: unscaled)
+    assert energy[b0] == pytest.approx(2.0 + 1.0) and energy[b1] == pytest.approx(2.0 + 1.0)
     s.update(a0, 1.0, 4.0, True, 0.1)                 # missed 2: the average moves by 10%, no more
     assert learner.energy_miss_mj[("m", "cpu:0")] == pytest.approx(1.0 + OVERHEAD_WEIGHT * (2.0 - 1.0))
     assert energy[b0] == pytest.approx(3.0)           # within the 10% hysteresis: not applied
@@ -71,7 +72,7 @@ def test_what_was_learnt_is_given_to_the_next_generation():
     assert fresh.service_estimate_ms(a0) == pytest.approx(1.0 + 0.8)
     assert fresh.service_estimate_ms(a1) == pytest.approx(1.0 + 0.8)   # borrowed: cpu:1 never ran
     assert fresh.cost_model.est_energy_mj_[a0] == pytest.approx(2.0 + 1.0)
-    assert fresh.cost_model.est_energy_mj_[a1] == pytest.approx(2.0)
+    assert fresh.cost_model.est_energy_mj_[a1] == pytest.approx(2.0 + 1.0)   # borrowed, as the path
 
 
 def test_a_placement_borrows_the_median_path_until_its_own_executions_replace_it():
@@ -91,3 +92,19 @@ def test_a_placement_borrows_the_median_path_until_its_own_executions_replace_it
         s.update(a1, 0.1 + 0.2, None, True, 0.1 * (k + 1), compute_ms=0.1)   # cpu:1's own: 0.2 ms
     assert learner.path_ms["cpu:1"] == pytest.approx(0.2)
     assert s.cost_model.prior_latency_ms_[a1] == pytest.approx(1.0 + 0.2)   # replaced, not added
+
+
+def test_a_placement_borrows_the_energy_miss_scaled_by_its_power_until_it_has_its_own():
+    """A model's arms on a placement where it has no energy measurement take the miss learnt on
+    its other placements, scaled by the two placements' power; their own measurements replace it."""
+    arms = [ArmSpec("m", v, p, 0.9, 1.0, 0.1) for v in ("a", "b") for p in ("cpu:0", "cpu:1")]
+    learner = PriorLearner(power_w={"cpu:0": 2.0, "cpu:1": 4.0})   # priors: 2 mJ on cpu:0, 4 on cpu:1
+    s = Selector(arms, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+    a0, a1, b1 = s.arm_id("m", "a", "cpu:0"), s.arm_id("m", "a", "cpu:1"), s.arm_id("m", "b", "cpu:1")
+    energy = s.cost_model.est_energy_mj_
+    assert energy[b1] == pytest.approx(4.0)
+    s.update(a0, 1.0, 3.0, True, 0.0)                 # cpu:0 missed 1 mJ
+    assert energy[b1] == pytest.approx(4.0 + 2.0)     # borrowed, x 4 W / 2 W
+    s.update(a1, 1.0, 4.5, True, 0.1)                 # cpu:1's own: missed 0.5 mJ
+    assert learner.energy_miss_mj[("m", "cpu:1")] == pytest.approx(0.5)
+    assert energy[b1] == pytest.approx(4.0 + 0.5)     # replaced, not added
