@@ -25,7 +25,9 @@ figure would be the generator's, not the daemon's. ``--client-cores none`` measu
 
 Targets (exit 1 when one is missed): successful replies per second under overload at least 90% of
 the peak; admitted requests' p99 round trip within 2 x queue_limit x the service time; BUSY p99
-under 1 ms; none lost or duplicated. Exit 2 when this machine could not offer at least 90% of the
+under 1 ms, as a priority probe measures it (one more client at 50 requests per second under
+SCHED_FIFO when it may: the senders' BUSY round trips include their own lag, up to several ms when
+two of them and the daemon share a core; the probe's do not); none lost or duplicated. Exit 2 when this machine could not offer at least 90% of the
 asked rate (the figure would not be an overload figure).
 """
 
@@ -62,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factor", type=float, default=10.0, help="offered load, x the peak")
     ap.add_argument("--overload-s", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=2, help="open-loop sender processes")
+    ap.add_argument("--probe-per-s", type=float, default=50.0,
+                    help="a priority probe's requests per second during the overload (0: none): the daemon's "
+                         "part of the BUSY round trip, without the senders' own lag")
     ap.add_argument("--many", type=int, default=1600, help="closed loop for comparison: requests in flight")
     ap.add_argument("--client-cores", default="auto",
                     help="cores for this script, its senders and the daemon's own threads ([server] cores): "
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             peak = overload.closed_loop(daemon.endpoint, cfg, args.outstanding, args.peak_s, prefix="peak")
             service_ms = 1e3 / peak.results_per_s
             rate = args.factor * peak.results_per_s
-            rec = overload.open_loop(daemon.endpoint, cfg, rate, args.overload_s, procs=args.procs)
+            rec = overload.open_loop(daemon.endpoint, cfg, rate, args.overload_s, procs=args.procs,
+                                     probe_per_s=args.probe_per_s)
             over = overload.summarise(rec)
             many = (overload.closed_loop(daemon.endpoint, cfg, args.many, args.peak_s, prefix="many")
                     if args.many else None)
@@ -121,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         ("replies/s, successful", f"{over.results_per_s:.0f} ({over.results_per_s / peak.results_per_s:.0%} of peak;"
                                   " target >= 90%)"),
         ("BUSY share", f"{over.busy_share:.1%}"),
-        ("BUSY round trip", f"p50 {over.busy_p50_ms:.3f} ms, p99 {over.busy_p99_ms:.3f} ms (target p99 < 1 ms)"),
+        ("BUSY round trip", f"p50 {over.busy_p50_ms:.3f} ms, p99 {over.busy_p99_ms:.3f} ms (the senders' own lag "
+                            "included)"),
+        ("BUSY, priority probe", f"p50 {over.probe_busy_p50_ms:.3f} ms, p99 {over.probe_busy_p99_ms:.3f} ms over "
+                                 f"{over.probe_busy_n} ({rec.probe_priority}; target p99 < 1 ms)"),
         ("admitted round trip", f"p50 {over.admitted_p50_ms:.1f} ms, p99 {over.admitted_p99_ms:.1f} ms "
                                 f"(bound 2 x {queue_limit} x {service_ms:.3f} = {bound_ms:.1f} ms)"),
         ("lost / duplicated", f"{over.lost} / {over.duplicated}"),
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     misses = {
         "goodput below 90% of peak": over.results_per_s < 0.9 * peak.results_per_s,
         "admitted p99 over the bound": not over.admitted_p99_ms <= bound_ms,
-        "BUSY p99 not under 1 ms": not over.busy_p99_ms < 1.0,
+        "BUSY p99 (priority probe) not under 1 ms": not over.probe_busy_p99_ms < 1.0,
         "lost or duplicated replies": over.lost + over.duplicated > 0,
         "daemon died or did not exit 0": not alive or exit_code != 0,
     }

@@ -10,6 +10,11 @@ Contract
   ``duration_s`` from ``procs`` processes (spawned; each sends and receives on its own socket,
   never waiting for a reply before the next send), then waits up to ``drain_s`` for the rest of
   the replies. Per request it records the send time, the reply time and the reply's code.
+* With ``probe_per_s``, one more process sends a request of the same kind every
+  ``1/probe_per_s`` s and waits for its reply before the next, under ``SCHED_FIFO`` when it may
+  (else at the nice value it can get; :attr:`OpenLoopRecords.probe_priority` says which), so its
+  own schedule adds nothing to what it measures: its BUSY round trips are the daemon's part of
+  the BUSY tail, the senders' share of the CPU included, their own lag excluded.
 * :func:`summarise` turns an open loop's records into :class:`Overload` figures over the window
   after ``warmup_s``: replies per second (all, successful), BUSY share, BUSY and admitted round
   trips, lost and duplicated replies, and the rate actually offered.
@@ -20,10 +25,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import queue
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -179,29 +185,86 @@ class OpenLoopRecords:
     duration_s: float
     worst_send_lag_s: float  # how far behind its schedule a sender fell (this side's CPU, not the daemon)
     compute_ms: float        # mean compute_ms of the successful replies
+    probe_sent_s: np.ndarray = field(default_factory=lambda: np.zeros(0))   # the priority probe's sends,
+    probe_rtt_s: np.ndarray = field(default_factory=lambda: np.zeros(0))    # round trips (s)
+    probe_codes: list[str] = field(default_factory=list)                   # and codes
+    probe_priority: str = ""
+
+
+def _raise_priority() -> str:
+    """SCHED_FIFO 1 for this process when allowed, else the lowest nice value it may take."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        return "SCHED_FIFO"
+    except (PermissionError, AttributeError, OSError):
+        pass
+    for nice in (-10, -5, 0):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            return f"nice {nice}"
+        except OSError:
+            continue
+    return "nice 0"
+
+
+def _probe_proc(endpoint: str, cfg: dict[str, Any], interval_s: float, start_at: float, duration_s: float,
+                results: Any) -> None:
+    priority = _raise_priority()   # before ZeroMQ starts its I/O thread: it inherits the priority
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    x = np.random.default_rng(99).random(cfg["shape"], dtype=np.float32)
+    sent, rtt, codes = [], [], []
+    while time.time() < start_at:
+        sock.poll(max(1, int((start_at - time.time()) * 1e3)))
+    t0 = time.monotonic()
+    k = 0
+    while (now := time.monotonic()) < t0 + duration_s:
+        sock.send_multipart(_message(cfg, f"probe-{k}", x))
+        t_send = time.monotonic()
+        code = ""
+        while sock.poll(2000):
+            rid, code, _ = _code(sock.recv_multipart())
+            if rid == f"probe-{k}":
+                break
+        sent.append(t_send - t0)
+        rtt.append(time.monotonic() - t_send)
+        codes.append(code)
+        k += 1
+        time.sleep(max(0.0, now + interval_s - time.monotonic()))   # the probe's own pace
+    sock.close()
+    results.put(("probe", np.array(sent), np.array(rtt), codes, priority))
 
 
 def open_loop(endpoint: str, cfg: dict[str, Any], rate_per_s: float, duration_s: float, *, procs: int = 2,
-              drain_s: float = 30.0) -> OpenLoopRecords:
+              drain_s: float = 30.0, probe_per_s: float = 0.0) -> OpenLoopRecords:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     start_at = time.time() + 2.0 + 0.5 * procs         # time for the processes to start
     workers = [ctx.Process(target=_open_loop_proc, args=(endpoint, cfg, i, rate_per_s / procs, start_at,
                                                          duration_s, drain_s, results), daemon=True)
                for i in range(procs)]
+    if probe_per_s > 0:
+        workers.append(ctx.Process(target=_probe_proc, args=(endpoint, cfg, 1.0 / probe_per_s, start_at,
+                                                             duration_s, results), daemon=True))
     for w in workers:
         w.start()
-    parts = []
+    parts, probe = [], None
     for _ in workers:
         try:
-            parts.append(results.get(timeout=duration_s + drain_s + 60))
+            part = results.get(timeout=duration_s + drain_s + 60)
         except queue.Empty:
             raise RuntimeError("an open-loop process did not report") from None
+        if part[0] == "probe":
+            probe = part
+        else:
+            parts.append(part)
     for w in workers:
         w.join(10)
     return OpenLoopRecords(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
                            [c for p in parts for c in p[4]], sum(p[5] for p in parts), duration_s,
-                           max(p[6] for p in parts), float(np.mean([c for p in parts for c in p[7]] or [np.nan])))
+                           max(p[6] for p in parts), float(np.mean([c for p in parts for c in p[7]] or [np.nan])),
+                           *((probe[1], probe[2], probe[3], probe[4]) if probe else ()))
 
 
 @dataclass
@@ -212,6 +275,9 @@ class Overload:
     busy_share: float
     busy_p50_ms: float
     busy_p99_ms: float
+    probe_busy_n: int
+    probe_busy_p50_ms: float
+    probe_busy_p99_ms: float
     admitted_p50_ms: float
     admitted_p99_ms: float
     lost: int
@@ -236,7 +302,10 @@ def summarise(rec: OpenLoopRecords, warmup_s: float = 1.0) -> Overload:
     for c in codes[sent_in]:
         if c not in ("result", "BUSY", ""):
             other[c] = other.get(c, 0) + 1
+    probe_busy = np.array([c == "BUSY" for c in rec.probe_codes], dtype=bool) & (rec.probe_sent_s >= warmup_s)
+    probe_ms = rec.probe_rtt_s[probe_busy] * 1e3 if len(rec.probe_codes) else np.zeros(0)
     return Overload(
+        probe_busy_n=int(len(probe_ms)), probe_busy_p50_ms=_pct(probe_ms, 50), probe_busy_p99_ms=_pct(probe_ms, 99),
         offered_per_s=float(sent_in.sum()) / window,
         replies_per_s=float(in_window.sum()) / window,
         results_per_s=float((in_window & (codes == "result")).sum()) / window,
