@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--factor", type=float, default=10.0, help="offered load, x the peak")
     ap.add_argument("--overload-s", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=2, help="open-loop sender processes")
+    ap.add_argument("--daemon-nice", type=int, default=None, metavar="N",
+                    help="run the daemon's and its workers' threads at nice N (a unit's Nice=), above its clients")
     ap.add_argument("--probe-per-s", type=float, default=50.0,
                     help="a priority probe's requests per second during the overload (0: none): the daemon's "
                          "part of the BUSY round trip, without the senders' own lag")
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 "placements": {"tensorflow": "off", "queue_limit": args.queue_limit,
                                "isolation": args.isolation},
                 "server": {"cores": sorted(client_cores)}}) as daemon:
+            if args.daemon_nice is not None:
+                daemon.renice(args.daemon_nice)
             if client_cores:   # after the daemon started: it finds its placements on the cores it may use
                 os.sched_setaffinity(0, client_cores)   # the senders (spawned) inherit it
             body = watch.control(daemon.endpoint, "models")["body"]

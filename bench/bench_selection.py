@@ -97,7 +97,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -181,18 +180,6 @@ class Load:
 def server_settings(args) -> dict:
     """``[server]`` settings of every daemon of the run, from the command line."""
     return {} if args.sched_slice_us is None else {"sched_slice_us": args.sched_slice_us}
-
-
-def renice(daemon: DaemonProcess, nice: int | None) -> None:
-    """``--daemon-nice``: every thread of the daemon and of its workers to ``nice`` (Linux nice
-    is per thread; a systemd unit's ``Nice=`` does this for the whole service), so that they
-    preempt the background load instead of waiting behind it for a time slice."""
-    if nice is None:
-        return
-    root = psutil.Process(daemon.proc.pid)
-    for proc in [root, *root.children(recursive=True)]:
-        for thread in proc.threads():
-            os.setpriority(os.PRIO_PROCESS, thread.id, nice)
 
 
 # ----------------------------------------------------------------------------- the repository
@@ -332,7 +319,8 @@ def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, di
     """One off+on cycle of pinned measurements of every arm -> per-model bounds."""
     with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive", server=server_settings(args)),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
-        renice(d, args.daemon_nice)
+        if args.daemon_nice is not None:
+            d.renice(args.daemon_nice)
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         t0 = time.monotonic() + 0.5
@@ -405,7 +393,8 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
     selector = args.alt if policy == ALT else args.selector
     with DaemonProcess.start(repo, workdir / policy, config=daemon_config(policy, selector, server_settings(args)),
                              ready_timeout_s=180) as d, Client(d.endpoint, timeout_ms=20_000, retries=0) as c:
-        renice(d, args.daemon_nice)
+        if args.daemon_nice is not None:
+            d.renice(args.daemon_nice)
         cat = catalogue(c)
         inputs = {m: make_input(cat[m]["shape"], 1) for m in cat}
         # Every policy runs beside the same measurement loop (on the twins), so that all face the
