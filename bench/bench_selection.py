@@ -81,17 +81,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,6 +102,8 @@ from adaptd.clients.client import Client
 from adaptd.clients.errors import AdaptdError
 from adaptd.tools.launch import DaemonProcess
 from selection_load import load_on
+from selection_oracle import TWIN, ArmTable, oracle_pick
+from selection_score import fmt, host_factor, median_spread, score, table
 
 ZOO = (("MobileNetV2", 128), ("MobileNetV3Small", 128))
 ZOO_KINDS = "float32,float16,int8_dynamic,int8_full,pruned50"
@@ -113,7 +112,6 @@ ALL_CORES = "cpu:0-1"
 POLICIES = ("adaptive", "static", "most_accurate", "smallest", "oracle")
 ALT = "adaptive_alt"   # the adaptive policy with the ``--alt`` settings, run beside the default one
 ADPT = str(Path(sys.executable).parent / "adaptd")
-TWIN = "twin-"   # model-name prefix of the measured copies (see the module docstring)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -213,72 +211,6 @@ def fixed_arm(cat: dict, model: str, kind: str) -> tuple[str, str]:
     return v, ALL_CORES
 
 
-# ----------------------------------------------------------------------------- measuring arms
-class ArmTable:
-    """Per (model, variant, placement) and load state, the last ``window`` (latency, energy)."""
-
-    def __init__(self, cat: dict, window: int, interval_s: float) -> None:
-        self.cat = cat
-        self.samples: dict[tuple, deque] = {}
-        self.window = window
-        self.interval_s = interval_s        # the run's cadence (see ``cadence_s``)
-        self.late_s = interval_s / 4        # a slot later than this is skipped (``measure_at``)
-        self.order = [(TWIN + m, v, p) for m in sorted(cat) for (v, p) in cat[m]["arms"]]
-        self.next = 0
-        self.skipped = 0   # slots passed before the previous reply came (see ``measure_at``)
-
-    def add(self, key: tuple, on: bool, total_ms: float, energy_mj: float | None) -> None:
-        self.samples.setdefault((key, on), deque(maxlen=self.window)).append((total_ms, energy_mj))
-
-    def cost(self, key: tuple, on: bool, q: float = 50.0) -> tuple[float, float] | None:
-        """(latency, energy) of arm ``key`` = (model, variant, placement), measured on its twin, at
-        percentile ``q`` of the state's recent samples (median by default)."""
-        s = self.samples.get(((TWIN + key[0], *key[1:]), on))
-        if not s:
-            return None
-        lat = pct([x[0] for x in s], q)
-        es = [x[1] for x in s if x[1] is not None]
-        return lat, (pct(es, q) if es else float("nan"))
-
-    def medians(self) -> dict[str, tuple[float, float]]:
-        """Per arm (both load states together, at least 4 samples): median (latency, energy),
-        keyed ``model|variant|placement``: the run's host-speed reference (see ``host_factor``)."""
-        out: dict[str, list] = {}
-        for (key, _), samples in self.samples.items():
-            out.setdefault("|".join(key), []).extend(samples)
-        return {k: (pct([x[0] for x in v], 50), pct([x[1] for x in v if x[1] is not None], 50))
-                for k, v in out.items() if len(v) >= 4}
-
-    def measure_grid(self, client: Client, inputs: dict, on_fn, start: float, n: int) -> None:
-        """``measure_at`` the ``n`` slots of the cadence from monotonic time ``start`` on."""
-        for k in range(n):
-            self.measure_at(client, inputs, on_fn, start + k * self.interval_s)
-
-    def measure_at(self, client: Client, inputs: dict, on_fn, at: float) -> None:
-        """Measure the next arm round-robin with a request sent at monotonic time ``at``, a slot
-        of the run's one cadence (``cadence_s``), so that it follows the same idle as the
-        stream's requests do: the total latency of a request grows with the idle before it (the
-        wake-up of the daemon and its worker). A slot already more than ``late_s`` past, because
-        the previous reply came late, is skipped rather than sent with less idle before it."""
-        now = time.monotonic()
-        if now > at + self.late_s:
-            self.skipped += 1
-            return
-        if at > now:
-            time.sleep(at - now)
-        m, v, p = self.order[self.next % len(self.order)]
-        self.next += 1
-        on = on_fn()
-        try:
-            r = client.infer(m, inputs[m[len(TWIN):]], variant=v, placement=p)
-        except AdaptdError:
-            return
-        if on_fn() != on:   # the phase changed during the execution: ambiguous, drop it
-            return
-        s = r.selection
-        self.add((m, v, p), on, s.timing.total_ms, s.energy.energy_mj)
-
-
 def cadence_s(args) -> float:
     """The run's cadence in seconds. Every request of a run, the stream's and the measurement
     loop's, is sent on a grid of ``--period-ms / (--loop-slots + 1)``: a stream request on every
@@ -286,35 +218,7 @@ def cadence_s(args) -> float:
     return args.period_ms / 1e3 / (args.loop_slots + 1)
 
 
-def oracle_pick(table: ArmTable, cat: dict, req: dict, on: bool, q: float) -> tuple[str, str] | None:
-    """Feasible: the arm's percentile-``q`` latency and energy in this load state meet the bounds;
-    best: the least median objective (then the other median, then the arm's names)."""
-    best, best_key = None, None
-    for v, p in cat[req["model"]]["arms"]:
-        c = table.cost((req["model"], v, p), on, q)
-        med = table.cost((req["model"], v, p), on)
-        if c is None:
-            continue
-        lat, en = c
-        acc = cat[req["model"]]["variants"][v]["accuracy"]
-        if req.get("min_accuracy") is not None and (acc is None or acc < req["min_accuracy"]):
-            continue
-        if req.get("max_latency_ms") is not None and not lat <= req["max_latency_ms"]:
-            continue
-        if req.get("max_energy_mj") is not None and not en <= req["max_energy_mj"]:
-            continue
-        key = (med[1], med[0]) if req["objective"] == "energy" else (med[0], med[1])
-        key = key + (v, p)
-        if best_key is None or key < best_key:
-            best, best_key = (v, p), key
-    return best
-
-
 # ----------------------------------------------------------------------------- bounds and stream
-def pct(values, q):
-    return float(np.percentile(np.asarray(values, float), q)) if len(values) else float("nan")
-
-
 def profile_bounds(args, repo: Path, workdir: Path, log) -> tuple[dict, dict, dict]:
     """One off+on cycle of pinned measurements of every arm -> per-model bounds."""
     with DaemonProcess.start(repo, workdir / "profile", config=daemon_config("adaptive", server=server_settings(args)),
@@ -458,95 +362,6 @@ def run_policy(policy: str, args, repo: Path, workdir: Path, stream: list[dict],
     return records, stats, table.medians()
 
 
-def host_factor(run: dict, oracle: dict, which: int) -> float | None:
-    """How much costlier the same pinned work on the twins was in this run than in the oracle's
-    run of the same repetition: the median over arms measured in both of the ratio of their
-    medians (``which``: 0 latency, 1 energy). The policies run one after another, a minute or
-    more apart, on a shared host whose speed drifts by 10-20% over such spans; dividing a
-    policy's ratio to the oracle by this factor compares them as if on the same host."""
-    ratios = [run[k][which] / oracle[k][which] for k in run.keys() & oracle.keys()
-              if oracle[k][which] and oracle[k][which] > 0 and run[k][which] == run[k][which]]
-    return statistics.median(ratios) if len(ratios) >= 10 else None
-
-
-# ----------------------------------------------------------------------------- scoring
-def score(records: list[dict], oracle: list[dict], host_energy: float | None = None,
-          host_latency: float | None = None) -> dict:
-    feas = {r["i"]: r.get("oracle_feasible", False) for r in oracle if r["scored"]}
-    orc = {r["i"]: r for r in oracle if r["scored"] and r["outcome"] == "ok"}
-    rs = [r for r in records if r["scored"]]
-    ok = [r for r in rs if r["outcome"] == "ok"]
-    fr = [r for r in rs if feas.get(r["i"])]
-    met_f = [r for r in fr if r["outcome"] == "ok" and r["met"]]
-    both = [r for r in fr if r["outcome"] == "ok" and r["i"] in orc]
-    lat = [r["total_ms"] for r in ok]
-    en = [r["energy_mj"] for r in ok if r.get("energy_mj") is not None]
-    acc = [r["accuracy"] for r in ok if r.get("accuracy") is not None]
-
-    def ratio(key):
-        a = [r[key] for r in both if r.get(key) is not None and orc[r["i"]].get(key) is not None]
-        b = [orc[r["i"]][key] for r in both if r.get(key) is not None and orc[r["i"]].get(key) is not None]
-        return sum(a) / sum(b) if b and sum(b) > 0 else None
-
-    def attain(sub):
-        return sum(1 for r in sub if r["outcome"] == "ok" and r["met"]) / len(sub) if sub else None
-
-    def is_tight(r):
-        return "1.3f" in r["entry"] or "1.2e" in r["entry"]
-
-    tight = [r for r in fr if is_tight(r)]
-    loose = [r for r in fr if not is_tight(r)]
-    # judged against this run's own measurements of the twins at the moment of each request, so
-    # the host's drift between runs does not move requests in or out of the feasible set
-    here = [r for r in rs if r.get("feasible_here")]
-    by_entry = {}
-    for r in fr:
-        by_entry.setdefault(f"{r['model']} | {r['entry']}", []).append(r)
-    # the daemon's own latency prediction against what met judges (total_ms), served requests
-    under = [r["total_ms"] - r["predicted_bound_ms"] for r in ok
-             if r.get("predicted_bound_ms") is not None and r.get("total_ms") is not None]
-    by_phase = {}
-    for on in (False, True):
-        f_on = [r for r in fr if r["on"] == on]
-        by_phase["on" if on else "off"] = (sum(1 for r in f_on if r["outcome"] == "ok" and r["met"]) / len(f_on)
-                                           if f_on else None)
-    placements = {}
-    for r in ok:
-        key = f"{'on' if r['on'] else 'off'}:{r['placement']}"
-        placements[key] = placements.get(key, 0) + 1
-    energy_ratio = ratio("energy_mj")
-    return {
-        "scored": len(rs), "feasible": len(fr), "served": len(ok),
-        "rejected": sum(1 for r in rs if r["outcome"] == "rejected"),
-        "rejected_feasible": sum(1 for r in fr if r["outcome"] == "rejected"),
-        "errors": sum(1 for r in rs if r["outcome"].startswith("error")),
-        "attainment": len(met_f) / len(fr) if fr else None,
-        "attainment_by_phase": by_phase,
-        "attainment_tight": attain(tight), "attainment_loose": attain(loose),
-        "feasible_here": len(here), "attainment_here": attain(here),
-        "attainment_here_tight": attain([r for r in here if is_tight(r)]),
-        "attainment_here_loose": attain([r for r in here if not is_tight(r)]),
-        "rejected_feasible_here": sum(1 for r in here if r["outcome"] == "rejected"),
-        "n_tight": len(tight), "n_loose": len(loose),
-        "attainment_by_entry": {k: [attain(v), len(v)] for k, v in sorted(by_entry.items())},
-        "total_minus_predicted_bound_ms_p50": pct(under, 50) if under else None,
-        "share_total_above_predicted_bound": (sum(1 for u in under if u > 0) / len(under)) if under else None,
-        "met_of_served": sum(1 for r in ok if r["met"]) / len(ok) if ok else None,
-        "energy_mj_mean": statistics.fmean(en) if en else None,
-        "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99), "latency_ms_mean": statistics.fmean(lat) if lat else None,
-        "accuracy_mean_digits": statistics.fmean(acc) if acc else None,
-        "energy_ratio_to_oracle": energy_ratio, "latency_ratio_to_oracle": ratio("total_ms"),
-        "host_factor_energy": host_energy, "host_factor_latency": host_latency,
-        "energy_ratio_to_oracle_host_adjusted": (energy_ratio / host_energy
-                                                 if host_energy and energy_ratio is not None else None),
-        "n_compared_to_oracle": len(both),
-        "late_ms_p99": pct([r["late_ms"] for r in rs], 99),
-        "phase_changed_in_flight": sum(1 for r in rs if "on_after" in r and r["on_after"] != r["on"]),
-        "probes": sum(1 for r in ok if r.get("reason") == "probe"),
-        "placements": dict(sorted(placements.items())),
-    }
-
-
 def git_head() -> str | None:
     if os.environ.get("BENCH_COMMIT"):   # a run from an exported snapshot of a commit
         return os.environ["BENCH_COMMIT"]
@@ -568,51 +383,6 @@ def machine() -> dict:
         pass
     return {"cpu": model, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "loadavg_start": os.getloadavg(), "commit": git_head()}
-
-
-def fmt(x, spec=".3g"):
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def median_spread(vals):
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return None, None, None
-    return statistics.median(vals), min(vals), max(vals)
-
-
-def table(per_rep: list[dict]) -> str:
-    cols = [("attainment", "attain. of feasible", ".1%"), ("attainment_here", "attain., feasible in own run", ".1%"),
-            ("attainment_here_tight", "own run, tight", ".1%"), ("rejected_feasible_here", "own run, rejected", ".0f"),
-            ("attainment_by_phase.off", "load off", ".1%"),
-            ("attainment_by_phase.on", "load on", ".1%"), ("attainment_tight", "tight bounds", ".1%"),
-            ("attainment_loose", "loose bounds", ".1%"), ("rejected_feasible", "rejected feasible", ".0f"),
-            ("energy_mj_mean", "energy mJ/req (est.)", ".3g"), ("energy_ratio_to_oracle", "energy / oracle", ".3f"),
-            ("host_factor_energy", "host factor (energy)", ".3f"),
-            ("energy_ratio_to_oracle_host_adjusted", "energy / oracle, host-adjusted", ".3f"),
-            ("latency_ms_p50", "lat p50 ms", ".3g"), ("latency_ms_p99", "lat p99 ms", ".3g"),
-            ("latency_ratio_to_oracle", "lat mean / oracle", ".3f"), ("accuracy_mean_digits", "digits acc.", ".4f")]
-    head = "| policy | " + " | ".join(c[1] for c in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
-    for pol in per_rep[0]["scores"]:
-        cells = []
-        for key, _, spec in cols:
-            vals = []
-            for rep in per_rep:
-                s = rep["scores"][pol]
-                v = s
-                for k in key.split("."):
-                    v = v.get(k) if isinstance(v, dict) else None
-                vals.append(v)
-            med, lo, hi = median_spread(vals)
-            if med is None:
-                cells.append("-")
-            elif len(per_rep) > 1:
-                cells.append(f"{fmt(med, spec)} ({fmt(lo, spec)}-{fmt(hi, spec)})")
-            else:
-                cells.append(fmt(med, spec))
-        lines.append(f"| {pol} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
