@@ -15,7 +15,9 @@ in flight, a queue that fills, a core that gets contended). It returns the repos
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -132,6 +134,16 @@ def slow_repository(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "repo" / SLOW_MODEL / "1" / "manifest.json").exists()
     return out / "repo"
+
+
+@contextlib.contextmanager
+def taken_port():
+    """A loopback TCP port another socket holds (listening) for the block: a daemon told to use
+    it must fail to start."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +17,8 @@ import pytest
 from adaptd.clients.client import Client
 from adaptd.clients.errors import RequestTimeout
 from adaptd.tools.launch import DaemonProcess, to_toml
+
+from .conftest import taken_port
 from adaptd.wire.auth import CurveKeys, new_keypair
 
 
@@ -68,10 +69,7 @@ def test_a_second_daemon_on_the_same_socket_and_store_exits_naming_the_first(tin
 
 def test_a_port_in_use_is_one_line_and_leaves_nothing_behind(tiny_repository, tmp_path):
     repo, _, _ = tiny_repository
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with taken_port() as port:
         path, runtime = write_config(tmp_path, repo, server={"endpoints": [f"tcp://127.0.0.1:{port}"]})
         result = serve(path)
     line = one_line_failure(result)

@@ -29,6 +29,8 @@ from adaptd.daemon.metrics_records import DURATION_BUCKETS_S, RecordMetrics
 from adaptd.daemon.store import SelectionStore, StoreConfig
 from adaptd.tools.launch import DaemonProcess, to_toml
 
+from .conftest import taken_port
+
 DEADLINE_S = 30.0
 
 
@@ -281,10 +283,7 @@ def test_without_the_package_the_daemon_does_not_start_and_names_the_extra(tiny_
 @pytest.mark.slow
 def test_a_taken_port_stops_the_start_with_one_line(tiny_repository, tmp_path):
     repo, _, _ = tiny_repository
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         out = serve_fails(tmp_path, repo, {"enabled": True, "port": port})
     assert out.returncode != 0
     assert f"[metrics] cannot listen on 127.0.0.1:{port}" in out.stderr

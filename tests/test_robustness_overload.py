@@ -40,15 +40,6 @@ def daemon(slow_repository, tmp_path):
     assert d.stop() == 0, d.log()
 
 
-def busy_worker(d: DaemonProcess, name: str) -> int:
-    deadline = time.monotonic() + REPLY_S
-    while time.monotonic() < deadline:
-        p = next(p for p in watch.control(d.endpoint, "placements")["body"]["placements"] if p["name"] == name)
-        if p["busy"]:
-            return p["worker_pid"]
-    raise AssertionError(f"{name} never ran the long request")
-
-
 def test_a_burst_far_above_the_queue_limit_is_answered_once_each_and_busy_at_once(daemon):
     log = watch.LogWatch(daemon.log_path)
     placement = [p for p in watch.control(daemon.endpoint, "placements")["body"]["placements"]
@@ -75,7 +66,7 @@ def test_a_burst_far_above_the_queue_limit_is_answered_once_each_and_busy_at_onc
     busy_rtt_ms = []
     try:
         send("long", big)
-        pid = busy_worker(daemon, placement)
+        pid = watch.wait_busy(daemon.endpoint, placement, REPLY_S)
         os.kill(pid, signal.SIGSTOP)
         frozen = True
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -161,7 +160,7 @@ def test_a_running_id_sent_by_another_client_never_gets_the_victims_outputs(slow
         victim.send_multipart(proto.encode(proto.request_header(
             rid, exp.model, [big], pin_variant="float32", pin_placement=placement["name"]), [big]))
         # freeze the worker while it runs the victim's request: it is certainly still running
-        pid = wait_busy(d, placement["name"])
+        pid = watch.wait_busy(d.endpoint, placement["name"])
         os.kill(pid, signal.SIGSTOP)
         early: list[list[bytes]] = []
         try:
@@ -200,11 +199,3 @@ def test_a_running_id_sent_by_another_client_never_gets_the_victims_outputs(slow
     assert log.tracebacks() == []
 
 
-def wait_busy(d: DaemonProcess, name: str, timeout_s: float = 60.0) -> int:
-    """The worker pid of placement ``name`` once the daemon says it runs a request."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        p = next(p for p in watch.control(d.endpoint, "placements")["body"]["placements"] if p["name"] == name)
-        if p["busy"]:
-            return p["worker_pid"]
-    raise AssertionError(f"{name} never ran the request")

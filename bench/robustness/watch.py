@@ -90,6 +90,18 @@ def wait_idle(pid: int, timeout_s: float = 60.0, quiet_s: float = 0.06) -> None:
     raise AssertionError(f"process {pid} did not go idle within {timeout_s} s")
 
 
+def wait_busy(endpoint: str, name: str, timeout_s: float = 60.0) -> int:
+    """The worker pid of placement ``name`` once the daemon says it runs a request (asked over
+    ``placements``; each answer is a round trip, so this is no spin); AssertionError after
+    ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        p = next(p for p in control(endpoint, "placements")["body"]["placements"] if p["name"] == name)
+        if p["busy"]:
+            return p["worker_pid"]
+    raise AssertionError(f"{name} never ran the request")
+
+
 def wait_exited(pid: int, timeout_s: float = 10.0) -> None:
     """Return once ``pid`` has exited with all its threads (a zombie its parent has not reaped
     yet, or gone). The leader turns zombie before its other threads are gone, and until the last
