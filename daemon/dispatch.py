@@ -115,10 +115,7 @@ class Dispatcher:
     def submit_shadow(self, job: Job) -> bool:
         """Hand a shadow run to the shadow worker; False when there is none, or it is starting,
         restarting or busy (the run is skipped, never queued)."""
-        w = None if self.shadows is None else self.shadows.workers[SHADOW]
-        if w is None or w.busy or w.queue or not w.ready or w.channel is None:
-            return False
-        return self.shadows.submit(SHADOW, job)
+        return self.shadow_idle() and self.shadows.submit(SHADOW, job)
 
     def shadow_idle(self) -> bool:
         """Whether :meth:`submit_shadow` would take a run now."""
