@@ -137,6 +137,11 @@ class LiveFidelity:
                                             * max(a.placement.threads for a in state.reference_arms))
 
     # --- the request path (after the reply) ------------------------------------------------------
+    def tracks(self, version_dir: str) -> bool:
+        """Whether requests of this model version may be shadowed at all (fidelity on, a reference
+        found): the request path defers :meth:`after_reply` only for those."""
+        return version_dir in self._models
+
     def after_reply(self, model: ModelVersion, arm: Arm, job: Job, outcome: Outcome) -> None:
         """A request was answered by ``arm``: maybe queue a shadow run of the reference on its input."""
         state = self._models.get(job.version_dir)

@@ -306,7 +306,8 @@ class RequestPath:
         self.d.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
-        self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
+        if self.d.fidelity.tracks(outcome.job.version_dir):
+            self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
 
     def _account(self, pending: Pending, stats: Any, header: dict[str, Any], path_ms: float, now: float,
                  now_ns: int) -> None:
