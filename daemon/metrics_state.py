@@ -66,12 +66,13 @@ class SelectorReader:
             todo = [(self._next + k) % n for k in range(min(n, ARMS_PER_PUBLISH))]
             self._next = (self._next + len(todo)) % max(n, 1)
         for i in todo:   # each row a new dict: a published list is never changed
-            self._rows[i] = arm_row(selector.arm(i), selector.cost_model.arm_stats(i))
+            self._rows[i] = arm_row(selector.arm(i), selector.cost_model.arm_stats(i), selector.accuracy_used(i)[0])
         return list(self._rows.values())
 
 
-def arm_row(spec: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
-    """One arm's gauges from its ``ArmSpec`` and its cost model's ``arm_stats``."""
+def arm_row(spec: Any, stats: Mapping[str, Any], accuracy: float | None) -> dict[str, Any]:
+    """One arm's gauges from its ``ArmSpec``, its cost model's ``arm_stats`` and the accuracy the
+    selector judges it on (the validation accuracy, or live fidelity's bound)."""
     version = str(spec.version or "")
     model = str(spec.model)
     if version and model.endswith(":" + version):   # the daemon keys a selector's model "name:version"
@@ -80,7 +81,7 @@ def arm_row(spec: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
     return {"labels": (model, version, str(spec.variant), str(spec.placement)),
             "latency_bound_ms": latency.get("bound"), "latency_estimate_ms": latency.get("estimate"),
             "energy_estimate_mj": energy.get("estimate"), "energy_bound_mj": energy.get("bound"),
-            "energy_estimated": bool(stats.get("energy_estimated")), "accuracy": spec.accuracy,
+            "energy_estimated": bool(stats.get("energy_estimated")), "accuracy": accuracy,
             "measurements": stats.get("count")}
 
 
@@ -155,8 +156,8 @@ class StateCollector:
                                    "measured or estimated (a power model).", labels=[*arm, "source"])
         energy_bound = GaugeMetricFamily("adaptd_selector_energy_bound_joules", "Energy bound at the configured "
                                          "confidence.", labels=[*arm, "source"])
-        accuracy = GaugeMetricFamily("adaptd_selector_accuracy_ratio", "The accuracy the selector uses "
-                                     "(the manifest's validation accuracy).", labels=arm)
+        accuracy = GaugeMetricFamily("adaptd_selector_accuracy_ratio", "The accuracy the selector judges "
+                                     "min_accuracy on (validation, or live fidelity's bound).", labels=arm)
         measured = GaugeMetricFamily("adaptd_selector_measurements", "Executions the selector has learnt from "
                                      "since its last reset (start-up or reload).", labels=arm)
         for r in rows:

@@ -74,12 +74,7 @@ from .decision import Alternative, Decision, Met, Prediction, finite_or_none, nu
 from .online import OnlineCostModel
 from .priors import PriorLearner
 from .probe import PendingProbes, ProbeBudget, best_stale, best_stale_columns
-from .request import (
-    CONSTRAINT_NAMES,
-    InvalidConstraintsError,
-    QueueSnapshot,
-    Request,
-)
+from .request import CONSTRAINT_NAMES, InvalidConstraintsError, QueueSnapshot, Request
 
 # Decisions among at most this many candidate arms are scanned by a loop over Python floats
 # compiled from the kernel, larger ones by numpy over the model's columns. On the daemon's request
@@ -178,6 +173,10 @@ class Selector:
         return [{"arm_id": i, "model": s.model, "version": s.version, "variant": s.variant,
                  "placement": s.placement, "accuracy": s.accuracy, **self._online.arm_stats(i)}
                 for i, s in enumerate(self.arms)]
+
+    def accuracy_used(self, arm_id: int) -> tuple[float | None, str]:
+        """The accuracy ``min_accuracy`` is judged on for an arm (None: unknown), and its source."""
+        return number_or_none(self._acc_l[arm_id]), self._acc_src[arm_id]
 
     def set_accuracy(self, model: str, variant: str, accuracy: float | None, source: str) -> int:
         """Set the figure ``min_accuracy`` is judged on for a variant's arms, and its source; how many."""
