@@ -151,3 +151,14 @@ def test_too_short_notes():
     assert note.startswith("Too short to show change over time: 12 decision(s) over 50 ms")
     assert too_short_for_time_plot(5, 6 * 3600, time_bins(0.0, 6 * 3600, 5)) is not None   # too few
     assert too_short_for_time_plot(3000, 6 * 3600, time_bins(0.0, 6 * 3600, 3000)) is None
+
+
+@pytest.mark.parametrize("zone, t0, span", [
+    ("Europe/Berlin", 1774731337.83, 26133.6),        # 2026-03-29: 02:00 does not exist
+    ("America/New_York", 1772944283.12, 16448.3),     # 2026-03-08: nor here
+    ("America/New_York", 1762063495.82, 3135.4),      # 2025-11-02: 01:00 to 02:00 happens twice
+    ("Australia/Lord_Howe", 1775314829.06, 1342.8),   # 2026-04-05: the clocks go back half an hour
+])
+def test_clock_ticks_across_a_change_of_the_clocks(zone, t0, span):
+    with timezone(zone):
+        check_axis(time_axis(t0, t0 + span), t0, t0 + span)

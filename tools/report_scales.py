@@ -145,11 +145,14 @@ def _clock_ticks(lo_ts: float, hi_ts: float, step: float) -> list[float]:
         k = math.ceil((start - midnight).total_seconds() / step - 1e-9)
         while True:
             tick = midnight + _dt.timedelta(seconds=k * step)
-            ts = tick.timestamp()
-            if ts > hi_ts + 1e-6:
+            if tick.timestamp() > hi_ts + 1e-6:
                 return out
-            if ts >= lo_ts - 1e-6:
-                out.append(ts)
+            # Around a change of the clocks a wall-clock time may not exist (skipped) or occur
+            # twice (both kept): only the instants that read as the tick are ticks.
+            for fold in (0, 1):
+                ts = tick.replace(fold=fold).timestamp()
+                if lo_ts - 1e-6 <= ts <= hi_ts + 1e-6 and _local(ts) == tick and (not out or ts > out[-1] + 1e-6):
+                    out.append(ts)
             k += 1
     day = midnight if midnight.timestamp() >= lo_ts - 1e-6 else midnight + _dt.timedelta(days=1)
     while day.timestamp() <= hi_ts + 1e-6:
@@ -172,6 +175,8 @@ def _clock_axis(lo_ts: float, hi_ts: float, origin: float, max_ticks: int) -> Ti
         text = t.strftime(fmt)
         if step < DAY and (every_date or t.date() != last_date):
             text = f"{t:%b %d}\n{text}"    # the date on the first tick and wherever it changes
+        if text in labels:   # a wall-clock time the clocks went back over: its zone tells them apart
+            text = f"{text} {_tz(ts)}"
         last_date = t.date()
         labels.append(text)
     label = f"local time, {_tz(origin)} ({what})"
