@@ -60,7 +60,9 @@ Estimator, per arm
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -183,27 +185,37 @@ class OnlineCostModel:
         its energy (mJ) or None when the daemon has none, whether that energy is an estimate, and
         the time it finished (s). Raises ValueError on a negative or non-finite latency (and the
         state is left unchanged)."""
-        a = int(arm)
-        lat = float(latency_ms)
-        if not (math.isfinite(lat) and lat >= 0.0):
-            raise ValueError(f"latency_ms must be finite and >= 0, got {latency_ms!r}")
-        t = float(t_s)
-        if not math.isfinite(t):
-            raise ValueError(f"t_s must be finite, got {t_s!r}")
-        e = None
-        if energy_mj is not None:
-            e = float(energy_mj)
-            if not (math.isfinite(e) and e >= 0.0):
-                raise ValueError(f"energy_mj must be finite and >= 0 or None, got {energy_mj!r}")
+        self.update_batch(arm, [(latency_ms, energy_mj, energy_estimated, t_s)])
 
-        n = int(self.n_[a]) + 1
-        self.n_[a] = n
-        mean, var = _ewma(float(self.mean_ms_[a]), float(self.var_ms2_[a]), lat, n,
-                          self._weight(n, t - float(self.last_update_s_[a])))
-        self.mean_ms_[a] = mean
-        self.var_ms2_[a] = var
-        self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
-        bounds = self._bounds(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
+    def update_batch(self, arm: int, samples: Sequence[tuple[Any, ...]]) -> None:
+        """Learn from several executions of one arm, in the order they finished: each
+        ``(latency_ms, energy_mj, energy_estimated, t_s)`` as :meth:`update` takes them (items
+        past the fourth are ignored: the selector passes its observations as they are). The
+        state afterwards is the state after that many ``update`` calls; the published figures
+        are computed once (one sort of each window), which is what a batch saves. Raises
+        ValueError on a bad sample before changing anything."""
+        a = int(arm)
+        lats, times, energies = [], [], []
+        isfinite = math.isfinite
+        for x in samples:
+            lat, t, e = float(x[0]), float(x[3]), x[1]
+            if not (isfinite(lat) and lat >= 0.0):
+                raise ValueError(f"latency_ms must be finite and >= 0, got {x[0]!r}")
+            if not isfinite(t):
+                raise ValueError(f"t_s must be finite, got {x[3]!r}")
+            if e is not None:
+                e = float(e)
+                if not (isfinite(e) and e >= 0.0):
+                    raise ValueError(f"energy_mj must be finite and >= 0 or None, got {x[1]!r}")
+                energies.append((e, t, x[2]))
+            lats.append(lat)
+            times.append(t)
+        if not lats:
+            return
+
+        n, mean, var, t = self._fold(a, self.n_, self.mean_ms_, self.var_ms2_, self.last_update_s_,
+                                           self.window_ms_, self.window_t_, lats, times)
+        bounds = self._bounds(mean, var, self._recent(self.window_ms_, self.window_t_, a, n, t))
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -215,28 +227,41 @@ class OnlineCostModel:
         self.latency_bounds_ms_[:, a] = bounds
         bound = bounds[self.level_]
 
-        if e is not None:
-            ne = int(self.energy_n_[a]) + 1
-            self.energy_n_[a] = ne
-            em, ev = _ewma(float(self.energy_mean_mj_[a]), float(self.energy_var_mj2_[a]), e, ne,
-                           self._weight(ne, t - float(self.last_energy_s_[a])))
-            self.energy_mean_mj_[a] = em
-            self.energy_var_mj2_[a] = ev
-            self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
-            recent = self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t)
+        if energies:
+            ne, em, ev, te = self._fold(a, self.energy_n_, self.energy_mean_mj_, self.energy_var_mj2_,
+                                           self.last_energy_s_, self.energy_window_mj_, self.energy_window_t_,
+                                           [x[0] for x in energies], [x[1] for x in energies])
+            recent = self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, te)
             if recent.shape[0] >= self.min_window:
                 ebound = self._bound(em, ev, recent)
             else:
                 ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
             self.est_energy_mj_[a] = em
             self.energy_bound_mj_[a] = ebound
-            self.energy_estimated_[a] = bool(energy_estimated)
+            self.energy_estimated_[a] = bool(energies[-1][2])
         elif self.energy_n_[a] == 0:
             p = float(self.prior_power_w_[a])
             shift = float(self.prior_energy_shift_mj_[a])
             self.est_energy_mj_[a] = max(p * est + shift, 0.0) if math.isfinite(p) else float("nan")
             self.energy_bound_mj_[a] = max(p * bound + shift, 0.0) if math.isfinite(p) else float("nan")
             self.energy_estimated_[a] = True
+
+    def _fold(self, a: int, counts: np.ndarray, means: np.ndarray, variances: np.ndarray, lasts: np.ndarray,
+              values: np.ndarray, times: np.ndarray, xs: list[float], ts: list[float]) -> tuple[int, float, float, float]:
+        """Samples ``xs`` taken at ``ts`` into arm ``a``'s count, running mean and variance, latest
+        time and ring (latency's columns or energy's), with Python floats in the loop; returns
+        (count, mean, variance, time of the last sample)."""
+        n, mean, var, last = int(counts[a]), float(means[a]), float(variances[a]), float(lasts[a])
+        w = self.window
+        for x, t in zip(xs, ts):
+            n += 1
+            mean, var = _ewma(mean, var, x, n, self._weight(n, t - last))
+            if t > last:
+                last = t
+            values[a, (n - 1) % w] = x
+            times[a, (n - 1) % w] = t
+        counts[a], means[a], variances[a], lasts[a] = n, mean, var, last
+        return n, mean, var, ts[-1]
 
     def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
         """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (a boolean mask):
@@ -269,12 +294,10 @@ class OnlineCostModel:
         self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
         self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
 
-    def _push(self, values: np.ndarray, times: np.ndarray, a: int, n: int, x: float, t: float) -> np.ndarray:
-        """Put arm ``a``'s ``n``-th sample ``x``, taken at ``t``, in its ring; return the ring's
+    def _recent(self, values: np.ndarray, times: np.ndarray, a: int, n: int, t: float) -> np.ndarray:
+        """Arm ``a``'s ring (its ``n`` samples so far, the n-th in slot ``(n - 1) % window``): the
         samples no older than ``window_max_age_s`` at ``t``."""
         w = self.window
-        values[a, (n - 1) % w] = x
-        times[a, (n - 1) % w] = t
         k = min(n, w)
         oldest = times.item(a, n % w if k == w else 0)
         if oldest >= t - self.window_max_age_s:   # the common case: the whole ring is recent

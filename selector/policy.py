@@ -70,6 +70,7 @@ import numpy as np
 from . import kernel
 from .arms import ArmSpec, ArmTable, arms_from_manifests, attr
 from .config import SelectorConfig
+from .learning import Learning
 from .decision import Alternative, Decision, Met, Prediction, finite_or_none, number_or_none, reason_text, violations
 from .online import OnlineCostModel
 from .priors import PriorLearner
@@ -87,7 +88,7 @@ from .request import CONSTRAINT_NAMES, InvalidConstraintsError, QueueSnapshot, R
 SCALAR_MAX_ARMS = 64
 
 
-class Selector:
+class Selector(Learning):
     """Columnar per-request selector over every arm of every model in a repository."""
 
     def __init__(self, arms: Iterable[ArmSpec], placements: Sequence[str] | None = None,
@@ -189,48 +190,6 @@ class Selector:
         return len(arms)
 
     # ------------------------------------------------------------------ learning
-    def update(self, arm: int | tuple[str, str, str], latency_ms: float, energy_mj: float | None,
-               energy_estimated: bool, t_s: float, compute_ms: float | None = None) -> None:
-        """Feed one measured execution: the arm (id or (model, variant, placement)), its latency
-        (ms, model load and queue wait excluded), its energy (mJ, or None), whether that energy is
-        estimated, when it finished (s, same origin as ``now_s``) and, when known, the execution
-        alone (``compute_ms``: the rest of the latency is the caller's path, learnt per placement
-        by the learner, as what the energy priors missed is)."""
-        a = arm if isinstance(arm, (int, np.integer)) else self.arm_id(*arm)
-        if not 0 <= a < self._n_arms:
-            raise KeyError(f"no arm id {a}")
-        self._online.update(a, latency_ms, energy_mj, energy_estimated, t_s)
-        learner = self._learner
-        if learner is None:
-            return
-        spec = self.arms[a]
-        if compute_ms is not None:
-            for placement, delta_ms in learner.path_sample(spec.placement, max(0.0, latency_ms - compute_ms)):
-                self.shift_placement_priors(placement, delta_ms)
-        prior_mj = self.prior_energy_mj(a)
-        if energy_mj is not None and prior_mj == prior_mj:
-            for model, placement, delta_mj in learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj):
-                self.shift_energy_priors(model, placement, delta_mj)
-
-    def shift_placement_priors(self, placement: str, delta_ms: float) -> None:
-        """Add ``delta_ms`` to the latency prior of every arm on ``placement`` (see
-        :meth:`OnlineCostModel.shift_priors`); unknown placements are ignored."""
-        p = self._pindex.get(placement)
-        if p is not None:
-            self._online.shift_priors(self._pidx == p, delta_ms)
-
-    def shift_energy_priors(self, model: str, placement: str, delta_mj: float) -> None:
-        """Add ``delta_mj`` to the energy prior of ``model``'s arms on ``placement`` not yet
-        measured (see :meth:`OnlineCostModel.shift_energy_priors`); unknown names are ignored."""
-        p = self._pindex.get(placement)
-        rng = self._model_range.get(model)
-        if p is None or rng is None:
-            return
-        lo, hi = rng
-        mask = np.zeros(self._n_arms, dtype=bool)
-        mask[lo:hi] = self._pidx[lo:hi] == p
-        self._online.shift_energy_priors(mask, delta_mj)
-
     # ------------------------------------------------------------------ the decision
     def explain(self, request: Request, now_s: float, queues: Mapping[str, QueueSnapshot] | None = None,
                 candidates: Sequence[int] | None = None) -> Decision:

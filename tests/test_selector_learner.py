@@ -108,3 +108,24 @@ def test_a_placement_borrows_the_energy_miss_scaled_by_its_power_until_it_has_it
     s.update(a1, 1.0, 4.5, True, 0.1)                 # cpu:1's own: missed 0.5 mJ
     assert learner.energy_miss_mj[("m", "cpu:1")] == pytest.approx(0.5)
     assert energy[b1] == pytest.approx(4.0 + 0.5)     # replaced, not added
+
+
+def test_update_many_learns_what_one_update_at_a_time_learns():
+    """The daemon's deferred bookkeeping feeds the selector in batches: the same estimates and the
+    same learnt path and energy miss as one update per execution, across arms and placements."""
+    def run(batch):
+        learner = PriorLearner(power_w={"cpu:0": 2.0, "cpu:1": 2.0})
+        s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), learner)
+        obs = []
+        for k in range(60):
+            arm = s.arm_id("m", "a" if k % 3 else "b", "cpu:0" if k % 4 else "cpu:1")
+            obs.append((arm, 1.0 + 0.3 * (k % 7), 2.0 + 0.1 * (k % 5), True, 0.01 * k, 0.2 + 0.01 * (k % 3)))
+        for i in range(0, len(obs), batch):
+            s.update_many(obs[i:i + batch])
+        cm = s.cost_model
+        return learner, cm.est_latency_ms_.copy(), cm.latency_bound_ms_.copy(), cm.est_energy_mj_.copy()
+    one, many = run(1), run(12)
+    assert many[0].path_ms == pytest.approx(one[0].path_ms)
+    assert many[0].energy_miss_mj == pytest.approx(one[0].energy_miss_mj)
+    for x, y in zip(one[1:], many[1:]):
+        assert y == pytest.approx(x, rel=1e-9)

@@ -293,3 +293,36 @@ def test_energy_prior_shift_moves_only_arms_without_an_energy_measurement():
     assert m.est_energy_mj_[2] == 0.0 and m.energy_bound_mj_[2] == 0.0
     with pytest.raises(ValueError):
         m.shift_energy_priors(np.array([True, False, False]), float("nan"))
+
+
+def _state(m):
+    return {k: np.array(v, copy=True) for k, v in vars(m).items() if k.endswith("_") and isinstance(v, np.ndarray)}
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 40])
+def test_a_batch_of_updates_leaves_the_state_of_one_update_at_a_time(batch):
+    """The daemon hands its deferred executions over in batches: the published estimates, bounds,
+    windows and counts must be those of feeding them one by one, energy (some missing) included."""
+    rng = np.random.default_rng(7)
+    samples = [(float(5 + rng.gamma(2.0)), None if k % 5 == 3 else float(1 + rng.random()), bool(k % 2),
+                0.003 * k + (4.0 if k > 30 else 0.0)) for k in range(80)]
+    one, many = model(n=2, energy=2.0), model(n=2, energy=2.0)
+    for lat, e, est, t in samples:
+        one.update(1, lat, e, est, t)
+    for i in range(0, len(samples), batch):
+        many.update_batch(1, samples[i:i + batch])
+    a, b = _state(one), _state(many)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-12, err_msg=key)
+
+
+def test_a_bad_sample_in_a_batch_changes_nothing():
+    m = model()
+    before = _state(m)
+    with pytest.raises(ValueError, match="latency_ms"):
+        m.update_batch(0, [(5.0, None, True, 0.0), (float("nan"), None, True, 0.1)])
+    with pytest.raises(ValueError, match="energy_mj"):
+        m.update_batch(0, [(5.0, -1.0, True, 0.0)])
+    for key, value in _state(m).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)

@@ -1,0 +1,103 @@
+"""The selector's learning side: what it does with each measured execution.
+
+Contract
+--------
+* :class:`Learning` is a part of :class:`~.policy.Selector` (its base class), kept in a module of
+  its own: ``update`` / ``update_many`` feed measured executions to the arms' online estimates
+  (:class:`~.online.OnlineCostModel`) and to the learner of what the structural priors miss
+  (:class:`~.priors.PriorLearner`), whose shifts move the priors of the arms on a placement.
+* Pure and single-threaded, as the selector is; units ms, mJ, s.
+* Batches: ``update_many`` computes each arm's published figures once for all its samples, which
+  is what the daemon's deferred bookkeeping saves per request. The state afterwards is that of
+  one ``update`` per sample, except that a prior shift the learner asks for mid-batch is applied
+  after the batch's updates: an arm measured for its first time later in the same batch blends
+  the prior as it was before that shift (the blend's share is gone after ``full_trust_n`` samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+
+class Learning:
+    # Set by Selector.__init__: the online model, the learner (or None), the arms and indices.
+    _online: Any
+    _learner: Any
+    _n_arms: int
+    _pindex: dict[str, int]
+    _pidx: np.ndarray
+    _model_range: dict[str, tuple[int, int]]
+    arms: Any
+    # and Selector's arm_id() and prior_energy_mj()
+
+    def update(self, arm: int | tuple[str, str, str], latency_ms: float, energy_mj: float | None,
+               energy_estimated: bool, t_s: float, compute_ms: float | None = None) -> None:
+        """Feed one measured execution: the arm (id or (model, variant, placement)), its latency
+        (ms, model load and queue wait excluded), its energy (mJ, or None), whether that energy is
+        estimated, when it finished (s, same origin as ``now_s``) and, when known, the execution
+        alone (``compute_ms``: the rest of the latency is the caller's path, learnt per placement
+        by the learner, as what the energy priors missed is)."""
+        self.update_many([(arm, latency_ms, energy_mj, energy_estimated, t_s, compute_ms)])
+
+    def update_many(self, observations: Iterable[tuple[Any, float, float | None, bool, float, float | None]]) -> None:
+        """Feed several measured executions, in the order they finished, each as ``update``'s
+        arguments. Each arm's estimates are computed once for all its samples; the learner sees
+        every sample in order, and the prior shifts it asks for are applied after the arms'
+        updates (their sums: the same priors as one ``update`` at a time)."""
+        by_arm: dict[int, list[tuple[Any, ...]]] = {}
+        ordered: list[tuple[int, tuple[Any, ...]]] = []
+        for x in observations:
+            arm = x[0]
+            a = int(arm) if isinstance(arm, (int, np.integer)) else self.arm_id(*arm)
+            if not 0 <= a < self._n_arms:
+                raise KeyError(f"no arm id {a}")
+            sample = x[1:]   # (latency_ms, energy_mj, estimated, t_s, compute_ms)
+            ordered.append((a, sample))
+            samples = by_arm.get(a)
+            if samples is None:
+                by_arm[a] = [sample]
+            else:
+                samples.append(sample)
+        for a, samples in by_arm.items():
+            self._online.update_batch(a, samples)
+        learner = self._learner
+        if learner is None:
+            return
+        path: dict[str, float] = {}
+        energy: dict[tuple[str, str], float] = {}
+        for a, (latency_ms, energy_mj, _, _, compute_ms) in ordered:   # the learner's averages depend on order
+            spec = self.arms[a]
+            if compute_ms is not None:
+                for placement, delta_ms in learner.path_sample(spec.placement, max(0.0, latency_ms - compute_ms)):
+                    path[placement] = path.get(placement, 0.0) + delta_ms
+            prior_mj = self.prior_energy_mj(a)
+            if energy_mj is not None and prior_mj == prior_mj:
+                for model, placement, delta_mj in learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj):
+                    energy[model, placement] = energy.get((model, placement), 0.0) + delta_mj
+        for placement, delta_ms in path.items():
+            self.shift_placement_priors(placement, delta_ms)
+        for (model, placement), delta_mj in energy.items():
+            self.shift_energy_priors(model, placement, delta_mj)
+
+    def shift_placement_priors(self, placement: str, delta_ms: float) -> None:
+        """Add ``delta_ms`` to the latency prior of every arm on ``placement`` (see
+        :meth:`OnlineCostModel.shift_priors`); unknown placements are ignored."""
+        p = self._pindex.get(placement)
+        if p is not None:
+            self._online.shift_priors(self._pidx == p, delta_ms)
+
+    def shift_energy_priors(self, model: str, placement: str, delta_mj: float) -> None:
+        """Add ``delta_mj`` to the energy prior of ``model``'s arms on ``placement`` not yet
+        measured (see :meth:`OnlineCostModel.shift_energy_priors`); unknown names are ignored."""
+        p = self._pindex.get(placement)
+        rng = self._model_range.get(model)
+        if p is None or rng is None:
+            return
+        lo, hi = rng
+        mask = np.zeros(self._n_arms, dtype=bool)
+        mask[lo:hi] = self._pidx[lo:hi] == p
+        self._online.shift_energy_priors(mask, delta_mj)
+
