@@ -7,7 +7,12 @@ Contract
   or signal ready), before any control message (so statistics, explanations and health include
   every answered request), once ``DEFER_MAX_ITEMS`` wait (a daemon that is never idle), and at
   shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
-  moment, so the bookkeeping leaves the round trip.
+  moment, so the bookkeeping leaves the round trip. The policy's update is one call per flush
+  (:meth:`observe` collects the flush's executions, ``observe_many`` gets them at its end), so
+  under load, when a flush holds many, each arm's estimates are computed once per batch.
+  Waiting for a batch at idle moments too was measured and rejected: on a 2-vCPU VM the core
+  then idled right after each reply and every request paid a colder wake-up (the round trip
+  and the CPU per request grew more than the batch saved; docs/decisions.md).
 * :meth:`Bookkeeping.record` builds a selection record (``adaptd.wire.records.selection_record``)
   and hands it to the store, which commits and publishes it off the request path, then to
   ``on_record`` when set (the metrics, :mod:`adaptd.daemon.metrics`), on this thread.
@@ -22,22 +27,26 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adaptd.daemon.registry import Arm, ModelVersion
+from adaptd.daemon.selection import Observation
 from adaptd.daemon.stats import ArmStats
 from adaptd.wire import protocol as proto
 from adaptd.wire import records
 
 log = logging.getLogger("adaptd.bookkeeping")
 
-DEFER_MAX_ITEMS = 16  # answered requests whose bookkeeping may wait for an idle moment
+DEFER_MAX_ITEMS = 32  # answered requests whose bookkeeping may wait for an idle moment
 
 
 class Bookkeeping:
-    def __init__(self, submit: Callable[[dict[str, Any]], None], window: int, ewma_alpha: float) -> None:
+    def __init__(self, submit: Callable[[dict[str, Any]], None], window: int, ewma_alpha: float,
+                 observe_many: Callable[[list[Observation]], None] | None = None) -> None:
         self._submit = submit          # the store's submit: O(1), never blocks
+        self._observe_many = observe_many   # the policy's, for the observations a flush collected
         self._window = window
         self._alpha = ewma_alpha
         self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
         self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._observations: list[Observation] = []
         self.on_record: Callable[[dict[str, Any]], None] | None = None   # also sees each record (metrics)
 
     # --- deferred work ---------------------------------------------------------------------------
@@ -52,6 +61,11 @@ class Bookkeeping:
     def defer(self, fn: Callable[..., Any], *args: Any) -> None:
         self._deferred.append((fn, args))
 
+    def observe(self, observation: Observation) -> None:
+        """One measured execution for the policy (deferred work calls this): handed over with the
+        rest of the batch at the end of the flush."""
+        self._observations.append(observation)
+
     def flush(self) -> None:
         work, self._deferred = self._deferred, []
         for fn, args in work:
@@ -59,6 +73,12 @@ class Bookkeeping:
                 fn(*args)
             except Exception:  # noqa: BLE001 - one record's bookkeeping must not stop the daemon
                 log.exception("bookkeeping of an answered request failed")
+        observations, self._observations = self._observations, []
+        if observations and self._observe_many is not None:
+            try:
+                self._observe_many(observations)
+            except Exception:  # noqa: BLE001 - a failed update must not stop the daemon
+                log.exception("the policy's update from %d executions failed", len(observations))
 
     # --- statistics ------------------------------------------------------------------------------
     def stats_of(self, model: ModelVersion, arm: Arm) -> ArmStats:

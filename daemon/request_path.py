@@ -38,6 +38,7 @@ from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
 from adaptd.daemon.jobs import Job, Outcome
+from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
@@ -314,8 +315,8 @@ class RequestPath:
         """An answered request's statistics, the policy's update and its selection record."""
         timing, energy = header["timing"], header["energy"]
         stats.record(timing["compute_ms"], energy["energy_mj"], energy["source"], energy["estimated"], now)
-        self.d.policy.observe(pending.model, pending.arm, path_ms, energy["energy_mj"], energy["estimated"],
-                            now_ns / 1e9, compute_ms=timing["compute_ms"])
+        self.d.books.observe(Observation(pending.model, pending.arm, path_ms, energy["energy_mj"], energy["estimated"],
+                                         now_ns / 1e9, timing["compute_ms"]))
         self.d.books.record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
                           choice=pending.choice, arm=pending.arm, timing=timing, energy=energy,
                           met=header["constraints_met"], runtime=header["runtime"])

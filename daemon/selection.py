@@ -4,8 +4,9 @@ selector's decision out as the request path and the wire need it.
 Contract
 --------
 * :class:`Policy` is what the request path calls, from the daemon's main thread only: ``choose``
-  once per request (or dry run), ``observe`` once per finished execution, ``reset`` at start-up
-  and after every reload. ``choose`` does no I/O; it receives the time instead of reading a clock.
+  once per request (or dry run), ``observe`` for one finished execution or ``observe_many`` for a
+  batch of them (:class:`Observation`; the daemon's deferred bookkeeping passes a batch),
+  ``reset`` at start-up and after every reload. ``choose`` does no I/O; it receives the time instead of reading a clock.
 * :class:`SelectorPolicy` implements it over :mod:`adaptd.selector`. ``[selector] policy``:
   ``adaptive`` (the default), ``static`` (priors only, never updated and never probing, for
   comparison), ``most_accurate`` (the baseline, :class:`adaptd.selector.MostAccurate`);
@@ -39,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
 from adaptd.selector.baseline import MostAccurate
@@ -104,12 +105,25 @@ class Choice:
         return None if alts is None else [alternative_map(x) for x in alts]
 
 
+class Observation(NamedTuple):
+    """One measured execution, as :meth:`Policy.observe` takes it (ms, mJ, s)."""
+    model: ModelVersion
+    arm: Arm
+    latency_ms: float
+    energy_mj: float | None
+    energy_estimated: bool
+    now_s: float
+    compute_ms: float | None
+
+
 class Policy(Protocol):
     def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
                queues: Any, now_s: float) -> Choice: ...
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None: ...
+
+    def observe_many(self, observations: Sequence[Observation]) -> None: ...
 
     def reset(self, registry: Registry) -> None: ...
 
@@ -195,13 +209,25 @@ class SelectorPolicy:
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None:
+        self.observe_many([Observation(model, arm, latency_ms, energy_mj, energy_estimated, now_s, compute_ms)])
+
+    def observe_many(self, observations: Sequence[Observation]) -> None:
+        """Measured executions, in the order they finished: one update of the selector for all
+        (``Selector.update_many``). Arms of a generation a reload replaced are skipped."""
         if self.selector is None or not (self.online or self.baseline):
             return
-        try:
-            arm_id = self.selector.arm_id(model_key(model), arm.variant.name, arm.placement.name)
-        except KeyError:   # an arm of a generation that a reload replaced
-            return
-        self.selector.update(arm_id, latency_ms, energy_mj, energy_estimated, now_s, compute_ms=compute_ms)
+        selector, batch = self.selector, []
+        for o in observations:
+            try:
+                arm_id = selector.arm_id(model_key(o.model), o.arm.variant.name, o.arm.placement.name)
+            except KeyError:   # an arm of a generation that a reload replaced
+                continue
+            batch.append((arm_id, o.latency_ms, o.energy_mj, o.energy_estimated, o.now_s, o.compute_ms))
+        if isinstance(selector, Selector):
+            selector.update_many(batch)
+        else:
+            for x in batch:
+                selector.update(*x[:5], compute_ms=x[5])
 
     def set_accuracy(self, model: ModelVersion, variant: str, accuracy: float | None, source: str) -> None:
         """The accuracy ``min_accuracy`` is judged against for ``variant``'s arms from now on

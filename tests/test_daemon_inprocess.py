@@ -192,3 +192,30 @@ def test_control_replies_come_from_the_same_parts(daemon):
     health, reload = frontend.sent[0][1], frontend.sent[1][1]
     assert health["type"] == "ok" and health["body"]["status"] == "serving"
     assert reload["code"] == "FORBIDDEN"
+
+
+def test_one_flush_hands_the_policy_its_executions_in_one_batch(daemon, caplog):
+    """Deferred bookkeeping: the answered requests' executions reach the policy in one
+    ``observe_many`` call, in the order they finished; a policy that fails there is logged and
+    the records are still written."""
+    d, pool = daemon.d, daemon.pool
+    batches = []
+    real = d.policy.observe_many
+    d.policy.observe_many = lambda observations: (batches.append(list(observations)), real(observations))
+    for k in range(3):
+        d.path.on_request(None, message(b"peer-a", proto.request_header(f"r{k}", daemon.model, [x()]), [x()]))
+        d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    assert batches == [] and daemon.store.records == []   # nothing yet: deferred
+    d.books.flush()
+    (batch,) = batches
+    assert [o.arm.variant.name for o in batch] == [r["variant"] for r in daemon.store.records]
+    assert [o.now_s for o in batch] == sorted(o.now_s for o in batch) and len(batch) == 3
+
+    def broken(observations):
+        raise RuntimeError("policy bug")
+    d.policy.observe_many = broken
+    d.path.on_request(None, message(b"peer-a", proto.request_header("r9", daemon.model, [x()]), [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    d.books.flush()
+    assert daemon.store.records[-1]["request_id"] == "r9"
+    assert "the policy's update from 1 executions failed" in caplog.text
