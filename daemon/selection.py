@@ -87,15 +87,23 @@ class Choice:
     (None when rejected) and the ``closest`` one (when no arm is predicted to meet the request);
     ``predicted``, ``predicted_met``, ``violations`` and ``alternatives`` are its wire maps."""
 
-    __slots__ = ("arm", "closest", "decision")
+    __slots__ = ("arm", "closest", "decision", "_predicted")
 
     def __init__(self, decision: Decision, arm: Arm | None, closest: Arm | None) -> None:
         self.decision, self.arm, self.closest = decision, arm, closest
+        self._predicted: dict[str, Any] | None = None
 
     code = property(lambda self: self.decision.code)
     text = property(lambda self: self.decision.text)
     feasible = property(lambda self: self.decision.feasible)
-    predicted = property(lambda self: predicted_map(self.decision.predicted))
+
+    @property
+    def predicted(self) -> dict[str, Any]:
+        """The reply's and the record's ``predicted`` (made once: both read it; not to be changed)."""
+        if self._predicted is None:
+            self._predicted = predicted_map(self.decision.predicted)
+        return self._predicted
+
     predicted_met = property(lambda self: met_map(self.decision.met))
     violations = property(lambda self: violations_map(self.decision.violations))
 
