@@ -23,6 +23,11 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
   keeps the input where the application made it (the in-process baseline does not copy it
   either); ``shm, copy in`` copies the input into the region before every request.
 
+The daemon rows give its CPU time per request (all its threads and processes) twice: as
+measured, and outside the execution, less the CPU time each execution measured around the
+interpreter's run (``stats``: ``runtime.executions_cpu_ms``), which is the issue's measure of
+what the daemon itself costs.
+
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
 in-process measured in the same run. Usage::
 
@@ -210,12 +215,20 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _executions_cpu_s(daemon) -> float:
+    """The CPU time of every execution the daemon answered so far (``stats``: ``runtime.executions_cpu_ms``)."""
+    reply, _ = daemon.request({"type": "stats", "id": uuid.uuid4().hex})
+    return reply["body"]["runtime"]["executions_cpu_ms"] / 1e3
+
+
 def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None, cores=(),
                     cpu_of=None):
-    """Round trips from ``clients`` processes; with ``cpu_of`` (a pid), also that process's CPU
+    """Round trips from ``clients`` processes; with ``cpu_of`` (a DaemonProcess), also its CPU
     time per request (``cpu_us``: warm-up requests included, so sends and receives of every
-    request count)."""
-    cpu0 = _cpu_s(cpu_of) if cpu_of else None
+    request count) and that time less the executions' own (``cpu_outside_us``: the interpreter's
+    run, as each execution measured it)."""
+    cpu0 = _cpu_s(cpu_of.proc.pid) if cpu_of else None
+    exec0 = _executions_cpu_s(cpu_of) if cpu_of else None
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
@@ -231,7 +244,10 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     out = {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
            "throughput_rps": len(rtts) / wall}
     if cpu_of:
-        out["cpu_us"] = (_cpu_s(cpu_of) - cpu0) * 1e6 / ((n // clients + warmup) * clients)
+        served = (n // clients + warmup) * clients
+        cpu_s = _cpu_s(cpu_of.proc.pid) - cpu0
+        out["cpu_us"] = cpu_s * 1e6 / served
+        out["cpu_outside_us"] = (cpu_s - (_executions_cpu_s(cpu_of) - exec0)) * 1e6 / served
     return out
 
 
@@ -361,13 +377,13 @@ def main() -> int:
                         for clients in (1, 2, 4):
                             rows.setdefault(f"daemon {transport}, {clients} client(s)", []).append(
                                 measure_clients(ep, model, "float32", placement.name, shape, n, clients,
-                                                cores=client_cores, cpu_of=daemon.proc.pid))
+                                                cores=client_cores, cpu_of=daemon))
                         if transport == "ipc":
                             for label, mode, clients in (("shm", "shm", 1), ("shm", "shm", 2),
                                                          ("shm, copy in", "copy", 1)):
                                 rows.setdefault(f"daemon ipc+{label}, {clients} client(s)", []).append(
                                     measure_clients(ep, model, "float32", placement.name, shape, n, clients,
-                                                    shm=mode, cores=client_cores, cpu_of=daemon.proc.pid))
+                                                    shm=mode, cores=client_cores, cpu_of=daemon))
             finally:
                 daemon.stop()
                 echo.kill()
@@ -379,14 +395,15 @@ def main() -> int:
         echo_p50 = summary["zmq echo (ipc)"]["p50_us"]["median"]
         print(f"\n{model} (float32 on {placement.name}, {placement.threads} thread(s)), {args.rounds} rounds")
         print(f"{'path':34s} {'p50 us':>18s} {'p99 us':>18s} {'x in-proc p50':>14s} {'req/s':>9s} "
-              f"{'daemon CPU us/req':>22s}")
+              f"{'daemon CPU us/req':>22s} {'outside execution':>22s}")
         for k, s in summary.items():
             p50, p99 = s["p50_us"], s["p99_us"]
-            cpu = s.get("cpu_us")
+            cpu, outside = s.get("cpu_us"), s.get("cpu_outside_us")
             print(f"{k:34s} {p50['median']:8.0f} [{p50['min']:.0f}..{p50['max']:.0f}] "
                   f"{p99['median']:8.0f} [{p99['min']:.0f}..{p99['max']:.0f}] {p50['median'] / base:14.2f} "
                   f"{s['throughput_rps']['median']:9.0f} "
-                  + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}]" if cpu else ""))
+                  + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}] "
+                     f"{outside['median']:8.0f} [{outside['min']:.0f}..{outside['max']:.0f}]" if cpu else ""))
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")

@@ -82,6 +82,7 @@ class RequestPath:
         self.errors_by_code: dict[str, int] = {}   # the same, per error code (metrics)
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
         self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
+        self.executions_cpu_s = 0.0  # CPU of every execution answered, wherever it ran
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
@@ -287,6 +288,7 @@ class RequestPath:
                                       energy.energy_mj)
         choice = pending.choice
         self.inferences += 1
+        self.executions_cpu_s += float(h["cpu_time_s"])
         if h.get("in_process"):
             self.execution_cpu_s += float(h["cpu_time_s"])
         if pending.inline:   # this thread ran the execution too: its CPU clock includes the run

@@ -704,6 +704,7 @@ def test_every_reply_says_what_the_daemon_itself_spent_and_stats_sum_it_up(daemo
     """The daemon's own CPU per request, outside the execution, with its (always estimated)
     energy: per reply and record, and per inference in stats."""
     rid = f"runtime-{uuid.uuid4().hex}"
+    before = control(daemon, "stats")["runtime"]["executions_cpu_ms"]
     reply, _ = infer(daemon, model, rid=rid)
     runtime = reply["runtime"]
     assert runtime["cpu_ms"] > 0 and runtime["energy_mj"] > 0
@@ -712,3 +713,4 @@ def test_every_reply_says_what_the_daemon_itself_spent_and_stats_sum_it_up(daemo
     assert record["runtime_cpu_ms"] == runtime["cpu_ms"] and record["runtime_energy_mj"] == runtime["energy_mj"]
     overall = control(daemon, "stats")["runtime"]
     assert overall["inferences"] >= 1 and overall["cpu_ms_per_request"] > 0 and overall["estimated"] is True
+    assert overall["executions_cpu_ms"] > before   # the execution's own CPU, counted apart
