@@ -15,11 +15,10 @@ Contract
 * A worker that dies (detected through its pidfd, never by polling timeouts) is restarted. The
   job it was running is handed back through :meth:`WorkerPool.on_exit`, once, so the daemon
   answers it ``WORKER_FAILED`` exactly once; a job sent behind it, which never started, goes back
-  to the head of the queue, and the jobs queued for it wait for the new worker. A
-  worker that keeps dying soon after it starts is restarted after a growing pause
-  (``RESTART_BACKOFF_S``); meanwhile its placement is *down* (:meth:`WorkerPool.down_reason`),
-  takes no jobs, and the jobs queued for it are handed back too, each once. No request is
-  silently dropped, none is answered twice.
+  to the head of the queue, and the jobs queued for it wait for the new worker. A worker that
+  keeps dying soon after it starts is restarted after a growing pause (``RESTART_BACKOFF_S``);
+  meanwhile its placement is *down* (:meth:`WorkerPool.down_reason`), takes no jobs, and the jobs
+  queued for it are handed back too, each once. No request is silently dropped nor answered twice.
 * No send to a worker raises: a channel that fails (the worker died, or stopped reading for
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to
@@ -46,6 +45,7 @@ from typing import Any
 from adaptd.daemon.channel import Channel
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
+from adaptd.daemon.sched import make_idle
 
 log = logging.getLogger("adaptd.workers")
 
@@ -217,10 +217,11 @@ class WorkerPool:
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
         finally:
             child_end.close()
+        if self.worker_options.get("sched_idle"):   # its start-up too: it took the cores from the first requests
+            make_idle(proc.pid)
         worker.proc, worker.channel = proc, channel
         worker.pidfd = os.pidfd_open(proc.pid)
-        worker.ready = False
-        worker.started_at = time.time()
+        worker.ready, worker.started_at = False, time.time()
         worker.loaded.clear()
         worker.loading.clear()
         worker.pending_loads = list(worker.eager)

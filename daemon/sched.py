@@ -18,6 +18,8 @@ Contract
   real-time ``CPUSchedulingPolicy=`` of the unit: left as it is). Other failures raise OSError.
 * :func:`request_slice_all_threads` does it for every thread of this process (threads that the
   process starts later, and processes it forks or spawns, inherit the slice).
+* :func:`make_idle` puts a process just started under ``SCHED_IDLE`` (its one thread; the threads
+  and processes it starts later inherit it): it runs only on a core that nothing else wants.
 * Units: microseconds in, as in ``[server] sched_slice_us``; the kernel takes nanoseconds.
 * Linux only (the syscall numbers of x86_64, aarch64 and 32-bit arm); elsewhere
   :func:`request_slice` returns False.
@@ -99,3 +101,13 @@ def request_slice_all_threads(slice_us: int) -> bool:
         except ProcessLookupError:   # a thread that ended meanwhile
             pass
     return took
+
+
+def make_idle(pid: int) -> bool:
+    """``SCHED_IDLE`` for process ``pid``, as the daemon starts it (the shadow worker); False when
+    it has exited already (its death is read as any worker's)."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except ProcessLookupError:
+        return False
+    return True

@@ -98,3 +98,22 @@ def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool, slow_r
     assert [j.request_id for j in worker.queue] == ["a"] and not worker.sent and not worker.ready
     (done,) = pump(pool, 1)
     assert done.job.request_id == "a" and done.ok and worker.proc.pid != dead_pid
+
+
+def test_an_idle_worker_is_idle_from_its_start_not_from_its_own_call():
+    """The shadow worker (``sched_idle``) used to switch itself to SCHED_IDLE only once its
+    interpreter had started and imported numpy and LiteRT: a few hundred ms at normal priority
+    right after the daemon was ready, which delayed its first requests by 2-7 ms. It is put under
+    SCHED_IDLE as it is spawned: checked before the child could have done so itself, and held
+    once it has (its threads inherit it)."""
+    placement = Placement("shadow", "cpu", "litert", (0,), 1, None, "shadow runs")
+    p = WorkerPool([placement], queue_limit=1, worker_options={"sched_idle": True})
+    p.start()
+    try:
+        pid = p.workers["shadow"].proc.pid
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE   # straight after the spawn
+        assert p.wait_ready(DEADLINE_S) == []
+        tids = os.listdir(f"/proc/{pid}/task")
+        assert all(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in tids), tids
+    finally:
+        p.stop()
