@@ -1,0 +1,47 @@
+"""Deferred bookkeeping (adaptd.daemon.bookkeeping): a flush does the oldest work first, a sliced
+flush leaves the rest for later rounds, and the policy gets the executions in one batch once the
+backlog is done (or once a batch is full), never one by one."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from adaptd.daemon.bookkeeping import DEFER_MAX_ITEMS, Bookkeeping
+
+
+def test_a_sliced_flush_does_the_oldest_work_and_hands_the_batch_over_when_the_backlog_is_done():
+    batches: list[list] = []
+    books = Bookkeeping(deque().append, 16, 0.2, lambda observations: batches.append(list(observations)))
+    done: list[int] = []
+    for k in range(10):
+        books.defer(lambda k=k: (done.append(k), books.observe(k)))
+    books.flush(4)
+    assert done == [0, 1, 2, 3] and books.waiting and batches == []   # the rest waits; no batch yet
+    books.flush(4)
+    assert done == list(range(8)) and batches == []
+    books.flush(4)   # the backlog is done: one batch, in order
+    assert done == list(range(10)) and batches == [list(range(10))] and not books.waiting
+
+
+def test_a_full_batch_goes_to_the_policy_even_while_a_backlog_remains():
+    batches: list[list] = []
+    books = Bookkeeping(deque().append, 16, 0.2, lambda observations: batches.append(list(observations)))
+    n = DEFER_MAX_ITEMS + 8
+    for k in range(n):
+        books.defer(books.observe, k)
+    while books.waiting:
+        books.flush(4)
+    assert batches[0] == list(range(DEFER_MAX_ITEMS)) and sum(batches, []) == list(range(n))
+
+
+def test_a_failing_item_is_logged_and_the_others_still_run(caplog):
+    books = Bookkeeping(deque().append, 16, 0.2)
+    done: list[int] = []
+
+    def broken():
+        raise RuntimeError("bug in one record")
+    books.defer(done.append, 1)
+    books.defer(broken)
+    books.defer(done.append, 2)
+    books.flush()
+    assert done == [1, 2] and "bookkeeping of an answered request failed" in caplog.text
