@@ -83,6 +83,8 @@ class RequestPath:
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
         self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
         self.executions_cpu_s = 0.0  # CPU of every execution answered, wherever it ran
+        self.loads_on_demand = False    # set by the daemon: variants load on first use (not eagerly)
+        self.loads_requested: set[tuple[str, str, str]] = set()   # background loads sent (dir, variant, placement)
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
@@ -195,6 +197,8 @@ class RequestPath:
         model = admitted.model
         now = time.time()
         choice = self.d.policy.choose(model, request, admitted.candidates, self.d.pool, time.monotonic())
+        if self.loads_on_demand and choice.arm is not None and choice.feasible:
+            choice = self._prefer_loaded(model, request, admitted.candidates, choice)
         client = request.client or self.peer_tags.tag(peer)
         if choice.arm is None:
             closest = choice.closest
@@ -233,6 +237,29 @@ class RequestPath:
             message, details = busy_reply(arm.placement.name, self.d.config.placements.queue_limit)
             raise proto.ProtocolError(proto.BUSY, message, rid, details)
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
+
+    def _prefer_loaded(self, model: ModelVersion, request: proto.Request, candidates: list[Arm],
+                       choice: Any) -> Any:
+        """Variants loaded on first use (``load = "lazy"``, or "auto" over its memory budget): a
+        chosen arm not loaded yet would make this request wait for its load (tens to hundreds of
+        ms, which no estimate of the arm includes). The best loaded arm that is predicted to meet
+        the request is taken instead, and the chosen one is loaded in the background, once, for
+        the requests after it (INFaaS's rule); with none, the choice stands and pays the load."""
+        pool, directory, arm = self.d.pool, str(model.directory), choice.arm
+        if pool.is_loaded(arm.placement.name, directory, arm.variant.name):
+            return choice
+        loaded = [a for a in candidates if pool.is_loaded(a.placement.name, directory, a.variant.name)]
+        if not loaded:
+            return choice
+        alternative = self.d.policy.choose(model, request, loaded, pool, time.monotonic())
+        if alternative.arm is None or not alternative.feasible:
+            return choice
+        key = (directory, arm.variant.name, arm.placement.name)
+        if key not in self.loads_requested:
+            self.loads_requested.add(key)
+            pool.preload(arm.placement.name, directory, arm.variant.name)
+        return alternative.noting(f" (among loaded arms: {arm.variant.name} on {arm.placement.name} was "
+                                  "chosen first and is loading)")
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:

@@ -87,14 +87,18 @@ class Choice:
     (None when rejected) and the ``closest`` one (when no arm is predicted to meet the request);
     ``predicted``, ``predicted_met``, ``violations`` and ``alternatives`` are its wire maps."""
 
-    __slots__ = ("arm", "closest", "decision", "_predicted")
+    __slots__ = ("arm", "closest", "decision", "note", "_predicted")
 
-    def __init__(self, decision: Decision, arm: Arm | None, closest: Arm | None) -> None:
-        self.decision, self.arm, self.closest = decision, arm, closest
+    def __init__(self, decision: Decision, arm: Arm | None, closest: Arm | None, note: str = "") -> None:
+        self.decision, self.arm, self.closest, self.note = decision, arm, closest, note
         self._predicted: dict[str, Any] | None = None
 
     code = property(lambda self: self.decision.code)
-    text = property(lambda self: self.decision.text)
+    text = property(lambda self: self.decision.text + self.note)   # the reason, and what the daemon added
+
+    def noting(self, note: str) -> Choice:
+        """The same decision with ``note`` added to its reason's text."""
+        return Choice(self.decision, self.arm, self.closest, self.note + note)
     feasible = property(lambda self: self.decision.feasible)
 
     @property

@@ -201,7 +201,8 @@ class Daemon:
                                                                for k, v in self.policy.overhead_ms.items()))
         self.policy.reset(registry)
         self.fidelity.reset(registry)
-        if self._eager(registry):
+        self.path.loads_on_demand = not self._eager(registry)
+        if not self.path.loads_on_demand:
             self._preload(registry)
             laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)
             if laggards:
@@ -418,7 +419,9 @@ class Daemon:
         self.health.reset(registry, time.monotonic())
         keep = registry.directories() | {str(p.model.directory) for p in self.path.pending.values()}
         self.pool.unload_except(keep)
-        if self._eager(registry):
+        self.path.loads_requested.clear()
+        self.path.loads_on_demand = not self._eager(registry)
+        if not self.path.loads_on_demand:
             self._preload(registry)
         log.info("reloaded the repository (generation %d): %s", registry.generation, self._models_summary())
         return None
