@@ -5,9 +5,10 @@ Contract
 * The reply's fields are all computed before it is sent; what no caller waits for is *deferred*
   (:meth:`Bookkeeping.defer`): run at the next idle moment of the main loop (no socket, channel
   or signal ready), before any control message (so statistics, explanations and health include
-  every answered request), once ``DEFER_MAX_ITEMS`` wait (a daemon that is never idle: then
-  ``FLUSH_SLICE`` items per round of the loop, between its intake and completions, so that a
-  request never waits behind a whole backlog: a flush of 32 took 1.5-2 ms), and at shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
+  every answered request), once ``DEFER_MAX_ITEMS`` items wait (a daemon that is never idle:
+  then :meth:`flush_slice` per round of the loop, between its intake and completions, so that a
+  request never waits behind a whole backlog, a flush of 32 took 1.5-2 ms, while the backlog
+  stays at about ``DEFER_MAX_ITEMS``), and at shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
   moment, so the bookkeeping leaves the round trip. The policy's update is one call per flush
   (:meth:`observe` collects the flush's executions, ``observe_many`` gets them at its end), so
   under load, when a flush holds many, each arm's estimates are computed once per batch.
@@ -35,8 +36,8 @@ from adaptd.wire import records
 
 log = logging.getLogger("adaptd.bookkeeping")
 
-DEFER_MAX_ITEMS = 32  # answered requests whose bookkeeping may wait for an idle moment
-FLUSH_SLICE = 4       # of them done per round of a loop that is never idle
+DEFER_MAX_ITEMS = 32  # deferred items (an answered request defers one or two) that may wait for an idle moment
+FLUSH_SLICE = 4       # items done per round of a loop that is never idle, beyond those over DEFER_MAX_ITEMS
 
 
 class Bookkeeping:
@@ -57,6 +58,11 @@ class Bookkeeping:
         return bool(self._deferred)
 
     @property
+    def backlog(self) -> int:
+        """Deferred items waiting."""
+        return len(self._deferred)
+
+    @property
     def full(self) -> bool:
         return len(self._deferred) >= DEFER_MAX_ITEMS
 
@@ -67,6 +73,11 @@ class Bookkeeping:
         """One measured execution for the policy (deferred work calls this): handed over with the
         rest of the batch at the end of the flush."""
         self._observations.append(observation)
+
+    def flush_slice(self) -> None:
+        """A never-idle loop's round: ``FLUSH_SLICE`` items, and every item over
+        ``DEFER_MAX_ITEMS`` (a round may defer more than a slice: the backlog stays bounded)."""
+        self.flush(max(FLUSH_SLICE, len(self._deferred) - DEFER_MAX_ITEMS + FLUSH_SLICE))
 
     def flush(self, limit: int | None = None) -> None:
         """Do the deferred work: all of it, or the oldest ``limit`` items (a daemon that is never

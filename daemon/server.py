@@ -55,7 +55,7 @@ from adaptd.daemon import startup
 from adaptd.daemon.admission import Admission
 from adaptd.daemon.arms import ArmHealth
 from adaptd.daemon.auth import Authenticator
-from adaptd.daemon.bookkeeping import FLUSH_SLICE, Bookkeeping
+from adaptd.daemon.bookkeeping import Bookkeeping
 from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
 from adaptd.daemon.fidelity import LiveFidelity
@@ -337,7 +337,7 @@ class Daemon:
             if not events:   # an idle moment
                 books.flush()
             elif books.full:   # a daemon that is never idle: a slice per round
-                books.flush(FLUSH_SLICE)
+                books.flush_slice()
             for item, _ in events:
                 if item in frontends:
                     self.path.drain(item)

@@ -45,3 +45,19 @@ def test_a_failing_item_is_logged_and_the_others_still_run(caplog):
     books.defer(done.append, 2)
     books.flush()
     assert done == [1, 2] and "bookkeeping of an answered request failed" in caplog.text
+
+
+def test_a_never_idle_loop_keeps_the_backlog_bounded_even_when_a_round_defers_more_than_a_slice():
+    """A round of the loop may answer 16 requests and defer two items for each; a slice per round
+    must still keep the backlog at about DEFER_MAX_ITEMS, not let it grow without bound."""
+    books = Bookkeeping(deque().append, 16, 0.2, lambda observations: None)
+    done: list[int] = []
+    k = 0
+    for _ in range(200):          # rounds, none of them idle
+        for _ in range(32):
+            books.defer(done.append, k)
+            k += 1
+        if books.full:
+            books.flush_slice()
+        assert books.backlog <= DEFER_MAX_ITEMS
+    assert done == list(range(len(done))) and len(done) >= k - DEFER_MAX_ITEMS
