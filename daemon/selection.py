@@ -236,7 +236,9 @@ class SelectorPolicy:
                 continue
             batch.append((arm_id, o.latency_ms, o.energy_mj, o.energy_estimated, o.now_s, o.compute_ms))
         if isinstance(selector, Selector):
-            selector.update_many(batch)
+            refused = selector.update_many(batch)
+            if refused:   # e.g. a measured energy that a noisy rail's idle correction made negative
+                log.warning("the selector left out %d of %d measurements it cannot learn from", refused, len(batch))
         else:
             for x in batch:
                 selector.update(*x[:5], compute_ms=x[5])

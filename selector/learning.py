@@ -16,6 +16,7 @@ Contract
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,21 +41,30 @@ class Learning:
         estimated, when it finished (s, same origin as ``now_s``) and, when known, the execution
         alone (``compute_ms``: the rest of the latency is the caller's path, learnt per placement
         by the learner, as what the energy priors missed is)."""
-        self.update_many([(arm, latency_ms, energy_mj, energy_estimated, t_s, compute_ms)])
+        if self.update_many([(arm, latency_ms, energy_mj, energy_estimated, t_s, compute_ms)]):
+            raise ValueError(f"a measurement needs a finite latency_ms >= 0, a finite t_s and an energy_mj "
+                             f"finite and >= 0 or None; got {latency_ms!r}, {t_s!r}, {energy_mj!r}")
 
-    def update_many(self, observations: Iterable[tuple[Any, float, float | None, bool, float, float | None]]) -> None:
+    def update_many(self, observations: Iterable[tuple[Any, float, float | None, bool, float, float | None]]) -> int:
         """Feed several measured executions, in the order they finished, each as ``update``'s
         arguments. Each arm's estimates are computed once for all its samples; the learner sees
         every sample in order, and the prior shifts it asks for are applied after the arms'
-        updates (their sums: the same priors as one ``update`` at a time)."""
+        updates (their sums: the same priors as one ``update`` at a time). A sample that
+        ``update`` would refuse (a latency or time not finite, a negative latency or energy) is
+        left out, the others learnt from; returns how many were left out. An unknown arm raises
+        KeyError before anything is learnt."""
         by_arm: dict[int, list[tuple[Any, ...]]] = {}
         ordered: list[tuple[int, tuple[Any, ...]]] = []
+        refused = 0
         for x in observations:
             arm = x[0]
             a = int(arm) if isinstance(arm, (int, np.integer)) else self.arm_id(*arm)
             if not 0 <= a < self._n_arms:
                 raise KeyError(f"no arm id {a}")
             sample = x[1:]   # (latency_ms, energy_mj, estimated, t_s, compute_ms)
+            if not _valid(sample):
+                refused += 1
+                continue
             ordered.append((a, sample))
             samples = by_arm.get(a)
             if samples is None:
@@ -65,7 +75,7 @@ class Learning:
             self._online.update_batch(a, samples)
         learner = self._learner
         if learner is None:
-            return
+            return refused
         path: dict[str, float] = {}
         energy: dict[tuple[str, str], float] = {}
         for a, (latency_ms, energy_mj, _, _, compute_ms) in ordered:   # the learner's averages depend on order
@@ -81,6 +91,7 @@ class Learning:
             self.shift_placement_priors(placement, delta_ms)
         for (model, placement), delta_mj in energy.items():
             self.shift_energy_priors(model, placement, delta_mj)
+        return refused
 
     def shift_placement_priors(self, placement: str, delta_ms: float) -> None:
         """Add ``delta_ms`` to the latency prior of every arm on ``placement`` (see
@@ -101,3 +112,14 @@ class Learning:
         mask[lo:hi] = self._pidx[lo:hi] == p
         self._online.shift_energy_priors(mask, delta_mj)
 
+
+
+def _valid(sample: tuple[Any, ...]) -> bool:
+    """What ``OnlineCostModel.update_batch`` accepts: (latency_ms, energy_mj, estimated, t_s, ...)."""
+    latency_ms, energy_mj, _, t_s = sample[:4]
+    try:
+        lat, t = float(latency_ms), float(t_s)
+        e = 0.0 if energy_mj is None else float(energy_mj)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(lat) and lat >= 0.0 and math.isfinite(t) and math.isfinite(e) and e >= 0.0

@@ -191,9 +191,11 @@ class OnlineCostModel:
         """Learn from several executions of one arm, in the order they finished: each
         ``(latency_ms, energy_mj, energy_estimated, t_s)`` as :meth:`update` takes them (items
         past the fourth are ignored: the selector passes its observations as they are). The
-        state afterwards is the state after that many ``update`` calls; the published figures
-        are computed once (one sort of each window), which is what a batch saves. Raises
-        ValueError on a bad sample before changing anything."""
+        state afterwards is the state after that many ``update`` calls, with one exception: an
+        arm with fewer than ``min_window`` energy samples whose batch ends with samples without
+        energy gets its energy bound from the latency bound at the batch's end, not at its last
+        energy sample. The published figures are computed once (one sort of each window), which
+        is what a batch saves. Raises ValueError on a bad sample before changing anything."""
         a = int(arm)
         lats, times, energies = [], [], []
         isfinite = math.isfinite

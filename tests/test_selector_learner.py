@@ -129,3 +129,21 @@ def test_update_many_learns_what_one_update_at_a_time_learns():
     assert many[0].energy_miss_mj == pytest.approx(one[0].energy_miss_mj)
     for x, y in zip(one[1:], many[1:]):
         assert y == pytest.approx(x, rel=1e-9)
+
+
+def test_a_measurement_the_selector_cannot_learn_from_is_left_out_not_the_batch():
+    """One bad sample (a negative energy from a noisy rail, a NaN latency) must not cost the other
+    executions of the daemon's batch; one update alone still refuses it."""
+    def run(obs):
+        s = Selector(ARMS, ["cpu:0", "cpu:1"], SelectorConfig(), PriorLearner())
+        return s, s.update_many(obs)
+    a0 = 0
+    good = [(a0, 1.0 + 0.1 * k, 2.0, True, 0.01 * k, 0.2) for k in range(6)]
+    bad = [(a0, float("nan"), 2.0, True, 0.5, 0.2), (a0, 1.0, -0.3, False, 0.6, 0.2)]
+    clean, refused_clean = run(good)
+    mixed, refused_mixed = run(good[:3] + bad + good[3:])
+    assert (refused_clean, refused_mixed) == (0, 2)
+    assert mixed.cost_model.est_latency_ms_[a0] == pytest.approx(clean.cost_model.est_latency_ms_[a0])
+    assert mixed.cost_model.n_[a0] == 6
+    with pytest.raises(ValueError, match="finite"):
+        mixed.update(a0, float("nan"), None, True, 1.0)
