@@ -126,8 +126,9 @@ class Dispatcher:
         host = self._host[placement]
         return host.run_inline(placement, job) if host is self.threads else None
 
-    def preload(self, placement: str, version_dir: str, variant: str) -> None:
-        self._host[placement].preload(placement, version_dir, variant)
+    def preload(self, placement: str, version_dir: str, variant: str, keep: bool = True) -> None:
+        """Load a variant now; ``keep``: also after a restart of its worker (an eager load)."""
+        self._host[placement].preload(placement, version_dir, variant, keep)
 
     def preload_shadow(self, version_dir: str, variant: str) -> None:
         """Have the shadow worker load a reference now (and again after a restart), so that its

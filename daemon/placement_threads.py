@@ -269,10 +269,11 @@ class ThreadPlacements:
             w.commands.append((verb, arg))
             w.wakeup.notify()
 
-    def preload(self, placement: str, version_dir: str, variant: str) -> None:
+    def preload(self, placement: str, version_dir: str, variant: str, keep: bool = True) -> None:
+        """Load a variant now on the placement's thread (``keep``: one of its eager loads)."""
         w = self.workers[placement]
         key = (version_dir, variant)
-        if key not in w.eager:
+        if keep and key not in w.eager:
             w.eager.append(key)
         w.loading.add(key)
         self._send(w, "load", key)

@@ -89,9 +89,7 @@ class Worker:
         """The job the worker runs (or is about to start), or None."""
         return self.sent[0] if self.sent else None
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.sent)
+    busy = property(lambda self: bool(self.sent))
 
     def waiting(self) -> tuple[Job, ...]:
         """The jobs not running yet, in the order they will run: sent behind the running one,
@@ -322,12 +320,14 @@ class WorkerPool:
         self._dispatch(worker)
         return True
 
-    def preload(self, placement: str, version_dir: str, variant: str) -> None:
-        worker = self.workers[placement]
-        if (version_dir, variant) in worker.eager:
+    def preload(self, placement: str, version_dir: str, variant: str, keep: bool = True) -> None:
+        """Load a variant now (``keep``: and again after each restart), once."""
+        worker, key = self.workers[placement], (version_dir, variant)
+        if key in worker.eager or key in worker.pending_loads or key in worker.loading:
             return
-        worker.eager.append((version_dir, variant))
-        worker.pending_loads.append((version_dir, variant))
+        if keep:
+            worker.eager.append(key)
+        worker.pending_loads.append(key)
         self._send_loads(worker)
 
     def _send_loads(self, worker: Worker) -> None:

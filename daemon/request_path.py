@@ -5,7 +5,9 @@ Contract
 * :meth:`RequestPath.on_request` handles one message from a request socket: decode
   (:mod:`adaptd.wire.protocol`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
-  worker. :meth:`RequestPath.on_outcome` turns a finished job into its reply
+  worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
+  not loaded yet gives way to the best loaded arm that meets the request on a placement no
+  background load holds, and loads in the background (:meth:`RequestPath._prefer_loaded`). :meth:`RequestPath.on_outcome` turns a finished job into its reply
   (:mod:`adaptd.wire.replies`) and defers the statistics, the policy's update and the selection
   record (:mod:`adaptd.daemon.bookkeeping`) off the round trip. Deferred with them, live
   fidelity (:mod:`adaptd.daemon.fidelity`) may queue a shadow run of the model's reference on
@@ -242,13 +244,18 @@ class RequestPath:
                        choice: Any) -> Any:
         """Variants loaded on first use (``load = "lazy"``, or "auto" over its memory budget): a
         chosen arm not loaded yet would make this request wait for its load (tens to hundreds of
-        ms, which no estimate of the arm includes). The best loaded arm that is predicted to meet
-        the request is taken instead, and the chosen one is loaded in the background, once, for
-        the requests after it (INFaaS's rule); with none, the choice stands and pays the load."""
+        ms, which no estimate of the arm includes). The best loaded arm predicted to meet the
+        request on a placement that is not loading anything for this rule (a load holds its
+        placement: a job there would wait behind it) is taken instead, and the chosen arm is
+        loaded in the background, once (again after a load that failed, until the arm is set
+        aside), not kept across a worker's restart (INFaaS's rule). With no such arm, the choice
+        stands and pays the load."""
         pool, directory, arm = self.d.pool, str(model.directory), choice.arm
         if pool.is_loaded(arm.placement.name, directory, arm.variant.name):
             return choice
-        loaded = [a for a in candidates if pool.is_loaded(a.placement.name, directory, a.variant.name)]
+        loading = {arm.placement.name} | {p for (d, v, p) in self.loads_requested if not pool.is_loaded(p, d, v)}
+        loaded = [a for a in candidates if a.placement.name not in loading
+                  and pool.is_loaded(a.placement.name, directory, a.variant.name)]
         if not loaded:
             return choice
         alternative = self.d.policy.choose(model, request, loaded, pool, time.monotonic())
@@ -257,9 +264,14 @@ class RequestPath:
         key = (directory, arm.variant.name, arm.placement.name)
         if key not in self.loads_requested:
             self.loads_requested.add(key)
-            pool.preload(arm.placement.name, directory, arm.variant.name)
+            pool.preload(arm.placement.name, directory, arm.variant.name, keep=False)
         return alternative.noting(f" (among loaded arms: {arm.variant.name} on {arm.placement.name} was "
                                   "chosen first and is loading)")
+
+    def load_failed(self, placement: str, version_dir: str, variant: str) -> None:
+        """A load failed: one this rule asked for may be asked for again (the arm's health sets
+        it aside if its loads keep failing)."""
+        self.loads_requested.discard((version_dir, variant, placement))
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:

@@ -122,9 +122,12 @@ class Daemon:
         self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy,
                                      cfg.placements.inline_max_ms)
         self.path = RequestPath(self)
-        pool.on_load_failed = lambda placement, key, message: self.health.failed(
-            self.registry, (key[0], key[1], placement), message, time.monotonic())
+        pool.on_load_failed = self._load_failed
         pool.on_down = lambda placement: self.health.placement_down(self.registry, placement)
+
+    def _load_failed(self, placement: str, key: tuple[str, str], message: str) -> None:
+        self.path.load_failed(placement, *key)
+        self.health.failed(self.registry, (key[0], key[1], placement), message, time.monotonic())
 
     def _set_accuracy(self, model: Any, variant: str, accuracy: float | None, source: str) -> None:
         """Live fidelity's figure for a variant's arms (the policy judges min_accuracy on it)."""
