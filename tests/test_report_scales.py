@@ -162,3 +162,13 @@ def test_too_short_notes():
 def test_clock_ticks_across_a_change_of_the_clocks(zone, t0, span):
     with timezone(zone):
         check_axis(time_axis(t0, t0 + span), t0, t0 + span)
+
+
+def test_an_hour_the_clocks_go_back_over_gets_its_ticks_twice():
+    """New York, 2025-11-02: 01:00 to 02:00 happens first in EDT, then in EST; a 15-minute axis
+    over it has a tick every 15 minutes of real time, none missing."""
+    with timezone("America/New_York"):
+        t0 = 1762059600.0   # 2025-11-02 01:00 EDT (05:00 UTC)
+        ax = time_axis(t0, t0 + 2 * 3600)
+        gaps = np.diff(np.array(ax.ticks))
+        assert len(ax.ticks) >= 5 and np.allclose(gaps, gaps[0]), ax.labels

@@ -145,13 +145,13 @@ def _clock_ticks(lo_ts: float, hi_ts: float, step: float) -> list[float]:
         k = math.ceil((start - midnight).total_seconds() / step - 1e-9)
         while True:
             tick = midnight + _dt.timedelta(seconds=k * step)
-            if tick.timestamp() > hi_ts + 1e-6:
-                return out
+            if tick.timestamp() > hi_ts + 1e-6:   # the earlier of a repeated time's two instants
+                return sorted(set(out))
             # Around a change of the clocks a wall-clock time may not exist (skipped) or occur
             # twice (both kept): only the instants that read as the tick are ticks.
             for fold in (0, 1):
                 ts = tick.replace(fold=fold).timestamp()
-                if lo_ts - 1e-6 <= ts <= hi_ts + 1e-6 and _local(ts) == tick and (not out or ts > out[-1] + 1e-6):
+                if lo_ts - 1e-6 <= ts <= hi_ts + 1e-6 and _local(ts) == tick:
                     out.append(ts)
             k += 1
     day = midnight if midnight.timestamp() >= lo_ts - 1e-6 else midnight + _dt.timedelta(days=1)
