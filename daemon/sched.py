@@ -105,9 +105,10 @@ def request_slice_all_threads(slice_us: int) -> bool:
 
 def make_idle(pid: int) -> bool:
     """``SCHED_IDLE`` for process ``pid``, as the daemon starts it (the shadow worker); False when
-    it has exited already (its death is read as any worker's)."""
+    it could not be set (it has exited already: its death is read as any worker's; or the system
+    refused: the process sets the policy itself once started, as before)."""
     try:
         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except ProcessLookupError:
+    except OSError:
         return False
     return True
