@@ -5,7 +5,8 @@ Public API (what the daemon calls):
 
 - :class:`Selector` (:mod:`.policy`) — ``Selector.from_manifests(manifests, placements, predictor,
   config, learner)``, ``choose(request, now_s, queues, candidates=...)``, ``explain(...)``,
-  ``update(arm_id, latency_ms, energy_mj, energy_estimated, t_s, compute_ms)``, ``stats()``,
+  ``update(arm_id, latency_ms, energy_mj, energy_estimated, t_s, compute_ms)`` and
+  ``update_many`` (a batch of such tuples, :mod:`.learning`), ``stats()``,
   ``arm_id(...)``; :class:`MostAccurate` (:mod:`.baseline`), the baseline, with the same
   ``choose``/``update``.
 - :class:`Request` and :class:`Constraints` (validated once, here: :mod:`.request`),

@@ -12,6 +12,8 @@ Contract
   one ``update`` per sample, except that a prior shift the learner asks for mid-batch is applied
   after the batch's updates: an arm measured for its first time later in the same batch blends
   the prior as it was before that shift (the blend's share is gone after ``full_trust_n`` samples).
+  A sample ``update`` would refuse is left out of a batch (``update_many`` returns how many), so
+  one bad measurement costs only itself.
 """
 
 from __future__ import annotations
