@@ -88,3 +88,18 @@ def test_admission_follows_the_same_rule() -> None:
     assert accepts(plain, ["float32", "float32"])
     assert accepted_dtypes([plain]) == ["float32"]
     assert accepted_dtypes([framed, plain]) == ["float32", "int8", "uint8"]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_the_fast_quantizing_path_matches_quantize_to_the_bit(dtype) -> None:
+    """A float32 input for an integer input takes a shortcut of quantize()'s steps: the same
+    values, half-way cases (round half to even) and saturation included."""
+    q = Quantization(0.0125, -3 if dtype == np.int8 else 120)
+    spec = TensorSpec("x", np.dtype(dtype).name, SHAPE, quantization=q)
+    prepare = InputPreparer(spec, 0)
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1.5, (5, *SHAPE[1:])).astype(np.float32)
+    x.flat[:8] = np.float32(q.scale) * np.array([0.5, 1.5, -0.5, -2.5, 2.5, 1e6, -1e6, 0.0], np.float32)
+    got = prepare(x)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, quantize(x, q, np.dtype(dtype)))
