@@ -225,23 +225,28 @@ class SelectorPolicy:
 
     def observe_many(self, observations: Sequence[Observation]) -> None:
         """Measured executions, in the order they finished: one update of the selector for all
-        (``Selector.update_many``). Arms of a generation a reload replaced are skipped."""
+        (``Selector.update_many``; ``update`` for one). Arms of a generation a reload replaced
+        are skipped; a measurement the selector cannot learn from is left out and logged."""
         if self.selector is None or not (self.online or self.baseline):
             return
-        selector, batch = self.selector, []
+        selector, refused, batch = self.selector, 0, []
         for o in observations:
             try:
                 arm_id = selector.arm_id(model_key(o.model), o.arm.variant.name, o.arm.placement.name)
             except KeyError:   # an arm of a generation that a reload replaced
                 continue
             batch.append((arm_id, o.latency_ms, o.energy_mj, o.energy_estimated, o.now_s, o.compute_ms))
-        if isinstance(selector, Selector):
+        if isinstance(selector, Selector) and len(batch) > 1:
             refused = selector.update_many(batch)
-            if refused:   # e.g. a measured energy that a noisy rail's idle correction made negative
-                log.warning("the selector left out %d of %d measurements it cannot learn from", refused, len(batch))
-        else:
-            for x in batch:
-                selector.update(*x[:5], compute_ms=x[5])
+        else:   # one (a lone client's flush): the single update costs less
+            for a, latency_ms, energy_mj, estimated, now_s, compute_ms in batch:
+                try:
+                    selector.update(a, latency_ms, energy_mj, estimated, now_s, compute_ms=compute_ms)
+                except ValueError:
+                    refused += 1
+        if refused:   # e.g. a measured energy that a noisy rail's idle correction made negative
+            log.warning("the selector left out %d of %d measurements it cannot learn from", refused,
+                        len(observations))
 
     def set_accuracy(self, model: ModelVersion, variant: str, accuracy: float | None, source: str) -> None:
         """The accuracy ``min_accuracy`` is judged against for ``variant``'s arms from now on

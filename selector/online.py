@@ -6,8 +6,9 @@ Contract
 --------
 * Lifecycle: construct with hyper-parameters only; ``init_priors`` sizes the per-arm state from
   the structural predictor's estimates (prior mean and spread of latency, prior energy) and returns
-  self; then ``update`` once per measured execution, in any order of arms, with the measurement's
-  timestamp passed in (seconds, any monotonic origin; the model never reads a clock).
+  self; then ``update`` once per measured execution (or ``update_batch`` for several of one arm:
+  the same state), in any order of arms, with the measurement's timestamp passed in (seconds, any
+  monotonic origin; the model never reads a clock).
 * State is columnar: numpy arrays indexed by arm id, updated in place by ``update``. The
   arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
   ``latency_bounds_ms_``, ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``,
@@ -184,8 +185,62 @@ class OnlineCostModel:
         """Learn from one execution of ``arm``: its measured latency (ms, model load excluded),
         its energy (mJ) or None when the daemon has none, whether that energy is an estimate, and
         the time it finished (s). Raises ValueError on a negative or non-finite latency (and the
-        state is left unchanged)."""
-        self.update_batch(arm, [(latency_ms, energy_mj, energy_estimated, t_s)])
+        state is left unchanged). One sample's own code, kept beside :meth:`update_batch` (what a
+        lone client's flush feeds costs less this way, and a test holds the two to the same state)."""
+        a = int(arm)
+        lat = float(latency_ms)
+        if not (math.isfinite(lat) and lat >= 0.0):
+            raise ValueError(f"latency_ms must be finite and >= 0, got {latency_ms!r}")
+        t = float(t_s)
+        if not math.isfinite(t):
+            raise ValueError(f"t_s must be finite, got {t_s!r}")
+        e = None
+        if energy_mj is not None:
+            e = float(energy_mj)
+            if not (math.isfinite(e) and e >= 0.0):
+                raise ValueError(f"energy_mj must be finite and >= 0 or None, got {energy_mj!r}")
+
+        n = int(self.n_[a]) + 1
+        self.n_[a] = n
+        mean, var = _ewma(float(self.mean_ms_[a]), float(self.var_ms2_[a]), lat, n,
+                          self._weight(n, t - float(self.last_update_s_[a])))
+        self.mean_ms_[a] = mean
+        self.var_ms2_[a] = var
+        self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
+        bounds = self._bounds(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
+        share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
+        prior_mean = float(self.prior_latency_ms_[a])
+        if share > 0.0 and math.isfinite(prior_mean):
+            est = (1.0 - share) * mean + share * prior_mean
+            bounds = [(1.0 - share) * b + share * pb for b, pb in zip(bounds, self.prior_bounds_ms_[:, a].tolist())]
+        else:
+            est = mean
+        self.est_latency_ms_[a] = est
+        self.latency_bounds_ms_[:, a] = bounds
+        bound = bounds[self.level_]
+
+        if e is not None:
+            ne = int(self.energy_n_[a]) + 1
+            self.energy_n_[a] = ne
+            em, ev = _ewma(float(self.energy_mean_mj_[a]), float(self.energy_var_mj2_[a]), e, ne,
+                           self._weight(ne, t - float(self.last_energy_s_[a])))
+            self.energy_mean_mj_[a] = em
+            self.energy_var_mj2_[a] = ev
+            self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
+            recent = self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t)
+            if recent.shape[0] >= self.min_window:
+                ebound = self._bound(em, ev, recent)
+            else:
+                ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
+            self.est_energy_mj_[a] = em
+            self.energy_bound_mj_[a] = ebound
+            self.energy_estimated_[a] = bool(energy_estimated)
+        elif self.energy_n_[a] == 0:
+            p = float(self.prior_power_w_[a])
+            shift = float(self.prior_energy_shift_mj_[a])
+            self.est_energy_mj_[a] = max(p * est + shift, 0.0) if math.isfinite(p) else float("nan")
+            self.energy_bound_mj_[a] = max(p * bound + shift, 0.0) if math.isfinite(p) else float("nan")
+            self.energy_estimated_[a] = True
 
     def update_batch(self, arm: int, samples: Sequence[tuple[Any, ...]]) -> None:
         """Learn from several executions of one arm, in the order they finished: each
@@ -295,6 +350,13 @@ class OnlineCostModel:
         fresh = idx[self.energy_n_[idx] == 0]
         self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
         self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
+
+    def _push(self, values: np.ndarray, times: np.ndarray, a: int, n: int, x: float, t: float) -> np.ndarray:
+        """Put arm ``a``'s ``n``-th sample ``x``, taken at ``t``, in its ring; return :meth:`_recent`."""
+        w = self.window
+        values[a, (n - 1) % w] = x
+        times[a, (n - 1) % w] = t
+        return self._recent(values, times, a, n, t)
 
     def _recent(self, values: np.ndarray, times: np.ndarray, a: int, n: int, t: float) -> np.ndarray:
         """Arm ``a``'s ring (its ``n`` samples so far, the n-th in slot ``(n - 1) % window``): the

@@ -120,8 +120,12 @@ def test_update_many_learns_what_one_update_at_a_time_learns():
         for k in range(60):
             arm = s.arm_id("m", "a" if k % 3 else "b", "cpu:0" if k % 4 else "cpu:1")
             obs.append((arm, 1.0 + 0.3 * (k % 7), 2.0 + 0.1 * (k % 5), True, 0.01 * k, 0.2 + 0.01 * (k % 3)))
-        for i in range(0, len(obs), batch):
-            s.update_many(obs[i:i + batch])
+        if batch == 1:   # one update at a time: update's own code, held to update_many's state
+            for o in obs:
+                s.update(*o[:5], compute_ms=o[5])
+        else:
+            for i in range(0, len(obs), batch):
+                s.update_many(obs[i:i + batch])
         cm = s.cost_model
         return learner, cm.est_latency_ms_.copy(), cm.latency_bound_ms_.copy(), cm.est_energy_mj_.copy()
     one, many = run(1), run(12)
