@@ -179,6 +179,10 @@ class Dispatcher:
         host = self._host[placement]
         return host.down_reason(placement) if host is self.processes else None
 
+    def loading(self, placement: str) -> bool:
+        """Whether a load waits or runs on the placement (a job sent there now waits behind it)."""
+        return self._host[placement].loading(placement)
+
     def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
         return self.loaded_bytes(placement, version_dir, variant) is not None
 

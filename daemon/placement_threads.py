@@ -260,6 +260,10 @@ class ThreadPlacements:
                 self._here = self._home
         return Outcome(job, header, bodies, ok, time.monotonic_ns())
 
+    def loading(self, placement: str) -> bool:
+        """Whether a load waits or runs on the placement's thread (a job sent now waits behind it)."""
+        return bool(self.workers[placement].loading)
+
     def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
         cache = self.workers[placement].cache
         return cache is not None and (version_dir, variant) in cache.loaded

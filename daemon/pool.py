@@ -270,8 +270,11 @@ class WorkerPool:
 
     # --- work ----------------------------------------------------------------------------
     def queue_length(self, placement: str) -> int:
-        w = self.workers[placement]
-        return len(w.queue) + len(w.sent)
+        return len(self.workers[placement].queue) + len(self.workers[placement].sent)
+
+    def loading(self, placement: str) -> bool:
+        """Whether a load waits or runs on the placement's worker (a job sent now waits behind it)."""
+        return bool(self.workers[placement].pending_loads or self.workers[placement].loading)
 
     def down_reason(self, placement: str) -> str | None:
         """Why ``placement`` takes no jobs now (its worker is held back by a crash loop), or None."""
@@ -300,12 +303,8 @@ class WorkerPool:
     def latest_dispatch_ns(self) -> int | None:
         """When the most recently dispatched job still in flight was handed to its worker
         (``time.monotonic_ns()``), or None when no job is in flight."""
-        latest = None
-        for w in self.workers.values():
-            job = w.sent[-1] if w.sent else None
-            if job is not None and job.dispatched_ns is not None and (latest is None or job.dispatched_ns > latest):
-                latest = job.dispatched_ns
-        return latest
+        return max((w.sent[-1].dispatched_ns for w in self.workers.values()
+                    if w.sent and w.sent[-1].dispatched_ns is not None), default=None)
 
     def submit(self, placement: str, job: Job) -> bool:
         """Queue a job; False when the placement's queue is full (answer BUSY). The caller checks
@@ -323,10 +322,11 @@ class WorkerPool:
     def preload(self, placement: str, version_dir: str, variant: str, keep: bool = True) -> None:
         """Load a variant now (``keep``: and again after each restart), once."""
         worker, key = self.workers[placement], (version_dir, variant)
-        if key in worker.eager or key in worker.pending_loads or key in worker.loading:
-            return
-        if keep:
+        known = key in worker.eager or key in worker.pending_loads or key in worker.loading
+        if keep and key not in worker.eager:   # a background load in flight may become an eager one
             worker.eager.append(key)
+        if known:
+            return
         worker.pending_loads.append(key)
         self._send_loads(worker)
 

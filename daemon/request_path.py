@@ -86,7 +86,6 @@ class RequestPath:
         self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
         self.executions_cpu_s = 0.0  # CPU of every execution answered, wherever it ran
         self.loads_on_demand = False    # set by the daemon: variants load on first use (not eagerly)
-        self.loads_requested: set[tuple[str, str, str]] = set()   # background loads sent (dir, variant, placement)
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
@@ -245,33 +244,27 @@ class RequestPath:
         """Variants loaded on first use (``load = "lazy"``, or "auto" over its memory budget): a
         chosen arm not loaded yet would make this request wait for its load (tens to hundreds of
         ms, which no estimate of the arm includes). The best loaded arm predicted to meet the
-        request on a placement that is not loading anything for this rule (a load holds its
-        placement: a job there would wait behind it) is taken instead, and the chosen arm is
-        loaded in the background, once (again after a load that failed, until the arm is set
-        aside), not kept across a worker's restart (INFaaS's rule). With no such arm, the choice
-        stands and pays the load."""
+        request on a placement with no load waiting or running (a job there would wait behind
+        it), other than the chosen arm's, is taken instead, and the chosen arm is loaded in the
+        background unless its placement is loading already (then again after that: a load lost
+        to a worker's restart, or failed, is asked for again; the arm's health sets aside one
+        whose loads keep failing); not kept across a restart (INFaaS's rule). The second decision
+        is a dry run: the first one already spent or earned the request's probe credit. With no
+        such arm, the choice stands and pays the load."""
         pool, directory, arm = self.d.pool, str(model.directory), choice.arm
         if pool.is_loaded(arm.placement.name, directory, arm.variant.name):
             return choice
-        loading = {arm.placement.name} | {p for (d, v, p) in self.loads_requested if not pool.is_loaded(p, d, v)}
-        loaded = [a for a in candidates if a.placement.name not in loading
-                  and pool.is_loaded(a.placement.name, directory, a.variant.name)]
+        loaded = [a for a in candidates if a.placement.name != arm.placement.name
+                  and pool.is_loaded(a.placement.name, directory, a.variant.name) and not pool.loading(a.placement.name)]
         if not loaded:
             return choice
-        alternative = self.d.policy.choose(model, request, loaded, pool, time.monotonic())
+        alternative = self.d.policy.choose(model, request, loaded, pool, time.monotonic(), dry_run=True)
         if alternative.arm is None or not alternative.feasible:
             return choice
-        key = (directory, arm.variant.name, arm.placement.name)
-        if key not in self.loads_requested:
-            self.loads_requested.add(key)
+        if not pool.loading(arm.placement.name):
             pool.preload(arm.placement.name, directory, arm.variant.name, keep=False)
         return alternative.noting(f" (among loaded arms: {arm.variant.name} on {arm.placement.name} was "
                                   "chosen first and is loading)")
-
-    def load_failed(self, placement: str, version_dir: str, variant: str) -> None:
-        """A load failed: one this rule asked for may be asked for again (the arm's health sets
-        it aside if its loads keep failing)."""
-        self.loads_requested.discard((version_dir, variant, placement))
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:

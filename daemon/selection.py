@@ -130,7 +130,7 @@ class Observation(NamedTuple):
 
 class Policy(Protocol):
     def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
-               queues: Any, now_s: float) -> Choice: ...
+               queues: Any, now_s: float, dry_run: bool = False) -> Choice: ...
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None: ...
@@ -203,7 +203,9 @@ class SelectorPolicy:
                  "manifests (most_accurate)" if self.baseline else self.predictor_source)
 
     def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
-               queues: Any, now_s: float) -> Choice:
+               queues: Any, now_s: float, dry_run: bool = False) -> Choice:
+        """The decision for ``request`` among ``candidates``; ``dry_run`` (an ``explain``
+        request's always): one that changes nothing, no probe and no probe credit."""
         assert self.selector is not None
         key = model_key(model)
         # Candidates covering every arm the model has here (the usual case) need no ids.
@@ -212,7 +214,7 @@ class SelectorPolicy:
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
             d = self.selector.choose(selector_request(key, request), now_s, snapshots, candidates=ids,
-                                     explain=request.explain, dry_run=request.type == "explain")
+                                     explain=request.explain, dry_run=dry_run or request.type == "explain")
         except SelectorError as exc:
             code = exc.code if exc.code in proto.ERROR_CODES else proto.BAD_REQUEST
             raise proto.ProtocolError(code, str(exc), request.id) from None

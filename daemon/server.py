@@ -126,7 +126,6 @@ class Daemon:
         pool.on_down = lambda placement: self.health.placement_down(self.registry, placement)
 
     def _load_failed(self, placement: str, key: tuple[str, str], message: str) -> None:
-        self.path.load_failed(placement, *key)
         self.health.failed(self.registry, (key[0], key[1], placement), message, time.monotonic())
 
     def _set_accuracy(self, model: Any, variant: str, accuracy: float | None, source: str) -> None:
@@ -422,7 +421,6 @@ class Daemon:
         self.health.reset(registry, time.monotonic())
         keep = registry.directories() | {str(p.model.directory) for p in self.path.pending.values()}
         self.pool.unload_except(keep)
-        self.path.loads_requested.clear()
         self.path.loads_on_demand = not self._eager(registry)
         if not self.path.loads_on_demand:
             self._preload(registry)

@@ -73,7 +73,7 @@ class Learning:
         ordered: list[tuple[int, tuple[Any, ...]]] = []
         for x in observations:
             a = x[0]
-            if type(a) is not int:
+            if not isinstance(a, int):
                 a = int(a) if isinstance(a, np.integer) else self.arm_id(*a)
             if not 0 <= a < self._n_arms:
                 raise KeyError(f"no arm id {a}")

@@ -7,7 +7,7 @@ Contract
 * Lifecycle: construct with hyper-parameters only; ``init_priors`` sizes the per-arm state from
   the structural predictor's estimates (prior mean and spread of latency, prior energy) and returns
   self; then ``update`` once per measured execution (or ``update_batch`` for several of one arm:
-  the same state), in any order of arms, with the measurement's timestamp passed in (seconds, any
+  the same state, but for the one case its docstring names), in any order of arms, with the measurement's timestamp passed in (seconds, any
   monotonic origin; the model never reads a clock).
 * State is columnar: numpy arrays indexed by arm id, updated in place by ``update``. The
   arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
@@ -207,18 +207,8 @@ class OnlineCostModel:
         self.mean_ms_[a] = mean
         self.var_ms2_[a] = var
         self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
-        bounds = self._bounds(mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
-        share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
-        prior_mean = float(self.prior_latency_ms_[a])
-        if share > 0.0 and math.isfinite(prior_mean):
-            est = (1.0 - share) * mean + share * prior_mean
-            bounds = [(1.0 - share) * b + share * pb for b, pb in zip(bounds, self.prior_bounds_ms_[:, a].tolist())]
-        else:
-            est = mean
-        self.est_latency_ms_[a] = est
-        self.latency_bounds_ms_[:, a] = bounds
-        bound = bounds[self.level_]
-
+        est, bound = self._publish_latency(a, n, mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
+        measured = None
         if e is not None:
             ne = int(self.energy_n_[a]) + 1
             self.energy_n_[a] = ne
@@ -227,20 +217,8 @@ class OnlineCostModel:
             self.energy_mean_mj_[a] = em
             self.energy_var_mj2_[a] = ev
             self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
-            recent = self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t)
-            if recent.shape[0] >= self.min_window:
-                ebound = self._bound(em, ev, recent)
-            else:
-                ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
-            self.est_energy_mj_[a] = em
-            self.energy_bound_mj_[a] = ebound
-            self.energy_estimated_[a] = bool(energy_estimated)
-        elif self.energy_n_[a] == 0:
-            p = float(self.prior_power_w_[a])
-            shift = float(self.prior_energy_shift_mj_[a])
-            self.est_energy_mj_[a] = max(p * est + shift, 0.0) if math.isfinite(p) else float("nan")
-            self.energy_bound_mj_[a] = max(p * bound + shift, 0.0) if math.isfinite(p) else float("nan")
-            self.energy_estimated_[a] = True
+            measured = (em, ev, self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t), energy_estimated)
+        self._publish_energy(a, est, bound, measured)
 
     def update_batch(self, arm: int, samples: Sequence[tuple[Any, ...]]) -> None:
         """Learn from several executions of one arm, in the order they finished: each
@@ -272,7 +250,20 @@ class OnlineCostModel:
 
         n, mean, var, t = self._fold(a, self.n_, self.mean_ms_, self.var_ms2_, self.last_update_s_,
                                            self.window_ms_, self.window_t_, lats, times)
-        bounds = self._bounds(mean, var, self._recent(self.window_ms_, self.window_t_, a, n, t))
+        est, bound = self._publish_latency(a, n, mean, var, self._recent(self.window_ms_, self.window_t_, a, n, t))
+        measured = None
+        if energies:
+            ne, em, ev, te = self._fold(a, self.energy_n_, self.energy_mean_mj_, self.energy_var_mj2_,
+                                        self.last_energy_s_, self.energy_window_mj_, self.energy_window_t_,
+                                        [x[0] for x in energies], [x[1] for x in energies])
+            measured = (em, ev, self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, te), energies[-1][2])
+        self._publish_energy(a, est, bound, measured)
+
+    def _publish_latency(self, a: int, n: int, mean: float, var: float, recent: np.ndarray) -> tuple[float, float]:
+        """Arm ``a``'s published latency estimate and bounds from its ``n`` samples' mean, variance
+        and recent window, the prior blended in while it has few; returns (estimate, bound at
+        the configured confidence)."""
+        bounds = self._bounds(mean, var, recent)
         share = self.prior_weight / (self.prior_weight + n) if n < self.full_trust_n else 0.0
         prior_mean = float(self.prior_latency_ms_[a])
         if share > 0.0 and math.isfinite(prior_mean):
@@ -282,20 +273,22 @@ class OnlineCostModel:
             est = mean
         self.est_latency_ms_[a] = est
         self.latency_bounds_ms_[:, a] = bounds
-        bound = bounds[self.level_]
+        return est, bounds[self.level_]
 
-        if energies:
-            ne, em, ev, te = self._fold(a, self.energy_n_, self.energy_mean_mj_, self.energy_var_mj2_,
-                                           self.last_energy_s_, self.energy_window_mj_, self.energy_window_t_,
-                                           [x[0] for x in energies], [x[1] for x in energies])
-            recent = self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, te)
+    def _publish_energy(self, a: int, est: float, bound: float,
+                        measured: tuple[float, float, np.ndarray, bool] | None) -> None:
+        """Arm ``a``'s published energy: from its measured (mean, variance, recent window, whether
+        estimated) when this update brought energy, else, while it has none, its prior power x
+        the latency estimate and bound (``est``, ``bound``)."""
+        if measured is not None:
+            em, ev, recent, estimated = measured
             if recent.shape[0] >= self.min_window:
                 ebound = self._bound(em, ev, recent)
             else:
                 ebound = em * (bound / est if est > 0.0 and bound > est else 1.0)
             self.est_energy_mj_[a] = em
             self.energy_bound_mj_[a] = ebound
-            self.energy_estimated_[a] = bool(energies[-1][2])
+            self.energy_estimated_[a] = bool(estimated)
         elif self.energy_n_[a] == 0:
             p = float(self.prior_power_w_[a])
             shift = float(self.prior_energy_shift_mj_[a])

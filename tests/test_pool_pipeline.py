@@ -117,3 +117,40 @@ def test_an_idle_worker_is_idle_from_its_start_not_from_its_own_call():
         assert all(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in tids), tids
     finally:
         p.stop()
+
+
+def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_asked(pool, slow_repository):
+    """``preload(keep=False)`` (the request path's background load): the placement is loading
+    until the worker answers; a new worker (after a death) does not load it again, and the
+    placement is not left loading, so a later ask sends it again; ``keep=True`` (eager) is
+    reloaded by every new worker."""
+    worker, key = pool.workers["cpu:0"], (str(slow_repository / SLOW_MODEL / "1"), "float32")
+
+    def until(done, what: str) -> None:
+        """Read the pool's channels and pidfds, as the daemon's loop does, until ``done()``."""
+        deadline = time.monotonic() + DEADLINE_S
+        while not done():
+            assert time.monotonic() < deadline, what
+            pidfds = pool.pidfds()
+            for fd in select.select(pool.channel_fds() + pidfds, [], [], 0.1)[0]:
+                pool.on_exit(fd) if fd in pidfds else pool.on_message(fd)
+
+    def settle(want_loaded: bool) -> None:
+        until(lambda: not pool.loading("cpu:0") and (pool.loaded_bytes("cpu:0", *key) is not None) == want_loaded,
+              "the load did not settle")
+
+    def restart() -> None:
+        pid = worker.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        until(lambda: worker.proc.pid != pid and worker.ready, "no new worker")
+
+    pool.preload("cpu:0", *key, keep=False)
+    assert pool.loading("cpu:0")
+    settle(want_loaded=True)
+    restart()
+    assert not pool.loading("cpu:0") and pool.loaded_bytes("cpu:0", *key) is None   # not redone
+    pool.preload("cpu:0", *key, keep=False)   # asked again: sent again
+    settle(want_loaded=True)
+    pool.preload("cpu:0", *key, keep=True)    # now an eager load too: a new worker reloads it
+    restart()
+    settle(want_loaded=True)
