@@ -8,10 +8,11 @@ Contract
   every answered request), once ``DEFER_MAX_ITEMS`` items wait (a daemon that is never idle:
   then :meth:`flush_slice` per round of the loop, between its intake and completions, so that a
   request never waits behind a whole backlog, a flush of 32 took 1.5-2 ms, while the backlog
-  stays at about ``DEFER_MAX_ITEMS``), and at shutdown. A caller that reads its reply and sends the next request gives the daemon that idle
-  moment, so the bookkeeping leaves the round trip. The policy's update is one call per flush
-  (:meth:`observe` collects the flush's executions, ``observe_many`` gets them at its end), so
-  under load, when a flush holds many, each arm's estimates are computed once per batch.
+  stays at about ``DEFER_MAX_ITEMS``), and at shutdown. A caller that reads its reply and sends
+  the next request gives the daemon that idle moment, so the bookkeeping leaves the round trip.
+  The policy's update is one call per flush (:meth:`observe` collects the flush's executions,
+  ``observe_many`` gets them at its end), so under load, when a flush holds many, each arm's
+  estimates are computed once per batch.
   Waiting for a batch at idle moments too was measured and rejected: on a 2-vCPU VM the core
   then idled right after each reply and every request paid a colder wake-up (the round trip
   and the CPU per request grew more than the batch saved; docs/decisions.md).

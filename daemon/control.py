@@ -81,10 +81,10 @@ class Control:
         d = self.d
         served = max(d.path.inferences, 1)
         shadow_s = d.fidelity.cpu_ms_in_process / 1e3   # the runtime's, shown apart from the requests'
-        cpu_s = max(time.process_time() - d.started_cpu_s - d.path.execution_cpu_s - shadow_s, 0.0)
+        cpu_s = max(time.process_time() - d.started_cpu_s - d.path.execution_cpu_s_in_process - shadow_s, 0.0)
         energy_mj, source = d.meter.runtime_energy_mj(cpu_s / served)
         return {"inferences": d.path.inferences, "cpu_ms_per_request": cpu_s / served * 1e3,
-                "executions_cpu_ms": d.path.executions_cpu_s * 1e3,
+                "executions_cpu_ms": d.path.execution_cpu_s_all * 1e3,
                 "energy_mj_per_request": energy_mj, "source": source, "estimated": True,
                 "shadow_cpu_ms": d.fidelity.cpu_ms, "shadow_energy_mj": d.fidelity.energy_mj}
 

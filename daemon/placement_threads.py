@@ -84,9 +84,6 @@ class ThreadPlacement:
                 "worker_pid": os.getpid(), "restarts": 0, "restart_in_s": None, "last_exit": None,
                 "isolation": "thread"}
 
-    def loaded(self) -> dict[tuple[str, str], int]:
-        return dict(self.cache.memory_bytes) if self.cache is not None else {}
-
 
 SWITCH_INTERVAL_S = 0.0001   # sys.setswitchinterval while placement threads run (see start)
 
@@ -264,10 +261,6 @@ class ThreadPlacements:
         """Whether a load waits or runs on the placement's thread (a job sent now waits behind it)."""
         return bool(self.workers[placement].loading)
 
-    def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
-        cache = self.workers[placement].cache
-        return cache is not None and (version_dir, variant) in cache.loaded
-
     def _send(self, w: ThreadPlacement, verb: str, arg: Any) -> None:
         with w.wakeup:
             w.commands.append((verb, arg))
@@ -314,4 +307,5 @@ class ThreadPlacements:
         return [w.snapshot() for w in self.workers.values()]
 
     def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
-        return self.workers[placement].loaded().get((version_dir, variant))
+        cache = self.workers[placement].cache   # (a dict read: whole under the GIL, no copy)
+        return None if cache is None else cache.memory_bytes.get((version_dir, variant))

@@ -6,8 +6,9 @@ Contract
   (:mod:`adaptd.wire.protocol`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
   worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
-  not loaded yet gives way to the best loaded arm that meets the request on a placement no
-  background load holds, and loads in the background (:meth:`RequestPath._prefer_loaded`). :meth:`RequestPath.on_outcome` turns a finished job into its reply
+  not loaded yet gives way to the best loaded arm that meets the request on a placement with
+  no load under way, and loads in the background (:meth:`RequestPath._prefer_loaded`).
+  :meth:`RequestPath.on_outcome` turns a finished job into its reply
   (:mod:`adaptd.wire.replies`) and defers the statistics, the policy's update and the selection
   record (:mod:`adaptd.daemon.bookkeeping`) off the round trip. Deferred with them, live
   fidelity (:mod:`adaptd.daemon.fidelity`) may queue a shadow run of the model's reference on
@@ -83,8 +84,8 @@ class RequestPath:
         self.errors = 0             # error replies sent
         self.errors_by_code: dict[str, int] = {}   # the same, per error code (metrics)
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
-        self.execution_cpu_s = 0.0  # CPU of executions run in this process (thread placements)
-        self.executions_cpu_s = 0.0  # CPU of every execution answered, wherever it ran
+        self.execution_cpu_s_in_process = 0.0   # CPU of executions run in this process (thread placements)
+        self.execution_cpu_s_all = 0.0          # CPU of every execution answered, wherever it ran
         self.loads_on_demand = False    # set by the daemon: variants load on first use (not eagerly)
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
@@ -255,7 +256,8 @@ class RequestPath:
         if pool.is_loaded(arm.placement.name, directory, arm.variant.name):
             return choice
         loaded = [a for a in candidates if a.placement.name != arm.placement.name
-                  and pool.is_loaded(a.placement.name, directory, a.variant.name) and not pool.loading(a.placement.name)]
+                  and not pool.loading(a.placement.name)
+                  and pool.is_loaded(a.placement.name, directory, a.variant.name)]
         if not loaded:
             return choice
         alternative = self.d.policy.choose(model, request, loaded, pool, time.monotonic(), dry_run=True)
@@ -320,9 +322,9 @@ class RequestPath:
                                       energy.energy_mj)
         choice = pending.choice
         self.inferences += 1
-        self.executions_cpu_s += float(h["cpu_time_s"])
+        self.execution_cpu_s_all += float(h["cpu_time_s"])
         if h.get("in_process"):
-            self.execution_cpu_s += float(h["cpu_time_s"])
+            self.execution_cpu_s_in_process += float(h["cpu_time_s"])
         if pending.inline:   # this thread ran the execution too: its CPU clock includes the run
             cpu_ns = time.thread_time_ns() - pending.cpu_start_ns - int(float(h.get("caller_cpu_s", 0.0)) * 1e9)
         else:
