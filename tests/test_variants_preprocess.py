@@ -92,8 +92,9 @@ def test_admission_follows_the_same_rule() -> None:
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])
 def test_the_fast_quantizing_path_matches_quantize_to_the_bit(dtype) -> None:
-    """A float32 input for an integer input takes a shortcut of quantize()'s steps: the same
-    values, half-way cases (round half to even) and saturation included."""
+    """A float32 input for an integer input takes the preparer's shortcut to quantize(), whose
+    steps run in place: the values of the plain formula (round half to even, then the zero point,
+    saturating), half-way cases and saturation included."""
     q = Quantization(0.0125, -3 if dtype == np.int8 else 120)
     spec = TensorSpec("x", np.dtype(dtype).name, SHAPE, quantization=q)
     prepare = InputPreparer(spec, 0)
@@ -102,4 +103,7 @@ def test_the_fast_quantizing_path_matches_quantize_to_the_bit(dtype) -> None:
     x.flat[:8] = np.float32(q.scale) * np.array([0.5, 1.5, -0.5, -2.5, 2.5, 1e6, -1e6, 0.0], np.float32)
     got = prepare(x)
     assert got.dtype == np.dtype(dtype)
-    np.testing.assert_array_equal(got, quantize(x, q, np.dtype(dtype)))
+    info = np.iinfo(dtype)
+    plain = np.clip(np.round(x / np.float32(q.scale)) + q.zero_point, info.min, info.max).astype(dtype)
+    np.testing.assert_array_equal(got, plain)
+    np.testing.assert_array_equal(quantize(x, q, np.dtype(dtype)), plain)

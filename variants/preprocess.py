@@ -28,6 +28,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,11 +65,22 @@ def accepted_dtypes(records: Iterable[Any]) -> list[str]:
     return sorted(names)
 
 
-def quantize(x: np.ndarray, q: Quantization, dtype: np.dtype) -> np.ndarray:
-    """Float -> integer with ``q`` (round half to even, saturating)."""
+@functools.cache
+def _limits(dtype: np.dtype) -> tuple[int, int]:
+    """An integer dtype's range (``np.iinfo`` costs more than quantizing a small tensor)."""
     info = np.iinfo(dtype)
-    v = np.round(np.asarray(x, dtype=np.float32) / np.float32(q.scale)) + q.zero_point
-    return np.clip(v, info.min, info.max).astype(dtype)
+    return int(info.min), int(info.max)
+
+
+def quantize(x: np.ndarray, q: Quantization, dtype: np.dtype) -> np.ndarray:
+    """Float -> integer with ``q`` (round half to even, saturating); in place on one float32
+    temporary, the request path's cost for a quantized variant's input."""
+    lo, hi = _limits(np.dtype(dtype))
+    v = np.divide(np.asarray(x, dtype=np.float32), np.float32(q.scale))
+    np.rint(v, out=v)
+    v += np.float32(q.zero_point)
+    np.clip(v, lo, hi, out=v)
+    return v.astype(dtype)
 
 
 def dequantize(x: np.ndarray, q: Quantization | None) -> np.ndarray:
@@ -98,12 +110,7 @@ class InputPreparer:
         pre: Preprocessing | None = spec.preprocessing
         self.frame_dtype = np.dtype(pre.source_dtype) if pre is not None else None
         self._scale = self._offset = None
-        # float32 -> an integer input with parameters: quantize()'s steps, without its lookups
-        self._quant = None
-        if self.want.kind in "iu" and spec.quantization is not None:
-            info = np.iinfo(self.want)
-            self._quant = (np.float32(spec.quantization.scale), np.float32(spec.quantization.zero_point),
-                           info.min, info.max)
+        self._quantized = self.want.kind in "iu" and spec.quantization is not None   # float32 -> quantize()
         if pre is None:
             return
         scale, offset = _as_f32(pre.scale), _as_f32(pre.offset)
@@ -128,13 +135,8 @@ class InputPreparer:
         if x.shape[1:] == self._tail and x.ndim == self._ndim and x.flags.c_contiguous:
             if x.dtype == self.want:
                 return x   # the common case, what a client sends for a float variant: nothing to do
-            if x.dtype == _F32 and self._quant is not None:   # the common case for a quantized one
-                scale, zero_point, lo, hi = self._quant
-                v = np.divide(x, scale)
-                np.rint(v, out=v)
-                v += zero_point
-                np.clip(v, lo, hi, out=v)
-                return v.astype(self.want)
+            if x.dtype == _F32 and self._quantized:   # the common case for a quantized one
+                return quantize(x, self.spec.quantization, self.want)
         if self.frame_dtype is not None and x.dtype == self.frame_dtype:
             out = self._frame(x)
         elif x.dtype == self.want:
@@ -168,8 +170,7 @@ class InputPreparer:
         np.multiply(frame, self._scale, out=buf, dtype=np.float32)
         buf += self._offset
         np.rint(buf, out=buf)
-        info = np.iinfo(self.want)
-        np.clip(buf, info.min, info.max, out=buf)
+        np.clip(buf, *_limits(self.want), out=buf)
         out = np.empty(frame.shape, self.want)
         np.copyto(out, buf, casting="unsafe")
         return out
