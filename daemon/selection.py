@@ -6,7 +6,8 @@ Contract
 * :class:`Policy` is what the request path calls, from the daemon's main thread only: ``choose``
   once per request (or dry run), ``observe`` for one finished execution or ``observe_many`` for a
   batch of them (:class:`Observation`; the daemon's deferred bookkeeping passes a batch),
-  ``reset`` at start-up and after every reload. ``choose`` does no I/O; it receives the time instead of reading a clock.
+  ``reset`` at start-up and after every reload. ``choose`` does no I/O; it receives the time
+  instead of reading a clock.
 * :class:`SelectorPolicy` implements it over :mod:`adaptd.selector`. ``[selector] policy``:
   ``adaptive`` (the default), ``static`` (priors only, never updated and never probing, for
   comparison), ``most_accurate`` (the baseline, :class:`adaptd.selector.MostAccurate`);
@@ -95,11 +96,11 @@ class Choice:
 
     code = property(lambda self: self.decision.code)
     text = property(lambda self: self.decision.text + self.note)   # the reason, and what the daemon added
+    feasible = property(lambda self: self.decision.feasible)
 
     def noting(self, note: str) -> Choice:
         """The same decision with ``note`` added to its reason's text."""
         return Choice(self.decision, self.arm, self.closest, self.note + note)
-    feasible = property(lambda self: self.decision.feasible)
 
     @property
     def predicted(self) -> dict[str, Any]:

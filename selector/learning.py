@@ -18,11 +18,12 @@ Contract
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+from .online import sample_error
 
 
 class Learning:
@@ -136,11 +137,8 @@ class Learning:
 
 
 def _valid(sample: tuple[Any, ...]) -> bool:
-    """What ``OnlineCostModel.update_batch`` accepts: (latency_ms, energy_mj, estimated, t_s, ...)."""
-    latency_ms, energy_mj, _, t_s = sample[:4]
+    """Whether ``OnlineCostModel.update_batch`` accepts the sample (its own rule)."""
     try:
-        lat, t = float(latency_ms), float(t_s)
-        e = 0.0 if energy_mj is None else float(energy_mj)
-    except (TypeError, ValueError):
+        return sample_error(sample) is None
+    except (TypeError, ValueError):   # not a number at all
         return False
-    return math.isfinite(lat) and lat >= 0.0 and math.isfinite(t) and math.isfinite(e) and e >= 0.0

@@ -231,18 +231,13 @@ class OnlineCostModel:
         is what a batch saves. Raises ValueError on a bad sample before changing anything."""
         a = int(arm)
         lats, times, energies = [], [], []
-        isfinite = math.isfinite
         for x in samples:
-            lat, t, e = float(x[0]), float(x[3]), x[1]
-            if not (isfinite(lat) and lat >= 0.0):
-                raise ValueError(f"latency_ms must be finite and >= 0, got {x[0]!r}")
-            if not isfinite(t):
-                raise ValueError(f"t_s must be finite, got {x[3]!r}")
-            if e is not None:
-                e = float(e)
-                if not (isfinite(e) and e >= 0.0):
-                    raise ValueError(f"energy_mj must be finite and >= 0 or None, got {x[1]!r}")
-                energies.append((e, t, x[2]))
+            error = sample_error(x)
+            if error is not None:
+                raise ValueError(error)
+            lat, t = float(x[0]), float(x[3])
+            if x[1] is not None:
+                energies.append((float(x[1]), t, x[2]))
             lats.append(lat)
             times.append(t)
         if not lats:
@@ -414,6 +409,19 @@ class OnlineCostModel:
             "energy_estimated": bool(self.energy_estimated_[a]),
             "last_at_s": f(self.last_update_s_[a]),
         }
+
+
+def sample_error(sample: Sequence[Any]) -> str | None:
+    """Why :meth:`OnlineCostModel.update_batch` refuses a ``(latency_ms, energy_mj,
+    energy_estimated, t_s, ...)`` sample, or None (a value that is no number raises)."""
+    lat, t, e = float(sample[0]), float(sample[3]), sample[1]
+    if not (math.isfinite(lat) and lat >= 0.0):
+        return f"latency_ms must be finite and >= 0, got {sample[0]!r}"
+    if not math.isfinite(t):
+        return f"t_s must be finite, got {sample[3]!r}"
+    if e is not None and not (math.isfinite(float(e)) and float(e) >= 0.0):
+        return f"energy_mj must be finite and >= 0 or None, got {e!r}"
+    return None
 
 
 def _ewma(mean: float, var: float, x: float, n: int, w: float) -> tuple[float, float]:
