@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", type=int, default=2, help="open-loop sender processes")
     ap.add_argument("--daemon-nice", type=int, default=None, metavar="N",
                     help="run the daemon's and its workers' threads at nice N (a unit's Nice=), above its clients")
+    ap.add_argument("--rt-priority", type=int, default=0, metavar="N",
+                    help="the daemon's [server] rt_priority (its main and ZeroMQ I/O threads under SCHED_RR N; "
+                         "default 0: off, the daemon's default)")
     ap.add_argument("--probe-per-s", type=float, default=50.0,
                     help="a priority probe's requests per second during the overload (0: none): the daemon's "
                          "part of the BUSY round trip, without the senders' own lag")
@@ -86,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         with DaemonProcess.start(args.repository, Path(work), config={
                 "placements": {"tensorflow": "off", "queue_limit": args.queue_limit,
                                "isolation": args.isolation},
-                "server": {"cores": sorted(client_cores)}}) as daemon:
+                "server": {"cores": sorted(client_cores), "rt_priority": args.rt_priority}}) as daemon:
             if args.daemon_nice is not None:
                 daemon.renice(args.daemon_nice)
             if client_cores:   # after the daemon started: it finds its placements on the cores it may use
                 os.sched_setaffinity(0, client_cores)   # the senders (spawned) inherit it
+            scheduling = watch.control(daemon.endpoint, "health")["body"]["front_end_scheduling"]
             body = watch.control(daemon.endpoint, "models")["body"]
             entry = next((m for m in body["models"] if m["name"] == args.model), None) if args.model else body["models"][0]
             if entry is None:
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                                              f"({many.results_per_s / peak.results_per_s:.0%} of peak)")] if many else []),
         ("other replies", ", ".join(f"{k} {v}" for k, v in over.other_codes.items()) or "-"),
         ("daemon", f"{'running' if alive else 'DIED'} after the load; exit status {exit_code} after SIGTERM"),
+        ("front end", scheduling),
         ("isolation, pinning", f"{args.isolation}; client and daemon threads on "
                                f"{','.join(map(str, sorted(client_cores))) if client_cores else 'any core'}"),
         ("load average", f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)"),

@@ -135,6 +135,7 @@ class ServerConfig:
     spin_us: int = 0                          # poll without sleeping this long after a dispatch
     cores: tuple[int, ...] = ()               # CPU cores for the daemon's own threads; empty: any
     sched_slice_us: int = 100                 # fair-scheduler slice for daemon and workers; 0: kernel's
+    rt_priority: int = 0                      # SCHED_RR priority of the main and ZeroMQ I/O threads; 0: off
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServerConfig:
@@ -150,6 +151,9 @@ class ServerConfig:
         if out.sched_slice_us and not MIN_SLICE_US <= out.sched_slice_us <= MAX_SLICE_US:
             raise ConfigError(f"{w}.sched_slice_us: must be 0 (the kernel's default) or in "
                               f"{MIN_SLICE_US}..{MAX_SLICE_US} (us), got {out.sched_slice_us}")
+        if not 0 <= out.rt_priority <= 99:
+            raise ConfigError(f"{w}.rt_priority: must be 0 (off) or a real-time priority in 1..99, "
+                              f"got {out.rt_priority}")
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
         for key in ("max_message_bytes", "drain_timeout_s", "max_batch", "send_hwm", "shm_regions_per_client",

@@ -100,7 +100,8 @@ class Control:
                 "busy_refused_early": d.path.busy_early,
                 "replies_unread_dropped": d.frontend.replies_unread_dropped,
                 "replies_to_departed": d.frontend.replies_to_departed,
-                "authentication": "curve" if d.auth.enabled else "none"}
+                "authentication": "curve" if d.auth.enabled else "none",
+                "front_end_scheduling": d.realtime.describe() if d.realtime is not None else "fair"}
 
     def shm_register(self, request: proto.Request, peer: bytes | None) -> dict[str, Any]:
         d = self.d

@@ -42,14 +42,20 @@ SHADOW = "shadow"
 
 class Dispatcher:
     def __init__(self, placements: Iterable[Placement], queue_limit: int, *, isolation: str = "thread",
-                 reject_nonfinite: bool = True, home_cores: tuple[int, ...] = (), shadow_worker: bool = False) -> None:
+                 reject_nonfinite: bool = True, home_cores: tuple[int, ...] = (), shadow_worker: bool = False,
+                 sched_slice_us: int = 0) -> None:
         placements = list(placements)
         in_thread = [p for p in placements if p.runtime == "litert" and isolation == "thread"]
         in_process = [p for p in placements if p not in in_thread]
         self.queue_limit = queue_limit
         self.threads = ThreadPlacements(in_thread, queue_limit, reject_nonfinite=reject_nonfinite,
                                         home_cores=home_cores)
-        self.processes = WorkerPool(in_process, queue_limit, worker_options={"reject_nonfinite": reject_nonfinite})
+        # A worker asks for its scheduler slice itself: one restarted while the front end runs
+        # under SCHED_RR (reset on fork) inherits neither the policy nor the slice.
+        options: dict[str, Any] = {"reject_nonfinite": reject_nonfinite}
+        if sched_slice_us:
+            options["sched_slice_us"] = sched_slice_us
+        self.processes = WorkerPool(in_process, queue_limit, worker_options=options)
         self._host: dict[str, Any] = {p.name: self.threads for p in in_thread}
         self._host.update({p.name: self.processes for p in in_process})
         self.workers: dict[str, Any] = {**self.threads.workers, **self.processes.workers}

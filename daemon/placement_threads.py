@@ -14,7 +14,9 @@ Contract
   and the job's variant is loaded there. It moves onto the placement's cores for the run
   (``sched_setaffinity`` of the calling thread: a no-op when already there) and stays there
   (the next request most often goes the same way), or moves back to ``[server] cores`` when those
-  are set. The caller decides which jobs are short enough to run inline.
+  are set. The caller decides which jobs are short enough to run inline. With ``[server]
+  rt_priority`` (:attr:`ThreadPlacements.realtime`) the thread leaves its real-time policy for
+  the run and takes it back after.
 * Every use of a placement's interpreters and maps happens under its lock, by its thread or by
   the main thread inline: one at a time. Commands other than runs (load, unload, unmap, ping)
   go through the same queue, so they never overlap a run.
@@ -100,6 +102,7 @@ class ThreadPlacements:
         self._failed_loads: deque[tuple[str, tuple[str, str], str]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._next_job = 1
+        self.realtime: Any = None   # [server] rt_priority: a RealtimeFrontEnd, left for inline runs
         self.on_load_failed: Callable[[str, tuple[str, str], str], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -239,7 +242,10 @@ class ThreadPlacements:
         if w.queue or w.inflight is not None or w.commands or w.cache is None \
                 or (job.version_dir, job.variant) not in w.cache.loaded or not w.lock.acquire(blocking=False):
             return None
+        realtime = self.realtime
         try:
+            if realtime is not None:   # the run shares the placement's cores as a placement thread would
+                realtime.leave()
             cores = w.placement.cores
             if self._here != cores:
                 os.sched_setaffinity(0, cores)
@@ -255,6 +261,8 @@ class ThreadPlacements:
             if self._home and self._here != self._home:
                 os.sched_setaffinity(0, self._home)
                 self._here = self._home
+            if realtime is not None:
+                realtime.enter()
         return Outcome(job, header, bodies, ok, time.monotonic_ns())
 
     def loading(self, placement: str) -> bool:

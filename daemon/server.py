@@ -103,6 +103,7 @@ class Daemon:
         self.store: Any = None
         self.regions = RegionTable()
         self.metrics: Any = None   # adaptd.daemon.metrics.DaemonMetrics when [metrics] is on
+        self.realtime: Any = None  # adaptd.daemon.sched.RealtimeFrontEnd when [server] rt_priority took
 
     # --- assembly --------------------------------------------------------------------------
     def assemble(self, *, registry: Registry, placements: list[Placement], pool: Any, meter: Any, store: Any,
@@ -188,7 +189,7 @@ class Daemon:
         self.meter.start()
         self.pool = Dispatcher(placements, cfg.placements.queue_limit, isolation=cfg.placements.isolation,
                                reject_nonfinite=cfg.server.reject_nonfinite, home_cores=cfg.server.cores,
-                               shadow_worker=cfg.fidelity.enabled)
+                               shadow_worker=cfg.fidelity.enabled, sched_slice_us=cfg.server.sched_slice_us)
         self.assemble(registry=registry, placements=placements, pool=self.pool, meter=self.meter, store=self.store,
                       frontend=self.frontend, regions=regions)
         self.pool.start()
@@ -217,6 +218,9 @@ class Daemon:
         # so a collection on the request path walks only the objects of recent requests.
         gc.collect()
         gc.freeze()
+        if cfg.server.rt_priority:   # last: every thread started so far keeps the fair scheduler
+            self.realtime = startup.realtime_front_end(cfg.server.rt_priority)
+            self.pool.threads.realtime = self.realtime
         self.notifier.ready(f"serving {self._models_summary()}")
         log.info("serving %s on %s; placements %s", self._models_summary(), ", ".join(cfg.endpoints),
                  ", ".join(p.name for p in placements))

@@ -19,7 +19,7 @@ import zmq
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.frontend import ipc_path, remove_stale_socket
-from adaptd.daemon.sched import request_slice_all_threads
+from adaptd.daemon.sched import RealtimeFrontEnd, request_slice_all_threads
 from adaptd.daemon.selection import SelectorPolicy
 from adaptd.daemon.store import SelectionStore
 from adaptd.wire.board import daemon_board_id
@@ -60,6 +60,22 @@ def request_slice(slice_us: int) -> None:
     else:
         log.info("server.sched_slice_us = %d not applied: this kernel keeps no per-thread slice (Linux 6.12 "
                  "and later do), or the service runs under a real-time policy", slice_us)
+
+
+def realtime_front_end(priority: int) -> RealtimeFrontEnd | None:
+    """``[server] rt_priority``: the main thread and ZeroMQ's I/O threads under ``SCHED_RR``
+    (:class:`~adaptd.daemon.sched.RealtimeFrontEnd`); None, with one warning, where the system
+    refuses it: the daemon then serves at its usual priority."""
+    realtime = RealtimeFrontEnd(priority)
+    try:
+        threads = realtime.apply()
+    except PermissionError:
+        log.warning("server.rt_priority = %d not applied: not permitted (it needs CAP_SYS_NICE, or an RLIMIT_RTPRIO "
+                    "of at least %d: systemd's LimitRTPRIO= with RestrictRealtime=no); serving under the fair "
+                    "scheduler", priority, priority)
+        return None
+    log.info("front end under SCHED_RR %d: %s", priority, ", ".join(threads))
+    return realtime
 
 
 def default_policy(config: Config) -> Any:

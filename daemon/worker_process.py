@@ -17,6 +17,9 @@ Contract
   channel's round trip), ``stop``.
   ``spec.sched_idle`` (default false): the process runs under ``SCHED_IDLE``, only on a core
   that nothing else wants (the shadow worker of live fidelity, :mod:`adaptd.daemon.dispatch`).
+  ``spec.sched_slice_us`` (optional): the scheduler slice the process asks for itself
+  (``[server] sched_slice_us``; a worker started while the daemon's front end runs under
+  ``SCHED_RR`` with reset-on-fork inherits none).
   ``spec.reject_nonfinite`` (default true): a float input holding NaN or an infinity is
   answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees tensor bytes in
   a region, so the worker checks).
@@ -49,6 +52,7 @@ from typing import Any
 
 from adaptd.daemon.channel import Channel
 from adaptd.daemon.execution import VariantCache, rss_bytes, run_job
+from adaptd.daemon.sched import request_slice_all_threads
 from adaptd.daemon.shm import WorkerMaps
 
 
@@ -58,6 +62,11 @@ def serve(spec: dict[str, Any]) -> int:
         os.sched_setaffinity(0, cores)
     if spec.get("sched_idle"):   # before the runtime starts its threads: they inherit it
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif spec.get("sched_slice_us"):   # [server] sched_slice_us (inherited too, unless reset on fork)
+        try:
+            request_slice_all_threads(int(spec["sched_slice_us"]))   # numpy's pool is running already
+        except OSError:
+            pass   # the daemon logged at start whether this kernel keeps a slice
     runtime = spec.get("runtime", "litert")
     if runtime == "litert":
         import ai_edge_litert.interpreter  # noqa: F401  (import now, not on the first request)

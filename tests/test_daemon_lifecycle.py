@@ -508,3 +508,53 @@ def test_sched_slice_us_reaches_every_thread_of_the_daemon_and_its_workers(slow_
     with pytest.raises(RuntimeError, match="sched_slice_us"):
         DaemonProcess.start(slow_repository, tmp_path / "bad", config={"server": {"sched_slice_us": 50}},
                             ready_timeout_s=60)
+
+
+def _policies(pid: int) -> dict[str, list[int]]:
+    """Scheduling policy (reset-on-fork flag masked) of every thread of ``pid``, by thread name."""
+    out: dict[str, list[int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        name = "main" if int(tid) == pid else Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        out.setdefault(name, []).append(os.sched_getscheduler(int(tid)) & ~os.SCHED_RESET_ON_FORK)
+    return out
+
+
+def test_rt_priority_puts_the_front_end_alone_under_sched_rr_even_after_a_worker_restart(slow_repository, tmp_path):
+    """``[server] rt_priority``: the daemon's main thread and ZeroMQ's I/O thread run under
+    SCHED_RR and ``health`` says so; no other thread of the daemon, and no worker process, does,
+    a worker restarted after a crash included (it asks for the scheduler slice itself). Where the
+    system refuses the policy, the daemon says so in one log line and in ``health``, and serves."""
+    slice_us = 250
+    with DaemonProcess.start(slow_repository, tmp_path, config={
+            "server": {"rt_priority": 2, "sched_slice_us": slice_us},
+            "placements": {"tensorflow": "off", "isolation": "process"}}) as d:
+        scheduling = control(d, "health")["front_end_scheduling"]
+        sock = dealer(d)
+        placements = control(d, "placements")["placements"]
+        send_infer(sock, "rt-1", 1, placements[0]["name"])
+        assert recv(sock)["type"] == "result"
+        if scheduling == "fair":
+            assert "server.rt_priority = 2 not applied: not permitted" in d.log()
+            assert {p for ps in _policies(d.proc.pid).values() for p in ps} == {os.SCHED_OTHER}
+            sock.close()
+            pytest.skip("this process may not use SCHED_RR: the refusal was checked instead")
+        assert scheduling == "SCHED_RR 2"
+        policies = _policies(d.proc.pid)
+        assert policies.pop("main") == [os.SCHED_RR]
+        io = [name for name in policies if name.startswith("ZMQbg/IO/")]
+        assert io and all(policies.pop(name) == [os.SCHED_RR] for name in io)
+        assert os.SCHED_RR not in {p for ps in policies.values() for p in ps}, policies
+        assert os.sched_getparam(d.proc.pid).sched_priority == 2
+        victim = placements[0]
+        for p in placements:
+            assert os.SCHED_RR not in {x for xs in _policies(p["worker_pid"]).values() for x in xs}
+        os.kill(victim["worker_pid"], signal.SIGKILL)
+        state = wait_until(lambda: (s := placement_state(d, victim["name"]))["ready"]
+                           and s["worker_pid"] != victim["worker_pid"] and s, "the worker's restart")
+        restarted = _policies(state["worker_pid"])
+        assert {x for xs in restarted.values() for x in xs} == {os.SCHED_OTHER}, restarted
+        if _kernel_takes_slices():
+            assert set(_slices_ns(state["worker_pid"]).values()) == {slice_us * 1000}
+        send_infer(sock, "rt-after", 1, victim["name"])
+        assert recv(sock)["type"] == "result"
+        sock.close()

@@ -98,3 +98,180 @@ def test_a_thread_that_is_gone_is_a_process_lookup_error():
         pytest.skip("the thread id is still listed")
     with pytest.raises(ProcessLookupError):
         sched.request_slice(500, gone)
+
+
+# --- the front end under SCHED_RR ([server] rt_priority) -------------------------------------------
+# Each case runs in a child process: the policy is set on the calling thread and on every ZeroMQ
+# I/O thread of the process, which in this one would outlive the test.
+
+_FRONT_END = r"""
+import json, os, sys, threading, time
+import zmq
+from adaptd.daemon import sched
+
+def policy(tid=0):
+    return os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK
+
+ctx = zmq.Context()
+sock = ctx.socket(zmq.PAIR)   # the context's I/O thread starts with its first socket, and names itself
+deadline = time.monotonic() + 30
+while not any(open(f"/proc/self/task/{t}/comm").read().startswith("ZMQbg/IO/") for t in os.listdir("/proc/self/task")):
+    assert time.monotonic() < deadline, "no ZeroMQ I/O thread"
+    time.sleep(0.001)
+sched.request_slice(300)
+before = {"policy": policy(), "slice_us": sched.current_slice_us(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+front = sched.RealtimeFrontEnd(int(sys.argv[1]))
+try:
+    threads = front.apply()
+except PermissionError:
+    print(json.dumps({"refused": True, "main": policy(), "io": [policy(int(t)) for t in os.listdir("/proc/self/task")
+                      if open(f"/proc/self/task/{t}/comm").read().startswith("ZMQbg/IO/")],
+                      "slice_us": sched.current_slice_us(), "before": before}))
+    raise SystemExit(0)
+out = {"refused": False, "before": before, "threads": threads, "main": policy(),
+       "priority": os.sched_getparam(0).sched_priority, "io": [policy(int(t.split()[0])) for t in threads[1:]],
+       "reset_on_fork": bool(os.sched_getscheduler(0) & os.SCHED_RESET_ON_FORK)}
+child = {}
+t = threading.Thread(target=lambda: child.update(policy=policy(), nice=os.getpriority(os.PRIO_PROCESS, 0)))
+t.start(); t.join()
+out["new_thread"] = child
+front.leave()
+out["left"] = {"policy": policy(), "slice_us": sched.current_slice_us(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+front.enter()
+out["entered"] = policy()
+out["describe"] = front.describe()
+print(json.dumps(out))
+"""
+
+
+def _front_end(priority: int, prefix: tuple[str, ...] = ()) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([*prefix, sys.executable, "-c", _FRONT_END, str(priority)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_front_end_runs_under_sched_rr_and_what_it_starts_later_does_not():
+    """The calling thread and the ZeroMQ I/O thread under SCHED_RR at the priority, with
+    reset-on-fork: a thread started afterwards is back under the fair scheduler. ``leave`` (an
+    inline run) restores the fair policy with the slice it had; ``enter`` returns to SCHED_RR."""
+    out = _front_end(3)
+    if out["refused"]:
+        pytest.skip("this process may not use SCHED_RR (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    assert out["main"] == os.SCHED_RR and out["priority"] == 3 and out["reset_on_fork"]
+    assert out["io"] and set(out["io"]) == {os.SCHED_RR}, out["threads"]
+    assert out["new_thread"]["policy"] == os.SCHED_OTHER
+    assert out["left"]["policy"] == os.SCHED_OTHER
+    assert out["left"]["slice_us"] == out["before"]["slice_us"]   # its slice (or 0 before Linux 6.12) kept
+    assert out["left"]["nice"] == out["before"]["nice"]
+    assert out["entered"] == os.SCHED_RR
+    assert out["describe"] == "SCHED_RR 3"
+
+
+def test_a_front_end_the_system_refuses_is_left_as_it_was():
+    """Without CAP_SYS_NICE and with RLIMIT_RTPRIO 0 (a hardened unit's RestrictRealtime=yes is
+    the same refusal) ``apply`` raises PermissionError and no thread changed policy."""
+    import shutil
+
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root, and no setpriv to drop CAP_SYS_NICE")
+        prefix = (setpriv, "--inh-caps=-sys_nice", "--bounding-set=-sys_nice")
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_RTPRIO)[0] not in (0,):
+        pytest.skip("this process's RLIMIT_RTPRIO allows SCHED_RR")
+    out = _front_end(1, prefix)
+    assert out["refused"]
+    assert out["main"] == os.SCHED_OTHER and out["io"] and set(out["io"]) == {os.SCHED_OTHER}
+    assert out["slice_us"] == out["before"]["slice_us"]
+    # the daemon's start-up step: one warning line naming what it needs, and no policy object
+    import subprocess
+    import sys
+
+    probe = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+             "from adaptd.daemon.startup import realtime_front_end\nprint(realtime_front_end(5))")
+    done = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "server.rt_priority = 5 not applied" in warnings[0]
+    assert "LimitRTPRIO" in warnings[0] and "Traceback" not in done.stderr
+
+
+def test_a_real_time_priority_outside_1_to_99_is_refused_before_any_syscall():
+    for bad in (0, 100, -1):
+        with pytest.raises(ValueError, match="1..99"):
+            sched.RealtimeFrontEnd(bad)
+
+
+_INLINE = r"""
+import json, os, sys, threading, time
+import numpy as np
+from adaptd.daemon import sched
+from adaptd.daemon.jobs import Job
+from adaptd.daemon.placement_threads import ThreadPlacements
+from adaptd.daemon.placements import Placement
+
+version_dir, shape = sys.argv[1], tuple(json.loads(sys.argv[2]))
+core = max(os.sched_getaffinity(0))
+pool = ThreadPlacements([Placement("cpu:t", "cpu", "litert", (core,), 1, None, "one core")], 4)
+pool.start()
+assert pool.wait_ready(60) == []
+pool.preload("cpu:t", version_dir, "float32")
+assert pool.wait_loaded(60) == []
+front = sched.RealtimeFrontEnd(1)
+try:
+    front.apply()
+except PermissionError:
+    print(json.dumps({"refused": True}))
+    raise SystemExit(0)
+pool.realtime = front
+main = threading.get_native_id()
+seen, running, stop = [], threading.Event(), threading.Event()
+
+def watch():   # started after apply: under the fair scheduler (reset on fork)
+    while not stop.is_set():
+        if running.is_set():
+            seen.append(os.sched_getscheduler(main) & ~os.SCHED_RESET_ON_FORK)
+
+x = np.random.default_rng(0).random((24, *shape), dtype=np.float32)   # a run of a few hundred ms
+job = Job("inline", version_dir, "float32", [{"dtype": "float32", "shape": list(x.shape)}], [x],
+          time.monotonic_ns(), None)
+watcher = threading.Thread(target=watch)
+watcher.start()
+running.set()
+outcome = pool.run_inline("cpu:t", job)
+running.clear()
+stop.set()
+watcher.join()
+print(json.dumps({"refused": False, "ran": outcome is not None and outcome.ok, "during": sorted(set(seen)),
+                  "after": os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK}))
+pool.stop()
+"""
+
+
+def test_an_inline_run_leaves_the_real_time_policy_and_takes_it_back(slow_repository):
+    """A job the main thread runs inline on a placement's core runs under the fair scheduler, as
+    the placement's own thread would (a watcher thread reads the main thread's policy during the
+    run); the main thread is under SCHED_RR again once it returns."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import SLOW_MODEL, SLOW_SHAPE
+
+    done = subprocess.run([sys.executable, "-c", _INLINE, str(slow_repository / SLOW_MODEL / "1"),
+                           json.dumps(SLOW_SHAPE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["refused"]:
+        pytest.skip("this process may not use SCHED_RR (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    assert out["ran"]
+    assert os.SCHED_OTHER in out["during"]   # (SCHED_RR too, in the moments before and after the run)
+    assert out["after"] == os.SCHED_RR
