@@ -154,6 +154,9 @@ class ServerConfig:
         if not 0 <= out.rt_priority <= 99:
             raise ConfigError(f"{w}.rt_priority: must be 0 (off) or a real-time priority in 1..99, "
                               f"got {out.rt_priority}")
+        if out.rt_priority and out.spin_us:
+            raise ConfigError(f"{w}.spin_us and {w}.rt_priority: not both (a real-time thread's spin would keep the "
+                              "worker it waits for off a shared core: sched_yield yields only to real-time threads)")
         if not 0 <= out.spin_us <= 100_000:
             raise ConfigError(f"{w}.spin_us: must be in 0..100000 (us), got {out.spin_us}")
         for key in ("max_message_bytes", "drain_timeout_s", "max_batch", "send_hwm", "shm_regions_per_client",

@@ -242,10 +242,13 @@ class ThreadPlacements:
         if w.queue or w.inflight is not None or w.commands or w.cache is None \
                 or (job.version_dir, job.variant) not in w.cache.loaded or not w.lock.acquire(blocking=False):
             return None
+        # With a real-time front end the run shares the placement's cores as the placement's
+        # thread would: under the fair scheduler; where that is refused, the thread runs it.
         realtime = self.realtime
+        if realtime is not None and not realtime.leave():
+            w.lock.release()
+            return None
         try:
-            if realtime is not None:   # the run shares the placement's cores as a placement thread would
-                realtime.leave()
             cores = w.placement.cores
             if self._here != cores:
                 os.sched_setaffinity(0, cores)

@@ -24,9 +24,10 @@ Contract
   thread and ZeroMQ's I/O threads, under ``SCHED_RR`` at a low real-time priority, so that a
   request is read and answered as soon as it arrives instead of after the time slices of the
   programs sharing the core. With ``SCHED_RESET_ON_FORK``: threads and processes started later
-  (placement threads, worker processes and their restarts) start under the fair scheduler at nice
-  0 (the kernel's rule: a negative nice is not inherited either). ``leave``/``enter`` take the
-  calling thread off the real-time policy and back, around an inline run on a placement's cores.
+  (worker processes' restarts) start under the fair scheduler at nice 0, whatever the daemon's
+  nice (the kernel's rule for a real-time parent). ``leave``/``enter`` take the calling thread off
+  the real-time policy and back (an inline run on a placement's cores, a reload); neither raises:
+  a refusal leaves the thread under the fair scheduler and is reported by ``describe``.
   Main thread only.
 * Units: microseconds in, as in ``[server] sched_slice_us``; the kernel takes nanoseconds.
 * Linux only (the syscall numbers of x86_64, aarch64 and 32-bit arm); elsewhere
@@ -161,9 +162,10 @@ class RealtimeFrontEnd:
             for tid in before:
                 os.sched_setscheduler(tid, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(self.priority))
                 done.append(tid)
-        except OSError:
+        except OSError as exc:
             for tid in done:   # all or nothing
                 _restore(tid, before[tid])
+            self.refused = f"{exc.strerror or exc} at start"
             raise
         fair, rr = before[0], _get_attr(0)
         if fair is not None and rr is not None:
@@ -174,45 +176,62 @@ class RealtimeFrontEnd:
         self.threads = [f"{threading.get_native_id()} main", *(f"{tid} {name}" for tid, name in io)]
         return self.threads
 
-    def leave(self) -> None:
-        """The calling thread back under the fair scheduler, with the nice value and slice it had
-        before :meth:`apply` (one system call)."""
-        self._set(self._fair, os.SCHED_OTHER, 0)
+    def leave(self) -> bool:
+        """The calling thread back under the fair scheduler, with its nice value (as it is now:
+        a renice after start holds) and the slice it had before :meth:`apply`; True when it is
+        under the fair scheduler. Never raises: should the system refuse, the thread stays as it
+        is, :attr:`refused` says why and later calls do nothing (the caller then keeps the work
+        off this thread)."""
+        if self.refused:
+            return not self._realtime_now()
+        try:
+            if self._fair is not None:
+                self._fair.sched_nice = os.getpriority(os.PRIO_PROCESS, 0)   # this thread's, kept under RR
+                _syscall(self._setattr, 0, ctypes.byref(self._fair), 0)
+            else:   # keeps the nice; a reset-on-fork flag kept needs no privilege
+                os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+            return True
+        except OSError as exc:
+            self.refused = f"{exc.strerror or exc}"
+            return not self._realtime_now()
 
     def enter(self) -> None:
-        """The calling thread under ``SCHED_RR`` again (one system call). Should the system refuse
-        it (the process's RLIMIT_RTPRIO lowered meanwhile), the thread stays under the fair
-        scheduler, :attr:`refused` says why, and later calls do nothing: never an error on the
-        request path."""
-        self._set(self._rr, os.SCHED_RR, self.priority)
-
-    def _set(self, attr: _SchedAttr | None, policy: int, priority: int) -> None:
+        """The calling thread under ``SCHED_RR`` again (one system call). Never raises: should the
+        system refuse it (the process's RLIMIT_RTPRIO lowered meanwhile), the thread stays under
+        the fair scheduler, :attr:`refused` says why and later calls do nothing."""
         if self.refused:
             return
         try:
-            if attr is not None:
-                _syscall(self._setattr, 0, ctypes.byref(attr), 0)
+            if self._rr is not None:
+                _syscall(self._setattr, 0, ctypes.byref(self._rr), 0)
             else:
-                os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+                os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(self.priority))
         except OSError as exc:
             self.refused = f"{exc.strerror or exc}"
-            if policy != os.SCHED_OTHER:
-                return
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))   # always allowed
+
+    @staticmethod
+    def _realtime_now() -> bool:
+        return (os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK) in (os.SCHED_RR, os.SCHED_FIFO)
 
     def describe(self) -> str:
-        """For ``health``: "SCHED_RR <priority>", or why the main thread is back under the fair scheduler."""
-        return f"SCHED_RR {self.priority}" if not self.refused else f"fair (SCHED_RR refused: {self.refused})"
+        """For ``health``: "SCHED_RR <priority>", or why the main thread is under the fair scheduler."""
+        if not self.refused:
+            return f"SCHED_RR {self.priority}"
+        return f"{'SCHED_RR' if self._realtime_now() else 'fair'} (SCHED_RR refused: {self.refused})"
 
 
 def _restore(tid: int, attr: _SchedAttr | None) -> None:
-    """A thread's scheduling as ``attr`` (from sched_getattr) had it."""
-    if attr is None:
-        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-    else:
-        attr.size = ctypes.sizeof(attr)
-        attr.sched_flags = 0
-        _syscall(_SYSCALLS[os.uname().machine][0], tid, ctypes.byref(attr), 0)
+    """A thread's scheduling as ``attr`` (from sched_getattr) had it, but with reset-on-fork kept
+    (clearing it needs CAP_SYS_NICE); best effort."""
+    try:
+        if attr is None:
+            os.sched_setscheduler(tid, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
+        else:
+            attr.size = ctypes.sizeof(attr)
+            attr.sched_flags = SCHED_FLAG_RESET_ON_FORK
+            _syscall(_SYSCALLS[os.uname().machine][0], tid, ctypes.byref(attr), 0)
+    except OSError:
+        pass
 
 
 def _comm(tid: str) -> str:

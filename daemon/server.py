@@ -103,7 +103,7 @@ class Daemon:
         self.store: Any = None
         self.regions = RegionTable()
         self.metrics: Any = None   # adaptd.daemon.metrics.DaemonMetrics when [metrics] is on
-        self.realtime: Any = None  # adaptd.daemon.sched.RealtimeFrontEnd when [server] rt_priority took
+        self.realtime: Any = None  # adaptd.daemon.sched.RealtimeFrontEnd with [server] rt_priority
 
     # --- assembly --------------------------------------------------------------------------
     def assemble(self, *, registry: Registry, placements: list[Placement], pool: Any, meter: Any, store: Any,
@@ -220,7 +220,8 @@ class Daemon:
         gc.freeze()
         if cfg.server.rt_priority:   # last: every thread started so far keeps the fair scheduler
             self.realtime = startup.realtime_front_end(cfg.server.rt_priority)
-            self.pool.threads.realtime = self.realtime
+            if not self.realtime.refused:
+                self.pool.threads.realtime = self.realtime
         self.notifier.ready(f"serving {self._models_summary()}")
         log.info("serving %s on %s; placements %s", self._models_summary(), ", ".join(cfg.endpoints),
                  ", ".join(p.name for p in placements))
@@ -404,13 +405,25 @@ class Daemon:
         until = started + spin_ns
         return until if until > time.monotonic_ns() else None
 
+    def reload(self) -> str | None:
+        """SIGHUP or ``reload`` (:meth:`_reload`). Not front-end work (it hashes new variant files:
+        up to seconds on a board): with ``[server] rt_priority`` it runs under the fair scheduler."""
+        realtime = self.realtime if self.realtime is not None and not self.realtime.refused else None
+        if realtime is not None and not realtime.leave():
+            realtime = None
+        try:
+            return self._reload()
+        finally:
+            if realtime is not None:
+                realtime.enter()
+
     def regions_gone(self, names: list[str]) -> None:
         """Regions just unlinked: the workers that mapped them unmap them."""
         if names:
             self.pool.broadcast("shm_unmap", {"regions": names})
 
     # --- reload and shutdown -------------------------------------------------------------
-    def reload(self) -> str | None:
+    def _reload(self) -> str | None:
         """Swap in a freshly loaded repository; on failure keep the old one and return why."""
         assert self.registry is not None
         try:

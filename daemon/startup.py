@@ -62,18 +62,20 @@ def request_slice(slice_us: int) -> None:
                  "and later do), or the service runs under a real-time policy", slice_us)
 
 
-def realtime_front_end(priority: int) -> RealtimeFrontEnd | None:
+def realtime_front_end(priority: int) -> RealtimeFrontEnd:
     """``[server] rt_priority``: the main thread and ZeroMQ's I/O threads under ``SCHED_RR``
-    (:class:`~adaptd.daemon.sched.RealtimeFrontEnd`); None, with one warning, where the system
-    refuses it: the daemon then serves at its usual priority."""
+    (:class:`~adaptd.daemon.sched.RealtimeFrontEnd`). Where the system refuses it, one warning,
+    and the object says so (``refused``, shown by ``health``): the daemon serves at its usual
+    priority."""
     realtime = RealtimeFrontEnd(priority)
     try:
         threads = realtime.apply()
-    except PermissionError:
-        log.warning("server.rt_priority = %d not applied: not permitted (it needs CAP_SYS_NICE, or an RLIMIT_RTPRIO "
-                    "of at least %d: systemd's LimitRTPRIO= with RestrictRealtime=no); serving under the fair "
-                    "scheduler", priority, priority)
-        return None
+    except OSError as exc:
+        why = ("not permitted (it needs CAP_SYS_NICE, or an RLIMIT_RTPRIO of at least "
+               f"{priority}: systemd's LimitRTPRIO= with RestrictRealtime=no, and sched_setscheduler "
+               "allowed by SystemCallFilter=)") if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+        log.warning("server.rt_priority = %d not applied: %s; serving under the fair scheduler", priority, why)
+        return realtime
     log.info("front end under SCHED_RR %d: %s", priority, ", ".join(threads))
     return realtime
 

@@ -161,6 +161,7 @@ BAD = [
     ("[server]\nrt_priority = 100", "server.rt_priority"),
     ("[server]\nrt_priority = -1", "server.rt_priority"),
     ("[server]\nrt_priority = true", "server.rt_priority"),
+    ("[server]\nrt_priority = 1\nspin_us = 200", "server.spin_us and server.rt_priority"),
     ("[stats]\nwindow = 4", "stats.window"),
     ("[stats]\newma_alpha = 0", "stats.ewma_alpha"),
     ("[stats]\newma_alpha = 1.5", "stats.ewma_alpha"),

@@ -196,9 +196,10 @@ def test_a_front_end_the_system_refuses_is_left_as_it_was():
     import sys
 
     probe = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
-             "from adaptd.daemon.startup import realtime_front_end\nprint(realtime_front_end(5))")
+             "from adaptd.daemon.startup import realtime_front_end\nprint(realtime_front_end(5).describe())")
     done = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("fair (SCHED_RR refused: Operation not permitted at start)"), done.stdout
     warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1 and "server.rt_priority = 5 not applied" in warnings[0]
     assert "LimitRTPRIO" in warnings[0] and "Traceback" not in done.stderr
@@ -275,3 +276,52 @@ def test_an_inline_run_leaves_the_real_time_policy_and_takes_it_back(slow_reposi
     assert out["ran"]
     assert os.SCHED_OTHER in out["during"]   # (SCHED_RR too, in the moments before and after the run)
     assert out["after"] == os.SCHED_RR
+
+
+_LATER_REFUSAL = r"""
+import ctypes, json, os, resource, threading
+from adaptd.daemon import sched
+
+def policy():
+    return os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+
+front = sched.RealtimeFrontEnd(1)
+try:
+    front.apply()
+except PermissionError:
+    print(json.dumps({"refused_at_start": True}))
+    raise SystemExit(0)
+os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)   # an operator's renice after start
+# From here on as a service without CAP_SYS_NICE (LimitRTPRIO= instead), whose limit is now 0.
+resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+libc = ctypes.CDLL(None, use_errno=True)
+header = (ctypes.c_uint32 * 2)(0x20080522, 0)            # _LINUX_CAPABILITY_VERSION_3, this thread
+data = (ctypes.c_uint32 * 6)()                           # {effective, permitted, inheritable} x 2
+assert libc.capget(header, data) == 0
+data[0] &= ~(1 << 23)                                    # CAP_SYS_NICE
+assert libc.capset(header, data) == 0, ctypes.get_errno()
+left = front.leave()
+after_leave = {"left": left, "policy": policy(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+front.enter()
+after_enter = {"policy": policy(), "describe": front.describe(), "refused": front.refused}
+print(json.dumps({"refused_at_start": False, "leave": after_leave, "enter": after_enter, "leave_again": front.leave()}))
+"""
+
+
+def test_a_renice_after_start_holds_and_a_later_refusal_leaves_the_thread_fair():
+    """``leave`` keeps the thread's nice as it is now (an operator's renice after start), with no
+    privilege needed; an ``enter`` the system refuses (CAP_SYS_NICE dropped, RLIMIT_RTPRIO 0)
+    raises nothing, leaves the thread under the fair scheduler and says why in ``describe``."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LATER_REFUSAL], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    if out["refused_at_start"]:
+        pytest.skip("this process may not use SCHED_RR (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
+    assert out["leave"] == {"left": True, "policy": os.SCHED_OTHER, "nice": 5}
+    assert out["enter"]["policy"] == os.SCHED_OTHER
+    assert out["enter"]["refused"] and out["enter"]["describe"].startswith("fair (SCHED_RR refused:")
+    assert out["leave_again"] is True

@@ -188,3 +188,45 @@ def test_watchdog_interval_is_half_the_timeout_and_only_for_our_pid():
     assert Notifier({"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}).watchdog_interval_s() is None
     assert Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval_s() is None
     assert Notifier({"WATCHDOG_USEC": "soon"}).watchdog_interval_s() is None
+
+
+def _syscall_set(entry: str) -> set[str]:
+    """The system calls one SystemCallFilter= item names (a @group expanded by systemd-analyze)."""
+    if not entry.startswith("@"):
+        return {entry}
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", entry], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"systemd-analyze syscall-filter {entry}: {out.stderr.strip()[:200]}")
+    names = set()
+    for line in out.stdout.splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("@"):
+            names |= _syscall_set(line)
+        elif line and not line.startswith("#"):
+            names.add(line)
+    return names
+
+
+@needs_analyze
+def test_the_units_system_call_filter_allows_what_the_daemon_calls():
+    """The unit's SystemCallFilter= lines, applied in order as systemd does (the first an
+    allow-list: later plain lines add to it, ``~`` lines take away), allow the scheduling calls
+    the daemon and its workers make: pinning a placement's threads, the scheduler slice (on by
+    default), SCHED_IDLE for the shadow worker and ``[server] rt_priority``. Under the denied
+    @resources group the daemon could not start its placements."""
+    allowed: set[str] | None = None
+    for value in unit_settings()["SystemCallFilter"]:
+        deny = value.startswith("~")
+        names = set().union(*(_syscall_set(e) for e in value.lstrip("~").split()))
+        if allowed is None:
+            assert not deny, "the filter is expected to start as an allow-list"
+            allowed = names
+        elif deny:
+            allowed -= names
+        else:
+            allowed |= names
+    assert allowed is not None
+    needed = {"sched_setaffinity", "sched_getaffinity", "sched_setattr", "sched_getattr", "sched_setscheduler",
+              "sched_getscheduler", "sched_getparam"}
+    assert needed <= allowed, sorted(needed - allowed)
+    assert "reboot" not in allowed and "mount" not in allowed   # the deny list still holds
