@@ -130,7 +130,7 @@ class RealtimeFrontEnd:
     """``SCHED_RR`` at ``priority`` for the daemon's main thread and ZeroMQ's I/O threads.
 
     Why: under overload a BUSY answer waited for the main thread's turn on a core shared with
-    the callers (p99 1.4-3.5 ms on a 2-vCPU machine, where 1 ms was the target); a real-time
+    the callers (p99 1.3-2.5 ms on a 2-vCPU machine, where 1 ms was the target); a real-time
     thread runs as soon as it is woken. What it costs the others is bounded by what the front
     end does (decoding, choosing, replying: tens of microseconds per request) and by the
     kernel's real-time throttling (``sched_rt_runtime_us``, 95% of each second by default).
@@ -151,14 +151,16 @@ class RealtimeFrontEnd:
 
     def apply(self) -> list[str]:
         """Set the policy on the calling thread and on every ZeroMQ I/O thread of this process;
-        returns them as "tid name". Raises PermissionError (without CAP_SYS_NICE or an
-        RLIMIT_RTPRIO of at least the priority: systemd's ``LimitRTPRIO=``, refused under
-        ``RestrictRealtime=yes``), leaving every thread as it was."""
-        tids = [(int(t), _comm(t)) for t in os.listdir("/proc/self/task")]
-        io = [(tid, name) for tid, name in tids if name.startswith(ZMQ_IO_THREAD)]
-        before = {tid: _get_attr(tid) for tid in (0, *(tid for tid, _ in io))}
+        returns them as "tid name". Raises OSError, PermissionError where the system refuses
+        (without CAP_SYS_NICE or an RLIMIT_RTPRIO of at least the priority: systemd's
+        ``LimitRTPRIO=``, refused under ``RestrictRealtime=yes``), leaving every thread as it
+        was and :attr:`refused` saying why."""
         done: list[int] = []
+        before: dict[int, _SchedAttr | None] = {}
         try:
+            tids = [(int(t), _comm(t)) for t in os.listdir("/proc/self/task")]
+            io = [(tid, name) for tid, name in tids if name.startswith(ZMQ_IO_THREAD)]
+            before = {tid: _get_attr(tid) for tid in (0, *(tid for tid, _ in io))}
             for tid in before:
                 os.sched_setscheduler(tid, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(self.priority))
                 done.append(tid)
@@ -172,6 +174,7 @@ class RealtimeFrontEnd:
             for attr in (fair, rr):
                 attr.size = ctypes.sizeof(attr)
                 attr.sched_flags = SCHED_FLAG_RESET_ON_FORK
+            fair.sched_policy, fair.sched_priority = SCHED_OTHER, 0   # even under a unit's CPUSchedulingPolicy=
             self._fair, self._rr = fair, rr
         self.threads = [f"{threading.get_native_id()} main", *(f"{tid} {name}" for tid, name in io)]
         return self.threads
@@ -192,7 +195,7 @@ class RealtimeFrontEnd:
                 os.sched_setscheduler(0, os.SCHED_OTHER | os.SCHED_RESET_ON_FORK, os.sched_param(0))
             return True
         except OSError as exc:
-            self.refused = f"{exc.strerror or exc}"
+            self.refused = f"leaving it: {exc.strerror or exc}"
             return not self._realtime_now()
 
     def enter(self) -> None:
@@ -217,7 +220,9 @@ class RealtimeFrontEnd:
         """For ``health``: "SCHED_RR <priority>", or why the main thread is under the fair scheduler."""
         if not self.refused:
             return f"SCHED_RR {self.priority}"
-        return f"{'SCHED_RR' if self._realtime_now() else 'fair'} (SCHED_RR refused: {self.refused})"
+        if self._realtime_now():
+            return f"SCHED_RR {self.priority} (the fair scheduler refused, {self.refused})"
+        return f"fair (SCHED_RR refused: {self.refused})"
 
 
 def _restore(tid: int, attr: _SchedAttr | None) -> None:

@@ -222,6 +222,10 @@ class Daemon:
             self.realtime = startup.realtime_front_end(cfg.server.rt_priority)
             if not self.realtime.refused:
                 self.pool.threads.realtime = self.realtime
+                if not cfg.server.cores and self.pool.threads.workers:
+                    log.warning("server.rt_priority without server.cores: after a job it runs inline, the front end "
+                                "stays on that placement's cores and preempts its interpreter threads while it works; "
+                                "set server.cores to the cores the clients run on")
         self.notifier.ready(f"serving {self._models_summary()}")
         log.info("serving %s on %s; placements %s", self._models_summary(), ", ".join(cfg.endpoints),
                  ", ".join(p.name for p in placements))
