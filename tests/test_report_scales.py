@@ -172,3 +172,7 @@ def test_an_hour_the_clocks_go_back_over_gets_its_ticks_twice():
         ax = time_axis(t0, t0 + 2 * 3600)
         gaps = np.diff(np.array(ax.ticks))
         assert len(ax.ticks) >= 5 and np.allclose(gaps, gaps[0]), ax.labels
+        # both passes of a repeated time are labelled with their zone, not only the second
+        repeated = [label for label in ax.labels if label.endswith(("EDT", "EST"))]
+        assert "01:00 EDT" in " ".join(repeated) and "01:00 EST" in " ".join(repeated), ax.labels
+        assert len(set(ax.labels)) == len(ax.labels)

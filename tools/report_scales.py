@@ -168,17 +168,22 @@ def _clock_axis(lo_ts: float, hi_ts: float, origin: float, max_ticks: int) -> Ti
         fmt, what = ("%b %d", "date") if hi_ts - lo_ts < 300 * DAY else ("%Y-%m-%d", "date")
     else:
         fmt, what = ("%H:%M:%S", "HH:MM:SS") if step < MINUTE else ("%H:%M", "HH:MM")
-    labels, last_date = [], None
+    labels, shown, last_date = [], [], None   # shown: each tick's (date, wall-clock text)
     every_date = hi_ts - lo_ts >= DAY   # a time of day would repeat: every tick gets its date
     for ts in ticks_ts:
         t = _local(ts)
         text = t.strftime(fmt)
+        key = (t.date(), text)
         if step < DAY and (every_date or t.date() != last_date):
             text = f"{t:%b %d}\n{text}"    # the date on the first tick and wherever it changes
-        if text in labels:   # a wall-clock time the clocks went back over: its zone tells them apart
+        if key in shown:   # a wall-clock time the clocks went back over: the zones tell the two apart
+            first = shown.index(key)
+            if not labels[first].endswith(_tz(ticks_ts[first])):
+                labels[first] = f"{labels[first]} {_tz(ticks_ts[first])}"
             text = f"{text} {_tz(ts)}"
         last_date = t.date()
         labels.append(text)
+        shown.append(key)
     label = f"local time, {_tz(origin)} ({what})"
     return TimeAxis(origin, lo_ts - origin, hi_ts - origin, tuple(ts - origin for ts in ticks_ts),
                     tuple(labels), label, clock=True)
