@@ -61,8 +61,8 @@ import zmq
 from adaptd.clients.core import (Call, ClientCore, CoreAttributes, Done, Event, Send, Stale, Unattributed,
                                  Undecodable)
 # Several names below are imported only so that they stay importable from this module, as they
-# have been: the endpoint variables, the settings and their constants, the reply classes, the
-# regions and infer_message.
+# have been (``__all__``): the endpoint variables, the settings and their constants, the reply
+# classes, the regions and infer_message.
 from adaptd.clients.endpoints import (ADMIN_ENDPOINT_ENV, ENDPOINT_ENV, PUB_ENDPOINT_ENV, default_admin_endpoint,
                                       default_endpoint, default_pub_endpoint, default_runtime_dir)
 from adaptd.clients.errors import AdaptdError
@@ -73,6 +73,16 @@ from adaptd.clients.settings import (BUSY_BACKOFF_MAX_MS, CLOSE_TIMEOUT_MS, DEFA
                                      DEFAULT_TIMEOUT_MS, ClientSettings)
 from adaptd.wire.auth import CurveKeys
 from adaptd.wire.frames import recv_frames, send_frames
+
+__all__ = [
+    "Client", "new_dealer",
+    # kept importable from here, as they have been
+    "ADMIN_ENDPOINT_ENV", "ENDPOINT_ENV", "PUB_ENDPOINT_ENV", "default_admin_endpoint", "default_endpoint",
+    "default_pub_endpoint", "default_runtime_dir", "AdaptdError", "infer_message", "Region", "ShmTensor",
+    "Energy", "Explanation", "InferResult", "Predicted", "Reason", "Selection", "Timing",
+    "BUSY_BACKOFF_MAX_MS", "CLOSE_TIMEOUT_MS", "DEFAULT_BUSY_BACKOFF_MS", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_MS",
+    "ClientSettings", "CurveKeys",
+]
 
 
 def new_dealer(context: zmq.Context, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:
