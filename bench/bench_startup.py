@@ -8,10 +8,12 @@ with LiteRT variants only (no TensorFlow placement). Measured per round:
   ``load = "eager"``, every variant load has been sent to them);
 * ``first_reply_s``: from spawning to the first answered inference request;
 * ``rss_mb``: the daemon process's RSS after every variant on every placement has run once
-  (eager load) — the workers' RSS is reported beside it, as is whether any process of the
-  daemon mapped TensorFlow.
+  (eager load) — the worker processes' RSS is reported beside it, as is whether any process of
+  the daemon mapped TensorFlow. With ``isolation = "thread"`` (the default) the interpreters
+  live in the daemon's process and the one worker process is live fidelity's shadow worker;
+  with ``--isolation process`` each placement has a worker process besides.
 
-Usage: ``.venv/bin/python bench/bench_startup.py [--rounds 5] [--repository demo-repo]``
+Usage: ``.venv/bin/python bench/bench_startup.py [--rounds 5] [--repository demo-repo] [--isolation process]``
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_round(repo: Path) -> dict:
+def one_round(repo: Path, isolation: str = "thread") -> dict:
     from adaptd.wire import protocol as proto
     from adaptd.tools.launch import DaemonProcess, to_toml
 
@@ -47,7 +49,7 @@ def one_round(repo: Path) -> dict:
         config = {"repository": str(repo.resolve()), "state_dir": str(tmp), "runtime_dir": str(runtime),
                   "server": {"endpoints": [endpoint], "pub_endpoints": [f"ipc://{runtime}/sel.sock"]},
                   "power": {"source": "estimated", "idle_window_s": 0.05},
-                  "placements": {"load": "eager"}}
+                  "placements": {"load": "eager", "isolation": isolation}}
         (tmp / "adaptd.toml").write_text(to_toml(config))
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
         t0 = time.perf_counter()
@@ -82,7 +84,8 @@ def one_round(repo: Path) -> dict:
             return {"ready_s": ready_s, "first_reply_s": first_reply_s,
                     "rss_mb": health["body"]["rss_bytes"] / 2**20,
                     "workers_rss_mb": health["body"]["workers_rss_bytes"] / 2**20,
-                    "workers": len(placements), "tensorflow_mapped": "tensorflow" in maps}
+                    "placements": len(placements), "worker_processes": len(me.children()),
+                    "tensorflow_mapped": "tensorflow" in maps}
         finally:
             daemon.stop()
             ns.close()
@@ -92,13 +95,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repository", type=Path, default=ROOT / "demo-repo")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--isolation", choices=("thread", "process"), default="thread",
+                    help="[placements] isolation (default: thread, the daemon's default)")
     args = ap.parse_args()
     if not (args.repository / "digits").exists():
         subprocess.run([sys.executable, "-m", "adaptd", "demo", "build", "--repository", str(args.repository),
                         "--no-progress"], check=True)
-    rounds = [one_round(args.repository) for _ in range(args.rounds)]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.rounds} rounds; "
-          f"{rounds[0]['workers']} workers; TensorFlow mapped: {any(r['tensorflow_mapped'] for r in rounds)}")
+    rounds = [one_round(args.repository, args.isolation) for _ in range(args.rounds)]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.rounds} rounds; isolation {args.isolation}: "
+          f"{rounds[0]['placements']} placements, {rounds[0]['worker_processes']} worker processes; "
+          f"TensorFlow mapped: {any(r['tensorflow_mapped'] for r in rounds)}")
     for key, unit in (("ready_s", "s"), ("first_reply_s", "s"), ("rss_mb", "MB"), ("workers_rss_mb", "MB")):
         vals = np.array([r[key] for r in rounds])
         print(f"{key:15s} median {np.median(vals):7.2f} {unit}  [min {vals.min():.2f}, max {vals.max():.2f}]")
