@@ -92,8 +92,7 @@ class Worker:
     busy = property(lambda self: bool(self.sent))
 
     def waiting(self) -> tuple[Job, ...]:
-        """The jobs not running yet, in the order they will run: sent behind the running one,
-        then queued."""
+        """The jobs not running yet, in the order they will run: sent behind the running one, then queued."""
         return (*islice(self.sent, 1, None), *self.queue)
 
     def n_waiting(self) -> int:
@@ -209,7 +208,8 @@ class WorkerPool:
         channel, child_end = Channel.pair(SEND_TIMEOUT_S)
         spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
                 "threads": worker.placement.threads, "runtime": worker.placement.runtime,
-                "device": worker.placement.device, "placement": worker.placement.name, **self.worker_options}
+                "device": worker.placement.device, "placement": worker.placement.name,
+                "nice": os.getpriority(os.PRIO_PROCESS, 0), **self.worker_options}   # the daemon's, as now
         try:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))

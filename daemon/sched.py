@@ -115,6 +115,19 @@ def request_slice_all_threads(slice_us: int) -> bool:
     return took
 
 
+def set_nice_all_threads(nice: int) -> bool:
+    """Every thread of this process to ``nice`` (Linux nice is per thread); True when it took for
+    all. Best effort: lowering a nice needs CAP_SYS_NICE or an RLIMIT_NICE, and a refused thread
+    keeps its own."""
+    took = True
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except OSError:   # refused, or a thread that ended meanwhile
+            took = False
+    return took
+
+
 def make_idle(pid: int) -> bool:
     """``SCHED_IDLE`` for process ``pid``, as the daemon starts it (the shadow worker); False when
     it could not be set (it has exited already: its death is read as any worker's; or the system

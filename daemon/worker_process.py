@@ -19,7 +19,10 @@ Contract
   that nothing else wants (the shadow worker of live fidelity, :mod:`adaptd.daemon.dispatch`).
   ``spec.sched_slice_us`` (optional): the scheduler slice the process asks for itself
   (``[server] sched_slice_us``; a worker started while the daemon's front end runs under
-  ``SCHED_RR`` with reset-on-fork inherits none).
+  ``SCHED_RR`` with reset-on-fork inherits none). ``spec.nice`` (optional): the daemon's nice
+  when it started the worker, which the worker takes for every thread where it started at
+  another (a real-time parent's child starts at 0); lowering it needs a privilege, so a worker
+  without one stays at the nice it got.
   ``spec.reject_nonfinite`` (default true): a float input holding NaN or an infinity is
   answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees tensor bytes in
   a region, so the worker checks).
@@ -52,7 +55,7 @@ from typing import Any
 
 from adaptd.daemon.channel import Channel
 from adaptd.daemon.execution import VariantCache, rss_bytes, run_job
-from adaptd.daemon.sched import request_slice_all_threads
+from adaptd.daemon.sched import request_slice_all_threads, set_nice_all_threads
 from adaptd.daemon.shm import WorkerMaps
 
 
@@ -67,6 +70,8 @@ def serve(spec: dict[str, Any]) -> int:
             request_slice_all_threads(int(spec["sched_slice_us"]))   # numpy's pool is running already
         except OSError:
             pass   # the daemon logged at start whether this kernel keeps a slice
+    if spec.get("nice") is not None and spec["nice"] != os.getpriority(os.PRIO_PROCESS, 0):
+        set_nice_all_threads(int(spec["nice"]))   # the daemon's (a real-time parent's child starts at 0)
     runtime = spec.get("runtime", "litert")
     if runtime == "litert":
         import ai_edge_litert.interpreter  # noqa: F401  (import now, not on the first request)

@@ -522,8 +522,9 @@ def _policies(pid: int) -> dict[str, list[int]]:
 def test_rt_priority_puts_the_front_end_alone_under_sched_rr_even_after_a_worker_restart(slow_repository, tmp_path):
     """``[server] rt_priority``: the daemon's main thread and ZeroMQ's I/O thread run under
     SCHED_RR and ``health`` says so; no other thread of the daemon, and no worker process, does,
-    a worker restarted after a crash included (it asks for the scheduler slice itself). Where the
-    system refuses the policy, the daemon says so in one log line and in ``health``, and serves."""
+    a worker restarted after a crash included (it asks for the scheduler slice itself and takes
+    the daemon's nice). Where the system refuses the policy, the daemon says so in one log line
+    and in ``health``, and serves."""
     slice_us = 250
     with DaemonProcess.start(slow_repository, tmp_path, config={
             "server": {"rt_priority": 2, "sched_slice_us": slice_us},
@@ -549,11 +550,14 @@ def test_rt_priority_puts_the_front_end_alone_under_sched_rr_even_after_a_worker
         victim = placements[0]
         for p in placements:
             assert os.SCHED_RR not in {x for xs in _policies(p["worker_pid"]).values() for x in xs}
+        d.renice(3)   # the daemon's nice, as a unit's Nice=3 would set it: a worker started now takes it too
         os.kill(victim["worker_pid"], signal.SIGKILL)
         state = wait_until(lambda: (s := placement_state(d, victim["name"]))["ready"]
                            and s["worker_pid"] != victim["worker_pid"] and s, "the worker's restart")
         restarted = _policies(state["worker_pid"])
         assert {x for xs in restarted.values() for x in xs} == {os.SCHED_OTHER}, restarted
+        nices = {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{state['worker_pid']}/task")}
+        assert nices == {3}, nices   # reset on fork would have left it at 0
         if _kernel_takes_slices():
             assert set(_slices_ns(state["worker_pid"]).values()) == {slice_us * 1000}
         send_infer(sock, "rt-after", 1, victim["name"])

@@ -227,6 +227,6 @@ def test_the_units_system_call_filter_allows_what_the_daemon_calls():
             allowed |= names
     assert allowed is not None
     needed = {"sched_setaffinity", "sched_getaffinity", "sched_setattr", "sched_getattr", "sched_setscheduler",
-              "sched_getscheduler", "sched_getparam"}
+              "sched_getscheduler", "sched_getparam", "setpriority", "getpriority"}
     assert needed <= allowed, sorted(needed - allowed)
     assert "reboot" not in allowed and "mount" not in allowed   # the deny list still holds
