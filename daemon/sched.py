@@ -25,7 +25,8 @@ Contract
   request is read and answered as soon as it arrives instead of after the time slices of the
   programs sharing the core. With ``SCHED_RESET_ON_FORK``: threads and processes started later
   (worker processes' restarts) start under the fair scheduler at nice 0, whatever the daemon's
-  nice (the kernel's rule for a real-time parent). ``leave``/``enter`` take the calling thread off
+  nice (the kernel's rule for a real-time parent; a worker then takes the daemon's nice itself
+  where it may: :func:`set_nice_all_threads`). ``leave``/``enter`` take the calling thread off
   the real-time policy and back (an inline run on a placement's cores, a reload); neither raises:
   a refusal leaves the thread under the fair scheduler and is reported by ``describe``.
   Main thread only.
