@@ -115,6 +115,11 @@ if [[ ${ADAPTD_SMOKE_STAGE:-} == root ]]; then
     fi
 
     mkdir -p "$ROOT$RUN/state"
+    # A board's system has a machine id (systemd writes it at first boot), from which the daemon
+    # derives the board id it records; a debootstrapped root has none.
+    if [[ ! -s $ROOT/etc/machine-id ]]; then
+        od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$ROOT/etc/machine-id"
+    fi
     cat >"$ROOT$RUN/adaptd.toml" <<EOF
 repository = "/mnt/demo-repo"
 state_dir = "$RUN/state"
