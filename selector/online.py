@@ -185,8 +185,9 @@ class OnlineCostModel:
         """Learn from one execution of ``arm``: its measured latency (ms, model load excluded),
         its energy (mJ) or None when the daemon has none, whether that energy is an estimate, and
         the time it finished (s). Raises ValueError on a negative or non-finite latency (and the
-        state is left unchanged). One sample's own code, kept beside :meth:`update_batch` (what a
-        lone client's flush feeds costs less this way, and a test holds the two to the same state)."""
+        state is left unchanged). Kept beside :meth:`update_batch`, with the same fold
+        (:meth:`_fold`), for what a lone client's flush feeds: it skips the batch's collecting of
+        samples; a test holds the two to the same state."""
         a = int(arm)
         lat = float(latency_ms)
         if not (math.isfinite(lat) and lat >= 0.0):
@@ -200,24 +201,14 @@ class OnlineCostModel:
             if not (math.isfinite(e) and e >= 0.0):
                 raise ValueError(f"energy_mj must be finite and >= 0 or None, got {energy_mj!r}")
 
-        n = int(self.n_[a]) + 1
-        self.n_[a] = n
-        mean, var = _ewma(float(self.mean_ms_[a]), float(self.var_ms2_[a]), lat, n,
-                          self._weight(n, t - float(self.last_update_s_[a])))
-        self.mean_ms_[a] = mean
-        self.var_ms2_[a] = var
-        self.last_update_s_[a] = max(t, float(self.last_update_s_[a]))
-        est, bound = self._publish_latency(a, n, mean, var, self._push(self.window_ms_, self.window_t_, a, n, lat, t))
+        n, mean, var, _ = self._fold(a, self.n_, self.mean_ms_, self.var_ms2_, self.last_update_s_,
+                                     self.window_ms_, self.window_t_, (lat,), (t,))
+        est, bound = self._publish_latency(a, n, mean, var, self._recent(self.window_ms_, self.window_t_, a, n, t))
         measured = None
         if e is not None:
-            ne = int(self.energy_n_[a]) + 1
-            self.energy_n_[a] = ne
-            em, ev = _ewma(float(self.energy_mean_mj_[a]), float(self.energy_var_mj2_[a]), e, ne,
-                           self._weight(ne, t - float(self.last_energy_s_[a])))
-            self.energy_mean_mj_[a] = em
-            self.energy_var_mj2_[a] = ev
-            self.last_energy_s_[a] = max(t, float(self.last_energy_s_[a]))
-            measured = (em, ev, self._push(self.energy_window_mj_, self.energy_window_t_, a, ne, e, t), energy_estimated)
+            ne, em, ev, _ = self._fold(a, self.energy_n_, self.energy_mean_mj_, self.energy_var_mj2_,
+                                       self.last_energy_s_, self.energy_window_mj_, self.energy_window_t_, (e,), (t,))
+            measured = (em, ev, self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, t), energy_estimated)
         self._publish_energy(a, est, bound, measured)
 
     def update_batch(self, arm: int, samples: Sequence[tuple[Any, ...]]) -> None:
@@ -292,7 +283,8 @@ class OnlineCostModel:
             self.energy_estimated_[a] = True
 
     def _fold(self, a: int, counts: np.ndarray, means: np.ndarray, variances: np.ndarray, lasts: np.ndarray,
-              values: np.ndarray, times: np.ndarray, xs: list[float], ts: list[float]) -> tuple[int, float, float, float]:
+              values: np.ndarray, times: np.ndarray, xs: Sequence[float],
+              ts: Sequence[float]) -> tuple[int, float, float, float]:
         """Samples ``xs`` taken at ``ts`` into arm ``a``'s count, running mean and variance, latest
         time and ring (latency's columns or energy's), with Python floats in the loop; returns
         (count, mean, variance, time of the last sample)."""
@@ -338,13 +330,6 @@ class OnlineCostModel:
         fresh = idx[self.energy_n_[idx] == 0]
         self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
         self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
-
-    def _push(self, values: np.ndarray, times: np.ndarray, a: int, n: int, x: float, t: float) -> np.ndarray:
-        """Put arm ``a``'s ``n``-th sample ``x``, taken at ``t``, in its ring; return :meth:`_recent`."""
-        w = self.window
-        values[a, (n - 1) % w] = x
-        times[a, (n - 1) % w] = t
-        return self._recent(values, times, a, n, t)
 
     def _recent(self, values: np.ndarray, times: np.ndarray, a: int, n: int, t: float) -> np.ndarray:
         """Arm ``a``'s ring (its ``n`` samples so far, the n-th in slot ``(n - 1) % window``): the
