@@ -270,11 +270,11 @@ class WorkerPool:
 
     # --- work ----------------------------------------------------------------------------
     def queue_length(self, placement: str) -> int:
-        return len(self.workers[placement].queue) + len(self.workers[placement].sent)
+        return len((w := self.workers[placement]).queue) + len(w.sent)
 
     def loading(self, placement: str) -> bool:
         """Whether a load waits or runs on the placement's worker (a job sent now waits behind it)."""
-        return bool(self.workers[placement].pending_loads or self.workers[placement].loading)
+        return bool((w := self.workers[placement]).pending_loads or w.loading)
 
     def down_reason(self, placement: str) -> str | None:
         """Why ``placement`` takes no jobs now (its worker is held back by a crash loop), or None."""

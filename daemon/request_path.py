@@ -304,7 +304,8 @@ class RequestPath:
         h = outcome.header
         compute_ms = float(h["compute_ms"])
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
-        energy = self.d.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], float(h["cpu_time_s"]), wait=False)
+        execution_cpu_s = float(h["cpu_time_s"])
+        energy = self.d.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], execution_cpu_s, wait=False)
         now = time.time()
         now_ns = time.monotonic_ns()
         total_ms = (now_ns - pending.received_ns) / 1e6
@@ -322,9 +323,9 @@ class RequestPath:
                                       energy.energy_mj)
         choice = pending.choice
         self.inferences += 1
-        self.execution_cpu_s_all += float(h["cpu_time_s"])
+        self.execution_cpu_s_all += execution_cpu_s
         if h.get("in_process"):
-            self.execution_cpu_s_in_process += float(h["cpu_time_s"])
+            self.execution_cpu_s_in_process += execution_cpu_s
         if pending.inline:   # this thread ran the execution too: its CPU clock includes the run
             cpu_ns = time.thread_time_ns() - pending.cpu_start_ns - int(float(h.get("caller_cpu_s", 0.0)) * 1e9)
         else:
