@@ -412,13 +412,12 @@ class Daemon:
     def reload(self) -> str | None:
         """SIGHUP or ``reload`` (:meth:`_reload`). Not front-end work (it hashes new variant files:
         up to seconds on a board): with ``[server] rt_priority`` it runs under the fair scheduler."""
-        realtime = self.realtime if self.realtime is not None and not self.realtime.refused else None
-        if realtime is not None and not realtime.leave():
-            realtime = None
+        realtime = self.realtime
+        left = realtime is not None and not realtime.refused and realtime.leave()
         try:
             return self._reload()
         finally:
-            if realtime is not None:
+            if left:
                 realtime.enter()
 
     def regions_gone(self, names: list[str]) -> None:
