@@ -3,7 +3,10 @@ real syscalls (each case in a thread of its own, so the test process keeps its s
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -144,15 +147,16 @@ print(json.dumps(out))
 """
 
 
-def _front_end(priority: int, prefix: tuple[str, ...] = ()) -> dict:
-    import json
-    import subprocess
-    import sys
+def _run(script: str, *args: str, prefix: tuple[str, ...] = (), timeout_s: float = 60) -> dict:
+    """Run ``script`` in a child Python (after ``prefix``, e.g. setpriv); its last line of output, as JSON."""
+    done = subprocess.run([*prefix, sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
-    done = subprocess.run([*prefix, sys.executable, "-c", _FRONT_END, str(priority)], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+
+def _front_end(priority: int, prefix: tuple[str, ...] = ()) -> dict:
+    return _run(_FRONT_END, str(priority), prefix=prefix)
 
 
 def test_the_front_end_runs_under_sched_rr_and_what_it_starts_later_does_not():
@@ -192,9 +196,6 @@ def test_a_front_end_the_system_refuses_is_left_as_it_was():
     assert out["main"] == os.SCHED_OTHER and out["io"] and set(out["io"]) == {os.SCHED_OTHER}
     assert out["slice_us"] == out["before"]["slice_us"]
     # the daemon's start-up step: one warning line naming what it needs, and no policy object
-    import subprocess
-    import sys
-
     probe = ("import logging; logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
              "from adaptd.daemon.startup import realtime_front_end\nprint(realtime_front_end(5).describe())")
     done = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
@@ -261,16 +262,9 @@ def test_an_inline_run_leaves_the_real_time_policy_and_takes_it_back(slow_reposi
     """A job the main thread runs inline on a placement's core runs under the fair scheduler, as
     the placement's own thread would (a watcher thread reads the main thread's policy during the
     run); the main thread is under SCHED_RR again once it returns."""
-    import json
-    import subprocess
-    import sys
-
     from .conftest import SLOW_MODEL, SLOW_SHAPE
 
-    done = subprocess.run([sys.executable, "-c", _INLINE, str(slow_repository / SLOW_MODEL / "1"),
-                           json.dumps(SLOW_SHAPE)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = _run(_INLINE, str(slow_repository / SLOW_MODEL / "1"), json.dumps(SLOW_SHAPE), timeout_s=120)
     if out["refused"]:
         pytest.skip("this process may not use SCHED_RR (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
     assert out["ran"]
@@ -312,13 +306,7 @@ def test_a_renice_after_start_holds_and_a_later_refusal_leaves_the_thread_fair()
     """``leave`` keeps the thread's nice as it is now (an operator's renice after start), with no
     privilege needed; an ``enter`` the system refuses (CAP_SYS_NICE dropped, RLIMIT_RTPRIO 0)
     raises nothing, leaves the thread under the fair scheduler and says why in ``describe``."""
-    import json
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", _LATER_REFUSAL], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = _run(_LATER_REFUSAL)
     if out["refused_at_start"]:
         pytest.skip("this process may not use SCHED_RR (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)")
     assert out["leave"] == {"left": True, "policy": os.SCHED_OTHER, "nice": 5}
