@@ -143,6 +143,10 @@ def test_value_scales():
     assert value_scale([-5.0] + bulk + [70.0]).kind == "clipped"   # not positive: never log
     assert value_scale([None, float("nan")]).kind == "linear"
     assert value_scale([2.0] * 50).kind == "linear"
+    # 2% of first loads: the 99th percentile is one of them, so the bulk test cannot see them
+    loads = value_scale(bulk + list(np.linspace(5.0, 8.0, 10)))
+    assert loads.kind == "log" and loads.limits[0] < 0.3 and loads.limits[1] > 8.0
+    assert value_scale(bulk + [0.9] * 10).kind == "linear"   # a tail, not outliers
 
 
 def test_too_short_notes():

@@ -44,6 +44,7 @@ MIN_BINS = 3                       # fewer intervals than this: nothing to see o
 LOG_RATIO = 30.0                   # bulk (1st..99th percentile) max/min at which a log scale is used
 MIN_POINTS_TO_CLIP = 20            # fewer values: never clip (each point is worth showing)
 MIN_BULK_SHARE = 0.5               # clip when the bulk would fill less than this of a linear axis
+MIN_MIDDLE_SHARE = 0.05            # log when the lower three quarters would fill less than this of it
 
 
 def format_duration(seconds: float) -> str:
@@ -226,7 +227,10 @@ def value_scale(values: Iterable[float | None], *, log_ratio: float = LOG_RATIO,
     The bulk is the 1st to 99th percentile (all values when there are fewer than
     ``min_points_to_clip``). Log when the values are positive and the bulk's max/min is at least
     ``log_ratio``; else clipped when the bulk would fill less than ``MIN_BULK_SHARE`` of a linear
-    axis (outliers stretch it), to the values within half the bulk's width of it; else linear."""
+    axis (outliers stretch it), to the values within half the bulk's width of it. Outliers that are
+    more than 1% of the values reach into the bulk and escape that test: log, when the values are
+    positive and the lowest three quarters would fill less than ``MIN_MIDDLE_SHARE`` of a linear
+    axis (a run's first loads among fast requests); else linear."""
     v = np.array([np.nan if x is None else float(x) for x in values], dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -243,4 +247,6 @@ def value_scale(values: Iterable[float | None], *, log_ratio: float = LOG_RATIO,
         pad = (float(kept.max() - kept.min()) or margin) * 0.05
         lo, hi = float(kept.min()) - pad, float(kept.max()) + pad
         return ValueScale("clipped", (lo, hi), int(np.sum((v < lo) | (v > hi))), vmax)
+    if vmin > 0 and float(np.percentile(v, 75)) - vmin < MIN_MIDDLE_SHARE * (vmax - vmin):
+        return ValueScale("log", (vmin / 1.3, vmax * 1.3))
     return ValueScale("linear")
