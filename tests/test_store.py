@@ -92,6 +92,35 @@ def test_submit_is_visible_on_disk_within_the_flush_interval(tmp_path: Path):
         conn.close()
 
 
+def test_a_trickle_is_committed_in_few_transactions(tmp_path: Path):
+    # One record every 5 ms (a large model served back to back): with no stream subscriber the
+    # writer waits quiet_batch_gap_s between transactions, whose cost hardly depends on their size.
+    with SelectionStore(StoreConfig(), tmp_path / "sel.sqlite3") as store:
+        started = time.monotonic()
+        for i in range(60):
+            store.submit(record(i))
+            time.sleep(0.005)   # the trickle's pace
+        elapsed = time.monotonic() - started
+    assert store.rows_written == 60
+    assert store.batches <= elapsed / 0.1 + 2, (store.batches, elapsed)
+
+
+def test_a_full_batch_ends_the_wait(tmp_path: Path):
+    db = tmp_path / "sel.sqlite3"
+    config = StoreConfig(flush_interval_s=120.0)
+    with SelectionStore(config, db, quiet_batch_gap_s=60.0, batch_rows=8) as store:
+        store.submit(record(0))
+        conn = sqlite3.connect(db)
+        while conn.execute("SELECT COUNT(*) FROM selections").fetchone()[0] < 1:   # the first, at once
+            pass
+        for i in range(1, 9):
+            store.submit(record(i))
+        submitted = time.monotonic()
+        while conn.execute("SELECT COUNT(*) FROM selections").fetchone()[0] < 9:
+            assert time.monotonic() - submitted < 20.0, "a full batch waited for the quiet gap"
+        conn.close()
+
+
 def test_retention_by_age_and_rows(tmp_path: Path):
     db = tmp_path / "sel.sqlite3"
     now = time.time()
