@@ -48,6 +48,7 @@ from adaptd.wire.frames import recv_frames
 
 log = logging.getLogger("adaptd")
 
+_EVENTS, _POLLIN = zmq.EVENTS, zmq.POLLIN
 INTAKE_BATCH = 16     # requests taken from one socket per round, after the round's completions
 TRACEBACK_EVERY_S = 60.0   # an unexpected fault's traceback is logged at most this often per kind
 
@@ -94,13 +95,18 @@ class RequestPath:
         self._tracebacks: dict[str, float] = {}
 
     def drain(self, sock: zmq.Socket) -> None:
-        """Take at most INTAKE_BATCH messages from one request socket."""
+        """Take at most INTAKE_BATCH messages from one request socket. After each, the socket's
+        events say whether another waits (1.5 us here) rather than a receive that fails (3.5 us:
+        it raises), since one message per wake-up is the common case."""
+        get = sock.get
         for _ in range(INTAKE_BATCH):
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
-            except zmq.Again:
+            except zmq.Again:   # a wake-up with nothing to read
                 return
             self.on_request(sock, frames)
+            if not get(_EVENTS) & _POLLIN:
+                return
 
     def on_request(self, sock: Any, frames: list[Any]) -> None:
         """One message from a request socket: exactly one reply, now or when its job ends."""
