@@ -55,6 +55,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -190,8 +191,9 @@ class SelectionStore:
         self.pub_endpoints = tuple(pub_endpoints) if config.publish else ()
         self._context = context
         self._clock = clock
-        # The writer sleeps at most half the flush interval, so a record waits at most that
-        # plus one batch's insert; at least a batch gap, to batch under load.
+        # The writer sleeps at most half the flush interval, so a record waits at most that plus
+        # two batches' inserts (the one under way when it came, and its own) and a retention
+        # pass: within the flush interval. It waits at least a batch gap, to batch under load.
         self._max_sleep_s = config.flush_interval_s / 2.0
         self._min_gap_s = min(min_batch_gap_s, self._max_sleep_s)
         self._quiet_gap_s = min(quiet_batch_gap_s, self._max_sleep_s)
@@ -223,7 +225,7 @@ class SelectionStore:
         queue.append(record)
         if not self._wake.is_set():
             self._wake.set()
-        elif len(queue) == self._batch_rows:
+        elif len(queue) >= self._batch_rows and not self._batch_full.is_set():
             self._batch_full.set()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class SelectionStore:
         events: list[tuple[Any, ...]] = []    # fidelity events dequeued, not committed
         attempts = 0
         next_retention = time.monotonic() + self.config.retention_interval_s
-        last_batch = 0.0
+        last_batch = -math.inf
         while True:
             stopping = self._stop.is_set()
             if not stopping:
@@ -339,10 +341,13 @@ class SelectionStore:
                 # Coalesce records into one transaction, but never past the flush deadline: a
                 # short gap while the stream has listeners, a longer one (or a full batch) else.
                 listening = pub is not None and self._subscribed(pub)
-                gap = (self._min_gap_s if listening else self._quiet_gap_s) - (time.monotonic() - last_batch)
-                if gap > 0 and len(self._queue) < self._batch_rows:
-                    self._batch_full.wait(gap)
-                self._batch_full.clear()
+                gap_ends = last_batch + (self._min_gap_s if listening else self._quiet_gap_s)
+                while len(self._queue) < self._batch_rows and not self._stop.is_set():
+                    remaining = gap_ends - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._batch_full.wait(remaining)   # set by submit (a full batch) or close
+                    self._batch_full.clear()           # (one left from the last drain: wait again)
                 self._wake.clear()
             listening = pub is not None and self._subscribed(pub)   # again: one may have come meanwhile
             while self._queue:

@@ -147,6 +147,8 @@ def test_value_scales():
     loads = value_scale(bulk + list(np.linspace(5.0, 8.0, 10)))
     assert loads.kind == "log" and loads.limits[0] < 0.3 and loads.limits[1] > 8.0
     assert value_scale(bulk + [0.9] * 10).kind == "linear"   # a tail, not outliers
+    for ties in ([100.0] * 8 + [101.0], [5.0] * 5 + [6.0], [2.0] * 16 + [2.2] * 4):   # no orders of magnitude
+        assert value_scale(ties).kind == "linear", ties
 
 
 def test_too_short_notes():

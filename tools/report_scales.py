@@ -15,7 +15,8 @@ Contract
   :func:`format_duration` prints it ("50 ms", "10 min", "1 day"); :func:`time_bins` gives the
   edges (from the first decision for short runs, on multiples of the width for longer ones).
 * Values: :func:`value_scale` chooses linear, log (the bulk of the values spans orders of
-  magnitude) or clipped (a few outliers would squeeze the rest into a corner; the plot must say
+  magnitude, or more than a few outliers an order of magnitude above a bulk packed near the
+  minimum) or clipped (a few outliers would squeeze the rest into a corner; the plot must say
   so, and :attr:`ValueScale.note` is the text).
 * Notes: :func:`too_short_for_time_plot` says when a run is too short (too few decisions or too
   few intervals) for a plot over time to mean anything.
@@ -44,7 +45,8 @@ MIN_BINS = 3                       # fewer intervals than this: nothing to see o
 LOG_RATIO = 30.0                   # bulk (1st..99th percentile) max/min at which a log scale is used
 MIN_POINTS_TO_CLIP = 20            # fewer values: never clip (each point is worth showing)
 MIN_BULK_SHARE = 0.5               # clip when the bulk would fill less than this of a linear axis
-MIN_MIDDLE_SHARE = 0.05            # log when the lower three quarters would fill less than this of it
+MIN_MIDDLE_SHARE = 0.05            # log when the lower three quarters would fill less than this of it ...
+MIN_LOG_SPAN = 10.0                # ... and the values span at least this max/min
 
 
 def format_duration(seconds: float) -> str:
@@ -229,8 +231,9 @@ def value_scale(values: Iterable[float | None], *, log_ratio: float = LOG_RATIO,
     ``log_ratio``; else clipped when the bulk would fill less than ``MIN_BULK_SHARE`` of a linear
     axis (outliers stretch it), to the values within half the bulk's width of it. Outliers that are
     more than 1% of the values reach into the bulk and escape that test: log, when the values are
-    positive and the lowest three quarters would fill less than ``MIN_MIDDLE_SHARE`` of a linear
-    axis (a run's first loads among fast requests); else linear."""
+    positive, span at least ``MIN_LOG_SPAN`` (max/min) and the lowest three quarters would fill
+    less than ``MIN_MIDDLE_SHARE`` of a linear axis (a run's first loads among fast requests);
+    else linear."""
     v = np.array([np.nan if x is None else float(x) for x in values], dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -247,6 +250,7 @@ def value_scale(values: Iterable[float | None], *, log_ratio: float = LOG_RATIO,
         pad = (float(kept.max() - kept.min()) or margin) * 0.05
         lo, hi = float(kept.min()) - pad, float(kept.max()) + pad
         return ValueScale("clipped", (lo, hi), int(np.sum((v < lo) | (v > hi))), vmax)
-    if vmin > 0 and float(np.percentile(v, 75)) - vmin < MIN_MIDDLE_SHARE * (vmax - vmin):
+    if vmin > 0 and vmax >= MIN_LOG_SPAN * vmin \
+            and float(np.percentile(v, 75)) - vmin < MIN_MIDDLE_SHARE * (vmax - vmin):
         return ValueScale("log", (vmin / 1.3, vmax * 1.3))
     return ValueScale("linear")
