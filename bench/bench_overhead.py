@@ -26,7 +26,9 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
 The daemon rows give its CPU time per request (all its threads and processes) twice: as
 measured, and outside the execution, less the CPU time each execution measured around the
 interpreter's run (``stats``: ``runtime.executions_cpu_ms``), which is the issue's measure of
-what the daemon itself costs.
+what the daemon itself costs; and then split by thread (the kernel's names for them: ``adaptd``
+the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, ``adaptd-<placement>``), which is where a
+cost that no in-process profile sees shows up.
 
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
 in-process measured in the same run. Usage::
@@ -55,6 +57,7 @@ import zmq
 from adaptd.wire.frames import recv_frames, send_frames
 
 ROOT = Path(__file__).resolve().parents[1]
+THREAD_PREFIX = "cpu_us_thread:"   # a daemon row's CPU per request of the threads of one kernel name
 
 
 def _echo_server(endpoint: str, ready) -> None:
@@ -215,6 +218,29 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU time so far of the daemon's threads and its worker processes' threads, by the threads'
+    kernel names (``adaptd``, ``ZMQbg/IO/0``, ``adaptd-store``, ``adaptd-<placement>``, ...:
+    ``adaptd.daemon.sched.name_thread``), from ``/proc/<pid>/task/<tid>/schedstat``."""
+    import psutil
+
+    pids = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    out: dict[str, float] = {}
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                name = Path(f"/proc/{p}/task/{tid}/comm").read_text().strip()
+                ns = int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):   # a thread that ended meanwhile
+                continue
+            out[name] = out.get(name, 0.0) + ns / 1e9
+    return out
+
+
 def _executions_cpu_s(daemon) -> float:
     """The CPU time of every execution the daemon answered so far (``stats``: ``runtime.executions_cpu_ms``)."""
     reply, _ = daemon.request({"type": "stats", "id": uuid.uuid4().hex})
@@ -229,6 +255,7 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     run, as each execution measured it)."""
     cpu0 = _cpu_s(cpu_of.proc.pid) if cpu_of else None
     exec0 = _executions_cpu_s(cpu_of) if cpu_of else None
+    threads0 = _thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
@@ -248,6 +275,8 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
         cpu_s = _cpu_s(cpu_of.proc.pid) - cpu0
         out["cpu_us"] = cpu_s * 1e6 / served
         out["cpu_outside_us"] = (cpu_s - (_executions_cpu_s(cpu_of) - exec0)) * 1e6 / served
+        for name, seconds in _thread_cpu_s(cpu_of.proc.pid).items():
+            out[f"{THREAD_PREFIX}{name}"] = (seconds - threads0.get(name, 0.0)) * 1e6 / served
     return out
 
 
@@ -294,9 +323,10 @@ def ensure_repos(demo_repo: Path, zoo_repo: Path) -> None:
 
 
 def summarise(rounds: list[dict]) -> dict:
-    keys = rounds[0].keys()
-    return {k: {"median": float(np.median([r[k] for r in rounds])),
-                "min": float(np.min([r[k] for r in rounds])), "max": float(np.max([r[k] for r in rounds]))}
+    keys = dict.fromkeys(k for r in rounds for k in r)   # a thread missing from a round spent nothing
+    return {k: {"median": float(np.median([r.get(k, 0.0) for r in rounds])),
+                "min": float(np.min([r.get(k, 0.0) for r in rounds])),
+                "max": float(np.max([r.get(k, 0.0) for r in rounds]))}
             for k in keys}
 
 
@@ -404,6 +434,11 @@ def main() -> int:
                   f"{s['throughput_rps']['median']:9.0f} "
                   + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}] "
                      f"{outside['median']:8.0f} [{outside['min']:.0f}..{outside['max']:.0f}]" if cpu else ""))
+        for k, s in summary.items():
+            by_thread = sorted(((name[len(THREAD_PREFIX):], v["median"]) for name, v in s.items()
+                                if name.startswith(THREAD_PREFIX) and v["median"] >= 1.0), key=lambda x: -x[1])
+            if by_thread:
+                print(f"  {k}: CPU us/req by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in by_thread))
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")

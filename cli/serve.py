@@ -14,6 +14,7 @@ from typing import Any
 
 from adaptd.cli import UserError
 from adaptd.daemon.config import Config, ConfigError, load_config
+from adaptd.daemon.sched import name_thread
 from adaptd.daemon.server import Daemon, StartupError
 
 
@@ -37,6 +38,7 @@ def run_serve(args) -> int:
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     logging.getLogger().setLevel(config.log_level.upper())
+    name_thread("adaptd")   # the main thread, and the process as ps shows it
     daemon = Daemon(config)
     try:
         daemon.start()

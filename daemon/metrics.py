@@ -48,6 +48,7 @@ except ImportError:   # the metrics extra is not installed
 
 from adaptd.daemon.metrics_records import RecordMetrics
 from adaptd.daemon.metrics_state import SelectorReader, StateCollector, snapshot
+from adaptd.daemon.sched import name_thread
 
 log = logging.getLogger("adaptd.metrics")
 
@@ -92,9 +93,12 @@ class DaemonMetrics:
         except OSError as exc:
             raise RuntimeError(f"[metrics] cannot listen on {address}:{port}: "
                                f"{exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": SERVE_POLL_S},
-                                        name="adaptd-metrics", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="adaptd-metrics", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        name_thread("adaptd-metrics")
+        self._server.serve_forever(poll_interval=SERVE_POLL_S)
 
     @property
     def port(self) -> int | None:

@@ -48,6 +48,7 @@ from typing import Any
 
 from adaptd.daemon.execution import VariantCache, run_job
 from adaptd.daemon.placements import Placement
+from adaptd.daemon.sched import name_thread
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.shm import WorkerMaps
 
@@ -138,6 +139,7 @@ class ThreadPlacements:
 
     # --- the placements' threads ---------------------------------------------------------------
     def _serve(self, w: ThreadPlacement) -> None:
+        name_thread(f"adaptd-{w.placement.name}")
         os.sched_setaffinity(0, w.placement.cores)   # before any interpreter exists: its threads inherit it
         import ai_edge_litert.interpreter  # noqa: F401  (imported now, not on the first request)
 

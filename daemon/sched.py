@@ -30,6 +30,11 @@ Contract
   the real-time policy and back (an inline run on a placement's cores, a reload); neither raises:
   a refusal leaves the thread under the fair scheduler and is reported by ``describe``.
   Main thread only.
+* :func:`name_thread` gives the calling thread its name in the kernel (``comm``: what ``top
+  -H``, ``ps -L``, ``pidstat -t`` and ``perf`` show), so that an operator, or a benchmark
+  reading ``/proc/<pid>/task/*/schedstat``, can tell the daemon's threads apart: ``adaptd``
+  (the main thread), ``adaptd-store``, ``adaptd-<placement>``, ``adaptd-metrics``, and the
+  worker processes' ``adaptd-<placement>`` (cut to 15 bytes). Never raises.
 * Units: microseconds in, as in ``[server] sched_slice_us``; the kernel takes nanoseconds.
 * Linux only (the syscall numbers of x86_64, aarch64 and 32-bit arm); elsewhere
   :func:`request_slice` returns False.
@@ -249,6 +254,19 @@ def _restore(tid: int, attr: _SchedAttr | None) -> None:
             attr.size = ctypes.sizeof(attr)
             attr.sched_flags = SCHED_FLAG_RESET_ON_FORK
             _syscall(_SYSCALLS[os.uname().machine][0], tid, ctypes.byref(attr), 0)
+    except OSError:
+        pass
+
+
+COMM_BYTES = 15   # the kernel keeps a thread's name to 15 bytes
+
+
+def name_thread(name: str) -> None:
+    """Set the calling thread's kernel name (``/proc/self/task/<tid>/comm``), cut to
+    ``COMM_BYTES``; best effort (a /proc mounted read-only leaves the name as it was)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name.encode()[:COMM_BYTES].decode(errors="ignore"))
     except OSError:
         pass
 

@@ -66,6 +66,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from adaptd.daemon.sched import name_thread
 from adaptd.daemon.store_config import StoreConfig   # the [store] table; imported from here too
 from adaptd.wire.protocol import SIGNATURE
 from adaptd.wire.records import COLUMN_NAMES, COLUMNS, FIDELITY_COLUMN_NAMES, FIDELITY_COLUMNS
@@ -296,6 +297,7 @@ class SelectionStore:
     # --- writer thread --------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_thread("adaptd-store")
         conn: sqlite3.Connection | None = None
         pub: zmq.Socket | None = None
         try:

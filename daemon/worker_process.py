@@ -55,11 +55,12 @@ from typing import Any
 
 from adaptd.daemon.channel import Channel
 from adaptd.daemon.execution import VariantCache, rss_bytes, run_job
-from adaptd.daemon.sched import request_slice_all_threads, set_nice_all_threads
+from adaptd.daemon.sched import name_thread, request_slice_all_threads, set_nice_all_threads
 from adaptd.daemon.shm import WorkerMaps
 
 
 def serve(spec: dict[str, Any]) -> int:
+    name_thread(f"adaptd-{spec.get('placement', 'worker')}")
     cores = spec.get("cores")
     if cores:
         os.sched_setaffinity(0, cores)
