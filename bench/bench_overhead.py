@@ -27,8 +27,8 @@ The daemon rows give its CPU time per request (all its threads and processes) tw
 measured, and outside the execution, less the CPU time each execution measured around the
 interpreter's run (``stats``: ``runtime.executions_cpu_ms``), which is the issue's measure of
 what the daemon itself costs; and then split by thread (the kernel's names for them: ``adaptd``
-the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, ``adaptd-<placement>``), which is where a
-cost that no in-process profile sees shows up.
+the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's name), which is where a cost
+that no in-process profile sees shows up (a thread that ended during a row is missing from it).
 
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
 in-process measured in the same run. Usage::
@@ -218,14 +218,14 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
-def _thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU time so far of the daemon's threads and its worker processes' threads, by the threads'
-    kernel names (``adaptd``, ``ZMQbg/IO/0``, ``adaptd-store``, ``adaptd-<placement>``, ...:
-    ``adaptd.daemon.sched.name_thread``), from ``/proc/<pid>/task/<tid>/schedstat``."""
+def _thread_cpu_s(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU time so far of each thread of the daemon and of its worker processes, by (pid, tid),
+    with the thread's kernel name (``adaptd``, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's
+    name: ``adaptd.daemon.sched.name_thread``), from ``/proc/<pid>/task/<tid>/schedstat``."""
     import psutil
 
     pids = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    out: dict[str, float] = {}
+    out: dict[tuple[int, int], tuple[str, float]] = {}
     for p in pids:
         try:
             tids = os.listdir(f"/proc/{p}/task")
@@ -237,7 +237,17 @@ def _thread_cpu_s(pid: int) -> dict[str, float]:
                 ns = int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):   # a thread that ended meanwhile
                 continue
-            out[name] = out.get(name, 0.0) + ns / 1e9
+            out[(p, int(tid))] = (name, ns / 1e9)
+    return out
+
+
+def _by_name(before: dict[tuple[int, int], tuple[str, float]],
+             after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two readings, summed by thread name (a thread started meanwhile,
+    a restarted worker's for one, counts from 0; one that ended meanwhile is missing)."""
+    out: dict[str, float] = {}
+    for key, (name, seconds) in after.items():
+        out[name] = out.get(name, 0.0) + seconds - before.get(key, (name, 0.0))[1]
     return out
 
 
@@ -275,8 +285,8 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
         cpu_s = _cpu_s(cpu_of.proc.pid) - cpu0
         out["cpu_us"] = cpu_s * 1e6 / served
         out["cpu_outside_us"] = (cpu_s - (_executions_cpu_s(cpu_of) - exec0)) * 1e6 / served
-        for name, seconds in _thread_cpu_s(cpu_of.proc.pid).items():
-            out[f"{THREAD_PREFIX}{name}"] = (seconds - threads0.get(name, 0.0)) * 1e6 / served
+        for name, seconds in _by_name(threads0, _thread_cpu_s(cpu_of.proc.pid)).items():
+            out[f"{THREAD_PREFIX}{name}"] = seconds * 1e6 / served
     return out
 
 

@@ -38,10 +38,10 @@ def run_serve(args) -> int:
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     logging.getLogger().setLevel(config.log_level.upper())
-    name_thread("adaptd")   # the main thread, and the process as ps shows it
     daemon = Daemon(config)
     try:
         daemon.start()
     except StartupError as exc:
         raise UserError(f"cannot start: {exc}") from None
+    name_thread("adaptd")   # the main thread and the process, as ps shows them (earlier threads keep theirs)
     return daemon.run()

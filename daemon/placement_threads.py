@@ -139,7 +139,7 @@ class ThreadPlacements:
 
     # --- the placements' threads ---------------------------------------------------------------
     def _serve(self, w: ThreadPlacement) -> None:
-        name_thread(f"adaptd-{w.placement.name}")
+        name_thread(w.placement.name)   # the placement alone: "adaptd-" would leave 8 bytes of it
         os.sched_setaffinity(0, w.placement.cores)   # before any interpreter exists: its threads inherit it
         import ai_edge_litert.interpreter  # noqa: F401  (imported now, not on the first request)
 

@@ -33,8 +33,10 @@ Contract
 * :func:`name_thread` gives the calling thread its name in the kernel (``comm``: what ``top
   -H``, ``ps -L``, ``pidstat -t`` and ``perf`` show), so that an operator, or a benchmark
   reading ``/proc/<pid>/task/*/schedstat``, can tell the daemon's threads apart: ``adaptd``
-  (the main thread), ``adaptd-store``, ``adaptd-<placement>``, ``adaptd-metrics``, and the
-  worker processes' ``adaptd-<placement>`` (cut to 15 bytes). Never raises.
+  (the main thread, named once the daemon has started, so that helper threads started before
+  keep their own names), ``adaptd-store``, ``adaptd-metrics``, a placement's thread by the
+  placement's name (``cpu:1``), and a worker process ``adaptd-<placement>``; the kernel keeps
+  15 bytes. Never raises.
 * Units: microseconds in, as in ``[server] sched_slice_us``; the kernel takes nanoseconds.
 * Linux only (the syscall numbers of x86_64, aarch64 and 32-bit arm); elsewhere
   :func:`request_slice` returns False.
@@ -265,9 +267,9 @@ def name_thread(name: str) -> None:
     """Set the calling thread's kernel name (``/proc/self/task/<tid>/comm``), cut to
     ``COMM_BYTES``; best effort (a /proc mounted read-only leaves the name as it was)."""
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
-            f.write(name.encode()[:COMM_BYTES].decode(errors="ignore"))
-    except OSError:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "wb") as f:
+            f.write(name.encode(errors="replace")[:COMM_BYTES])
+    except (OSError, ValueError):
         pass
 
 

@@ -578,16 +578,16 @@ def _thread_names(pid: int) -> dict[int, str]:
 @pytest.mark.parametrize("isolation", ["thread", "process"])
 def test_the_daemons_threads_carry_their_names_in_the_kernel(slow_repository, tmp_path, isolation):
     """What top -H, ps -L and perf show: the main thread (and so the process) is ``adaptd``, the
-    store's writer ``adaptd-store``, each placement's thread or worker process
-    ``adaptd-<placement>`` (cut to the kernel's 15 bytes)."""
+    store's writer ``adaptd-store``, each placement's thread its placement's name and each worker
+    process ``adaptd-<placement>`` (cut to the kernel's 15 bytes)."""
     with DaemonProcess.start(slow_repository, tmp_path, config={
             "placements": {"tensorflow": "off", "isolation": isolation}}) as d:
         placements = control(d, "placements")["placements"]
         names = _thread_names(d.proc.pid)
         assert names[d.proc.pid] == "adaptd"
         assert "adaptd-store" in names.values()
-        expected = {f"adaptd-{p['name']}"[:15] for p in placements}
         if isolation == "thread":
-            assert expected <= set(names.values()), names
+            assert {p["name"][:15] for p in placements} <= set(names.values()), names
         else:
-            assert {_thread_names(p["worker_pid"])[p["worker_pid"]] for p in placements} == expected
+            assert {_thread_names(p["worker_pid"])[p["worker_pid"]] for p in placements} \
+                == {f"adaptd-{p['name']}"[:15] for p in placements}
