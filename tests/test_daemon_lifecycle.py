@@ -510,12 +510,21 @@ def test_sched_slice_us_reaches_every_thread_of_the_daemon_and_its_workers(slow_
                             ready_timeout_s=60)
 
 
+def _thread_names(pid: int) -> dict[int, str]:
+    names = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            names[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:   # a thread that ended meanwhile
+            pass
+    return names
+
+
 def _policies(pid: int) -> dict[str, list[int]]:
     """Scheduling policy (reset-on-fork flag masked) of every thread of ``pid``, by thread name."""
     out: dict[str, list[int]] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        name = "main" if int(tid) == pid else Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        out.setdefault(name, []).append(os.sched_getscheduler(int(tid)) & ~os.SCHED_RESET_ON_FORK)
+    for tid, name in _thread_names(pid).items():
+        out.setdefault("main" if tid == pid else name, []).append(os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK)
     return out
 
 
@@ -563,16 +572,6 @@ def test_rt_priority_puts_the_front_end_alone_under_sched_rr_even_after_a_worker
         send_infer(sock, "rt-after", 1, victim["name"])
         assert recv(sock)["type"] == "result"
         sock.close()
-
-
-def _thread_names(pid: int) -> dict[int, str]:
-    names = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            names[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-        except OSError:   # a thread that ended meanwhile
-            pass
-    return names
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])
