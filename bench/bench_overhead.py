@@ -445,10 +445,11 @@ def main() -> int:
                   + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}] "
                      f"{outside['median']:8.0f} [{outside['min']:.0f}..{outside['max']:.0f}]" if cpu else ""))
         for k, s in summary.items():
-            by_thread = sorted(((name[len(THREAD_PREFIX):], v["median"]) for name, v in s.items()
-                                if name.startswith(THREAD_PREFIX) and v["median"] >= 1.0), key=lambda x: -x[1])
+            by_thread = sorted(((name[len(THREAD_PREFIX):], v) for name, v in s.items()
+                                if name.startswith(THREAD_PREFIX) and v["median"] >= 1.0), key=lambda x: -x[1]["median"])
             if by_thread:
-                print(f"  {k}: CPU us/req by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in by_thread))
+                print(f"  {k}: CPU us/req by thread: "
+                      + ", ".join(f"{n} {v['median']:.0f} [{v['min']:.0f}..{v['max']:.0f}]" for n, v in by_thread))
         d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         floor = summary["relay floor"]["p50_us"]["median"]
         print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process = {d1 / base:.3f}")
