@@ -18,12 +18,17 @@ costs; the daemon built on it can only add to that. Candidates:
 * ``process relay``: the receiving process hands the request to a worker process over a
   socketpair (today's daemon, its floor).
 
-For each: round trip p50/p99 from one client process, and the CPU time the serving process
+For each: round trip p50/p99 from one client process, its ratio to the same variant run in a
+loop in one process pinned to the placement's core (``in-process``, measured in the same rounds:
+the baseline of the round-trip section's ratio targets), and the CPU time the serving process
 (and its worker, for the relay) spends per request less the interpreter's own invoke time.
+``--resident`` sends no input: the server runs on an input it holds, as a daemon does on a
+shared-memory input (the floor of the ``shm`` targets).
 
 Usage::
 
     .venv/bin/python bench/bench_topology.py [--model digits|MobileNetV2] [--requests 3000] [--rounds 3]
+                                             [--resident]
 """
 
 from __future__ import annotations
@@ -66,9 +71,10 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
     sock.bind(endpoint)
     invoke_ns = [0]
     served = [0]
+    resident = np.random.default_rng(0).random(shape, dtype=np.float32)
 
     def run(loaded, body) -> list:
-        x = np.frombuffer(body, dtype=np.float32).reshape(shape)
+        x = resident if len(body) == len(RESIDENT) else np.frombuffer(body, dtype=np.float32).reshape(shape)
         t0 = time.perf_counter_ns()
         out = loaded.run([x])
         invoke_ns[0] += time.perf_counter_ns() - t0
@@ -216,16 +222,17 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
                     served[0] += 1
 
 
-def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out) -> None:
+def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out, resident: bool = False) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
-    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    x = RESIDENT if resident else np.random.default_rng(0).random(shape, dtype=np.float32)
     sock = zmq.Context().socket(zmq.DEALER)
     sock.connect(endpoint)
     header = b"\x81\xa2id\xa1x"
     for _ in range(200):
         send_frames(sock, [b"", b"ADPT01", header, x])
         recv_frames(sock)
+    send_frames(sock, [b"", b"ADPT01", header, b""])   # the server's counts after the warm-up (no reply)
     rtts = []
     for _ in range(n):
         t = time.perf_counter_ns()
@@ -235,6 +242,22 @@ def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out) -> None:
     out.put(rtts)
 
 
+def _inprocess(version_dir: str, cores: tuple[int, ...], shape, n: int, out) -> None:
+    """The baseline: the variant run in a loop by one process pinned to the placement's core."""
+    os.sched_setaffinity(0, cores)
+    loaded = _load(version_dir, 1)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    for _ in range(20):
+        loaded.run([x])
+    times = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        loaded.run([x])
+        times.append(time.perf_counter_ns() - t)
+    out.put(times)
+
+
+RESIDENT = b"r"   # a request's input frame meaning "run on the input you hold" (--resident)
 KINDS = ("echo", "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
 
 
@@ -247,6 +270,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--placement-core", type=int, default=None,
                     help="the placement's core (default: the last allowed core); the client runs elsewhere")
+    ap.add_argument("--resident", action="store_true",
+                    help="send no input: the server runs on one it holds (the shared-memory floor)")
     args = ap.parse_args()
 
     repo, shape = ((args.demo_repository, (1, 16, 16, 1)) if args.model == "digits"
@@ -259,8 +284,14 @@ def main() -> int:
     n = args.requests if args.model == "digits" else max(200, args.requests // 10)
     ctx = mp.get_context("spawn")
     rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
+    baseline: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
+            out = ctx.Queue()
+            proc = ctx.Process(target=_inprocess, args=(str(version_dir), cores, shape, n, out))
+            proc.start()
+            baseline.append(float(np.percentile(np.array(out.get()) / 1e3, 50)))
+            proc.join()
             for kind in KINDS:   # alternating, so a slow spell of the host spreads over all
                 ep = f"ipc://{tmp}/{r}-{KINDS.index(kind)}.sock"
                 ready, stats_q, out = ctx.Event(), ctx.Queue(), ctx.Queue()
@@ -268,14 +299,15 @@ def main() -> int:
                                                           shape), daemon=True)
                 server.start()
                 ready.wait()
-                client = ctx.Process(target=_client, args=(ep, shape, n, client_cores, out))
+                client = ctx.Process(target=_client, args=(ep, shape, n, client_cores, out, args.resident))
                 client.start()
                 rtts = np.array(out.get()) / 1e3
                 client.join()
                 sock = zmq.Context.instance().socket(zmq.DEALER)
                 sock.connect(ep)
                 send_frames(sock, [b"", b"ADPT01", b"\x80", b""])
-                served, cpu_s, invoke_s = stats_q.get()
+                warm, end = stats_q.get(), stats_q.get()   # (served, CPU s, invoke s) after the warm-up, at the end
+                served, cpu_s, invoke_s = (b - a for a, b in zip(warm, end))
                 sock.close(0)
                 server.kill()
                 server.join()
@@ -284,11 +316,16 @@ def main() -> int:
     echo = np.median([p50 for p50, _, _ in rows["echo"]])
     print(f"{args.model} float32, 1 thread on core {core}; client on {client_cores}; "
           f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.rounds} rounds x {n} requests; median [min..max] over rounds")
-    print(f"{'skeleton':22s} {'p50 us':>18s} {'p99 us':>18s} {'p50 - echo':>11s} {'CPU/req - invoke us':>20s}")
+          f"{args.rounds} rounds x {n} requests{', input resident' if args.resident else ''}; "
+          "median [min..max] over rounds; x in-process: per round, against that round's loop")
+    print(f"{'skeleton':22s} {'p50 us':>18s} {'x in-process':>18s} {'p99 us':>18s} {'p50 - echo':>11s} "
+          f"{'CPU/req - invoke us':>20s}")
+    print(f"{'in-process':22s} {np.median(baseline):8.0f} [{min(baseline):.0f}..{max(baseline):.0f}]")
     for kind, rs in rows.items():
         p50s, p99s, cpus = zip(*rs)
+        ratios = [p / b for p, b in zip(p50s, baseline)]
         print(f"{kind:22s} {np.median(p50s):8.0f} [{min(p50s):.0f}..{max(p50s):.0f}] "
+              f"{np.median(ratios):6.3f} [{min(ratios):.3f}..{max(ratios):.3f}] "
               f"{np.median(p99s):8.0f} [{min(p99s):.0f}..{max(p99s):.0f}] {np.median(p50s) - echo:11.0f} "
               f"{np.median(cpus):10.0f} [{min(cpus):.0f}..{max(cpus):.0f}]")
     return 0
