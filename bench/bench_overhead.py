@@ -179,12 +179,12 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
             header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
             t = time.perf_counter()
             send_frames(sock, proto.encode(header, [x]))
-        else:
+        else:   # the header made before the clock starts, as for inline input
+            header = proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant, pin_placement=placement,
+                                          input_headers=inputs)
             t = time.perf_counter()
             if shm == "copy":
                 np.copyto(xs, x)
-            header = proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant, pin_placement=placement,
-                                          input_headers=inputs)
             send_frames(sock, proto.encode(header))
         reply = recv_frames(sock)
         if i >= warmup:
