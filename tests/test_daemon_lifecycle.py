@@ -428,6 +428,32 @@ def test_spin_after_a_dispatch_is_bounded_by_spin_us(slow_repository, tmp_path):
         sock.close()
 
 
+def test_unpinned_the_main_thread_follows_its_work(slow_repository, tmp_path):
+    """Without ``[server] cores``, the daemon's main thread moves onto the cores of an idle
+    placement it hands a job to (its intake and reply then run on cores the run leaves idle, and
+    the caller's cores stay the caller's), and off them when it hands one to that placement
+    while it is busy. ``inline_max_ms = 0`` makes every job a hand-off; the second request
+    arrives while the first, half a second long, runs."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs a core besides the placement's")
+    with DaemonProcess.start(slow_repository, tmp_path, config={
+            "placements": {"tensorflow": "off", "load": "eager", "inline_max_ms": 0.0}}) as d:
+        p = next(p for p in control(d, "placements")["placements"]
+                 if p["runtime"] == "litert" and len(p["cores"]) < len(allowed))
+        main = d.proc.pid   # the main thread's id is the process's
+        assert os.sched_getaffinity(main) == set(allowed)
+        sock = dealer(d)
+        send_infer(sock, "lone", 1, p["name"])
+        assert recv(sock)["type"] == "result"
+        assert os.sched_getaffinity(main) == set(p["cores"])
+        send_infer(sock, "long", SLOW_BATCH, p["name"])
+        send_infer(sock, "behind", 1, p["name"])
+        assert {recv(sock)["id"], recv(sock)["id"]} == {"long", "behind"}
+        assert os.sched_getaffinity(main) == set(allowed)
+        sock.close()
+
+
 def test_server_cores_pin_the_daemons_threads_and_leave_the_workers_on_theirs(slow_repository, tmp_path):
     """``[server] cores``: every thread of the daemon (ZeroMQ's I/O thread and the selection
     store's included) runs on those cores; each worker still runs on its placement's cores; the
