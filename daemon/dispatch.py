@@ -43,13 +43,13 @@ SHADOW = "shadow"
 class Dispatcher:
     def __init__(self, placements: Iterable[Placement], queue_limit: int, *, isolation: str = "thread",
                  reject_nonfinite: bool = True, home_cores: tuple[int, ...] = (), shadow_worker: bool = False,
-                 sched_slice_us: int = 0) -> None:
+                 sched_slice_us: int = 0, follow_work: bool = True) -> None:
         placements = list(placements)
         in_thread = [p for p in placements if p.runtime == "litert" and isolation == "thread"]
         in_process = [p for p in placements if p not in in_thread]
         self.queue_limit = queue_limit
         self.threads = ThreadPlacements(in_thread, queue_limit, reject_nonfinite=reject_nonfinite,
-                                        home_cores=home_cores)
+                                        home_cores=home_cores, follow_work=follow_work)
         # A worker asks for its scheduler slice itself: one restarted while the front end runs
         # under SCHED_RR (reset on fork) inherits neither the policy nor the slice.
         options: dict[str, Any] = {"reject_nonfinite": reject_nonfinite}

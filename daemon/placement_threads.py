@@ -17,12 +17,14 @@ Contract
   are set. The caller decides which jobs are short enough to run inline. With ``[server]
   rt_priority`` (:attr:`ThreadPlacements.realtime`) the thread leaves its real-time policy for
   the run and takes it back after.
-* The main thread follows its work (:meth:`submit`), unless ``[server] cores`` or ``rt_priority``
-  is set: handing a job to an idle placement, it moves onto that placement's cores, which are
-  idle while it takes the request in and later replies, so the caller's core stays the caller's;
-  handing one to a busy placement whose cores it is on, it leaves them for every core it may use
-  (the set it had when this object was made), so that its intake overlaps the run rather than
-  taking the run's core. One ``sched_setaffinity`` per change, none while it stays put.
+* The main thread follows its work (:meth:`submit`), unless ``[server] cores`` pins it,
+  ``[server] spin_us`` is set (``follow_work=False``) or a real-time front end is in effect:
+  handing a job to an idle placement (nothing queued, in flight or under its lock), it moves
+  onto that placement's cores, which are idle while it takes the request in and later replies,
+  so the caller's core stays the caller's; handing one to a busy placement, it leaves any
+  placement's cores for every core it may use (the set it had when this object was made), so
+  that its intake overlaps the runs rather than taking a run's core. One ``sched_setaffinity``
+  per change, none while it stays put.
 * Every use of a placement's interpreters and maps happens under its lock, by its thread or by
   the main thread inline: one at a time. Commands other than runs (load, unload, unmap, ping)
   go through the same queue, so they never overlap a run.
@@ -99,13 +101,16 @@ SWITCH_INTERVAL_S = 0.0001   # sys.setswitchinterval while placement threads run
 
 class ThreadPlacements:
     def __init__(self, placements: Iterable[Placement], queue_limit: int, *, reject_nonfinite: bool = True,
-                 home_cores: tuple[int, ...] = ()) -> None:
+                 home_cores: tuple[int, ...] = (), follow_work: bool = True) -> None:
         self.queue_limit = queue_limit
         self.workers: dict[str, ThreadPlacement] = {
             p.name: ThreadPlacement(p, reject_nonfinite) for p in placements}
         self._home = tuple(home_cores)               # [server] cores: where the main thread lives
         self._here: tuple[int, ...] | None = None    # the main thread's cores now (None: unpinned)
         self._free = tuple(sorted(os.sched_getaffinity(0)))   # unpinned: every core it may use (made on it)
+        # The main thread follows its work (see the contract): not when [server] cores pins it,
+        # nor with [server] spin_us, whose spin would share the run's core.
+        self.follow_work = follow_work and not self._home
         self._done: deque[Outcome] = deque()
         self._failed_loads: deque[tuple[str, tuple[str, str], str]] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -237,27 +242,22 @@ class ThreadPlacements:
         w = self.workers[placement]
         if len(w.queue) >= self.queue_limit:
             return False
-        if not self._home and self.realtime is None:
-            self._follow_work(w)
         job.job_id = self._next_job
         self._next_job += 1
-        with w.wakeup:
+        with w.wakeup:   # (the thread pops a job and marks it in flight under this lock)
+            if self.follow_work and self.realtime is None:   # moved before the thread wakes beside it
+                self._follow_work(w, not (w.queue or w.inflight is not None or w.commands or w.lock.locked()))
             w.queue.append(job)
             w.wakeup.notify()
         return True
 
-    def _follow_work(self, w: ThreadPlacement) -> None:
-        """Where the main thread goes when it hands a job over, unpinned (no ``[server] cores``):
-        onto the placement's cores when the placement is idle, since its request's intake and
-        reply then fall before and after the run, when those cores have nothing else to do, and
-        leave the caller's cores to the caller; off them when the placement is busy, so that the
-        intake of the requests behind overlaps the run instead of taking its core."""
-        if not (w.queue or w.inflight is not None or w.commands):
-            cores: tuple[int, ...] | None = w.placement.cores
-        elif self._here == w.placement.cores:
-            cores = None
-        else:
-            return
+    def _follow_work(self, w: ThreadPlacement, idle: bool) -> None:
+        """Where the main thread goes when it hands a job over (see the module's contract): onto
+        the placement's cores when the placement was idle, since the request's intake and reply
+        then fall before and after the run, when those cores have nothing else to do, and leave
+        the caller's cores to the caller; off any placement's cores when it was busy, so that
+        the intake of the requests behind overlaps the run instead of taking its core."""
+        cores = w.placement.cores if idle else None
         if self._here != cores:
             try:
                 os.sched_setaffinity(0, self._free if cores is None else cores)

@@ -439,8 +439,10 @@ def test_unpinned_the_main_thread_follows_its_work(slow_repository, tmp_path):
         pytest.skip("needs a core besides the placement's")
     with DaemonProcess.start(slow_repository, tmp_path, config={
             "placements": {"tensorflow": "off", "load": "eager", "inline_max_ms": 0.0}}) as d:
-        p = next(p for p in control(d, "placements")["placements"]
-                 if p["runtime"] == "litert" and len(p["cores"]) < len(allowed))
+        p = next((p for p in control(d, "placements")["placements"]
+                  if p["runtime"] == "litert" and len(p["cores"]) < len(allowed)), None)
+        if p is None:
+            pytest.skip("no placement leaves a core free")
         main = d.proc.pid   # the main thread's id is the process's
         assert os.sched_getaffinity(main) == set(allowed)
         sock = dealer(d)

@@ -1,13 +1,14 @@
 """Where the daemon's main thread runs when it hands jobs to placement threads
 (adaptd.daemon.placement_threads: "The main thread follows its work"). Real ThreadPlacements and
 real affinity calls; the placements are not started, so every job submitted stays queued: the
-first finds its placement idle, the next finds it busy. Each case runs on a thread of its own,
-since affinity is per thread."""
+first job for a placement finds it idle, the next finds it busy. Each case runs on a thread of
+its own, since affinity is per thread."""
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -16,55 +17,77 @@ from adaptd.daemon.placement_threads import ThreadPlacements
 from adaptd.daemon.placements import Placement
 
 ALLOWED = sorted(os.sched_getaffinity(0))
-pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two cores: one for the placement, one more")
+pytestmark = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two cores: one for a placement, one more")
+A, B = ALLOWED[-1], ALLOWED[0]
 
 
 def _job(n: int) -> Job:
     return Job(f"r{n}", "/nonexistent", "float32", [], [], 0, None)
 
 
-def _affinities(home_cores: tuple[int, ...] = (), realtime: object = None) -> list[set[int]]:
-    """The calling thread's cores after each of two submits to one single-core placement."""
-    seen: list[set[int]] = []
-
-    def body() -> None:
-        pool = ThreadPlacements([Placement("cpu:t", "cpu", "litert", (ALLOWED[-1],), 1, None, "one core")], 4,
-                                home_cores=home_cores)
-        pool.realtime = realtime
-        try:
-            for n in range(2):
-                assert pool.submit("cpu:t", _job(n))
-                seen.append(os.sched_getaffinity(0))
-        finally:
-            pool.stop()
-
-    thread = threading.Thread(target=body)
+def _on_own_thread(body: Callable[[], object]) -> object:
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(body()))
     thread.start()
     thread.join()
-    return seen
+    assert out, "the case raised (see the thread's traceback above)"
+    return out[0]
+
+
+def _affinities(submits: list[str], *, home_cores: tuple[int, ...] = (), realtime: object = None,
+                follow_work: bool = True, before: Callable[[ThreadPlacements], None] | None = None) -> list[set[int]]:
+    """The calling thread's cores after each submit, to placements "a" (core A) and "b" (core B)."""
+    def body() -> list[set[int]]:
+        pool = ThreadPlacements([Placement("a", "cpu", "litert", (A,), 1, None, "one core"),
+                                 Placement("b", "cpu", "litert", (B,), 1, None, "another")], 4,
+                                home_cores=home_cores, follow_work=follow_work)
+        pool.realtime = realtime
+        if before is not None:
+            before(pool)
+        seen = []
+        try:
+            for n, placement in enumerate(submits):
+                assert pool.submit(placement, _job(n))
+                seen.append(os.sched_getaffinity(0))
+        finally:
+            for w in pool.workers.values():
+                if w.lock.locked():
+                    w.lock.release()
+            pool.stop()
+        return seen
+
+    return _on_own_thread(body)
 
 
 def test_the_main_thread_moves_onto_an_idle_placement_and_off_a_busy_one():
-    idle, busy = _affinities()
-    assert idle == {ALLOWED[-1]}
+    idle, busy = _affinities(["a", "a"])
+    assert idle == {A}
     assert busy == set(ALLOWED)
 
 
+def test_it_leaves_any_busy_placements_cores():
+    # a (idle) takes it to A, b (idle) to B; a again is busy: off B too, where b's job waits.
+    assert _affinities(["a", "b", "a"]) == [{A}, {B}, set(ALLOWED)]
+
+
+def test_a_placement_under_its_lock_is_busy():
+    # A load or an unmap runs under the placement's lock with nothing queued or in flight.
+    assert _affinities(["a"], before=lambda pool: pool.workers["a"].lock.acquire()) == [set(ALLOWED)]
+
+
 def test_pinned_by_server_cores_it_stays_put():
-    home = (ALLOWED[0],)
+    home = (B,)
 
     def pinned() -> list[set[int]]:   # [server] cores pins the whole process before the pool is made
         os.sched_setaffinity(0, home)
-        return _affinities(home_cores=home)
+        return _affinities(["a", "a"], home_cores=home)
 
-    out: list[list[set[int]]] = []
-    thread = threading.Thread(target=lambda: out.append(pinned()))
-    thread.start()
-    thread.join()
-    assert out[0] == [set(home), set(home)]
+    assert _on_own_thread(pinned) == [set(home), set(home)]
 
 
-def test_with_a_real_time_front_end_it_stays_put():
-    # rt_priority: the main thread under SCHED_RR on the placement's core would keep its run from
-    # it; it moves only for an inline run, leaving its real-time policy for that run.
-    assert _affinities(realtime=object()) == [set(ALLOWED), set(ALLOWED)]
+def test_with_spin_us_or_a_real_time_front_end_it_stays_put():
+    # spin_us: the spin would share the run's core. rt_priority: under SCHED_RR on the
+    # placement's core the main thread would keep the run from it; it moves only for an inline
+    # run, leaving its real-time policy for that run.
+    assert _affinities(["a", "a"], follow_work=False) == [set(ALLOWED), set(ALLOWED)]
+    assert _affinities(["a", "a"], realtime=object()) == [set(ALLOWED), set(ALLOWED)]
