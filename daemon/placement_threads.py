@@ -85,6 +85,11 @@ class ThreadPlacement:
     def busy(self) -> bool:
         return self.inflight is not None
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running or waiting as a command (a command being run holds ``lock``)."""
+        return not (self.queue or self.inflight is not None or self.commands)
+
     def waiting(self) -> tuple[Job, ...]:
         """The runs waiting, in order: one copy of the queue (``tuple`` of a deque runs under the
         GIL, whole, while this placement's thread pops it)."""
@@ -246,17 +251,14 @@ class ThreadPlacements:
         self._next_job += 1
         with w.wakeup:   # (the thread pops a job and marks it in flight under this lock)
             if self.follow_work and self.realtime is None:   # moved before the thread wakes beside it
-                self._follow_work(w, not (w.queue or w.inflight is not None or w.commands or w.lock.locked()))
+                self._follow_work(w, w.idle and not w.lock.locked())
             w.queue.append(job)
             w.wakeup.notify()
         return True
 
     def _follow_work(self, w: ThreadPlacement, idle: bool) -> None:
-        """Where the main thread goes when it hands a job over (see the module's contract): onto
-        the placement's cores when the placement was idle, since the request's intake and reply
-        then fall before and after the run, when those cores have nothing else to do, and leave
-        the caller's cores to the caller; off any placement's cores when it was busy, so that
-        the intake of the requests behind overlaps the run instead of taking its core."""
+        """The main thread onto ``w``'s cores when it was idle, else off any placement's (the
+        module's contract says why)."""
         cores = w.placement.cores if idle else None
         if self._here != cores:
             try:
@@ -270,7 +272,7 @@ class ThreadPlacements:
         """Run a job on the calling (main) thread now, if the placement is idle and the variant
         loaded there; else None (the caller queues it)."""
         w = self.workers[placement]
-        if w.queue or w.inflight is not None or w.commands or w.cache is None \
+        if not w.idle or w.cache is None \
                 or (job.version_dir, job.variant) not in w.cache.loaded or not w.lock.acquire(blocking=False):
             return None
         # With a real-time front end the run shares the placement's cores as the placement's
