@@ -6,6 +6,9 @@ choice, statistics or records). What a skeleton costs over the bare echo is what
 costs; the daemon built on it can only add to that. Candidates:
 
 * ``echo``: a ROUTER that returns each request (the floor of any ZeroMQ service).
+* ``echo, compiled``: the same ROUTER in C (``bench/skeletons/echo.c``, built here with the
+  system's C compiler against the libzmq that pyzmq ships; left out, with the reason, where
+  either is missing): the floor of a front end that is not Python.
 * ``inline``: the receiving thread runs the interpreter itself (execution where the request is
   received; the thread is not pinned).
 * ``inline, migrate``: the same, the receiving thread moving itself onto the placement's cores
@@ -37,7 +40,9 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -180,7 +185,6 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
         from adaptd.daemon.channel import Channel
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        r, w = os.pipe()
         if os.fork() == 0:
             ours.close()
             os.sched_setaffinity(0, cores)
@@ -258,7 +262,45 @@ def _inprocess(version_dir: str, cores: tuple[int, ...], shape, n: int, out) -> 
 
 
 RESIDENT = b"r"   # a request's input frame meaning "run on the input you hold" (--resident)
-KINDS = ("echo", "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
+COMPILED = "echo, compiled"
+KINDS = ("echo", COMPILED, "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
+
+
+def _compile_echo(tmp: str) -> tuple[str | None, str]:
+    """``bench/skeletons/echo.c`` built against pyzmq's libzmq: (path of the binary, "") or
+    (None, why not)."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None, "no C compiler (cc, gcc or $CC)"
+    site = Path(zmq.__file__).resolve().parent
+    libs = sorted((site.parent / "pyzmq.libs").glob("libzmq*.so*")) + sorted(site.glob("libzmq*.so*"))
+    if not libs:
+        return None, f"no libzmq shipped with pyzmq beside {site}"
+    binary = str(Path(tmp) / "echo")
+    build = subprocess.run([cc, "-O2", "-o", binary, str(ROOT / "bench" / "skeletons" / "echo.c"), str(libs[0]),
+                            f"-Wl,-rpath,{libs[0].parent}"], check=False, capture_output=True, text=True)
+    if build.returncode != 0:
+        return None, f"{cc} failed: {build.stderr.strip().splitlines()[-1] if build.stderr.strip() else build.returncode}"
+    return binary, ""
+
+
+class _CompiledServer:
+    """The C echo as a server process, reporting (served, CPU s, invoke s) as ``_serve`` does."""
+
+    def __init__(self, binary: str, endpoint: str) -> None:
+        self.proc = subprocess.Popen([binary, endpoint], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the compiled echo did not start")
+
+    def get(self) -> tuple[int, float, float]:
+        served, cpu_s = self.proc.stdout.readline().split()
+        return int(served), float(cpu_s), 0.0
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def join(self) -> None:
+        self.proc.wait()
 
 
 def main() -> int:
@@ -286,19 +328,28 @@ def main() -> int:
     rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in KINDS}
     baseline: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
+        compiled, why_not = _compile_echo(tmp)
+        kinds = KINDS if compiled else tuple(k for k in KINDS if k != COMPILED)
+        if not compiled:
+            print(f"{COMPILED}: left out: {why_not}")
+            del rows[COMPILED]
         for r in range(args.rounds):
             out = ctx.Queue()
             proc = ctx.Process(target=_inprocess, args=(str(version_dir), cores, shape, n, out))
             proc.start()
             baseline.append(float(np.percentile(np.array(out.get()) / 1e3, 50)))
             proc.join()
-            for kind in KINDS:   # alternating, so a slow spell of the host spreads over all
+            for kind in kinds:   # alternating, so a slow spell of the host spreads over all
                 ep = f"ipc://{tmp}/{r}-{KINDS.index(kind)}.sock"
-                ready, stats_q, out = ctx.Event(), ctx.Queue(), ctx.Queue()
-                server = ctx.Process(target=_serve, args=(kind, ep, ready, stats_q, str(version_dir), 1, cores,
-                                                          shape), daemon=True)
-                server.start()
-                ready.wait()
+                out = ctx.Queue()
+                if kind == COMPILED:
+                    server = reports = _CompiledServer(compiled, ep)   # its reports come on its stdout
+                else:
+                    ready, reports = ctx.Event(), ctx.Queue()
+                    server = ctx.Process(target=_serve, args=(kind, ep, ready, reports, str(version_dir), 1, cores,
+                                                              shape), daemon=True)
+                    server.start()
+                    ready.wait()
                 client = ctx.Process(target=_client, args=(ep, shape, n, client_cores, out, args.resident))
                 client.start()
                 rtts = np.array(out.get()) / 1e3
@@ -306,7 +357,7 @@ def main() -> int:
                 sock = zmq.Context.instance().socket(zmq.DEALER)
                 sock.connect(ep)
                 send_frames(sock, [b"", b"ADPT01", b"\x80", b""])
-                warm, end = stats_q.get(), stats_q.get()   # (served, CPU s, invoke s) after the warm-up, at the end
+                warm, end = reports.get(), reports.get()   # (served, CPU s, invoke s) after the warm-up, at the end
                 served, cpu_s, invoke_s = (b - a for a, b in zip(warm, end))
                 sock.close(0)
                 server.kill()
