@@ -1,0 +1,152 @@
+"""ADPT/1 over a Unix stream (adaptd.wire.stream): framing, partial reads, limits. Real socketpairs."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptd.wire.stream import (GROW_FROM, MAX_FRAMES, READ_BYTES, FramingError, MessageReader, message_bytes,
+                                send_message, unsent)
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def read_all(reader: MessageReader, sock: socket.socket) -> list[list[bytes]]:
+    """Every message complete on ``sock`` now, as bytes."""
+    out = []
+    while True:
+        try:
+            out += [[bytes(f) for f in m] for m in reader.read_from(sock)]
+        except BlockingIOError:
+            return out
+
+
+def test_a_message_arrives_with_its_frames_and_a_tensor_uncopied_on_the_way(pair):
+    a, b = pair
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    send_message(a, [b"ADPT01", b"header", x])
+    (frames,) = read_all(MessageReader(1 << 20), b)
+    assert frames == [b"ADPT01", b"header", x.tobytes()]
+
+
+def test_messages_sent_back_to_back_are_all_read_and_stay_valid_after_later_reads(pair):
+    a, b = pair
+    reader = MessageReader(1 << 20)
+    for i in range(5):
+        send_message(a, [b"ADPT01", b"h%d" % i, b""])
+    first = reader.read_from(b)
+    assert [bytes(m[1]) for m in first] == [b"h%d" % i for i in range(5)]
+    assert all(len(m[2]) == 0 for m in first)
+    send_message(a, [b"ADPT01", b"later"])
+    assert [bytes(f) for f in reader.read_from(b)[0]] == [b"ADPT01", b"later"]
+    assert bytes(first[4][1]) == b"h4"   # a later read changed nothing under the earlier frames
+    with pytest.raises(TypeError):
+        first[0][1][0] = 0   # read-only
+
+
+def test_a_message_trickling_in_byte_by_byte_is_whole_once_its_last_byte_comes(pair):
+    a, b = pair
+    reader = MessageReader(1 << 20)
+    data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"hdr", b"\x01\x02\x03"]))
+    got = []
+    for i, byte in enumerate(data):
+        a.sendall(bytes([byte]))
+        got += read_all(reader, b)
+        assert bool(got) == (i == len(data) - 1)
+    assert got == [[b"ADPT01", b"hdr", b"\x01\x02\x03"]]
+
+
+def test_a_large_message_in_pieces_lands_in_one_buffer_of_its_size(pair):
+    a, b = pair
+    reader = MessageReader(1 << 26)
+    body = np.random.default_rng(0).integers(0, 255, 3 * READ_BYTES + 17, dtype=np.uint8)
+    data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"hdr", body]))
+    got = []
+    for at in range(0, len(data), 5000):
+        a.sendall(data[at:at + 5000])
+        got += read_all_views(reader, b)
+    (frames,) = got
+    assert bytes(frames[2]) == body.tobytes()
+    assert frames[1].obj is frames[2].obj and len(frames[2].obj) == 6 + 3 + body.nbytes   # one buffer
+
+
+def read_all_views(reader: MessageReader, sock: socket.socket) -> list[list[memoryview]]:
+    out = []
+    while True:
+        try:
+            out += reader.read_from(sock)
+        except BlockingIOError:
+            return out
+
+
+def test_a_peer_announcing_a_huge_message_and_sending_little_holds_little(pair):
+    a, b = pair
+    reader = MessageReader(1 << 30)
+    a.sendall(bytes(message_bytes([b"x" * (900 << 20)])[0]) + b"x" * (2 * READ_BYTES))
+    read_all(reader, b)
+    assert reader.held_bytes <= max(GROW_FROM, 4 * READ_BYTES)
+
+
+@pytest.mark.parametrize("prefix, too_large", [
+    ((0).to_bytes(4, "little"), False),
+    ((MAX_FRAMES + 1).to_bytes(4, "little"), False),
+    ((1).to_bytes(4, "little") + (2000).to_bytes(4, "little"), True),
+])
+def test_a_broken_prefix_is_a_framing_error(pair, prefix, too_large):
+    a, b = pair
+    a.sendall(prefix)
+    with pytest.raises(FramingError) as err:
+        read_all(MessageReader(1000), b)
+    assert err.value.too_large is too_large
+
+
+def test_the_end_of_the_stream_is_a_connection_error_mid_message_or_not(pair):
+    a, b = pair
+    reader = MessageReader(1 << 20)
+    a.sendall(bytes(message_bytes([b"ADPT01", b"0123456789"])[0]) + b"ADPT")
+    a.close()
+    with pytest.raises(ConnectionError, match="middle of a message"):
+        read_all(reader, b)
+    c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.close()
+    with pytest.raises(ConnectionError, match="closed the stream"):
+        MessageReader(10).read_from(d)
+    d.close()
+
+
+def test_unsent_is_what_a_partial_write_left():
+    buffers = [b"abcd", np.arange(3, dtype=np.uint8), b"xy"]
+    assert [bytes(v) for v in unsent(buffers, 0)] == [b"abcd", b"\x00\x01\x02", b"xy"]
+    assert [bytes(v) for v in unsent(buffers, 5)] == [b"\x01\x02", b"xy"]
+    assert unsent(buffers, 9) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages=st.lists(st.lists(st.binary(max_size=300), min_size=1, max_size=5), min_size=1, max_size=6),
+       cuts=st.lists(st.integers(1, 400), min_size=1, max_size=30))
+def test_any_messages_cut_anywhere_are_read_back_exactly(messages, cuts):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.setblocking(False)
+    try:
+        data = b"".join(bytes(memoryview(x).cast("B")) for m in messages for x in message_bytes(m))
+        reader, got, at, i = MessageReader(1 << 20), [], 0, 0
+        while at < len(data):
+            step = cuts[i % len(cuts)]
+            a.sendall(data[at:at + step])
+            at, i = at + step, i + 1
+            got += read_all(reader, b)
+        assert got == messages
+    finally:
+        a.close()
+        b.close()

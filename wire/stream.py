@@ -1,0 +1,165 @@
+"""ADPT/1 messages over a Unix stream socket: the local transport without ZeroMQ's I/O threads.
+
+Contract
+--------
+* Framing (PROTOCOL.md §2.3): a message is its frame count ``n`` (1 to ``MAX_FRAMES``), then
+  ``n`` frame lengths, each a 4-byte little-endian unsigned integer, then the frames back to
+  back. The frames are those a DEALER sends over ZeroMQ after its empty delimiter would be: the
+  signature, the header, the bodies (§2.1), so the same codec (:mod:`adaptd.wire.protocol`)
+  reads both transports; a stream has no envelope (the connection is the peer).
+* :func:`send_message` writes one message on a blocking socket (scatter-gather: tensor buffers
+  are not copied into a message first). :func:`message_bytes` gives the prefix and the frames
+  for a writer that keeps its own queue (the daemon's non-blocking one), :func:`unsent` what is
+  left of them after a partial write.
+* :class:`MessageReader` is incremental: :meth:`~MessageReader.read_from` reads what a socket
+  has (one ``recv``), returns the messages completed by it, each a list of read-only
+  ``memoryview`` frames over buffers that no later read changes (a caller may keep them while
+  later messages are read), and keeps a partial one for the next call. A message larger
+  than a read is received into one buffer of its size, allocated once its length is known. A
+  frame count out of range or a message over ``max_message_bytes`` raises
+  :class:`FramingError`: the stream cannot be resynchronised, so its connection must be closed.
+  End of stream raises ``ConnectionError`` (mid-message too).
+* Pure Python over ``socket`` objects; one thread per socket at a time.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+MAX_FRAMES = 64          # signature, header and up to 62 tensors
+READ_BYTES = 65536       # one recv's size while no larger message is known to be under way
+GROW_FROM = 1 << 20      # a large message's buffer: its whole size up to this, else grown as it comes
+_U32 = struct.Struct("<I")
+
+
+class FramingError(ValueError):
+    """The stream breaks the framing (its connection has to be closed); ``too_large`` when the
+    cause is a message over the size limit."""
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def _nbytes(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame) if isinstance(frame, bytes) \
+        else memoryview(frame).nbytes
+
+
+def message_bytes(frames: Sequence[Any]) -> list[Any]:
+    """The buffers of one message: its prefix (count and lengths), then ``frames`` as given."""
+    n = len(frames)
+    if not 1 <= n <= MAX_FRAMES:
+        raise ValueError(f"a message has 1 to {MAX_FRAMES} frames, not {n}")
+    return [struct.pack(f"<{n + 1}I", n, *map(_nbytes, frames)), *frames]
+
+
+def send_message(sock: socket.socket, frames: Sequence[Any]) -> None:
+    """Write one message on a blocking stream socket (all of it, or raise OSError)."""
+    buffers = message_bytes(frames)
+    sent = sock.sendmsg(buffers)
+    total = sum(map(_nbytes, buffers))
+    if sent < total:   # a large message, or a full socket buffer: the rest in order
+        for buf in unsent(buffers, sent):
+            sock.sendall(buf)
+
+
+def unsent(buffers: Sequence[Any], sent: int) -> list[memoryview]:
+    """What is left of ``buffers`` once ``sent`` bytes of them went out."""
+    rest = []
+    for buf in buffers:
+        view = memoryview(buf).cast("B")
+        if sent >= view.nbytes:
+            sent -= view.nbytes
+            continue
+        rest.append(view[sent:])
+        sent = 0
+    return rest
+
+
+class MessageReader:
+    """Messages out of a byte stream, as they complete (see the module's contract)."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = int(max_message_bytes)
+        self._partial = b""            # the start of a message whose prefix is not all here yet
+        self._big: bytearray | None = None   # a large message's buffer, being filled
+        self._big_filled = 0
+        self._big_size = 0               # the large message's size (its buffer may be smaller yet)
+        self._big_frames: list[int] = []
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes held for a message not complete yet."""
+        return len(self._partial) + (len(self._big) if self._big is not None else 0)
+
+    def read_from(self, sock: socket.socket) -> list[list[memoryview]]:
+        """One ``recv`` from ``sock`` and the messages it completes; ``BlockingIOError`` when a
+        non-blocking socket has nothing, ConnectionError at the end of the stream."""
+        big = self._big
+        if big is not None:
+            if self._big_filled == len(big):   # full, the message not: double it
+                grown = bytearray(min(self._big_size, 2 * len(big)))
+                grown[:self._big_filled] = big
+                self._big = big = grown
+            n = sock.recv_into(memoryview(big)[self._big_filled:])
+            if n == 0:
+                raise ConnectionError("the peer closed the stream in the middle of a message")
+            self._big_filled += n
+            if self._big_filled < self._big_size:
+                return []
+            self._big = None
+            return [_split(memoryview(big).toreadonly(), self._big_frames)]
+        data = sock.recv(READ_BYTES)
+        if not data:
+            if self._partial:
+                raise ConnectionError("the peer closed the stream in the middle of a message")
+            raise ConnectionError("the peer closed the stream")
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> list[list[memoryview]]:
+        messages = []
+        view = memoryview(data)
+        size, at = len(data), 0
+        while at < size:
+            if size - at < 4:
+                break
+            (n,) = _U32.unpack_from(data, at)
+            if not 1 <= n <= MAX_FRAMES:
+                raise FramingError(f"a message of {n} frames (1 to {MAX_FRAMES})")
+            head = 4 + 4 * n
+            if size - at < head:
+                break
+            lengths = struct.unpack_from(f"<{n}I", data, at + 4)
+            body = sum(lengths)
+            if body > self.max_message_bytes:
+                raise FramingError(f"a message of {body} bytes (the limit is {self.max_message_bytes})", too_large=True)
+            start = at + head
+            if size - start < body:
+                if body > READ_BYTES:   # received into one buffer, not by concatenation
+                    have = size - start
+                    big = bytearray(body if body <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have))
+                    big[:have] = view[start:]
+                    self._big, self._big_filled, self._big_size = big, have, body
+                    self._big_frames = list(lengths)
+                    return messages
+                break
+            messages.append(_split(view[start:start + body], lengths))
+            at = start + body
+        if at < size:
+            self._partial = bytes(view[at:])
+        return messages
+
+
+def _split(view: memoryview, lengths: Sequence[int]) -> list[memoryview]:
+    frames, at = [], 0
+    for length in lengths:
+        frames.append(view[at:at + length])
+        at += length
+    return frames
