@@ -40,7 +40,7 @@ from adaptd.daemon.power.config import PowerConfig
 from adaptd.daemon.sched import MAX_SLICE_US, MIN_SLICE_US
 from adaptd.daemon.store_config import StoreConfig
 from adaptd.selector import SelectorConfig
-from adaptd.wire.rundir import daemon_runtime_dir
+from adaptd.wire.rundir import LOCAL_SOCKET_NAME, SOCKET_NAME, daemon_runtime_dir
 
 POLICIES = ("adaptive", "static", "most_accurate")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -98,18 +98,20 @@ def _core_list(value: Any, key: str) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
-def _endpoint_list(value: Any, key: str, ipc_only: bool = False) -> tuple[str, ...]:
+def _endpoint_list(value: Any, key: str, ipc_only: bool = False, unix: bool = False) -> tuple[str, ...]:
+    """ZeroMQ endpoints (ipc:// or tcp://; ``ipc_only``), and with ``unix`` local streams (unix://)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of endpoint strings")
+    kinds = ("ipc://",) if ipc_only else ("ipc://", "tcp://", "unix://") if unix else ("ipc://", "tcp://")
     for v in value:
-        if not v.startswith(("ipc://", "tcp://")) or (ipc_only and not v.startswith("ipc://")):
-            raise ConfigError(f"{key}: {v!r} is not an {'ipc' if ipc_only else 'ipc:// or tcp'}:// endpoint")
+        if not v.startswith(kinds) or (v.startswith(("ipc://", "unix://")) and len(v) <= len("unix://")):
+            raise ConfigError(f"{key}: {v!r} is not an endpoint of the kinds {', '.join(k + '...' for k in kinds)}")
     return tuple(value)
 
 
 def is_loopback(endpoint: str) -> bool:
-    """An ipc endpoint, or a tcp one bound to the loopback interface only."""
-    if endpoint.startswith("ipc://"):
+    """An ipc or unix endpoint, or a tcp one bound to the loopback interface only."""
+    if endpoint.startswith(("ipc://", "unix://")):
         return True
     host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
     return host in LOOPBACK_HOSTS or host.startswith("127.")
@@ -117,7 +119,7 @@ def is_loopback(endpoint: str) -> bool:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    endpoints: tuple[str, ...] = ()          # empty: the default ipc endpoint
+    endpoints: tuple[str, ...] = ()          # empty: the default ipc endpoint and local stream
     pub_endpoints: tuple[str, ...] = ()      # empty: the default ipc stream endpoint
     admin_endpoints: tuple[str, ...] = ()    # empty: the default ipc admin endpoint (mode 0600)
     ipc_mode: int = 0o660
@@ -143,7 +145,7 @@ class ServerConfig:
         _check_keys(d, {f.name for f in fields(cls)}, w)
         out = cls(
             **_scalars(cls, d, w),
-            endpoints=_endpoint_list(d.get("endpoints", []), f"{w}.endpoints"),
+            endpoints=_endpoint_list(d.get("endpoints", []), f"{w}.endpoints", unix=True),
             pub_endpoints=_endpoint_list(d.get("pub_endpoints", []), f"{w}.pub_endpoints"),
             admin_endpoints=_endpoint_list(d.get("admin_endpoints", []), f"{w}.admin_endpoints", ipc_only=True),
             cores=_core_list(d.get("cores", []), f"{w}.cores"),
@@ -360,7 +362,12 @@ class Config:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return self.server.endpoints or (f"ipc://{self.runtime_dir / 'adaptd.sock'}",)
+        """The request endpoints: as configured, else the default ipc socket and, unless CurveZMQ
+        guards the endpoints (a local stream has no keys), the default local stream."""
+        if self.server.endpoints:
+            return self.server.endpoints
+        ipc = f"ipc://{self.runtime_dir / SOCKET_NAME}"
+        return (ipc,) if self.auth.curve else (ipc, f"unix://{self.runtime_dir / LOCAL_SOCKET_NAME}")
 
     @property
     def pub_endpoints(self) -> tuple[str, ...]:
@@ -380,8 +387,13 @@ class Config:
         return self.selector.calibration or Path(self.repository) / "calibration.json"
 
     def check_exposure(self) -> None:
-        """Refuse tcp endpoints beyond the loopback interface without authentication."""
+        """Refuse tcp endpoints beyond the loopback interface without authentication, and local
+        streams with it (they carry no keys: the socket file's mode is their only guard)."""
         if self.auth.curve:
+            streams = [e for e in self.endpoints if e.startswith("unix://")]
+            if streams:
+                raise ConfigError(f"server.endpoints: {streams[0]} is a local stream, which [auth] curve cannot "
+                                  "guard; use an ipc:// endpoint with authentication")
             return
         for key, endpoints in (("server.endpoints", self.endpoints), ("server.pub_endpoints", self.pub_endpoints)):
             for endpoint in endpoints:

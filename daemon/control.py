@@ -90,6 +90,7 @@ class Control:
 
     def health(self, request: proto.Request) -> dict[str, Any]:
         d = self.d
+        streams = d.frontend.streams
         return {"status": "draining" if d.draining else "serving",
                 "uptime_s": time.time() - d.started_at, "pid": os.getpid(),
                 "rss_bytes": rss_bytes(), "workers_rss_bytes": d.pool.workers_rss_bytes(),
@@ -98,8 +99,9 @@ class Control:
                 "store": d.store.describe(),
                 "replay": {"entries": len(d.replays), "bytes": d.replays.bytes, "hits": d.replays.hits},
                 "busy_refused_early": d.path.busy_early,
-                "replies_unread_dropped": d.frontend.replies_unread_dropped,
-                "replies_to_departed": d.frontend.replies_to_departed,
+                "replies_unread_dropped": d.frontend.replies_unread_dropped + streams.replies_unread_dropped,
+                "replies_to_departed": d.frontend.replies_to_departed + streams.replies_to_departed,
+                "local_streams": {"connections": len(streams.connections), "refused": streams.refused},
                 "authentication": "curve" if d.auth.enabled else "none",
                 "front_end_scheduling": d.realtime.describe() if d.realtime is not None else "fair"}
 

@@ -4,10 +4,11 @@ Contract
 --------
 * :meth:`Frontend.bind` creates one ``ROUTER`` per request endpoint and per admin endpoint (ipc
   only, socket file mode 0600: only the daemon's own user, and root, may connect), guards each
-  with CurveZMQ when authentication is on, and binds it. An ipc socket file left by a daemon that
+  with CurveZMQ when authentication is on, and binds it; a ``unix://`` request endpoint is a local
+  stream instead (:mod:`adaptd.daemon.streams`, ``streams``), which the daemon's loop polls. An ipc socket file left by a daemon that
   is gone is replaced; the caller holds the instance lock (:mod:`adaptd.daemon.instance`), so it is
   never a live daemon's. On failure every socket bound so far is closed and its file removed.
-* Replies (:meth:`Frontend.send`) never block the daemon. Each client connection may have
+* Replies (:meth:`Frontend.send`, to either kind of route) never block the daemon. Each client connection may have
   ``send_hwm`` replies waiting that it has not read; a reply beyond that is dropped and counted
   (``replies_unread_dropped``), as is a reply to a client that has gone
   (``replies_to_departed``). A client that stops reading loses its own replies, never the
@@ -26,6 +27,8 @@ from typing import Any
 
 import zmq
 
+from adaptd.daemon.streams import SCHEME as STREAM_SCHEME
+from adaptd.daemon.streams import StreamConnection, StreamServer
 from adaptd.wire.frames import send_frames
 
 log = logging.getLogger("adaptd.frontend")
@@ -64,11 +67,15 @@ class Frontend:
         self.ipc_paths: list[Path] = []
         self.replies_unread_dropped = 0
         self.replies_to_departed = 0
+        self.streams = StreamServer(max_message_bytes=max_message_bytes, send_hwm=send_hwm, ipc_mode=ipc_mode)
 
     def bind(self, endpoints: Sequence[str], admin_endpoints: Sequence[str]) -> None:
         try:
             for endpoint in endpoints:
-                self._bind(endpoint, admin=False)
+                if endpoint.startswith(STREAM_SCHEME):
+                    self.streams.bind(endpoint)
+                else:
+                    self._bind(endpoint, admin=False)
             for endpoint in admin_endpoints:
                 self._bind(endpoint, admin=True)
         except BaseException:
@@ -100,6 +107,8 @@ class Frontend:
     def send(self, route: tuple[zmq.Socket, list[Any]], frames: list[Any]) -> bool:
         """Send a reply (envelope + message frames) without blocking; False when it was dropped."""
         sock, envelope = route
+        if type(sock) is StreamConnection:
+            return self.streams.send(sock, frames)
         try:
             send_frames(sock, [*envelope, *frames], _NOBLOCK)
             return True
@@ -114,6 +123,7 @@ class Frontend:
         return False
 
     def close(self) -> None:
+        self.streams.close()
         for sock in self.sockets:
             sock.close(linger=2000)
         self.sockets.clear()

@@ -122,15 +122,25 @@ class RequestPath:
             envelope, message = frames[:1], frames[1:]
         else:
             envelope, message = frames[:split], frames[split:]
-        route = (sock, envelope)
         peer = peer_of(envelope, frames[-1] if self.d.auth.enabled else None)
+        self._handle((sock, envelope), peer, message, sum(len(f.buffer) for f in message), received_ns,
+                     sock in self.d.frontend.admin, delimited=split is not None)
+
+    def on_stream_request(self, connection: Any, frames: list[memoryview], size: int) -> None:
+        """One message from a local stream connection (:mod:`adaptd.daemon.streams`): no envelope
+        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`."""
+        received_ns = time.monotonic_ns()
+        self._cpu0 = time.thread_time_ns()
+        self._handle((connection, ()), connection.peer, [b"", *frames], size, received_ns, False)
+
+    def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,
+                admin: bool, delimited: bool = True) -> None:
         request_id = None
         try:
-            if split is None:
+            if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
             header, bodies = proto.decode(message)
             request_id = proto.request_id_of(header)
-            size = sum(len(f.buffer) for f in message)
             limit = self.d.config.server.max_message_bytes
             if size > limit:
                 raise proto.ProtocolError(proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
@@ -145,7 +155,6 @@ class RequestPath:
             if request.type == "infer":
                 self._on_infer(route, peer, request, bodies, received_ns)
             else:
-                admin = sock in self.d.frontend.admin
                 if request.type in ADMIN_ONLY and not admin:
                     raise proto.ProtocolError(proto.FORBIDDEN, f"'{request.type}' is accepted on the admin endpoint "
                                               "only (server.admin_endpoints)", request.id)

@@ -60,6 +60,7 @@ from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
 from adaptd.daemon.fidelity import LiveFidelity
 from adaptd.daemon.frontend import Frontend, ipc_path
+from adaptd.daemon.streams import stream_path
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.power import EnergyMeter
@@ -158,7 +159,7 @@ class Daemon:
         cfg = self.config
         # Directories and the lock first: nothing else may touch a socket file or the store
         # before this daemon knows no other one owns them.
-        if any((p := ipc_path(e)) is not None and p.parent == cfg.runtime_dir
+        if any((p := ipc_path(e) or stream_path(e)) is not None and p.parent == cfg.runtime_dir
                for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints)):
             ensure_daemon_dir(cfg.runtime_dir)
         for path in self.lock.paths:
@@ -294,6 +295,7 @@ class Daemon:
         wake = self.install_signal_handlers()
         poller = zmq.Poller()
         frontends: set[zmq.Socket] = set(self.frontend.sockets)
+        streams = self.frontend.streams   # unix:// endpoints: their descriptors change as clients come and go
         pidfds: set[int] = set()
         rank: dict[Any, int] = {}
 
@@ -311,6 +313,7 @@ class Daemon:
             for sock in self.frontend.sockets:
                 poller.register(sock, zmq.POLLIN)
                 rank[sock] = 1
+            streams.sync(poller, rank, fresh=True)
             poller.register(wake, zmq.POLLIN)
             rank[wake] = 2
             pidfds = set(self.pool.pidfds())
@@ -320,6 +323,7 @@ class Daemon:
 
         register()
         self.pool.on_change = register
+        streams.on_change = lambda: streams.sync(poller, rank)
         watchdog_s = self.notifier.watchdog_interval_s() if self.config.server.watchdog else None
         next_watchdog = time.monotonic()
         drain_deadline = None
@@ -350,9 +354,12 @@ class Daemon:
                 books.flush()
             elif books.full:   # a daemon that is never idle: a slice per round
                 books.flush_slice()
-            for item, _ in events:
+            for item, flags in events:
                 if item in frontends:
                     self.path.drain(item)
+                elif streams.owns(item):
+                    for connection, frames, size in streams.on_event(item, flags):
+                        self.path.on_stream_request(connection, frames, size)
                 elif item == wake:
                     try:
                         os.read(wake, 512)
@@ -396,6 +403,7 @@ class Daemon:
         if self.regions.owned():
             self.regions_gone(self.regions.sweep_owners())
         self.replays.expire(now)
+        self.frontend.streams.tick(now)
         self.health.sync(self.registry, now)
         self.fidelity.tick(now)
         if self.metrics is not None:

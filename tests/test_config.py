@@ -93,7 +93,7 @@ def test_systemd_directories_become_the_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/adaptd")
     cfg = load_config(SAMPLE)
     assert cfg.state_dir == Path("/var/lib/adaptd") and cfg.runtime_dir == Path("/run/adaptd")
-    assert cfg.endpoints == ("ipc:///run/adaptd/adaptd.sock",)
+    assert cfg.endpoints == ("ipc:///run/adaptd/adaptd.sock", "unix:///run/adaptd/adaptd-local.sock")
     assert cfg.pub_endpoints == ("ipc:///run/adaptd/adaptd-selections.sock",)
 
 
@@ -155,6 +155,9 @@ BAD = [
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nthreads = 0", "placements.custom[0].threads"),
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = [0]\nspeed = 1", "speed"),
     ("[server]\nspin_us = -1", "server.spin_us"),
+    ("[server]\nendpoints = [\"unix://\"]", "server.endpoints"),
+    ("[server]\nendpoints = [\"http://127.0.0.1:80\"]", "server.endpoints"),
+    ("[server]\nadmin_endpoints = [\"unix:///run/a.sock\"]", "server.admin_endpoints"),
     ("[server]\ncores = [-1]", "server.cores"),
     ("[server]\ncores = 0", "server.cores"),
     ("[server]\nspin_us = 1e3", "spin_us"),
@@ -193,6 +196,18 @@ def test_a_bad_setting_is_a_config_error_naming_the_key(tmp_path, text, key):
     body = 'repository = "/m"\n' + (text if text.startswith("[") else text + "\n")
     path.write_text(body)
     with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(path)
+
+
+def test_local_streams_are_served_by_default_but_not_beside_curve_keys(tmp_path):
+    path = tmp_path / "a.toml"
+    curve = '[auth]\ncurve = true\nserver_key = "server.key_secret"\nclient_keys = "clients"\n'
+    path.write_text('repository = "/m"\nruntime_dir = "/run/x"\n')
+    assert load_config(path).endpoints == ("ipc:///run/x/adaptd.sock", "unix:///run/x/adaptd-local.sock")
+    path.write_text('repository = "/m"\nruntime_dir = "/run/x"\n' + curve)
+    assert load_config(path).endpoints == ("ipc:///run/x/adaptd.sock",)   # a stream carries no keys
+    path.write_text('repository = "/m"\n[server]\nendpoints = ["unix:///run/x/l.sock"]\n' + curve)
+    with pytest.raises(ConfigError, match="local stream"):
         load_config(path)
 
 

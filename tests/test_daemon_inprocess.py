@@ -21,6 +21,7 @@ from adaptd.daemon.placements import Placement
 from adaptd.daemon.power.meter import EnergyReading
 from adaptd.daemon.registry import load_registry
 from adaptd.daemon.server import Daemon
+from adaptd.daemon.streams import StreamServer
 from adaptd.daemon.jobs import Outcome
 from adaptd.wire import protocol as proto
 
@@ -104,6 +105,7 @@ class FakeFrontend:
         self.sockets, self.admin = [], set()
         self.sent: list[tuple[Any, dict, list[bytes]]] = []
         self.replies_unread_dropped = self.replies_to_departed = 0
+        self.streams = StreamServer(max_message_bytes=1 << 20, send_hwm=10, ipc_mode=0o600)   # none bound
 
     def send(self, route, frames) -> bool:
         header = msgpack.unpackb(frames[2], raw=False)

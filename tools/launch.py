@@ -69,8 +69,9 @@ def _free_tcp_port() -> int:
 class DaemonProcess:
     def __init__(self, proc: subprocess.Popen, config_path: Path, endpoint: str, tcp_endpoint: str | None,
                  pub_endpoint: str, store_path: Path, log_path: Path, admin_endpoint: str | None = None,
-                 curve: Any = None) -> None:
+                 curve: Any = None, local_endpoint: str | None = None) -> None:
         self.proc = proc
+        self.local_endpoint = local_endpoint   # the local stream (unix://), where configured
         self.admin_endpoint = admin_endpoint
         self.curve = curve   # adaptd.wire.auth.CurveKeys for a daemon with [auth] curve
         self.config_path = config_path
@@ -93,7 +94,8 @@ class DaemonProcess:
         endpoint = f"ipc://{runtime_dir}/adaptd.sock"
         pub_endpoint = f"ipc://{runtime_dir}/adaptd-selections.sock"
         admin_endpoint = f"ipc://{runtime_dir}/adaptd-admin.sock"
-        endpoints = [endpoint]
+        local_endpoint = f"unix://{runtime_dir}/adaptd-local.sock"
+        endpoints = [endpoint, local_endpoint]
         tcp_endpoint = None
         if tcp:
             port = _free_tcp_port()
@@ -108,6 +110,10 @@ class DaemonProcess:
             "power": {"source": "estimated", "idle_window_s": 0.05},
         }
         merged = _merge(base, config or {})
+        if merged.get("auth", {}).get("curve"):   # a local stream has no keys: not with CurveZMQ
+            merged["server"]["endpoints"] = [e for e in merged["server"]["endpoints"] if e != local_endpoint]
+        if local_endpoint not in merged["server"]["endpoints"]:
+            local_endpoint = None
         config_path = workdir / "adaptd.toml"
         config_path.write_text(to_toml(merged))
         store_path = Path(merged["store"]["path"])
@@ -121,7 +127,7 @@ class DaemonProcess:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd", "serve", "--config", str(config_path)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
         daemon = cls(proc, config_path, endpoint, tcp_endpoint, pub_endpoint, store_path, log_path, admin_endpoint,
-                     curve)
+                     curve, local_endpoint)
         try:
             daemon.wait_ready(ready_timeout_s)
         except BaseException:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 SYSTEM_RUNTIME_DIR = Path("/run/adaptd")
 SOCKET_NAME = "adaptd.sock"
+LOCAL_SOCKET_NAME = "adaptd-local.sock"   # the local stream (unix://, PROTOCOL.md §2.3)
 STREAM_SOCKET_NAME = "adaptd-selections.sock"
 ADMIN_SOCKET_NAME = "adaptd-admin.sock"
 

@@ -1,0 +1,140 @@
+"""The daemon's local stream endpoints (adaptd.daemon.streams) driven in-process: a real listening
+Unix socket, real client sockets and ZeroMQ's poller, as the daemon's loop drives them."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import stat
+
+import pytest
+import zmq
+
+from adaptd.daemon.streams import StreamServer
+from adaptd.wire import protocol as proto
+from adaptd.wire.stream import MessageReader, send_message
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = StreamServer(max_message_bytes=1 << 20, send_hwm=4, ipc_mode=0o660)
+    path = tmp_path / "local.sock"
+    srv.bind(f"unix://{path}")
+    poller, rank = zmq.Poller(), {}
+    srv.on_change = lambda: srv.sync(poller, rank)
+    srv.sync(poller, rank, fresh=True)
+    yield srv, path, poller
+    srv.close()
+
+
+def client(path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    return sock
+
+
+def pump(srv: StreamServer, poller: zmq.Poller, timeout_ms: int = 1000) -> list:
+    """One round of the daemon's loop over the stream descriptors: the messages it completed."""
+    out = []
+    for fd, flags in poller.poll(timeout_ms):
+        out += srv.on_event(fd, flags)
+    return out
+
+
+def messages(srv: StreamServer, poller: zmq.Poller, n: int = 1) -> list:
+    """Rounds of the loop until ``n`` messages are complete (accepting their connections first)."""
+    got: list = []
+    for _ in range(100):
+        got += pump(srv, poller)
+        if len(got) >= n:
+            return got
+    raise AssertionError(f"{n} message(s) did not come")
+
+
+def test_the_socket_file_has_the_configured_mode_and_goes_with_close(tmp_path):
+    srv = StreamServer(max_message_bytes=1000, send_hwm=4, ipc_mode=0o640)
+    path = tmp_path / "s.sock"
+    path.touch()
+    with pytest.raises(OSError):   # not a socket: never removed
+        srv.bind(f"unix://{path}")
+    path.unlink()
+    srv.bind(f"unix://{path}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    srv.close()
+    assert not path.exists()
+
+
+def test_requests_in_and_replies_out_with_each_connection_its_own_peer(server):
+    srv, path, poller = server
+    a, b = client(path), client(path)
+    send_message(a, [b"ADPT01", b"from-a"])
+    send_message(b, [b"ADPT01", b"from-b"])
+    got = messages(srv, poller, 2)
+    by_payload = {bytes(frames[1]): conn for conn, frames, _ in got}
+    assert by_payload[b"from-a"].peer != by_payload[b"from-b"].peer
+    assert srv.send(by_payload[b"from-a"], proto.encode({"type": "ok", "id": "x"}))
+    reply = []
+    reader = MessageReader(1 << 20)
+    while not reply:
+        reply = reader.read_from(a)
+    assert proto.decode([b"", *reply[0]])[0]["id"] == "x"
+    a.close()
+    b.close()
+
+
+def test_a_reply_the_socket_cannot_take_waits_for_room_and_beyond_send_hwm_is_dropped(server):
+    srv, path, poller = server
+    a = client(path)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    send_message(a, [b"ADPT01", b"hello"])
+    ((conn, _, _),) = messages(srv, poller)
+    big = os.urandom(1 << 20)
+    sent = [srv.send(conn, [b"", b"ADPT01", b"hdr", big]) for _ in range(8)]
+    assert sent[:4] == [True] * 4 and not all(sent) and srv.replies_unread_dropped == sent.count(False)
+    assert conn.queued and dict(srv.interest())[conn.fd] & zmq.POLLOUT   # waits to write
+    reader, received = MessageReader(1 << 22), []
+    a.setblocking(False)
+    while len(received) < sent.count(True):
+        pump(srv, poller, 100)
+        try:
+            received += reader.read_from(a)
+        except BlockingIOError:
+            pass
+    assert all(bytes(m[2]) == big for m in received)
+    assert not conn.queued and dict(srv.interest())[conn.fd] == zmq.POLLIN
+    a.close()
+
+
+def test_a_connection_that_ends_is_closed_and_later_replies_to_it_are_counted_departed(server):
+    srv, path, poller = server
+    a = client(path)
+    send_message(a, [b"ADPT01", b"hello"])
+    ((conn, _, _),) = messages(srv, poller)
+    a.close()
+    while not conn.closed:
+        pump(srv, poller)
+    assert not srv.send(conn, proto.encode({"type": "ok", "id": "late"}))
+    assert srv.replies_to_departed == 1 and conn.fd not in dict(srv.interest())
+
+
+def test_out_of_descriptors_the_listener_rests_and_comes_back_on_the_tick(server):
+    srv, path, poller = server
+    waiting = [client(path) for _ in range(4)]   # queued in the listener's backlog
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 1, hard))
+    try:
+        pump(srv, poller)
+        assert len(srv.connections) < 4
+        listener = next(iter(srv.listeners))
+        assert listener not in dict(srv.interest())   # resting: the loop does not spin on it
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    srv.tick(float("inf"))
+    assert listener in dict(srv.interest())
+    while len(srv.connections) < 4:
+        pump(srv, poller)
+    for sock in waiting:
+        sock.close()
