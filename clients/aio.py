@@ -1,4 +1,5 @@
-"""The asyncio adaptd client: many requests outstanding on one DEALER socket, an asyncio shell
+"""The asyncio adaptd client: many requests outstanding on one connection (a DEALER socket, or the
+daemon's local stream: :mod:`adaptd.clients.transports`), an asyncio shell
 around :class:`adaptd.clients.core.ClientCore` (as :mod:`adaptd.clients.client` is the blocking one).
 
 Contract
@@ -36,12 +37,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from adaptd.clients.client import new_dealer
 from adaptd.clients.core import Call, ClientCore, CoreAttributes, Done, Event, Failed, Send, Unattributed
 from adaptd.clients.errors import AdaptdError
 from adaptd.clients.regions import Region
 from adaptd.clients.results import Explanation, InferResult
 from adaptd.clients.settings import DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES, DEFAULT_TIMEOUT_MS, ClientSettings
+from adaptd.clients.transports import AsyncStreamTransport, AsyncZmqTransport, open_async_transport
 from adaptd.wire.auth import CurveKeys
 
 
@@ -54,19 +55,19 @@ class AsyncClient(CoreAttributes):
             endpoint, timeout_ms=timeout_ms, retries=retries, name=name, busy_retries=busy_retries,
             busy_backoff_ms=busy_backoff_ms, curve=curve))
         self._context = context
-        self._socket: zmq.asyncio.Socket | None = None
+        self._socket: AsyncZmqTransport | AsyncStreamTransport | None = None
         self._reader: asyncio.Task | None = None
         self._waiting: dict[str, asyncio.Future] = {}   # request id -> its next event
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def _ensure_open(self) -> zmq.asyncio.Socket:
+    def _ensure_open(self) -> AsyncZmqTransport | AsyncStreamTransport:
         if self._closed:
             raise RuntimeError("client is closed")
         if self._socket is None:
             ctx = self._context or zmq.asyncio.Context.instance()
-            self._socket = new_dealer(ctx, self.endpoint, self.curve)
+            self._socket = open_async_transport(self.endpoint, ctx, self.curve)
             self._reader = asyncio.get_running_loop().create_task(self._read_replies())
         return self._socket
 
@@ -92,7 +93,7 @@ class AsyncClient(CoreAttributes):
                 fut.set_exception(RuntimeError("client closed while the request was waiting"))
         self._waiting.clear()
         if self._socket is not None:
-            self._socket.close(0)
+            self._socket.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -104,7 +105,7 @@ class AsyncClient(CoreAttributes):
         assert self._socket is not None
         core = self._core
         while True:
-            frames = await self._socket.recv_multipart(copy=False)
+            frames = await self._socket.recv()
             event = core.receive(frames, time.monotonic())
             if type(event) is Unattributed:   # the daemon could not read an id: fail every waiting call
                 for failed in core.fail_awaiting(event.error):
@@ -202,7 +203,7 @@ class AsyncClient(CoreAttributes):
                 if fut is None or fut.done():
                     fut = self._waiting[rid] = asyncio.get_running_loop().create_future()
                 try:
-                    await asyncio.wait_for(sock.send_multipart(event.frames, copy=False), deadline - time.monotonic())
+                    await asyncio.wait_for(sock.send(event.frames), deadline - time.monotonic())
                     event = await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
                 except asyncio.TimeoutError:
                     event = fut.result() if fut.done() else core.timed_out(rid)

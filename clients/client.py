@@ -7,7 +7,10 @@ other shell around the same core.
 Contract
 --------
 * Lifecycle: ``Client(endpoint)`` creates one ``DEALER`` socket and connects it (ZeroMQ
-  connects lazily: constructing a client never fails because the daemon is not up yet);
+  connects lazily: constructing a client never fails because the daemon is not up yet), or, for
+  a ``unix://`` endpoint, the daemon's local stream (PROTOCOL.md §2.3; connected on first use and
+  again after the daemon restarted: :mod:`adaptd.clients.transports`). The default endpoint is
+  the local stream where the daemon serves one (:func:`default_endpoint`);
   :meth:`Client.close` (or ``with Client() as c:``) closes it, asking the daemon to end this
   client's regions first, once each and within ``CLOSE_TIMEOUT_MS`` in all, so that it
   returns in that time when the daemon is gone. No use after close.
@@ -50,7 +53,6 @@ Contract
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Generator
@@ -72,7 +74,7 @@ from adaptd.clients.results import Energy, Explanation, InferResult, Predicted, 
 from adaptd.clients.settings import (BUSY_BACKOFF_MAX_MS, CLOSE_TIMEOUT_MS, DEFAULT_BUSY_BACKOFF_MS, DEFAULT_RETRIES,
                                      DEFAULT_TIMEOUT_MS, ClientSettings)
 from adaptd.wire.auth import CurveKeys
-from adaptd.wire.frames import recv_frames, send_frames
+from adaptd.clients.transports import new_dealer, open_transport
 
 __all__ = [
     "Client", "new_dealer",
@@ -85,21 +87,8 @@ __all__ = [
 ]
 
 
-def new_dealer(context: zmq.Context, endpoint: str, curve: CurveKeys | None = None) -> zmq.Socket:
-    """A DEALER connected to ``endpoint`` with a random 16-byte routing identity (the daemon keys a
-    client's stored replies and regions on it: a random one cannot be guessed and claimed by
-    another local client) and, with ``curve``, CurveZMQ keys."""
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, b"\x01" + os.urandom(15))   # ZeroMQ reserves a leading zero byte
-    if curve is not None:
-        curve.apply(sock)
-    sock.connect(endpoint)
-    return sock
-
-
 class Client(CoreAttributes):
-    """Blocking ADPT/1 client over one DEALER socket (see the module docstring)."""
+    """Blocking ADPT/1 client over one connection (see the module docstring)."""
 
     def __init__(self, endpoint: str | None = None, *, timeout_ms: float = DEFAULT_TIMEOUT_MS,
                  retries: int = DEFAULT_RETRIES, context: zmq.Context | None = None,
@@ -109,9 +98,7 @@ class Client(CoreAttributes):
             endpoint, timeout_ms=timeout_ms, retries=retries, name=name, busy_retries=busy_retries,
             busy_backoff_ms=busy_backoff_ms, curve=curve))
         self._lock = threading.Lock()
-        self._socket = new_dealer(context or zmq.Context.instance(), self.endpoint, self.curve)
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
+        self._transport = open_transport(self.endpoint, context or zmq.Context.instance(), self.curve)
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -129,7 +116,7 @@ class Client(CoreAttributes):
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._socket.close(0)
+                self._transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -245,12 +232,15 @@ class Client(CoreAttributes):
 
     def _attempt(self, rid: str, frames: list[Any], deadline: float) -> Event:
         """One attempt: send, then read replies until this request's event or the deadline."""
-        core = self._core
-        if self._send(frames, deadline):
+        core, transport = self._core, self._transport
+        if transport.send(frames, deadline):
             while (remaining := deadline - time.monotonic()) > 0:
-                if not self._poller.poll(max(1, int(remaining * 1e3))):
+                if not transport.wait(max(1, int(remaining * 1e3))):
                     continue
-                event = core.receive(recv_frames(self._socket), time.monotonic())
+                message = transport.recv()
+                if message is None:                        # a stream's partial read
+                    continue
+                event = core.receive(message, time.monotonic())
                 kind = type(event)
                 if kind is Stale:
                     continue                               # a late reply to an earlier request
@@ -260,16 +250,6 @@ class Client(CoreAttributes):
                     return core.fail_awaiting(event.error)[0]
                 return event                               # ours: the only request in flight
         return core.timed_out(rid)
-
-    def _send(self, frames: list[Any], deadline: float) -> bool:
-        while True:
-            try:
-                send_frames(self._socket, frames, zmq.NOBLOCK)
-                return True
-            except zmq.Again:   # high-water mark reached (daemon away): wait for room
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._socket.poll(max(1, int(remaining * 1e3)), zmq.POLLOUT):
-                    return False
 
 
 __all__ = [

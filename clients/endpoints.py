@@ -6,7 +6,8 @@ Contract
   ``$ADAPTD_PUB_ENDPOINT``, ``$ADAPTD_ADMIN_ENDPOINT``), else names the daemon's default ipc socket
   in :func:`default_runtime_dir`; they read the environment and check that directory each call
   (nothing cached). A ``/tmp/adaptd-<uid>`` that another user owns is refused (RuntimeDirError).
-* Endpoints are ZeroMQ endpoint strings (``ipc://...``, ``tcp://...``). Safe from any thread.
+* Endpoints are ZeroMQ endpoint strings (``ipc://...``, ``tcp://...``) or the local stream's
+  (``unix://...``, request endpoint only). Safe from any thread.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME, check_client_dir,
-                                client_runtime_dir)
+from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, LOCAL_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME,
+                                check_client_dir, client_runtime_dir)
 
 ENDPOINT_ENV = "ADAPTD_ENDPOINT"
 PUB_ENDPOINT_ENV = "ADAPTD_PUB_ENDPOINT"
@@ -32,8 +33,15 @@ def default_runtime_dir() -> Path:
 
 
 def default_endpoint() -> str:
-    """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default ipc socket."""
-    return os.environ.get(ENDPOINT_ENV) or f"ipc://{default_runtime_dir() / SOCKET_NAME}"
+    """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default local stream where it
+    serves one (its socket is there: ``unix://``, PROTOCOL.md §2.3, the cheaper path), else its
+    default ipc socket."""
+    value = os.environ.get(ENDPOINT_ENV)
+    if value:
+        return value
+    directory = default_runtime_dir()
+    local = directory / LOCAL_SOCKET_NAME
+    return f"unix://{local}" if local.is_socket() else f"ipc://{directory / SOCKET_NAME}"
 
 
 def default_pub_endpoint() -> str:

@@ -110,6 +110,21 @@ def test_default_endpoints(monkeypatch):
     assert default_endpoint() == "tcp://127.0.0.1:5555"
 
 
+def test_the_default_endpoint_is_the_local_stream_where_the_daemon_serves_one(monkeypatch, tmp_path):
+    import socket
+
+    monkeypatch.delenv("ADAPTD_ENDPOINT", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "adaptd").mkdir(mode=0o700)
+    assert default_endpoint() == f"ipc://{tmp_path}/adaptd/adaptd.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "adaptd" / "adaptd-local.sock"))
+    try:
+        assert default_endpoint() == f"unix://{tmp_path}/adaptd/adaptd-local.sock"
+    finally:
+        listener.close()
+
+
 def test_sync_infer_round_trip_sends_spec_frames_and_returns_views(endpoint):
     daemon = FakeDaemon(endpoint, echo_softmax)
     try:
