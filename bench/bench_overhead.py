@@ -18,6 +18,8 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
   echo beyond this floor is its request path's work; the floor itself is what the design (one
   worker process per placement, for crash isolation) costs in Python (with the daemon's default
   scheduler slice, ``[server] sched_slice_us``);
+* the daemon over its local stream (``unix://``, PROTOCOL.md §2.3: no ZeroMQ I/O thread at either
+  end), one client with inline and with shared-memory input, and four clients;
 * the daemon over ipc with the input in a shared-memory region (PROTOCOL.md §11): each client
   process registers a region, and its requests name it instead of carrying the bytes. ``shm``
   keeps the input where the application made it (the in-process baseline does not copy it
@@ -31,9 +33,9 @@ the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's name), which is
 that no in-process profile sees shows up (a thread that ended during a row is missing from it).
 
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
-in-process measured in the same run: each of the two one-client ratios (inline and shared-memory
-input) to a loop measured right before it, the ``x in-proc`` column to the mean of a round's two
-loops. Usage::
+in-process measured in the same run: each of the four one-client ratios (ipc and local stream,
+inline and shared-memory input) to a loop measured right before it, the ``x in-proc`` column to
+the mean of a round's first two loops. Usage::
 
     .venv/bin/python bench/bench_overhead.py [--rounds 3] [--requests 1500] [--json out.json] [--no-tcp]
                                              [--spin-us US] [--pin-daemon]
@@ -58,6 +60,7 @@ import numpy as np
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
+from dealers import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 THREAD_PREFIX = "cpu_us_thread:"   # a daemon row's CPU per request of the threads of one kernel name
@@ -144,7 +147,8 @@ def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cor
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
             warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = ()) -> None:
-    """One client process: raw frames on a DEALER socket (the thinnest client). ``shm``: None
+    """One client process: raw frames on a DEALER socket or the local stream (the thinnest client,
+    :mod:`dealers`). ``shm``: None
     (inline frames), "shm" (the input lives in a registered region), "copy" (copied into the
     region before each request) or "resident" (no input sent: the relay floor's worker holds
     one, the floor of the shared-memory path)."""
@@ -156,13 +160,11 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         os.sched_setaffinity(0, cores)
 
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
-    sock = zmq.Context().socket(zmq.DEALER)
-    sock.connect(endpoint)
+    conn = connect(endpoint)
     region = None
     if shm in ("shm", "copy"):
-        sock.send_multipart(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes,
-                                          "owner_pid": os.getpid()}))
-        body = proto.decode(sock.recv_multipart())[0]["body"]
+        conn.send(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes, "owner_pid": os.getpid()}))
+        body = proto.decode(conn.recv())[0]["body"]
         fd = os.open(body["path"], os.O_RDWR)
         mm = mmap.mmap(fd, body["size"])
         os.close(fd)
@@ -177,19 +179,19 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         if shm == "resident":
             header = proto.request_header(uuid.uuid4().hex, model, [])
             t = time.perf_counter()
-            send_frames(sock, proto.encode(header))
+            conn.send(proto.encode(header))
         elif region is None:
             header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
             t = time.perf_counter()
-            send_frames(sock, proto.encode(header, [x]))
+            conn.send(proto.encode(header, [x]))
         else:   # the header made before the clock starts, as for inline input
             header = proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant, pin_placement=placement,
                                           input_headers=inputs)
             t = time.perf_counter()
             if shm == "copy":
                 np.copyto(xs, x)
-            send_frames(sock, proto.encode(header))
-        reply = recv_frames(sock)
+            conn.send(proto.encode(header))
+        reply = conn.recv()
         if i >= warmup:
             rtts.append(time.perf_counter() - t)
         if i == warmup - 1:
@@ -198,9 +200,10 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     wall = time.perf_counter() - t_start
     if region is not None:
         del xs
-        sock.send_multipart(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
-        sock.recv_multipart()
+        conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
+        conn.recv()
         mm.close()
+    conn.close()
     out.put((rtts, wall))
 
 
@@ -410,11 +413,13 @@ def main() -> int:
                 for _ in range(args.rounds):
                     # Each ratio row right after its own in-process loop: the host's drift between
                     # the two then counts least (a round takes minutes).
-                    for base_label, label, mode in (("in-process", "daemon ipc, 1 client(s)", None),
-                                                    ("in-process, again", "daemon ipc+shm, 1 client(s)", "shm")):
+                    for base_label, label, ep, mode in ONE_CLIENT_ROWS:
                         rows.setdefault(base_label, []).append(
                             measure_inprocess(version_dir, "float32", placement.threads, shape, n, placement.cores))
-                        rows.setdefault(label, []).append(measure(daemon.endpoint, clients=1, shm=mode))
+                        ep = daemon.endpoint if ep == "ipc" else daemon.local_endpoint
+                        rows.setdefault(label, []).append(measure(ep, clients=1, shm=mode))
+                    rows.setdefault("daemon local stream, 4 client(s)", []).append(
+                        measure(daemon.local_endpoint, clients=4))
                     rows.setdefault("zmq echo (ipc)", []).append(
                         measure_clients(echo_ep, model, None, None, shape, n, 1, cores=client_cores))
                     for label, ep in relay_eps.items():
@@ -459,24 +464,25 @@ def main() -> int:
             if by_thread:
                 print(f"  {k}: CPU us/req by thread: "
                       + ", ".join(f"{n} {v['median']:.0f} [{v['min']:.0f}..{v['max']:.0f}]" for n, v in by_thread))
-        d1 = summary["daemon ipc, 1 client(s)"]["p50_us"]["median"]
         floor = summary["relay floor"]["p50_us"]["median"]
-        inline = [r["p50_us"] / i["p50_us"] for r, i in zip(rows["daemon ipc, 1 client(s)"], rows["in-process"])]
-        print(f"daemon ipc p50 - zmq echo p50 = {d1 - echo_p50:.0f} us; daemon / in-process just before = "
-              f"{np.median(inline):.3f} (per round: {', '.join(f'{r:.3f}' for r in inline)})")
-        print(f"relay floor p50 - zmq echo p50 = {floor - echo_p50:.0f} us (the topology in Python); "
-              f"daemon ipc p50 - relay floor p50 = {d1 - floor:.0f} us (the request path's work"
-              + (", less the wake-ups the daemon's spin saves: the floor never spins)" if args.spin_us else ")"))
+        print(f"relay floor p50 - zmq echo p50 = {floor - echo_p50:.0f} us (the topology in Python)")
         resident = summary["relay floor, input resident"]["p50_us"]["median"]
         print(f"relay floor, input resident / in-process = {resident / base:.3f} (the floor of daemon+shm)")
-        s1 = summary["daemon ipc+shm, 1 client(s)"]["p50_us"]
-        ratios = [r["p50_us"] / i["p50_us"] for r, i in zip(rows["daemon ipc+shm, 1 client(s)"],
-                                                             rows["in-process, again"])]
-        print(f"daemon ipc+shm p50 - in-process p50 = {s1['median'] - base:.0f} us; daemon+shm / in-process just "
-              f"before = {np.median(ratios):.3f} (per round: {', '.join(f'{r:.3f}' for r in ratios)})")
+        for base_label, label, _, _ in ONE_CLIENT_ROWS:
+            ratios = [r["p50_us"] / i["p50_us"] for r, i in zip(rows[label], rows[base_label])]
+            print(f"{label}: p50 - zmq echo p50 = {summary[label]['p50_us']['median'] - echo_p50:.0f} us; "
+                  f"/ in-process just before = {np.median(ratios):.3f} (per round: "
+                  f"{', '.join(f'{r:.3f}' for r in ratios)})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+# (baseline row, daemon row, endpoint, input): each one-client daemon row right after its own loop
+ONE_CLIENT_ROWS = (("in-process", "daemon ipc, 1 client(s)", "ipc", None),
+                   ("in-process, again", "daemon ipc+shm, 1 client(s)", "ipc", "shm"),
+                   ("in-process, local", "daemon local stream, 1 client(s)", "local", None),
+                   ("in-process, local again", "daemon local stream+shm, 1 client(s)", "local", "shm"))
 
 
 def _cpu_model() -> str:

@@ -9,6 +9,9 @@ costs; the daemon built on it can only add to that. Candidates:
 * ``echo, compiled``: the same ROUTER in C (``bench/skeletons/echo.c``, built here with the
   system's C compiler against the libzmq that pyzmq ships; left out, with the reason, where
   either is missing): the floor of a front end that is not Python.
+* ``echo, unix stream`` and ``inline, unix stream``: the echo and ``inline`` over a Unix stream
+  socket (:mod:`adaptd.wire.stream`'s framing) instead of ZeroMQ: one thread hop each way, where
+  ZeroMQ adds its I/O thread at each end.
 * ``inline``: the receiving thread runs the interpreter itself (execution where the request is
   received; the thread is not pinned).
 * ``inline, migrate``: the same, the receiving thread moving itself onto the placement's cores
@@ -53,6 +56,8 @@ import numpy as np
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
+from adaptd.wire.stream import MessageReader, send_message
+from dealers import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,22 +231,67 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
                     served[0] += 1
 
 
+def _serve_stream(kind: str, path: str, ready, stats_q, version_dir: str, threads: int, shape) -> None:
+    """The echo or ``inline`` over a Unix stream socket: one thread, connections polled."""
+    import select
+
+    loaded = _load(version_dir, threads) if kind.startswith("inline") else None
+    resident = np.random.default_rng(0).random(shape, dtype=np.float32)
+    invoke_ns, served = 0, 0
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    conns: dict[int, tuple[socket.socket, MessageReader]] = {}
+    ready.set()
+    while True:
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                conn, _ = listener.accept()
+                conns[conn.fileno()] = (conn, MessageReader(1 << 30))
+                poller.register(conn, select.POLLIN)
+                continue
+            conn, reader = conns[fd]
+            try:
+                messages = reader.read_from(conn)
+            except ConnectionError:
+                poller.unregister(fd)
+                del conns[fd]
+                conn.close()
+                continue
+            for frames in messages:
+                body = frames[-1]
+                if len(body) == 0:   # the client's "report" message
+                    stats_q.put((served, _cpu_s(), invoke_ns / 1e9))
+                    continue
+                if loaded is not None:
+                    x = resident if bytes(body[:2]) == RESIDENT else np.frombuffer(body, np.float32).reshape(shape)
+                    t0 = time.perf_counter_ns()
+                    outs = loaded.run([x])
+                    invoke_ns += time.perf_counter_ns() - t0
+                    send_message(conn, [*frames[:-1], *(np.ascontiguousarray(o, np.float32) for o in outs)])
+                else:
+                    send_message(conn, frames)
+                served += 1
+
+
 def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out, resident: bool = False) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
     x = RESIDENT if resident else np.random.default_rng(0).random(shape, dtype=np.float32)
-    sock = zmq.Context().socket(zmq.DEALER)
-    sock.connect(endpoint)
+    dealer = connect(endpoint)
+    send, recv = dealer.send, dealer.recv
     header = b"\x81\xa2id\xa1x"
     for _ in range(200):
-        send_frames(sock, [b"", b"ADPT01", header, x])
-        recv_frames(sock)
-    send_frames(sock, [b"", b"ADPT01", header, b""])   # the server's counts after the warm-up (no reply)
+        send([b"", b"ADPT01", header, x])
+        recv()
+    send([b"", b"ADPT01", header, b""])   # the server's counts after the warm-up (no reply)
     rtts = []
     for _ in range(n):
         t = time.perf_counter_ns()
-        send_frames(sock, [b"", b"ADPT01", header, x])
-        recv_frames(sock)
+        send([b"", b"ADPT01", header, x])
+        recv()
         rtts.append(time.perf_counter_ns() - t)
     out.put(rtts)
 
@@ -263,7 +313,8 @@ def _inprocess(version_dir: str, cores: tuple[int, ...], shape, n: int, out) -> 
 
 RESIDENT = b"r"   # a request's input frame meaning "run on the input you hold" (--resident)
 COMPILED = "echo, compiled"
-KINDS = ("echo", COMPILED, "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
+STREAM_KINDS = ("echo, unix stream", "inline, unix stream")
+KINDS = ("echo", COMPILED, *STREAM_KINDS, "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
 
 
 def _compile_echo(tmp: str) -> tuple[str | None, str]:
@@ -342,7 +393,14 @@ def main() -> int:
             for kind in kinds:   # alternating, so a slow spell of the host spreads over all
                 ep = f"ipc://{tmp}/{r}-{KINDS.index(kind)}.sock"
                 out = ctx.Queue()
-                if kind == COMPILED:
+                if kind in STREAM_KINDS:
+                    ep = f"unix://{tmp}/{r}-{KINDS.index(kind)}.sock"
+                    ready, reports = ctx.Event(), ctx.Queue()
+                    server = ctx.Process(target=_serve_stream, args=(kind, ep[len("unix://"):], ready, reports, str(version_dir), 1,
+                                                                     shape), daemon=True)
+                    server.start()
+                    ready.wait()
+                elif kind == COMPILED:
                     server = reports = _CompiledServer(compiled, ep)   # its reports come on its stdout
                 else:
                     ready, reports = ctx.Event(), ctx.Queue()
@@ -354,12 +412,11 @@ def main() -> int:
                 client.start()
                 rtts = np.array(out.get()) / 1e3
                 client.join()
-                sock = zmq.Context.instance().socket(zmq.DEALER)
-                sock.connect(ep)
-                send_frames(sock, [b"", b"ADPT01", b"\x80", b""])
+                sock = connect(ep)
+                sock.send([b"", b"ADPT01", b"\x80", b""])
                 warm, end = reports.get(), reports.get()   # (served, CPU s, invoke s) after the warm-up, at the end
                 served, cpu_s, invoke_s = (b - a for a, b in zip(warm, end))
-                sock.close(0)
+                sock.close()
                 server.kill()
                 server.join()
                 cpu_us = (cpu_s - invoke_s) / max(served, 1) * 1e6

@@ -1,0 +1,58 @@
+"""A benchmark client's connection to a server, by endpoint: a ZeroMQ DEALER or the local stream.
+
+Both send and receive a message's frames as a DEALER does (the empty delimiter first), so one
+client loop measures either transport: ``unix://PATH`` is ADPT/1's local stream (PROTOCOL.md
+§2.3, :mod:`adaptd.wire.stream`), anything else a ZeroMQ endpoint. Blocking; one thread.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any
+
+import zmq
+
+from adaptd.wire.frames import recv_frames, send_frames
+from adaptd.wire.stream import MessageReader, send_message
+
+STREAM_SCHEME = "unix://"
+
+
+class ZmqDealer:
+    def __init__(self, endpoint: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, frames: list[Any]) -> None:
+        send_frames(self.sock, frames)
+
+    def recv(self) -> list[Any]:
+        return recv_frames(self.sock)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class StreamDealer:
+    def __init__(self, endpoint: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(endpoint[len(STREAM_SCHEME):] if endpoint.startswith(STREAM_SCHEME) else endpoint)
+        self.reader = MessageReader(1 << 30)
+        self.ready: deque[list[Any]] = deque()
+
+    def send(self, frames: list[Any]) -> None:
+        send_message(self.sock, frames[1:])   # no delimiter on a stream
+
+    def recv(self) -> list[Any]:
+        while not self.ready:
+            self.ready.extend([b"", *m] for m in self.reader.read_from(self.sock))
+        return self.ready.popleft()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(endpoint: str) -> ZmqDealer | StreamDealer:
+    return StreamDealer(endpoint) if endpoint.startswith(STREAM_SCHEME) else ZmqDealer(endpoint)
