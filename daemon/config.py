@@ -104,7 +104,7 @@ def _endpoint_list(value: Any, key: str, ipc_only: bool = False, unix: bool = Fa
         raise ConfigError(f"{key}: expected a list of endpoint strings")
     kinds = ("ipc://",) if ipc_only else ("ipc://", "tcp://", "unix://") if unix else ("ipc://", "tcp://")
     for v in value:
-        if not v.startswith(kinds) or (v.startswith(("ipc://", "unix://")) and len(v) <= len("unix://")):
+        if not v.startswith(kinds) or v in kinds:
             raise ConfigError(f"{key}: {v!r} is not an endpoint of the kinds {', '.join(k + '...' for k in kinds)}")
     return tuple(value)
 

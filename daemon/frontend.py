@@ -56,7 +56,7 @@ def remove_stale_socket(endpoint: str) -> None:
 
 class Frontend:
     def __init__(self, context: zmq.Context, *, max_message_bytes: int, send_hwm: int, ipc_mode: int,
-                 guard: Any = None) -> None:
+                 guard: Any = None, intake: int = 16) -> None:
         self.context = context
         self.max_message_bytes = max_message_bytes
         self.send_hwm = send_hwm
@@ -67,7 +67,8 @@ class Frontend:
         self.ipc_paths: list[Path] = []
         self.replies_unread_dropped = 0
         self.replies_to_departed = 0
-        self.streams = StreamServer(max_message_bytes=max_message_bytes, send_hwm=send_hwm, ipc_mode=ipc_mode)
+        self.streams = StreamServer(max_message_bytes=max_message_bytes, send_hwm=send_hwm, ipc_mode=ipc_mode,
+                                    intake=intake)
 
     def bind(self, endpoints: Sequence[str], admin_endpoints: Sequence[str]) -> None:
         try:

@@ -126,11 +126,17 @@ class RequestPath:
         self._handle((sock, envelope), peer, message, sum(len(f.buffer) for f in message), received_ns,
                      sock in self.d.frontend.admin, delimited=split is not None)
 
-    def on_stream_request(self, connection: Any, frames: list[memoryview], size: int) -> None:
+    def on_stream_request(self, connection: Any, frames: list[memoryview] | None, size: int) -> None:
         """One message from a local stream connection (:mod:`adaptd.daemon.streams`): no envelope
-        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`."""
+        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`. ``frames``
+        None: a message over the size limit, skipped unread (``TOO_LARGE``, no id)."""
         received_ns = time.monotonic_ns()
         self._cpu0 = time.thread_time_ns()
+        if frames is None:
+            limit = self.d.config.server.max_message_bytes
+            self._reply_error((connection, ()), proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
+                              None, {"limit_bytes": limit})
+            return
         self._handle((connection, ()), connection.peer, [b"", *frames], size, received_ns, False)
 
     def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,

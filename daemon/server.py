@@ -68,7 +68,7 @@ from adaptd.daemon.registry import Registry, RegistryError, load_registry
 from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.shm import RegionTable
-from adaptd.daemon.request_path import RequestPath
+from adaptd.daemon.request_path import INTAKE_BATCH, RequestPath
 from adaptd.daemon.dispatch import Dispatcher
 from adaptd.wire.rundir import ensure_daemon_dir
 
@@ -171,7 +171,8 @@ class Daemon:
         self.auth.start(self.context)
         self.store = startup.open_store(cfg, self.context, self.auth.guard)
         self.frontend = Frontend(self.context, max_message_bytes=cfg.server.max_message_bytes,
-                                 send_hwm=cfg.server.send_hwm, ipc_mode=cfg.server.ipc_mode, guard=self.auth.guard)
+                                 send_hwm=cfg.server.send_hwm, ipc_mode=cfg.server.ipc_mode, guard=self.auth.guard,
+                                 intake=INTAKE_BATCH)
         self.frontend.bind(cfg.endpoints, cfg.admin_endpoints)
         for path in (ipc_path(e) for e in cfg.pub_endpoints):
             if path is not None:
@@ -340,7 +341,7 @@ class Daemon:
             restart_s = self.pool.next_restart_s()
             if restart_s is not None:
                 wait_ms = min(wait_ms, restart_s * 1e3 + 1.0)
-            events = poller.poll(0 if books.waiting or spin_until_ns else wait_ms)
+            events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged else wait_ms)
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
                 while not events and time.monotonic_ns() < spin_until_ns:
@@ -350,7 +351,7 @@ class Daemon:
                     events = poller.poll(wait_ms)
             if len(events) > 1:
                 events.sort(key=lambda e: rank.get(e[0], 1))
-            if not events:   # an idle moment
+            if not events and not streams.backlogged:   # an idle moment
                 books.flush()
             elif books.full:   # a daemon that is never idle: a slice per round
                 books.flush_slice()
@@ -371,6 +372,9 @@ class Daemon:
                 else:
                     for outcome in self.pool.on_message(item):
                         self.path.on_outcome(outcome)
+            if streams.backlogged:   # requests a stream sent beyond one round's intake
+                for connection, frames, size in streams.backlog_round():
+                    self.path.on_stream_request(connection, frames, size)
 
             now = time.monotonic()
             if now >= next_tick:

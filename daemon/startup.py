@@ -19,6 +19,7 @@ import zmq
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.frontend import ipc_path, remove_stale_socket
+from adaptd.daemon.streams import stream_path
 from adaptd.daemon.sched import RealtimeFrontEnd, request_slice_all_threads
 from adaptd.daemon.selection import SelectorPolicy
 from adaptd.daemon.store import SelectionStore
@@ -28,8 +29,10 @@ log = logging.getLogger("adaptd")
 
 
 def lock_directories(cfg: Config) -> list[Path]:
-    """The directories of every ipc socket and of the store (:mod:`adaptd.daemon.instance`)."""
-    paths = [p.parent for p in (ipc_path(e) for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints))
+    """The directories of every ipc and local stream socket and of the store
+    (:mod:`adaptd.daemon.instance`)."""
+    paths = [p.parent for p in (ipc_path(e) or stream_path(e)
+                                for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints))
              if p is not None]
     paths.append(cfg.store_path.parent)
     return paths

@@ -4,25 +4,31 @@ Contract
 --------
 * A ``unix://PATH`` request endpoint (PROTOCOL.md §2.3) is a listening ``AF_UNIX`` stream socket,
   its file mode ``[server] ipc_mode`` as for ipc endpoints; a socket file a dead daemon left is
-  replaced (the caller holds the instance lock). Everything is non-blocking and driven by the
-  daemon's loop: :meth:`StreamServer.interest` gives each descriptor and the events it waits for
-  (a connection waits to write only while it has replies queued); :meth:`StreamServer.on_event`
-  handles one, accepting, reading or writing, and returns the messages completed
-  (``(connection, frames, size)``) for the request path.
+  replaced (the caller holds the instance lock, which covers the socket's directory). Everything
+  is non-blocking and driven by the daemon's loop: :meth:`StreamServer.interest` gives each
+  descriptor and the events it waits for; :meth:`StreamServer.on_event` handles one (accepting,
+  reading, writing) and returns the requests to handle now, ``(connection, frames, size)``,
+  at most ``intake`` per connection per round (as the ZeroMQ sockets' ``INTAKE_BATCH``): a
+  connection's further requests wait in its backlog, which :meth:`~StreamServer.backlog_round`
+  hands out on the next rounds (``backlogged`` says the loop must not sleep), and it is not read
+  from meanwhile. ``frames`` is None for a request over the size limit, which the request path
+  answers ``TOO_LARGE`` (its bytes are skipped as they come: the stream stays in step).
 * Each connection is one peer (``StreamConnection.peer``: ``s:`` and a number never reused in a
   daemon's run): its replay entries and regions belong to it, a retry is answered from them on the
   same connection; a new connection is a new peer.
-* Limits, as the ZeroMQ endpoints have them: a message over ``max_message_bytes`` or with a frame
-  count out of range breaks the framing: the connection gets one error reply without an id
-  (``TOO_LARGE`` or ``MALFORMED``) and is closed. At most ``max_connections`` connections; one
-  more is accepted and closed at once (counted in ``refused``); when accepting fails (the process
-  is out of descriptors) the listeners are left alone for ``ACCEPT_PAUSE_S`` (:meth:`~StreamServer.tick`
-  takes them back), so that a flood of connections cannot spin the daemon's loop. Replies never block the daemon:
-  what the socket does not take now is queued, and a reply beyond ``send_hwm`` queued is
-  dropped and counted (``replies_unread_dropped``), so a client that stops reading loses its own
-  replies, never the daemon's memory. A reply to a connection that has gone is dropped and
-  counted (``replies_to_departed``). A connection that ends with requests in flight leaves
-  them to finish; their replies are dropped as departed.
+* Every request handed out gets exactly one reply through :meth:`~StreamServer.send`
+  (``awaiting`` counts those not sent yet). A connection stops being read when its client shuts
+  its side or breaks the framing (a frame count out of range: one ``MALFORMED`` reply without an
+  id, after the replies to the requests before it); it is closed once every request it sent is
+  answered and written (or at once when the client has gone and a write fails).
+* Limits, as the ZeroMQ endpoints have them: replies never block the daemon; what the socket does
+  not take now is queued, and a reply beyond ``send_hwm`` replies queued is dropped and counted
+  (``replies_unread_dropped``), so a client that stops reading loses its own replies, never the
+  daemon's memory; a reply to a connection that has gone is dropped and counted
+  (``replies_to_departed``). At most ``max_connections`` connections (at most half the process's
+  descriptor limit); one more is accepted and closed at once (``refused``). When accepting fails
+  (out of descriptors) the listeners rest for ``ACCEPT_PAUSE_S`` (:meth:`~StreamServer.tick`
+  takes them back), so that a flood of connections cannot spin the loop.
 * Threads: the daemon's main thread only.
 """
 
@@ -32,6 +38,7 @@ import errno
 import itertools
 import logging
 import os
+import resource
 import socket
 import stat
 import time
@@ -43,16 +50,19 @@ from typing import Any
 import zmq
 
 from adaptd.wire import protocol as proto
-from adaptd.wire.stream import FramingError, MessageReader, message_bytes, unsent
+from adaptd.wire.stream import FramingError, MessageReader, TooLarge, message_bytes, unsent
 
 log = logging.getLogger("adaptd.streams")
 
 SCHEME = "unix://"
 MAX_CONNECTIONS = 1024
-ACCEPT_PAUSE_S = 1.0     # how long a listener is left alone after accept() failed (out of descriptors)
+ACCEPT_PAUSE_S = 1.0     # how long a listener rests after accept() failed (out of descriptors)
+WARN_EVERY_S = 60.0      # a failing accept is logged at most this often
 # The daemon polls with ZeroMQ's poller, which reports a descriptor's events in its own flags
 # (a hang-up or an error as POLLERR).
 _IN, _OUT, _GONE = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
+
+Request = tuple["StreamConnection", "list[memoryview] | None", int]
 
 
 def stream_path(endpoint: str) -> Path | None:
@@ -60,35 +70,46 @@ def stream_path(endpoint: str) -> Path | None:
 
 
 class StreamConnection:
-    """One client's connection: its reader, its queue of reply bytes not yet written."""
+    """One client's connection: its reader, its backlog of requests, its queue of reply bytes."""
 
-    __slots__ = ("sock", "fd", "peer", "reader", "queued", "queued_replies", "closed")
+    __slots__ = ("sock", "fd", "peer", "reader", "backlog", "awaiting", "queued", "queued_bytes", "written",
+                 "reply_ends", "reading", "farewell", "closed")
 
     def __init__(self, sock: socket.socket, peer: bytes, max_message_bytes: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
         self.reader = MessageReader(max_message_bytes)
-        self.queued: deque[memoryview] = deque()   # bytes the socket has not taken yet, in order
-        self.queued_replies = 0                    # replies with bytes in ``queued``
+        self.backlog: deque[tuple[list[memoryview] | None, int]] = deque()   # read, not handed out yet
+        self.awaiting = 0                          # requests handed out and not answered yet
+        self.queued: deque[memoryview] = deque()   # reply bytes the socket has not taken yet, in order
+        self.queued_bytes = 0                      # bytes ever queued (the offsets below count from 0)
+        self.written = 0                           # of those, bytes the socket has taken
+        self.reply_ends: deque[int] = deque()      # where each queued reply ends, in queued_bytes
+        self.reading = True                        # False once the client shut its side or broke the framing
+        self.farewell: list[Any] | None = None     # the framing's error reply, sent after every other
         self.closed = False
 
 
 class StreamServer:
     """The daemon's ``unix://`` endpoints and their connections (see the module contract)."""
 
-    def __init__(self, *, max_message_bytes: int, send_hwm: int, ipc_mode: int,
+    def __init__(self, *, max_message_bytes: int, send_hwm: int, ipc_mode: int, intake: int = 16,
                  max_connections: int = MAX_CONNECTIONS) -> None:
         self.max_message_bytes = max_message_bytes
         self.send_hwm = send_hwm
         self.ipc_mode = ipc_mode
-        self.max_connections = max_connections
+        self.intake = intake
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.max_connections = min(max_connections, max(8, soft // 2)) if soft > 0 else max_connections
         self.listeners: dict[int, socket.socket] = {}
         self.paths: list[Path] = []
         self.connections: dict[int, StreamConnection] = {}
         self.on_change: Any = None      # called when the descriptors or their events change
-        self._registered: dict[int, int] = {}   # what :meth:`sync` last gave the daemon's poller
-        self._accept_paused_until = 0.0         # accepting failed (out of descriptors): until then, not
+        self._registered: dict[int, int] = {}    # what :meth:`sync` last gave the daemon's poller
+        self._backlogged: dict[int, StreamConnection] = {}
+        self._accept_paused_until = 0.0          # accepting failed (out of descriptors): until then, not
+        self._warned_at = -WARN_EVERY_S
         self._numbers = itertools.count(1)
         self.refused = 0
         self.replies_unread_dropped = 0
@@ -117,19 +138,14 @@ class StreamServer:
         self.paths.append(path)
 
     def interest(self) -> list[tuple[int, int]]:
-        """Every descriptor to poll and its events (no listener while accepting is paused)."""
+        """Every descriptor to poll and its events (none for a listener while accepting rests, nor
+        for a connection with nothing to read or write now)."""
         out = [] if self._accept_paused_until else [(fd, _IN) for fd in self.listeners]
-        out += [(fd, _IN | _OUT if c.queued else _IN) for fd, c in self.connections.items()]
+        for fd, c in self.connections.items():
+            flags = (_IN if c.reading and not c.backlog else 0) | (_OUT if c.queued else 0)
+            if flags:
+                out.append((fd, flags))
         return out
-
-    def tick(self, now: float) -> None:
-        """Once a second (the daemon's tick): listen again once a pause is over."""
-        if self._accept_paused_until and now >= self._accept_paused_until:
-            self._accept_paused_until = 0.0
-            self._changed()
-
-    def owns(self, fd: Any) -> bool:
-        return fd in self.connections or fd in self.listeners
 
     def sync(self, poller: zmq.Poller, rank: dict[Any, int], fresh: bool = False) -> None:
         """Bring ``poller``'s registrations of these descriptors to :meth:`interest` (``fresh``: a
@@ -147,9 +163,22 @@ class StreamServer:
                 rank[fd] = 1
                 self._registered[fd] = flags
 
+    def tick(self, now: float) -> None:
+        """Once a second (the daemon's tick): listen again once a rest is over."""
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._changed()
+
+    def owns(self, fd: Any) -> bool:
+        return fd in self.connections or fd in self.listeners
+
+    @property
+    def backlogged(self) -> bool:
+        return bool(self._backlogged)
+
     # --- events ----------------------------------------------------------------------------
-    def on_event(self, fd: int, events: int) -> list[tuple[StreamConnection, list[memoryview], int]]:
-        """Handle ``events`` on ``fd``: the messages they complete (connection, frames, size)."""
+    def on_event(self, fd: int, events: int) -> list[Request]:
+        """Handle ``events`` on ``fd``: the requests to handle now (see the module contract)."""
         listener = self.listeners.get(fd)
         if listener is not None:
             self._accept(listener)
@@ -159,21 +188,45 @@ class StreamServer:
             return []
         if events & _OUT and conn.queued:
             self._flush(conn)
-        if not events & (_IN | _GONE) or conn.closed:
+        if conn.closed or not conn.reading or conn.backlog or not events & (_IN | _GONE):
             return []
         try:
-            messages = conn.reader.read_from(conn.sock)
+            for frames in conn.reader.read_from(conn.sock):
+                conn.backlog.append((None, frames.size) if type(frames) is TooLarge
+                                    else (frames, sum(f.nbytes for f in frames)))
         except BlockingIOError:
-            return []
-        except FramingError as exc:
-            code = proto.TOO_LARGE if exc.too_large else proto.MALFORMED
-            self.send(conn, proto.encode(proto.error_header(code, f"{exc}; the connection is closed", None)))
-            self._close(conn)
-            return []
-        except OSError:   # ConnectionError included: the peer has gone, mid-message or not
-            self._close(conn)
-            return []
-        return [(conn, frames, sum(f.nbytes for f in frames)) for frames in messages]
+            pass
+        except FramingError:
+            pass   # reported by the reader's ``broken`` (below): the messages before it stand
+        except OSError:   # ConnectionError included: the client shut its side or has gone
+            conn.reading = False
+            self._changed()
+        broken = conn.reader.broken
+        if broken is not None and conn.reading:   # answered once the requests before it are
+            conn.reading = False
+            conn.farewell = proto.encode(proto.error_header(proto.MALFORMED, f"{broken}; the connection ends", None))
+            self._changed()
+        out = self._take(conn)
+        self._close_if_done(conn)
+        return out
+
+    def backlog_round(self) -> list[Request]:
+        """The next requests of every connection with a backlog, ``intake`` each."""
+        out: list[Request] = []
+        for conn in list(self._backlogged.values()):
+            out += self._take(conn)
+        return out
+
+    def _take(self, conn: StreamConnection) -> list[Request]:
+        backlog = conn.backlog
+        n = min(len(backlog), self.intake)
+        out = [(conn, *backlog.popleft()) for _ in range(n)]
+        conn.awaiting += n
+        if backlog:
+            self._backlogged[conn.fd] = conn
+        elif self._backlogged.pop(conn.fd, None) is not None and conn.reading:
+            self._changed()   # it may be read again
+        return out
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -181,10 +234,12 @@ class StreamServer:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:   # EMFILE and the like: stop listening a while, the peers wait
-                if not self._accept_paused_until:
-                    log.warning("cannot accept local connections for %.0f s: %s", ACCEPT_PAUSE_S, exc)
-                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+            except OSError as exc:   # EMFILE and the like: the listeners rest, the clients wait
+                now = time.monotonic()
+                if now - self._warned_at >= WARN_EVERY_S:
+                    self._warned_at = now
+                    log.warning("cannot accept local connections (resting %.0f s at a time): %s", ACCEPT_PAUSE_S, exc)
+                self._accept_paused_until = now + ACCEPT_PAUSE_S
                 self._changed()
                 return
             if len(self.connections) >= self.max_connections:
@@ -198,19 +253,34 @@ class StreamServer:
 
     # --- replies ---------------------------------------------------------------------------
     def send(self, conn: StreamConnection, frames: Sequence[Any]) -> bool:
-        """Queue one reply (``frames`` as :func:`adaptd.wire.protocol.encode` makes them, the
-        empty delimiter first) and write what the socket takes now; False when it was dropped."""
+        """The reply to one request of ``conn`` (``frames`` as :func:`adaptd.wire.protocol.encode`
+        makes them, the empty delimiter first): written now as far as the socket takes it, the
+        rest queued; False when it was dropped."""
+        conn.awaiting = max(0, conn.awaiting - 1)
+        try:
+            return self._send_now(conn, frames)
+        finally:
+            self._close_if_done(conn)
+
+    def _send_now(self, conn: StreamConnection, frames: Sequence[Any]) -> bool:
         if conn.closed:
             self.replies_to_departed += 1
             return False
-        if conn.queued_replies >= self.send_hwm:
+        if len(conn.reply_ends) >= self.send_hwm:
             self.replies_unread_dropped += 1
             if self.replies_unread_dropped in (1, 10, 100) or self.replies_unread_dropped % 1000 == 0:
                 log.warning("a local client is not reading its replies: %d dropped so far (server.send_hwm = %d)",
                             self.replies_unread_dropped, self.send_hwm)
             return False
-        buffers = message_bytes(frames[1:])
-        if not conn.queued:
+        try:
+            buffers = message_bytes(frames[1:])
+        except ValueError as exc:   # more frames than a stream message holds: never sent half
+            log.error("a reply to a local client cannot be framed: %s", exc)
+            self.replies_to_departed += 1
+            return False
+        if conn.queued:
+            rest = [memoryview(b).cast("B") for b in buffers]
+        else:
             try:
                 sent = conn.sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
@@ -222,12 +292,12 @@ class StreamServer:
             rest = unsent(buffers, sent)
             if not rest:
                 return True
-            conn.queued.extend(rest)
-            conn.queued_replies += 1
+        was_idle = not conn.queued
+        conn.queued.extend(rest)
+        conn.queued_bytes += sum(v.nbytes for v in rest)
+        conn.reply_ends.append(conn.queued_bytes)
+        if was_idle:
             self._changed()   # it waits to write now
-            return True
-        conn.queued.extend(memoryview(b).cast("B") for b in buffers)
-        conn.queued_replies += 1
         return True
 
     def _flush(self, conn: StreamConnection) -> None:
@@ -237,10 +307,11 @@ class StreamServer:
             try:
                 sent = conn.sock.sendmsg(list(itertools.islice(queued, 64)))
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 self._close(conn)
                 return
+            conn.written += sent
             while sent and queued:
                 head = queued[0]
                 if sent >= head.nbytes:
@@ -249,16 +320,33 @@ class StreamServer:
                 else:
                     queued[0] = head[sent:]
                     sent = 0
-        conn.queued_replies = 0
-        self._changed()   # no longer waits to write
+        while conn.reply_ends and conn.reply_ends[0] <= conn.written:
+            conn.reply_ends.popleft()
+        if not queued:
+            self._changed()   # no longer waits to write
+            self._close_if_done(conn)
 
     # --- ends ------------------------------------------------------------------------------
+    def _close_if_done(self, conn: StreamConnection) -> None:
+        """Close a connection no longer read once it owes nothing: every request answered (then
+        its farewell sent, if the framing broke) and every reply written."""
+        if conn.reading or conn.closed or conn.awaiting or conn.backlog:
+            return
+        if conn.farewell is not None:
+            farewell, conn.farewell = conn.farewell, None
+            self._send_now(conn, farewell)
+        if not conn.queued and not conn.closed:
+            self._close(conn)
+
     def _close(self, conn: StreamConnection) -> None:
         if conn.closed:
             return
         conn.closed = True
         conn.queued.clear()
+        conn.reply_ends.clear()
+        conn.backlog.clear()
         self.connections.pop(conn.fd, None)
+        self._backlogged.pop(conn.fd, None)
         try:
             conn.sock.close()
         except OSError:
@@ -270,7 +358,12 @@ class StreamServer:
             self.on_change()
 
     def close(self) -> None:
+        """Shutdown: what each connection's socket takes now of its queued replies (the drain's
+        last ``SHUTTING_DOWN`` answers among them), then every socket and file."""
+        self.on_change = None
         for conn in list(self.connections.values()):
+            if conn.queued:
+                self._flush(conn)
             self._close(conn)
         for listener in self.listeners.values():
             listener.close()
@@ -282,4 +375,3 @@ class StreamServer:
                 if exc.errno != errno.ENOENT:
                     log.debug("cannot remove %s: %s", path, exc)
         self.paths.clear()
-

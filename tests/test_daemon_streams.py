@@ -151,17 +151,22 @@ def test_a_broken_frame_count_gets_one_error_reply_and_the_connection_ends(daemo
     assert health(d)["status"] == "serving"
 
 
-def test_a_message_announced_over_the_limit_gets_too_large_before_any_of_it_is_held(daemon):
+def test_a_message_over_the_limit_gets_too_large_and_the_connection_serves_on(daemon):
     d, model = daemon
     rss_before = health(d)["rss_bytes"]
     stream = Stream(d.local_endpoint)
     try:
-        stream.sock.sendall(message_bytes([b"ADPT01", b"x" * (65 << 20)])[0])
-        reply, _ = stream.recv()
-        assert reply["code"] == "TOO_LARGE", reply
+        over = b"x" * (65 << 20)   # the default limit is 64 MiB
+        stream.sock.sendall(message_bytes([b"ADPT01", over])[0])
+        reply, _ = stream.recv()   # answered as soon as its size is known
+        assert reply["code"] == "TOO_LARGE" and reply["id"] is None, reply
+        stream.sock.sendall(b"ADPT01" + over)   # skipped as it comes
+        assert health(d)["rss_bytes"] - rss_before < 32 << 20
+        stream.send({"type": "models", "id": "after"})
+        after, _ = stream.recv()
+        assert after["type"] == "ok" and after["id"] == "after"
     finally:
         stream.close()
-    assert health(d)["rss_bytes"] - rss_before < 32 << 20
 
 
 def test_clients_that_leave_mid_message_or_with_requests_in_flight_leave_the_daemon_serving(daemon):
@@ -228,6 +233,34 @@ def test_a_stream_client_reconnects_after_the_connection_ends_and_its_retry_is_a
     server.join(10)
     listener.close()
     assert len(seen) == 2 and seen[0] == seen[1]   # the same request, sent again on the new connection
+
+
+def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_the_next_send(tmp_path):
+    """A real Unix stream server answers one request per connection, then closes it (a daemon
+    restarting between two requests): with no retries the second request must still succeed."""
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(2)
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            reader = MessageReader(1 << 20)
+            while not (messages := reader.read_from(conn)):
+                pass
+            header = proto.decode([b"", *messages[0]])[0]
+            send_message(conn, proto.encode(replies.ok_header("models", header["id"], {"models": []}))[1:])
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    with Client(f"unix://{path}", timeout_ms=10_000, retries=0) as client:
+        assert client.models() == {"models": []}
+        server_closed = wait_until(lambda: client._transport._ended(), "the server's close to arrive")
+        assert server_closed and client.models() == {"models": []}
+    server.join(10)
+    listener.close()
 
 
 def test_a_stream_endpoint_that_is_not_there_times_out_and_keys_are_refused(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptd.wire.stream import (GROW_FROM, MAX_FRAMES, READ_BYTES, FramingError, MessageReader, message_bytes,
-                                send_message, unsent)
+from adaptd.wire.stream import (GROW_FROM, MAX_FRAMES, READ_BYTES, FramingError, MessageReader, TooLarge,
+                                message_bytes, send_message, unsent)
 
 
 @pytest.fixture
@@ -98,17 +99,41 @@ def test_a_peer_announcing_a_huge_message_and_sending_little_holds_little(pair):
     assert reader.held_bytes <= max(GROW_FROM, 4 * READ_BYTES)
 
 
-@pytest.mark.parametrize("prefix, too_large", [
-    ((0).to_bytes(4, "little"), False),
-    ((MAX_FRAMES + 1).to_bytes(4, "little"), False),
-    ((1).to_bytes(4, "little") + (2000).to_bytes(4, "little"), True),
-])
-def test_a_broken_prefix_is_a_framing_error(pair, prefix, too_large):
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1])
+def test_a_frame_count_out_of_range_breaks_the_stream_for_good(pair, count):
     a, b = pair
-    a.sendall(prefix)
-    with pytest.raises(FramingError) as err:
-        read_all(MessageReader(1000), b)
-    assert err.value.too_large is too_large
+    reader = MessageReader(1000)
+    a.sendall(count.to_bytes(4, "little") + b"more")
+    with pytest.raises(FramingError):
+        read_all(reader, b)
+    assert reader.broken is not None
+    with pytest.raises(FramingError):   # every later call
+        reader.read_from(b)
+
+
+def test_the_messages_before_a_break_come_out_and_the_break_after_them(pair):
+    a, b = pair
+    reader = MessageReader(1000)
+    data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"fine"]))
+    a.sendall(data + (0).to_bytes(4, "little"))
+    assert [[bytes(f) for f in m] for m in reader.read_from(b)] == [[b"ADPT01", b"fine"]]
+    assert isinstance(reader.broken, FramingError)
+    with pytest.raises(FramingError):
+        reader.read_from(b)
+
+
+def test_a_message_over_the_limit_comes_out_as_its_size_and_the_stream_stays_in_step(pair):
+    a, b = pair
+    reader = MessageReader(1000)
+    over = [b"ADPT01", os.urandom(3 * READ_BYTES)]
+    data = b"".join(bytes(memoryview(x).cast("B")) for m in (over, [b"ADPT01", b"next"]) for x in message_bytes(m))
+    got = []
+    for at in range(0, len(data), 7000):
+        a.sendall(data[at:at + 7000])
+        got += read_all_views(reader, b)
+    assert got[0] == TooLarge(6 + 3 * READ_BYTES)
+    assert [bytes(f) for f in got[1]] == [b"ADPT01", b"next"] and len(got) == 2
+    assert reader.held_bytes < 1000 and reader.broken is None
 
 
 def test_the_end_of_the_stream_is_a_connection_error_mid_message_or_not(pair):

@@ -13,12 +13,12 @@ import zmq
 
 from adaptd.daemon.streams import StreamServer
 from adaptd.wire import protocol as proto
-from adaptd.wire.stream import MessageReader, send_message
+from adaptd.wire.stream import MessageReader, message_bytes, send_message
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = StreamServer(max_message_bytes=1 << 20, send_hwm=4, ipc_mode=0o660)
+    srv = StreamServer(max_message_bytes=1 << 20, send_hwm=4, ipc_mode=0o660, intake=16)
     path = tmp_path / "local.sock"
     srv.bind(f"unix://{path}")
     poller, rank = zmq.Poller(), {}
@@ -107,16 +107,57 @@ def test_a_reply_the_socket_cannot_take_waits_for_room_and_beyond_send_hwm_is_dr
     a.close()
 
 
-def test_a_connection_that_ends_is_closed_and_later_replies_to_it_are_counted_departed(server):
+def test_a_client_that_leaves_is_answered_into_the_void_then_closed_and_counted_departed(server):
     srv, path, poller = server
     a = client(path)
     send_message(a, [b"ADPT01", b"hello"])
     ((conn, _, _),) = messages(srv, poller)
     a.close()
-    while not conn.closed:
+    for _ in range(100):
+        if not conn.reading:
+            break
         pump(srv, poller)
+    assert not conn.reading and not conn.closed   # it still owes a reply
     assert not srv.send(conn, proto.encode({"type": "ok", "id": "late"}))
-    assert srv.replies_to_departed == 1 and conn.fd not in dict(srv.interest())
+    assert conn.closed and srv.replies_to_departed == 1 and conn.fd not in dict(srv.interest())
+
+
+def test_one_round_takes_at_most_the_intake_from_a_connection_and_the_rest_on_later_rounds(server):
+    srv, path, poller = server
+    a = client(path)
+    a.sendall(b"".join(bytes(memoryview(x).cast("B"))
+                       for i in range(40) for x in message_bytes([b"ADPT01", b"%d" % i])))
+    first = messages(srv, poller)
+    assert len(first) == srv.intake and srv.backlogged
+    conn = first[0][0]
+    assert not dict(srv.interest()).get(conn.fd, 0) & zmq.POLLIN   # not read while it has a backlog
+    rest = []
+    while srv.backlogged:
+        rest.append(srv.backlog_round())
+    assert [len(r) for r in rest] == [16, 8]
+    assert [bytes(f[1]) for _, f, _ in first + rest[0] + rest[1]] == [b"%d" % i for i in range(40)]
+    assert dict(srv.interest())[conn.fd] & zmq.POLLIN and conn.awaiting == 40
+    a.close()
+
+
+def test_a_broken_framing_is_answered_after_the_requests_before_it_then_the_connection_ends(server):
+    srv, path, poller = server
+    a = client(path)
+    a.sendall(b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"ok"]))
+              + (0).to_bytes(4, "little"))
+    ((conn, frames, _),) = messages(srv, poller)
+    assert bytes(frames[1]) == b"ok" and not conn.reading and not conn.closed
+    assert srv.send(conn, proto.encode({"type": "ok", "id": "first"}))
+    assert conn.closed   # the farewell went out after the reply, then the connection ended
+    reader, got = MessageReader(1 << 20), []
+    while True:
+        try:
+            got += reader.read_from(a)
+        except ConnectionError:
+            break
+    headers = [proto.decode([b"", *m])[0] for m in got]
+    assert [h["id"] for h in headers] == ["first", None] and headers[1]["code"] == "MALFORMED"
+    a.close()
 
 
 def test_out_of_descriptors_the_listener_rests_and_comes_back_on_the_tick(server):

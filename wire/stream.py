@@ -8,17 +8,22 @@ Contract
   signature, the header, the bodies (§2.1), so the same codec (:mod:`adaptd.wire.protocol`)
   reads both transports; a stream has no envelope (the connection is the peer).
 * :func:`send_message` writes one message on a blocking socket (scatter-gather: tensor buffers
-  are not copied into a message first). :func:`message_bytes` gives the prefix and the frames
+  are not copied into a message first), within a deadline when given (``socket.timeout`` past it:
+  the message may be cut, so the stream must end). :func:`message_bytes` gives the prefix and the frames
   for a writer that keeps its own queue (the daemon's non-blocking one), :func:`unsent` what is
   left of them after a partial write.
 * :class:`MessageReader` is incremental: :meth:`~MessageReader.read_from` reads what a socket
   has (one ``recv``), returns the messages completed by it, each a list of read-only
   ``memoryview`` frames over buffers that no later read changes (a caller may keep them while
-  later messages are read), and keeps a partial one for the next call. A message larger
-  than a read is received into one buffer of its size, allocated once its length is known. A
-  frame count out of range or a message over ``max_message_bytes`` raises
-  :class:`FramingError`: the stream cannot be resynchronised, so its connection must be closed.
-  End of stream raises ``ConnectionError`` (mid-message too).
+  later messages are read), and keeps a partial one for the next call. A message larger than a
+  read is received into one buffer, not by concatenating reads: its size at once when that is at
+  most ``GROW_FROM`` bytes or twice what has come, else grown by doubling as it comes (a peer that
+  announces a large message and sends little holds little memory).
+* A message over ``max_message_bytes`` comes out as a :class:`TooLarge` in its place (its size)
+  and its bytes are skipped as they arrive, so the stream stays in step. A frame count out of
+  range cannot be skipped: the messages before it come out, ``broken`` is set (a
+  :class:`FramingError`), and every later call raises it; the connection must end. End of
+  stream raises ``ConnectionError`` (mid-message too).
 * Pure Python over ``socket`` objects; one thread per socket at a time.
 """
 
@@ -26,22 +31,26 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-MAX_FRAMES = 64          # signature, header and up to 62 tensors
+MAX_FRAMES = 1024        # signature, header and up to 1022 tensors
 READ_BYTES = 65536       # one recv's size while no larger message is known to be under way
 GROW_FROM = 1 << 20      # a large message's buffer: its whole size up to this, else grown as it comes
 _U32 = struct.Struct("<I")
 
 
 class FramingError(ValueError):
-    """The stream breaks the framing (its connection has to be closed); ``too_large`` when the
-    cause is a message over the size limit."""
+    """The stream breaks the framing (its connection has to end)."""
 
-    def __init__(self, message: str, too_large: bool = False) -> None:
-        super().__init__(message)
-        self.too_large = too_large
+
+@dataclass(frozen=True)
+class TooLarge:
+    """In place of a message over the size limit (its bytes skipped): how large it said it was."""
+
+    size: int
 
 
 def _nbytes(frame: Any) -> int:
@@ -57,13 +66,19 @@ def message_bytes(frames: Sequence[Any]) -> list[Any]:
     return [struct.pack(f"<{n + 1}I", n, *map(_nbytes, frames)), *frames]
 
 
-def send_message(sock: socket.socket, frames: Sequence[Any]) -> None:
-    """Write one message on a blocking stream socket (all of it, or raise OSError)."""
+def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | None = None) -> None:
+    """Write one message on a blocking stream socket (all of it, or raise OSError), by ``deadline``
+    (``time.monotonic`` seconds) when given: the socket's timeout is set to what is left before
+    each write (and left so)."""
     buffers = message_bytes(frames)
+    if deadline is not None:
+        sock.settimeout(max(1e-3, deadline - time.monotonic()))
     sent = sock.sendmsg(buffers)
     total = sum(map(_nbytes, buffers))
     if sent < total:   # a large message, or a full socket buffer: the rest in order
         for buf in unsent(buffers, sent):
+            if deadline is not None:
+                sock.settimeout(max(1e-3, deadline - time.monotonic()))
             sock.sendall(buf)
 
 
@@ -90,15 +105,26 @@ class MessageReader:
         self._big_filled = 0
         self._big_size = 0               # the large message's size (its buffer may be smaller yet)
         self._big_frames: list[int] = []
+        self._skip = 0                   # bytes of a message over the limit still to come (skipped)
+        self.broken: FramingError | None = None
 
     @property
     def held_bytes(self) -> int:
         """The bytes held for a message not complete yet."""
         return len(self._partial) + (len(self._big) if self._big is not None else 0)
 
-    def read_from(self, sock: socket.socket) -> list[list[memoryview]]:
+    def read_from(self, sock: socket.socket) -> list[list[memoryview] | TooLarge]:
         """One ``recv`` from ``sock`` and the messages it completes; ``BlockingIOError`` when a
-        non-blocking socket has nothing, ConnectionError at the end of the stream."""
+        non-blocking socket has nothing, ConnectionError at the end of the stream, ``broken``
+        once the framing broke."""
+        if self.broken is not None:
+            raise self.broken
+        if self._skip:
+            data = sock.recv(min(self._skip, READ_BYTES))
+            if not data:
+                raise ConnectionError("the peer closed the stream in the middle of a message")
+            self._skip -= len(data)
+            return []
         big = self._big
         if big is not None:
             if self._big_filled == len(big):   # full, the message not: double it
@@ -123,8 +149,8 @@ class MessageReader:
             self._partial = b""
         return self._parse(data)
 
-    def _parse(self, data: bytes) -> list[list[memoryview]]:
-        messages = []
+    def _parse(self, data: bytes) -> list[list[memoryview] | TooLarge]:
+        messages: list[list[memoryview] | TooLarge] = []
         view = memoryview(data)
         size, at = len(data), 0
         while at < size:
@@ -132,15 +158,24 @@ class MessageReader:
                 break
             (n,) = _U32.unpack_from(data, at)
             if not 1 <= n <= MAX_FRAMES:
-                raise FramingError(f"a message of {n} frames (1 to {MAX_FRAMES})")
+                self.broken = FramingError(f"a message of {n} frames (1 to {MAX_FRAMES})")
+                if not messages:
+                    raise self.broken
+                return messages
             head = 4 + 4 * n
             if size - at < head:
                 break
             lengths = struct.unpack_from(f"<{n}I", data, at + 4)
             body = sum(lengths)
-            if body > self.max_message_bytes:
-                raise FramingError(f"a message of {body} bytes (the limit is {self.max_message_bytes})", too_large=True)
             start = at + head
+            if body > self.max_message_bytes:   # skipped in step, answered in its place
+                messages.append(TooLarge(body))
+                have = min(body, size - start)
+                self._skip = body - have
+                at = start + have
+                if self._skip:
+                    return messages
+                continue
             if size - start < body:
                 if body > READ_BYTES:   # received into one buffer, not by concatenation
                     have = size - start
