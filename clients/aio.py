@@ -205,7 +205,7 @@ class AsyncClient(CoreAttributes):
                 try:
                     await asyncio.wait_for(sock.send(event.frames), deadline - time.monotonic())
                     event = await asyncio.wait_for(asyncio.shield(fut), deadline - time.monotonic())
-                except asyncio.TimeoutError:
+                except (asyncio.TimeoutError, OSError):   # OSError: a local stream broke under the send
                     event = fut.result() if fut.done() else core.timed_out(rid)
         finally:
             core.forget(rid)

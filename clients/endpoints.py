@@ -13,6 +13,7 @@ Contract
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from adaptd.wire.rundir import (ADMIN_SOCKET_NAME, LOCAL_SOCKET_NAME, SOCKET_NAME, STREAM_SOCKET_NAME,
@@ -32,16 +33,31 @@ def default_runtime_dir() -> Path:
     return path
 
 
-def default_endpoint() -> str:
-    """The request endpoint: ``$ADAPTD_ENDPOINT``, else the daemon's default local stream where it
-    serves one (its socket is there: ``unix://``, PROTOCOL.md §2.3, the cheaper path), else its
-    default ipc socket."""
+def default_endpoint(stream: bool = True) -> str:
+    """The request endpoint: ``$ADAPTD_ENDPOINT``, else (with ``stream``) the daemon's default local
+    stream where a daemon listens on it (``unix://``, PROTOCOL.md §2.3, the cheaper path), else
+    its default ipc socket. ``stream=False`` for a client with CurveZMQ keys: a stream has none."""
     value = os.environ.get(ENDPOINT_ENV)
     if value:
         return value
     directory = default_runtime_dir()
     local = directory / LOCAL_SOCKET_NAME
-    return f"unix://{local}" if local.is_socket() else f"ipc://{directory / SOCKET_NAME}"
+    return f"unix://{local}" if stream and _listening(local) else f"ipc://{directory / SOCKET_NAME}"
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket at ``path`` (a file a killed
+    daemon left refuses them)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        probe.connect(str(path))
+    except BlockingIOError:   # a full backlog: someone listens
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def default_pub_endpoint() -> str:

@@ -63,8 +63,9 @@ class ClientSettings:
                 busy_backoff_ms: float = DEFAULT_BUSY_BACKOFF_MS, curve: CurveKeys | None = None) -> ClientSettings:
         """Settings as the clients' constructors take them: the endpoint defaults to
         :func:`~adaptd.clients.endpoints.default_endpoint`, the keys to those in the environment."""
-        return cls(endpoint or default_endpoint(), timeout_ms, retries, name, busy_retries, busy_backoff_ms,
-                   curve if curve is not None else CurveKeys.from_env())
+        keys = curve if curve is not None else CurveKeys.from_env()
+        return cls(endpoint or default_endpoint(stream=keys is None), timeout_ms, retries, name, busy_retries,
+                   busy_backoff_ms, keys)
 
     @property
     def close_budget_ms(self) -> float:

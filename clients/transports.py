@@ -98,10 +98,12 @@ class StreamTransport:
         self._ready: deque[list[Any]] = deque()   # messages read, not yet taken
         self._poll = select.poll()
 
-    def _connect(self) -> None:
+    def _connect(self, timeout_s: float) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
+            sock.settimeout(max(1e-3, timeout_s))   # a full backlog: waits, within the attempt
             sock.connect(self.path)
+            sock.settimeout(None)
         except OSError:
             sock.close()
             raise
@@ -114,21 +116,31 @@ class StreamTransport:
             self.sock.close()
         self.sock = self._reader = None
 
+    def _ended(self) -> bool:
+        """Whether the daemon closed the connection (it restarted): a peek, no wait."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
     def send(self, frames: list[Any], deadline: float) -> bool:
+        if self.sock is not None and not self._ready and self._ended():
+            self._drop()   # found before sending: this attempt goes out on a new connection
         while self.sock is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
             try:
-                self._connect()
+                self._connect(remaining)
             except OSError:   # not there yet (or refusing): try again until the deadline
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                time.sleep(min(CONNECT_RETRY_S, remaining))
+                time.sleep(max(0.0, min(CONNECT_RETRY_S, deadline - time.monotonic())))
         sock = self.sock
         try:
-            sock.settimeout(max(1e-3, deadline - time.monotonic()))
-            send_message(sock, frames[1:])   # a stream has no envelope: no delimiter
+            send_message(sock, frames[1:], deadline)   # a stream has no envelope: no delimiter
             return True
-        except OSError:   # a timeout part-way, or the daemon gone: the stream cannot go on
+        except OSError:   # past the deadline part-way, or the daemon gone: the stream cannot go on
             self._drop()
             return False
         finally:
@@ -194,29 +206,35 @@ class AsyncStreamTransport:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._connected = asyncio.Event()
+        self._connecting = asyncio.Lock()   # one connection at a time, whoever asks first
 
     async def _connect(self) -> None:
-        while self._writer is None:
-            try:
-                self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 16)
-            except OSError:   # not there yet: the caller's deadline ends the wait
-                await asyncio.sleep(CONNECT_RETRY_S)
-        self._connected.set()
+        async with self._connecting:
+            while self._writer is None or self._writer.is_closing():
+                try:
+                    self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 16)
+                except OSError:   # not there yet: the caller's deadline ends the wait
+                    await asyncio.sleep(CONNECT_RETRY_S)
+            self._connected.set()
 
-    def _drop(self) -> None:
+    def _drop(self, writer: asyncio.StreamWriter | None = None) -> None:
+        """End the connection (``writer``: only if it is still that one)."""
+        if writer is not None and writer is not self._writer:
+            return
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
         self._connected.clear()
 
     async def send(self, frames: list[Any]) -> None:
+        """Raises OSError when the connection broke (the attempt is lost: the caller sends again)."""
         await self._connect()
         writer = self._writer
         writer.writelines(memoryview(b).cast("B") for b in message_bytes(frames[1:]))
         try:
             await writer.drain()
         except OSError:
-            self._drop()
+            self._drop(writer)
             raise
 
     async def recv(self) -> list[Any]:
@@ -228,6 +246,8 @@ class AsyncStreamTransport:
                 if not 1 <= n <= MAX_FRAMES:
                     raise FramingError(f"a message of {n} frames")
                 lengths = _lengths(n).unpack(await reader.readexactly(4 * n))
+                if sum(lengths) > MAX_REPLY_BYTES:
+                    raise FramingError(f"a message of {sum(lengths)} bytes")
                 body = memoryview(await reader.readexactly(sum(lengths)))
             except (OSError, EOFError, FramingError):   # the stream ended (or broke): wait for the next
                 if self._reader is reader:

@@ -120,7 +120,10 @@ def test_the_default_endpoint_is_the_local_stream_where_the_daemon_serves_one(mo
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp_path / "adaptd" / "adaptd-local.sock"))
     try:
+        assert default_endpoint() == f"ipc://{tmp_path}/adaptd/adaptd.sock"   # a file nobody listens on
+        listener.listen(1)
         assert default_endpoint() == f"unix://{tmp_path}/adaptd/adaptd-local.sock"
+        assert default_endpoint(stream=False) == f"ipc://{tmp_path}/adaptd/adaptd.sock"   # CurveZMQ keys
     finally:
         listener.close()
 
