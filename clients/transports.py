@@ -12,8 +12,9 @@ Contract
   says whether a message can be read now, waiting at most ``ms``; ``recv()`` reads one, or None
   when what arrived did not complete one (a stream's partial read, or its end). ``close()``.
 * The stream connects on first use and again after its connection ended (the daemon
-  restarted): a connection is one peer to the daemon, so a retry sent on a new connection is a
-  new request there (the daemon keeps a reply for retries per connection). Connecting waits for
+  restarted, or an attempt's write was cut short): a connection is one peer to the daemon, so a
+  retry sent on a new connection is a new request there (the daemon keeps a reply for retries
+  per connection), and shared-memory regions registered on the old one are not the new one's. Connecting waits for
   the daemon's socket to appear until the attempt's deadline, as ZeroMQ's lazy connect does.
 * The asyncio client's pair (:func:`open_async_transport`): ``await send(frames)`` (the caller
   bounds it with the attempt's deadline) and ``await recv()``, one message as ZeroMQ gives it; the
@@ -39,7 +40,7 @@ import zmq.asyncio
 
 from adaptd.wire.auth import CurveKeys
 from adaptd.wire.frames import recv_frames, send_frames
-from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, message_bytes, send_message
+from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, message_bytes, send_message
 
 STREAM_SCHEME = "unix://"
 MAX_REPLY_BYTES = 1 << 31        # replies are the daemon's: the limit only bounds a broken stream
@@ -101,7 +102,7 @@ class StreamTransport:
     def _connect(self, timeout_s: float) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.settimeout(max(1e-3, timeout_s))   # a full backlog: waits, within the attempt
+            sock.settimeout(max(1e-3, timeout_s))   # bounded by the attempt (a full backlog refuses at once)
             sock.connect(self.path)
             sock.settimeout(None)
         except OSError:
@@ -116,18 +117,32 @@ class StreamTransport:
             self.sock.close()
         self.sock = self._reader = None
 
-    def _ended(self) -> bool:
-        """Whether the daemon closed the connection (it restarted): a peek, no wait."""
+    def _take_in(self) -> None:
+        """Read, without waiting, what has come (late replies) and whether the daemon closed the
+        connection meanwhile (it restarted): then drop it, so the next send makes a new one."""
+        sock = self.sock
+        sock.setblocking(False)
         try:
-            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            while self.sock is sock:
+                self._keep(self._reader.read_from(sock))
         except BlockingIOError:
-            return False
-        except OSError:
-            return True
+            pass
+        except (OSError, FramingError):
+            self._drop()
+        finally:
+            if self.sock is sock:
+                sock.setblocking(True)
+
+    def _keep(self, messages: list[Any]) -> None:
+        for message in messages:
+            if type(message) is TooLarge:   # a reply beyond any sense: the stream cannot be trusted
+                self._drop()
+                return
+            self._ready.append([b"", *message])
 
     def send(self, frames: list[Any], deadline: float) -> bool:
-        if self.sock is not None and not self._ready and self._ended():
-            self._drop()   # found before sending: this attempt goes out on a new connection
+        if self.sock is not None:
+            self._take_in()   # a connection the daemon closed while this client was idle: a new one
         while self.sock is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -158,8 +173,7 @@ class StreamTransport:
     def recv(self) -> list[Any] | None:
         if not self._ready and self.sock is not None:
             try:
-                for message in self._reader.read_from(self.sock):
-                    self._ready.append([b"", *message])
+                self._keep(self._reader.read_from(self.sock))
             except (OSError, FramingError):   # the stream ended (or broke): reconnect next time
                 self._drop()
         return self._ready.popleft() if self._ready else None

@@ -45,6 +45,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
+from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")
 
@@ -126,16 +127,18 @@ class RequestPath:
         self._handle((sock, envelope), peer, message, sum(len(f.buffer) for f in message), received_ns,
                      sock in self.d.frontend.admin, delimited=split is not None)
 
-    def on_stream_request(self, connection: Any, frames: list[memoryview] | None, size: int) -> None:
+    def on_stream_request(self, connection: Any, frames: list[Any], size: int) -> None:
         """One message from a local stream connection (:mod:`adaptd.daemon.streams`): no envelope
-        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`. ``frames``
-        None: a message over the size limit, skipped unread (``TOO_LARGE``, no id)."""
+        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`. A message
+        over the size limit comes as ``[TooLarge]``, skipped unread: ``TOO_LARGE``, with the
+        request's id when its header came with the size."""
         received_ns = time.monotonic_ns()
         self._cpu0 = time.thread_time_ns()
-        if frames is None:
+        if type(frames[0]) is TooLarge:
             limit = self.d.config.server.max_message_bytes
+            header = frames[0].header
             self._reply_error((connection, ()), proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
-                              None, {"limit_bytes": limit})
+                              _request_id(header), {"limit_bytes": limit}, connection.peer)
             return
         self._handle((connection, ()), connection.peer, [b"", *frames], size, received_ns, False)
 
@@ -406,3 +409,13 @@ class RequestPath:
             for route in pending.routes:
                 self._send(route, header, ())
         self.pending.clear()
+
+
+def _request_id(header: bytes | None) -> str | None:
+    """The id in a request's header frame, if it is one that reads (else None)."""
+    if header is None:
+        return None
+    try:
+        return proto.request_id_of(proto.decode([b"", proto.SIGNATURE, header])[0])
+    except proto.ProtocolError:
+        return None

@@ -336,7 +336,8 @@ class Daemon:
         while True:
             # With bookkeeping waiting, look without blocking first: nothing to do means an idle
             # moment (e.g. a caller reading its reply), which is when that work is done.
-            spin_until_ns = None if books.waiting or not spin_ns else self._spin_until_ns(spin_ns)
+            spin_until_ns = (None if books.waiting or not spin_ns or streams.backlogged
+                             else self._spin_until_ns(spin_ns))
             wait_ms = timeout_ms
             restart_s = self.pool.next_restart_s()
             if restart_s is not None:
@@ -396,7 +397,8 @@ class Daemon:
                 drain_deadline = now + self.config.server.drain_timeout_s
                 log.info("draining %d request(s)", len(self.path.pending))
             if self.draining:
-                if self._stop_requested > 1 or not self.path.pending or now >= drain_deadline:
+                if self._stop_requested > 1 or not (self.path.pending or streams.backlogged) \
+                        or now >= drain_deadline:
                     break
         return self.shutdown()
 

@@ -11,8 +11,9 @@ Contract
   at most ``intake`` per connection per round (as the ZeroMQ sockets' ``INTAKE_BATCH``): a
   connection's further requests wait in its backlog, which :meth:`~StreamServer.backlog_round`
   hands out on the next rounds (``backlogged`` says the loop must not sleep), and it is not read
-  from meanwhile. ``frames`` is None for a request over the size limit, which the request path
-  answers ``TOO_LARGE`` (its bytes are skipped as they come: the stream stays in step).
+  from meanwhile. ``frames`` is ``[TooLarge]`` (:class:`adaptd.wire.stream.TooLarge`) for a
+  request over the size limit, which the request path answers ``TOO_LARGE`` (its bytes are
+  skipped as they come: the stream stays in step).
 * Each connection is one peer (``StreamConnection.peer``: ``s:`` and a number never reused in a
   daemon's run): its replay entries and regions belong to it, a retry is answered from them on the
   same connection; a new connection is a new peer.
@@ -50,7 +51,7 @@ from typing import Any
 import zmq
 
 from adaptd.wire import protocol as proto
-from adaptd.wire.stream import FramingError, MessageReader, TooLarge, message_bytes, unsent
+from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, message_bytes, unsent
 
 log = logging.getLogger("adaptd.streams")
 
@@ -62,7 +63,7 @@ WARN_EVERY_S = 60.0      # a failing accept is logged at most this often
 # (a hang-up or an error as POLLERR).
 _IN, _OUT, _GONE = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 
-Request = tuple["StreamConnection", "list[memoryview] | None", int]
+Request = tuple["StreamConnection", "list[Any]", int]
 
 
 def stream_path(endpoint: str) -> Path | None:
@@ -80,7 +81,7 @@ class StreamConnection:
         self.fd = sock.fileno()
         self.peer = peer
         self.reader = MessageReader(max_message_bytes)
-        self.backlog: deque[tuple[list[memoryview] | None, int]] = deque()   # read, not handed out yet
+        self.backlog: deque[tuple[list[Any], int]] = deque()   # read, not handed out yet
         self.awaiting = 0                          # requests handed out and not answered yet
         self.queued: deque[memoryview] = deque()   # reply bytes the socket has not taken yet, in order
         self.queued_bytes = 0                      # bytes ever queued (the offsets below count from 0)
@@ -108,6 +109,7 @@ class StreamServer:
         self.on_change: Any = None      # called when the descriptors or their events change
         self._registered: dict[int, int] = {}    # what :meth:`sync` last gave the daemon's poller
         self._backlogged: dict[int, StreamConnection] = {}
+        self._taken_this_round: set[int] = set()
         self._accept_paused_until = 0.0          # accepting failed (out of descriptors): until then, not
         self._warned_at = -WARN_EVERY_S
         self._numbers = itertools.count(1)
@@ -192,7 +194,7 @@ class StreamServer:
             return []
         try:
             for frames in conn.reader.read_from(conn.sock):
-                conn.backlog.append((None, frames.size) if type(frames) is TooLarge
+                conn.backlog.append(([frames], frames.size) if type(frames) is TooLarge
                                     else (frames, sum(f.nbytes for f in frames)))
         except BlockingIOError:
             pass
@@ -207,14 +209,18 @@ class StreamServer:
             conn.farewell = proto.encode(proto.error_header(proto.MALFORMED, f"{broken}; the connection ends", None))
             self._changed()
         out = self._take(conn)
+        self._taken_this_round.add(conn.fd)
         self._close_if_done(conn)
         return out
 
     def backlog_round(self) -> list[Request]:
-        """The next requests of every connection with a backlog, ``intake`` each."""
+        """The next requests of every connection with a backlog, ``intake`` each, but for those
+        that gave theirs in this round's events (:meth:`on_event`); ends the round."""
         out: list[Request] = []
         for conn in list(self._backlogged.values()):
-            out += self._take(conn)
+            if conn.fd not in self._taken_this_round:
+                out += self._take(conn)
+        self._taken_this_round.clear()
         return out
 
     def _take(self, conn: StreamConnection) -> list[Request]:
@@ -222,10 +228,11 @@ class StreamServer:
         n = min(len(backlog), self.intake)
         out = [(conn, *backlog.popleft()) for _ in range(n)]
         conn.awaiting += n
-        if backlog:
+        if backlog and conn.fd not in self._backlogged:
             self._backlogged[conn.fd] = conn
-        elif self._backlogged.pop(conn.fd, None) is not None and conn.reading:
-            self._changed()   # it may be read again
+            self._changed()   # not read while it has a backlog
+        elif not backlog and self._backlogged.pop(conn.fd, None) is not None:
+            self._changed()   # read again
         return out
 
     def _accept(self, listener: socket.socket) -> None:
@@ -256,7 +263,10 @@ class StreamServer:
         """The reply to one request of ``conn`` (``frames`` as :func:`adaptd.wire.protocol.encode`
         makes them, the empty delimiter first): written now as far as the socket takes it, the
         rest queued; False when it was dropped."""
-        conn.awaiting = max(0, conn.awaiting - 1)
+        if conn.awaiting:
+            conn.awaiting -= 1
+        else:   # a second reply to one request: a fault of the request path, not the client's
+            log.warning("a reply to a local client that is owed none (peer %s)", conn.peer)
         try:
             return self._send_now(conn, frames)
         finally:
@@ -274,10 +284,15 @@ class StreamServer:
             return False
         try:
             buffers = message_bytes(frames[1:])
-        except ValueError as exc:   # more frames than a stream message holds: never sent half
+        except ValueError as exc:   # more frames than a stream message holds: an error reply instead
             log.error("a reply to a local client cannot be framed: %s", exc)
-            self.replies_to_departed += 1
-            return False
+            try:
+                request_id = proto.decode(frames)[0].get("id")
+            except proto.ProtocolError:
+                request_id = None
+            buffers = message_bytes(proto.encode(proto.error_header(
+                proto.INTERNAL, f"the reply has {len(frames) - 1} frames; the local stream carries at most "
+                f"{MAX_FRAMES}: use ZeroMQ or fewer outputs", request_id))[1:])
         if conn.queued:
             rest = [memoryview(b).cast("B") for b in buffers]
         else:

@@ -169,6 +169,20 @@ def test_a_message_over_the_limit_gets_too_large_and_the_connection_serves_on(da
         stream.close()
 
 
+def test_an_oversize_request_among_others_fails_alone_with_its_id(daemon):
+    d, model = daemon
+    huge = np.zeros((1, 4200, 4096, 1), np.float32)   # over the 64 MiB limit
+
+    async def run() -> tuple:
+        async with AsyncClient(d.local_endpoint, timeout_ms=30_000, retries=0) as client:
+            calls = [client.infer(model, tiny_input(i)) for i in range(4)] + [client.infer(model, huge)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    *fine, too_large = asyncio.run(run())
+    assert all(r.outputs[0].shape == (1, 10) for r in fine), fine
+    assert isinstance(too_large, e.TooLargeError) and too_large.request_id is not None
+
+
 def test_clients_that_leave_mid_message_or_with_requests_in_flight_leave_the_daemon_serving(daemon):
     d, model = daemon
     half = Stream(d.local_endpoint)
@@ -236,29 +250,35 @@ def test_a_stream_client_reconnects_after_the_connection_ends_and_its_retry_is_a
 
 
 def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_the_next_send(tmp_path):
-    """A real Unix stream server answers one request per connection, then closes it (a daemon
-    restarting between two requests): with no retries the second request must still succeed."""
+    """A real Unix stream server answers one request per connection, adds a late reply nobody
+    waits for, then closes it (a daemon restarting between two requests): with no retries the
+    second request must still succeed, on a new connection."""
     path = str(tmp_path / "s.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(2)
+    first_closed = threading.Event()
 
     def serve() -> None:
-        for _ in range(2):
+        for i in range(2):
             conn, _ = listener.accept()
             reader = MessageReader(1 << 20)
             while not (messages := reader.read_from(conn)):
                 pass
             header = proto.decode([b"", *messages[0]])[0]
-            send_message(conn, proto.encode(replies.ok_header("models", header["id"], {"models": []}))[1:])
+            send_message(conn, proto.encode(replies.ok_header("models", header["id"], {"models": [i]}))[1:])
+            if i == 0:
+                send_message(conn, proto.encode(replies.ok_header("models", "late", {}))[1:])
             conn.close()
+            first_closed.set()
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     with Client(f"unix://{path}", timeout_ms=10_000, retries=0) as client:
-        assert client.models() == {"models": []}
-        server_closed = wait_until(lambda: client._transport._ended(), "the server's close to arrive")
-        assert server_closed and client.models() == {"models": []}
+        assert client.models() == {"models": [0]}
+        assert first_closed.wait(10)
+        assert client.models() == {"models": [1]}
+        assert client.stale_replies == 1
     server.join(10)
     listener.close()
 

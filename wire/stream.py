@@ -19,8 +19,9 @@ Contract
   read is received into one buffer, not by concatenating reads: its size at once when that is at
   most ``GROW_FROM`` bytes or twice what has come, else grown by doubling as it comes (a peer that
   announces a large message and sends little holds little memory).
-* A message over ``max_message_bytes`` comes out as a :class:`TooLarge` in its place (its size)
-  and its bytes are skipped as they arrive, so the stream stays in step. A frame count out of
+* A message over ``max_message_bytes`` comes out as a :class:`TooLarge` in its place (its size,
+  and its header frame when that came in the same read: the reply can name the request) and its
+  bytes are skipped as they arrive, so the stream stays in step. A frame count out of
   range cannot be skipped: the messages before it come out, ``broken`` is set (a
   :class:`FramingError`), and every later call raises it; the connection must end. End of
   stream raises ``ConnectionError`` (mid-message too).
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MAX_FRAMES = 1024        # signature, header and up to 1022 tensors
+MAX_FRAMES = 1000        # signature, header and up to 998 tensors (with the prefix, under IOV_MAX)
 READ_BYTES = 65536       # one recv's size while no larger message is known to be under way
 GROW_FROM = 1 << 20      # a large message's buffer: its whole size up to this, else grown as it comes
 _U32 = struct.Struct("<I")
@@ -48,9 +49,11 @@ class FramingError(ValueError):
 
 @dataclass(frozen=True)
 class TooLarge:
-    """In place of a message over the size limit (its bytes skipped): how large it said it was."""
+    """In place of a message over the size limit (its bytes skipped): how large it said it was,
+    and its second frame (the header) when that came whole in the read that found it."""
 
     size: int
+    header: bytes | None = None
 
 
 def _nbytes(frame: Any) -> int:
@@ -169,7 +172,10 @@ class MessageReader:
             body = sum(lengths)
             start = at + head
             if body > self.max_message_bytes:   # skipped in step, answered in its place
-                messages.append(TooLarge(body))
+                header = None
+                if n >= 2 and lengths[1] <= READ_BYTES and start + lengths[0] + lengths[1] <= size:
+                    header = bytes(view[start + lengths[0]:start + lengths[0] + lengths[1]])
+                messages.append(TooLarge(body, header))
                 have = min(body, size - start)
                 self._skip = body - have
                 at = start + have
