@@ -28,8 +28,8 @@ def _add_endpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint",
         default=None,
-        help="daemon endpoint (ipc://PATH or tcp://HOST:PORT); default: $ADAPTD_ENDPOINT, "
-        "else the daemon's default ipc socket",
+        help="daemon endpoint (unix://PATH, ipc://PATH or tcp://HOST:PORT); default: $ADAPTD_ENDPOINT, "
+        "else the daemon's local stream where it serves one, else its ipc socket",
     )
     p.add_argument("--timeout-ms", type=float, default=30000.0, help="reply timeout (ms)")
 

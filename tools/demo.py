@@ -1,8 +1,9 @@
 """``adaptd demo run``: the main job end to end, for a first look at adaptd.
 
 Builds the demo model's variants if the repository has none, starts a real daemon on them
-(ipc socket and selection store under ``--workdir``), sends a few requests with different
-constraints through the client library, prints what the daemon chose for each and why, and
+(its sockets and selection store under ``--workdir``), sends a few requests with different
+constraints through the client library over the daemon's local stream (as an app on the board
+would), prints what the daemon chose for each and why, and
 stops the daemon. Energy on a machine without power sensors is labelled ``estimated``.
 """
 
@@ -39,8 +40,9 @@ def run_demo(repository: Path, workdir: Path, progress: bool = True) -> None:
 
     print(f"starting the daemon on {repo} ...")
     with DaemonProcess.start(repo, Path(workdir), config={"placements": {"load": "eager"}}) as daemon:
-        print(f"daemon ready at {daemon.endpoint} (selection store: {daemon.store_path})\n")
-        with Client(daemon.endpoint, timeout_ms=30_000) as client:
+        endpoint = daemon.local_endpoint or daemon.endpoint
+        print(f"daemon ready at {endpoint} (selection store: {daemon.store_path})\n")
+        with Client(endpoint, timeout_ms=30_000) as client:
             for title, constraints, objective in REQUESTS:
                 try:
                     result = client.infer(MODEL_NAME, image, objective=objective, on_infeasible="best_effort",
