@@ -2,7 +2,8 @@
 
 Contract
 --------
-* :meth:`RequestPath.on_request` handles one message from a request socket: decode
+* :meth:`RequestPath.on_request` handles one message from a request socket (and
+  :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
   (:mod:`adaptd.wire.protocol`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
   worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice

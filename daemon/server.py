@@ -27,13 +27,14 @@ Contract
   regions belong to the peer that sent them (:mod:`adaptd.daemon.peers`); records name a peer
   only by an opaque tag. ``reload`` is accepted on the admin endpoint only.
 * Under overload completions go first: each round of the loop handles the workers' results
-  before it takes new requests, and takes at most ``INTAKE_BATCH`` from each socket; a request
+  before it takes new requests, and takes at most ``INTAKE_BATCH`` from each socket and each
+  local stream connection (:mod:`adaptd.daemon.streams`; the rest wait in its backlog); a request
   whose model has every placement's queue full is refused ``BUSY`` before it is parsed further.
 * The request path: decode (:mod:`adaptd.wire.protocol`) -> admit (:mod:`adaptd.daemon.admission`)
   -> choose (the policy, pure) -> queue on the placement's worker -> (the worker runs) -> reply
   (:mod:`adaptd.wire.replies`), then, off the round trip, statistics, the policy's update and the
   selection record (:mod:`adaptd.daemon.bookkeeping`). Tensor bytes are passed as the received
-  ZeroMQ frames, never copied here. TensorFlow is never imported by this process.
+  frames (ZeroMQ's, or a local stream's buffers), never copied here. TensorFlow is never imported by this process.
 * Shared memory (PROTOCOL.md §11): this process creates, bounds-checks and removes regions
   (:mod:`adaptd.daemon.shm`) but never maps one: tensors in a region are read and written by the
   worker alone.
