@@ -57,8 +57,8 @@ class TooLarge:
 
 
 def _nbytes(frame: Any) -> int:
-    return frame.nbytes if isinstance(frame, memoryview) else len(frame) if isinstance(frame, bytes) \
-        else memoryview(frame).nbytes
+    n = getattr(frame, "nbytes", None)   # a memoryview, a numpy array
+    return len(frame) if n is None else n
 
 
 def message_bytes(frames: Sequence[Any]) -> list[Any]:
@@ -86,15 +86,18 @@ def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | N
 
 
 def unsent(buffers: Sequence[Any], sent: int) -> list[memoryview]:
-    """What is left of ``buffers`` once ``sent`` bytes of them went out."""
-    rest = []
+    """What is left of ``buffers`` once ``sent`` bytes of them went out (nothing is copied, and
+    nothing viewed for a buffer that went out whole)."""
+    rest: list[memoryview] = []
     for buf in buffers:
-        view = memoryview(buf).cast("B")
-        if sent >= view.nbytes:
-            sent -= view.nbytes
+        if rest:
+            rest.append(memoryview(buf).cast("B"))
             continue
-        rest.append(view[sent:])
-        sent = 0
+        n = _nbytes(buf)
+        if sent >= n:
+            sent -= n
+            continue
+        rest.append(memoryview(buf).cast("B")[sent:])
     return rest
 
 
