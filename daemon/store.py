@@ -53,6 +53,7 @@ Contract
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import math
@@ -94,10 +95,23 @@ SCHEMA_SQL = (
     + "\n);\n"
     "CREATE INDEX IF NOT EXISTS fidelity_events_ts ON fidelity_events (ts);\n"
 )
-_INSERT_FIDELITY_SQL = (f"INSERT INTO fidelity_events ({', '.join(FIDELITY_COLUMN_NAMES)}) "
-                        f"VALUES ({', '.join('?' for _ in FIDELITY_COLUMN_NAMES)})")
-_INSERT_SQL = (f"INSERT INTO selections ({', '.join(COLUMN_NAMES)}) "
-               f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)})")
+
+ROWS_PER_STATEMENT = 64   # rows one INSERT carries (38 columns: 2,432 of SQLite's 32,766 variables)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(table: str, columns: tuple[str, ...], rows: int) -> str:
+    one = f"({', '.join('?' for _ in columns)})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+
+
+def _insert(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` into ``table``, ``ROWS_PER_STATEMENT`` to a statement. The sqlite3 module lets go
+    of the interpreter lock around each statement's step: one step per row (``executemany``) made
+    the writer wait for the lock at every request the main thread served meanwhile."""
+    for at in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[at:at + ROWS_PER_STATEMENT]
+        conn.execute(_insert_sql(table, columns, len(chunk)), [v for row in chunk for v in row])
 
 
 def _cell(name: str, value: Any) -> Any:
@@ -367,8 +381,8 @@ class SelectionStore:
                 try:
                     with conn:  # one transaction per batch
                         conn.execute("BEGIN")
-                        conn.executemany(_INSERT_SQL, pending)
-                        conn.executemany(_INSERT_FIDELITY_SQL, events)
+                        _insert(conn, "selections", COLUMN_NAMES, pending)
+                        _insert(conn, "fidelity_events", FIDELITY_COLUMN_NAMES, events)
                 except sqlite3.Error as exc:
                     attempts += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
