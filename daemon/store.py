@@ -96,21 +96,28 @@ SCHEMA_SQL = (
     "CREATE INDEX IF NOT EXISTS fidelity_events_ts ON fidelity_events (ts);\n"
 )
 
-ROWS_PER_STATEMENT = 64   # rows one INSERT carries (38 columns: 2,432 of SQLite's 32,766 variables)
+ROWS_PER_STATEMENT = 64   # rows one INSERT carries at most (38 columns: 2,432 variables)
+OLD_VARIABLE_LIMIT = 999  # SQLite's variables per statement before 3.32 (where getlimit is missing)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _insert_sql(table: str, columns: tuple[str, ...], rows: int) -> str:
     one = f"({', '.join('?' for _ in columns)})"
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
 
 
-def _insert(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    """``rows`` into ``table``, ``ROWS_PER_STATEMENT`` to a statement. The sqlite3 module lets go
-    of the interpreter lock around each statement's step: one step per row (``executemany``) made
-    the writer wait for the lock at every request the main thread served meanwhile."""
-    for at in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[at:at + ROWS_PER_STATEMENT]
+def insert_rows(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """``rows`` into ``table``, as many to a statement as SQLite's variable limit allows, at most
+    ``ROWS_PER_STATEMENT``. The sqlite3 module lets go of the interpreter lock around each
+    statement's step: one step per row (``executemany``) made the writer wait for the lock at
+    every request the main thread served meanwhile."""
+    try:
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    except AttributeError:   # Python < 3.11
+        limit = OLD_VARIABLE_LIMIT
+    per = max(1, min(ROWS_PER_STATEMENT, limit // len(columns)))
+    for at in range(0, len(rows), per):
+        chunk = rows[at:at + per]
         conn.execute(_insert_sql(table, columns, len(chunk)), [v for row in chunk for v in row])
 
 
@@ -381,8 +388,8 @@ class SelectionStore:
                 try:
                     with conn:  # one transaction per batch
                         conn.execute("BEGIN")
-                        _insert(conn, "selections", COLUMN_NAMES, pending)
-                        _insert(conn, "fidelity_events", FIDELITY_COLUMN_NAMES, events)
+                        insert_rows(conn, "selections", COLUMN_NAMES, pending)
+                        insert_rows(conn, "fidelity_events", FIDELITY_COLUMN_NAMES, events)
                 except sqlite3.Error as exc:
                     attempts += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"

@@ -15,7 +15,8 @@ import msgpack
 import pytest
 import zmq
 
-from adaptd.daemon.store import SelectionStore, StoreConfig
+from adaptd.daemon.store import (ROWS_PER_STATEMENT, SCHEMA_SQL, SelectionStore, StoreConfig, insert_rows,
+                                 record_row)
 from adaptd.wire.records import COLUMN_NAMES, read_selections
 
 
@@ -352,3 +353,22 @@ def test_a_store_without_the_meta_table_has_no_board_id(tmp_path: Path):
     conn.commit()
     conn.close()
     assert read_board_id(db) is None
+
+
+@pytest.mark.parametrize("variable_limit", [None, 999, 100, 37])
+def test_rows_go_in_many_to_a_statement_within_sqlites_variable_limit(tmp_path, variable_limit):
+    """Old SQLite (before 3.32, as on Ubuntu 18.04 and 20.04) allows 999 variables a statement:
+    the rows per INSERT follow the connection's limit, down to one row when even that is over it."""
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    conn.executescript(SCHEMA_SQL)
+    if variable_limit is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    rows = [record_row(record(i)) for i in range(3 * ROWS_PER_STATEMENT + 5)]
+    if variable_limit is not None and variable_limit < len(COLUMN_NAMES):
+        with pytest.raises(sqlite3.OperationalError):   # not even one row fits: SQLite says so
+            insert_rows(conn, "selections", COLUMN_NAMES, rows)
+        return
+    with conn:
+        insert_rows(conn, "selections", COLUMN_NAMES, rows)
+    got = conn.execute("SELECT id, request_id FROM selections ORDER BY id").fetchall()
+    assert [r[1] for r in got] == [record(i)["request_id"] for i in range(len(rows))]
