@@ -120,6 +120,8 @@ class StreamTransport:
     def _take_in(self) -> None:
         """Read, without waiting, what has come (late replies) and whether the daemon closed the
         connection meanwhile (it restarted): then drop it, so the next send makes a new one."""
+        if not self._poll.poll(0):   # the common case: nothing came, one system call
+            return
         sock = self.sock
         sock.setblocking(False)
         try:
