@@ -30,7 +30,6 @@ import asyncio
 import os
 import select
 import socket
-import struct
 import time
 from collections import deque
 from typing import Any
@@ -40,7 +39,8 @@ import zmq.asyncio
 
 from adaptd.wire.auth import CurveKeys
 from adaptd.wire.frames import recv_frames, send_frames
-from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, message_bytes, send_message
+from adaptd.wire.stream import (FramingError, MessageReader, TooLarge, frame_count, frame_lengths, message_bytes,
+                                send_message, split_frames)
 
 STREAM_SCHEME = "unix://"
 MAX_REPLY_BYTES = 1 << 31        # replies are the daemon's: the limit only bounds a broken stream
@@ -258,10 +258,8 @@ class AsyncStreamTransport:
             await self._connected.wait()
             reader = self._reader
             try:
-                (n,) = _U32.unpack(await reader.readexactly(4))
-                if not 1 <= n <= MAX_FRAMES:
-                    raise FramingError(f"a message of {n} frames")
-                lengths = _lengths(n).unpack(await reader.readexactly(4 * n))
+                n = frame_count(await reader.readexactly(4))
+                lengths = frame_lengths(await reader.readexactly(4 * n), n)
                 if sum(lengths) > MAX_REPLY_BYTES:
                     raise FramingError(f"a message of {sum(lengths)} bytes")
                 body = memoryview(await reader.readexactly(sum(lengths)))
@@ -269,11 +267,7 @@ class AsyncStreamTransport:
                 if self._reader is reader:
                     self._drop()
                 continue
-            frames, at = [b""], 0
-            for length in lengths:
-                frames.append(body[at:at + length])
-                at += length
-            return frames
+            return [b"", *split_frames(body, lengths)]
 
     def close(self) -> None:
         self._drop()
@@ -286,10 +280,3 @@ def open_async_transport(endpoint: str, context: zmq.asyncio.Context,
         _refuse_keys(endpoint, curve)
         return AsyncStreamTransport(endpoint[len(STREAM_SCHEME):])
     return AsyncZmqTransport(new_dealer(context, endpoint, curve))
-
-
-def _lengths(n: int) -> struct.Struct:
-    return struct.Struct(f"<{n}I")
-
-
-_U32 = struct.Struct("<I")

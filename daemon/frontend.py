@@ -4,12 +4,13 @@ Contract
 --------
 * :meth:`Frontend.bind` creates one ``ROUTER`` per request endpoint and per admin endpoint (ipc
   only, socket file mode 0600: only the daemon's own user, and root, may connect), guards each
-  with CurveZMQ when authentication is on, and binds it; a ``unix://`` request endpoint is a local
-  stream instead (:mod:`adaptd.daemon.streams`, ``streams``), which the daemon's loop polls. An ipc socket file left by a daemon that
-  is gone is replaced; the caller holds the instance lock (:mod:`adaptd.daemon.instance`), so it is
-  never a live daemon's. On failure every socket bound so far is closed and its file removed.
-* Replies (:meth:`Frontend.send`, to either kind of route) never block the daemon. Each client connection may have
-  ``send_hwm`` replies waiting that it has not read; a reply beyond that is dropped and counted
+  with CurveZMQ when authentication is on, and binds it; a ``unix://`` request endpoint is a
+  local stream instead (:mod:`adaptd.daemon.streams`, ``streams``), which the daemon's loop
+  polls. A socket file (ipc or stream) left by a daemon that is gone is replaced; the caller
+  holds the instance lock (:mod:`adaptd.daemon.instance`), so it is never a live daemon's. On failure every socket bound so far is closed and its file removed.
+* Replies (:meth:`Frontend.send`, to either kind of route) never block the daemon. Each client
+  connection may have ``send_hwm`` replies waiting that it has not read; a reply beyond that is
+  dropped and counted
   (``replies_unread_dropped``), as is a reply to a client that has gone
   (``replies_to_departed``). A client that stops reading loses its own replies, never the
   daemon's memory; a retry of a dropped reply is answered from the replay store.
@@ -28,7 +29,7 @@ from typing import Any
 import zmq
 
 from adaptd.daemon.streams import SCHEME as STREAM_SCHEME
-from adaptd.daemon.streams import StreamConnection, StreamServer
+from adaptd.daemon.streams import StreamConnection, StreamServer, stream_path
 from adaptd.wire.frames import send_frames
 
 log = logging.getLogger("adaptd.frontend")
@@ -41,9 +42,15 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
 
 
+def socket_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc or a local stream (``unix://``) endpoint, else None."""
+    return ipc_path(endpoint) or stream_path(endpoint)
+
+
 def remove_stale_socket(endpoint: str) -> None:
-    """Remove a socket file a dead daemon left at an ipc endpoint (the caller holds the lock)."""
-    path = ipc_path(endpoint)
+    """Remove a socket file a dead daemon left at an ipc or local stream endpoint (the caller
+    holds the lock)."""
+    path = socket_path(endpoint)
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +81,7 @@ class Frontend:
         try:
             for endpoint in endpoints:
                 if endpoint.startswith(STREAM_SCHEME):
+                    remove_stale_socket(endpoint)
                     self.streams.bind(endpoint)
                 else:
                     self._bind(endpoint, admin=False)

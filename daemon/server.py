@@ -34,7 +34,8 @@ Contract
   -> choose (the policy, pure) -> queue on the placement's worker -> (the worker runs) -> reply
   (:mod:`adaptd.wire.replies`), then, off the round trip, statistics, the policy's update and the
   selection record (:mod:`adaptd.daemon.bookkeeping`). Tensor bytes are passed as the received
-  frames (ZeroMQ's, or a local stream's buffers), never copied here. TensorFlow is never imported by this process.
+  frames (ZeroMQ's, or a local stream's buffers), never copied here. TensorFlow is never
+  imported by this process.
 * Shared memory (PROTOCOL.md §11): this process creates, bounds-checks and removes regions
   (:mod:`adaptd.daemon.shm`) but never maps one: tensors in a region are read and written by the
   worker alone.
@@ -60,8 +61,7 @@ from adaptd.daemon.bookkeeping import Bookkeeping
 from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
 from adaptd.daemon.fidelity import LiveFidelity
-from adaptd.daemon.frontend import Frontend, ipc_path
-from adaptd.daemon.streams import stream_path
+from adaptd.daemon.frontend import Frontend, ipc_path, socket_path
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.power import EnergyMeter
@@ -160,7 +160,7 @@ class Daemon:
         cfg = self.config
         # Directories and the lock first: nothing else may touch a socket file or the store
         # before this daemon knows no other one owns them.
-        if any((p := ipc_path(e) or stream_path(e)) is not None and p.parent == cfg.runtime_dir
+        if any((p := socket_path(e)) is not None and p.parent == cfg.runtime_dir
                for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints)):
             ensure_daemon_dir(cfg.runtime_dir)
         for path in self.lock.paths:

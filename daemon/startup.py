@@ -18,8 +18,7 @@ from typing import Any
 import zmq
 
 from adaptd.daemon.config import Config
-from adaptd.daemon.frontend import ipc_path, remove_stale_socket
-from adaptd.daemon.streams import stream_path
+from adaptd.daemon.frontend import remove_stale_socket, socket_path
 from adaptd.daemon.sched import RealtimeFrontEnd, request_slice_all_threads
 from adaptd.daemon.selection import SelectorPolicy
 from adaptd.daemon.store import SelectionStore
@@ -31,8 +30,7 @@ log = logging.getLogger("adaptd")
 def lock_directories(cfg: Config) -> list[Path]:
     """The directories of every ipc and local stream socket and of the store
     (:mod:`adaptd.daemon.instance`)."""
-    paths = [p.parent for p in (ipc_path(e) or stream_path(e)
-                                for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints))
+    paths = [p.parent for p in (socket_path(e) for e in (*cfg.endpoints, *cfg.pub_endpoints, *cfg.admin_endpoints))
              if p is not None]
     paths.append(cfg.store_path.parent)
     return paths

@@ -3,8 +3,8 @@
 Contract
 --------
 * A ``unix://PATH`` request endpoint (PROTOCOL.md §2.3) is a listening ``AF_UNIX`` stream socket,
-  its file mode ``[server] ipc_mode`` as for ipc endpoints; a socket file a dead daemon left is
-  replaced (the caller holds the instance lock, which covers the socket's directory). Everything
+  its file mode ``[server] ipc_mode`` as for ipc endpoints (the frontend removes a socket file a
+  dead daemon left there first: :func:`adaptd.daemon.frontend.remove_stale_socket`). Everything
   is non-blocking and driven by the daemon's loop: :meth:`StreamServer.interest` gives each
   descriptor and the events it waits for; :meth:`StreamServer.on_event` handles one (accepting,
   reading, writing) and returns the requests to handle now, ``(connection, frames, size)``,
@@ -41,7 +41,6 @@ import logging
 import os
 import resource
 import socket
-import stat
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -74,7 +73,7 @@ class StreamConnection:
     """One client's connection: its reader, its backlog of requests, its queue of reply bytes."""
 
     __slots__ = ("sock", "fd", "peer", "reader", "backlog", "awaiting", "queued", "queued_bytes", "written",
-                 "reply_ends", "reading", "farewell", "closed")
+                 "reply_ends", "reading", "farewell", "took_this_round", "closed")
 
     def __init__(self, sock: socket.socket, peer: bytes, max_message_bytes: int) -> None:
         self.sock = sock
@@ -89,6 +88,7 @@ class StreamConnection:
         self.reply_ends: deque[int] = deque()      # where each queued reply ends, in queued_bytes
         self.reading = True                        # False once the client shut its side or broke the framing
         self.farewell: list[Any] | None = None     # the framing's error reply, sent after every other
+        self.took_this_round = False               # gave its intake in this round's events
         self.closed = False
 
 
@@ -109,7 +109,6 @@ class StreamServer:
         self.on_change: Any = None      # called when the descriptors or their events change
         self._registered: dict[int, int] = {}    # what :meth:`sync` last gave the daemon's poller
         self._backlogged: dict[int, StreamConnection] = {}
-        self._taken_this_round: set[int] = set()
         self._accept_paused_until = 0.0          # accepting failed (out of descriptors): until then, not
         self._warned_at = -WARN_EVERY_S
         self._numbers = itertools.count(1)
@@ -122,12 +121,6 @@ class StreamServer:
         path = stream_path(endpoint)
         if path is None:
             raise ValueError(f"not a {SCHEME} endpoint: {endpoint}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if stat.S_ISSOCK(path.lstat().st_mode):
-                path.unlink()   # left by a daemon that is gone (the caller holds the instance lock)
-        except FileNotFoundError:
-            pass
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             listener.bind(str(path))
@@ -209,7 +202,7 @@ class StreamServer:
             conn.farewell = proto.encode(proto.error_header(proto.MALFORMED, f"{broken}; the connection ends", None))
             self._changed()
         out = self._take(conn)
-        self._taken_this_round.add(conn.fd)
+        conn.took_this_round = bool(conn.backlog)   # its backlog's turn is the next round
         self._close_if_done(conn)
         return out
 
@@ -218,9 +211,10 @@ class StreamServer:
         that gave theirs in this round's events (:meth:`on_event`); ends the round."""
         out: list[Request] = []
         for conn in list(self._backlogged.values()):
-            if conn.fd not in self._taken_this_round:
+            if conn.took_this_round:
+                conn.took_this_round = False
+            else:
                 out += self._take(conn)
-        self._taken_this_round.clear()
         return out
 
     def _take(self, conn: StreamConnection) -> list[Request]:

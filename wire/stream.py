@@ -11,7 +11,8 @@ Contract
   are not copied into a message first), within a deadline when given (``socket.timeout`` past it:
   the message may be cut, so the stream must end). :func:`message_bytes` gives the prefix and the frames
   for a writer that keeps its own queue (the daemon's non-blocking one), :func:`unsent` what is
-  left of them after a partial write.
+  left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
+  :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
 * :class:`MessageReader` is incremental: :meth:`~MessageReader.read_from` reads what a socket
   has (one ``recv``), returns the messages completed by it, each a list of read-only
   ``memoryview`` frames over buffers that no later read changes (a caller may keep them while
@@ -144,7 +145,7 @@ class MessageReader:
             if self._big_filled < self._big_size:
                 return []
             self._big = None
-            return [_split(memoryview(big).toreadonly(), self._big_frames)]
+            return [split_frames(memoryview(big).toreadonly(), self._big_frames)]
         data = sock.recv(READ_BYTES)
         if not data:
             if self._partial:
@@ -162,16 +163,17 @@ class MessageReader:
         while at < size:
             if size - at < 4:
                 break
-            (n,) = _U32.unpack_from(data, at)
-            if not 1 <= n <= MAX_FRAMES:
-                self.broken = FramingError(f"a message of {n} frames (1 to {MAX_FRAMES})")
+            try:
+                n = frame_count(data, at)
+            except FramingError as exc:
+                self.broken = exc
                 if not messages:
-                    raise self.broken
+                    raise
                 return messages
             head = 4 + 4 * n
             if size - at < head:
                 break
-            lengths = struct.unpack_from(f"<{n}I", data, at + 4)
+            lengths = frame_lengths(data, n, at + 4)
             body = sum(lengths)
             start = at + head
             if body > self.max_message_bytes:   # skipped in step, answered in its place
@@ -194,14 +196,28 @@ class MessageReader:
                     self._big_frames = list(lengths)
                     return messages
                 break
-            messages.append(_split(view[start:start + body], lengths))
+            messages.append(split_frames(view[start:start + body], lengths))
             at = start + body
         if at < size:
             self._partial = bytes(view[at:])
         return messages
 
 
-def _split(view: memoryview, lengths: Sequence[int]) -> list[memoryview]:
+def frame_count(data: Any, at: int = 0) -> int:
+    """The frame count that starts at ``at`` in ``data``; FramingError when out of range."""
+    (n,) = _U32.unpack_from(data, at)
+    if not 1 <= n <= MAX_FRAMES:
+        raise FramingError(f"a message of {n} frames (1 to {MAX_FRAMES})")
+    return n
+
+
+def frame_lengths(data: Any, n: int, at: int = 0) -> tuple[int, ...]:
+    """The ``n`` frame lengths that start at ``at`` in ``data``."""
+    return struct.unpack_from(f"<{n}I", data, at)
+
+
+def split_frames(view: memoryview, lengths: Sequence[int]) -> list[memoryview]:
+    """A message's body cut into its frames (views, no copies)."""
     frames, at = [], 0
     for length in lengths:
         frames.append(view[at:at + length])
