@@ -4,7 +4,8 @@ Contract
 --------
 * :meth:`RequestPath.on_request` handles one message from a request socket (and
   :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
-  (:mod:`adaptd.wire.protocol`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
+  (:mod:`adaptd.wire.protocol`; a steady client's repeated header is parsed once:
+  :mod:`adaptd.wire.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
   worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
   not loaded yet gives way to the best loaded arm that meets the request on a placement with
@@ -46,6 +47,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
+from adaptd.wire.request_memo import RequestMemo
 from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")
@@ -95,6 +97,7 @@ class RequestPath:
         self._cpu0 = 0
         self._inline_max_ms = daemon.config.placements.inline_max_ms
         self._tracebacks: dict[str, float] = {}
+        self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
 
     def drain(self, sock: zmq.Socket) -> None:
         """Take at most INTAKE_BATCH messages from one request socket. After each, the socket's
@@ -149,19 +152,23 @@ class RequestPath:
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
-            header, bodies = proto.decode(message)
-            request_id = proto.request_id_of(header)
+            # A steady client's repeated header comes back parsed (not while a queue is full: a
+            # request may then be refused BUSY from its header alone, before it is parsed).
+            request, header, bodies = (self._memo.decode(message) if not self.saturated
+                                       else (None, *proto.decode(message)))
+            request_id = request.id if request is not None else proto.request_id_of(header)
             limit = self.d.config.server.max_message_bytes
             if size > limit:
                 raise proto.ProtocolError(proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
                                           request_id, {"limit_bytes": limit})
-            busy = (self._refuse_early(peer, request_id, header)
-                    if self.saturated and request_id is not None and header.get("type") == "infer" else None)
-            if busy is not None:
-                self.busy_early += 1
-                self._reply_error(route, proto.BUSY, busy[0], request_id, busy[1], peer)
-                return
-            request = proto.parse_request(header)
+            if request is None:
+                busy = (self._refuse_early(peer, request_id, header)
+                        if self.saturated and request_id is not None and header.get("type") == "infer" else None)
+                if busy is not None:
+                    self.busy_early += 1
+                    self._reply_error(route, proto.BUSY, busy[0], request_id, busy[1], peer)
+                    return
+                request = self._memo.parse(message, header)
             if request.type == "infer":
                 self._on_infer(route, peer, request, bodies, received_ns)
             else:

@@ -285,6 +285,14 @@ class Request:
     owner_pid: int | None = None         # shm_register
     region: str | None = None            # shm_unregister
 
+    def with_id(self, request_id: str) -> Request:
+        """The same request under another id (a copy of its fields: ``dataclasses.replace``
+        would validate them again, at ten times the cost)."""
+        twin = object.__new__(Request)
+        twin.__dict__.update(self.__dict__)
+        object.__setattr__(twin, "id", request_id)
+        return twin
+
 
 def request_id_of(header: Mapping[str, Any]) -> str | None:
     rid = header.get("id")

@@ -1,0 +1,173 @@
+"""The memo of repeated inference headers (adaptd.wire.request_memo): a repeat parses to exactly
+what the full decode and parse give, and nothing but a proven repeat skips them."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptd.wire import protocol as proto
+from adaptd.wire import request_memo
+from adaptd.wire.request_memo import RequestMemo, split_id
+
+
+def message(header: dict, bodies=()) -> list:
+    return proto.encode(header, bodies)
+
+
+def full(msg: list) -> proto.Request:
+    return proto.parse_request(proto.decode(msg)[0])
+
+
+def through(memo: RequestMemo, msg: list) -> proto.Request:
+    request, header, _ = memo.decode(msg)
+    return request if request is not None else memo.parse(msg, header)
+
+
+X = np.zeros((1, 4), np.float32)
+ids = st.text(min_size=1, max_size=40) | st.text(alphabet="ab", min_size=120, max_size=140)
+names = st.text(alphabet="abcxyz_-0123456789", min_size=1, max_size=12)
+headers = st.fixed_dictionaries({
+    "model": names,
+    "shape": st.lists(st.integers(0, 300), min_size=0, max_size=4),
+    "dtype": st.sampled_from(["float32", "int8", "uint8"]),
+    "constraints": st.none() | st.dictionaries(st.sampled_from(list(proto.CONSTRAINT_KEYS)),
+                                               st.floats(0.5, 0.99), max_size=3),
+    "objective": st.none() | st.sampled_from(["latency", "energy", "accuracy"]),
+    "pin_variant": st.none() | names,
+    "client": st.none() | names,
+    "explain": st.booleans(),
+})
+
+
+def build(rid: str, h: dict) -> dict:
+    header = proto.request_header(rid, h["model"], [], constraints=h["constraints"], objective=h["objective"],
+                                  pin_variant=h["pin_variant"], client=h["client"], explain=h["explain"],
+                                  input_headers=[{"dtype": h["dtype"], "shape": h["shape"]}])
+    return header
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=headers, first=ids, second=ids)
+def test_a_repeat_parses_to_what_the_full_path_gives(h, first, second):
+    memo = RequestMemo()
+    results = []
+    for rid in (first, second, first):
+        msg = message(build(rid, h), [b"\0" * 4])
+        try:
+            expected = full(msg)
+        except proto.ProtocolError as exc:   # an id over the limit: the same error either way
+            with pytest.raises(proto.ProtocolError) as got:
+                through(memo, msg)
+            assert (got.value.code, got.value.message) == (exc.code, exc.message)
+            results.append(None)
+            continue
+        assert through(memo, msg) == expected
+        results.append(expected)
+    if results[0] is not None and results[1] is not None:
+        assert memo.hits == 2 and len(memo) == 1
+
+
+def test_headers_differing_only_past_the_id_are_kept_apart():
+    memo = RequestMemo()
+    a = message(build("r1", {"model": "m", "shape": [1, 4], "dtype": "float32", "constraints": {"max_latency_ms": 5.0},
+                             "objective": None, "pin_variant": None, "client": None, "explain": False}))
+    b = message(build("r2", {"model": "m", "shape": [1, 4], "dtype": "float32", "constraints": {"max_latency_ms": 6.0},
+                             "objective": None, "pin_variant": None, "client": None, "explain": False}))
+    assert through(memo, a).constraints.max_latency_ms == 5.0
+    assert through(memo, b).constraints.max_latency_ms == 6.0
+    assert memo.hits == 0 and len(memo) == 2
+
+
+def test_an_id_cut_by_structure_not_by_search():
+    """The id's bytes also appear in a later field: only the second entry's value is cut."""
+    raw = proto.pack({"type": "infer", "id": "m", "model": "m"})
+    key, rid = split_id(raw)
+    assert rid == "m"
+    assert key == raw[:raw.index(b"\xa2id") + 3] + raw[raw.index(b"\xa2id") + 5:]
+    assert key.count(b"\xa1m") == 1
+
+
+@pytest.mark.parametrize("header", [
+    {"id": "r1", "type": "infer", "model": "m", "inputs": []},           # another layout
+    {"type": "infer", "model": "m", "id": "r1", "inputs": []},
+])
+def test_another_layout_takes_the_full_path_every_time(header):
+    memo = RequestMemo()
+    for rid in ("r1", "r2"):
+        msg = message({**header, "id": rid})
+        assert through(memo, msg) == full(msg)
+    assert memo.hits == 0 and len(memo) == 0
+
+
+def test_control_requests_are_not_kept():
+    memo = RequestMemo()
+    for rid in ("a", "b"):
+        msg = message(proto.request_header(rid, "m", [X], request_type="explain"))
+        assert through(memo, msg) == full(msg)
+    assert len(memo) == 0
+
+
+def test_a_key_given_twice_is_not_kept():
+    """msgpack keeps a map's last value for a key: a header with ``id`` twice reads as its last
+    id, and is never a template (its repeat would keep the stale second id)."""
+    def twice(first: str, last: str) -> bytes:
+        packer = msgpack.Packer(use_bin_type=True)
+        body = b"".join(packer.pack(x) for x in ("type", "infer", "id", first, "model", "m", "inputs", [], "id", last))
+        return bytes([0x85]) + body
+
+    memo = RequestMemo()
+    for first in ("a", "b"):
+        msg = [b"", proto.SIGNATURE, twice(first, "z")]
+        request = through(memo, msg)
+        assert request.id == "z" == full(msg).id
+    assert len(memo) == 0 and memo.hits == 0
+
+
+def test_an_id_that_is_not_utf8_is_malformed_even_after_a_template():
+    memo = RequestMemo()
+    good = message(proto.request_header("ok", "m", [X]))
+    through(memo, good)
+    raw = bytes(good[2])
+    bad = raw.replace(b"\xa2ok", b"\xa2\xff\xfe")
+    for _ in range(2):
+        with pytest.raises(proto.ProtocolError) as err:
+            through(memo, [b"", proto.SIGNATURE, bad])
+        assert err.value.code == proto.MALFORMED
+
+
+def test_a_repeat_with_a_wrong_signature_or_no_delimiter_is_refused_as_ever():
+    memo = RequestMemo()
+    msg = message(proto.request_header("r1", "m", [X]))
+    through(memo, msg)
+    repeat = message(proto.request_header("r2", "m", [X]))
+    with pytest.raises(proto.ProtocolError) as err:
+        through(memo, [b"", b"ADPT02", repeat[2]])
+    assert err.value.code == proto.UNSUPPORTED_VERSION
+    with pytest.raises(proto.ProtocolError) as err:
+        through(memo, [b"x", proto.SIGNATURE, repeat[2]])
+    assert err.value.code == proto.MALFORMED
+    assert through(memo, repeat).id == "r2" and memo.hits == 1
+
+
+def test_the_bodies_of_a_repeat_are_its_own():
+    memo = RequestMemo()
+    through(memo, message(proto.request_header("r1", "m", [X]), [b"first"]))
+    request, header, bodies = memo.decode(message(proto.request_header("r2", "m", [X]), [b"second", b"third"]))
+    assert header is None and request.id == "r2"
+    assert [bytes(b) for b in bodies] == [b"second", b"third"]
+
+
+def test_the_memo_is_bounded():
+    memo = RequestMemo()
+    for i in range(request_memo.MAX_ENTRIES + 5):
+        through(memo, message(proto.request_header("r", f"model{i}", [X])))
+    assert 0 < len(memo) <= request_memo.MAX_ENTRIES
+    long_client = proto.request_header("r", "m", [X], client="c" * 100)
+    long_client["note"] = "x" * request_memo.MAX_KEY_BYTES   # unknown keys are ignored, never kept
+    before = len(memo)
+    through(memo, message(long_client))
+    assert len(memo) == before

@@ -1,0 +1,105 @@
+"""Inference headers a steady client repeats, validated once: decode and parse skipped on a repeat.
+
+Contract
+--------
+* A client sends the same inference header over and over but for its ``id`` (same model,
+  inputs, constraints, objective). :meth:`RequestMemo.decode` returns the parsed
+  :class:`~adaptd.wire.protocol.Request` of such a repeat without unpacking or validating its
+  header again: the header frame less its id's value is the memo's key, and the request parsed
+  from the first header with that key is the template that gets the new id. That costs about
+  2 us here against 16 for ``decode`` plus ``parse_request`` (bench/bench_request_path.py).
+* Sound by construction: the id is cut where the header's structure puts it (a map whose first
+  entry is ``type`` and second is ``id``, as this project's clients write it), not where its
+  bytes happen to occur, so the key and the id give back exactly one header. A header is kept
+  only when a full decode agrees: an ``infer`` request that parsed, whose map has no duplicate
+  key and whose id is the one cut. Anything else (another layout, another type, a malformed
+  message) takes the full path, with its error replies unchanged.
+* Bounded: at most ``MAX_ENTRIES`` keys of at most ``MAX_KEY_BYTES`` each; a full memo is
+  emptied (a client that varies its headers pays the full path, nothing more).
+* Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from adaptd.wire import protocol as proto
+
+MAX_ENTRIES = 256
+MAX_KEY_BYTES = 1024
+_TYPE_KEY = b"\xa4type"      # msgpack fixstr "type"
+_ID_KEY = b"\xa2id"          # msgpack fixstr "id"
+_SIGNATURE = proto.SIGNATURE
+
+
+def split_id(raw: bytes) -> tuple[bytes, str] | None:
+    """``(key, id)`` of a header packed as a map that starts ``type``, ``id`` (both short
+    strings), the key being the header less the id's value; None for any other layout or an id
+    that is empty, longer than ``MAX_ID_BYTES`` or not UTF-8."""
+    if len(raw) < 10 or not 0x82 <= raw[0] <= 0x8f or raw[1:6] != _TYPE_KEY:
+        return None
+    t = raw[6]
+    if not 0xa0 <= t <= 0xbf:
+        return None
+    i = 7 + t - 0xa0
+    if raw[i:i + 3] != _ID_KEY:
+        return None
+    i += 3
+    if i >= len(raw):
+        return None
+    t = raw[i]
+    if 0xa1 <= t <= 0xbf:
+        start, length = i + 1, t - 0xa0
+    elif t == 0xd9 and i + 1 < len(raw):
+        start, length = i + 2, raw[i + 1]
+    else:
+        return None
+    end = start + length
+    if not 0 < length <= proto.MAX_ID_BYTES or end > len(raw):
+        return None
+    try:
+        rid = raw[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return raw[:i] + raw[end:], rid
+
+
+class RequestMemo:
+    def __init__(self) -> None:
+        self._templates: dict[bytes, proto.Request] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def decode(self, message: Sequence[Any]) -> tuple[proto.Request | None, dict[str, Any] | None, list[memoryview]]:
+        """A message as :func:`~adaptd.wire.protocol.decode` takes it (delimiter, signature,
+        header, bodies): ``(request, None, bodies)`` for a repeated inference header, else
+        ``(None, header, bodies)`` from the full decode (which raises ``ProtocolError`` as
+        ever); the caller parses that header (:meth:`parse`)."""
+        if len(message) >= 3:
+            buffer = proto._buffer
+            if len(buffer(message[0])) == 0 and buffer(message[1]) == _SIGNATURE:
+                split = split_id(bytes(buffer(message[2])))
+                if split is not None:
+                    template = self._templates.get(split[0])
+                    if template is not None:
+                        self.hits += 1
+                        return template.with_id(split[1]), None, [buffer(f) for f in message[3:]]
+        header, bodies = proto.decode(message)
+        return None, header, bodies
+
+    def parse(self, message: Sequence[Any], header: dict[str, Any]) -> proto.Request:
+        """``parse_request(header)`` (raises as it does), keeping an inference request's
+        result for its repeats when the header's layout allows (see the module contract)."""
+        request = proto.parse_request(header)
+        if request.type == "infer":
+            raw = bytes(proto._buffer(message[2]))
+            split = split_id(raw)
+            if split is not None and split[1] == request.id and len(split[0]) <= MAX_KEY_BYTES \
+                    and len(header) == raw[0] - 0x80:   # no key twice (msgpack keeps the last)
+                if len(self._templates) >= MAX_ENTRIES:
+                    self._templates.clear()
+                self._templates[split[0]] = request
+        return request
