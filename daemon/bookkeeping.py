@@ -10,9 +10,15 @@ Contract
   request never waits behind a whole backlog, a flush of 32 took 1.5-2 ms, while the backlog
   stays at about ``DEFER_MAX_ITEMS``), and at shutdown. A caller that reads its reply and sends
   the next request gives the daemon that idle moment, so the bookkeeping leaves the round trip.
-  The policy's update is one call per flush (:meth:`observe` collects the flush's executions,
-  ``observe_many`` gets them at its end), so under load, when a flush holds many, each arm's
-  estimates are computed once per batch.
+  The policy's update is one call per batch (:meth:`observe` collects the executions,
+  ``observe_many`` gets them at a flush's end), so each arm's estimates are computed once per
+  batch. A lone steady client gives an idle moment after every reply, and one execution per
+  batch cost it 18 us of the main thread's CPU against 6 per execution in batches of 8
+  (bench/bench_request_path.py): so the loop's idle flushes (``hold``) keep the executions
+  until ``LEARN_BATCH`` are held or the oldest has waited ``LEARN_MAX_AGE_S``
+  (:attr:`learn_due_s`: the loop wakes for it), and every other flush hands them over. The
+  estimates thus lag the measurements by at most that many executions or that long: far less
+  than the time over which interference or a throttled clock changes them.
   Waiting for a batch at idle moments too was measured and rejected: on a 2-vCPU VM the core
   then idled right after each reply and every request paid a colder wake-up (the round trip
   and the CPU per request grew more than the batch saved; docs/decisions.md).
@@ -26,6 +32,7 @@ Contract
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,11 +46,14 @@ log = logging.getLogger("adaptd.bookkeeping")
 
 DEFER_MAX_ITEMS = 32  # deferred items (an answered request defers one or two) that may wait for an idle moment
 FLUSH_SLICE = 4       # items done per round of a loop that is never idle, beyond those over DEFER_MAX_ITEMS
+LEARN_BATCH = 8       # executions an idle flush holds for the policy before handing them over
+LEARN_MAX_AGE_S = 0.02   # ... or until the oldest has waited this long (s)
 
 
 class Bookkeeping:
     def __init__(self, submit: Callable[[dict[str, Any]], None], window: int, ewma_alpha: float,
-                 observe_many: Callable[[list[Observation]], None] | None = None) -> None:
+                 observe_many: Callable[[list[Observation]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._submit = submit          # the store's submit: O(1), never blocks
         self._observe_many = observe_many   # the policy's, for the observations a flush collected
         self._window = window
@@ -51,6 +61,8 @@ class Bookkeeping:
         self._stats: dict[tuple[str, str, str, str], ArmStats] = {}
         self._deferred: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._observations: list[Observation] = []
+        self._clock = clock
+        self._held_since = 0.0   # when the oldest execution held for the policy came (clock's s)
         self.on_record: Callable[[dict[str, Any]], None] | None = None   # also sees each record (metrics)
 
     # --- deferred work ---------------------------------------------------------------------------
@@ -72,19 +84,27 @@ class Bookkeeping:
 
     def observe(self, observation: Observation) -> None:
         """One measured execution for the policy (deferred work calls this): handed over with the
-        rest of the batch at the end of the flush."""
+        rest of the batch at the end of a flush (see the module contract)."""
+        if not self._observations:
+            self._held_since = self._clock()
         self._observations.append(observation)
+
+    @property
+    def learn_due_s(self) -> float | None:
+        """When the executions held for the policy are due to it (clock's s), None if none are."""
+        return self._held_since + LEARN_MAX_AGE_S if self._observations else None
 
     def flush_slice(self) -> None:
         """A never-idle loop's round: ``FLUSH_SLICE`` items, and every item over
         ``DEFER_MAX_ITEMS`` (a round may defer more than a slice: the backlog stays bounded)."""
-        self.flush(max(FLUSH_SLICE, len(self._deferred) - DEFER_MAX_ITEMS + FLUSH_SLICE))
+        self.flush(max(FLUSH_SLICE, len(self._deferred) - DEFER_MAX_ITEMS + FLUSH_SLICE), hold=True)
 
-    def flush(self, limit: int | None = None) -> None:
+    def flush(self, limit: int | None = None, *, hold: bool = False) -> None:
         """Do the deferred work: all of it, or the oldest ``limit`` items (a daemon that is never
         idle does a slice per round of its loop, so no request waits behind a whole backlog). The
-        policy gets the executions collected once the backlog is done, or once they are
-        ``DEFER_MAX_ITEMS``."""
+        policy gets the executions collected once they are ``DEFER_MAX_ITEMS``, else once the
+        backlog is done, unless ``hold`` (the loop's idle moments) and fewer than
+        ``LEARN_BATCH`` are held, none of them for ``LEARN_MAX_AGE_S``."""
         if limit is None or limit >= len(self._deferred):
             work, self._deferred = self._deferred, []
         else:
@@ -94,7 +114,9 @@ class Bookkeeping:
                 fn(*args)
             except Exception:  # noqa: BLE001 - one record's bookkeeping must not stop the daemon
                 log.exception("bookkeeping of an answered request failed")
-        if self._deferred and len(self._observations) < DEFER_MAX_ITEMS:
+        held = len(self._observations)
+        if held < DEFER_MAX_ITEMS and (self._deferred or hold and held < LEARN_BATCH
+                                       and self._clock() < self._held_since + LEARN_MAX_AGE_S):
             return
         observations, self._observations = self._observations, []
         if observations and self._observe_many is not None:

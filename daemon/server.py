@@ -343,6 +343,9 @@ class Daemon:
             restart_s = self.pool.next_restart_s()
             if restart_s is not None:
                 wait_ms = min(wait_ms, restart_s * 1e3 + 1.0)
+            learn_s = books.learn_due_s   # executions held for the policy: an idle flush then
+            if learn_s is not None:
+                wait_ms = min(wait_ms, max(0.0, (learn_s - time.monotonic()) * 1e3) + 0.5)
             events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged else wait_ms)
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
@@ -354,7 +357,7 @@ class Daemon:
             if len(events) > 1:
                 events.sort(key=lambda e: rank.get(e[0], 1))
             if not events and not streams.backlogged:   # an idle moment
-                books.flush()
+                books.flush(hold=True)
             elif books.full:   # a daemon that is never idle: a slice per round
                 books.flush_slice()
             for item, flags in events:

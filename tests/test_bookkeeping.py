@@ -1,12 +1,13 @@
 """Deferred bookkeeping (adaptd.daemon.bookkeeping): a flush does the oldest work first, a sliced
 flush leaves the rest for later rounds, and the policy gets the executions in one batch once the
-backlog is done (or once a batch is full), never one by one."""
+backlog is done (or once a batch is full), never one by one; the loop's idle flushes hold them for
+a batch of LEARN_BATCH, or LEARN_MAX_AGE_S at most."""
 
 from __future__ import annotations
 
 from collections import deque
 
-from adaptd.daemon.bookkeeping import DEFER_MAX_ITEMS, Bookkeeping
+from adaptd.daemon.bookkeeping import DEFER_MAX_ITEMS, LEARN_BATCH, LEARN_MAX_AGE_S, Bookkeeping
 
 
 def test_a_sliced_flush_does_the_oldest_work_and_hands_the_batch_over_when_the_backlog_is_done():
@@ -61,3 +62,52 @@ def test_a_never_idle_loop_keeps_the_backlog_bounded_even_when_a_round_defers_mo
             books.flush_slice()
         assert books.backlog <= DEFER_MAX_ITEMS
     assert done == list(range(len(done))) and len(done) >= k - DEFER_MAX_ITEMS
+
+
+class Clock:
+    """A settable monotonic clock (s): the hold's age is the behaviour under test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_books() -> tuple[Bookkeeping, list[list], Clock]:
+    batches: list[list] = []
+    clock = Clock()
+    books = Bookkeeping(deque().append, 16, 0.2, lambda observations: batches.append(list(observations)), clock=clock)
+    return books, batches, clock
+
+
+def test_idle_flushes_hold_the_executions_until_a_batch_is_full():
+    """A lone client's loop is idle after every reply: the policy gets its executions
+    LEARN_BATCH at a time, in order, and the record work is not held."""
+    books, batches, _ = held_books()
+    done: list[int] = []
+    for k in range(2 * LEARN_BATCH + 1):
+        books.defer(lambda k=k: (done.append(k), books.observe(k)))
+        books.flush(hold=True)
+        assert done[-1] == k and not books.waiting
+    assert batches == [list(range(LEARN_BATCH)), list(range(LEARN_BATCH, 2 * LEARN_BATCH))]
+    assert books.learn_due_s is not None
+
+
+def test_held_executions_are_due_after_their_age_and_any_other_flush_hands_them_over():
+    books, batches, clock = held_books()
+    assert books.learn_due_s is None
+    books.defer(books.observe, "a")
+    books.flush(hold=True)
+    assert batches == [] and books.learn_due_s == clock.now + LEARN_MAX_AGE_S
+    clock.now += LEARN_MAX_AGE_S / 2
+    books.defer(books.observe, "b")
+    books.flush(hold=True)
+    assert batches == [] and books.learn_due_s == 100.0 + LEARN_MAX_AGE_S   # the oldest one's age
+    clock.now = books.learn_due_s
+    books.flush(hold=True)   # the loop woke for it: nothing deferred, the executions are due
+    assert batches == [["a", "b"]] and books.learn_due_s is None
+    books.defer(books.observe, "c")
+    books.flush(hold=True)
+    books.flush()   # a control message's, or shutdown's: every execution reaches the policy first
+    assert batches == [["a", "b"], ["c"]] and books.learn_due_s is None

@@ -415,6 +415,21 @@ def test_latency_confidence_is_judged_at_a_kept_level_and_recorded(daemon, model
     assert record["latency_confidence"] == 0.97 and record["predicted_latency_confidence"] == 0.99
 
 
+def test_a_lone_request_is_learnt_before_the_next_one_comes(daemon, model):
+    """The loop's idle moments hold executions for the policy in batches (adaptd.daemon.bookkeeping),
+    but it wakes for them once the oldest has waited LEARN_MAX_AGE_S: a request sent well after a
+    lone one is chosen on estimates that include it. (The wait is the behaviour under test, the
+    hold's age, not a synchronisation.)"""
+    from adaptd.daemon.bookkeeping import LEARN_MAX_AGE_S
+
+    pin = {"pin_variant": "float32", "pin_placement": "cpu:0-1"}
+    first, _ = infer(daemon, model, **pin)
+    time.sleep(10 * LEARN_MAX_AGE_S)
+    second, _ = infer(daemon, model, **pin)
+    assert first["type"] == second["type"] == "result", (first, second)
+    assert second["predicted"]["latency_ms"] != first["predicted"]["latency_ms"]
+
+
 # --- size limits ---------------------------------------------------------------------------------
 
 def test_a_request_over_max_message_bytes_gets_too_large(daemon, model):
