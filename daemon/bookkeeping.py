@@ -41,6 +41,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.daemon.stats import ArmStats
 from adaptd.wire import protocol as proto
 from adaptd.wire import records
+from adaptd.wire.request_memo import constraints_map
 
 log = logging.getLogger("adaptd.bookkeeping")
 
@@ -143,7 +144,7 @@ class Bookkeeping:
         record = records.selection_record(
             ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
             objective=request.objective, on_infeasible=request.on_infeasible,
-            constraints=request.constraints.as_dict(), outcome=outcome, error_code=error_code,
+            constraints=constraints_map(request), outcome=outcome, error_code=error_code,
             variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
             reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
             energy=energy, met=met, runtime=runtime)

@@ -47,7 +47,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
-from adaptd.wire.request_memo import RequestMemo
+from adaptd.wire.request_memo import RequestMemo, constraints_map, derived
 from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")
@@ -248,7 +248,9 @@ class RequestPath:
         shm_inputs = admitted.shm_inputs
         job = Job(rid, str(model.directory), arm.variant.name,
                   [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
-                   for i, s in enumerate(request.inputs)],
+                   for i, s in enumerate(request.inputs)] if shm_inputs else
+                  derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
+                                                      for s in request.inputs]),
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
         pending.cpu_start_ns = self._cpu0
@@ -303,12 +305,13 @@ class RequestPath:
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping."""
-        cpu0 = time.thread_time_ns()
         if type(outcome.job.context) is ShadowRun:   # the runtime's own work: no reply, no record,
             self.d.books.defer(self.d.fidelity.on_outcome, outcome)   # compared at an idle moment
             return
         self.saturated = False
         pending: Pending = outcome.job.context
+        # (an inline run's request is measured from its arrival: one CPU clock read fewer)
+        cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
         self.pending.pop((pending.peer, request.id), None)
         if pending.regions:
@@ -351,7 +354,7 @@ class RequestPath:
         started_ns = max(outcome.job.dispatched_ns, int(h.get("idle_since_ns") or 0))   # not behind other work
         behind_ns = max(0, started_ns - (pending.submitted_ns or started_ns))
         path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
-        met = replies.met_constraints(request.constraints.as_dict(), pending.choice.decision.predicted.accuracy, total_ms,
+        met = replies.met_constraints(constraints_map(request), pending.choice.decision.predicted.accuracy, total_ms,
                                       energy.energy_mj)
         choice = pending.choice
         self.inferences += 1

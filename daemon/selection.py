@@ -52,6 +52,7 @@ from adaptd.selector.priors import PriorLearner
 from adaptd.selector.policy import Selector
 from adaptd.selector.request import QueueSnapshot, Request, SelectorError
 from adaptd.wire import protocol as proto
+from adaptd.wire.request_memo import derived
 
 log = logging.getLogger("adaptd.selection")
 
@@ -214,7 +215,8 @@ class SelectorPolicy:
             [self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates]
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
-            d = self.selector.choose(selector_request(key, request), now_s, snapshots, candidates=ids,
+            d = self.selector.choose(derived(request, ("selector", key), lambda: selector_request(key, request)),
+                                     now_s, snapshots, candidates=ids,
                                      explain=request.explain, dry_run=dry_run or request.type == "explain")
         except SelectorError as exc:
             code = exc.code if exc.code in proto.ERROR_CODES else proto.BAD_REQUEST

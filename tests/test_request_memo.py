@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adaptd.wire import protocol as proto
 from adaptd.wire import request_memo
-from adaptd.wire.request_memo import RequestMemo, split_id
+from adaptd.wire.request_memo import RequestMemo, constraints_map, derived, split_id
 
 
 def message(header: dict, bodies=()) -> list:
@@ -171,3 +171,19 @@ def test_the_memo_is_bounded():
     before = len(memo)
     through(memo, message(long_client))
     assert len(memo) == before
+
+
+def test_what_is_derived_from_a_repeated_header_is_made_once_and_shared_by_its_copies():
+    memo = RequestMemo()
+    made = []
+
+    def make():
+        made.append(1)
+        return {"derived": len(made)}
+
+    first = through(memo, message(proto.request_header("r1", "m", [X])))
+    second = through(memo, message(proto.request_header("r2", "m", [X])))
+    assert derived(first, "k", make) is derived(second, "k", make) and len(made) == 1
+    assert constraints_map(second) is constraints_map(first)
+    fresh = full(message(proto.request_header("r3", "m", [X])))
+    assert fresh.derived is None and derived(fresh, "k", make) == {"derived": 2}   # made afresh each time

@@ -284,6 +284,9 @@ class Request:
     size: int | None = None              # shm_register
     owner_pid: int | None = None         # shm_register
     region: str | None = None            # shm_unregister
+    # What the daemon derives from a repeated header (adaptd.wire.request_memo): one map shared by
+    # the memo's template and every copy of it; None for a request parsed afresh.
+    derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     def with_id(self, request_id: str) -> Request:
         """The same request under another id (a copy of its fields: ``dataclasses.replace``

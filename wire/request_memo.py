@@ -14,6 +14,8 @@ Contract
   only when a full decode agrees: an ``infer`` request that parsed, whose map has no duplicate
   key and whose id is the one cut. Anything else (another layout, another type, a malformed
   message) takes the full path, with its error replies unchanged.
+* Each template has a ``derived`` map that its copies share: what the daemon derives from the
+  header alone (and the model it resolves to) is kept there for the next repeat.
 * Bounded: at most ``MAX_ENTRIES`` keys of at most ``MAX_KEY_BYTES`` each; a full memo is
   emptied (a client that varies its headers pays the full path, nothing more).
 * Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.
@@ -21,7 +23,7 @@ Contract
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from adaptd.wire import protocol as proto
@@ -65,6 +67,24 @@ def split_id(raw: bytes) -> tuple[bytes, str] | None:
     return raw[:i] + raw[end:], rid
 
 
+def derived(request: proto.Request, key: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, kept under ``key`` in a repeated header's ``derived`` map for its next copies
+    (made afresh for a request parsed afresh). What is kept must depend on nothing but the
+    header and the key, and is shared: never to be changed."""
+    cache = request.derived
+    if cache is None:
+        return make()
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+    return value
+
+
+def constraints_map(request: proto.Request) -> dict[str, float]:
+    """The request's constraints as a map (``Constraints.as_dict``), kept for a repeated header."""
+    return derived(request, "constraints", request.constraints.as_dict)
+
+
 class RequestMemo:
     def __init__(self) -> None:
         self._templates: dict[bytes, proto.Request] = {}
@@ -101,5 +121,6 @@ class RequestMemo:
                     and len(header) == raw[0] - 0x80:   # no key twice (msgpack keeps the last)
                 if len(self._templates) >= MAX_ENTRIES:
                     self._templates.clear()
+                object.__setattr__(request, "derived", {})
                 self._templates[split[0]] = request
         return request
