@@ -14,14 +14,18 @@ Contract
   ``observe_many`` gets them at a flush's end), so each arm's estimates are computed once per
   batch. A lone steady client gives an idle moment after every reply, and one execution per
   batch cost it 18 us of the main thread's CPU against 6 per execution in batches of 8
-  (bench/bench_request_path.py): so the loop's idle flushes (``hold``) keep the executions
-  until ``LEARN_BATCH`` are held or the oldest has waited ``LEARN_MAX_AGE_S``
-  (:attr:`learn_due_s`: the loop wakes for it), and every other flush hands them over. The
-  estimates thus lag the measurements by at most that many executions or that long: far less
-  than the time over which interference or a throttled clock changes them.
-  Waiting for a batch at idle moments too was measured and rejected: on a 2-vCPU VM the core
-  then idled right after each reply and every request paid a colder wake-up (the round trip
-  and the CPU per request grew more than the batch saved; docs/decisions.md).
+  (bench/bench_request_path.py): so while executions come less than ``LEARN_GAP_S`` apart (a
+  rate that fills a batch in time), the loop's idle flushes (``hold``) keep them until
+  ``LEARN_BATCH`` are held or the oldest has waited ``LEARN_MAX_AGE_S`` (:attr:`learn_due_s`:
+  the loop wakes for it when no request comes). A paced client's (further apart) are handed
+  over at once, as every other flush does: holding them would cost a wake-up per batch of one.
+  At idle moments the estimates thus lag the measurements by at most ``LEARN_BATCH`` executions
+  or ``LEARN_MAX_AGE_S``, far less than the time over which interference or a throttled clock
+  changes them; a loop that is never idle hands them over ``DEFER_MAX_ITEMS`` at a time.
+  Holding all the deferred work for a batch (the records too) was measured and rejected: on a
+  2-vCPU VM the core then idled right after each reply and every request paid a colder wake-up
+  (the round trip and the CPU per request grew more than the batch saved; docs/decisions.md).
+  Holding the policy's update alone leaves that work in place.
 * :meth:`Bookkeeping.record` builds a selection record (``adaptd.wire.records.selection_record``)
   and hands it to the store, which commits and publishes it off the request path, then to
   ``on_record`` when set (the metrics, :mod:`adaptd.daemon.metrics`), on this thread.
@@ -41,7 +45,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.daemon.stats import ArmStats
 from adaptd.wire import protocol as proto
 from adaptd.wire import records
-from adaptd.wire.request_memo import constraints_map
+from adaptd.daemon.request_memo import constraints_map
 
 log = logging.getLogger("adaptd.bookkeeping")
 
@@ -49,6 +53,7 @@ DEFER_MAX_ITEMS = 32  # deferred items (an answered request defers one or two) t
 FLUSH_SLICE = 4       # items done per round of a loop that is never idle, beyond those over DEFER_MAX_ITEMS
 LEARN_BATCH = 8       # executions an idle flush holds for the policy before handing them over
 LEARN_MAX_AGE_S = 0.02   # ... or until the oldest has waited this long (s)
+LEARN_GAP_S = LEARN_MAX_AGE_S / LEARN_BATCH   # held only while executions come closer than this (s)
 
 
 class Bookkeeping:
@@ -64,6 +69,8 @@ class Bookkeeping:
         self._observations: list[Observation] = []
         self._clock = clock
         self._held_since = 0.0   # when the oldest execution held for the policy came (clock's s)
+        self._last_observed_s = float("-inf")
+        self._steady = False     # the last two executions came less than LEARN_GAP_S apart
         self.on_record: Callable[[dict[str, Any]], None] | None = None   # also sees each record (metrics)
 
     # --- deferred work ---------------------------------------------------------------------------
@@ -86,8 +93,11 @@ class Bookkeeping:
     def observe(self, observation: Observation) -> None:
         """One measured execution for the policy (deferred work calls this): handed over with the
         rest of the batch at the end of a flush (see the module contract)."""
+        now = self._clock()
         if not self._observations:
-            self._held_since = self._clock()
+            self._held_since = now
+        self._steady = now - self._last_observed_s < LEARN_GAP_S
+        self._last_observed_s = now
         self._observations.append(observation)
 
     @property
@@ -104,8 +114,9 @@ class Bookkeeping:
         """Do the deferred work: all of it, or the oldest ``limit`` items (a daemon that is never
         idle does a slice per round of its loop, so no request waits behind a whole backlog). The
         policy gets the executions collected once they are ``DEFER_MAX_ITEMS``, else once the
-        backlog is done, unless ``hold`` (the loop's idle moments) and fewer than
-        ``LEARN_BATCH`` are held, none of them for ``LEARN_MAX_AGE_S``."""
+        backlog is done, unless ``hold`` (the loop's idle moments), they come steadily (less
+        than ``LEARN_GAP_S`` apart) and fewer than ``LEARN_BATCH`` are held, none of them for
+        ``LEARN_MAX_AGE_S``."""
         if limit is None or limit >= len(self._deferred):
             work, self._deferred = self._deferred, []
         else:
@@ -116,7 +127,7 @@ class Bookkeeping:
             except Exception:  # noqa: BLE001 - one record's bookkeeping must not stop the daemon
                 log.exception("bookkeeping of an answered request failed")
         held = len(self._observations)
-        if held < DEFER_MAX_ITEMS and (self._deferred or hold and held < LEARN_BATCH
+        if held < DEFER_MAX_ITEMS and (self._deferred or hold and self._steady and held < LEARN_BATCH
                                        and self._clock() < self._held_since + LEARN_MAX_AGE_S):
             return
         observations, self._observations = self._observations, []

@@ -5,7 +5,7 @@ Contract
 * :meth:`RequestPath.on_request` handles one message from a request socket (and
   :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
   (:mod:`adaptd.wire.protocol`; a steady client's repeated header is parsed once:
-  :mod:`adaptd.wire.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
+  :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
   worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
   not loaded yet gives way to the best loaded arm that meets the request on a placement with
@@ -47,7 +47,7 @@ from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
-from adaptd.wire.request_memo import RequestMemo, constraints_map, derived
+from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived
 from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")

@@ -52,7 +52,7 @@ from adaptd.selector.priors import PriorLearner
 from adaptd.selector.policy import Selector
 from adaptd.selector.request import QueueSnapshot, Request, SelectorError
 from adaptd.wire import protocol as proto
-from adaptd.wire.request_memo import derived
+from adaptd.daemon.request_memo import derived
 
 log = logging.getLogger("adaptd.selection")
 
@@ -243,7 +243,7 @@ class SelectorPolicy:
             batch.append((arm_id, o.latency_ms, o.energy_mj, o.energy_estimated, o.now_s, o.compute_ms))
         if isinstance(selector, Selector) and len(batch) > 1:
             refused = selector.update_many(batch)
-        else:   # one (a lone client's flush): the single update costs less
+        else:   # one (a paced client's, or the first after a pause): the single update costs less
             for a, latency_ms, energy_mj, estimated, now_s, compute_ms in batch:
                 try:
                     selector.update(a, latency_ms, energy_mj, estimated, now_s, compute_ms=compute_ms)

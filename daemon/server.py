@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -344,8 +345,8 @@ class Daemon:
             if restart_s is not None:
                 wait_ms = min(wait_ms, restart_s * 1e3 + 1.0)
             learn_s = books.learn_due_s   # executions held for the policy: an idle flush then
-            if learn_s is not None:
-                wait_ms = min(wait_ms, max(0.0, (learn_s - time.monotonic()) * 1e3) + 0.5)
+            if learn_s is not None:   # (in whole ms, rounded up: the poll truncates, and would spin)
+                wait_ms = min(wait_ms, max(0, math.ceil((learn_s - time.monotonic()) * 1e3)))
             events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged else wait_ms)
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
@@ -448,6 +449,7 @@ class Daemon:
     def _reload(self) -> str | None:
         """Swap in a freshly loaded repository; on failure keep the old one and return why."""
         assert self.registry is not None
+        self.books.flush()   # what was measured before goes to the policy it was measured for
         try:
             registry = load_registry(self.config.repository, self.placements, self.registry.generation + 1)
         except (RegistryError, OSError) as exc:

@@ -45,7 +45,7 @@ class Learning:
         alone (``compute_ms``: the rest of the latency is the caller's path, learnt per placement
         by the learner, as what the energy priors missed is). Raises ValueError for a measurement
         ``update_many`` would leave out, and changes nothing then. One sample's own code: what a
-        lone client's flush feeds costs less this way; a test holds it to ``update_many``'s state."""
+        paced client's flush feeds costs less this way; a test holds it to ``update_many``'s state."""
         a = arm if isinstance(arm, (int, np.integer)) else self.arm_id(*arm)
         if not 0 <= a < self._n_arms:
             raise KeyError(f"no arm id {a}")

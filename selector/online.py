@@ -186,7 +186,7 @@ class OnlineCostModel:
         its energy (mJ) or None when the daemon has none, whether that energy is an estimate, and
         the time it finished (s). Raises ValueError on a negative or non-finite latency (and the
         state is left unchanged). Kept beside :meth:`update_batch`, with the same fold
-        (:meth:`_fold`), for what a lone client's flush feeds: it skips the batch's collecting of
+        (:meth:`_fold`), for what a paced client's flush feeds: it skips the batch's collecting of
         samples; a test holds the two to the same state."""
         a = int(arm)
         lat = float(latency_ms)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from adaptd.daemon.bookkeeping import DEFER_MAX_ITEMS, LEARN_BATCH, LEARN_MAX_AGE_S, Bookkeeping
+from adaptd.daemon.bookkeeping import DEFER_MAX_ITEMS, LEARN_BATCH, LEARN_GAP_S, LEARN_MAX_AGE_S, Bookkeeping
 
 
 def test_a_sliced_flush_does_the_oldest_work_and_hands_the_batch_over_when_the_backlog_is_done():
@@ -81,33 +81,50 @@ def held_books() -> tuple[Bookkeeping, list[list], Clock]:
     return books, batches, clock
 
 
-def test_idle_flushes_hold_the_executions_until_a_batch_is_full():
+def test_idle_flushes_hold_a_steady_clients_executions_until_a_batch_is_full():
     """A lone client's loop is idle after every reply: the policy gets its executions
-    LEARN_BATCH at a time, in order, and the record work is not held."""
-    books, batches, _ = held_books()
+    LEARN_BATCH at a time, in order, once they come steadily (the first after a pause is handed
+    over at once), and the record work is not held."""
+    books, batches, clock = held_books()
     done: list[int] = []
     for k in range(2 * LEARN_BATCH + 1):
+        clock.now += LEARN_GAP_S / 4
         books.defer(lambda k=k: (done.append(k), books.observe(k)))
         books.flush(hold=True)
         assert done[-1] == k and not books.waiting
-    assert batches == [list(range(LEARN_BATCH)), list(range(LEARN_BATCH, 2 * LEARN_BATCH))]
-    assert books.learn_due_s is not None
+    assert batches == [[0], list(range(1, LEARN_BATCH + 1)), list(range(LEARN_BATCH + 1, 2 * LEARN_BATCH + 1))]
+
+
+def test_a_paced_clients_executions_are_handed_over_at_once():
+    """Executions further apart than LEARN_GAP_S would fill no batch in time: holding them would
+    cost the loop a wake-up per batch of one."""
+    books, batches, clock = held_books()
+    for k in range(4):
+        clock.now += 2 * LEARN_GAP_S
+        books.defer(books.observe, k)
+        books.flush(hold=True)
+        assert batches[-1] == [k] and books.learn_due_s is None
 
 
 def test_held_executions_are_due_after_their_age_and_any_other_flush_hands_them_over():
     books, batches, clock = held_books()
     assert books.learn_due_s is None
+    books.defer(books.observe, "first")
+    books.flush(hold=True)   # the first after a pause: at once
+    assert batches == [["first"]]
     books.defer(books.observe, "a")
     books.flush(hold=True)
-    assert batches == [] and books.learn_due_s == clock.now + LEARN_MAX_AGE_S
-    clock.now += LEARN_MAX_AGE_S / 2
+    assert batches == [["first"]] and books.learn_due_s == clock.now + LEARN_MAX_AGE_S
+    clock.now += LEARN_GAP_S / 2
     books.defer(books.observe, "b")
     books.flush(hold=True)
-    assert batches == [] and books.learn_due_s == 100.0 + LEARN_MAX_AGE_S   # the oldest one's age
+    assert batches == [["first"]] and books.learn_due_s == 100.0 + LEARN_MAX_AGE_S   # the oldest one's age
     clock.now = books.learn_due_s
     books.flush(hold=True)   # the loop woke for it: nothing deferred, the executions are due
-    assert batches == [["a", "b"]] and books.learn_due_s is None
-    books.defer(books.observe, "c")
-    books.flush(hold=True)
-    books.flush()   # a control message's, or shutdown's: every execution reaches the policy first
-    assert batches == [["a", "b"], ["c"]] and books.learn_due_s is None
+    assert batches[1:] == [["a", "b"]] and books.learn_due_s is None
+    for name in ("c", "d"):   # "c" after a pause of LEARN_MAX_AGE_S: at once; "d" held
+        books.defer(books.observe, name)
+        books.flush(hold=True)
+    assert batches[1:] == [["a", "b"], ["c"]] and books.learn_due_s is not None
+    books.flush()   # a control message's, a reload's or shutdown's: every execution reaches the policy first
+    assert batches[1:] == [["a", "b"], ["c"], ["d"]] and books.learn_due_s is None

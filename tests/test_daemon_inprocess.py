@@ -109,7 +109,7 @@ class FakeFrontend:
 
     def send(self, route, frames) -> bool:
         header = msgpack.unpackb(frames[2], raw=False)
-        self.sent.append((route[1][0], header, [bytes(memoryview(f)) for f in frames[3:]]))
+        self.sent.append((route[1][0] if route[1] else route[0], header, [bytes(memoryview(f)) for f in frames[3:]]))
         return True
 
 
@@ -221,3 +221,25 @@ def test_one_flush_hands_the_policy_its_executions_in_one_batch(daemon, caplog):
     d.books.flush()
     assert daemon.store.records[-1]["request_id"] == "r9"
     assert "the policy's update from 1 executions failed" in caplog.text
+
+
+def test_a_steady_clients_repeated_header_is_parsed_once_on_either_transport(daemon):
+    """ZeroMQ's frames (``.buffer``) and a local stream's memoryviews both reach the memo of
+    repeated headers (adaptd.daemon.request_memo), and a repeat is served like the first."""
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    out = [np.ones((1, 10), np.float32)]
+    for k in range(3):
+        d.path.on_request(None, message(b"peer-a", proto.request_header(f"z{k}", daemon.model, [x()]), [x()]))
+        d.path.on_outcome(pool.finish(pool.jobs[-1], out))
+    assert d.path._memo.hits == 2
+    connection = SimpleNamespace(peer=b"stream-peer")
+    for k in range(3):
+        frames = [memoryview(bytes(memoryview(f))) for f in proto.encode(
+            proto.request_header(f"s{k}", daemon.model, [x()]), [x()])[1:]]
+        d.path.on_stream_request(connection, frames, sum(len(f) for f in frames))
+        d.path.on_outcome(pool.finish(pool.jobs[-1], out))
+    assert d.path._memo.hits == 5   # one header layout for both: the stream's first is a repeat too
+    replies = [h for _, h, _ in frontend.sent]
+    assert [r["id"] for r in replies] == ["z0", "z1", "z2", "s0", "s1", "s2"]
+    assert all(r["type"] == "result" and r["variant"] == replies[0]["variant"] for r in replies)
+    assert [route for route, _, _ in frontend.sent[3:]] == [connection] * 3

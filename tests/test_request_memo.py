@@ -1,4 +1,4 @@
-"""The memo of repeated inference headers (adaptd.wire.request_memo): a repeat parses to exactly
+"""The memo of repeated inference headers (adaptd.daemon.request_memo): a repeat parses to exactly
 what the full decode and parse give, and nothing but a proven repeat skips them."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaptd.wire import protocol as proto
-from adaptd.wire import request_memo
-from adaptd.wire.request_memo import RequestMemo, constraints_map, derived, split_id
+from adaptd.daemon import request_memo
+from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived, split_id
 
 
 def message(header: dict, bodies=()) -> list:
@@ -187,3 +187,16 @@ def test_what_is_derived_from_a_repeated_header_is_made_once_and_shared_by_its_c
     assert constraints_map(second) is constraints_map(first)
     fresh = full(message(proto.request_header("r3", "m", [X])))
     assert fresh.derived is None and derived(fresh, "k", make) == {"derived": 2}   # made afresh each time
+
+
+def test_parse_keeps_nothing_for_a_message_that_decode_did_not_just_miss():
+    """While a queue is full the daemon decodes a header itself (an early BUSY needs it), then
+    parses it: that message is not the memo's last miss, so nothing is kept for it, even with the
+    same id (a retry) as the miss before."""
+    memo = RequestMemo()
+    first = message(proto.request_header("r1", "m", [X]))
+    assert memo.decode(first)[0] is None   # a miss whose parse never comes (say, TOO_LARGE)
+    other = message(proto.request_header("r1", "other", [X]))
+    assert memo.parse(other, proto.decode(other)[0]).model == "other"
+    assert len(memo) == 0
+    assert through(memo, message(proto.request_header("r2", "m", [X]))).model == "m" and memo.hits == 0

@@ -87,10 +87,13 @@ class ProtocolError(Exception):
 
 # --- frames ------------------------------------------------------------------------------
 
-def _buffer(frame: Any) -> memoryview:
-    """The bytes of a received frame (zmq.Frame or bytes) without copying."""
+def frame_buffer(frame: Any) -> memoryview:
+    """The bytes of a received frame (zmq.Frame, bytes or memoryview) without copying."""
     buf = getattr(frame, "buffer", None)
     return buf if buf is not None else memoryview(frame)
+
+
+_buffer = frame_buffer
 
 
 def pack(header: Mapping[str, Any]) -> bytes:
@@ -284,7 +287,7 @@ class Request:
     size: int | None = None              # shm_register
     owner_pid: int | None = None         # shm_register
     region: str | None = None            # shm_unregister
-    # What the daemon derives from a repeated header (adaptd.wire.request_memo): one map shared by
+    # What the daemon derives from a repeated header (adaptd.daemon.request_memo): one map shared by
     # the memo's template and every copy of it; None for a request parsed afresh.
     derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 

@@ -10,12 +10,12 @@ Contract
   2 us here against 16 for ``decode`` plus ``parse_request`` (bench/bench_request_path.py).
 * Sound by construction: the id is cut where the header's structure puts it (a map whose first
   entry is ``type`` and second is ``id``, as this project's clients write it), not where its
-  bytes happen to occur, so the key and the id give back exactly one header. A header is kept
-  only when a full decode agrees: an ``infer`` request that parsed, whose map has no duplicate
-  key and whose id is the one cut. Anything else (another layout, another type, a malformed
-  message) takes the full path, with its error replies unchanged.
-* Each template has a ``derived`` map that its copies share: what the daemon derives from the
-  header alone (and the model it resolves to) is kept there for the next repeat.
+  bytes happen to occur, so a key and an id decode to exactly one header. A header is kept only
+  when a full decode agrees: an ``infer`` request that parsed, whose map has no key twice and
+  whose id is the one cut. Anything else (another layout, another type, a malformed message)
+  takes the full path, with its error replies unchanged.
+* Each template has a ``derived`` map that its copies share (:func:`derived`): what the daemon
+  derives from the header alone is kept there for the next repeat, never to be changed.
 * Bounded: at most ``MAX_ENTRIES`` keys of at most ``MAX_KEY_BYTES`` each; a full memo is
   emptied (a client that varies its headers pays the full path, nothing more).
 * Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.
@@ -30,15 +30,17 @@ from adaptd.wire import protocol as proto
 
 MAX_ENTRIES = 256
 MAX_KEY_BYTES = 1024
+_MAX_HEADER_BYTES = MAX_KEY_BYTES + proto.MAX_ID_BYTES + 2   # a longer header has no template
 _TYPE_KEY = b"\xa4type"      # msgpack fixstr "type"
 _ID_KEY = b"\xa2id"          # msgpack fixstr "id"
 _SIGNATURE = proto.SIGNATURE
+_frame_buffer = proto.frame_buffer
 
 
 def split_id(raw: bytes) -> tuple[bytes, str] | None:
-    """``(key, id)`` of a header packed as a map that starts ``type``, ``id`` (both short
-    strings), the key being the header less the id's value; None for any other layout or an id
-    that is empty, longer than ``MAX_ID_BYTES`` or not UTF-8."""
+    """``(key, id)`` of a header packed as a map that starts ``type`` (a short string), ``id``
+    (a string of at most ``MAX_ID_BYTES``), the key being the header less the id's value (its
+    type byte included); None for any other layout or an id that is empty, too long or not UTF-8."""
     if len(raw) < 10 or not 0x82 <= raw[0] <= 0x8f or raw[1:6] != _TYPE_KEY:
         return None
     t = raw[6]
@@ -88,6 +90,7 @@ def constraints_map(request: proto.Request) -> dict[str, float]:
 class RequestMemo:
     def __init__(self) -> None:
         self._templates: dict[bytes, proto.Request] = {}
+        self._missed: tuple[Any, tuple[bytes, str]] | None = None   # the last miss's header frame and split
         self.hits = 0
 
     def __len__(self) -> int:
@@ -97,30 +100,34 @@ class RequestMemo:
         """A message as :func:`~adaptd.wire.protocol.decode` takes it (delimiter, signature,
         header, bodies): ``(request, None, bodies)`` for a repeated inference header, else
         ``(None, header, bodies)`` from the full decode (which raises ``ProtocolError`` as
-        ever); the caller parses that header (:meth:`parse`)."""
+        ever); the caller then parses that header with :meth:`parse`."""
+        self._missed = None
         if len(message) >= 3:
-            buffer = proto._buffer
+            buffer = _frame_buffer
             if len(buffer(message[0])) == 0 and buffer(message[1]) == _SIGNATURE:
-                split = split_id(bytes(buffer(message[2])))
+                raw = buffer(message[2])
+                split = split_id(bytes(raw)) if len(raw) <= _MAX_HEADER_BYTES else None
                 if split is not None:
                     template = self._templates.get(split[0])
                     if template is not None:
                         self.hits += 1
                         return template.with_id(split[1]), None, [buffer(f) for f in message[3:]]
+                    self._missed = (message[2], split)
         header, bodies = proto.decode(message)
         return None, header, bodies
 
     def parse(self, message: Sequence[Any], header: dict[str, Any]) -> proto.Request:
-        """``parse_request(header)`` (raises as it does), keeping an inference request's
-        result for its repeats when the header's layout allows (see the module contract)."""
+        """``parse_request(header)`` (raises as it does) of the message :meth:`decode` just
+        missed, keeping an inference request's result for its repeats when the header's layout
+        allows (see the module contract)."""
         request = proto.parse_request(header)
-        if request.type == "infer":
-            raw = bytes(proto._buffer(message[2]))
-            split = split_id(raw)
-            if split is not None and split[1] == request.id and len(split[0]) <= MAX_KEY_BYTES \
-                    and len(header) == raw[0] - 0x80:   # no key twice (msgpack keeps the last)
-                if len(self._templates) >= MAX_ENTRIES:
-                    self._templates.clear()
-                object.__setattr__(request, "derived", {})
-                self._templates[split[0]] = request
+        missed, self._missed = self._missed, None
+        split = missed[1] if missed is not None and missed[0] is message[2] else None
+        if request.type == "infer" and split is not None and split[1] == request.id \
+                and len(split[0]) <= MAX_KEY_BYTES \
+                and len(header) == _frame_buffer(message[2])[0] - 0x80:   # no key twice (msgpack keeps the last)
+            if len(self._templates) >= MAX_ENTRIES:
+                self._templates.clear()
+            object.__setattr__(request, "derived", {})
+            self._templates[split[0]] = request
         return request
