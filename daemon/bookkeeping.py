@@ -41,11 +41,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adaptd.daemon.registry import Arm, ModelVersion
+from adaptd.daemon.request_memo import constraints_map
 from adaptd.daemon.selection import Observation
 from adaptd.daemon.stats import ArmStats
 from adaptd.wire import protocol as proto
 from adaptd.wire import records
-from adaptd.daemon.request_memo import constraints_map
 
 log = logging.getLogger("adaptd.bookkeeping")
 

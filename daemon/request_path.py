@@ -42,12 +42,12 @@ from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
+from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
 from adaptd.wire.frames import recv_frames
-from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived
 from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")

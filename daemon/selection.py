@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
+from adaptd.daemon.request_memo import derived
 from adaptd.selector.baseline import MostAccurate
 from adaptd.selector.config import SelectorConfig
 from adaptd.selector.decision import Alternative, Decision, Met, Prediction, Violation
@@ -52,7 +53,6 @@ from adaptd.selector.priors import PriorLearner
 from adaptd.selector.policy import Selector
 from adaptd.selector.request import QueueSnapshot, Request, SelectorError
 from adaptd.wire import protocol as proto
-from adaptd.daemon.request_memo import derived
 
 log = logging.getLogger("adaptd.selection")
 
