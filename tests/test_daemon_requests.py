@@ -484,6 +484,29 @@ def test_a_frame_over_twice_the_limit_is_dropped_by_zeromq_and_others_are_served
 
 # --- concurrency, exactly one reply, retries -----------------------------------------------------
 
+def test_a_burst_longer_than_a_rounds_intake_is_all_answered(daemon, model):
+    """Requests left over from one round's intake (INTAKE_BATCH), and any that arrive while
+    replies go out on the same socket, are taken in the next rounds: each gets its reply, and the
+    socket serves on one request at a time afterwards."""
+    from adaptd.daemon.request_path import INTAKE_BATCH
+
+    x = sample(model)
+    sock = dealer(daemon)
+    try:
+        ids = [f"burst-{k}-{uuid.uuid4().hex[:6]}" for k in range(3 * INTAKE_BATCH + 1)]
+        for rid in ids:
+            sock.send_multipart(proto.encode(proto.request_header(rid, model["name"], [x]), [x]), copy=False)
+        got = [recv(sock)[0] for _ in ids]
+        assert sorted(r["id"] for r in got) == sorted(ids)
+        assert all(r["type"] == "result" for r in got), [r for r in got if r["type"] != "result"][:1]
+        for k in range(3):   # then one at a time, each reply awaited, on the same socket
+            rid = f"after-{k}"
+            sock.send_multipart(proto.encode(proto.request_header(rid, model["name"], [x]), [x]))
+            assert recv(sock)[0]["id"] == rid
+    finally:
+        sock.close()
+
+
 def test_concurrent_clients_each_get_exactly_one_reply_per_request(daemon, model):
     clients, per_client = 6, 30
     candidates = arms(model)
