@@ -192,6 +192,10 @@ class Dispatcher:
     def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
         return self.loaded_bytes(placement, version_dir, variant) is not None
 
+    def running(self) -> bool:
+        """Whether a job waits or runs on any placement (its outcome will wake the loop)."""
+        return self.threads.running() or self.processes.latest_dispatch_ns() is not None
+
     def latest_dispatch_ns(self) -> int | None:
         times = [t for t in (self.threads.latest_dispatch_ns(), self.processes.latest_dispatch_ns()) if t is not None]
         return max(times) if times else None

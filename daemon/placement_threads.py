@@ -342,6 +342,10 @@ class ThreadPlacements:
         w = self.workers[placement]
         return len(w.queue) + (1 if w.inflight is not None else 0)
 
+    def running(self) -> bool:
+        """Whether a job waits or runs on any placement's thread."""
+        return any(w.queue or w.inflight is not None for w in self.workers.values())
+
     def latest_dispatch_ns(self) -> int | None:
         times = [job.dispatched_ns for job in (w.inflight for w in self.workers.values())   # read once: the
                  if job is not None and job.dispatched_ns is not None]                      # thread clears it

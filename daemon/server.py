@@ -344,8 +344,8 @@ class Daemon:
             restart_s = self.pool.next_restart_s()
             if restart_s is not None:
                 wait_ms = min(wait_ms, restart_s * 1e3 + 1.0)
-            learn_s = books.learn_due_s   # executions held for the policy: an idle flush then
-            if learn_s is not None:   # (in whole ms, rounded up: the poll truncates, and would spin)
+            learn_s = books.learn_due_s   # executions held for the policy: an idle flush then, unless a
+            if learn_s is not None and not self.pool.running():   # run goes on (its reply's flush will do)
                 wait_ms = min(wait_ms, max(0, math.ceil((learn_s - time.monotonic()) * 1e3)))
             events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged else wait_ms)
             if not events and spin_until_ns:

@@ -88,7 +88,7 @@ def test_idle_flushes_hold_a_steady_clients_executions_until_a_batch_is_full():
     books, batches, clock = held_books()
     done: list[int] = []
     for k in range(2 * LEARN_BATCH + 1):
-        clock.now += LEARN_GAP_S / 4
+        clock.now += LEARN_MAX_AGE_S / (2 * LEARN_BATCH)   # a batch fills before its age
         books.defer(lambda k=k: (done.append(k), books.observe(k)))
         books.flush(hold=True)
         assert done[-1] == k and not books.waiting
@@ -96,8 +96,8 @@ def test_idle_flushes_hold_a_steady_clients_executions_until_a_batch_is_full():
 
 
 def test_a_paced_clients_executions_are_handed_over_at_once():
-    """Executions further apart than LEARN_GAP_S would fill no batch in time: holding them would
-    cost the loop a wake-up per batch of one."""
+    """Executions further apart than LEARN_GAP_S (a camera at 30 frames a second) would be
+    alone in their batch: holding them would cost the loop a wake-up per batch of one."""
     books, batches, clock = held_books()
     for k in range(4):
         clock.now += 2 * LEARN_GAP_S
@@ -122,7 +122,8 @@ def test_held_executions_are_due_after_their_age_and_any_other_flush_hands_them_
     clock.now = books.learn_due_s
     books.flush(hold=True)   # the loop woke for it: nothing deferred, the executions are due
     assert batches[1:] == [["a", "b"]] and books.learn_due_s is None
-    for name in ("c", "d"):   # "c" after a pause of LEARN_MAX_AGE_S: at once; "d" held
+    clock.now += LEARN_GAP_S
+    for name in ("c", "d"):   # "c" after a pause: at once; "d" held
         books.defer(books.observe, name)
         books.flush(hold=True)
     assert batches[1:] == [["a", "b"], ["c"]] and books.learn_due_s is not None
