@@ -245,12 +245,7 @@ class RequestPath:
         arm = choice.arm
         regions = admitted.regions
         pending = Pending(request, [route], model, arm, choice, client, received_ns, now, peer, regions=regions)
-        shm_inputs = admitted.shm_inputs
-        job = Job(rid, str(model.directory), arm.variant.name,
-                  [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
-                   for i, s in enumerate(request.inputs)] if shm_inputs else
-                  derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
-                                                      for s in request.inputs]),
+        job = Job(rid, str(model.directory), arm.variant.name, _job_inputs(request, admitted.shm_inputs),
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
         pending.cpu_start_ns = self._cpu0
@@ -420,6 +415,16 @@ class RequestPath:
             for route in pending.routes:
                 self._send(route, header, ())
         self.pending.clear()
+
+
+def _job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The executor's input headers: dtype and shape, and the region of those in one (§11). Those
+    of a repeated header without regions are made once (``derived``: shared, never changed)."""
+    if not shm_inputs:
+        return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
+                                                   for s in request.inputs])
+    return [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
+            for i, s in enumerate(request.inputs)]
 
 
 def _request_id(header: bytes | None) -> str | None:

@@ -93,9 +93,6 @@ def frame_buffer(frame: Any) -> memoryview:
     return buf if buf is not None else memoryview(frame)
 
 
-_buffer = frame_buffer
-
-
 def pack(header: Mapping[str, Any]) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
@@ -113,9 +110,9 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
     """Split an ADPT message (without the ROUTER envelope) into header and body buffers."""
     if len(frames) < 3:
         raise ProtocolError(MALFORMED, f"expected at least 3 frames (delimiter, signature, header), got {len(frames)}")
-    if len(_buffer(frames[0])) != 0:
+    if len(frame_buffer(frames[0])) != 0:
         raise ProtocolError(MALFORMED, "frame 0 must be the empty delimiter")
-    signature = bytes(_buffer(frames[1]))
+    signature = bytes(frame_buffer(frames[1]))
     if signature != SIGNATURE:
         if signature.startswith(SIGNATURE_PREFIX) and len(signature) == len(SIGNATURE):
             raise ProtocolError(
@@ -125,12 +122,12 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
             )
         raise ProtocolError(MALFORMED, "frame 1 is not the ADPT01 signature")
     try:
-        header = msgpack.unpackb(_buffer(frames[2]), raw=False, strict_map_key=True)
+        header = msgpack.unpackb(frame_buffer(frames[2]), raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for bad input
         raise ProtocolError(MALFORMED, f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(MALFORMED, f"header must be a map, got {type(header).__name__}")
-    return header, [_buffer(f) for f in frames[3:]]
+    return header, [frame_buffer(f) for f in frames[3:]]
 
 
 def shown(value: Any) -> str:
