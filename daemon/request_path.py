@@ -18,8 +18,11 @@ Contract
   record.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch ends in a reply or in a
   pending job whose outcome (done, failed, worker death, drain: :meth:`abandon_all`) produces
-  one. An unexpected fault in one request is answered ``INTERNAL`` and logged (a traceback at
-  most once a minute per kind, one line otherwise); it never ends the loop.
+  one. An unexpected fault in one request, or in turning its outcome into a reply, is answered
+  ``INTERNAL`` unless its reply has already gone out (then it is only logged: never a second
+  reply), and logged (a traceback at most once a minute per kind, one line otherwise); it never
+  ends the loop, and it leaves no request held: a run that raises gives its request up, so a
+  retry runs afresh rather than waiting on a job that will never end.
 * Requests in flight and stored replies belong to the peer that sent them
   (:mod:`adaptd.daemon.peers`); the record names a peer only by an opaque tag.
 * Under overload a request whose model has every placement's queue full is refused BUSY before
@@ -86,6 +89,7 @@ class RequestPath:
         self.pending: dict[tuple[bytes, str], Pending] = {}
         self.peer_tags = PeerTags()
         self.requests = 0           # replies sent
+        self.sends = 0              # messages handed to the frontend (a fault after one: no second reply)
         self.errors = 0             # error replies sent
         self.errors_by_code: dict[str, int] = {}   # the same, per error code (metrics)
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
@@ -149,6 +153,7 @@ class RequestPath:
     def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,
                 admin: bool, delimited: bool = True) -> None:
         request_id = None
+        sends = self.sends
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
@@ -181,8 +186,8 @@ class RequestPath:
             self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details, peer)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
             self._log_internal(exc)
-            self._reply_error(route, proto.INTERNAL, f"internal error: {type(exc).__name__}: {exc}", request_id,
-                              None, peer)
+            if self.sends == sends:   # not answered yet (a fault after its reply is only logged)
+                self._reply_error(route, proto.INTERNAL, _internal_message(exc), request_id, None, peer)
 
     def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """BUSY before parsing (admission's rule), unless it is a retry of a request in flight or
@@ -251,23 +256,33 @@ class RequestPath:
         pending.cpu_start_ns = self._cpu0
         self.d.regions.acquire(regions)
         self.pending[(peer, rid)] = pending
-        predicted_ms = (choice.predicted or {}).get("latency_ms")
-        if predicted_ms is not None and predicted_ms <= self._inline_max_ms:
-            pending.inline = True
-            outcome = self.d.pool.run_inline(arm.placement.name, job)
-            if outcome is not None:   # ran here and now: no hand-off, no wake-up
-                self.on_outcome(outcome)
-                return
-            pending.inline = False
-        if not self.d.pool.submit(arm.placement.name, job):
+        try:
+            predicted_ms = (choice.predicted or {}).get("latency_ms")
+            if predicted_ms is not None and predicted_ms <= self._inline_max_ms:
+                pending.inline = True
+                outcome = self.d.pool.run_inline(arm.placement.name, job)
+                if outcome is not None:   # ran here and now: no hand-off, no wake-up
+                    self.on_outcome(outcome)
+                    return
+                pending.inline = False
+            queued = self.d.pool.submit(arm.placement.name, job)
+        except BaseException:   # the run or the hand-off raised: no job will answer this request
+            self._give_up(pending)
+            raise
+        if not queued:
             self.saturated = True
-            del self.pending[(peer, rid)]
-            self.d.regions_gone(self.d.regions.release(regions))
+            self._give_up(pending)
             self.d.books.record(request, model, client, now, outcome="error", error_code=proto.BUSY, choice=choice,
                               arm=arm)
             message, details = busy_reply(arm.placement.name, self.d.config.placements.queue_limit)
             raise proto.ProtocolError(proto.BUSY, message, rid, details)
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
+
+    def _give_up(self, pending: Pending) -> None:
+        """A request no job will answer: no longer held, its shared-memory regions let go (once:
+        an outcome that already did both is left alone)."""
+        if self.pending.pop((pending.peer, pending.request.id), None) is pending and pending.regions:
+            self.d.regions_gone(self.d.regions.release(pending.regions))
 
     def _prefer_loaded(self, model: ModelVersion, request: proto.Request, candidates: list[Arm],
                        choice: Any) -> Any:
@@ -299,7 +314,27 @@ class RequestPath:
 
     # --- outcomes ------------------------------------------------------------------------
     def on_outcome(self, outcome: Outcome) -> None:
-        """A job ended (done, failed, or its worker died): its reply, then its bookkeeping."""
+        """A job ended (done, failed, or its worker died): its reply, then its bookkeeping. Never
+        raises: a fault is logged, and the request answered ``INTERNAL`` unless its reply went out."""
+        sends = self.sends
+        try:
+            self._on_outcome(outcome)
+        except Exception as exc:  # noqa: BLE001 - one request's outcome must not stop the daemon
+            self._log_internal(exc)
+            pending = outcome.job.context
+            if type(pending) is not Pending or self.sends != sends:
+                return
+            self._give_up(pending)
+            header = proto.error_header(proto.INTERNAL, _internal_message(exc), pending.request.id)
+            self._count_errors(proto.INTERNAL, len(pending.routes))
+            self.requests += len(pending.routes)
+            try:
+                for route in pending.routes:
+                    self._send(route, header, ())
+            except Exception:  # noqa: BLE001 - the frontend itself failed: logged, the loop goes on
+                log.exception("an INTERNAL reply could not be sent")
+
+    def _on_outcome(self, outcome: Outcome) -> None:
         if type(outcome.job.context) is ShadowRun:   # the runtime's own work: no reply, no record,
             self.d.books.defer(self.d.fidelity.on_outcome, outcome)   # compared at an idle moment
             return
@@ -309,7 +344,7 @@ class RequestPath:
         cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
         self.pending.pop((pending.peer, request.id), None)
-        if pending.regions:
+        if pending.regions:   # the job is done with them
             self.d.regions_gone(self.d.regions.release(pending.regions))
         stats = self.d.books.stats_of(model, arm)
         if not outcome.ok:
@@ -391,6 +426,7 @@ class RequestPath:
     # --- replies -------------------------------------------------------------------------
     def _send(self, route, header: dict[str, Any], bodies) -> None:
         self.d.frontend.send(route, proto.encode(header, bodies))
+        self.sends += 1
 
     def _reply(self, route, header: dict[str, Any], bodies) -> None:
         self.requests += 1
@@ -425,6 +461,10 @@ def _job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -
                                                    for s in request.inputs])
     return [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
             for i, s in enumerate(request.inputs)]
+
+
+def _internal_message(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _request_id(header: bytes | None) -> str | None:

@@ -127,9 +127,13 @@ def message(peer: bytes, header: dict, bodies=()) -> list[Frame]:
 
 @pytest.fixture
 def daemon(tiny_repository, tmp_path):
+    return build(tiny_repository, tmp_path)
+
+
+def build(tiny_repository, tmp_path, **tables):
     repo, model, _ = tiny_repository
     config = Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path),
-                               "selector": {"policy": "most_accurate"}})
+                               "selector": {"policy": "most_accurate"}, **tables})
     d = Daemon(config)
     pool, store, frontend = FakePool(), FakeStore(), FakeFrontend()
     d.assemble(registry=load_registry(repo, [PLACEMENT], 1), placements=[PLACEMENT], pool=pool, meter=FakeMeter(),
@@ -243,3 +247,62 @@ def test_a_steady_clients_repeated_header_is_parsed_once_on_either_transport(dae
     assert [r["id"] for r in replies] == ["z0", "z1", "z2", "s0", "s1", "s2"]
     assert all(r["type"] == "result" and r["variant"] == replies[0]["variant"] for r in replies)
     assert [route for route, _, _ in frontend.sent[3:]] == [connection] * 3
+
+
+def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_on(daemon, caplog):
+    """A fault in turning an outcome into its reply (here the energy meter raising) never leaves
+    the daemon's loop: the request is answered INTERNAL, once, and is no longer held."""
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    meter, out = d.meter, [np.ones((1, 10), np.float32)]
+
+    class FailingMeter(FakeMeter):
+        def attribute(self, *args, **kwargs):
+            raise OSError("sensor read failed")
+    d.meter = FailingMeter()
+    d.path.on_request(None, message(b"peer-a", proto.request_header("f1", daemon.model, [x()]), [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], out))   # does not raise
+    (_, reply, _), = frontend.sent
+    assert reply["code"] == "INTERNAL" and reply["id"] == "f1" and "sensor read failed" in reply["message"]
+    assert d.path.pending == {} and "internal error" in caplog.text
+    d.meter = meter
+    d.path.on_request(None, message(b"peer-a", proto.request_header("f2", daemon.model, [x()]), [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], out))
+    assert [h.get("code", h["type"]) for _, h, _ in frontend.sent] == ["INTERNAL", "result"]
+
+
+def test_a_fault_after_the_reply_went_out_is_logged_not_answered_twice(daemon, caplog):
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+
+    def broken_put(*args):
+        raise RuntimeError("replay store bug")
+    d.replays.put = broken_put
+    d.path.on_request(None, message(b"peer-a", proto.request_header("once", daemon.model, [x()]), [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    assert [(h["type"], h["id"]) for _, h, _ in frontend.sent] == [("result", "once")]
+    assert "replay store bug" in caplog.text
+
+
+@pytest.mark.parametrize("raising", ["run_inline", "submit"])
+def test_a_run_or_hand_off_that_raises_gives_the_request_up(tiny_repository, tmp_path, raising):
+    """The job never started, so nothing will answer it later: INTERNAL now, and the request is
+    not left held (a retry of its id used to wait on it for ever, unanswered); the retry is
+    answered from the stored reply, and the next request runs."""
+    daemon = build(tiny_repository, tmp_path, placements={"inline_max_ms": 1000.0})   # every job tries inline
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    real = getattr(pool, raising)
+
+    def broken(*args):
+        raise RuntimeError(f"{raising} bug")
+    setattr(pool, raising, broken)
+    header = proto.request_header("r1", daemon.model, [x()])
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    (_, reply, _), = frontend.sent
+    assert reply["code"] == "INTERNAL" and f"{raising} bug" in reply["message"]
+    assert d.path.pending == {} and not pool.jobs
+    setattr(pool, raising, real)
+    d.path.on_request(None, message(b"peer-a", header, [x()]))   # the retry
+    retried = frontend.sent[-1][1]
+    assert retried["code"] == "INTERNAL" and retried["replayed"] is True and not pool.jobs
+    d.path.on_request(None, message(b"peer-a", proto.request_header("r2", daemon.model, [x()]), [x()]))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    assert frontend.sent[-1][1]["type"] == "result" and frontend.sent[-1][1]["id"] == "r2"
