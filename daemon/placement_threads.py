@@ -182,7 +182,10 @@ class ThreadPlacements:
                 self._command(w, *command)
                 continue
             with w.lock:
-                ok, header, bodies = self._execute(w, job, idle_since_ns)
+                try:
+                    ok, header, bodies = self._execute(w, job, idle_since_ns)
+                except Exception as exc:  # noqa: BLE001 - the job is answered; the placement serves on
+                    ok, header, bodies = False, _failed(job, exc), []
             self._done.append(Outcome(job, header, bodies, ok, time.monotonic_ns()))
             w.inflight = None
             os.eventfd_write(self._wake, 1)
@@ -291,8 +294,8 @@ class ThreadPlacements:
             job.dispatched_ns = time.monotonic_ns()
             w.inflight = job
             ok, header, bodies = self._execute(w, job, job.dispatched_ns)
-            w.inflight = None
         finally:
+            w.inflight = None   # (a run that raised leaves the placement idle, not busy for good)
             w.lock.release()
             if self._home and self._here != self._home:
                 os.sched_setaffinity(0, self._home)
@@ -357,3 +360,9 @@ class ThreadPlacements:
     def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
         cache = self.workers[placement].cache   # (a dict read: whole under the GIL, no copy)
         return None if cache is None else cache.memory_bytes.get((version_dir, variant))
+
+
+def _failed(job: Job, exc: BaseException) -> dict[str, Any]:
+    """The outcome header of a run that raised outside the interpreter's own guard."""
+    return {"job": job.job_id, "code": "WORKER_FAILED",
+            "message": f"the run failed: {type(exc).__name__}: {exc}"}

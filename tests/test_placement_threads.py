@@ -91,3 +91,57 @@ def test_with_spin_us_or_a_real_time_front_end_it_stays_put():
     # run, leaving its real-time policy for that run.
     assert _affinities(["a", "a"], follow_work=False) == [set(ALLOWED), set(ALLOWED)]
     assert _affinities(["a", "a"], realtime=object()) == [set(ALLOWED), set(ALLOWED)]
+
+
+def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeypatch):
+    """A run that raises outside the interpreter's own guard (here run_job itself, patched to
+    fail) is a failed job, not a dead placement: inline, the caller gets the exception and the
+    placement is idle again (it stayed busy for good, so nothing ran inline there again); on the
+    placement's thread, the job comes back WORKER_FAILED and the thread serves the next one.
+    Real threads, a real interpreter, the real eventfd."""
+    import select
+
+    import numpy as np
+
+    from adaptd.daemon import placement_threads
+    from adaptd.wire import protocol as proto
+
+    repo, model, version = tiny_repository
+    version_dir = str(repo / model / version)
+    x = np.zeros((1, 8, 8, 1), np.float32)
+
+    def job(n: int) -> Job:
+        return Job(f"r{n}", version_dir, "float32", [proto.tensor_header(x)], [memoryview(x)], 0, None)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("run bug")
+
+    def body() -> list[object]:
+        pool = ThreadPlacements([Placement("a", "cpu", "litert", (A,), 1, None, "one core")], 4)
+        pool.start()
+        try:
+            assert pool.wait_ready(30) == []
+            pool.preload("a", version_dir, "float32")
+            assert pool.wait_loaded(30) == []
+            real = placement_threads.run_job
+            monkeypatch.setattr(placement_threads, "run_job", broken)
+            with pytest.raises(RuntimeError, match="run bug"):
+                pool.run_inline("a", job(0))
+            idle_after_inline = pool.workers["a"].idle
+            assert pool.submit("a", job(1))
+            assert select.select([pool.fileno()], [], [], 30)[0], "the failed job never came back"
+            (failed,) = pool.completed()
+            monkeypatch.setattr(placement_threads, "run_job", real)
+            assert pool.submit("a", job(2))
+            assert select.select([pool.fileno()], [], [], 30)[0], "the thread stopped serving"
+            (served,) = pool.completed()
+            inline = pool.run_inline("a", job(3))
+            return [idle_after_inline, failed, served, inline]
+        finally:
+            pool.stop()
+
+    idle_after_inline, failed, served, inline = _on_own_thread(body)
+    assert idle_after_inline is True
+    assert failed.ok is False and failed.header["code"] == "WORKER_FAILED" and "run bug" in failed.header["message"]
+    assert served.ok is True and served.job.request_id == "r2"
+    assert inline is not None and inline.ok is True
