@@ -306,3 +306,24 @@ def test_a_run_or_hand_off_that_raises_gives_the_request_up(tiny_repository, tmp
     d.path.on_request(None, message(b"peer-a", proto.request_header("r2", daemon.model, [x()]), [x()]))
     d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
     assert frontend.sent[-1][1]["type"] == "result" and frontend.sent[-1][1]["id"] == "r2"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_nonfinite_inline_input_is_refused_on_admission(tiny_repository, tmp_path, value):
+    """Screened on the main thread before the choice (a placement's thread then never screens an
+    inline input, see adaptd.daemon.execution): BAD_INPUT, no job, no record; with
+    [server] reject_nonfinite = false the input is run."""
+    bad = x()
+    bad[0, 2, 2, 0] = value
+    for reject in (True, False):
+        daemon = build(tiny_repository, tmp_path, server={"reject_nonfinite": reject})
+        d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+        d.path.on_request(None, message(b"p", proto.request_header("nan", daemon.model, [bad]), [bad]))
+        if reject:
+            (_, reply, _), = frontend.sent
+            assert reply["code"] == "BAD_INPUT" and reply["message"] == ("input 0 holds NaN or infinite values "
+                                                                         "(server.reject_nonfinite)")
+            d.books.flush()
+            assert not pool.jobs and daemon.store.records == []
+        else:
+            assert frontend.sent == [] and len(pool.jobs) == 1

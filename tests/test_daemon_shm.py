@@ -102,6 +102,9 @@ def test_shm_round_trip_on_a_thread_placement_matches_inline(tiny_repository, tm
         r = c.infer(model, ShmTensor(region, 128, np.float32, x.shape), outputs_to=(region, 4096), **pinned(placement))
         np.testing.assert_array_equal(r.outputs[0], inline)
         assert region.offset_of(r.outputs[0]) == 4096
+        xs[1, 2, 3, 0] = np.inf   # the executor screens what it reads from a region (the daemon cannot)
+        with pytest.raises(e.BadInputError, match="input 0 holds NaN or infinite values"):
+            c.infer(model, xs, **pinned(placement))
         assert region.name in Path(f"/proc/{d.proc.pid}/maps").read_text()
         c.unregister_region(region)
         assert not (SHM / region.name).exists()
@@ -111,6 +114,22 @@ def test_shm_round_trip_on_a_thread_placement_matches_inline(tiny_repository, tm
                 break
             c.health()
         assert region.name not in Path(f"/proc/{d.proc.pid}/maps").read_text()
+
+
+def test_a_nonfinite_input_in_a_region_is_refused_by_the_worker(daemon):
+    """Inline inputs are screened on admission; one in a region only by the executor that maps
+    it, here a worker process."""
+    d, model, placement = daemon
+    with Client(d.endpoint, timeout_ms=30_000) as c:
+        region = c.register_region(1 << 16)
+        xs = region.ndarray((2, 8, 8, 1), np.float32)
+        xs[...] = digits(2)
+        xs[0, 0, 0, 0] = np.nan
+        with pytest.raises(e.BadInputError, match="input 0 holds NaN or infinite values"):
+            c.infer(model, xs, **pinned(placement))
+        xs[0, 0, 0, 0] = 0.5
+        assert c.infer(model, xs, **pinned(placement)).outputs[0].shape[0] == 2
+        c.unregister_region(region)
 
 
 def test_many_requests_reuse_one_region(daemon):

@@ -1,0 +1,31 @@
+"""The executor's screen of NaN and infinite inputs (adaptd.daemon.execution.nonfinite_input):
+inline inputs are screened on admission, so an executor given the inputs' headers screens only
+those read from a region."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptd.daemon.execution import nonfinite_input
+
+
+@pytest.mark.parametrize("size", [64, 150_528])   # the sum's screen, and the dot product's
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_with_headers_only_the_inputs_in_a_region_are_screened(size, value):
+    bad = np.zeros(size, np.float32)
+    bad[size // 2] = value
+    fine = np.ones(size, np.float32)
+    inline, in_region = {"dtype": "float32", "shape": [size]}, {"dtype": "float32", "shape": [size],
+                                                                 "shm": {"region": "r", "offset": 0}}
+    assert nonfinite_input([bad, fine]) == 0                                  # every input, without headers
+    assert nonfinite_input([bad, fine], [inline, in_region]) is None          # the inline one was screened before
+    assert nonfinite_input([fine, bad], [inline, in_region]) == 1
+    assert nonfinite_input([bad.astype(np.float16)], [in_region]) == 0        # other float dtypes, exactly
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_large_finite_values_are_not_mistaken_for_infinities():
+    x = np.full(150_528, 3e38, np.float32)   # the dot product overflows; isfinite decides
+    assert nonfinite_input([x]) is None
+    assert nonfinite_input([np.array([1, 2], np.int32)]) is None   # integers hold no NaN
