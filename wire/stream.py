@@ -19,7 +19,13 @@ Contract
   later messages are read), and keeps a partial one for the next call. A message larger than a
   read is received into one buffer, not by concatenating reads: its size at once when that is at
   most ``GROW_FROM`` bytes or twice what has come, else grown by doubling as it comes (a peer that
-  announces a large message and sends little holds little memory).
+  announces a large message and sends little holds little memory). In that buffer the third
+  frame (a request's or a reply's first tensor) starts on a ``BODY_ALIGN``-byte boundary, and so
+  does every later frame whose predecessors' lengths keep it there (float32 tensors stay 4-byte
+  aligned): numpy then reads the tensor as an aligned array. An unaligned 602 KB input took
+  numpy's NaN screen 268 µs live instead of 49 (no BLAS for an unaligned array), and the
+  interpreter's copy of it is slower too. Frames of a message that fits one read lie where the
+  read put them.
 * A message over ``max_message_bytes`` comes out as a :class:`TooLarge` in its place (its size,
   and its header frame when that came in the same read: the reply can name the request) and its
   bytes are skipped as they arrive, so the stream stays in step. A frame count out of
@@ -41,6 +47,7 @@ from typing import Any
 MAX_FRAMES = 1000        # signature, header and up to 998 tensors (with the prefix, under IOV_MAX)
 READ_BYTES = 65536       # one recv's size while no larger message is known to be under way
 GROW_FROM = 1 << 20      # a large message's buffer: its whole size up to this, else grown as it comes
+BODY_ALIGN = 16          # a large message's first tensor starts on this boundary of its buffer
 _U32 = struct.Struct("<I")
 
 
@@ -109,6 +116,7 @@ class MessageReader:
         self.max_message_bytes = int(max_message_bytes)
         self._partial = b""            # the start of a message whose prefix is not all here yet
         self._big: bytearray | None = None   # a large message's buffer, being filled
+        self._big_at = 0                 # where the message starts in it (the first tensor aligned)
         self._big_filled = 0
         self._big_size = 0               # the large message's size (its buffer may be smaller yet)
         self._big_frames: list[int] = []
@@ -134,18 +142,19 @@ class MessageReader:
             return []
         big = self._big
         if big is not None:
-            if self._big_filled == len(big):   # full, the message not: double it
-                grown = bytearray(min(self._big_size, 2 * len(big)))
-                grown[:self._big_filled] = big
+            at, filled = self._big_at, self._big_filled
+            if at + filled == len(big):   # full, the message not: double it
+                grown = bytearray(at + min(self._big_size, 2 * filled))
+                grown[at:at + filled] = memoryview(big)[at:]
                 self._big = big = grown
-            n = sock.recv_into(memoryview(big)[self._big_filled:])
+            n = sock.recv_into(memoryview(big)[at + filled:])
             if n == 0:
                 raise ConnectionError("the peer closed the stream in the middle of a message")
             self._big_filled += n
             if self._big_filled < self._big_size:
                 return []
             self._big = None
-            return [split_frames(memoryview(big).toreadonly(), self._big_frames)]
+            return [split_frames(memoryview(big)[at:].toreadonly(), self._big_frames)]
         data = sock.recv(READ_BYTES)
         if not data:
             if self._partial:
@@ -190,9 +199,10 @@ class MessageReader:
             if size - start < body:
                 if body > READ_BYTES:   # received into one buffer, not by concatenation
                     have = size - start
-                    big = bytearray(body if body <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have))
-                    big[:have] = view[start:]
-                    self._big, self._big_filled, self._big_size = big, have, body
+                    at = -sum(lengths[:2]) % BODY_ALIGN
+                    big = bytearray(at + (body if body <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have)))
+                    big[at:at + have] = view[start:]
+                    self._big, self._big_at, self._big_filled, self._big_size = big, at, have, body
                     self._big_frames = list(lengths)
                     return messages
                 break
