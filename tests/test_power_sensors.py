@@ -5,6 +5,7 @@ JetPack 5 board's INA3221 hwmon channels, an x86 package's RAPL counter). The wr
 paces itself with the clock; the tests synchronise on conditions only (the writer's
 ``wait_written``, the meter's ``wait_for_sample``), each with a timeout.
 """
+import os
 import time
 from types import SimpleNamespace
 
@@ -236,6 +237,8 @@ def test_idle_is_remeasured_when_the_board_is_idle(tmp_path):
             assert time.monotonic() < deadline, rig.meter.describe()
             rig.meter.wait_for_sample(time.monotonic_ns() + 50 * MS)
         assert rig.meter.describe()["idle_measurements"] >= 2
+        names = {open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")}
+        assert "adaptd-power" in names   # the kernel's name, as top -H shows it
     finally:
         rig.close()
 

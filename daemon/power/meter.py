@@ -75,6 +75,8 @@ from typing import Any
 import numpy as np
 
 from . import ring as ringmod
+from adaptd.daemon.sched import name_thread
+
 from .config import PowerConfig
 from .detect import Detection, detect
 from .sampler import SamplerProcess
@@ -355,6 +357,8 @@ class EnergyMeter:
 
     def _idle_loop(self) -> None:
         import psutil
+
+        name_thread("adaptd-power")   # (its Python name alone is not the kernel's: top and /proc show this)
 
         window_ns = int(self.config.idle_window_s * 1e9)
         tick_s = max(min(self.config.idle_window_s / 4, 1.0), 0.05)
