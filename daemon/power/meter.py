@@ -74,9 +74,9 @@ from typing import Any
 
 import numpy as np
 
-from . import ring as ringmod
 from adaptd.daemon.sched import name_thread
 
+from . import ring as ringmod
 from .config import PowerConfig
 from .detect import Detection, detect
 from .sampler import SamplerProcess
