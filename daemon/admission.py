@@ -13,13 +13,8 @@ Contract
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
   header decode.
-* With ``reject_nonfinite`` (``[server] reject_nonfinite``), a float input sent inline that holds
-  NaN or an infinity is ``BAD_INPUT`` here, before the choice: the executors screen only inputs
-  in regions (:mod:`adaptd.daemon.execution` says why). Like every refusal here, it makes no
-  selection record.
-* Admission reads the registry, the regions, the queues and the inline inputs' bytes, and
-  changes nothing but the regions' bounds checks (none of which touch a region's bytes). The
-  daemon's main thread only.
+* Admission reads the registry, the regions and the queues and changes nothing but the regions'
+  bounds checks (none of which touch tensor bytes). The daemon's main thread only.
 """
 
 from __future__ import annotations
@@ -31,10 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from adaptd.daemon.arms import ArmHealth
-from adaptd.daemon.execution import nonfinite_input
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
 from adaptd.daemon.shm import RegionError, RegionTable
@@ -66,7 +58,7 @@ class Admitted:
 class Admission:
     def __init__(self, registry: Callable[[], Registry], placements: list[Placement], health: ArmHealth,
                  regions: Callable[[], RegionTable], queue_length: Callable[[str], int], queue_limit: int,
-                 max_batch: int, reject_nonfinite: bool = True) -> None:
+                 max_batch: int) -> None:
         self._registry = registry
         self._placements = {p.name: p for p in placements}
         self._runtimes = {p.runtime for p in placements}
@@ -75,7 +67,6 @@ class Admission:
         self._queue_length = queue_length
         self._queue_limit = queue_limit
         self._max_batch = max_batch
-        self._reject_nonfinite = reject_nonfinite
         self._placements_of: dict[Path, set[str]] = {}
 
     # --- before parsing ------------------------------------------------------------------------
@@ -193,10 +184,6 @@ class Admission:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
                                           f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}",
                                           request.id)
-            if self._reject_nonfinite and spec.dtype.kind == "f" \
-                    and nonfinite_input([np.frombuffer(body, spec.dtype)]) is not None:
-                raise proto.ProtocolError(proto.BAD_INPUT, f"input {i} holds NaN or infinite values "
-                                          "(server.reject_nonfinite)", request.id)
 
     def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:

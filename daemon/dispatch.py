@@ -12,7 +12,9 @@ Contract
   selector reads ``inflight`` and ``waiting()`` of each: the job running, the jobs behind it).
 * A job runs inline (on the calling thread, no hand-off: :meth:`run_inline`) only on a thread
   placement, and only when that placement is idle with the variant loaded; the caller decides
-  which jobs are short enough.
+  which jobs are short enough. A job for a thread placement (:meth:`in_process`) comes with its
+  inline inputs screened for NaN by the caller (:mod:`adaptd.daemon.execution` says why); a
+  worker process screens every input itself.
 * The shadow worker (``shadow_worker=True``, live fidelity on): one more worker process, under
   ``SCHED_IDLE`` on every core the placements use, for shadow runs too long to run inline
   (:mod:`adaptd.daemon.fidelity`): it runs only on a core nothing else wants, so a reference
@@ -127,6 +129,11 @@ class Dispatcher:
         """Whether :meth:`submit_shadow` would take a run now."""
         w = None if self.shadows is None else self.shadows.workers[SHADOW]
         return w is not None and not w.busy and not w.queue and w.ready and w.channel is not None
+
+    def in_process(self, placement: str) -> bool:
+        """Whether the placement's jobs run in the daemon's process (a placement's thread, or
+        inline): their inline inputs are then screened for NaN by the caller, not the executor."""
+        return self._host[placement] is self.threads
 
     def run_inline(self, placement: str, job: Job) -> Outcome | None:
         host = self._host[placement]

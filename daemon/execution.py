@@ -13,13 +13,14 @@ Contract
   same span: the process's in a worker process, the thread's in a thread), ``idle_since_ns``,
   ``outputs`` (tensor headers; float32; with ``shm`` when written into a region), and
   ``load_ms``/``memory_bytes`` when the run loaded its variant; ``fail`` with ``code``
-  (``BAD_INPUT`` for NaN/inf input read from a region when ``reject_nonfinite``, else
-  ``WORKER_FAILED``) and a one-line ``message``. A failure never raises: the executor lives on.
-  Inputs sent inline were screened for NaN/inf on admission (:mod:`adaptd.daemon.admission`),
-  so the executor screens only those in regions, which the daemon's main thread never reads:
-  on a placement's thread each screen of a large input lets go of the interpreter lock (numpy's
-  reduction), and taking it back behind a busy main thread cost 440 µs per MobileNetV2 job with
-  four callers, 6% of the placement's time.
+  (``BAD_INPUT`` for NaN/inf input when ``reject_nonfinite``, else ``WORKER_FAILED``) and a
+  one-line ``message``. A failure never raises: the executor lives on.
+* NaN screening (:func:`nonfinite_input`): a worker process screens every input; a placement's
+  thread (``inline_screened``) only those in a region, because the daemon's main thread screens
+  the inline ones before the hand-off (:meth:`adaptd.daemon.request_path.RequestPath`), where
+  the run's thread needs no lock. On a placement's thread the screen of a large input lets go
+  of the interpreter lock (numpy's reduction), and taking it back behind a busy main thread cost
+  440 µs per MobileNetV2 job with four callers, 6% of the placement's time.
 * Shared memory: inputs in a region are numpy views that live only during the run; outputs
   written to a region go back to back from the given offset (PROTOCOL.md §11.4).
 * Imports the interpreter runtime (LiteRT, or TensorFlow for a SavedModel variant) only when a
@@ -97,6 +98,22 @@ def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memory
             for h in headers]
 
 
+def nonfinite_message(index: int) -> str:
+    return f"input {index} holds NaN or infinite values (server.reject_nonfinite)"
+
+
+def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
+    """The index of the first float input a request (``adaptd.wire.protocol.Request``) sent inline
+    that holds a NaN or an infinity, else None (the bodies' lengths already checked)."""
+    frames = iter(bodies)
+    for i, spec in enumerate(request.inputs):
+        if spec.shm is None:
+            body = next(frames)
+            if spec.dtype.kind == "f" and nonfinite_input([np.frombuffer(body, spec.dtype)]) is not None:
+                return i
+    return None
+
+
 def nonfinite_input(inputs: list[np.ndarray], headers: list[dict[str, Any]] | None = None) -> int | None:
     """The index of the first float input holding a NaN or an infinity, else None; with the
     inputs' ``headers``, only those in a region are looked at (see the module contract). A
@@ -136,7 +153,8 @@ def _write_outputs(maps: WorkerMaps, ref: dict[str, Any], outputs: list[np.ndarr
 
 def run_job(cache: VariantCache, maps: WorkerMaps, header: dict[str, Any], bodies: list[memoryview],
             idle_since_ns: int, reject_nonfinite: bool = True,
-            cpu_clock: Callable[[], float] = time.process_time) -> tuple[bool, dict[str, Any], list[Any]]:
+            cpu_clock: Callable[[], float] = time.process_time, *,
+            inline_screened: bool = False) -> tuple[bool, dict[str, Any], list[Any]]:
     """One execution (see the module contract); ``header`` is the job: job, dir, variant, inputs
     (tensor headers, ``shm`` for those in a region), optional outputs_to."""
     job = header["job"]
@@ -144,11 +162,10 @@ def run_job(cache: VariantCache, maps: WorkerMaps, header: dict[str, Any], bodie
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
         inputs = _inputs(maps, header["inputs"], bodies)
-        bad = nonfinite_input(inputs, header["inputs"]) if reject_nonfinite else None
+        bad = nonfinite_input(inputs, header["inputs"] if inline_screened else None) if reject_nonfinite else None
         if bad is not None:
             inputs.clear()
-            return False, {"job": job, "code": "BAD_INPUT",
-                           "message": f"input {bad} holds NaN or infinite values (server.reject_nonfinite)"}, []
+            return False, {"job": job, "code": "BAD_INPUT", "message": nonfinite_message(bad)}, []
         cpu0 = cpu_clock()
         t0_ns = time.monotonic_ns()
         outputs = loaded.run(inputs)

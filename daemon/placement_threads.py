@@ -216,7 +216,7 @@ class ThreadPlacements:
             header["outputs_to"] = job.outputs_to
         threads = w.placement.threads
         ok, reply, bodies = run_job(w.cache, w.maps, header, job.input_frames, idle_since_ns, w.reject_nonfinite,
-                                    time.thread_time)
+                                    time.thread_time, inline_screened=True)   # (by the caller: Dispatcher.in_process)
         if ok:
             reply["in_process"] = True
             reply["caller_cpu_s"] = reply["cpu_time_s"]   # the calling thread's own, measured

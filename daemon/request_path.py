@@ -25,6 +25,11 @@ Contract
   retry runs afresh rather than waiting on a job that will never end.
 * Requests in flight and stored replies belong to the peer that sent them
   (:mod:`adaptd.daemon.peers`); the record names a peer only by an opaque tag.
+* A float input sent inline that holds NaN or an infinity (``[server] reject_nonfinite``) is
+  refused ``BAD_INPUT`` after the choice when the chosen placement runs in this process (a
+  placement's thread, or inline here): screened on this thread, so that the placement's thread
+  never lets go of the interpreter lock between two runs (:mod:`adaptd.daemon.execution`); a
+  worker process screens its own. Either way the refusal is recorded against the chosen arm.
 * Under overload a request whose model has every placement's queue full is refused BUSY before
   it is parsed (counted in ``busy_early``), unless it is a retry.
 * The daemon's main thread only. Tensor bytes are passed as the received frames, never copied.
@@ -42,6 +47,7 @@ import zmq
 from adaptd.daemon.admission import busy_reply
 from adaptd.daemon.arms import arm_key
 from adaptd.daemon.control import ADMIN_ONLY
+from adaptd.daemon.execution import nonfinite_inline, nonfinite_message
 from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
@@ -100,6 +106,7 @@ class RequestPath:
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
         self._inline_max_ms = daemon.config.placements.inline_max_ms
+        self._reject_nonfinite = daemon.config.server.reject_nonfinite
         self._tracebacks: dict[str, float] = {}
         self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
 
@@ -248,6 +255,14 @@ class RequestPath:
             raise proto.ProtocolError(proto.INFEASIBLE, choice.text, rid, details)
 
         arm = choice.arm
+        if self._reject_nonfinite and bodies and self.d.pool.in_process(arm.placement.name):
+            # Screened here, not by the placement's thread (adaptd.daemon.execution says why).
+            bad = nonfinite_inline(request, bodies)
+            if bad is not None:
+                self.d.books.record(request, model, client, now, outcome="error", error_code=proto.BAD_INPUT,
+                                    choice=choice, arm=arm)
+                raise proto.ProtocolError(proto.BAD_INPUT, nonfinite_message(bad), rid,
+                                          {"placement": arm.placement.name, "variant": arm.variant.name})
         regions = admitted.regions
         pending = Pending(request, [route], model, arm, choice, client, received_ns, now, peer, regions=regions)
         job = Job(rid, str(model.directory), arm.variant.name, _job_inputs(request, admitted.shm_inputs),

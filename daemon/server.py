@@ -120,8 +120,7 @@ class Daemon:
             self.policy = startup.default_policy(cfg)
         self.health = ArmHealth(lambda m, a, up: self.policy.set_available(m, a, up), pool.down_reason)
         self.admission = Admission(lambda: self.registry, placements, self.health, lambda: self.regions,
-                                   pool.queue_length, pool.queue_limit, cfg.server.max_batch,
-                                   cfg.server.reject_nonfinite)
+                                   pool.queue_length, pool.queue_limit, cfg.server.max_batch)
         self.books = Bookkeeping(store.submit, cfg.stats.window, cfg.stats.ewma_alpha,
                                  lambda observations: self.policy.observe_many(observations))
         self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy,

@@ -23,9 +23,9 @@ Contract
   when it started the worker, which the worker takes for every thread where it started at
   another (a real-time parent's child starts at 0); lowering it needs a privilege, so a worker
   without one stays at the nice it got.
-  ``spec.reject_nonfinite`` (default true): a float input in a region holding NaN or an
-  infinity is answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees
-  tensor bytes in a region, so the worker checks; inline inputs were screened on admission).
+  ``spec.reject_nonfinite`` (default true): a float input holding NaN or an infinity is
+  answered ``fail`` with code ``BAD_INPUT`` without running (the daemon never sees tensor bytes in
+  a region, so the worker checks).
   Worker -> daemon: ``ready``, ``done`` (header: job, t0_ns, t1_ns,
   compute_ms, cpu_time_s, idle_since_ns: when the worker started waiting for the message that
   turned out to be this run; load_ms and memory_bytes when the run loaded its variant; outputs;

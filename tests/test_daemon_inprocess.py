@@ -47,6 +47,9 @@ class FakePool:
     def run_inline(self, placement: str, job: Any) -> None:
         return None   # held, like every job here: the test finishes it
 
+    def in_process(self, placement: str) -> bool:
+        return True   # as a placement's thread: the request path screens inline inputs for NaN
+
     def queue_length(self, placement: str) -> int:
         return len(self.jobs)
 
@@ -309,10 +312,11 @@ def test_a_run_or_hand_off_that_raises_gives_the_request_up(tiny_repository, tmp
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
-def test_a_nonfinite_inline_input_is_refused_on_admission(tiny_repository, tmp_path, value):
-    """Screened on the main thread before the choice (a placement's thread then never screens an
-    inline input, see adaptd.daemon.execution): BAD_INPUT, no job, no record; with
-    [server] reject_nonfinite = false the input is run."""
+def test_a_nonfinite_inline_input_for_a_thread_placement_is_refused_before_the_hand_off(tiny_repository, tmp_path,
+                                                                                          value):
+    """Screened on the main thread once the arm is chosen (a placement's thread then never
+    screens an inline input, see adaptd.daemon.execution): BAD_INPUT naming the arm, no job, a
+    record against the arm; with [server] reject_nonfinite = false the input is run."""
     bad = x()
     bad[0, 2, 2, 0] = value
     for reject in (True, False):
@@ -323,7 +327,11 @@ def test_a_nonfinite_inline_input_is_refused_on_admission(tiny_repository, tmp_p
             (_, reply, _), = frontend.sent
             assert reply["code"] == "BAD_INPUT" and reply["message"] == ("input 0 holds NaN or infinite values "
                                                                          "(server.reject_nonfinite)")
+            assert reply["details"]["placement"] == PLACEMENT.name
             d.books.flush()
-            assert not pool.jobs and daemon.store.records == []
+            (record,) = daemon.store.records
+            assert not pool.jobs and d.path.pending == {}
+            assert (record["outcome"], record["error_code"], record["placement"]) == ("error", "BAD_INPUT",
+                                                                                     PLACEMENT.name)
         else:
             assert frontend.sent == [] and len(pool.jobs) == 1

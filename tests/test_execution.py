@@ -1,13 +1,14 @@
-"""The executor's screen of NaN and infinite inputs (adaptd.daemon.execution.nonfinite_input):
-inline inputs are screened on admission, so an executor given the inputs' headers screens only
-those read from a region."""
+"""The screens of NaN and infinite inputs (adaptd.daemon.execution): a placement's thread, whose
+inline inputs the main thread screened, looks only at those read from a region; the main thread
+screens a request's inline bodies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from adaptd.daemon.execution import nonfinite_input
+from adaptd.daemon.execution import nonfinite_inline, nonfinite_input
+from adaptd.wire import protocol as proto
 
 
 @pytest.mark.parametrize("size", [64, 150_528])   # the sum's screen, and the dot product's
@@ -29,3 +30,14 @@ def test_large_finite_values_are_not_mistaken_for_infinities():
     x = np.full(150_528, 3e38, np.float32)   # the dot product overflows; isfinite decides
     assert nonfinite_input([x]) is None
     assert nonfinite_input([np.array([1, 2], np.int32)]) is None   # integers hold no NaN
+
+
+def test_a_requests_inline_bodies_are_screened_and_its_regions_skipped():
+    fine, bad = np.ones((1, 4), np.float32), np.array([[0, np.nan, 0, 0]], np.float32)
+    header = proto.request_header("r", "m", [fine, bad])
+    header["inputs"].insert(0, {"dtype": "float32", "shape": [1, 4], "shm": {"region": "r", "offset": 0}})
+    request = proto.parse_request(header)
+    assert nonfinite_inline(request, [memoryview(fine), memoryview(bad)]) == 2   # the region's (input 0) skipped
+    assert nonfinite_inline(request, [memoryview(fine), memoryview(fine)]) is None
+    ints = proto.parse_request(proto.request_header("i", "m", [np.zeros((1, 4), np.int8)]))
+    assert nonfinite_inline(ints, [memoryview(np.zeros((1, 4), np.int8))]) is None

@@ -111,9 +111,10 @@ def test_counters_and_histograms_change_by_exactly_the_requests_sent(daemon):
                 c.infer(model, digits(), max_latency_ms=1e-6)
             closest = info.value.closest or {}
             rejected[(model, closest.get("variant", ""), closest.get("placement", ""))] += 1
-        with pytest.raises(e.BadInputError):   # NaN and a wrong shape: refused before any choice, no record
+        with pytest.raises(e.BadInputError) as info:   # NaN: refused by the worker, after the choice
             c.infer(model, np.full((1, 8, 8, 1), np.nan, np.float32))
-        with pytest.raises(e.BadInputError):
+        bad_arm = (model, info.value.details["variant"], info.value.details["placement"])
+        with pytest.raises(e.BadInputError):            # a wrong shape: refused before any choice, no record
             c.infer(model, np.zeros((1, 3, 3, 1), np.float32))
         replayed = c.infer(model, digits(), request_id=first.request_id)
         assert replayed.selection.replayed
@@ -149,8 +150,9 @@ def test_counters_and_histograms_change_by_exactly_the_requests_sent(daemon):
         assert delta("adaptd_requests_total", **arm_labels(arm), outcome="rejected", code="INFEASIBLE") == n
     assert total(after, "adaptd_requests_total", outcome="rejected") - total(
         before, "adaptd_requests_total", outcome="rejected") == 2
+    assert delta("adaptd_requests_total", **arm_labels(bad_arm), outcome="error", code="BAD_INPUT") == 1
     assert total(after, "adaptd_requests_total", outcome="error") - total(
-        before, "adaptd_requests_total", outcome="error") == 0
+        before, "adaptd_requests_total", outcome="error") == 1
     # every error reply: the two rejections, the NaN and the wrong shape (which made no record)
     assert delta("adaptd_error_replies_total", code="INFEASIBLE") == 2
     assert delta("adaptd_error_replies_total", code="BAD_INPUT") == 2
