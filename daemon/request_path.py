@@ -94,8 +94,7 @@ class RequestPath:
         self.d = daemon
         self.pending: dict[tuple[bytes, str], Pending] = {}
         self.peer_tags = PeerTags()
-        self.requests = 0           # replies sent
-        self.sends = 0              # messages handed to the frontend (a fault after one: no second reply)
+        self.requests = 0           # replies sent (counted as each goes out: a fault after one sends no second)
         self.errors = 0             # error replies sent
         self.errors_by_code: dict[str, int] = {}   # the same, per error code (metrics)
         self.busy_early = 0         # BUSY answers given before a request was parsed (overload)
@@ -160,7 +159,7 @@ class RequestPath:
     def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,
                 admin: bool, delimited: bool = True) -> None:
         request_id = None
-        sends = self.sends
+        replies = self.requests
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
@@ -188,12 +187,12 @@ class RequestPath:
                     raise proto.ProtocolError(proto.FORBIDDEN, f"'{request.type}' is accepted on the admin endpoint "
                                               "only (server.admin_endpoints)", request.id)
                 self.d.books.flush()   # statistics and explanations include every answered request
-                self._reply(route, *self.d.control.reply(request, None if admin else peer))
+                self._send(route, *self.d.control.reply(request, None if admin else peer))
         except proto.ProtocolError as exc:
             self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details, peer)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
             self._log_internal(exc)
-            if self.sends == sends:   # not answered yet (a fault after its reply is only logged)
+            if self.requests == replies:   # not answered yet (a fault after its reply is only logged)
                 self._reply_error(route, proto.INTERNAL, _internal_message(exc), request_id, None, peer)
 
     def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -234,7 +233,7 @@ class RequestPath:
             return
         replay = self.d.replays.get(peer, rid, time.monotonic())
         if replay is not None:
-            self._reply(route, replies.replayed(replay[0]), replay[1])
+            self._send(route, replies.replayed(replay[0]), replay[1])
             return
         if self.d.draining:
             raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", rid)
@@ -294,10 +293,17 @@ class RequestPath:
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
 
     def _give_up(self, pending: Pending) -> None:
-        """A request no job will answer: no longer held, its shared-memory regions let go (once:
-        an outcome that already did both is left alone)."""
-        if self.pending.pop((pending.peer, pending.request.id), None) is pending and pending.regions:
-            self.d.regions_gone(self.d.regions.release(pending.regions))
+        """A request that will be answered without its job's outcome: no longer held, its
+        shared-memory regions let go. A job that runs after all (a hand-off that raised once it
+        had queued the job) finds its request gone: no second reply (:meth:`_on_outcome`)."""
+        if self.pending.pop((pending.peer, pending.request.id), None) is pending:
+            self._release(pending)
+
+    def _release(self, pending: Pending) -> None:
+        """Let go of a request's shared-memory regions, once."""
+        if pending.regions:
+            regions, pending.regions = pending.regions, ()
+            self.d.regions_gone(self.d.regions.release(regions))
 
     def _prefer_loaded(self, model: ModelVersion, request: proto.Request, candidates: list[Arm],
                        choice: Any) -> Any:
@@ -331,20 +337,20 @@ class RequestPath:
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping. Never
         raises: a fault is logged, and the request answered ``INTERNAL`` unless its reply went out."""
-        sends = self.sends
+        replies, pending = self.requests, outcome.job.context
+        held = type(pending) is Pending and self.pending.get((pending.peer, pending.request.id)) is pending
         try:
             self._on_outcome(outcome)
         except Exception as exc:  # noqa: BLE001 - one request's outcome must not stop the daemon
             self._log_internal(exc)
-            pending = outcome.job.context
-            if type(pending) is not Pending or self.sends != sends:
+            if not held:   # a shadow run's, or a request answered already
                 return
-            self._give_up(pending)
+            self._give_up(pending)   # (if the fault came before the outcome let it go)
+            unanswered = pending.routes[self.requests - replies:]   # (its routes are answered in order)
             header = proto.error_header(proto.INTERNAL, _internal_message(exc), pending.request.id)
-            self._count_errors(proto.INTERNAL, len(pending.routes))
-            self.requests += len(pending.routes)
+            self._count_errors(proto.INTERNAL, len(unanswered))
             try:
-                for route in pending.routes:
+                for route in unanswered:
                     self._send(route, header, ())
             except Exception:  # noqa: BLE001 - the frontend itself failed: logged, the loop goes on
                 log.exception("an INTERNAL reply could not be sent")
@@ -358,9 +364,10 @@ class RequestPath:
         # (an inline run's request is measured from its arrival: one CPU clock read fewer)
         cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
-        self.pending.pop((pending.peer, request.id), None)
-        if pending.regions:   # the job is done with them
-            self.d.regions_gone(self.d.regions.release(pending.regions))
+        held = self.pending.pop((pending.peer, request.id), None) is pending
+        self._release(pending)   # the job is done with its regions
+        if not held:   # answered already: given up when its hand-off raised, or at shutdown
+            return
         stats = self.d.books.stats_of(model, arm)
         if not outcome.ok:
             message = str(outcome.header.get("message", "the worker failed"))
@@ -374,7 +381,6 @@ class RequestPath:
                                         {"placement": arm.placement.name, "variant": arm.variant.name})
             for route in pending.routes:
                 self._send(route, header, ())
-            self.requests += len(pending.routes)
             if code not in proto.TRANSIENT_CODES:
                 self.d.replays.put(pending.peer, request.id, header, [], time.monotonic())
             self.d.books.record(request, model, pending.client, time.time(), outcome="error", error_code=code,
@@ -420,7 +426,6 @@ class RequestPath:
             alternatives=choice.alternatives if request.explain else None, runtime=runtime)
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
-        self.requests += len(pending.routes)
         self.d.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
@@ -441,17 +446,13 @@ class RequestPath:
     # --- replies -------------------------------------------------------------------------
     def _send(self, route, header: dict[str, Any], bodies) -> None:
         self.d.frontend.send(route, proto.encode(header, bodies))
-        self.sends += 1
-
-    def _reply(self, route, header: dict[str, Any], bodies) -> None:
         self.requests += 1
-        self._send(route, header, bodies)
 
     def _reply_error(self, route, code: str, message: str, request_id: str | None,
                      details: dict[str, Any] | None = None, peer: bytes | None = None) -> None:
         self._count_errors(code, 1)
         header = proto.error_header(code, message, request_id, details)
-        self._reply(route, header, ())
+        self._send(route, header, ())
         if request_id and peer is not None and code not in proto.TRANSIENT_CODES:
             self.d.replays.put(peer, request_id, header, [], time.monotonic())
 

@@ -274,15 +274,38 @@ def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_
 
 
 def test_a_fault_after_the_reply_went_out_is_logged_not_answered_twice(daemon, caplog):
+    """The request and its retry (attached while it ran) have both had their result when the
+    fault comes: neither gets a second reply."""
     d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
 
     def broken_put(*args):
         raise RuntimeError("replay store bug")
     d.replays.put = broken_put
-    d.path.on_request(None, message(b"peer-a", proto.request_header("once", daemon.model, [x()]), [x()]))
-    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
-    assert [(h["type"], h["id"]) for _, h, _ in frontend.sent] == [("result", "once")]
-    assert "replay store bug" in caplog.text
+    header = proto.request_header("once", daemon.model, [x()])
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    d.path.on_request(None, message(b"peer-a", header, [x()]))   # a retry while it runs: one job, two routes
+    (job,) = pool.jobs
+    requests = d.path.requests
+    d.path.on_outcome(pool.finish(job, [np.ones((1, 10), np.float32)]))
+    assert [(h["type"], h["id"]) for _, h, _ in frontend.sent] == [("result", "once")] * 2
+    assert d.path.requests == requests + 2 and "replay store bug" in caplog.text
+
+
+def test_a_job_that_runs_after_its_hand_off_raised_gets_no_second_reply(daemon):
+    """A hand-off that raised once the job was queued: the request is answered INTERNAL and given
+    up; when the job ends after all, its outcome finds the request gone and sends nothing."""
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    real = pool.submit
+
+    def queue_then_raise(placement, job):
+        real(placement, job)
+        raise RuntimeError("channel bug")
+    pool.submit = queue_then_raise
+    d.path.on_request(None, message(b"peer-a", proto.request_header("late", daemon.model, [x()]), [x()]))
+    (job,) = pool.jobs
+    assert [h["code"] for _, h, _ in frontend.sent] == ["INTERNAL"] and d.path.pending == {}
+    d.path.on_outcome(pool.finish(job, [np.ones((1, 10), np.float32)]))
+    assert len(frontend.sent) == 1
 
 
 @pytest.mark.parametrize("raising", ["run_inline", "submit"])
