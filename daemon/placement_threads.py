@@ -182,10 +182,7 @@ class ThreadPlacements:
                 self._command(w, *command)
                 continue
             with w.lock:
-                try:
-                    ok, header, bodies = self._execute(w, job, idle_since_ns)
-                except Exception as exc:  # noqa: BLE001 - the job is answered; the placement serves on
-                    ok, header, bodies = False, _failed(job, exc), []
+                ok, header, bodies = self._execute(w, job, idle_since_ns)
             self._done.append(Outcome(job, header, bodies, ok, time.monotonic_ns()))
             w.inflight = None
             os.eventfd_write(self._wake, 1)
@@ -210,7 +207,16 @@ class ThreadPlacements:
                 w.maps.unmap(arg)
 
     def _execute(self, w: ThreadPlacement, job: Job, idle_since_ns: int) -> tuple[bool, dict[str, Any], list[Any]]:
-        """Run one job (the placement's lock held)."""
+        """Run one job (the placement's lock held). A fault outside the interpreter's own guard
+        (``run_job``'s) fails the job, as a failed run does: the placement serves on."""
+        try:
+            return self._run(w, job, idle_since_ns)
+        except Exception as exc:  # noqa: BLE001 - the job is answered WORKER_FAILED
+            log.exception("%s: a run failed outside the interpreter", w.placement.name)
+            return False, {"job": job.job_id, "code": "WORKER_FAILED",
+                           "message": f"the run failed: {type(exc).__name__}: {exc}"}, []
+
+    def _run(self, w: ThreadPlacement, job: Job, idle_since_ns: int) -> tuple[bool, dict[str, Any], list[Any]]:
         header = {"job": job.job_id, "dir": job.version_dir, "variant": job.variant, "inputs": job.input_headers}
         if job.outputs_to is not None:
             header["outputs_to"] = job.outputs_to
@@ -262,14 +268,7 @@ class ThreadPlacements:
     def _follow_work(self, w: ThreadPlacement, idle: bool) -> None:
         """The main thread onto ``w``'s cores when it was idle, else off any placement's (the
         module's contract says why)."""
-        cores = w.placement.cores if idle else None
-        if self._here != cores:
-            try:
-                os.sched_setaffinity(0, self._free if cores is None else cores)
-            except OSError as exc:   # cores taken away meanwhile (a cpuset): the request goes on
-                log.debug("the main thread stays where it is: %s", exc)
-                return
-            self._here = cores
+        self._move_to(w.placement.cores if idle else None)
 
     def run_inline(self, placement: str, job: Job) -> Outcome | None:
         """Run a job on the calling (main) thread now, if the placement is idle and the variant
@@ -285,24 +284,31 @@ class ThreadPlacements:
             w.lock.release()
             return None
         try:
-            cores = w.placement.cores
-            if self._here != cores:
-                os.sched_setaffinity(0, cores)
-                self._here = cores
+            self._move_to(w.placement.cores)
             job.job_id = self._next_job
             self._next_job += 1
             job.dispatched_ns = time.monotonic_ns()
             w.inflight = job
             ok, header, bodies = self._execute(w, job, job.dispatched_ns)
         finally:
-            w.inflight = None   # (a run that raised leaves the placement idle, not busy for good)
+            w.inflight = None
             w.lock.release()
-            if self._home and self._here != self._home:
-                os.sched_setaffinity(0, self._home)
-                self._here = self._home
+            if self._home:
+                self._move_to(self._home)
             if realtime is not None:
                 realtime.enter()
         return Outcome(job, header, bodies, ok, time.monotonic_ns())
+
+    def _move_to(self, cores: tuple[int, ...] | None) -> None:
+        """The calling (main) thread onto ``cores`` (None: every core it may use), unless it is
+        there; where that is refused (cores taken away meanwhile: a cpuset) it runs where it is."""
+        if self._here != cores:
+            try:
+                os.sched_setaffinity(0, self._free if cores is None else cores)
+            except OSError as exc:
+                log.debug("the main thread stays where it is: %s", exc)
+                return
+            self._here = cores
 
     def loading(self, placement: str) -> bool:
         """Whether a load waits or runs on the placement's thread (a job sent now waits behind it)."""
@@ -360,9 +366,3 @@ class ThreadPlacements:
     def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
         cache = self.workers[placement].cache   # (a dict read: whole under the GIL, no copy)
         return None if cache is None else cache.memory_bytes.get((version_dir, variant))
-
-
-def _failed(job: Job, exc: BaseException) -> dict[str, Any]:
-    """The outcome header of a run that raised outside the interpreter's own guard."""
-    return {"job": job.job_id, "code": "WORKER_FAILED",
-            "message": f"the run failed: {type(exc).__name__}: {exc}"}

@@ -95,10 +95,10 @@ def test_with_spin_us_or_a_real_time_front_end_it_stays_put():
 
 def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeypatch):
     """A run that raises outside the interpreter's own guard (here run_job itself, patched to
-    fail) is a failed job, not a dead placement: inline, the caller gets the exception and the
-    placement is idle again (it stayed busy for good, so nothing ran inline there again); on the
-    placement's thread, the job comes back WORKER_FAILED and the thread serves the next one.
-    Real threads, a real interpreter, the real eventfd."""
+    fail) is a failed job, not a dead placement: inline, the caller gets a WORKER_FAILED outcome
+    and the placement is idle again (it stayed busy for good, so nothing ran inline there
+    again); on the placement's thread, the job comes back WORKER_FAILED and the thread serves the
+    next one (it used to end). Real threads, a real interpreter, the real eventfd."""
     import select
 
     import numpy as np
@@ -125,8 +125,7 @@ def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeyp
             assert pool.wait_loaded(30) == []
             real = placement_threads.run_job
             monkeypatch.setattr(placement_threads, "run_job", broken)
-            with pytest.raises(RuntimeError, match="run bug"):
-                pool.run_inline("a", job(0))
+            inline_failed = pool.run_inline("a", job(0))
             idle_after_inline = pool.workers["a"].idle
             assert pool.submit("a", job(1))
             assert select.select([pool.fileno()], [], [], 30)[0], "the failed job never came back"
@@ -136,11 +135,12 @@ def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeyp
             assert select.select([pool.fileno()], [], [], 30)[0], "the thread stopped serving"
             (served,) = pool.completed()
             inline = pool.run_inline("a", job(3))
-            return [idle_after_inline, failed, served, inline]
+            return [inline_failed, idle_after_inline, failed, served, inline]
         finally:
             pool.stop()
 
-    idle_after_inline, failed, served, inline = _on_own_thread(body)
+    inline_failed, idle_after_inline, failed, served, inline = _on_own_thread(body)
+    assert inline_failed.ok is False and inline_failed.header["code"] == "WORKER_FAILED"
     assert idle_after_inline is True
     assert failed.ok is False and failed.header["code"] == "WORKER_FAILED" and "run bug" in failed.header["message"]
     assert served.ok is True and served.job.request_id == "r2"
