@@ -199,10 +199,10 @@ class MessageReader:
             if size - start < body:
                 if body > READ_BYTES:   # received into one buffer, not by concatenation
                     have = size - start
-                    at = -sum(lengths[:2]) % BODY_ALIGN
-                    big = bytearray(at + (body if body <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have)))
-                    big[at:at + have] = view[start:]
-                    self._big, self._big_at, self._big_filled, self._big_size = big, at, have, body
+                    pad = -sum(lengths[:2]) % BODY_ALIGN   # (the buffer's own start is malloc's: 16-byte aligned)
+                    big = bytearray(pad + (body if body <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have)))
+                    big[pad:pad + have] = view[start:]
+                    self._big, self._big_at, self._big_filled, self._big_size = big, pad, have, body
                     self._big_frames = list(lengths)
                     return messages
                 break
