@@ -162,7 +162,8 @@ def run_job(cache: VariantCache, maps: WorkerMaps, header: dict[str, Any], bodie
     try:
         loaded, load_ms = cache.get(header["dir"], header["variant"])
         inputs = _inputs(maps, header["inputs"], bodies)
-        bad = nonfinite_input(inputs, header["inputs"] if inline_screened else None) if reject_nonfinite else None
+        screen = reject_nonfinite and not (inline_screened and len(bodies) == len(inputs))   # (none in a region)
+        bad = nonfinite_input(inputs, header["inputs"] if inline_screened else None) if screen else None
         if bad is not None:
             inputs.clear()
             return False, {"job": job, "code": "BAD_INPUT", "message": nonfinite_message(bad)}, []
