@@ -408,10 +408,6 @@ class RequestPath:
         met = replies.met_constraints(constraints_map(request), pending.choice.decision.predicted.accuracy, total_ms,
                                       energy.energy_mj)
         choice = pending.choice
-        self.inferences += 1
-        self.execution_cpu_s_all += execution_cpu_s
-        if h.get("in_process"):
-            self.execution_cpu_s_in_process += execution_cpu_s
         if pending.inline:   # this thread ran the execution too: its CPU clock includes the run
             cpu_ns = time.thread_time_ns() - pending.cpu_start_ns - int(float(h.get("caller_cpu_s", 0.0)) * 1e9)
         else:
@@ -426,6 +422,10 @@ class RequestPath:
             alternatives=choice.alternatives if request.explain else None, runtime=runtime)
         for route in pending.routes:
             self._send(route, header, outcome.bodies)
+        self.inferences += 1   # (counted once answered: a fault before the reply answers INTERNAL)
+        self.execution_cpu_s_all += execution_cpu_s
+        if h.get("in_process"):
+            self.execution_cpu_s_in_process += execution_cpu_s
         self.d.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.

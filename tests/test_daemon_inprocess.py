@@ -267,6 +267,7 @@ def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_
     (_, reply, _), = frontend.sent
     assert reply["code"] == "INTERNAL" and reply["id"] == "f1" and "sensor read failed" in reply["message"]
     assert d.path.pending == {} and "internal error" in caplog.text
+    assert d.path.inferences == 0 and d.path.errors_by_code == {"INTERNAL": 1}   # not counted as served
     d.meter = meter
     d.path.on_request(None, message(b"peer-a", proto.request_header("f2", daemon.model, [x()]), [x()]))
     d.path.on_outcome(pool.finish(pool.jobs[-1], out))
