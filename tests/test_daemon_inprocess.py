@@ -252,16 +252,18 @@ def test_a_steady_clients_repeated_header_is_parsed_once_on_either_transport(dae
     assert [route for route, _, _ in frontend.sent[3:]] == [connection] * 3
 
 
-def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_on(daemon, caplog):
+@pytest.mark.parametrize("failing", ["attribute", "runtime_energy_mj"])   # the execution's energy, the runtime's
+def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_on(daemon, caplog, failing):
     """A fault in turning an outcome into its reply (here the energy meter raising) never leaves
-    the daemon's loop: the request is answered INTERNAL, once, and is no longer held."""
+    the daemon's loop: the request is answered INTERNAL, once, is no longer held and is not
+    counted as served."""
     d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
     meter, out = d.meter, [np.ones((1, 10), np.float32)]
 
-    class FailingMeter(FakeMeter):
-        def attribute(self, *args, **kwargs):
-            raise OSError("sensor read failed")
-    d.meter = FailingMeter()
+    def fail(*args, **kwargs):
+        raise OSError("sensor read failed")
+    d.meter = FakeMeter()
+    setattr(d.meter, failing, fail)
     d.path.on_request(None, message(b"peer-a", proto.request_header("f1", daemon.model, [x()]), [x()]))
     d.path.on_outcome(pool.finish(pool.jobs[-1], out))   # does not raise
     (_, reply, _), = frontend.sent
