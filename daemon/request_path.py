@@ -159,7 +159,7 @@ class RequestPath:
     def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,
                 admin: bool, delimited: bool = True) -> None:
         request_id = None
-        replies = self.requests
+        answered = self.requests
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
@@ -192,7 +192,7 @@ class RequestPath:
             self._reply_error(route, exc.code, exc.message, exc.request_id or request_id, exc.details, peer)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
             self._log_internal(exc)
-            if self.requests == replies:   # not answered yet (a fault after its reply is only logged)
+            if self.requests == answered:   # not answered yet (a fault after its reply is only logged)
                 self._reply_error(route, proto.INTERNAL, _internal_message(exc), request_id, None, peer)
 
     def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -337,7 +337,7 @@ class RequestPath:
     def on_outcome(self, outcome: Outcome) -> None:
         """A job ended (done, failed, or its worker died): its reply, then its bookkeeping. Never
         raises: a fault is logged, and the request answered ``INTERNAL`` unless its reply went out."""
-        replies, pending = self.requests, outcome.job.context
+        answered, pending = self.requests, outcome.job.context
         held = type(pending) is Pending and self.pending.get((pending.peer, pending.request.id)) is pending
         try:
             self._on_outcome(outcome)
@@ -346,7 +346,9 @@ class RequestPath:
             if not held:   # a shadow run's, or a request answered already
                 return
             self._give_up(pending)   # (if the fault came before the outcome let it go)
-            unanswered = pending.routes[self.requests - replies:]   # (its routes are answered in order)
+            unanswered = pending.routes[self.requests - answered:]   # (its routes are answered in order)
+            if not unanswered:
+                return
             header = proto.error_header(proto.INTERNAL, _internal_message(exc), pending.request.id)
             self._count_errors(proto.INTERNAL, len(unanswered))
             try:
@@ -364,10 +366,11 @@ class RequestPath:
         # (an inline run's request is measured from its arrival: one CPU clock read fewer)
         cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
-        held = self.pending.pop((pending.peer, request.id), None) is pending
+        key = (pending.peer, request.id)
         self._release(pending)   # the job is done with its regions
-        if not held:   # answered already: given up when its hand-off raised, or at shutdown
-            return
+        if self.pending.get(key) is not pending:   # answered already: given up when its hand-off
+            return                                  # raised (a retry may hold the id now), or at shutdown
+        del self.pending[key]
         stats = self.d.books.stats_of(model, arm)
         if not outcome.ok:
             message = str(outcome.header.get("message", "the worker failed"))

@@ -311,6 +311,30 @@ def test_a_job_that_runs_after_its_hand_off_raised_gets_no_second_reply(daemon):
     assert len(frontend.sent) == 1
 
 
+def test_a_late_job_leaves_the_retry_that_holds_its_id_alone(tiny_repository, tmp_path):
+    """The request was given up (its hand-off raised once the job was queued) and, with no
+    stored reply to answer it (replay off), its retry runs as a new request under the same id:
+    the first job's late outcome must neither answer nor drop the retry."""
+    daemon = build(tiny_repository, tmp_path, server={"dedup_window_s": 0})
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    real = pool.submit
+
+    def queue_then_raise(placement, job):
+        real(placement, job)
+        raise RuntimeError("channel bug")
+    pool.submit = queue_then_raise
+    header = proto.request_header("same", daemon.model, [x()])
+    d.path.on_request(None, message(b"peer-a", header, [x()]))
+    pool.submit = real
+    d.path.on_request(None, message(b"peer-a", header, [x()]))   # the retry, run afresh
+    first, retry = pool.jobs
+    d.path.on_outcome(pool.finish(first, [np.zeros((1, 10), np.float32)]))
+    assert [h.get("code", h["type"]) for _, h, _ in frontend.sent] == ["INTERNAL"]
+    d.path.on_outcome(pool.finish(retry, [np.ones((1, 10), np.float32)]))
+    assert [h.get("code", h["type"]) for _, h, _ in frontend.sent] == ["INTERNAL", "result"]
+    assert d.path.pending == {}
+
+
 @pytest.mark.parametrize("raising", ["run_inline", "submit"])
 def test_a_run_or_hand_off_that_raises_gives_the_request_up(tiny_repository, tmp_path, raising):
     """The job never started, so nothing will answer it later: INTERNAL now, and the request is
