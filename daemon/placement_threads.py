@@ -208,12 +208,13 @@ class ThreadPlacements:
 
     def _execute(self, w: ThreadPlacement, job: Job, idle_since_ns: int) -> tuple[bool, dict[str, Any], list[Any]]:
         """Run one job (the placement's lock held). A fault outside the interpreter's own guard
-        (``run_job``'s) fails the job, as a failed run does: the placement serves on."""
+        (``run_job``'s) fails the job, transiently (a retry runs again), without counting against
+        the arm's health (it is the daemon's fault, not the variant's): the placement serves on."""
         try:
             return self._run(w, job, idle_since_ns)
         except Exception as exc:  # noqa: BLE001 - the job is answered WORKER_FAILED
             log.exception("%s: a run failed outside the interpreter", w.placement.name)
-            return False, {"job": job.job_id, "code": "WORKER_FAILED",
+            return False, {"job": job.job_id, "code": "WORKER_FAILED", "died": False,   # the daemon's fault, not the arm's
                            "message": f"the run failed: {type(exc).__name__}: {exc}"}, []
 
     def _run(self, w: ThreadPlacement, job: Job, idle_since_ns: int) -> tuple[bool, dict[str, Any], list[Any]]:

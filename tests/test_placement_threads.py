@@ -141,6 +141,7 @@ def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeyp
 
     inline_failed, idle_after_inline, failed, served, inline = _on_own_thread(body)
     assert inline_failed.ok is False and inline_failed.header["code"] == "WORKER_FAILED"
+    assert inline_failed.header["died"] is False and failed.header["died"] is False   # not the arm's health
     assert idle_after_inline is True
     assert failed.ok is False and failed.header["code"] == "WORKER_FAILED" and "run bug" in failed.header["message"]
     assert served.ok is True and served.job.request_id == "r2"
