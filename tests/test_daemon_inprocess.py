@@ -294,16 +294,23 @@ def test_a_fault_after_the_reply_went_out_is_logged_not_answered_twice(daemon, c
     assert d.path.requests == requests + 2 and "replay store bug" in caplog.text
 
 
+def queue_then_raise(pool: FakePool):
+    """Make the pool's hand-off raise once it has queued the job (a channel fault after the
+    queue); returns the real ``submit``."""
+    real = pool.submit
+
+    def submit(placement, job):
+        real(placement, job)
+        raise RuntimeError("channel bug")
+    pool.submit = submit
+    return real
+
+
 def test_a_job_that_runs_after_its_hand_off_raised_gets_no_second_reply(daemon):
     """A hand-off that raised once the job was queued: the request is answered INTERNAL and given
     up; when the job ends after all, its outcome finds the request gone and sends nothing."""
     d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
-    real = pool.submit
-
-    def queue_then_raise(placement, job):
-        real(placement, job)
-        raise RuntimeError("channel bug")
-    pool.submit = queue_then_raise
+    queue_then_raise(pool)
     d.path.on_request(None, message(b"peer-a", proto.request_header("late", daemon.model, [x()]), [x()]))
     (job,) = pool.jobs
     assert [h["code"] for _, h, _ in frontend.sent] == ["INTERNAL"] and d.path.pending == {}
@@ -317,12 +324,7 @@ def test_a_late_job_leaves_the_retry_that_holds_its_id_alone(tiny_repository, tm
     the first job's late outcome must neither answer nor drop the retry."""
     daemon = build(tiny_repository, tmp_path, server={"dedup_window_s": 0})
     d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
-    real = pool.submit
-
-    def queue_then_raise(placement, job):
-        real(placement, job)
-        raise RuntimeError("channel bug")
-    pool.submit = queue_then_raise
+    real = queue_then_raise(pool)
     header = proto.request_header("same", daemon.model, [x()])
     d.path.on_request(None, message(b"peer-a", header, [x()]))
     pool.submit = real
