@@ -340,7 +340,7 @@ class RequestPath:
         answered, pending = self.requests, outcome.job.context
         held = type(pending) is Pending and self.pending.get((pending.peer, pending.request.id)) is pending
         try:
-            self._on_outcome(outcome)
+            self._on_outcome(outcome, held)
         except Exception as exc:  # noqa: BLE001 - one request's outcome must not stop the daemon
             self._log_internal(exc)
             if not held:   # a shadow run's, or a request answered already
@@ -357,7 +357,7 @@ class RequestPath:
             except Exception:  # noqa: BLE001 - the frontend itself failed: logged, the loop goes on
                 log.exception("an INTERNAL reply could not be sent")
 
-    def _on_outcome(self, outcome: Outcome) -> None:
+    def _on_outcome(self, outcome: Outcome, held: bool) -> None:
         if type(outcome.job.context) is ShadowRun:   # the runtime's own work: no reply, no record,
             self.d.books.defer(self.d.fidelity.on_outcome, outcome)   # compared at an idle moment
             return
@@ -366,11 +366,10 @@ class RequestPath:
         # (an inline run's request is measured from its arrival: one CPU clock read fewer)
         cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
-        key = (pending.peer, request.id)
         self._release(pending)   # the job is done with its regions
-        if self.pending.get(key) is not pending:   # answered already: given up when its hand-off
-            return                                  # raised (a retry may hold the id now), or at shutdown
-        del self.pending[key]
+        if not held:   # answered already: given up when its hand-off raised (a retry may hold the
+            return     # id now), or at shutdown
+        del self.pending[(pending.peer, request.id)]
         stats = self.d.books.stats_of(model, arm)
         if not outcome.ok:
             message = str(outcome.header.get("message", "the worker failed"))
