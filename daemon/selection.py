@@ -168,6 +168,7 @@ class SelectorPolicy:
         self.learner = PriorLearner()
         self._arms: dict[tuple[str, str, str], Arm] = {}   # (model key, variant, placement) -> arm
         self._by_id: list[Arm] = []                         # selector arm id -> arm
+        self._last: Choice | None = None                    # the last choice (its decision's repeats share it)
 
     @classmethod
     def from_config(cls, config: Any) -> SelectorPolicy:
@@ -199,6 +200,7 @@ class SelectorPolicy:
         else:
             self.selector = Selector.from_manifests(manifests, placements.values(), self._predictor(),
                                                     self.selector_config, self.learner)
+        self._last = None
         self._by_id = [] if self.selector is None else [self._arms[(s.model, s.variant, s.placement)]
                                                         for s in self.selector.arms]
         log.info("selector over %d arms; priors from the %s", self.selector.n_arms if self.selector else 0,
@@ -221,8 +223,12 @@ class SelectorPolicy:
         except SelectorError as exc:
             code = exc.code if exc.code in proto.ERROR_CODES else proto.BAD_REQUEST
             raise proto.ProtocolError(code, str(exc), request.id) from None
-        return Choice(d, None if d.arm_id is None else self._by_id[d.arm_id],
-                      None if d.closest_id is None else self._by_id[d.closest_id])
+        last = self._last
+        if last is not None and last.decision is d:   # a repeat's decision, kept by the selector
+            return last
+        self._last = last = Choice(d, None if d.arm_id is None else self._by_id[d.arm_id],
+                                   None if d.closest_id is None else self._by_id[d.closest_id])
+        return last
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None:

@@ -13,7 +13,9 @@ Contract
   arrays the selector reads on the request path (``est_latency_ms_``, ``latency_bound_ms_``,
   ``latency_bounds_ms_``, ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``,
   ``last_update_s_``) are always current after ``update`` returns, so a decision reads them
-  without recomputing anything.
+  without recomputing anything. ``version`` counts the calls that changed them (``update``,
+  ``update_batch``, ``shift_priors``, ``shift_energy_priors``): a decision made at one version
+  holds while it stays.
 * Latency bounds are published at several confidences (``levels_``: BOUND_LEVELS and the
   configured one), one row of ``latency_bounds_ms_`` each, so a request may ask for its own
   (``level_for``: the lowest level at or above it, never a weaker promise than asked);
@@ -157,6 +159,7 @@ class OnlineCostModel:
             self.energy_bound_mj_ = self.prior_power_w_ * self.prior_bound_ms_
         self.energy_bound_mj_ = np.where(np.isnan(self.energy_bound_mj_), en, self.energy_bound_mj_)
         self.energy_estimated_ = np.ones(n_arms, dtype=bool)
+        self.version = 0   # counts the changes to the published arrays (see the contract)
         return self
 
     @property
@@ -210,6 +213,7 @@ class OnlineCostModel:
                                        self.last_energy_s_, self.energy_window_mj_, self.energy_window_t_, (e,), (t,))
             measured = (em, ev, self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, t), energy_estimated)
         self._publish_energy(a, est, bound, measured)
+        self.version += 1
 
     def update_batch(self, arm: int, samples: Sequence[tuple[Any, ...]]) -> None:
         """Learn from several executions of one arm, in the order they finished: each
@@ -244,6 +248,7 @@ class OnlineCostModel:
                                         [x[0] for x in energies], [x[1] for x in energies])
             measured = (em, ev, self._recent(self.energy_window_mj_, self.energy_window_t_, a, ne, te), energies[-1][2])
         self._publish_energy(a, est, bound, measured)
+        self.version += 1
 
     def _publish_latency(self, a: int, n: int, mean: float, var: float, recent: np.ndarray) -> tuple[float, float]:
         """Arm ``a``'s published latency estimate and bounds from its ``n`` samples' mean, variance
@@ -316,6 +321,7 @@ class OnlineCostModel:
         fresh = idx[self.n_[idx] == 0]
         self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
         self.latency_bounds_ms_[:, fresh] = self.prior_bounds_ms_[:, fresh]
+        self.version += 1
 
     def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior (mean and bound, kept >= 0) of ``arms`` (a boolean
@@ -330,6 +336,7 @@ class OnlineCostModel:
         fresh = idx[self.energy_n_[idx] == 0]
         self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
         self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
+        self.version += 1
 
     def _recent(self, values: np.ndarray, times: np.ndarray, a: int, n: int, t: float) -> np.ndarray:
         """Arm ``a``'s ring (its ``n`` samples so far, the n-th in slot ``(n - 1) % window``): the

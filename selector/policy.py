@@ -14,6 +14,15 @@ Contract
 * Determinism: the decision is a function of the arms, every ``update`` so far, the number of
   non-dry-run ``choose`` calls so far (the probe budget) and the call's arguments. ``explain`` and
   ``choose(dry_run=True)`` change nothing.
+* Repeats: a decision for a request *object* seen before (the daemon passes a steady client's
+  repeated header as one object), with no candidates given and no queue holding anything, is
+  the one kept from its last ``choose`` while nothing it was made from has changed since: the
+  cost model's ``version`` (every update and prior shift) and the accuracies (``set_accuracy``
+  drops what was kept). A kept ``selected`` decision still takes its turn of the probe budget,
+  and a look that comes due decides afresh; ``probe``, ``best_effort`` and ``infeasible``
+  decisions are never kept. The same decisions either way (``tests/test_selector_repeats.py``);
+  a repeat costs a dictionary lookup instead of the scan and the decision's making, 12 us of the
+  daemon's 80 per request in its hot loop (bench/bench_request_path.py).
 * Candidates: a request's pins are resolved here, unless the caller passes ``candidates`` (arm
   ids it has already restricted by the pins and anything else, e.g. an input's dtype or arms set
   aside): then they are the candidates and the pins only mark the decision ``pinned``.
@@ -86,6 +95,7 @@ from .request import CONSTRAINT_NAMES, InvalidConstraintsError, QueueSnapshot, R
 # covers a model of 9 variants on up to 7 placements. Same decisions either way: the loop and the
 # columns apply the same kernel.
 SCALAR_MAX_ARMS = 64
+MAX_REPEATS = 256   # requests whose last decision is kept for their repeats (see Selector.choose)
 
 
 class Selector(Learning):
@@ -127,6 +137,7 @@ class Selector(Learning):
         self._pending = PendingProbes()   # per model (its first arm id)
         self.scalar_max_arms = SCALAR_MAX_ARMS
         self._scanners: dict[tuple, Any] = {}   # the kernel's compiled loops, by the shape of a request
+        self._repeats: dict[int, tuple[Request, int, Decision]] = {}   # see choose
         self._learner = learner
         if learner is not None:   # what was learnt before this generation
             path, energy = learner.start(self.placements)
@@ -187,6 +198,7 @@ class Selector(Learning):
             self._acc[a], self._acc_key[a], self._acc_unknown[a] = v, 1.0 if v != v else -v, float(v != v)
             self._acc0[a], self._acc_l[a], self._acc_src[a] = 0.0 if v != v else v, v, source
             m.acc_l, m.acc_key_l = m.acc.tolist(), m.acc_key.tolist()
+        self._repeats.clear()
         return len(arms)
 
     # ------------------------------------------------------------------ learning
@@ -208,6 +220,27 @@ class Selector(Learning):
         the highest level kept. Never raises for an infeasible request: see ``Decision.code``.
         """
         r = request
+        waits = self._placement_waits(queues) if queues else None
+        repeat = candidates is None and waits is None and not explain
+        looked = None
+        if repeat:   # the same request object as before, nothing learnt since: the same decision
+            hit = self._repeats.get(id(r))
+            if hit is not None and hit[0] is r and hit[1] == self._online.version:
+                d = hit[2]
+                if d.code == "pinned" or dry_run or not self._probing:
+                    return d
+                looked = self.probes.look(ProbeBudget.FEASIBLE)
+                if not looked:
+                    return d
+        d = self._choose(r, now_s, waits, candidates, explain, dry_run, looked)
+        if repeat and d.code in ("selected", "pinned"):
+            if len(self._repeats) >= MAX_REPEATS:
+                self._repeats.clear()
+            self._repeats[id(r)] = (r, self._online.version, d)
+        return d
+
+    def _choose(self, r: Request, now_s: float, waits: list[float] | None, candidates: Sequence[int] | None,
+                explain: bool, dry_run: bool, looked: bool | None) -> Decision:
         m = self._models.get(r.model)
         if m is None:
             self.table.model_range(r.model)   # raises UnknownModelError
@@ -218,7 +251,6 @@ class Selector(Learning):
             raise InvalidConstraintsError(str(exc)) from None
         idx = None if candidates is None and r.variant is None and r.placement is None else \
             self.table.candidates(r, lo, hi, candidates)
-        waits = self._placement_waits(queues) if queues else None
         n_cand = hi - lo if idx is None else len(idx)
         if r.variant is not None and r.placement is not None:   # pinned: the kernel on one arm
             i = idx[0]
@@ -228,7 +260,8 @@ class Selector(Learning):
             best, feasible = self._scan_lists(r, m, idx, waits, level)
             if best is not None:
                 i, code = best[2], "selected"
-                if not dry_run and self._probing and self.probes.look(ProbeBudget.FEASIBLE):
+                if not dry_run and self._probing and (looked if looked is not None
+                                                      else self.probes.look(ProbeBudget.FEASIBLE)):
                     last = m.last.tolist()
                     interval = self.config.probe_interval_s
                     j = self._probe_pick(lo, [(k1, k2, last[j], j) for k1, k2, j in feasible
@@ -243,7 +276,8 @@ class Selector(Learning):
         prior = False   # the decision is predicted by the arm's prior (a stale-arm probe)
         if n_feas:
             code = "selected"
-            if not dry_run and self._probing and self.probes.look(ProbeBudget.FEASIBLE):
+            if not dry_run and self._probing and (looked if looked is not None
+                                                  else self.probes.look(ProbeBudget.FEASIBLE)):
                 j = self._probe_pick_columns(r, m, feas, i, figures, now_s)
                 if j is not None:
                     i, code = j, "probe"
