@@ -252,6 +252,38 @@ def test_a_steady_clients_repeated_header_is_parsed_once_on_either_transport(dae
     assert [route for route, _, _ in frontend.sent[3:]] == [connection] * 3
 
 
+def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path):
+    """What admission keeps for a repeated header (adaptd.daemon.admission) leaves the bodies, the
+    arms set aside and the registry to be checked afresh for each repeat."""
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+
+    def send(rid, bodies):
+        d.path.on_request(None, message(b"peer-a", proto.request_header(rid, daemon.model, [x()]), bodies))
+        if pool.jobs:
+            d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+        return frontend.sent[-1][1]
+
+    assert send("r0", [x()])["type"] == "result" and send("r1", [x()])["type"] == "result"
+    assert d.path._memo.hits == 1
+    short = send("r2", [np.zeros(10, np.float32)])
+    assert (short["code"], short["message"]) == ("BAD_INPUT", "input 0: body is 40 bytes but dtype float32 and "
+                                                 "shape [1, 8, 8, 1] need 256")
+    two = send("r3", [x(), x()])
+    assert (two["code"], two["message"]) == ("BAD_INPUT", "1 inline input header(s) but 2 body frame(s)")
+    model = d.registry.get(daemon.model, None)
+    for arm in model.arms:
+        d.health.set_aside(model, arm)
+    aside = send("r4", [x()])
+    assert aside["code"] == "WORKER_FAILED" and "set aside" in aside["message"]
+    d.health._aside.clear()
+    assert send("r5", [x()])["type"] == "result"
+    (tmp_path / "empty").mkdir()
+    d.registry = load_registry(tmp_path / "empty", [PLACEMENT], d.registry.generation + 1)   # a reload
+    gone = send("r6", [x()])
+    assert gone["code"] == "UNKNOWN_MODEL"
+    assert d.path._memo.hits == 6   # every one a repeat
+
+
 @pytest.mark.parametrize("failing", ["attribute", "runtime_energy_mj"])   # the execution's energy, the runtime's
 def test_a_fault_while_its_reply_is_built_is_answered_internal_and_serving_goes_on(daemon, caplog, failing):
     """A fault in turning an outcome into its reply (here the energy meter raising) never leaves
