@@ -7,12 +7,14 @@ Contract
   routing identity), never something the request itself claims. A retry is answered from the
   store only when it comes from the same peer, so knowing another client's request id (the
   selection stream publishes ids) reaches nothing.
-* Bounded three ways: entries (``max_entries``), bytes (``max_bytes``: the tensor bodies plus an
-  estimate of the header) and age (``window_s``). An entry older than the window is never
-  answered and is dropped at the next :meth:`put` or :meth:`expire`, whichever comes first; the
-  daemon calls :meth:`expire` about once a second, so memory held by expired replies is released
-  within a second of their expiry, not when new replies push them out. Replies larger than
-  ``max_bytes`` on their own are not stored.
+* A reply is kept as it was sent: its header packed (msgpack bytes, as :func:`~adaptd.wire.
+  protocol.pack` made it: one object to keep and free, not a tree of maps) and its bodies.
+* Bounded three ways: entries (``max_entries``), bytes (``max_bytes``: the bodies and the packed
+  header) and age (``window_s``). An entry older than the window is never answered and is
+  dropped at the next :meth:`put` or :meth:`expire`, whichever comes first; the daemon calls
+  :meth:`expire` about once a second, so memory held by expired replies is released within a
+  second of their expiry, not when new replies push them out. Replies larger than ``max_bytes``
+  on their own are not stored.
 * Stored bodies are the buffers that were sent (zero-copy frames or arrays); the store keeps
   them alive until the entry goes.
 * Single-threaded: the daemon's main thread only. Times are ``time.monotonic()`` seconds.
@@ -21,18 +23,14 @@ Contract
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
-
-HEADER_BYTES_ESTIMATE = 1024   # a stored header's share of the byte bound (msgpack'd, ~300-800 bytes)
+from typing import Any, NamedTuple
 
 
-@dataclass
-class _Entry:
+class _Entry(NamedTuple):
     expires: float
-    header: dict[str, Any]
-    bodies: list[Any] = field(default_factory=list)
-    nbytes: int = 0
+    header: bytes   # packed
+    bodies: list[Any]
+    nbytes: int
 
 
 class ReplayCache:
@@ -51,8 +49,8 @@ class ReplayCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, peer: bytes, request_id: str, now: float) -> tuple[dict[str, Any], list[Any]] | None:
-        """The stored reply for this peer's id (header, bodies), or None."""
+    def get(self, peer: bytes, request_id: str, now: float) -> tuple[bytes, list[Any]] | None:
+        """The stored reply for this peer's id (packed header, bodies), or None."""
         if not self._entries:
             return None
         entry = self._entries.get((peer, request_id))
@@ -64,22 +62,24 @@ class ReplayCache:
         self.hits += 1
         return entry.header, entry.bodies
 
-    def put(self, peer: bytes, request_id: str, header: dict[str, Any], bodies: list[Any], now: float) -> None:
+    def put(self, peer: bytes, request_id: str, header: bytes, bodies: list[Any], now: float) -> None:
+        """Keep a reply sent: its packed header and its bodies."""
         if not self.enabled:
             return
-        nbytes = HEADER_BYTES_ESTIMATE
+        nbytes = len(header)
         for body in bodies:
             nbytes += _nbytes(body)
         if nbytes > self.max_bytes:
             return
         key = (peer, request_id)
         entries = self._entries
-        if key in entries:
-            self._drop(key)
+        old = entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.nbytes
         entries[key] = _Entry(now + self.window_s, header, bodies, nbytes)
         self.bytes += nbytes
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(entries)))
+            self.bytes -= entries.popitem(last=False)[1].nbytes
 
     def expire(self, now: float) -> None:
         """Drop every entry past its window (entries are in expiry order: one window for all)."""

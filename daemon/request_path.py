@@ -233,7 +233,7 @@ class RequestPath:
             return
         replay = self.d.replays.get(peer, rid, time.monotonic())
         if replay is not None:
-            self._send(route, replies.replayed(replay[0]), replay[1])
+            self._send(route, replies.replayed(proto.unpack(replay[0])), replay[1])
             return
         if self.d.draining:
             raise proto.ProtocolError(proto.SHUTTING_DOWN, "the daemon is shutting down", rid)
@@ -382,9 +382,9 @@ class RequestPath:
             header = proto.error_header(code, message, request.id,
                                         {"placement": arm.placement.name, "variant": arm.variant.name})
             for route in pending.routes:
-                self._send(route, header, ())
+                packed = self._send(route, header, ())
             if code not in proto.TRANSIENT_CODES:
-                self.d.replays.put(pending.peer, request.id, header, [], time.monotonic())
+                self.d.replays.put(pending.peer, request.id, packed, [], time.monotonic())
             self.d.books.record(request, model, pending.client, time.time(), outcome="error", error_code=code,
                               choice=pending.choice, arm=arm)
             return
@@ -423,12 +423,12 @@ class RequestPath:
             reason_code=choice.code, reason_text=choice.text,
             alternatives=choice.alternatives if request.explain else None, runtime=runtime)
         for route in pending.routes:
-            self._send(route, header, outcome.bodies)
+            packed = self._send(route, header, outcome.bodies)
         self.inferences += 1   # (counted once answered: a fault before the reply answers INTERNAL)
         self.execution_cpu_s_all += execution_cpu_s
         if h.get("in_process"):
             self.execution_cpu_s_in_process += execution_cpu_s
-        self.d.replays.put(pending.peer, request.id, header, outcome.bodies, time.monotonic())
+        self.d.replays.put(pending.peer, request.id, packed, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
         if self.d.fidelity.tracks(outcome.job.version_dir):
@@ -446,17 +446,20 @@ class RequestPath:
                           met=header["constraints_met"], runtime=header["runtime"])
 
     # --- replies -------------------------------------------------------------------------
-    def _send(self, route, header: dict[str, Any], bodies) -> None:
-        self.d.frontend.send(route, proto.encode(header, bodies))
+    def _send(self, route, header: dict[str, Any], bodies) -> bytes:
+        """One reply to ``route``; returns its packed header (what the replay store keeps)."""
+        frames = proto.encode(header, bodies)
+        self.d.frontend.send(route, frames)
         self.requests += 1
+        return frames[2]
 
     def _reply_error(self, route, code: str, message: str, request_id: str | None,
                      details: dict[str, Any] | None = None, peer: bytes | None = None) -> None:
         self._count_errors(code, 1)
         header = proto.error_header(code, message, request_id, details)
-        self._send(route, header, ())
+        packed = self._send(route, header, ())
         if request_id and peer is not None and code not in proto.TRANSIENT_CODES:
-            self.d.replays.put(peer, request_id, header, [], time.monotonic())
+            self.d.replays.put(peer, request_id, packed, [], time.monotonic())
 
     def _count_errors(self, code: str, n: int) -> None:
         self.errors += n

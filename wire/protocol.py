@@ -97,6 +97,11 @@ def pack(header: Mapping[str, Any]) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
 
 
+def unpack(packed: Any) -> dict[str, Any]:
+    """A header that :func:`pack` made (trusted: not a client's; ``decode`` checks those)."""
+    return msgpack.unpackb(packed, raw=False)
+
+
 def encode(header: Mapping[str, Any], bodies: Sequence[Any] = ()) -> list[Any]:
     """Frames of one ADPT message (delimiter, signature, header, bodies).
 
