@@ -28,9 +28,10 @@ Contract
   2-vCPU VM the core then idled right after each reply and every request paid a colder wake-up
   (the round trip and the CPU per request grew more than the batch saved; docs/decisions.md).
   Holding the policy's update alone leaves that work in place.
-* :meth:`Bookkeeping.record` builds a selection record (``adaptd.wire.records.selection_record``)
-  and hands it to the store, which commits and publishes it off the request path, then to
-  ``on_record`` when set (the metrics, :mod:`adaptd.daemon.metrics`), on this thread.
+* :meth:`Bookkeeping.record` builds a selection record as the store's row
+  (``adaptd.wire.records.selection_row``: a tuple, not a map the writer would turn into one)
+  and hands it to the store, which commits and publishes it off the request path, then its map
+  to ``on_record`` when set (the metrics, :mod:`adaptd.daemon.metrics`), on this thread.
 * A failure in one request's bookkeeping is logged and does not stop the others.
 * The daemon's main thread only.
 """
@@ -154,13 +155,13 @@ class Bookkeeping:
                runtime: Mapping[str, Any] | None = None) -> None:
         """One selection record: ``timing``, ``energy`` and ``met`` as the reply carries them
         (None when nothing ran)."""
-        record = records.selection_record(
+        row = records.selection_row(
             ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
             objective=request.objective, on_infeasible=request.on_infeasible,
             constraints=constraints_map(request), outcome=outcome, error_code=error_code,
             variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
             reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
             energy=energy, met=met, runtime=runtime)
-        self._submit(record)
+        self._submit(row)
         if self.on_record is not None:
-            self.on_record(record)
+            self.on_record(records.row_record(row))

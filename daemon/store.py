@@ -28,6 +28,8 @@ Contract
   child to check), while a *power loss* may lose the last commits. Set
   ``synchronous = "FULL"`` to fsync every batch and survive power loss too, at the cost of
   one fsync per batch.
+* Records: a map, or the row ``adaptd.wire.records.selection_row`` made (what the daemon's
+  bookkeeping submits: the writer stores it as it is, and makes its map only to publish it).
 * Publishing: as the writer dequeues a record it publishes it on PUB with the frames of
   PROTOCOL.md §9: ``[b"sel.<model>", b"ADPT01", msgpack(record)]``. A fidelity event (a map
   with ``type: fidelity``, :mod:`adaptd.daemon.fidelity`) goes the same way under
@@ -70,7 +72,7 @@ import zmq
 from adaptd.daemon.sched import name_thread
 from adaptd.daemon.store_config import StoreConfig   # the [store] table; imported from here too
 from adaptd.wire.protocol import SIGNATURE
-from adaptd.wire.records import COLUMN_NAMES, COLUMNS, FIDELITY_COLUMN_NAMES, FIDELITY_COLUMNS
+from adaptd.wire.records import COLUMN_NAMES, COLUMNS, FIDELITY_COLUMN_NAMES, FIDELITY_COLUMNS, row_record
 
 log = logging.getLogger("adaptd.store")
 
@@ -152,6 +154,11 @@ def record_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     if row[0] is None:
         row[0] = time.time()
     return tuple(row)
+
+
+def _ts(item: Mapping[str, Any] | tuple[Any, ...]) -> float | None:
+    """A queued record's ``ts`` (a row's first cell)."""
+    return item[0] if type(item) is tuple else item.get("ts")
 
 
 def fidelity_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -241,8 +248,9 @@ class SelectionStore:
 
     # --- request path ---------------------------------------------------------------------
 
-    def submit(self, record: Mapping[str, Any]) -> None:
-        """Queue one §9.1 selection record. O(1), no I/O, never blocks."""
+    def submit(self, record: Mapping[str, Any] | tuple[Any, ...]) -> None:
+        """Queue one §9.1 selection record (a map, or the row ``selection_row`` made for one), or
+        a fidelity event. O(1), no I/O, never blocks."""
         queue = self._queue
         queue.append(record)
         if not self._wake.is_set():
@@ -304,7 +312,7 @@ class SelectionStore:
         record's ts before taking it off the queue and clears it after the commit, so a reader
         never misses the oldest record; for an instant after a commit it may still see it."""
         try:
-            head = self._queue[0].get("ts")
+            head = _ts(self._queue[0])
         except IndexError:
             head = None
         held = self._uncommitted_ts
@@ -375,8 +383,13 @@ class SelectionStore:
             listening = pub is not None and self._subscribed(pub)   # again: one may have come meanwhile
             while self._queue:
                 if not pending:   # published before the pop: oldest_pending_ts never skips it
-                    self._uncommitted_ts = self._queue[0].get("ts")
+                    self._uncommitted_ts = _ts(self._queue[0])
                 record = self._queue.popleft()
+                if type(record) is tuple:   # a row already (the daemon's bookkeeping)
+                    if listening:
+                        self._publish(pub, row_record(record))
+                    pending.append(record)
+                    continue
                 fidelity = record.get("type") == "fidelity"
                 if listening:
                     self._publish(pub, record, "fid" if fidelity else "sel")

@@ -24,6 +24,7 @@ from adaptd.daemon.server import Daemon
 from adaptd.daemon.streams import StreamServer
 from adaptd.daemon.jobs import Outcome
 from adaptd.wire import protocol as proto
+from adaptd.wire import records
 
 PLACEMENT = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "one core")
 
@@ -94,8 +95,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.records: list[dict] = []
 
-    def submit(self, record: dict) -> None:
-        self.records.append(record)
+    def submit(self, record) -> None:   # a map, or a row (as the real store takes them): kept as maps
+        self.records.append(records.row_record(record) if type(record) is tuple else record)
 
     def describe(self) -> dict:
         return {"rows_written": len(self.records)}

@@ -17,7 +17,7 @@ import zmq
 
 from adaptd.daemon.store import (ROWS_PER_STATEMENT, SCHEMA_SQL, SelectionStore, StoreConfig, insert_rows,
                                  record_row)
-from adaptd.wire.records import COLUMN_NAMES, read_selections
+from adaptd.wire.records import COLUMN_NAMES, read_selections, selection_record, selection_row
 
 
 def record(i: int, *, ts: float | None = None, model: str = "digits") -> dict:
@@ -177,6 +177,42 @@ def test_every_record_is_published_with_the_spec_frames(tmp_path: Path):
             got.append(msgpack.unpackb(body)["request_id"])
         assert got == [f"r{i}" for i in range(10)]
     sub.close()
+
+
+def test_a_row_is_stored_and_published_as_its_map_is(tmp_path: Path):
+    """The daemon's bookkeeping submits ``selection_row``'s tuple: stored as it is, published as
+    the map ``selection_record`` makes from the same fields."""
+    fields = dict(ts=time.time(), client="c", model="digits", version="1", objective="latency",
+                  on_infeasible="best_effort", constraints={"max_latency_ms": 5.0}, outcome="ok", error_code=None,
+                  variant="int8_full", placement="cpu:0", reason_code="selected", reason="least latency",
+                  predicted={"latency_ms": 1.0, "accuracy": 0.9, "accuracy_source": "live"},
+                  timing={"queue_ms": 0.1, "compute_ms": 0.8, "total_ms": 1.0},
+                  energy={"energy_mj": 2.0, "source": "estimated:generic", "estimated": True},
+                  met={"max_latency_ms": True}, runtime={"cpu_ms": 0.2, "energy_mj": 0.1})
+    endpoint = f"ipc://{tmp_path}/sel.sock"
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"sel.digits")
+    with SelectionStore(StoreConfig(), tmp_path / "s.db", [endpoint]) as store:
+        sub.connect(endpoint)
+        probes = 0
+        while not sub.poll(20):   # a handshake: PUB drops messages until the subscription is in
+            store.submit(selection_row(request_id="probe", **fields))
+            probes += 1
+            assert probes < 500
+        while sub.poll(200):
+            sub.recv_multipart()
+        store.submit(selection_row(request_id="as-row", **fields))
+        store.submit(selection_record(request_id="as-map", **fields))
+        published = []
+        while len(published) < 2:
+            assert sub.poll(5000)
+            published.append(msgpack.unpackb(sub.recv_multipart()[2]))
+    sub.close()
+    as_row, as_map = published
+    assert as_row == {**as_map, "request_id": "as-row"} and as_row["met"] is True and as_row["energy_estimated"] is True
+    stored = {r["request_id"]: r for r in read_selections(tmp_path / "s.db")}
+    assert stored["as-row"] == {**stored["as-map"], "request_id": "as-row"} == as_row
 
 
 def test_fidelity_events_are_kept_apart_and_published_under_fid(tmp_path: Path):

@@ -4,7 +4,8 @@ Contract
 --------
 * :data:`COLUMNS` names every field of a record in the spec's order with its SQL type; the
   daemon's store (:mod:`adaptd.daemon.store`) has one column each, and the stream publishes the
-  same map. :func:`selection_record` is the one place a record is built.
+  same map. :func:`selection_row` is the one place a record is built (as the store's row;
+  :func:`selection_record` and :func:`row_record` give its map).
 * Readers (:func:`read_selections`, :func:`read_board_id`) open a store read-only, so a running
   daemon's store can be read (by ``adaptd report``, ``adaptd log export``, tests) without
   importing the daemon. A store of an older schema reads its missing columns as None.
@@ -89,47 +90,49 @@ FIDELITY_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in FIDELITY_COLU
 
 
 
-def selection_record(*, ts: float, request_id: str, client: str, model: str, version: str, objective: str,
-                     on_infeasible: str, constraints: Mapping[str, float | None], outcome: str,
-                     error_code: str | None, variant: str | None, placement: str | None, reason_code: str,
-                     reason: str, predicted: Mapping[str, Any] | None, timing: Mapping[str, float] | None = None,
-                     energy: Mapping[str, Any] | None = None,
-                     met: Mapping[str, bool] | None = None,
-                     runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A §9.1 record. ``constraints``: the request's (keys of PROTOCOL.md §4; absent = unset);
-    ``predicted``: the reply's ``predicted`` map; ``timing`` and ``energy``: the reply's maps
-    (None when nothing ran); ``met``: the reply's ``constraints_met`` (None when nothing ran);
-    ``runtime``: the reply's ``runtime`` map (the daemon's own cost; None when nothing ran)."""
+def selection_row(*, ts: float, request_id: str, client: str, model: str, version: str, objective: str,
+                  on_infeasible: str, constraints: Mapping[str, float | None], outcome: str,
+                  error_code: str | None, variant: str | None, placement: str | None, reason_code: str,
+                  reason: str, predicted: Mapping[str, Any] | None, timing: Mapping[str, float] | None = None,
+                  energy: Mapping[str, Any] | None = None,
+                  met: Mapping[str, bool] | None = None,
+                  runtime: Mapping[str, Any] | None = None) -> tuple[Any, ...]:
+    """A §9.1 record as the store's row: one value per :data:`COLUMNS` entry, in their order,
+    as SQLite keeps it (booleans as 0/1). ``constraints``: the request's (keys of PROTOCOL.md
+    §4; absent = unset); ``predicted``: the reply's ``predicted`` map; ``timing`` and
+    ``energy``: the reply's maps (None when nothing ran); ``met``: the reply's
+    ``constraints_met`` (None when nothing ran); ``runtime``: the reply's ``runtime`` map (the
+    daemon's own cost; None when nothing ran). :func:`row_record` makes it the record's map."""
     p = predicted or {}
     met = met or {}
-    return {
-        "ts": ts, "request_id": request_id, "client": client, "model": model, "version": version,
-        "objective": objective, "on_infeasible": on_infeasible,
-        "min_accuracy": constraints.get("min_accuracy"), "max_latency_ms": constraints.get("max_latency_ms"),
-        "max_energy_mj": constraints.get("max_energy_mj"), "latency_confidence": constraints.get("latency_confidence"),
-        "outcome": outcome, "error_code": error_code, "variant": variant, "placement": placement,
-        "reason_code": reason_code, "reason": reason,
-        "predicted_latency_ms": p.get("latency_ms"), "predicted_latency_bound_ms": p.get("latency_bound_ms"),
-        "predicted_latency_confidence": p.get("latency_confidence"),
-        "predicted_queue_ms": p.get("queue_ms"), "predicted_energy_mj": p.get("energy_mj"),
-        "predicted_energy_bound_mj": p.get("energy_bound_mj"), "predicted_accuracy": p.get("accuracy"),
-        "queue_ms": timing.get("queue_ms") if timing else None,
-        "compute_ms": timing.get("compute_ms") if timing else None,
-        "total_ms": timing.get("total_ms") if timing else None,
-        "energy_mj": energy.get("energy_mj") if energy else None,
-        "energy_source": energy.get("source") if energy else None,
-        "energy_estimated": bool(energy.get("estimated")) if energy else bool(p.get("energy_estimated", False)),
-        "met_accuracy": met.get("min_accuracy"), "met_latency": met.get("max_latency_ms"),
-        "met_energy": met.get("max_energy_mj"),
-        "met": all(met.values()) if outcome == "ok" else False,
-        "runtime_cpu_ms": runtime.get("cpu_ms") if runtime else None,
-        "runtime_energy_mj": runtime.get("energy_mj") if runtime else None,
-        "accuracy_used": p.get("accuracy_used", p.get("accuracy")),
-        "accuracy_source": p.get("accuracy_source"),
-    }
+    get = constraints.get
+    ran = bool(timing)
+    met_accuracy, met_latency, met_energy = met.get("min_accuracy"), met.get("max_latency_ms"), met.get("max_energy_mj")
+    return (
+        ts, request_id, client, model, version, objective, on_infeasible,
+        get("min_accuracy"), get("max_latency_ms"), get("max_energy_mj"), get("latency_confidence"),
+        outcome, error_code, variant, placement, reason_code, reason,
+        p.get("latency_ms"), p.get("latency_bound_ms"), p.get("queue_ms"), p.get("energy_mj"),
+        p.get("energy_bound_mj"), p.get("accuracy"), p.get("latency_confidence"),
+        timing.get("queue_ms") if ran else None, timing.get("compute_ms") if ran else None,
+        timing.get("total_ms") if ran else None,
+        energy.get("energy_mj") if energy else None, energy.get("source") if energy else None,
+        int(bool(energy.get("estimated")) if energy else bool(p.get("energy_estimated", False))),
+        None if met_accuracy is None else int(met_accuracy), None if met_latency is None else int(met_latency),
+        None if met_energy is None else int(met_energy),
+        int(all(met.values())) if outcome == "ok" else 0,
+        runtime.get("cpu_ms") if runtime else None, runtime.get("energy_mj") if runtime else None,
+        p.get("accuracy_used", p.get("accuracy")), p.get("accuracy_source"),
+    )
 
 
-def _row_record(row: Sequence[Any]) -> dict[str, Any]:
+def selection_record(**fields: Any) -> dict[str, Any]:
+    """A §9.1 record as a map (what the stream publishes): :func:`selection_row`'s arguments."""
+    return row_record(selection_row(**fields))
+
+
+def row_record(row: Sequence[Any]) -> dict[str, Any]:
+    """A ``selections`` row (:func:`selection_row`, or one read back) as the record's map."""
     record = dict(zip(COLUMN_NAMES, row))
     for name in BOOL_COLUMNS:
         if record[name] is not None:
@@ -185,7 +188,7 @@ def read_selections(path: Path, since: float | None = None, model: str | None = 
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts, id"
         for row in conn.execute(sql, params):
-            yield _row_record(row)
+            yield row_record(row)
     finally:
         conn.close()
 
