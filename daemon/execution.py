@@ -29,6 +29,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -94,8 +95,13 @@ class VariantCache:
 def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memoryview]) -> list[np.ndarray]:
     frames = iter(bodies)
     return [maps.view(h["shm"], h["dtype"], h["shape"]) if h.get("shm") is not None
-            else np.frombuffer(next(frames), dtype=np.dtype(h["dtype"])).reshape(h["shape"])
+            else np.frombuffer(next(frames), dtype=_dtype(h["dtype"])).reshape(h["shape"])
             for h in headers]
+
+
+@functools.lru_cache(maxsize=32)
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(name)
 
 
 _FLOAT32 = np.dtype(np.float32)
@@ -194,7 +200,8 @@ def run_job(cache: VariantCache, maps: WorkerMaps, header: dict[str, Any], bodie
             out_headers = _write_outputs(maps, header["outputs_to"], outputs)
         else:
             for arr in outputs:
-                arr = np.ascontiguousarray(arr, dtype=np.float32)
+                if arr.dtype is not _FLOAT32 or not arr.flags.c_contiguous:   # (what LiteRT returns is)
+                    arr = np.ascontiguousarray(arr, dtype=np.float32)
                 out_headers.append({"dtype": "float32", "shape": list(arr.shape)})
                 out_bodies.append(arr)
     except Exception as exc:  # noqa: BLE001 - the request gets an error reply; the worker lives on

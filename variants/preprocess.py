@@ -86,7 +86,7 @@ def quantize(x: np.ndarray, q: Quantization, dtype: np.dtype) -> np.ndarray:
 def dequantize(x: np.ndarray, q: Quantization | None) -> np.ndarray:
     """Integer -> float32 with ``q``; float arrays are returned as float32."""
     if q is None or x.dtype.kind not in "iu":   # (np.issubdtype costs more than the arithmetic here)
-        return np.asarray(x, dtype=np.float32)
+        return x if x.dtype is _F32 else np.asarray(x, dtype=np.float32)
     out = x.astype(np.float32)
     out -= np.float32(q.zero_point)
     out *= np.float32(q.scale)

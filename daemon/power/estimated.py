@@ -20,6 +20,8 @@ Contract
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +53,12 @@ class PowerProfile:
     board_idle_mw: float
     approximate: bool
     path: str
+
+    @functools.cached_property
+    def source_label(self) -> str:
+        """The energy source an estimate from this profile is labelled with (made once: the
+        request path labels every estimate)."""
+        return f"estimated:{self.name}"
 
     def busy_core_mw(self, cores: tuple[int, ...] | list[int]) -> float:
         if not cores:

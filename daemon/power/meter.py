@@ -207,11 +207,11 @@ class EnergyMeter:
             estimated_mj += profile.gpu_energy_mj(wall_s)
             estimated = True
 
+        est_label = profile.source_label
+        if not len(self._cpu) and not (use_gpu and len(self._gpu_only)):   # fully estimated: no rail to
+            return EnergyReading(estimated_mj, est_label, True)           # share, no history needed
         rails_used = list(self._cpu) + (list(self._gpu_only) if use_gpu else [])
-        if not rails_used:   # fully estimated: no rail to share, no history needed
-            return EnergyReading(estimated_mj, f"estimated:{profile.name}", True)
         measured_label = self._measured_label(rails_used)
-        est_label = f"estimated:{profile.name}"
         label = est_label + ("+" + measured_label if measured_label else "") if estimated else measured_label
 
         share = self._record_and_share(_Execution(t0_ns, t1_ns, cpu_time_s, kind))
@@ -242,7 +242,7 @@ class EnergyMeter:
         """The estimated energy of ``cpu_s`` of the daemon's own CPU time (on no placement's cores
         in particular: the profile's default per-core power) and its label, ``estimated:<profile>``."""
         profile = self.detection.profile
-        return profile.cpu_energy_mj((), max(cpu_s, 0.0)), f"estimated:{profile.name}"
+        return profile.cpu_energy_mj((), max(cpu_s, 0.0)), profile.source_label
 
     def _measured_label(self, rails_used: list[int]) -> str:
         by_sensor: dict[str, list[str]] = {}
@@ -394,13 +394,13 @@ class EnergyMeter:
             idle_at, idle_count, gpu_overlaps = self._idle_at_ns, self._idle_count, self._gpu_overlaps
         roles = {}
         for role, idx in (("cpu", d.cpu_rails), ("gpu", d.gpu_rails)):
-            roles[role] = self._measured_label(list(idx)) if idx else f"estimated:{prof.name}"
+            roles[role] = self._measured_label(list(idx)) if idx else prof.source_label
         estimated = any(v.startswith("estimated") for v in roles.values())
         measured = self._measured_label(sorted(set(d.cpu_rails) | set(d.gpu_rails)))
         if not measured:
-            source = f"estimated:{prof.name}"
+            source = prof.source_label
         elif estimated:
-            source = f"estimated:{prof.name}+{measured}"
+            source = f"{prof.source_label}+{measured}"
         else:
             source = measured
         rails = []
