@@ -11,9 +11,16 @@ moment does (the policy's update in batches, as there). Reported: CPU time per r
 p90 over the requests, with the inline execution and without it (less the CPU time it measured
 around the interpreter's run); with ``--profile`` the functions that cost most (cProfile).
 
+``--gap-us N`` runs other code for N µs between two requests (``--gap spin``: a loop of Python
+reading a clock; ``sleep``: the thread sleeps, its core idles), as a daemon's main thread lives
+between the requests of a caller: the same request path then runs on caches and predictors that
+other code has used meanwhile (BENCHMARKS.md, "How much does the daemon add to a request's
+round trip?", reads the daemon's live CPU with it).
+
 Usage::
 
-    .venv/bin/python bench/bench_request_path.py [--requests 20000] [--profile]
+    .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]]
+    .venv/bin/python bench/bench_request_path.py --profile [--sort tottime]
 """
 
 from __future__ import annotations
@@ -105,12 +112,18 @@ def message(i: int, x: np.ndarray) -> list[Frame]:
     return [Frame(b"\x01peer-identity-16"), *(Frame(bytes(memoryview(f))) for f in proto.encode(header, [x]))]
 
 
-def run(d: Daemon, n: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CPU µs per request of this thread, with the execution and without it (less the CPU time
-    the execution measured around the interpreter's run)."""
+    the execution measured around the interpreter's run); ``gap_s`` of other code before each."""
     per, outside = [], []
     frames = [message(i, x) for i in range(n)]
     for msg in frames:
+        if sleep:
+            time.sleep(gap_s)
+        elif gap_s:
+            until = time.perf_counter() + gap_s
+            while time.perf_counter() < until:
+                pass
         c0, e0 = time.thread_time_ns(), d.path.execution_cpu_s_all
         d.path.on_request(None, msg)
         d.books.flush(hold=True)   # as the daemon's idle moment does
@@ -125,6 +138,9 @@ def main() -> int:
     ap.add_argument("--placement", default=None, help="default: the last single-core placement")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sort", default="cumulative", help="the profile's order (pstats' keys: tottime, ...)")
+    ap.add_argument("--gap-us", type=float, default=0.0, help="other code run between two requests (µs)")
+    ap.add_argument("--gap", choices=("spin", "sleep"), default="spin", help="what that other code is")
     args = ap.parse_args()
     names = [p.name for p in discover(PlacementsConfig()) if len(p.cores) == 1]
     placement = args.placement or names[-1]
@@ -137,10 +153,11 @@ def main() -> int:
         prof.enable()
         run(d, args.requests, x)
         prof.disable()
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
-    per, outside = run(d, args.requests, x)
-    print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
+    per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep")
+    print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
+          + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else ""))
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request: inline execution included "
           f"p50 {np.percentile(per, 50):.1f}, p90 {np.percentile(per, 90):.1f}, mean {per.mean():.1f}; outside "
           f"the execution p50 {np.percentile(outside, 50):.1f}, p90 {np.percentile(outside, 90):.1f}, "
