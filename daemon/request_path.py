@@ -370,12 +370,11 @@ class RequestPath:
         if not held:   # answered already: given up when its hand-off raised (a retry may hold the
             return     # id now), or at shutdown
         del self.pending[(pending.peer, request.id)]
-        stats = self.d.books.stats_of(model, arm)
         if not outcome.ok:
             message = str(outcome.header.get("message", "the worker failed"))
             code = proto.BAD_INPUT if outcome.header.get("code") == proto.BAD_INPUT else proto.WORKER_FAILED
             if code == proto.WORKER_FAILED:
-                stats.errors += 1
+                self.d.books.stats_of(model, arm).errors += 1
                 if outcome.header.get("died", True):   # a crash of its own: not a kill from outside, not a job that waited
                     self.d.health.failed(self.d.registry, arm_key(model, arm), message, time.monotonic())
             self._count_errors(code, len(pending.routes))
@@ -388,7 +387,6 @@ class RequestPath:
             self.d.books.record(request, model, pending.client, time.time(), outcome="error", error_code=code,
                               choice=pending.choice, arm=arm)
             return
-        self.d.health.succeeded(model, arm)
         h = outcome.header
         compute_ms = float(h["compute_ms"])
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
@@ -428,17 +426,18 @@ class RequestPath:
         self.execution_cpu_s_all += execution_cpu_s
         if h.get("in_process"):
             self.execution_cpu_s_in_process += execution_cpu_s
+        self.d.health.succeeded(model, arm)
         self.d.replays.put(pending.peer, request.id, packed, outcome.bodies, time.monotonic())
-        self.d.books.defer(self._account, pending, stats, header, max(path_ms, compute_ms), now, now_ns)
+        self.d.books.defer(self._account, pending, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
         if self.d.fidelity.tracks(outcome.job.version_dir):
             self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
 
-    def _account(self, pending: Pending, stats: Any, header: dict[str, Any], path_ms: float, now: float,
-                 now_ns: int) -> None:
+    def _account(self, pending: Pending, header: dict[str, Any], path_ms: float, now: float, now_ns: int) -> None:
         """An answered request's statistics, the policy's update and its selection record."""
         timing, energy = header["timing"], header["energy"]
-        stats.record(timing["compute_ms"], energy["energy_mj"], energy["source"], energy["estimated"], now)
+        self.d.books.stats_of(pending.model, pending.arm).record(timing["compute_ms"], energy["energy_mj"],
+                                                                 energy["source"], energy["estimated"], now)
         self.d.books.observe(Observation(pending.model, pending.arm, path_ms, energy["energy_mj"], energy["estimated"],
                                          now_ns / 1e9, timing["compute_ms"]))
         self.d.books.record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
