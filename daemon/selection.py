@@ -134,6 +134,16 @@ class Policy(Protocol):
     def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
                queues: Any, now_s: float, dry_run: bool = False) -> Choice: ...
 
+    def _ids(self, key: str, candidates: Sequence[Arm]) -> tuple[int, ...]:
+        kept = self._candidate_ids.get(id(candidates))
+        if kept is not None and kept[0] is candidates:
+            return kept[1]
+        ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
+        if len(self._candidate_ids) >= 256:
+            self._candidate_ids.clear()
+        self._candidate_ids[id(candidates)] = (candidates, ids)
+        return ids
+
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None: ...
 
@@ -169,6 +179,7 @@ class SelectorPolicy:
         self._arms: dict[tuple[str, str, str], Arm] = {}   # (model key, variant, placement) -> arm
         self._by_id: list[Arm] = []                         # selector arm id -> arm
         self._last: Choice | None = None                    # the last choice (its decision's repeats share it)
+        self._candidate_ids: dict[int, tuple[Sequence[Arm], tuple[int, ...]]] = {}   # see choose
 
     @classmethod
     def from_config(cls, config: Any) -> SelectorPolicy:
@@ -201,6 +212,7 @@ class SelectorPolicy:
             self.selector = Selector.from_manifests(manifests, placements.values(), self._predictor(),
                                                     self.selector_config, self.learner)
         self._last = None
+        self._candidate_ids.clear()
         self._by_id = [] if self.selector is None else [self._arms[(s.model, s.variant, s.placement)]
                                                         for s in self.selector.arms]
         log.info("selector over %d arms; priors from the %s", self.selector.n_arms if self.selector else 0,
@@ -212,9 +224,10 @@ class SelectorPolicy:
         request's always): one that changes nothing, no probe and no probe credit."""
         assert self.selector is not None
         key = model_key(model)
-        # Candidates covering every arm the model has here (the usual case) need no ids.
-        ids = None if len(candidates) == len(model.arms) else \
-            [self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates]
+        # Candidates covering every arm the model has here (the usual case) need no ids; a
+        # repeated header's candidates (one list, kept by admission) get the same tuple of ids,
+        # so that the selector keeps its decision for them too.
+        ids = None if len(candidates) == len(model.arms) else self._ids(key, candidates)
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
             d = self.selector.choose(derived(request, ("selector", key), lambda: selector_request(key, request)),
@@ -229,6 +242,16 @@ class SelectorPolicy:
         self._last = last = Choice(d, None if d.arm_id is None else self._by_id[d.arm_id],
                                    None if d.closest_id is None else self._by_id[d.closest_id])
         return last
+
+    def _ids(self, key: str, candidates: Sequence[Arm]) -> tuple[int, ...]:
+        kept = self._candidate_ids.get(id(candidates))
+        if kept is not None and kept[0] is candidates:
+            return kept[1]
+        ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
+        if len(self._candidate_ids) >= 256:
+            self._candidate_ids.clear()
+        self._candidate_ids[id(candidates)] = (candidates, ids)
+        return ids
 
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None:

@@ -15,10 +15,10 @@ Contract
   non-dry-run ``choose`` calls so far (the probe budget) and the call's arguments. ``explain`` and
   ``choose(dry_run=True)`` change nothing.
 * Repeats: a decision for a request *object* seen before (the daemon passes a steady client's
-  repeated header as one object), with no candidates given and no queue holding anything, is
-  the one kept from its last ``choose`` while nothing it was made from has changed since: the
-  cost model's ``version`` (every update and prior shift) and the accuracies (``set_accuracy``
-  drops what was kept). A kept ``selected`` decision still takes its turn of the probe budget,
+  repeated header as one object), with the same candidates (none, or the same tuple object: a
+  tuple cannot change) and no queue holding anything, is the one kept from its last ``choose``
+  while nothing it was made from has changed since: the cost model's ``version`` (every update
+  and prior shift) and the accuracies (``set_accuracy`` drops what was kept). A kept ``selected`` decision still takes its turn of the probe budget,
   and a look that comes due decides afresh; ``probe``, ``best_effort`` and ``infeasible``
   decisions are never kept. The same decisions either way (``tests/test_selector_repeats.py``);
   a repeat costs a dictionary lookup instead of the scan and the decision's making, 12 us of the
@@ -137,7 +137,7 @@ class Selector(Learning):
         self._pending = PendingProbes()   # per model (its first arm id)
         self.scalar_max_arms = SCALAR_MAX_ARMS
         self._scanners: dict[tuple, Any] = {}   # the kernel's compiled loops, by the shape of a request
-        self._repeats: dict[int, tuple[Request, int, Decision]] = {}   # see choose
+        self._repeats: dict[int, tuple[Request, int, Decision, tuple[int, ...] | None]] = {}   # see choose
         self._learner = learner
         if learner is not None:   # what was learnt before this generation
             path, energy = learner.start(self.placements)
@@ -221,11 +221,11 @@ class Selector(Learning):
         """
         r = request
         waits = self._placement_waits(queues) if queues else None
-        repeat = candidates is None and waits is None and not explain
+        repeat = (candidates is None or type(candidates) is tuple) and waits is None and not explain
         looked = None
-        if repeat:   # the same request object as before, nothing learnt since: the same decision
+        if repeat:   # the same request object and candidates as before, nothing learnt since
             hit = self._repeats.get(id(r))
-            if hit is not None and hit[0] is r and hit[1] == self._online.version:
+            if hit is not None and hit[0] is r and hit[3] is candidates and hit[1] == self._online.version:
                 d = hit[2]
                 if d.code == "pinned" or dry_run or not self._probing:
                     return d
@@ -236,7 +236,7 @@ class Selector(Learning):
         if repeat and d.code in ("selected", "pinned"):
             if len(self._repeats) >= MAX_REPEATS:
                 self._repeats.clear()
-            self._repeats[id(r)] = (r, self._online.version, d)
+            self._repeats[id(r)] = (r, self._online.version, d, candidates)
         return d
 
     def _choose(self, r: Request, now_s: float, waits: list[float] | None, candidates: Sequence[int] | None,

@@ -56,18 +56,25 @@ def steps(n_arms: int, n_var: int, pls: list[str]):
         st.tuples(st.just("shift_energy"), st.sampled_from(pls), st.floats(-5.0, 100.0)),
         st.tuples(st.just("wait"), st.floats(0.0, 20.0)),
     )
-    return st.lists(st.tuples(change, st.booleans(), st.booleans()), min_size=1, max_size=20)
+    # then: which of two requests, with a queue or not, a dry run or not, the candidates given or not
+    return st.lists(st.tuples(change, st.integers(0, 1), st.booleans(), st.booleans(), st.booleans()),
+                    min_size=1, max_size=20)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_a_repeated_request_is_decided_as_a_fresh_copy_is(data):
+def test_repeated_requests_are_decided_as_fresh_copies_are(data):
+    """Two request objects interleaved, each with or without a tuple of candidates, through the
+    loop over floats or (``scalar_max_arms = 0``) numpy's columns."""
     arms, pls, n_var = data.draw(arm_sets())
-    request = data.draw(requests(n_var, pls))
+    requests_ = [data.draw(requests(n_var, pls)) for _ in range(2)]
+    subset = tuple(sorted(data.draw(st.sets(st.integers(0, len(arms) - 1), min_size=1))))
     kept, fresh = twins(arms, pls, probe_share=data.draw(st.sampled_from([0.0, 0.3, 1.0])), probe_interval_s=2.0)
+    if data.draw(st.booleans()):
+        kept.scalar_max_arms = fresh.scalar_max_arms = 0
     queue = {pls[0]: QueueSnapshot((0,), None, 0.0)}
     t = 0.0
-    for step, queued, dry_run in data.draw(steps(len(arms), n_var, pls)):
+    for step, which, queued, dry_run, restricted in data.draw(steps(len(arms), n_var, pls)):
         kind = step[0]
         if kind == "update":
             for s in (kept, fresh):
@@ -86,9 +93,12 @@ def test_a_repeated_request_is_decided_as_a_fresh_copy_is(data):
                 s.shift_energy_priors("m", step[1], step[2])
         elif kind == "wait":
             t += step[1]
+        request = requests_[which]
         queues = queue if queued else None
-        assert kept.choose(request, t, queues, dry_run=dry_run) == fresh.choose(copy(request), t, queues,
-                                                                                dry_run=dry_run)
+        candidates = subset if restricted and request.variant is None else None   # (a pinned one: its pins')
+        assert kept.choose(request, t, queues, candidates=candidates, dry_run=dry_run) == \
+            fresh.choose(copy(request), t, queues, candidates=None if candidates is None else list(candidates),
+                         dry_run=dry_run)
 
 
 def test_a_repeat_with_nothing_learnt_between_gets_the_decision_kept():
@@ -103,6 +113,42 @@ def test_a_repeat_with_nothing_learnt_between_gets_the_decision_kept():
     assert second is not first and second.variant == "v0"
     s.set_accuracy("m", "v0", 0.1, "live")
     assert s.choose(r, 4.0) is not second
+
+
+def two_arms(**cfg) -> Selector:
+    """v0 on cpu:0 is faster and cheaper than v1 on cpu:1, by their priors; nothing measured."""
+    return Selector([ArmSpec("m", "v0", "cpu:0", 0.9, 2.0, None, 1.0), ArmSpec("m", "v1", "cpu:1", 0.8, 3.0, None, 2.0)],
+                    ["cpu:0", "cpu:1"], SelectorConfig(probe_share=0.0, **cfg))
+
+
+@pytest.mark.parametrize("objective, change", [
+    ("latency", lambda s: s.update(0, 50.0, None, True, 1.0)),
+    ("latency", lambda s: s.update_many([(0, 50.0, None, True, 1.0, None), (0, 60.0, None, True, 1.1, None)])),
+    ("latency", lambda s: s.shift_placement_priors("cpu:0", 5.0)),
+    ("energy", lambda s: s.shift_energy_priors("m", "cpu:0", 5.0)),
+    ("accuracy", lambda s: s.set_accuracy("m", "v0", 0.5, "live")),
+], ids=["update", "update_many", "shift", "shift_energy", "accuracy"])
+def test_every_change_a_kept_decision_rests_on_is_seen(objective, change):
+    s = two_arms()
+    r = Request("m", objective=objective)
+    first = s.choose(r, 0.0)
+    assert first.variant == "v0" and s.choose(r, 0.5) is first
+    change(s)
+    assert s.choose(r, 2.0).variant == "v1"
+
+
+def test_kept_decisions_go_with_their_candidates_and_their_request():
+    s = two_arms()
+    r, other = Request("m"), Request("m", objective="energy")
+    only_v1, only_v0 = (1,), (0,)
+    assert s.choose(r, 0.0, candidates=only_v1).variant == "v1"
+    assert s.choose(r, 0.0, candidates=only_v0).variant == "v0"          # other candidates: decided afresh
+    kept = s.choose(r, 0.0, candidates=only_v0)
+    assert s.choose(r, 0.0, candidates=only_v0) is kept                  # the same tuple: kept
+    assert s.choose(r, 0.0, candidates=[0]) is not kept                   # a list may change: never kept
+    assert s.choose(other, 0.0) is not s.choose(r, 0.0)                   # each request its own
+    busy = {"cpu:0": QueueSnapshot((0, 0, 0), 0, 0.0)}                    # a queue: decided afresh
+    assert s.choose(r, 0.0, busy).variant == "v1" and s.choose(r, 0.0).variant == "v0"
 
 
 @pytest.mark.parametrize("share", [0.25, 0.5])
