@@ -11,8 +11,8 @@ Contract
   Client values quoted in messages are cut (``protocol.shown``).
 * A repeated header (one with a ``derived`` map, :mod:`adaptd.daemon.request_memo`) admitted
   once keeps what depends on the header and the registry alone (the model, the candidates, the
-  inputs' shapes checked, the body sizes they need), under the registry's generation, while no
-  arm is set aside; each repeat still checks its bodies and regions, so its errors are those a
+  inputs' shapes checked, the body sizes they need) with the registry's generation (an entry of
+  an older one is replaced), while no arm is set aside; each repeat still checks its bodies and regions, so its errors are those a
   first request gets. 10 us of the daemon's 80 per request in its hot loop, then 1.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
@@ -107,12 +107,12 @@ class Admission:
         # depends on the header alone is kept with it (its ``derived`` map); the bodies and the
         # regions are checked afresh, in the same order, so every error is the one a first
         # request gets.
-        key = None
+        generation = None
         if request.derived is not None and not self._health.any():
-            key = ("admitted", self._registry().generation)
-            kept = request.derived.get(key)
-            if kept is not None:
-                model, candidates, accepting, nbytes = kept
+            generation = self._registry().generation
+            kept = request.derived.get("admitted")
+            if kept is not None and kept[0] == generation:
+                _, model, candidates, accepting, nbytes = kept
                 if len(bodies) != len(nbytes) or any(len(b) != n for b, n in zip(bodies, nbytes)):
                     self._check_inputs(request, candidates, bodies)   # raises: the bodies' error
                 shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
@@ -121,9 +121,9 @@ class Admission:
         self._check_inputs(request, candidates, bodies)
         shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
         accepting = self._accepting(request, candidates)
-        if key is not None:
-            request.derived[key] = (model, candidates, accepting,
-                                    tuple(s.nbytes for s in request.inputs if s.shm is None))
+        if generation is not None:   # (an older generation's entry replaced: its registry is gone)
+            request.derived["admitted"] = (generation, model, candidates, accepting,
+                                           tuple(s.nbytes for s in request.inputs if s.shm is None))
         return Admitted(model, accepting, shm_inputs, outputs_to)
 
     def candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:

@@ -124,11 +124,12 @@ def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
             body = next(frames)
             if spec.dtype.kind != "f":
                 continue
-            if spec.dtype is _FLOAT32 and len(body) <= SUM_MAX_BYTES:
+            view = memoryview(body)
+            if spec.dtype is _FLOAT32 and view.format == "B" and view.nbytes <= SUM_MAX_BYTES:
                 # Python's float sum of float32 values: finite exactly when they all are (float32's
                 # largest times 1024 is far below float64's), and no numpy call, which the request
-                # path pays for cold (see SUM_MAX_BYTES)
-                if not math.isfinite(sum(memoryview(body).cast("B").cast("f"))):
+                # path pays for cold (see SUM_MAX_BYTES); the frames' bytes, as they arrive
+                if not math.isfinite(sum(view.cast("f"))):
                     return i
             elif nonfinite_input([np.frombuffer(body, spec.dtype)]) is not None:
                 return i

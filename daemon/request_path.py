@@ -387,6 +387,7 @@ class RequestPath:
             self.d.books.record(request, model, pending.client, time.time(), outcome="error", error_code=code,
                               choice=pending.choice, arm=arm)
             return
+        self.d.health.succeeded(model, arm)   # (the run succeeded, whatever becomes of its reply)
         h = outcome.header
         compute_ms = float(h["compute_ms"])
         queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
@@ -426,7 +427,6 @@ class RequestPath:
         self.execution_cpu_s_all += execution_cpu_s
         if h.get("in_process"):
             self.execution_cpu_s_in_process += execution_cpu_s
-        self.d.health.succeeded(model, arm)
         self.d.replays.put(pending.peer, request.id, packed, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.

@@ -386,6 +386,8 @@ class SelectionStore:
                     self._uncommitted_ts = _ts(self._queue[0])
                 record = self._queue.popleft()
                 if type(record) is tuple:   # a row already (the daemon's bookkeeping)
+                    if record[0] is None:   # (as record_row does)
+                        record = (time.time(), *record[1:])
                     if listening:
                         self._publish(pub, row_record(record))
                     pending.append(record)
