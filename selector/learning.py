@@ -34,6 +34,7 @@ class Learning:
     _pindex: dict[str, int]
     _pidx: np.ndarray
     _model_range: dict[str, tuple[int, int]]
+    _on_placement: dict[int, np.ndarray]   # placement index -> its arms' ids (made on first use)
     arms: Any
     # and Selector's arm_id() and prior_energy_mj()
 
@@ -120,7 +121,10 @@ class Learning:
         :meth:`OnlineCostModel.shift_priors`); unknown placements are ignored."""
         p = self._pindex.get(placement)
         if p is not None:
-            self._online.shift_priors(self._pidx == p, delta_ms)
+            on = self._on_placement.get(p)
+            if on is None:
+                on = self._on_placement[p] = np.flatnonzero(self._pidx == p)
+            self._online.shift_priors(on, delta_ms)
 
     def shift_energy_priors(self, model: str, placement: str, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior of ``model``'s arms on ``placement`` not yet

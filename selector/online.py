@@ -69,6 +69,8 @@ from typing import Any
 
 import numpy as np
 
+_INF = math.inf
+
 # The default quantile of the latency bound (SelectorConfig uses it too): 0.90, not 0.95, from
 # paired runs of bench/bench_selection.py (docs/decisions.md, "Latency confidence").
 DEFAULT_CONFIDENCE = 0.9
@@ -179,10 +181,6 @@ class OnlineCostModel:
                          f"({self.levels_[-1]:g}); kept: {', '.join(f'{q:g}' for q in self.levels_)}")
 
     # ------------------------------------------------------------------ learning
-    def _weight(self, n_after: int, dt_s: float) -> float:
-        w_time = 1.0 - math.pow(2.0, -max(dt_s, 0.0) / self.half_life_s) if math.isfinite(dt_s) else 1.0
-        return max(w_time, self.min_update_weight, 1.0 / n_after)
-
     def update(self, arm: int, latency_ms: float, energy_mj: float | None = None,
                energy_estimated: bool = True, t_s: float = 0.0) -> None:
         """Learn from one execution of ``arm``: its measured latency (ms, model load excluded),
@@ -227,12 +225,15 @@ class OnlineCostModel:
         a = int(arm)
         lats, times, energies = [], [], []
         for x in samples:
-            error = sample_error(x)
-            if error is not None:
-                raise ValueError(error)
-            lat, t = float(x[0]), float(x[3])
-            if x[1] is not None:
-                energies.append((float(x[1]), t, x[2]))
+            lat, e, t = x[0], x[1], x[3]
+            if not (type(lat) is float and type(t) is float and 0.0 <= lat < _INF and -_INF < t < _INF
+                    and (e is None or type(e) is float and 0.0 <= e < _INF)):   # (else: checked, converted)
+                error = sample_error(x)
+                if error is not None:
+                    raise ValueError(error)
+                lat, t = float(lat), float(t)
+            if e is not None:
+                energies.append((float(e), t, x[2]))
             lats.append(lat)
             times.append(t)
         if not lats:
@@ -292,35 +293,50 @@ class OnlineCostModel:
               ts: Sequence[float]) -> tuple[int, float, float, float]:
         """Samples ``xs`` taken at ``ts`` into arm ``a``'s count, running mean and variance, latest
         time and ring (latency's columns or energy's), with Python floats in the loop; returns
-        (count, mean, variance, time of the last sample)."""
+        (count, mean, variance, time of the last sample). Each sample gets the weight of the
+        module's contract and one exponentially weighted step of the mean and variance (the first
+        sample is the mean itself), written out in the loop: the selector learns every execution,
+        and two calls a sample were a fifth of the update's time."""
         n, mean, var, last = int(counts[a]), float(means[a]), float(variances[a]), float(lasts[a])
         w = self.window
+        ring, ring_t = values[a], times[a]
+        half_life_s, min_weight, pow_, isfinite = self.half_life_s, self.min_update_weight, math.pow, math.isfinite
         for x, t in zip(xs, ts):
             n += 1
-            mean, var = _ewma(mean, var, x, n, self._weight(n, t - last))
+            dt = t - last
+            if n == 1:
+                mean, var = x, 0.0
+            else:
+                w_time = 1.0 - pow_(2.0, -(dt if dt > 0.0 else 0.0) / half_life_s) if isfinite(dt) else 1.0
+                weight = max(w_time, min_weight, 1.0 / n)
+                diff = x - mean
+                incr = weight * diff
+                mean, var = mean + incr, (1.0 - weight) * (var + diff * incr)
             if t > last:
                 last = t
-            values[a, (n - 1) % w] = x
-            times[a, (n - 1) % w] = t
+            i = (n - 1) % w
+            ring[i] = x
+            ring_t[i] = t
         counts[a], means[a], variances[a], lasts[a] = n, mean, var, last
         return n, mean, var, ts[-1]
 
     def shift_priors(self, arms: np.ndarray, delta_ms: float) -> None:
-        """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (a boolean mask):
-        a cost every execution on their placement pays that the structural prior does not know
-        (the serving path around the interpreter), learnt from other arms. A never-measured
+        """Add ``delta_ms`` to the latency prior (mean and bound) of ``arms`` (a boolean mask, or
+        their ids): a cost every execution on their placement pays that the structural prior does
+        not know (the serving path around the interpreter), learnt from other arms. A never-measured
         arm publishes the shifted prior at once; a measured one blends it in at its next update
         while it still gives the prior weight. Energy priors are left alone: that path's time is
         not the worker's CPU time, which is what energy is estimated from."""
         d = float(delta_ms)
         if not math.isfinite(d):
             raise ValueError(f"delta_ms must be finite, got {delta_ms!r}")
-        idx = np.flatnonzero(arms)
+        idx = np.flatnonzero(arms) if arms.dtype == bool else arms
         self.prior_latency_ms_[idx] += d
         self.prior_bounds_ms_[:, idx] += d
         fresh = idx[self.n_[idx] == 0]
-        self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
-        self.latency_bounds_ms_[:, fresh] = self.prior_bounds_ms_[:, fresh]
+        if len(fresh):   # (none, most often: the arms a daemon serves are measured)
+            self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
+            self.latency_bounds_ms_[:, fresh] = self.prior_bounds_ms_[:, fresh]
         self.version += 1
 
     def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
@@ -414,16 +430,6 @@ def sample_error(sample: Sequence[Any]) -> str | None:
     if e is not None and not (math.isfinite(float(e)) and float(e) >= 0.0):
         return f"energy_mj must be finite and >= 0 or None, got {e!r}"
     return None
-
-
-def _ewma(mean: float, var: float, x: float, n: int, w: float) -> tuple[float, float]:
-    """One exponentially weighted update of (mean, variance) with weight ``w``; the first
-    sample (``n == 1``) is the mean itself."""
-    if n == 1:
-        return x, 0.0
-    diff = x - mean
-    incr = w * diff
-    return mean + incr, (1.0 - w) * (var + diff * incr)
 
 
 def _quantile(values: np.ndarray, q: float) -> float:
