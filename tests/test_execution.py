@@ -43,15 +43,17 @@ def test_a_requests_inline_bodies_are_screened_and_its_regions_skipped():
     assert nonfinite_inline(ints, [memoryview(np.zeros((1, 4), np.int8))]) is None
 
 
-@pytest.mark.parametrize("size", [16, 1024, 1025, 150_528])   # Python's sum up to 1024 values, numpy's beyond
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 3e38])
+@pytest.mark.parametrize("size", [16, 1024, 1025, 150_528])   # by their bytes up to 1024 values, numpy's beyond
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 3e38, -3e38, 1.0])
+@pytest.mark.parametrize("fill", [1.0, 3e38])   # 3e38: every value's exponent 254, as an infinity's nearly is
 @pytest.mark.filterwarnings("ignore:overflow encountered")
-def test_an_inline_float32_body_is_screened_exactly_whatever_its_size(size, value):
-    x = np.full((1, size), 3e38 if size < 2000 else 1.0, np.float32)   # the largest values sum finite in Python
+def test_an_inline_float32_body_is_screened_exactly_whatever_its_size(size, value, fill):
+    finite = value in (3e38, -3e38, 1.0)
+    x = np.full((1, size), fill, np.float32)
     x[0, size - 1] = value
     request = proto.parse_request(proto.request_header("r", "m", [x]))
-    assert nonfinite_inline(request, [memoryview(x.tobytes())]) == (None if value == 3e38 else 0)
+    assert nonfinite_inline(request, [memoryview(x.tobytes())]) == (None if finite else 0)
     half = np.full((1, size), 6e4, np.float16)   # other float dtypes: numpy's screen
-    half[0, size - 1] = value if value != 3e38 else 6e4
+    half[0, size - 1] = value if not finite else 6e4
     request = proto.parse_request(proto.request_header("h", "m", [half]))
-    assert nonfinite_inline(request, [memoryview(half.tobytes())]) == (None if value == 3e38 else 0)
+    assert nonfinite_inline(request, [memoryview(half.tobytes())]) == (None if finite else 0)
