@@ -96,7 +96,7 @@ class VariantCache:
 def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memoryview]) -> list[np.ndarray]:
     frames = iter(bodies)
     return [maps.view(h["shm"], h["dtype"], h["shape"]) if h.get("shm") is not None
-            else np.frombuffer(next(frames), dtype=_dtype(h["dtype"])).reshape(h["shape"])
+            else np.ndarray(h["shape"], _dtype(h["dtype"]), next(frames))
             for h in headers]
 
 

@@ -131,9 +131,10 @@ class InputPreparer:
         return " or ".join(dict.fromkeys([FLOAT_WIRE, self.want.name, *extra]))
 
     def __call__(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)
         if x.shape[1:] == self._tail and x.ndim == self._ndim and x.flags.c_contiguous:
-            if x.dtype == self.want:
+            if x.dtype is self.want or x.dtype == self.want:
                 return x   # the common case, what a client sends for a float variant: nothing to do
             if x.dtype == _F32 and self._quantized:   # the common case for a quantized one
                 return quantize(x, self.spec.quantization, self.want)

@@ -78,6 +78,7 @@ class _LiteRTVariant(LoadedVariant):
         it = self._new()
         self._in_idx = self._match(it.get_input_details(), record.inputs, "input")
         self._out_idx = self._match(it.get_output_details(), record.outputs, "output")
+        self._outputs = [(i, s.quantization) for i, s in zip(self._out_idx, record.outputs)]
         self._cache[self._key([tuple(s.shape) for s in record.inputs])] = it
 
     def _new(self) -> Any:
@@ -107,10 +108,11 @@ class _LiteRTVariant(LoadedVariant):
         return idx
 
     def _interpreter(self, arrays: list[np.ndarray]) -> Any:
-        key = tuple(a.shape for a in arrays)   # numpy shapes are tuples of ints: the cache's keys
-        it = self._cache.get(key)
+        key = (arrays[0].shape,) if len(arrays) == 1 else tuple(a.shape for a in arrays)   # (numpy shapes
+        it = self._cache.get(key)                                                          # are tuples of ints)
         if it is not None:
-            self._cache.move_to_end(key)
+            if len(self._cache) > 1:
+                self._cache.move_to_end(key)
             return it
         it = self._new()
         for i, a in zip(self._in_idx, arrays):
@@ -127,7 +129,7 @@ class _LiteRTVariant(LoadedVariant):
         for i, a in zip(self._in_idx, arrays):
             it.set_tensor(i, a)
         it.invoke()
-        return [dequantize(it.get_tensor(i), s.quantization) for i, s in zip(self._out_idx, self.output_specs)]
+        return [dequantize(it.get_tensor(i), q) for i, q in self._outputs]
 
     def close(self) -> None:
         self._cache.clear()
