@@ -134,16 +134,6 @@ class Policy(Protocol):
     def choose(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
                queues: Any, now_s: float, dry_run: bool = False) -> Choice: ...
 
-    def _ids(self, key: str, candidates: Sequence[Arm]) -> tuple[int, ...]:
-        kept = self._candidate_ids.get(id(candidates))
-        if kept is not None and kept[0] is candidates:
-            return kept[1]
-        ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
-        if len(self._candidate_ids) >= 256:
-            self._candidate_ids.clear()
-        self._candidate_ids[id(candidates)] = (candidates, ids)
-        return ids
-
     def observe(self, model: ModelVersion, arm: Arm, latency_ms: float, energy_mj: float | None,
                 energy_estimated: bool, now_s: float, compute_ms: float | None = None) -> None: ...
 
