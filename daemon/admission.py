@@ -12,8 +12,9 @@ Contract
 * A repeated header (one with a ``derived`` map, :mod:`adaptd.daemon.request_memo`) admitted
   once keeps what depends on the header and the registry alone (the model, the candidates, the
   inputs' shapes checked, the body sizes they need) with the registry's generation (an entry of
-  an older one is replaced), while no arm is set aside; each repeat still checks its bodies and regions, so its errors are those a
-  first request gets. 10 us of the daemon's 80 per request in its hot loop, then 1.
+  an older one is replaced), while no arm is set aside; each repeat still checks its bodies and
+  regions, so its errors are those a first request gets. 10 us of the daemon's 80 per request
+  in its hot loop, then 1.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a

@@ -110,7 +110,7 @@ _LITTLE = sys.byteorder == "little"   # (the wire's order: a float32's last byte
 # Inline float32 inputs up to this size are screened by their bytes (nonfinite_inline): 0.7 us hot
 # for 256 values against 1.3 for numpy's reduction, and a numpy call on the request path runs
 # cold (its dispatch is much code), 12 us there (bench/bench_request_path.py).
-SUM_MAX_BYTES = 4096
+SCREEN_MAX_BYTES = 4096
 
 
 def nonfinite_message(index: int) -> str:
@@ -127,12 +127,12 @@ def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
             if spec.dtype.kind != "f":
                 continue
             view = memoryview(body)
-            if spec.dtype is _FLOAT32 and view.format == "B" and view.nbytes <= SUM_MAX_BYTES and _LITTLE:
-                # No numpy call, which the request path pays for cold (see SUM_MAX_BYTES). A value's
-                # last byte holds its sign and its exponent's top seven bits: unless one is 0x7f or
-                # 0xff (an exponent of 254 or 255: at least 2**127 in magnitude, or not finite)
-                # every value is finite. Else Python's float sum decides: finite exactly when every
-                # value is (float32's largest times 1024 is far below float64's).
+            if spec.dtype is _FLOAT32 and view.format == "B" and view.nbytes <= SCREEN_MAX_BYTES and _LITTLE:
+                # No numpy call, which the request path pays for cold (see SCREEN_MAX_BYTES). A
+                # value's last byte holds its sign and its exponent's top seven bits: unless one is
+                # 0x7f or 0xff (an exponent of 254 or 255: at least 2**127 in magnitude, or not
+                # finite) every value is finite. Else Python's float sum decides: finite exactly
+                # when every value is (float32's largest times 1024 is far below float64's).
                 high = bytes(view)[3::4]
                 if (b"\x7f" in high or b"\xff" in high) and not math.isfinite(sum(view.cast("f"))):
                     return i

@@ -18,11 +18,12 @@ Contract
   repeated header as one object), with the same candidates (none, or the same tuple object: a
   tuple cannot change) and no queue holding anything, is the one kept from its last ``choose``
   while nothing it was made from has changed since: the cost model's ``version`` (every update
-  and prior shift) and the accuracies (``set_accuracy`` drops what was kept). A kept ``selected`` decision still takes its turn of the probe budget,
-  and a look that comes due decides afresh; ``probe``, ``best_effort`` and ``infeasible``
-  decisions are never kept. The same decisions either way (``tests/test_selector_repeats.py``);
-  a repeat costs a dictionary lookup instead of the scan and the decision's making, 12 us of the
-  daemon's 80 per request in its hot loop (bench/bench_request_path.py).
+  and prior shift) and the accuracies (``set_accuracy`` drops what was kept). A kept
+  ``selected`` decision still takes its turn of the probe budget, and a look that comes due
+  decides afresh; ``probe``, ``best_effort`` and ``infeasible`` decisions are never kept. The
+  same decisions either way (``tests/test_selector_repeats.py``); a repeat costs a dictionary
+  lookup instead of the scan and the decision's making, 12 us of the daemon's 80 per request in
+  its hot loop (bench/bench_request_path.py).
 * Candidates: a request's pins are resolved here, unless the caller passes ``candidates`` (arm
   ids it has already restricted by the pins and anything else, e.g. an input's dtype or arms set
   aside): then they are the candidates and the pins only mark the decision ``pinned``.
