@@ -5,9 +5,10 @@ Contract
 * :class:`LiveFidelity` is owned by the daemon and used from its main thread only. Lifecycle:
   built at assembly from the ``[fidelity]`` table; :meth:`reset` at start-up and after every
   reload (one :class:`~adaptd.selector.fidelity.ModelFidelity` per loaded model version whose
-  reference variant exists: new files, new evidence); then per answered request
-  :meth:`after_reply`, per finished shadow job :meth:`on_outcome`, once a second :meth:`tick`,
-  :meth:`stats` and :meth:`export` for the control requests.
+  reference variant exists: new files, new evidence); then per answered request :meth:`tracks`
+  and, when it says so (not for a request the reference itself served), :meth:`after_reply`;
+  per finished shadow job :meth:`on_outcome`, once a second :meth:`tick`, :meth:`stats` and
+  :meth:`export` for the control requests.
 * Never before a reply: :meth:`after_reply` is called once the request's reply has been sent,
   with the deferred bookkeeping (at an idle moment of the loop: no request waiting), and so is
   :meth:`on_outcome`. Its cost when the request is not sampled is a dictionary lookup and one random draw
@@ -137,10 +138,17 @@ class LiveFidelity:
                                             * max(a.placement.threads for a in state.reference_arms))
 
     # --- the request path (after the reply) ------------------------------------------------------
-    def tracks(self, version_dir: str) -> bool:
-        """Whether requests of this model version may be shadowed at all (fidelity on, a reference
-        found): the request path defers :meth:`after_reply` only for those."""
-        return version_dir in self._models
+    def tracks(self, version_dir: str, variant: str) -> bool:
+        """Whether a request of this model version served by ``variant`` may be shadowed (fidelity
+        on, a reference found, ``variant`` not the reference itself): the request path defers
+        :meth:`after_reply` only for those; one the reference served is counted here."""
+        state = self._models.get(version_dir)
+        if state is None:
+            return False
+        if variant == state.tracker.reference:
+            self.scheduler.reference_served()
+            return False
+        return True
 
     def after_reply(self, model: ModelVersion, arm: Arm, job: Job, outcome: Outcome) -> None:
         """A request was answered by ``arm``: maybe queue a shadow run of the reference on its input."""

@@ -430,7 +430,7 @@ class RequestPath:
         self.d.replays.put(pending.peer, request.id, packed, outcome.bodies, time.monotonic())
         self.d.books.defer(self._account, pending, header, max(path_ms, compute_ms), now, now_ns)
         # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
-        if self.d.fidelity.tracks(outcome.job.version_dir):
+        if self.d.fidelity.tracks(outcome.job.version_dir, arm.variant.name):
             self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
 
     def _account(self, pending: Pending, header: dict[str, Any], path_ms: float, now: float, now_ns: int) -> None:

@@ -135,6 +135,12 @@ class ShadowScheduler:
         self.charged_ms += actual - charged_ms
         self.settled_runs += 1
 
+    def reference_served(self) -> None:
+        """A request the reference itself served: counted as :meth:`decide` counts it, without
+        the rest of a decision (nothing to compare; the budget's refill is the same when it comes
+        later)."""
+        self.counts["reference"] += 1
+
     def _no(self, reason: str) -> ShadowDecision:
         self.counts[reason] += 1
         return ShadowDecision(False, reason, 0.0)

@@ -63,6 +63,9 @@ class FakePool:
     def loaded_bytes(self, placement: str, version_dir: str, variant: str) -> int | None:
         return None
 
+    def is_loaded(self, placement: str, version_dir: str, variant: str) -> bool:
+        return False   # nothing runs here: live fidelity finds no placement for a shadow run
+
     def workers_rss_bytes(self) -> int:
         return 0
 
@@ -283,6 +286,21 @@ def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path
     gone = send("r6", [x()])
     assert gone["code"] == "UNKNOWN_MODEL"
     assert d.path._memo.hits == 6   # every one a repeat
+
+
+def test_only_a_reply_another_variant_served_waits_for_live_fidelity(daemon):
+    """The reference's own replies have nothing to be compared with: live fidelity counts them
+    and nothing is deferred for it; another variant's reply defers its shadow decision."""
+    d, pool = daemon.d, daemon.pool
+    d.fidelity.reset(d.registry)
+    counts = d.fidelity.scheduler.counts
+    for variant, deferred in (("float32", 1), ("int8_full", 2)):
+        header = proto.request_header(f"r-{variant}", daemon.model, [x()], pin_variant=variant, pin_placement="cpu:0")
+        d.path.on_request(None, message(b"peer-a", header, [x()]))
+        d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+        assert d.books.backlog == deferred   # the record's bookkeeping, and the shadow decision
+        d.books.flush()
+    assert counts["reference"] == 1 and sum(counts.values()) == 2
 
 
 @pytest.mark.parametrize("failing", ["attribute", "runtime_energy_mj"])   # the execution's energy, the runtime's

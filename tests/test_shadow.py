@@ -25,6 +25,13 @@ def test_the_reference_itself_and_a_busy_machine_are_never_shadowed():
     assert s.counts == {**{r: 0 for r in REASONS}, "reference": 1, "no_idle_placement": 2, "shadow": 1}
 
 
+def test_a_reply_the_reference_served_is_counted_without_a_decision():
+    s = ShadowScheduler(ShadowParams(share=1.0))
+    s.reference_served()
+    ask(s, 0.0, variant="float32")
+    assert s.counts == {**{r: 0 for r in REASONS}, "reference": 2}
+
+
 def test_no_budget_or_no_share_disables_it():
     assert ask(ShadowScheduler(ShadowParams(cpu_budget_ms_per_s=0.0)), 0.0, samples=0).reason == "disabled"
     assert ask(ShadowScheduler(ShadowParams(share=0.0, warmup_samples=0)), 0.0, samples=0).reason == "disabled"
