@@ -29,7 +29,6 @@ Contract
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from adaptd.daemon.shm import WorkerMaps
+from adaptd.wire.protocol import DTYPES
 
 
 def rss_bytes() -> int:
@@ -96,25 +96,31 @@ class VariantCache:
 def _inputs(maps: WorkerMaps, headers: list[dict[str, Any]], bodies: list[memoryview]) -> list[np.ndarray]:
     frames = iter(bodies)
     return [maps.view(h["shm"], h["dtype"], h["shape"]) if h.get("shm") is not None
-            else np.ndarray(h["shape"], _dtype(h["dtype"]), next(frames))
+            else np.ndarray(h["shape"], DTYPES[h["dtype"]], next(frames))
             for h in headers]
-
-
-@functools.lru_cache(maxsize=32)
-def _dtype(name: str) -> np.dtype:
-    return np.dtype(name)
 
 
 _FLOAT32 = np.dtype(np.float32)
 _LITTLE = sys.byteorder == "little"   # (the wire's order: a float32's last byte is its high one)
-# Inline float32 inputs up to this size are screened by their bytes (nonfinite_inline): 0.7 us hot
-# for 256 values against 1.3 for numpy's reduction, and a numpy call on the request path runs
+# Float32 inputs up to this size are screened by their bytes (_small_float32_nonfinite): 0.7 us
+# hot for 256 values against 1.3 for numpy's reduction, and a numpy call on the request path runs
 # cold (its dispatch is much code), 12 us there (bench/bench_request_path.py).
 SCREEN_MAX_BYTES = 4096
 
 
 def nonfinite_message(index: int) -> str:
     return f"input {index} holds NaN or infinite values (server.reject_nonfinite)"
+
+
+def _small_float32_nonfinite(view: memoryview) -> bool:
+    """Whether the little-endian float32 values in ``view`` (a byte-format view of at most
+    ``SCREEN_MAX_BYTES``) hold a NaN or an infinity, without a numpy call. A value's last byte
+    holds its sign and its exponent's top seven bits: unless one is 0x7f or 0xff (an exponent
+    of 254 or 255: at least 2**127 in magnitude, or not finite) every value is finite. Else
+    Python's float sum decides: finite exactly when every value is (float32's largest times
+    1024 is far below float64's)."""
+    high = bytes(view)[3::4]
+    return (b"\x7f" in high or b"\xff" in high) and not math.isfinite(sum(view.cast("f")))
 
 
 def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
@@ -128,13 +134,7 @@ def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
                 continue
             view = memoryview(body)
             if spec.dtype is _FLOAT32 and view.format == "B" and view.nbytes <= SCREEN_MAX_BYTES and _LITTLE:
-                # No numpy call, which the request path pays for cold (see SCREEN_MAX_BYTES). A
-                # value's last byte holds its sign and its exponent's top seven bits: unless one is
-                # 0x7f or 0xff (an exponent of 254 or 255: at least 2**127 in magnitude, or not
-                # finite) every value is finite. Else Python's float sum decides: finite exactly
-                # when every value is (float32's largest times 1024 is far below float64's).
-                high = bytes(view)[3::4]
-                if (b"\x7f" in high or b"\xff" in high) and not math.isfinite(sum(view.cast("f"))):
+                if _small_float32_nonfinite(view):   # (the frame's bytes as they came: no array made)
                     return i
             elif nonfinite_input([np.frombuffer(body, spec.dtype)]) is not None:
                 return i
@@ -143,21 +143,20 @@ def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
 
 def nonfinite_input(inputs: list[np.ndarray], headers: list[dict[str, Any]] | None = None) -> int | None:
     """The index of the first float input holding a NaN or an infinity, else None; with the
-    inputs' ``headers``, only those in a region are looked at (see the module contract). A
-    float32 input is screened by one reduction, finite for finite inputs below 1e17 in
-    magnitude, and checked exactly only when that is not finite: its sum for small inputs (1.3
-    us for 256 values), its dot product with itself (BLAS: 16 us for 150k values, ``isfinite``
-    40)."""
+    inputs' ``headers``, only those in a region are looked at (see the module contract). A small
+    float32 input is screened by its bytes (:func:`_small_float32_nonfinite`); a larger one by
+    its dot product with itself (BLAS: 16 us for 150k values, ``isfinite`` 40), finite for
+    finite inputs below 1e17 in magnitude, and checked exactly only when that is not finite."""
     for i, x in enumerate(inputs):
         if x.dtype.kind != "f" or x.size == 0 or headers is not None and headers[i].get("shm") is None:
             continue
         if x.dtype == np.float32:
-            if x.size <= 4096:
-                screen = np.add.reduce(x, axis=None)
-            else:
-                flat = x.reshape(-1)
-                screen = np.dot(flat, flat)
-            if math.isfinite(screen):
+            if x.nbytes <= SCREEN_MAX_BYTES and _LITTLE and x.flags.c_contiguous:
+                if _small_float32_nonfinite(memoryview(x).cast("B")):
+                    return i
+                continue
+            flat = x.reshape(-1)
+            if math.isfinite(np.dot(flat, flat)):
                 continue
         if not np.isfinite(x).all():
             return i
