@@ -21,7 +21,6 @@ Contract
 from __future__ import annotations
 
 import functools
-
 import os
 from dataclasses import dataclass
 from importlib import resources
