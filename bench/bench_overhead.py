@@ -31,6 +31,10 @@ interpreter's run (``stats``: ``runtime.executions_cpu_ms``), which is the issue
 what the daemon itself costs; and then split by thread (the kernel's names for them: ``adaptd``
 the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's name), which is where a cost
 that no in-process profile sees shows up (a thread that ended during a row is missing from it).
+Those are means; with one client the median request's CPU outside the execution is given too
+(the issue's bar is a p50): the client reads the daemon's threads' clocks before each send
+(:mod:`daemon_cpu`), so each request's share holds what the daemon did until the next one
+arrived, its deferred work included.
 
 Each figure is the median over ``--rounds`` rounds (spread: min..max over rounds); ratios are to
 in-process measured in the same run: each of the four one-client ratios (ipc and local stream,
@@ -60,6 +64,7 @@ import numpy as np
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
+from daemon_cpu import SchedClocks, by_name, process_cpu_s, schedstat_paths, thread_cpu_s
 from dealers import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,12 +151,14 @@ def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cor
 
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
-            warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = ()) -> None:
+            warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = (),
+            clock_paths: list[str] | None = None) -> None:
     """One client process: raw frames on a DEALER socket or the local stream (the thinnest client,
     :mod:`dealers`). ``shm``: None
     (inline frames), "shm" (the input lives in a registered region), "copy" (copied into the
     region before each request) or "resident" (no input sent: the relay floor's worker holds
-    one, the floor of the shared-memory path)."""
+    one, the floor of the shared-memory path). ``clock_paths``: the server's threads' schedstat
+    files, read before each request is sent (outside its timing): the server's CPU per request."""
     import mmap
 
     from adaptd.wire import protocol as proto
@@ -173,9 +180,13 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         region = body["region"]
         inputs = [proto.shm_tensor_header(np.float32, shape, region, 0)]
     rtts = []
+    clocks = SchedClocks(clock_paths) if clock_paths else None
+    cpu_ns = []
     barrier.wait()
     t_start = time.perf_counter()
     for i in range(n + warmup):
+        if clocks is not None and i >= warmup:
+            cpu_ns.append(clocks.read_ns())
         if shm == "resident":
             header = proto.request_header(uuid.uuid4().hex, model, [])
             t = time.perf_counter()
@@ -198,63 +209,15 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
             t_start = time.perf_counter()
             assert proto.decode(reply)[0]["type"] != "error", proto.decode(reply)[0]   # (the echo returns the request)
     wall = time.perf_counter() - t_start
+    if clocks is not None:
+        clocks.close()
     if region is not None:
         del xs
         conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
         conn.recv()
         mm.close()
     conn.close()
-    out.put((rtts, wall))
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU time (user + system) of a process and its children so far: the daemon's threads, and
-    its worker processes with process isolation."""
-    import psutil
-
-    procs = [psutil.Process(pid)]
-    procs += procs[0].children(recursive=True)
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += t.user + t.system
-    return total
-
-
-def _thread_cpu_s(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
-    """CPU time so far of each thread of the daemon and of its worker processes, by (pid, tid),
-    with the thread's kernel name (``adaptd``, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's
-    name: ``adaptd.daemon.sched.name_thread``), from ``/proc/<pid>/task/<tid>/schedstat``."""
-    import psutil
-
-    pids = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    out: dict[tuple[int, int], tuple[str, float]] = {}
-    for p in pids:
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                name = Path(f"/proc/{p}/task/{tid}/comm").read_text().strip()
-                ns = int(Path(f"/proc/{p}/task/{tid}/schedstat").read_text().split()[0])
-            except (OSError, ValueError, IndexError):   # a thread that ended meanwhile
-                continue
-            out[(p, int(tid))] = (name, ns / 1e9)
-    return out
-
-
-def _by_name(before: dict[tuple[int, int], tuple[str, float]],
-             after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds spent between two readings, summed by thread name (a thread started meanwhile,
-    a restarted worker's for one, counts from 0; one that ended meanwhile is missing)."""
-    out: dict[str, float] = {}
-    for key, (name, seconds) in after.items():
-        out[name] = out.get(name, 0.0) + seconds - before.get(key, (name, 0.0))[1]
-    return out
+    out.put((rtts, wall, np.diff(cpu_ns).tolist()))   # (the server's CPU from one send to the next)
 
 
 def _executions_cpu_s(daemon) -> float:
@@ -268,15 +231,21 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     """Round trips from ``clients`` processes; with ``cpu_of`` (a DaemonProcess), also its CPU
     time per request (``cpu_us``: warm-up requests included, so sends and receives of every
     request count) and that time less the executions' own (``cpu_outside_us``: the interpreter's
-    run, as each execution measured it)."""
-    cpu0 = _cpu_s(cpu_of.proc.pid) if cpu_of else None
+    run, as each execution measured it), both means over the requests; with one client, also the
+    median request's (``cpu_outside_p50_us``: the daemon's CPU from one send to the next, less the
+    executions' mean)."""
+    cpu0 = process_cpu_s(cpu_of.proc.pid) if cpu_of else None
     exec0 = _executions_cpu_s(cpu_of) if cpu_of else None
-    threads0 = _thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
+    threads0 = thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
+    # With one client, its requests come one after another: what the daemon spent from one send
+    # to the next is one request's CPU, the work it deferred to its idle moment included.
+    clock_paths = schedstat_paths(cpu_of.proc.pid) if cpu_of and clients == 1 else None
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
-                                              warmup, barrier, q, shm, cores)) for _ in range(clients)]
+                                              warmup, barrier, q, shm, cores, clock_paths))
+             for _ in range(clients)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -288,10 +257,14 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
            "throughput_rps": len(rtts) / wall}
     if cpu_of:
         served = (n // clients + warmup) * clients
-        cpu_s = _cpu_s(cpu_of.proc.pid) - cpu0
+        cpu_s = process_cpu_s(cpu_of.proc.pid) - cpu0
         out["cpu_us"] = cpu_s * 1e6 / served
-        out["cpu_outside_us"] = (cpu_s - (_executions_cpu_s(cpu_of) - exec0)) * 1e6 / served
-        for name, seconds in _by_name(threads0, _thread_cpu_s(cpu_of.proc.pid)).items():
+        executions_s = _executions_cpu_s(cpu_of) - exec0
+        out["cpu_outside_us"] = (cpu_s - executions_s) * 1e6 / served
+        if clock_paths:   # the median request, less the executions' mean (one fixed variant: all alike)
+            per_request_us = np.array(results[0][2]) / 1e3
+            out["cpu_outside_p50_us"] = float(np.median(per_request_us)) - executions_s * 1e6 / served
+        for name, seconds in by_name(threads0, thread_cpu_s(cpu_of.proc.pid)).items():
             out[f"{THREAD_PREFIX}{name}"] = seconds * 1e6 / served
     return out
 
@@ -449,15 +422,17 @@ def main() -> int:
         echo_p50 = summary["zmq echo (ipc)"]["p50_us"]["median"]
         print(f"\n{model} (float32 on {placement.name}, {placement.threads} thread(s)), {args.rounds} rounds")
         print(f"{'path':34s} {'p50 us':>18s} {'p99 us':>18s} {'x in-proc p50':>14s} {'req/s':>9s} "
-              f"{'daemon CPU us/req':>22s} {'outside execution':>22s}")
+              f"{'daemon CPU us/req':>22s} {'outside execution':>22s} {'p50 outside':>20s}")
         for k, s in summary.items():
             p50, p99 = s["p50_us"], s["p99_us"]
-            cpu, outside = s.get("cpu_us"), s.get("cpu_outside_us")
+            cpu, outside, p50_outside = s.get("cpu_us"), s.get("cpu_outside_us"), s.get("cpu_outside_p50_us")
             print(f"{k:34s} {p50['median']:8.0f} [{p50['min']:.0f}..{p50['max']:.0f}] "
                   f"{p99['median']:8.0f} [{p99['min']:.0f}..{p99['max']:.0f}] {p50['median'] / base:14.2f} "
                   f"{s['throughput_rps']['median']:9.0f} "
                   + (f"{cpu['median']:8.0f} [{cpu['min']:.0f}..{cpu['max']:.0f}] "
-                     f"{outside['median']:8.0f} [{outside['min']:.0f}..{outside['max']:.0f}]" if cpu else ""))
+                     f"{outside['median']:8.0f} [{outside['min']:.0f}..{outside['max']:.0f}]" if cpu else "")
+                  + (f" {p50_outside['median']:8.0f} [{p50_outside['min']:.0f}..{p50_outside['max']:.0f}]"
+                     if p50_outside else ""))
         for k, s in summary.items():
             by_thread = sorted(((name[len(THREAD_PREFIX):], v) for name, v in s.items()
                                 if name.startswith(THREAD_PREFIX) and v["median"] >= 1.0), key=lambda x: -x[1]["median"])
