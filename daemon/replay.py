@@ -23,14 +23,13 @@ Contract
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, NamedTuple
+from typing import Any
 
+import numpy as np
 
-class _Entry(NamedTuple):
-    expires: float
-    header: bytes   # packed
-    bodies: list[Any]
-    nbytes: int
+# An entry is a plain tuple (a NamedTuple's constructor is Python code, run on every reply):
+_EXPIRES, _HEADER, _BODIES, _NBYTES = range(4)   # monotonic s, packed header, bodies, bytes held
+_ARRAY = np.ndarray
 
 
 class ReplayCache:
@@ -38,13 +37,10 @@ class ReplayCache:
         self.window_s = window_s
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.enabled = window_s > 0 and max_entries > 0 and max_bytes > 0
         self.bytes = 0
         self.hits = 0
-        self._entries: OrderedDict[tuple[bytes, str], _Entry] = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self.window_s > 0 and self.max_entries > 0 and self.max_bytes > 0
+        self._entries: OrderedDict[tuple[bytes, str], tuple[float, bytes, list[Any], int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -56,11 +52,11 @@ class ReplayCache:
         entry = self._entries.get((peer, request_id))
         if entry is None:
             return None
-        if entry.expires < now:
+        if entry[_EXPIRES] < now:
             self._drop((peer, request_id))
             return None
         self.hits += 1
-        return entry.header, entry.bodies
+        return entry[_HEADER], entry[_BODIES]
 
     def put(self, peer: bytes, request_id: str, header: bytes, bodies: list[Any], now: float) -> None:
         """Keep a reply sent: its packed header and its bodies."""
@@ -68,30 +64,29 @@ class ReplayCache:
             return
         nbytes = len(header)
         for body in bodies:
-            nbytes += _nbytes(body)
+            nbytes += body.nbytes if type(body) is _ARRAY else _nbytes(body)
         if nbytes > self.max_bytes:
             return
         key = (peer, request_id)
         entries = self._entries
         old = entries.pop(key, None)
         if old is not None:
-            self.bytes -= old.nbytes
-        entries[key] = _Entry(now + self.window_s, header, bodies, nbytes)
+            self.bytes -= old[_NBYTES]
+        entries[key] = (now + self.window_s, header, bodies, nbytes)
         self.bytes += nbytes
         while len(entries) > self.max_entries or self.bytes > self.max_bytes:
-            self.bytes -= entries.popitem(last=False)[1].nbytes
+            self.bytes -= entries.popitem(last=False)[1][_NBYTES]
 
     def expire(self, now: float) -> None:
         """Drop every entry past its window (entries are in expiry order: one window for all)."""
         while self._entries:
             key, entry = next(iter(self._entries.items()))
-            if entry.expires >= now:
+            if entry[_EXPIRES] >= now:
                 return
             self._drop(key)
 
     def _drop(self, key: tuple[bytes, str]) -> None:
-        entry = self._entries.pop(key)
-        self.bytes -= entry.nbytes
+        self.bytes -= self._entries.pop(key)[_NBYTES]
 
 
 def _nbytes(buffer: Any) -> int:
