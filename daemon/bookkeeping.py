@@ -154,14 +154,23 @@ class Bookkeeping:
                energy: Mapping[str, Any] | None = None, met: Mapping[str, bool] | None = None,
                runtime: Mapping[str, Any] | None = None) -> None:
         """One selection record: ``timing``, ``energy`` and ``met`` as the reply carries them
-        (None when nothing ran)."""
-        row = records.selection_row(
-            ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
-            objective=request.objective, on_infeasible=request.on_infeasible,
-            constraints=constraints_map(request), outcome=outcome, error_code=error_code,
-            variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
-            reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
-            energy=energy, met=met, runtime=runtime)
+        (None when nothing ran). A repeated header's answered request, from the same client
+        with the same decision on the same arm as the last one, reuses that one's row for all
+        but its id, time and what ran (``records.repeat_row``)."""
+        kept = request.derived.get("row") if outcome == "ok" and request.derived is not None else None
+        if kept is not None and kept[0] is choice and kept[1] is arm and kept[2] is model and kept[3] == client:
+            row = records.repeat_row(kept[4], ts=now, request_id=request.id, predicted=choice.predicted,
+                                     timing=timing, energy=energy, met=met, runtime=runtime)
+        else:
+            row = records.selection_row(
+                ts=now, request_id=request.id, client=client, model=model.name, version=model.version,
+                objective=request.objective, on_infeasible=request.on_infeasible,
+                constraints=constraints_map(request), outcome=outcome, error_code=error_code,
+                variant=arm.variant.name if arm else None, placement=arm.placement.name if arm else None,
+                reason_code=choice.code, reason=choice.text, predicted=choice.predicted, timing=timing,
+                energy=energy, met=met, runtime=runtime)
+            if outcome == "ok" and request.derived is not None:   # (one per header: the last client's)
+                request.derived["row"] = (choice, arm, model, client, row)
         self._submit(row)
         if self.on_record is not None:
             self.on_record(records.row_record(row))

@@ -15,7 +15,10 @@ Contract
   whose id is the one cut. Anything else (another layout, another type, a malformed message)
   takes the full path, with its error replies unchanged.
 * Each template has a ``derived`` map that its copies share (:func:`derived`): what the daemon
-  derives from the header alone is kept there for the next repeat, never to be changed.
+  derives from the header alone is kept there for the next repeat, never to be changed. What
+  also depends on something else (admission's checks on the registry's generation, a record's
+  row on the decision and client) is kept with what it depends on, checked on every use, and
+  replaced when that changed: one entry per key.
 * Bounded: at most ``MAX_ENTRIES`` keys of at most ``MAX_KEY_BYTES`` each; a full memo is
   emptied (a client that varies its headers pays the full path, nothing more).
 * Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.

@@ -104,26 +104,49 @@ def selection_row(*, ts: float, request_id: str, client: str, model: str, versio
     ``constraints_met`` (None when nothing ran); ``runtime``: the reply's ``runtime`` map (the
     daemon's own cost; None when nothing ran). :func:`row_record` makes it the record's map."""
     p = predicted or {}
-    met = met or {}
     get = constraints.get
-    ran = bool(timing)
-    met_accuracy, met_latency, met_energy = met.get("min_accuracy"), met.get("max_latency_ms"), met.get("max_energy_mj")
     return (
         ts, request_id, client, model, version, objective, on_infeasible,
         get("min_accuracy"), get("max_latency_ms"), get("max_energy_mj"), get("latency_confidence"),
         outcome, error_code, variant, placement, reason_code, reason,
         p.get("latency_ms"), p.get("latency_bound_ms"), p.get("queue_ms"), p.get("energy_mj"),
         p.get("energy_bound_mj"), p.get("accuracy"), p.get("latency_confidence"),
+        *_ran(outcome == "ok", p, timing, energy, met, runtime),
+        p.get("accuracy_used", p.get("accuracy")), p.get("accuracy_source"),
+    )
+
+
+# The columns of what ran (queue_ms .. runtime_energy_mj): the rest of a row is the request's,
+# its client's and its decision's.
+_RAN_START, _RAN_END = COLUMN_NAMES.index("queue_ms"), COLUMN_NAMES.index("runtime_energy_mj") + 1
+_OUTCOME = COLUMN_NAMES.index("outcome")
+
+
+def _ran(ok: bool, p: Mapping[str, Any], timing: Mapping[str, float] | None, energy: Mapping[str, Any] | None,
+         met: Mapping[str, bool] | None, runtime: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    met = met or {}
+    met_accuracy, met_latency, met_energy = met.get("min_accuracy"), met.get("max_latency_ms"), met.get("max_energy_mj")
+    ran = bool(timing)
+    return (
         timing.get("queue_ms") if ran else None, timing.get("compute_ms") if ran else None,
         timing.get("total_ms") if ran else None,
         energy.get("energy_mj") if energy else None, energy.get("source") if energy else None,
         int(bool(energy.get("estimated")) if energy else bool(p.get("energy_estimated", False))),
         None if met_accuracy is None else int(met_accuracy), None if met_latency is None else int(met_latency),
         None if met_energy is None else int(met_energy),
-        int(all(met.values())) if outcome == "ok" else 0,
+        int(all(met.values())) if ok else 0,
         runtime.get("cpu_ms") if runtime else None, runtime.get("energy_mj") if runtime else None,
-        p.get("accuracy_used", p.get("accuracy")), p.get("accuracy_source"),
     )
+
+
+def repeat_row(row: tuple[Any, ...], *, ts: float, request_id: str, predicted: Mapping[str, Any] | None,
+               timing: Mapping[str, float] | None, energy: Mapping[str, Any] | None,
+               met: Mapping[str, bool] | None, runtime: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """:func:`selection_row`'s row for another request that differs from ``row``'s only by its
+    id, time and what ran: the same header but for its id, client, decision (``predicted``
+    its map) and arm. What ran is computed as :func:`selection_row` does; the rest is ``row``'s."""
+    return ((ts, request_id) + row[2:_RAN_START]
+            + _ran(row[_OUTCOME] == "ok", predicted or {}, timing, energy, met, runtime) + row[_RAN_END:])
 
 
 def selection_record(**fields: Any) -> dict[str, Any]:
