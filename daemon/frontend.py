@@ -14,6 +14,14 @@ Contract
   (``replies_unread_dropped``), as is a reply to a client that has gone
   (``replies_to_departed``). A client that stops reading loses its own replies, never the
   daemon's memory; a retry of a dropped reply is answered from the replay store.
+* The loop polls a ROUTER by its notification descriptor (:meth:`Frontend.router_fds`), which
+  is edge-triggered: a message that came after the socket's events were last read may go
+  unannounced when a reply is sent on it (the send takes the notification). So
+  :meth:`Frontend.send` notes each ROUTER it sends on (``sent``), and before it polls, the loop
+  asks those, and only those, for their events (:meth:`Frontend.unannounced`); whoever reads a
+  ROUTER's events after its last send (the request path's intake) takes it off ``sent``.
+  ZeroMQ's own poller asked every socket for its events at every poll: two system calls each,
+  four per poll with two ROUTERs, even for a request that came over the local stream.
 * Threads: the daemon's main thread only (ZeroMQ sockets are not thread-safe).
 """
 
@@ -74,6 +82,7 @@ class Frontend:
         self.ipc_paths: list[Path] = []
         self.replies_unread_dropped = 0
         self.replies_to_departed = 0
+        self.sent: set[zmq.Socket] = set()   # ROUTERs sent on since their events were last read
         self.streams = StreamServer(max_message_bytes=max_message_bytes, send_hwm=send_hwm, ipc_mode=ipc_mode,
                                     intake=intake)
 
@@ -113,11 +122,23 @@ class Frontend:
             self.ipc_paths.append(path)
             os.chmod(path, ADMIN_IPC_MODE if admin else self.ipc_mode)
 
+    def router_fds(self) -> dict[int, zmq.Socket]:
+        """Each ROUTER by its notification descriptor (what the loop polls)."""
+        return {sock.getsockopt(zmq.FD): sock for sock in self.sockets}
+
+    def unannounced(self) -> list[zmq.Socket]:
+        """The ROUTERs sent on since their events were last read that hold a message (which
+        their descriptors may not announce); ``sent`` is emptied."""
+        waiting = [sock for sock in self.sent if sock.get(zmq.EVENTS) & zmq.POLLIN]
+        self.sent.clear()
+        return waiting
+
     def send(self, route: tuple[zmq.Socket, list[Any]], frames: list[Any]) -> bool:
         """Send a reply (envelope + message frames) without blocking; False when it was dropped."""
         sock, envelope = route
         if type(sock) is StreamConnection:
             return self.streams.send(sock, frames)
+        self.sent.add(sock)
         try:
             send_frames(sock, [*envelope, *frames], _NOBLOCK)
             return True

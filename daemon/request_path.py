@@ -109,19 +109,25 @@ class RequestPath:
         self._tracebacks: dict[str, float] = {}
         self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
 
-    def drain(self, sock: zmq.Socket) -> None:
-        """Take at most INTAKE_BATCH messages from one request socket. After each, the socket's
-        events say whether another waits (1.5 us here) rather than a receive that fails (3.5 us:
-        it raises), since one message per wake-up is the common case."""
+    def drain(self, sock: zmq.Socket) -> bool:
+        """Take at most INTAKE_BATCH messages from one request socket; True when more may wait
+        (its descriptor will not say so: the loop drains it again next round). After each, the
+        socket's events say whether another waits (1.5 us here) rather than a receive that
+        fails (3.5 us: it raises), since one message per wake-up is the common case. Either
+        read also covers what the replies sent meanwhile may have left unannounced
+        (:mod:`adaptd.daemon.frontend`)."""
         get = sock.get
         for _ in range(INTAKE_BATCH):
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:   # a wake-up with nothing to read
-                return
+                self.d.frontend.sent.discard(sock)
+                return False
             self.on_request(sock, frames)
             if not get(_EVENTS) & _POLLIN:
-                return
+                self.d.frontend.sent.discard(sock)
+                return False
+        return True
 
     def on_request(self, sock: Any, frames: list[Any]) -> None:
         """One message from a request socket: exactly one reply, now or when its job ends."""

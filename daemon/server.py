@@ -297,7 +297,11 @@ class Daemon:
     def run(self) -> int:
         wake = self.install_signal_handlers()
         poller = zmq.Poller()
-        frontends: set[zmq.Socket] = set(self.frontend.sockets)
+        # The ROUTERs are polled by their descriptors (the frontend's contract says why):
+        routers = self.frontend.router_fds()
+        router_fds = {sock: fd for fd, sock in routers.items()}
+        unannounced: set[int] = set()   # ROUTERs with messages their descriptors will not announce
+        sent = self.frontend.sent
         streams = self.frontend.streams   # unix:// endpoints: their descriptors change as clients come and go
         pidfds: set[int] = set()
         rank: dict[Any, int] = {}
@@ -313,9 +317,9 @@ class Daemon:
             for fd in self.pool.channel_fds():
                 poller.register(fd, zmq.POLLIN)
                 rank[fd] = 0
-            for sock in self.frontend.sockets:
-                poller.register(sock, zmq.POLLIN)
-                rank[sock] = 1
+            for fd in routers:
+                poller.register(fd, zmq.POLLIN)
+                rank[fd] = 1
             streams.sync(poller, rank, fresh=True)
             poller.register(wake, zmq.POLLIN)
             rank[wake] = 2
@@ -347,7 +351,13 @@ class Daemon:
             learn_s = books.learn_due_s   # executions held for the policy: an idle flush then, unless a
             if learn_s is not None and not self.pool.running():   # run goes on (its reply's flush will do)
                 wait_ms = min(wait_ms, max(0, math.ceil((learn_s - time.monotonic()) * 1e3)))
-            events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged else wait_ms)
+            if sent:   # replies went out on these ROUTERs: a message may have come unannounced
+                unannounced.update(router_fds[sock] for sock in self.frontend.unannounced())
+            events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged or unannounced
+                                 else wait_ms)
+            if unannounced:
+                events += [(fd, zmq.POLLIN) for fd in unannounced if all(fd != item for item, _ in events)]
+                unannounced.clear()
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
                 while not events and time.monotonic_ns() < spin_until_ns:
@@ -362,8 +372,9 @@ class Daemon:
             elif books.full:   # a daemon that is never idle: a slice per round
                 books.flush_slice()
             for item, flags in events:
-                if item in frontends:
-                    self.path.drain(item)
+                if item in routers:
+                    if self.path.drain(routers[item]):
+                        unannounced.add(item)
                 elif streams.owns(item):
                     for connection, frames, size in streams.on_event(item, flags):
                         self.path.on_stream_request(connection, frames, size)
