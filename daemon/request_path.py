@@ -372,7 +372,8 @@ class RequestPath:
         # (an inline run's request is measured from its arrival: one CPU clock read fewer)
         cpu0 = 0 if pending.inline else time.thread_time_ns()
         request, arm, model = pending.request, pending.arm, pending.model
-        self._release(pending)   # the job is done with its regions
+        if pending.regions:
+            self._release(pending)   # the job is done with its regions
         if not held:   # answered already: given up when its hand-off raised (a retry may hold the
             return     # id now), or at shutdown
         del self.pending[(pending.peer, request.id)]

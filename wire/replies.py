@@ -24,21 +24,23 @@ def result_header(*, request_id: str, model: str, version: str, variant: str, pl
                   reason_text: str, alternatives: Sequence[Mapping[str, Any]] | None = None,
                   runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """§5: what ran, its outputs' headers, what it cost, what was predicted and why; ``runtime``:
-    the daemon's own cost for this request (:func:`runtime_cost`)."""
+    the daemon's own cost for this request (:func:`runtime_cost`). The maps and lists given are
+    held, not copied (the daemon's decision shares its ``predicted`` map among the replies of a
+    kept decision): a reply is packed and read, never changed."""
     header = {
         "type": "result", "id": request_id, "model": model, "version": version,
-        "variant": variant, "placement": placement, "outputs": list(outputs),
+        "variant": variant, "placement": placement, "outputs": outputs,
         "timing": {"queue_ms": queue_ms, "compute_ms": compute_ms, "total_ms": total_ms},
         "energy": {"energy_mj": energy_mj, "source": energy_source, "estimated": energy_estimated},
-        "predicted": dict(predicted),
-        "constraints_met": dict(constraints_met), "met": all(constraints_met.values()),
+        "predicted": predicted,
+        "constraints_met": constraints_met, "met": all(constraints_met.values()),
         "reason": {"code": reason_code, "text": reason_text},
         "replayed": False,
     }
     if runtime is not None:
-        header["runtime"] = dict(runtime)
+        header["runtime"] = runtime
     if alternatives is not None:
-        header["alternatives"] = list(alternatives)
+        header["alternatives"] = alternatives
     return header
 
 
