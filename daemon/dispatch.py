@@ -177,8 +177,12 @@ class Dispatcher:
         return [o for pool in self._pools for o in pool.on_exit(fd)]
 
     def next_restart_s(self) -> float | None:
-        due = [t for t in (pool.next_restart_s() for pool in self._pools) if t is not None]
-        return min(due) if due else None
+        soonest = None   # (the loop asks twice a request: loops, not generators)
+        for pool in self._pools:
+            t = pool.next_restart_s()
+            if t is not None and (soonest is None or t < soonest):
+                soonest = t
+        return soonest
 
     def restart_due(self) -> None:
         for pool in self._pools:
@@ -201,7 +205,7 @@ class Dispatcher:
 
     def running(self) -> bool:
         """Whether a job waits or runs on any placement (its outcome will wake the loop)."""
-        return self.threads.running() or self.processes.latest_dispatch_ns() is not None
+        return self.threads.running() or self.processes.running()
 
     def latest_dispatch_ns(self) -> int | None:
         times = [t for t in (self.threads.latest_dispatch_ns(), self.processes.latest_dispatch_ns()) if t is not None]

@@ -354,7 +354,10 @@ class ThreadPlacements:
 
     def running(self) -> bool:
         """Whether a job waits or runs on any placement's thread."""
-        return any(w.queue or w.inflight is not None for w in self.workers.values())
+        for w in self.workers.values():   # (the loop asks once a request: a loop, not a generator)
+            if w.queue or w.inflight is not None:
+                return True
+        return False
 
     def latest_dispatch_ns(self) -> int | None:
         times = [job.dispatched_ns for job in (w.inflight for w in self.workers.values())   # read once: the
