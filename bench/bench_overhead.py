@@ -32,7 +32,7 @@ what the daemon itself costs; and then split by thread (the kernel's names for t
 the main thread, ``ZMQbg/IO/0``, ``adaptd-store``, a placement's name), which is where a cost
 that no in-process profile sees shows up (a thread that ended during a row is missing from it).
 Those are means; with one client the median request's CPU outside the execution is given too
-(the issue's bar is a p50): the client reads the daemon's threads' clocks before each send
+(the issue's bar is a p50): the client reads the daemon's processes' CPU clocks before each send
 (:mod:`daemon_cpu`), so each request's share holds what the daemon did until the next one
 arrived, its deferred work included.
 
@@ -64,7 +64,7 @@ import numpy as np
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
-from daemon_cpu import SchedClocks, by_name, process_cpu_s, schedstat_paths, thread_cpu_s
+from daemon_cpu import ProcessClocks, by_name, process_clock_ids, process_cpu_s, thread_cpu_s
 from dealers import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,13 +152,13 @@ def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cor
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
             warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = (),
-            clock_paths: list[str] | None = None) -> None:
+            clock_ids: list[int] | None = None) -> None:
     """One client process: raw frames on a DEALER socket or the local stream (the thinnest client,
     :mod:`dealers`). ``shm``: None
     (inline frames), "shm" (the input lives in a registered region), "copy" (copied into the
     region before each request) or "resident" (no input sent: the relay floor's worker holds
-    one, the floor of the shared-memory path). ``clock_paths``: the server's threads' schedstat
-    files, read before each request is sent (outside its timing): the server's CPU per request."""
+    one, the floor of the shared-memory path). ``clock_ids``: the server's processes' CPU-time
+    clocks, read before each request is sent (outside its timing): the server's CPU per request."""
     import mmap
 
     from adaptd.wire import protocol as proto
@@ -180,7 +180,7 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         region = body["region"]
         inputs = [proto.shm_tensor_header(np.float32, shape, region, 0)]
     rtts = []
-    clocks = SchedClocks(clock_paths) if clock_paths else None
+    clocks = ProcessClocks(clock_ids) if clock_ids else None
     cpu_ns = []
     barrier.wait()
     t_start = time.perf_counter()
@@ -209,8 +209,6 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
             t_start = time.perf_counter()
             assert proto.decode(reply)[0]["type"] != "error", proto.decode(reply)[0]   # (the echo returns the request)
     wall = time.perf_counter() - t_start
-    if clocks is not None:
-        clocks.close()
     if region is not None:
         del xs
         conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
@@ -239,12 +237,12 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     threads0 = thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
     # With one client, its requests come one after another: what the daemon spent from one send
     # to the next is one request's CPU, the work it deferred to its idle moment included.
-    clock_paths = schedstat_paths(cpu_of.proc.pid) if cpu_of and clients == 1 else None
+    clock_ids = process_clock_ids(cpu_of.proc.pid) if cpu_of and clients == 1 else None
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
-                                              warmup, barrier, q, shm, cores, clock_paths))
+                                              warmup, barrier, q, shm, cores, clock_ids))
              for _ in range(clients)]
     for p in procs:
         p.start()
@@ -261,7 +259,7 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
         out["cpu_us"] = cpu_s * 1e6 / served
         executions_s = _executions_cpu_s(cpu_of) - exec0
         out["cpu_outside_us"] = (cpu_s - executions_s) * 1e6 / served
-        if clock_paths:   # the median request, less the executions' mean (one fixed variant: all alike)
+        if clock_ids:   # the median request, less the executions' mean (one fixed variant: all alike)
             per_request_us = np.array(results[0][2]) / 1e3
             out["cpu_outside_p50_us"] = float(np.median(per_request_us)) - executions_s * 1e6 / served
         for name, seconds in by_name(threads0, thread_cpu_s(cpu_of.proc.pid)).items():

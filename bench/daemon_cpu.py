@@ -3,19 +3,20 @@
 * :func:`process_cpu_s`: CPU time (user + system) of a process and its children so far (psutil).
 * :func:`thread_cpu_s` / :func:`by_name`: each thread's on-CPU time from
   ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds), summed by the thread's kernel name.
-* :class:`SchedClocks`: the summed on-CPU time of a fixed set of threads, read in about a
-  microsecond a thread (the files are opened once and re-read with ``pread``), so a client can
-  read it between its requests and give the daemon's CPU *per request*, whose median is the
-  issue's measure (a mean also carries the work done every n-th request: the policy's batched
-  update, the store's transactions).
+* :class:`ProcessClocks`: the summed CPU time of the daemon's processes, read in about half a
+  microsecond each (their CPU-time clocks), so a client can read it between its requests and
+  give the daemon's CPU *per request*, whose median is the issue's measure (a mean also carries
+  the work done every n-th request: the policy's batched update, the store's transactions).
 
-Linux only (``/proc``). A thread started after a reading began is not in it; one that ended
-reads as its last value.
+Linux only (``/proc``, process CPU-time clocks). A thread started after a reading began is not
+in :func:`thread_cpu_s`'s; a process started after the clocks were listed is not in
+:class:`ProcessClocks`'.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -74,34 +75,33 @@ def by_name(before: dict[tuple[int, int], tuple[str, float]],
     return out
 
 
-def schedstat_paths(pid: int) -> list[str]:
-    """The schedstat files of every thread of ``pid`` and its children now (for :class:`SchedClocks`,
-    which may live in another process)."""
-    return [f"/proc/{p}/task/{tid}/schedstat" for p, tid in _tasks(pid)]
+def process_clock_ids(pid: int) -> list[int]:
+    """The CPU-time clocks (``clock_gettime``) of ``pid`` and of its child processes now, for
+    :class:`ProcessClocks`, which may read them from another process. Each is the whole process's
+    clock, as glibc's ``clock_getcpuclockid`` makes it (``CPUCLOCK_SCHED`` of the process)."""
+    import psutil
+
+    pids = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    return [((~p) << 3) | _CPUCLOCK_SCHED for p in pids]
 
 
-class SchedClocks:
-    """The summed on-CPU nanoseconds of the threads whose schedstat files are given. One reader
-    per thread of the caller; :meth:`close` when done."""
+_CPUCLOCK_SCHED = 2
 
-    def __init__(self, paths: list[str]) -> None:
-        self._fds: list[int] = []
-        for path in paths:
-            try:
-                self._fds.append(os.open(path, os.O_RDONLY))
-            except OSError:   # a thread that ended since the paths were listed
-                continue
-        self._last = [0] * len(self._fds)
+
+class ProcessClocks:
+    """The summed CPU time, in ns, of the processes whose clocks are given
+    (:func:`process_clock_ids`): one ``clock_gettime`` each, about half a microsecond, and up to
+    date for a thread running at that moment (a thread's ``schedstat`` is brought up to date only
+    at the scheduler's next tick or switch). A process that ended reads as its last value."""
+
+    def __init__(self, clock_ids: list[int]) -> None:
+        self._ids = list(clock_ids)
+        self._last = [0] * len(self._ids)
 
     def read_ns(self) -> int:
-        for i, fd in enumerate(self._fds):
+        for i, clock in enumerate(self._ids):
             try:
-                self._last[i] = int(os.pread(fd, 64, 0).split(maxsplit=1)[0])
-            except (OSError, ValueError, IndexError):   # the thread ended: its last reading stands
+                self._last[i] = time.clock_gettime_ns(clock)
+            except OSError:   # the process ended
                 continue
         return sum(self._last)
-
-    def close(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []

@@ -204,7 +204,8 @@ class Dispatcher:
         return self.loaded_bytes(placement, version_dir, variant) is not None
 
     def running(self) -> bool:
-        """Whether a job waits or runs on any placement (its outcome will wake the loop)."""
+        """Whether a job waits for or runs on a placement's thread, or is in a worker process's
+        hands (its outcome will wake the loop; a job queued behind it goes after that)."""
         return self.threads.running() or self.processes.running()
 
     def latest_dispatch_ns(self) -> int | None:

@@ -17,9 +17,9 @@ Contract
 * The loop polls a ROUTER by its notification descriptor (:meth:`Frontend.router_fds`), which
   is edge-triggered: a message that came after the socket's events were last read may go
   unannounced when a reply is sent on it (the send takes the notification). So
-  :meth:`Frontend.send` notes each ROUTER it sends on (``sent``), and before it polls, the loop
+  :meth:`Frontend.send` notes each ROUTER it sends on (``sent_on``), and before it polls, the loop
   asks those, and only those, for their events (:meth:`Frontend.unannounced`); whoever reads a
-  ROUTER's events after its last send (the request path's intake) takes it off ``sent``.
+  ROUTER's events after its last send (the request path's intake) takes it off ``sent_on``.
   ZeroMQ's own poller asked every socket for its events at every poll: two system calls each,
   four per poll with two ROUTERs, even for a request that came over the local stream.
 * Threads: the daemon's main thread only (ZeroMQ sockets are not thread-safe).
@@ -82,7 +82,7 @@ class Frontend:
         self.ipc_paths: list[Path] = []
         self.replies_unread_dropped = 0
         self.replies_to_departed = 0
-        self.sent: set[zmq.Socket] = set()   # ROUTERs sent on since their events were last read
+        self.sent_on: set[zmq.Socket] = set()   # ROUTERs sent on since their events were last read
         self.streams = StreamServer(max_message_bytes=max_message_bytes, send_hwm=send_hwm, ipc_mode=ipc_mode,
                                     intake=intake)
 
@@ -128,9 +128,9 @@ class Frontend:
 
     def unannounced(self) -> list[zmq.Socket]:
         """The ROUTERs sent on since their events were last read that hold a message (which
-        their descriptors may not announce); ``sent`` is emptied."""
-        waiting = [sock for sock in self.sent if sock.get(zmq.EVENTS) & zmq.POLLIN]
-        self.sent.clear()
+        their descriptors may not announce); ``sent_on`` is emptied."""
+        waiting = [sock for sock in self.sent_on if sock.get(zmq.EVENTS) & zmq.POLLIN]
+        self.sent_on.clear()
         return waiting
 
     def send(self, route: tuple[zmq.Socket, list[Any]], frames: list[Any]) -> bool:
@@ -138,7 +138,7 @@ class Frontend:
         sock, envelope = route
         if type(sock) is StreamConnection:
             return self.streams.send(sock, frames)
-        self.sent.add(sock)
+        self.sent_on.add(sock)
         try:
             send_frames(sock, [*envelope, *frames], _NOBLOCK)
             return True

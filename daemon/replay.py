@@ -10,10 +10,10 @@ Contract
 * A reply is kept as it was sent: its header packed (msgpack bytes, as :func:`~adaptd.wire.
   protocol.pack` made it: one object to keep and free, not a tree of maps) and its bodies.
 * Bounded three ways: entries (``max_entries``), bytes (``max_bytes``: the bodies and the packed
-  header) and age (``window_s``). An entry older than the window is never answered and is
-  dropped at the next :meth:`put` or :meth:`expire`, whichever comes first; the daemon calls
-  :meth:`expire` about once a second, so memory held by expired replies is released within a
-  second of their expiry, not when new replies push them out. Replies larger than ``max_bytes``
+  header) and age (``window_s``). An entry older than the window is never answered; it is
+  dropped when a retry looks it up or at the next :meth:`expire`, whichever comes first (or
+  sooner, pushed out by new replies); the daemon calls :meth:`expire` about once a second, so
+  memory held by expired replies is released within a second of their expiry. Replies larger than ``max_bytes``
   on their own are not stored.
 * Stored bodies are the buffers that were sent (zero-copy frames or arrays); the store keeps
   them alive until the entry goes.

@@ -121,11 +121,11 @@ class RequestPath:
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
             except zmq.Again:   # a wake-up with nothing to read
-                self.d.frontend.sent.discard(sock)
+                self.d.frontend.sent_on.discard(sock)
                 return False
             self.on_request(sock, frames)
             if not get(_EVENTS) & _POLLIN:
-                self.d.frontend.sent.discard(sock)
+                self.d.frontend.sent_on.discard(sock)
                 return False
         return True
 

@@ -301,7 +301,7 @@ class Daemon:
         routers = self.frontend.router_fds()
         router_fds = {sock: fd for fd, sock in routers.items()}
         unannounced: set[int] = set()   # ROUTERs with messages their descriptors will not announce
-        sent = self.frontend.sent
+        sent = self.frontend.sent_on
         streams = self.frontend.streams   # unix:// endpoints: their descriptors change as clients come and go
         pidfds: set[int] = set()
         rank: dict[Any, int] = {}

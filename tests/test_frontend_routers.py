@@ -35,9 +35,9 @@ def test_a_message_a_reply_left_unannounced_is_named_before_the_loop_polls(tmp_p
         assert frontend.send((router, [identity]), [b"reply"])
         assert not _readable(fd, 0)                       # the reply took the announcement
         assert router.get(zmq.EVENTS) & zmq.POLLIN        # while the message waits
-        assert frontend.unannounced() == [router] and not frontend.sent
+        assert frontend.unannounced() == [router] and not frontend.sent_on
         assert frontend.unannounced() == []               # asked once per send
-        assert other not in frontend.sent and other_fd != fd
+        assert other not in frontend.sent_on and other_fd != fd
         assert router.recv_multipart()[1] == b"second"
     finally:
         dealer.close(0)
