@@ -13,8 +13,8 @@ Contract
   header) and age (``window_s``). An entry older than the window is never answered; it is
   dropped when a retry looks it up or at the next :meth:`expire`, whichever comes first (or
   sooner, pushed out by new replies); the daemon calls :meth:`expire` about once a second, so
-  memory held by expired replies is released within a second of their expiry. Replies larger than ``max_bytes``
-  on their own are not stored.
+  memory held by expired replies is released within a second of their expiry. Replies larger
+  than ``max_bytes`` on their own are not stored.
 * Stored bodies are the buffers that were sent (zero-copy frames or arrays); the store keeps
   them alive until the entry goes.
 * Single-threaded: the daemon's main thread only. Times are ``time.monotonic()`` seconds.
