@@ -286,18 +286,8 @@ class WorkerPool:
 
     def next_restart_s(self) -> float | None:
         """Seconds until the next held-back restart is due (None: none is)."""
-        soonest = None   # (asked twice a request by the loop: a loop, not a list)
-        for w in self.workers.values():
-            if w.restart_at is not None and (soonest is None or w.restart_at < soonest):
-                soonest = w.restart_at
-        return None if soonest is None else max(0.0, soonest - time.monotonic())
-
-    def running(self) -> bool:
-        """Whether a job is in flight on any worker (its outcome will wake the loop)."""
-        for w in self.workers.values():
-            if w.sent:
-                return True
-        return False
+        due = [w.restart_at for w in self.workers.values() if w.restart_at is not None]
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     def restart_due(self) -> None:
         """Start the workers whose held-back restart is due (the daemon's loop calls this)."""
