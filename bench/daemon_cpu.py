@@ -37,12 +37,17 @@ def process_cpu_s(pid: int) -> float:
     return total
 
 
-def _tasks(pid: int) -> list[tuple[int, int]]:
-    """(pid, tid) of every thread of ``pid`` and of its child processes."""
+def _pids(pid: int) -> list[int]:
+    """``pid`` and its child processes (the daemon's workers with process isolation)."""
     import psutil
 
+    return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def _tasks(pid: int) -> list[tuple[int, int]]:
+    """(pid, tid) of every thread of ``pid`` and of its child processes."""
     out = []
-    for p in [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]:
+    for p in _pids(pid):
         try:
             out += [(p, int(tid)) for tid in os.listdir(f"/proc/{p}/task")]
         except OSError:
@@ -79,10 +84,7 @@ def process_clock_ids(pid: int) -> list[int]:
     """The CPU-time clocks (``clock_gettime``) of ``pid`` and of its child processes now, for
     :class:`ProcessClocks`, which may read them from another process. Each is the whole process's
     clock, as glibc's ``clock_getcpuclockid`` makes it (``CPUCLOCK_SCHED`` of the process)."""
-    import psutil
-
-    pids = [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    return [((~p) << 3) | _CPUCLOCK_SCHED for p in pids]
+    return [((~p) << 3) | _CPUCLOCK_SCHED for p in _pids(pid)]
 
 
 _CPUCLOCK_SCHED = 2

@@ -356,7 +356,7 @@ class Daemon:
             events = poller.poll(0 if books.waiting or spin_until_ns or streams.backlogged or unannounced
                                  else wait_ms)
             if unannounced:
-                events += [(fd, zmq.POLLIN) for fd in unannounced if all(fd != item for item, _ in events)]
+                events += [(fd, zmq.POLLIN) for fd in unannounced.difference(item for item, _ in events)]
                 unannounced.clear()
             if not events and spin_until_ns:
                 # [server] spin_us: a result due soon is picked up without a wake-up from sleep
