@@ -309,6 +309,11 @@ def ensure_repos(demo_repo: Path, zoo_repo: Path) -> None:
                         "--kinds", "float32", "--no-progress"], check=True)
 
 
+def latest_version(model_dir: Path) -> Path:
+    """A model's newest version directory (the highest number)."""
+    return sorted(model_dir.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)[-1]
+
+
 def summarise(rounds: list[dict]) -> dict:
     keys = dict.fromkeys(k for r in rounds for k in r)   # a thread missing from a round spent nothing
     return {k: {"median": float(np.median([r.get(k, 0.0) for r in rounds])),
@@ -355,7 +360,7 @@ def main() -> int:
     for model in args.models.split(","):
         repo, shape = models[model]
         n = args.requests if model == "digits" else max(200, args.requests // 5)
-        version_dir = sorted((repo / model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)[-1]
+        version_dir = latest_version(repo / model)
         rows: dict[str, list[dict]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             echo_ep = f"ipc://{tmp}/echo.sock"
