@@ -34,6 +34,28 @@ def test_estimated_readings_follow_the_tx2_profile_and_are_labelled(tmp_path):
         m.close()
 
 
+def test_a_placements_second_reading_is_its_first_ones_rule(tmp_path):
+    """After a CPU placement's first estimate the meter keeps its power (the daemon asks once a
+    request): the readings that follow are the same rule, per placement, and a GPU placement's
+    still add the GPU's power; a negative CPU time still counts as none, a reversed span still
+    raises."""
+    m = _meter(tmp_path, "tx2")
+    try:
+        for _ in range(3):
+            assert m.attribute(A57, 0, 10_000_000, cpu_time_s=0.018) == \
+                EnergyReading(pytest.approx(0.018 * 500.0), "estimated:tx2", True)
+            assert m.attribute(DENVER, 0, 10_000_000, cpu_time_s=0.010).energy_mj == pytest.approx(9.0)
+            assert m.attribute(GPU, 0, 4_000_000, cpu_time_s=0.001).energy_mj == \
+                pytest.approx(0.001 * 500.0 + 0.004 * 5000.0)
+        assert m.attribute(DENVER, 0, 10, cpu_time_s=-1.0).energy_mj == 0.0
+        with pytest.raises(ValueError):
+            m.attribute(DENVER, 10, 0, cpu_time_s=0.001)
+        twin = SimpleNamespace(**vars(DENVER))   # another object with the same fields: its own entry
+        assert m.attribute(twin, 0, 10_000_000, cpu_time_s=0.010).energy_mj == pytest.approx(9.0)
+    finally:
+        m.close()
+
+
 def test_estimated_meter_describes_itself_as_estimated(tmp_path):
     m = _meter(tmp_path)
     try:

@@ -128,6 +128,9 @@ class EnergyMeter:
         self._gpu_only = np.array([i for i in d.gpu_rails if i not in d.cpu_rails], dtype=int)
         self._both = np.array([i for i in d.cpu_rails if i in d.gpu_rails], dtype=int)
         self._cpu_only = np.array([i for i in d.cpu_rails if i not in d.gpu_rails], dtype=int)
+        # Without a CPU rail a CPU placement's energy is its CPU time at the profile's power: per
+        # placement object (by identity, kept alive here), that power and the label, made once.
+        self._estimated_cpu: dict[int, tuple[Any, float, str]] = {}
 
     @classmethod
     def from_config(cls, config: PowerConfig) -> "EnergyMeter":
@@ -186,7 +189,12 @@ class EnergyMeter:
     def attribute(self, placement, t0_ns: int, t1_ns: int, cpu_time_s: float, *,
                   wait: bool = True) -> EnergyReading:
         """Energy of one execution. ``wait=False`` never blocks: samples not yet published are
-        replaced by holding the last sample's power up to ``t1_ns`` (the daemon's request path)."""
+        replaced by holding the last sample's power up to ``t1_ns`` (the daemon's request path).
+        A placement's ``kind`` and ``cores`` must not change (the daemon's are frozen): without a
+        CPU rail, its power is looked up once."""
+        known = self._estimated_cpu.get(id(placement))
+        if known is not None and known[0] is placement and t1_ns >= t0_ns:   # (a few µs live: once a request)
+            return EnergyReading(max(float(cpu_time_s), 0.0) * known[1], known[2], True)
         if t1_ns < t0_ns:
             raise ValueError(f"t1_ns ({t1_ns}) < t0_ns ({t0_ns})")
         kind = getattr(placement, "kind", "cpu")
@@ -209,7 +217,11 @@ class EnergyMeter:
 
         est_label = profile.source_label
         if not len(self._cpu) and not (use_gpu and len(self._gpu_only)):   # fully estimated: no rail to
-            return EnergyReading(estimated_mj, est_label, True)           # share, no history needed
+            if not use_gpu:                                                 # share, no history needed
+                if len(self._estimated_cpu) >= 64:   # (placements of many reloads)
+                    self._estimated_cpu.clear()
+                self._estimated_cpu[id(placement)] = (placement, profile.busy_core_mw(cores), est_label)
+            return EnergyReading(estimated_mj, est_label, True)
         rails_used = list(self._cpu) + (list(self._gpu_only) if use_gpu else [])
         measured_label = self._measured_label(rails_used)
         label = est_label + ("+" + measured_label if measured_label else "") if estimated else measured_label
