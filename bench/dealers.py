@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
-from adaptd.wire.stream import MessageReader, send_message
+from adaptd.wire.stream import MessageReader, send_message, widen_send_buffer
 
 STREAM_SCHEME = "unix://"
 
@@ -38,6 +38,7 @@ class ZmqDealer:
 class StreamDealer:
     def __init__(self, endpoint: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        widen_send_buffer(self.sock)   # as the client library does
         self.sock.connect(endpoint[len(STREAM_SCHEME):] if endpoint.startswith(STREAM_SCHEME) else endpoint)
         self.reader = MessageReader(1 << 30)
         self.ready: deque[list[Any]] = deque()

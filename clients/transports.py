@@ -40,7 +40,7 @@ import zmq.asyncio
 from adaptd.wire.auth import CurveKeys
 from adaptd.wire.frames import recv_frames, send_frames
 from adaptd.wire.stream import (FramingError, MessageReader, TooLarge, frame_count, frame_lengths, message_bytes,
-                                send_message, split_frames)
+                                send_message, split_frames, widen_send_buffer)
 
 STREAM_SCHEME = "unix://"
 MAX_REPLY_BYTES = 1 << 31        # replies are the daemon's: the limit only bounds a broken stream
@@ -101,6 +101,7 @@ class StreamTransport:
 
     def _connect(self, timeout_s: float) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        widen_send_buffer(sock)   # a large input in one write
         try:
             sock.settimeout(max(1e-3, timeout_s))   # bounded by the attempt (a full backlog refuses at once)
             sock.connect(self.path)
@@ -229,6 +230,7 @@ class AsyncStreamTransport:
             while self._writer is None or self._writer.is_closing():
                 try:
                     self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=1 << 16)
+                    widen_send_buffer(self._writer.get_extra_info("socket"))   # a large input in one write
                 except OSError:   # not there yet: the caller's deadline ends the wait
                     await asyncio.sleep(CONNECT_RETRY_S)
             self._connected.set()

@@ -18,7 +18,7 @@ from adaptd.clients.client import Client
 from adaptd.tools.launch import DaemonProcess
 from adaptd.wire import protocol as proto
 from adaptd.wire import replies
-from adaptd.wire.stream import MAX_FRAMES, MessageReader, message_bytes, send_message
+from adaptd.wire.stream import MAX_FRAMES, MessageReader, message_bytes, send_message, widen_send_buffer
 
 from .conftest import wait_until
 
@@ -100,6 +100,32 @@ def test_the_client_library_serves_inferences_and_regions_over_the_stream(daemon
         with pytest.raises(e.UnknownModelError):
             client.infer("no-such-model", x)
         assert client.models()   # the connection serves on after an error reply
+
+
+def _send_buffer(sock) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+
+
+def test_both_clients_connections_hold_a_large_input_whole(daemon):
+    """Each client widens its stream connection's send buffer (``widen_send_buffer``): a large
+    input then goes to the daemon in one write rather than in pieces, each a wake-up of both."""
+    d, model = daemon
+    reference = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    default = _send_buffer(reference)
+    widen_send_buffer(reference)
+    widened = _send_buffer(reference)
+    reference.close()
+    assert widened > default
+    with Client(d.local_endpoint, timeout_ms=30_000) as client:
+        client.infer(model, tiny_input(1))
+        assert _send_buffer(client._transport.sock) == widened
+
+    async def run() -> int:
+        async with AsyncClient(d.local_endpoint, timeout_ms=30_000) as client:
+            await client.infer(model, tiny_input(1))
+            return _send_buffer(client._socket._writer.get_extra_info("socket"))
+
+    assert asyncio.run(run()) == widened
 
 
 def test_the_asyncio_client_has_many_requests_in_flight_on_one_stream(daemon):
