@@ -131,8 +131,11 @@ def stages_of(marks: list[tuple[str, int]], sent: list[int], received: list[int]
         if woken:   # the first poll after the send: a large message's later pieces are read after it
             stamps["poll"] = woken[0]
         for i in range(start + 1, end):
-            if names[i] != "poll":
-                stamps.setdefault(names[i], times[i])
+            name = names[i]
+            if name.endswith("_out"):   # its last: a screen may call another, nested
+                stamps[name] = times[i]
+            elif name != "poll":
+                stamps.setdefault(name, times[i])
         if "submit_out" in stamps and "finished" in stamps:   # handed off: the main thread woken for its outcome
             after = [t for t in polls if stamps["finished"] <= t <= stamps.get("outcome", received[k])]
             if after:
@@ -167,8 +170,21 @@ def trace_requests(repo: Path, workdir: Path, model: str, variant: str, placemen
                                         model, variant, placement, x, n, shm)
         finally:
             os.sched_setaffinity(0, saved)
-    marks = json.loads(Path(f"{trace}.{pid}").read_text())   # (written as the daemon exited)
-    return [tuple(m) for m in marks], sent, received
+    failed = Path(f"{trace}.error")
+    if failed.exists():
+        raise RuntimeError(f"the stage tracer could not wrap the daemon: {failed.read_text()}")
+    written = Path(f"{trace}.{pid}")   # (as the daemon exited)
+    if not written.exists():
+        raise RuntimeError(f"the daemon wrote no stamps: is {tracer} a stage tracer? (its log: {workdir / 'daemon'})")
+    return [tuple(m) for m in json.loads(written.read_text())], sent, received
+
+
+def usual(stages: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The stages at least half the requests passed (and the round trip): a stage few pass is one
+    that ran in another order (e.g. a hand-off whose caller was preempted until after the run
+    began), counted by the caller, not tabled."""
+    kept = len(stages["round trip"])
+    return {name: values for name, values in stages.items() if len(values) * 2 >= kept}
 
 
 def one_round(args, repo: Path, version_dir: Path, x: np.ndarray) -> dict:
@@ -177,14 +193,11 @@ def one_round(args, repo: Path, version_dir: Path, x: np.ndarray) -> dict:
         marks, sent, received = trace_requests(repo, Path(tmp), args.model, args.variant, args.placement, args.cores,
                                                x, args.requests, shm=args.input == "shm", transport=args.transport,
                                                tracer=args.tracer)
-    stages = stages_of(marks, sent, received, range(args.warmup, args.requests))
+    stages = usual(stages_of(marks, sent, received, range(args.warmup, args.requests)))
     kept = len(stages["round trip"])
-    # A stage few requests pass is one that ran in another order (e.g. a hand-off whose caller was
-    # preempted until after the run began): counted, not tabled.
-    usual = {name: values for name, values in stages.items() if len(values) * 2 >= kept}
     return {"inprocess_p50_us": inprocess["p50_us"], "requests": kept,
-            "stages": {name: float(np.median(values)) for name, values in usual.items()},
-            "unusual_order": kept - min(len(values) for values in usual.values())}
+            "stages": {name: float(np.median(values)) for name, values in stages.items()},
+            "unusual_order": kept - min(len(values) for values in stages.values())}
 
 
 def main() -> int:

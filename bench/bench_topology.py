@@ -57,6 +57,7 @@ import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
 from adaptd.wire.stream import MessageReader, send_message
+from bench_overhead import latest_version
 from dealers import connect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,7 +370,7 @@ def main() -> int:
 
     repo, shape = ((args.demo_repository, (1, 16, 16, 1)) if args.model == "digits"
                    else (args.zoo_repository, (1, 224, 224, 3)))
-    version_dir = sorted((repo / args.model).iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)[-1]
+    version_dir = latest_version(repo / args.model)
     allowed = sorted(os.sched_getaffinity(0))
     core = allowed[-1] if args.placement_core is None else args.placement_core
     cores = (core,)

@@ -20,7 +20,7 @@ from .conftest import SLOW_MODEL, SLOW_SHAPE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from bench_stages import STAMPS, stages_of, trace_requests  # noqa: E402
+from bench_stages import STAMPS, TRACER, stages_of, trace_requests, usual  # noqa: E402
 
 REQUESTS = 30
 
@@ -28,13 +28,6 @@ REQUESTS = 30
 def _placement() -> tuple[str, tuple[int, ...]]:
     single = [p for p in discover(PlacementsConfig()) if len(p.cores) == 1]
     return single[-1].name, single[-1].cores
-
-
-def _passed(marks, sent, received) -> list[list[str]]:
-    """Each request's stamps, in time order (as ``stages_of`` orders them)."""
-    stages = stages_of(marks, sent, received, range(len(sent)))
-    assert len(stages["round trip"]) == len(sent)
-    return [name.split(" -> ") for name in stages if name != "round trip"]
 
 
 def test_an_inline_job_passes_every_stamp_of_the_receiving_thread(tiny_repository, tmp_path):
@@ -48,19 +41,13 @@ def test_an_inline_job_passes_every_stamp_of_the_receiving_thread(tiny_repositor
                   "send_in", "send_out"):
         assert stamp in names, stamp
     assert "submit_in" not in names   # (a job this short is never handed off)
-    stages = stages_of(marks, sent, received, range(5, REQUESTS))
+    stages = usual(stages_of(marks, sent, received, range(5, REQUESTS)))
     order = [name.split(" -> ")[1] for name in stages if name != "round trip"]
     expected = ["poll", "handler", "admit_in", "admit_out", "screen_in", "screen_out", "inline_in", "dispatched",
                 "t0", "t1", "finished", "inline_out", "outcome", "header_in", "header_out", "encoded", "send_in",
                 "send_out", "client_recv"]
     assert order == expected
     assert set(order) <= set(STAMPS)
-    # The stages add up to each request's round trip, and none is negative but the client's receipt.
-    for name, values in stages.items():
-        if name not in ("round trip", "send_out -> client_recv"):
-            assert min(values) >= 0, name
-    total = sum(np.array(v) for name, v in stages.items() if name != "round trip")
-    assert np.allclose(total, stages["round trip"])
 
 
 def test_a_handed_off_job_passes_the_placement_threads_stamps(slow_repository, tmp_path):
@@ -68,7 +55,7 @@ def test_a_handed_off_job_passes_the_placement_threads_stamps(slow_repository, t
     x = np.random.default_rng(0).random((1, *SLOW_SHAPE), dtype=np.float32)
     marks, sent, received = trace_requests(slow_repository, tmp_path, SLOW_MODEL, "float32", placement, cores, x, 12,
                                            shm=True)
-    stages = stages_of(marks, sent, received, range(2, 12))
+    stages = usual(stages_of(marks, sent, received, range(2, 12)))
     order = [name.split(" -> ")[1] for name in stages if name != "round trip"]
     # A region's input is screened by the placement's thread, after it takes the job.
     assert order.index("submit_out") < order.index("dispatched") < order.index("screen_in") < order.index("t0")
@@ -80,16 +67,28 @@ def test_a_handed_off_job_passes_the_placement_threads_stamps(slow_repository, t
     assert all(np.median(v) < run for name, v in stages.items() if name not in ("round trip", "t0 -> t1"))
 
 
-def test_the_wrapping_happens_only_with_the_variable(tmp_path):
-    """The tracer folder on the path is not enough: without ``ADAPTD_STAGE_TRACE`` a process runs
-    the daemon's functions unwrapped (the wrapper keeps the wrapped one as ``__wrapped__``)."""
-    tracer = Path(__file__).resolve().parents[1] / "bench" / "stage_trace"
-    probe = ("import adaptd.daemon.dispatch as d, adaptd.wire.replies as r; "
-             "print(hasattr(d.Dispatcher.submit, '__wrapped__'), hasattr(r.result_header, '__wrapped__'))")
+def _wrapped_in_a_process(env: dict[str, str]) -> list[bool]:
+    """Whether each function the tracer wraps (its ``WRAPPED``) is wrapped in a new process with
+    ``env`` (the wrapper keeps the wrapped function as ``__wrapped__``)."""
+    probe = ("import importlib, sitecustomize as t\n"
+             "def get(module, path):\n"
+             "    owner = importlib.import_module(module)\n"
+             "    for part in path.split('.'):\n"
+             "        owner = getattr(owner, part)\n"
+             "    return owner\n"
+             "print(' '.join(str(hasattr(get(m, p), '__wrapped__')) for m, p in t.WRAPPED))")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    return [word == "True" for word in out.stdout.split()]
+
+
+def test_every_target_is_wrapped_with_the_variable_and_none_without(tmp_path):
+    """The tracer folder on the path is not enough: without ``ADAPTD_STAGE_TRACE`` nothing is
+    wrapped. With it, every target is, and nothing reports a failure: a target renamed in the
+    daemon fails this test, not the benchmark's table quietly."""
     env = {k: v for k, v in os.environ.items() if k != "ADAPTD_STAGE_TRACE"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tracer), env.get("PYTHONPATH")) if p)
-    plain = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert plain.stdout.split() == ["False", "False"]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TRACER), env.get("PYTHONPATH")) if p)
+    plain = _wrapped_in_a_process(env)
+    assert len(plain) >= 12 and not any(plain)
     env["ADAPTD_STAGE_TRACE"] = str(tmp_path / "stages.json")
-    traced = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert traced.stdout.split() == ["True", "True"]
+    assert all(_wrapped_in_a_process(env))
+    assert not (tmp_path / "stages.json.error").exists()

@@ -50,8 +50,11 @@ def test_a_placements_second_reading_is_its_first_ones_rule(tmp_path):
         assert m.attribute(DENVER, 0, 10, cpu_time_s=-1.0).energy_mj == 0.0
         with pytest.raises(ValueError):
             m.attribute(DENVER, 10, 0, cpu_time_s=0.001)
-        twin = SimpleNamespace(**vars(DENVER))   # another object with the same fields: its own entry
-        assert m.attribute(twin, 0, 10_000_000, cpu_time_s=0.010).energy_mj == pytest.approx(9.0)
+        # Another object under the same name on other cores (a reload's): its own power, not the
+        # one kept for the first.
+        moved = SimpleNamespace(name="denver", kind="cpu", cores=(0, 3), threads=1)
+        assert m.attribute(moved, 0, 10_000_000, cpu_time_s=0.010).energy_mj == pytest.approx(0.010 * 500.0)
+        assert m.attribute(DENVER, 0, 10_000_000, cpu_time_s=0.010).energy_mj == pytest.approx(9.0)
     finally:
         m.close()
 
