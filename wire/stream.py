@@ -14,7 +14,7 @@ Contract
   left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
   :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
 * :func:`widen_send_buffer`: a sending socket's buffer made room for a large message whole
-  (``SEND_BUFFER_BYTES``, or what the kernel's ``net.core.wmem_max`` allows), which a client
+  (``SEND_BUFFER_BYTES``, or what the kernel's ``net.core.wmem_max`` allows, doubled), which a client
   sets on its connection: a 602 KB input then goes in one write instead of three, each of which
   woke both ends.
 * :class:`MessageReader` is incremental: :meth:`~MessageReader.read_from` reads what a socket
@@ -83,9 +83,10 @@ def message_bytes(frames: Sequence[Any]) -> list[Any]:
 
 
 def widen_send_buffer(sock: socket.socket) -> None:
-    """Let ``sock`` hold ``SEND_BUFFER_BYTES`` unread (the kernel caps it at ``net.core.wmem_max``).
+    """Let ``sock`` hold ``SEND_BUFFER_BYTES`` unread (Linux grants twice what is asked, for its
+    bookkeeping, up to twice ``net.core.wmem_max``).
 
-    A Unix stream socket takes what its sender's buffer holds, about 210 KB by default: a larger
+    A Unix stream socket takes what its sender's buffer holds, 212992 bytes by default: a larger
     message went in pieces, each one write, a wake-up of the reader and, once it had read, of the
     writer. MobileNetV2's 602 KB input over the local stream (AMD-3, bench/bench_stages.py, two
     pairs): the daemon's read of it 161-165 µs instead of 233-239, the round trip 240-300 µs
