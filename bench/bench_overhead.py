@@ -65,7 +65,7 @@ import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
 from daemon_cpu import ProcessClocks, by_name, process_clock_ids, process_cpu_s, thread_cpu_s
-from dealers import connect
+from dealers import connect, register_region, unregister_region
 
 ROOT = Path(__file__).resolve().parents[1]
 THREAD_PREFIX = "cpu_us_thread:"   # a daemon row's CPU per request of the threads of one kernel name
@@ -159,8 +159,6 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     region before each request) or "resident" (no input sent: the relay floor's worker holds
     one, the floor of the shared-memory path). ``clock_ids``: the server's processes' CPU-time
     clocks, read before each request is sent (outside its timing): the server's CPU per request."""
-    import mmap
-
     from adaptd.wire import protocol as proto
 
     if cores:
@@ -170,14 +168,9 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     conn = connect(endpoint)
     region = None
     if shm in ("shm", "copy"):
-        conn.send(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes, "owner_pid": os.getpid()}))
-        body = proto.decode(conn.recv())[0]["body"]
-        fd = os.open(body["path"], os.O_RDWR)
-        mm = mmap.mmap(fd, body["size"])
-        os.close(fd)
+        mm, region = register_region(conn, x.nbytes)
         xs = np.frombuffer(mm, np.float32, x.size).reshape(shape)
         xs[...] = x
-        region = body["region"]
         inputs = [proto.shm_tensor_header(np.float32, shape, region, 0)]
     rtts = []
     clocks = ProcessClocks(clock_ids) if clock_ids else None
@@ -211,9 +204,7 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     wall = time.perf_counter() - t_start
     if region is not None:
         del xs
-        conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
-        conn.recv()
-        mm.close()
+        unregister_region(conn, mm, region)
     conn.close()
     out.put((rtts, wall, np.diff(cpu_ns).tolist()))   # (the server's CPU from one send to the next)
 

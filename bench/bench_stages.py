@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
 import platform
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 from adaptd.tools.launch import DaemonProcess
 from adaptd.wire import protocol as proto
 from bench_overhead import ensure_repos, latest_version, measure_inprocess
-from dealers import connect
+from dealers import connect, register_region, unregister_region
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACER = Path(__file__).resolve().parent / "stage_trace"
@@ -80,13 +79,8 @@ def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.nd
     inputs: list[dict] | None = None
     mm = region = None
     if shm:
-        conn.send(proto.encode({"type": "shm_register", "id": "reg", "size": x.nbytes, "owner_pid": os.getpid()}))
-        body = proto.decode(conn.recv())[0]["body"]
-        fd = os.open(body["path"], os.O_RDWR)
-        mm = mmap.mmap(fd, body["size"])
-        os.close(fd)
+        mm, region = register_region(conn, x.nbytes)
         np.frombuffer(mm, x.dtype, x.size)[:] = x.reshape(-1)
-        region = body["region"]
         inputs = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)]
     sent, received = [], []
     for _ in range(n):
@@ -103,9 +97,7 @@ def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.nd
         if len(sent) == 1:
             assert proto.decode(reply)[0]["type"] == "result", proto.decode(reply)[0]
     if shm:
-        conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
-        conn.recv()
-        mm.close()
+        unregister_region(conn, mm, region)
     conn.close()
     return sent, received
 

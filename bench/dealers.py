@@ -2,17 +2,21 @@
 
 Both send and receive a message's frames as a DEALER does (the empty delimiter first), so one
 client loop measures either transport: ``unix://PATH`` is ADPT/1's local stream (PROTOCOL.md
-§2.3, :mod:`adaptd.wire.stream`), anything else a ZeroMQ endpoint. Blocking; one thread.
+§2.3, :mod:`adaptd.wire.stream`), anything else a ZeroMQ endpoint. Blocking; one thread. :func:`register_region` and
+:func:`unregister_region`: a shared-memory region (PROTOCOL.md §11) for a client's inputs.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import socket
 from collections import deque
 from typing import Any
 
 import zmq
 
+from adaptd.wire import protocol as proto
 from adaptd.wire.frames import recv_frames, send_frames
 from adaptd.wire.stream import MessageReader, send_message, widen_send_buffer
 
@@ -57,3 +61,21 @@ class StreamDealer:
 
 def connect(endpoint: str) -> ZmqDealer | StreamDealer:
     return StreamDealer(endpoint) if endpoint.startswith(STREAM_SCHEME) else ZmqDealer(endpoint)
+
+
+def register_region(conn: ZmqDealer | StreamDealer, nbytes: int) -> tuple[mmap.mmap, str]:
+    """A region of ``nbytes`` registered on ``conn`` and mapped here: its map and its name."""
+    conn.send(proto.encode({"type": "shm_register", "id": "reg", "size": nbytes, "owner_pid": os.getpid()}))
+    body = proto.decode(conn.recv())[0]["body"]
+    fd = os.open(body["path"], os.O_RDWR)
+    try:
+        return mmap.mmap(fd, body["size"]), body["region"]
+    finally:
+        os.close(fd)
+
+
+def unregister_region(conn: ZmqDealer | StreamDealer, mm: mmap.mmap, region: str) -> None:
+    """The region let go on ``conn`` and unmapped here (no view of ``mm`` may be left)."""
+    conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
+    conn.recv()
+    mm.close()
