@@ -9,9 +9,11 @@ costs; the daemon built on it can only add to that. Candidates:
 * ``echo, compiled``: the same ROUTER in C (``bench/skeletons/echo.c``, built here with the
   system's C compiler against the libzmq that pyzmq ships; left out, with the reason, where
   either is missing): the floor of a front end that is not Python.
-* ``echo, unix stream`` and ``inline, unix stream``: the echo and ``inline`` over a Unix stream
-  socket (:mod:`adaptd.wire.stream`'s framing) instead of ZeroMQ: one thread hop each way, where
-  ZeroMQ adds its I/O thread at each end.
+* ``echo, unix stream``, ``inline, unix stream``, ``thread, direct, unix stream`` and ``thread,
+  via receiver, unix stream``: the same over a Unix stream socket (:mod:`adaptd.wire.stream`'s
+  framing, the daemon's local stream) instead of ZeroMQ: one thread hop each way, where ZeroMQ
+  adds its I/O thread at each end (``bench/topology_stream.py``; its thread kinds keep the
+  receiver on the placement's cores, as the daemon's main thread is with one client).
 * ``inline``: the receiving thread runs the interpreter itself (execution where the request is
   received; the thread is not pinned).
 * ``inline, migrate``: the same, the receiving thread moving itself onto the placement's cores
@@ -34,7 +36,7 @@ shared-memory input (the floor of the ``shm`` targets).
 Usage::
 
     .venv/bin/python bench/bench_topology.py [--model digits|MobileNetV2] [--requests 3000] [--rounds 3]
-                                             [--resident]
+                                             [--resident] [--skeletons 'echo, unix stream;inline, unix stream']
 """
 
 from __future__ import annotations
@@ -56,23 +58,11 @@ import numpy as np
 import zmq
 
 from adaptd.wire.frames import recv_frames, send_frames
-from adaptd.wire.stream import MessageReader, send_message
 from bench_overhead import latest_version
 from dealers import connect
+from topology_stream import RESIDENT, STREAM_KINDS, cpu_s as _cpu_s, load as _load, serve_stream
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(version_dir: str, threads: int):
-    from adaptd.variants.manifest import load_manifest
-    from adaptd.variants.runtime import load_variant
-
-    record = next(v for v in load_manifest(Path(version_dir)).variants if v.name == "float32")
-    return load_variant(Path(version_dir), record, num_threads=threads)
-
-
-def _cpu_s() -> float:
-    return time.process_time()
 
 
 def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: int, cores: tuple[int, ...],
@@ -232,51 +222,6 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
                     served[0] += 1
 
 
-def _serve_stream(kind: str, path: str, ready, stats_q, version_dir: str, threads: int, shape) -> None:
-    """The echo or ``inline`` over a Unix stream socket: one thread, connections polled."""
-    import select
-
-    loaded = _load(version_dir, threads) if kind.startswith("inline") else None
-    resident = np.random.default_rng(0).random(shape, dtype=np.float32)
-    invoke_ns, served = 0, 0
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(8)
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    conns: dict[int, tuple[socket.socket, MessageReader]] = {}
-    ready.set()
-    while True:
-        for fd, _ in poller.poll():
-            if fd == listener.fileno():
-                conn, _ = listener.accept()
-                conns[conn.fileno()] = (conn, MessageReader(1 << 30))
-                poller.register(conn, select.POLLIN)
-                continue
-            conn, reader = conns[fd]
-            try:
-                messages = reader.read_from(conn)
-            except ConnectionError:
-                poller.unregister(fd)
-                del conns[fd]
-                conn.close()
-                continue
-            for frames in messages:
-                body = frames[-1]
-                if len(body) == 0:   # the client's "report" message
-                    stats_q.put((served, _cpu_s(), invoke_ns / 1e9))
-                    continue
-                if loaded is not None:
-                    x = resident if bytes(body[:2]) == RESIDENT else np.frombuffer(body, np.float32).reshape(shape)
-                    t0 = time.perf_counter_ns()
-                    outs = loaded.run([x])
-                    invoke_ns += time.perf_counter_ns() - t0
-                    send_message(conn, [*frames[:-1], *(np.ascontiguousarray(o, np.float32) for o in outs)])
-                else:
-                    send_message(conn, frames)
-                served += 1
-
-
 def _client(endpoint: str, shape, n: int, cores: tuple[int, ...], out, resident: bool = False) -> None:
     if cores:
         os.sched_setaffinity(0, cores)
@@ -312,9 +257,7 @@ def _inprocess(version_dir: str, cores: tuple[int, ...], shape, n: int, out) -> 
     out.put(times)
 
 
-RESIDENT = b"r"   # a request's input frame meaning "run on the input you hold" (--resident)
 COMPILED = "echo, compiled"
-STREAM_KINDS = ("echo, unix stream", "inline, unix stream")
 KINDS = ("echo", COMPILED, *STREAM_KINDS, "inline", "inline, migrate", "thread, direct", "thread, via receiver", "process relay")
 
 
@@ -364,9 +307,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--placement-core", type=int, default=None,
                     help="the placement's core (default: the last allowed core); the client runs elsewhere")
+    ap.add_argument("--skeletons", type=lambda v: tuple(k.strip() for k in v.split(";")), default=KINDS,
+                    help="the skeletons to run, separated by ';' (default: all; 'echo' is always run)")
     ap.add_argument("--resident", action="store_true",
                     help="send no input: the server runs on one it holds (the shared-memory floor)")
     args = ap.parse_args()
+    if unknown := set(args.skeletons) - set(KINDS):
+        ap.error(f"no such skeleton: {', '.join(sorted(unknown))} (the skeletons: {'; '.join(KINDS)})")
 
     repo, shape = ((args.demo_repository, (1, 16, 16, 1)) if args.model == "digits"
                    else (args.zoo_repository, (1, 224, 224, 3)))
@@ -381,10 +328,10 @@ def main() -> int:
     baseline: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         compiled, why_not = _compile_echo(tmp)
-        kinds = KINDS if compiled else tuple(k for k in KINDS if k != COMPILED)
-        if not compiled:
+        kinds = tuple(k for k in KINDS if k == "echo" or k in args.skeletons and (compiled or k != COMPILED))
+        if not compiled and COMPILED in args.skeletons:
             print(f"{COMPILED}: left out: {why_not}")
-            del rows[COMPILED]
+        rows = {k: rows[k] for k in kinds}
         for r in range(args.rounds):
             out = ctx.Queue()
             proc = ctx.Process(target=_inprocess, args=(str(version_dir), cores, shape, n, out))
@@ -397,8 +344,8 @@ def main() -> int:
                 if kind in STREAM_KINDS:
                     ep = f"unix://{tmp}/{r}-{KINDS.index(kind)}.sock"
                     ready, reports = ctx.Event(), ctx.Queue()
-                    server = ctx.Process(target=_serve_stream, args=(kind, ep[len("unix://"):], ready, reports, str(version_dir), 1,
-                                                                     shape), daemon=True)
+                    server = ctx.Process(target=serve_stream, args=(kind, ep[len("unix://"):], ready, reports,
+                                                                    str(version_dir), 1, shape, cores), daemon=True)
                     server.start()
                     ready.wait()
                 elif kind == COMPILED:
@@ -427,13 +374,14 @@ def main() -> int:
           f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{args.rounds} rounds x {n} requests{', input resident' if args.resident else ''}; "
           "median [min..max] over rounds; x in-process: per round, against that round's loop")
-    print(f"{'skeleton':22s} {'p50 us':>18s} {'x in-process':>18s} {'p99 us':>18s} {'p50 - echo':>11s} "
+    width = max(map(len, rows)) + 1
+    print(f"{'skeleton':{width}s} {'p50 us':>18s} {'x in-process':>18s} {'p99 us':>18s} {'p50 - echo':>11s} "
           f"{'CPU/req - invoke us':>20s}")
-    print(f"{'in-process':22s} {np.median(baseline):8.0f} [{min(baseline):.0f}..{max(baseline):.0f}]")
+    print(f"{'in-process':{width}s} {np.median(baseline):8.0f} [{min(baseline):.0f}..{max(baseline):.0f}]")
     for kind, rs in rows.items():
         p50s, p99s, cpus = zip(*rs)
         ratios = [p / b for p, b in zip(p50s, baseline)]
-        print(f"{kind:22s} {np.median(p50s):8.0f} [{min(p50s):.0f}..{max(p50s):.0f}] "
+        print(f"{kind:{width}s} {np.median(p50s):8.0f} [{min(p50s):.0f}..{max(p50s):.0f}] "
               f"{np.median(ratios):6.3f} [{min(ratios):.3f}..{max(ratios):.3f}] "
               f"{np.median(p99s):8.0f} [{min(p99s):.0f}..{max(p99s):.0f}] {np.median(p50s) - echo:11.0f} "
               f"{np.median(cpus):10.0f} [{min(cpus):.0f}..{max(cpus):.0f}]")
