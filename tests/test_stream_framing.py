@@ -224,3 +224,24 @@ def test_a_widened_socket_takes_a_large_message_in_fewer_writes():
     plain, widened = _taken_at_once(False, 8 << 20), _taken_at_once(True, 8 << 20)
     assert widened > plain
     assert widened >= min(SEND_BUFFER_BYTES, wmem_max)
+
+
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)   # (Linux's; Python 3.11 does not name it)
+
+
+def test_widening_never_shrinks_a_larger_buffer():
+    """A socket whose buffer is already larger than ``widen_send_buffer`` asks for keeps it (the
+    larger buffer is forced here, as a host's ``net.core.wmem_default`` would give it)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            a.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * SEND_BUFFER_BYTES)
+        except PermissionError:
+            pytest.skip("forcing a send buffer past net.core.wmem_max needs CAP_NET_ADMIN")
+        before = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert before > 2 * SEND_BUFFER_BYTES
+        widen_send_buffer(a)
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+    finally:
+        a.close()
+        b.close()
