@@ -19,6 +19,9 @@ Contract
   keeps dying soon after it starts is restarted after a growing pause (``RESTART_BACKOFF_S``);
   meanwhile its placement is *down* (:meth:`WorkerPool.down_reason`), takes no jobs, and the jobs
   queued for it are handed back too, each once. No request is silently dropped nor answered twice.
+  A restart that cannot start a process (descriptors or processes exhausted) is the same: the
+  placement is down and the start is tried again ``START_RETRY_S`` later; it never ends the
+  daemon. The first start, at the daemon's start-up, raises instead.
 * No send to a worker raises: a channel that fails (the worker died, or stopped reading for
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to
@@ -36,16 +39,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from itertools import islice
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from adaptd.daemon.channel import Channel
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.sched import make_idle
+from adaptd.daemon.workers import Worker
 
 log = logging.getLogger("adaptd.workers")
 
@@ -56,56 +58,12 @@ SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a me
 EARLY_DEATH_S = 30.0      # a worker that dies this soon after starting counts towards a crash loop
 # pause before a restart, by the number of early deaths in a row (a worker that did any work resets it)
 RESTART_BACKOFF_S = (0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+START_RETRY_S = 1.0       # a worker that could not be started (no descriptor or process left) is tried again then
 PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one and the next
 # A job is sent behind a running one only when its inline input is at most this: the channel's
 # kernel buffer (about 200 kB by default) must take it whole, or the send would block the main
 # thread until the worker reads it, for the rest of the running job.
 PIPELINE_MAX_BYTES = 64 * 1024
-
-
-@dataclass
-class Worker:
-    placement: Placement
-    queue: deque[Job] = field(default_factory=deque)
-    proc: subprocess.Popen | None = None
-    channel: Channel | None = None
-    pidfd: int | None = None
-    ready: bool = False
-    sent: deque[Job] = field(default_factory=deque)   # in the channel, in order; the first runs
-    restarts: int = 0
-    started_at: float = 0.0
-    loaded: dict[tuple[str, str], int] = field(default_factory=dict)   # (dir, variant) -> memory bytes
-    rss_bytes: int | None = None
-    pending_loads: list[tuple[str, str]] = field(default_factory=list)
-    eager: list[tuple[str, str]] = field(default_factory=list)        # loaded again after a restart
-    failed_loads: set[tuple[str, str]] = field(default_factory=set)
-    loading: list[tuple[str, str]] = field(default_factory=list)      # loads sent, not yet answered
-    early_deaths: int = 0             # deaths in a row, each soon after its start
-    restart_at: float | None = None   # time.monotonic() of a restart held back by the crash loop
-    last_exit: str | None = None
-
-    @property
-    def inflight(self) -> Job | None:
-        """The job the worker runs (or is about to start), or None."""
-        return self.sent[0] if self.sent else None
-
-    busy = property(lambda self: bool(self.sent))
-
-    def waiting(self) -> tuple[Job, ...]:
-        """The jobs not running yet, in the order they will run: sent behind the running one, then queued."""
-        return (*islice(self.sent, 1, None), *self.queue)
-
-    def n_waiting(self) -> int:
-        """How many jobs wait behind the running one (what ``queue_limit`` bounds)."""
-        return len(self.queue) + max(0, len(self.sent) - 1)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {**self.placement.to_dict(), "queued": self.n_waiting(), "busy": self.busy,
-                "ready": self.ready, "worker_pid": self.proc.pid if self.proc else None,
-                "restarts": self.restarts,
-                "restart_in_s": (None if self.restart_at is None
-                                 else round(max(0.0, self.restart_at - time.monotonic()), 3)),
-                "last_exit": self.last_exit}
 
 
 class WorkerPool:
@@ -204,28 +162,51 @@ class WorkerPool:
         return None
 
     def _spawn(self, worker: Worker) -> None:
-        worker.restart_at = None
+        """Start the placement's worker process; raises OSError when it cannot (no descriptor, no
+        process), leaving nothing of the try behind."""
         channel, child_end = Channel.pair(SEND_TIMEOUT_S)
         spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
                 "threads": worker.placement.threads, "runtime": worker.placement.runtime,
                 "device": worker.placement.device, "placement": worker.placement.name,
                 "nice": os.getpriority(os.PRIO_PROCESS, 0), **self.worker_options}   # the daemon's, as now
+        proc = None
         try:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
+            pidfd = os.pidfd_open(proc.pid)
+        except BaseException:
+            channel.close()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            raise
         finally:
             child_end.close()
         if self.worker_options.get("sched_idle"):   # its start-up too: it took the cores from the first requests
             make_idle(proc.pid)
-        worker.proc, worker.channel = proc, channel
-        worker.pidfd = os.pidfd_open(proc.pid)
+        worker.restart_at = worker.start_error = None
+        worker.proc, worker.channel, worker.pidfd = proc, channel, pidfd
         worker.ready, worker.started_at = False, time.time()
         worker.loaded.clear()
         worker.loading.clear()
         worker.pending_loads = list(worker.eager)
         self._by_fd[channel.fileno()] = worker
-        self._by_pidfd[worker.pidfd] = worker
+        self._by_pidfd[pidfd] = worker
         log.info("worker for %s started (pid %d)", worker.placement.name, proc.pid)
+
+    def _restart(self, worker: Worker) -> bool:
+        """Start the worker again while the daemon serves; a start that fails (descriptors or
+        processes exhausted: a client flood, memory) is tried again ``START_RETRY_S`` later,
+        the placement down meanwhile, rather than ending the daemon. Returns whether it started."""
+        try:
+            self._spawn(worker)
+            return True
+        except OSError as exc:
+            worker.proc, worker.start_error = None, f"{type(exc).__name__}: {exc}"
+            worker.restart_at = time.monotonic() + START_RETRY_S
+            log.error("the worker for %s could not be started (%s); trying again in %g s",
+                      worker.placement.name, worker.start_error, START_RETRY_S)
+            return False
 
     def _close(self, worker: Worker) -> None:
         if worker.channel is not None:
@@ -281,6 +262,9 @@ class WorkerPool:
         w = self.workers[placement]
         if w.restart_at is None:
             return None
+        if w.start_error is not None:
+            return (f"the worker for {placement} could not be started ({w.start_error}); it is tried again in "
+                    f"{max(0.0, w.restart_at - time.monotonic()):.1f} s")
         return (f"the worker for {placement} died {w.early_deaths} times in a row soon after starting "
                 f"({w.last_exit}); it restarts in {max(0.0, w.restart_at - time.monotonic()):.1f} s")
 
@@ -295,8 +279,7 @@ class WorkerPool:
         started = False
         for w in self.workers.values():
             if w.restart_at is not None and now >= w.restart_at:
-                self._spawn(w)
-                started = True
+                started = self._restart(w) or started   # (one that fails stays down: it was already)
         if started and self.on_change:
             self.on_change()
 
@@ -450,10 +433,6 @@ class WorkerPool:
         worker.restarts += 1
         worker.early_deaths = worker.early_deaths + 1 if lived_s < EARLY_DEATH_S else 0
         pause_s = RESTART_BACKOFF_S[min(max(worker.early_deaths - 1, 0), len(RESTART_BACKOFF_S) - 1)]
-        held = [running] if running is not None else []
-        if pause_s:   # the queue would wait out the pause: hand it back
-            held += list(worker.queue)
-            worker.queue.clear()
         log.error("worker for %s (pid %s) died with code %s after %.1f s; restarting%s",
                   worker.placement.name, pid, code, lived_s, f" in {pause_s:g} s" if pause_s else "")
         crashed = code not in EXTERNAL_DEATHS   # killed from outside (an operator, a test): not the variant's doing
@@ -464,10 +443,13 @@ class WorkerPool:
         if pause_s:
             worker.restart_at = time.monotonic() + pause_s
             worker.proc = None
+        down = bool(pause_s) or not self._restart(worker)   # (a failed start is tried again later)
+        held = [running] if running is not None else []
+        if down:   # the queue would wait out the pause: hand it back, the placement down meanwhile
+            held += list(worker.queue)
+            worker.queue.clear()
             if self.on_down:
                 self.on_down(worker.placement.name)
-        else:
-            self._spawn(worker)
         if self.on_change:
             self.on_change()
         outcomes = []

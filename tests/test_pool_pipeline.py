@@ -154,3 +154,54 @@ def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_
     pool.preload("cpu:0", *key, keep=True)    # now an eager load too: a new worker reloads it
     restart()
     settle(want_loaded=True)
+
+
+def test_a_worker_that_cannot_be_restarted_leaves_its_placement_down_not_the_daemon(pool, slow_repository,
+                                                                                 monkeypatch):
+    """A worker dies while the process has no descriptor left (a client flood can do that): its
+    restart fails. That used to raise out of ``on_exit`` and end the daemon. Now the running job
+    and the one queued behind it are answered ``WORKER_FAILED``, each once; the placement is down
+    with the reason; nothing of the failed start stays open; and once descriptors are free again
+    the next try starts a worker that runs a job. The exhaustion is real: the process's
+    descriptor limit is lowered to what it holds and every free slot below it is filled."""
+    import resource
+
+    from adaptd.daemon import pool as pool_module
+
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    assert pool.submit("cpu:0", make_job(slow_repository, "running", 1))
+    assert pool.submit("cpu:0", make_job(slow_repository, "queued", 1))
+    dead_pid = worker.proc.pid
+    os.kill(dead_pid, signal.SIGKILL)
+    os.kill(dead_pid, signal.SIGCONT)
+    select.select([worker.pidfd], [], [], DEADLINE_S)   # dead, its death not read yet
+
+    monkeypatch.setattr(pool_module, "START_RETRY_S", 0.0)   # (the retry's pause is not what is tested)
+    open_before = len(os.listdir("/proc/self/fd"))   # the dead worker's channel and pidfd among them
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 1, hard))
+        while True:   # every slot below the limit taken: until one more is refused
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        failed = pool.on_exit(worker.pidfd)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sorted(o.job.request_id for o in failed) == ["queued", "running"]
+    assert all(not o.ok and o.header["code"] == "WORKER_FAILED" for o in failed)
+    assert worker.proc is None and not worker.queue and not worker.sent
+    assert "could not be started" in pool.down_reason("cpu:0")
+    assert worker.channel is None and worker.pidfd is None
+    assert len(os.listdir("/proc/self/fd")) == open_before - 2   # the dead one's closed, none half-made
+
+    pool.restart_due()   # (due at once here)
+    assert pool.down_reason("cpu:0") is None and worker.proc is not None and worker.proc.pid != dead_pid
+    assert pool.submit("cpu:0", make_job(slow_repository, "after", 1))
+    (done,) = pump(pool, 1)
+    assert done.job.request_id == "after" and done.ok
