@@ -48,6 +48,7 @@ from adaptd.daemon.admission import busy_reply
 from adaptd.daemon.arms import arm_key
 from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.execution import nonfinite_inline, nonfinite_message
+from adaptd.daemon.faultlog import FaultLog
 from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
@@ -62,7 +63,6 @@ log = logging.getLogger("adaptd")
 
 _EVENTS, _POLLIN = zmq.EVENTS, zmq.POLLIN
 INTAKE_BATCH = 16     # requests taken from one socket per round, after the round's completions
-TRACEBACK_EVERY_S = 60.0   # an unexpected fault's traceback is logged at most this often per kind
 
 
 @dataclass
@@ -105,7 +105,7 @@ class RequestPath:
         self._cpu0 = 0
         self._inline_max_ms = daemon.config.placements.inline_max_ms
         self._reject_nonfinite = daemon.config.server.reject_nonfinite
-        self._tracebacks: dict[str, float] = {}
+        self.faults = FaultLog(log)   # unexpected faults: a traceback at most once a minute per kind
         self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
 
     def drain(self, sock: zmq.Socket) -> bool:
@@ -208,23 +208,7 @@ class RequestPath:
         return busy
 
     def _log_internal(self, exc: BaseException) -> None:
-        """An unexpected fault: its traceback at most once a minute per kind (type and place), so
-        a client that keeps triggering it cannot flood the log; one line otherwise."""
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
-        kind = f"{type(exc).__name__}@{where}"
-        now = time.monotonic()
-        if now - self._tracebacks.get(kind, -TRACEBACK_EVERY_S) >= TRACEBACK_EVERY_S:
-            if len(self._tracebacks) > 256:
-                self._tracebacks.clear()
-            self._tracebacks[kind] = now
-            log.exception("internal error on a request (further ones like it are logged in one line for %.0f s)",
-                          TRACEBACK_EVERY_S)
-        else:
-            log.error("internal error on a request: %s: %s (at %s)", type(exc).__name__,
-                      str(exc).splitlines()[0][:200] if str(exc) else "", where)
+        self.faults.log(exc, "on a request")
 
     def _on_infer(self, route, peer: bytes, request: proto.Request, bodies: list[memoryview],
                   received_ns: int) -> None:
