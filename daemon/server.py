@@ -22,7 +22,9 @@ Contract
   :meth:`Daemon.on_request` ends in a reply or in a job whose outcome (done, failed, worker death,
   drain) produces one. Nothing a client sends, and no worker's death, ends the loop: an
   unexpected fault in one request is answered ``INTERNAL`` and logged (a traceback at most once a
-  minute per kind of fault, one line otherwise).
+  minute per kind of fault, one line otherwise: :mod:`adaptd.daemon.faultlog`); one in the
+  once-a-second housekeeping (:mod:`adaptd.daemon.housekeeping`) is logged the same way, and the
+  loop goes on.
 * Isolation between clients: replies kept for replay, requests in flight and shared-memory
   regions belong to the peer that sent them (:mod:`adaptd.daemon.peers`); records name a peer
   only by an opaque tag. ``reload`` is accepted on the admin endpoint only.
@@ -63,6 +65,7 @@ from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
 from adaptd.daemon.fidelity import LiveFidelity
 from adaptd.daemon.frontend import Frontend, ipc_path, socket_path
+from adaptd.daemon.housekeeping import Housekeeping
 from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.power import EnergyMeter
@@ -126,6 +129,7 @@ class Daemon:
         self.fidelity = LiveFidelity(cfg.fidelity, pool, meter, store.submit, self._set_accuracy,
                                      cfg.placements.inline_max_ms)
         self.path = RequestPath(self)
+        self.housekeeping = Housekeeping(self, self.path.faults)
         pool.on_load_failed = self._load_failed
         pool.on_down = lambda placement: self.health.placement_down(self.registry, placement)
 
@@ -396,7 +400,7 @@ class Daemon:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 1.0
-                self._tick(now)
+                self.housekeeping.tick(now)
             if restart_s is not None:
                 self.pool.restart_due()
             if watchdog_s is not None and now >= next_watchdog:
@@ -417,19 +421,6 @@ class Daemon:
                         or now >= drain_deadline:
                     break
         return self.shutdown()
-
-    def _tick(self, now: float) -> None:
-        """Once a second: regions whose registering process has exited (§11.2), replies past
-        their replay window, arms whose quarantine ended or whose placement is back, shadow
-        comparisons past their window's age."""
-        if self.regions.owned():
-            self.regions_gone(self.regions.sweep_owners())
-        self.replays.expire(now)
-        self.frontend.streams.tick(now)
-        self.health.sync(self.registry, now)
-        self.fidelity.tick(now)
-        if self.metrics is not None:
-            self.metrics.publish()
 
     def _spin_until_ns(self, spin_ns: int) -> int | None:
         """The end of the spin after the latest dispatch still in flight; None when nothing is in

@@ -345,6 +345,24 @@ def test_a_fault_after_the_reply_went_out_is_logged_not_answered_twice(daemon, c
     assert d.path.requests == requests + 2 and "replay store bug" in caplog.text
 
 
+def test_a_fault_in_the_housekeeping_is_logged_and_the_other_steps_still_run(daemon, caplog):
+    """A once-a-second step that raises (here the replay store's expiry) used to go out of the
+    daemon's loop and end it. It is logged, once with its traceback and then in one line, and the
+    steps after it still run at every tick (here live fidelity's expiry, counted as it runs)."""
+    d = daemon.d
+
+    def broken_expire(now):
+        raise RuntimeError("expiry bug")
+    d.replays.expire = broken_expire
+    ran, fidelity_tick = [], d.fidelity.tick
+    d.fidelity.tick = lambda now: (ran.append(now), fidelity_tick(now))
+    d.housekeeping.tick(1.0)
+    d.housekeeping.tick(2.0)
+    assert ran == [1.0, 2.0]
+    first, second = [r for r in caplog.records if "housekeeping (replays)" in r.getMessage()]
+    assert "expiry bug" in str(first.exc_info[1]) and second.exc_info is None and "expiry bug" in second.getMessage()
+
+
 def queue_then_raise(pool: FakePool):
     """Make the pool's hand-off raise once it has queued the job (a channel fault after the
     queue); returns the real ``submit``."""
