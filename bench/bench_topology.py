@@ -138,10 +138,10 @@ def _serve(kind: str, endpoint: str, ready, stats_q, version_dir: str, threads: 
                     frames = jobs.popleft()
                 out = run(loaded_box[0], frames[-1].buffer)
                 if direct:
+                    served[0] += 1   # (before the send: the client's next message may ask for the count)
                     with lock:
                         send_frames(sock, [*frames[:-1], *out])
                         pending_in = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
-                    served[0] += 1
                     if pending_in:
                         os.write(wake_w, b"x")
                 else:

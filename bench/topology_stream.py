@@ -110,9 +110,9 @@ class PlacementThread:
                 conn, frames = self.jobs.popleft()
             reply = self.runner.reply(frames)
             if self.direct:
+                self.served += 1   # (before the send: the client's next message may ask for the count)
                 with self.send_lock:
                     send_message(conn, reply)
-                self.served += 1
             else:
                 self.results.append((conn, reply))
                 os.write(self.wake_w, b"x")
