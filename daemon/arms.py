@@ -5,8 +5,8 @@ Contract
 --------
 * An arm (variant x placement of one model version) is *set aside* when its variant's file no
   longer matches the manifest (refused on every placement until a reload), when it keeps failing
-  (:mod:`adaptd.daemon.quarantine`), or when its placement's worker keeps dying as it starts
-  (``down_reason`` says so). A set-aside arm is left out of every decision: :class:`ArmHealth`
+  (:mod:`adaptd.daemon.quarantine`), or when its placement's worker keeps dying as it starts or
+  could not be started again (``down_reason`` says so). A set-aside arm is left out of every decision: :class:`ArmHealth`
   tells the policy through ``set_available(model, arm, available)`` as an arm leaves and comes
   back, and answers :meth:`ArmHealth.why` for the admission's messages.
 * :meth:`ArmHealth.sync` (about once a second) puts back the arms whose quarantine ended and whose

@@ -164,11 +164,12 @@ class WorkerPool:
     def _spawn(self, worker: Worker) -> None:
         """Start the placement's worker process; raises OSError when it cannot (no descriptor, no
         process), leaving nothing of the try behind."""
+        spec = {"cores": list(worker.placement.cores), "threads": worker.placement.threads,
+                "runtime": worker.placement.runtime, "device": worker.placement.device,
+                "placement": worker.placement.name, "nice": os.getpriority(os.PRIO_PROCESS, 0),   # the daemon's, as now
+                **self.worker_options}
         channel, child_end = Channel.pair(SEND_TIMEOUT_S)
-        spec = {"fd": child_end.fileno(), "cores": list(worker.placement.cores),
-                "threads": worker.placement.threads, "runtime": worker.placement.runtime,
-                "device": worker.placement.device, "placement": worker.placement.name,
-                "nice": os.getpriority(os.PRIO_PROCESS, 0), **self.worker_options}   # the daemon's, as now
+        spec["fd"] = child_end.fileno()
         proc = None
         try:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
@@ -202,10 +203,12 @@ class WorkerPool:
             self._spawn(worker)
             return True
         except OSError as exc:
-            worker.proc, worker.start_error = None, f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+            if error != worker.start_error:   # (logged once while the same cause lasts)
+                log.error("the worker for %s could not be started (%s); trying again every %g s",
+                          worker.placement.name, error, START_RETRY_S)
+            worker.proc, worker.start_error = None, error
             worker.restart_at = time.monotonic() + START_RETRY_S
-            log.error("the worker for %s could not be started (%s); trying again in %g s",
-                      worker.placement.name, worker.start_error, START_RETRY_S)
             return False
 
     def _close(self, worker: Worker) -> None:
@@ -258,7 +261,8 @@ class WorkerPool:
         return bool((w := self.workers[placement]).pending_loads or w.loading)
 
     def down_reason(self, placement: str) -> str | None:
-        """Why ``placement`` takes no jobs now (its worker is held back by a crash loop), or None."""
+        """Why ``placement`` takes no jobs now (its worker's restart is held back: a crash loop, or
+        a start that failed), or None."""
         w = self.workers[placement]
         if w.restart_at is None:
             return None
@@ -430,6 +434,8 @@ class WorkerPool:
         worker.last_exit = f"exit code {code} after {lived_s:.1f} s"
         self._close(worker)
         worker.ready = False
+        worker.loaded.clear()   # (what the dead one held: none of it is loaded while the placement is down)
+        worker.loading.clear()
         worker.restarts += 1
         worker.early_deaths = worker.early_deaths + 1 if lived_s < EARLY_DEATH_S else 0
         pause_s = RESTART_BACKOFF_S[min(max(worker.early_deaths - 1, 0), len(RESTART_BACKOFF_S) - 1)]

@@ -68,4 +68,4 @@ class Worker:
                 "restarts": self.restarts,
                 "restart_in_s": (None if self.restart_at is None
                                  else round(max(0.0, self.restart_at - time.monotonic()), 3)),
-                "last_exit": self.last_exit}
+                "last_exit": self.last_exit, "start_error": self.start_error}

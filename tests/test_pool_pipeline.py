@@ -156,52 +156,89 @@ def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_
     settle(want_loaded=True)
 
 
-def test_a_worker_that_cannot_be_restarted_leaves_its_placement_down_not_the_daemon(pool, slow_repository,
-                                                                                 monkeypatch):
+# Run in a process of its own: the descriptor limit is the whole process's, and a thread of the
+# test runner's (a ZeroMQ I/O thread of an earlier test) must not meet it.
+NO_DESCRIPTORS = r"""
+import json, os, resource, select, signal, sys, time
+import numpy as np
+from adaptd.daemon import pool as pool_module
+from adaptd.daemon.jobs import Job
+from adaptd.daemon.placements import Placement
+
+version_dir, shape = sys.argv[1], tuple(json.loads(sys.argv[2]))
+pool_module.START_RETRY_S = 0.0   # (the retry's pause is not what is tested)
+pool = pool_module.WorkerPool([Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0")], queue_limit=3)
+pool.start()
+assert pool.wait_ready(60) == []
+worker = pool.workers["cpu:0"]
+
+def job(rid):
+    x = np.zeros((1, *shape), np.float32)
+    return Job(rid, version_dir, "float32", [{"dtype": "float32", "shape": list(x.shape)}], [x], time.monotonic_ns(), None)
+
+os.kill(worker.proc.pid, signal.SIGSTOP)
+assert pool.submit("cpu:0", job("running")) and pool.submit("cpu:0", job("queued"))
+dead_pid = worker.proc.pid
+os.kill(dead_pid, signal.SIGKILL)
+os.kill(dead_pid, signal.SIGCONT)
+select.select([worker.pidfd], [], [], 60)   # dead, its death not read yet
+downs = []
+pool.on_down = downs.append
+open_before = len(os.listdir("/proc/self/fd"))   # the dead worker's channel and pidfd among them
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+fillers = []
+try:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 1, hard))
+    while True:   # every slot below the limit taken: until one more is refused
+        try:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            break
+    failed = pool.on_exit(worker.pidfd)
+    pool.restart_due()   # due at once, and still no descriptor: down still
+    down_again = pool.down_reason("cpu:0")
+finally:
+    for fd in fillers:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+out = {"failed": sorted((o.job.request_id, o.ok, o.header["code"]) for o in failed), "downs": downs,
+       "down_reason": pool.down_reason("cpu:0"), "down_again": down_again,
+       "proc_none": worker.proc is None, "left": [len(worker.queue), len(worker.sent)],
+       "closed": worker.channel is None and worker.pidfd is None,
+       "open_change": len(os.listdir("/proc/self/fd")) - open_before,
+       "snapshot_error": pool.snapshots()[0]["start_error"]}
+pool.restart_due()   # descriptors free again
+out["restarted"] = pool.down_reason("cpu:0") is None and worker.proc is not None and worker.proc.pid != dead_pid
+assert pool.submit("cpu:0", job("after"))
+deadline, done = time.monotonic() + 60, None
+while done is None and time.monotonic() < deadline:
+    for fd in select.select(pool.channel_fds(), [], [], 0.5)[0]:
+        done = pool.on_message(fd) or done
+out["after"] = [done.job.request_id, done.ok] if done else None
+pool.stop()
+print(json.dumps(out))
+"""
+
+
+def test_a_worker_that_cannot_be_restarted_leaves_its_placement_down_not_the_daemon(slow_repository):
     """A worker dies while the process has no descriptor left (a client flood can do that): its
     restart fails. That used to raise out of ``on_exit`` and end the daemon. Now the running job
     and the one queued behind it are answered ``WORKER_FAILED``, each once; the placement is down
-    with the reason; nothing of the failed start stays open; and once descriptors are free again
-    the next try starts a worker that runs a job. The exhaustion is real: the process's
-    descriptor limit is lowered to what it holds and every free slot below it is filled."""
-    import resource
+    (``on_down``) with the reason, shown in ``placements`` too; a retry that fails again changes
+    nothing; nothing of the failed starts stays open; and once descriptors are free again the next
+    try starts a worker that runs a job. The exhaustion is real: the process's descriptor limit is
+    lowered to what it holds and every free slot below it is filled."""
+    import json
+    import subprocess
+    import sys
 
-    from adaptd.daemon import pool as pool_module
-
-    worker = pool.workers["cpu:0"]
-    os.kill(worker.proc.pid, signal.SIGSTOP)
-    assert pool.submit("cpu:0", make_job(slow_repository, "running", 1))
-    assert pool.submit("cpu:0", make_job(slow_repository, "queued", 1))
-    dead_pid = worker.proc.pid
-    os.kill(dead_pid, signal.SIGKILL)
-    os.kill(dead_pid, signal.SIGCONT)
-    select.select([worker.pidfd], [], [], DEADLINE_S)   # dead, its death not read yet
-
-    monkeypatch.setattr(pool_module, "START_RETRY_S", 0.0)   # (the retry's pause is not what is tested)
-    open_before = len(os.listdir("/proc/self/fd"))   # the dead worker's channel and pidfd among them
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fillers: list[int] = []
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 1, hard))
-        while True:   # every slot below the limit taken: until one more is refused
-            try:
-                fillers.append(os.open(os.devnull, os.O_RDONLY))
-            except OSError:
-                break
-        failed = pool.on_exit(worker.pidfd)
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert sorted(o.job.request_id for o in failed) == ["queued", "running"]
-    assert all(not o.ok and o.header["code"] == "WORKER_FAILED" for o in failed)
-    assert worker.proc is None and not worker.queue and not worker.sent
-    assert "could not be started" in pool.down_reason("cpu:0")
-    assert worker.channel is None and worker.pidfd is None
-    assert len(os.listdir("/proc/self/fd")) == open_before - 2   # the dead one's closed, none half-made
-
-    pool.restart_due()   # (due at once here)
-    assert pool.down_reason("cpu:0") is None and worker.proc is not None and worker.proc.pid != dead_pid
-    assert pool.submit("cpu:0", make_job(slow_repository, "after", 1))
-    (done,) = pump(pool, 1)
-    assert done.job.request_id == "after" and done.ok
+    run = subprocess.run([sys.executable, "-c", NO_DESCRIPTORS, str(slow_repository / SLOW_MODEL / "1"),
+                          json.dumps(list(SLOW_SHAPE))], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["failed"] == [["queued", False, "WORKER_FAILED"], ["running", False, "WORKER_FAILED"]]
+    assert out["downs"] == ["cpu:0"] and out["proc_none"] and out["left"] == [0, 0] and out["closed"]
+    assert "could not be started" in out["down_reason"] and "could not be started" in out["down_again"]
+    assert "Too many open files" in out["snapshot_error"]
+    assert out["open_change"] == -2   # the dead one's channel and pidfd closed, nothing half-made left
+    assert out["restarted"] and out["after"] == ["after", True]
