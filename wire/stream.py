@@ -41,6 +41,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import time
@@ -91,12 +92,25 @@ def widen_send_buffer(sock: socket.socket) -> None:
     writer. MobileNetV2's 602 KB input over the local stream (AMD-3, bench/bench_stages.py, two
     pairs): the daemon's read of it 161-165 µs instead of 233-239, the round trip 240-300 µs
     shorter. The buffer is a limit, not memory taken: only bytes written and not yet read use it.
-    A buffer already larger (a host whose ``net.core.wmem_default`` is) is left as it is."""
+    A buffer at least as large as the request would grant (a host whose ``net.core.wmem_default``
+    is larger) is left as it is."""
     try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 2 * SEND_BUFFER_BYTES:   # (read back doubled)
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < _granted_send_buffer():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     except OSError:   # (a socket that refuses keeps its default: only slower)
         pass
+
+
+@functools.lru_cache(maxsize=1)
+def _granted_send_buffer() -> int:
+    """The send buffer that asking for ``SEND_BUFFER_BYTES`` gives (as ``SO_SNDBUF`` reads back):
+    twice the request, capped at twice ``net.core.wmem_max`` (read once per process)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as fh:
+            cap = int(fh.read())
+    except (OSError, ValueError):   # (not Linux's /proc: the request's own size)
+        cap = SEND_BUFFER_BYTES
+    return 2 * min(SEND_BUFFER_BYTES, cap)
 
 
 def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | None = None) -> None:
