@@ -19,7 +19,7 @@ round trip?", reads the daemon's live CPU with it).
 
 Usage::
 
-    .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]]
+    .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]] [--input shm]
     .venv/bin/python bench/bench_request_path.py --profile [--sort tottime]
 """
 
@@ -61,6 +61,7 @@ class KeepFrontend:
 
     def send(self, route, frames) -> bool:
         self.sent += 1
+        self.last = frames
         return True
 
 
@@ -107,16 +108,33 @@ def build(repo: Path, placement: str):
     return d, pool
 
 
-def message(i: int, x: np.ndarray) -> list[Frame]:
-    header = proto.request_header(f"r{i:08d}", "digits", [x], constraints={"max_latency_ms": 50.0})
-    return [Frame(b"\x01peer-identity-16"), *(Frame(bytes(memoryview(f))) for f in proto.encode(header, [x]))]
+PEER = b"\x01peer-identity-16"
 
 
-def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def message(i: int, x: np.ndarray, region: str | None = None) -> list[Frame]:
+    """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11)."""
+    shm = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)] if region else None
+    header = proto.request_header(f"r{i:08d}", "digits", [x], constraints={"max_latency_ms": 50.0},
+                                  input_headers=shm)
+    return [Frame(PEER), *(Frame(bytes(memoryview(f))) for f in proto.encode(header, [] if region else [x]))]
+
+
+def shared_input(d: Daemon, x: np.ndarray) -> str:
+    """A region registered through the request path as a client does, ``x`` written at its start."""
+    d.path.on_request(None, [Frame(PEER), *(Frame(bytes(memoryview(f))) for f in proto.encode(
+        {"type": "shm_register", "id": "reg", "size": x.nbytes, "owner_pid": os.getpid()}))])
+    body = proto.decode(list(d.frontend.last))[0]["body"]
+    with open(body["path"], "r+b") as fh:
+        fh.write(x.tobytes())
+    return body["region"]
+
+
+def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = False,
+        region: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CPU µs per request of this thread, with the execution and without it (less the CPU time
     the execution measured around the interpreter's run); ``gap_s`` of other code before each."""
     per, outside = [], []
-    frames = [message(i, x) for i in range(n)]
+    frames = [message(i, x, region) for i in range(n)]
     for msg in frames:
         if sleep:
             time.sleep(gap_s)
@@ -141,23 +159,26 @@ def main() -> int:
     ap.add_argument("--sort", default="cumulative", help="the profile's order (pstats' keys: tottime, ...)")
     ap.add_argument("--gap-us", type=float, default=0.0, help="other code run between two requests (µs)")
     ap.add_argument("--gap", choices=("spin", "sleep"), default="spin", help="what that other code is")
+    ap.add_argument("--input", choices=("inline", "shm"), default="inline",
+                    help="the input in the message, or in a shared-memory region the request names")
     args = ap.parse_args()
     names = [p.name for p in discover(PlacementsConfig()) if len(p.cores) == 1]
     placement = args.placement or names[-1]
     d, pool = build(args.repository, placement)
     os.sched_setaffinity(0, next(p.cores for p in d.placements))
     x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
-    run(d, 2000, x)   # warm-up: the selector's estimates settle, caches fill
+    region = shared_input(d, x) if args.input == "shm" else None
+    run(d, 2000, x, region=region)   # warm-up: the selector's estimates settle, caches fill
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(d, args.requests, x)
+        run(d, args.requests, x, region=region)
         prof.disable()
         pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
-    per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep")
+    per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region)
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
-          + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else ""))
+          + f"; input {args.input}" + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else ""))
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request: inline execution included "
           f"p50 {np.percentile(per, 50):.1f}, p90 {np.percentile(per, 90):.1f}, mean {per.mean():.1f}; outside "
           f"the execution p50 {np.percentile(outside, 50):.1f}, p90 {np.percentile(outside, 90):.1f}, "
