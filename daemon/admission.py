@@ -12,9 +12,12 @@ Contract
 * A repeated header (one with a ``derived`` map, :mod:`adaptd.daemon.request_memo`) admitted
   once keeps what depends on the header and the registry alone (the model, the candidates, the
   inputs' shapes checked, the body sizes they need) with the registry's generation (an entry of
-  an older one is replaced), while no arm is set aside; each repeat still checks its bodies and
-  regions, so its errors are those a first request gets. 10 us of the daemon's 80 per request
-  in its hot loop, then 1.
+  an older one is replaced), while no arm is set aside; each repeat still checks its bodies, so
+  its errors are those a first request gets. 10 us of the daemon's 80 per request in its hot
+  loop, then 1. Its region references are kept too, for copies from the same peer while every
+  region they name is live (not unregistered, its owner not gone): the same regions at the same
+  offsets and sizes pass the same checks; a copy from another peer, or after a region ended, is
+  checked afresh (UNKNOWN_REGION, as a first request).
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
@@ -116,7 +119,11 @@ class Admission:
                 _, model, candidates, accepting, nbytes = kept
                 if len(bodies) != len(nbytes) or any(len(b) != n for b, n in zip(bodies, nbytes)):
                     self._check_inputs(request, candidates, bodies)   # raises: the bodies' error
+                regions = request.derived.get("regions")   # (the last copy's, kept below)
+                if regions is not None and regions[0] == peer and not any(r.ended for r in regions[1]):
+                    return Admitted(model, accepting, regions[2], regions[3])
                 shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
+                self._keep_regions(request, peer, shm_inputs, outputs_to)
                 return Admitted(model, accepting, shm_inputs, outputs_to)
         model, candidates = self.candidates(request)
         self._check_inputs(request, candidates, bodies)
@@ -208,6 +215,16 @@ class Admission:
                 raise proto.ProtocolError(proto.BAD_INPUT, f"input {i}: body is {len(body)} bytes but dtype "
                                           f"{spec.dtype.name} and shape {list(spec.shape)} need {spec.nbytes}",
                                           request.id)
+
+    def _keep_regions(self, request: proto.Request, peer: bytes, shm_inputs: dict[int, dict[str, Any]],
+                      outputs_to: dict[str, Any] | None) -> None:
+        """A repeat's region references, kept for its next copies from the same peer while every
+        region they name is live: the copies name the same regions at the same offsets and sizes,
+        and a region's size and owner never change, so the checks would give the same answer."""
+        if shm_inputs or outputs_to is not None:
+            table = self._regions().regions
+            live = tuple(table[ref["region"]] for ref in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
+            request.derived["regions"] = (peer, live, shm_inputs, outputs_to)
 
     def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:

@@ -461,12 +461,19 @@ class RequestPath:
 
 def _job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """The executor's input headers: dtype and shape, and the region of those in one (§11). Those
-    of a repeated header without regions are made once (``derived``: shared, never changed)."""
+    of a repeated header are made once (``derived``: shared, never changed), with regions while
+    admission hands back the references it kept."""
     if not shm_inputs:
         return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
                                                    for s in request.inputs])
-    return [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
-            for i, s in enumerate(request.inputs)]
+    kept = request.derived.get("shm_inputs") if request.derived is not None else None
+    if kept is not None and kept[0] is shm_inputs:   # (admission's kept references: the same headers)
+        return kept[1]
+    inputs = [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
+              for i, s in enumerate(request.inputs)]
+    if request.derived is not None:
+        request.derived["shm_inputs"] = (shm_inputs, inputs)
+    return inputs
 
 
 def _internal_message(exc: BaseException) -> str:

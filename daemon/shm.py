@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "adaptd-"
 NAME_RE = re.compile(r"^adaptd-(\d+)-[0-9a-f]{32}$")
@@ -276,8 +278,6 @@ class WorkerMaps:
 
     def view(self, ref: dict[str, Any], dtype: Any, shape: Any) -> Any:
         """A numpy view of a tensor in a region: ``ref`` is ``{region, offset, size}``."""
-        import numpy as np
-
         dtype = np.dtype(dtype)
         count = 1
         for d in shape:
@@ -287,7 +287,7 @@ class WorkerMaps:
         if offset < 0 or offset + count * dtype.itemsize > len(mm):
             raise ValueError(f"bytes [{offset}, {offset + count * dtype.itemsize}) are outside region "
                              f"{ref['region']} of {len(mm)} bytes")
-        return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return np.ndarray(shape, dtype, mm, offset)   # (one call: frombuffer and reshape took two)
 
     def unmap(self, names: Iterable[str]) -> None:
         for name in names:

@@ -288,6 +288,37 @@ def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path
     assert d.path._memo.hits == 6   # every one a repeat
 
 
+def test_a_repeat_keeps_its_region_checks_only_for_its_peer_while_the_region_lives(daemon):
+    """Admission keeps a repeat's region references (adaptd.daemon.admission): the same peer's next
+    copies skip the checks, but the same header from another peer, or after the region ended, is
+    refused UNKNOWN_REGION as a first request is."""
+    import os
+
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    d.path.on_request(None, message(b"peer-a", {"type": "shm_register", "id": "reg", "size": 1024,
+                                                "owner_pid": os.getpid()}))
+    region = frontend.sent[-1][1]["body"]["region"]
+    shm = [proto.shm_tensor_header(np.dtype(np.float32), (1, 8, 8, 1), region, 0)]
+
+    def send(peer, rid):
+        d.path.on_request(None, message(peer, proto.request_header(rid, daemon.model, [x()], input_headers=shm)))
+        if pool.jobs:
+            job = pool.jobs[-1]
+            d.path.on_outcome(pool.finish(job, [np.ones((1, 10), np.float32)]))
+            assert job.input_headers[0]["shm"]["region"] == region
+        return frontend.sent[-1][1]
+
+    assert all(send(b"peer-a", f"a{k}")["type"] == "result" for k in range(3))
+    assert d.path._memo.hits == 2
+    other = send(b"peer-b", "b0")
+    assert other["code"] == "UNKNOWN_REGION" and region in other["message"]
+    assert send(b"peer-a", "a3")["type"] == "result"
+    d.path.on_request(None, message(b"peer-a", {"type": "shm_unregister", "id": "unreg", "region": region}))
+    assert frontend.sent[-1][1]["type"] == "ok"
+    ended = send(b"peer-a", "a4")
+    assert ended["code"] == "UNKNOWN_REGION" and d.path._memo.hits == 5   # every one after the first a repeat
+
+
 def test_only_a_reply_another_variant_served_waits_for_live_fidelity(daemon):
     """The reference's own replies have nothing to be compared with: live fidelity counts them
     and nothing is deferred for it; another variant's reply defers its shadow decision."""
