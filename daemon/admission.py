@@ -132,6 +132,7 @@ class Admission:
         if generation is not None:   # (an older generation's entry replaced: its registry is gone)
             request.derived["admitted"] = (generation, model, candidates, accepting,
                                            tuple(s.nbytes for s in request.inputs if s.shm is None))
+            request.derived.pop("regions", None)   # (checked against that registry's outputs: again)
         return Admitted(model, accepting, shm_inputs, outputs_to)
 
     def candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:
