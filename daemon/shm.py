@@ -287,7 +287,9 @@ class WorkerMaps:
         if offset < 0 or offset + count * dtype.itemsize > len(mm):
             raise ValueError(f"bytes [{offset}, {offset + count * dtype.itemsize}) are outside region "
                              f"{ref['region']} of {len(mm)} bytes")
-        return np.ndarray(shape, dtype, mm, offset)   # (one call: frombuffer and reshape took two)
+        # (frombuffer holds the mapping's buffer while the view lives, so an unmap meanwhile is
+        # refused rather than leaving the view on unmapped memory; np.ndarray over it would not)
+        return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def unmap(self, names: Iterable[str]) -> None:
         for name in names:

@@ -57,3 +57,33 @@ def test_an_inline_float32_body_is_screened_exactly_whatever_its_size(size, valu
     half[0, size - 1] = value if not finite else 6e4
     request = proto.parse_request(proto.request_header("h", "m", [half]))
     assert nonfinite_inline(request, [memoryview(half.tobytes())]) == (None if finite else 0)
+
+
+# In a process of its own: a view left on unmapped memory ends its process with SIGSEGV.
+VIEW_OUTLIVES_UNMAP = r"""
+import os, secrets, sys
+import numpy as np
+from adaptd.daemon.shm import WorkerMaps
+directory = sys.argv[1]
+name = f"adaptd-{os.getpid()}-{secrets.token_hex(16)}"
+with open(os.path.join(directory, name), "wb") as fh:
+    fh.write(np.arange(256, dtype=np.float32).tobytes())
+maps = WorkerMaps(directory)
+view = maps.view({"region": name, "offset": 0, "size": 1024}, "float32", [1, 16, 16, 1])
+maps.unmap([name])   # the region ended while a view of it lives
+assert name not in maps.maps
+print(float(view.sum()), float(view[0, 15, 15, 0]))
+"""
+
+
+def test_a_view_that_outlives_its_run_keeps_the_region_mapped(tmp_path):
+    """A worker's view of a region (adaptd.daemon.shm.WorkerMaps) holds the mapping's buffer: a
+    region unmapped while a view of it still lives (one kept past its run by mistake) stays mapped
+    until the view goes, so reading it reads the tensor, not unmapped memory."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", VIEW_OUTLIVES_UNMAP, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.split() == [str(float(sum(range(256)))), "255.0"]
