@@ -108,20 +108,26 @@ class Admission:
     # --- admission ------------------------------------------------------------------------------
     def admit(self, request: proto.Request, bodies: list[memoryview], peer: bytes) -> Admitted:
         # A repeated header admitted before, against this registry, with no arm set aside: what
-        # depends on the header alone is kept with it (its ``derived`` map); the bodies and the
-        # regions are checked afresh, in the same order, so every error is the one a first
-        # request gets.
+        # depends on the header alone is kept with it (its ``derived`` map); the bodies are
+        # checked afresh, and the regions unless the same peer's last copy passed with every
+        # region it names still live, so every error is the one a first request gets.
         generation = None
         if request.derived is not None and not self._health.any():
             generation = self._registry().generation
             kept = request.derived.get("admitted")
             if kept is not None and kept[0] == generation:
-                _, model, candidates, accepting, nbytes = kept
+                _, model, candidates, accepting, nbytes, names_regions = kept
                 if len(bodies) != len(nbytes) or any(len(b) != n for b, n in zip(bodies, nbytes)):
                     self._check_inputs(request, candidates, bodies)   # raises: the bodies' error
+                if not names_regions:
+                    return Admitted(model, accepting, {}, None)
                 regions = request.derived.get("regions")   # (the last copy's, kept below)
-                if regions is not None and regions[0] == peer and not any(r.ended for r in regions[1]):
-                    return Admitted(model, accepting, regions[2], regions[3])
+                if regions is not None and regions[0] == peer:
+                    for region in regions[1]:
+                        if region.ended:
+                            break
+                    else:
+                        return Admitted(model, accepting, regions[2], regions[3])
                 shm_inputs, outputs_to = self._check_regions(request, candidates, peer)
                 self._keep_regions(request, peer, shm_inputs, outputs_to)
                 return Admitted(model, accepting, shm_inputs, outputs_to)
@@ -131,7 +137,8 @@ class Admission:
         accepting = self._accepting(request, candidates)
         if generation is not None:   # (an older generation's entry replaced: its registry is gone)
             request.derived["admitted"] = (generation, model, candidates, accepting,
-                                           tuple(s.nbytes for s in request.inputs if s.shm is None))
+                                           tuple(s.nbytes for s in request.inputs if s.shm is None),
+                                           bool(shm_inputs) or outputs_to is not None)
             request.derived.pop("regions", None)   # (checked against that registry's outputs: again)
         return Admitted(model, accepting, shm_inputs, outputs_to)
 
@@ -222,10 +229,9 @@ class Admission:
         """A repeat's region references, kept for its next copies from the same peer while every
         region they name is live: the copies name the same regions at the same offsets and sizes,
         and a region's size and owner never change, so the checks would give the same answer."""
-        if shm_inputs or outputs_to is not None:
-            table = self._regions().regions
-            live = tuple(table[ref["region"]] for ref in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
-            request.derived["regions"] = (peer, live, shm_inputs, outputs_to)
+        table = self._regions().regions
+        live = tuple(table[ref["region"]] for ref in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
+        request.derived["regions"] = (peer, live, shm_inputs, outputs_to)
 
     def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:

@@ -466,13 +466,14 @@ def _job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -
     if not shm_inputs:
         return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
                                                    for s in request.inputs])
-    kept = request.derived.get("shm_inputs") if request.derived is not None else None
+    cache = request.derived
+    kept = cache.get("shm_inputs") if cache is not None else None
     if kept is not None and kept[0] is shm_inputs:   # (admission's kept references: the same headers)
         return kept[1]
     inputs = [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
               for i, s in enumerate(request.inputs)]
-    if request.derived is not None:
-        request.derived["shm_inputs"] = (shm_inputs, inputs)
+    if cache is not None:
+        cache["shm_inputs"] = (shm_inputs, inputs)
     return inputs
 
 
