@@ -12,7 +12,7 @@ connections. Kinds (``STREAM_KINDS``):
   placement's cores, where the daemon's main thread goes while one client's jobs go to an idle
   placement ("the front end follows its work").
 * ``thread, direct, unix stream``: the same, but the placement's thread sends the reply itself
-  (the "direct return" candidate), under the connection's lock.
+  (the "direct return" candidate). In either kind one thread alone sends replies.
 
 A request whose input frame is ``RESIDENT`` is run on an input the server holds (``--resident``:
 the floor of shared-memory input). An empty input frame asks for the server's counts, put on
@@ -78,7 +78,6 @@ class PlacementThread:
         self.jobs: deque = deque()
         self.results: deque = deque()
         self.job_ready = threading.Condition(threading.Lock())
-        self.send_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.served = 0   # replies sent by this thread (direct)
         threading.Thread(target=self._serve, daemon=True).start()
@@ -97,8 +96,7 @@ class PlacementThread:
         n = 0
         while self.results:
             conn, reply = self.results.popleft()
-            with self.send_lock:
-                send_message(conn, reply)
+            send_message(conn, reply)
             n += 1
         return n
 
@@ -111,8 +109,7 @@ class PlacementThread:
             reply = self.runner.reply(frames)
             if self.direct:
                 self.served += 1   # (before the send: the client's next message may ask for the count)
-                with self.send_lock:
-                    send_message(conn, reply)
+                send_message(conn, reply)   # (the only thread that sends, in this mode)
             else:
                 self.results.append((conn, reply))
                 os.write(self.wake_w, b"x")
