@@ -12,10 +12,18 @@ Contract
   can split the bodies; the bodies are written with ``sendmsg`` scatter-gather, so tensor
   buffers are not copied in Python.
 * :meth:`Channel.recv` blocks until one whole message has arrived and returns zero-copy
-  memoryviews into one freshly allocated buffer per message (safe to keep).
+  memoryviews into one freshly allocated buffer per message (safe to keep);
+  :meth:`Channel.recv_ready` never waits (the daemon's end): it reads what has arrived and
+  returns the message that completes, or None, keeping a message cut in two for the next call
+  (:attr:`Channel.partial_at` says since when no more of it came).
+* A message that does not read (a prefix announcing more than ``MAX_MESSAGE_BYTES``, a header
+  that does not unpack to a map with its ``_verb`` and ``_sizes``, sizes that do not add up)
+  raises :class:`ChannelError`: the peer is not speaking this channel's protocol, and what
+  follows on it cannot be trusted either.
 * One reader and one writer per end at a time (the daemon's main thread on one end, the
   worker's only thread on the other). ``ConnectionError`` means the peer is gone; an end made
-  with a timeout raises ``TimeoutError`` when the peer makes no progress for that long.
+  with a timeout raises ``TimeoutError`` when the peer makes no progress for that long in
+  :meth:`Channel.send` or :meth:`Channel.recv`.
 """
 
 from __future__ import annotations
@@ -23,18 +31,29 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
 PREFIX = struct.Struct("<II")
+MAX_MESSAGE_BYTES = 1 << 30   # a prefix announcing more is not one of ours: the channel is garbled
+
+
+class ChannelError(ValueError):
+    """A message that does not read: the peer is not speaking this channel's protocol."""
 
 
 class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.timeout_s: float | None = None   # set: the socket is non-blocking, waits are bounded
+        self.partial_at: float | None = None  # time.monotonic() of the last bytes of a message cut in two
+        self._prefix = bytearray(PREFIX.size)
+        self._body: bytearray | None = None   # the message after its prefix, once the prefix is whole
+        self._header_len = 0
+        self._got = 0                         # bytes of the prefix, then of the body, read so far
 
     @classmethod
     def pair(cls, timeout_s: float | None = None) -> tuple[Channel, socket.socket]:
@@ -72,17 +91,59 @@ class Channel:
         _sendall(self.sock, buffers, self.timeout_s)
 
     def recv(self) -> tuple[str, dict[str, Any], list[memoryview]]:
-        prefix = _recv_exact(self.sock, PREFIX.size, self.timeout_s)
-        header_len, bodies_len = PREFIX.unpack(prefix)
-        buf = _recv_exact(self.sock, header_len + bodies_len, self.timeout_s)
-        view = memoryview(buf)
+        while True:
+            message = self.recv_ready()
+            if message is not None:
+                return message
+            _wait(self.sock, select.POLLIN, self.timeout_s)
+
+    def recv_ready(self) -> tuple[str, dict[str, Any], list[memoryview]] | None:
+        """The next message if what has arrived completes it, else None (never waits on a
+        non-blocking socket; a blocking one waits for bytes, as :meth:`recv`)."""
+        while True:
+            target = memoryview(self._prefix if self._body is None else self._body)[self._got:]
+            if target.nbytes:
+                try:
+                    k = self.sock.recv_into(target)
+                except BlockingIOError:
+                    return None
+                if k == 0:
+                    raise ConnectionError("the peer closed the channel")
+                self._got += k
+                if k < target.nbytes:
+                    self.partial_at = time.monotonic()
+                    continue
+            if self._body is None:   # the prefix is whole: the body's size
+                header_len, bodies_len = PREFIX.unpack(self._prefix)
+                if header_len + bodies_len > MAX_MESSAGE_BYTES:
+                    raise ChannelError(f"a message of {header_len + bodies_len} bytes announced "
+                                       f"(at most {MAX_MESSAGE_BYTES})")
+                self._body, self._header_len, self._got = bytearray(header_len + bodies_len), header_len, 0
+                self.partial_at = time.monotonic()
+                continue
+            body, self._body, self._got, self.partial_at = self._body, None, 0, None
+            return _parse(body, self._header_len)
+
+
+def _parse(body: bytearray, header_len: int) -> tuple[str, dict[str, Any], list[memoryview]]:
+    view = memoryview(body)
+    try:
         header = msgpack.unpackb(view[:header_len], raw=False)
-        bodies = []
-        offset = header_len
-        for size in header.pop("_sizes", ()):
-            bodies.append(view[offset:offset + size])
-            offset += size
-        return header.pop("_verb"), header, bodies
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several kinds for bytes that do not unpack
+        raise ChannelError(f"a header that does not unpack ({type(exc).__name__}: {exc})") from None
+    if type(header) is not dict:
+        raise ChannelError(f"a header that is a {type(header).__name__}, not a map")
+    verb, sizes = header.pop("_verb", None), header.pop("_sizes", None)
+    if type(verb) is not str or type(sizes) is not list or not all(type(n) is int and n >= 0 for n in sizes) \
+            or sum(sizes) != len(body) - header_len:
+        raise ChannelError(f"a header whose verb and bodies' sizes do not fit the message ({verb!r}, {sizes!r}, "
+                           f"{len(body) - header_len} bytes of bodies)")
+    bodies = []
+    offset = header_len
+    for size in sizes:
+        bodies.append(view[offset:offset + size])
+        offset += size
+    return verb, header, bodies
 
 
 def _wait(sock: socket.socket, event: int, timeout_s: float | None) -> None:
@@ -108,19 +169,3 @@ def _sendall(sock: socket.socket, buffers: list[Any], timeout_s: float | None = 
             else:
                 views[0] = views[0][sent:]
                 sent = 0
-
-
-def _recv_exact(sock: socket.socket, n: int, timeout_s: float | None = None) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        try:
-            k = sock.recv_into(view[got:])
-        except BlockingIOError:
-            _wait(sock, select.POLLIN, timeout_s)
-            continue
-        if k == 0:
-            raise ConnectionError("the peer closed the channel")
-        got += k
-    return buf

@@ -176,6 +176,10 @@ class Dispatcher:
     def on_exit(self, fd: int) -> list[Outcome]:
         return [o for pool in self._pools for o in pool.on_exit(fd)]
 
+    def kill_stalled(self, now: float) -> None:
+        for pool in self._pools:
+            pool.kill_stalled(now)
+
     def next_restart_s(self) -> float | None:
         soonest = None   # (the loop asks twice a request: loops, not generators)
         for pool in self._pools:

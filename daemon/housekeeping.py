@@ -5,7 +5,8 @@ Contract
 * :meth:`Housekeeping.tick` runs, in order: the shared-memory regions whose registering process
   has exited (PROTOCOL.md §11.2), the replies past their replay window, the local stream's
   listeners and idle connections, the arms whose quarantine ended or whose placement is back,
-  live fidelity's comparisons past their window's age, and the metrics' publication.
+  live fidelity's comparisons past their window's age, the worker processes stopped in the middle
+  of a message (:meth:`~adaptd.daemon.pool.WorkerPool.kill_stalled`), and the metrics' publication.
 * A step that raises is logged (:class:`~adaptd.daemon.faultlog.FaultLog`: its traceback at
   most once a minute per kind) and the next steps still run: a fault in housekeeping never ends
   the daemon's loop, and the same step is tried again at the next tick.
@@ -26,7 +27,8 @@ class Housekeeping:
         self.d, self.faults = daemon, faults
         self.steps: tuple[tuple[str, Callable[[float], None]], ...] = (
             ("regions", self._sweep_regions), ("replays", self._expire_replays), ("streams", self._tend_streams),
-            ("arms", self._sync_arms), ("fidelity", self._expire_comparisons), ("metrics", self._publish_metrics))
+            ("arms", self._sync_arms), ("fidelity", self._expire_comparisons), ("workers", self._kill_stalled_workers),
+            ("metrics", self._publish_metrics))
 
     def tick(self, now: float) -> None:
         for name, step in self.steps:
@@ -50,6 +52,9 @@ class Housekeeping:
 
     def _expire_comparisons(self, now: float) -> None:
         self.d.fidelity.tick(now)
+
+    def _kill_stalled_workers(self, now: float) -> None:
+        self.d.pool.kill_stalled(now)
 
     def _publish_metrics(self, now: float) -> None:
         if self.d.metrics is not None:

@@ -26,6 +26,11 @@ Contract
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to
   the head of the queue for the new worker, which the pidfd's report of the death starts.
+* Reading a worker never waits: a message cut in two waits for its rest in the channel. A worker
+  that sends a message that does not read (:class:`~adaptd.daemon.channel.ChannelError`), or
+  stops for ``SEND_TIMEOUT_S`` in the middle of one (:meth:`WorkerPool.kill_stalled`, from the
+  daemon's housekeeping), is killed: its death, reported by its pidfd, answers its job
+  ``WORKER_FAILED`` and restarts it, and counts as a crash of the variant it ran.
 * Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
@@ -34,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -43,9 +47,10 @@ from itertools import islice
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from adaptd.daemon.channel import Channel
+from adaptd.daemon.channel import Channel, ChannelError
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
+from adaptd.daemon.pool_startup import StartupWaits
 from adaptd.daemon.sched import make_idle
 from adaptd.daemon.workers import Worker
 
@@ -54,7 +59,8 @@ log = logging.getLogger("adaptd.workers")
 # A worker ended by these signals was killed from outside (an operator, the OOM killer, a test): its
 # death does not count against the variant it was running (a crash, SIGSEGV or SIGABRT, does).
 EXTERNAL_DEATHS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
-SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a message waits is killed
+SEND_TIMEOUT_S = 10.0     # a worker that reads nothing for this long while a message waits is killed, or
+                          # that sends nothing more for this long in the middle of a message
 EARLY_DEATH_S = 30.0      # a worker that dies this soon after starting counts towards a crash loop
 # pause before a restart, by the number of early deaths in a row (a worker that did any work resets it)
 RESTART_BACKOFF_S = (0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -66,7 +72,7 @@ PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one 
 PIPELINE_MAX_BYTES = 64 * 1024
 
 
-class WorkerPool:
+class WorkerPool(StartupWaits):
     def __init__(self, placements: Iterable[Placement], queue_limit: int,
                  worker_options: dict[str, Any] | None = None) -> None:
         self.queue_limit = queue_limit
@@ -84,70 +90,6 @@ class WorkerPool:
     def start(self) -> None:
         for worker in self.workers.values():
             self._spawn(worker)
-
-    def wait_ready(self, timeout_s: float) -> list[str]:
-        """Block until every worker said ``ready`` (used at start-up only); return the laggards."""
-        deadline = time.monotonic() + timeout_s
-        poller = select.poll()
-        for fd in self._by_fd:
-            poller.register(fd, select.POLLIN)
-        while any(not w.ready for w in self.workers.values()):
-            left_ms = (deadline - time.monotonic()) * 1e3
-            if left_ms <= 0:
-                break
-            for fd, _ in poller.poll(left_ms):
-                self.on_message(fd)
-            for w in self.workers.values():
-                if w.proc and w.proc.poll() is not None and not w.ready:
-                    raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
-                                       "during start-up")
-        return [w.placement.name for w in self.workers.values() if not w.ready]
-
-    def wait_loaded(self, timeout_s: float) -> list[str]:
-        """Block until every eager load sent so far is answered (start-up only); return laggards."""
-        deadline = time.monotonic() + timeout_s
-
-        def waiting() -> list[Worker]:
-            return [w for w in self.workers.values()
-                    if w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager)]
-
-        poller = select.poll()
-        for fd in self._by_fd:
-            poller.register(fd, select.POLLIN)
-        while waiting():
-            left_ms = (deadline - time.monotonic()) * 1e3
-            if left_ms <= 0:
-                break
-            for fd, _ in poller.poll(left_ms):
-                self.on_message(fd)
-        return [w.placement.name for w in waiting()]
-
-    def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
-        """Fastest round trip of an empty message to each idle, ready worker (start-up only):
-        the cost of the hop itself, which a variant's own latency does not include. The fastest,
-        not the median: on a shared host a start-up spell made the median of 20 pings 1.5 ms on
-        one placement (64 us in the next start), and every prior there carried it until that
-        placement's own executions taught the selector its path (adaptd.daemon.selection),
-        which adds whatever the hop costs beyond this."""
-        out: dict[str, float] = {}
-        for name, w in self.workers.items():
-            if not w.ready or w.channel is None or w.sent or w.queue:
-                continue
-            rtts = []
-            try:
-                for i in range(rounds):
-                    t0 = time.perf_counter_ns()
-                    w.channel.send("ping", {"n": i})
-                    while True:   # loads answered meanwhile are recorded as usual
-                        verb, header, _ = w.channel.recv()
-                        if verb == "pong" and header.get("n") == i:
-                            break
-                        self._record_side_message(w, verb, header)
-                    rtts.append((time.perf_counter_ns() - t0) / 1e6)
-            except OSError:   # it died meanwhile: its pidfd reports it
-                continue
-            out[name] = min(rtts)
-        return out
 
     def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> tuple[str, str] | None:
         """A ``loaded`` or a load's ``fail``; returns the (dir, variant) of a failed load."""
@@ -185,7 +127,7 @@ class WorkerPool:
             child_end.close()
         if self.worker_options.get("sched_idle"):   # its start-up too: it took the cores from the first requests
             make_idle(proc.pid)
-        worker.restart_at = worker.start_error = None
+        worker.restart_at = worker.start_error = worker.condemned = None
         worker.proc, worker.channel, worker.pidfd = proc, channel, pidfd
         worker.ready, worker.started_at = False, time.time()
         worker.loaded.clear()
@@ -383,12 +325,18 @@ class WorkerPool:
         if worker is None or worker.channel is None:
             return None
         try:
-            verb, header, bodies = worker.channel.recv()
+            message = worker.channel.recv_ready()
+        except ChannelError as exc:
+            self._condemn(worker, f"sent a message that does not read: {exc}")
+            return None
         except (ConnectionError, OSError):
             self._by_fd.pop(fd, None)   # stop polling it; on_exit cleans up
             if self.on_change:
                 self.on_change()
             return None
+        if message is None:   # the rest of it has not come yet
+            return None
+        verb, header, bodies = message
         if verb == "ready":
             worker.ready = True
             worker.rss_bytes = header.get("rss_bytes")
@@ -417,6 +365,27 @@ class WorkerPool:
                 self.on_load_failed(worker.placement.name, failed, str(header.get("message")))
         return None
 
+    def kill_stalled(self, now: float) -> None:
+        """Kill the workers stopped in the middle of a message for ``SEND_TIMEOUT_S`` (``now``:
+        ``time.monotonic()``); the daemon's housekeeping asks once a second."""
+        for worker in self.workers.values():
+            partial_at = worker.channel.partial_at if worker.channel is not None else None
+            if partial_at is not None and now - partial_at > SEND_TIMEOUT_S and worker.condemned is None:
+                self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s")
+
+    def _condemn(self, worker: Worker, why: str) -> None:
+        """A worker whose channel cannot be trusted: it is not read again and is killed; its pidfd
+        reports the death (:meth:`on_exit`), which counts as a crash."""
+        log.error("worker for %s (pid %s) %s; killing it", worker.placement.name,
+                  worker.proc.pid if worker.proc else "?", why)
+        worker.condemned = why
+        if worker.channel is not None:
+            self._by_fd.pop(worker.channel.fileno(), None)
+            if self.on_change:
+                self.on_change()
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.kill()
+
     def on_exit(self, pidfd: int) -> list[Outcome]:
         """A worker died: restart it (at once, or after a pause when it keeps dying soon after
         starting); return the job it was running and, when the restart is held back, the jobs
@@ -431,7 +400,8 @@ class WorkerPool:
         behind = list(islice(worker.sent, 1, None))   # sent, never started: they run on the new worker
         worker.sent.clear()
         worker.queue.extendleft(reversed(behind))
-        worker.last_exit = f"exit code {code} after {lived_s:.1f} s"
+        worker.last_exit = (f"exit code {code} after {lived_s:.1f} s" if worker.condemned is None
+                            else f"killed after {lived_s:.1f} s: it {worker.condemned}")
         self._close(worker)
         worker.ready = False
         worker.loaded.clear()   # (what the dead one held: none of it is loaded while the placement is down)
@@ -441,7 +411,8 @@ class WorkerPool:
         pause_s = RESTART_BACKOFF_S[min(max(worker.early_deaths - 1, 0), len(RESTART_BACKOFF_S) - 1)]
         log.error("worker for %s (pid %s) died with code %s after %.1f s; restarting%s",
                   worker.placement.name, pid, code, lived_s, f" in {pause_s:g} s" if pause_s else "")
-        crashed = code not in EXTERNAL_DEATHS   # killed from outside (an operator, a test): not the variant's doing
+        # killed from outside (an operator, a test): not the variant's doing; killed for what it sent: a crash
+        crashed = code not in EXTERNAL_DEATHS or worker.condemned is not None
         if running is None and loading and crashed and self.on_load_failed:   # it died loading a variant
             self.on_load_failed(worker.placement.name, loading[0], f"the worker died ({worker.last_exit}) "
                                 "while loading it")

@@ -46,6 +46,7 @@ class Worker:
     restart_at: float | None = None   # time.monotonic() of a restart held back (a crash loop, a failed start)
     last_exit: str | None = None
     start_error: str | None = None    # why the latest start failed (the restart is held back meanwhile)
+    condemned: str | None = None      # why this incarnation is being killed (its channel cannot be trusted)
 
     @property
     def inflight(self) -> Job | None:

@@ -72,6 +72,9 @@ class FakePool:
     def broadcast(self, verb: str, header: dict) -> None:
         pass
 
+    def kill_stalled(self, now: float) -> None:
+        pass   # no worker process here
+
     def finish(self, job: Any, outputs: list[np.ndarray]) -> Outcome:
         self.jobs.remove(job)
         t0 = time.monotonic_ns()

@@ -1,16 +1,23 @@
 """A worker process's channel holds the job it runs and the next one (adaptd.daemon.pool): the
 next starts without waiting for the daemon's main thread, a large input is not sent behind a
 running job, ``queue_limit`` counts the job waiting in the channel, and a worker's death answers
-only the job it was running, the one behind it going back to the head of the queue.
+only the job it was running, the one behind it going back to the head of the queue. A worker
+whose channel carries bytes that are not a message, or stops in the middle of one, is killed,
+and its job answered as a crash; the daemon never waits on it.
 
 A real WorkerPool with a real worker process running LiteRT on the suite's slow model; the
-worker is frozen with SIGSTOP so that what sits where is certain, not a race."""
+worker is frozen with SIGSTOP so that what sits where is certain, not a race. A worker's faulty
+bytes are written into its own end of the channel (duplicated with pidfd_getfd(2)), where a
+faulty worker's would come from."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import select
 import signal
+import socket
 import time
 
 import numpy as np
@@ -18,7 +25,7 @@ import pytest
 
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.jobs import Job, Outcome
-from adaptd.daemon.pool import PIPELINE_MAX_BYTES, WorkerPool
+from adaptd.daemon.pool import PIPELINE_MAX_BYTES, SEND_TIMEOUT_S, WorkerPool
 
 from .conftest import SLOW_MODEL, SLOW_SHAPE
 
@@ -242,3 +249,67 @@ def test_a_worker_that_cannot_be_restarted_leaves_its_placement_down_not_the_dae
     assert "Too many open files" in out["snapshot_error"]
     assert out["open_change"] == -2   # the dead one's channel and pidfd closed, nothing half-made left
     assert out["restarted"] and out["after"] == ["after", True]
+
+
+SYS_PIDFD_GETFD = 438   # the same number on every architecture
+
+
+def worker_end(worker) -> socket.socket:
+    """The worker's own end of its channel, duplicated into this process (pidfd_getfd(2)): what is
+    written to it reaches the daemon's end exactly as the worker's own writes do. The descriptor's
+    number is in the worker's command line (its spec)."""
+    with open(f"/proc/{worker.proc.pid}/cmdline", "rb") as fh:
+        spec = json.loads(fh.read().split(b"\0")[-2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(worker.proc.pid)
+    try:
+        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, spec["fd"], 0)
+    finally:
+        os.close(pidfd)
+    if fd < 0:
+        pytest.skip(f"pidfd_getfd(2) is not allowed here: {os.strerror(ctypes.get_errno())}")
+    return socket.socket(fileno=fd)
+
+
+def pump_after_submit(pool: WorkerPool, job: Job) -> list[Outcome]:
+    assert pool.submit("cpu:0", job)
+    return pump(pool, 1)
+
+
+def test_a_worker_that_sends_a_message_that_does_not_read_is_killed_and_its_job_failed_as_a_crash(
+        pool, slow_repository):
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    first_pid = worker.proc.pid
+    with worker_end(worker) as end:
+        end.sendall(b"\x05\x00\x00\x00\x00\x00\x00\x00\xc1\xc1\xc1\xc1\xc1")   # a prefix, then no msgpack
+        (failed,) = pump(pool, 1)
+    assert failed.job.request_id == "a" and not failed.ok and failed.header["code"] == "WORKER_FAILED"
+    assert failed.header["died"] is True   # counted against the variant, unlike a kill from outside
+    assert "does not read" in failed.header["message"] and "does not read" in worker.last_exit
+    (done,) = pump_after_submit(pool, make_job(slow_repository, "b", 1))
+    assert done.ok and worker.proc.pid != first_pid and worker.restarts == 1
+
+
+def test_a_worker_stopped_in_the_middle_of_a_message_is_not_waited_for_and_is_killed_after_the_limit(
+        pool, slow_repository):
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    fd = worker.channel.fileno()
+    with worker_end(worker) as end:
+        end.sendall(b"\x40\x00\x00\x00\x00\x00\x00\x00\x82")   # 64 bytes of header announced, one sent
+        select.select([fd], [], [], DEADLINE_S)
+        assert pool.on_message(fd) is None   # read what came, and back: the loop goes on
+        partial_at = worker.channel.partial_at
+        assert partial_at is not None and fd in pool.channel_fds()
+        pool.kill_stalled(partial_at + SEND_TIMEOUT_S / 2)
+        assert worker.condemned is None and worker.proc.poll() is None
+        pool.kill_stalled(partial_at + SEND_TIMEOUT_S + 1)
+        assert fd not in pool.channel_fds()
+        (failed,) = pump(pool, 1)
+    assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and failed.header["died"]
+    assert "stopped in the middle of a message" in failed.header["message"]
+    (done,) = pump_after_submit(pool, make_job(slow_repository, "b", 1))
+    assert done.ok and worker.condemned is None

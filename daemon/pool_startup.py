@@ -1,0 +1,87 @@
+"""The worker pool's blocking waits, for the daemon's start-up only.
+
+Contract
+--------
+* Mixed into :class:`~adaptd.daemon.pool.WorkerPool`: these block the calling thread (the
+  daemon's main thread before it serves, or a test), reading the workers' channels as the
+  daemon's loop does once it serves (:meth:`WorkerPool.on_message`). Not for use while serving.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+
+from adaptd.daemon.workers import Worker
+
+
+class StartupWaits:
+    """What :class:`~adaptd.daemon.pool.WorkerPool` waits for at start-up (its ``workers``, its
+    channels' ``_by_fd``, its ``on_message`` and ``_record_side_message``)."""
+
+    workers: dict[str, Worker]
+    _by_fd: dict[int, Worker]
+
+    def wait_ready(self, timeout_s: float) -> list[str]:
+        """Block until every worker said ``ready`` (used at start-up only); return the laggards."""
+        deadline = time.monotonic() + timeout_s
+        poller = select.poll()
+        for fd in self._by_fd:
+            poller.register(fd, select.POLLIN)
+        while any(not w.ready for w in self.workers.values()):
+            left_ms = (deadline - time.monotonic()) * 1e3
+            if left_ms <= 0:
+                break
+            for fd, _ in poller.poll(left_ms):
+                self.on_message(fd)
+            for w in self.workers.values():
+                if w.proc and w.proc.poll() is not None and not w.ready:
+                    raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
+                                       "during start-up")
+        return [w.placement.name for w in self.workers.values() if not w.ready]
+
+    def wait_loaded(self, timeout_s: float) -> list[str]:
+        """Block until every eager load sent so far is answered (start-up only); return laggards."""
+        deadline = time.monotonic() + timeout_s
+
+        def waiting() -> list[Worker]:
+            return [w for w in self.workers.values()
+                    if w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager)]
+
+        poller = select.poll()
+        for fd in self._by_fd:
+            poller.register(fd, select.POLLIN)
+        while waiting():
+            left_ms = (deadline - time.monotonic()) * 1e3
+            if left_ms <= 0:
+                break
+            for fd, _ in poller.poll(left_ms):
+                self.on_message(fd)
+        return [w.placement.name for w in waiting()]
+
+    def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
+        """Fastest round trip of an empty message to each idle, ready worker (start-up only):
+        the cost of the hop itself, which a variant's own latency does not include. The fastest,
+        not the median: on a shared host a start-up spell made the median of 20 pings 1.5 ms on
+        one placement (64 us in the next start), and every prior there carried it until that
+        placement's own executions taught the selector its path (adaptd.daemon.selection),
+        which adds whatever the hop costs beyond this."""
+        out: dict[str, float] = {}
+        for name, w in self.workers.items():
+            if not w.ready or w.channel is None or w.sent or w.queue:
+                continue
+            rtts = []
+            try:
+                for i in range(rounds):
+                    t0 = time.perf_counter_ns()
+                    w.channel.send("ping", {"n": i})
+                    while True:   # loads answered meanwhile are recorded as usual
+                        verb, header, _ = w.channel.recv()
+                        if verb == "pong" and header.get("n") == i:
+                            break
+                        self._record_side_message(w, verb, header)
+                    rtts.append((time.perf_counter_ns() - t0) / 1e6)
+            except OSError:   # it died meanwhile: its pidfd reports it
+                continue
+            out[name] = min(rtts)
+        return out
