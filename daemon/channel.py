@@ -19,7 +19,7 @@ Contract
 * A message that does not read (a prefix announcing more than ``MAX_MESSAGE_BYTES``, a header
   that does not unpack to a map with its ``_verb`` and ``_sizes``, sizes that do not add up)
   raises :class:`ChannelError`: the peer is not speaking this channel's protocol, and what
-  follows on it cannot be trusted either.
+  follows on it cannot be trusted either (a prefix too large raises again at each call).
 * One reader and one writer per end at a time (the daemon's main thread on one end, the
   worker's only thread on the other). ``ConnectionError`` means the peer is gone; an end made
   with a timeout raises ``TimeoutError`` when the peer makes no progress for that long in
@@ -110,8 +110,10 @@ class Channel:
                 if k == 0:
                     raise ConnectionError("the peer closed the channel")
                 self._got += k
-                if k < target.nbytes:
-                    self.partial_at = time.monotonic()
+                if k < target.nbytes:   # the rest has not come yet: a non-blocking end looks again at its
+                    self.partial_at = time.monotonic()   # next POLLIN, a blocking one waits for it
+                    if self.timeout_s is not None:
+                        return None
                     continue
             if self._body is None:   # the prefix is whole: the body's size
                 header_len, bodies_len = PREFIX.unpack(self._prefix)
@@ -134,15 +136,19 @@ def _parse(body: bytearray, header_len: int) -> tuple[str, dict[str, Any], list[
     if type(header) is not dict:
         raise ChannelError(f"a header that is a {type(header).__name__}, not a map")
     verb, sizes = header.pop("_verb", None), header.pop("_sizes", None)
-    if type(verb) is not str or type(sizes) is not list or not all(type(n) is int and n >= 0 for n in sizes) \
-            or sum(sizes) != len(body) - header_len:
-        raise ChannelError(f"a header whose verb and bodies' sizes do not fit the message ({verb!r}, {sizes!r}, "
-                           f"{len(body) - header_len} bytes of bodies)")
+    if type(verb) is not str:
+        raise ChannelError(f"a header without its verb (_verb: {verb!r})")
+    if type(sizes) is not list:
+        raise ChannelError(f"a header without its bodies' sizes (_sizes: {sizes!r})")
     bodies = []
     offset = header_len
     for size in sizes:
+        if type(size) is not int or size < 0 or offset + size > len(body):
+            break
         bodies.append(view[offset:offset + size])
         offset += size
+    if len(bodies) != len(sizes) or offset != len(body):
+        raise ChannelError(f"bodies' sizes {sizes!r} that do not fit the {len(body) - header_len} bytes sent")
     return verb, header, bodies
 
 

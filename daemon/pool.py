@@ -3,7 +3,7 @@
 Contract
 --------
 * Used from the daemon's main thread only (channels have one reader and one writer); nothing here
-  blocks except :meth:`WorkerPool.start`'s wait for the workers' ``ready`` when asked to.
+  blocks but the start-up's waits (:mod:`adaptd.daemon.pool_startup`), before the daemon serves.
 * Each placement has exactly one worker process, pinned to the placement's cores, reached over
   a :class:`~adaptd.daemon.channel.Channel` (a socketpair private to that incarnation of the
   worker; the daemon polls its file descriptor). At most ``PIPELINE_DEPTH`` (2) jobs are in a
@@ -26,11 +26,14 @@ Contract
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to
   the head of the queue for the new worker, which the pidfd's report of the death starts.
-* Reading a worker never waits: a message cut in two waits for its rest in the channel. A worker
-  that sends a message that does not read (:class:`~adaptd.daemon.channel.ChannelError`), or
-  stops for ``SEND_TIMEOUT_S`` in the middle of one (:meth:`WorkerPool.kill_stalled`, from the
-  daemon's housekeeping), is killed: its death, reported by its pidfd, answers its job
-  ``WORKER_FAILED`` and restarts it, and counts as a crash of the variant it ran.
+* Reading a worker never waits while the daemon serves: a message cut in two waits for its rest
+  in the channel. A worker that sends a message that does not read
+  (:class:`~adaptd.daemon.channel.ChannelError`), or stops for ``SEND_TIMEOUT_S`` in the middle
+  of one (:meth:`WorkerPool.kill_stalled`, from the daemon's housekeeping; ten times as long for
+  a pool under ``SCHED_IDLE``, which the machine's other work may starve), is killed and sent
+  nothing more: its death, reported by its pidfd, answers its job ``WORKER_FAILED`` and restarts
+  it. Bytes that do not read count as a crash of the variant it ran (as a crashed interpreter's
+  would); a stall does not (the machine may have starved it).
 * Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
@@ -327,7 +330,7 @@ class WorkerPool(StartupWaits):
         try:
             message = worker.channel.recv_ready()
         except ChannelError as exc:
-            self._condemn(worker, f"sent a message that does not read: {exc}")
+            self._condemn(worker, f"sent a message that does not read: {exc}", crash=True)
             return None
         except (ConnectionError, OSError):
             self._by_fd.pop(fd, None)   # stop polling it; on_exit cleans up
@@ -366,19 +369,22 @@ class WorkerPool(StartupWaits):
         return None
 
     def kill_stalled(self, now: float) -> None:
-        """Kill the workers stopped in the middle of a message for ``SEND_TIMEOUT_S`` (``now``:
-        ``time.monotonic()``); the daemon's housekeeping asks once a second."""
+        """Kill the workers stopped in the middle of a message for ``SEND_TIMEOUT_S`` (ten times
+        that under ``SCHED_IDLE``; ``now``: ``time.monotonic()``); the daemon's housekeeping asks
+        once a second."""
+        limit_s = SEND_TIMEOUT_S * (10 if self.worker_options.get("sched_idle") else 1)
         for worker in self.workers.values():
             partial_at = worker.channel.partial_at if worker.channel is not None else None
-            if partial_at is not None and now - partial_at > SEND_TIMEOUT_S and worker.condemned is None:
-                self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s")
+            if partial_at is not None and now - partial_at > limit_s and worker.condemned is None:
+                self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s", crash=False)
 
-    def _condemn(self, worker: Worker, why: str) -> None:
-        """A worker whose channel cannot be trusted: it is not read again and is killed; its pidfd
-        reports the death (:meth:`on_exit`), which counts as a crash."""
+    def _condemn(self, worker: Worker, why: str, *, crash: bool) -> None:
+        """A worker whose channel cannot be trusted: it is not read again, is sent nothing more,
+        and is killed; its pidfd reports the death (:meth:`on_exit`), a crash of the variant it
+        ran when ``crash``."""
         log.error("worker for %s (pid %s) %s; killing it", worker.placement.name,
                   worker.proc.pid if worker.proc else "?", why)
-        worker.condemned = why
+        worker.condemned, worker.condemned_crash, worker.ready = why, crash, False
         if worker.channel is not None:
             self._by_fd.pop(worker.channel.fileno(), None)
             if self.on_change:
@@ -412,7 +418,7 @@ class WorkerPool(StartupWaits):
         log.error("worker for %s (pid %s) died with code %s after %.1f s; restarting%s",
                   worker.placement.name, pid, code, lived_s, f" in {pause_s:g} s" if pause_s else "")
         # killed from outside (an operator, a test): not the variant's doing; killed for what it sent: a crash
-        crashed = code not in EXTERNAL_DEATHS or worker.condemned is not None
+        crashed = code not in EXTERNAL_DEATHS if worker.condemned is None else worker.condemned_crash
         if running is None and loading and crashed and self.on_load_failed:   # it died loading a variant
             self.on_load_failed(worker.placement.name, loading[0], f"the worker died ({worker.last_exit}) "
                                 "while loading it")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import select
 import time
 
+from adaptd.daemon.channel import ChannelError
 from adaptd.daemon.workers import Worker
 
 
 class StartupWaits:
     """What :class:`~adaptd.daemon.pool.WorkerPool` waits for at start-up (its ``workers``, its
-    channels' ``_by_fd``, its ``on_message`` and ``_record_side_message``)."""
+    channels' ``_by_fd``, its ``on_message``, ``_record_side_message`` and ``_condemn``)."""
 
     workers: dict[str, Worker]
     _by_fd: dict[int, Worker]
@@ -32,9 +33,10 @@ class StartupWaits:
             left_ms = (deadline - time.monotonic()) * 1e3
             if left_ms <= 0:
                 break
-            for fd, _ in poller.poll(left_ms):
-                self.on_message(fd)
+            self._read_channels(poller, left_ms)
             for w in self.workers.values():
+                if w.condemned is not None:
+                    raise RuntimeError(f"worker for {w.placement.name} {w.condemned} during start-up")
                 if w.proc and w.proc.poll() is not None and not w.ready:
                     raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
                                        "during start-up")
@@ -44,9 +46,9 @@ class StartupWaits:
         """Block until every eager load sent so far is answered (start-up only); return laggards."""
         deadline = time.monotonic() + timeout_s
 
-        def waiting() -> list[Worker]:
-            return [w for w in self.workers.values()
-                    if w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager)]
+        def waiting() -> list[Worker]:   # (a worker being killed answers nothing more: its restart loads again)
+            return [w for w in self.workers.values() if w.condemned is None and (
+                    w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager))]
 
         poller = select.poll()
         for fd in self._by_fd:
@@ -55,9 +57,16 @@ class StartupWaits:
             left_ms = (deadline - time.monotonic()) * 1e3
             if left_ms <= 0:
                 break
-            for fd, _ in poller.poll(left_ms):
-                self.on_message(fd)
+            self._read_channels(poller, left_ms)
         return [w.placement.name for w in waiting()]
+
+    def _read_channels(self, poller: select.poll, timeout_ms: float) -> None:
+        """One wait on the channels; a channel the pool stopped reading (its worker died or is
+        being killed) leaves the poller, whose bytes would otherwise wake it at once forever."""
+        for fd, _ in poller.poll(timeout_ms):
+            self.on_message(fd)
+            if fd not in self._by_fd:
+                poller.unregister(fd)
 
     def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
         """Fastest round trip of an empty message to each idle, ready worker (start-up only):
@@ -82,6 +91,9 @@ class StartupWaits:
                         self._record_side_message(w, verb, header)
                     rtts.append((time.perf_counter_ns() - t0) / 1e6)
             except OSError:   # it died meanwhile: its pidfd reports it
+                continue
+            except ChannelError as exc:
+                self._condemn(w, f"sent a message that does not read: {exc}", crash=True)
                 continue
             out[name] = min(rtts)
         return out

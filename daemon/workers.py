@@ -47,6 +47,7 @@ class Worker:
     last_exit: str | None = None
     start_error: str | None = None    # why the latest start failed (the restart is held back meanwhile)
     condemned: str | None = None      # why this incarnation is being killed (its channel cannot be trusted)
+    condemned_crash: bool = False     # and whether that counts as a crash of the variant it ran
 
     @property
     def inflight(self) -> Job | None:

@@ -36,6 +36,7 @@ class FakePool:
 
     def __init__(self) -> None:
         self.jobs: list[Any] = []
+        self.stall_checks: list[float] = []
         self.on_load_failed = self.on_down = self.on_change = None
 
     def submit(self, placement: str, job: Any) -> bool:
@@ -73,7 +74,7 @@ class FakePool:
         pass
 
     def kill_stalled(self, now: float) -> None:
-        pass   # no worker process here
+        self.stall_checks.append(now)   # (no worker process here)
 
     def finish(self, job: Any, outputs: list[np.ndarray]) -> Outcome:
         self.jobs.remove(job)
@@ -392,7 +393,7 @@ def test_a_fault_in_the_housekeeping_is_logged_and_the_other_steps_still_run(dae
     d.fidelity.tick = lambda now: (ran.append(now), fidelity_tick(now))
     d.housekeeping.tick(1.0)
     d.housekeeping.tick(2.0)
-    assert ran == [1.0, 2.0]
+    assert ran == [1.0, 2.0] and d.pool.stall_checks == [1.0, 2.0]   # (the workers stopped mid-message)
     first, second = [r for r in caplog.records if "housekeeping" in r.getMessage()]   # (no other step faulted)
     assert all("housekeeping (replays)" in r.getMessage() for r in (first, second))
     assert "expiry bug" in str(first.exc_info[1]) and second.exc_info is None and "expiry bug" in second.getMessage()
