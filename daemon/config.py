@@ -191,6 +191,7 @@ class PlacementsConfig:
     inline_max_ms: float = 2.0               # predicted latency up to which a job runs on the receiving thread
     custom: tuple[CustomPlacement, ...] = ()
     worker_start_timeout_s: float = 60.0
+    job_timeout_s: float = 120.0             # a worker process running one job this long is killed; 0: never
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PlacementsConfig:
@@ -230,6 +231,8 @@ class PlacementsConfig:
             raise ConfigError(f"{w}.inline_max_ms: must be in 0..1000 (ms), got {out.inline_max_ms}")
         _positive(out.queue_limit, f"{w}.queue_limit")
         _positive(out.worker_start_timeout_s, f"{w}.worker_start_timeout_s")
+        if out.job_timeout_s < 0:
+            raise ConfigError(f"{w}.job_timeout_s: must not be negative (0: no limit), got {out.job_timeout_s}")
         return out
 
 

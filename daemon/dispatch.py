@@ -45,7 +45,7 @@ SHADOW = "shadow"
 class Dispatcher:
     def __init__(self, placements: Iterable[Placement], queue_limit: int, *, isolation: str = "thread",
                  reject_nonfinite: bool = True, home_cores: tuple[int, ...] = (), shadow_worker: bool = False,
-                 sched_slice_us: int = 0, follow_work: bool = True) -> None:
+                 sched_slice_us: int = 0, follow_work: bool = True, job_timeout_s: float = 0.0) -> None:
         placements = list(placements)
         in_thread = [p for p in placements if p.runtime == "litert" and isolation == "thread"]
         in_process = [p for p in placements if p not in in_thread]
@@ -57,13 +57,14 @@ class Dispatcher:
         options: dict[str, Any] = {"reject_nonfinite": reject_nonfinite}
         if sched_slice_us:
             options["sched_slice_us"] = sched_slice_us
-        self.processes = WorkerPool(in_process, queue_limit, worker_options=options)
+        self.processes = WorkerPool(in_process, queue_limit, worker_options=options, job_timeout_s=job_timeout_s)
         self._host: dict[str, Any] = {p.name: self.threads for p in in_thread}
         self._host.update({p.name: self.processes for p in in_process})
         self.workers: dict[str, Any] = {**self.threads.workers, **self.processes.workers}
         cores = tuple(sorted({c for p in placements if p.kind == "cpu" for c in p.cores}))
         self.shadows = WorkerPool([Placement(SHADOW, "cpu", "litert", cores, 1, None, "shadow runs, SCHED_IDLE")],
-                                  queue_limit=1, worker_options={"reject_nonfinite": False, "sched_idle": True}) \
+                                  queue_limit=1, worker_options={"reject_nonfinite": False, "sched_idle": True},
+                                  job_timeout_s=job_timeout_s) \
             if shadow_worker and cores else None
         self._pools = [self.processes] if self.shadows is None else [self.processes, self.shadows]
 

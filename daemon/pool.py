@@ -29,11 +29,12 @@ Contract
 * Reading a worker never waits while the daemon serves: a message cut in two waits for its rest
   in the channel. A worker that sends a message that does not read
   (:class:`~adaptd.daemon.channel.ChannelError`), or stops for ``SEND_TIMEOUT_S`` in the middle
-  of one (:meth:`WorkerPool.kill_stalled`, from the daemon's housekeeping; ten times as long for
-  a pool under ``SCHED_IDLE``, which the machine's other work may starve), is killed and sent
-  nothing more: its death, reported by its pidfd, answers its job ``WORKER_FAILED`` and restarts
-  it. Bytes that do not read count as a crash of the variant it ran (as a crashed interpreter's
-  would); a stall does not (the machine may have starved it).
+  of one, or runs one job for ``job_timeout_s`` (:meth:`WorkerPool.kill_stalled`, from the
+  daemon's housekeeping; each limit ten times as long for a pool under ``SCHED_IDLE``, which the
+  machine's other work may starve), is killed and sent nothing more: its death, reported by its
+  pidfd, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and a run
+  that does not end count as a crash of the variant it ran; a stalled message does not (the
+  machine may have starved the worker).
 * Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
@@ -77,8 +78,9 @@ PIPELINE_MAX_BYTES = 64 * 1024
 
 class WorkerPool(StartupWaits):
     def __init__(self, placements: Iterable[Placement], queue_limit: int,
-                 worker_options: dict[str, Any] | None = None) -> None:
+                 worker_options: dict[str, Any] | None = None, job_timeout_s: float = 0.0) -> None:
         self.queue_limit = queue_limit
+        self.job_timeout_s = job_timeout_s   # a worker running one job this long is killed (0: never)
         self.worker_options = dict(worker_options or {})   # passed to every worker in its spec
         self.workers: dict[str, Worker] = {p.name: Worker(p) for p in placements}
         self._by_fd: dict[int, Worker] = {}
@@ -354,6 +356,7 @@ class WorkerPool(StartupWaits):
         job = worker.inflight
         if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
             worker.sent.popleft()
+            worker.last_outcome_ns = time.monotonic_ns()   # (the job behind it starts now)
             if verb == "done":
                 worker.early_deaths = 0
                 if "memory_bytes" in header:
@@ -369,14 +372,22 @@ class WorkerPool(StartupWaits):
         return None
 
     def kill_stalled(self, now: float) -> None:
-        """Kill the workers stopped in the middle of a message for ``SEND_TIMEOUT_S`` (ten times
-        that under ``SCHED_IDLE``; ``now``: ``time.monotonic()``); the daemon's housekeeping asks
-        once a second."""
-        limit_s = SEND_TIMEOUT_S * (10 if self.worker_options.get("sched_idle") else 1)
+        """Kill the workers stopped in the middle of a message for ``SEND_TIMEOUT_S``, and those
+        running one job for ``job_timeout_s`` (each limit ten times as long under
+        ``SCHED_IDLE``; ``now``: ``time.monotonic()``); the daemon's housekeeping asks once a
+        second."""
+        slack = 10 if self.worker_options.get("sched_idle") else 1
         for worker in self.workers.values():
+            if worker.condemned is not None:
+                continue
             partial_at = worker.channel.partial_at if worker.channel is not None else None
-            if partial_at is not None and now - partial_at > limit_s and worker.condemned is None:
+            if partial_at is not None and now - partial_at > SEND_TIMEOUT_S * slack:
                 self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s", crash=False)
+            elif self.job_timeout_s and worker.sent:
+                running_s = now - max(worker.sent[0].dispatched_ns or 0, worker.last_outcome_ns) / 1e9
+                if running_s > self.job_timeout_s * slack:
+                    self._condemn(worker, f"ran one job for {running_s:.0f} s (placements.job_timeout_s = "
+                                          f"{self.job_timeout_s:g})", crash=True)
 
     def _condemn(self, worker: Worker, why: str, *, crash: bool) -> None:
         """A worker whose channel cannot be trusted: it is not read again, is sent nothing more,

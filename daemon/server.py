@@ -198,7 +198,7 @@ class Daemon:
         self.pool = Dispatcher(placements, cfg.placements.queue_limit, isolation=cfg.placements.isolation,
                                reject_nonfinite=cfg.server.reject_nonfinite, home_cores=cfg.server.cores,
                                shadow_worker=cfg.fidelity.enabled, sched_slice_us=cfg.server.sched_slice_us,
-                               follow_work=not cfg.server.spin_us)
+                               follow_work=not cfg.server.spin_us, job_timeout_s=cfg.placements.job_timeout_s)
         self.assemble(registry=registry, placements=placements, pool=self.pool, meter=self.meter, store=self.store,
                       frontend=self.frontend, regions=regions)
         self.pool.start()

@@ -48,6 +48,7 @@ class Worker:
     start_error: str | None = None    # why the latest start failed (the restart is held back meanwhile)
     condemned: str | None = None      # why this incarnation is being killed (its channel cannot be trusted)
     condemned_crash: bool = False     # and whether that counts as a crash of the variant it ran
+    last_outcome_ns: int = 0          # time.monotonic_ns() when it last finished a job (the next one's start)
 
     @property
     def inflight(self) -> Job | None:

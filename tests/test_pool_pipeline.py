@@ -330,3 +330,27 @@ def test_a_worker_being_killed_is_sent_no_job_and_the_next_one_runs_it(pool, slo
     assert not worker.sent and [j.request_id for j in worker.queue] == ["a"]
     (done,) = pump(pool, 1)
     assert done.job.request_id == "a" and done.ok and worker.proc.pid != first_pid
+
+
+def test_a_worker_that_runs_one_job_past_job_timeout_s_is_killed_and_the_job_failed_as_a_crash(slow_repository):
+    placement = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0, one thread")
+    pool = WorkerPool([placement], queue_limit=3, job_timeout_s=30.0)
+    pool.start()
+    try:
+        assert pool.wait_ready(DEADLINE_S) == []
+        worker = pool.workers["cpu:0"]
+        os.kill(worker.proc.pid, signal.SIGSTOP)   # the run that never ends
+        assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+        assert pool.submit("cpu:0", make_job(slow_repository, "b", 1))   # sent behind it: runs on the next worker
+        started_s = worker.sent[0].dispatched_ns / 1e9
+        pool.kill_stalled(started_s + 29.0)
+        assert worker.condemned is None and worker.proc.poll() is None
+        pool.kill_stalled(started_s + 31.0)
+        assert worker.condemned is not None
+        (failed,) = pump(pool, 1)
+        assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and failed.header["died"]
+        assert "job_timeout_s = 30" in failed.header["message"]
+        (done,) = pump(pool, 1)
+        assert done.job.request_id == "b" and done.ok
+    finally:
+        pool.stop()
