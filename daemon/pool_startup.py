@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import time
+from typing import Any
 
 from adaptd.daemon.channel import ChannelError
 from adaptd.daemon.workers import Worker
@@ -60,7 +61,7 @@ class StartupWaits:
             self._read_channels(poller, left_ms)
         return [w.placement.name for w in waiting()]
 
-    def _read_channels(self, poller: select.poll, timeout_ms: float) -> None:
+    def _read_channels(self, poller: Any, timeout_ms: float) -> None:   # (a select.poll object)
         """One wait on the channels; a channel the pool stopped reading (its worker died or is
         being killed) leaves the poller, whose bytes would otherwise wake it at once forever."""
         for fd, _ in poller.poll(timeout_ms):
