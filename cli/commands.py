@@ -257,9 +257,9 @@ def describe_models(body: Mapping[str, Any]) -> str:
 def describe_placements(placements: Sequence[Mapping[str, Any]]) -> str:
     rows = [[str(p.get("name")), str(p.get("kind")), str(p.get("runtime")), ",".join(map(str, p.get("cores") or [])),
              fmt(p.get("threads")), f"{p.get('queued', 0)}/{p.get('queue_limit', '-')}", fmt(p.get("busy")),
-             fmt(p.get("worker_pid")), fmt(p.get("restarts"))] for p in placements]
-    return table(rows, ["placement", "kind", "runtime", "cores", "threads", "queued/limit", "busy", "worker pid",
-                        "restarts"])
+             fmt(p.get("running_s")), fmt(p.get("worker_pid")), fmt(p.get("restarts"))] for p in placements]
+    return table(rows, ["placement", "kind", "runtime", "cores", "threads", "queued/limit", "busy", "running s",
+                        "worker pid", "restarts"])
 
 
 def run_models(args: argparse.Namespace) -> int:

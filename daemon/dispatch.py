@@ -178,8 +178,12 @@ class Dispatcher:
         return [o for pool in self._pools for o in pool.on_exit(fd)]
 
     def kill_stalled(self, now: float) -> None:
+        """Worker processes stopped mid-message or past ``job_timeout_s`` are killed; a placement's
+        thread past it is reported (it cannot be stopped)."""
         for pool in self._pools:
             pool.kill_stalled(now)
+        if self.processes.job_timeout_s:
+            self.threads.warn_stuck(now, self.processes.job_timeout_s)
 
     def next_restart_s(self) -> float | None:
         soonest = None   # (the loop asks twice a request: loops, not generators)

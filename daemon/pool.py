@@ -384,7 +384,7 @@ class WorkerPool(StartupWaits):
             if partial_at is not None and now - partial_at > SEND_TIMEOUT_S * slack:
                 self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s", crash=False)
             elif self.job_timeout_s and worker.sent:
-                running_s = now - max(worker.sent[0].dispatched_ns or 0, worker.last_outcome_ns) / 1e9
+                running_s = worker.running_s(int(now * 1e9))
                 if running_s > self.job_timeout_s * slack:
                     self._condemn(worker, f"ran one job for {running_s:.0f} s (placements.job_timeout_s = "
                                           f"{self.job_timeout_s:g})", crash=True)

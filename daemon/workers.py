@@ -65,8 +65,16 @@ class Worker:
         """How many jobs wait behind the running one (what ``queue_limit`` bounds)."""
         return len(self.queue) + max(0, len(self.sent) - 1)
 
+    def running_s(self, now_ns: int) -> float | None:
+        """How long its job in progress has run (from when the one before it ended; None: none runs)."""
+        if not self.sent:
+            return None
+        return (now_ns - max(self.sent[0].dispatched_ns or 0, self.last_outcome_ns)) / 1e9
+
     def snapshot(self) -> dict[str, Any]:
+        running_s = self.running_s(time.monotonic_ns())
         return {**self.placement.to_dict(), "queued": self.n_waiting(), "busy": self.busy,
+                "running_s": None if running_s is None else round(running_s, 3),
                 "ready": self.ready, "worker_pid": self.proc.pid if self.proc else None,
                 "restarts": self.restarts,
                 "restart_in_s": (None if self.restart_at is None

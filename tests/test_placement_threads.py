@@ -146,3 +146,57 @@ def test_a_run_that_raises_leaves_the_placement_serving(tiny_repository, monkeyp
     assert failed.ok is False and failed.header["code"] == "WORKER_FAILED" and "run bug" in failed.header["message"]
     assert served.ok is True and served.job.request_id == "r2"
     assert inline is not None and inline.ok is True
+
+
+def test_a_run_past_job_timeout_s_on_a_placements_thread_shows_and_is_reported_once(
+        tiny_repository, monkeypatch, caplog):
+    """A placement's thread cannot be stopped (LiteRT's Python API has no cancel): a run that goes
+    on past ``job_timeout_s`` shows in the placement's ``running_s`` and is logged, once per run.
+    The hung run is a stand-in for what this machine cannot produce (a wedged driver): the real
+    ``run_job`` behind an event the test sets."""
+    import select
+
+    import numpy as np
+
+    from adaptd.daemon import placement_threads
+    from adaptd.wire import protocol as proto
+
+    repo, model, version = tiny_repository
+    version_dir = str(repo / model / version)
+    x = np.zeros((1, 8, 8, 1), np.float32)
+    entered, release = threading.Event(), threading.Event()
+    real = placement_threads.run_job
+
+    def hung(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    def body() -> tuple[object, ...]:
+        pool = ThreadPlacements([Placement("a", "cpu", "litert", (A,), 1, None, "one core")], 4)
+        pool.start()
+        try:
+            assert pool.wait_ready(30) == []
+            idle = pool.workers["a"].snapshot()["running_s"]
+            monkeypatch.setattr(placement_threads, "run_job", hung)
+            assert pool.submit("a", Job("r0", version_dir, "float32", [proto.tensor_header(x)], [memoryview(x)],
+                                        0, None))
+            assert entered.wait(30)
+            running = pool.workers["a"].snapshot()["running_s"]
+            started_s = pool.workers["a"].inflight.dispatched_ns / 1e9
+            warned = []
+            for now in (started_s + 5, started_s + 11, started_s + 12):
+                pool.warn_stuck(now, 10.0)
+                warned.append(sum("has run one job" in r.getMessage() for r in caplog.records))
+            release.set()
+            assert select.select([pool.fileno()], [], [], 30)[0], "the run never came back"
+            (done,) = pool.completed()
+            return idle, running, warned, done, pool.workers["a"].snapshot()["running_s"]
+        finally:
+            release.set()
+            pool.stop()
+
+    idle, running, warned, done, after = _on_own_thread(body)
+    assert idle is None and running is not None and running >= 0 and after is None
+    assert warned == [0, 1, 1]
+    assert done.ok

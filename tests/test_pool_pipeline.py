@@ -343,6 +343,7 @@ def test_a_worker_that_runs_one_job_past_job_timeout_s_is_killed_and_the_job_fai
         assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
         assert pool.submit("cpu:0", make_job(slow_repository, "b", 1))   # sent behind it: runs on the next worker
         started_s = worker.sent[0].dispatched_ns / 1e9
+        assert worker.snapshot()["running_s"] >= 0 and pool.snapshots()[0]["busy"]
         pool.kill_stalled(started_s + 29.0)
         assert worker.condemned is None and worker.proc.poll() is None
         pool.kill_stalled(started_s + 31.0)
@@ -351,6 +352,6 @@ def test_a_worker_that_runs_one_job_past_job_timeout_s_is_killed_and_the_job_fai
         assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and failed.header["died"]
         assert "job_timeout_s = 30" in failed.header["message"]
         (done,) = pump(pool, 1)
-        assert done.job.request_id == "b" and done.ok
+        assert done.job.request_id == "b" and done.ok and worker.snapshot()["running_s"] is None
     finally:
         pool.stop()
