@@ -17,11 +17,14 @@ between the requests of a caller: the same request path then runs on caches and 
 other code has used meanwhile (BENCHMARKS.md, "How much does the daemon add to a request's
 round trip?", reads the daemon's live CPU with it). ``--sweep-mb N`` reads an array of N MB
 before each request instead, as a model's run between two requests does (MobileNetV2's weights
-are 14 MB): the same path on caches emptied of it, which is how it runs live.
+are 14 MB): the same path on caches emptied of it, which is how it runs live. With
+``--sweep-core C`` the array is read over and over by a process on core C instead, as a run on
+another core does: what the caches that core shares with the loop's cost it.
 
 Usage::
 
     .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]] [--input shm]
+    .venv/bin/python bench/bench_request_path.py --input shm --sweep-mb 16 [--placement cpu:0 --sweep-core 1]
     .venv/bin/python bench/bench_request_path.py --profile [--sort tottime]
 """
 
@@ -32,6 +35,8 @@ import cProfile
 import os
 import platform
 import pstats
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -166,6 +171,8 @@ def main() -> int:
     ap.add_argument("--gap", choices=("spin", "sleep"), default="spin", help="what that other code is")
     ap.add_argument("--sweep-mb", type=float, default=0.0,
                     help="an array of this size read before each request (the caches a model's run leaves)")
+    ap.add_argument("--sweep-core", type=int, default=None,
+                    help="read that array over and over in a process on this core instead (a run on another core)")
     ap.add_argument("--input", choices=("inline", "shm"), default="inline",
                     help="the input in the message, or in a shared-memory region the request names")
     args = ap.parse_args()
@@ -184,10 +191,22 @@ def main() -> int:
         pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
     sweep = np.ones(int(args.sweep_mb * 2**20) // 4, np.float32) if args.sweep_mb else None
-    per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep)
+    sweeper = None
+    if sweep is not None and args.sweep_core is not None:
+        sweeper = subprocess.Popen([sys.executable, "-c", "import os, numpy as np\n"
+                                    f"os.sched_setaffinity(0, {{{args.sweep_core}}})\n"
+                                    f"a = np.ones({sweep.size}, np.float32)\nwhile True: a.sum()"])
+        sweep = None
+    try:
+        per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep)
+    finally:
+        if sweeper is not None:
+            sweeper.kill()
+            sweeper.wait()
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
           + f"; input {args.input}" + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
-          + (f"; {args.sweep_mb:g} MB read before each request" if sweep is not None else ""))
+          + (f"; {args.sweep_mb:g} MB read before each request" if sweep is not None else "")
+          + (f"; {args.sweep_mb:g} MB read over and over on core {args.sweep_core}" if sweeper is not None else ""))
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request: inline execution included "
           f"p50 {np.percentile(per, 50):.1f}, p90 {np.percentile(per, 90):.1f}, mean {per.mean():.1f}; outside "
           f"the execution p50 {np.percentile(outside, 50):.1f}, p90 {np.percentile(outside, 90):.1f}, "
