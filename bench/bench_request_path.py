@@ -160,6 +160,26 @@ def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = Fals
     return np.array(per) / 1e3, np.array(outside) / 1e3
 
 
+SWEEPER = """import os, sys, numpy as np
+os.sched_setaffinity(0, {%d})
+a = np.ones(%d, np.float32)
+a.sum()
+print("ready", flush=True)
+parent = os.getppid()
+while os.getppid() == parent:   # (ends with the benchmark, however it ends)
+    a.sum()
+"""
+
+
+def start_sweeper(core: int, size: int) -> subprocess.Popen:
+    """A process on ``core`` reading ``size`` float32 values over and over, once it has begun."""
+    sweeper = subprocess.Popen([sys.executable, "-c", SWEEPER % (core, size)], stdout=subprocess.PIPE, text=True)
+    if sweeper.stdout.readline().strip() != "ready":
+        sweeper.wait()
+        raise SystemExit(f"the sweeping process did not start on core {core}")
+    return sweeper
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repository", type=Path, default=ROOT / "demo-repo")
@@ -190,15 +210,17 @@ def main() -> int:
         prof.disable()
         pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
+    if args.sweep_core is not None and not args.sweep_mb:
+        ap.error("--sweep-core needs --sweep-mb")
     sweep = np.ones(int(args.sweep_mb * 2**20) // 4, np.float32) if args.sweep_mb else None
     sweeper = None
     if sweep is not None and args.sweep_core is not None:
-        sweeper = subprocess.Popen([sys.executable, "-c", "import os, numpy as np\n"
-                                    f"os.sched_setaffinity(0, {{{args.sweep_core}}})\n"
-                                    f"a = np.ones({sweep.size}, np.float32)\nwhile True: a.sum()"])
+        sweeper = start_sweeper(args.sweep_core, sweep.size)
         sweep = None
     try:
         per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep)
+        if sweeper is not None and sweeper.poll() is not None:
+            raise SystemExit("the sweeping process ended before the loop did")
     finally:
         if sweeper is not None:
             sweeper.kill()

@@ -231,7 +231,7 @@ class PlacementsConfig:
             raise ConfigError(f"{w}.inline_max_ms: must be in 0..1000 (ms), got {out.inline_max_ms}")
         _positive(out.queue_limit, f"{w}.queue_limit")
         _positive(out.worker_start_timeout_s, f"{w}.worker_start_timeout_s")
-        if out.job_timeout_s < 0:
+        if not out.job_timeout_s >= 0:   # (nan too)
             raise ConfigError(f"{w}.job_timeout_s: must not be negative (0: no limit), got {out.job_timeout_s}")
         return out
 

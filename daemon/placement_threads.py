@@ -80,7 +80,7 @@ class ThreadPlacement:
     failed_loads: set[tuple[str, str]] = field(default_factory=set)
     eager: list[tuple[str, str]] = field(default_factory=list)
     stopping: bool = False
-    warned_stuck: Job | None = None   # the run already reported as past job_timeout_s (once per run)
+    warned_stuck: int | None = None   # the job_id of the run already reported as past job_timeout_s
 
     @property
     def busy(self) -> bool:
@@ -96,13 +96,15 @@ class ThreadPlacement:
         GIL, whole, while this placement's thread pops it)."""
         return tuple(self.queue)
 
-    def running_s(self, now_ns: int) -> float | None:
-        """How long the run in progress has run (None: none runs)."""
+    def running(self, now_ns: int) -> tuple[Job | None, float | None]:
+        """The run in progress and how long it has run (None, None: none runs)."""
         job = self.inflight   # (read once: the thread clears it)
-        return None if job is None or job.dispatched_ns is None else (now_ns - job.dispatched_ns) / 1e9
+        if job is None or job.dispatched_ns is None:
+            return None, None
+        return job, (now_ns - job.dispatched_ns) / 1e9
 
     def snapshot(self) -> dict[str, Any]:
-        running_s = self.running_s(time.monotonic_ns())
+        running_s = self.running(time.monotonic_ns())[1]
         return {**self.placement.to_dict(), "queued": len(self.queue), "busy": self.busy, "ready": self.ready,
                 "running_s": None if running_s is None else round(running_s, 3),
                 "worker_pid": os.getpid(), "restarts": 0, "restart_in_s": None, "last_exit": None,
@@ -379,9 +381,9 @@ class ThreadPlacements:
         """Log, once per run, a placement's thread whose run has gone on for ``limit_s`` (``now``:
         ``time.monotonic()``): unlike a worker process it cannot be stopped."""
         for w in self.workers.values():
-            job, running_s = w.inflight, w.running_s(int(now * 1e9))
-            if running_s is not None and running_s > limit_s and job is not w.warned_stuck:
-                w.warned_stuck = job
+            job, running_s = w.running(int(now * 1e9))
+            if job is not None and running_s > limit_s and job.job_id != w.warned_stuck:
+                w.warned_stuck = job.job_id
                 log.warning("%s has run one job for %.0f s (placements.job_timeout_s = %g); a placement's thread "
                             "cannot be interrupted: restart the daemon to free it, or run the placement in a "
                             "worker process (isolation = \"process\"), which is killed instead",

@@ -33,8 +33,10 @@ Contract
   daemon's housekeeping; each limit ten times as long for a pool under ``SCHED_IDLE``, which the
   machine's other work may starve), is killed and sent nothing more: its death, reported by its
   pidfd, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and a run
-  that does not end count as a crash of the variant it ran; a stalled message does not (the
-  machine may have starved the worker).
+  that does not end count as a crash of the variant it ran; a stalled message, and a load that
+  does not end ahead of the job, do not. A job's time runs from when it was sent or from when
+  the job or load ahead of it in the channel ended, whichever is later; one whose outcome waits
+  unread is not killed.
 * Times are ``time.monotonic_ns()`` for jobs, ``time.monotonic()`` seconds for restarts.
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -76,6 +79,11 @@ PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one 
 PIPELINE_MAX_BYTES = 64 * 1024
 
 
+def _readable(fd: int) -> bool:
+    """Whether a message (the job's outcome, perhaps) waits on ``fd`` unread."""
+    return bool(select.select([fd], [], [], 0)[0])
+
+
 class WorkerPool(StartupWaits):
     def __init__(self, placements: Iterable[Placement], queue_limit: int,
                  worker_options: dict[str, Any] | None = None, job_timeout_s: float = 0.0) -> None:
@@ -99,6 +107,7 @@ class WorkerPool(StartupWaits):
     def _record_side_message(self, worker: Worker, verb: str, header: dict[str, Any]) -> tuple[str, str] | None:
         """A ``loaded`` or a load's ``fail``; returns the (dir, variant) of a failed load."""
         key = (header.get("dir"), header.get("variant"))
+        worker.last_progress_ns = time.monotonic_ns()   # (a job waiting behind the load starts now)
         if key in worker.loading:
             worker.loading.remove(key)
         if verb == "loaded":
@@ -356,7 +365,7 @@ class WorkerPool(StartupWaits):
         job = worker.inflight
         if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
             worker.sent.popleft()
-            worker.last_outcome_ns = time.monotonic_ns()   # (the job behind it starts now)
+            worker.last_progress_ns = time.monotonic_ns()   # (the job behind it starts now)
             if verb == "done":
                 worker.early_deaths = 0
                 if "memory_bytes" in header:
@@ -381,13 +390,16 @@ class WorkerPool(StartupWaits):
             if worker.condemned is not None:
                 continue
             partial_at = worker.channel.partial_at if worker.channel is not None else None
-            if partial_at is not None and now - partial_at > SEND_TIMEOUT_S * slack:
-                self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s", crash=False)
-            elif self.job_timeout_s and worker.sent:
+            if partial_at is not None:   # (a reply half read is judged by the stall's limit alone)
+                if now - partial_at > SEND_TIMEOUT_S * slack:
+                    self._condemn(worker, f"stopped in the middle of a message for {now - partial_at:.0f} s",
+                                  crash=False)
+            elif self.job_timeout_s and worker.sent and worker.channel is not None:
                 running_s = worker.running_s(int(now * 1e9))
-                if running_s > self.job_timeout_s * slack:
-                    self._condemn(worker, f"ran one job for {running_s:.0f} s (placements.job_timeout_s = "
-                                          f"{self.job_timeout_s:g})", crash=True)
+                if running_s > self.job_timeout_s * slack and not _readable(worker.channel.fileno()):
+                    what = f"loaded {worker.loading[0][1]}" if worker.loading else "ran one job"   # (a load ahead
+                    self._condemn(worker, f"{what} for {running_s:.0f} s (placements.job_timeout_s = "  # of the job:
+                                          f"{self.job_timeout_s:g})", crash=not worker.loading)    # not its crash)
 
     def _condemn(self, worker: Worker, why: str, *, crash: bool) -> None:
         """A worker whose channel cannot be trusted: it is not read again, is sent nothing more,

@@ -48,7 +48,7 @@ class Worker:
     start_error: str | None = None    # why the latest start failed (the restart is held back meanwhile)
     condemned: str | None = None      # why this incarnation is being killed (its channel cannot be trusted)
     condemned_crash: bool = False     # and whether that counts as a crash of the variant it ran
-    last_outcome_ns: int = 0          # time.monotonic_ns() when it last finished a job (the next one's start)
+    last_progress_ns: int = 0         # time.monotonic_ns() when it last finished a job or a load
 
     @property
     def inflight(self) -> Job | None:
@@ -66,10 +66,11 @@ class Worker:
         return len(self.queue) + max(0, len(self.sent) - 1)
 
     def running_s(self, now_ns: int) -> float | None:
-        """How long its job in progress has run (from when the one before it ended; None: none runs)."""
+        """How long it has worked on its job in progress (None: none): since the job was sent, or
+        since the job or the load before it in the channel ended, whichever is later."""
         if not self.sent:
             return None
-        return (now_ns - max(self.sent[0].dispatched_ns or 0, self.last_outcome_ns)) / 1e9
+        return (now_ns - max(self.sent[0].dispatched_ns or 0, self.last_progress_ns)) / 1e9
 
     def snapshot(self) -> dict[str, Any]:
         running_s = self.running_s(time.monotonic_ns())

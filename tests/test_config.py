@@ -150,6 +150,7 @@ BAD = [
     ("[placements]\nexclude = [0]", "placements.exclude"),
     ("[placements]\nworker_start_timeout_s = 0", "placements.worker_start_timeout_s"),
     ("[placements]\njob_timeout_s = -1", "placements.job_timeout_s"),
+    ("[placements]\njob_timeout_s = nan", "placements.job_timeout_s"),
     ("[placements]\nqueue_limits = 3", "queue_limits"),
     ("[[placements.custom]]\nname = \"cpu:x\"\ncores = []", "placements.custom[0].cores"),
     ("[[placements.custom]]\ncores = [0]", "placements.custom[0].name"),

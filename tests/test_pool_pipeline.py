@@ -332,26 +332,76 @@ def test_a_worker_being_killed_is_sent_no_job_and_the_next_one_runs_it(pool, slo
     assert done.job.request_id == "a" and done.ok and worker.proc.pid != first_pid
 
 
-def test_a_worker_that_runs_one_job_past_job_timeout_s_is_killed_and_the_job_failed_as_a_crash(slow_repository):
+@pytest.fixture
+def timed_pool(request):
+    """A pool whose worker is killed past ``job_timeout_s`` (the test's parameter)."""
     placement = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0, one thread")
-    pool = WorkerPool([placement], queue_limit=3, job_timeout_s=30.0)
-    pool.start()
+    p = WorkerPool([placement], queue_limit=3, job_timeout_s=request.param)
+    p.start()
     try:
-        assert pool.wait_ready(DEADLINE_S) == []
-        worker = pool.workers["cpu:0"]
-        os.kill(worker.proc.pid, signal.SIGSTOP)   # the run that never ends
-        assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
-        assert pool.submit("cpu:0", make_job(slow_repository, "b", 1))   # sent behind it: runs on the next worker
-        started_s = worker.sent[0].dispatched_ns / 1e9
-        assert worker.snapshot()["running_s"] >= 0 and pool.snapshots()[0]["busy"]
-        pool.kill_stalled(started_s + 29.0)
-        assert worker.condemned is None and worker.proc.poll() is None
-        pool.kill_stalled(started_s + 31.0)
-        assert worker.condemned is not None
-        (failed,) = pump(pool, 1)
-        assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and failed.header["died"]
-        assert "job_timeout_s = 30" in failed.header["message"]
-        (done,) = pump(pool, 1)
-        assert done.job.request_id == "b" and done.ok and worker.snapshot()["running_s"] is None
+        assert p.wait_ready(DEADLINE_S) == []
+        yield p
     finally:
-        pool.stop()
+        p.stop()
+
+
+@pytest.mark.parametrize("timed_pool", [30.0], indirect=True)
+def test_a_worker_that_runs_one_job_past_job_timeout_s_is_killed_and_the_job_failed_as_a_crash(
+        timed_pool, slow_repository):
+    pool = timed_pool
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)   # the run that never ends
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    assert pool.submit("cpu:0", make_job(slow_repository, "b", 1))   # sent behind it: runs on the next one
+    started_s = worker.sent[0].dispatched_ns / 1e9
+    assert worker.snapshot()["running_s"] >= 0 and pool.snapshots()[0]["busy"]
+    pool.kill_stalled(started_s + 29.0)
+    assert worker.condemned is None and worker.proc.poll() is None
+    pool.kill_stalled(started_s + 31.0)
+    assert worker.condemned is not None
+    (failed,) = pump(pool, 1)
+    assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and failed.header["died"]
+    assert "job_timeout_s = 30" in failed.header["message"]
+    (done,) = pump(pool, 1)
+    assert done.job.request_id == "b" and done.ok and worker.snapshot()["running_s"] is None
+
+
+@pytest.mark.parametrize("timed_pool", [30.0], indirect=True)
+def test_a_load_ahead_of_the_job_that_does_not_end_is_not_the_jobs_crash(timed_pool, slow_repository):
+    pool = timed_pool
+    worker = pool.workers["cpu:0"]
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    pool.preload("cpu:0", str(slow_repository / SLOW_MODEL / "1"), "float32", keep=False)
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    assert worker.loading and [j.request_id for j in worker.sent] == ["a"]
+    pool.kill_stalled(worker.sent[0].dispatched_ns / 1e9 + 31.0)
+    assert "loaded float32 for" in worker.condemned and not worker.condemned_crash
+    (failed,) = pump(pool, 1)
+    assert failed.job.request_id == "a" and failed.header["code"] == "WORKER_FAILED" and not failed.header["died"]
+
+
+@pytest.mark.parametrize("timed_pool", [0.001], indirect=True)
+def test_a_job_whose_outcome_waits_unread_or_is_half_read_is_not_killed(timed_pool, slow_repository):
+    """Past the job's limit, a worker whose outcome has come (unread by the loop yet) or is coming
+    (half read) has ended its run: the job is read, not killed."""
+    pool = timed_pool
+    worker = pool.workers["cpu:0"]
+    assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
+    fd = worker.channel.fileno()
+    assert select.select([fd], [], [], DEADLINE_S)[0]   # the outcome has come, unread
+    pool.kill_stalled(time.monotonic() + 5.0)
+    assert worker.condemned is None
+    (done,) = pump(pool, 1)
+    assert done.ok
+
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    assert pool.submit("cpu:0", make_job(slow_repository, "b", 1))
+    with worker_end(worker) as end:
+        end.sendall(b"\x40\x00\x00\x00\x00\x00\x00\x00\x82")   # an outcome's first bytes
+        select.select([fd], [], [], DEADLINE_S)
+        assert pool.on_message(fd) is None and worker.channel.partial_at is not None
+        pool.kill_stalled(worker.channel.partial_at + 5.0)   # past the job's limit, not the stall's
+        assert worker.condemned is None
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        pump(pool, 1)
