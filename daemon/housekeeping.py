@@ -6,7 +6,9 @@ Contract
   has exited (PROTOCOL.md §11.2), the replies past their replay window, the local stream's
   listeners and idle connections, the arms whose quarantine ended or whose placement is back,
   live fidelity's comparisons past their window's age, the worker processes stopped in the middle
-  of a message (:meth:`~adaptd.daemon.pool.WorkerPool.kill_stalled`), and the metrics' publication.
+  of a message or past ``[placements] job_timeout_s`` on one job (killed; a placement's thread
+  past it is logged: :meth:`~adaptd.daemon.dispatch.Dispatcher.kill_stalled`), and the metrics'
+  publication.
 * A step that raises is logged (:class:`~adaptd.daemon.faultlog.FaultLog`: its traceback at
   most once a minute per kind) and the next steps still run: a fault in housekeeping never ends
   the daemon's loop, and the same step is tried again at the next tick.

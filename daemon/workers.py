@@ -46,7 +46,7 @@ class Worker:
     restart_at: float | None = None   # time.monotonic() of a restart held back (a crash loop, a failed start)
     last_exit: str | None = None
     start_error: str | None = None    # why the latest start failed (the restart is held back meanwhile)
-    condemned: str | None = None      # why this incarnation is being killed (its channel cannot be trusted)
+    condemned: str | None = None      # why this incarnation is being killed (garbled, stalled or hung)
     condemned_crash: bool = False     # and whether that counts as a crash of the variant it ran
     last_progress_ns: int = 0         # time.monotonic_ns() when it last finished a job or a load
 
