@@ -54,16 +54,21 @@ def pump(pool: WorkerPool, want: int) -> list[Outcome]:
     return outcomes
 
 
-@pytest.fixture
-def pool():
+def started_pool(job_timeout_s: float = 0.0):
+    """A pool of one worker process on core 0, ready; stopped when the test ends."""
     placement = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0, one thread")
-    p = WorkerPool([placement], queue_limit=3)
+    p = WorkerPool([placement], queue_limit=3, job_timeout_s=job_timeout_s)
     p.start()
     try:
         assert p.wait_ready(DEADLINE_S) == []
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture
+def pool():
+    yield from started_pool()
 
 
 def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, slow_repository):
@@ -335,14 +340,7 @@ def test_a_worker_being_killed_is_sent_no_job_and_the_next_one_runs_it(pool, slo
 @pytest.fixture
 def timed_pool(request):
     """A pool whose worker is killed past ``job_timeout_s`` (the test's parameter)."""
-    placement = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "core 0, one thread")
-    p = WorkerPool([placement], queue_limit=3, job_timeout_s=request.param)
-    p.start()
-    try:
-        assert p.wait_ready(DEADLINE_S) == []
-        yield p
-    finally:
-        p.stop()
+    yield from started_pool(request.param)
 
 
 @pytest.mark.parametrize("timed_pool", [30.0], indirect=True)
