@@ -365,12 +365,12 @@ class WorkerPool(StartupWaits):
         job = worker.inflight
         if verb in ("done", "fail") and job is not None and header.get("job") == job.job_id:
             worker.sent.popleft()
-            worker.last_progress_ns = time.monotonic_ns()   # (the job behind it starts now)
+            worker.last_progress_ns = finished_ns = time.monotonic_ns()   # (the job behind it starts now)
             if verb == "done":
                 worker.early_deaths = 0
                 if "memory_bytes" in header:
                     worker.loaded[(job.version_dir, job.variant)] = int(header["memory_bytes"])
-            outcome = Outcome(job, header, bodies, verb == "done", time.monotonic_ns())
+            outcome = Outcome(job, header, bodies, verb == "done", finished_ns)
             self._dispatch(worker)
             return outcome
         if verb == "fail":
@@ -397,9 +397,10 @@ class WorkerPool(StartupWaits):
             elif self.job_timeout_s and worker.sent and worker.channel is not None:
                 running_s = worker.running_s(int(now * 1e9))
                 if running_s > self.job_timeout_s * slack and not _readable(worker.channel.fileno()):
-                    what = f"loaded {worker.loading[0][1]}" if worker.loading else "ran one job"   # (a load ahead
-                    self._condemn(worker, f"{what} for {running_s:.0f} s (placements.job_timeout_s = "  # of the job:
-                                          f"{self.job_timeout_s:g})", crash=not worker.loading)    # not its crash)
+                    # A load ahead of the job is what hangs while one is unanswered: not the job's crash.
+                    what = f"loaded {worker.loading[0][1]}" if worker.loading else "ran one job"
+                    self._condemn(worker, f"{what} for {running_s:.0f} s (placements.job_timeout_s = "
+                                          f"{self.job_timeout_s:g})", crash=not worker.loading)
 
     def _condemn(self, worker: Worker, why: str, *, crash: bool) -> None:
         """A worker whose channel cannot be trusted: it is not read again, is sent nothing more,
