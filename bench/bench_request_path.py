@@ -160,7 +160,7 @@ def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = Fals
     return np.array(per) / 1e3, np.array(outside) / 1e3
 
 
-SWEEPER = """import os, sys, numpy as np
+SWEEPER = """import os, numpy as np
 os.sched_setaffinity(0, {%d})
 a = np.ones(%d, np.float32)
 a.sum()
