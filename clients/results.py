@@ -8,7 +8,10 @@ Contract
   :class:`Explanation` is a dry run's decision (nothing ran).
 * Built from reply headers by ``from_header``/``from_dict``/``from_body``: a field that is absent
   or not a number becomes None (a newer or older daemon does not break a client); a result reply
-  without ``model``, ``variant`` or ``placement`` is a :class:`~adaptd.clients.errors.ReplyError`.
+  without ``model``, ``variant`` or ``placement`` is a :class:`~adaptd.clients.errors.ReplyError`
+  when it is received. An :class:`InferResult`'s selection is read from its header when first
+  asked for; a field of another kind than the protocol's (a ``timing`` that is not a map) is a
+  ``ReplyError`` then.
 * Immutable after construction (the outputs' arrays are views: see above); safe to share
   between threads.
 * Units: ``*_ms`` milliseconds, ``*_mj`` millijoules, accuracy a share in [0, 1]. Energy that
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -162,9 +166,14 @@ class Selection:
 class InferResult:
     request_id: str
     outputs: list[np.ndarray]
-    selection: Selection
     client_ms: float          # as the client saw it: first send to reply, retries included
     header: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @cached_property
+    def selection(self) -> Selection:
+        """The reply's :class:`Selection`, read from ``header`` when first asked for: a caller
+        that reads only the outputs does not pay for it (about a third of a reply's handling)."""
+        return Selection.from_header(self.header)
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,26 @@ def test_replies_that_break_the_protocol_are_reply_errors():
     assert type(core.receive(p.encode({"type": "ok", "id": health.request_id}), 1.0).error) is e.ReplyError
 
 
+def test_a_results_selection_is_read_when_first_asked_for_and_a_bad_field_fails_then():
+    """The selection is parsed lazily (most callers read only the outputs); what the protocol
+    requires of a result is still checked on receipt, and a field of the wrong kind is a
+    ReplyError where the selection is read."""
+    core = new_core()
+    sent(core, core.infer("tiny", image(), request_id="ok"))
+    result = core.receive(result_reply("ok", [np.ones((1, 10), np.float32)]), 1.0).value
+    header = p.decode(result_reply("ok", []))[0]
+    assert "selection" not in vars(result)                    # not parsed yet
+    selection = result.selection
+    assert (selection.model, selection.variant, selection.placement) == (
+        header["model"], header["variant"], header["placement"])
+    assert selection.timing.total_ms == header["timing"]["total_ms"] and result.selection is selection
+    sent(core, core.infer("tiny", image(), request_id="bad-timing"))
+    bad = core.receive(p.encode({**p.decode(result_reply("bad-timing", []))[0], "timing": "soon"}), 1.0).value
+    assert bad.request_id == "bad-timing"
+    with pytest.raises(e.ReplyError, match="valid field"):
+        bad.selection
+
+
 def test_undecodable_replies_and_errors_without_an_id():
     core = new_core()
     waiting = core.infer("tiny", image(), request_id="w")
