@@ -8,9 +8,12 @@ Contract
   empty delimiter first, so the client's core (:mod:`adaptd.clients.core`) reads both alike.
 * ``send(frames, deadline)`` is True once the message is handed over (ZeroMQ's queue, or the
   socket), False when that could not happen by ``deadline`` (then nothing of it went out, or
-  the stream was dropped): the attempt times out as for a reply that never came. ``wait(ms)``
-  says whether a message can be read now, waiting at most ``ms``; ``recv()`` reads one, or None
-  when what arrived did not complete one (a stream's partial read, or its end). ``close()``.
+  the stream was dropped): the attempt times out as for a reply that never came. A stream's
+  message goes out in one system call when it fits the socket's buffer (the common case). If the
+  daemon closed the connection (it restarted), the message goes again on a new one: none of it
+  was read there. ``wait(ms)`` says whether a message can be read now, waiting at most ``ms``;
+  ``recv()`` reads one, or None when what arrived did not complete one (a stream's partial read,
+  or its end). ``close()``.
 * The stream connects on first use and again after its connection ended (the daemon
   restarted, or an attempt's write was cut short): a connection is one peer to the daemon, so a
   retry sent on a new connection is a new request there (the daemon keeps a reply for retries
@@ -118,23 +121,14 @@ class StreamTransport:
             self.sock.close()
         self.sock = self._reader = None
 
-    def _take_in(self) -> None:
-        """Read, without waiting, what has come (late replies) and whether the daemon closed the
-        connection meanwhile (it restarted): then drop it, so the next send makes a new one."""
-        if not self._poll.poll(0):   # the common case: nothing came, one system call
-            return
-        sock = self.sock
+    def _take_in(self, sock: socket.socket) -> None:
+        """Read, without waiting, what ``sock`` still holds (late replies) before it is dropped."""
         sock.setblocking(False)
         try:
             while self.sock is sock:
                 self._keep(self._reader.read_from(sock))
-        except BlockingIOError:
+        except (OSError, FramingError):   # nothing more now, or the end of the stream
             pass
-        except (OSError, FramingError):
-            self._drop()
-        finally:
-            if self.sock is sock:
-                sock.setblocking(True)
 
     def _keep(self, messages: list[Any]) -> None:
         for message in messages:
@@ -144,26 +138,34 @@ class StreamTransport:
             self._ready.append([b"", *message])
 
     def send(self, frames: list[Any], deadline: float) -> bool:
-        if self.sock is not None:
-            self._take_in()   # a connection the daemon closed while this client was idle: a new one
-        while self.sock is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
+        fresh = False
+        while True:
+            while self.sock is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    self._connect(remaining)
+                    fresh = True
+                except OSError:   # not there yet (or refusing): try again until the deadline
+                    time.sleep(max(0.0, min(CONNECT_RETRY_S, deadline - time.monotonic())))
+            sock = self.sock
             try:
-                self._connect(remaining)
-            except OSError:   # not there yet (or refusing): try again until the deadline
-                time.sleep(max(0.0, min(CONNECT_RETRY_S, deadline - time.monotonic())))
-        sock = self.sock
-        try:
-            send_message(sock, frames[1:], deadline)   # a stream has no envelope: no delimiter
-            return True
-        except OSError:   # past the deadline part-way, or the daemon gone: the stream cannot go on
-            self._drop()
-            return False
-        finally:
-            if self.sock is sock:
-                sock.settimeout(None)
+                send_message(sock, frames[1:], deadline)   # a stream has no envelope: no delimiter
+                return True
+            except (BrokenPipeError, ConnectionResetError):
+                # The daemon closed this connection, most likely while the client was idle (it
+                # restarted): none of the message was read there, so it goes again on a new one.
+                self._take_in(sock)   # (what it sent before it closed is still read, and counted)
+                self._drop()
+                if fresh:
+                    return False
+            except OSError:   # past the deadline part-way, or the daemon gone: the stream cannot go on
+                self._drop()
+                return False
+            finally:
+                if self.sock is sock and sock.gettimeout() is not None:   # (set for a long message only)
+                    sock.settimeout(None)
 
     def wait(self, ms: int) -> bool:
         if self._ready:

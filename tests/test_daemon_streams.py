@@ -275,40 +275,6 @@ def test_a_stream_client_reconnects_after_the_connection_ends_and_its_retry_is_a
     assert len(seen) == 2 and seen[0] == seen[1]   # the same request, sent again on the new connection
 
 
-def test_a_connection_the_daemon_closed_while_idle_is_replaced_before_the_next_send(tmp_path):
-    """A real Unix stream server answers one request per connection, adds a late reply nobody
-    waits for, then closes it (a daemon restarting between two requests): with no retries the
-    second request must still succeed, on a new connection."""
-    path = str(tmp_path / "s.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(2)
-    first_closed = threading.Event()
-
-    def serve() -> None:
-        for i in range(2):
-            conn, _ = listener.accept()
-            reader = MessageReader(1 << 20)
-            while not (messages := reader.read_from(conn)):
-                pass
-            header = proto.decode([b"", *messages[0]])[0]
-            send_message(conn, proto.encode(replies.ok_header("models", header["id"], {"models": [i]}))[1:])
-            if i == 0:
-                send_message(conn, proto.encode(replies.ok_header("models", "late", {}))[1:])
-            conn.close()
-            first_closed.set()
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    with Client(f"unix://{path}", timeout_ms=10_000, retries=0) as client:
-        assert client.models() == {"models": [0]}
-        assert first_closed.wait(10)
-        assert client.models() == {"models": [1]}
-        assert client.stale_replies == 1
-    server.join(10)
-    listener.close()
-
-
 def test_a_stream_endpoint_that_is_not_there_times_out_and_keys_are_refused(tmp_path):
     with Client(f"unix://{tmp_path / 'none.sock'}", timeout_ms=50, retries=1) as client:
         with pytest.raises(e.RequestTimeout):
