@@ -189,6 +189,7 @@ class PlacementsConfig:
     eager_memory_bytes: int = 1 << 30        # auto: eager when the repository's variants fit in this
     isolation: str = "thread"                # thread | process: where LiteRT placements run
     inline_max_ms: float = 2.0               # predicted latency up to which a job runs on the receiving thread
+    inline_sole_caller_max_ms: float = 10.0  # the same for a sole caller's job (daemon.inline_rule)
     custom: tuple[CustomPlacement, ...] = ()
     worker_start_timeout_s: float = 60.0
     job_timeout_s: float = 120.0             # a worker process running one job this long is killed; 0: never
@@ -227,8 +228,9 @@ class PlacementsConfig:
             raise ConfigError(f"{w}.eager_memory_bytes: must not be negative, got {out.eager_memory_bytes}")
         if out.isolation not in ("thread", "process"):
             raise ConfigError(f"{w}.isolation: expected thread or process, got {out.isolation!r}")
-        if not 0.0 <= out.inline_max_ms <= 1000.0:
-            raise ConfigError(f"{w}.inline_max_ms: must be in 0..1000 (ms), got {out.inline_max_ms}")
+        for key in ("inline_max_ms", "inline_sole_caller_max_ms"):
+            if not 0.0 <= getattr(out, key) <= 1000.0:
+                raise ConfigError(f"{w}.{key}: must be in 0..1000 (ms), got {getattr(out, key)}")
         _positive(out.queue_limit, f"{w}.queue_limit")
         _positive(out.worker_start_timeout_s, f"{w}.worker_start_timeout_s")
         if not out.job_timeout_s >= 0:   # (nan too)

@@ -6,8 +6,8 @@ Contract
   :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
   (:mod:`adaptd.wire.protocol`; a steady client's repeated header is parsed once:
   :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
-  admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), queue on the placement's
-  worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
+  admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), run inline where
+  :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
   not loaded yet gives way to the best loaded arm that meets the request on a placement with
   no load under way, and loads in the background (:meth:`RequestPath._prefer_loaded`).
   :meth:`RequestPath.on_outcome` turns a finished job into its reply
@@ -50,6 +50,7 @@ from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.execution import nonfinite_inline, nonfinite_message
 from adaptd.daemon.faultlog import FaultLog
 from adaptd.daemon.fidelity import ShadowRun
+from adaptd.daemon.inline_rule import InlineRule
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
 from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived
@@ -103,7 +104,8 @@ class RequestPath:
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
         self._cpu0 = 0
-        self._inline_max_ms = daemon.config.placements.inline_max_ms
+        self._inline = InlineRule(daemon.config.placements.inline_max_ms,
+                                  daemon.config.placements.inline_sole_caller_max_ms)
         self._reject_nonfinite = daemon.config.server.reject_nonfinite
         self.faults = FaultLog(log)   # unexpected faults: a traceback at most once a minute per kind
         self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
@@ -162,6 +164,7 @@ class RequestPath:
                 admin: bool, delimited: bool = True) -> None:
         request_id = None
         answered = self.requests
+        self._inline.seen(peer, received_ns)
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
@@ -258,7 +261,7 @@ class RequestPath:
         self.pending[(peer, rid)] = pending
         try:
             predicted_ms = (choice.predicted or {}).get("latency_ms")
-            if predicted_ms is not None and predicted_ms <= self._inline_max_ms:
+            if predicted_ms is not None and self._inline.allows(predicted_ms, peer, received_ns, self._others_busy):
                 pending.inline = True
                 outcome = self.d.pool.run_inline(arm.placement.name, job)
                 if outcome is not None:   # ran here and now: no hand-off, no wake-up
@@ -277,6 +280,10 @@ class RequestPath:
             message, details = busy_reply(arm.placement.name, self.d.config.placements.queue_limit)
             raise proto.ProtocolError(proto.BUSY, message, rid, details)
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
+
+    def _others_busy(self) -> bool:
+        """Another request is in flight, or a placement runs or holds a job (this one is held)."""
+        return len(self.pending) > 1 or self.d.pool.running()
 
     def _give_up(self, pending: Pending) -> None:
         """A request that will be answered without its job's outcome: no longer held, its

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from adaptd.daemon.config import Config
+from adaptd.daemon.inline_rule import InlineRule
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.power.meter import EnergyReading
 from adaptd.daemon.registry import load_registry
@@ -36,6 +37,7 @@ class FakePool:
 
     def __init__(self) -> None:
         self.jobs: list[Any] = []
+        self.tried_inline: list[str] = []
         self.stall_checks: list[float] = []
         self.on_load_failed = self.on_down = self.on_change = None
 
@@ -47,7 +49,11 @@ class FakePool:
         return True
 
     def run_inline(self, placement: str, job: Any) -> None:
+        self.tried_inline.append(job.request_id)
         return None   # held, like every job here: the test finishes it
+
+    def running(self) -> bool:
+        return bool(self.jobs)
 
     def in_process(self, placement: str) -> bool:
         return True   # as a placement's thread: the request path screens inline inputs for NaN
@@ -492,3 +498,27 @@ def test_a_nonfinite_inline_input_for_a_thread_placement_is_refused_before_the_h
                                                                                      PLACEMENT.name)
         else:
             assert frontend.sent == [] and len(pool.jobs) == 1
+
+
+def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository, tmp_path):
+    """With inline_max_ms = 0 only a sole caller's job is tried inline (the fake pool records the
+    try and holds the job): not a new caller's first request (it has not been alone for the
+    window), nor one while another request is in flight. The window is then made zero, so that
+    no test waits it out (tests/test_inline_rule.py covers its length)."""
+    daemon = build(tiny_repository, tmp_path, placements={"inline_max_ms": 0.0, "inline_sole_caller_max_ms": 1000.0})
+    d, pool = daemon.d, daemon.pool
+
+    def send(peer: bytes, rid: str) -> None:
+        d.path.on_request(None, message(peer, proto.request_header(rid, daemon.model, [x()]), [x()]))
+
+    send(b"peer-a", "first")                 # a new caller: not alone for a window yet
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    d.path._inline = InlineRule(0.0, 1000.0, window_s=0.0)
+    send(b"peer-a", "alone")
+    send(b"peer-a", "behind")                # "alone" still in flight
+    assert pool.tried_inline == ["alone"]
+    for job in list(pool.jobs):
+        d.path.on_outcome(pool.finish(job, [np.ones((1, 10), np.float32)]))
+    send(b"peer-b", "other")                 # alone now that nothing else is in flight
+    assert pool.tried_inline == ["alone", "other"]
+    assert [h["id"] for _, h, _ in daemon.frontend.sent] == ["first", "alone", "behind"]
