@@ -1,0 +1,220 @@
+"""The daemon's round trip against the in-process loop, finely interleaved: the ratio bars' paired measure.
+
+``bench_overhead.py`` measures each one-client row in rounds of a few hundred requests, each
+after its own in-process loop. On a shared host whose spells last seconds, one row's rounds
+then spread by several percent (MobileNetV2 with shared memory: 1.04 to 1.13), as much as the
+gap the 1.05x bar is about. Here every path runs in short blocks, each right after an
+in-process block on the same core, in cycles that alternate the paths' order; a block's ratio
+is its p50 over the in-process block's p50, and the figure is the median of a path's ratios
+over the cycles, with their interquartile range. Paths whose blocks share a cycle also get the
+median of their paired differences (``B - A``) and the share of cycles where B was lower.
+
+Paths (``--paths``, comma-separated; all by default):
+
+* ``stream-shm``, ``stream-inline``, ``ipc-shm``, ``ipc-inline``: the thinnest client (raw
+  frames, :mod:`dealers`), as in ``bench_overhead.py``: the daemon's own cost;
+* ``library-stream-shm``, ``library-stream-inline``: :class:`adaptd.clients.client.Client`,
+  as an application calls it (``Client.infer`` with the variant and placement pinned): the
+  daemon's cost and the client library's. For these the client's own CPU time per request is
+  given beside the thin client's on the same transport and input.
+
+One process does it all: the in-process loop pinned to the placement's cores, the clients
+pinned to the others. Each path has a daemon of its own, with its defaults (placement threads,
+live fidelity, the store), the variant loaded eagerly, unpinned, so that each path's client is
+its daemon's sole caller, as one application's is (``[placements] inline_sole_caller_max_ms``);
+the daemons not in use idle meanwhile. Usage::
+
+    .venv/bin/python bench/bench_paired.py [--model MobileNetV2] [--cycles 24] [--block 40]
+                                           [--placement cpu:1] [--paths stream-shm,library-stream-shm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from dealers import connect, register_region
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"digits": ("demo-repo", (1, 16, 16, 1)), "MobileNetV2": ("bench-zoo", (1, 224, 224, 3))}
+PATHS = ("stream-shm", "library-stream-shm", "stream-inline", "library-stream-inline", "ipc-shm", "ipc-inline")
+
+
+class ThinPath:
+    """Raw frames over one connection: the request header made before the clock starts."""
+
+    def __init__(self, endpoint: str, model: str, placement: str, x: np.ndarray, shm: bool) -> None:
+        from adaptd.wire import protocol as proto
+
+        self.proto, self.model, self.placement, self.x = proto, model, placement, x
+        self.conn = connect(endpoint)
+        self.last: list | None = None   # the latest reply's frames
+        self.inputs = None
+        if shm:
+            self.mm, region = register_region(self.conn, x.nbytes)
+            np.frombuffer(self.mm, np.float32, x.size)[:] = x.ravel()
+            self.inputs = [proto.shm_tensor_header(np.float32, x.shape, region, 0)]
+
+    def check(self) -> None:
+        """One request whose reply must be a result (a path answered with errors measures nothing)."""
+        self.once()
+        header = self.proto.decode(self.last)[0]
+        if header.get("type") != "result":
+            raise SystemExit(f"the daemon answered {header.get('code')}: {header.get('message')}")
+
+    def once(self) -> float:
+        proto = self.proto
+        if self.inputs is not None:
+            header = proto.request_header(uuid.uuid4().hex, self.model, [], pin_variant="float32",
+                                          pin_placement=self.placement, input_headers=self.inputs)
+            frames = proto.encode(header)
+        else:
+            header = proto.request_header(uuid.uuid4().hex, self.model, [self.x], pin_variant="float32",
+                                          pin_placement=self.placement)
+            frames = proto.encode(header, [self.x])
+        t = time.perf_counter()
+        self.conn.send(frames)
+        self.last = self.conn.recv()
+        return time.perf_counter() - t
+
+
+class LibraryPath:
+    """``Client.infer`` as an application calls it (its request built inside the clock)."""
+
+    def __init__(self, endpoint: str, model: str, placement: str, x: np.ndarray, shm: bool) -> None:
+        from adaptd.clients.client import Client
+
+        self.client, self.model, self.placement = Client(endpoint), model, placement
+        self.x = x
+        if shm:
+            region = self.client.register_region(x.nbytes)
+            self.x = region.ndarray(x.shape, np.float32)
+            self.x[...] = x
+
+    def check(self) -> None:
+        self.once()   # (Client.infer raises on an error reply)
+
+    def once(self) -> float:
+        t = time.perf_counter()
+        self.client.infer(self.model, self.x, variant="float32", placement=self.placement)
+        return time.perf_counter() - t
+
+
+def block(path, n: int) -> tuple[float, float]:
+    """(p50 round trip in us, this thread's CPU time per request in us) over ``n`` requests."""
+    cpu0 = time.thread_time()
+    rtts = [path.once() for _ in range(n)]
+    return float(np.median(rtts)) * 1e6, (time.thread_time() - cpu0) / n * 1e6
+
+
+def inprocess_block(loaded, x: np.ndarray, n: int, cores: set[int], back: set[int]) -> float:
+    os.sched_setaffinity(0, cores)
+    try:
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            loaded.run([x])
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts)) * 1e6
+    finally:
+        os.sched_setaffinity(0, back)
+
+
+def summary(values: list[float]) -> str:
+    v = np.asarray(values)
+    return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}..{np.percentile(v, 75):.3f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="MobileNetV2")
+    ap.add_argument("--cycles", type=int, default=24)
+    ap.add_argument("--block", type=int, default=40, help="requests per block (and in-process runs before it)")
+    ap.add_argument("--placement", default="cpu:1")
+    ap.add_argument("--paths", type=lambda v: tuple(p.strip() for p in v.split(",")), default=PATHS)
+    args = ap.parse_args()
+    if unknown := set(args.paths) - set(PATHS):
+        ap.error(f"no such path: {', '.join(sorted(unknown))} (the paths: {', '.join(PATHS)})")
+
+    from bench_overhead import ensure_repos, latest_version
+    from adaptd.daemon.config import PlacementsConfig
+    from adaptd.daemon.placements import discover
+    from adaptd.tools.launch import DaemonProcess
+    from adaptd.variants.manifest import load_manifest
+    from adaptd.variants.runtime import load_variant
+
+    ensure_repos(ROOT / "demo-repo", ROOT / "bench-zoo")
+    placement = {p.name: p for p in discover(PlacementsConfig())}[args.placement]
+    run_cores = set(placement.cores)
+    client_cores = set(os.sched_getaffinity(0)) - run_cores or run_cores
+    repo, shape = ROOT / MODELS[args.model][0], MODELS[args.model][1]
+    version_dir = latest_version(repo / args.model)
+    record = next(v for v in load_manifest(version_dir).variants if v.name == "float32")
+    loaded = load_variant(version_dir, record, num_threads=placement.threads)
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        daemons = []
+        try:
+            paths = {}
+            for name in args.paths:   # a daemon each: each path's client is its daemon's sole caller
+                daemons.append(DaemonProcess.start(repo, Path(tmp) / name, config={
+                    "placements": {"include": [placement.name], "load": "eager"}}))
+                library = name.startswith("library-")
+                transport, _, input_kind = name.removeprefix("library-").partition("-")
+                endpoint = daemons[-1].local_endpoint if transport == "stream" else daemons[-1].endpoint
+                os.sched_setaffinity(0, client_cores)   # (after the daemon started: it keeps every core)
+                paths[name] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
+                                                                     input_kind == "shm")
+                os.sched_setaffinity(0, client_cores | run_cores)
+            os.sched_setaffinity(0, client_cores)
+            for path in paths.values():   # warm-up: every path, and the loop
+                path.check()
+                block(path, 2 * args.block)
+            inprocess_block(loaded, x, args.block, run_cores, client_cores)
+            ratios = {name: [] for name in paths}
+            cpu = {name: [] for name in paths}
+            p50s = {name: [] for name in paths}
+            base_us = []
+            names = list(paths)
+            for cycle in range(args.cycles):
+                for name in names if cycle % 2 == 0 else names[::-1]:
+                    base = inprocess_block(loaded, x, args.block, run_cores, client_cores)
+                    p50, cpu_us = block(paths[name], args.block)
+                    ratios[name].append(p50 / base)
+                    cpu[name].append(cpu_us)
+                    p50s[name].append(p50)
+                    base_us.append(base)
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    print(f"{args.model} float32 on {placement.name} ({placement.threads} thread(s)), clients on "
+          f"{sorted(client_cores)}; {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"commit {commit}; load average {load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"{args.cycles} cycles x {args.block} requests per path; in-process p50 median "
+          f"{np.median(base_us):.0f} us [{min(base_us):.0f}..{max(base_us):.0f}] over the blocks")
+    print(f"{'path':24s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
+    for name in names:
+        print(f"{name:24s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
+    for name in names:
+        if name.startswith("library-") and (thin := name.removeprefix("library-")) in ratios:
+            diff = np.asarray(ratios[name]) - np.asarray(ratios[thin])
+            print(f"{name} - {thin}: paired difference {np.median(diff):+.4f} "
+                  f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}], "
+                  f"client CPU +{np.median(cpu[name]) - np.median(cpu[thin]):.0f} us/req")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
