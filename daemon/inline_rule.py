@@ -8,14 +8,16 @@ placement that could have run at once. Hence two limits on the job's predicted l
 
 * ``inline_max_ms`` (``[placements]``, 2 ms): any job this short runs inline, whoever calls;
 * ``inline_sole_caller_max_ms`` (10 ms): a longer job runs inline only for a *sole caller*:
-  its peer (a connection of the local stream, a ZeroMQ client) sent every request the daemon
+  its peer (a connection of the local stream, a ZeroMQ client) sent every inference the daemon
   received in the last ``SOLE_CALLER_WINDOW_S``, and no other request is in flight and no
   placement is busy. A caller that comes while such a run goes on waits at most that run,
-  once: its request makes the first caller no longer the sole one for the window.
+  once: its inference makes the first caller no longer the sole one for the window. Control
+  requests (an operator's ``stats`` every second, say) do not count: they wait at most one
+  such run, and would otherwise end every sole caller's turn.
 
 Contract
 --------
-* :meth:`InlineRule.seen` is told of every request received (any type), in order;
+* :meth:`InlineRule.seen` is told of every inference received, in order;
   :meth:`InlineRule.allows` is asked for one that is about to be run (the placement must also be
   idle: :meth:`adaptd.daemon.placement_threads.ThreadPlacements.run_inline` checks that).
 * The daemon's main thread only; no I/O. Times are ``time.monotonic_ns()``; limits in ms.
@@ -40,13 +42,13 @@ class InlineRule:
         self._since_ns = 0   # when the latest peer sent its first request of its current run
 
     def seen(self, peer: bytes, now_ns: int) -> None:
-        """A request from ``peer`` was received at ``now_ns``."""
+        """An inference from ``peer`` was received at ``now_ns``."""
         if peer != self._peer:
             self._peer = peer
             self._since_ns = now_ns
 
     def sole_caller(self, peer: bytes, now_ns: int) -> bool:
-        """Whether ``peer`` sent every request of the last window (its first request excluded)."""
+        """Whether ``peer`` sent every inference of the last window (its first excluded)."""
         return peer == self._peer and now_ns - self._since_ns >= self._window_ns
 
     def allows(self, predicted_ms: float, peer: bytes, now_ns: int, others_busy: Callable[[], bool]) -> bool:

@@ -164,7 +164,6 @@ class RequestPath:
                 admin: bool, delimited: bool = True) -> None:
         request_id = None
         answered = self.requests
-        self._inline.seen(peer, received_ns)
         try:
             if not delimited:
                 raise proto.ProtocolError(proto.MALFORMED, "no empty delimiter frame before the signature")
@@ -216,6 +215,7 @@ class RequestPath:
     def _on_infer(self, route, peer: bytes, request: proto.Request, bodies: list[memoryview],
                   received_ns: int) -> None:
         rid = request.id
+        self._inline.seen(peer, received_ns)
         pending = self.pending.get((peer, rid))
         if pending is not None:            # a retry of a request we are running: answer both
             pending.routes.append(route)

@@ -18,6 +18,7 @@ import pytest
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.inline_rule import InlineRule
+from adaptd.daemon.peers import peer_of
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.power.meter import EnergyReading
 from adaptd.daemon.registry import load_registry
@@ -503,8 +504,9 @@ def test_a_nonfinite_inline_input_for_a_thread_placement_is_refused_before_the_h
 def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository, tmp_path):
     """With inline_max_ms = 0 only a sole caller's job is tried inline (the fake pool records the
     try and holds the job): not a new caller's first request (it has not been alone for the
-    window), nor one while another request is in flight. The window is then made zero, so that
-    no test waits it out (tests/test_inline_rule.py covers its length)."""
+    window), nor one while another request is in flight, nor another caller's first; an
+    operator's control request does not end the sole caller's turn. The rule is replaced where a
+    test would otherwise wait out its window (tests/test_inline_rule.py covers its length)."""
     daemon = build(tiny_repository, tmp_path, placements={"inline_max_ms": 0.0, "inline_sole_caller_max_ms": 1000.0})
     d, pool = daemon.d, daemon.pool
 
@@ -513,12 +515,17 @@ def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository,
 
     send(b"peer-a", "first")                 # a new caller: not alone for a window yet
     d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
-    d.path._inline = InlineRule(0.0, 1000.0, window_s=0.0)
+    d.path._inline = InlineRule(0.0, 1000.0, window_s=3600.0)
+    d.path._inline.seen(peer_of([Frame(b"peer-a")], None), time.monotonic_ns() - 7200 * 10**9)   # (alone for 2 h)
+    d.path.on_request(None, message(b"operator", {"type": "stats", "id": "s1"}))   # control: not counted
     send(b"peer-a", "alone")
     send(b"peer-a", "behind")                # "alone" still in flight
     assert pool.tried_inline == ["alone"]
     for job in list(pool.jobs):
         d.path.on_outcome(pool.finish(job, [np.ones((1, 10), np.float32)]))
-    send(b"peer-b", "other")                 # alone now that nothing else is in flight
-    assert pool.tried_inline == ["alone", "other"]
-    assert [h["id"] for _, h, _ in daemon.frontend.sent] == ["first", "alone", "behind"]
+    send(b"peer-b", "other")                 # another caller: the turn ends for the window
+    d.path._inline = InlineRule(0.0, 1000.0, window_s=0.0)
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    send(b"peer-b", "now-alone")             # (the window made zero) alone, nothing in flight
+    assert pool.tried_inline == ["alone", "now-alone"]
+    assert [h["id"] for _, h, _ in daemon.frontend.sent] == ["first", "s1", "alone", "behind", "other"]

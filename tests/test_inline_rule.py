@@ -26,7 +26,7 @@ def test_another_caller_ends_a_sole_callers_run_for_a_window_and_becomes_the_can
     rule = InlineRule(2.0, 10.0, window_s=1.0)
     rule.seen(b"a", 0)
     assert rule.allows(5.0, b"a", 2 * S, never_busy)
-    rule.seen(b"b", 2 * S)                                  # another app's request (any type)
+    rule.seen(b"b", 2 * S)                                  # another app's inference
     assert not rule.allows(5.0, b"a", 2 * S + MS, never_busy)
     assert not rule.allows(5.0, b"b", 2 * S + MS, never_busy)
     rule.seen(b"a", 2 * S + 2 * MS)                         # both active: neither is sole
