@@ -239,7 +239,8 @@ def shm_tensor_header(dtype: Any, shape: Sequence[int], region: str, offset: int
                       name: str | None = None) -> dict[str, Any]:
     """The header of a tensor that lies in a region (§11): it has no body frame."""
     # (a dict lookup for a numpy dtype: np.dtype.name is Python code, 2 us hot, ten times that cold)
-    header: dict[str, Any] = {"dtype": DTYPE_NAMES.get(dtype) or np.dtype(dtype).name, "shape": [int(d) for d in shape],
+    name_of_dtype = DTYPE_NAMES.get(dtype) or np.dtype(dtype).name
+    header: dict[str, Any] = {"dtype": name_of_dtype, "shape": [int(d) for d in shape],
                               "shm": {"region": region, "offset": int(offset)}}
     if name is not None:
         header["name"] = name
