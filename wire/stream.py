@@ -56,6 +56,9 @@ BODY_ALIGN = 16          # a large message's first tensor starts on this boundar
 SEND_BUFFER_BYTES = 4 << 20   # what a client's connection may hold unread (see widen_send_buffer)
 _U32 = struct.Struct("<I")
 _DONTWAIT = socket.MSG_DONTWAIT
+# A write to a connection the peer closed fails with EPIPE instead of raising SIGPIPE, which kills
+# a process that does not ignore it (Python ignores it, but not every embedding of it does).
+_NOSIGNAL = socket.MSG_NOSIGNAL
 
 
 class FramingError(ValueError):
@@ -120,13 +123,14 @@ def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | N
     (``MSG_DONTWAIT``): a message that fits the socket's buffer, the common case, goes out in one
     system call. Only what does not is written with the socket's timeout set to what is left
     before each write (and left so): setting it costs two more system calls, and Python polls
-    before each write on a socket with a timeout."""
+    before each write on a socket with a timeout. A closed connection is ``BrokenPipeError``
+    (``MSG_NOSIGNAL``: never a SIGPIPE)."""
     buffers = message_bytes(frames)
     if deadline is None:
-        sent = sock.sendmsg(buffers)
+        sent = sock.sendmsg(buffers, (), _NOSIGNAL)
     else:
         try:
-            sent = sock.sendmsg(buffers, (), _DONTWAIT)
+            sent = sock.sendmsg(buffers, (), _DONTWAIT | _NOSIGNAL)
         except (BlockingIOError, InterruptedError):
             sent = 0
     total = sum(map(_nbytes, buffers))
@@ -134,7 +138,7 @@ def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | N
         for buf in unsent(buffers, sent):
             if deadline is not None:
                 sock.settimeout(max(1e-3, deadline - time.monotonic()))
-            sock.sendall(buf)
+            sock.sendall(buf, _NOSIGNAL)
 
 
 def unsent(buffers: Sequence[Any], sent: int) -> list[memoryview]:
