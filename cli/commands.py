@@ -165,13 +165,15 @@ def run_infer(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise UserError(f"{args.input}: {exc}") from None
             r = c.infer(model, x, version=version, **_constraint_kwargs(args))
+            # (the selection is read from the reply here: a field it cannot read is a ReplyError)
+            text = None if args.json else describe_result(r)
         except AdaptdError as exc:
             raise _fail(exc) from None
     if args.json:
         print_json({**r.header, "outputs": [{"dtype": str(o.dtype), "shape": list(o.shape), "data": o}
                                             for o in r.outputs], "client_ms": r.client_ms})
     else:
-        print(describe_result(r))
+        print(text)
     return 0
 
 
