@@ -15,7 +15,8 @@ Contract
   whose id is the one cut. Anything else (another layout, another type, a malformed message)
   takes the full path, with its error replies unchanged.
 * Each template has a ``derived`` map that its copies share (:func:`derived`): what the daemon
-  derives from the header alone is kept there for the next repeat, never to be changed. What
+  derives from the header alone is kept there for the next repeat, never to be changed (the
+  executor's input headers among it: :func:`job_inputs`). What
   also depends on something else (admission's checks on the registry's generation, a record's
   row on the decision and client) is kept with what it depends on, checked on every use, and
   replaced when that changed: one entry per key.
@@ -134,3 +135,21 @@ class RequestMemo:
             object.__setattr__(request, "derived", {})
             self._templates[split[0]] = request
         return request
+
+
+def job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The executor's input headers: dtype and shape, and the region of those in one (§11). Those
+    of a repeated header are made once (``derived``: shared, never changed), with regions while
+    admission hands back the references it kept."""
+    if not shm_inputs:
+        return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
+                                                   for s in request.inputs])
+    cache = request.derived
+    kept = cache.get("shm_inputs") if cache is not None else None
+    if kept is not None and kept[0] is shm_inputs:   # (admission's kept references: the same headers)
+        return kept[1]
+    inputs = [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
+              for i, s in enumerate(request.inputs)]
+    if cache is not None:
+        cache["shm_inputs"] = (shm_inputs, inputs)
+    return inputs
