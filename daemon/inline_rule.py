@@ -9,8 +9,9 @@ placement that could have run at once. Hence two limits on the job's predicted l
 * ``inline_max_ms`` (``[placements]``, 2 ms): any job this short runs inline, whoever calls;
 * ``inline_sole_caller_max_ms`` (10 ms): a longer job runs inline only for a *sole caller*:
   its peer (a connection of the local stream, a ZeroMQ client) sent every inference the daemon
-  received in the last ``SOLE_CALLER_WINDOW_S``, and no other request is in flight and no
-  placement is busy. A caller that comes while such a run goes on waits at most that run,
+  received in the last ``SOLE_CALLER_WINDOW_S``, no other request is held, read or waiting
+  (a caller that sends several at once is not one), and no placement is busy; the limit is
+  compared with the job's latency bound at the policy's confidence, not its mean. A caller that comes while such a run goes on waits at most that run,
   once: its inference makes the first caller no longer the sole one for the window. Control
   requests (an operator's ``stats`` every second, say) do not count: they wait at most one
   such run, and would otherwise end every sole caller's turn.
@@ -51,10 +52,13 @@ class InlineRule:
         """Whether ``peer`` sent every inference of the last window (its first excluded)."""
         return peer == self._peer and now_ns - self._since_ns >= self._window_ns
 
-    def allows(self, predicted_ms: float, peer: bytes, now_ns: int, others_busy: Callable[[], bool]) -> bool:
-        """Whether a job predicted to take ``predicted_ms`` runs inline; ``others_busy()`` (asked
-        last, only for a sole caller's longer job): another request is in flight, or a placement
-        runs or holds a job."""
+    def allows(self, predicted_ms: float, bound_ms: float | None, peer: bytes, now_ns: int,
+               others_busy: Callable[[], bool]) -> bool:
+        """Whether a job predicted to take ``predicted_ms`` runs inline. A sole caller's job is
+        judged on ``bound_ms``, the latency it stays under at the policy's confidence (where
+        known): its run is the loop's pause. ``others_busy()`` (asked last, only for a sole
+        caller's longer job): other requests are held, read or waiting, or a placement is busy."""
         if predicted_ms <= self.inline_max_ms:
             return True
-        return predicted_ms <= self.sole_caller_max_ms and self.sole_caller(peer, now_ns) and not others_busy()
+        return ((bound_ms if bound_ms is not None else predicted_ms) <= self.sole_caller_max_ms
+                and self.sole_caller(peer, now_ns) and not others_busy())

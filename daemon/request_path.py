@@ -53,7 +53,7 @@ from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.inline_rule import InlineRule
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
-from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived
+from adaptd.daemon.request_memo import RequestMemo, constraints_map, job_inputs
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto, replies
@@ -103,6 +103,7 @@ class RequestPath:
         self.loads_on_demand = False    # set by the daemon: variants load on first use (not eagerly)
         self.inferences = 0         # inference requests answered with a result
         self.saturated = False      # a queue was full when last looked: refuse BUSY early
+        self.round_events = 0       # events the loop's current round handles (set by the loop)
         self._cpu0 = 0
         self._inline = InlineRule(daemon.config.placements.inline_max_ms,
                                   daemon.config.placements.inline_sole_caller_max_ms)
@@ -253,15 +254,17 @@ class RequestPath:
                                           {"placement": arm.placement.name, "variant": arm.variant.name})
         regions = admitted.regions
         pending = Pending(request, [route], model, arm, choice, client, received_ns, now, peer, regions=regions)
-        job = Job(rid, str(model.directory), arm.variant.name, _job_inputs(request, admitted.shm_inputs),
+        job = Job(rid, str(model.directory), arm.variant.name, job_inputs(request, admitted.shm_inputs),
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
         pending.cpu_start_ns = self._cpu0
         self.d.regions.acquire(regions)
         self.pending[(peer, rid)] = pending
         try:
-            predicted_ms = (choice.predicted or {}).get("latency_ms")
-            if predicted_ms is not None and self._inline.allows(predicted_ms, peer, received_ns, self._others_busy):
+            predicted = choice.predicted or {}
+            predicted_ms = predicted.get("latency_ms")
+            if predicted_ms is not None and self._inline.allows(predicted_ms, predicted.get("latency_bound_ms"), peer,
+                                                                received_ns, lambda: self._others_busy(route)):
                 pending.inline = True
                 outcome = self.d.pool.run_inline(arm.placement.name, job)
                 if outcome is not None:   # ran here and now: no hand-off, no wake-up
@@ -281,9 +284,17 @@ class RequestPath:
             raise proto.ProtocolError(proto.BUSY, message, rid, details)
         pending.cpu_ns = time.thread_time_ns() - self._cpu0
 
-    def _others_busy(self) -> bool:
-        """Another request is in flight, or a placement runs or holds a job (this one is held)."""
-        return len(self.pending) > 1 or self.d.pool.running()
+    def _others_busy(self, route: tuple[Any, Any]) -> bool:
+        """Another request is held (this one is), read or waiting on this request's socket or
+        connection, or in a stream's backlog; the loop has other events this round; or a
+        placement runs or holds a job."""
+        sock = route[0]
+        if hasattr(sock, "awaiting"):   # a stream connection: its requests handed out, not answered
+            waiting = sock.awaiting > 1 or bool(sock.backlog)
+        else:   # a ZeroMQ socket: another message queued on it
+            waiting = isinstance(sock, zmq.Socket) and bool(sock.get(_EVENTS) & _POLLIN)
+        return (waiting or len(self.pending) > 1 or self.round_events > 1 or self.d.frontend.streams.backlogged
+                or self.d.pool.running())
 
     def _give_up(self, pending: Pending) -> None:
         """A request that will be answered without its job's outcome: no longer held, its
@@ -464,24 +475,6 @@ class RequestPath:
             for route in pending.routes:
                 self._send(route, header, ())
         self.pending.clear()
-
-
-def _job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The executor's input headers: dtype and shape, and the region of those in one (§11). Those
-    of a repeated header are made once (``derived``: shared, never changed), with regions while
-    admission hands back the references it kept."""
-    if not shm_inputs:
-        return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
-                                                   for s in request.inputs])
-    cache = request.derived
-    kept = cache.get("shm_inputs") if cache is not None else None
-    if kept is not None and kept[0] is shm_inputs:   # (admission's kept references: the same headers)
-        return kept[1]
-    inputs = [{"dtype": s.dtype_name, "shape": list(s.shape), **({"shm": shm_inputs[i]} if i in shm_inputs else {})}
-              for i, s in enumerate(request.inputs)]
-    if cache is not None:
-        cache["shm_inputs"] = (shm_inputs, inputs)
-    return inputs
 
 
 def _internal_message(exc: BaseException) -> str:

@@ -504,7 +504,8 @@ def test_a_nonfinite_inline_input_for_a_thread_placement_is_refused_before_the_h
 def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository, tmp_path):
     """With inline_max_ms = 0 only a sole caller's job is tried inline (the fake pool records the
     try and holds the job): not a new caller's first request (it has not been alone for the
-    window), nor one while another request is in flight, nor another caller's first; an
+    window), nor one while another request is in flight, nor another caller's first, nor one in a
+    round of the loop with other events, nor one of several a connection sent at once; an
     operator's control request does not end the sole caller's turn. The rule is replaced where a
     test would otherwise wait out its window (tests/test_inline_rule.py covers its length)."""
     daemon = build(tiny_repository, tmp_path, placements={"inline_max_ms": 0.0, "inline_sole_caller_max_ms": 1000.0})
@@ -526,6 +527,17 @@ def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository,
     send(b"peer-b", "other")                 # another caller: the turn ends for the window
     d.path._inline = InlineRule(0.0, 1000.0, window_s=0.0)
     d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
-    send(b"peer-b", "now-alone")             # (the window made zero) alone, nothing in flight
+    d.path.round_events = 2                  # the loop has another event this round
+    send(b"peer-b", "busy-loop")
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    d.path.round_events = 1
+    # A stream connection that sent two requests at once: the second is read, not yet handled.
+    pipelining = SimpleNamespace(peer=b"stream-peer", awaiting=2, backlog=[])
+    frames = [memoryview(bytes(memoryview(f))) for f in proto.encode(
+        proto.request_header("sent-together", daemon.model, [x()]), [x()])[1:]]
+    d.path.on_stream_request(pipelining, frames, sum(len(f) for f in frames))
+    d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    send(b"peer-b", "now-alone")             # (the window made zero) alone, nothing else at all
     assert pool.tried_inline == ["alone", "now-alone"]
-    assert [h["id"] for _, h, _ in daemon.frontend.sent] == ["first", "s1", "alone", "behind", "other"]
+    assert [h["id"] for _, h, _ in daemon.frontend.sent] == ["first", "s1", "alone", "behind", "other", "busy-loop",
+                                                             "sent-together"]
