@@ -31,6 +31,7 @@ the daemons not in use idle meanwhile. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import subprocess
@@ -57,19 +58,11 @@ class ThinPath:
 
         self.proto, self.model, self.placement, self.x = proto, model, placement, x
         self.conn = connect(endpoint)
-        self.last: list | None = None   # the latest reply's frames
         self.inputs = None
         if shm:
             self.mm, region = register_region(self.conn, x.nbytes)
             np.frombuffer(self.mm, np.float32, x.size)[:] = x.ravel()
             self.inputs = [proto.shm_tensor_header(np.float32, x.shape, region, 0)]
-
-    def check(self) -> None:
-        """One request whose reply must be a result (a path answered with errors measures nothing)."""
-        self.once()
-        header = self.proto.decode(self.last)[0]
-        if header.get("type") != "result":
-            raise SystemExit(f"the daemon answered {header.get('code')}: {header.get('message')}")
 
     def once(self) -> float:
         proto = self.proto
@@ -83,8 +76,12 @@ class ThinPath:
             frames = proto.encode(header, [self.x])
         t = time.perf_counter()
         self.conn.send(frames)
-        self.last = self.conn.recv()
-        return time.perf_counter() - t
+        reply = self.conn.recv()
+        elapsed = time.perf_counter() - t
+        header = proto.decode(reply)[0]   # (outside the clock: a path answered with errors measures nothing)
+        if header.get("type") != "result":
+            raise SystemExit(f"the daemon answered {header.get('code')}: {header.get('message')}")
+        return elapsed
 
 
 class LibraryPath:
@@ -100,10 +97,7 @@ class LibraryPath:
             self.x = region.ndarray(x.shape, np.float32)
             self.x[...] = x
 
-    def check(self) -> None:
-        self.once()   # (Client.infer raises on an error reply)
-
-    def once(self) -> float:
+    def once(self) -> float:   # (Client.infer raises on an error reply)
         t = time.perf_counter()
         self.client.infer(self.model, self.x, variant="float32", placement=self.placement)
         return time.perf_counter() - t
@@ -147,6 +141,7 @@ def main() -> int:
 
     from bench_overhead import ensure_repos, latest_version
     from adaptd.daemon.config import PlacementsConfig
+    from adaptd.daemon.inline_rule import SOLE_CALLER_WINDOW_S
     from adaptd.daemon.placements import discover
     from adaptd.tools.launch import DaemonProcess
     from adaptd.variants.manifest import load_manifest
@@ -159,44 +154,43 @@ def main() -> int:
     repo, shape = ROOT / MODELS[args.model][0], MODELS[args.model][1]
     version_dir = latest_version(repo / args.model)
     record = next(v for v in load_manifest(version_dir).variants if v.name == "float32")
+    os.sched_setaffinity(0, run_cores)   # (its interpreter's threads, if any, start where its runs go)
     loaded = load_variant(version_dir, record, num_threads=placement.threads)
+    os.sched_setaffinity(0, client_cores | run_cores)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     load0 = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as daemons_up:
         daemons = []
-        try:
-            paths = {}
-            for name in args.paths:   # a daemon each: each path's client is its daemon's sole caller
-                daemons.append(DaemonProcess.start(repo, Path(tmp) / name, config={
-                    "placements": {"include": [placement.name], "load": "eager"}}))
-                library = name.startswith("library-")
-                transport, _, input_kind = name.removeprefix("library-").partition("-")
-                endpoint = daemons[-1].local_endpoint if transport == "stream" else daemons[-1].endpoint
-                os.sched_setaffinity(0, client_cores)   # (after the daemon started: it keeps every core)
-                paths[name] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
-                                                                     input_kind == "shm")
-                os.sched_setaffinity(0, client_cores | run_cores)
-            os.sched_setaffinity(0, client_cores)
-            for path in paths.values():   # warm-up: every path, and the loop
-                path.check()
-                block(path, 2 * args.block)
-            inprocess_block(loaded, x, args.block, run_cores, client_cores)
-            ratios = {name: [] for name in paths}
-            cpu = {name: [] for name in paths}
-            p50s = {name: [] for name in paths}
-            base_us = []
-            names = list(paths)
-            for cycle in range(args.cycles):
-                for name in names if cycle % 2 == 0 else names[::-1]:
-                    base = inprocess_block(loaded, x, args.block, run_cores, client_cores)
-                    p50, cpu_us = block(paths[name], args.block)
-                    ratios[name].append(p50 / base)
-                    cpu[name].append(cpu_us)
-                    p50s[name].append(p50)
-                    base_us.append(base)
-        finally:
-            for daemon in daemons:
-                daemon.stop()
+        paths = {}
+        for name in args.paths:   # a daemon each: each path's client is its daemon's sole caller
+            daemons.append(daemons_up.enter_context(DaemonProcess.start(repo, Path(tmp) / name, config={
+                "placements": {"include": [placement.name], "load": "eager"}})))
+            library = name.startswith("library-")
+            transport, _, input_kind = name.removeprefix("library-").partition("-")
+            endpoint = daemons[-1].local_endpoint if transport == "stream" else daemons[-1].endpoint
+            os.sched_setaffinity(0, client_cores)   # (after the daemon started: it keeps every core)
+            paths[name] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
+                                                                 input_kind == "shm")
+            os.sched_setaffinity(0, client_cores | run_cores)
+        os.sched_setaffinity(0, client_cores)
+        for path in paths.values():   # warm-up, past the sole caller's window (1 s from its first request)
+            warm_until = time.monotonic() + SOLE_CALLER_WINDOW_S + 0.2
+            while time.monotonic() < warm_until:
+                block(path, args.block)
+        inprocess_block(loaded, x, args.block, run_cores, client_cores)
+        ratios = {name: [] for name in paths}
+        cpu = {name: [] for name in paths}
+        p50s = {name: [] for name in paths}
+        base_us = []
+        names = list(paths)
+        for cycle in range(args.cycles):
+            for name in names if cycle % 2 == 0 else names[::-1]:
+                base = inprocess_block(loaded, x, args.block, run_cores, client_cores)
+                p50, cpu_us = block(paths[name], args.block)
+                ratios[name].append(p50 / base)
+                cpu[name].append(cpu_us)
+                p50s[name].append(p50)
+                base_us.append(base)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"{args.model} float32 on {placement.name} ({placement.threads} thread(s)), clients on "
