@@ -9,12 +9,13 @@ placement that could have run at once. Hence two limits on the job's predicted l
 * ``inline_max_ms`` (``[placements]``, 2 ms): any job this short runs inline, whoever calls;
 * ``inline_sole_caller_max_ms`` (10 ms): a longer job runs inline only for a *sole caller*:
   its peer (a connection of the local stream, a ZeroMQ client) sent every inference the daemon
-  received in the last ``SOLE_CALLER_WINDOW_S``, no other request is held, read or waiting
-  (a caller that sends several at once is not one), and no placement is busy; the limit is
-  compared with the job's latency bound at the policy's confidence, not its mean. A caller that comes while such a run goes on waits at most that run,
-  once: its inference makes the first caller no longer the sole one for the window. Control
-  requests (an operator's ``stats`` every second, say) do not count: they wait at most one
-  such run, and would otherwise end every sole caller's turn.
+  received in the last ``SOLE_CALLER_WINDOW_S``, no other request is held, read or waiting (a
+  caller that sends several at once is not one), and no placement is busy; the limit is
+  compared with the job's latency bound at the policy's confidence, not its mean. A caller that
+  comes while such a run goes on waits at most that run, once: its inference makes the first
+  caller no longer the sole one for the window. Control requests (an operator's ``stats`` every
+  second, say) do not count: they wait at most one such run, and would otherwise end every sole
+  caller's turn.
 
 Contract
 --------

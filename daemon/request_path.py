@@ -7,9 +7,10 @@ Contract
   (:mod:`adaptd.wire.protocol`; a steady client's repeated header is parsed once:
   :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), run inline where
-  :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice
-  not loaded yet gives way to the best loaded arm that meets the request on a placement with
-  no load under way, and loads in the background (:meth:`RequestPath._prefer_loaded`).
+  :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants
+  load on first use (``loads_on_demand``, set by the daemon), a choice not loaded yet gives way
+  to the best loaded arm that meets the request on a placement with no load under way, and
+  loads in the background (:meth:`RequestPath._prefer_loaded`).
   :meth:`RequestPath.on_outcome` turns a finished job into its reply
   (:mod:`adaptd.wire.replies`) and defers the statistics, the policy's update and the selection
   record (:mod:`adaptd.daemon.bookkeeping`) off the round trip. Deferred with them, live
