@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from adaptd.daemon.inline_rule import SOLE_CALLER_WINDOW_S
 from adaptd.wire.frames import recv_frames, send_frames
 from daemon_cpu import ProcessClocks, by_name, process_clock_ids, process_cpu_s, thread_cpu_s
 from dealers import connect, register_region, unregister_region
@@ -176,9 +177,16 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     clocks = ProcessClocks(clock_ids) if clock_ids else None
     cpu_ns = []
     barrier.wait()
+    # The warm-up lasts past the daemon's sole-caller window as well (daemon.inline_rule): a
+    # lone client's steady state, not its first second, is what the rows measure.
+    warm_until = time.perf_counter() + SOLE_CALLER_WINDOW_S + 0.2
     t_start = time.perf_counter()
-    for i in range(n + warmup):
-        if clocks is not None and i >= warmup:
+    i, measured = 0, -1
+    while measured < n:
+        if measured < 0 and i >= warmup and time.perf_counter() >= warm_until:
+            measured = 0
+            t_start = time.perf_counter()
+        if clocks is not None and measured >= 0:
             cpu_ns.append(clocks.read_ns())
         if shm == "resident":
             header = proto.request_header(uuid.uuid4().hex, model, [])
@@ -196,17 +204,18 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
                 np.copyto(xs, x)
             conn.send(proto.encode(header))
         reply = conn.recv()
-        if i >= warmup:
+        if measured >= 0:
             rtts.append(time.perf_counter() - t)
-        if i == warmup - 1:
-            t_start = time.perf_counter()
+            measured += 1
+        elif i == 0:
             assert proto.decode(reply)[0]["type"] != "error", proto.decode(reply)[0]   # (the echo returns the request)
+        i += 1
     wall = time.perf_counter() - t_start
     if region is not None:
         del xs
         unregister_region(conn, mm, region)
     conn.close()
-    out.put((rtts, wall, np.diff(cpu_ns).tolist()))   # (the server's CPU from one send to the next)
+    out.put((rtts, wall, np.diff(cpu_ns).tolist(), i))   # (the server's CPU from one send to the next)
 
 
 def _executions_cpu_s(daemon) -> float:
@@ -245,7 +254,7 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     out = {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
            "throughput_rps": len(rtts) / wall}
     if cpu_of:
-        served = (n // clients + warmup) * clients
+        served = sum(r[3] for r in results)   # (each client's warm-up included: it lasts a second at least)
         cpu_s = process_cpu_s(cpu_of.proc.pid) - cpu0
         out["cpu_us"] = cpu_s * 1e6 / served
         executions_s = _executions_cpu_s(cpu_of) - exec0
