@@ -189,7 +189,7 @@ class PlacementsConfig:
     eager_memory_bytes: int = 1 << 30        # auto: eager when the repository's variants fit in this
     isolation: str = "thread"                # thread | process: where LiteRT placements run
     inline_max_ms: float = 2.0               # predicted latency up to which a job runs on the receiving thread
-    inline_sole_caller_max_ms: float = 10.0  # the same for a sole caller's job (daemon.inline_rule)
+    inline_sole_caller_max_ms: float = 20.0  # the same for a sole caller's job (daemon.inline_rule)
     custom: tuple[CustomPlacement, ...] = ()
     worker_start_timeout_s: float = 60.0
     job_timeout_s: float = 120.0             # a worker process running one job this long is killed; 0: never

@@ -7,7 +7,7 @@ reads no socket: a request that comes meanwhile waits for the run's end, even on
 placement that could have run at once. Hence two limits on the job's predicted latency:
 
 * ``inline_max_ms`` (``[placements]``, 2 ms): any job this short runs inline, whoever calls;
-* ``inline_sole_caller_max_ms`` (10 ms): a longer job runs inline only for a *sole caller*:
+* ``inline_sole_caller_max_ms`` (20 ms): a longer job runs inline only for a *sole caller*:
   its peer (a connection of the local stream, a ZeroMQ client) sent every inference the daemon
   received in the last ``SOLE_CALLER_WINDOW_S``, no other request is held, read or waiting (a
   caller that sends several at once is not one), and no placement is busy; the limit is
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-SOLE_CALLER_WINDOW_S = 1.0
+# Long enough that a caller sending every few seconds counts as active: it would otherwise find a
+# sole caller's run in progress at nearly every request (docs/decisions.md).
+SOLE_CALLER_WINDOW_S = 5.0
 
 
 class InlineRule:
