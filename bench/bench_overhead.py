@@ -153,7 +153,7 @@ def _relay_server(endpoint: str, ready, relay_cores: tuple[int, ...], worker_cor
 
 def _client(endpoint: str, model: str, variant: str | None, placement: str | None, shape, n: int,
             warmup: int, barrier, out, shm: str | None = None, cores: tuple[int, ...] = (),
-            clock_ids: list[int] | None = None) -> None:
+            clock_ids: list[int] | None = None, warmed=None) -> None:
     """One client process: raw frames on a DEALER socket or the local stream (the thinnest client,
     :mod:`dealers`). ``shm``: None
     (inline frames), "shm" (the input lives in a registered region), "copy" (copied into the
@@ -185,6 +185,8 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     while measured < n:
         if measured < 0 and i >= warmup and time.perf_counter() >= warm_until:
             measured = 0
+            if warmed is not None:
+                warmed.wait()   # (every client warmed up, the server's CPU clocks read)
             t_start = time.perf_counter()
         if clocks is not None and measured >= 0:
             cpu_ns.append(clocks.read_ns())
@@ -215,7 +217,7 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
         del xs
         unregister_region(conn, mm, region)
     conn.close()
-    out.put((rtts, wall, np.diff(cpu_ns).tolist(), i))   # (the server's CPU from one send to the next)
+    out.put((rtts, wall, np.diff(cpu_ns).tolist()))   # (the server's CPU from one send to the next)
 
 
 def _executions_cpu_s(daemon) -> float:
@@ -227,25 +229,27 @@ def _executions_cpu_s(daemon) -> float:
 def measure_clients(endpoint, model, variant, placement, shape, n, clients, warmup=100, shm=None, cores=(),
                     cpu_of=None):
     """Round trips from ``clients`` processes; with ``cpu_of`` (a DaemonProcess), also its CPU
-    time per request (``cpu_us``: warm-up requests included, so sends and receives of every
-    request count) and that time less the executions' own (``cpu_outside_us``: the interpreter's
-    run, as each execution measured it), both means over the requests; with one client, also the
-    median request's (``cpu_outside_p50_us``: the daemon's CPU from one send to the next, less the
-    executions' mean)."""
-    cpu0 = process_cpu_s(cpu_of.proc.pid) if cpu_of else None
-    exec0 = _executions_cpu_s(cpu_of) if cpu_of else None
-    threads0 = thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
+    time per request (``cpu_us``: from when every client ends its warm-up to when all are done,
+    so sends and receives of every measured request count) and that time less the executions' own
+    (``cpu_outside_us``: the interpreter's run, as each execution measured it), both means over
+    the measured requests; with one client, also the median request's (``cpu_outside_p50_us``:
+    the daemon's CPU from one send to the next, less the executions' mean)."""
     # With one client, its requests come one after another: what the daemon spent from one send
     # to the next is one request's CPU, the work it deferred to its idle moment included.
     clock_ids = process_clock_ids(cpu_of.proc.pid) if cpu_of and clients == 1 else None
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
+    warmed = ctx.Barrier(clients + 1)   # the clients' warm-ups over, and this process's clocks read
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(endpoint, model, variant, placement, shape, n // clients,
-                                              warmup, barrier, q, shm, cores, clock_ids))
+                                              warmup, barrier, q, shm, cores, clock_ids, warmed))
              for _ in range(clients)]
     for p in procs:
         p.start()
+    warmed.wait()
+    cpu0 = process_cpu_s(cpu_of.proc.pid) if cpu_of else None
+    exec0 = _executions_cpu_s(cpu_of) if cpu_of else None
+    threads0 = thread_cpu_s(cpu_of.proc.pid) if cpu_of else {}
     results = [q.get() for _ in procs]
     for p in procs:
         p.join()
@@ -254,7 +258,7 @@ def measure_clients(endpoint, model, variant, placement, shape, n, clients, warm
     out = {"p50_us": float(np.percentile(rtts, 50)), "p99_us": float(np.percentile(rtts, 99)),
            "throughput_rps": len(rtts) / wall}
     if cpu_of:
-        served = sum(r[3] for r in results)   # (each client's warm-up included: it lasts a second at least)
+        served = len(rtts)
         cpu_s = process_cpu_s(cpu_of.proc.pid) - cpu0
         out["cpu_us"] = cpu_s * 1e6 / served
         executions_s = _executions_cpu_s(cpu_of) - exec0

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptd.daemon.inline_rule import SOLE_CALLER_WINDOW_S
 from adaptd.tools.launch import DaemonProcess
 from adaptd.wire import protocol as proto
 from bench_overhead import ensure_repos, latest_version, measure_inprocess
@@ -72,9 +73,11 @@ STAMPS = {
 }
 
 
-def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.ndarray, n: int,
-               shm: bool) -> tuple[list[int], list[int]]:
-    """``n`` pinned requests one after another: the send and receipt times of each."""
+def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.ndarray, n: int, warmup: int,
+               warm_s: float, shm: bool) -> tuple[list[int], list[int], int]:
+    """Pinned requests one after another, ``n`` after a warm-up of ``warmup`` requests and
+    ``warm_s`` seconds at least: the send and receipt times of each, and the index of the first
+    after the warm-up."""
     conn = connect(endpoint)
     inputs: list[dict] | None = None
     mm = region = None
@@ -83,7 +86,11 @@ def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.nd
         np.frombuffer(mm, x.dtype, x.size)[:] = x.reshape(-1)
         inputs = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)]
     sent, received = [], []
-    for _ in range(n):
+    warm_until = time.monotonic() + warm_s
+    first_kept = None
+    while first_kept is None or len(sent) < first_kept + n:
+        if first_kept is None and len(sent) >= warmup and time.monotonic() >= warm_until:
+            first_kept = len(sent)
         if shm:
             frames = proto.encode(proto.request_header(uuid.uuid4().hex, model, [], pin_variant=variant,
                                                        pin_placement=placement, input_headers=inputs))
@@ -99,7 +106,7 @@ def run_client(endpoint: str, model: str, variant: str, placement: str, x: np.nd
     if shm:
         unregister_region(conn, mm, region)
     conn.close()
-    return sent, received
+    return sent, received, first_kept
 
 
 def stages_of(marks: list[tuple[str, int]], sent: list[int], received: list[int], keep: range) -> dict[str, list[float]]:
@@ -145,10 +152,11 @@ def stages_of(marks: list[tuple[str, int]], sent: list[int], received: list[int]
 
 def trace_requests(repo: Path, workdir: Path, model: str, variant: str, placement: str, cores: tuple[int, ...],
                    x: np.ndarray, n: int, *, shm: bool = False, transport: str = "stream",
-                   tracer: Path = TRACER) -> tuple[list[tuple[str, int]], list[int], list[int]]:
-    """A daemon on ``repo`` with the stage stamps on, serving ``placement``, and ``n`` requests from
-    this process on the cores ``cores`` leaves free: the daemon's stamps, and the client's send
-    and receipt times."""
+                   tracer: Path = TRACER, warmup: int = 0,
+                   warm_s: float = 0.0) -> tuple[list[tuple[str, int]], list[int], list[int], int]:
+    """A daemon on ``repo`` with the stage stamps on, serving ``placement``, and ``n`` requests
+    after a warm-up (:func:`run_client`) from this process on the cores ``cores`` leaves free: the
+    daemon's stamps, the client's send and receipt times, and the first kept request's index."""
     trace = workdir / "stages.json"
     env = {"ADAPTD_STAGE_TRACE": str(trace),
            "PYTHONPATH": os.pathsep.join(p for p in (str(tracer), os.environ.get("PYTHONPATH")) if p)}
@@ -158,8 +166,8 @@ def trace_requests(repo: Path, workdir: Path, model: str, variant: str, placemen
         pid = daemon.proc.pid
         os.sched_setaffinity(0, saved - set(cores) or saved)
         try:
-            sent, received = run_client(daemon.local_endpoint if transport == "stream" else daemon.endpoint,
-                                        model, variant, placement, x, n, shm)
+            sent, received, first_kept = run_client(daemon.local_endpoint if transport == "stream" else daemon.endpoint,
+                                                    model, variant, placement, x, n, warmup, warm_s, shm)
         finally:
             os.sched_setaffinity(0, saved)
     failed = Path(f"{trace}.error")
@@ -168,7 +176,7 @@ def trace_requests(repo: Path, workdir: Path, model: str, variant: str, placemen
     written = Path(f"{trace}.{pid}")   # (as the daemon exited)
     if not written.exists():
         raise RuntimeError(f"the daemon wrote no stamps: is {tracer} a stage tracer? (its log: {workdir / 'daemon'})")
-    return [tuple(m) for m in json.loads(written.read_text())], sent, received
+    return [tuple(m) for m in json.loads(written.read_text())], sent, received, first_kept
 
 
 def usual(stages: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -182,10 +190,11 @@ def usual(stages: dict[str, list[float]]) -> dict[str, list[float]]:
 def one_round(args, repo: Path, version_dir: Path, x: np.ndarray) -> dict:
     inprocess = measure_inprocess(version_dir, args.variant, 1, x.shape, 300, args.cores)
     with tempfile.TemporaryDirectory() as tmp:
-        marks, sent, received = trace_requests(repo, Path(tmp), args.model, args.variant, args.placement, args.cores,
-                                               x, args.requests, shm=args.input == "shm", transport=args.transport,
-                                               tracer=args.tracer)
-    stages = usual(stages_of(marks, sent, received, range(args.warmup, args.requests)))
+        marks, sent, received, first_kept = trace_requests(
+            repo, Path(tmp), args.model, args.variant, args.placement, args.cores, x, args.requests - args.warmup,
+            shm=args.input == "shm", transport=args.transport, tracer=args.tracer, warmup=args.warmup,
+            warm_s=SOLE_CALLER_WINDOW_S + 0.2)   # (past the sole-caller window: a lone client's steady state)
+    stages = usual(stages_of(marks, sent, received, range(first_kept, len(sent))))
     kept = len(stages["round trip"])
     return {"inprocess_p50_us": inprocess["p50_us"], "requests": kept,
             "stages": {name: float(np.median(values)) for name, values in stages.items()},

@@ -34,7 +34,7 @@ def test_an_inline_job_passes_every_stamp_of_the_receiving_thread(tiny_repositor
     repo, model, _ = tiny_repository
     placement, cores = _placement()
     x = np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)
-    marks, sent, received = trace_requests(repo, tmp_path, model, "float32", placement, cores, x, REQUESTS)
+    marks, sent, received, _ = trace_requests(repo, tmp_path, model, "float32", placement, cores, x, REQUESTS)
     names = {name for name, _ in marks}
     for stamp in ("handler", "admit_in", "admit_out", "screen_in", "screen_out", "inline_in", "inline_out",
                   "dispatched", "t0", "t1", "finished", "outcome", "header_in", "header_out", "encoded",
@@ -56,8 +56,8 @@ def test_an_inline_job_passes_every_stamp_of_the_receiving_thread(tiny_repositor
 def test_a_handed_off_job_passes_the_placement_threads_stamps(slow_repository, tmp_path):
     placement, cores = _placement()
     x = np.random.default_rng(0).random((1, *SLOW_SHAPE), dtype=np.float32)
-    marks, sent, received = trace_requests(slow_repository, tmp_path, SLOW_MODEL, "float32", placement, cores, x, 12,
-                                           shm=True)
+    marks, sent, received, _ = trace_requests(slow_repository, tmp_path, SLOW_MODEL, "float32", placement, cores, x,
+                                              12, shm=True)   # (a new caller: not the sole one for its first seconds)
     stages = usual(stages_of(marks, sent, received, range(2, 12)))
     order = [name.split(" -> ")[1] for name in stages if name != "round trip"]
     # A region's input is screened by the placement's thread, after it takes the job.
