@@ -28,6 +28,7 @@ Contract
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 # Long enough that a caller sending every few seconds counts as active: it would otherwise find a
 # sole caller's run in progress at nearly every request (docs/decisions.md).
@@ -56,12 +57,13 @@ class InlineRule:
         return peer == self._peer and now_ns - self._since_ns >= self._window_ns
 
     def allows(self, predicted_ms: float, bound_ms: float | None, peer: bytes, now_ns: int,
-               others_busy: Callable[[], bool]) -> bool:
+               others_busy: Callable[..., bool], *args: Any) -> bool:
         """Whether a job predicted to take ``predicted_ms`` runs inline. A sole caller's job is
         judged on ``bound_ms``, the latency it stays under at the policy's confidence (where
-        known): its run is the loop's pause. ``others_busy()`` (asked last, only for a sole
-        caller's longer job): other requests are held, read or waiting, or a placement is busy."""
+        known): its run is the loop's pause. ``others_busy(*args)`` (asked last, only for a sole
+        caller's longer job, so that no closure is made per request): other requests are held,
+        read or waiting, or a placement is busy."""
         if predicted_ms <= self.inline_max_ms:
             return True
         return ((bound_ms if bound_ms is not None else predicted_ms) <= self.sole_caller_max_ms
-                and self.sole_caller(peer, now_ns) and not others_busy())
+                and self.sole_caller(peer, now_ns) and not others_busy(*args))

@@ -73,16 +73,16 @@ def split_id(raw: bytes) -> tuple[bytes, str] | None:
     return raw[:i] + raw[end:], rid
 
 
-def derived(request: proto.Request, key: Any, make: Callable[[], Any]) -> Any:
-    """``make()``, kept under ``key`` in a repeated header's ``derived`` map for its next copies
-    (made afresh for a request parsed afresh). What is kept must depend on nothing but the
+def derived(request: proto.Request, key: Any, make: Callable[..., Any], *args: Any) -> Any:
+    """``make(*args)``, kept under ``key`` in a repeated header's ``derived`` map for its next
+    copies (made afresh for a request parsed afresh). What is kept must depend on nothing but the
     header and the key, and is shared: never to be changed."""
     cache = request.derived
     if cache is None:
-        return make()
+        return make(*args)
     value = cache.get(key)
     if value is None:
-        value = cache[key] = make()
+        value = cache[key] = make(*args)
     return value
 
 
@@ -142,8 +142,7 @@ def job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) ->
     of a repeated header are made once (``derived``: shared, never changed), with regions while
     admission hands back the references it kept."""
     if not shm_inputs:
-        return derived(request, "inputs", lambda: [{"dtype": s.dtype_name, "shape": list(s.shape)}
-                                                   for s in request.inputs])
+        return derived(request, "inputs", _plain_inputs, request)
     cache = request.derived
     kept = cache.get("shm_inputs") if cache is not None else None
     if kept is not None and kept[0] is shm_inputs:   # (admission's kept references: the same headers)
@@ -153,3 +152,7 @@ def job_inputs(request: proto.Request, shm_inputs: dict[int, dict[str, Any]]) ->
     if cache is not None:
         cache["shm_inputs"] = (shm_inputs, inputs)
     return inputs
+
+
+def _plain_inputs(request: proto.Request) -> list[dict[str, Any]]:
+    return [{"dtype": s.dtype_name, "shape": list(s.shape)} for s in request.inputs]

@@ -65,6 +65,7 @@ log = logging.getLogger("adaptd")
 
 _EVENTS, _POLLIN = zmq.EVENTS, zmq.POLLIN
 INTAKE_BATCH = 16     # requests taken from one socket per round, after the round's completions
+_NO_PREDICTION: dict[str, Any] = {}   # (read only)
 
 
 @dataclass
@@ -262,10 +263,10 @@ class RequestPath:
         self.d.regions.acquire(regions)
         self.pending[(peer, rid)] = pending
         try:
-            predicted = choice.predicted or {}
+            predicted = choice.predicted or _NO_PREDICTION
             predicted_ms = predicted.get("latency_ms")
             if predicted_ms is not None and self._inline.allows(predicted_ms, predicted.get("latency_bound_ms"), peer,
-                                                                received_ns, lambda: self._others_busy(route)):
+                                                                received_ns, self._others_busy, route):
                 pending.inline = True
                 outcome = self.d.pool.run_inline(arm.placement.name, job)
                 if outcome is not None:   # ran here and now: no hand-off, no wake-up
@@ -289,13 +290,15 @@ class RequestPath:
         """Another request is held (this one is), read or waiting on this request's socket or
         connection, or in a stream's backlog; the loop has other events this round; or a
         placement runs or holds a job."""
+        if len(self.pending) > 1 or self.round_events > 1 or self.d.frontend.streams.backlogged:
+            return True
         sock = route[0]
         if hasattr(sock, "awaiting"):   # a stream connection: its requests handed out, not answered
-            waiting = sock.awaiting > 1 or bool(sock.backlog)
-        else:   # a ZeroMQ socket: another message queued on it
-            waiting = isinstance(sock, zmq.Socket) and bool(sock.get(_EVENTS) & _POLLIN)
-        return (waiting or len(self.pending) > 1 or self.round_events > 1 or self.d.frontend.streams.backlogged
-                or self.d.pool.running())
+            if sock.awaiting > 1 or sock.backlog:
+                return True
+        elif isinstance(sock, zmq.Socket) and sock.get(_EVENTS) & _POLLIN:   # ZeroMQ: another message queued
+            return True
+        return self.d.pool.running()
 
     def _give_up(self, pending: Pending) -> None:
         """A request that will be answered without its job's outcome: no longer held, its

@@ -220,7 +220,7 @@ class SelectorPolicy:
         ids = None if len(candidates) == len(model.arms) else self._ids(key, candidates)
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
-            d = self.selector.choose(derived(request, ("selector", key), lambda: selector_request(key, request)),
+            d = self.selector.choose(derived(request, ("selector", key), selector_request, key, request),
                                      now_s, snapshots, candidates=ids,
                                      explain=request.explain, dry_run=dry_run or request.type == "explain")
         except SelectorError as exc:

@@ -369,8 +369,8 @@ class Daemon:
                     events = poller.poll(0)
                 if not events:
                     events = poller.poll(wait_ms)
-            self.path.round_events = len(events)   # (more than one: no long job runs inline this round)
-            if len(events) > 1:
+            self.path.round_events = n_events = len(events)   # (more than one: no long job runs inline)
+            if n_events > 1:
                 events.sort(key=lambda e: rank.get(e[0], 1))
             if not events and not streams.backlogged:   # an idle moment
                 books.flush(hold=True)
