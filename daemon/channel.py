@@ -49,7 +49,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.timeout_s: float | None = None   # set: the socket is non-blocking, waits are bounded
-        self.partial_at: float | None = None  # time.monotonic() of the last bytes of a message cut in two
+        self.partial_at: float | None = None  # (non-blocking end) time.monotonic() of a cut message's last bytes
         self._prefix = bytearray(PREFIX.size)
         self._body: bytearray | None = None   # the message after its prefix, once the prefix is whole
         self._header_len = 0
@@ -100,19 +100,23 @@ class Channel:
     def recv_ready(self) -> tuple[str, dict[str, Any], list[memoryview]] | None:
         """The next message if what has arrived completes it, else None (never waits on a
         non-blocking socket; a blocking one waits for bytes, as :meth:`recv`)."""
+        progressed = False   # bytes of the message came in this call (a whole one needs no clock read)
         while True:
             target = memoryview(self._prefix if self._body is None else self._body)[self._got:]
             if target.nbytes:
                 try:
                     k = self.sock.recv_into(target)
                 except BlockingIOError:
+                    if progressed:
+                        self.partial_at = time.monotonic()
                     return None
                 if k == 0:
                     raise ConnectionError("the peer closed the channel")
                 self._got += k
+                progressed = True
                 if k < target.nbytes:   # the rest has not come yet: a non-blocking end looks again at its
-                    self.partial_at = time.monotonic()   # next POLLIN, a blocking one waits for it
-                    if self.timeout_s is not None:
+                    if self.timeout_s is not None:   # next POLLIN, a blocking one waits for it
+                        self.partial_at = time.monotonic()
                         return None
                     continue
             if self._body is None:   # the prefix is whole: the body's size
@@ -121,7 +125,6 @@ class Channel:
                     raise ChannelError(f"a message of {header_len + bodies_len} bytes announced "
                                        f"(at most {MAX_MESSAGE_BYTES})")
                 self._body, self._header_len, self._got = bytearray(header_len + bodies_len), header_len, 0
-                self.partial_at = time.monotonic()
                 continue
             body, self._body, self._got, self.partial_at = self._body, None, 0, None
             return _parse(body, self._header_len)
