@@ -155,6 +155,13 @@ def _parse(body: bytearray, header_len: int) -> tuple[str, dict[str, Any], list[
     return verb, header, bodies
 
 
+def readable_now(fd: int) -> bool:
+    """Whether ``fd`` has something to read (bytes, an end, a process's exit on a pidfd), not waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _wait(sock: socket.socket, event: int, timeout_s: float | None) -> None:
     """Wait for ``event`` on a non-blocking socket; TimeoutError after ``timeout_s``."""
     poller = select.poll()

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from itertools import islice
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from adaptd.daemon.channel import Channel, ChannelError
+from adaptd.daemon.channel import Channel, ChannelError, readable_now
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.pool_startup import StartupWaits
@@ -77,11 +76,6 @@ PIPELINE_DEPTH = 2        # jobs in a worker's channel at once: the running one 
 # kernel buffer (about 200 kB by default) must take it whole, or the send would block the main
 # thread until the worker reads it, for the rest of the running job.
 PIPELINE_MAX_BYTES = 64 * 1024
-
-
-def _readable(fd: int) -> bool:
-    """Whether a message (the job's outcome, perhaps) waits on ``fd`` unread."""
-    return bool(select.select([fd], [], [], 0)[0])
 
 
 class WorkerPool(StartupWaits):
@@ -341,12 +335,10 @@ class WorkerPool(StartupWaits):
         try:
             message = worker.channel.recv_ready()
         except ChannelError as exc:
-            self._condemn(worker, f"sent a message that does not read: {exc}", crash=True)
+            self._garbled(worker, exc)
             return None
         except (ConnectionError, OSError):
-            self._by_fd.pop(fd, None)   # stop polling it; on_exit cleans up
-            if self.on_change:
-                self.on_change()
+            self._stop_reading(fd)   # on_exit cleans up
             return None
         if message is None:   # the rest of it has not come yet
             return None
@@ -396,7 +388,7 @@ class WorkerPool(StartupWaits):
                                   crash=False)
             elif self.job_timeout_s and worker.sent and worker.channel is not None:
                 running_s = worker.running_s(int(now * 1e9))
-                if running_s > self.job_timeout_s * slack and not _readable(worker.channel.fileno()):
+                if running_s > self.job_timeout_s * slack and not readable_now(worker.channel.fileno()):
                     # A load ahead of the job is what hangs while one is unanswered: not the job's crash.
                     what = f"loaded {worker.loading[0][1]}" if worker.loading else "ran one job"
                     self._condemn(worker, f"{what} for {running_s:.0f} s (placements.job_timeout_s = "
@@ -410,11 +402,18 @@ class WorkerPool(StartupWaits):
                   worker.proc.pid if worker.proc else "?", why)
         worker.condemned, worker.condemned_crash, worker.ready = why, crash, False
         if worker.channel is not None:
-            self._by_fd.pop(worker.channel.fileno(), None)
-            if self.on_change:
-                self.on_change()
+            self._stop_reading(worker.channel.fileno())
         if worker.proc is not None and worker.proc.poll() is None:
             worker.proc.kill()
+
+    def _garbled(self, worker: Worker, exc: ChannelError) -> None:
+        self._condemn(worker, f"sent a message that does not read: {exc}", crash=True)
+
+    def _stop_reading(self, fd: int) -> None:
+        """The channel ``fd`` is not polled again (its worker died or is being killed)."""
+        self._by_fd.pop(fd, None)
+        if self.on_change:
+            self.on_change()
 
     def on_exit(self, pidfd: int) -> list[Outcome]:
         """A worker died: restart it (at once, or after a pause when it keeps dying soon after

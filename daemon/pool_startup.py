@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import select
 import time
-from typing import Any
+from collections.abc import Callable
 
 from adaptd.daemon.channel import ChannelError
 from adaptd.daemon.workers import Worker
@@ -19,38 +19,39 @@ from adaptd.daemon.workers import Worker
 
 class StartupWaits:
     """What :class:`~adaptd.daemon.pool.WorkerPool` waits for at start-up (its ``workers``, its
-    channels' ``_by_fd``, its ``on_message``, ``_record_side_message`` and ``_condemn``)."""
+    channels' ``_by_fd``, its ``on_message``, ``_record_side_message`` and ``_garbled``)."""
 
     workers: dict[str, Worker]
     _by_fd: dict[int, Worker]
 
     def wait_ready(self, timeout_s: float) -> list[str]:
         """Block until every worker said ``ready`` (used at start-up only); return the laggards."""
-        deadline = time.monotonic() + timeout_s
-        poller = select.poll()
-        for fd in self._by_fd:
-            poller.register(fd, select.POLLIN)
-        while any(not w.ready for w in self.workers.values()):
-            left_ms = (deadline - time.monotonic()) * 1e3
-            if left_ms <= 0:
-                break
-            self._read_channels(poller, left_ms)
+        def not_ready() -> list[Worker]:
+            return [w for w in self.workers.values() if not w.ready]
+
+        def check() -> None:
             for w in self.workers.values():
                 if w.condemned is not None:
                     raise RuntimeError(f"worker for {w.placement.name} {w.condemned} during start-up")
                 if w.proc and w.proc.poll() is not None and not w.ready:
                     raise RuntimeError(f"worker for {w.placement.name} exited with code {w.proc.returncode} "
                                        "during start-up")
-        return [w.placement.name for w in self.workers.values() if not w.ready]
+        return self._wait_while(not_ready, timeout_s, check)
 
     def wait_loaded(self, timeout_s: float) -> list[str]:
         """Block until every eager load sent so far is answered (start-up only); return laggards."""
-        deadline = time.monotonic() + timeout_s
-
         def waiting() -> list[Worker]:   # (a worker being killed answers nothing more: its restart loads again)
             return [w for w in self.workers.values() if w.condemned is None and (
                     w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager))]
+        return self._wait_while(waiting, timeout_s)
 
+    def _wait_while(self, waiting: Callable[[], list[Worker]], timeout_s: float,
+                    check: Callable[[], None] | None = None) -> list[str]:
+        """Read the channels until ``waiting()`` is empty or ``timeout_s`` passed, ``check()``
+        after each wait; the placements of the workers still waiting. A channel the pool stopped
+        reading (its worker died or is being killed) leaves the poller, whose bytes would
+        otherwise wake it at once forever."""
+        deadline = time.monotonic() + timeout_s
         poller = select.poll()
         for fd in self._by_fd:
             poller.register(fd, select.POLLIN)
@@ -58,16 +59,13 @@ class StartupWaits:
             left_ms = (deadline - time.monotonic()) * 1e3
             if left_ms <= 0:
                 break
-            self._read_channels(poller, left_ms)
+            for fd, _ in poller.poll(left_ms):
+                self.on_message(fd)
+                if fd not in self._by_fd:
+                    poller.unregister(fd)
+            if check is not None:
+                check()
         return [w.placement.name for w in waiting()]
-
-    def _read_channels(self, poller: Any, timeout_ms: float) -> None:   # (a select.poll object)
-        """One wait on the channels; a channel the pool stopped reading (its worker died or is
-        being killed) leaves the poller, whose bytes would otherwise wake it at once forever."""
-        for fd, _ in poller.poll(timeout_ms):
-            self.on_message(fd)
-            if fd not in self._by_fd:
-                poller.unregister(fd)
 
     def measure_overhead_ms(self, rounds: int = 20) -> dict[str, float]:
         """Fastest round trip of an empty message to each idle, ready worker (start-up only):
@@ -94,7 +92,7 @@ class StartupWaits:
             except OSError:   # it died meanwhile: its pidfd reports it
                 continue
             except ChannelError as exc:
-                self._condemn(w, f"sent a message that does not read: {exc}", crash=True)
+                self._garbled(w, exc)
                 continue
             out[name] = min(rtts)
         return out

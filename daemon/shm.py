@@ -34,7 +34,6 @@ import mmap
 import os
 import re
 import secrets
-import select
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from adaptd.daemon.channel import readable_now
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "adaptd-"
@@ -207,7 +208,7 @@ class RegionTable:
         """End the regions whose registering process has exited; returns the names unlinked now."""
         gone: list[str] = []
         for region in list(self.regions.values()):
-            if region.pidfd is not None and not region.ended and _exited(region.pidfd):
+            if region.pidfd is not None and not region.ended and readable_now(region.pidfd):
                 region.ended = True
                 gone += self._maybe_unlink(region)
         return gone
@@ -246,12 +247,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _exited(pidfd: int) -> bool:
-    p = select.poll()
-    p.register(pidfd, select.POLLIN)
-    return bool(p.poll(0))
 
 
 class WorkerMaps:
