@@ -22,7 +22,7 @@ import numpy as np
 
 from adaptd.clients.errors import ReplyError, error_from_header
 from adaptd.clients.regions import Region, ShmTensor, outputs_ref, region_tensor_header
-from adaptd.clients.results import InferResult
+from adaptd.clients.results import InferResult, Selection
 from adaptd.wire import protocol as p
 
 
@@ -147,7 +147,7 @@ def result_from_reply(header: Mapping[str, Any], bodies: Sequence[memoryview], c
             outputs.append(region.ndarray(spec.shape, spec.dtype, spec.shm.offset))
         except ValueError as exc:
             raise ReplyError(f"reply outputs: {exc}", request_id=rid) from None
-    if "model" not in header or "variant" not in header or "placement" not in header:
+    if not Selection.REQUIRED <= header.keys():   # (the rest of the selection is read when first asked for)
         raise ReplyError("result reply lacks its model, variant or placement", request_id=rid)
     return InferResult(rid, outputs, client_ms, dict(header))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -130,6 +130,8 @@ class Reason:
 @dataclass(frozen=True)
 class Selection:
     """What the daemon chose for one request, what it predicted and what it measured."""
+
+    REQUIRED: ClassVar[frozenset[str]] = frozenset(("model", "variant", "placement"))   # in every result
 
     model: str
     version: str | None
