@@ -68,6 +68,10 @@ from adaptd.wire.frames import recv_frames, send_frames
 from daemon_cpu import ProcessClocks, by_name, process_clock_ids, process_cpu_s, thread_cpu_s
 from dealers import connect, register_region, unregister_region
 
+# A client's warm-up lasts at least this: past the daemon's sole-caller window
+# (adaptd.daemon.inline_rule), so that what is measured is a lone client's steady state.
+WARM_S = SOLE_CALLER_WINDOW_S + 0.2
+
 ROOT = Path(__file__).resolve().parents[1]
 THREAD_PREFIX = "cpu_us_thread:"   # a daemon row's CPU per request of the threads of one kernel name
 
@@ -177,10 +181,8 @@ def _client(endpoint: str, model: str, variant: str | None, placement: str | Non
     clocks = ProcessClocks(clock_ids) if clock_ids else None
     cpu_ns = []
     barrier.wait()
-    # The warm-up lasts past the daemon's sole-caller window as well (daemon.inline_rule): a
-    # lone client's steady state, not its first second, is what the rows measure.
-    warm_until = time.perf_counter() + SOLE_CALLER_WINDOW_S + 0.2
-    t_start = time.perf_counter()
+    warm_until = time.perf_counter() + WARM_S   # (and at least ``warmup`` requests)
+    t_start = 0.0
     i, measured = 0, -1
     while measured < n:
         if measured < 0 and i >= warmup and time.perf_counter() >= warm_until:

@@ -139,9 +139,8 @@ def main() -> int:
     if unknown := set(args.paths) - set(PATHS):
         ap.error(f"no such path: {', '.join(sorted(unknown))} (the paths: {', '.join(PATHS)})")
 
-    from bench_overhead import ensure_repos, latest_version
+    from bench_overhead import WARM_S, ensure_repos, latest_version
     from adaptd.daemon.config import PlacementsConfig
-    from adaptd.daemon.inline_rule import SOLE_CALLER_WINDOW_S
     from adaptd.daemon.placements import discover
     from adaptd.tools.launch import DaemonProcess
     from adaptd.variants.manifest import load_manifest
@@ -173,8 +172,8 @@ def main() -> int:
                                                                  input_kind == "shm")
             os.sched_setaffinity(0, client_cores | run_cores)
         os.sched_setaffinity(0, client_cores)
-        for path in paths.values():   # warm-up, past the sole caller's window (1 s from its first request)
-            warm_until = time.monotonic() + SOLE_CALLER_WINDOW_S + 0.2
+        for path in paths.values():   # warm-up, past the sole caller's window (from its first request)
+            warm_until = time.monotonic() + WARM_S
             while time.monotonic() < warm_until:
                 block(path, args.block)
         inprocess_block(loaded, x, args.block, run_cores, client_cores)

@@ -212,11 +212,12 @@ def main() -> int:
         return 0
     if args.sweep_core is not None and not args.sweep_mb:
         ap.error("--sweep-core needs --sweep-mb")
-    sweep = np.ones(int(args.sweep_mb * 2**20) // 4, np.float32) if args.sweep_mb else None
-    sweeper = None
-    if sweep is not None and args.sweep_core is not None:
-        sweeper = start_sweeper(args.sweep_core, sweep.size)
-        sweep = None
+    sweep_values = int(args.sweep_mb * 2**20) // 4   # float32s
+    sweep = sweeper = None
+    if args.sweep_mb and args.sweep_core is not None:   # read by another process, on its own core
+        sweeper = start_sweeper(args.sweep_core, sweep_values)
+    elif args.sweep_mb:
+        sweep = np.ones(sweep_values, np.float32)
     try:
         per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep)
         if sweeper is not None and sweeper.poll() is not None:

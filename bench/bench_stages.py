@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptd.daemon.inline_rule import SOLE_CALLER_WINDOW_S
 from adaptd.tools.launch import DaemonProcess
 from adaptd.wire import protocol as proto
-from bench_overhead import ensure_repos, latest_version, measure_inprocess
+from bench_overhead import WARM_S, ensure_repos, latest_version, measure_inprocess
 from dealers import connect, register_region, unregister_region
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +192,7 @@ def one_round(args, repo: Path, version_dir: Path, x: np.ndarray) -> dict:
         marks, sent, received, first_kept = trace_requests(
             repo, Path(tmp), args.model, args.variant, args.placement, args.cores, x, args.requests - args.warmup,
             shm=args.input == "shm", transport=args.transport, tracer=args.tracer, warmup=args.warmup,
-            warm_s=SOLE_CALLER_WINDOW_S + 0.2)   # (past the sole-caller window: a lone client's steady state)
+            warm_s=WARM_S)
     stages = usual(stages_of(marks, sent, received, range(first_kept, len(sent))))
     kept = len(stages["round trip"])
     return {"inprocess_p50_us": inprocess["p50_us"], "requests": kept,
