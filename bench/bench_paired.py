@@ -22,10 +22,18 @@ One process does it all: the in-process loop pinned to the placement's cores, th
 pinned to the others. Each path has a daemon of its own, with its defaults (placement threads,
 live fidelity, the store), the variant loaded eagerly, unpinned, so that each path's client is
 its daemon's sole caller, as one application's is (``[placements] inline_sole_caller_max_ms``);
-the daemons not in use idle meanwhile. Usage::
+the daemons not in use idle meanwhile.
+
+``--baseline REV`` measures a change: each path gets a second daemon, ``PATH@REV``, running the
+daemon's code of git revision ``REV`` (checked out in a temporary worktree and put first on that
+daemon's ``PYTHONPATH``), in the same cycles; the figure is then also each path's paired
+difference against it, with the share of cycles where the current code was lower. The clients
+are this checkout's either way, so it measures a change of the daemon, not of the client library.
+Usage::
 
     .venv/bin/python bench/bench_paired.py [--model MobileNetV2] [--cycles 24] [--block 40]
                                            [--placement cpu:1] [--paths stream-shm,library-stream-shm]
+                                           [--baseline HEAD~1]
 """
 
 from __future__ import annotations
@@ -128,6 +136,19 @@ def summary(values: list[float]) -> str:
     return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}..{np.percentile(v, 75):.3f}]"
 
 
+@contextlib.contextmanager
+def baseline_source(rev: str, tmp: Path):
+    """A folder whose ``adaptd`` is the project's code at ``rev`` (a git worktree, removed after)."""
+    tree = tmp / "baseline-tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+    try:
+        (tmp / "baseline").mkdir()
+        (tmp / "baseline" / "adaptd").symlink_to(tree)
+        yield tmp / "baseline"
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="MobileNetV2")
@@ -135,6 +156,7 @@ def main() -> int:
     ap.add_argument("--block", type=int, default=40, help="requests per block (and in-process runs before it)")
     ap.add_argument("--placement", default="cpu:1")
     ap.add_argument("--paths", type=lambda v: tuple(p.strip() for p in v.split(",")), default=PATHS)
+    ap.add_argument("--baseline", metavar="REV", help="also each path on a daemon of this git revision")
     args = ap.parse_args()
     if unknown := set(args.paths) - set(PATHS):
         ap.error(f"no such path: {', '.join(sorted(unknown))} (the paths: {', '.join(PATHS)})")
@@ -159,16 +181,21 @@ def main() -> int:
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as daemons_up:
+        runs = [(name, name, None) for name in args.paths]   # (label, path, the daemon's PYTHONPATH)
+        if args.baseline:
+            baseline = daemons_up.enter_context(baseline_source(args.baseline, Path(tmp)))
+            runs += [(f"{name}@{args.baseline}", name, str(baseline)) for name in args.paths]
         daemons = []
         paths = {}
-        for name in args.paths:   # a daemon each: each path's client is its daemon's sole caller
-            daemons.append(daemons_up.enter_context(DaemonProcess.start(repo, Path(tmp) / name, config={
-                "placements": {"include": [placement.name], "load": "eager"}})))
+        for label, name, pythonpath in runs:   # a daemon each: each path's client is its daemon's sole caller
+            daemons.append(daemons_up.enter_context(DaemonProcess.start(repo, Path(tmp) / label, config={
+                "placements": {"include": [placement.name], "load": "eager"}},
+                env={"PYTHONPATH": pythonpath} if pythonpath else None)))
             library = name.startswith("library-")
             transport, _, input_kind = name.removeprefix("library-").partition("-")
             endpoint = daemons[-1].local_endpoint if transport == "stream" else daemons[-1].endpoint
             os.sched_setaffinity(0, client_cores)   # (after the daemon started: it keeps every core)
-            paths[name] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
+            paths[label] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
                                                                  input_kind == "shm")
             os.sched_setaffinity(0, client_cores | run_cores)
         os.sched_setaffinity(0, client_cores)
@@ -200,6 +227,11 @@ def main() -> int:
     print(f"{'path':24s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
     for name in names:
         print(f"{name:24s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
+    for name in args.paths if args.baseline else ():
+        diff = np.asarray(ratios[name]) - np.asarray(ratios[f"{name}@{args.baseline}"])
+        print(f"{name} - {name}@{args.baseline}: paired difference {np.median(diff):+.4f} "
+              f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}], "
+              f"lower in {int((diff < 0).sum())} of {len(diff)} cycles")
     for name in names:
         if name.startswith("library-") and (thin := name.removeprefix("library-")) in ratios:
             diff = np.asarray(ratios[name]) - np.asarray(ratios[thin])
