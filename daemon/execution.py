@@ -21,7 +21,8 @@ Contract
   the run's thread needs no lock. On a placement's thread the screen of a large input lets go
   of the interpreter lock (numpy's reduction), and taking it back behind a busy main thread cost
   440 µs per MobileNetV2 job with four callers, 6% of the placement's time.
-* Shared memory: inputs in a region are numpy views that live only during the run; outputs
+* Shared memory: inputs in a region are numpy views (kept with the mapping by
+  :class:`~adaptd.daemon.shm.WorkerMaps`), which a job holds only during its run; outputs
   written to a region go back to back from the given offset (PROTOCOL.md §11.4).
 * Imports the interpreter runtime (LiteRT, or TensorFlow for a SavedModel variant) only when a
   variant is loaded.
@@ -198,7 +199,7 @@ def run_job(cache: VariantCache, maps: WorkerMaps, header: dict[str, Any], bodie
         outputs = loaded.run(inputs)
         t1_ns = time.monotonic_ns()
         cpu_time_s = cpu_clock() - cpu0
-        inputs.clear()   # the views over a region live only during the execution
+        inputs.clear()   # the job holds its views of a region only during the execution
         out_headers: list[dict[str, Any]] = []
         out_bodies: list[np.ndarray] = []
         if header.get("outputs_to") is not None:

@@ -32,8 +32,8 @@ Contract
   bodies: output tensors, none for outputs written to ``outputs_to``, whose headers then carry
   ``shm: {region, offset}``), ``loaded``, ``fail`` (header: job, code, message).
 * Shared memory: a region is mapped on first use and kept until ``shm_unmap``
-  (:class:`~adaptd.daemon.shm.WorkerMaps`); the numpy views over it live only during the run
-  that made them. Reading the input out of the region is the interpreter's own input copy.
+  (:class:`~adaptd.daemon.shm.WorkerMaps`, which keeps its views with it); a job holds them only
+  during its run. Reading the input out of the region is the interpreter's own input copy.
 * Timing: ``t0_ns``/``t1_ns`` are ``time.monotonic_ns()`` (CLOCK_MONOTONIC, comparable with the
   daemon's and the power sampler's clocks) taken around the execution: from handing the input to
   the interpreter to having the outputs, model load excluded. ``cpu_time_s`` is this process's CPU

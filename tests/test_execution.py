@@ -87,3 +87,36 @@ def test_a_view_that_outlives_its_run_keeps_the_region_mapped(tmp_path):
                          timeout=60)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.split() == [str(float(sum(range(256)))), "255.0"]
+
+
+def test_views_of_a_region_are_kept_with_its_mapping_and_dropped_before_its_unmap(tmp_path):
+    """A steady client names the same tensor of a region in every request: WorkerMaps gives back
+    the view it made the first time (one per offset, dtype and shape, reading the region's bytes as
+    they are now), and drops its views before unmapping, so the mapping closes once no job holds
+    a view."""
+    import os
+    import secrets
+
+    from adaptd.daemon.shm import VIEWS_PER_REGION, WorkerMaps
+
+    name = f"adaptd-{os.getpid()}-{secrets.token_hex(16)}"
+    path = tmp_path / name
+    path.write_bytes(np.arange(512, dtype=np.float32).tobytes())
+    maps = WorkerMaps(tmp_path)
+    ref = {"region": name, "offset": 0, "size": 2048}
+    first = maps.view(ref, "float32", [1, 16, 16, 1])
+    assert maps.view(dict(ref), "float32", [1, 16, 16, 1]) is first
+    other = maps.view({**ref, "offset": 1024}, "float32", [1, 16, 16, 1])
+    assert other is not first and float(other[0, 0, 0, 0]) == 256.0
+    assert maps.view(ref, "float32", [256]) is not first
+    with open(path, "r+b") as fh:   # the client writes its next input in place
+        fh.write(np.full(256, 7.0, np.float32).tobytes())
+    assert float(first.sum()) == 7.0 * 256
+    for offset in range(0, 4 * VIEWS_PER_REGION, 4):   # more tensors than are kept: made afresh
+        assert float(maps.view({**ref, "offset": offset}, "float32", [1])[0]) == (7.0 if offset < 1024 else offset // 4)
+    mm = maps.maps[name]
+    del first, other
+    maps.unmap([name])
+    assert name not in maps.maps and mm.closed
+    with pytest.raises(ValueError, match="outside region"):
+        WorkerMaps(tmp_path).view({**ref, "offset": 2048}, "float32", [1])
