@@ -37,6 +37,8 @@ from typing import Any
 
 import msgpack
 
+from adaptd.wire.protocol import pack
+
 PREFIX = struct.Struct("<II")
 MAX_MESSAGE_BYTES = 1 << 30   # a prefix announcing more is not one of ours: the channel is garbled
 
@@ -86,7 +88,7 @@ class Channel:
     def send(self, verb: str, header: dict[str, Any], bodies: Sequence[Any] = ()) -> None:
         views = [memoryview(b).cast("B") for b in bodies]
         header = {**header, "_verb": verb, "_sizes": [len(v) for v in views]}
-        packed = msgpack.packb(header, use_bin_type=True)
+        packed = pack(header)
         buffers: list[Any] = [PREFIX.pack(len(packed), sum(len(v) for v in views)), packed, *views]
         _sendall(self.sock, buffers, self.timeout_s)
 

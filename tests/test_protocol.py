@@ -178,3 +178,28 @@ def test_fidelity_export_names_a_model():
     with pytest.raises(p.ProtocolError) as exc:
         p.parse_request({"type": "fidelity_export", "id": "e2"})
     assert exc.value.code == p.BAD_REQUEST and "model" in exc.value.message
+
+
+def test_pack_is_packb_from_every_thread_and_after_a_value_it_cannot_pack():
+    """``pack`` keeps a packer per thread (cheaper than ``packb``'s fresh one per call): what it
+    packs is exactly ``packb``'s, also from threads packing at once, and a value msgpack cannot
+    pack leaves nothing behind in the kept packer."""
+    import threading
+
+    headers = [{"type": "result", "id": f"r{i}", "outputs": [{"dtype": "float32", "shape": [1, i]}],
+                "timing": {"total_ms": i / 7}, "met": bool(i % 2), "blob": bytes(range(i % 50))} for i in range(300)]
+    with pytest.raises(TypeError):
+        p.pack({"id": "x", "bad": object()})
+    assert p.pack(headers[1]) == msgpack.packb(headers[1], use_bin_type=True)
+    wrong: list[int] = []
+
+    def packs() -> None:
+        for _ in range(20):
+            wrong.extend(i for i, h in enumerate(headers) if p.pack(h) != msgpack.packb(h, use_bin_type=True))
+
+    threads = [threading.Thread(target=packs) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
