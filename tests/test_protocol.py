@@ -182,20 +182,32 @@ def test_fidelity_export_names_a_model():
 
 def test_pack_is_packb_from_every_thread_and_after_a_value_it_cannot_pack():
     """``pack`` keeps a packer per thread (cheaper than ``packb``'s fresh one per call): what it
-    packs is exactly ``packb``'s, also from threads packing at once, and a value msgpack cannot
-    pack leaves nothing behind in the kept packer."""
+    packs is exactly ``packb``'s, also from threads packing at once, each with a packer of its
+    own; a value msgpack cannot pack, or a header larger than what a packer may keep, lets the
+    thread's packer go (with the buffer it grew) and the next call packs afresh."""
     import threading
 
     headers = [{"type": "result", "id": f"r{i}", "outputs": [{"dtype": "float32", "shape": [1, i]}],
                 "timing": {"total_ms": i / 7}, "met": bool(i % 2), "blob": bytes(range(i % 50))} for i in range(300)]
+    assert p.pack(headers[0]) == msgpack.packb(headers[0], use_bin_type=True)
     with pytest.raises(TypeError):
-        p.pack({"id": "x", "bad": object()})
+        p.pack({"id": "x", "blob": bytes(1000), "bad": object()})
+    assert not hasattr(p._PACKERS, "packer")
     assert p.pack(headers[1]) == msgpack.packb(headers[1], use_bin_type=True)
+    big = {"id": "big", "blob": bytes(p.PACKER_KEPT_MAX_BYTES + 1)}
+    assert p.pack(big) == msgpack.packb(big, use_bin_type=True)
+    assert not hasattr(p._PACKERS, "packer")
+    assert p.pack(headers[2]) == msgpack.packb(headers[2], use_bin_type=True)
     wrong: list[int] = []
+    packers: list[int] = []
+    go = threading.Barrier(4)
 
     def packs() -> None:
+        go.wait()
         for _ in range(20):
             wrong.extend(i for i, h in enumerate(headers) if p.pack(h) != msgpack.packb(h, use_bin_type=True))
+        packers.append(id(p._PACKERS.packer))
+        go.wait()   # (all alive when their packers' ids are taken: no id reused)
 
     threads = [threading.Thread(target=packs) for _ in range(4)]
     for t in threads:
@@ -203,3 +215,4 @@ def test_pack_is_packb_from_every_thread_and_after_a_value_it_cannot_pack():
     for t in threads:
         t.join()
     assert wrong == []
+    assert len(set(packers)) == 4 and id(p._PACKERS.packer) not in packers

@@ -96,18 +96,28 @@ def frame_buffer(frame: Any) -> memoryview:
 
 
 _PACKERS = threading.local()
+PACKER_KEPT_MAX_BYTES = 1 << 20   # a packer whose buffer grew past this is let go, not kept
 
 
 def pack(header: Mapping[str, Any]) -> bytes:
     """``msgpack.packb(header, use_bin_type=True)``, by a packer kept for the calling thread:
     ``packb`` makes (and frees) a packer and its buffer each call, 16 µs for a reply's header
     on a request path run cold against 9 (AMD-3). A packer is not reentrant, hence one per
-    thread; one that raised (a value msgpack cannot pack) is left empty for the next call."""
+    thread. A packer keeps the largest buffer it has needed, so after packing more than
+    ``PACKER_KEPT_MAX_BYTES`` (a large control reply), or a raise (a value msgpack cannot pack),
+    the thread's packer is let go and the next call makes another."""
     try:
         packer = _PACKERS.packer
     except AttributeError:
         packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(header)
+    try:
+        packed = packer.pack(header)
+    except BaseException:   # (its buffer may have grown before the raise)
+        del _PACKERS.packer
+        raise
+    if len(packed) > PACKER_KEPT_MAX_BYTES:
+        del _PACKERS.packer
+    return packed
 
 
 def unpack(packed: Any) -> dict[str, Any]:
