@@ -169,9 +169,7 @@ def _write_outputs(maps: WorkerMaps, ref: dict[str, Any], outputs: list[np.ndarr
     headers = []
     offset = int(ref["offset"])
     for arr in outputs:
-        view = maps.view({**ref, "offset": offset}, np.float32, arr.shape)
-        view[...] = arr
-        del view
+        maps.view({**ref, "offset": offset}, np.float32, arr.shape)[...] = arr
         headers.append({"dtype": "float32", "shape": list(arr.shape),
                         "shm": {"region": ref["region"], "offset": offset}})
         offset += 4 * int(np.prod(arr.shape))

@@ -26,8 +26,9 @@ Contract
   views a worker makes over a mapping are kept with it (at most ``VIEWS_PER_REGION`` per region,
   by offset, dtype and shape) and dropped before it is unmapped; a job's input views are used
   only during its execution.
-* Threads: used from the daemon's main thread (RegionTable) or the worker's only thread
-  (WorkerMaps); not thread-safe. Sizes and offsets are bytes.
+* Threads: not thread-safe. A RegionTable is the daemon's main thread's; a WorkerMaps is one
+  executor's: a worker process's only thread, or a placement's (its thread, or the main thread
+  running a job inline under the placement's lock). Sizes and offsets are bytes.
 """
 
 from __future__ import annotations
@@ -278,10 +279,11 @@ class WorkerMaps:
         return mm
 
     def view(self, ref: dict[str, Any], dtype: Any, shape: Any) -> Any:
-        """A numpy view of a tensor in a region: ``ref`` is ``{region, offset, size}``; the same
-        view for the same offset, dtype and shape while the region stays mapped (a steady client
-        names the same tensor in each request: its view is a dictionary look-up, not numpy's
-        dtype and buffer calls, about 10 µs on a request path run cold)."""
+        """A numpy view of a tensor in a region: ``ref`` is ``{region, offset, size}``. The view is
+        kept, and given again for the same offset, dtype and shape until the region is unmapped
+        or more than ``VIEWS_PER_REGION`` are kept for it (then they are made afresh): a steady
+        client names the same tensor in each request, and a look-up saves numpy's dtype and
+        buffer calls, the path's largest leaf run cold."""
         name = ref["region"]
         key = (ref["offset"], dtype, tuple(shape))
         kept = self._views.get(name)

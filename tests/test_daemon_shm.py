@@ -83,6 +83,11 @@ def test_shm_round_trip_matches_inline_and_the_daemon_never_maps_the_region(daem
         assert region.name not in Path(f"/proc/{d.proc.pid}/maps").read_text()
         c.unregister_region(region)
         assert not (SHM / region.name).exists()
+        for _ in range(1000):   # the worker unmaps it (its kept views dropped first) once told
+            if region.name not in Path(f"/proc/{worker_pid}/maps").read_text():
+                break
+            c.health()
+        assert region.name not in Path(f"/proc/{worker_pid}/maps").read_text()
 
 
 def test_shm_round_trip_on_a_thread_placement_matches_inline(tiny_repository, tmp_path):

@@ -112,8 +112,10 @@ def test_views_of_a_region_are_kept_with_its_mapping_and_dropped_before_its_unma
     with open(path, "r+b") as fh:   # the client writes its next input in place
         fh.write(np.full(256, 7.0, np.float32).tobytes())
     assert float(first.sum()) == 7.0 * 256
-    for offset in range(0, 4 * VIEWS_PER_REGION, 4):   # more tensors than are kept: made afresh
-        assert float(maps.view({**ref, "offset": offset}, "float32", [1])[0]) == (7.0 if offset < 1024 else offset // 4)
+    for offset in range(0, 8 * VIEWS_PER_REGION, 8):   # more tensors than are kept: made afresh
+        assert float(maps.view({**ref, "offset": offset}, "float32", [1])[0]) == 7.0
+        assert len(maps._views[name]) <= VIEWS_PER_REGION
+    assert maps.view(ref, "float32", [1, 16, 16, 1]) is not first   # (dropped with the others, made again)
     mm = maps.maps[name]
     del first, other
     maps.unmap([name])
