@@ -136,17 +136,26 @@ def summary(values: list[float]) -> str:
     return f"{np.median(v):.3f} [{np.percentile(v, 25):.3f}..{np.percentile(v, 75):.3f}]"
 
 
+def short_rev(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 @contextlib.contextmanager
 def baseline_source(rev: str, tmp: Path):
-    """A folder whose ``adaptd`` is the project's code at ``rev`` (a git worktree, removed after)."""
+    """A folder whose ``adaptd`` is the project's code at ``rev`` (a git worktree, removed after;
+    one left by a run that was killed is pruned by the next)."""
+    git = ["git", "-C", str(ROOT), "worktree"]
+    subprocess.run([*git, "prune"], check=False)
     tree = tmp / "baseline-tree"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+    subprocess.run([*git, "add", "--detach", "-q", str(tree), rev], check=True)
     try:
         (tmp / "baseline").mkdir()
         (tmp / "baseline" / "adaptd").symlink_to(tree)
         yield tmp / "baseline"
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        if subprocess.run([*git, "remove", "--force", str(tree)], check=False).returncode != 0:
+            print(f"warning: the baseline's worktree {tree} was not removed (git worktree prune)", file=sys.stderr)
 
 
 def main() -> int:
@@ -182,9 +191,10 @@ def main() -> int:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as daemons_up:
         runs = [(name, name, None) for name in args.paths]   # (label, path, the daemon's PYTHONPATH)
-        if args.baseline:
+        if args.baseline:   # each path beside its baseline, so that a pair's blocks come close in time
             baseline = daemons_up.enter_context(baseline_source(args.baseline, Path(tmp)))
-            runs += [(f"{name}@{args.baseline}", name, str(baseline)) for name in args.paths]
+            runs = [run for name in args.paths
+                    for run in ((name, name, None), (f"{name}@{args.baseline}", name, str(baseline)))]
         daemons = []
         paths = {}
         for label, name, pythonpath in runs:   # a daemon each: each path's client is its daemon's sole caller
@@ -217,16 +227,16 @@ def main() -> int:
                 cpu[name].append(cpu_us)
                 p50s[name].append(p50)
                 base_us.append(base)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = short_rev("HEAD") + (f", baseline {args.baseline} = {short_rev(args.baseline)}" if args.baseline else "")
     print(f"{args.model} float32 on {placement.name} ({placement.threads} thread(s)), clients on "
           f"{sorted(client_cores)}; {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"commit {commit}; load average {load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     print(f"{args.cycles} cycles x {args.block} requests per path; in-process p50 median "
           f"{np.median(base_us):.0f} us [{min(base_us):.0f}..{max(base_us):.0f}] over the blocks")
-    print(f"{'path':24s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
+    width = max(24, *(len(name) for name in names))
+    print(f"{'path':{width}s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
     for name in names:
-        print(f"{name:24s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
+        print(f"{name:{width}s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
     for name in args.paths if args.baseline else ():
         diff = np.asarray(ratios[name]) - np.asarray(ratios[f"{name}@{args.baseline}"])
         print(f"{name} - {name}@{args.baseline}: paired difference {np.median(diff):+.4f} "
