@@ -38,7 +38,7 @@ import zmq
 
 from adaptd.daemon.streams import SCHEME as STREAM_SCHEME
 from adaptd.daemon.streams import StreamConnection, StreamServer, stream_path
-from adaptd.wire.frames import send_frames
+from adaptd.wire.frames import readable, send_frames
 
 log = logging.getLogger("adaptd.frontend")
 
@@ -129,7 +129,7 @@ class Frontend:
     def unannounced(self) -> list[zmq.Socket]:
         """The ROUTERs sent on since their events were last read that hold a message (which
         their descriptors may not announce); ``sent_on`` is emptied."""
-        waiting = [sock for sock in self.sent_on if sock.get(zmq.EVENTS) & zmq.POLLIN]
+        waiting = [sock for sock in self.sent_on if readable(sock)]
         self.sent_on.clear()
         return waiting
 

@@ -58,12 +58,11 @@ from adaptd.daemon.request_memo import RequestMemo, constraints_map, job_inputs
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.selection import Observation
 from adaptd.wire import protocol as proto, replies
-from adaptd.wire.frames import recv_frames
+from adaptd.wire.frames import readable, recv_frames
 from adaptd.wire.stream import TooLarge
 
 log = logging.getLogger("adaptd")
 
-_EVENTS, _POLLIN = zmq.EVENTS, zmq.POLLIN
 INTAKE_BATCH = 16     # requests taken from one socket per round, after the round's completions
 _NO_PREDICTION: dict[str, Any] = {}   # (read only)
 
@@ -115,9 +114,9 @@ class RequestPath:
 
     def drain(self, sock: zmq.Socket) -> bool:
         """Take at most INTAKE_BATCH messages from one request socket; True when more may wait
-        (the loop drains it again next round). After each, its events say whether another waits
-        (1.5 us here, against 3.5 for a receive that raises); read dry, it is off ``sent_on``."""
-        get = sock.get
+        (the loop drains it again next round). After each, a poll that does not wait says whether
+        another waits (2.6 us here, against 3.5 for a receive that raises); read dry, it is off
+        ``sent_on``."""
         for _ in range(INTAKE_BATCH):
             try:
                 frames = recv_frames(sock, zmq.NOBLOCK)
@@ -125,7 +124,7 @@ class RequestPath:
                 self.d.frontend.sent_on.discard(sock)
                 return False
             self.on_request(sock, frames)
-            if not get(_EVENTS) & _POLLIN:
+            if not readable(sock):
                 self.d.frontend.sent_on.discard(sock)
                 return False
         return True
@@ -296,7 +295,7 @@ class RequestPath:
         if hasattr(sock, "awaiting"):   # a stream connection: its requests handed out, not answered
             if sock.awaiting > 1 or sock.backlog:
                 return True
-        elif isinstance(sock, zmq.Socket) and sock.get(_EVENTS) & _POLLIN:   # ZeroMQ: another message queued
+        elif isinstance(sock, zmq.Socket) and readable(sock):   # ZeroMQ: another message queued
             return True
         return self.d.pool.running()
 
