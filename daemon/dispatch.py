@@ -215,7 +215,7 @@ class Dispatcher:
     def running(self) -> bool:
         """Whether a job waits for or runs on a placement's thread, or is in a worker process's
         hands (its outcome will wake the loop; a job queued behind it goes after that)."""
-        return self.threads.running() or self.processes.latest_dispatch_ns() is not None
+        return self.threads.running() or self.processes.in_flight()
 
     def latest_dispatch_ns(self) -> int | None:
         times = [t for t in (self.threads.latest_dispatch_ns(), self.processes.latest_dispatch_ns()) if t is not None]

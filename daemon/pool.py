@@ -224,8 +224,12 @@ class WorkerPool(StartupWaits):
 
     def next_restart_s(self) -> float | None:
         """Seconds until the next held-back restart is due (None: none is)."""
-        due = [w.restart_at for w in self.workers.values() if w.restart_at is not None]
-        return max(0.0, min(due) - time.monotonic()) if due else None
+        soonest = None   # (the loop asks every round: a loop, not a comprehension's call)
+        for w in self.workers.values():
+            at = w.restart_at
+            if at is not None and (soonest is None or at < soonest):
+                soonest = at
+        return None if soonest is None else max(0.0, soonest - time.monotonic())
 
     def restart_due(self) -> None:
         """Start the workers whose held-back restart is due (the daemon's loop calls this)."""
@@ -242,6 +246,14 @@ class WorkerPool(StartupWaits):
         (``time.monotonic_ns()``), or None when no job is in flight."""
         return max((w.sent[-1].dispatched_ns for w in self.workers.values()
                     if w.sent and w.sent[-1].dispatched_ns is not None), default=None)
+
+    def in_flight(self) -> bool:
+        """Whether a worker holds a job (:meth:`latest_dispatch_ns` is not None), asked every
+        round of the loop: a loop that stops at the first, not a generator's calls."""
+        for w in self.workers.values():
+            if w.sent and w.sent[-1].dispatched_ns is not None:
+                return True
+        return False
 
     def submit(self, placement: str, job: Job) -> bool:
         """Queue a job; False when the placement's queue is full (answer BUSY). The caller checks

@@ -85,6 +85,7 @@ def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, s
     assert worker.n_waiting() == 3 and worker.snapshot()["queued"] == 3
     assert [j.request_id for j in worker.waiting()] == ["b", "big", "c"]
     assert not pool.submit("cpu:0", make_job(slow_repository, "over", 1))   # queue_limit counts "b"
+    assert pool.in_flight() and pool.latest_dispatch_ns() == worker.sent[-1].dispatched_ns   # (what the loop asks)
 
     dead_pid = worker.proc.pid
     os.kill(dead_pid, signal.SIGKILL)
@@ -97,6 +98,7 @@ def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, s
     assert [o.job.request_id for o in done] == ["b", "big", "c"] and all(o.ok for o in done)
     assert worker.proc.pid != dead_pid and worker.restarts == 1
     assert [o.bodies[0].nbytes for o in done] == [4 * 4, 4 * 4 * big_batch, 4 * 4]   # 4 classes, float32
+    assert not pool.in_flight() and pool.latest_dispatch_ns() is None and pool.next_restart_s() is None
 
 
 def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool, slow_repository):
