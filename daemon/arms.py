@@ -31,7 +31,7 @@ ArmKey = tuple[str, str, str]   # (version directory, variant, placement)
 
 
 def arm_key(model: ModelVersion, arm: Arm) -> ArmKey:
-    return (str(model.directory), arm.variant.name, arm.placement.name)
+    return (model.version_dir, arm.variant.name, arm.placement.name)
 
 
 class ArmHealth:
@@ -75,7 +75,7 @@ class ArmHealth:
         """An arm's load or execution failed. If its file no longer matches the manifest, the
         variant is refused on every placement until a reload; otherwise the arm is quarantined
         once it has failed repeatedly."""
-        model = next((m for m in registry.newest() if str(m.directory) == key[0]), None)
+        model = next((m for m in registry.newest() if m.version_dir == key[0]), None)
         if model is None or key[1] not in model.variants:
             return
         record = model.variants[key[1]]

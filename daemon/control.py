@@ -60,7 +60,7 @@ class Control:
         arms = []
         for model in d.registry.newest():
             for arm in model.arms:
-                mem = d.pool.loaded_bytes(arm.placement.name, str(model.directory), arm.variant.name)
+                mem = d.pool.loaded_bytes(arm.placement.name, model.version_dir, arm.variant.name)
                 arms.append({**d.books.stats_of(model, arm).snapshot(now, mem is not None, mem),
                              **d.health.describe(model, arm, mono)})
         return {"arms": arms, "energy": d.meter.describe(), "runtime": self.runtime(), "fidelity": d.fidelity.stats()}

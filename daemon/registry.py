@@ -21,6 +21,7 @@ Contract
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,6 +65,12 @@ class ModelVersion:
     variants: Mapping[str, VariantRecord]
     arms: tuple[Arm, ...]
     unservable: Mapping[str, str] = field(default_factory=dict)   # variant -> why it is not served
+
+    @functools.cached_property
+    def version_dir(self) -> str:
+        """``directory`` as the string jobs and executors name the version by, made once (a
+        ``Path``'s ``str`` is Python code, and every job names its version)."""
+        return str(self.directory)
 
     def arm(self, variant: str, placement: str) -> Arm | None:
         for a in self.arms:

@@ -255,7 +255,7 @@ class RequestPath:
                                           {"placement": arm.placement.name, "variant": arm.variant.name})
         regions = admitted.regions
         pending = Pending(request, [route], model, arm, choice, client, received_ns, now, peer, regions=regions)
-        job = Job(rid, str(model.directory), arm.variant.name, job_inputs(request, admitted.shm_inputs),
+        job = Job(rid, model.version_dir, arm.variant.name, job_inputs(request, admitted.shm_inputs),
                   bodies, received_ns, pending, outputs_to=admitted.outputs_to)
         pending.submitted_ns = time.monotonic_ns()
         pending.cpu_start_ns = self._cpu0
@@ -324,7 +324,7 @@ class RequestPath:
         whose loads keep failing); not kept across a restart (INFaaS's rule). The second decision
         is a dry run: the first one already spent or earned the request's probe credit. With no
         such arm, the choice stands and pays the load."""
-        pool, directory, arm = self.d.pool, str(model.directory), choice.arm
+        pool, directory, arm = self.d.pool, model.version_dir, choice.arm
         if pool.is_loaded(arm.placement.name, directory, arm.variant.name):
             return choice
         loaded = [a for a in candidates if a.placement.name != arm.placement.name

@@ -275,7 +275,7 @@ class Daemon:
     def _preload(self, registry: Registry) -> None:
         for model in registry.newest():
             for arm in model.arms:
-                self.pool.preload(arm.placement.name, str(model.directory), arm.variant.name)
+                self.pool.preload(arm.placement.name, model.version_dir, arm.variant.name)
 
     def _models_summary(self) -> str:
         assert self.registry is not None
