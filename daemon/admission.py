@@ -60,8 +60,12 @@ class Admitted:
     @property
     def regions(self) -> tuple[str, ...]:
         """The regions the execution reads or writes (held until its outcome)."""
-        refs = [*self.shm_inputs.values(), *([self.outputs_to] if self.outputs_to else [])]
-        return tuple(r["region"] for r in refs)
+        if not self.shm_inputs and not self.outputs_to:   # (inputs inline: most requests)
+            return ()
+        names = [ref["region"] for ref in self.shm_inputs.values()]
+        if self.outputs_to:
+            names.append(self.outputs_to["region"])
+        return tuple(names)
 
 
 class Admission:
@@ -117,7 +121,7 @@ class Admission:
             kept = request.derived.get("admitted")
             if kept is not None and kept[0] == generation:
                 _, model, candidates, accepting, nbytes, names_regions = kept
-                if len(bodies) != len(nbytes) or any(len(b) != n for b, n in zip(bodies, nbytes)):
+                if len(bodies) != len(nbytes) or _sizes_differ(bodies, nbytes):
                     self._check_inputs(request, candidates, bodies)   # raises: the bodies' error
                 if not names_regions:
                     return Admitted(model, accepting, {}, None)
@@ -266,3 +270,12 @@ class Admission:
             code = proto.UNKNOWN_REGION if exc.kind == "unknown" else proto.BAD_INPUT
             raise proto.ProtocolError(code, exc.message, request.id) from None
         return shm_inputs, outputs_to
+
+
+def _sizes_differ(bodies: list[memoryview], nbytes: tuple[int, ...]) -> bool:
+    """Whether a body's length is not its header's size (a loop: ``any`` over a generator resumes
+    it once a body, each a call on a path run cold)."""
+    for body, n in zip(bodies, nbytes):
+        if len(body) != n:
+            return True
+    return False

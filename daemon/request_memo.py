@@ -107,15 +107,18 @@ class RequestMemo:
         ever); the caller then parses that header with :meth:`parse`."""
         self._missed = None
         if len(message) >= 3:
-            buffer = _frame_buffer
-            if len(buffer(message[0])) == 0 and buffer(message[1]) == _SIGNATURE:
-                raw = buffer(message[2])
+            # A frame's bytes: a ZeroMQ frame's ``buffer``, or the frame itself (a stream's
+            # memoryview); ``getattr`` rather than ``frame_buffer``, a call less per frame.
+            if len(getattr(message[0], "buffer", message[0])) == 0 \
+                    and getattr(message[1], "buffer", message[1]) == _SIGNATURE:
+                raw = getattr(message[2], "buffer", message[2])
                 split = split_id(bytes(raw)) if len(raw) <= _MAX_HEADER_BYTES else None
                 if split is not None:
                     template = self._templates.get(split[0])
                     if template is not None:
                         self.hits += 1
-                        return template.with_id(split[1]), None, [buffer(f) for f in message[3:]]
+                        bodies = [_frame_buffer(f) for f in message[3:]] if len(message) > 3 else []
+                        return template.with_id(split[1]), None, bodies
                     self._missed = (message[2], split)
         header, bodies = proto.decode(message)
         return None, header, bodies

@@ -144,8 +144,11 @@ class RequestPath:
         else:
             envelope, message = frames[:split], frames[split:]
         peer = peer_of(envelope, frames[-1] if self.d.auth.enabled else None)
-        self._handle((sock, envelope), peer, message, sum(len(f.buffer) for f in message), received_ns,
-                     sock in self.d.frontend.admin, delimited=split is not None)
+        size = 0
+        for f in message:   # (a loop: a generator's resumptions are calls, one a frame)
+            size += len(f.buffer)
+        self._handle((sock, envelope), peer, message, size, received_ns, sock in self.d.frontend.admin,
+                     delimited=split is not None)
 
     def on_stream_request(self, connection: Any, frames: list[Any], size: int) -> None:
         """One message from a local stream connection (:mod:`adaptd.daemon.streams`): no envelope

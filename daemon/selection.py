@@ -89,14 +89,16 @@ class Choice:
     (None when rejected) and the ``closest`` one (when no arm is predicted to meet the request);
     ``predicted``, ``predicted_met``, ``violations`` and ``alternatives`` are its wire maps."""
 
-    __slots__ = ("arm", "closest", "decision", "note", "_predicted")
+    __slots__ = ("arm", "closest", "decision", "note", "code", "text", "_predicted")
 
     def __init__(self, decision: Decision, arm: Arm | None, closest: Arm | None, note: str = "") -> None:
         self.decision, self.arm, self.closest, self.note = decision, arm, closest, note
+        # (made here, not read through properties: the reply and the record read both, and a
+        # repeat's Choice is kept, so this runs once per decision)
+        self.code: str = decision.code
+        self.text: str = decision.text + note   # the reason, and what the daemon added
         self._predicted: dict[str, Any] | None = None
 
-    code = property(lambda self: self.decision.code)
-    text = property(lambda self: self.decision.text + self.note)   # the reason, and what the daemon added
     feasible = property(lambda self: self.decision.feasible)
 
     def noting(self, note: str) -> Choice:

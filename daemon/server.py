@@ -346,8 +346,8 @@ class Daemon:
         while True:
             # With bookkeeping waiting, look without blocking first: nothing to do means an idle
             # moment (e.g. a caller reading its reply), which is when that work is done.
-            spin_until_ns = (None if books.waiting or not spin_ns or streams.backlogged
-                             else self._spin_until_ns(spin_ns))
+            spin_until_ns = (None if not spin_ns or books.waiting or streams.backlogged   # (spin_us first:
+                             else self._spin_until_ns(spin_ns))                           # off by default)
             wait_ms = timeout_ms
             restart_s = self.pool.next_restart_s()
             if restart_s is not None:
