@@ -117,7 +117,10 @@ class RequestMemo:
                     template = self._templates.get(split[0])
                     if template is not None:
                         self.hits += 1
-                        bodies = [_frame_buffer(f) for f in message[3:]] if len(message) > 3 else []
+                        bodies = []
+                        for frame in message[3:]:   # (a loop: no comprehension's call)
+                            buf = getattr(frame, "buffer", None)
+                            bodies.append(memoryview(frame) if buf is None else buf)
                         return template.with_id(split[1]), None, bodies
                     self._missed = (message[2], split)
         header, bodies = proto.decode(message)

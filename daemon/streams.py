@@ -50,7 +50,7 @@ from typing import Any
 import zmq
 
 from adaptd.wire import protocol as proto
-from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, message_bytes, unsent
+from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, framed, unsent
 
 log = logging.getLogger("adaptd.streams")
 
@@ -187,8 +187,13 @@ class StreamServer:
             return []
         try:
             for frames in conn.reader.read_from(conn.sock):
-                conn.backlog.append(([frames], frames.size) if type(frames) is TooLarge
-                                    else (frames, sum(f.nbytes for f in frames)))
+                if type(frames) is TooLarge:
+                    conn.backlog.append(([frames], frames.size))
+                    continue
+                size = 0
+                for frame in frames:   # (a loop: a generator's resumptions are calls, one a frame)
+                    size += frame.nbytes
+                conn.backlog.append((frames, size))
         except BlockingIOError:
             pass
         except FramingError:
@@ -220,7 +225,9 @@ class StreamServer:
     def _take(self, conn: StreamConnection) -> list[Request]:
         backlog = conn.backlog
         n = min(len(backlog), self.intake)
-        out = [(conn, *backlog.popleft()) for _ in range(n)]
+        out = []
+        for _ in range(n):   # (a loop, not a comprehension's call)
+            out.append((conn, *backlog.popleft()))
         conn.awaiting += n
         if backlog and conn.fd not in self._backlogged:
             self._backlogged[conn.fd] = conn
@@ -277,14 +284,14 @@ class StreamServer:
                             self.replies_unread_dropped, self.send_hwm)
             return False
         try:
-            buffers = message_bytes(frames[1:])
+            buffers, size = framed(frames[1:])
         except ValueError as exc:   # more frames than a stream message holds: an error reply instead
             log.error("a reply to a local client cannot be framed: %s", exc)
             try:
                 request_id = proto.decode(frames)[0].get("id")
             except proto.ProtocolError:
                 request_id = None
-            buffers = message_bytes(proto.encode(proto.error_header(
+            buffers, size = framed(proto.encode(proto.error_header(
                 proto.INTERNAL, f"the reply has {len(frames) - 1} frames; the local stream carries at most "
                 f"{MAX_FRAMES}: use ZeroMQ or fewer outputs", request_id))[1:])
         if conn.queued:
@@ -298,9 +305,9 @@ class StreamServer:
                 self._close(conn)
                 self.replies_to_departed += 1
                 return False
-            rest = unsent(buffers, sent)
-            if not rest:
+            if sent == size:   # (the common case: the whole reply in one write)
                 return True
+            rest = unsent(buffers, sent)
         was_idle = not conn.queued
         conn.queued.extend(rest)
         conn.queued_bytes += sum(v.nbytes for v in rest)

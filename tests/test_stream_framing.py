@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaptd.wire.stream import (BODY_ALIGN, GROW_FROM, MAX_FRAMES, READ_BYTES, SEND_BUFFER_BYTES, FramingError,
-                                MessageReader, TooLarge, message_bytes, send_message, unsent, widen_send_buffer)
+                                MessageReader, TooLarge, framed, message_bytes, send_message, unsent, widen_send_buffer)
 
 
 @pytest.fixture
@@ -270,3 +270,12 @@ def test_a_send_within_a_deadline_runs_no_enum_arithmetic(pair):
     import time
     assert _enum_calls(lambda: send_message(a, [b"ADPT01", b"\x80"], time.monotonic() + 5)) == []
     assert read_all(MessageReader(1 << 20), b) == [[b"ADPT01", b"\x80"]]
+
+
+def test_a_framed_messages_size_is_its_buffers_bytes_whatever_their_kind():
+    # A 2-d array's len() is its rows, a float view's its items: the size must count bytes, as
+    # the writer compares it with what a write took.
+    frames = [b"ADPT01", memoryview(b"header"), np.ones((2, 3), np.float32), memoryview(np.ones(5, np.float64))]
+    buffers, size = framed(frames)
+    assert buffers[0] == message_bytes(frames)[0] and all(a is b for a, b in zip(buffers[1:], frames))
+    assert size == sum(memoryview(b).nbytes for b in buffers) == 4 * 5 + 6 + 6 + 24 + 40

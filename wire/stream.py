@@ -10,7 +10,8 @@ Contract
 * :func:`send_message` writes one message on a blocking socket (scatter-gather: tensor buffers
   are not copied into a message first), within a deadline when given (``socket.timeout`` past it:
   the message may be cut, so the stream must end). :func:`message_bytes` gives the prefix and the frames
-  for a writer that keeps its own queue (the daemon's non-blocking one), :func:`unsent` what is
+  for a writer that keeps its own queue (the daemon's non-blocking one; :func:`framed` with their
+  size), :func:`unsent` what is
   left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
   :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
 * :func:`widen_send_buffer`: a sending socket's buffer made room for a large message whole
@@ -83,10 +84,20 @@ def _nbytes(frame: Any) -> int:
 
 def message_bytes(frames: Sequence[Any]) -> list[Any]:
     """The buffers of one message: its prefix (count and lengths), then ``frames`` as given."""
+    return framed(frames)[0]
+
+
+def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
+    """:func:`message_bytes` and their size in bytes, what a writer checks its write against."""
     n = len(frames)
     if not 1 <= n <= MAX_FRAMES:
         raise ValueError(f"a message has 1 to {MAX_FRAMES} frames, not {n}")
-    return [struct.pack(f"<{n + 1}I", n, *map(_nbytes, frames)), *frames]
+    lengths = [n]
+    for frame in frames:   # (_nbytes written out: a call a frame, on every reply's path)
+        size = getattr(frame, "nbytes", None)
+        lengths.append(len(frame) if size is None else size)
+    prefix = struct.pack(f"<{n + 1}I", *lengths)
+    return [prefix, *frames], len(prefix) + sum(lengths) - n
 
 
 def widen_send_buffer(sock: socket.socket) -> None:
@@ -127,7 +138,7 @@ def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | N
     before each write (and left so): setting it costs two more system calls, and Python polls
     before each write on a socket with a timeout. A closed connection is ``BrokenPipeError``
     (``MSG_NOSIGNAL``: never a SIGPIPE)."""
-    buffers = message_bytes(frames)
+    buffers, total = framed(frames)
     if deadline is None:
         sent = sock.sendmsg(buffers, (), _NOSIGNAL)
     else:
@@ -135,7 +146,6 @@ def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | N
             sent = sock.sendmsg(buffers, (), _DONTWAIT_NOSIGNAL)
         except (BlockingIOError, InterruptedError):
             sent = 0
-    total = sum(map(_nbytes, buffers))
     if sent < total:   # a large message, or a full socket buffer: the rest in order
         for buf in unsent(buffers, sent):
             if deadline is not None:
