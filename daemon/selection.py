@@ -87,30 +87,24 @@ def alternative_map(x: Alternative) -> dict[str, Any]:
 class Choice:
     """A decision at the daemon's edge: the selector's ``decision``, the registry ``arm`` it runs
     (None when rejected) and the ``closest`` one (when no arm is predicted to meet the request);
-    ``predicted``, ``predicted_met``, ``violations`` and ``alternatives`` are its wire maps."""
+    ``predicted``, ``predicted_met``, ``violations`` and ``alternatives`` are its wire maps
+    (``predicted``, ``code`` and ``text`` made with it, once per decision)."""
 
-    __slots__ = ("arm", "closest", "decision", "note", "code", "text", "_predicted")
+    __slots__ = ("arm", "closest", "decision", "note", "code", "text", "predicted")
 
     def __init__(self, decision: Decision, arm: Arm | None, closest: Arm | None, note: str = "") -> None:
         self.decision, self.arm, self.closest, self.note = decision, arm, closest, note
-        # (made here, not read through properties: the reply and the record read both, and a
-        # repeat's Choice is kept, so this runs once per decision)
+        # (made here, not read through properties: the request path, the reply and the record
+        # read them, and a repeat's Choice is kept, so this runs once per decision)
         self.code: str = decision.code
         self.text: str = decision.text + note   # the reason, and what the daemon added
-        self._predicted: dict[str, Any] | None = None
+        self.predicted: dict[str, Any] = predicted_map(decision.predicted)   # (shared: not to be changed)
 
     feasible = property(lambda self: self.decision.feasible)
 
     def noting(self, note: str) -> Choice:
         """The same decision with ``note`` added to its reason's text."""
         return Choice(self.decision, self.arm, self.closest, self.note + note)
-
-    @property
-    def predicted(self) -> dict[str, Any]:
-        """The reply's and the record's ``predicted`` (made once: both read it; not to be changed)."""
-        if self._predicted is None:
-            self._predicted = predicted_map(self.decision.predicted)
-        return self._predicted
 
     predicted_met = property(lambda self: met_map(self.decision.met))
     violations = property(lambda self: violations_map(self.decision.violations))
