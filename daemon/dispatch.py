@@ -35,6 +35,7 @@ from adaptd.daemon.placement_threads import ThreadPlacements
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.pool import WorkerPool
+from adaptd.daemon.workers import next_restart_s
 
 log = logging.getLogger("adaptd.dispatch")
 
@@ -67,6 +68,8 @@ class Dispatcher:
                                   job_timeout_s=job_timeout_s) \
             if shadow_worker and cores else None
         self._pools = [self.processes] if self.shadows is None else [self.processes, self.shadows]
+        self._process_workers = [w for pool in self._pools for w in pool.workers.values()]   # (fixed: a
+        # restart starts a new process in the same Worker)
 
     # --- callbacks the daemon sets ---------------------------------------------------------------
     @property
@@ -186,12 +189,7 @@ class Dispatcher:
             self.threads.warn_stuck(now, self.processes.job_timeout_s)
 
     def next_restart_s(self) -> float | None:
-        soonest = None   # (the loop asks twice a request: loops, not generators)
-        for pool in self._pools:
-            t = pool.next_restart_s()
-            if t is not None and (soonest is None or t < soonest):
-                soonest = t
-        return soonest
+        return next_restart_s(self._process_workers)   # (every pool's in one loop: asked every round)
 
     def restart_due(self) -> None:
         for pool in self._pools:

@@ -58,7 +58,7 @@ from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.pool_startup import StartupWaits
 from adaptd.daemon.sched import make_idle
-from adaptd.daemon.workers import Worker
+from adaptd.daemon.workers import Worker, next_restart_s
 
 log = logging.getLogger("adaptd.workers")
 
@@ -224,12 +224,7 @@ class WorkerPool(StartupWaits):
 
     def next_restart_s(self) -> float | None:
         """Seconds until the next held-back restart is due (None: none is)."""
-        soonest = None   # (the loop asks every round: a loop, not a comprehension's call)
-        for w in self.workers.values():
-            at = w.restart_at
-            if at is not None and (soonest is None or at < soonest):
-                soonest = at
-        return None if soonest is None else max(0.0, soonest - time.monotonic())
+        return next_restart_s(self.workers.values())
 
     def restart_due(self) -> None:
         """Start the workers whose held-back restart is due (the daemon's loop calls this)."""

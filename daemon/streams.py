@@ -108,7 +108,9 @@ class StreamServer:
         self.connections: dict[int, StreamConnection] = {}
         self.on_change: Any = None      # called when the descriptors or their events change
         self._registered: dict[int, int] = {}    # what :meth:`sync` last gave the daemon's poller
-        self._backlogged: dict[int, StreamConnection] = {}
+        # Connections with requests read and not handed out (by fd): truthy while any (the loop asks
+        # every round; a dict, not a property, whose call it would pay).
+        self.backlogged: dict[int, StreamConnection] = {}
         self._accept_paused_until = 0.0          # accepting failed (out of descriptors): until then, not
         self._warned_at = -WARN_EVERY_S
         self._numbers = itertools.count(1)
@@ -167,10 +169,6 @@ class StreamServer:
     def owns(self, fd: Any) -> bool:
         return fd in self.connections or fd in self.listeners
 
-    @property
-    def backlogged(self) -> bool:
-        return bool(self._backlogged)
-
     # --- events ----------------------------------------------------------------------------
     def on_event(self, fd: int, events: int) -> list[Request]:
         """Handle ``events`` on ``fd``: the requests to handle now (see the module contract)."""
@@ -215,7 +213,7 @@ class StreamServer:
         """The next requests of every connection with a backlog, ``intake`` each, but for those
         that gave theirs in this round's events (:meth:`on_event`); ends the round."""
         out: list[Request] = []
-        for conn in list(self._backlogged.values()):
+        for conn in list(self.backlogged.values()):
             if conn.took_this_round:
                 conn.took_this_round = False
             else:
@@ -229,10 +227,10 @@ class StreamServer:
         for _ in range(n):   # (a loop, not a comprehension's call)
             out.append((conn, *backlog.popleft()))
         conn.awaiting += n
-        if backlog and conn.fd not in self._backlogged:
-            self._backlogged[conn.fd] = conn
+        if backlog and conn.fd not in self.backlogged:
+            self.backlogged[conn.fd] = conn
             self._changed()   # not read while it has a backlog
-        elif not backlog and self._backlogged.pop(conn.fd, None) is not None:
+        elif not backlog and self.backlogged.pop(conn.fd, None) is not None:
             self._changed()   # read again
         return out
 
@@ -362,7 +360,7 @@ class StreamServer:
         conn.reply_ends.clear()
         conn.backlog.clear()
         self.connections.pop(conn.fd, None)
-        self._backlogged.pop(conn.fd, None)
+        self.backlogged.pop(conn.fd, None)
         try:
             conn.sock.close()
         except OSError:

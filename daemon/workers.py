@@ -8,7 +8,7 @@ Contract
   waiting in the daemon; ``queue_limit`` bounds :meth:`Worker.n_waiting`.
 * ``restart_at`` (``time.monotonic()`` seconds) is set while a restart is held back: after a
   crash loop, or after a start that failed (``start_error`` says why); the placement is *down*
-  meanwhile.
+  meanwhile. :func:`next_restart_s` is when the soonest of some workers' is due.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import islice
+from collections.abc import Iterable
 from typing import Any
 
 from adaptd.daemon.channel import Channel
@@ -81,3 +82,15 @@ class Worker:
                 "restart_in_s": (None if self.restart_at is None
                                  else round(max(0.0, self.restart_at - time.monotonic()), 3)),
                 "last_exit": self.last_exit, "start_error": self.start_error}
+
+
+def next_restart_s(workers: Iterable[Worker]) -> float | None:
+    """Seconds until the soonest held-back restart of ``workers`` is due (None: none is). The
+    daemon's loop asks every round, for every pool's workers at once: a loop, not a comprehension
+    (a call of its own) or a call per pool."""
+    soonest = None
+    for w in workers:
+        at = w.restart_at
+        if at is not None and (soonest is None or at < soonest):
+            soonest = at
+    return None if soonest is None else max(0.0, soonest - time.monotonic())

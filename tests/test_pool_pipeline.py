@@ -405,3 +405,15 @@ def test_a_job_whose_outcome_waits_unread_or_is_half_read_is_not_killed(timed_po
         os.kill(worker.proc.pid, signal.SIGKILL)
         os.kill(worker.proc.pid, signal.SIGCONT)
         pump(pool, 1)
+
+
+def test_the_loop_is_told_the_soonest_held_back_restart_of_any_pool():
+    from adaptd.daemon.workers import Worker, next_restart_s
+
+    workers = [Worker(Placement(f"cpu:{i}", "cpu", "litert", (i,), 1, None, "")) for i in range(3)]
+    assert next_restart_s(workers) is None   # none held back
+    now = time.monotonic()
+    workers[0].restart_at, workers[2].restart_at = now + 30.0, now + 5.0
+    assert 4.0 < next_restart_s(workers) <= 5.0   # the soonest, from now
+    workers[2].restart_at = now - 1.0
+    assert next_restart_s(workers) == 0.0   # due already: not negative
