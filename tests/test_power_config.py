@@ -136,3 +136,16 @@ def test_unreadable_rapl_counter_is_reported(tmp_path):
     with pytest.raises(PowerSourceUnavailable, match="root only"):
         detect(PowerConfig(source="rapl", sysfs_root=str(tmp_path)))
     fake.close()
+
+
+def test_the_runtimes_own_energy_is_its_cpu_time_at_the_profiles_core_power_and_estimated(tmp_path):
+    """A request's runtime cost (PROTOCOL.md §5 ``runtime``): the daemon's CPU time on no
+    placement's cores in particular, at the profile's default busy core, labelled estimated."""
+    m = EnergyMeter.from_config(PowerConfig(source="estimated", sysfs_root=str(tmp_path)))
+    profile = m.detection.profile
+    energy_mj, label = m.runtime_energy_mj(0.002)
+    assert energy_mj == pytest.approx(0.002 * profile.default_busy_core_mw) == pytest.approx(
+        profile.cpu_energy_mj((), 0.002)) and energy_mj > 0
+    assert label == profile.source_label and label.startswith("estimated")
+    assert m.runtime_energy_mj(-1e-6)[0] == 0.0   # (a clock read out of order: nothing, not negative)
+    m.close()
