@@ -17,6 +17,12 @@ Paths (``--paths``, comma-separated; all by default):
   as an application calls it (``Client.infer`` with the variant and placement pinned): the
   daemon's cost and the client library's. For these the client's own CPU time per request is
   given beside the thin client's on the same transport and input.
+* ``floor-stream-shm``, ``floor-stream-inline``: the daemon's topology over the local stream
+  with none of its work (``bench_topology.py``'s ``inline, unix stream`` skeleton: a process on
+  the placement's cores that runs the interpreter on the thread that read the request and
+  writes the outputs back), on an input it holds or on the input the request carries. The thin
+  client's paths get their paired difference to their floor: what the daemon's own work costs
+  in the same cycles, apart from what this host's wake-ups and copies cost any server.
 
 One process does it all: the in-process loop pinned to the placement's cores, the clients
 pinned to the others. Each path has a daemon of its own, with its defaults (placement threads,
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing as mp
 import os
 import platform
 import subprocess
@@ -52,10 +59,12 @@ from pathlib import Path
 import numpy as np
 
 from dealers import connect, register_region
+from topology_stream import RESIDENT
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"digits": ("demo-repo", (1, 16, 16, 1)), "MobileNetV2": ("bench-zoo", (1, 224, 224, 3))}
-PATHS = ("stream-shm", "library-stream-shm", "stream-inline", "library-stream-inline", "ipc-shm", "ipc-inline")
+PATHS = ("stream-shm", "library-stream-shm", "stream-inline", "library-stream-inline", "ipc-shm", "ipc-inline",
+         "floor-stream-shm", "floor-stream-inline")
 
 
 class ThinPath:
@@ -109,6 +118,40 @@ class LibraryPath:
         t = time.perf_counter()
         self.client.infer(self.model, self.x, variant="float32", placement=self.placement)
         return time.perf_counter() - t
+
+
+class FloorPath:
+    """A skeleton server of the daemon's topology (see the module's docstring), in a process of
+    its own pinned to ``cores``; its requests carry ``x``, or name the input it holds."""
+
+    def __init__(self, endpoint: str, version_dir: Path, shape, cores: set[int], x: np.ndarray, resident: bool,
+                 ctx) -> None:
+        ready, self._reports = ctx.Event(), ctx.Queue()
+        self.server = ctx.Process(target=_serve_floor, args=(endpoint, ready, self._reports, str(version_dir),
+                                                             shape, tuple(sorted(cores))), daemon=True)
+        self.server.start()
+        if not ready.wait(60):
+            raise SystemExit("the floor's skeleton server did not start")
+        self.conn = connect(endpoint)
+        self.frames = [b"", b"ADPT01", b"\x81\xa2id\xa1x", RESIDENT if resident else x]
+
+    def once(self) -> float:
+        t = time.perf_counter()
+        self.conn.send(self.frames)
+        self.conn.recv()
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        self.conn.close()
+        self.server.kill()
+        self.server.join()
+
+
+def _serve_floor(endpoint: str, ready, reports, version_dir: str, shape, cores: tuple[int, ...]) -> None:
+    from topology_stream import serve_stream
+
+    os.sched_setaffinity(0, cores)   # where the daemon's main thread goes to run a sole caller's jobs
+    serve_stream("inline, unix stream", endpoint[len("unix://"):], ready, reports, version_dir, 1, shape, cores)
 
 
 def block(path, n: int) -> tuple[float, float]:
@@ -198,6 +241,14 @@ def main() -> int:
         daemons = []
         paths = {}
         for label, name, pythonpath in runs:   # a daemon each: each path's client is its daemon's sole caller
+            if name.startswith("floor-"):   # (no daemon: a skeleton server)
+                if pythonpath:
+                    continue
+                floor = FloorPath(f"unix://{tmp}/{label}.sock", version_dir, shape, run_cores, x,
+                                  name.endswith("-shm"), mp.get_context("spawn"))
+                daemons_up.callback(floor.close)
+                paths[label] = floor
+                continue
             daemons.append(daemons_up.enter_context(DaemonProcess.start(repo, Path(tmp) / label, config={
                 "placements": {"include": [placement.name], "load": "eager"}},
                 env={"PYTHONPATH": pythonpath} if pythonpath else None)))
@@ -237,11 +288,16 @@ def main() -> int:
     print(f"{'path':{width}s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
     for name in names:
         print(f"{name:{width}s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
-    for name in args.paths if args.baseline else ():
+    for name in (n for n in args.paths if not n.startswith("floor-")) if args.baseline else ():
         diff = np.asarray(ratios[name]) - np.asarray(ratios[f"{name}@{args.baseline}"])
         print(f"{name} - {name}@{args.baseline}: paired difference {np.median(diff):+.4f} "
               f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}], "
               f"lower in {int((diff < 0).sum())} of {len(diff)} cycles")
+    for name in names:
+        if (floor := f"floor-{name}") in ratios:
+            diff = np.asarray(ratios[name]) - np.asarray(ratios[floor])
+            print(f"{name} - {floor}: paired difference {np.median(diff):+.4f} "
+                  f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}] (the daemon's own work)")
     for name in names:
         if name.startswith("library-") and (thin := name.removeprefix("library-")) in ratios:
             diff = np.asarray(ratios[name]) - np.asarray(ratios[thin])
