@@ -24,6 +24,12 @@ Paths (``--paths``, comma-separated; all by default):
   client's paths get their paired difference to their floor: what the daemon's own work costs
   in the same cycles, apart from what this host's wake-ups and copies cost any server.
 
+Each path's server CPU per request is also given: the median request's share of its server's
+process clocks (the daemon's, or the floor's skeleton's), read by the client after each reply,
+so a request's share holds what the server did until the next reply, its deferred work
+included; with ``--baseline``, its paired difference too (the execution's CPU, the same on both
+sides, cancels out there).
+
 One process does it all: the in-process loop pinned to the placement's cores, the clients
 pinned to the others. Each path has a daemon of its own, with its defaults (placement threads,
 live fidelity, the store), the variant loaded eagerly, unpinned, so that each path's client is
@@ -58,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon_cpu import ProcessClocks, process_clock_ids
 from dealers import connect, register_region
 from topology_stream import RESIDENT
 
@@ -154,11 +161,19 @@ def _serve_floor(endpoint: str, ready, reports, version_dir: str, shape, cores: 
     serve_stream("inline, unix stream", endpoint[len("unix://"):], ready, reports, version_dir, 1, shape, cores)
 
 
-def block(path, n: int) -> tuple[float, float]:
-    """(p50 round trip in us, this thread's CPU time per request in us) over ``n`` requests."""
+def block(path, n: int) -> tuple[float, float, float]:
+    """(p50 round trip in us, this thread's CPU time per request in us, the server's CPU time per
+    request in us: the median request's share, from one reply to the next) over ``n`` requests."""
+    clocks = path.server_clocks
     cpu0 = time.thread_time()
-    rtts = [path.once() for _ in range(n)]
-    return float(np.median(rtts)) * 1e6, (time.thread_time() - cpu0) / n * 1e6
+    rtts, server = [], []
+    last = clocks.read_ns()
+    for _ in range(n):
+        rtts.append(path.once())
+        now = clocks.read_ns()
+        server.append(now - last)
+        last = now
+    return float(np.median(rtts)) * 1e6, (time.thread_time() - cpu0) / n * 1e6, float(np.median(server)) / 1e3
 
 
 def inprocess_block(loaded, x: np.ndarray, n: int, cores: set[int], back: set[int]) -> float:
@@ -247,6 +262,7 @@ def main() -> int:
                 floor = FloorPath(f"unix://{tmp}/{label}.sock", version_dir, shape, run_cores, x,
                                   name.endswith("-shm"), mp.get_context("spawn"))
                 daemons_up.callback(floor.close)
+                floor.server_clocks = ProcessClocks(process_clock_ids(floor.server.pid))
                 paths[label] = floor
                 continue
             daemons.append(daemons_up.enter_context(DaemonProcess.start(repo, Path(tmp) / label, config={
@@ -258,6 +274,7 @@ def main() -> int:
             os.sched_setaffinity(0, client_cores)   # (after the daemon started: it keeps every core)
             paths[label] = (LibraryPath if library else ThinPath)(endpoint, args.model, placement.name, x,
                                                                  input_kind == "shm")
+            paths[label].server_clocks = ProcessClocks(process_clock_ids(daemons[-1].proc.pid))
             os.sched_setaffinity(0, client_cores | run_cores)
         os.sched_setaffinity(0, client_cores)
         for path in paths.values():   # warm-up, past the sole caller's window (from its first request)
@@ -267,15 +284,17 @@ def main() -> int:
         inprocess_block(loaded, x, args.block, run_cores, client_cores)
         ratios = {name: [] for name in paths}
         cpu = {name: [] for name in paths}
+        server_cpu = {name: [] for name in paths}
         p50s = {name: [] for name in paths}
         base_us = []
         names = list(paths)
         for cycle in range(args.cycles):
             for name in names if cycle % 2 == 0 else names[::-1]:
                 base = inprocess_block(loaded, x, args.block, run_cores, client_cores)
-                p50, cpu_us = block(paths[name], args.block)
+                p50, cpu_us, server_us = block(paths[name], args.block)
                 ratios[name].append(p50 / base)
                 cpu[name].append(cpu_us)
+                server_cpu[name].append(server_us)
                 p50s[name].append(p50)
                 base_us.append(base)
     commit = short_rev("HEAD") + (f", baseline {args.baseline} = {short_rev(args.baseline)}" if args.baseline else "")
@@ -285,19 +304,26 @@ def main() -> int:
     print(f"{args.cycles} cycles x {args.block} requests per path; in-process p50 median "
           f"{np.median(base_us):.0f} us [{min(base_us):.0f}..{max(base_us):.0f}] over the blocks")
     width = max(24, *(len(name) for name in names))
-    print(f"{'path':{width}s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s}")
+    print(f"{'path':{width}s} {'p50 us':>8s} {'p50 / in-process: median [IQR]':>32s} {'client CPU us/req':>20s} "
+          f"{'server CPU us/req':>20s}")
     for name in names:
-        print(f"{name:{width}s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f}")
+        print(f"{name:{width}s} {np.median(p50s[name]):8.0f} {summary(ratios[name]):>32s} {np.median(cpu[name]):>20.0f} "
+              f"{np.median(server_cpu[name]):>20.0f}")
     for name in (n for n in args.paths if not n.startswith("floor-")) if args.baseline else ():
         diff = np.asarray(ratios[name]) - np.asarray(ratios[f"{name}@{args.baseline}"])
+        cpu_diff = np.asarray(server_cpu[name]) - np.asarray(server_cpu[f"{name}@{args.baseline}"])
         print(f"{name} - {name}@{args.baseline}: paired difference {np.median(diff):+.4f} "
               f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}], "
-              f"lower in {int((diff < 0).sum())} of {len(diff)} cycles")
+              f"lower in {int((diff < 0).sum())} of {len(diff)} cycles; the daemon's CPU per request "
+              f"{np.median(cpu_diff):+.1f} us [{np.percentile(cpu_diff, 25):+.1f}..{np.percentile(cpu_diff, 75):+.1f}], "
+              f"lower in {int((cpu_diff < 0).sum())}")
     for name in names:
         if (floor := f"floor-{name}") in ratios:
             diff = np.asarray(ratios[name]) - np.asarray(ratios[floor])
+            cpu_diff = np.asarray(server_cpu[name]) - np.asarray(server_cpu[floor])
             print(f"{name} - {floor}: paired difference {np.median(diff):+.4f} "
-                  f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}] (the daemon's own work)")
+                  f"[{np.percentile(diff, 25):+.4f}..{np.percentile(diff, 75):+.4f}], CPU per request "
+                  f"{np.median(cpu_diff):+.0f} us (the daemon's own work)")
     for name in names:
         if name.startswith("library-") and (thin := name.removeprefix("library-")) in ratios:
             diff = np.asarray(ratios[name]) - np.asarray(ratios[thin])
