@@ -163,3 +163,22 @@ def pytest_sessionfinish(session, exitstatus):
             child.kill()
         except psutil.Error:
             pass
+
+
+def enum_calls(fn) -> list[str]:
+    """The enum module's functions that ``fn()`` calls on this thread (a profile of it): where the
+    request path must not pay for enum arithmetic (``socket.MSG_*``, ``zmq.POLLIN`` are enum
+    flags, and their ``|`` or ``&`` runs the enum module's Python)."""
+    import sys
+
+    seen: list[str] = []
+
+    def profile(frame, event, arg) -> None:
+        if event == "call" and frame.f_code.co_filename.endswith("enum.py"):
+            seen.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return seen

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from adaptd.wire.stream import (BODY_ALIGN, GROW_FROM, MAX_FRAMES, READ_BYTES, SEND_BUFFER_BYTES, FramingError,
                                 MessageReader, TooLarge, framed, message_bytes, send_message, unsent, widen_send_buffer)
 
+from .conftest import enum_calls
+
 
 @pytest.fixture
 def pair():
@@ -247,28 +249,12 @@ def test_widening_never_shrinks_a_larger_buffer():
         b.close()
 
 
-def _enum_calls(fn) -> list[str]:
-    """The functions of the enum module that ``fn()`` calls (a profile of this thread)."""
-    import sys
-    seen: list[str] = []
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code.co_filename.endswith("enum.py"):
-            seen.append(frame.f_code.co_name)
-    sys.setprofile(profile)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return seen
-
-
 def test_a_send_within_a_deadline_runs_no_enum_arithmetic(pair):
     # socket.MSG_* are enum flags: an ``|`` of two runs the enum module's Python on every send
     # (1.6 us here, several times that on a cold request path), where plain ints cost nothing.
     a, b = pair
     import time
-    assert _enum_calls(lambda: send_message(a, [b"ADPT01", b"\x80"], time.monotonic() + 5)) == []
+    assert enum_calls(lambda: send_message(a, [b"ADPT01", b"\x80"], time.monotonic() + 5)) == []
     assert read_all(MessageReader(1 << 20), b) == [[b"ADPT01", b"\x80"]]
 
 
