@@ -107,7 +107,7 @@ class RequestMemo:
         ever); the caller then parses that header with :meth:`parse`."""
         self._missed = None
         if len(message) >= 3:
-            # A frame's bytes: a ZeroMQ frame's ``buffer``, or the frame itself (a stream's
+            # A frame's bytes: a ZeroMQ frame's ``buffer``, or the frame itself (bytes, a stream's
             # memoryview); ``getattr`` rather than ``frame_buffer``, a call less per frame.
             if len(getattr(message[0], "buffer", message[0])) == 0 \
                     and getattr(message[1], "buffer", message[1]) == _SIGNATURE:
@@ -117,11 +117,7 @@ class RequestMemo:
                     template = self._templates.get(split[0])
                     if template is not None:
                         self.hits += 1
-                        bodies = []
-                        for frame in message[3:]:   # (a loop: no comprehension's call)
-                            buf = getattr(frame, "buffer", None)
-                            bodies.append(memoryview(frame) if buf is None else buf)
-                        return template.with_id(split[1]), None, bodies
+                        return template.with_id(split[1]), None, proto.body_buffers(message)
                     self._missed = (message[2], split)
         header, bodies = proto.decode(message)
         return None, header, bodies

@@ -133,6 +133,11 @@ GOOD = {"type": "infer", "id": "a", "model": "m", "inputs": [{"dtype": "float32"
         ({"inputs": None}, p.BAD_REQUEST),
         ({"inputs": [{"dtype": "complex64", "shape": [1]}]}, p.BAD_INPUT),
         ({"inputs": [{"dtype": "float32", "shape": [-1]}]}, p.BAD_INPUT),
+        ({"inputs": [{"dtype": "float32", "shape": [1, True]}]}, p.BAD_INPUT),   # a bool is no dimension
+        ({"inputs": [{"dtype": "float32", "shape": [1, 2**31]}]}, p.BAD_INPUT),
+        ({"inputs": [{"dtype": "float32", "shape": [1] * 17}]}, p.BAD_INPUT),
+        ({"inputs": [{"dtype": "float32", "shape": [1, 2.0]}]}, p.BAD_INPUT),
+        ({"inputs": [{"dtype": "float32", "shape": "1x2"}]}, p.BAD_INPUT),
         ({"objective": "cheapness"}, p.BAD_REQUEST),
         ({"on_infeasible": "maybe"}, p.BAD_REQUEST),
         ({"constraints": {"min_accuracy": 1.5}}, p.BAD_CONSTRAINTS),
@@ -216,3 +221,24 @@ def test_pack_is_packb_from_every_thread_and_after_a_value_it_cannot_pack():
         t.join()
     assert wrong == []
     assert len(set(packers)) == 4 and id(p._PACKERS.packer) not in packers
+
+
+def test_a_message_decodes_the_same_from_zeromq_frames_bytes_or_memoryviews():
+    """The daemon's ZeroMQ sockets give ``zmq.Frame``s, its local stream memoryviews, tests and
+    tools bytes: the header and the bodies are the same whatever the frames are, and a shape at
+    the limits passes (16 dimensions, 2**31 - 1)."""
+    import zmq
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    header = {**GOOD, "inputs": [{"dtype": "float32", "shape": [2, 3]}, {"dtype": "float32", "shape": [1] * 16}]}
+    raw = [b"", p.SIGNATURE, msgpack.packb(header), x.tobytes(), np.float32(7).tobytes()]
+    kinds = {"bytes": raw, "memoryview": [memoryview(f) for f in raw], "zmq.Frame": [zmq.Frame(f) for f in raw],
+             "mixed": [zmq.Frame(raw[0]), raw[1], memoryview(raw[2]), zmq.Frame(raw[3]), raw[4]]}
+    for kind, frames in kinds.items():
+        decoded, bodies = p.decode(frames)
+        assert decoded == header and [bytes(b) for b in bodies] == raw[3:], kind
+        assert all(isinstance(b, memoryview) for b in bodies), kind
+        request = p.parse_request(decoded)
+        assert [s.shape for s in request.inputs] == [(2, 3), (1,) * 16], kind
+    big = {**GOOD, "inputs": [{"dtype": "float32", "shape": [2**31 - 1]}]}
+    assert p.parse_request(big).inputs[0].shape == (2**31 - 1,)

@@ -200,3 +200,20 @@ def test_parse_keeps_nothing_for_a_message_that_decode_did_not_just_miss():
     assert memo.parse(other, proto.decode(other)[0]).model == "other"
     assert len(memo) == 0
     assert through(memo, message(proto.request_header("r2", "m", [X]))).model == "m" and memo.hits == 0
+
+
+def test_a_repeat_comes_back_the_same_from_zeromq_frames_bytes_or_memoryviews():
+    """A ZeroMQ socket gives ``zmq.Frame``s, the local stream memoryviews: a repeat is recognised
+    and its bodies given back as buffers of the same bytes either way."""
+    import zmq
+
+    memo = RequestMemo()
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    first = [bytes(memoryview(f).cast("B")) for f in message(proto.request_header("r1", "m", [x]), [x])]
+    through(memo, first)
+    for kind, make in (("bytes", bytes), ("memoryview", memoryview), ("zmq.Frame", zmq.Frame)):
+        raw = [bytes(memoryview(f).cast("B")) for f in message(proto.request_header(f"r-{kind}", "m", [x]), [x])]
+        request, header, bodies = memo.decode([make(f) for f in raw])
+        assert header is None and request.id == f"r-{kind}", kind   # a repeat: no full decode
+        assert [bytes(b) for b in bodies] == [x.tobytes()] and isinstance(bodies[0], memoryview), kind
+    assert memo.hits == 3
