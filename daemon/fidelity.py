@@ -208,7 +208,7 @@ class LiveFidelity:
         for a run on the main thread (``inline``), the placement that served (the thread is on its
         cores already), else another one (the next request most often goes to the same)."""
         pool = self._pool
-        directory = str(state.model.directory)
+        directory = state.model.version_dir
         self._idle = None
         for arm in sorted(state.reference_arms,
                           key=lambda a: (a.placement.threads, (a.placement.name == served_placement) != inline)):

@@ -108,8 +108,8 @@ class StreamServer:
         self.connections: dict[int, StreamConnection] = {}
         self.on_change: Any = None      # called when the descriptors or their events change
         self._registered: dict[int, int] = {}    # what :meth:`sync` last gave the daemon's poller
-        # Connections with requests read and not handed out (by fd): truthy while any (the loop asks
-        # every round; a dict, not a property, whose call it would pay).
+        # Connections with requests read and not handed out (by fd): truthy while any. Read-only
+        # outside this class (the loop asks every round: a dict, not a property, whose call it would pay).
         self.backlogged: dict[int, StreamConnection] = {}
         self._accept_paused_until = 0.0          # accepting failed (out of descriptors): until then, not
         self._warned_at = -WARN_EVERY_S

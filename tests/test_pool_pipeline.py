@@ -417,3 +417,13 @@ def test_the_loop_is_told_the_soonest_held_back_restart_of_any_pool():
     assert 4.0 < next_restart_s(workers) <= 5.0   # the soonest, from now
     workers[2].restart_at = now - 1.0
     assert next_restart_s(workers) == 0.0   # due already: not negative
+    # The dispatcher asks its worker processes' and its shadow worker's at once (nothing started)
+    from adaptd.daemon.dispatch import SHADOW, Dispatcher
+
+    d = Dispatcher([Placement(f"cpu:{i}", "cpu", "litert", (i,), 1, None, "") for i in range(2)], 4,
+                   isolation="process", shadow_worker=True)
+    assert d.next_restart_s() is None
+    d.shadows.workers[SHADOW].restart_at = now + 30.0
+    assert 29.0 < d.next_restart_s() <= 30.0
+    d.processes.workers["cpu:1"].restart_at = now + 5.0
+    assert 4.0 < d.next_restart_s() <= 5.0

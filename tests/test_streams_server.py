@@ -165,8 +165,15 @@ def test_out_of_descriptors_the_listener_rests_and_comes_back_on_the_tick(server
     srv, path, poller = server
     waiting = [client(path) for _ in range(4)]   # queued in the listener's backlog
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    in_use = len(os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 1, hard))
+    # The limit bounds descriptor numbers, not their count: an earlier test's closed descriptors
+    # leave gaps below the highest one in use, which accept() would fill. The gaps are taken
+    # first, so that one number is left free under the limit.
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers = []
+    while (fd := os.open(os.devnull, os.O_RDONLY)) < highest:
+        fillers.append(fd)
+    os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 2, hard))
     try:
         pump(srv, poller)
         assert len(srv.connections) < 4
@@ -174,6 +181,8 @@ def test_out_of_descriptors_the_listener_rests_and_comes_back_on_the_tick(server
         assert listener not in dict(srv.interest())   # resting: the loop does not spin on it
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
     srv.tick(float("inf"))
     assert listener in dict(srv.interest())
     while len(srv.connections) < 4:

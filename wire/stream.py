@@ -9,9 +9,9 @@ Contract
   reads both transports; a stream has no envelope (the connection is the peer).
 * :func:`send_message` writes one message on a blocking socket (scatter-gather: tensor buffers
   are not copied into a message first), within a deadline when given (``socket.timeout`` past it:
-  the message may be cut, so the stream must end). :func:`message_bytes` gives the prefix and the frames
-  for a writer that keeps its own queue (the daemon's non-blocking one; :func:`framed` with their
-  size), :func:`unsent` what is
+  the message may be cut, so the stream must end). :func:`framed` gives the prefix and the frames, and
+  their size, for a writer that keeps its own queue (the daemon's non-blocking one;
+  :func:`message_bytes` the buffers alone), :func:`unsent` what is
   left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
   :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
 * :func:`widen_send_buffer`: a sending socket's buffer made room for a large message whole
