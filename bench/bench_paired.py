@@ -18,7 +18,8 @@ Paths (``--paths``, comma-separated; all by default):
   daemon's cost and the client library's. For these the client's own CPU time per request is
   given beside the thin client's on the same transport and input.
 * ``floor-stream-shm``, ``floor-stream-inline``: the daemon's topology over the local stream
-  with none of its work (``bench_topology.py``'s ``inline, unix stream`` skeleton: a process on
+  with none of its work (``topology_stream.py``'s ``inline, unix stream`` skeleton, as
+  ``bench_topology.py`` runs it: a process on
   the placement's cores that runs the interpreter on the thread that read the request and
   writes the outputs back), on an input it holds or on the input the request carries. The thin
   client's paths get their paired difference to their floor: what the daemon's own work costs
@@ -27,8 +28,9 @@ Paths (``--paths``, comma-separated; all by default):
 Each path's server CPU per request is also given: the median request's share of its server's
 process clocks (the daemon's, or the floor's skeleton's), read by the client after each reply,
 so a request's share holds what the server did until the next reply, its deferred work
-included; with ``--baseline``, its paired difference too (the execution's CPU, the same on both
-sides, cancels out there).
+included (the daemon's child processes too, its live fidelity's shadow worker among them); with
+``--baseline``, its paired difference too (the execution's CPU, the same on both sides, cancels
+out there).
 
 One process does it all: the in-process loop pinned to the placement's cores, the clients
 pinned to the others. Each path has a daemon of its own, with its defaults (placement threads,
@@ -129,13 +131,15 @@ class LibraryPath:
 
 class FloorPath:
     """A skeleton server of the daemon's topology (see the module's docstring), in a process of
-    its own pinned to ``cores``; its requests carry ``x``, or name the input it holds."""
+    its own pinned to the placement's cores, its interpreter on the placement's threads; its
+    requests carry ``x``, or name the input it holds."""
 
-    def __init__(self, endpoint: str, version_dir: Path, shape, cores: set[int], x: np.ndarray, resident: bool,
+    def __init__(self, endpoint: str, version_dir: Path, shape, placement, x: np.ndarray, resident: bool,
                  ctx) -> None:
         ready, self._reports = ctx.Event(), ctx.Queue()
         self.server = ctx.Process(target=_serve_floor, args=(endpoint, ready, self._reports, str(version_dir),
-                                                             shape, tuple(sorted(cores))), daemon=True)
+                                                             shape, tuple(placement.cores), placement.threads),
+                                  daemon=True)
         self.server.start()
         if not ready.wait(60):
             raise SystemExit("the floor's skeleton server did not start")
@@ -154,11 +158,12 @@ class FloorPath:
         self.server.join()
 
 
-def _serve_floor(endpoint: str, ready, reports, version_dir: str, shape, cores: tuple[int, ...]) -> None:
+def _serve_floor(endpoint: str, ready, reports, version_dir: str, shape, cores: tuple[int, ...],
+                 threads: int) -> None:
     from topology_stream import serve_stream
 
     os.sched_setaffinity(0, cores)   # where the daemon's main thread goes to run a sole caller's jobs
-    serve_stream("inline, unix stream", endpoint[len("unix://"):], ready, reports, version_dir, 1, shape, cores)
+    serve_stream("inline, unix stream", endpoint[len("unix://"):], ready, reports, version_dir, threads, shape, cores)
 
 
 def block(path, n: int) -> tuple[float, float, float]:
@@ -259,7 +264,7 @@ def main() -> int:
             if name.startswith("floor-"):   # (no daemon: a skeleton server)
                 if pythonpath:
                     continue
-                floor = FloorPath(f"unix://{tmp}/{label}.sock", version_dir, shape, run_cores, x,
+                floor = FloorPath(f"unix://{tmp}/{label}.sock", version_dir, shape, placement, x,
                                   name.endswith("-shm"), mp.get_context("spawn"))
                 daemons_up.callback(floor.close)
                 floor.server_clocks = ProcessClocks(process_clock_ids(floor.server.pid))
