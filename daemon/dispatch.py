@@ -68,8 +68,9 @@ class Dispatcher:
                                   job_timeout_s=job_timeout_s) \
             if shadow_worker and cores else None
         self._pools = [self.processes] if self.shadows is None else [self.processes, self.shadows]
-        self._process_workers = [w for pool in self._pools for w in pool.workers.values()]   # (fixed: a
-        # restart starts a new process in the same Worker)
+        # Every pool's workers, for the loop's question each round (fixed: a restart starts a new
+        # process in the same Worker).
+        self._process_workers = [w for pool in self._pools for w in pool.workers.values()]
 
     # --- callbacks the daemon sets ---------------------------------------------------------------
     @property
