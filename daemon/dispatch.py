@@ -167,8 +167,8 @@ class Dispatcher:
     def channel_fds(self) -> list[int]:
         return [self.threads.fileno(), *(fd for pool in self._pools for fd in pool.channel_fds())]
 
-    def pidfds(self) -> list[int]:
-        return [fd for pool in self._pools for fd in pool.pidfds()]
+    def exit_fds(self) -> list[int]:
+        return [fd for pool in self._pools for fd in pool.exit_fds()]
 
     def on_message(self, fd: int) -> list[Outcome]:
         if fd == self.threads.fileno():

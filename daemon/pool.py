@@ -12,7 +12,7 @@ Contract
   waiting for the main thread to read the first's result (which, under overload, waits behind
   intake). The rest wait in the placement's queue (bounded by ``queue_limit``:
   :meth:`WorkerPool.submit` refuses beyond it, and the daemon answers ``BUSY``).
-* A worker that dies (detected through its pidfd, never by polling timeouts) is restarted. The
+* A worker that dies (detected through its exit descriptor, never by polling timeouts) is restarted. The
   job it was running is handed back through :meth:`WorkerPool.on_exit`, once, so the daemon
   answers it ``WORKER_FAILED`` exactly once; a job sent behind it, which never started, goes back
   to the head of the queue, and the jobs queued for it wait for the new worker. A worker that
@@ -25,14 +25,14 @@ Contract
 * No send to a worker raises: a channel that fails (the worker died, or stopped reading for
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to
-  the head of the queue for the new worker, which the pidfd's report of the death starts.
+  the head of the queue for the new worker, which the report of the death starts.
 * Reading a worker never waits while the daemon serves: a message cut in two waits for its rest
   in the channel. A worker that sends a message that does not read
   (:class:`~adaptd.daemon.channel.ChannelError`), or stops for ``SEND_TIMEOUT_S`` in the middle
   of one, or runs one job for ``job_timeout_s`` (:meth:`WorkerPool.kill_stalled`, from the
   daemon's housekeeping; each limit ten times as long for a pool under ``SCHED_IDLE``, which the
   machine's other work may starve), is killed and sent nothing more: its death, reported by its
-  pidfd, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and a run
+  exit descriptor, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and a run
   that does not end count as a crash of the variant it ran; a stalled message, and a load that
   does not end ahead of the job, do not. A job's time runs from when it was sent or from when
   the job or load ahead of it in the channel ended, whichever is later; one whose outcome waits
@@ -57,6 +57,7 @@ from adaptd.daemon.channel import Channel, ChannelError, readable_now
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.pool_startup import StartupWaits
+from adaptd.daemon.procwatch import ChildExit
 from adaptd.daemon.sched import make_idle
 from adaptd.daemon.workers import Worker, next_restart_s
 
@@ -86,7 +87,7 @@ class WorkerPool(StartupWaits):
         self.worker_options = dict(worker_options or {})   # passed to every worker in its spec
         self.workers: dict[str, Worker] = {p.name: Worker(p) for p in placements}
         self._by_fd: dict[int, Worker] = {}
-        self._by_pidfd: dict[int, Worker] = {}
+        self._by_exit_fd: dict[int, Worker] = {}   # (adaptd.daemon.procwatch)
         self._next_job = 1
         self.on_change: Callable[[], None] | None = None   # poller registration changed
         self.on_down: Callable[[str], None] | None = None   # a placement's restart is held back
@@ -120,13 +121,14 @@ class WorkerPool(StartupWaits):
                 **self.worker_options}
         channel, child_end = Channel.pair(SEND_TIMEOUT_S)
         spec["fd"] = child_end.fileno()
-        proc = None
+        proc, exit_watch = None, ChildExit()
         try:
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
-                                    stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(),))
-            pidfd = os.pidfd_open(proc.pid)
+                                    stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(), *exit_watch.child_fds))
+            exit_fd = exit_watch.started(proc.pid)
         except BaseException:
             channel.close()
+            exit_watch.close()
             if proc is not None:
                 proc.kill()
                 proc.wait()
@@ -136,13 +138,13 @@ class WorkerPool(StartupWaits):
         if self.worker_options.get("sched_idle"):   # its start-up too: it took the cores from the first requests
             make_idle(proc.pid)
         worker.restart_at = worker.start_error = worker.condemned = None
-        worker.proc, worker.channel, worker.pidfd = proc, channel, pidfd
+        worker.proc, worker.channel, worker.exit_fd = proc, channel, exit_fd
         worker.ready, worker.started_at = False, time.time()
         worker.loaded.clear()
         worker.loading.clear()
         worker.pending_loads = list(worker.eager)
         self._by_fd[channel.fileno()] = worker
-        self._by_pidfd[pidfd] = worker
+        self._by_exit_fd[exit_fd] = worker
         log.info("worker for %s started (pid %d)", worker.placement.name, proc.pid)
 
     def _restart(self, worker: Worker) -> bool:
@@ -166,10 +168,10 @@ class WorkerPool(StartupWaits):
             self._by_fd.pop(worker.channel.fileno(), None)
             worker.channel.close()
             worker.channel = None
-        if worker.pidfd is not None:
-            self._by_pidfd.pop(worker.pidfd, None)
-            os.close(worker.pidfd)
-            worker.pidfd = None
+        if worker.exit_fd is not None:
+            self._by_exit_fd.pop(worker.exit_fd, None)
+            os.close(worker.exit_fd)
+            worker.exit_fd = None
 
     def stop(self, timeout_s: float = 5.0) -> None:
         for w in self.workers.values():
@@ -199,8 +201,9 @@ class WorkerPool(StartupWaits):
     def channel_fds(self) -> list[int]:
         return list(self._by_fd)
 
-    def pidfds(self) -> list[int]:
-        return list(self._by_pidfd)
+    def exit_fds(self) -> list[int]:
+        """Descriptors that poll readable when their worker exits (:meth:`on_exit`)."""
+        return list(self._by_exit_fd)
 
     # --- work ----------------------------------------------------------------------------
     def queue_length(self, placement: str) -> int:
@@ -298,8 +301,8 @@ class WorkerPool(StartupWaits):
 
     def _send(self, worker: Worker, verb: str, header: dict[str, Any], bodies: Any = ()) -> bool:
         """Send on a worker's channel; False when the channel failed. Then the worker is dying
-        (its pidfd reports the death) or wedged (it read nothing for SEND_TIMEOUT_S: it is
-        killed, so its pidfd reports it too)."""
+        (its exit descriptor reports the death) or wedged (it read nothing for SEND_TIMEOUT_S: it is
+        killed, so that reports it too)."""
         try:
             worker.channel.send(verb, header, bodies)
             return True
@@ -335,7 +338,7 @@ class WorkerPool(StartupWaits):
     def on_message(self, fd: int) -> Outcome | None:
         """Read one message from a worker's channel; returns a finished job's outcome, if any.
 
-        A closed channel means the worker is dying; its pidfd reports the death (on_exit)."""
+        A closed channel means the worker is dying; its exit descriptor reports the death (on_exit)."""
         worker = self._by_fd.get(fd)
         if worker is None or worker.channel is None:
             return None
@@ -403,7 +406,7 @@ class WorkerPool(StartupWaits):
 
     def _condemn(self, worker: Worker, why: str, *, crash: bool) -> None:
         """A worker whose channel cannot be trusted: it is not read again, is sent nothing more,
-        and is killed; its pidfd reports the death (:meth:`on_exit`), a crash of the variant it
+        and is killed; its exit descriptor reports the death (:meth:`on_exit`), a crash of the variant it
         ran when ``crash``."""
         log.error("worker for %s (pid %s) %s; killing it", worker.placement.name,
                   worker.proc.pid if worker.proc else "?", why)
@@ -422,11 +425,11 @@ class WorkerPool(StartupWaits):
         if self.on_change:
             self.on_change()
 
-    def on_exit(self, pidfd: int) -> list[Outcome]:
+    def on_exit(self, exit_fd: int) -> list[Outcome]:
         """A worker died: restart it (at once, or after a pause when it keeps dying soon after
         starting); return the job it was running and, when the restart is held back, the jobs
         queued for it, each as a failure."""
-        worker = self._by_pidfd.get(pidfd)
+        worker = self._by_exit_fd.get(exit_fd)
         if worker is None:
             return []
         code = worker.proc.wait() if worker.proc else None

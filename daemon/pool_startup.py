@@ -89,7 +89,7 @@ class StartupWaits:
                             break
                         self._record_side_message(w, verb, header)
                     rtts.append((time.perf_counter_ns() - t0) / 1e6)
-            except OSError:   # it died meanwhile: its pidfd reports it
+            except OSError:   # it died meanwhile: its exit descriptor reports it
                 continue
             except ChannelError as exc:
                 self._garbled(w, exc)

@@ -307,11 +307,11 @@ class Daemon:
         unannounced: set[int] = set()   # ROUTERs with messages their descriptors will not announce
         sent = self.frontend.sent_on
         streams = self.frontend.streams   # unix:// endpoints: their descriptors change as clients come and go
-        pidfds: set[int] = set()
+        exit_fds: set[int] = set()
         rank: dict[Any, int] = {}
 
         def register() -> None:
-            nonlocal poller, pidfds, rank
+            nonlocal poller, exit_fds, rank
             poller = zmq.Poller()
             # One round's events are handled in this order: the workers' results (completions
             # and replies before new intake), the request sockets, the signal pipe, then worker
@@ -327,8 +327,8 @@ class Daemon:
             streams.sync(poller, rank, fresh=True)
             poller.register(wake, zmq.POLLIN)
             rank[wake] = 2
-            pidfds = set(self.pool.pidfds())
-            for fd in pidfds:
+            exit_fds = set(self.pool.exit_fds())
+            for fd in exit_fds:
                 poller.register(fd, zmq.POLLIN)
                 rank[fd] = 3
 
@@ -388,7 +388,7 @@ class Daemon:
                         os.read(wake, 512)
                     except BlockingIOError:
                         pass
-                elif item in pidfds:
+                elif item in exit_fds:
                     for outcome in self.pool.on_exit(item):
                         self.path.on_outcome(outcome)
                 else:

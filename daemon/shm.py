@@ -15,8 +15,8 @@ Contract
   ``max_regions_per_peer`` regions and ``max_bytes_per_peer`` bytes, so one client cannot take the
   daemon's whole allowance.
 * Lifetime: a region lives until the first of ``shm_unregister``, the exit of the process that
-  registered it (``owner_pid``, watched through a pidfd: :meth:`RegionTable.sweep_owners`), and
-  the daemon's exit (:meth:`RegionTable.close_all`). Ending a region stops new requests naming it
+  registered it (``owner_pid``, watched by :class:`~adaptd.daemon.procwatch.ProcessWatch`:
+  :meth:`RegionTable.sweep_owners`), and the daemon's exit (:meth:`RegionTable.close_all`). Ending a region stops new requests naming it
   at once; its file is unlinked, and the workers told to unmap it, when the last request using it
   has finished (:meth:`RegionTable.release`). A daemon killed outright leaves its files behind;
   the next daemon's :meth:`RegionTable.sweep_stale` removes the files of every daemon pid that is
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptd.daemon.channel import readable_now
+from adaptd.daemon.procwatch import ProcessWatch
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "adaptd-"
@@ -72,7 +72,7 @@ class Region:
     size: int
     path: Path
     owner_pid: int | None
-    pidfd: int | None
+    owner: ProcessWatch | None   # watches owner_pid's process
     created_at: float
     peer: bytes | None = None   # who registered it (None: the admin endpoint)
     users: int = 0              # requests queued or running that name it
@@ -143,10 +143,10 @@ class RegionTable:
             if held + size > self.max_bytes_per_peer:
                 raise RegionError("limit", f"this client holds {held} bytes of regions; {size} more would pass the "
                                            f"limit per client of {self.max_bytes_per_peer}")
-        pidfd = None
+        owner = None
         if owner_pid is not None:
             try:
-                pidfd = os.pidfd_open(owner_pid)
+                owner = ProcessWatch(owner_pid)
             except OSError as exc:
                 raise RegionError("limit", f"owner_pid {owner_pid} is not a running process here ({exc.strerror})") from None
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
@@ -154,8 +154,8 @@ class RegionTable:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            if pidfd is not None:
-                os.close(pidfd)
+            if owner is not None:
+                owner.close()
             raise RegionError("limit", f"cannot create {path}: {exc.strerror}") from None
         try:
             os.fchmod(fd, self.mode)          # the umask is not applied by fchmod
@@ -163,11 +163,11 @@ class RegionTable:
         except OSError as exc:
             os.close(fd)
             os.unlink(path)
-            if pidfd is not None:
-                os.close(pidfd)
+            if owner is not None:
+                owner.close()
             raise RegionError("limit", f"cannot reserve {size} bytes of shared memory: {exc.strerror}") from None
         os.close(fd)
-        region = Region(name, size, path, owner_pid, pidfd, time.time(), peer)
+        region = Region(name, size, path, owner_pid, owner, time.time(), peer)
         self.regions[name] = region
         return region
 
@@ -211,13 +211,13 @@ class RegionTable:
         """End the regions whose registering process has exited; returns the names unlinked now."""
         gone: list[str] = []
         for region in list(self.regions.values()):
-            if region.pidfd is not None and not region.ended and readable_now(region.pidfd):
+            if region.owner is not None and not region.ended and region.owner.exited():
                 region.ended = True
                 gone += self._maybe_unlink(region)
         return gone
 
     def owned(self) -> bool:
-        return any(r.pidfd is not None and not r.ended for r in self.regions.values())
+        return any(r.owner is not None and not r.ended for r in self.regions.values())
 
     def describe(self, peer: bytes | None = None) -> list[dict[str, Any]]:
         """The regions ``peer`` may see (None: all)."""
@@ -237,9 +237,9 @@ class RegionTable:
             os.unlink(region.path)
         except FileNotFoundError:
             pass
-        if region.pidfd is not None:
-            os.close(region.pidfd)
-            region.pidfd = None
+        if region.owner is not None:
+            region.owner.close()
+            region.owner = None
 
 
 VIEWS_PER_REGION = 16   # views kept per mapped region (more: the region's are dropped and made afresh)

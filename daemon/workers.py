@@ -32,7 +32,7 @@ class Worker:
     queue: deque[Job] = field(default_factory=deque)
     proc: subprocess.Popen | None = None
     channel: Channel | None = None
-    pidfd: int | None = None
+    exit_fd: int | None = None        # polls readable when it exits (adaptd.daemon.procwatch.ChildExit)
     ready: bool = False
     sent: deque[Job] = field(default_factory=deque)   # in the channel, in order; the first runs
     restarts: int = 0

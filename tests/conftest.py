@@ -11,11 +11,16 @@ copy it (``shutil.copytree``) if a test must change it. About 20-30 s on 2 cores
 32x32x8 inputs, about 10 ms per image on one core, float32 only, built through the real pipeline
 in a child process. Tests use it where an execution must last long enough to act on (a request
 in flight, a queue that fills, a core that gets contended). It returns the repository's root.
+
+``kernel_pidfds`` runs a test twice: on this kernel's pidfds, and as on a kernel without them
+(Linux before 5.3, such as the TX2's L4T 4.9), where ``os.pidfd_open`` is replaced by a function
+that raises what Python raises there (``OSError``, ``ENOSYS``); in this process only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -25,6 +30,24 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def refused_pidfd_open(errno_: int):
+    """An ``os.pidfd_open`` whose system call fails with ``errno_``, as Python raises it."""
+    def pidfd_open(pid, flags=0, /):
+        raise OSError(errno_, os.strerror(errno_))
+    return pidfd_open
+
+
+@pytest.fixture(params=["pidfd", "no pidfd"])
+def kernel_pidfds(request, monkeypatch):
+    from adaptd.daemon import procwatch
+
+    monkeypatch.setattr(procwatch, "_pidfd", None)   # (asked afresh)
+    if request.param == "no pidfd":
+        monkeypatch.setattr(os, "pidfd_open", refused_pidfd_open(errno.ENOSYS))
+    assert procwatch.pidfd_available() == (request.param == "pidfd")
+    return request.param
 
 
 def wait_until(predicate, what: str, timeout_s: float = 60.0):

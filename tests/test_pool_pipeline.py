@@ -39,15 +39,15 @@ def make_job(repo, rid: str, batch: int) -> Job:
 
 
 def pump(pool: WorkerPool, want: int) -> list[Outcome]:
-    """Read the pool's channels and pidfds as the daemon's loop does, until ``want`` outcomes."""
+    """Read the pool's channels and exit descriptors as the daemon's loop does, until ``want`` outcomes."""
     outcomes: list[Outcome] = []
     deadline = time.monotonic() + DEADLINE_S
     while len(outcomes) < want:
         assert time.monotonic() < deadline, f"only {len(outcomes)} of {want} outcomes"
-        channels, pidfds = pool.channel_fds(), pool.pidfds()
-        readable, _, _ = select.select(channels + pidfds, [], [], 0.1)
+        channels, exit_fds = pool.channel_fds(), pool.exit_fds()
+        readable, _, _ = select.select(channels + exit_fds, [], [], 0.1)
         for fd in readable:
-            if fd in pidfds:
+            if fd in exit_fds:
                 outcomes += pool.on_exit(fd)
             elif (outcome := pool.on_message(fd)) is not None:
                 outcomes.append(outcome)
@@ -71,7 +71,14 @@ def pool():
     yield from started_pool()
 
 
-def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, slow_repository):
+@pytest.fixture
+def pool_either_kernel(kernel_pidfds):
+    """A pool whose workers' deaths are seen through pidfds, or without them (tests/conftest.py)."""
+    yield from started_pool()
+
+
+def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool_either_kernel, slow_repository):
+    pool = pool_either_kernel
     worker = pool.workers["cpu:0"]
     os.kill(worker.proc.pid, signal.SIGSTOP)
     big_batch = PIPELINE_MAX_BYTES // (4 * int(np.prod(SLOW_SHAPE))) + 1
@@ -101,13 +108,14 @@ def test_the_next_small_job_waits_in_the_channel_and_a_death_requeues_it(pool, s
     assert not pool.in_flight() and pool.latest_dispatch_ns() is None and pool.next_restart_s() is None
 
 
-def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool, slow_repository):
-    """The death is not read yet (its pidfd is pending) when a job is sent: the send fails, the
+def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool_either_kernel, slow_repository):
+    """The death is not read yet (its exit descriptor is pending) when a job is sent: the send fails, the
     job goes back to the head of the queue, and the new worker runs it; no job failed."""
+    pool = pool_either_kernel
     worker = pool.workers["cpu:0"]
     dead_pid = worker.proc.pid
     os.kill(dead_pid, signal.SIGKILL)
-    select.select([worker.pidfd], [], [], DEADLINE_S)   # dead (its socket closed), not reaped
+    select.select([worker.exit_fd], [], [], DEADLINE_S)   # dead (its socket closed), not reaped
     assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
     assert [j.request_id for j in worker.queue] == ["a"] and not worker.sent and not worker.ready
     (done,) = pump(pool, 1)
@@ -141,13 +149,13 @@ def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_
     worker, key = pool.workers["cpu:0"], (str(slow_repository / SLOW_MODEL / "1"), "float32")
 
     def until(done, what: str) -> None:
-        """Read the pool's channels and pidfds, as the daemon's loop does, until ``done()``."""
+        """Read the pool's channels and exit descriptors, as the daemon's loop does, until ``done()``."""
         deadline = time.monotonic() + DEADLINE_S
         while not done():
             assert time.monotonic() < deadline, what
-            pidfds = pool.pidfds()
-            for fd in select.select(pool.channel_fds() + pidfds, [], [], 0.1)[0]:
-                pool.on_exit(fd) if fd in pidfds else pool.on_message(fd)
+            exit_fds = pool.exit_fds()
+            for fd in select.select(pool.channel_fds() + exit_fds, [], [], 0.1)[0]:
+                pool.on_exit(fd) if fd in exit_fds else pool.on_message(fd)
 
     def settle(want_loaded: bool) -> None:
         until(lambda: not pool.loading("cpu:0") and (pool.loaded_bytes("cpu:0", *key) is not None) == want_loaded,
@@ -195,10 +203,10 @@ assert pool.submit("cpu:0", job("running")) and pool.submit("cpu:0", job("queued
 dead_pid = worker.proc.pid
 os.kill(dead_pid, signal.SIGKILL)
 os.kill(dead_pid, signal.SIGCONT)
-select.select([worker.pidfd], [], [], 60)   # dead, its death not read yet
+select.select([worker.exit_fd], [], [], 60)   # dead, its death not read yet
 downs = []
 pool.on_down = downs.append
-open_before = len(os.listdir("/proc/self/fd"))   # the dead worker's channel and pidfd among them
+open_before = len(os.listdir("/proc/self/fd"))   # the dead worker's channel and exit descriptor among them
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 fillers = []
 try:
@@ -208,7 +216,7 @@ try:
             fillers.append(os.open(os.devnull, os.O_RDONLY))
         except OSError:
             break
-    failed = pool.on_exit(worker.pidfd)
+    failed = pool.on_exit(worker.exit_fd)
     pool.restart_due()   # due at once, and still no descriptor: down still
     down_again = pool.down_reason("cpu:0")
 finally:
@@ -218,7 +226,7 @@ finally:
 out = {"failed": sorted((o.job.request_id, o.ok, o.header["code"]) for o in failed), "downs": downs,
        "down_reason": pool.down_reason("cpu:0"), "down_again": down_again,
        "proc_none": worker.proc is None, "left": [len(worker.queue), len(worker.sent)],
-       "closed": worker.channel is None and worker.pidfd is None,
+       "closed": worker.channel is None and worker.exit_fd is None,
        "open_change": len(os.listdir("/proc/self/fd")) - open_before,
        "snapshot_error": pool.snapshots()[0]["start_error"]}
 pool.restart_due()   # descriptors free again
@@ -254,7 +262,7 @@ def test_a_worker_that_cannot_be_restarted_leaves_its_placement_down_not_the_dae
     assert out["downs"] == ["cpu:0"] and out["proc_none"] and out["left"] == [0, 0] and out["closed"]
     assert "could not be started" in out["down_reason"] and "could not be started" in out["down_again"]
     assert "Too many open files" in out["snapshot_error"]
-    assert out["open_change"] == -2   # the dead one's channel and pidfd closed, nothing half-made left
+    assert out["open_change"] == -2   # the dead one's channel and exit descriptor closed, nothing half-made left
     assert out["restarted"] and out["after"] == ["after", True]
 
 
@@ -324,7 +332,7 @@ def test_a_worker_stopped_in_the_middle_of_a_message_is_not_waited_for_and_is_ki
 
 
 def test_a_worker_being_killed_is_sent_no_job_and_the_next_one_runs_it(pool, slow_repository):
-    """Between the kill and its report by the pidfd, a job submitted waits for the new worker
+    """Between the kill and its report by the exit descriptor, a job submitted waits for the new worker
     rather than being sent to the condemned one (and failed with it)."""
     worker = pool.workers["cpu:0"]
     os.kill(worker.proc.pid, signal.SIGSTOP)

@@ -1,0 +1,134 @@
+"""Whether a process has exited, on any Linux kernel the daemon runs on.
+
+Contract
+--------
+* ``pidfd_open(2)`` (Linux 5.3) gives a descriptor that polls readable once its process has
+  exited, and that a reused pid cannot fool. The kernels NVIDIA ships for the TX2 (L4T R32:
+  Linux 4.9) lack it (``ENOSYS``), and a container whose seccomp profile predates it refuses it
+  (``EPERM``). :func:`pidfd_available` asks the kernel once, for this process's own pid, and
+  keeps the answer; the two classes below use a pidfd where it has one and an equivalent where
+  it has none, with the same meaning.
+* :class:`ChildExit`, for a child the daemon spawns (a worker process): made before the spawn,
+  its :attr:`~ChildExit.child_fds` passed to the child (``subprocess.Popen(pass_fds=...)``),
+  then :meth:`ChildExit.started` with the child's pid returns the descriptor to poll, which
+  the caller owns from then on (``os.close``). It polls readable (``POLLIN``) once the child
+  has exited, however it ended: a pidfd, or the daemon's end of a socket pair whose other end
+  only the child holds (there with a hang-up too, which ZeroMQ's poller adds as ``POLLERR``). The kernel closes that end as the child exits (with its last thread,
+  just before the parent is told), so ``wait()`` after the event returns at once or within
+  microseconds. A socket pair and not a pipe: a pipe's read end reports its writer's end as
+  ``POLLHUP`` alone, which ZeroMQ's poller reports as an error, not as readable. The child must
+  not close the descriptor it inherits, nor pass it to a process of its own (the worker
+  process does neither: it uses only the descriptor its spec names).
+* :class:`ProcessWatch`, for any process (a shared-memory region's owner, not the daemon's
+  child): :meth:`~ProcessWatch.exited` says whether it has exited. A pidfd, or the start time
+  in ``/proc/PID/stat`` compared with the one read when the watch began (a process that reuses
+  the pid has another); a zombie counts as exited, as for a pidfd. It is checked, not polled:
+  the caller's sweep asks.
+* Used from the daemon's main thread; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+from adaptd.daemon.channel import readable_now
+
+# What pidfd_open(2) answers where the kernel has no such call, or a seccomp filter refuses it.
+_UNAVAILABLE = (errno.ENOSYS, errno.EPERM)
+_pidfd: bool | None = None   # pidfd_available()'s answer, once asked
+
+
+def pidfd_available() -> bool:
+    """Whether this kernel gives pidfds (asked once)."""
+    global _pidfd
+    if _pidfd is None:
+        opener = getattr(os, "pidfd_open", None)   # (Linux only)
+        try:
+            if opener is None:
+                raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+            os.close(opener(os.getpid()))
+            _pidfd = True
+        except OSError as exc:
+            if exc.errno not in _UNAVAILABLE:
+                raise
+            _pidfd = False
+    return _pidfd
+
+
+class ChildExit:
+    """A descriptor that polls readable when a child exits (see the module's contract)."""
+
+    def __init__(self) -> None:
+        self._ours: int | None = None
+        self._child: int | None = None
+        if not pidfd_available():
+            ours, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._ours, self._child = ours.detach(), child.detach()
+
+    @property
+    def child_fds(self) -> tuple[int, ...]:
+        """The descriptors the child is to inherit (none where the kernel gives pidfds)."""
+        return () if self._child is None else (self._child,)
+
+    def started(self, pid: int) -> int:
+        """The descriptor to poll for the exit of the child ``pid``, spawned with
+        :attr:`child_fds`; the caller owns it. Raises OSError where a pidfd cannot be made
+        (no descriptor left), leaving nothing open."""
+        if self._child is None:
+            return os.pidfd_open(pid)
+        os.close(self._child)   # (the child's copy is the only one left)
+        self._child = None
+        fd, self._ours = self._ours, None
+        assert fd is not None
+        return fd
+
+    def close(self) -> None:
+        """Close what :meth:`started` did not hand over (a spawn that failed)."""
+        for fd in (self._ours, self._child):
+            if fd is not None:
+                os.close(fd)
+        self._ours = self._child = None
+
+
+def _stat(pid: int) -> tuple[bytes, bytes]:
+    """A process's state and start time (fields 3 and 22 of ``/proc/PID/stat``); raises
+    ProcessLookupError where there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH)) from None
+    fields = data[data.rindex(b")") + 2:].split()   # (the command's name, in brackets, may hold anything)
+    return fields[0], fields[19]
+
+
+class ProcessWatch:
+    """Whether one process has exited (see the module's contract)."""
+
+    def __init__(self, pid: int) -> None:
+        """Raises ProcessLookupError (``ESRCH``) where no such process runs."""
+        self.pid = pid
+        self._fd: int | None = None
+        self._started: bytes | None = None
+        if pidfd_available():
+            self._fd = os.pidfd_open(pid)
+            return
+        _, self._started = _stat(pid)   # (a zombie is watched, and has exited, as with a pidfd)
+
+    def exited(self) -> bool:
+        if self._fd is not None:
+            return readable_now(self._fd)
+        if self._started is None:   # (closed)
+            return True
+        try:
+            state, started = _stat(self.pid)
+        except ProcessLookupError:
+            return True
+        return started != self._started or state in (b"Z", b"X")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = self._started = None

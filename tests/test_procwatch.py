@@ -1,0 +1,149 @@
+"""``adaptd.daemon.procwatch``: a process's exit seen the same way with pidfds and without.
+
+Each test runs twice (``kernel_pidfds``, tests/conftest.py): on this kernel's pidfds, and as on
+a kernel without them (Linux before 5.3, such as the TX2's L4T 4.9), where ``pidfd_open(2)``
+fails with ``ENOSYS``. tests/test_daemon_without_pidfd.py has the kernel itself refuse the call
+to a whole daemon. The processes, sockets and ``/proc`` files are real.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from adaptd.daemon import procwatch
+from adaptd.daemon.channel import readable_now
+from adaptd.daemon.procwatch import ChildExit, ProcessWatch, pidfd_available
+
+from .conftest import refused_pidfd_open
+
+WAIT_S = 60.0
+# A child that runs until its stdin closes.
+UNTIL_STDIN_CLOSES = "import sys; sys.stdin.read()"
+
+
+def open_fds() -> set[str]:
+    """This process's open descriptors (not the one that lists them, closed by then)."""
+    return {n for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
+
+
+def spawn(watch: ChildExit, code: str = UNTIL_STDIN_CLOSES) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=watch.child_fds)
+    return proc, watch.started(proc.pid)
+
+
+@pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
+def test_a_childs_exit_descriptor_polls_readable_once_it_has_exited(kernel_pidfds, ending):
+    proc, fd = spawn(ChildExit())
+    try:
+        assert not readable_now(fd)   # running: nothing to read
+        if ending == "exit":
+            proc.stdin.close()
+        else:
+            proc.kill()
+        assert select.select([fd], [], [], WAIT_S)[0] == [fd]
+        # ZeroMQ's poller, which the daemon's loop uses, sees it as readable, not as an error
+        poller = zmq.Poller()
+        poller.register(fd, zmq.POLLIN)
+        ((item, flags),) = poller.poll(0)
+        assert item == fd and flags & zmq.POLLIN
+        assert proc.wait(timeout=WAIT_S) == (0 if ending == "exit" else -9)   # reaped once seen
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+
+
+def test_without_pidfds_the_child_holds_the_only_other_end(kernel_pidfds):
+    """Without pidfds the child inherits one end of a socket pair and the daemon keeps none of it
+    (else the daemon's own copy would hold it open past the child's exit)."""
+    before = open_fds()
+    watch = ChildExit()
+    assert (len(watch.child_fds), len(open_fds() - before)) == ((0, 0) if kernel_pidfds == "pidfd" else (1, 2))
+    proc, fd = spawn(watch)
+    try:
+        assert open_fds() - before == {str(fd), str(proc.stdin.fileno())}
+        if kernel_pidfds == "no pidfd":
+            theirs = {os.readlink(f"/proc/{proc.pid}/fd/{n}") for n in os.listdir(f"/proc/{proc.pid}/fd")}
+            assert os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            assert sum(link.startswith("socket:") for link in theirs) == 1
+    finally:
+        proc.stdin.close()
+        proc.wait()
+        os.close(fd)
+
+
+def test_a_spawn_that_failed_leaves_nothing_open(kernel_pidfds):
+    before = open_fds()
+    watch = ChildExit()
+    with pytest.raises(OSError):
+        subprocess.Popen(["/nonexistent/program"], pass_fds=watch.child_fds)
+    watch.close()
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("reaped", [False, True])
+def test_a_watched_process_has_exited_once_it_has_even_unreaped(kernel_pidfds, reaped):
+    proc = subprocess.Popen([sys.executable, "-c", UNTIL_STDIN_CLOSES], stdin=subprocess.PIPE)
+    watch = ProcessWatch(proc.pid)
+    try:
+        assert not watch.exited()
+        proc.kill()
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # dead: a zombie, not reaped
+        if reaped:
+            proc.wait()
+        assert watch.exited()
+    finally:
+        watch.close()
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+
+
+def test_a_process_with_brackets_in_its_name_is_watched_as_itself(kernel_pidfds):
+    """``/proc/PID/stat`` gives the command's name in brackets, and a name may hold any: the
+    fields after it are found from the last bracket."""
+    code = "open('/proc/self/comm', 'w').write('a) b ( c'); print(flush=True); import sys; sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        proc.stdout.readline()
+        assert open(f"/proc/{proc.pid}/comm").read().strip() == "a) b ( c"
+        watch = ProcessWatch(proc.pid)
+        assert not watch.exited()
+        proc.stdin.close()
+        proc.wait()
+        assert watch.exited()
+        watch.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_no_such_process_is_refused_as_pidfd_open_refuses_it(kernel_pidfds):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()   # (its pid is free, and not reused this soon)
+    with pytest.raises(ProcessLookupError) as refused:
+        ProcessWatch(proc.pid)
+    assert refused.value.errno == errno.ESRCH and refused.value.strerror == "No such process"
+
+
+def test_a_seccomp_refusal_counts_as_no_pidfds_and_other_errors_are_raised(monkeypatch):
+    """A container whose seccomp profile predates pidfd_open answers EPERM: no pidfds there. Any
+    other failure of the probe (no descriptor left, say) is not a verdict on the kernel."""
+    monkeypatch.setattr(procwatch, "_pidfd", None)
+    monkeypatch.setattr(os, "pidfd_open", refused_pidfd_open(errno.EPERM))
+    assert not pidfd_available()
+    monkeypatch.setattr(procwatch, "_pidfd", None)
+    monkeypatch.setattr(os, "pidfd_open", refused_pidfd_open(errno.EMFILE))
+    with pytest.raises(OSError):
+        pidfd_available()
+    assert procwatch._pidfd is None   # (asked again next time)
