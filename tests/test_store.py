@@ -75,6 +75,10 @@ def test_records_round_trip_in_wal_mode(tmp_path: Path):
     assert len(list(read_selections(db, since=t0 + 400))) == 100
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # None cells are SQL NULLs (bound through the adapter the store registers for None)
+    assert conn.execute("SELECT typeof(max_energy_mj), typeof(met_energy), typeof(error_code) FROM selections "
+                        "LIMIT 1").fetchone() == ("null", "null", "null")
+    assert conn.execute("SELECT COUNT(*) FROM selections WHERE max_energy_mj IS NULL").fetchone()[0] == 500
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"selections_ts", "selections_model_ts"} <= indexes
 
