@@ -3,7 +3,8 @@
 Contract
 --------
 * :meth:`DaemonProcess.start` writes a TOML config under ``workdir`` (ipc endpoints inside it,
-  the selection store in it), starts ``python -m adaptd serve --config ...`` and returns once the
+  the selection store in it), starts ``python -m adaptd serve --config ...`` (behind the
+  command ``wrapper`` names, if any: a profiler that runs the interpreter) and returns once the
   daemon answers a ``health`` request, so callers never sleep to synchronise. It raises
   ``RuntimeError`` with the daemon's own error output when the daemon exits or does not answer
   within ``ready_timeout_s``.
@@ -84,9 +85,10 @@ class DaemonProcess:
     @classmethod
     def start(cls, repository: Path, workdir: Path, *, config: Mapping[str, Any] | None = None,
               tcp: bool = False, ready_timeout_s: float = 60.0, env: Mapping[str, str] | None = None,
-              tcp_host: str = "127.0.0.1", curve: Any = None) -> DaemonProcess:
+              tcp_host: str = "127.0.0.1", curve: Any = None, wrapper: tuple[str, ...] = ()) -> DaemonProcess:
         """``tcp``: also a tcp endpoint on ``tcp_host`` (clients connect on 127.0.0.1); ``curve``:
-        the client keys this object's own requests use (a config with ``[auth] curve``)."""
+        the client keys this object's own requests use (a config with ``[auth] curve``);
+        ``wrapper``: a command the interpreter's command line is appended to (``valgrind ...``)."""
         workdir = Path(workdir).resolve()   # the config resolves relative paths against its own directory
         workdir.mkdir(parents=True, exist_ok=True)
         # ipc paths must stay short (108 bytes on Linux): keep them in a short runtime dir.
@@ -124,7 +126,7 @@ class DaemonProcess:
         child_env.pop("NOTIFY_SOCKET", None)   # only a test that asks for it gets one
         child_env.update(env or {})
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "adaptd", "serve", "--config", str(config_path)],
+            proc = subprocess.Popen([*wrapper, sys.executable, "-m", "adaptd", "serve", "--config", str(config_path)],
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
         daemon = cls(proc, config_path, endpoint, tcp_endpoint, pub_endpoint, store_path, log_path, admin_endpoint,
                      curve, local_endpoint)

@@ -1,0 +1,166 @@
+"""How many instructions the daemon executes per request, counted by valgrind: a figure that the
+host's noisy spells do not move.
+
+On this shared 2-vCPU host a change of a few µs per request is inside the spread of any timing,
+run to run, so small changes to the request path cannot be judged by time. An instruction count
+can: callgrind counts what the daemon's process executes (every thread: the main loop, a
+placement's thread, ZeroMQ's I/O thread, the store's writer), the same from run to run, whatever
+else the host does. It is not time (a cache miss costs no instruction), so it complements
+``bench_paired.py``, it does not replace it.
+
+A daemon is started on the demo repository under ``valgrind --tool=callgrind
+--instr-atstart=no``; one thin client (this process) sends the tiny model's requests, variant and
+placement pinned, input inline, over ipc or the local stream: ``--warmup`` requests, then
+counting is switched on (``callgrind_control -i on``) for ``--requests`` requests, then off, and
+the counts are dumped. Printed per request: the instructions, those inside the interpreter's
+``invoke`` (LiteRT's ``InterpreterWrapper::Invoke``) and those outside it (the issue's CPU bar
+counts those), and the instructions by where they ran (CPython's interpreter and objects,
+LiteRT, ZeroMQ, msgpack, SQLite, numpy, the C library), and the functions that executed most.
+``--baseline REV`` counts a daemon of that revision's code too (a git worktree, as
+``bench_paired.py --baseline`` makes), and prints the differences. Under valgrind the daemon
+runs about 50 times slower; a run of 300 requests takes about a minute.
+
+valgrind 3.19 does not know ``pidfd_open(2)``: the daemon runs there as on a kernel without it
+(docs/decisions.md, "Processes watched without pidfds"), so a baseline must be 26a4acd or later.
+
+Usage::
+
+    .venv/bin/python bench/instructions.py [--transport ipc|stream] [--requests 300] [--baseline REV] [--top 25]
+                                           [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from dealers import connect
+
+ROOT = Path(__file__).resolve().parents[1]
+INVOKE = "InterpreterWrapper::Invoke(int)"
+# Where an instruction ran, by the object or source file callgrind names (first match).
+PLACES = (("LiteRT (the run, and its Python binding)", "litert"), ("ZeroMQ", "zmq"), ("msgpack", "msgpack"),
+          ("SQLite (the store's writer)", "sqlite"), ("numpy", "numpy"), ("CPython (the daemon's Python)", "python"),
+          ("the C library", "libc"))
+LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(?:\*\s+)?(.*)$")
+
+
+def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path, label: str) -> Path:
+    """The callgrind dump of ``n`` requests to one daemon (see the module's docstring)."""
+    from adaptd.tools.launch import DaemonProcess
+    from adaptd.wire import protocol as proto
+
+    out = tmp / f"{label}.callgrind"
+    wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
+    x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
+    config = {"placements": {"include": ["cpu:1"], "load": "eager"}}
+    env = {"PYTHONPATH": pythonpath} if pythonpath else {}
+    with DaemonProcess.start(ROOT / "demo-repo", tmp / label, config=config, env=env, wrapper=wrapper,
+                             ready_timeout_s=900) as daemon:
+        conn = connect(daemon.local_endpoint if transport == "stream" else daemon.endpoint)
+
+        def requests(k: int) -> None:
+            for _ in range(k):
+                header = proto.request_header(uuid.uuid4().hex, "digits", [x], pin_variant="float32",
+                                              pin_placement="cpu:1")
+                conn.send(proto.encode(header, [x]))
+                if proto.decode(conn.recv())[0].get("type") != "result":
+                    raise SystemExit("the daemon answered an error")
+
+        pid = str(daemon.proc.pid)
+        requests(warmup)   # the selector's estimates settle, a repeated header is kept
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        requests(n)
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        dumps: list[Path] = []
+        deadline = time.monotonic() + 120
+        while not dumps:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"callgrind wrote no dump for {label}")
+            time.sleep(0.5)   # (callgrind writes the file from the daemon's process)
+            dumps = sorted(tmp.glob(f"{label}.callgrind.*"))
+        conn.close()
+    return dumps[0]
+
+
+def annotate(dump: Path, inclusive: bool) -> list[tuple[int, str]]:
+    """(instructions, function) for every function of ``dump``, self or inclusive."""
+    text = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}", "--threshold=100",
+                           str(dump)], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in text.split("PROGRAM TOTALS", 1)[1].splitlines():
+        match = LINE.match(line)
+        if match:
+            rows.append((int(match.group(1).replace(",", "")), match.group(2)))
+    return rows
+
+
+def summary(dump: Path, n: int) -> dict[str, float]:
+    """Per request: the total, the interpreter's invoke, what is outside it, and by place."""
+    own = annotate(dump, inclusive=False)
+    total = sum(c for c, _ in own)
+    invoke = max((c for c, where in annotate(dump, inclusive=True) if INVOKE in where), default=0)
+    out = {"instructions": total / n, "inside invoke": invoke / n, "outside invoke": (total - invoke) / n}
+    places = {name: 0 for name, _ in PLACES} | {"elsewhere": 0}
+    for c, where in own:
+        lower = where.lower()
+        places[next((name for name, key in PLACES if key in lower), "elsewhere")] += c
+    out |= {f"  {name}": c / n for name, c in places.items()}
+    out["_top"] = own   # (kept for the listing)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transport", choices=("ipc", "stream"), default="ipc")
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--baseline", metavar="REV", help="also count a daemon of this git revision's code")
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="copy the dumps there (for callgrind_annotate)")
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            ap.error(f"{tool} is not installed (Debian: apt install valgrind)")
+    from bench_paired import baseline_source, short_rev
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        runs = [(f"this checkout ({short_rev('HEAD')})", None)]
+        if args.baseline:
+            runs.append((f"{args.baseline} ({short_rev(args.baseline)})",
+                         str(stack.enter_context(baseline_source(args.baseline, Path(tmp))))))
+        dumps = [count(path, args.transport, args.requests, args.warmup, Path(tmp), f"run{i}")
+                 for i, (_, path) in enumerate(runs)]
+        results = [summary(dump, args.requests) for dump in dumps]
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for dump in dumps:
+                shutil.copy(dump, args.keep / dump.name)
+    print(f"the tiny model, input inline, {args.transport}, a thin client, {args.requests} requests counted "
+          f"after {args.warmup}; instructions per request")
+    width = max(len(k) for k in results[0] if not k.startswith("_")) + 2
+    print(f"{'':<{width}}" + "".join(f"{label.split(' (')[0][:18]:>20}" for label, _ in runs)
+          + (f"{'difference':>14}" if len(runs) > 1 else ""))
+    for key in (k for k in results[0] if not k.startswith("_")):
+        values = [r[key] for r in results]
+        print(f"{key:<{width}}" + "".join(f"{v:20,.0f}" for v in values)
+              + (f"{values[0] - values[1]:+14,.0f}" if len(values) > 1 else ""))
+    print(f"\nthe functions that executed most (self), per request, {runs[0][0]}:")
+    for c, where in sorted(results[0]["_top"], reverse=True)[:args.top]:
+        print(f"  {c / args.requests:10,.0f}  {where[:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
