@@ -375,7 +375,7 @@ class OnlineCostModel:
     def _bounds(self, mean: float, var: float, window: np.ndarray) -> list[float]:
         """:meth:`_bound` at every kept level (one sort of the window for all)."""
         if window.shape[0] >= self.min_window:
-            s = np.sort(window).tolist()
+            s = sorted(window.tolist())   # (a window of a few floats: half numpy's sort and list)
             qs = [_sorted_quantile(s, q) for q in self.levels_]
             if not self.gaussian_floor:
                 return qs
@@ -434,7 +434,7 @@ def sample_error(sample: Sequence[Any]) -> str | None:
 
 def _quantile(values: np.ndarray, q: float) -> float:
     """Linear-interpolated quantile of a small 1-D array (numpy's default method), cheaply."""
-    return _sorted_quantile(np.sort(values).tolist(), q)
+    return _sorted_quantile(sorted(values.tolist()), q)
 
 
 def _sorted_quantile(s: list[float], q: float) -> float:
