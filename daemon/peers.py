@@ -35,8 +35,8 @@ def peer_of(envelope: Sequence[Any], first_frame: Any) -> bytes:
         if user:
             return KEY_PREFIX + user.encode("utf-8", "surrogateescape")
     if len(envelope) == 1:   # a direct DEALER or REQ peer: the common case
-        return ROUTE_PREFIX + bytes(envelope[0].buffer)
-    return ROUTE_PREFIX + b"/".join(bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in envelope)
+        return ROUTE_PREFIX + bytes(envelope[0])   # (a zmq.Frame's bytes, through its buffer protocol)
+    return ROUTE_PREFIX + b"/".join(bytes(f) for f in envelope)
 
 
 def _user_id(frame: Any) -> str | None:

@@ -108,8 +108,9 @@ class RequestMemo:
         self._missed = None
         if len(message) >= 3:
             # A frame's bytes: a ZeroMQ frame's ``buffer``, or the frame itself (bytes, a stream's
-            # memoryview); ``getattr`` rather than ``frame_buffer``, a call less per frame.
-            if len(getattr(message[0], "buffer", message[0])) == 0 \
+            # memoryview); ``getattr`` rather than ``frame_buffer``, a call less per frame. (A
+            # frame's len() is its size either way, without a zmq.Frame's memoryview.)
+            if len(message[0]) == 0 \
                     and getattr(message[1], "buffer", message[1]) == _SIGNATURE:
                 raw = getattr(message[2], "buffer", message[2])
                 split = split_id(bytes(raw)) if len(raw) <= _MAX_HEADER_BYTES else None

@@ -134,10 +134,12 @@ class RequestPath:
         self._cpu0 = time.thread_time_ns()
         # The envelope is everything before the empty delimiter (one identity frame for a
         # direct DEALER or REQ peer, more behind a proxy).
-        if len(frames) > 1 and not frames[1].buffer:   # a direct peer: one identity frame
+        # (a frame's len(), not its buffer's: a zmq.Frame makes a memoryview and a weak reference
+        # each time its ``buffer`` is asked for, 0.4 us against 0.08)
+        if len(frames) > 1 and not len(frames[1]):   # a direct peer: one identity frame
             split = 1
         else:
-            split = next((i for i, f in enumerate(frames) if len(f.buffer) == 0), None)
+            split = next((i for i, f in enumerate(frames) if len(f) == 0), None)
         if split is None or split == 0:
             envelope, message = frames[:1], frames[1:]
         else:
@@ -145,7 +147,7 @@ class RequestPath:
         peer = peer_of(envelope, frames[-1] if self.d.auth.enabled else None)
         size = 0
         for f in message:   # (a loop: a generator's resumptions are calls, one a frame)
-            size += len(f.buffer)
+            size += len(f)
         self._handle((sock, envelope), peer, message, size, received_ns, sock in self.d.frontend.admin,
                      delimited=split is not None)
 

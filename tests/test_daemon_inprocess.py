@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.inline_rule import InlineRule
@@ -131,16 +132,10 @@ class FakeFrontend:
         return True
 
 
-class Frame:
-    """A received frame, as zmq.Frame offers it (``.buffer``)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.buffer = memoryview(data)
-
-
-def message(peer: bytes, header: dict, bodies=()) -> list[Frame]:
+def message(peer: bytes, header: dict, bodies=()) -> list[zmq.Frame]:
+    """A request as a ROUTER receives it: real ``zmq.Frame``s, the peer's identity first."""
     frames = proto.encode(header, bodies)
-    return [Frame(peer), *(Frame(bytes(memoryview(f))) for f in frames)]
+    return [zmq.Frame(peer), *(zmq.Frame(bytes(memoryview(f))) for f in frames)]
 
 
 @pytest.fixture
@@ -517,7 +512,7 @@ def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository,
     send(b"peer-a", "first")                 # a new caller: not alone for a window yet
     d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
     d.path._inline = InlineRule(0.0, 1000.0, window_s=3600.0)
-    d.path._inline.seen(peer_of([Frame(b"peer-a")], None), time.monotonic_ns() - 7200 * 10**9)   # (alone for 2 h)
+    d.path._inline.seen(peer_of([zmq.Frame(b"peer-a")], None), time.monotonic_ns() - 7200 * 10**9)   # (alone for 2 h)
     d.path.on_request(None, message(b"operator", {"type": "stats", "id": "s1"}))   # control: not counted
     send(b"peer-a", "alone")
     send(b"peer-a", "behind")                # "alone" still in flight

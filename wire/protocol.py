@@ -144,7 +144,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
     """Split an ADPT message (without the ROUTER envelope) into header and body buffers."""
     if len(frames) < 3:
         raise ProtocolError(MALFORMED, f"expected at least 3 frames (delimiter, signature, header), got {len(frames)}")
-    if len(getattr(frames[0], "buffer", frames[0])) != 0:   # (a ZeroMQ frame's buffer, else the frame)
+    if len(frames[0]) != 0:   # (a zmq.Frame's len() is its size, as a buffer's)
         raise ProtocolError(MALFORMED, "frame 0 must be the empty delimiter")
     signature = bytes(getattr(frames[1], "buffer", frames[1]))
     if signature != SIGNATURE:
