@@ -107,12 +107,10 @@ class RequestMemo:
         ever); the caller then parses that header with :meth:`parse`."""
         self._missed = None
         if len(message) >= 3:
-            # A frame's bytes: a ZeroMQ frame's ``buffer``, or the frame itself (bytes, a stream's
-            # memoryview); ``getattr`` rather than ``frame_buffer``, a call less per frame. (A
-            # frame's len() is its size either way, without a zmq.Frame's memoryview.)
-            if len(message[0]) == 0 \
-                    and getattr(message[1], "buffer", message[1]) == _SIGNATURE:
-                raw = getattr(message[2], "buffer", message[2])
+            # A frame (a zmq.Frame, bytes, a stream's memoryview) read through its buffer
+            # protocol: not a zmq.Frame's ``buffer`` (proto.frame_buffer says why).
+            if len(message[0]) == 0 and memoryview(message[1]) == _SIGNATURE:
+                raw = message[2]
                 split = split_id(bytes(raw)) if len(raw) <= _MAX_HEADER_BYTES else None
                 if split is not None:
                     template = self._templates.get(split[0])

@@ -90,15 +90,16 @@ class ProtocolError(Exception):
 # --- frames ------------------------------------------------------------------------------
 
 def frame_buffer(frame: Any) -> memoryview:
-    """The bytes of a received frame (zmq.Frame, bytes or memoryview) without copying."""
-    buf = getattr(frame, "buffer", None)
-    return buf if buf is not None else memoryview(frame)
+    """The bytes of a received frame (zmq.Frame, bytes or memoryview) without copying. (Not a
+    zmq.Frame's ``buffer``, the same view made with a weak reference to it, asked through
+    pyzmq's ``__getattr__`` hook: 0.4 us, against 0.15 for ``memoryview()``.)"""
+    return memoryview(frame)
 
 
 def body_buffers(frames: Sequence[Any]) -> list[memoryview]:
     """:func:`frame_buffer` of each frame after the header (``frames[3:]``), written out: on every
     message, a call per frame less (:func:`decode` reads the first three the same way)."""
-    return [memoryview(f) if (buf := getattr(f, "buffer", None)) is None else buf for f in frames[3:]]
+    return [memoryview(f) for f in frames[3:]]
 
 
 _PACKERS = threading.local()
@@ -146,7 +147,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
         raise ProtocolError(MALFORMED, f"expected at least 3 frames (delimiter, signature, header), got {len(frames)}")
     if len(frames[0]) != 0:   # (a zmq.Frame's len() is its size, as a buffer's)
         raise ProtocolError(MALFORMED, "frame 0 must be the empty delimiter")
-    signature = bytes(getattr(frames[1], "buffer", frames[1]))
+    signature = bytes(frames[1])
     if signature != SIGNATURE:
         if signature.startswith(SIGNATURE_PREFIX) and len(signature) == len(SIGNATURE):
             raise ProtocolError(
@@ -156,7 +157,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict[str, Any], list[memoryview]]:
             )
         raise ProtocolError(MALFORMED, "frame 1 is not the ADPT01 signature")
     try:
-        header = msgpack.unpackb(getattr(frames[2], "buffer", frames[2]), raw=False, strict_map_key=True)
+        header = msgpack.unpackb(frames[2], raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for bad input
         raise ProtocolError(MALFORMED, f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
