@@ -13,7 +13,12 @@ Contract
   then :meth:`ChildExit.started` with the child's pid returns the descriptor to poll, which
   the caller owns from then on (``os.close``). It polls readable (``POLLIN``) once the child
   has exited, however it ended: a pidfd, or the daemon's end of a socket pair whose other end
-  only the child holds (there with a hang-up too, which ZeroMQ's poller adds as ``POLLERR``). The kernel closes that end as the child exits (with its last thread,
+  only the child holds (there with a hang-up too, which ZeroMQ's poller adds as ``POLLERR``).
+  A pidfd reports the exit once the child's descriptors are all closed; the socket can report
+  it a few microseconds before the last of them closes (an exiting process's files are released
+  one by one). A job sent to the child's channel in that window is answered as one it was
+  running (``WORKER_FAILED``) rather than run again by the next worker: when a death is seen
+  shifts by those microseconds, not how many replies a request gets. The kernel closes that end as the child exits (with its last thread,
   just before the parent is told), so ``wait()`` after the event returns at once or within
   microseconds. A socket pair and not a pipe: a pipe's read end reports its writer's end as
   ``POLLHUP`` alone, which ZeroMQ's poller reports as an error, not as readable. The child must

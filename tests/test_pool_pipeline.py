@@ -115,7 +115,11 @@ def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool_either_
     worker = pool.workers["cpu:0"]
     dead_pid = worker.proc.pid
     os.kill(dead_pid, signal.SIGKILL)
-    select.select([worker.exit_fd], [], [], DEADLINE_S)   # dead (its socket closed), not reaped
+    # Dead, its channel closed, not reaped. (Without pidfds the exit descriptor can report the
+    # exit a few microseconds before the channel closes: adaptd.daemon.procwatch; this waits for
+    # the end of the exit, as a pidfd's report does.)
+    os.waitid(os.P_PID, dead_pid, os.WEXITED | os.WNOWAIT)
+    assert select.select([worker.exit_fd], [], [], DEADLINE_S)[0] == [worker.exit_fd]
     assert pool.submit("cpu:0", make_job(slow_repository, "a", 1))
     assert [j.request_id for j in worker.queue] == ["a"] and not worker.sent and not worker.ready
     (done,) = pump(pool, 1)
