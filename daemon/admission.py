@@ -50,7 +50,7 @@ def busy_reply(placement: str, queue_limit: int) -> tuple[str, dict[str, Any]]:
             {"placement": placement, "queue_limit": queue_limit})
 
 
-@dataclass
+@dataclass(slots=True)
 class Admitted:
     model: ModelVersion
     candidates: list[Arm]

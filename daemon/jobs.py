@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One execution: a request bound to an arm, waiting for or running on a worker."""
 
@@ -34,7 +34,7 @@ class Job:
     outputs_to: dict[str, Any] | None = None   # {region, offset, size}: write outputs there (PROTOCOL.md §11)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     job: Job
     header: dict[str, Any]            # the worker's ``done`` header, or ``fail`` header

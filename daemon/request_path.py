@@ -67,7 +67,7 @@ INTAKE_BATCH = 16     # requests taken from one socket per round, after the roun
 _NO_PREDICTION: dict[str, Any] = {}   # (read only)
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """The daemon's state for one inference request between choice and reply."""
 
