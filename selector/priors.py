@@ -99,7 +99,7 @@ class PriorLearner:
             first.append(path_ms)
             new = statistics.median(first)
         else:
-            step = PATH_STEP * max(old, 0.01)
+            step = PATH_STEP * (0.01 if 0.01 > old else old)   # (max() written out: per request)
             new = old + step if path_ms > old else old - step if path_ms < old else old
         self.path_ms[placement] = new
         shift = self._path_shift(placement, new)
@@ -145,14 +145,14 @@ class PriorLearner:
 
     def _path_shift(self, placement: str, learnt_ms: float) -> float | None:
         applied = self._applied_ms.get(placement, 0.0)
-        if abs(learnt_ms - applied) > max(0.02, 0.1 * applied):
+        if abs(learnt_ms - applied) > (t if (t := 0.1 * applied) > 0.02 else 0.02):   # (max(), per request)
             self._applied_ms[placement] = learnt_ms
             return learnt_ms - applied
         return None
 
     def _energy_shift(self, where: tuple[str, str], learnt_mj: float) -> float | None:
         applied = self._applied_mj.get(where, 0.0)
-        if abs(learnt_mj - applied) > 0.1 * max(abs(applied), abs(learnt_mj)):
+        if abs(learnt_mj - applied) > 0.1 * (b if (b := abs(learnt_mj)) > (a := abs(applied)) else a):   # (max())
             self._applied_mj[where] = learnt_mj
             return learnt_mj - applied
         return None

@@ -193,7 +193,8 @@ class EnergyMeter:
         CPU rail, its power is looked up once."""
         known = self._estimated_cpu.get(id(placement))
         if known is not None and known[0] is placement and t1_ns >= t0_ns:   # (a few µs live: once a request)
-            return EnergyReading(max(float(cpu_time_s), 0.0) * known[1], known[2], True)
+            cpu_s = float(cpu_time_s)   # (max() written out: once a request)
+            return EnergyReading((0.0 if cpu_s < 0.0 else cpu_s) * known[1], known[2], True)
         if t1_ns < t0_ns:
             raise ValueError(f"t1_ns ({t1_ns}) < t0_ns ({t0_ns})")
         kind = getattr(placement, "kind", "cpu")
@@ -253,7 +254,7 @@ class EnergyMeter:
         """The estimated energy of ``cpu_s`` of the daemon's own CPU time (on no placement's cores
         in particular: the profile's default per-core power) and its label, ``estimated:<profile>``."""
         profile = self.detection.profile   # (cpu_energy_mj((), cpu_s) written out: asked every request)
-        return max(cpu_s, 0.0) * profile.default_busy_core_mw, profile.source_label
+        return (0.0 if cpu_s < 0.0 else cpu_s) * profile.default_busy_core_mw, profile.source_label
 
     def _measured_label(self, rails_used: list[int]) -> str:
         by_sensor: dict[str, list[str]] = {}
