@@ -57,7 +57,7 @@ from adaptd.daemon.channel import Channel, ChannelError, readable_now
 from adaptd.daemon.jobs import Job, Outcome
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.pool_startup import StartupWaits
-from adaptd.daemon.procwatch import ChildExit
+from adaptd.daemon.procwatch import ChildExit, reap
 from adaptd.daemon.sched import make_idle
 from adaptd.daemon.workers import Worker, next_restart_s
 
@@ -120,9 +120,9 @@ class WorkerPool(StartupWaits):
                 "placement": worker.placement.name, "nice": os.getpriority(os.PRIO_PROCESS, 0),   # the daemon's, as now
                 **self.worker_options}
         channel, child_end = Channel.pair(SEND_TIMEOUT_S)
-        spec["fd"] = child_end.fileno()
-        proc, exit_watch = None, ChildExit()
+        proc, exit_watch = None, ChildExit()   # (it holds nothing before open)
         try:
+            spec["fd"], spec["exit_fd"] = child_end.fileno(), exit_watch.open()
             proc = subprocess.Popen([sys.executable, "-m", "adaptd.daemon.worker_process", json.dumps(spec)],
                                     stdin=subprocess.DEVNULL, pass_fds=(child_end.fileno(), *exit_watch.child_fds))
             exit_fd = exit_watch.started(proc.pid)
@@ -432,7 +432,7 @@ class WorkerPool(StartupWaits):
         worker = self._by_exit_fd.get(exit_fd)
         if worker is None:
             return []
-        code = worker.proc.wait() if worker.proc else None
+        code = reap(worker.proc) if worker.proc else None
         pid = worker.proc.pid if worker.proc else "?"
         lived_s = time.time() - worker.started_at
         running, loading = worker.inflight, list(worker.loading)

@@ -3,8 +3,9 @@
 Contract
 --------
 * Started by :mod:`adaptd.daemon.pool` as ``python -m adaptd.daemon.worker_process SPEC_JSON``; SPEC
-  gives the inherited channel's file descriptor, the cores, the thread count and the runtime.
-  The process pins itself to its cores *before* importing an interpreter, so every thread the
+  gives the inherited channel's file descriptor (and, on a kernel without pidfds, the one that
+  reports its exit: :mod:`adaptd.daemon.procwatch`), the cores, the thread count and the
+  runtime. Both descriptors are made non-inheritable before anything else. The process pins itself to its cores *before* importing an interpreter, so every thread the
   runtime starts inherits the pinning.
 * Lifecycle: send ``ready`` -> serve messages in order until ``stop`` or until the channel
   closes (the daemon's death ends the worker).
@@ -60,6 +61,9 @@ from adaptd.daemon.shm import WorkerMaps
 
 
 def serve(spec: dict[str, Any]) -> int:
+    for fd in (spec["fd"], spec.get("exit_fd")):   # (this process's own: a process the runtime
+        if fd is not None:                          # starts must not hold them, adaptd.daemon.procwatch)
+            os.set_inheritable(int(fd), False)
     name_thread(f"adaptd-{spec.get('placement', 'worker')}")
     cores = spec.get("cores")
     if cores:

@@ -126,6 +126,18 @@ def test_a_job_sent_to_a_worker_that_just_died_runs_on_the_next_one(pool_either_
     assert done.job.request_id == "a" and done.ok and worker.proc.pid != dead_pid
 
 
+def test_a_worker_lets_nothing_it_starts_inherit_the_daemons_descriptors(pool_either_kernel, kernel_pidfds):
+    """The worker's channel and, without pidfds, the socket end that reports its exit are made
+    non-inheritable as it starts: a process the runtime started would hold them, and the
+    worker's exit would go unreported while that one lived (adaptd.daemon.procwatch)."""
+    pid = pool_either_kernel.workers["cpu:0"].proc.pid
+    sockets = [n for n in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{n}").startswith("socket:")]
+    flags = {n: int(open(f"/proc/{pid}/fdinfo/{n}").read().split("flags:")[1].split()[0], 8) for n in sockets}
+    O_CLOEXEC = 0o2000000
+    assert len(sockets) == (1 if kernel_pidfds == "pidfd" else 2)   # the channel, and the exit's end
+    assert all(flags[n] & O_CLOEXEC for n in sockets), flags
+
+
 def test_an_idle_worker_is_idle_from_its_start_not_from_its_own_call():
     """The shadow worker (``sched_idle``) used to switch itself to SCHED_IDLE only once its
     interpreter had started and imported numpy and LiteRT: a few hundred ms at normal priority

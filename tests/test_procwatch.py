@@ -13,13 +13,14 @@ import os
 import select
 import subprocess
 import sys
+import time
 
 import pytest
 import zmq
 
 from adaptd.daemon import procwatch
 from adaptd.daemon.channel import readable_now
-from adaptd.daemon.procwatch import ChildExit, ProcessWatch, pidfd_available
+from adaptd.daemon.procwatch import ChildExit, ProcessWatch, pidfd_available, reap
 
 from .conftest import refused_pidfd_open
 
@@ -34,6 +35,7 @@ def open_fds() -> set[str]:
 
 
 def spawn(watch: ChildExit, code: str = UNTIL_STDIN_CLOSES) -> tuple[subprocess.Popen, int]:
+    watch.open()
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=watch.child_fds)
     return proc, watch.started(proc.pid)
 
@@ -67,6 +69,8 @@ def test_without_pidfds_the_child_holds_the_only_other_end(kernel_pidfds):
     (else the daemon's own copy would hold it open past the child's exit)."""
     before = open_fds()
     watch = ChildExit()
+    assert open_fds() == before and watch.child_fds == ()   # nothing held before open()
+    watch.open()
     assert (len(watch.child_fds), len(open_fds() - before)) == ((0, 0) if kernel_pidfds == "pidfd" else (1, 2))
     proc, fd = spawn(watch)
     try:
@@ -84,6 +88,7 @@ def test_without_pidfds_the_child_holds_the_only_other_end(kernel_pidfds):
 def test_a_spawn_that_failed_leaves_nothing_open(kernel_pidfds):
     before = open_fds()
     watch = ChildExit()
+    watch.open()
     with pytest.raises(OSError):
         subprocess.Popen(["/nonexistent/program"], pass_fds=watch.child_fds)
     watch.close()
@@ -147,3 +152,68 @@ def test_a_seccomp_refusal_counts_as_no_pidfds_and_other_errors_are_raised(monke
     with pytest.raises(OSError):
         pidfd_available()
     assert procwatch._pidfd is None   # (asked again next time)
+
+
+def test_a_child_that_closes_its_exit_descriptor_is_killed_not_waited_for(kernel_pidfds, caplog):
+    """Without pidfds a child that closes the descriptor it inherited is reported as exited while
+    it runs; :func:`reap` kills it after its timeout rather than block the daemon's loop. (With
+    pidfds there is nothing to close: the report comes at the exit.)"""
+    if kernel_pidfds == "pidfd":
+        pytest.skip("a pidfd is the daemon's own descriptor")
+    watch = ChildExit()
+    child_fd = watch.open()
+    code = f"import os, sys; os.close({child_fd}); print(flush=True); sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            pass_fds=watch.child_fds)
+    fd = watch.started(proc.pid)
+    try:
+        proc.stdout.readline()
+        assert select.select([fd], [], [], WAIT_S)[0] == [fd] and proc.poll() is None   # reported, running
+        assert reap(proc) == -9
+        assert "still runs: killed" in caplog.text
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+# A child whose main thread ends (pthread_exit) while another thread reads stdin: the leader is a
+# zombie, the process runs on. It prints its other thread's id.
+LEADER_GONE = """
+import ctypes, sys, threading
+def reader():
+    sys.stdin.read()
+    import os; os._exit(0)
+t = threading.Thread(target=reader); t.start()
+print(t.native_id, flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_process_runs_until_its_last_thread_ends_and_a_threads_id_is_refused(kernel_pidfds):
+    """As with a pidfd: a process whose leader is a zombie has not exited while another of its
+    threads runs, and a thread's id is not a process's."""
+    proc = subprocess.Popen([sys.executable, "-c", LEADER_GONE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        tid = int(proc.stdout.readline())
+        with pytest.raises(OSError) as refused:
+            ProcessWatch(tid)
+        assert refused.value.errno in (errno.EINVAL, errno.ENOENT)   # (ENOENT from pidfd_open since Linux 6.9)
+        watch = ProcessWatch(proc.pid)
+        deadline = time.monotonic() + WAIT_S
+        while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the main thread did not end"
+            select.select([], [], [], 0.01)   # (polling the process's state: nothing to wait on)
+        assert not watch.exited()
+        proc.stdin.close()
+        proc.wait()
+        assert watch.exited()
+        watch.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
