@@ -24,6 +24,7 @@ idle vCPU's exit from halt) and system calls.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -154,7 +155,7 @@ def usual(paths: list[list[tuple[str, int]]]) -> tuple[dict[str, list[float]], i
     across paths: a median over a different set of requests for each stage can order them
     wrongly.)"""
     signatures = [tuple(name for name, _ in path) for path in paths]
-    common = max(set(signatures), key=signatures.count)
+    common = collections.Counter(signatures).most_common(1)[0][0]   # (a tie: the first seen)
     chosen = [path for path, signature in zip(paths, signatures) if signature == common]
     stages: dict[str, list[float]] = {}
     for path in chosen:

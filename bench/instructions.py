@@ -4,8 +4,9 @@ host's noisy spells do not move.
 On this shared 2-vCPU host a change of a few µs per request is inside the spread of any timing,
 run to run, so small changes to the request path cannot be judged by time. An instruction count
 can: callgrind counts what the daemon's process executes (every thread: the main loop, a
-placement's thread, ZeroMQ's I/O thread, the store's writer), the same from run to run, whatever
-else the host does. It is not time (a cache miss costs no instruction), so it complements
+placement's thread, ZeroMQ's I/O thread, the store's writer), within about 1% from run to run
+(the loop's rounds and the store's batches follow the requests' timing), whatever else the host
+does. It is not time (a cache miss costs no instruction), so it complements
 ``bench_paired.py``, it does not replace it.
 
 A daemon is started on the demo repository under ``valgrind --tool=callgrind

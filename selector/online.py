@@ -371,11 +371,12 @@ class OnlineCostModel:
         quantile (with ``gaussian_floor``: the larger of the two), at the configured confidence."""
         # (max() written out, here and below, with its result for NaN: on every learnt execution,
         # where the builtin's call and argument parsing cost 20 times a comparison)
+        if window.shape[0] >= self.min_window:
+            q = _quantile(window, self.confidence)
+            if not self.gaussian_floor:
+                return q
         gaussian = mean + self.z_ * (0.0 if var < 0.0 else math.sqrt(var))
-        if window.shape[0] < self.min_window:
-            return gaussian
-        q = _quantile(window, self.confidence)
-        return (q if q > gaussian else gaussian) if self.gaussian_floor else q
+        return gaussian if window.shape[0] < self.min_window else (q if q > gaussian else gaussian)
 
     def _bounds(self, mean: float, var: float, window: np.ndarray) -> list[float]:
         """:meth:`_bound` at every kept level (one sort of the window for all)."""
