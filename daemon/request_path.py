@@ -10,13 +10,10 @@ Contract
   :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants
   load on first use (``loads_on_demand``, set by the daemon), a choice not loaded yet gives way
   to the best loaded arm that meets the request on a placement with no load under way, and
-  loads in the background (:meth:`RequestPath._prefer_loaded`).
-  :meth:`RequestPath.on_outcome` turns a finished job into its reply
-  (:mod:`adaptd.wire.replies`) and defers the statistics, the policy's update and the selection
-  record (:mod:`adaptd.daemon.bookkeeping`) off the round trip. Deferred with them, live
-  fidelity (:mod:`adaptd.daemon.fidelity`) may queue a shadow run of the model's reference on
-  the same input; a shadow job's outcome goes back to it (deferred too), with no reply and no
-  record.
+  loads in the background (:meth:`RequestPath._prefer_loaded`). A request handed over is held
+  as a :class:`~adaptd.daemon.pending.Pending`; its job's outcome becomes its reply in
+  :meth:`~adaptd.daemon.outcomes.Outcomes.on_outcome` (:mod:`adaptd.daemon.outcomes`, this
+  class's base), which defers the statistics, the policy's update and the selection record.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch ends in a reply or in a
   pending job whose outcome (done, failed, worker death, drain: :meth:`abandon_all`) produces
   one. An unexpected fault in one request, or in turning its outcome into a reply, is answered
@@ -40,23 +37,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from adaptd.daemon.admission import busy_reply
-from adaptd.daemon.arms import arm_key
 from adaptd.daemon.control import ADMIN_ONLY
 from adaptd.daemon.execution import nonfinite_inline, nonfinite_message
 from adaptd.daemon.faultlog import FaultLog
-from adaptd.daemon.fidelity import ShadowRun
 from adaptd.daemon.inline_rule import InlineRule
 from adaptd.daemon.peers import PeerTags, peer_of
 from adaptd.daemon.registry import Arm, ModelVersion
-from adaptd.daemon.request_memo import RequestMemo, constraints_map, job_inputs
-from adaptd.daemon.jobs import Job, Outcome
-from adaptd.daemon.selection import Observation
+from adaptd.daemon.jobs import Job
+from adaptd.daemon.outcomes import Outcomes, internal_message
+from adaptd.daemon.pending import Pending
+from adaptd.daemon.request_memo import RequestMemo, job_inputs
 from adaptd.wire import protocol as proto, replies
 from adaptd.wire.frames import readable, recv_frames
 from adaptd.wire.stream import TooLarge
@@ -67,27 +62,7 @@ INTAKE_BATCH = 16     # requests taken from one socket per round, after the roun
 _NO_PREDICTION: dict[str, Any] = {}   # (read only)
 
 
-@dataclass(slots=True)
-class Pending:
-    """The daemon's state for one inference request between choice and reply."""
-
-    request: proto.Request
-    routes: list[tuple[Any, list[Any]]]    # (socket, envelope) of the request and its retries
-    model: ModelVersion
-    arm: Arm
-    choice: Any
-    client: str
-    received_ns: int
-    received_at: float
-    peer: bytes = b""
-    cpu_start_ns: int = 0       # the main thread's CPU clock when the request arrived
-    cpu_ns: int = 0             # its CPU time on the request until the job was handed over
-    inline: bool = False        # run on the main thread (its execution's CPU is the main thread's too)
-    submitted_ns: int = 0       # handed to the worker pool (after decoding and choosing)
-    regions: tuple[str, ...] = ()   # shared-memory regions the job reads or writes (held until its outcome)
-
-
-class RequestPath:
+class RequestPath(Outcomes):
     """Requests and outcomes over the daemon's parts (``daemon``: a :class:`~adaptd.daemon.server.Daemon`
     whose parts are assembled)."""
 
@@ -203,7 +178,7 @@ class RequestPath:
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the daemon
             self._log_internal(exc)
             if self.requests == answered:   # not answered yet (a fault after its reply is only logged)
-                self._reply_error(route, proto.INTERNAL, _internal_message(exc), request_id, None, peer)
+                self._reply_error(route, proto.INTERNAL, internal_message(exc), request_id, None, peer)
 
     def _refuse_early(self, peer: bytes, request_id: str, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """BUSY before parsing (admission's rule), unless it is a retry of a request in flight or
@@ -345,116 +320,6 @@ class RequestPath:
                                   "chosen first and is loading)")
 
     # --- outcomes ------------------------------------------------------------------------
-    def on_outcome(self, outcome: Outcome) -> None:
-        """A job ended (done, failed, or its worker died): its reply, then its bookkeeping. Never
-        raises: a fault is logged, and the request answered ``INTERNAL`` unless its reply went out."""
-        answered, pending = self.requests, outcome.job.context
-        held = type(pending) is Pending and self.pending.get((pending.peer, pending.request.id)) is pending
-        try:
-            self._on_outcome(outcome, held)
-        except Exception as exc:  # noqa: BLE001 - one request's outcome must not stop the daemon
-            self._log_internal(exc)
-            if not held:   # a shadow run's, or a request answered already
-                return
-            self._give_up(pending)   # (if the fault came before the outcome let it go)
-            unanswered = pending.routes[self.requests - answered:]   # (its routes are answered in order)
-            if not unanswered:
-                return
-            header = proto.error_header(proto.INTERNAL, _internal_message(exc), pending.request.id)
-            self._count_errors(proto.INTERNAL, len(unanswered))
-            try:
-                for route in unanswered:
-                    self._send(route, header, ())
-            except Exception:  # noqa: BLE001 - the frontend itself failed: logged, the loop goes on
-                log.exception("an INTERNAL reply could not be sent")
-
-    def _on_outcome(self, outcome: Outcome, held: bool) -> None:
-        if type(outcome.job.context) is ShadowRun:   # the runtime's own work: no reply, no record,
-            self.d.books.defer(self.d.fidelity.on_outcome, outcome)   # compared at an idle moment
-            return
-        self.saturated = False
-        pending: Pending = outcome.job.context
-        # (an inline run's request is measured from its arrival: one CPU clock read fewer)
-        cpu0 = 0 if pending.inline else time.thread_time_ns()
-        request, arm, model = pending.request, pending.arm, pending.model
-        self._release(pending)   # the job is done with its regions
-        if not held:   # answered already: given up when its hand-off raised (a retry may hold the
-            return     # id now), or at shutdown
-        del self.pending[(pending.peer, request.id)]
-        if not outcome.ok:
-            message = str(outcome.header.get("message", "the worker failed"))
-            code = proto.BAD_INPUT if outcome.header.get("code") == proto.BAD_INPUT else proto.WORKER_FAILED
-            if code == proto.WORKER_FAILED:
-                self.d.books.stats_of(model, arm).errors += 1
-                if outcome.header.get("died", True):   # a crash of its own: not a kill from outside, not a job that waited
-                    self.d.health.failed(self.d.registry, arm_key(model, arm), message, time.monotonic())
-            self._count_errors(code, len(pending.routes))
-            header = proto.error_header(code, message, request.id,
-                                        {"placement": arm.placement.name, "variant": arm.variant.name})
-            for route in pending.routes:
-                packed = self._send(route, header, ())
-            if code not in proto.TRANSIENT_CODES:
-                self.d.replays.put(pending.peer, request.id, packed, [], time.monotonic())
-            self.d.books.record(request, model, pending.client, time.time(), outcome="error", error_code=code,
-                              choice=pending.choice, arm=arm)
-            return
-        self.d.health.succeeded(model, arm)   # (the run succeeded, whatever becomes of its reply)
-        h = outcome.header
-        compute_ms = float(h["compute_ms"])
-        queue_ms = max(0.0, (h["t0_ns"] - pending.received_ns) / 1e6)
-        execution_cpu_s = float(h["cpu_time_s"])
-        energy = self.d.meter.attribute(arm.placement, h["t0_ns"], h["t1_ns"], execution_cpu_s, wait=False)
-        now = time.time()
-        now_ns = time.monotonic_ns()
-        total_ms = (now_ns - pending.received_ns) / 1e6
-        # The policy learns the latency a caller's bound is judged on (total_ms: from receiving the
-        # request to the reply) less the wait behind other work, which it predicts from the queues
-        # instead: so the daemon's own decode, choice, dispatch and result handling count, with the
-        # worker's wake-up, the channel and the execution (model load excluded), which is what a
-        # contended core or a throttled clock lengthens. Learning the service time alone left out
-        # ~0.3 ms per request here, and 70% of replies exceeded the predicted 95% bound
-        # (bench/bench_selection.py). The statistics keep the interpreter's own execution time.
-        started_ns = max(outcome.job.dispatched_ns, int(h.get("idle_since_ns") or 0))   # not behind other work
-        behind_ns = max(0, started_ns - (pending.submitted_ns or started_ns))
-        path_ms = (now_ns - pending.received_ns - behind_ns) / 1e6 - float(h.get("load_ms") or 0.0)
-        met = replies.met_constraints(constraints_map(request), pending.choice.decision.predicted.accuracy, total_ms,
-                                      energy.energy_mj)
-        choice = pending.choice
-        if pending.inline:   # this thread ran the execution too: its CPU clock includes the run
-            cpu_ns = time.thread_time_ns() - pending.cpu_start_ns - int(float(h.get("caller_cpu_s", 0.0)) * 1e9)
-        else:
-            cpu_ns = pending.cpu_ns + time.thread_time_ns() - cpu0
-        runtime = replies.runtime_cost(cpu_ns / 1e6, *self.d.meter.runtime_energy_mj(cpu_ns / 1e9))
-        header = replies.result_header(
-            request_id=request.id, model=model.name, version=model.version, variant=arm.variant.name,
-            placement=arm.placement.name, outputs=h["outputs"], queue_ms=queue_ms, compute_ms=compute_ms,
-            total_ms=total_ms, energy_mj=energy.energy_mj, energy_source=energy.source,
-            energy_estimated=energy.estimated, predicted=choice.predicted, constraints_met=met,
-            reason_code=choice.code, reason_text=choice.text,
-            alternatives=choice.alternatives if request.explain else None, runtime=runtime)
-        for route in pending.routes:
-            packed = self._send(route, header, outcome.bodies)
-        self.inferences += 1   # (counted once answered: a fault before the reply answers INTERNAL)
-        self.execution_cpu_s_all += execution_cpu_s
-        if h.get("in_process"):
-            self.execution_cpu_s_in_process += execution_cpu_s
-        self.d.replays.put(pending.peer, request.id, packed, outcome.bodies, time.monotonic())
-        self.d.books.defer(self._account, pending, header, max(path_ms, compute_ms), now, now_ns)
-        # The reply is out; at the next idle moment (no request waiting), maybe a shadow run.
-        if self.d.fidelity.tracks(outcome.job.version_dir, arm.variant.name):
-            self.d.books.defer(self.d.fidelity.after_reply, model, arm, outcome.job, outcome)
-
-    def _account(self, pending: Pending, header: dict[str, Any], path_ms: float, now: float, now_ns: int) -> None:
-        """An answered request's statistics, the policy's update and its selection record."""
-        timing, energy = header["timing"], header["energy"]
-        self.d.books.stats_of(pending.model, pending.arm).record(timing["compute_ms"], energy["energy_mj"],
-                                                                 energy["source"], energy["estimated"], now)
-        self.d.books.observe(Observation(pending.model, pending.arm, path_ms, energy["energy_mj"], energy["estimated"],
-                                         now_ns / 1e9, timing["compute_ms"]))
-        self.d.books.record(pending.request, pending.model, pending.client, now, outcome="ok", error_code=None,
-                          choice=pending.choice, arm=pending.arm, timing=timing, energy=energy,
-                          met=header["constraints_met"], runtime=header["runtime"])
-
     # --- replies -------------------------------------------------------------------------
     def _send(self, route, header: dict[str, Any], bodies) -> bytes:
         """One reply to ``route``; returns its packed header (what the replay store keeps)."""
@@ -483,9 +348,6 @@ class RequestPath:
                 self._send(route, header, ())
         self.pending.clear()
 
-
-def _internal_message(exc: BaseException) -> str:
-    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _request_id(header: bytes | None) -> str | None:
