@@ -12,7 +12,7 @@ Contract
   waiting for the main thread to read the first's result (which, under overload, waits behind
   intake). The rest wait in the placement's queue (bounded by ``queue_limit``:
   :meth:`WorkerPool.submit` refuses beyond it, and the daemon answers ``BUSY``).
-* A worker that dies (detected through its exit descriptor, never by polling timeouts) is restarted. The
+* A worker that dies (seen through its exit descriptor, never by polling timeouts) is restarted. The
   job it was running is handed back through :meth:`WorkerPool.on_exit`, once, so the daemon
   answers it ``WORKER_FAILED`` exactly once; a job sent behind it, which never started, goes back
   to the head of the queue, and the jobs queued for it wait for the new worker. A worker that
@@ -32,8 +32,8 @@ Contract
   of one, or runs one job for ``job_timeout_s`` (:meth:`WorkerPool.kill_stalled`, from the
   daemon's housekeeping; each limit ten times as long for a pool under ``SCHED_IDLE``, which the
   machine's other work may starve), is killed and sent nothing more: its death, reported by its
-  exit descriptor, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and a run
-  that does not end count as a crash of the variant it ran; a stalled message, and a load that
+  exit descriptor, answers its job ``WORKER_FAILED`` and restarts it. Bytes that do not read and
+  a run that does not end count as a crash of the variant it ran; a stalled message, and a load that
   does not end ahead of the job, do not. A job's time runs from when it was sent or from when
   the job or load ahead of it in the channel ended, whichever is later; one whose outcome waits
   unread is not killed.

@@ -16,11 +16,11 @@ Contract
   daemon's whole allowance.
 * Lifetime: a region lives until the first of ``shm_unregister``, the exit of the process that
   registered it (``owner_pid``, watched by :class:`~adaptd.daemon.procwatch.ProcessWatch`:
-  :meth:`RegionTable.sweep_owners`), and the daemon's exit (:meth:`RegionTable.close_all`). Ending a region stops new requests naming it
-  at once; its file is unlinked, and the workers told to unmap it, when the last request using it
-  has finished (:meth:`RegionTable.release`). A daemon killed outright leaves its files behind;
-  the next daemon's :meth:`RegionTable.sweep_stale` removes the files of every daemon pid that is
-  no longer alive.
+  :meth:`RegionTable.sweep_owners`), and the daemon's exit (:meth:`RegionTable.close_all`). Ending
+  a region stops new requests naming it at once; its file is unlinked, and the workers told to
+  unmap it, when the last request using it has finished (:meth:`RegionTable.release`). A daemon
+  killed outright leaves its files behind; the next daemon's :meth:`RegionTable.sweep_stale`
+  removes the files of every daemon pid that is no longer alive.
 * Workers (:class:`WorkerMaps`) map a region the first time a job names it, keep the mapping, and
   unmap it when the daemon says the region has ended; a restarted worker maps afresh. The numpy
   views a worker makes over a mapping are kept with it (at most ``VIEWS_PER_REGION`` per region,

@@ -5,8 +5,9 @@ Contract
 * Started by :mod:`adaptd.daemon.pool` as ``python -m adaptd.daemon.worker_process SPEC_JSON``; SPEC
   gives the inherited channel's file descriptor (and, on a kernel without pidfds, the one that
   reports its exit: :mod:`adaptd.daemon.procwatch`), the cores, the thread count and the
-  runtime. Both descriptors are made non-inheritable before anything else. The process pins itself to its cores *before* importing an interpreter, so every thread the
-  runtime starts inherits the pinning.
+  runtime. Both descriptors are made non-inheritable before anything else. The process pins
+  itself to its cores *before* importing an interpreter, so every thread the runtime starts
+  inherits the pinning.
 * Lifecycle: send ``ready`` -> serve messages in order until ``stop`` or until the channel
   closes (the daemon's death ends the worker).
 * Internal protocol (not part of PROTOCOL.md; both ends live in this package), carried by
