@@ -121,7 +121,9 @@ def _small_float32_nonfinite(view: memoryview) -> bool:
     Python's float sum decides: finite exactly when every value is (float32's largest times
     1024 is far below float64's)."""
     high = bytes(view)[3::4]
-    return (b"\x7f" in high or b"\xff" in high) and not math.isfinite(sum(view.cast("f")))
+    # (ints, not one-byte strings: ``bytes.__contains__`` tries its argument as an int first, and
+    # a bytes argument makes, formats and drops a TypeError before the search: 0.47 us against 0.07)
+    return (0x7F in high or 0xFF in high) and not math.isfinite(sum(view.cast("f")))
 
 
 def nonfinite_inline(request: Any, bodies: list[memoryview]) -> int | None:
