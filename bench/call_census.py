@@ -30,12 +30,11 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from dealers import connect
+from dealers import connect, pinned_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL = "zmq.sugar.poll:poll"
@@ -46,7 +45,6 @@ def census(pythonpath: str | None, transport: str, n: int, tmp: Path, label: str
     """Counts of (kind, where) over ``n`` requests of one daemon (see the module's docstring), and
     the client library's Python calls over them (None for the thin client)."""
     from adaptd.tools.launch import DaemonProcess
-    from adaptd.wire import protocol as proto
 
     out = tmp / f"{label}.census"
     paths = [str(ROOT / "bench" / "call_census")] + ([pythonpath] if pythonpath else [])
@@ -64,15 +62,7 @@ def census(pythonpath: str | None, transport: str, n: int, tmp: Path, label: str
                 for _ in range(count):
                     client.infer("digits", x, variant="float32", placement="cpu:1")
         else:
-            conn = connect(endpoint)
-
-            def requests(count: int) -> None:
-                for _ in range(count):
-                    header = proto.request_header(uuid.uuid4().hex, "digits", [x], pin_variant="float32",
-                                                  pin_placement="cpu:1")
-                    conn.send(proto.encode(header, [x]))
-                    if proto.decode(conn.recv())[0].get("type") != "result":
-                        raise SystemExit("the daemon answered an error")
+            requests = pinned_requests(connect(endpoint), "digits", x, "float32", "cpu:1")
 
         requests(2000)   # warm-up: the selector's estimates settle, a repeated header is kept
         daemon.signal(signal.SIGUSR1)

@@ -4,6 +4,8 @@ Both send and receive a message's frames as a DEALER does (the empty delimiter f
 client loop measures either transport: ``unix://PATH`` is ADPT/1's local stream (PROTOCOL.md
 §2.3, :mod:`adaptd.wire.stream`), anything else a ZeroMQ endpoint. Blocking; one thread. :func:`register_region` and
 :func:`unregister_region`: a shared-memory region (PROTOCOL.md §11) for a client's inputs.
+:func:`pinned_requests`: the tiny model's requests one after another, as the counting benchmarks
+send them.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import mmap
 import os
 import socket
+import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import zmq
 
 from adaptd.wire import protocol as proto
@@ -79,3 +84,17 @@ def unregister_region(conn: ZmqDealer | StreamDealer, mm: mmap.mmap, region: str
     conn.send(proto.encode({"type": "shm_unregister", "id": "unreg", "region": region}))
     conn.recv()
     mm.close()
+
+
+def pinned_requests(conn: ZmqDealer | StreamDealer, model: str, x: np.ndarray, variant: str,
+                    placement: str) -> Callable[[int], None]:
+    """A function that sends ``count`` requests of ``model`` on ``x`` inline, variant and placement
+    pinned, one after another, each answered before the next; it raises SystemExit on an error
+    reply."""
+    def requests(count: int) -> None:
+        for _ in range(count):
+            header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
+            conn.send(proto.encode(header, [x]))
+            if proto.decode(conn.recv())[0].get("type") != "result":
+                raise SystemExit("the daemon answered an error")
+    return requests

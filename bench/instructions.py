@@ -40,12 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from dealers import connect
+from dealers import connect, pinned_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 INVOKE = "InterpreterWrapper::Invoke(int)"
@@ -59,7 +58,6 @@ LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(?:\*\s+)?(.*)$")
 def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path, label: str) -> Path:
     """The callgrind dump of ``n`` requests to one daemon (see the module's docstring)."""
     from adaptd.tools.launch import DaemonProcess
-    from adaptd.wire import protocol as proto
 
     out = tmp / f"{label}.callgrind"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
@@ -69,14 +67,7 @@ def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path
     with DaemonProcess.start(ROOT / "demo-repo", tmp / label, config=config, env=env, wrapper=wrapper,
                              ready_timeout_s=900) as daemon:
         conn = connect(daemon.local_endpoint if transport == "stream" else daemon.endpoint)
-
-        def requests(k: int) -> None:
-            for _ in range(k):
-                header = proto.request_header(uuid.uuid4().hex, "digits", [x], pin_variant="float32",
-                                              pin_placement="cpu:1")
-                conn.send(proto.encode(header, [x]))
-                if proto.decode(conn.recv())[0].get("type") != "result":
-                    raise SystemExit("the daemon answered an error")
+        requests = pinned_requests(conn, "digits", x, "float32", "cpu:1")
 
         pid = str(daemon.proc.pid)
         requests(warmup)   # the selector's estimates settle, a repeated header is kept

@@ -8,6 +8,7 @@ to a whole daemon. The processes, sockets and ``/proc`` files are real.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -34,16 +35,38 @@ def open_fds() -> set[str]:
     return {n for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
 
 
-def spawn(watch: ChildExit, code: str = UNTIL_STDIN_CLOSES) -> tuple[subprocess.Popen, int]:
+@contextlib.contextmanager
+def child(code: str = UNTIL_STDIN_CLOSES, **popen):
+    """A Python child running ``code`` with a pipe to its stdin; killed if it still runs, reaped
+    and its pipes closed at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+@contextlib.contextmanager
+def watched_child(watch: ChildExit, code: str = UNTIL_STDIN_CLOSES, **popen):
+    """:func:`child` spawned with ``watch``'s descriptors: the child and its exit descriptor
+    (closed at the end)."""
     watch.open()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=watch.child_fds)
-    return proc, watch.started(proc.pid)
+    with child(code, pass_fds=watch.child_fds, **popen) as proc:
+        fd = watch.started(proc.pid)
+        try:
+            yield proc, fd
+        finally:
+            os.close(fd)
 
 
 @pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
 def test_a_childs_exit_descriptor_polls_readable_once_it_has_exited(kernel_pidfds, ending):
-    proc, fd = spawn(ChildExit())
-    try:
+    with watched_child(ChildExit()) as (proc, fd):
         assert not readable_now(fd)   # running: nothing to read
         if ending == "exit":
             proc.stdin.close()
@@ -56,12 +79,6 @@ def test_a_childs_exit_descriptor_polls_readable_once_it_has_exited(kernel_pidfd
         ((item, flags),) = poller.poll(0)
         assert item == fd and flags & zmq.POLLIN
         assert proc.wait(timeout=WAIT_S) == (0 if ending == "exit" else -9)   # reaped once seen
-    finally:
-        os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()
 
 
 def test_without_pidfds_the_child_holds_the_only_other_end(kernel_pidfds):
@@ -72,17 +89,12 @@ def test_without_pidfds_the_child_holds_the_only_other_end(kernel_pidfds):
     assert open_fds() == before and watch.child_fds == ()   # nothing held before open()
     watch.open()
     assert (len(watch.child_fds), len(open_fds() - before)) == ((0, 0) if kernel_pidfds == "pidfd" else (1, 2))
-    proc, fd = spawn(watch)
-    try:
+    with watched_child(watch) as (proc, fd):
         assert open_fds() - before == {str(fd), str(proc.stdin.fileno())}
         if kernel_pidfds == "no pidfd":
             theirs = {os.readlink(f"/proc/{proc.pid}/fd/{n}") for n in os.listdir(f"/proc/{proc.pid}/fd")}
             assert os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
             assert sum(link.startswith("socket:") for link in theirs) == 1
-    finally:
-        proc.stdin.close()
-        proc.wait()
-        os.close(fd)
 
 
 def test_a_spawn_that_failed_leaves_nothing_open(kernel_pidfds):
@@ -97,28 +109,22 @@ def test_a_spawn_that_failed_leaves_nothing_open(kernel_pidfds):
 
 @pytest.mark.parametrize("reaped", [False, True])
 def test_a_watched_process_has_exited_once_it_has_even_unreaped(kernel_pidfds, reaped):
-    proc = subprocess.Popen([sys.executable, "-c", UNTIL_STDIN_CLOSES], stdin=subprocess.PIPE)
-    watch = ProcessWatch(proc.pid)
-    try:
+    with child() as proc:
+        watch = ProcessWatch(proc.pid)
         assert not watch.exited()
         proc.kill()
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # dead: a zombie, not reaped
         if reaped:
             proc.wait()
         assert watch.exited()
-    finally:
         watch.close()
-        proc.kill()
-        proc.wait()
-        proc.stdin.close()
 
 
 def test_a_process_with_brackets_in_its_name_is_watched_as_itself(kernel_pidfds):
     """``/proc/PID/stat`` gives the command's name in brackets, and a name may hold any: the
     fields after it are found from the last bracket."""
     code = "open('/proc/self/comm', 'w').write('a) b ( c'); print(flush=True); import sys; sys.stdin.read()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
+    with child(code, stdout=subprocess.PIPE) as proc:
         proc.stdout.readline()
         assert open(f"/proc/{proc.pid}/comm").read().strip() == "a) b ( c"
         watch = ProcessWatch(proc.pid)
@@ -127,10 +133,6 @@ def test_a_process_with_brackets_in_its_name_is_watched_as_itself(kernel_pidfds)
         proc.wait()
         assert watch.exited()
         watch.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_no_such_process_is_refused_as_pidfd_open_refuses_it(kernel_pidfds):
@@ -163,21 +165,11 @@ def test_a_child_that_closes_its_exit_descriptor_is_killed_not_waited_for(kernel
     watch = ChildExit()
     child_fd = watch.open()
     code = f"import os, sys; os.close({child_fd}); print(flush=True); sys.stdin.read()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            pass_fds=watch.child_fds)
-    fd = watch.started(proc.pid)
-    try:
+    with watched_child(watch, code, stdout=subprocess.PIPE) as (proc, fd):
         proc.stdout.readline()
         assert select.select([fd], [], [], WAIT_S)[0] == [fd] and proc.poll() is None   # reported, running
         assert reap(proc) == -9
         assert "still runs: killed" in caplog.text
-    finally:
-        os.close(fd)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
 
 
 # A child whose main thread ends (pthread_exit) while another thread reads stdin: the leader is a
@@ -196,8 +188,7 @@ ctypes.CDLL(None).pthread_exit(None)
 def test_a_process_runs_until_its_last_thread_ends_and_a_threads_id_is_refused(kernel_pidfds):
     """As with a pidfd: a process whose leader is a zombie has not exited while another of its
     threads runs, and a thread's id is not a process's."""
-    proc = subprocess.Popen([sys.executable, "-c", LEADER_GONE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
+    with child(LEADER_GONE, stdout=subprocess.PIPE) as proc:
         tid = int(proc.stdout.readline())
         with pytest.raises(OSError) as refused:
             ProcessWatch(tid)
@@ -212,8 +203,3 @@ def test_a_process_runs_until_its_last_thread_ends_and_a_threads_id_is_refused(k
         proc.wait()
         assert watch.exited()
         watch.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
