@@ -43,6 +43,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import zmq
 
 from adaptd.daemon.config import Config
 from adaptd.daemon.dispatch import Dispatcher
@@ -53,11 +54,6 @@ from adaptd.daemon.server import Daemon
 from adaptd.wire import protocol as proto
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Frame:
-    def __init__(self, data: bytes) -> None:
-        self.buffer = memoryview(data)
 
 
 class KeepFrontend:
@@ -119,17 +115,17 @@ def build(repo: Path, placement: str):
 PEER = b"\x01peer-identity-16"
 
 
-def message(i: int, x: np.ndarray, region: str | None = None) -> list[Frame]:
+def message(i: int, x: np.ndarray, region: str | None = None) -> list[zmq.Frame]:
     """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11)."""
     shm = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)] if region else None
     header = proto.request_header(f"r{i:08d}", "digits", [x], constraints={"max_latency_ms": 50.0},
                                   input_headers=shm)
-    return [Frame(PEER), *(Frame(bytes(memoryview(f))) for f in proto.encode(header, [] if region else [x]))]
+    return [zmq.Frame(PEER), *(zmq.Frame(bytes(memoryview(f))) for f in proto.encode(header, [] if region else [x]))]
 
 
 def shared_input(d: Daemon, x: np.ndarray) -> str:
     """A region registered through the request path as a client does, ``x`` written at its start."""
-    d.path.on_request(None, [Frame(PEER), *(Frame(bytes(memoryview(f))) for f in proto.encode(
+    d.path.on_request(None, [zmq.Frame(PEER), *(zmq.Frame(bytes(memoryview(f))) for f in proto.encode(
         {"type": "shm_register", "id": "reg", "size": x.nbytes, "owner_pid": os.getpid()}))])
     body = proto.decode(list(d.frontend.last))[0]["body"]
     with open(body["path"], "r+b") as fh:
