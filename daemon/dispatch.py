@@ -21,7 +21,12 @@ Contract
   that takes milliseconds never takes CPU from a request, its client or the main thread. It is
   not a placement: no selector arm, not in ``workers`` or ``snapshots``; one job at a time
   (:meth:`submit_shadow` refuses while it is busy). Its file descriptors, death and restart go
-  through the same loop as the placements' workers.
+  through the same loop as the placements' workers. It starts with the first reference it is
+  given (:meth:`preload_shadow`), not with the placements: a daemon whose references all run
+  inline has no such process. One started at start-up is waited for by :meth:`wait_loaded`,
+  at most ``SHADOW_START_WAIT_S``: its start-up, idle priority or not, delayed a fresh daemon's
+  first requests by 1.5 to 7 ms here (docs/decisions.md, "The shadow worker, started before
+  the first request").
 * The daemon's main thread only, like the two hosts it wraps.
 """
 
@@ -41,6 +46,9 @@ log = logging.getLogger("adaptd.dispatch")
 
 
 SHADOW = "shadow"
+# The longest a daemon's start waits for its shadow worker (idle priority: on a busy board it may
+# take long to start); past it the daemon serves, and shadow runs wait for the worker.
+SHADOW_START_WAIT_S = 10.0
 
 
 class Dispatcher:
@@ -67,6 +75,7 @@ class Dispatcher:
                                   queue_limit=1, worker_options={"reject_nonfinite": False, "sched_idle": True},
                                   job_timeout_s=job_timeout_s) \
             if shadow_worker and cores else None
+        self._shadow_started = False
         self._pools = [self.processes] if self.shadows is None else [self.processes, self.shadows]
         # Every pool's workers, for the loop's question each round (fixed: a restart starts a new
         # process in the same Worker).
@@ -101,15 +110,22 @@ class Dispatcher:
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        """The placements' threads and worker processes (the shadow worker starts with its first
+        reference: :meth:`preload_shadow`)."""
         self.threads.start()
-        for pool in self._pools:
-            pool.start()
+        self.processes.start()
 
     def wait_ready(self, timeout_s: float) -> list[str]:
         return self.threads.wait_ready(timeout_s) + self.processes.wait_ready(timeout_s)
 
     def wait_loaded(self, timeout_s: float) -> list[str]:
-        return self.threads.wait_loaded(timeout_s) + self.processes.wait_loaded(timeout_s)
+        """Block until the loads sent so far are done, and a shadow worker started is ready with
+        its references (at most ``SHADOW_START_WAIT_S`` for it); the placements still loading."""
+        laggards = self.threads.wait_loaded(timeout_s) + self.processes.wait_loaded(timeout_s)
+        wait_s = min(timeout_s, SHADOW_START_WAIT_S)
+        if self._shadow_started and self.shadows.wait_loaded(wait_s):
+            log.info("the shadow worker is not ready after %g s; shadow runs wait for it", wait_s)
+        return laggards
 
     def measure_overhead_ms(self) -> dict[str, float]:
         """The hop a process placement adds to every execution (a thread placement's inline runs
@@ -150,9 +166,15 @@ class Dispatcher:
 
     def preload_shadow(self, version_dir: str, variant: str) -> None:
         """Have the shadow worker load a reference now (and again after a restart), so that its
-        first run waits for no load; nothing without a shadow worker."""
-        if self.shadows is not None:
-            self.shadows.preload(SHADOW, version_dir, variant)
+        first run waits for no load; the first reference starts the worker (a start that fails
+        is tried again later, as a restart is); nothing without a shadow worker."""
+        if self.shadows is None:
+            return
+        if not self._shadow_started:
+            self._shadow_started = True
+            self.shadows.workers[SHADOW].restart_at = 0.0   # (due now: started as a restart is,
+            self.shadows.restart_due()                      # the loop's poller told)
+        self.shadows.preload(SHADOW, version_dir, variant)
 
     def unload_except(self, dirs: set[str]) -> None:
         self.threads.unload_except(dirs)

@@ -21,7 +21,10 @@ Contract
   A longer run goes to the daemon's shadow worker (:mod:`adaptd.daemon.dispatch`), a process
   under ``SCHED_IDLE`` that runs only on a core nothing else wants, when it is idle: on a
   placement's thread a 9 ms MobileNetV2 reference took the second core from the client and the
-  main thread, and raised the requests' p99 by 9% (BENCHMARKS.md). Without a shadow worker (a
+  main thread, and raised the requests' p99 by 9% (BENCHMARKS.md). The worker is given the
+  reference (and so started) at :meth:`reset` when the reference's predicted run is that long,
+  else once one measured run is: a daemon whose references all run inline starts no worker.
+  Without a shadow worker (a
   dispatcher built without one) or for a TensorFlow reference, it goes through an idle
   placement's queue, where a request that arrives meanwhile sees it as the job in flight.
 * Not shadowed (counted as ``unsupported``): inputs or outputs in shared memory (the daemon never
@@ -74,13 +77,14 @@ class ShadowRun:
 class _Model:
     """One model version's tracker, reference arms, reservoir and the figures handed to the policy."""
 
-    __slots__ = ("applied", "model", "output", "reference_arms", "reservoir", "tracker")
+    __slots__ = ("applied", "model", "output", "preloaded", "reference_arms", "reservoir", "tracker")
 
     def __init__(self, model: ModelVersion, tracker: ModelFidelity, reservoir: DisagreementReservoir | None) -> None:
         self.model, self.tracker, self.reservoir = model, tracker, reservoir
         self.reference_arms = tuple(a for a in model.arms if a.variant.name == tracker.reference)
         self.output = model.manifest.prediction_index if model.manifest.outputs else 0
         self.applied: dict[str, tuple[float | None, str]] = {}
+        self.preloaded = False   # its reference sent to the shadow worker
 
 
 def _array(body: Any, header: dict[str, Any]) -> np.ndarray:
@@ -131,11 +135,17 @@ class LiveFidelity:
                 state = _Model(mv, tracker, reservoir)
                 if state.reference_arms:
                     self._models[str(mv.directory)] = state
-                    if self._offload and state.reference_arms[0].variant.runtime == "litert":
-                        self._pool.preload_shadow(str(mv.directory), tracker.reference)
                     ref = state.reference_arms[0].variant   # until measured: the build's latency, every thread busy
                     self._cpu_ms.setdefault(str(mv.directory), ref.latency_ms_1thread.median
                                             * max(a.placement.threads for a in state.reference_arms))
+                    if self._offloads(state, self._cpu_ms[str(mv.directory)]):   # loaded (the worker
+                        state.preloaded = True                                    # started) before the first request
+                        self._pool.preload_shadow(str(mv.directory), tracker.reference)
+
+    def _offloads(self, state: _Model, cpu_ms: float) -> bool:
+        """Whether the model's shadow runs go to the shadow worker: a LiteRT reference longer
+        (``cpu_ms``: its CPU time per run, measured, or predicted until then) than a run made inline."""
+        return cpu_ms > self._inline_max_ms and self._offload and state.reference_arms[0].variant.runtime == "litert"
 
     # --- the request path (after the reply) ------------------------------------------------------
     def tracks(self, version_dir: str, variant: str) -> bool:
@@ -161,7 +171,10 @@ class LiveFidelity:
         cpu_ms = self._cpu_ms.get(job.version_dir, 0.0)
         inline = cpu_ms <= self._inline_max_ms
         # Longer runs go to the shadow worker, which takes only CPU nothing else wants.
-        offload = not inline and self._offload and state.reference_arms[0].variant.runtime == "litert"
+        offload = self._offloads(state, cpu_ms)
+        if offload and not state.preloaded:   # a reference measured longer than predicted: its
+            state.preloaded = True            # worker loads it (and starts) now, its first runs wait
+            self._pool.preload_shadow(job.version_dir, tracker.reference)
         d = self.scheduler.decide(
             served_variant=variant, reference=tracker.reference, predicted_cpu_ms=cpu_ms,
             window_samples=tracker.accuracy(variant).n if variant != tracker.reference else 0,

@@ -91,6 +91,11 @@ def wait_compared(d: DaemonProcess, n: int, timeout_s: float = 10.0) -> dict:
             return fid
 
 
+def worker_processes(d: DaemonProcess) -> list:
+    import psutil
+    return [p for p in psutil.Process(d.proc.pid).children() if "adaptd.daemon.worker_process" in p.cmdline()]
+
+
 def test_without_a_shift_nothing_changes(repo, digits, tmp_path):
     with start(repo, tmp_path / "d") as d:
         replies = [infer(d, repo[1], x) for x in digits[:80]]
@@ -115,6 +120,9 @@ def test_without_a_shift_nothing_changes(repo, digits, tmp_path):
         assert 0 < shadow["cpu_ms_measured"] <= budget + 5.0, shadow
         assert stats["runtime"]["shadow_cpu_ms"] == shadow["cpu_ms_measured"]
         assert shadow["energy_mj"] > 0 and shadow["energy_estimated"]
+        # The reference's runs are short: all made inline, and no shadow worker was started.
+        assert shadow["offloaded"] == 0 and shadow["cpu_ms_in_process"] == shadow["cpu_ms_measured"], shadow
+        assert worker_processes(d) == []
         from adaptd.cli.commands import describe_stats
         text = describe_stats(stats)   # what `adaptd stats` prints
         line = next(ln for ln in text.splitlines() if " int8_full " in f" {ln} " and "validation" in ln)
@@ -183,25 +191,30 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
 def test_long_shadow_runs_go_to_the_idle_priority_worker(repo, digits, tmp_path):
     """A reference slower than inline_max_ms (here every one: the limit is 0) runs in the shadow
     worker, a process under SCHED_IDLE that is not a placement: no request is answered from it,
-    it is not listed, and its runs are compared like any other."""
+    it is not listed, and its runs are compared like any other. It is started, and ready with
+    the reference, before the daemon is: the first request's shadow run goes to it."""
     import os
 
-    import psutil
     with DaemonProcess.start(repo[0], tmp_path / "d", config={
             "selector": {"policy": "static"}, "placements": {"load": "eager", "inline_max_ms": 0.0},
             "fidelity": {"share": SHARE}}) as d:
+        (idle,) = worker_processes(d)   # before any request
+        replies = [infer(d, repo[1], digits[0])]
+        deadline = time.monotonic() + 10.0   # (the shadow decision is made after the reply)
+        while (shadow := control(d, "stats")[0]["body"]["fidelity"]["shadow"])["runs"] == 0 \
+                and time.monotonic() < deadline:
+            pass
+        assert shadow["runs"] == shadow["offloaded"] == 1, shadow
         # A run is offered only while the worker is idle: the window fills within a bounded number
-        replies = []
         while len(replies) < 300 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["compared"] < 30:
             replies += [infer(d, repo[1], x) for x in digits[len(replies) % 200:][:10]]
         fid = wait_compared(d, 30)
         shadow = fid["shadow"]
         assert shadow["compared"] >= 30 and shadow["offloaded"] == shadow["runs"] >= shadow["compared"], shadow
         assert shadow["cpu_ms_in_process"] == 0.0 and shadow["cpu_ms_measured"] > 0, shadow
-        workers = [p for p in psutil.Process(d.proc.pid).children() if "adaptd.daemon.worker_process" in p.cmdline()]
-        idle = [p for p in workers if json.loads(p.cmdline()[-1]).get("sched_idle")]
-        assert len(idle) == 1 and os.sched_getscheduler(idle[0].pid) == os.SCHED_IDLE
-        assert idle[0].cpu_times().user > 0   # it ran the shadows
+        assert worker_processes(d) == [idle] and json.loads(idle.cmdline()[-1]).get("sched_idle")
+        assert os.sched_getscheduler(idle.pid) == os.SCHED_IDLE
+        assert idle.cpu_times().user > 0   # it ran the shadows
         placements = control(d, "placements")[0]["body"]["placements"]
         assert "shadow" not in {p["name"] for p in placements}
         assert {r["placement"] for r in replies} <= {p["name"] for p in placements}

@@ -157,6 +157,36 @@ def test_an_idle_worker_is_idle_from_its_start_not_from_its_own_call():
         p.stop()
 
 
+def test_the_shadow_worker_starts_with_its_first_reference_and_is_waited_for_loaded(slow_repository,
+                                                                                   tiny_repository):
+    """The shadow worker used to start with the placements and was not waited for: its start-up
+    ran while a fresh daemon served its first requests, and delayed some by 1.5 to 7 ms here,
+    idle priority or not. It now starts only when given a reference (a daemon whose references
+    all run inline has none), and ``wait_loaded``, which the daemon calls before it is ready,
+    returns once it is ready with that reference loaded."""
+    from adaptd.daemon.dispatch import SHADOW, Dispatcher
+
+    d = Dispatcher([Placement("cpu:0", "cpu", "litert", (0,), 1, None, "")], 4, shadow_worker=True)
+    d.start()
+    try:
+        assert d.wait_ready(DEADLINE_S) == []
+        shadow = d.shadows.workers[SHADOW]
+        assert shadow.proc is None and d.wait_loaded(DEADLINE_S) == []   # no reference, no process
+        assert d.exit_fds() == [] and not d.shadow_idle()
+        key = (str(slow_repository / SLOW_MODEL / "1"), "float32")
+        d.preload_shadow(*key)
+        assert shadow.proc is not None and os.sched_getscheduler(shadow.proc.pid) == os.SCHED_IDLE
+        assert d.wait_loaded(DEADLINE_S) == []
+        assert shadow.ready and key in shadow.loaded and d.shadow_idle()
+        pid = shadow.proc.pid
+        tiny, model, version = tiny_repository
+        other = (str(tiny / model / version), "float32")
+        d.preload_shadow(*other)   # a second model's reference: the same worker loads it
+        assert d.wait_loaded(DEADLINE_S) == [] and shadow.proc.pid == pid and other in shadow.loaded
+    finally:
+        d.stop()
+
+
 def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_asked(pool, slow_repository):
     """``preload(keep=False)`` (the request path's background load): the placement is loading
     until the worker answers; a new worker (after a death) does not load it again, and the
