@@ -10,6 +10,7 @@ send them.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import socket
@@ -87,13 +88,19 @@ def unregister_region(conn: ZmqDealer | StreamDealer, mm: mmap.mmap, region: str
 
 
 def pinned_requests(conn: ZmqDealer | StreamDealer, model: str, x: np.ndarray, variant: str,
-                    placement: str) -> Callable[[int], None]:
+                    placement: str, new_headers: bool = False) -> Callable[[int], None]:
     """A function that sends ``count`` requests of ``model`` on ``x`` inline, variant and placement
     pinned, one after another, each answered before the next; it raises SystemExit on an error
-    reply."""
+    reply. ``new_headers``: each request with a latency bound of its own (far above any run), so
+    that the daemon sees every header for the first time, as a client setting a deadline per
+    request makes it."""
+    sent = itertools.count()
+
     def requests(count: int) -> None:
         for _ in range(count):
-            header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement)
+            bound = {"max_latency_ms": 1000.0 + next(sent) * 1e-3} if new_headers else None
+            header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement,
+                                          constraints=bound)
             conn.send(proto.encode(header, [x]))
             if proto.decode(conn.recv())[0].get("type") != "result":
                 raise SystemExit("the daemon answered an error")
