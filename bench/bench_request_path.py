@@ -115,10 +115,12 @@ def build(repo: Path, placement: str):
 PEER = b"\x01peer-identity-16"
 
 
-def message(i: int, x: np.ndarray, region: str | None = None) -> list[zmq.Frame]:
-    """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11)."""
+def message(i: int, x: np.ndarray, region: str | None = None, new_header: bool = False) -> list[zmq.Frame]:
+    """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11);
+    ``new_header``: with a latency bound of its own, a header the daemon has not seen."""
     shm = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)] if region else None
-    header = proto.request_header(f"r{i:08d}", "digits", [x], constraints={"max_latency_ms": 50.0},
+    header = proto.request_header(f"r{i:08d}", "digits", [x],
+                                  constraints={"max_latency_ms": 50.0 + (i * 1e-3 if new_header else 0.0)},
                                   input_headers=shm)
     return [zmq.Frame(PEER), *(zmq.Frame(bytes(memoryview(f))) for f in proto.encode(header, [] if region else [x]))]
 
@@ -134,12 +136,15 @@ def shared_input(d: Daemon, x: np.ndarray) -> str:
 
 
 def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = False,
-        region: str | None = None, sweep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        region: str | None = None, sweep: np.ndarray | None = None,
+        new_headers: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """CPU µs per request of this thread, with the execution and without it (less the CPU time
     the execution measured around the interpreter's run); ``gap_s`` of other code before each,
     or ``sweep`` read through."""
     per, outside = [], []
-    frames = [message(i, x, region) for i in range(n)]
+    first = run.sent = getattr(run, "sent", 0)   # (request numbers go on from run to run: new headers stay new)
+    run.sent += n
+    frames = [message(first + i, x, region, new_headers) for i in range(n)]
     for msg in frames:
         if sweep is not None:
             sweep.sum()
@@ -194,6 +199,8 @@ def main() -> int:
                     help="read that array over and over in a process on this core instead (a run on another core)")
     ap.add_argument("--input", choices=("inline", "shm"), default="inline",
                     help="the input in the message, or in a shared-memory region the request names")
+    ap.add_argument("--new-headers", action="store_true",
+                    help="each request a header the daemon has not seen (a latency bound of its own)")
     args = ap.parse_args()
     names = [p.name for p in discover(PlacementsConfig()) if len(p.cores) == 1]
     placement = args.placement or names[-1]
@@ -205,7 +212,7 @@ def main() -> int:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(d, args.requests, x, region=region)
+        run(d, args.requests, x, region=region, new_headers=args.new_headers)
         prof.disable()
         pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
@@ -218,7 +225,8 @@ def main() -> int:
     elif args.sweep_mb:
         sweep = np.ones(sweep_values, np.float32)
     try:
-        per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep)
+        per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep,
+                           args.new_headers)
         if sweeper is not None and sweeper.poll() is not None:
             raise SystemExit("the sweeping process ended before the loop did")
     finally:
@@ -226,7 +234,7 @@ def main() -> int:
             sweeper.kill()
             sweeper.wait()
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
-          + f"; input {args.input}" + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
+          + f"; input {args.input}" + ("; a new header each request" if args.new_headers else "") + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
           + (f"; {args.sweep_mb:g} MB read before each request" if sweep is not None else "")
           + (f"; {args.sweep_mb:g} MB read over and over on core {args.sweep_core}" if sweeper is not None else ""))
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request: inline execution included "
