@@ -16,6 +16,8 @@ from collections.abc import Callable
 from adaptd.daemon.channel import ChannelError
 from adaptd.daemon.workers import Worker
 
+STARTUP_POLL_MS = 100   # the longest a start-up wait goes without asking whether it is over
+
 
 class StartupWaits:
     """What :class:`~adaptd.daemon.pool.WorkerPool` waits for at start-up (its ``workers``, its
@@ -23,6 +25,7 @@ class StartupWaits:
 
     workers: dict[str, Worker]
     _by_fd: dict[int, Worker]
+    _by_exit_fd: dict[int, Worker]
 
     def wait_ready(self, timeout_s: float) -> list[str]:
         """Block until every worker said ``ready`` (used at start-up only); return the laggards."""
@@ -39,10 +42,13 @@ class StartupWaits:
         return self._wait_while(not_ready, timeout_s, check)
 
     def wait_loaded(self, timeout_s: float) -> list[str]:
-        """Block until every eager load sent so far is answered (start-up only); return laggards."""
-        def waiting() -> list[Worker]:   # (a worker being killed answers nothing more: its restart loads again)
-            return [w for w in self.workers.values() if w.condemned is None and (
-                    w.pending_loads or any(key not in w.loaded and key not in w.failed_loads for key in w.eager))]
+        """Block until every eager load sent so far is answered (start-up only); return laggards.
+        A worker that is not running (not started, dead, or being killed) answers nothing more:
+        it is not waited for (its start or restart loads again)."""
+        def waiting() -> list[Worker]:
+            return [w for w in self.workers.values() if w.condemned is None and w.proc is not None
+                    and w.proc.poll() is None and (w.pending_loads or any(
+                        key not in w.loaded and key not in w.failed_loads for key in w.eager))]
         return self._wait_while(waiting, timeout_s)
 
     def _wait_while(self, waiting: Callable[[], list[Worker]], timeout_s: float,
@@ -50,16 +56,25 @@ class StartupWaits:
         """Read the channels until ``waiting()`` is empty or ``timeout_s`` passed, ``check()``
         after each wait; the placements of the workers still waiting. A channel the pool stopped
         reading (its worker died or is being killed) leaves the poller, whose bytes would
-        otherwise wake it at once forever."""
+        otherwise wake it at once forever. A worker's exit wakes the wait too (its death is
+        handled by the loop later), and ``waiting()`` is asked at least every ``STARTUP_POLL_MS``:
+        without pidfds the exit can be reported a moment before ``waitpid`` sees it."""
         deadline = time.monotonic() + timeout_s
         poller = select.poll()
         for fd in self._by_fd:
+            poller.register(fd, select.POLLIN)
+        exit_fds = set(self._by_exit_fd)
+        for fd in exit_fds:
             poller.register(fd, select.POLLIN)
         while waiting():
             left_ms = (deadline - time.monotonic()) * 1e3
             if left_ms <= 0:
                 break
-            for fd, _ in poller.poll(left_ms):
+            for fd, _ in poller.poll(min(left_ms, STARTUP_POLL_MS)):
+                if fd in exit_fds:
+                    exit_fds.discard(fd)
+                    poller.unregister(fd)
+                    continue
                 self.on_message(fd)
                 if fd not in self._by_fd:
                     poller.unregister(fd)

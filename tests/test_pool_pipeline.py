@@ -187,6 +187,27 @@ def test_the_shadow_worker_starts_with_its_first_reference_and_is_waited_for_loa
         d.stop()
 
 
+def test_a_shadow_worker_that_dies_while_starting_is_not_waited_for(slow_repository, monkeypatch, kernel_pidfds):
+    """A daemon's start waits for its shadow worker only while the worker runs: one killed before
+    it was ready used to hold the start for the whole limit, since it would never answer (its
+    exit seen through a pidfd, or through the socket pair a kernel without pidfds leaves)."""
+    from adaptd.daemon import dispatch
+
+    monkeypatch.setattr(dispatch, "SHADOW_START_WAIT_S", DEADLINE_S)
+    d = dispatch.Dispatcher([Placement("cpu:0", "cpu", "litert", (0,), 1, None, "")], 4, shadow_worker=True)
+    d.start()
+    try:
+        assert d.wait_ready(DEADLINE_S) == []
+        d.preload_shadow(str(slow_repository / SLOW_MODEL / "1"), "float32")
+        shadow = d.shadows.workers[dispatch.SHADOW]
+        os.kill(shadow.proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert d.wait_loaded(DEADLINE_S) == []
+        assert time.monotonic() - t0 < DEADLINE_S / 2 and not shadow.ready
+    finally:
+        d.stop()
+
+
 def test_a_background_load_is_not_redone_by_a_new_worker_and_is_sent_again_when_asked(pool, slow_repository):
     """``preload(keep=False)`` (the request path's background load): the placement is loading
     until the worker answers; a new worker (after a death) does not load it again, and the
