@@ -28,7 +28,7 @@ Paths (``--paths``, comma-separated; all by default):
 Each path's server CPU per request is also given: the median request's share of its server's
 process clocks (the daemon's, or the floor's skeleton's), read by the client after each reply,
 so a request's share holds what the server did until the next reply, its deferred work
-included (the daemon's child processes too, its live fidelity's shadow worker among them); with
+included (the daemon's child processes too, its live fidelity's shadow worker where it has one); with
 ``--baseline``, its paired difference too (the execution's CPU, the same on both sides, cancels
 out there).
 

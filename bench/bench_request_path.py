@@ -25,7 +25,7 @@ Usage::
 
     .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]] [--input shm]
     .venv/bin/python bench/bench_request_path.py --input shm --sweep-mb 16 [--placement cpu:0 --sweep-core 1]
-    .venv/bin/python bench/bench_request_path.py --profile [--sort tottime]
+    .venv/bin/python bench/bench_request_path.py --profile [--sort tottime] [--new-headers]
 """
 
 from __future__ import annotations
@@ -142,7 +142,8 @@ def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = Fals
     the execution measured around the interpreter's run); ``gap_s`` of other code before each,
     or ``sweep`` read through."""
     per, outside = [], []
-    first = run.sent = getattr(run, "sent", 0)   # (request numbers go on from run to run: new headers stay new)
+    # (request numbers go on from run to run: new headers stay new)
+    first = run.sent = getattr(run, "sent", 0)
     run.sent += n
     frames = [message(first + i, x, region, new_headers) for i in range(n)]
     for msg in frames:
@@ -234,7 +235,8 @@ def main() -> int:
             sweeper.kill()
             sweeper.wait()
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
-          + f"; input {args.input}" + ("; a new header each request" if args.new_headers else "") + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
+          + f"; input {args.input}" + ("; a new header each request" if args.new_headers else "")
+          + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
           + (f"; {args.sweep_mb:g} MB read before each request" if sweep is not None else "")
           + (f"; {args.sweep_mb:g} MB read over and over on core {args.sweep_core}" if sweeper is not None else ""))
     print(f"requests {len(per)}, replies {d.frontend.sent}; CPU us per request: inline execution included "

@@ -10,8 +10,9 @@ with LiteRT variants only (no TensorFlow placement). Measured per round:
 * ``rss_mb``: the daemon process's RSS after every variant on every placement has run once
   (eager load) — the worker processes' RSS is reported beside it, as is whether any process of
   the daemon mapped TensorFlow. With ``isolation = "thread"`` (the default) the interpreters
-  live in the daemon's process and the one worker process is live fidelity's shadow worker;
-  with ``--isolation process`` each placement has a worker process besides.
+  live in the daemon's process, and a worker process is live fidelity's shadow worker, where
+  one is started (not for the demo, whose reference runs inline); with ``--isolation process``
+  each placement has a worker process besides.
 
 Usage: ``.venv/bin/python bench/bench_startup.py [--rounds 5] [--repository demo-repo] [--isolation process]``
 """

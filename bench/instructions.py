@@ -18,8 +18,9 @@ the counts are dumped. Printed per request: the instructions, those inside the i
 counts those), and the instructions by where they ran (CPython's interpreter and objects,
 LiteRT, ZeroMQ, msgpack, SQLite, numpy, the C library), and the functions that executed most.
 ``--new-headers`` gives each request a latency bound of its own, so that the daemon decodes,
-validates and admits each header in full, as it does a client's first request. ``--baseline REV`` counts a daemon of that revision's code too (a git worktree, as
-``bench_paired.py --baseline`` makes), and prints the differences. Under valgrind the daemon
+validates and admits each header in full, as it does a client's first request. ``--baseline
+REV`` counts a daemon of that revision's code too (a git worktree, as ``bench_paired.py
+--baseline`` makes), and prints the differences. Under valgrind the daemon
 runs about 50 times slower; a run of 300 requests takes about a minute.
 
 valgrind 3.19 does not know ``pidfd_open(2)``: the daemon runs there as on a kernel without it
@@ -72,7 +73,7 @@ def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path
         requests = pinned_requests(conn, "digits", x, "float32", "cpu:1", new_headers)
 
         pid = str(daemon.proc.pid)
-        requests(warmup)   # the selector's estimates settle, a repeated header is kept
+        requests(warmup)   # the selector's estimates settle (a repeated header is kept)
         subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
         requests(n)
         subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)

@@ -23,10 +23,10 @@ Contract
   (:meth:`submit_shadow` refuses while it is busy). Its file descriptors, death and restart go
   through the same loop as the placements' workers. It starts with the first reference it is
   given (:meth:`preload_shadow`), not with the placements: a daemon whose references all run
-  inline has no such process. One started at start-up is waited for by :meth:`wait_loaded`,
-  at most ``SHADOW_START_WAIT_S``: its start-up, idle priority or not, delayed a fresh daemon's
-  first requests by 1.5 to 7 ms here (docs/decisions.md, "The shadow worker, started before
-  the first request").
+  inline has no such process. One started at start-up is waited for by :meth:`wait_loaded`
+  (which the daemon calls when it loads eagerly), at most ``SHADOW_START_WAIT_S`` and while it
+  runs: its start-up, idle priority or not, delayed a fresh daemon's first requests by 1.1 to
+  4.7 ms here (docs/decisions.md, "The shadow worker, started before the first request").
 * The daemon's main thread only, like the two hosts it wraps.
 """
 
@@ -47,7 +47,7 @@ log = logging.getLogger("adaptd.dispatch")
 
 SHADOW = "shadow"
 # The longest a daemon's start waits for its shadow worker (idle priority: on a busy board it may
-# take long to start); past it the daemon serves, and shadow runs wait for the worker.
+# take long to start); past it the daemon serves, and shadow runs are skipped until it is ready.
 SHADOW_START_WAIT_S = 10.0
 
 
@@ -124,7 +124,7 @@ class Dispatcher:
         laggards = self.threads.wait_loaded(timeout_s) + self.processes.wait_loaded(timeout_s)
         wait_s = min(timeout_s, SHADOW_START_WAIT_S)
         if self._shadow_started and self.shadows.wait_loaded(wait_s):
-            log.info("the shadow worker is not ready after %g s; shadow runs wait for it", wait_s)
+            log.warning("the shadow worker is not ready after %g s; shadow runs are skipped until it is", wait_s)
         return laggards
 
     def measure_overhead_ms(self) -> dict[str, float]:

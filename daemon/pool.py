@@ -21,7 +21,8 @@ Contract
   queued for it are handed back too, each once. No request is silently dropped nor answered twice.
   A restart that cannot start a process (descriptors or processes exhausted) is the same: the
   placement is down and the start is tried again ``START_RETRY_S`` later; it never ends the
-  daemon. The first start, at the daemon's start-up, raises instead.
+  daemon. The first start, at the daemon's start-up, raises instead; a worker left unstarted then
+  (live fidelity's shadow worker: :mod:`adaptd.daemon.dispatch`) starts later as a restart does.
 * No send to a worker raises: a channel that fails (the worker died, or stopped reading for
   ``SEND_TIMEOUT_S``) marks the worker dying (nothing more is sent to it) and kills it if it
   still runs; a job whose send failed never reached a worker that could run it, and goes back to

@@ -216,10 +216,10 @@ class Daemon:
         self.path.loads_on_demand = not self._eager(registry)
         if not self.path.loads_on_demand:
             self._preload(registry)
-        laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)   # (and a shadow worker's start)
-        if laggards:
-            log.warning("eager loads still running after %s s on %s; serving anyway",
-                        cfg.placements.worker_start_timeout_s, ", ".join(laggards))
+            laggards = self.pool.wait_loaded(cfg.placements.worker_start_timeout_s)   # (a shadow worker's too)
+            if laggards:
+                log.warning("eager loads still running after %s s on %s; serving anyway",
+                            cfg.placements.worker_start_timeout_s, ", ".join(laggards))
         if cfg.metrics.enabled:   # prometheus_client is imported only then
             from adaptd.daemon import metrics
             self.metrics = metrics.start(self)

@@ -8,7 +8,8 @@ Contract
   waiting in the daemon; ``queue_limit`` bounds :meth:`Worker.n_waiting`.
 * ``restart_at`` (``time.monotonic()`` seconds) is set while a restart is held back: after a
   crash loop, or after a start that failed (``start_error`` says why); the placement is *down*
-  meanwhile. :func:`next_restart_s` is when the soonest of some workers' is due.
+  meanwhile. It is also 0 for a worker's first start made later than its pool's (the shadow
+  worker's: :mod:`adaptd.daemon.dispatch`). :func:`next_restart_s` is when the soonest is due.
 """
 
 from __future__ import annotations

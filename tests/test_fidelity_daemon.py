@@ -188,6 +188,33 @@ def test_a_shift_moves_the_request_to_a_variant_that_still_meets_its_bound(repo,
     assert f"fidelity_{repo[1]}.png" in {p.name for p in plots}
 
 
+def test_a_reference_measured_longer_than_inline_starts_the_shadow_worker_while_serving(repo, digits, tmp_path):
+    """A reference whose build's latency says it runs inline, but whose runs measure longer than
+    inline_max_ms, is given to the shadow worker once measured: the worker starts then, while
+    the daemon serves (the loop polls its descriptors from then on), and takes the next runs."""
+    src = tmp_path / "repo"
+    shutil.copytree(repo[0], src)
+    path = src / repo[1] / repo[2] / "manifest.json"
+    manifest = json.loads(path.read_text())
+    # The reference's prior: slower than int8_full's (which serves), and predicted within
+    # inline_max_ms (0.008 ms with cpu:0-1's 2 threads) while a run takes over 0.01 ms of CPU.
+    for v in manifest["variants"]:
+        if v["name"] == "float32":
+            v["latency_ms_1thread"]["median"] = 0.004
+    path.write_text(json.dumps(manifest))
+    with DaemonProcess.start(src, tmp_path / "d", config={
+            "selector": {"policy": "static"}, "placements": {"load": "eager", "inline_max_ms": 0.01},
+            "fidelity": {"share": SHARE}}) as d:
+        assert worker_processes(d) == []   # none at start: the reference was predicted inline
+        replies = []
+        while len(replies) < 300 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["offloaded"] == 0:
+            replies += [infer(d, repo[1], x) for x in digits[len(replies) % 200:][:10]]
+        shadow = control(d, "stats")[0]["body"]["fidelity"]["shadow"]
+        assert shadow["offloaded"] >= 1 and shadow["cpu_ms_in_process"] > 0, shadow   # inline first, then offloaded
+        (idle,) = worker_processes(d)
+        assert json.loads(idle.cmdline()[-1]).get("sched_idle")
+
+
 def test_long_shadow_runs_go_to_the_idle_priority_worker(repo, digits, tmp_path):
     """A reference slower than inline_max_ms (here every one: the limit is 0) runs in the shadow
     worker, a process under SCHED_IDLE that is not a placement: no request is answered from it,
@@ -206,7 +233,7 @@ def test_long_shadow_runs_go_to_the_idle_priority_worker(repo, digits, tmp_path)
             pass
         assert shadow["runs"] == shadow["offloaded"] == 1, shadow
         # A run is offered only while the worker is idle: the window fills within a bounded number
-        while len(replies) < 300 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["compared"] < 30:
+        while len(replies) < 600 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["compared"] < 30:
             replies += [infer(d, repo[1], x) for x in digits[len(replies) % 200:][:10]]
         fid = wait_compared(d, 30)
         shadow = fid["shadow"]
