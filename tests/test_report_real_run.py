@@ -51,7 +51,9 @@ def test_the_report_of_a_one_second_run_is_readable(tiny_repository, tmp_path: P
 
     lat = by_name["predicted_vs_measured.png"].fig.axes[0]
     measured = np.array([r["total_ms"] for r in records if r["total_ms"] is not None])
-    assert measured.max() > 10 * np.median(measured), "no first-load request: nothing to check"
+    # (against the tenth percentile, not the median: on a loaded host the backlog behind a load
+    # raised the median to 5 ms, with the load's request at 37)
+    assert measured.max() > 10 * np.percentile(measured, 10), "no first-load request: nothing to check"
     # One scale for both axes, log or clipped (and said so), so that the requests fill the plot
     # rather than one corner of it.
     assert lat.get_xscale() == lat.get_yscale() and lat.get_xlim() == lat.get_ylim()
