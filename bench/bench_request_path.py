@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import os
 import platform
 import pstats
@@ -113,6 +114,7 @@ def build(repo: Path, placement: str):
 
 
 PEER = b"\x01peer-identity-16"
+REQUEST_NUMBERS = itertools.count()   # (on from run to run: a new header stays new)
 
 
 def message(i: int, x: np.ndarray, region: str | None = None, new_header: bool = False) -> list[zmq.Frame]:
@@ -142,10 +144,7 @@ def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = Fals
     the execution measured around the interpreter's run); ``gap_s`` of other code before each,
     or ``sweep`` read through."""
     per, outside = [], []
-    # (request numbers go on from run to run: new headers stay new)
-    first = run.sent = getattr(run, "sent", 0)
-    run.sent += n
-    frames = [message(first + i, x, region, new_headers) for i in range(n)]
+    frames = [message(next(REQUEST_NUMBERS), x, region, new_headers) for _ in range(n)]
     for msg in frames:
         if sweep is not None:
             sweep.sum()

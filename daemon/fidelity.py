@@ -91,8 +91,7 @@ def _array(body: Any, header: dict[str, Any]) -> np.ndarray:
     """An output body (a numpy array from a thread, a frame from a worker process) as float32."""
     if isinstance(body, np.ndarray):
         return body
-    buf = body.buffer if hasattr(body, "buffer") else body
-    return np.frombuffer(buf, dtype=np.dtype(header.get("dtype", "float32"))).reshape(header["shape"])
+    return np.frombuffer(body, dtype=np.dtype(header.get("dtype", "float32"))).reshape(header["shape"])
 
 
 class LiveFidelity:
