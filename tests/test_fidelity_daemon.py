@@ -207,7 +207,7 @@ def test_a_reference_measured_longer_than_inline_starts_the_shadow_worker_while_
             "fidelity": {"share": SHARE}}) as d:
         assert worker_processes(d) == []   # none at start: the reference was predicted inline
         replies = []
-        while len(replies) < 300 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["offloaded"] == 0:
+        while len(replies) < 600 and control(d, "stats")[0]["body"]["fidelity"]["shadow"]["offloaded"] == 0:
             replies += [infer(d, repo[1], x) for x in digits[len(replies) % 200:][:10]]
         shadow = control(d, "stats")[0]["body"]["fidelity"]["shadow"]
         assert shadow["offloaded"] >= 1 and shadow["cpu_ms_in_process"] > 0, shadow   # inline first, then offloaded
