@@ -1,0 +1,224 @@
+"""ADPT/1's request headers: validated into a :class:`Request` (PROTOCOL.md §4 and §7), and made.
+
+Contract
+--------
+* :func:`parse_request` validates a decoded header; every problem is a
+  :class:`~adaptd.wire.errors.ProtocolError` with the code PROTOCOL.md §6 gives it and, once it
+  could be read, the request id. :func:`request_header` makes the header a client sends.
+* A :class:`Request` is immutable but for ``derived``, the map the daemon keeps for a repeated
+  header (:mod:`adaptd.daemon.request_memo`).
+* Pure: no I/O, no shared state. Any thread.
+* :mod:`adaptd.wire.protocol` re-exports every public name here: callers use ``proto.X``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from adaptd.selector.request import OBJECTIVES, ON_INFEASIBLE, Constraints, InvalidConstraintsError
+from adaptd.wire.errors import (BAD_CONSTRAINTS, BAD_REQUEST, MAX_ID_BYTES, MAX_NAME_BYTES, MAX_PID, ProtocolError,
+                                shown)
+from adaptd.wire.tensors import ShmRef, TensorSpec, parse_shm_ref, parse_tensor_headers, tensor_header
+
+SHM_TYPES = ("shm_register", "shm_unregister", "shm_regions")     # §11
+CONTROL_TYPES = ("models", "placements", "stats", "health", "reload", "explain", "fidelity_export", *SHM_TYPES)
+REQUEST_TYPES = ("infer", *CONTROL_TYPES)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request header (inference, explain or another control message)."""
+
+    type: str
+    id: str
+    model: str | None = None
+    version: str | None = None
+    inputs: tuple[TensorSpec, ...] = ()
+    constraints: Constraints = field(default_factory=Constraints)
+    objective: str = "latency"
+    on_infeasible: str = "reject"
+    pin_variant: str | None = None
+    pin_placement: str | None = None
+    explain: bool = False
+    client: str | None = None
+    outputs_to: ShmRef | None = None     # infer: write the outputs into a region (§11)
+    size: int | None = None              # shm_register
+    owner_pid: int | None = None         # shm_register
+    region: str | None = None            # shm_unregister
+    # What the daemon derives from a repeated header (adaptd.daemon.request_memo): one map shared by
+    # the memo's template and every copy of it; None for a request parsed afresh.
+    derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
+
+    def with_id(self, request_id: str) -> Request:
+        """The same request under another id (a copy of its fields: ``dataclasses.replace``
+        would validate them again, at ten times the cost)."""
+        twin = object.__new__(Request)
+        twin.__dict__.update(self.__dict__)
+        object.__setattr__(twin, "id", request_id)
+        return twin
+
+
+def request_id_of(header: Mapping[str, Any]) -> str | None:
+    rid = header.get("id")
+    return rid if isinstance(rid, str) else None
+
+
+def _opt_str(header: Mapping[str, Any], key: str, rid: str) -> str | None:
+    value = header.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be a non-empty string of at most {MAX_NAME_BYTES} bytes",
+                            rid)
+    return value
+
+
+def _enum(header: Mapping[str, Any], key: str, allowed: Sequence[str], default: str, rid: str) -> str:
+    value = header.get(key, default)
+    if value is None:
+        return default
+    if value not in allowed:
+        raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {shown(value)}", rid)
+    return value
+
+
+CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj", "latency_confidence")
+
+
+def parse_constraints(value: Any, rid: str | None) -> Constraints:
+    """§4.2: a map of known keys; the values are judged by the selector's rules
+    (:class:`adaptd.selector.request.Constraints`), whose message a ``BAD_CONSTRAINTS`` carries."""
+    if value is None:
+        return Constraints()
+    if not isinstance(value, dict):
+        raise ProtocolError(BAD_CONSTRAINTS, "'constraints' must be a map", rid)
+    try:
+        constraints = Constraints(*(value.get(key) for key in CONSTRAINT_KEYS))
+    except InvalidConstraintsError as exc:
+        raise ProtocolError(BAD_CONSTRAINTS, str(exc), rid) from None
+    unknown = set(value) - set(CONSTRAINT_KEYS)
+    if unknown:
+        raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {shown(sorted(map(str, unknown)))}", rid)
+    return constraints
+
+
+def parse_request(header: Mapping[str, Any]) -> Request:
+    """Validate a request header (PROTOCOL.md §4 and §7)."""
+    rid = header.get("id")
+    if not isinstance(rid, str) or not rid:
+        raise ProtocolError(BAD_REQUEST, "'id' must be a non-empty string")
+    if len(rid.encode("utf-8")) > MAX_ID_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'id' is longer than {MAX_ID_BYTES} bytes")
+    rtype = header.get("type")
+    if rtype not in REQUEST_TYPES:
+        raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {shown(rtype)}", rid)
+    if rtype in SHM_TYPES:
+        return _parse_shm_control(rtype, rid, header)
+    if rtype not in ("infer", "explain", "fidelity_export"):
+        return Request(type=rtype, id=rid)
+
+    model, version = _model_version(header, rid)
+    if rtype == "fidelity_export":   # §7.8: a model (and version) only
+        return Request(type=rtype, id=rid, model=model, version=version)
+    inputs: tuple[TensorSpec, ...] = ()
+    if rtype == "infer":
+        if "inputs" not in header:
+            raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
+        inputs = tuple(parse_tensor_headers(header["inputs"], "inputs", rid))
+    pin = header.get("pin")
+    if pin is not None and not isinstance(pin, dict):
+        raise ProtocolError(BAD_REQUEST, "'pin' must be a map", rid)
+    pin = pin or {}
+    explain = header.get("explain", False)
+    if not isinstance(explain, bool):
+        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
+    return Request(
+        type=rtype,
+        id=rid,
+        model=model,
+        version=version,
+        inputs=inputs,
+        constraints=parse_constraints(header.get("constraints"), rid),
+        objective=_enum(header, "objective", OBJECTIVES, "latency", rid),
+        on_infeasible=_enum(header, "on_infeasible", ON_INFEASIBLE, "reject", rid),
+        pin_variant=_opt_str(pin, "variant", rid),
+        pin_placement=_opt_str(pin, "placement", rid),
+        explain=explain or rtype == "explain",
+        client=_opt_str(header, "client", rid),
+        outputs_to=(parse_shm_ref(header["outputs_to"], "outputs_to", rid)
+                    if rtype == "infer" and header.get("outputs_to") is not None else None),
+    )
+
+
+def _model_version(header: Mapping[str, Any], rid: str) -> tuple[str, str | None]:
+    """A request's ``model`` (required) and ``version`` (optional; an integer is read as its digits)."""
+    model = _opt_str(header, "model", rid)
+    if model is None:
+        raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
+    version = header.get("version")
+    if version is not None and not isinstance(version, str):
+        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63:
+            version = str(version)
+        else:
+            raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
+    if version is not None and len(version) > MAX_NAME_BYTES:
+        raise ProtocolError(BAD_REQUEST, f"'version' is longer than {MAX_NAME_BYTES} bytes", rid)
+    return model, version
+
+
+def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:
+    def integer(key: str, required: bool, low: int, high: int) -> int | None:
+        value = header.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value < high:
+            raise ProtocolError(BAD_REQUEST, f"'{key}' must be an int in [{low}, {high}); got {shown(value)}", rid)
+        return value
+
+    if rtype == "shm_register":
+        return Request(type=rtype, id=rid, size=integer("size", True, 1, 2**63),
+                       owner_pid=integer("owner_pid", False, 1, MAX_PID))
+    if rtype == "shm_unregister":
+        region = header.get("region")
+        if not isinstance(region, str) or not region or len(region) > MAX_NAME_BYTES:
+            raise ProtocolError(BAD_REQUEST, "'region' must be a region name", rid)
+        return Request(type=rtype, id=rid, region=region)
+    return Request(type=rtype, id=rid)
+
+
+def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
+                   version: str | None = None, constraints: Mapping[str, float] | None = None,
+                   objective: str | None = None, on_infeasible: str | None = None,
+                   pin_variant: str | None = None, pin_placement: str | None = None,
+                   explain: bool = False, client: str | None = None,
+                   request_type: str = "infer", input_headers: Sequence[Mapping[str, Any]] | None = None,
+                   outputs_to: ShmRef | None = None) -> dict[str, Any]:
+    """The header of an inference (or explain) request, as a client sends it.
+
+    ``input_headers`` replaces the headers made from ``inputs`` (for tensors in a region, §11)."""
+    header: dict[str, Any] = {"type": request_type, "id": request_id, "model": model}
+    if request_type == "infer":
+        header["inputs"] = ([dict(h) for h in input_headers] if input_headers is not None
+                            else [tensor_header(a) for a in inputs])
+        if outputs_to is not None:
+            header["outputs_to"] = outputs_to.to_dict()
+    if version is not None:
+        header["version"] = version
+    if constraints:
+        header["constraints"] = {k: float(v) for k, v in constraints.items() if v is not None}
+    if objective is not None:
+        header["objective"] = objective
+    if on_infeasible is not None:
+        header["on_infeasible"] = on_infeasible
+    pin = {k: v for k, v in (("variant", pin_variant), ("placement", pin_placement)) if v is not None}
+    if pin:
+        header["pin"] = pin
+    if explain:
+        header["explain"] = True
+    if client is not None:
+        header["client"] = client
+    return header
