@@ -67,6 +67,13 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _positive(name: str, value: Any) -> float:
+    v = _number(name, value)
+    if not v > 0.0:
+        raise InvalidConstraintsError(f"{name} must be greater than 0; got {v:g}")
+    return v
+
+
 @dataclass(frozen=True, slots=True)
 class Constraints:
     """The bounds of a request (PROTOCOL.md §4.2); ``None`` means unbounded.
@@ -85,20 +92,24 @@ class Constraints:
     latency_confidence: float | None = None
 
     def __post_init__(self) -> None:
+        # A float already within its range (a decoded header's usual bound) passes without a
+        # call; anything else is judged by _number and the range, and stored as a float.
         set_ = object.__setattr__
-        if self.min_accuracy is not None:
-            v = _number("min_accuracy", self.min_accuracy)
+        v = self.min_accuracy
+        if v is not None and (type(v) is not float or not 0.0 <= v <= 1.0):
+            v = _number("min_accuracy", v)
             if not 0.0 <= v <= 1.0:
                 raise InvalidConstraintsError(f"min_accuracy must be within [0, 1]; got {v:g}")
             set_(self, "min_accuracy", v)
-        for name in ("max_latency_ms", "max_energy_mj"):
-            if getattr(self, name) is not None:
-                v = _number(name, getattr(self, name))
-                if not v > 0.0:
-                    raise InvalidConstraintsError(f"{name} must be greater than 0; got {v:g}")
-                set_(self, name, v)
-        if self.latency_confidence is not None:
-            v = _number("latency_confidence", self.latency_confidence)
+        v = self.max_latency_ms
+        if v is not None and (type(v) is not float or not 0.0 < v < math.inf):
+            set_(self, "max_latency_ms", _positive("max_latency_ms", v))
+        v = self.max_energy_mj
+        if v is not None and (type(v) is not float or not 0.0 < v < math.inf):
+            set_(self, "max_energy_mj", _positive("max_energy_mj", v))
+        v = self.latency_confidence
+        if v is not None and (type(v) is not float or not 0.5 <= v < 1.0):
+            v = _number("latency_confidence", v)
             if not 0.5 <= v < 1.0:
                 raise InvalidConstraintsError(f"latency_confidence must be within [0.5, 1); got {v:g}")
             set_(self, "latency_confidence", v)

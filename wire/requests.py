@@ -14,7 +14,7 @@ Contract
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -62,46 +62,64 @@ class Request:
         return twin
 
 
+# Every field's default: a parsed request is built from a copy (_request), not through the
+# frozen dataclass's __init__, which sets its 17 fields one call each.
+_DEFAULTS: dict[str, Any] = {f.name: f.default_factory() if f.default is MISSING else f.default
+                             for f in fields(Request) if f.init and f.name not in ("type", "id")}
+
+
+def _request(values: dict[str, Any]) -> Request:
+    """A Request whose ``__dict__`` is ``values`` (every field, checked by the caller)."""
+    request = object.__new__(Request)
+    object.__setattr__(request, "__dict__", values)
+    return request
+
+
 def request_id_of(header: Mapping[str, Any]) -> str | None:
     rid = header.get("id")
     return rid if isinstance(rid, str) else None
 
 
-def _opt_str(header: Mapping[str, Any], key: str, rid: str) -> str | None:
-    value = header.get(key)
-    if value is None:
-        return None
+# A name of at most this many characters is at most MAX_NAME_BYTES in UTF-8 (4 bytes a character
+# at most): checked without encoding it.
+_SHORT_NAME_CHARS = MAX_NAME_BYTES // 4
+
+
+def _name(value: Any, key: str, rid: str) -> str:
+    """``value`` if it is a non-empty string of at most ``MAX_NAME_BYTES`` in UTF-8, else
+    BAD_REQUEST naming ``key``."""
+    if type(value) is str and 0 < len(value) <= _SHORT_NAME_CHARS:
+        return value
     if not isinstance(value, str) or not value or len(value.encode("utf-8")) > MAX_NAME_BYTES:
         raise ProtocolError(BAD_REQUEST, f"'{key}' must be a non-empty string of at most {MAX_NAME_BYTES} bytes",
                             rid)
     return value
 
 
-def _enum(header: Mapping[str, Any], key: str, allowed: Sequence[str], default: str, rid: str) -> str:
-    value = header.get(key, default)
-    if value is None:
-        return default
-    if value not in allowed:
-        raise ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {shown(value)}", rid)
-    return value
+def _enum_error(key: str, allowed: Sequence[str], value: Any, rid: str) -> ProtocolError:
+    return ProtocolError(BAD_REQUEST, f"'{key}' must be one of {', '.join(allowed)}; got {shown(value)}", rid)
 
 
 CONSTRAINT_KEYS = ("min_accuracy", "max_latency_ms", "max_energy_mj", "latency_confidence")
+_CONSTRAINT_KEY_SET = frozenset(CONSTRAINT_KEYS)
+_NO_CONSTRAINTS = Constraints()
 
 
 def parse_constraints(value: Any, rid: str | None) -> Constraints:
     """§4.2: a map of known keys; the values are judged by the selector's rules
     (:class:`adaptd.selector.request.Constraints`), whose message a ``BAD_CONSTRAINTS`` carries."""
     if value is None:
-        return Constraints()
+        return _NO_CONSTRAINTS
     if not isinstance(value, dict):
         raise ProtocolError(BAD_CONSTRAINTS, "'constraints' must be a map", rid)
     try:
-        constraints = Constraints(*(value.get(key) for key in CONSTRAINT_KEYS))
+        get = value.get
+        constraints = Constraints(get("min_accuracy"), get("max_latency_ms"), get("max_energy_mj"),
+                                  get("latency_confidence"))
     except InvalidConstraintsError as exc:
         raise ProtocolError(BAD_CONSTRAINTS, str(exc), rid) from None
-    unknown = set(value) - set(CONSTRAINT_KEYS)
-    if unknown:
+    if not _CONSTRAINT_KEY_SET.issuperset(value):
+        unknown = set(value) - _CONSTRAINT_KEY_SET
         raise ProtocolError(BAD_CONSTRAINTS, f"unknown constraint(s): {shown(sorted(map(str, unknown)))}", rid)
     return constraints
 
@@ -111,63 +129,97 @@ def parse_request(header: Mapping[str, Any]) -> Request:
     rid = header.get("id")
     if not isinstance(rid, str) or not rid:
         raise ProtocolError(BAD_REQUEST, "'id' must be a non-empty string")
-    if len(rid.encode("utf-8")) > MAX_ID_BYTES:
+    if len(rid) > MAX_ID_BYTES // 4 and len(rid.encode("utf-8")) > MAX_ID_BYTES:
         raise ProtocolError(BAD_REQUEST, f"'id' is longer than {MAX_ID_BYTES} bytes")
     rtype = header.get("type")
+    if rtype == "infer":
+        return _parse_infer(header, rid)
     if rtype not in REQUEST_TYPES:
         raise ProtocolError(BAD_REQUEST, f"'type' must be one of {', '.join(REQUEST_TYPES)}; got {shown(rtype)}", rid)
     if rtype in SHM_TYPES:
         return _parse_shm_control(rtype, rid, header)
-    if rtype not in ("infer", "explain", "fidelity_export"):
+    if rtype not in ("explain", "fidelity_export"):
         return Request(type=rtype, id=rid)
-
     model, version = _model_version(header, rid)
     if rtype == "fidelity_export":   # §7.8: a model (and version) only
         return Request(type=rtype, id=rid, model=model, version=version)
-    inputs: tuple[TensorSpec, ...] = ()
-    if rtype == "infer":
-        if "inputs" not in header:
-            raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
-        inputs = tuple(parse_tensor_headers(header["inputs"], "inputs", rid))
-    pin = header.get("pin")
-    if pin is not None and not isinstance(pin, dict):
-        raise ProtocolError(BAD_REQUEST, "'pin' must be a map", rid)
-    pin = pin or {}
+    pin = _pin(header, rid)
     explain = header.get("explain", False)
     if not isinstance(explain, bool):
         raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
-    return Request(
-        type=rtype,
-        id=rid,
-        model=model,
-        version=version,
-        inputs=inputs,
-        constraints=parse_constraints(header.get("constraints"), rid),
-        objective=_enum(header, "objective", OBJECTIVES, "latency", rid),
-        on_infeasible=_enum(header, "on_infeasible", ON_INFEASIBLE, "reject", rid),
-        pin_variant=_opt_str(pin, "variant", rid),
-        pin_placement=_opt_str(pin, "placement", rid),
-        explain=explain or rtype == "explain",
-        client=_opt_str(header, "client", rid),
-        outputs_to=(parse_shm_ref(header["outputs_to"], "outputs_to", rid)
-                    if rtype == "infer" and header.get("outputs_to") is not None else None),
-    )
+    return _request({**_DEFAULTS, "type": rtype, "id": rid, "model": model, "version": version,
+                     **_choice_fields(header, pin, rid), "explain": True})
+
+
+def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
+    """An ``infer`` header (§4), its checks in the order :func:`parse_request` gives them for
+    ``explain``, written out: every client's first request, and every request that sets a
+    bound of its own, takes this path (a repeated header is kept: adaptd.daemon.request_memo)."""
+    model, version = _model_version(header, rid)
+    if "inputs" not in header:
+        raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
+    inputs = tuple(parse_tensor_headers(header["inputs"], "inputs", rid))
+    pin = _pin(header, rid)
+    explain = header.get("explain", False)
+    if explain is not False and explain is not True:
+        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
+    fields = _choice_fields(header, pin, rid)
+    outputs_to = header.get("outputs_to")
+    return _request({**_DEFAULTS, "type": "infer", "id": rid, "model": model, "version": version, "inputs": inputs,
+                     **fields, "explain": explain,
+                     "outputs_to": None if outputs_to is None else parse_shm_ref(outputs_to, "outputs_to", rid)})
+
+
+def _pin(header: Mapping[str, Any], rid: str) -> Mapping[str, Any]:
+    pin = header.get("pin")
+    if pin is None:
+        return _NO_PIN
+    if not isinstance(pin, dict):
+        raise ProtocolError(BAD_REQUEST, "'pin' must be a map", rid)
+    return pin
+
+
+def _choice_fields(header: Mapping[str, Any], pin: Mapping[str, Any], rid: str) -> dict[str, Any]:
+    """The fields that shape the choice (constraints, objective, ``on_infeasible``, the pins) and
+    the client's name, checked in that order."""
+    constraints = parse_constraints(header.get("constraints"), rid)
+    objective = header.get("objective")
+    if objective is None:
+        objective = "latency"
+    elif objective not in OBJECTIVES:
+        raise _enum_error("objective", OBJECTIVES, objective, rid)
+    on_infeasible = header.get("on_infeasible")
+    if on_infeasible is None:
+        on_infeasible = "reject"
+    elif on_infeasible not in ON_INFEASIBLE:
+        raise _enum_error("on_infeasible", ON_INFEASIBLE, on_infeasible, rid)
+    variant, placement, client = pin.get("variant"), pin.get("placement"), header.get("client")
+    return {"constraints": constraints, "objective": objective, "on_infeasible": on_infeasible,
+            "pin_variant": None if variant is None else _name(variant, "variant", rid),
+            "pin_placement": None if placement is None else _name(placement, "placement", rid),
+            "client": None if client is None else _name(client, "client", rid)}
 
 
 def _model_version(header: Mapping[str, Any], rid: str) -> tuple[str, str | None]:
     """A request's ``model`` (required) and ``version`` (optional; an integer is read as its digits)."""
-    model = _opt_str(header, "model", rid)
+    model = header.get("model")
     if model is None:
         raise ProtocolError(BAD_REQUEST, "'model' must be a non-empty string", rid)
+    model = _name(model, "model", rid)
     version = header.get("version")
-    if version is not None and not isinstance(version, str):
+    if version is None:
+        return model, None
+    if not isinstance(version, str):
         if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 2**63:
             version = str(version)
         else:
             raise ProtocolError(BAD_REQUEST, "'version' must be a string", rid)
-    if version is not None and len(version) > MAX_NAME_BYTES:
+    if len(version) > MAX_NAME_BYTES:
         raise ProtocolError(BAD_REQUEST, f"'version' is longer than {MAX_NAME_BYTES} bytes", rid)
     return model, version
+
+
+_NO_PIN: Mapping[str, Any] = {}
 
 
 def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:

@@ -81,20 +81,29 @@ def parse_tensor_headers(value: Any, what: str, request_id: str | None) -> list[
         if not isinstance(item, dict):
             raise ProtocolError(BAD_REQUEST, f"{what}[{i}] must be a map", request_id)
         dtype_name = item.get("dtype")
-        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        dtype = DTYPES.get(dtype_name) if type(dtype_name) is str else None
+        if dtype is None:
             raise ProtocolError(BAD_INPUT, f"{what}[{i}]: unsupported dtype {shown(dtype_name)}", request_id,
                                 {"supported": sorted(DTYPES)})
         shape = item.get("shape")
-        dims_ok = isinstance(shape, list) and len(shape) <= 16
+        dims_ok = type(shape) is list and len(shape) <= 16
         for d in shape if dims_ok else ():   # (a loop, not all() over a generator: a call per dimension)
-            dims_ok = dims_ok and isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
+            if type(d) is not int or not 0 <= d < 2**31:   # (bool is not int's type)
+                dims_ok = False
+                break
         if not dims_ok:
             raise ProtocolError(BAD_INPUT, f"{what}[{i}]: shape must be an array of non-negative ints", request_id)
         name = item.get("name")
-        if isinstance(name, str) and len(name) > MAX_NAME_BYTES:
+        if type(name) is not str or len(name) > MAX_NAME_BYTES:
             name = None   # informational only (inputs are matched by position)
-        shm = parse_shm_ref(item["shm"], f"{what}[{i}].shm", request_id) if item.get("shm") is not None else None
-        specs.append(TensorSpec(DTYPES[dtype_name], tuple(shape), name if isinstance(name, str) else None, shm))
+        shm = item.get("shm")
+        if shm is not None:
+            shm = parse_shm_ref(shm, f"{what}[{i}].shm", request_id)
+        # (built as a copy of its fields, not through the frozen dataclass's __init__: one call
+        # where that makes five, on every header the daemon has not seen)
+        spec = object.__new__(TensorSpec)
+        object.__setattr__(spec, "__dict__", {"dtype": dtype, "shape": tuple(shape), "name": name, "shm": shm})
+        specs.append(spec)
     return specs
 
 
