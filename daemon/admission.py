@@ -18,6 +18,10 @@ Contract
   region they name is live (not unregistered, its owner not gone): the same regions at the same
   offsets and sizes pass the same checks; a copy from another peer, or after a region ended, is
   checked afresh (UNKNOWN_REGION, as a first request).
+* For any header, the arms a model's pins leave (one list per model version, variant pin and
+  placement pin, at most ``MAX_KEPT_PINS``) are kept until the registry's generation changes,
+  and never changed: a new header with known pins, a client's first request say, filters no arms
+  (set-aside ones are removed per request), and the policy keeps its candidate ids for that list.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
@@ -42,6 +46,9 @@ from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.variants.preprocess import accepted_dtypes
 from adaptd.variants.preprocess import accepts as accepts_dtypes
 from adaptd.wire import protocol as proto
+
+
+MAX_KEPT_PINS = 256   # pins whose arms are kept (a full map is emptied)
 
 
 def busy_reply(placement: str, queue_limit: int) -> tuple[str, dict[str, Any]]:
@@ -81,6 +88,8 @@ class Admission:
         self._queue_limit = queue_limit
         self._max_batch = max_batch
         self._placements_of: dict[Path, set[str]] = {}
+        self._pinned: dict[tuple[Path, str | None, str | None], list[Arm]] = {}   # see candidates
+        self._pinned_generation: int | None = None
 
     # --- before parsing ------------------------------------------------------------------------
     def refuse_early(self, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -147,7 +156,9 @@ class Admission:
         return Admitted(model, accepting, shm_inputs, outputs_to)
 
     def candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:
-        """The model version and the arms the request's pins leave, set-aside arms removed."""
+        """The model version and the arms the request's pins leave, set-aside arms removed. The
+        arms a model's pins leave are kept per registry generation (``_pinned``): one list per
+        pins, never changed, which the policy's candidate ids are kept for in turn."""
         registry = self._registry()
         model = registry.get(request.model, request.version)
         if model is None:
@@ -155,6 +166,30 @@ class Admission:
             what = f"model {proto.shown(request.model)}" + (f" version {proto.shown(request.version)}"
                                                              if request.version else "")
             raise proto.ProtocolError(proto.UNKNOWN_MODEL, f"{what} is not loaded; models: {known}", request.id)
+        if self._pinned_generation != registry.generation:
+            self._pinned_generation = registry.generation
+            self._pinned.clear()
+        pins = (model.directory, request.pin_variant, request.pin_placement)
+        arms = self._pinned.get(pins)
+        if arms is None:
+            arms = self._pinned_arms(model, request)
+            if len(self._pinned) >= MAX_KEPT_PINS:
+                self._pinned.clear()
+            self._pinned[pins] = arms
+        if self._health.any():
+            now = time.monotonic()
+            usable = [a for a in arms if self._health.why(model, a, now) is None]
+            if not usable:
+                why = self._health.why(model, arms[0], now)
+                raise proto.ProtocolError(proto.WORKER_FAILED, f"no arm can serve this request now: {why}",
+                                          request.id, {"set_aside": [{"variant": a.variant.name,
+                                                                       "placement": a.placement.name} for a in arms]})
+            arms = usable
+        return model, arms
+
+    def _pinned_arms(self, model: ModelVersion, request: proto.Request) -> list[Arm]:
+        """The model's arms that the request's pins leave (UNKNOWN_VARIANT or UNKNOWN_PLACEMENT
+        when a pin names none)."""
         arms = list(model.arms)
         if request.pin_variant is not None:
             if request.pin_variant not in model.variants:
@@ -176,16 +211,7 @@ class Admission:
         if not arms:
             raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
                                       model.no_arm_reason(request.pin_variant, request.pin_placement), request.id)
-        if self._health.any():
-            now = time.monotonic()
-            usable = [a for a in arms if self._health.why(model, a, now) is None]
-            if not usable:
-                why = self._health.why(model, arms[0], now)
-                raise proto.ProtocolError(proto.WORKER_FAILED, f"no arm can serve this request now: {why}",
-                                          request.id, {"set_aside": [{"variant": a.variant.name,
-                                                                       "placement": a.placement.name} for a in arms]})
-            arms = usable
-        return model, arms
+        return arms
 
     @staticmethod
     def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:

@@ -119,7 +119,10 @@ class ArmTable:
         """Sorted model-relative indices of the candidates, or None for all the model's arms:
         ``candidates`` (arm ids) as given, else the arms the request's pins leave."""
         if candidates is not None:
-            idx = sorted({a - lo for a in candidates})
+            if type(candidates) is tuple and len(candidates) == 1:   # (a request pinned to one arm)
+                idx = [candidates[0] - lo]
+            else:
+                idx = sorted({a - lo for a in candidates})
             if not idx or idx[0] < 0 or idx[-1] >= hi - lo:
                 raise ValueError(f"candidates must be arm ids of model {r.model!r}, at least one")
             return idx

@@ -294,6 +294,44 @@ def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path
     assert d.path._memo.hits == 6   # every one a repeat
 
 
+def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon, tmp_path):
+    """Admission keeps the arms a model's pins leave per registry generation (adaptd.daemon.admission):
+    headers that differ but for their pins get one list, which the policy's candidate ids are kept
+    for; a pin that names nothing is refused every time, set-aside arms are still removed per
+    request, and a reload makes the lists afresh."""
+    d = daemon.d
+    model = d.registry.get(daemon.model, None)
+    variant = model.arms[0].variant.name
+
+    def request(rid, **fields):
+        return proto.parse_request(proto.request_header(rid, daemon.model, [x()], **fields))
+
+    one = d.admission.candidates(request("a", pin_variant=variant, constraints={"max_latency_ms": 5.0}))[1]
+    other = d.admission.candidates(request("b", pin_variant=variant, constraints={"max_latency_ms": 6.0},
+                                           client="another"))[1]
+    assert one is other and [a.variant.name for a in one] == [variant] * len(one)
+    unpinned = d.admission.candidates(request("c"))[1]
+    assert unpinned is not one and len(unpinned) == len(model.arms)
+    for rid in ("d", "e"):
+        with pytest.raises(proto.ProtocolError) as err:
+            d.admission.candidates(request(rid, pin_variant="no-such-variant"))
+        assert err.value.code == proto.UNKNOWN_VARIANT
+    d.health.set_aside(model, one[0])
+    try:
+        usable = d.admission.candidates(request("f"))[1]
+        assert one[0] not in usable and one[0] in unpinned   # removed from this request's, not from the kept list
+        with pytest.raises(proto.ProtocolError) as err:
+            d.admission.candidates(request("f2", pin_variant=variant))
+        assert err.value.code == proto.WORKER_FAILED
+    finally:
+        d.health._aside.clear()
+    assert d.admission.candidates(request("g", pin_variant=variant))[1] is one
+    d.registry = load_registry(d.registry.root, [PLACEMENT], d.registry.generation + 1)   # a reload, the same repository
+    again = d.admission.candidates(request("h", pin_variant=variant))[1]
+    assert again is not one and [(a.variant.name, a.placement.name) for a in again] == \
+        [(a.variant.name, a.placement.name) for a in one]
+
+
 def test_a_repeat_keeps_its_region_checks_only_for_its_peer_while_the_region_lives(daemon):
     """Admission keeps a repeat's region references (adaptd.daemon.admission): the same peer's next
     copies skip the checks, but the same header from another peer, or after the region ended, is
