@@ -88,7 +88,7 @@ class Admission:
         self._queue_limit = queue_limit
         self._max_batch = max_batch
         self._placements_of: dict[Path, set[str]] = {}
-        self._pinned: dict[tuple[Path, str | None, str | None], list[Arm]] = {}   # see candidates
+        self._pinned: dict[tuple[str, str | None, str | None], list[Arm]] = {}   # see candidates
         self._pinned_generation: int | None = None
 
     # --- before parsing ------------------------------------------------------------------------
@@ -169,7 +169,7 @@ class Admission:
         if self._pinned_generation != registry.generation:
             self._pinned_generation = registry.generation
             self._pinned.clear()
-        pins = (model.directory, request.pin_variant, request.pin_placement)
+        pins = (model.version_dir, request.pin_variant, request.pin_placement)   # (a str: a Path hashes in Python)
         arms = self._pinned.get(pins)
         if arms is None:
             arms = self._pinned_arms(model, request)

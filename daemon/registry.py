@@ -112,12 +112,15 @@ class Registry:
     models: Mapping[str, Mapping[str, ModelVersion]]   # name -> version -> entry
 
     def get(self, name: str, version: str | None) -> ModelVersion | None:
-        versions = self.models.get(name)
-        if not versions:
-            return None
         if version is None:
-            return versions[max(versions, key=int)]
-        return versions.get(version)
+            return self._newest.get(name)
+        versions = self.models.get(name)
+        return versions.get(version) if versions else None
+
+    @functools.cached_property
+    def _newest(self) -> dict[str, ModelVersion]:
+        """Each model's newest version (made once: a registry is never changed)."""
+        return {name: vs[max(vs, key=int)] for name, vs in self.models.items() if vs}
 
     def directories(self) -> set[str]:
         return {str(mv.directory) for vs in self.models.values() for mv in vs.values()}

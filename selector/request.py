@@ -160,9 +160,10 @@ class Request:
         if on_infeasible not in ON_INFEASIBLE:
             raise InvalidRequestError(f"on_infeasible must be one of {', '.join(ON_INFEASIBLE)}; "
                                       f"got {on_infeasible!r}")
-        for pin, value in (("variant", variant), ("placement", placement)):
-            if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidRequestError(f"pin.{pin} must be a non-empty string")
+        if variant is not None and (not isinstance(variant, str) or not variant):
+            raise InvalidRequestError("pin.variant must be a non-empty string")
+        if placement is not None and (not isinstance(placement, str) or not placement):
+            raise InvalidRequestError("pin.placement must be a non-empty string")
         set_ = object.__setattr__
         set_(self, "model", model)
         set_(self, "constraints", constraints)
