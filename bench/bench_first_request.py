@@ -1,23 +1,24 @@
 """The first request on each arm after start, against the same arm once loaded.
 
-For each ``[placements] load`` setting named (default: ``lazy`` and ``auto``, the default), a
-fresh daemon serves the demo repository; for every arm of the model (variant x placement the
-daemon serves), placement by placement, one request pinned to it (the arm's first since start) and then
-``--repeat`` more (the arm loaded). The bound an arm's loaded execution meets is taken as twice
-the slowest of those loaded round trips (the reply's ``timing.total_ms``, the daemon's own
-measure from receiving the request to its reply), and ``--repeat`` further loaded requests are
-judged on it too, as a control: on a noisy host a loaded request misses it now and then. Once
-every arm has had its turn, each arm is asked again twice, in the same order and with the same
-requests after it, judged on the same bound: a *revisit* (its header seen before) and a *new
-header's* first request (a latency bound of its own): what separates a first request after
+For each ``[placements] load`` setting named (default: ``lazy`` and ``auto``, the default), a fresh
+daemon serves the demo repository; for every arm of the model (variant x placement the daemon
+serves), placement by placement, one request pinned to it (the arm's first since start), one more
+(its header's second sight, on which the daemon keeps it for its repeats: not judged) and then
+``--repeat`` more (the arm loaded, the header repeated). The bound an arm's loaded execution meets
+is taken as twice the slowest of those loaded round trips (the reply's ``timing.total_ms``, the
+daemon's own measure from receiving the request to its reply), and ``--repeat`` further loaded
+requests are judged on it too, as a control: on a noisy host a loaded request misses it now and
+then. Once every arm has had its turn, each arm is asked again twice, in the same order and with
+the same requests after it, judged on the same bound: a *revisit* (its header seen before) and a
+*new header's* first request (a latency bound of its own): what separates a first request after
 start from one on an arm that has served, the other arms run since either way. The bar: first
 requests meet their arms' bounds as often as loaded requests do. Prints, per setting, over
-``--trials`` fresh daemons: the first requests, the share within the bound, the new headers'
-and the revisits' shares, the control's share, first / loaded p50 (median and p90 over arms),
-new header / loaded and revisit / loaded (medians) and the slowest first request.
-Exits 1 when the default setting (``auto``) misses the bar. With ``--stream N``, instead: each
-fresh daemon's first N requests chosen by the daemon (not pinned), with a latency bound: the
-share that met it and how many were served from a loaded arm while their choice loaded.
+``--trials`` fresh daemons: the first requests, the share within the bound, the new headers' and
+the revisits' shares, the control's share, first / loaded p50 (median and p90 over arms), new
+header / loaded and revisit / loaded (medians) and the slowest first request. Exits 1 when the
+default setting (``auto``) misses the bar. With ``--stream N``, instead: each fresh daemon's first
+N requests chosen by the daemon (not pinned), with a latency bound: the share that met it and how
+many were served from a loaded arm while their choice loaded.
 
 Usage::
 
@@ -58,6 +59,7 @@ def measure(repository: Path, model: str, load: str, repeat: int) -> list[dict]:
                     return client.infer(model, [x], variant=variant, placement=placement,
                                         **constraints).selection.timing
                 first = one()
+                one()   # (the header's second sight, when the daemon keeps it: not a repeat yet)
                 loaded = [one().total_ms for _ in range(repeat)]
                 bound = 2.0 * max(loaded)
                 control = [one().total_ms for _ in range(repeat)]   # loaded requests judged on the same bound
