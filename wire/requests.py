@@ -163,10 +163,10 @@ def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
     explain = header.get("explain", False)
     if explain is not False and explain is not True:
         raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
-    fields = _choice_fields(header, pin, rid)
+    choice = _choice_fields(header, pin, rid)
     outputs_to = header.get("outputs_to")
     return _request({**_DEFAULTS, "type": "infer", "id": rid, "model": model, "version": version, "inputs": inputs,
-                     **fields, "explain": explain,
+                     **choice, "explain": explain,
                      "outputs_to": None if outputs_to is None else parse_shm_ref(outputs_to, "outputs_to", rid)})
 
 
