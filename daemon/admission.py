@@ -18,10 +18,11 @@ Contract
   region they name is live (not unregistered, its owner not gone): the same regions at the same
   offsets and sizes pass the same checks; a copy from another peer, or after a region ended, is
   checked afresh (UNKNOWN_REGION, as a first request).
-* For any header, the arms a model's pins leave (one list per model version, variant pin and
-  placement pin, at most ``MAX_KEPT_PINS``) are kept until the registry's generation changes,
-  and never changed: a new header with known pins, a client's first request say, filters no arms
-  (set-aside ones are removed per request), and the policy keeps its candidate ids for that list.
+* For any header, the arms a model's pins leave (one tuple per model version, variant pin and
+  placement pin, at most ``MAX_KEPT_PINS``) are kept until the registry's generation changes
+  (the map is emptied at the first call after a reload): a new header with known pins, a
+  client's first request say, filters no arms (set-aside ones are removed per request), and the
+  policy keeps its candidate ids for that tuple.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def busy_reply(placement: str, queue_limit: int) -> tuple[str, dict[str, Any]]:
 @dataclass(slots=True)
 class Admitted:
     model: ModelVersion
-    candidates: list[Arm]
+    candidates: Sequence[Arm]
     shm_inputs: dict[int, dict[str, Any]]        # input index -> {region, offset, size}
     outputs_to: dict[str, Any] | None            # {region, offset, size}
 
@@ -88,7 +89,7 @@ class Admission:
         self._queue_limit = queue_limit
         self._max_batch = max_batch
         self._placements_of: dict[Path, set[str]] = {}
-        self._pinned: dict[tuple[str, str | None, str | None], list[Arm]] = {}   # see candidates
+        self._pinned: dict[tuple[str, str | None, str | None], tuple[Arm, ...]] = {}   # see candidates
         self._pinned_generation: int | None = None
 
     # --- before parsing ------------------------------------------------------------------------
@@ -155,10 +156,10 @@ class Admission:
             request.derived.pop("regions", None)   # (checked against that registry's outputs: again)
         return Admitted(model, accepting, shm_inputs, outputs_to)
 
-    def candidates(self, request: proto.Request) -> tuple[ModelVersion, list[Arm]]:
+    def candidates(self, request: proto.Request) -> tuple[ModelVersion, Sequence[Arm]]:
         """The model version and the arms the request's pins leave, set-aside arms removed. The
-        arms a model's pins leave are kept per registry generation (``_pinned``): one list per
-        pins, never changed, which the policy's candidate ids are kept for in turn."""
+        arms a model's pins leave are kept per registry generation (``_pinned``): one tuple per
+        pins, which the policy's candidate ids are kept for in turn."""
         registry = self._registry()
         model = registry.get(request.model, request.version)
         if model is None:
@@ -187,7 +188,7 @@ class Admission:
             arms = usable
         return model, arms
 
-    def _pinned_arms(self, model: ModelVersion, request: proto.Request) -> list[Arm]:
+    def _pinned_arms(self, model: ModelVersion, request: proto.Request) -> tuple[Arm, ...]:
         """The model's arms that the request's pins leave (UNKNOWN_VARIANT or UNKNOWN_PLACEMENT
         when a pin names none)."""
         arms = list(model.arms)
@@ -211,10 +212,10 @@ class Admission:
         if not arms:
             raise proto.ProtocolError(proto.UNKNOWN_PLACEMENT,
                                       model.no_arm_reason(request.pin_variant, request.pin_placement), request.id)
-        return arms
+        return tuple(arms)
 
     @staticmethod
-    def _accepting(request: proto.Request, candidates: list[Arm]) -> list[Arm]:
+    def _accepting(request: proto.Request, candidates: Sequence[Arm]) -> Sequence[Arm]:
         """The candidates that take the request's input dtypes (float32 goes to every variant;
         another dtype only to those that take it: adaptd.variants.preprocess.accepts)."""
         names = [s.dtype_name for s in request.inputs]
@@ -227,7 +228,7 @@ class Admission:
                                       f"send one of {dtypes}", request.id)
         return accepted
 
-    def _check_inputs(self, request: proto.Request, candidates: list[Arm], bodies: list[memoryview]) -> None:
+    def _check_inputs(self, request: proto.Request, candidates: Sequence[Arm], bodies: list[memoryview]) -> None:
         want = candidates[0].variant.inputs
         if len(request.inputs) != len(want):
             raise proto.ProtocolError(proto.BAD_INPUT, f"the model takes {len(want)} input(s); the request has "
@@ -263,7 +264,7 @@ class Admission:
         live = tuple(table[ref["region"]] for ref in (*shm_inputs.values(), *([outputs_to] if outputs_to else [])))
         request.derived["regions"] = (peer, live, shm_inputs, outputs_to)
 
-    def _check_regions(self, request: proto.Request, candidates: list[Arm], peer: bytes
+    def _check_regions(self, request: proto.Request, candidates: Sequence[Arm], peer: bytes
                        ) -> tuple[dict[int, dict[str, Any]], dict[str, Any] | None]:
         """Bounds-check every region a request names (§11.3), without touching the bytes.
 

@@ -126,7 +126,7 @@ class Registry:
         return {str(mv.directory) for vs in self.models.values() for mv in vs.values()}
 
     def newest(self) -> list[ModelVersion]:
-        return [vs[max(vs, key=int)] for vs in self.models.values()]
+        return list(self._newest.values())
 
 
 def unservable_reason(runtime: str, placements: Sequence[Placement],

@@ -4,8 +4,8 @@ Contract
 --------
 * :meth:`RequestPath.on_request` handles one message from a request socket (and
   :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
-  (:mod:`adaptd.wire.protocol`; a steady client's repeated header is parsed once:
-  :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
+  (:mod:`adaptd.wire.protocol`; a steady client's repeated header is kept from its second
+  sight, then not parsed again: :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
   admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), run inline where
   :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants
   load on first use (``loads_on_demand``, set by the daemon), a choice not loaded yet gives way
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -85,7 +86,7 @@ class RequestPath(Outcomes):
                                   daemon.config.placements.inline_sole_caller_max_ms)
         self._reject_nonfinite = daemon.config.server.reject_nonfinite
         self.faults = FaultLog(log)   # unexpected faults: a traceback at most once a minute per kind
-        self._memo = RequestMemo()   # inference headers a steady client repeats, parsed once
+        self._memo = RequestMemo()   # inference headers a steady client repeats, kept from the second
 
     def drain(self, sock: zmq.Socket) -> bool:
         """Take at most INTAKE_BATCH messages from one request socket; True when more may wait
@@ -291,7 +292,7 @@ class RequestPath(Outcomes):
             regions, pending.regions = pending.regions, ()
             self.d.regions_gone(self.d.regions.release(regions))
 
-    def _prefer_loaded(self, model: ModelVersion, request: proto.Request, candidates: list[Arm],
+    def _prefer_loaded(self, model: ModelVersion, request: proto.Request, candidates: Sequence[Arm],
                        choice: Any) -> Any:
         """Variants loaded on first use (``load = "lazy"``, or "auto" over its memory budget): a
         chosen arm not loaded yet would make this request wait for its load (tens to hundreds of
