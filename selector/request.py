@@ -9,7 +9,7 @@ Contract
   ``Request`` holds a ``Constraints`` (valid by construction, so never checked again) with the
   model, the objective, ``on_infeasible`` and the pins; an unknown objective or ``on_infeasible``,
   or an empty pin, raises :class:`InvalidRequestError` (``BAD_REQUEST``). A constructed value is
-  always valid. The protocol parser (:mod:`adaptd.wire.protocol`) builds ``Constraints`` and
+  always valid. The protocol parser (:mod:`adaptd.wire.requests`) builds ``Constraints`` and
   checks the enumerations against ``OBJECTIVES`` and ``ON_INFEASIBLE``; it keeps no rules of its
   own.
 * ``QueueSnapshot`` is what the caller knows of one placement's queue when it asks: the arm ids of

@@ -62,7 +62,6 @@ class ProtocolError(Exception):
         return error_header(self.code, self.message, self.request_id, self.details)
 
 
-
 def shown(value: Any) -> str:
     """A client's value for an error message: its repr, cut to ``MAX_SHOWN_CHARS``."""
     text = repr(value)

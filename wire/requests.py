@@ -2,9 +2,17 @@
 
 Contract
 --------
-* :func:`parse_request` validates a decoded header; every problem is a
-  :class:`~adaptd.wire.errors.ProtocolError` with the code PROTOCOL.md §6 gives it and, once it
-  could be read, the request id. :func:`request_header` makes the header a client sends.
+* :func:`parse_request` validates a header as msgpack decodes it (``raw=False``: exact ``str``,
+  ``list``, ``dict``, ``int``, ``float`` and ``bool``; a subclass of one may be refused); every
+  problem is a :class:`~adaptd.wire.errors.ProtocolError` with the code PROTOCOL.md §6 gives it
+  and, once it could be read, the request id. :func:`request_header` makes the header a client
+  sends.
+* An ``infer`` header has a parse of its own (:func:`_parse_infer`: every client's first and
+  second requests, and every request with a bound of its own, take it), kept by hand to the
+  checks, order and messages of the ``explain`` path (``tests/test_protocol.py`` compares the
+  two). Its :class:`Request` is built without ``__init__``, from a copy of :data:`_DEFAULTS`
+  (checked at import: the only default made by a factory is the immutable ``constraints``, and
+  no ``__post_init__`` is skipped).
 * A :class:`Request` is immutable but for ``derived``, the map the daemon keeps for a repeated
   header (:mod:`adaptd.daemon.request_memo`).
 * Pure: no I/O, no shared state. Any thread.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,10 @@ class Request:
 # frozen dataclass's __init__, which sets its 17 fields one call each.
 _DEFAULTS: dict[str, Any] = {f.name: f.default_factory() if f.default is MISSING else f.default
                              for f in fields(Request) if f.init and f.name not in ("type", "id")}
+# (a default made by a factory is shared by every request built so: only an immutable one will do)
+if [f.name for f in fields(Request) if f.default_factory is not MISSING] != ["constraints"] \
+        or hasattr(Request, "__post_init__"):
+    raise TypeError("a Request built from _DEFAULTS would share a mutable default or skip __post_init__")
 
 
 def _request(values: dict[str, Any]) -> Request:
@@ -153,8 +166,9 @@ def parse_request(header: Mapping[str, Any]) -> Request:
 
 def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
     """An ``infer`` header (§4), its checks in the order :func:`parse_request` gives them for
-    ``explain``, written out: every client's first request, and every request that sets a
-    bound of its own, takes this path (a repeated header is kept: adaptd.daemon.request_memo)."""
+    ``explain``, written out: every client's first and second requests, and every request that
+    sets a bound of its own, take this path (a repeated header is kept from its second sight:
+    adaptd.daemon.request_memo)."""
     model, version = _model_version(header, rid)
     if "inputs" not in header:
         raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
@@ -219,7 +233,7 @@ def _model_version(header: Mapping[str, Any], rid: str) -> tuple[str, str | None
     return model, version
 
 
-_NO_PIN: Mapping[str, Any] = {}
+_NO_PIN: Mapping[str, Any] = MappingProxyType({})
 
 
 def _parse_shm_control(rtype: str, rid: str, header: Mapping[str, Any]) -> Request:

@@ -2,9 +2,11 @@
 
 Contract
 --------
-* :func:`parse_tensor_headers` validates a request's tensor headers into :class:`TensorSpec`
-  (inline, or in a shared-memory region: :class:`ShmRef`); every problem is a
-  :class:`~adaptd.wire.errors.ProtocolError` (BAD_REQUEST or BAD_INPUT).
+* :func:`parse_tensor_headers` validates a request's tensor headers, as msgpack decodes them
+  (exact ``list``, ``dict``, ``str``, ``int``), into :class:`TensorSpec` (inline, or in a
+  shared-memory region: :class:`ShmRef`), each built from its fields without ``__init__`` (it
+  has no ``__post_init__``); every problem is a :class:`~adaptd.wire.errors.ProtocolError`
+  (BAD_REQUEST or BAD_INPUT).
 * Zero copy: :func:`tensors_from_frames` returns read-only numpy views over the body frames'
   buffers; :func:`tensor_body` passes a C-contiguous array through as its own buffer.
 * Pure: no I/O, no shared state. Any thread.
