@@ -23,6 +23,7 @@ from adaptd.daemon.peers import peer_of
 from adaptd.daemon.placements import Placement
 from adaptd.daemon.power.meter import EnergyReading
 from adaptd.daemon.registry import load_registry
+from adaptd.daemon.selection import model_key
 from adaptd.daemon.server import Daemon
 from adaptd.daemon.streams import StreamServer
 from adaptd.daemon.jobs import Outcome
@@ -240,7 +241,7 @@ def test_one_flush_hands_the_policy_its_executions_in_one_batch(daemon, caplog):
     assert "the policy's update from 1 executions failed" in caplog.text
 
 
-def test_a_steady_clients_repeated_header_is_parsed_once_on_either_transport(daemon):
+def test_a_steady_clients_repeated_header_is_kept_on_either_transport(daemon):
     """ZeroMQ's frames (``.buffer``) and a local stream's memoryviews both reach the memo of
     repeated headers (adaptd.daemon.request_memo), and a repeat is served like the first."""
     d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
@@ -291,10 +292,10 @@ def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path
     d.registry = load_registry(tmp_path / "empty", [PLACEMENT], d.registry.generation + 1)   # a reload
     gone = send("r6", [x()])
     assert gone["code"] == "UNKNOWN_MODEL"
-    assert d.path._memo.hits == 6   # every one a repeat
+    assert d.path._memo.hits == 6   # every one after the second a repeat
 
 
-def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon, tmp_path):
+def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon):
     """Admission keeps the arms a model's pins leave per registry generation (adaptd.daemon.admission):
     headers that differ but for their pins get one list, which the policy's candidate ids are kept
     for; a pin that names nothing is refused every time, set-aside arms are still removed per
@@ -310,6 +311,7 @@ def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon, tm
     other = d.admission.candidates(request("b", pin_variant=variant, constraints={"max_latency_ms": 6.0},
                                            client="another"))[1]
     assert one is other and [a.variant.name for a in one] == [variant] * len(one)
+    assert d.policy._ids(model_key(model), one) is d.policy._ids(model_key(model), other)   # kept for the tuple
     unpinned = d.admission.candidates(request("c"))[1]
     assert unpinned is not one and len(unpinned) == len(model.arms)
     for rid in ("d", "e"):
