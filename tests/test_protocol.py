@@ -193,8 +193,8 @@ def test_an_infer_header_and_an_explain_header_are_judged_alike(fields):
             outcomes.append(("error", exc.code, exc.message, exc.request_id, exc.details))
             continue
         outcomes.append(("ok", request.model, request.version, request.constraints, request.objective,
-                         request.on_infeasible, request.pin_variant, request.pin_placement, request.client,
-                         request.explain or rtype == "infer"))
+                         request.on_infeasible, request.pin_variant, request.pin_placement, request.client))
+        assert request.explain is (fields.get("explain") is True or rtype == "explain")
     assert outcomes[0] == outcomes[1]
 
 
