@@ -8,9 +8,9 @@ Contract
   and, once it could be read, the request id. :func:`request_header` makes the header a client
   sends.
 * An ``infer`` header has a parse of its own (:func:`_parse_infer`: every client's first and
-  second requests, and every request with a bound of its own, take it), kept by hand to the
-  checks, order and messages of the ``explain`` path (``tests/test_protocol.py`` compares the
-  two). Its :class:`Request` is built without ``__init__``, from a copy of :data:`_DEFAULTS`
+  second requests, and every request with a bound of its own, take it); the checks it shares
+  with ``explain`` are one function (``tests/test_protocol.py`` compares the two paths). Its
+  :class:`Request` is built without ``__init__``, from a copy of :data:`_DEFAULTS`
   (checked at import: the only default made by a factory is the immutable ``constraints``, and
   no ``__post_init__`` is skipped).
 * A :class:`Request` is immutable but for ``derived``, the map the daemon keeps for a repeated
@@ -156,46 +156,37 @@ def parse_request(header: Mapping[str, Any]) -> Request:
     model, version = _model_version(header, rid)
     if rtype == "fidelity_export":   # §7.8: a model (and version) only
         return Request(type=rtype, id=rid, model=model, version=version)
-    pin = _pin(header, rid)
-    explain = header.get("explain", False)
-    if not isinstance(explain, bool):
-        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
     return _request({**_DEFAULTS, "type": rtype, "id": rid, "model": model, "version": version,
-                     **_choice_fields(header, pin, rid), "explain": True})
+                     **_choice_fields(header, rid), "explain": True})
 
 
 def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
-    """An ``infer`` header (§4), its checks in the order :func:`parse_request` gives them for
-    ``explain``, written out: every client's first and second requests, and every request that
+    """An ``infer`` header (§4): every client's first and second requests, and every request that
     sets a bound of its own, take this path (a repeated header is kept from its second sight:
-    adaptd.daemon.request_memo)."""
+    adaptd.daemon.request_memo). Its checks are ``explain``'s, with its inputs checked after the
+    model and its ``outputs_to`` last."""
     model, version = _model_version(header, rid)
     if "inputs" not in header:
         raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
     inputs = tuple(parse_tensor_headers(header["inputs"], "inputs", rid))
-    pin = _pin(header, rid)
-    explain = header.get("explain", False)
-    if explain is not False and explain is not True:
-        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
-    choice = _choice_fields(header, pin, rid)
+    choice = _choice_fields(header, rid)
     outputs_to = header.get("outputs_to")
     return _request({**_DEFAULTS, "type": "infer", "id": rid, "model": model, "version": version, "inputs": inputs,
-                     **choice, "explain": explain,
+                     **choice,
                      "outputs_to": None if outputs_to is None else parse_shm_ref(outputs_to, "outputs_to", rid)})
 
 
-def _pin(header: Mapping[str, Any], rid: str) -> Mapping[str, Any]:
+def _choice_fields(header: Mapping[str, Any], rid: str) -> dict[str, Any]:
+    """The fields that shape the choice and the client's name, checked in this order: the pin
+    map, ``explain``, the constraints, the objective, ``on_infeasible``, the pins, the client."""
     pin = header.get("pin")
     if pin is None:
-        return _NO_PIN
-    if not isinstance(pin, dict):
+        pin = _NO_PIN
+    elif not isinstance(pin, dict):
         raise ProtocolError(BAD_REQUEST, "'pin' must be a map", rid)
-    return pin
-
-
-def _choice_fields(header: Mapping[str, Any], pin: Mapping[str, Any], rid: str) -> dict[str, Any]:
-    """The fields that shape the choice (constraints, objective, ``on_infeasible``, the pins) and
-    the client's name, checked in that order."""
+    explain = header.get("explain", False)
+    if explain is not False and explain is not True:   # (msgpack's booleans are these two)
+        raise ProtocolError(BAD_REQUEST, "'explain' must be a boolean", rid)
     constraints = parse_constraints(header.get("constraints"), rid)
     objective = header.get("objective")
     if objective is None:
@@ -211,7 +202,7 @@ def _choice_fields(header: Mapping[str, Any], pin: Mapping[str, Any], rid: str) 
     return {"constraints": constraints, "objective": objective, "on_infeasible": on_infeasible,
             "pin_variant": None if variant is None else _name(variant, "variant", rid),
             "pin_placement": None if placement is None else _name(placement, "placement", rid),
-            "client": None if client is None else _name(client, "client", rid)}
+            "explain": explain, "client": None if client is None else _name(client, "client", rid)}
 
 
 def _model_version(header: Mapping[str, Any], rid: str) -> tuple[str, str | None]:
