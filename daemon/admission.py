@@ -20,9 +20,9 @@ Contract
   checked afresh (UNKNOWN_REGION, as a first request).
 * For any header, the arms a model's pins leave (one tuple per model version, variant pin and
   placement pin, at most ``MAX_KEPT_PINS``) are kept until the registry's generation changes
-  (the map is emptied at the first call after a reload): a new header with known pins, a
-  client's first request say, filters no arms (set-aside ones are removed per request), and the
-  policy keeps its candidate ids for that tuple.
+  (emptied, with the placements kept for :meth:`Admission.refuse_early`, at the first call after a
+  reload): a new header with known pins, a client's first request say, filters no arms (set-aside
+  ones are removed per request), and the policy keeps its candidate ids for that tuple.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
@@ -37,7 +37,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from adaptd.daemon.arms import ArmHealth
@@ -88,9 +87,18 @@ class Admission:
         self._queue_length = queue_length
         self._queue_limit = queue_limit
         self._max_batch = max_batch
-        self._placements_of: dict[Path, set[str]] = {}
-        self._pinned: dict[tuple[str, str | None, str | None], tuple[Arm, ...]] = {}   # see candidates
-        self._pinned_generation: int | None = None
+        # What is kept per model version for one registry generation (see _keep_for): the
+        # placements that can run it, and the arms each pins leave (see candidates).
+        self._placements_of: dict[str, set[str]] = {}
+        self._pinned: dict[tuple[str, str | None, str | None], tuple[Arm, ...]] = {}
+        self._kept_generation: int | None = None
+
+    def _keep_for(self, registry: Registry) -> None:
+        """Let go of what was kept for another registry generation (a reload's)."""
+        if self._kept_generation != registry.generation:
+            self._kept_generation = registry.generation
+            self._placements_of.clear()
+            self._pinned.clear()
 
     # --- before parsing ------------------------------------------------------------------------
     def refuse_early(self, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -101,12 +109,14 @@ class Admission:
         model_name, version = header.get("model"), header.get("version")
         if not isinstance(model_name, str) or not (version is None or isinstance(version, str)):
             return None
-        model = self._registry().get(model_name, version)
+        registry = self._registry()
+        model = registry.get(model_name, version)
         if model is None:
             return None
-        places = self._placements_of.get(model.directory)
+        self._keep_for(registry)
+        places = self._placements_of.get(model.version_dir)
         if places is None:
-            places = self._placements_of[model.directory] = {a.placement.name for a in model.arms}
+            places = self._placements_of[model.version_dir] = {a.placement.name for a in model.arms}
         limit = self._queue_limit
         pin = header.get("pin")
         if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue
@@ -167,9 +177,7 @@ class Admission:
             what = f"model {proto.shown(request.model)}" + (f" version {proto.shown(request.version)}"
                                                              if request.version else "")
             raise proto.ProtocolError(proto.UNKNOWN_MODEL, f"{what} is not loaded; models: {known}", request.id)
-        if self._pinned_generation != registry.generation:
-            self._pinned_generation = registry.generation
-            self._pinned.clear()
+        self._keep_for(registry)
         pins = (model.version_dir, request.pin_variant, request.pin_placement)   # (a str: a Path hashes in Python)
         arms = self._pinned.get(pins)
         if arms is None:
