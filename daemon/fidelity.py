@@ -170,7 +170,7 @@ class LiveFidelity:
         cpu_ms = self._cpu_ms.get(job.version_dir, 0.0)
         inline = cpu_ms <= self._inline_max_ms
         # Longer runs go to the shadow worker, which takes only CPU nothing else wants.
-        offload = not inline and self._offloads(state, cpu_ms)
+        offload = self._offloads(state, cpu_ms)   # (never for a run short enough to run inline)
         if offload and not state.preloaded:   # a reference measured longer than predicted: its
             state.preloaded = True            # worker loads it (and starts) now, its first runs wait
             self._pool.preload_shadow(job.version_dir, tracker.reference)

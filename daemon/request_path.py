@@ -4,15 +4,15 @@ Contract
 --------
 * :meth:`RequestPath.on_request` handles one message from a request socket (and
   :meth:`RequestPath.on_stream_request` one from a local stream connection): decode
-  (:mod:`adaptd.wire.protocol`; a steady client's repeated header is kept from its second
-  sight, then not parsed again: :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply (:mod:`adaptd.daemon.replay`),
-  admit (:mod:`adaptd.daemon.admission`), choose (the policy, pure), run inline where
-  :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's worker. Where variants
-  load on first use (``loads_on_demand``, set by the daemon), a choice not loaded yet gives way
-  to the best loaded arm that meets the request on a placement with no load under way, and
-  loads in the background (:meth:`RequestPath._prefer_loaded`). A request handed over is held
-  as a :class:`~adaptd.daemon.pending.Pending`; its job's outcome becomes its reply in
-  :meth:`~adaptd.daemon.outcomes.Outcomes.on_outcome` (:mod:`adaptd.daemon.outcomes`, this
+  (:mod:`adaptd.wire.protocol`; a steady client's repeated header is kept from its second sight,
+  then not parsed again: :mod:`adaptd.daemon.request_memo`), answer a retry or a stored reply
+  (:mod:`adaptd.daemon.replay`), admit (:mod:`adaptd.daemon.admission`), choose (the policy,
+  pure), run inline where :mod:`adaptd.daemon.inline_rule` allows, else queue on the placement's
+  worker. Where variants load on first use (``loads_on_demand``, set by the daemon), a choice not
+  loaded yet gives way to the best loaded arm that meets the request on a placement with no load
+  under way, and loads in the background (:meth:`RequestPath._prefer_loaded`). A request handed
+  over is held as a :class:`~adaptd.daemon.pending.Pending`; its job's outcome becomes its reply
+  in :meth:`~adaptd.daemon.outcomes.Outcomes.on_outcome` (:mod:`adaptd.daemon.outcomes`, this
   class's base), which defers the statistics, the policy's update and the selection record.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch ends in a reply or in a
   pending job whose outcome (done, failed, worker death, drain: :meth:`abandon_all`) produces
