@@ -18,11 +18,13 @@ Contract
   region they name is live (not unregistered, its owner not gone): the same regions at the same
   offsets and sizes pass the same checks; a copy from another peer, or after a region ended, is
   checked afresh (UNKNOWN_REGION, as a first request).
-* For any header, the arms a model's pins leave (one tuple per model version, variant pin and
-  placement pin, at most ``MAX_KEPT_PINS``) are kept until the registry's generation changes
-  (emptied, with the placements kept for :meth:`Admission.refuse_early`, at the first call after a
-  reload): a new header with known pins, a client's first request say, filters no arms (set-aside
-  ones are removed per request), and the policy keeps its candidate ids for that tuple.
+* The arms every pins leave (one tuple per model version, variant pin and placement pin: none, a
+  variant, a placement, or both; every arm's own) and the placements that can run each model
+  version are worked out once per registry generation, by :meth:`Admission.prepare` (the daemon
+  calls it at start and after a reload, off the request path; a first call with a newer
+  registry does it too): a new header, a client's first request or the first on an arm say,
+  filters no arms (set-aside ones are removed per request), and the policy keeps its candidate
+  ids for that tuple. Pins that leave no arm are not kept: they raise, each time.
 * :meth:`Admission.refuse_early` answers, before a request is parsed, whether its model is known
   and every placement that could run it (the pinned one, when the request pins a placement of
   the model) has a full queue: under overload such requests are refused BUSY for the price of a
@@ -46,9 +48,6 @@ from adaptd.daemon.shm import RegionError, RegionTable
 from adaptd.variants.preprocess import accepted_dtypes
 from adaptd.variants.preprocess import accepts as accepts_dtypes
 from adaptd.wire import protocol as proto
-
-
-MAX_KEPT_PINS = 256   # pins whose arms are kept (a full map is emptied)
 
 
 def busy_reply(placement: str, queue_limit: int) -> tuple[str, dict[str, Any]]:
@@ -87,18 +86,18 @@ class Admission:
         self._queue_length = queue_length
         self._queue_limit = queue_limit
         self._max_batch = max_batch
-        # What is kept per model version for one registry generation (see _keep_for): the
-        # placements that can run it, and the arms each pins leave (see candidates).
+        # Worked out per model version for one registry generation (see prepare): the placements
+        # that can run it, and the arms each pins leave (see candidates).
         self._placements_of: dict[str, set[str]] = {}
         self._pinned: dict[tuple[str, str | None, str | None], tuple[Arm, ...]] = {}
         self._kept_generation: int | None = None
 
-    def _keep_for(self, registry: Registry) -> None:
-        """Let go of what was kept for another registry generation (a reload's)."""
+    def prepare(self, registry: Registry) -> None:
+        """Work out, for a registry generation not seen before, the arms every pins leave and the
+        placements of each model version (what was kept for an older one is let go)."""
         if self._kept_generation != registry.generation:
+            self._placements_of, self._pinned = _by_pins(registry)
             self._kept_generation = registry.generation
-            self._placements_of.clear()
-            self._pinned.clear()
 
     # --- before parsing ------------------------------------------------------------------------
     def refuse_early(self, header: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -113,10 +112,8 @@ class Admission:
         model = registry.get(model_name, version)
         if model is None:
             return None
-        self._keep_for(registry)
-        places = self._placements_of.get(model.version_dir)
-        if places is None:
-            places = self._placements_of[model.version_dir] = {a.placement.name for a in model.arms}
+        self.prepare(registry)
+        places = self._placements_of[model.version_dir]
         limit = self._queue_limit
         pin = header.get("pin")
         if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue
@@ -168,8 +165,8 @@ class Admission:
 
     def candidates(self, request: proto.Request) -> tuple[ModelVersion, Sequence[Arm]]:
         """The model version and the arms the request's pins leave, set-aside arms removed. The
-        arms a model's pins leave are kept per registry generation (``_pinned``): one tuple per
-        pins, which the policy's candidate ids are kept for in turn."""
+        arms a model's pins leave are worked out per registry generation (``prepare``): one
+        tuple per pins, which the policy's candidate ids are kept for in turn."""
         registry = self._registry()
         model = registry.get(request.model, request.version)
         if model is None:
@@ -177,14 +174,11 @@ class Admission:
             what = f"model {proto.shown(request.model)}" + (f" version {proto.shown(request.version)}"
                                                              if request.version else "")
             raise proto.ProtocolError(proto.UNKNOWN_MODEL, f"{what} is not loaded; models: {known}", request.id)
-        self._keep_for(registry)
+        self.prepare(registry)
         pins = (model.version_dir, request.pin_variant, request.pin_placement)   # (a str: a Path hashes in Python)
         arms = self._pinned.get(pins)
-        if arms is None:
+        if arms is None:   # pins that leave no arm: the error that says why
             arms = self._pinned_arms(model, request)
-            if len(self._pinned) >= MAX_KEPT_PINS:
-                self._pinned.clear()
-            self._pinned[pins] = arms
         if self._health.any():
             now = time.monotonic()
             usable = [a for a in arms if self._health.why(model, a, now) is None]
@@ -305,6 +299,24 @@ class Admission:
             code = proto.UNKNOWN_REGION if exc.kind == "unknown" else proto.BAD_INPUT
             raise proto.ProtocolError(code, exc.message, request.id) from None
         return shm_inputs, outputs_to
+
+
+def _by_pins(registry: Registry) -> tuple[dict[str, set[str]], dict[tuple[str, str | None, str | None],
+                                                                     tuple[Arm, ...]]]:
+    """For each model version of ``registry``: the placements that can run it, and the arms each
+    pins that leave some arm leave ((version dir, variant pin or None, placement pin or None) ->
+    the arms, in the version's order)."""
+    placements: dict[str, set[str]] = {}
+    pinned: dict[tuple[str, str | None, str | None], list[Arm]] = {}
+    for versions in registry.models.values():
+        for model in versions.values():
+            vd = model.version_dir
+            placements[vd] = {a.placement.name for a in model.arms}
+            for a in model.arms:
+                variant, placement = a.variant.name, a.placement.name
+                for pins in ((vd, None, None), (vd, variant, None), (vd, None, placement), (vd, variant, placement)):
+                    pinned.setdefault(pins, []).append(a)
+    return placements, {pins: tuple(arms) for pins, arms in pinned.items()}
 
 
 def _sizes_differ(bodies: list[memoryview], nbytes: tuple[int, ...]) -> bool:

@@ -213,6 +213,7 @@ class Daemon:
                                                                for k, v in self.policy.overhead_ms.items()))
         self.policy.reset(registry)
         self.fidelity.reset(registry)
+        self.admission.prepare(registry)
         self.path.loads_on_demand = not self._eager(registry)
         if not self.path.loads_on_demand:
             self._preload(registry)
@@ -463,6 +464,7 @@ class Daemon:
         self.policy.reset(registry)
         self.fidelity.reset(registry)
         self.health.reset(registry, time.monotonic())
+        self.admission.prepare(registry)
         keep = registry.directories() | {str(p.model.directory) for p in self.path.pending.values()}
         self.pool.unload_except(keep)
         self.path.loads_on_demand = not self._eager(registry)

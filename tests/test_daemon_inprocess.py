@@ -334,6 +334,47 @@ def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon):
         [(a.variant.name, a.placement.name) for a in one]
 
 
+def test_every_pins_arms_are_worked_out_before_the_first_request_and_match_the_filter(tiny_repository, tmp_path):
+    """``Admission.prepare`` (run at start and after a reload, adaptd.daemon.admission) works out
+    the arms of every pins up front, so that a request pinned to an arm for the first time finds
+    them: over every pin a request can name (none, each variant, each placement, each pair, names
+    the repository lacks, a TensorFlow variant no placement runs), the arms are those the model's
+    arms filtered by the pins give, in their order, or the same error as before."""
+    repo, model_name, _ = tiny_repository
+    placements = [PLACEMENT, Placement("cpu:1", "cpu", "litert", (1,), 1, None, "another core")]
+    registry = load_registry(repo, placements, 1)
+    d = Daemon(Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path)}))
+    d.assemble(registry=registry, placements=placements, pool=FakePool(), meter=FakeMeter(), store=FakeStore(),
+               frontend=FakeFrontend())
+    admission = d.admission
+    admission.prepare(registry)
+    model = registry.get(model_name, None)
+    kept = len(admission._pinned)   # (every pins that leaves an arm, before any request)
+    assert kept == 1 + len({a.variant.name for a in model.arms}) + len(placements) + len(model.arms)
+    assert model.unservable, "the tiny repository has a TensorFlow variant, which no placement here runs"
+    variants = [None, *model.variants, "no-such-variant"]
+    names = [None, *(p.name for p in placements), "gpu:9"]
+    for variant in variants:
+        for placement in names:
+            header = proto.request_header("r", model_name, [x()], pin_variant=variant, pin_placement=placement)
+            request = proto.parse_request(header)
+            expected = [a for a in model.arms if (variant is None or a.variant.name == variant)
+                        and (placement is None or a.placement.name == placement)]
+            if expected:
+                got = admission.candidates(request)[1]
+                assert list(got) == expected and got is admission.candidates(request)[1]
+            else:
+                with pytest.raises(proto.ProtocolError) as err:
+                    admission.candidates(request)
+                want = proto.UNKNOWN_VARIANT if variant == "no-such-variant" else proto.UNKNOWN_PLACEMENT
+                assert err.value.code == want, (variant, placement, err.value.message)
+    assert len(admission._pinned) == kept   # (pins that leave no arm are not kept)
+    d.registry = reloaded = load_registry(repo, placements, 2)
+    admission.prepare(reloaded)
+    assert admission.candidates(proto.parse_request(proto.request_header("r", model_name, [x()])))[1][0] \
+        is reloaded.get(model_name, None).arms[0]
+
+
 def test_a_repeat_keeps_its_region_checks_only_for_its_peer_while_the_region_lives(daemon):
     """Admission keeps a repeat's region references (adaptd.daemon.admission): the same peer's next
     copies skip the checks, but the same header from another peer, or after the region ended, is
