@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from adaptd.daemon.registry import Arm, ModelVersion, Registry
-from adaptd.daemon.request_memo import derived
+from adaptd.daemon.request_memo import for_constraints
 from adaptd.selector.baseline import MostAccurate
 from adaptd.selector.config import SelectorConfig
 from adaptd.selector.decision import Alternative, Decision, Met, Prediction, Violation
@@ -216,7 +216,7 @@ class SelectorPolicy:
         ids = None if len(candidates) == len(model.arms) else self._ids(key, candidates)
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
-            d = self.selector.choose(derived(request, ("selector", key), selector_request, key, request),
+            d = self.selector.choose(for_constraints(request, ("selector", key), selector_request, key, request),
                                      now_s, snapshots, candidates=ids,
                                      explain=request.explain, dry_run=dry_run or request.type == "explain")
         except SelectorError as exc:

@@ -263,6 +263,33 @@ def test_a_steady_clients_repeated_header_is_kept_on_either_transport(daemon):
     assert [route for route, _, _ in frontend.sent[3:]] == [connection] * 3
 
 
+def test_a_bound_of_its_own_on_each_request_is_judged_on_that_bound(tiny_repository, tmp_path):
+    """A client that sets its constraints per request (a deadline per frame) gets the memo's
+    template less them (adaptd.daemon.request_memo): the decision, the reply's constraints met
+    and the record follow each request's own constraints, not the template's."""
+    daemon = build(tiny_repository, tmp_path, selector={"policy": "adaptive"})
+    d, pool, frontend = daemon.d, daemon.pool, daemon.frontend
+    pool.workers = {}   # (the selector reads the placements' queues there: none here)
+    accuracy = max(a.accuracy for a in d.registry.get(daemon.model, None).arms)
+    asked = [0.1, 0.2, 0.3, accuracy + 0.001, 0.4, 0.999, 0.5]   # the fourth and sixth: no arm is that accurate
+    for k, min_accuracy in enumerate(asked):
+        header = proto.request_header(f"b{k}", daemon.model, [x()], constraints={"min_accuracy": min_accuracy})
+        d.path.on_request(None, message(b"peer-a", header, [x()]))
+        if pool.jobs:
+            d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
+    assert d.path._memo.hits == len(asked) - 2   # kept on the second sight of the header less its bounds
+    replies = {h["id"]: h for _, h, _ in frontend.sent}
+    for k, min_accuracy in enumerate(asked):
+        reply = replies[f"b{k}"]
+        if min_accuracy > accuracy:
+            assert reply["type"] == "error" and reply["code"] == "INFEASIBLE", reply
+        else:
+            assert reply["type"] == "result" and reply["constraints_met"] == {"min_accuracy": True}, reply
+    d.books.flush()
+    recorded = {r["request_id"]: (r["min_accuracy"], r["outcome"]) for r in daemon.store.records}
+    assert recorded == {f"b{k}": (m, "ok" if m <= accuracy else "rejected") for k, m in enumerate(asked)}
+
+
 def test_a_repeated_header_gets_the_errors_a_first_request_gets(daemon, tmp_path):
     """What admission keeps for a repeated header (adaptd.daemon.admission) leaves the bodies, the
     arms set aside and the registry to be checked afresh for each repeat."""

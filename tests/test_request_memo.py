@@ -73,20 +73,36 @@ def test_a_repeat_parses_to_what_the_full_path_gives(h, first, second):
 
 def test_headers_differing_only_past_the_id_are_kept_apart():
     memo = RequestMemo()
-    a = message(build("r1", {"model": "m", "shape": [1, 4], "dtype": "float32", "constraints": {"max_latency_ms": 5.0},
-                             "objective": None, "pin_variant": None, "client": None, "explain": False}))
-    b = message(build("r2", {"model": "m", "shape": [1, 4], "dtype": "float32", "constraints": {"max_latency_ms": 6.0},
-                             "objective": None, "pin_variant": None, "client": None, "explain": False}))
+    fields = {"model": "m", "shape": [1, 4], "dtype": "float32", "constraints": {"max_latency_ms": 5.0},
+              "pin_variant": None, "client": None, "explain": False}
+    a = message(build("r1", {**fields, "objective": "energy"}))
+    b = message(build("r2", {**fields, "objective": "accuracy"}))
     for _ in range(3):   # (each kept on its second sight)
-        assert through(memo, a).constraints.max_latency_ms == 5.0
-        assert through(memo, b).constraints.max_latency_ms == 6.0
+        assert through(memo, a).objective == "energy"
+        assert through(memo, b).objective == "accuracy"
     assert memo.hits == 2 and len(memo) == 2
+
+
+def test_headers_differing_only_in_their_constraints_share_a_template_less_them():
+    """Two clients of one header but for their bounds: from the second sight of the header less
+    its constraints, each copy of that template has its own, as the full parse gives them."""
+    memo = RequestMemo()
+    fields = {"model": "m", "shape": [1, 4], "dtype": "float32", "objective": None, "pin_variant": None,
+              "client": None, "explain": False}
+    a = message(build("r1", {**fields, "constraints": {"max_latency_ms": 5.0}}))
+    b = message(build("r2", {**fields, "constraints": {"max_latency_ms": 6.0, "min_accuracy": 0.5}}))
+    for _ in range(3):
+        assert through(memo, a) == full(a)
+        assert through(memo, b) == full(b)
+    assert memo.hits == 4 and len(memo) == 1
+    assert constraints_map(through(memo, a)) == {"max_latency_ms": 5.0}
+    assert constraints_map(through(memo, b)) == {"max_latency_ms": 6.0, "min_accuracy": 0.5}
 
 
 def test_an_id_cut_by_structure_not_by_search():
     """The id's bytes also appear in a later field: only the second entry's value is cut."""
     raw = proto.pack({"type": "infer", "id": "m", "model": "m"})
-    key, rid = split_id(raw)
+    key, rid, at = split_id(raw)
     assert rid == "m"
     assert key == raw[:raw.index(b"\xa2id") + 3] + raw[raw.index(b"\xa2id") + 5:]
     assert key.count(b"\xa1m") == 1
@@ -180,15 +196,59 @@ def test_the_memo_is_bounded():
 
 
 def test_a_header_that_changes_every_request_is_never_kept():
-    """A client that sets a bound of its own on every request (a deadline per frame) sends no
-    header twice: each is parsed in full, and the memo keeps none of them (a header is kept on
-    its second sight), while what it remembers of them stays bounded."""
+    """A client that names another model on every request sends no header twice: each is parsed
+    in full, and the memo keeps none of them (a header is kept on its second sight), while what
+    it remembers of them stays bounded."""
     memo = RequestMemo()
     for i in range(request_memo.MAX_ENTRIES * 2 + 3):
-        msg = message(proto.request_header(f"r{i}", "m", [X], constraints={"max_latency_ms": 5.0 + i}))
+        msg = message(proto.request_header(f"r{i}", f"m{i}", [X], constraints={"max_latency_ms": 5.0 + i}))
         request = through(memo, msg)
         assert request == full(msg) and request.derived is None
     assert len(memo) == 0 and memo.hits == 0 and len(memo._seen) <= request_memo.MAX_ENTRIES
+
+
+def test_a_bound_of_its_own_on_every_request_skips_the_parse_from_the_third():
+    """A deadline per frame: the header less its constraints is kept on its second sight; every
+    later copy has its own bound, as the full parse gives it, and what depends on the
+    constraints is made for them, while the rest is made once for all the copies."""
+    memo = RequestMemo()
+    made = []
+    for i in range(40):
+        msg = message(proto.request_header(f"r{i}", "m", [X], constraints={"max_latency_ms": 5.0 + i}))
+        request = through(memo, msg)
+        assert request == full(msg)
+        if i >= 1:
+            assert request.derived is not None
+            assert derived(request, "shared", lambda: made.append(i) or len(made)) == 1
+            assert constraints_map(request) == {"max_latency_ms": 5.0 + i}
+    assert memo.hits == 38 and len(memo) == 1 and made == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=headers, bounds=st.lists(st.dictionaries(st.sampled_from([*proto.CONSTRAINT_KEYS, "max_cost"]),
+                                                  st.floats(allow_nan=True) | st.integers(-3, 2**40), max_size=4),
+                                  min_size=3, max_size=6))
+def test_copies_with_bounds_of_their_own_parse_to_what_the_full_path_gives(h, bounds):
+    """Any constraints on a kept template, unknown keys and values out of range among them: the
+    same request or the same error as the full decode and parse (an error takes the full path)."""
+    memo = RequestMemo()
+    for i, c in enumerate([h["constraints"] or {"max_latency_ms": 1.0}] * 2 + bounds):
+        packer = msgpack.Packer(use_bin_type=True)   # (ints stay ints: request_header makes floats)
+        header = build(f"r{i}", {**h, "constraints": {"max_latency_ms": 1.0}})
+        header["constraints"] = c
+        msg = [b"", proto.SIGNATURE, packer.pack(header)]
+        try:
+            expected = full(msg)
+        except proto.ProtocolError as exc:
+            with pytest.raises(proto.ProtocolError) as got:
+                through(memo, msg)
+            assert (got.value.code, got.value.message) == (exc.code, exc.message)
+            continue
+        got = through(memo, msg)
+        assert got == expected and got.constraints == expected.constraints
+        if got.derived is not None:
+            assert constraints_map(got) == expected.constraints.as_dict()
+    assert len(memo) <= 2   # (one of each kind at most)
 
 
 def test_what_is_derived_from_a_repeated_header_is_made_once_and_shared_by_its_copies():

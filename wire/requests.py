@@ -62,12 +62,15 @@ class Request:
     # the memo's template and every copy of it; None for a request parsed afresh.
     derived: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
-    def with_id(self, request_id: str) -> Request:
-        """The same request under another id (a copy of its fields: ``dataclasses.replace``
-        would validate them again, at ten times the cost)."""
+    def with_id(self, request_id: str, constraints: Constraints | None = None) -> Request:
+        """The same request under another id, and other ``constraints`` when given (a copy of
+        its fields: ``dataclasses.replace`` would validate them again, at ten times the cost)."""
         twin = object.__new__(Request)
-        twin.__dict__.update(self.__dict__)
-        object.__setattr__(twin, "id", request_id)
+        values = twin.__dict__
+        values.update(self.__dict__)
+        values["id"] = request_id
+        if constraints is not None:
+            values["constraints"] = constraints
         return twin
 
 
@@ -257,7 +260,10 @@ def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
     """The header of an inference (or explain) request, as a client sends it.
 
     ``input_headers`` replaces the headers made from ``inputs`` (for tensors in a region, §11)."""
-    header: dict[str, Any] = {"type": request_type, "id": request_id, "model": model}
+    header: dict[str, Any] = {"type": request_type, "id": request_id}
+    if constraints:   # (third: a daemon keeps a header that differs only in these for its repeats)
+        header["constraints"] = {k: float(v) for k, v in constraints.items() if v is not None}
+    header["model"] = model
     if request_type == "infer":
         header["inputs"] = ([dict(h) for h in input_headers] if input_headers is not None
                             else [tensor_header(a) for a in inputs])
@@ -265,8 +271,6 @@ def request_header(request_id: str, model: str, inputs: Sequence[np.ndarray], *,
             header["outputs_to"] = outputs_to.to_dict()
     if version is not None:
         header["version"] = version
-    if constraints:
-        header["constraints"] = {k: float(v) for k, v in constraints.items() if v is not None}
     if objective is not None:
         header["objective"] = objective
     if on_infeasible is not None:
