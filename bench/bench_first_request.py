@@ -10,7 +10,8 @@ daemon's own measure from receiving the request to its reply), and ``--repeat`` 
 requests are judged on it too, as a control: on a noisy host a loaded request misses it now and
 then. Once every arm has had its turn, each arm is asked again twice, in the same order and with
 the same requests after it, judged on the same bound: a *revisit* (its header seen before) and a
-*new header's* first request (a latency bound of its own): what separates a first request after
+*new header's* first request (constraints where the arm's earlier requests had none: a header
+the daemon has not seen, even less its constraints): what separates a first request after
 start from one on an arm that has served, the other arms run since either way. The bar: first
 requests meet their arms' bounds as often as loaded requests do. Prints, per setting, over
 ``--trials`` fresh daemons: the first requests, the share within the bound, the new headers' and
@@ -71,7 +72,8 @@ def measure(repository: Path, model: str, load: str, repeat: int) -> list[dict]:
         # Each arm again, twice, in the same order and with the same requests after it: its first
         # request since the others ran, the variant loaded; with the header seen before
         # ("revisit"), then with a header not seen before (a latency bound of its own, far above
-        # any run: "new_header"), as any new client's first request.
+        # any run, where the arm's earlier requests had no constraints, so that even the header
+        # less its constraints is new: "new_header"), as any new client's first request.
         by_arm = {(r["placement"], r["variant"]): r for r in rows}
         for label in ("revisit", "new_header"):
             for i, (placement, variant) in enumerate((p, v) for p in placements for v in variants):

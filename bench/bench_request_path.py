@@ -25,7 +25,7 @@ Usage::
 
     .venv/bin/python bench/bench_request_path.py [--requests 20000] [--gap-us 500 [--gap sleep]] [--input shm]
     .venv/bin/python bench/bench_request_path.py --input shm --sweep-mb 16 [--placement cpu:0 --sweep-core 1]
-    .venv/bin/python bench/bench_request_path.py --profile [--sort tottime] [--new-headers]
+    .venv/bin/python bench/bench_request_path.py --profile [--sort tottime] [--new-headers | --own-bounds]
 """
 
 from __future__ import annotations
@@ -117,13 +117,14 @@ PEER = b"\x01peer-identity-16"
 REQUEST_NUMBERS = itertools.count()   # (on from run to run: a new header stays new)
 
 
-def message(i: int, x: np.ndarray, region: str | None = None, new_header: bool = False) -> list[zmq.Frame]:
-    """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11);
-    ``new_header``: with a latency bound of its own, a header the daemon has not seen."""
+def message(i: int, x: np.ndarray, region: str | None = None, headers: str = "repeated") -> list[zmq.Frame]:
+    """Request ``i``: ``x`` inline, or named at the start of ``region`` (PROTOCOL.md §11); its
+    header the same each time (``headers`` "repeated"), one the daemon has not seen ("new": a
+    client name of its own) or one with a latency bound of its own ("own-bounds")."""
     shm = [proto.shm_tensor_header(x.dtype, x.shape, region, 0)] if region else None
     header = proto.request_header(f"r{i:08d}", "digits", [x],
-                                  constraints={"max_latency_ms": 50.0 + (i * 1e-3 if new_header else 0.0)},
-                                  input_headers=shm)
+                                  constraints={"max_latency_ms": 50.0 + (i * 1e-3 if headers == "own-bounds" else 0.0)},
+                                  client=f"new-{i}" if headers == "new" else None, input_headers=shm)
     return [zmq.Frame(PEER), *(zmq.Frame(bytes(memoryview(f))) for f in proto.encode(header, [] if region else [x]))]
 
 
@@ -139,12 +140,12 @@ def shared_input(d: Daemon, x: np.ndarray) -> str:
 
 def run(d: Daemon, n: int, x: np.ndarray, gap_s: float = 0.0, sleep: bool = False,
         region: str | None = None, sweep: np.ndarray | None = None,
-        new_headers: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        headers: str = "repeated") -> tuple[np.ndarray, np.ndarray]:
     """CPU µs per request of this thread, with the execution and without it (less the CPU time
     the execution measured around the interpreter's run); ``gap_s`` of other code before each,
     or ``sweep`` read through."""
     per, outside = [], []
-    frames = [message(next(REQUEST_NUMBERS), x, region, new_headers) for _ in range(n)]
+    frames = [message(next(REQUEST_NUMBERS), x, region, headers) for _ in range(n)]
     for msg in frames:
         if sweep is not None:
             sweep.sum()
@@ -199,9 +200,13 @@ def main() -> int:
                     help="read that array over and over in a process on this core instead (a run on another core)")
     ap.add_argument("--input", choices=("inline", "shm"), default="inline",
                     help="the input in the message, or in a shared-memory region the request names")
-    ap.add_argument("--new-headers", action="store_true",
-                    help="each request a header the daemon has not seen (a latency bound of its own)")
+    kinds = ap.add_mutually_exclusive_group()
+    kinds.add_argument("--new-headers", action="store_true",
+                       help="each request a header the daemon has not seen (a client name of its own)")
+    kinds.add_argument("--own-bounds", action="store_true",
+                       help="each request with a latency bound of its own (a deadline per frame)")
     args = ap.parse_args()
+    headers = "new" if args.new_headers else "own-bounds" if args.own_bounds else "repeated"
     names = [p.name for p in discover(PlacementsConfig()) if len(p.cores) == 1]
     placement = args.placement or names[-1]
     d, pool = build(args.repository, placement)
@@ -212,7 +217,7 @@ def main() -> int:
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(d, args.requests, x, region=region, new_headers=args.new_headers)
+        run(d, args.requests, x, region=region, headers=headers)
         prof.disable()
         pstats.Stats(prof).sort_stats(args.sort).print_stats(35)
         return 0
@@ -226,7 +231,7 @@ def main() -> int:
         sweep = np.ones(sweep_values, np.float32)
     try:
         per, outside = run(d, args.requests, x, args.gap_us / 1e6, args.gap == "sleep", region, sweep,
-                           args.new_headers)
+                           headers)
         if sweeper is not None and sweeper.poll() is not None:
             raise SystemExit("the sweeping process ended before the loop did")
     finally:
@@ -234,7 +239,7 @@ def main() -> int:
             sweeper.kill()
             sweeper.wait()
     print(f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}"
-          + f"; input {args.input}" + ("; a new header each request" if args.new_headers else "")
+          + f"; input {args.input}" + (f"; headers {headers}" if headers != "repeated" else "")
           + (f"; {args.gap} {args.gap_us:g} us between requests" if args.gap_us else "")
           + (f"; {args.sweep_mb:g} MB read before each request" if sweep is not None else "")
           + (f"; {args.sweep_mb:g} MB read over and over on core {args.sweep_core}" if sweeper is not None else ""))

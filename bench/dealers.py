@@ -88,19 +88,21 @@ def unregister_region(conn: ZmqDealer | StreamDealer, mm: mmap.mmap, region: str
 
 
 def pinned_requests(conn: ZmqDealer | StreamDealer, model: str, x: np.ndarray, variant: str,
-                    placement: str, new_headers: bool = False) -> Callable[[int], None]:
+                    placement: str, new_headers: bool = False, own_bounds: bool = False) -> Callable[[int], None]:
     """A function that sends ``count`` requests of ``model`` on ``x`` inline, variant and placement
     pinned, one after another, each answered before the next; it raises SystemExit on an error
-    reply. ``new_headers``: each request with a latency bound of its own (far above any run), so
-    that the daemon sees every header for the first time, as a client setting a deadline per
-    request makes it."""
+    reply. ``new_headers``: each request under a client name of its own, so that the daemon sees
+    every header for the first time, as it sees a client's first request. ``own_bounds``: each
+    request with a latency bound of its own (far above any run), as a client setting a deadline
+    per request sends them (the daemon keeps the header less its bounds)."""
     sent = itertools.count()
 
     def requests(count: int) -> None:
         for _ in range(count):
-            bound = {"max_latency_ms": 1000.0 + next(sent) * 1e-3} if new_headers else None
+            n = next(sent)
+            bound = {"max_latency_ms": 1000.0 + n * 1e-3} if own_bounds else None
             header = proto.request_header(uuid.uuid4().hex, model, [x], pin_variant=variant, pin_placement=placement,
-                                          constraints=bound)
+                                          constraints=bound, client=f"new-{n}" if new_headers else None)
             conn.send(proto.encode(header, [x]))
             if proto.decode(conn.recv())[0].get("type") != "result":
                 raise SystemExit("the daemon answered an error")

@@ -17,8 +17,9 @@ the counts are dumped. Printed per request: the instructions, those inside the i
 ``invoke`` (LiteRT's ``InterpreterWrapper::Invoke``) and those outside it (the issue's CPU bar
 counts those), and the instructions by where they ran (CPython's interpreter and objects,
 LiteRT, ZeroMQ, msgpack, SQLite, numpy, the C library), and the functions that executed most.
-``--new-headers`` gives each request a latency bound of its own, so that the daemon decodes,
-validates and admits each header in full, as it does a client's first request. ``--baseline
+``--new-headers`` sends each request under a client name of its own, so that the daemon decodes,
+validates and admits each header in full, as it does a client's first request; ``--own-bounds``
+gives each a latency bound of its own, as a client with a deadline per frame does. ``--baseline
 REV`` counts a daemon of that revision's code too (a git worktree, as ``bench_paired.py
 --baseline`` makes), and prints the differences. Under valgrind the daemon
 runs about 50 times slower; a run of 300 requests takes about a minute.
@@ -28,7 +29,7 @@ valgrind 3.19 does not know ``pidfd_open(2)``: the daemon runs there as on a ker
 
 Usage::
 
-    .venv/bin/python bench/instructions.py [--transport ipc|stream] [--requests 300] [--new-headers]
+    .venv/bin/python bench/instructions.py [--transport ipc|stream] [--requests 300] [--new-headers | --own-bounds]
                                            [--baseline REV] [--top 25] [--keep DIR]
 """
 
@@ -58,7 +59,7 @@ LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(?:\*\s+)?(.*)$")
 
 
 def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path, label: str,
-          new_headers: bool = False) -> Path:
+          new_headers: bool = False, own_bounds: bool = False) -> Path:
     """The callgrind dump of ``n`` requests to one daemon (see the module's docstring)."""
     from adaptd.tools.launch import DaemonProcess
 
@@ -70,7 +71,7 @@ def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path
     with DaemonProcess.start(ROOT / "demo-repo", tmp / label, config=config, env=env, wrapper=wrapper,
                              ready_timeout_s=900) as daemon:
         conn = connect(daemon.local_endpoint if transport == "stream" else daemon.endpoint)
-        requests = pinned_requests(conn, "digits", x, "float32", "cpu:1", new_headers)
+        requests = pinned_requests(conn, "digits", x, "float32", "cpu:1", new_headers, own_bounds)
 
         pid = str(daemon.proc.pid)
         requests(warmup)   # the selector's estimates settle (a repeated header is kept)
@@ -121,8 +122,11 @@ def main() -> int:
     ap.add_argument("--transport", choices=("ipc", "stream"), default="ipc")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=300)
-    ap.add_argument("--new-headers", action="store_true",
-                    help="each request a header the daemon has not seen (a latency bound of its own)")
+    headers = ap.add_mutually_exclusive_group()
+    headers.add_argument("--new-headers", action="store_true",
+                         help="each request a header the daemon has not seen (a client name of its own)")
+    headers.add_argument("--own-bounds", action="store_true",
+                         help="each request with a latency bound of its own (a deadline per frame)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--baseline", metavar="REV", help="also count a daemon of this git revision's code")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="copy the dumps there (for callgrind_annotate)")
@@ -137,7 +141,8 @@ def main() -> int:
         if args.baseline:
             runs.append((f"{args.baseline} ({short_rev(args.baseline)})",
                          str(stack.enter_context(baseline_source(args.baseline, Path(tmp))))))
-        dumps = [count(path, args.transport, args.requests, args.warmup, Path(tmp), f"run{i}", args.new_headers)
+        dumps = [count(path, args.transport, args.requests, args.warmup, Path(tmp), f"run{i}", args.new_headers,
+                       args.own_bounds)
                  for i, (_, path) in enumerate(runs)]
         results = [summary(dump, args.requests) for dump in dumps]
         if args.keep:
@@ -146,6 +151,7 @@ def main() -> int:
                 shutil.copy(dump, args.keep / dump.name)
     print(f"the tiny model, input inline, {args.transport}, a thin client, {args.requests} requests counted "
           f"after {args.warmup}" + (", each a header not seen before" if args.new_headers else "")
+          + (", each with a latency bound of its own" if args.own_bounds else "")
           + "; instructions per request")
     width = max(len(k) for k in results[0] if not k.startswith("_")) + 2
     print(f"{'':<{width}}" + "".join(f"{label.split(' (')[0][:18]:>20}" for label, _ in runs)
