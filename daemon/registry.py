@@ -72,6 +72,11 @@ class ModelVersion:
         ``Path``'s ``str`` is Python code, and every job names its version)."""
         return str(self.directory)
 
+    @functools.cached_property
+    def key(self) -> str:
+        """``name:version``, the selector's name for this version, made once (asked per request)."""
+        return f"{self.name}:{self.version}"
+
     def arm(self, variant: str, placement: str) -> Arm | None:
         for a in self.arms:
             if a.variant.name == variant and a.placement.name == placement:

@@ -139,7 +139,7 @@ class Policy(Protocol):
 
 
 def model_key(model: ModelVersion) -> str:
-    return f"{model.name}:{model.version}"
+    return model.key
 
 
 def selector_request(key: str, request: proto.Request) -> Request:
@@ -164,6 +164,7 @@ class SelectorPolicy:
         self.learner = PriorLearner()
         self._arms: dict[tuple[str, str, str], Arm] = {}   # (model key, variant, placement) -> arm
         self._by_id: list[Arm] = []                         # selector arm id -> arm
+        self._id_of: dict[int, int] = {}                    # id(arm) -> selector arm id, this generation's arms
         self._last: Choice | None = None                    # the last choice (its decision's repeats share it)
         self._candidate_ids: dict[int, tuple[Sequence[Arm], tuple[int, ...]]] = {}   # see choose
 
@@ -201,6 +202,7 @@ class SelectorPolicy:
         self._candidate_ids.clear()
         self._by_id = [] if self.selector is None else [self._arms[(s.model, s.variant, s.placement)]
                                                         for s in self.selector.arms]
+        self._id_of = {id(arm): i for i, arm in enumerate(self._by_id)}   # (the registry holds every arm)
         log.info("selector over %d arms; priors from the %s", self.selector.n_arms if self.selector else 0,
                  "manifests (most_accurate)" if self.baseline else self.predictor_source)
 
@@ -209,7 +211,7 @@ class SelectorPolicy:
         """The decision for ``request`` among ``candidates``; ``dry_run`` (an ``explain``
         request's always): one that changes nothing, no probe and no probe credit."""
         assert self.selector is not None
-        key = model_key(model)
+        key = model.key
         # Candidates covering every arm the model has here (the usual case) need no ids; a
         # repeated header's candidates (one list, kept by admission) get the same tuple of ids,
         # so that the selector keeps its decision for them too.
@@ -249,12 +251,14 @@ class SelectorPolicy:
         are skipped; a measurement the selector cannot learn from is left out and logged."""
         if self.selector is None or not (self.online or self.baseline):
             return
-        selector, refused, batch = self.selector, 0, []
+        selector, refused, batch, id_of = self.selector, 0, [], self._id_of
         for o in observations:
-            try:
-                arm_id = selector.arm_id(model_key(o.model), o.arm.variant.name, o.arm.placement.name)
-            except KeyError:   # an arm of a generation that a reload replaced
-                continue
+            arm_id = id_of.get(id(o.arm))   # (an arm of this generation, alive: its id is its own)
+            if arm_id is None:
+                try:   # an arm of a generation that a reload replaced: by its names, if they are still served
+                    arm_id = selector.arm_id(o.model.key, o.arm.variant.name, o.arm.placement.name)
+                except KeyError:
+                    continue
             batch.append((arm_id, o.latency_ms, o.energy_mj, o.energy_estimated, o.now_s, o.compute_ms))
         if isinstance(selector, Selector) and len(batch) > 1:
             refused = selector.update_many(batch)
@@ -310,7 +314,10 @@ class SelectorPolicy:
         return out
 
     def _arm_id(self, pending: Any) -> int | None:
-        try:
+        arm_id = self._id_of.get(id(getattr(pending, "arm", None)))
+        if arm_id is not None:
+            return arm_id
+        try:   # an arm of a generation that a reload replaced
             return self.selector.arm_id(model_key(pending.model), pending.arm.variant.name, pending.arm.placement.name)
         except (KeyError, AttributeError):
             return None

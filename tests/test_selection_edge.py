@@ -85,3 +85,27 @@ def test_the_baseline_is_a_policy_like_the_others(served, tmp_path):
     policy.observe(model, choice.arm, 5.0, None, True, 1.0, compute_ms=1.0)
     again = policy.choose(model, _request(model.name), model.arms, None, 2.0)
     assert again.arm is choice.arm and again.predicted["latency_ms"] == pytest.approx(5.0)
+
+
+def test_each_measurement_lands_on_its_own_arm_and_a_reloads_on_the_same_names(served, tiny_repository):
+    """``observe_many`` finds a measured arm's selector id by the arm itself for the registry the
+    policy was reset on, and by its names for an arm of a registry a reload replaced (the same
+    version served again): each measurement counts on its own arm and nowhere else."""
+    from adaptd.daemon.selection import Observation
+
+    registry, model = served
+    policy = SelectorPolicy(SelectorConfig(), calibration=None)
+    policy.reset(registry)
+    counts = lambda: [policy.selector.cost_model.arm_stats(i)["count"] for i in range(policy.selector.n_arms)]  # noqa: E731
+    before = counts()
+    measured = [model.arms[0], model.arms[-1], model.arms[-1]]
+    policy.observe_many([Observation(model, arm, 2.0, None, True, 1.0, 1.0) for arm in measured])
+    ids = [policy.selector.arm_id(model.key, a.variant.name, a.placement.name) for a in measured]
+    assert [n - b for n, b in zip(counts(), before)] == [ids.count(i) for i in range(policy.selector.n_arms)]
+    reloaded = load_registry(tiny_repository[0], discover(PlacementsConfig()), generation=2)
+    policy.reset(reloaded)
+    before = counts()
+    policy.observe_many([Observation(model, model.arms[0], 2.0, None, True, 3.0, 1.0)])   # the old registry's arm
+    changed = [i for i, (n, b) in enumerate(zip(counts(), before)) if n != b]
+    new_arm = reloaded.newest()[0].arms[0]
+    assert changed == [policy.selector.arm_id(model.key, new_arm.variant.name, new_arm.placement.name)]
