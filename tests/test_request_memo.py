@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adaptd.wire import protocol as proto
 from adaptd.daemon import request_memo
-from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived, split_id
+from adaptd.daemon.request_memo import RequestMemo, constraints_map, derived, for_constraints, split_id
 
 
 def message(header: dict, bodies=()) -> list:
@@ -94,7 +94,7 @@ def test_headers_differing_only_in_their_constraints_share_a_template_less_them(
     for _ in range(3):
         assert through(memo, a) == full(a)
         assert through(memo, b) == full(b)
-    assert memo.hits == 4 and len(memo) == 1
+    assert memo.hits == 4 and len(memo) == 3   # less its bounds, then each whole header on its second sight
     assert constraints_map(through(memo, a)) == {"max_latency_ms": 5.0}
     assert constraints_map(through(memo, b)) == {"max_latency_ms": 6.0, "min_accuracy": 0.5}
 
@@ -224,6 +224,29 @@ def test_a_bound_of_its_own_on_every_request_skips_the_parse_from_the_third():
     assert memo.hits == 38 and len(memo) == 1 and made == [1]
 
 
+def test_clients_with_fixed_bounds_of_their_own_each_end_on_the_exact_path():
+    """Three clients on one header, each with a bound of its own that it keeps, interleaved: the
+    header less its bounds is kept first, then each client's whole header on its second sight as
+    a copy, so that what is made for a client's constraints is made a few times, not on every
+    request (a selector request, a decision)."""
+    memo = RequestMemo()
+    made = {5.0: 0, 6.0: 0, 7.0: 0}
+
+    def make(bound):
+        made[bound] += 1
+        return bound
+
+    for k in range(30):
+        for bound in made:
+            msg = message(proto.request_header(f"r{k}-{bound}", "m", [X], constraints={"max_latency_ms": bound}))
+            request = through(memo, msg)
+            assert request == full(msg)
+            if request.derived is not None:
+                assert for_constraints(request, "made", make, bound) == bound
+    assert all(n <= 3 for n in made.values()), made
+    assert memo.hits == 30 * 3 - 2 and len(memo) == 4   # the header less its bounds, and each whole header
+
+
 @settings(max_examples=200, deadline=None)
 @given(h=headers, bounds=st.lists(st.dictionaries(st.sampled_from([*proto.CONSTRAINT_KEYS, "max_cost"]),
                                                   st.floats(allow_nan=True) | st.integers(-3, 2**40), max_size=4),
@@ -248,7 +271,7 @@ def test_copies_with_bounds_of_their_own_parse_to_what_the_full_path_gives(h, bo
         assert got == expected and got.constraints == expected.constraints
         if got.derived is not None:
             assert constraints_map(got) == expected.constraints.as_dict()
-    assert len(memo) <= 2   # (one of each kind at most)
+    assert len(memo) <= 2 + len(bounds)   # (the header less its bounds, whole headers seen twice)
 
 
 def test_what_is_derived_from_a_repeated_header_is_made_once_and_shared_by_its_copies():
