@@ -113,7 +113,9 @@ class Admission:
         if model is None:
             return None
         self.prepare(registry)
-        places = self._placements_of[model.version_dir]
+        places = self._placements_of.get(model.version_dir)
+        if places is None:   # (a registry of a generation prepared before under another object)
+            places = {a.placement.name for a in model.arms}
         limit = self._queue_limit
         pin = header.get("pin")
         if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue

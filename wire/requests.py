@@ -8,7 +8,7 @@ Contract
   and, once it could be read, the request id. :func:`request_header` makes the header a client
   sends.
 * An ``infer`` header has a parse of its own (:func:`_parse_infer`: every client's first and
-  second requests, and every request with a bound of its own, take it); the checks it shares
+  second requests take it, and any header the daemon does not keep); the checks it shares
   with ``explain`` are one function (``tests/test_protocol.py`` compares the two paths). Its
   :class:`Request` is built without ``__init__``, from a copy of :data:`_DEFAULTS`
   (checked at import: the only default made by a factory is the immutable ``constraints``, and
@@ -164,8 +164,8 @@ def parse_request(header: Mapping[str, Any]) -> Request:
 
 
 def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
-    """An ``infer`` header (§4): every client's first and second requests, and every request that
-    sets a bound of its own, take this path (a repeated header is kept from its second sight:
+    """An ``infer`` header (§4): every client's first and second requests take this path (a
+    repeated header, or one repeated but for its constraints, is kept from its second sight:
     adaptd.daemon.request_memo). Its checks are ``explain``'s, with its inputs checked after the
     model and its ``outputs_to`` last."""
     model, version = _model_version(header, rid)
