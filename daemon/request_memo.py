@@ -35,9 +35,9 @@ Contract
   against 10.1 for the full path and 3.8 for an exact repeat (in one slow spell); admission's
   checks are kept for it as for a repeat, while the decision and the record's row are made for
   its constraints.
-* Bounded: at most ``MAX_ENTRIES`` templates of each kind and ``MAX_ENTRIES`` remembered keys,
-  of at most ``MAX_KEY_BYTES`` each; any, full, is emptied (a client that varies its headers
-  pays the full path, nothing more).
+* Bounded: at most ``MAX_ENTRIES`` templates of each kind and ``MAX_ENTRIES`` remembered keys
+  of each kind (headers missed, copies' whole headers), of at most ``MAX_KEY_BYTES`` each; any,
+  full, is emptied (a client that varies its headers pays the full path, nothing more).
 * Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.
 """
 
@@ -169,6 +169,7 @@ class RequestMemo:
         self._templates: dict[bytes, proto.Request] = {}
         self._bounded: dict[bytes, tuple[proto.Request, bytes]] = {}   # bounds key -> (template, its constraints)
         self._seen: set[bytes] = set()   # keys missed once, not kept yet (bounds keys too)
+        self._copies_seen: set[bytes] = set()   # copies' whole keys seen once (see _sighted)
         # the last miss's header frame, split and bounds split
         self._missed: tuple[Any, tuple[bytes, str, int], tuple[bytes, bytes] | None] | None = None
         self.hits = 0
@@ -214,8 +215,10 @@ class RequestMemo:
         """A copy of a template kept less its constraints, whose whole header (``key``) is
         remembered on its first sight and kept on its second, with a ``derived`` map of its own:
         a steady client's fixed bound then takes the exact path (its constraints object, and
-        what is kept for it, its own), even among other clients' bounds on the same header."""
-        seen = self._seen
+        what is kept for it, its own), even among other clients' bounds on the same header. A
+        set of their own: a client with a new bound on every request empties it, not the one
+        that other clients' first sights are remembered in."""
+        seen = self._copies_seen
         if key not in seen:
             if len(seen) >= MAX_ENTRIES:
                 seen.clear()

@@ -247,6 +247,21 @@ def test_clients_with_fixed_bounds_of_their_own_each_end_on_the_exact_path():
     assert memo.hits == 30 * 3 - 2 and len(memo) == 4   # the header less its bounds, and each whole header
 
 
+def test_a_bound_on_every_request_does_not_make_the_memo_forget_a_slower_clients_header():
+    """A client with a new bound on every request sends a whole header never seen before each
+    time; remembering those does not push out the first sight of a slower client's header,
+    which is kept on its second sight however many requests came between."""
+    memo = RequestMemo()
+    slow = lambda k: message(proto.request_header(f"s{k}", "other", [X]))  # noqa: E731
+    through(memo, slow(0))
+    for i in range(3 * request_memo.MAX_ENTRIES):
+        msg = message(proto.request_header(f"r{i}", "m", [X], constraints={"max_latency_ms": 5.0 + i}))
+        assert through(memo, msg) == full(msg)
+    through(memo, slow(1))   # its second sight: kept
+    hits = memo.hits
+    assert through(memo, slow(2)) == full(slow(2)) and memo.hits == hits + 1
+
+
 @settings(max_examples=200, deadline=None)
 @given(h=headers, bounds=st.lists(st.dictionaries(st.sampled_from([*proto.CONSTRAINT_KEYS, "max_cost"]),
                                                   st.floats(allow_nan=True) | st.integers(-3, 2**40), max_size=4),
