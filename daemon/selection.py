@@ -235,7 +235,10 @@ class SelectorPolicy:
         kept = self._candidate_ids.get(id(candidates))
         if kept is not None and kept[0] is candidates:
             return kept[1]
-        ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
+        id_of = self._id_of
+        ids = tuple([id_of.get(id(a), -1) for a in candidates])   # (by the arm: see observe_many)
+        if -1 in ids:
+            ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
         if len(self._candidate_ids) >= 256:
             self._candidate_ids.clear()
         self._candidate_ids[id(candidates)] = (candidates, ids)
