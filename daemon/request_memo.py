@@ -26,18 +26,22 @@ Contract
 * A bound of its own on each request (a deadline per frame): when the entry after the id is
   ``constraints``, a map of numbers (as this project's clients write it), the header less that
   map's value is a second key, kept on its second sight too (the map's extent read from its
-  structure, as the id's; the key marked, so that it never equals a whole header's). A copy of such a template gets its
-  own constraints, read from the map's bytes and checked as the full parse checks them (any
-  problem takes the full path, for its error reply); what depends on the constraints is kept
-  for them alone (:func:`for_constraints`). A copy's whole header is remembered and kept on its
-  second sight as an exact template, so that clients with fixed bounds of their own on one
-  header (or the template's own client) each end on the exact path. Decoding and checking such a copy took 6.9 us here
-  against 10.1 for the full path and 3.8 for an exact repeat (in one slow spell); admission's
-  checks are kept for it as for a repeat, while the decision and the record's row are made for
-  its constraints.
-* Bounded: at most ``MAX_ENTRIES`` templates of each kind and ``MAX_ENTRIES`` remembered keys
-  of each kind (headers missed, copies' whole headers), of at most ``MAX_KEY_BYTES`` each; any,
-  full, is emptied (a client that varies its headers pays the full path, nothing more).
+  structure, as the id's; the key marked, so that it never equals a whole header's). A copy of
+  such a template gets its own constraints, read from the map's bytes and checked as the full
+  parse checks them (any problem takes the full path, for its error reply); what depends on the
+  constraints is kept for them alone (:func:`for_constraints`). Decoding and checking such a
+  copy took 6.9 us here against 10.1 for the full path and 3.8 for an exact repeat (in one slow
+  spell); admission's checks are kept for it as for a repeat, while the decision and the
+  record's row are made for its constraints. A new client whose header differs from a kept one
+  only in its constraints skips the parse from its first request.
+* A copy's whole header is remembered, and kept on its second sight as a template of its own
+  (in a map of its own), so that clients with fixed bounds of their own on one header (and the
+  first template's own client) each end on the exact path.
+* Bounded: at most ``MAX_ENTRIES`` templates of each kind (exact, less their bounds, copies
+  kept whole) and ``MAX_ENTRIES`` remembered keys of each kind (headers missed, copies' whole
+  headers), of at most ``MAX_KEY_BYTES`` each; any, full, is emptied. A client that varies its
+  headers pays the full path and churns only the first sights remembered; one whose bound takes
+  many values churns only the copies' maps, never the templates of other clients' headers.
 * Not thread-safe: one owner (the daemon's main thread). Pure otherwise: no I/O, no clock.
 """
 
@@ -167,6 +171,7 @@ def constraints_map(request: proto.Request) -> dict[str, float]:
 class RequestMemo:
     def __init__(self) -> None:
         self._templates: dict[bytes, proto.Request] = {}
+        self._copies: dict[bytes, proto.Request] = {}   # copies kept whole (see _sighted)
         self._bounded: dict[bytes, tuple[proto.Request, bytes]] = {}   # bounds key -> (template, its constraints)
         self._seen: set[bytes] = set()   # keys missed once, not kept yet (bounds keys too)
         self._copies_seen: set[bytes] = set()   # copies' whole keys seen once (see _sighted)
@@ -175,7 +180,7 @@ class RequestMemo:
         self.hits = 0
 
     def __len__(self) -> int:
-        return len(self._templates) + len(self._bounded)
+        return len(self._templates) + len(self._bounded) + len(self._copies)
 
     def decode(self, message: Sequence[Any]) -> tuple[proto.Request | None, dict[str, Any] | None, list[memoryview]]:
         """A message as :func:`~adaptd.wire.protocol.decode` takes it (delimiter, signature,
@@ -190,7 +195,7 @@ class RequestMemo:
                 raw = message[2]
                 split = split_id(bytes(raw)) if len(raw) <= _MAX_HEADER_BYTES else None
                 if split is not None:
-                    template = self._templates.get(split[0])
+                    template = self._templates.get(split[0]) or self._copies.get(split[0])
                     if template is not None:
                         self.hits += 1
                         return template.with_id(split[1]), None, proto.body_buffers(message)
@@ -217,7 +222,11 @@ class RequestMemo:
         a steady client's fixed bound then takes the exact path (its constraints object, and
         what is kept for it, its own), even among other clients' bounds on the same header. A
         set of their own: a client with a new bound on every request empties it, not the one
-        that other clients' first sights are remembered in."""
+        that other clients' first sights are remembered in; and kept in a map of their own, so
+        that a client whose bound takes a few hundred values empties that map, not the one that
+        holds other clients' headers."""
+        if len(key) > MAX_KEY_BYTES:
+            return copy
         seen = self._copies_seen
         if key not in seen:
             if len(seen) >= MAX_ENTRIES:
@@ -225,11 +234,10 @@ class RequestMemo:
             seen.add(key)
             return copy
         seen.discard(key)
-        if len(key) <= MAX_KEY_BYTES:
-            object.__setattr__(copy, "derived", {})   # (the copy is a new object: the template keeps its map)
-            if len(self._templates) >= MAX_ENTRIES:
-                self._templates.clear()
-            self._templates[key] = copy
+        object.__setattr__(copy, "derived", {})   # (the copy is a new object: the template keeps its map)
+        if len(self._copies) >= MAX_ENTRIES:
+            self._copies.clear()
+        self._copies[key] = copy
         return copy
 
     def parse(self, message: Sequence[Any], header: dict[str, Any]) -> proto.Request:

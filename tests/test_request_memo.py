@@ -262,6 +262,26 @@ def test_a_bound_on_every_request_does_not_make_the_memo_forget_a_slower_clients
     assert through(memo, slow(2)) == full(slow(2)) and memo.hits == hits + 1
 
 
+def test_a_bound_taking_hundreds_of_values_does_not_push_out_other_clients_templates():
+    """A client whose bound takes a few hundred values (a deadline rounded to 0.1 ms) has many of
+    its whole headers kept as copies; they go to a map of their own, so the steady clients'
+    templates stay and each steady client is parsed in full on its first two requests only."""
+    import random
+
+    memo = RequestMemo()
+    draw = random.Random(1)
+    steady_misses = 0
+    for i in range(4 * request_memo.MAX_ENTRIES):
+        bound = 5.0 + draw.randrange(400) / 10
+        through(memo, message(proto.request_header(f"v{i}", "m", [X], constraints={"max_latency_ms": bound})))
+        for c in range(8):
+            hits = memo.hits
+            msg = message(proto.request_header(f"s{i}-{c}", f"steady{c}", [X]))
+            assert through(memo, msg) == full(msg)
+            steady_misses += memo.hits == hits
+    assert steady_misses == 2 * 8
+
+
 @settings(max_examples=200, deadline=None)
 @given(h=headers, bounds=st.lists(st.dictionaries(st.sampled_from([*proto.CONSTRAINT_KEYS, "max_cost"]),
                                                   st.floats(allow_nan=True) | st.integers(-3, 2**40), max_size=4),
