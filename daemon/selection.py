@@ -202,7 +202,8 @@ class SelectorPolicy:
         self._candidate_ids.clear()
         self._by_id = [] if self.selector is None else [self._arms[(s.model, s.variant, s.placement)]
                                                         for s in self.selector.arms]
-        self._id_of = {id(arm): i for i, arm in enumerate(self._by_id)}   # (the registry holds every arm)
+        # (each arm kept alive by _by_id beside it, so an id found here is that arm's)
+        self._id_of = {id(arm): i for i, arm in enumerate(self._by_id)}
         log.info("selector over %d arms; priors from the %s", self.selector.n_arms if self.selector else 0,
                  "manifests (most_accurate)" if self.baseline else self.predictor_source)
 
