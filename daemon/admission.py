@@ -116,6 +116,8 @@ class Admission:
         places = self._placements_of.get(model.version_dir)
         if places is None:   # (a registry of a generation prepared before under another object)
             places = {a.placement.name for a in model.arms}
+        if not places:   # no placement runs it: the request's own error, from its parse on
+            return None
         limit = self._queue_limit
         pin = header.get("pin")
         if isinstance(pin, dict):   # a request pinned to one placement waits only for that one's queue

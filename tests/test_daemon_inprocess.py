@@ -396,6 +396,13 @@ def test_every_pins_arms_are_worked_out_before_the_first_request_and_match_the_f
                 want = proto.UNKNOWN_VARIANT if variant == "no-such-variant" else proto.UNKNOWN_PLACEMENT
                 assert err.value.code == want, (variant, placement, err.value.message)
     assert len(admission._pinned) == kept   # (pins that leave no arm are not kept)
+    # a model no placement runs is not BUSY under overload: its own error comes from the full path
+    none_runs = [Placement("npu:0", "npu", "no-such-runtime", (0,), 1, None, "runs nothing here")]
+    bare = Daemon(Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path)}))
+    bare.assemble(registry=load_registry(repo, none_runs, 1), placements=none_runs, pool=FakePool(),
+                  meter=FakeMeter(), store=FakeStore(), frontend=FakeFrontend())
+    assert not bare.registry.get(model_name, None).arms
+    assert bare.admission.refuse_early({"type": "infer", "id": "r", "model": model_name}) is None
     d.registry = reloaded = load_registry(repo, placements, 2)
     admission.prepare(reloaded)
     assert admission.candidates(proto.parse_request(proto.request_header("r", model_name, [x()])))[1][0] \
