@@ -213,9 +213,9 @@ class SelectorPolicy:
         request's always): one that changes nothing, no probe and no probe credit."""
         assert self.selector is not None
         key = model.key
-        # Candidates covering every arm the model has here (the usual case) need no ids; a
-        # repeated header's candidates (one list, kept by admission) get the same tuple of ids,
-        # so that the selector keeps its decision for them too.
+        # Candidates covering every arm the model has here (the usual case) need no ids; the
+        # arms a pins leave (one tuple per pins, worked out by admission) get the same tuple of
+        # ids each time, so that the selector keeps its decision for a repeated header's too.
         ids = None if len(candidates) == len(model.arms) else self._ids(key, candidates)
         snapshots = self._snapshots(queues) if queues is not None and not self.baseline else None
         try:
@@ -240,6 +240,8 @@ class SelectorPolicy:
         ids = tuple([id_of.get(id(a), -1) for a in candidates])   # (by the arm: see observe_many)
         if -1 in ids:
             ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
+        if type(candidates) is not tuple:   # (a list made for this request, set-aside arms removed: never again)
+            return ids
         if len(self._candidate_ids) >= 256:
             self._candidate_ids.clear()
         self._candidate_ids[id(candidates)] = (candidates, ids)

@@ -349,6 +349,9 @@ def test_the_arms_a_pin_leaves_are_kept_for_any_header_until_a_reload(daemon):
     try:
         usable = d.admission.candidates(request("f"))[1]
         assert one[0] not in usable and one[0] in unpinned   # removed from this request's, not from the kept list
+        kept_ids = dict(d.policy._candidate_ids)
+        assert len(d.policy._ids(model_key(model), usable)) == len(usable)
+        assert d.policy._candidate_ids == kept_ids   # a list made for one request: its ids are not kept
         with pytest.raises(proto.ProtocolError) as err:
             d.admission.candidates(request("f2", pin_variant=variant))
         assert err.value.code == proto.WORKER_FAILED
