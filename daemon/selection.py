@@ -236,10 +236,7 @@ class SelectorPolicy:
         kept = self._candidate_ids.get(id(candidates))
         if kept is not None and kept[0] is candidates:
             return kept[1]
-        id_of = self._id_of
-        ids = tuple([id_of.get(id(a), -1) for a in candidates])   # (by the arm: see observe_many)
-        if -1 in ids:
-            ids = tuple(self.selector.arm_id(key, a.variant.name, a.placement.name) for a in candidates)
+        ids = tuple([self._selector_id(key, a) for a in candidates])
         if type(candidates) is not tuple:   # (a list made for this request, set-aside arms removed: never again)
             return ids
         if len(self._candidate_ids) >= 256:
@@ -253,13 +250,14 @@ class SelectorPolicy:
 
     def observe_many(self, observations: Sequence[Observation]) -> None:
         """Measured executions, in the order they finished: one update of the selector for all
-        (``Selector.update_many``; ``update`` for one). Arms of a generation a reload replaced
-        are skipped; a measurement the selector cannot learn from is left out and logged."""
+        (``Selector.update_many``; ``update`` for one). An arm of a generation a reload replaced
+        goes by its names, and is skipped when they are no longer served; a measurement the
+        selector cannot learn from is left out and logged."""
         if self.selector is None or not (self.online or self.baseline):
             return
         selector, refused, batch, id_of = self.selector, 0, [], self._id_of
         for o in observations:
-            arm_id = id_of.get(id(o.arm))   # (an arm of this generation, alive: its id is its own)
+            arm_id = id_of.get(id(o.arm))   # (_selector_id, inline: an arm of this generation, alive)
             if arm_id is None:
                 try:   # an arm of a generation that a reload replaced: by its names, if they are still served
                     arm_id = selector.arm_id(o.model.key, o.arm.variant.name, o.arm.placement.name)
@@ -320,10 +318,16 @@ class SelectorPolicy:
         return out
 
     def _arm_id(self, pending: Any) -> int | None:
-        arm_id = self._id_of.get(id(getattr(pending, "arm", None)))
-        if arm_id is not None:
-            return arm_id
-        try:   # an arm of a generation that a reload replaced
-            return self.selector.arm_id(model_key(pending.model), pending.arm.variant.name, pending.arm.placement.name)
+        try:
+            return self._selector_id(pending.model.key, pending.arm)
         except (KeyError, AttributeError):
             return None
+
+    def _selector_id(self, key: str, arm: Arm) -> int:
+        """The selector's id of ``arm`` (of model ``key``): by the arm itself for this generation's
+        arms, by its names for one of a generation a reload replaced (KeyError when it has none).
+        ``observe_many`` does the same inline, once per measurement."""
+        arm_id = self._id_of.get(id(arm))
+        if arm_id is None:
+            arm_id = self.selector.arm_id(key, arm.variant.name, arm.placement.name)
+        return arm_id
