@@ -9,11 +9,10 @@ Contract
   sends.
 * An ``infer`` header has a parse of its own (:func:`_parse_infer`: any header the daemon has
   not kept takes it, a client's first two requests among them unless their header differs from
-  a kept one only in its constraints); the checks it shares
-  with ``explain`` are one function (``tests/test_protocol.py`` compares the two paths). Its
-  :class:`Request` is built without ``__init__``, from a copy of :data:`_DEFAULTS`
-  (checked at import: the only default made by a factory is the immutable ``constraints``, and
-  no ``__post_init__`` is skipped).
+  a kept one only in its constraints); the checks it shares with ``explain`` are one function
+  (``tests/test_protocol.py`` compares the two paths). Its :class:`Request` is built without
+  ``__init__``, from a copy of :data:`_DEFAULTS` (checked at import: the only default made by a
+  factory is the immutable ``constraints``, and no ``__post_init__`` is skipped).
 * A :class:`Request` is immutable but for ``derived``, the map the daemon keeps for a repeated
   header (:mod:`adaptd.daemon.request_memo`).
 * Pure: no I/O, no shared state. Any thread.
@@ -167,8 +166,8 @@ def parse_request(header: Mapping[str, Any]) -> Request:
 def _parse_infer(header: Mapping[str, Any], rid: str) -> Request:
     """An ``infer`` header (§4): any header the daemon has not kept takes this path, a client's
     first two requests among them (a repeated header, or one repeated but for its constraints,
-    is kept from its second sight: adaptd.daemon.request_memo). Its checks are ``explain``'s, with its inputs checked after the
-    model and its ``outputs_to`` last."""
+    is kept from its second sight: adaptd.daemon.request_memo). Its checks are ``explain``'s,
+    with its inputs checked after the model and its ``outputs_to`` last."""
     model, version = _model_version(header, rid)
     if "inputs" not in header:
         raise ProtocolError(BAD_REQUEST, "'inputs' is required", rid)
