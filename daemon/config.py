@@ -123,6 +123,7 @@ class ServerConfig:
     pub_endpoints: tuple[str, ...] = ()      # empty: the default ipc stream endpoint
     admin_endpoints: tuple[str, ...] = ()    # empty: the default ipc admin endpoint (mode 0600)
     ipc_mode: int = 0o660
+    ipc_engine: str = "adaptd"                # adaptd (the daemon speaks ZMTP itself) | zeromq (a ROUTER)
     max_message_bytes: int = 64 * 1024 * 1024
     max_batch: int = 64                       # an input's leading dimension, at most
     reject_nonfinite: bool = True             # NaN/inf in a float input: BAD_INPUT
@@ -166,6 +167,8 @@ class ServerConfig:
             _positive(getattr(out, key), f"{w}.{key}")
         if out.dedup_entries < 0 or out.dedup_window_s < 0 or out.dedup_max_bytes < 0:
             raise ConfigError(f"{w}.dedup_*: must not be negative")
+        if out.ipc_engine not in ("adaptd", "zeromq"):
+            raise ConfigError(f"{w}.ipc_engine: 'adaptd' or 'zeromq', got {out.ipc_engine!r}")
         if not 0 <= out.ipc_mode <= 0o777:
             raise ConfigError(f"{w}.ipc_mode: not a file mode: {out.ipc_mode}")
         return out

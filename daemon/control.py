@@ -91,6 +91,7 @@ class Control:
     def health(self, request: proto.Request) -> dict[str, Any]:
         d = self.d
         streams = d.frontend.streams
+        ipc_connections = sum(1 for c in streams.connections.values() if c.zmtp)   # served by the daemon's ZMTP
         return {"status": "draining" if d.draining else "serving",
                 "uptime_s": time.time() - d.started_at, "pid": os.getpid(),
                 "rss_bytes": rss_bytes(), "workers_rss_bytes": d.pool.workers_rss_bytes(),
@@ -101,7 +102,9 @@ class Control:
                 "busy_refused_early": d.path.busy_early,
                 "replies_unread_dropped": d.frontend.replies_unread_dropped + streams.replies_unread_dropped,
                 "replies_to_departed": d.frontend.replies_to_departed + streams.replies_to_departed,
-                "local_streams": {"connections": len(streams.connections), "refused": streams.refused},
+                "local_streams": {"connections": len(streams.connections) - ipc_connections,
+                                  "refused": streams.refused},
+                "ipc": {"engine": "adaptd" if streams.zmtp_listeners else "zeromq", "connections": ipc_connections},
                 "authentication": "curve" if d.auth.enabled else "none",
                 "front_end_scheduling": d.realtime.describe() if d.realtime is not None else "fair"}
 

@@ -5,8 +5,9 @@ Contract
 * :meth:`Frontend.bind` creates one ``ROUTER`` per request endpoint and per admin endpoint (ipc
   only, socket file mode 0600: only the daemon's own user, and root, may connect), guards each
   with CurveZMQ when authentication is on, and binds it; a ``unix://`` request endpoint is a
-  local stream instead (:mod:`adaptd.daemon.streams`, ``streams``), which the daemon's loop
-  polls. A socket file (ipc or stream) left by a daemon that is gone is replaced; the caller
+  local stream instead, and with ``ipc_engine = "adaptd"`` an ipc request endpoint is served by
+  the daemon's own ZMTP engine (both :mod:`adaptd.daemon.streams`, ``streams``, which the
+  daemon's loop polls). A socket file (ipc or stream) left by a daemon that is gone is replaced; the caller
   holds the instance lock (:mod:`adaptd.daemon.instance`), so it is never a live daemon's. On failure every socket bound so far is closed and its file removed.
 * Replies (:meth:`Frontend.send`, to either kind of route) never block the daemon. Each client
   connection may have ``send_hwm`` replies waiting that it has not read; a reply beyond that is
@@ -71,8 +72,9 @@ def remove_stale_socket(endpoint: str) -> None:
 
 class Frontend:
     def __init__(self, context: zmq.Context, *, max_message_bytes: int, send_hwm: int, ipc_mode: int,
-                 guard: Any = None, intake: int = 16) -> None:
+                 guard: Any = None, intake: int = 16, ipc_engine: str = "adaptd") -> None:
         self.context = context
+        self.ipc_engine = ipc_engine
         self.max_message_bytes = max_message_bytes
         self.send_hwm = send_hwm
         self.ipc_mode = ipc_mode
@@ -89,7 +91,7 @@ class Frontend:
     def bind(self, endpoints: Sequence[str], admin_endpoints: Sequence[str]) -> None:
         try:
             for endpoint in endpoints:
-                if endpoint.startswith(STREAM_SCHEME):
+                if endpoint.startswith(STREAM_SCHEME) or self._served_by_the_daemon(endpoint):
                     remove_stale_socket(endpoint)
                     self.streams.bind(endpoint)
                 else:
@@ -99,6 +101,12 @@ class Frontend:
         except BaseException:
             self.close()
             raise
+
+    def _served_by_the_daemon(self, endpoint: str) -> bool:
+        """Whether the daemon's own ZMTP engine serves this request endpoint, not a ROUTER: an ipc
+        one (not in the abstract namespace) with ``ipc_engine = "adaptd"`` (which the daemon does
+        not give with CurveZMQ on)."""
+        return self.ipc_engine == "adaptd" and endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@")
 
     def _bind(self, endpoint: str, admin: bool) -> None:
         sock = self.context.socket(zmq.ROUTER)
@@ -137,7 +145,7 @@ class Frontend:
         """Send a reply (envelope + message frames) without blocking; False when it was dropped."""
         sock, envelope = route
         if type(sock) is StreamConnection:
-            return self.streams.send(sock, frames)
+            return self.streams.send(sock, frames, envelope)
         self.sent_on.add(sock)
         try:
             send_frames(sock, [*envelope, *frames], _NOBLOCK)

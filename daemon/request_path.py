@@ -127,20 +127,28 @@ class RequestPath(Outcomes):
         self._handle((sock, envelope), peer, message, size, received_ns, sock in self.d.frontend.admin,
                      delimited=split is not None)
 
-    def on_stream_request(self, connection: Any, frames: list[Any], size: int) -> None:
-        """One message from a local stream connection (:mod:`adaptd.daemon.streams`): no envelope
-        and no delimiter (the connection is the peer); otherwise as :meth:`on_request`. A message
-        over the size limit comes as ``[TooLarge]``, skipped unread: ``TOO_LARGE``, with the
-        request's id when its header came with the size."""
+    def on_stream_request(self, connection: Any, envelope: tuple[Any, ...] | None, frames: list[Any],
+                          size: int) -> None:
+        """One message from a connection the daemon serves itself (:mod:`adaptd.daemon.streams`: a
+        local stream's, or a ZeroMQ client's on an ipc endpoint), its frames after the delimiter,
+        and its envelope (none but behind a ZeroMQ proxy; None: no delimiter, ``MALFORMED``); the
+        connection is the peer; otherwise as :meth:`on_request`. A message over the size limit
+        comes as ``[TooLarge]``, skipped unread: ``TOO_LARGE``, with the request's id when its
+        header came."""
         received_ns = time.monotonic_ns()
         self._cpu0 = time.thread_time_ns()
-        if type(frames[0]) is TooLarge:
+        peer = connection.peer
+        if envelope:   # behind a proxy: the peer as a ROUTER names it (adaptd.daemon.peers)
+            peer = b"/".join([peer, *(bytes(f) for f in envelope)])
+        if frames and type(frames[0]) is TooLarge:   # (a ZMTP message may be its delimiter alone)
             limit = self.d.config.server.max_message_bytes
             header = frames[0].header
-            self._reply_error((connection, ()), proto.TOO_LARGE, f"request is {size} bytes; the limit is {limit}",
-                              _request_id(header), {"limit_bytes": limit}, connection.peer)
+            self._reply_error((connection, envelope or ()), proto.TOO_LARGE,
+                              f"request is {size} bytes; the limit is {limit}", _request_id(header),
+                              {"limit_bytes": limit}, peer)
             return
-        self._handle((connection, ()), connection.peer, [b"", *frames], size, received_ns, False)
+        self._handle((connection, envelope or ()), peer, [b"", *frames], size, received_ns, False,
+                     delimited=envelope is not None)
 
     def _handle(self, route: tuple[Any, Any], peer: bytes, message: list[Any], size: int, received_ns: int,
                 admin: bool, delimited: bool = True) -> None:

@@ -178,7 +178,8 @@ class Daemon:
         self.store = startup.open_store(cfg, self.context, self.auth.guard)
         self.frontend = Frontend(self.context, max_message_bytes=cfg.server.max_message_bytes,
                                  send_hwm=cfg.server.send_hwm, ipc_mode=cfg.server.ipc_mode, guard=self.auth.guard,
-                                 intake=INTAKE_BATCH)
+                                 intake=INTAKE_BATCH,   # (CurveZMQ is libzmq's: its ROUTERs serve ipc then)
+                                 ipc_engine="zeromq" if self.auth.enabled else cfg.server.ipc_engine)
         self.frontend.bind(cfg.endpoints, cfg.admin_endpoints)
         for path in (ipc_path(e) for e in cfg.pub_endpoints):
             if path is not None:
@@ -382,8 +383,8 @@ class Daemon:
                     if self.path.drain(routers[item]):
                         unannounced.add(item)
                 elif streams.owns(item):
-                    for connection, frames, size in streams.on_event(item, flags):
-                        self.path.on_stream_request(connection, frames, size)
+                    for connection, envelope, frames, size in streams.on_event(item, flags):
+                        self.path.on_stream_request(connection, envelope, frames, size)
                 elif item == wake:
                     try:
                         os.read(wake, 512)
@@ -396,8 +397,8 @@ class Daemon:
                     for outcome in self.pool.on_message(item):
                         self.path.on_outcome(outcome)
             if streams.backlogged:   # requests a stream sent beyond one round's intake
-                for connection, frames, size in streams.backlog_round():
-                    self.path.on_stream_request(connection, frames, size)
+                for connection, envelope, frames, size in streams.backlog_round():
+                    self.path.on_stream_request(connection, envelope, frames, size)
 
             now = time.monotonic()
             if now >= next_tick:

@@ -1,26 +1,38 @@
-"""The local stream endpoints: ADPT/1 over Unix stream sockets, without ZeroMQ's I/O threads.
+"""The endpoints the daemon serves itself: the local streams, and ipc for ZeroMQ's clients.
 
 Contract
 --------
-* A ``unix://PATH`` request endpoint (PROTOCOL.md §2.3) is a listening ``AF_UNIX`` stream socket,
+* Both are ADPT/1 over Unix stream sockets, without ZeroMQ's I/O threads, in two framings: a
+  ``unix://PATH`` endpoint is a local stream (PROTOCOL.md §2.3, :mod:`adaptd.wire.stream`); an
+  ``ipc://PATH`` endpoint speaks ZMTP 3 as a ``ROUTER`` would (§2.4, :mod:`adaptd.wire.zmtp`):
+  a connection is greeted at once, its peer is known once its handshake is read (the routing
+  identity its client set, while no other connection holds it, else 8 random bytes; ``r:``
+  first, as :mod:`adaptd.daemon.peers` names a ROUTER's), a ``PING`` is answered, and a handshake
+  that is not ZMTP 3 ends the connection with nothing said. Everything below holds for both.
+* A request endpoint (PROTOCOL.md §2.3) is a listening ``AF_UNIX`` stream socket,
   its file mode ``[server] ipc_mode`` as for ipc endpoints (the frontend removes a socket file a
   dead daemon left there first: :func:`adaptd.daemon.frontend.remove_stale_socket`). Everything
   is non-blocking and driven by the daemon's loop: :meth:`StreamServer.interest` gives each
   descriptor and the events it waits for; :meth:`StreamServer.on_event` handles one (accepting,
-  reading, writing) and returns the requests to handle now, ``(connection, frames, size)``,
+  reading, writing) and returns the requests to handle now, ``(connection, envelope, frames,
+  size)`` (``frames`` after the delimiter; ``envelope`` the frames before it, none but behind a
+  ZeroMQ proxy, None for a ZMTP message without a delimiter; a reply goes back with it),
   at most ``intake`` per connection per round (as the ZeroMQ sockets' ``INTAKE_BATCH``): a
   connection's further requests wait in its backlog, which :meth:`~StreamServer.backlog_round`
   hands out on the next rounds (``backlogged`` says the loop must not sleep), and it is not read
   from meanwhile. ``frames`` is ``[TooLarge]`` (:class:`adaptd.wire.stream.TooLarge`) for a
   request over the size limit, which the request path answers ``TOO_LARGE`` (its bytes are
   skipped as they come: the stream stays in step).
-* Each connection is one peer (``StreamConnection.peer``: ``s:`` and a number never reused in a
-  daemon's run): its replay entries and regions belong to it, a retry is answered from them on the
-  same connection; a new connection is a new peer.
+* Each local stream connection is one peer (``StreamConnection.peer``: ``s:`` and a number never
+  reused in a daemon's run): its replay entries and regions belong to it, a retry is answered
+  from them on the same connection; a new connection is a new peer. A ZMTP connection's peer is
+  its routing identity (above): a client that reconnects with it finds its replies again, as on
+  a ROUTER.
 * Every request handed out gets exactly one reply through :meth:`~StreamServer.send`
   (``awaiting`` counts those not sent yet). A connection stops being read when its client shuts
-  its side or breaks the framing (a frame count out of range: one ``MALFORMED`` reply without an
-  id, after the replies to the requests before it); it is closed once every request it sent is
+  its side or breaks the framing (a frame count out of range; for ZMTP, see
+  :class:`adaptd.wire.zmtp.ZmtpReader`: one ``MALFORMED`` reply without an id, after the replies
+  to the requests before it); it is closed once every request it sent is
   answered and written (or at once when the client has gone and a write fails).
 * Limits, as the ZeroMQ endpoints have them: replies never block the daemon; what the socket does
   not take now is queued, and a reply beyond ``send_hwm`` replies queued is dropped and counted
@@ -40,6 +52,7 @@ import itertools
 import logging
 import os
 import resource
+import secrets
 import socket
 import time
 from collections import deque
@@ -49,20 +62,27 @@ from typing import Any
 
 import zmq
 
+from adaptd.daemon.peers import ROUTE_PREFIX
 from adaptd.wire import protocol as proto
+from adaptd.wire import zmtp
 from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, framed, unsent
 
 log = logging.getLogger("adaptd.streams")
 
 SCHEME = "unix://"
+IPC_SCHEME = "ipc://"
 MAX_CONNECTIONS = 1024
 ACCEPT_PAUSE_S = 1.0     # how long a listener rests after accept() failed (out of descriptors)
+HANDSHAKE_TIMEOUT_S = 30.0   # a ZMTP connection not ready by then is closed (libzmq's HANDSHAKE_IVL)
+MAX_IOV = 1000           # buffers given to one sendmsg (Linux's IOV_MAX is 1024)
 WARN_EVERY_S = 60.0      # a failing accept is logged at most this often
 # The daemon polls with ZeroMQ's poller, which reports a descriptor's events in its own flags
 # (a hang-up or an error as POLLERR).
 _IN, _OUT, _GONE = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLERR)
 
-Request = tuple["StreamConnection", "list[Any]", int]
+# A request handed out: its connection, its envelope (frames before the delimiter: none but behind
+# a ZeroMQ proxy; None when a ZMTP message has no delimiter), its frames after the delimiter, its size.
+Request = tuple["StreamConnection", "tuple[Any, ...] | None", "list[Any]", int]
 
 
 def stream_path(endpoint: str) -> Path | None:
@@ -72,15 +92,16 @@ def stream_path(endpoint: str) -> Path | None:
 class StreamConnection:
     """One client's connection: its reader, its backlog of requests, its queue of reply bytes."""
 
-    __slots__ = ("sock", "fd", "peer", "reader", "backlog", "awaiting", "queued", "queued_bytes", "written",
+    __slots__ = ("sock", "fd", "peer", "zmtp", "reader", "backlog", "awaiting", "queued", "queued_bytes", "written",
                  "reply_ends", "reading", "farewell", "took_this_round", "closed")
 
-    def __init__(self, sock: socket.socket, peer: bytes, max_message_bytes: int) -> None:
+    def __init__(self, sock: socket.socket, peer: bytes, max_message_bytes: int, zmtp_peer: bool = False) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.peer = peer
-        self.reader = MessageReader(max_message_bytes)
-        self.backlog: deque[tuple[list[Any], int]] = deque()   # read, not handed out yet
+        self.peer = peer                           # (a ZMTP peer's: once its handshake is read)
+        self.zmtp = zmtp_peer                      # a ZeroMQ client on an ipc endpoint, not a local stream
+        self.reader: Any = zmtp.ZmtpReader(max_message_bytes) if zmtp_peer else MessageReader(max_message_bytes)
+        self.backlog: deque[tuple[tuple[Any, ...] | None, list[Any], int]] = deque()   # read, not handed out yet
         self.awaiting = 0                          # requests handed out and not answered yet
         self.queued: deque[memoryview] = deque()   # reply bytes the socket has not taken yet, in order
         self.queued_bytes = 0                      # bytes ever queued (the offsets below count from 0)
@@ -104,6 +125,9 @@ class StreamServer:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.max_connections = min(max_connections, max(8, soft // 2)) if soft > 0 else max_connections
         self.listeners: dict[int, socket.socket] = {}
+        self.zmtp_listeners: set[int] = set()    # the listeners of ipc endpoints (ZeroMQ's clients)
+        self.identities: dict[bytes, StreamConnection] = {}   # ZMTP peers' routing identities in use
+        self._handshaking: dict[int, tuple[float, StreamConnection]] = {}   # ZMTP connections not ready: by when
         self.paths: list[Path] = []
         self.connections: dict[int, StreamConnection] = {}
         self.on_change: Any = None      # called when the descriptors or their events change
@@ -120,9 +144,14 @@ class StreamServer:
 
     # --- endpoints -------------------------------------------------------------------------
     def bind(self, endpoint: str) -> None:
+        """Listen on a ``unix://`` endpoint (a local stream) or an ``ipc://`` one (ZMTP, for
+        ZeroMQ's clients; not one in the abstract namespace)."""
         path = stream_path(endpoint)
+        zmtp_peers = path is None and endpoint.startswith(IPC_SCHEME) and not endpoint.startswith(IPC_SCHEME + "@")
+        if zmtp_peers:
+            path = Path(endpoint[len(IPC_SCHEME):])
         if path is None:
-            raise ValueError(f"not a {SCHEME} endpoint: {endpoint}")
+            raise ValueError(f"not a {SCHEME} or an {IPC_SCHEME} endpoint: {endpoint}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             listener.bind(str(path))
@@ -132,6 +161,8 @@ class StreamServer:
             listener.close()
             raise OSError(exc.errno, f"cannot bind {endpoint}: {exc.strerror}") from None
         self.listeners[listener.fileno()] = listener
+        if zmtp_peers:
+            self.zmtp_listeners.add(listener.fileno())
         self.paths.append(path)
 
     def interest(self) -> list[tuple[int, int]]:
@@ -165,6 +196,9 @@ class StreamServer:
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             self._changed()
+        for _, conn in [entry for entry in self._handshaking.values() if entry[0] <= now]:
+            log.debug("an ipc connection did not complete its handshake in %.0f s", HANDSHAKE_TIMEOUT_S)
+            self._close(conn)
 
     def owns(self, fd: Any) -> bool:
         return fd in self.connections or fd in self.listeners
@@ -186,12 +220,18 @@ class StreamServer:
         try:
             for frames in conn.reader.read_from(conn.sock):
                 if type(frames) is TooLarge:
-                    conn.backlog.append(([frames], frames.size))
+                    conn.backlog.append((frames.envelope, [frames], frames.size))
                     continue
+                envelope: tuple[Any, ...] | None = ()
+                if conn.zmtp:   # the frames after the delimiter (a DEALER's first), the envelope before it
+                    if frames and not frames[0].nbytes:
+                        del frames[0]
+                    else:
+                        envelope, frames = _split_envelope(frames)
                 size = 0
                 for frame in frames:   # (a loop: a generator's resumptions are calls, one a frame)
                     size += frame.nbytes
-                conn.backlog.append((frames, size))
+                conn.backlog.append((envelope, frames, size))
         except BlockingIOError:
             pass
         except FramingError:
@@ -199,6 +239,19 @@ class StreamServer:
         except OSError:   # ConnectionError included: the client shut its side or has gone
             conn.reading = False
             self._changed()
+        if conn.zmtp:
+            reader = conn.reader
+            if not conn.peer and reader.ready:
+                self._identify(conn)
+            if not reader.ready and reader.broken is not None:   # not a ZeroMQ peer: nothing to say
+                log.debug("an ipc connection ends in its handshake: %s", reader.broken)
+                self._close(conn)
+                return []
+            if reader.pong is not None and not conn.queued:   # (else the client is not reading anyway)
+                pong, reader.pong = reader.pong, None
+                self._write(conn, pong)
+                if conn.closed:
+                    return []
         broken = conn.reader.broken
         if broken is not None and conn.reading:   # answered once the requests before it are
             conn.reading = False
@@ -253,23 +306,61 @@ class StreamServer:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = StreamConnection(sock, b"s:%d" % next(self._numbers), self.max_message_bytes)
-            self.connections[conn.fd] = conn
+            if listener.fileno() in self.zmtp_listeners:   # its peer is known once its handshake is read
+                conn = StreamConnection(sock, b"", self.max_message_bytes, zmtp_peer=True)
+                self.connections[conn.fd] = conn
+                self._handshaking[conn.fd] = (time.monotonic() + HANDSHAKE_TIMEOUT_S, conn)
+                self._write(conn, zmtp.handshake())
+            else:
+                conn = StreamConnection(sock, b"s:%d" % next(self._numbers), self.max_message_bytes)
+                self.connections[conn.fd] = conn
             self._changed()
 
+    def _identify(self, conn: StreamConnection) -> None:
+        """A ZMTP peer's identity, as a ROUTER gives it: the routing identity its client set, while
+        no other connection holds it; otherwise one of its own, unguessable (ZeroMQ's counter-based
+        ones are not: adaptd.daemon.peers)."""
+        identity = conn.reader.identity
+        holder = self.identities.get(identity) if identity else None
+        if identity and (holder is None or holder.closed or not holder.reading):
+            # (one whose client has gone, still writing the replies it was owed, hands it over:
+            # its client reconnected, as libzmq does, and its retries must find their replies)
+            self.identities[identity] = conn
+            conn.peer = ROUTE_PREFIX + identity
+        else:
+            conn.peer = ROUTE_PREFIX + b"\0" + secrets.token_bytes(8)
+        self._handshaking.pop(conn.fd, None)
+
     # --- replies ---------------------------------------------------------------------------
-    def send(self, conn: StreamConnection, frames: Sequence[Any]) -> bool:
+    def send(self, conn: StreamConnection, frames: Sequence[Any], envelope: Sequence[Any] = ()) -> bool:
         """The reply to one request of ``conn`` (``frames`` as :func:`adaptd.wire.protocol.encode`
-        makes them, the empty delimiter first): written now as far as the socket takes it, the
-        rest queued; False when it was dropped."""
+        makes them, the empty delimiter first; ``envelope``, the request's): written now as far as
+        the socket takes it, the rest queued; False when it was dropped."""
         if conn.awaiting:
             conn.awaiting -= 1
         else:   # a second reply to one request: a fault of the request path, not the client's
             log.warning("a reply to a local client that is owed none (peer %s)", conn.peer)
         try:
-            return self._send_now(conn, frames)
+            return self._send_now(conn, [*envelope, *frames] if envelope else frames)
         finally:
             self._close_if_done(conn)
+
+    def _write(self, conn: StreamConnection, data: bytes) -> None:
+        """Bytes of the connection's own (a handshake, a PONG), after what is queued; not a reply."""
+        if not conn.queued:
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._changed()   # it waits to write now
+        conn.queued.append(memoryview(data))
+        conn.queued_bytes += len(data)
 
     def _send_now(self, conn: StreamConnection, frames: Sequence[Any]) -> bool:
         if conn.closed:
@@ -281,22 +372,12 @@ class StreamServer:
                 log.warning("a local client is not reading its replies: %d dropped so far (server.send_hwm = %d)",
                             self.replies_unread_dropped, self.send_hwm)
             return False
-        try:
-            buffers, size = framed(frames[1:])
-        except ValueError as exc:   # more frames than a stream message holds: an error reply instead
-            log.error("a reply to a local client cannot be framed: %s", exc)
-            try:
-                request_id = proto.decode(frames)[0].get("id")
-            except proto.ProtocolError:
-                request_id = None
-            buffers, size = framed(proto.encode(proto.error_header(
-                proto.INTERNAL, f"the reply has {len(frames) - 1} frames; the local stream carries at most "
-                f"{MAX_FRAMES}: use ZeroMQ or fewer outputs", request_id))[1:])
+        buffers, size = zmtp.framed(frames) if conn.zmtp else _stream_framed(frames)
         if conn.queued:
             rest = [memoryview(b).cast("B") for b in buffers]
         else:
-            try:
-                sent = conn.sock.sendmsg(buffers)
+            try:   # (at most IOV_MAX buffers a call: a ZMTP reply's frames take two each)
+                sent = conn.sock.sendmsg(buffers if len(buffers) <= MAX_IOV else buffers[:MAX_IOV])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -319,7 +400,7 @@ class StreamServer:
         queued = conn.queued
         while queued:
             try:
-                sent = conn.sock.sendmsg(list(itertools.islice(queued, 64)))
+                sent = conn.sock.sendmsg(list(itertools.islice(queued, 64)))   # (64: under MAX_IOV)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -361,6 +442,9 @@ class StreamServer:
         conn.backlog.clear()
         self.connections.pop(conn.fd, None)
         self.backlogged.pop(conn.fd, None)
+        self._handshaking.pop(conn.fd, None)
+        if conn.zmtp and self.identities.get(conn.reader.identity) is conn:
+            del self.identities[conn.reader.identity]
         try:
             conn.sock.close()
         except OSError:
@@ -389,3 +473,28 @@ class StreamServer:
                 if exc.errno != errno.ENOENT:
                     log.debug("cannot remove %s: %s", path, exc)
         self.paths.clear()
+
+
+def _stream_framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
+    """A reply's buffers on a local stream (its frames after the delimiter); one with more frames
+    than a stream message holds becomes an ``INTERNAL`` error reply."""
+    try:
+        return framed(frames[1:])
+    except ValueError as exc:
+        log.error("a reply to a local client cannot be framed: %s", exc)
+        try:
+            request_id = proto.decode(frames)[0].get("id")
+        except proto.ProtocolError:
+            request_id = None
+        return framed(proto.encode(proto.error_header(
+            proto.INTERNAL, f"the reply has {len(frames) - 1} frames; the local stream carries at most "
+            f"{MAX_FRAMES}: use ZeroMQ or fewer outputs", request_id))[1:])
+
+
+def _split_envelope(frames: list[Any]) -> tuple[tuple[Any, ...] | None, list[Any]]:
+    """A ZMTP message's envelope (the frames before the first empty one) and the frames after
+    that delimiter; None and the frames as they are when there is no delimiter."""
+    for i, frame in enumerate(frames):
+        if not frame.nbytes:
+            return tuple(frames[:i]), frames[i + 1:]
+    return None, frames

@@ -254,7 +254,7 @@ def test_a_steady_clients_repeated_header_is_kept_on_either_transport(daemon):
     for k in range(3):
         frames = [memoryview(bytes(memoryview(f))) for f in proto.encode(
             proto.request_header(f"s{k}", daemon.model, [x()]), [x()])[1:]]
-        d.path.on_stream_request(connection, frames, sum(len(f) for f in frames))
+        d.path.on_stream_request(connection, (), frames, sum(len(f) for f in frames))
         d.path.on_outcome(pool.finish(pool.jobs[-1], out))
     assert d.path._memo.hits == 4   # one header layout for both: the stream's first is a repeat too
     replies = [h for _, h, _ in frontend.sent]
@@ -648,7 +648,7 @@ def test_a_sole_callers_longer_job_is_tried_inline_and_no_other(tiny_repository,
     pipelining = SimpleNamespace(peer=b"stream-peer", awaiting=2, backlog=[])
     frames = [memoryview(bytes(memoryview(f))) for f in proto.encode(
         proto.request_header("sent-together", daemon.model, [x()]), [x()])[1:]]
-    d.path.on_stream_request(pipelining, frames, sum(len(f) for f in frames))
+    d.path.on_stream_request(pipelining, (), frames, sum(len(f) for f in frames))
     d.path.on_outcome(pool.finish(pool.jobs[-1], [np.ones((1, 10), np.float32)]))
     send(b"peer-b", "now-alone")             # (the window made zero) alone, nothing else at all
     assert pool.tried_inline == ["alone", "now-alone"]

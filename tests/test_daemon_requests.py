@@ -80,10 +80,10 @@ def assert_serving(d: DaemonProcess, model) -> None:
     assert len(bodies) == 1
 
 
-def dealer(d: DaemonProcess, ctx: zmq.Context | None = None) -> zmq.Socket:
+def dealer(d: DaemonProcess, ctx: zmq.Context | None = None, endpoint: str | None = None) -> zmq.Socket:
     sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(d.endpoint)
+    sock.connect(endpoint or d.endpoint)
     return sock
 
 
@@ -455,9 +455,25 @@ def test_a_request_over_max_message_bytes_gets_too_large(daemon, model):
     assert_serving(daemon, model)
 
 
+def test_a_frame_over_twice_the_limit_is_answered_too_large_on_ipc_and_the_connection_serves_on(daemon, model):
+    """The daemon's own ZMTP engine (PROTOCOL.md §2.4) skips what libzmq's ROUTER would drop the
+    connection for (next test): the request gets its error reply with its id, the next its answer."""
+    sock = dealer(daemon)
+    try:
+        good = _good(model)
+        sock.send_multipart([b"", proto.SIGNATURE, msgpack.packb(good), b"\0" * (2 * MAX_MESSAGE_BYTES + 1)])
+        reply, _ = recv(sock)
+        assert reply["code"] == "TOO_LARGE" and reply["id"] == good["id"], reply
+        sock.send_multipart(proto.encode({"type": "health", "id": "after"}))
+        ipc = recv(sock)[0]["body"]["ipc"]
+        assert ipc["engine"] == "adaptd" and ipc["connections"] >= 1
+    finally:
+        sock.close()
+
+
 def test_a_frame_over_twice_the_limit_is_dropped_by_zeromq_and_others_are_served(daemon, model):
     ctx = zmq.Context.instance()
-    sock = dealer(daemon)
+    sock = dealer(daemon, endpoint=daemon.tcp_endpoint)   # a ROUTER of libzmq's
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     try:
         # The connection is up once a reply came back on it.
@@ -469,7 +485,7 @@ def test_a_frame_over_twice_the_limit_is_dropped_by_zeromq_and_others_are_served
         assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
         assert not sock.poll(0)
         # ... and goes on serving everybody else.
-        other = dealer(daemon, ctx)
+        other = dealer(daemon, ctx, daemon.tcp_endpoint)
         try:
             other.send_multipart(proto.encode({"type": "health", "id": "after"}))
             assert recv(other)[0]["body"]["status"] == "serving"

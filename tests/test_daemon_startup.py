@@ -67,6 +67,17 @@ def test_a_second_daemon_on_the_same_socket_and_store_exits_naming_the_first(tin
     assert not Path(d.endpoint[len("ipc://"):]).exists()
 
 
+def test_ipc_is_served_by_a_libzmq_router_when_the_configuration_says_so(tiny_repository, tmp_path):
+    repo, model, _ = tiny_repository
+    d = DaemonProcess.start(repo, tmp_path, config={"server": {"ipc_engine": "zeromq"}})
+    try:
+        with Client(d.endpoint, timeout_ms=30_000) as c:
+            assert c.infer(model, np.zeros((1, 8, 8, 1), np.float32)).outputs[0].shape == (1, 10)
+            assert c.health()["ipc"] == {"engine": "zeromq", "connections": 0}
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_port_in_use_is_one_line_and_leaves_nothing_behind(tiny_repository, tmp_path):
     repo, _, _ = tiny_repository
     with taken_port() as port:
@@ -83,6 +94,7 @@ def test_a_port_in_use_is_one_line_and_leaves_nothing_behind(tiny_repository, tm
     ({"selector": {"no_such_key": 1}}, "no_such_key"),
     ({"selector": {"policy": "fastest"}}, "selector.policy"),
     ({"auth": {"curve": True}}, "server_key"),
+    ({"server": {"ipc_engine": "libzmq"}}, "ipc_engine"),
     ({"server": {"endpoints": ["tcp://0.0.0.0:5999"]}}, "loopback"),
     ({"server": {"endpoints": ["tcp://*:5999"]}}, "loopback"),
     ({"server": {"admin_endpoints": ["tcp://127.0.0.1:5999"]}}, "admin_endpoints"),
@@ -186,7 +198,8 @@ def test_curve_lets_allowed_keys_in_and_nobody_else_even_beyond_loopback(tiny_re
         with Client(endpoint, timeout_ms=30_000, curve=keys["client"]) as c:
             first = c.infer(model, x, request_id="curve-1")
             assert first.outputs[0].shape == (1, 10)
-            assert c.health()["authentication"] == "curve"
+            health = c.health()
+            assert health["authentication"] == "curve" and health["ipc"]["engine"] == "zeromq"   # CurveZMQ is libzmq's
         # the same key on a new connection is the same client: its stored reply is replayed
         with Client(endpoint, timeout_ms=30_000, curve=keys["client"]) as again:
             assert again.infer(model, x, request_id="curve-1").selection.replayed

@@ -22,7 +22,7 @@ def _readable(fd: int, timeout_s: float) -> bool:
 
 def test_a_message_a_reply_left_unannounced_is_named_before_the_loop_polls(tmp_path):
     ctx = zmq.Context()
-    frontend = Frontend(ctx, max_message_bytes=1 << 20, send_hwm=100, ipc_mode=0o600)
+    frontend = Frontend(ctx, max_message_bytes=1 << 20, send_hwm=100, ipc_mode=0o600, ipc_engine="zeromq")
     frontend.bind([f"ipc://{tmp_path}/a.sock", f"ipc://{tmp_path}/b.sock"], [])
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)

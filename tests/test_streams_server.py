@@ -73,7 +73,7 @@ def test_requests_in_and_replies_out_with_each_connection_its_own_peer(server):
     send_message(a, [b"ADPT01", b"from-a"])
     send_message(b, [b"ADPT01", b"from-b"])
     got = messages(srv, poller, 2)
-    by_payload = {bytes(frames[1]): conn for conn, frames, _ in got}
+    by_payload = {bytes(frames[1]): conn for conn, _, frames, _ in got}
     assert by_payload[b"from-a"].peer != by_payload[b"from-b"].peer
     assert srv.send(by_payload[b"from-a"], proto.encode({"type": "ok", "id": "x"}))
     reply = []
@@ -90,7 +90,7 @@ def test_a_reply_the_socket_cannot_take_waits_for_room_and_beyond_send_hwm_is_dr
     a = client(path)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     send_message(a, [b"ADPT01", b"hello"])
-    ((conn, _, _),) = messages(srv, poller)
+    ((conn, _, _, _),) = messages(srv, poller)
     big = os.urandom(1 << 20)
     sent = [srv.send(conn, [b"", b"ADPT01", b"hdr", big]) for _ in range(8)]
     assert sent[:4] == [True] * 4 and not all(sent) and srv.replies_unread_dropped == sent.count(False)
@@ -112,7 +112,7 @@ def test_a_client_that_leaves_is_answered_into_the_void_then_closed_and_counted_
     srv, path, poller = server
     a = client(path)
     send_message(a, [b"ADPT01", b"hello"])
-    ((conn, _, _),) = messages(srv, poller)
+    ((conn, _, _, _),) = messages(srv, poller)
     a.close()
     for _ in range(100):
         if not conn.reading:
@@ -136,7 +136,7 @@ def test_one_round_takes_at_most_the_intake_from_a_connection_and_the_rest_on_la
     while srv.backlogged:
         rest.append(pump(srv, poller))
     assert [len(r) for r in rest] == [16, 8]
-    assert [bytes(f[1]) for _, f, _ in first + rest[0] + rest[1]] == [b"%d" % i for i in range(40)]
+    assert [bytes(f[1]) for _, _, f, _ in first + rest[0] + rest[1]] == [b"%d" % i for i in range(40)]
     assert dict(srv.interest())[conn.fd] & zmq.POLLIN and conn.awaiting == 40
     a.close()
 
@@ -146,7 +146,7 @@ def test_a_broken_framing_is_answered_after_the_requests_before_it_then_the_conn
     a = client(path)
     a.sendall(b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"ok"]))
               + (0).to_bytes(4, "little"))
-    ((conn, frames, _),) = messages(srv, poller)
+    ((conn, _, frames, _),) = messages(srv, poller)
     assert bytes(frames[1]) == b"ok" and not conn.reading and not conn.closed
     assert srv.send(conn, proto.encode({"type": "ok", "id": "first"}))
     assert conn.closed   # the farewell went out after the reply, then the connection ended

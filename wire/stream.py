@@ -71,10 +71,12 @@ class FramingError(ValueError):
 @dataclass(frozen=True)
 class TooLarge:
     """In place of a message over the size limit (its bytes skipped): how large it said it was,
-    and its second frame (the header) when that came whole in the read that found it."""
+    and its second frame (the header) when that came whole in the read that found it; over ZMTP
+    (:mod:`adaptd.wire.zmtp`) the envelope before its delimiter too, the reply's way back."""
 
     size: int
     header: bytes | None = None
+    envelope: tuple[bytes, ...] = ()
 
 
 def _nbytes(frame: Any) -> int:
