@@ -9,6 +9,8 @@ costs; the daemon built on it can only add to that. Candidates:
 * ``echo, compiled``: the same ROUTER in C (``bench/skeletons/echo.c``, built here with the
   system's C compiler against the libzmq that pyzmq ships; left out, with the reason, where
   either is missing): the floor of a front end that is not Python.
+* ``echo, ZMTP in Python``: the ZeroMQ client's echo served by a Python server that speaks ZMTP
+  itself (the daemon's ipc engine, :mod:`adaptd.wire.zmtp`): no I/O thread at the server's end.
 * ``echo, unix stream``, ``inline, unix stream``, ``thread, direct, unix stream`` and ``thread,
   via receiver, unix stream``: the same over a Unix stream socket (:mod:`adaptd.wire.stream`'s
   framing, the daemon's local stream) instead of ZeroMQ: one thread hop each way, where ZeroMQ
@@ -60,7 +62,7 @@ import zmq
 from adaptd.wire.frames import recv_frames, send_frames
 from bench_overhead import latest_version
 from dealers import connect
-from topology_stream import RESIDENT, STREAM_KINDS, cpu_s as _cpu_s, load as _load, serve_stream
+from topology_stream import RESIDENT, STREAM_KINDS, ZMTP_ECHO, cpu_s as _cpu_s, load as _load, serve_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -341,10 +343,10 @@ def main() -> int:
             for kind in kinds:   # alternating, so a slow spell of the host spreads over all
                 ep = f"ipc://{tmp}/{r}-{KINDS.index(kind)}.sock"
                 out = ctx.Queue()
-                if kind in STREAM_KINDS:
-                    ep = f"unix://{tmp}/{r}-{KINDS.index(kind)}.sock"
+                if kind in STREAM_KINDS:   # (the ZMTP one's clients are libzmq's, on an ipc path)
+                    ep = f"{'ipc' if kind == ZMTP_ECHO else 'unix'}://{tmp}/{r}-{KINDS.index(kind)}.sock"
                     ready, reports = ctx.Event(), ctx.Queue()
-                    server = ctx.Process(target=serve_stream, args=(kind, ep[len("unix://"):], ready, reports,
+                    server = ctx.Process(target=serve_stream, args=(kind, ep.split("://", 1)[1], ready, reports,
                                                                     str(version_dir), 1, shape, cores), daemon=True)
                     server.start()
                     ready.wait()

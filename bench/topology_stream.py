@@ -5,6 +5,9 @@ framing, the daemon's local stream): one receiving thread polls the listener and
 connections. Kinds (``STREAM_KINDS``):
 
 * ``echo, unix stream``: each request returned unrun.
+* ``echo, ZMTP in Python``: the same, the server speaking ZMTP (:mod:`adaptd.wire.zmtp`, the
+  daemon's own ipc engine) to a libzmq ``DEALER`` on an ``ipc://`` path: ZeroMQ's I/O thread at
+  the client's end only.
 * ``inline, unix stream``: the receiving thread runs the interpreter itself.
 * ``thread, via receiver, unix stream``: the daemon's topology. The receiver hands the job to a
   placement's thread (a condition, as ``adaptd.daemon.placement_threads`` does), which runs it
@@ -31,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptd.wire import zmtp
 from adaptd.wire.stream import MessageReader, send_message
 
 RESIDENT = b"r"   # a request's input frame meaning "run on the input you hold" (--resident)
 THREAD_DIRECT, THREAD_VIA_RECEIVER = "thread, direct, unix stream", "thread, via receiver, unix stream"
-STREAM_KINDS = ("echo, unix stream", "inline, unix stream", THREAD_DIRECT, THREAD_VIA_RECEIVER)
+ZMTP_ECHO = "echo, ZMTP in Python"
+STREAM_KINDS = ("echo, unix stream", ZMTP_ECHO, "inline, unix stream", THREAD_DIRECT, THREAD_VIA_RECEIVER)
 
 
 def load(version_dir: str, threads: int):
@@ -131,7 +136,7 @@ def serve_stream(kind: str, path: str, ready, stats_q, version_dir: str, threads
     poller.register(listener, select.POLLIN)
     if placement is not None:
         poller.register(placement.wake_r, select.POLLIN)
-    conns: dict[int, tuple[socket.socket, MessageReader]] = {}
+    conns: dict[int, tuple[socket.socket, MessageReader | zmtp.ZmtpReader]] = {}
     ready.set()
     while True:
         for fd, _ in poller.poll():
@@ -140,7 +145,9 @@ def serve_stream(kind: str, path: str, ready, stats_q, version_dir: str, threads
                 continue
             if fd == listener.fileno():
                 conn, _ = listener.accept()
-                conns[conn.fileno()] = (conn, MessageReader(1 << 30))
+                if kind == ZMTP_ECHO:
+                    conn.sendall(zmtp.handshake())
+                conns[conn.fileno()] = (conn, zmtp.ZmtpReader(1 << 30) if kind == ZMTP_ECHO else MessageReader(1 << 30))
                 poller.register(conn, select.POLLIN)
                 continue
             conn, reader = conns[fd]
@@ -158,6 +165,9 @@ def serve_stream(kind: str, path: str, ready, stats_q, version_dir: str, threads
                                  busy.invoke_ns / 1e9 if busy is not None else 0.0))
                 elif placement is not None:
                     placement.submit(conn, frames)
+                elif kind == ZMTP_ECHO:
+                    conn.sendmsg(zmtp.framed(frames)[0])
+                    served += 1
                 else:
                     send_message(conn, runner.reply(frames) if runner is not None else frames)
                     served += 1
