@@ -65,7 +65,7 @@ import zmq
 from adaptd.daemon.peers import ROUTE_PREFIX
 from adaptd.wire import protocol as proto
 from adaptd.wire import zmtp
-from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, framed, unsent
+from adaptd.wire.stream import MAX_FRAMES, FramingError, MessageReader, TooLarge, framed, hung_up, unsent
 
 log = logging.getLogger("adaptd.streams")
 
@@ -227,7 +227,7 @@ class StreamServer:
                     if frames and not frames[0].nbytes:
                         del frames[0]
                     else:
-                        envelope, frames = _split_envelope(frames)
+                        envelope, frames = zmtp.split_envelope(frames)
                 size = 0
                 for frame in frames:   # (a loop: a generator's resumptions are calls, one a frame)
                     size += frame.nbytes
@@ -322,9 +322,10 @@ class StreamServer:
         ones are not: adaptd.daemon.peers)."""
         identity = conn.reader.identity
         holder = self.identities.get(identity) if identity else None
-        if identity and (holder is None or holder.closed or not holder.reading):
+        if identity and (holder is None or holder.closed or not holder.reading or hung_up(holder.sock)):
             # (one whose client has gone, still writing the replies it was owed, hands it over:
-            # its client reconnected, as libzmq does, and its retries must find their replies)
+            # its client reconnected, as libzmq does, and its retries must find their replies;
+            # gone even when the loop has not read its end yet: one with a backlog is not read)
             self.identities[identity] = conn
             conn.peer = ROUTE_PREFIX + identity
         else:
@@ -358,9 +359,11 @@ class StreamServer:
             if sent == len(data):
                 return
             data = data[sent:]
-            self._changed()   # it waits to write now
+        was_idle = not conn.queued
         conn.queued.append(memoryview(data))
         conn.queued_bytes += len(data)
+        if was_idle:
+            self._changed()   # it waits to write now (after the append: the poller asks the queue)
 
     def _send_now(self, conn: StreamConnection, frames: Sequence[Any]) -> bool:
         if conn.closed:
@@ -490,11 +493,3 @@ def _stream_framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
             proto.INTERNAL, f"the reply has {len(frames) - 1} frames; the local stream carries at most "
             f"{MAX_FRAMES}: use ZeroMQ or fewer outputs", request_id))[1:])
 
-
-def _split_envelope(frames: list[Any]) -> tuple[tuple[Any, ...] | None, list[Any]]:
-    """A ZMTP message's envelope (the frames before the first empty one) and the frames after
-    that delimiter; None and the frames as they are when there is no delimiter."""
-    for i, frame in enumerate(frames):
-        if not frame.nbytes:
-            return tuple(frames[:i]), frames[i + 1:]
-    return None, frames

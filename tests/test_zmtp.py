@@ -164,6 +164,14 @@ def test_a_message_over_the_limit_behind_a_proxy_keeps_its_envelope_for_the_repl
     assert read_all(reader, b) == [TooLarge(209, b"hdr", (b"\x01hop",))]
 
 
+def test_the_size_limit_counts_a_message_less_its_envelope_as_a_routers_does(pair):
+    a, b = pair
+    reader = zmtp.ZmtpReader(1000)
+    message = [b"\x01" + b"h" * 15, b"", b"ADPT01", b"hdr", b"x" * 991]   # 1000 bytes past the delimiter
+    a.sendall(peer_greeting() + ready() + wire(message))
+    assert read_all(reader, b) == [message]
+
+
 @pytest.mark.parametrize("data, why", [
     (b"GET / HTTP/1.1\r\n\r\n" + b"\0" * 60, "greeting"),
     (peer_greeting(major=2), "greeting"),
@@ -326,6 +334,57 @@ def test_a_client_that_reconnects_while_its_old_connection_owes_a_reply_keeps_it
     assert retry[0].peer == pending[0].peer == b"r:\x01me"   # the retry finds what the first left
     assert not srv.send(pending[0], proto.encode({"type": "ok", "id": "late"}))   # into the void
     assert srv.identities == {b"\x01me": retry[0]}
+
+
+def test_a_reconnect_that_outruns_the_end_of_a_connection_with_a_backlog_still_takes_its_identity(served, tmp_path):
+    srv, endpoint, poller, ctx = served
+    old, new = (socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2))
+    old.connect(str(tmp_path / "d.sock"))
+    old.sendall(peer_greeting() + ready(b"DEALER", b"\x01me")
+                + b"".join(wire([b"", b"ADPT01", b"%d" % i]) for i in range(200)))
+    first = requests(srv, poller, 16)   # one round's intake; the rest wait in its backlog, unread
+    old.close()   # its end comes after 184 requests the loop has not handed out yet
+    new.connect(str(tmp_path / "d.sock"))
+    new.sendall(peer_greeting() + ready(b"DEALER", b"\x01me") + wire([b"", b"ADPT01", b"retry"]))
+    got = requests(srv, poller, 201 - len(first))
+    (retry,) = [r for r in got if bytes(r[2][1]) == b"retry"]
+    assert [bytes(r[2][1]) for r in got].index(b"retry") < 184 - 16   # it came while the backlog was long
+    assert retry[0].peer == b"r:\x01me" and srv.identities[b"\x01me"] is retry[0]
+    new.close()
+
+
+def test_a_pong_the_socket_cannot_take_now_is_written_once_it_can(served, tmp_path):
+    srv, endpoint, poller, ctx = served
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(tmp_path / "d.sock"))
+    raw.sendall(peer_greeting() + ready())
+    while not any(c.peer for c in srv.connections.values()):
+        for fd, flags in poller.poll(100):
+            srv.on_event(fd, flags)
+    (conn,) = srv.connections.values()
+    try:   # the daemon's side full, its queue empty (bytes the client will not parse)
+        while True:
+            conn.sock.send(b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    raw.sendall(command(b"PING", b"\x00\x0aping-ctx"))
+    while conn.reader.pings < 1:
+        for fd, flags in poller.poll(100):
+            srv.on_event(fd, flags)
+    assert conn.queued   # the PONG waits for room
+    raw.setblocking(False)
+    got = b""
+    for _ in range(500):   # the client reads; the loop must then be told the socket has room
+        try:
+            got += raw.recv(1 << 20)
+        except BlockingIOError:
+            pass
+        for fd, flags in poller.poll(10):
+            srv.on_event(fd, flags)
+        if got.endswith(command(b"PONG", b"ping-ctx")):
+            break
+    assert got.endswith(command(b"PONG", b"ping-ctx")) and not conn.queued
+    raw.close()
 
 
 def test_a_reply_of_more_frames_than_one_system_call_takes_arrives_whole(served):

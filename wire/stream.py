@@ -14,6 +14,7 @@ Contract
   :func:`message_bytes` the buffers alone), :func:`unsent` what is
   left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
   :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
+* :func:`hung_up`: whether a socket's peer has closed its end, before what came first is read.
 * :func:`widen_send_buffer`: a sending socket's buffer made room for a large message whole
   (``SEND_BUFFER_BYTES``, or what the kernel's ``net.core.wmem_max`` allows, doubled), which a client
   sets on its connection: a 602 KB input then goes in one write instead of three, each of which
@@ -43,6 +44,7 @@ Contract
 from __future__ import annotations
 
 import functools
+import select
 import socket
 import struct
 import time
@@ -130,6 +132,14 @@ def _granted_send_buffer() -> int:
     except (OSError, ValueError):   # (not Linux's /proc: the request's own size)
         cap = SEND_BUFFER_BYTES
     return 2 * min(SEND_BUFFER_BYTES, cap)
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the peer of ``sock`` has closed its end (one ``poll`` that does not wait): what a
+    reader learns only once it has read all that came before the end."""
+    probe = select.poll()
+    probe.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in probe.poll(0))
 
 
 def send_message(sock: socket.socket, frames: Sequence[Any], deadline: float | None = None) -> None:

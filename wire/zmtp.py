@@ -33,6 +33,7 @@ Contract
   ZMTP 3 with NULL and a ROUTER's peer, breaks the stream for good (``broken``, a
   :class:`~adaptd.wire.stream.FramingError`; the messages before it come out first). The end of
   the stream is ``ConnectionError``.
+* :func:`split_envelope` cuts a message at its delimiter, as a ROUTER's reader does.
 * :func:`framed` writes a message (envelope, delimiter, signature, header, bodies) as ZMTP frames
   for a writer that keeps its own queue; tensor buffers are not copied.
 * Pure Python over ``socket`` objects; one thread per socket at a time.
@@ -115,6 +116,7 @@ class ZmtpReader:
         self._partial = b""              # bytes of a frame header or a small frame not all here yet
         self._frames: list[memoryview] = []   # the message under way
         self._bytes = 0                  # its size so far
+        self._envelope_bytes = -1        # of which its envelope's, once its delimiter came (-1: not yet)
         self._big: bytearray | None = None    # a large frame's own buffer, being filled
         self._big_filled = 0
         self._big_size = 0
@@ -248,7 +250,7 @@ class ZmtpReader:
                 at = start + n
                 continue
             more = flags & _MORE
-            if not self._discarding and self._bytes + n > self.max_message_bytes:
+            if not self._discarding and self._bytes - max(self._envelope_bytes, 0) + n > self.max_message_bytes:
                 self._discard(frames, view)
                 frames = self._frames
             if self._discarding:
@@ -269,6 +271,8 @@ class ZmtpReader:
                     self._big, self._big_filled, self._big_size, self._big_more = big, have, n, bool(more)
                     return
                 break
+            if not n and self._envelope_bytes < 0:   # the delimiter: what came before it is the envelope
+                self._envelope_bytes = self._bytes
             frames.append(view[start:start + n])
             self._bytes += n
             at = start + n
@@ -277,7 +281,7 @@ class ZmtpReader:
             if not more:
                 messages.append(frames)
                 self._frames = frames = []
-                self._bytes = 0
+                self._bytes, self._envelope_bytes = 0, -1
         if at < size:
             self._partial = data[at:]
 
@@ -302,7 +306,7 @@ class ZmtpReader:
             raise self.broken
         if self._big_more:
             return []
-        frames, self._frames, self._bytes = self._frames, [], 0
+        frames, self._frames, self._bytes, self._envelope_bytes = self._frames, [], 0, -1
         return [frames]
 
     def _discard(self, frames: list[memoryview], view: memoryview) -> None:
@@ -320,6 +324,7 @@ class ZmtpReader:
     def _end_discarded(self) -> TooLarge:
         out = TooLarge(self._bytes - sum(len(f) for f in self._envelope), self._header, self._envelope)
         self._discarding, self._header, self._envelope, self._bytes, self._skip_more = False, None, (), 0, False
+        self._envelope_bytes = -1
         return out
 
     def _on_command(self, body: memoryview) -> None:
@@ -349,3 +354,12 @@ def _command_name(body: memoryview) -> tuple[bytes, int]:
     if not body.nbytes or body[0] + 1 > body.nbytes:
         raise FramingError("a command without a name")
     return bytes(body[1:1 + body[0]]), 1 + body[0]
+
+
+def split_envelope(frames: list[Any]) -> tuple[tuple[Any, ...] | None, list[Any]]:
+    """A message's envelope (the frames before the first empty one) and the frames after that
+    delimiter; None and the frames as they are when there is no delimiter."""
+    for i, frame in enumerate(frames):
+        if not frame.nbytes:
+            return tuple(frames[:i]), frames[i + 1:]
+    return None, frames
