@@ -60,7 +60,8 @@ _SHORT_MORE = tuple(bytes((_MORE, n)) for n in range(256))
 _SHORT_LAST = tuple(bytes((0, n)) for n in range(256))
 
 
-def _command(name: bytes, body: bytes) -> bytes:
+def command(name: bytes, body: bytes = b"") -> bytes:
+    """A command frame: its name, then its body (RFC 23)."""
     data = bytes((len(name),)) + name + body
     if len(data) < 256:
         return bytes((_COMMAND, len(data))) + data
@@ -72,7 +73,16 @@ def _property(name: bytes, value: bytes) -> bytes:
 
 
 GREETING = b"\xff" + b"\0" * 8 + b"\x7f" + bytes((3, 1)) + b"NULL".ljust(20, b"\0") + b"\0" + b"\0" * 31
-READY = _command(b"READY", _property(b"Socket-Type", b"ROUTER"))
+
+
+def ready_command(socket_type: bytes, identity: bytes = b"") -> bytes:
+    """A ``READY`` command: the sender's socket type and, when set, its routing identity. With
+    NULL the greeting is the same both ways: ``GREETING`` and this are what a client sends too."""
+    return command(b"READY", _property(b"Socket-Type", socket_type)
+                   + (_property(b"Identity", identity) if identity else b""))
+
+
+READY = ready_command(b"ROUTER")
 
 
 def handshake() -> bytes:
@@ -246,7 +256,7 @@ class ZmtpReader:
                     if n > READ_BYTES:
                         raise FramingError(f"a command of {n} bytes")
                     break
-                self._on_command(view[start:start + n])
+                self._oncommand(view[start:start + n])
                 at = start + n
                 continue
             more = flags & _MORE
@@ -327,10 +337,10 @@ class ZmtpReader:
         self._envelope_bytes = -1
         return out
 
-    def _on_command(self, body: memoryview) -> None:
+    def _oncommand(self, body: memoryview) -> None:
         name, at = _command_name(body)
         if name == b"PING":   # (RFC 37: a TTL of 2 bytes, then up to 16 bytes of context to echo)
-            self.pong = _command(b"PONG", bytes(body[at + 2:at + 18]))   # (one kept: libzmq's way)
+            self.pong = command(b"PONG", bytes(body[at + 2:at + 18]))   # (one kept: libzmq's way)
             self.pings += 1
         elif name == b"ERROR":
             raise FramingError(f"the peer sent ERROR: {bytes(body[at + 1:]).decode('utf-8', 'replace')}")
