@@ -7,8 +7,9 @@ Contract
   with CurveZMQ when authentication is on, and binds it; a ``unix://`` request endpoint is a
   local stream instead, and with ``ipc_engine = "adaptd"`` an ipc request endpoint is served by
   the daemon's own ZMTP engine (both :mod:`adaptd.daemon.streams`, ``streams``, which the
-  daemon's loop polls). A socket file (ipc or stream) left by a daemon that is gone is replaced; the caller
-  holds the instance lock (:mod:`adaptd.daemon.instance`), so it is never a live daemon's. On failure every socket bound so far is closed and its file removed.
+  daemon's loop polls). A socket file (ipc or stream) left by a daemon that is gone is
+  replaced; the caller holds the instance lock (:mod:`adaptd.daemon.instance`), so it is never
+  a live daemon's. On failure every socket bound so far is closed and its file removed.
 * Replies (:meth:`Frontend.send`, to either kind of route) never block the daemon. Each client
   connection may have ``send_hwm`` replies waiting that it has not read; a reply beyond that is
   dropped and counted
