@@ -7,7 +7,9 @@ For each model (the demo's digits CNN and MobileNetV2 from the zoo) it measures,
   ZeroMQ service pays); it and the client processes send and receive frame by frame
   (``adaptd.wire.frames``), as the daemon and the client library do;
 * the daemon over ipc and over tcp, the variant and placement pinned, with 1, 2 and 4 concurrent
-  client processes: round-trip p50/p99 and throughput;
+  client processes: round-trip p50/p99 and throughput (ipc is served by the daemon's own ZMTP
+  engine by default, PROTOCOL.md §2.4, so no ``ZMQbg/IO/0`` thread of the daemon's works for
+  it; tcp by libzmq's ``ROUTER``);
 * relay floor: the daemon's process topology with none of its work, in Python: a ROUTER in
   another process (pinned where the daemon is) hands each request's input frame over the
   daemon's own worker channel (:mod:`adaptd.daemon.channel`) to a worker process pinned to the
