@@ -7,10 +7,13 @@ Contract
   public key (the ``User-Id`` our authenticator gives each connection); otherwise the routing
   identity of the client's connection (the ``ROUTER`` envelope). Replies kept for replay
   (:mod:`adaptd.daemon.replay`) and shared-memory regions (:mod:`adaptd.daemon.shm`) belong to a
-  peer: another peer cannot reach them.
-* Without authentication a routing identity is only as private as it is unguessable: ZeroMQ gives
-  a connection that does not choose one a counter-based one, which a hostile local client could
-  claim once its owner disconnected. The client library therefore sets 16 random bytes, and the
+  peer: another peer cannot reach them. On the ipc endpoint the daemon serves itself
+  (:mod:`adaptd.daemon.streams`) the connection's peer is named the same way, ``r:`` and the
+  routing identity, by the stream server.
+* Without authentication a routing identity is only as private as it is unguessable: libzmq's
+  ``ROUTER`` gives a connection that does not choose one a counter-based one (the daemon's own
+  ipc engine, 8 random bytes), which a hostile local client could claim once its owner
+  disconnected. The client library therefore sets 16 random bytes, and the
   daemon never publishes an identity: :meth:`PeerTags.tag` gives records and the selection
   stream a keyed hash of it instead (stable within one daemon run, useless to reach the peer).
 * Pure functions and a small object; the daemon's main thread only.
