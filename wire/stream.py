@@ -14,6 +14,8 @@ Contract
   :func:`message_bytes` the buffers alone), :func:`unsent` what is
   left of them after a partial write. :func:`frame_count`, :func:`frame_lengths` and
   :func:`split_frames` read a message's parts for a reader that is not a socket's (asyncio's).
+* :func:`fill_from`: one read into a large message's buffer, grown as it comes (the ZMTP
+  reader's large frames share it).
 * :func:`hung_up`: whether a socket's peer has closed its end, before what came first is read.
 * :func:`widen_send_buffer`: a sending socket's buffer made room for a large message whole
   (``SEND_BUFFER_BYTES``, or what the kernel's ``net.core.wmem_max`` allows, doubled), which a client
@@ -214,16 +216,10 @@ class MessageReader:
             return []
         big = self._big
         if big is not None:
-            at, filled = self._big_at, self._big_filled
-            if at + filled == len(big):   # full, the message not: double it
-                grown = bytearray(at + min(self._big_size, 2 * filled))
-                grown[at:at + filled] = memoryview(big)[at:]
-                self._big = big = grown
-            n = sock.recv_into(memoryview(big)[at + filled:])
-            if n == 0:
-                raise ConnectionError("the peer closed the stream in the middle of a message")
-            self._big_filled += n
+            at = self._big_at
+            big, self._big_filled = fill_from(sock, big, at, self._big_filled, self._big_size)
             if self._big_filled < self._big_size:
+                self._big = big
                 return []
             self._big = None
             return [split_frames(memoryview(big)[at:].toreadonly(), self._big_frames)]
@@ -283,6 +279,20 @@ class MessageReader:
         if at < size:
             self._partial = bytes(view[at:])
         return messages
+
+
+def fill_from(sock: socket.socket, big: bytearray, at: int, filled: int, size: int) -> tuple[bytearray, int]:
+    """One ``recv_into`` a large message's (or frame's) buffer, whose ``size`` bytes start at
+    ``at`` and of which ``filled`` have come: the buffer (doubled, up to ``size``, when it was
+    full) and how much of it is filled now; ConnectionError at the end of the stream."""
+    if at + filled == len(big):   # full, the message not: double it
+        grown = bytearray(at + min(size, 2 * filled))
+        grown[at:at + filled] = memoryview(big)[at:at + filled]
+        big = grown
+    n = sock.recv_into(memoryview(big)[at + filled:])
+    if n == 0:
+        raise ConnectionError("the peer closed the stream in the middle of a message")
+    return big, filled + n
 
 
 def frame_count(data: Any, at: int = 0) -> int:

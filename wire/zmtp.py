@@ -46,7 +46,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from adaptd.wire.stream import GROW_FROM, READ_BYTES, FramingError, TooLarge
+from adaptd.wire.stream import GROW_FROM, READ_BYTES, FramingError, TooLarge, fill_from
 
 MAX_FRAMES = 1016        # a proxy's envelope, the delimiter, the signature, the header, 998 tensors
 PEER_TYPES = frozenset({b"DEALER", b"REQ", b"ROUTER"})   # what a ROUTER talks to (RFC 28)
@@ -296,17 +296,10 @@ class ZmtpReader:
             self._partial = data[at:]
 
     def _fill_big(self, sock: socket.socket) -> list[list[memoryview] | TooLarge]:
-        big, filled = self._big, self._big_filled
-        assert big is not None
-        if filled == len(big):   # full, the frame not: double it
-            grown = bytearray(min(self._big_size, 2 * filled))
-            grown[:filled] = big
-            self._big = big = grown
-        n = sock.recv_into(memoryview(big)[filled:])
-        if n == 0:
-            raise ConnectionError("the peer closed the stream in the middle of a message")
-        self._big_filled += n
+        assert self._big is not None
+        big, self._big_filled = fill_from(sock, self._big, 0, self._big_filled, self._big_size)
         if self._big_filled < self._big_size:
+            self._big = big
             return []
         self._big = None
         self._frames.append(memoryview(big).toreadonly())
