@@ -466,12 +466,12 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
             litert = [p for p in c.placements()["placements"] if p["runtime"] == "litert"]
             name = min(litert, key=lambda p: len(p["cores"]))["name"]
 
-            def wait_busy() -> dict:      # each look waits on a reply; no sleeping
+            def wait_busy(queued: int = 0) -> dict:   # each look waits on a reply; no sleeping
                 for _ in range(100_000):
                     state = next(p for p in c.placements()["placements"] if p["name"] == name)
-                    if state["busy"]:
+                    if state["busy"] and state["queued"] >= queued:
                         return state
-                raise AssertionError(f"{name} never busy")
+                raise AssertionError(f"{name} never busy with {queued} queued")
 
             peer = RawPeer(d.endpoint)   # the region's owner: its requests share its connection
             sock = peer.sock
@@ -490,6 +490,7 @@ def test_worker_killed_while_reading_shm_fails_that_request(slow_repository, tmp
                 send("victim", SLOW_BATCH)
                 busy = wait_busy()
                 send("queued", 1)
+                wait_busy(queued=1)   # received: another connection's request has no order with it
                 ended, _ = d.request({"type": "shm_unregister", "id": "end", "region": region.name}, admin=True)
                 assert ended["type"] == "ok" and ended["body"]["in_use"] == 2, ended
                 late, _ = d.request(proto.request_header(
