@@ -70,6 +70,7 @@ from adaptd.daemon.instance import InstanceLock
 from adaptd.daemon.placements import Placement, discover
 from adaptd.daemon.power import EnergyMeter
 from adaptd.daemon.registry import Registry, RegistryError, load_registry
+from adaptd.daemon.rehearsal import rehearse
 from adaptd.daemon.replay import ReplayCache
 from adaptd.daemon.sdnotify import Notifier
 from adaptd.daemon.shm import RegionTable
@@ -225,6 +226,7 @@ class Daemon:
         if cfg.metrics.enabled:   # prometheus_client is imported only then
             from adaptd.daemon import metrics
             self.metrics = metrics.start(self)
+        rehearse(self)   # (the first request after start is not its code's first run)
         # Everything allocated so far lives as long as the daemon: keep the collector off it,
         # so a collection on the request path walks only the objects of recent requests.
         gc.collect()

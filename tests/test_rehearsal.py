@@ -1,0 +1,120 @@
+"""The request path's rehearsal at start (adaptd.daemon.rehearsal): a real daemon rehearses its
+request path before it reports ready, and nothing of the rehearsal is seen outside: no request
+counted, no arm's statistics, no record in the selection store, nothing learnt. The tiny CNN's
+repository, real placement threads and interpreters, a real store."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from adaptd.clients.client import Client
+from adaptd.daemon.config import Config
+from adaptd.daemon.dispatch import Dispatcher
+from adaptd.daemon.placements import Placement
+from adaptd.daemon.power import EnergyMeter
+from adaptd.daemon.registry import load_registry
+from adaptd.daemon.rehearsal import PINNED, UNPINNED, Rehearsal, rehearse
+from adaptd.daemon.server import Daemon
+from adaptd.tools.launch import DaemonProcess
+
+PLACEMENT = Placement("cpu:0", "cpu", "litert", (0,), 1, None, "one core")
+
+
+class KeepFrontend:
+    """What the daemon's own frontend was asked to send (the rehearsal must send nothing through it)."""
+
+    admin: set = set()
+    sent_on: set = set()
+    streams = SimpleNamespace(backlogged=False)
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, route, frames) -> bool:
+        self.sent.append(frames)
+        return True
+
+
+def assembled(repo: Path, tmp_path: Path, isolation: str):
+    """A daemon's parts, started and loaded as start-up leaves them, with a frontend and a store
+    that keep what they are given; its dispatcher and meter, to stop."""
+    config = Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path)})
+    store = SimpleNamespace(submitted=[])
+    store.submit = store.submitted.append
+    d = Daemon(config)
+    registry = load_registry(repo, [PLACEMENT], 1)
+    pool = Dispatcher([PLACEMENT], 8, isolation=isolation)
+    meter = EnergyMeter.from_config(config.power)
+    d.assemble(registry=registry, placements=[PLACEMENT], pool=pool, meter=meter, store=store, frontend=KeepFrontend())
+    pool.start()
+    assert not pool.wait_ready(60)
+    d.policy.reset(registry)
+    d.admission.prepare(registry)
+    entry = registry.newest()[0]
+    for arm in entry.arms:
+        pool.preload(arm.placement.name, entry.version_dir, arm.variant.name)
+    assert not pool.wait_loaded(60)
+    return d, store, pool, meter
+
+
+def test_a_rehearsal_answers_every_request_with_a_result_through_parts_of_its_own(tiny_repository, tmp_path):
+    """Its requests run on the placement's interpreters; the daemon's own request path,
+    frontend, statistics and store see none of them, and its dispatcher keeps its callbacks."""
+    repo, _, _ = tiny_repository
+    d, store, pool, meter = assembled(repo, tmp_path, "thread")
+    try:
+        callbacks = (pool.on_load_failed, pool.on_down)
+        done = rehearse(d)
+        assert done == Rehearsal(PINNED + UNPINNED, PINNED + UNPINNED, {})
+        assert d.path.requests == 0 and d.path.inferences == 0 and not d.path.pending
+        assert d.frontend.sent == [] and store.submitted == []
+        d.books.flush()
+        entry = d.registry.newest()[0]
+        assert all(d.books.stats_of(entry, arm).latency_ms.count == 0 and d.books.stats_of(entry, arm).errors == 0
+                   for arm in entry.arms)
+        assert (pool.on_load_failed, pool.on_down) == callbacks
+    finally:
+        pool.stop()
+        meter.close()
+
+
+def test_a_rehearsal_runs_nothing_in_a_worker_process(tiny_repository, tmp_path):
+    """With every placement in a worker process there is nothing it may run: it sends nothing."""
+    repo, _, _ = tiny_repository
+    d, store, pool, meter = assembled(repo, tmp_path, "process")
+    try:
+        assert rehearse(d) == Rehearsal()
+        assert d.frontend.sent == [] and store.submitted == []
+    finally:
+        pool.stop()
+        meter.close()
+
+
+def test_a_rehearsal_that_fails_is_logged_and_the_start_goes_on(caplog):
+    broken = SimpleNamespace(pool=None, registry=None)   # (nothing it can rehearse with)
+    with caplog.at_level(logging.WARNING, logger="adaptd"):
+        assert rehearse(broken) == Rehearsal()
+    assert "rehearsal failed" in caplog.text
+
+
+def test_a_started_daemon_has_rehearsed_and_counts_nothing_of_it(tiny_repository, tmp_path):
+    """A real daemon: its rehearsal ran before ready (its log says how it went), and what a client
+    sees after start is the daemon's first request: no statistics, no record stored, until it."""
+    repo, model, _ = tiny_repository
+    config = {"log_level": "debug", "placements": {"tensorflow": "off"}}
+    with DaemonProcess.start(repo, tmp_path / "d", config=config) as d, Client(d.endpoint) as client:
+        assert client.health()["errors"] == 0   # (its requests: the launcher's and this one, control requests)
+        assert all(a["count"] == 0 and a["errors"] == 0 for a in client.stats()["arms"])
+        shape = next(m for m in client.models()["models"] if m["name"] == model)["variants"][0]["inputs"][0]["shape"]
+        client.infer(model, [np.zeros([1, *shape[1:]], np.float32)])
+        assert sum(a["count"] for a in client.stats()["arms"]) == 1
+        log = d.log()
+    rehearsed = next(line for line in log.splitlines() if "request path rehearsed" in line)
+    assert f"{PINNED + UNPINNED} requests, {PINNED + UNPINNED} results, errors none" in rehearsed
+    with sqlite3.connect(Path(tmp_path / "d" / "selections.sqlite3")) as db:
+        assert db.execute("SELECT COUNT(*) FROM selections").fetchone()[0] == 1
