@@ -45,7 +45,6 @@ Contract
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
@@ -61,6 +60,7 @@ from adaptd.daemon.admission import Admission
 from adaptd.daemon.arms import ArmHealth
 from adaptd.daemon.auth import Authenticator
 from adaptd.daemon.bookkeeping import Bookkeeping
+from adaptd.daemon.collector import IdleCollector
 from adaptd.daemon.config import Config
 from adaptd.daemon.control import Control
 from adaptd.daemon.fidelity import LiveFidelity
@@ -111,6 +111,7 @@ class Daemon:
         self.regions = RegionTable()
         self.metrics: Any = None   # adaptd.daemon.metrics.DaemonMetrics when [metrics] is on
         self.realtime: Any = None  # adaptd.daemon.sched.RealtimeFrontEnd with [server] rt_priority
+        self.collector = IdleCollector()
 
     # --- assembly --------------------------------------------------------------------------
     def assemble(self, *, registry: Registry, placements: list[Placement], pool: Any, meter: Any, store: Any,
@@ -227,10 +228,7 @@ class Daemon:
             from adaptd.daemon import metrics
             self.metrics = metrics.start(self)
         rehearse(self)   # (the first request after start is not its code's first run)
-        # Everything allocated so far lives as long as the daemon: keep the collector off it,
-        # so a collection on the request path walks only the objects of recent requests.
-        gc.collect()
-        gc.freeze()
+        self.collector.start()   # what start-up made, frozen; collections at idle moments from now
         if cfg.server.rt_priority:   # last: every thread started so far keeps the fair scheduler
             self.realtime = startup.realtime_front_end(cfg.server.rt_priority)
             if not self.realtime.refused:
@@ -345,7 +343,7 @@ class Daemon:
         next_tick = time.monotonic()
         timeout_ms = 1000.0 if watchdog_s is None else min(1000.0, watchdog_s * 1e3)
         spin_ns = self.config.server.spin_us * 1000
-        books = self.books
+        books, collector = self.books, self.collector
 
         while True:
             # With bookkeeping waiting, look without blocking first: nothing to do means an idle
@@ -378,8 +376,11 @@ class Daemon:
                 events.sort(key=lambda e: rank.get(e[0], 1))
             if not events and not streams.backlogged:   # an idle moment
                 books.flush(hold=True)
-            elif books.full:   # a daemon that is never idle: a slice per round
-                books.flush_slice()
+                collector.idle()
+            else:
+                collector.busy()   # (a loop that is never idle collects too, less often)
+                if books.full:   # a daemon that is never idle: a slice per round
+                    books.flush_slice()
             for item, flags in events:
                 if item in routers:
                     if self.path.drain(routers[item]):
@@ -493,5 +494,6 @@ class Daemon:
         self._unlink_stream_sockets()
         self.lock.release()
         self.notifier.close()
+        self.collector.stop()
         log.info("stopped")
         return 0

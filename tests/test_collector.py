@@ -1,0 +1,111 @@
+"""Python's garbage collector run at the daemon loop's idle moments (adaptd.daemon.collector):
+the real collector, cycles of real objects, and its callbacks saying which generation each
+collection took."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from adaptd.daemon.collector import BUSY_FACTOR, IdleCollector
+
+
+class Node:
+    pass
+
+
+def cycles(n: int) -> list[weakref.ref]:
+    """``n`` unreachable reference cycles (two objects each): only a collection frees them."""
+    refs = []
+    for _ in range(n):
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        refs.append(weakref.ref(a))
+    return refs
+
+
+@pytest.fixture
+def collector():
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100, 2, 2)   # (small: a few hundred objects pass them)
+    c = IdleCollector()
+    c.start()
+    generations: list[int] = []
+
+    def seen(phase, info):
+        if phase == "start":
+            generations.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        yield c, generations
+    finally:
+        gc.callbacks.remove(seen)
+        c.stop()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+def test_start_freezes_what_is_there_and_turns_the_automatic_collector_off(collector):
+    c, generations = collector
+    assert not gc.isenabled() and gc.get_freeze_count() > 0
+    refs = cycles(300)   # past the youngest threshold three times over: no collection comes by itself
+    assert gc.get_count()[0] > 100 and generations == [] and all(r() is not None for r in refs)
+    c.stop()
+    assert gc.isenabled()
+
+
+def test_an_idle_moment_collects_once_the_youngest_threshold_is_passed(collector):
+    c, generations = collector
+    c.idle()
+    assert generations == [] and c.collections == 0   # (nothing allocated since the start)
+    refs = cycles(60)   # 120 objects: past 100
+    c.idle()
+    assert generations == [0] and all(r() is None for r in refs) and c.collections == 1
+
+
+def test_idle_moments_collect_the_older_generations_as_cpython_would(collector):
+    c, generations = collector
+    for _ in range(13):
+        cycles(60)
+        c.idle()
+    # thresholds (100, 2, 2): a generation is taken once the collections of the one below it since
+    # its own last are more than 2: every fourth collection the middle one, the thirteenth the oldest
+    assert generations == [0, 0, 0, 1] * 3 + [2]
+
+
+def test_a_loop_that_is_never_idle_collects_at_the_busy_factor(collector):
+    c, generations = collector
+    refs = cycles(60)
+    c.busy()
+    assert generations == [] and all(r() is not None for r in refs)   # past the threshold, not the factor
+    refs += cycles(100 * BUSY_FACTOR // 2)
+    c.busy()
+    assert generations == [0] and all(r() is None for r in refs)
+
+
+def test_with_automatic_collection_off_already_it_is_left_off():
+    thresholds = gc.get_threshold()
+    gc.set_threshold(0)
+    c = IdleCollector()
+    try:
+        c.start()
+        cycles(10)
+        c.idle()
+        c.busy()
+        assert c.collections == 0
+        c.stop()
+        assert gc.isenabled()   # (threshold 0: enabled, and never collecting by itself)
+        gc.set_threshold(*thresholds)
+        gc.disable()   # (a process that turned it off)
+        c.start()
+        cycles(200)
+        c.idle()
+        c.stop()
+        assert c.collections == 0 and not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
