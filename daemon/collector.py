@@ -1,11 +1,13 @@
 """Python's garbage collector, run at the loop's idle moments rather than inside a request.
 
 CPython collects when a generation's count of allocations passes its threshold, in whatever
-code allocates then: on the daemon's request path, a young-generation pass of 30 to 100 µs here
-in the middle of a request (traced live: the first request after start met one during its
-decision, most first requests after start did, as the caches it fills are allocations that stay).
-Reference counting frees nearly everything the request path makes; the collector is only for
-cycles, and it can wait for the next idle moment.
+code allocates then, the daemon's request path among it. Traced live over 2,000 requests of one
+client (the tiny model), 62 of the 118 collections came inside a request, before its reply: a
+young generation's pass took 60 µs (median), an older one's 230, once up to 1.5 ms. A fresh
+daemon's first requests fill caches that stay, so they met them too (the first request's
+decision met one in one trace, its job's set-up in another). Reference counting frees nearly
+everything the request path makes; the collector is only for cycles, and it can wait for the
+next idle moment: then 2 collections of 109 came inside a request.
 
 Contract
 --------
