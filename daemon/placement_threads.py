@@ -310,6 +310,10 @@ class ThreadPlacements:
                 realtime.enter()
         return Outcome(job, header, bodies, ok, time.monotonic_ns())
 
+    def go_home(self) -> None:
+        """The main thread back where it started (``[server] cores``, else every core it may use)."""
+        self._move_to(self._home or None)
+
     def _move_to(self, cores: tuple[int, ...] | None) -> None:
         """The calling (main) thread onto ``cores`` (None: every core it may use), unless it is
         there; where that is refused (cores taken away meanwhile: a cpuset) it runs where it is."""
