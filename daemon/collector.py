@@ -16,10 +16,16 @@ Contract
   walk it again), then the automatic collector off; :meth:`IdleCollector.stop` (shutdown) turns
   it back on.
 * :meth:`IdleCollector.idle` (the loop's idle moments): the collection CPython would have made by
-  now, if any (the oldest generation whose count passed its threshold, as CPython picks it);
-  :meth:`IdleCollector.busy` (each round of a loop that is not idle): the same, but only once
-  the youngest generation's count is ``BUSY_FACTOR`` times its threshold, so that a daemon that
-  is never idle still collects, less often.
+  now, if any: the oldest generation whose count (of allocations less frees, for the youngest;
+  of collections of the one below since its own last, for the others) passed its threshold,
+  but the oldest only once the objects moved into it since its last collection are more than a
+  quarter of those it kept then (CPython's rule against quadratic full collections; the
+  objects frozen at start count as kept). :meth:`IdleCollector.busy` (each round of a loop that
+  is not idle): the same, but only once the youngest generation's count is ``BUSY_FACTOR`` times
+  its threshold, so that a daemon that is never idle still collects, less often.
+* CPython 3.10 to 3.13 only (their generational collector); elsewhere (CPython 3.14's
+  incremental collector, another Python) :meth:`IdleCollector.start` freezes and leaves the
+  automatic collector on.
 * The counts are the interpreter's: what the placements' threads allocate counts too.
 * The daemon's main thread only.
 """
@@ -27,8 +33,10 @@ Contract
 from __future__ import annotations
 
 import gc
+import sys
 
 BUSY_FACTOR = 8   # a loop with no idle moment collects at this many times the youngest threshold
+GENERATIONAL = sys.implementation.name == "cpython" and (3, 10) <= sys.version_info[:2] < (3, 14)
 
 
 class IdleCollector:
@@ -37,13 +45,17 @@ class IdleCollector:
         self.collections = 0   # collections made here (any generation)
         self._busy_at = self.thresholds[0] * BUSY_FACTOR
         self._on = False
+        self._kept = 0         # objects the oldest generation kept at its last collection (frozen: at start)
+        self._kept_since = 0   # how many of the objects in it now were there then
+        self._looked_at = 0    # the oldest's count when its pending objects were last found too few
 
     def start(self) -> None:
         gc.collect()
         gc.freeze()
+        self._kept, self._kept_since = gc.get_freeze_count(), 0
         self.thresholds = gc.get_threshold()
         self._busy_at = self.thresholds[0] * BUSY_FACTOR
-        if self.thresholds[0] > 0 and gc.isenabled():   # (else it was off already: left so)
+        if GENERATIONAL and self.thresholds[0] > 0 and gc.isenabled():   # (else left as it is)
             gc.disable()
             self._on = True
 
@@ -61,10 +73,18 @@ class IdleCollector:
             self._collect()
 
     def _collect(self) -> None:
-        _, collected_young, collected_middle = gc.get_count()
+        _, young_collections, middle_collections = gc.get_count()
         _, t1, t2 = self.thresholds
-        # (CPython's rule: the oldest generation whose count, the collections of the one below it
-        # since its own last, passed its threshold, with those below it)
-        generation = 2 if collected_middle > t2 else 1 if collected_young > t1 else 0
+        generation = 1 if young_collections > t1 else 0
+        if middle_collections > t2 and middle_collections > self._looked_at:
+            # (counted by listing the generation: once per t2 of its count, not each time, as
+            # CPython's own counter allows)
+            if len(gc.get_objects(generation=2)) - self._kept_since > self._kept / 4:
+                generation = 2
+            else:
+                self._looked_at = middle_collections + t2
         gc.collect(generation)
+        if generation == 2:
+            self._kept = self._kept_since = len(gc.get_objects(generation=2))
+            self._looked_at = 0
         self.collections += 1

@@ -478,6 +478,7 @@ class Daemon:
         return None
 
     def shutdown(self) -> int:
+        self.collector.stop()
         self.books.flush()
         self.path.abandon_all()
         if self.metrics is not None:
@@ -494,6 +495,5 @@ class Daemon:
         self._unlink_stream_sockets()
         self.lock.release()
         self.notifier.close()
-        self.collector.stop()
         log.info("stopped")
         return 0
