@@ -11,12 +11,13 @@ of the arm's header, and the bound is twice the slowest of their round trips (th
 ``timing.total_ms``, the daemon's own measure from receiving the request to its reply). The
 daemon's very first request comes after a pause (the client's start, its ``models`` and
 ``placements`` requests), where every other first request comes right after the previous arm's
-requests, so its arm's loaded requests each come after a pause too (``GAP_S``, 10 ms, in which the
-daemon has nothing to do: on this guest an idle vCPU halts, and a request after any pause takes
-about twice as long). ``--repeat`` further such requests are judged on the arm's bound too, as a
-control: on a noisy host a loaded request misses it now and then. The bar: first requests meet
-their arms' bounds as often as those loaded requests do (less one request of the run's: one may
-land in a spell of the host's that a loaded one would have met no better). Prints, per setting,
+requests: it is sent after a pause of ``GAP_S`` (10 ms, in which the daemon has nothing to do),
+and its arm's loaded requests each come after such a pause too (on this guest an idle vCPU
+halts, and a request after a pause of 10 ms or more takes about twice as long). ``--repeat``
+further such requests are judged on the arm's bound too, as a control: on a noisy host a loaded
+request misses it now and then. The bar: first requests meet their arms' bounds as often as
+those loaded requests do (less one request of the run's: one may land in a spell of the host's
+that a loaded one would have met no better). Prints, per setting,
 over ``--trials`` fresh daemons: the first requests, the share within the bound, the control's
 share, how many daemons' first requests met theirs, first / loaded p50 (median and p90 over
 arms), a repeated header's p50 / loaded p50 (what a header seen before saves) and the slowest
@@ -65,6 +66,7 @@ def measure(repository: Path, model: str, load: str, repeat: int) -> list[dict]:
         variants = [v["name"] for v in listed["variants"] if v["servable"] and v["runtime"] == "litert"]
         shape = [1, *listed["variants"][0]["inputs"][0]["shape"][1:]]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        newcomer.health()   # (its connection made and used: not counted in its first new header)
 
         def one(variant: str, placement: str):
             return client.infer(model, [x], variant=variant, placement=placement).selection.timing
@@ -91,6 +93,8 @@ def measure(repository: Path, model: str, load: str, repeat: int) -> list[dict]:
 
         for placement in placements:   # placement by placement: an inline run moves the receiving thread
             for variant in variants:     # to the placement's cores, and that move is not the arm's first
+                if not rows:   # the daemon's first request: after a pause as long as its loaded ones'
+                    time.sleep(GAP_S)
                 first = one(variant, placement)
                 one(variant, placement)   # (the header's second sight, when the daemon keeps it: not a repeat yet)
                 repeats = [one(variant, placement).total_ms for _ in range(repeat)]
