@@ -20,7 +20,8 @@ Contract
   of collections of the one below since its own last, for the others) passed its threshold,
   but the oldest only once the objects moved into it since its last collection are more than a
   quarter of those it kept then (CPython's rule against quadratic full collections; the
-  objects frozen at start count as kept). :meth:`IdleCollector.busy` (each round of a loop that
+  objects frozen at start count as kept; those moved in are counted as those still in it,
+  where CPython counts every one moved, so a full collection may come later than CPython's). :meth:`IdleCollector.busy` (each round of a loop that
   is not idle): the same, but only once the youngest generation's count is ``BUSY_FACTOR`` times
   its threshold, so that a daemon that is never idle still collects, less often.
 * CPython 3.10 to 3.13 only (their generational collector); elsewhere (CPython 3.14's
