@@ -46,7 +46,7 @@ log = logging.getLogger("adaptd")
 
 PEER = b"\x00rehearsal"
 OBJECTIVES = ("latency", "energy", "accuracy")
-PINNED = 16       # requests pinned to an arm, the smallest variants' arms first, in turn
+PINNED = 16       # requests pinned to an arm, the shortest runs' arms first, in turn
 UNPINNED = 12     # requests the stand-in's policy chooses for: each objective in turn, every other with a bound
 BUDGET_S = 0.25   # no request is sent once the requests have taken this long
 RUN_MAX_MS = 5.0  # only arms whose recorded run is this short (where the daemon's own path counts)
