@@ -21,12 +21,15 @@ Contract
   but the oldest only once the objects moved into it since its last collection are more than a
   quarter of those it kept then (CPython's rule against quadratic full collections; the
   objects frozen at start count as kept; those moved in are counted as those still in it,
-  where CPython counts every one moved, so a full collection may come later than CPython's). :meth:`IdleCollector.busy` (each round of a loop that
-  is not idle): the same, but only once the youngest generation's count is ``BUSY_FACTOR`` times
-  its threshold, so that a daemon that is never idle still collects, less often.
-* CPython 3.10 to 3.13 only (their generational collector); elsewhere (CPython 3.14's
-  incremental collector, another Python) :meth:`IdleCollector.start` freezes and leaves the
-  automatic collector on.
+  where CPython counts every one moved, so a full collection may come later than CPython's).
+  :meth:`IdleCollector.busy` (each round of a loop that is not idle): the same, but only once
+  the youngest generation's count is ``BUSY_FACTOR`` times its threshold, so that a daemon that
+  is never idle still collects, less often.
+* A full collection made elsewhere (``gc.collect()``) is noticed at the next collection here
+  (the oldest generation's count fell), and what it kept is counted afresh.
+* CPython 3.10 to 3.13 only (their generational collector), not free-threaded; elsewhere
+  (CPython 3.14's incremental collector, the free-threaded build, another Python)
+  :meth:`IdleCollector.start` freezes and leaves the automatic collector on.
 * The counts are the interpreter's: what the placements' threads allocate counts too.
 * The daemon's main thread only.
 """
@@ -35,9 +38,12 @@ from __future__ import annotations
 
 import gc
 import sys
+import sysconfig
 
 BUSY_FACTOR = 8   # a loop with no idle moment collects at this many times the youngest threshold
-GENERATIONAL = sys.implementation.name == "cpython" and (3, 10) <= sys.version_info[:2] < (3, 14)
+# (the free-threaded build's collector is not generational either)
+GENERATIONAL = (sys.implementation.name == "cpython" and (3, 10) <= sys.version_info[:2] < (3, 14)
+                and not sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 class IdleCollector:
@@ -49,6 +55,7 @@ class IdleCollector:
         self._kept = 0         # objects the oldest generation kept at its last collection (frozen: at start)
         self._kept_since = 0   # how many of the objects in it now were there then
         self._looked_at = 0    # the oldest's count when its pending objects were last found too few
+        self._oldest_count = 0   # the oldest's count after this collector's last collection
 
     def start(self) -> None:
         gc.collect()
@@ -76,6 +83,9 @@ class IdleCollector:
     def _collect(self) -> None:
         _, young_collections, middle_collections = gc.get_count()
         _, t1, t2 = self.thresholds
+        if middle_collections < self._oldest_count:   # a full collection made elsewhere (gc.collect())
+            self._kept = self._kept_since = len(gc.get_objects(generation=2))
+            self._looked_at = 0
         generation = 1 if young_collections > t1 else 0
         if middle_collections > t2 and middle_collections > self._looked_at:
             # (counted by listing the generation: once per t2 of its count, not each time, as
@@ -88,4 +98,5 @@ class IdleCollector:
         if generation == 2:
             self._kept = self._kept_since = len(gc.get_objects(generation=2))
             self._looked_at = 0
+        self._oldest_count = gc.get_count()[2]
         self.collections += 1

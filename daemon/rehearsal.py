@@ -18,7 +18,7 @@ Contract
   which is put back on its own cores after it. The daemon's CPU time per request (``stats``'
   ``runtime``) counts it, as it counts the rest of start-up.
 * What it rehearses: arms whose placement runs in this process, whose variant is loaded and
-  whose recorded run is at most ``RUN_MAX_MS`` (a longer run makes the daemon's own path a small
+  whose recorded run (measured by its build) is at most ``RUN_MAX_MS`` (a longer run makes the daemon's own path a small
   share of a request; a variant loaded on first use, or one in a worker process, is not
   rehearsed). ``PINNED`` requests are pinned to them, the shortest first, in turn, and
   ``UNPINNED`` the policy chooses for, for a model whose every arm is among them; each is a
@@ -145,7 +145,8 @@ def _rehearse(daemon: Any, budget_s: float) -> Rehearsal:
     pool = daemon.pool
     served = [(m, a) for m in daemon.registry.newest() for a in m.arms
               if pool.in_process(a.placement.name) and pool.is_loaded(a.placement.name, m.version_dir, a.variant.name)]
-    arms = sorted(((m, a) for m, a in served if _run_ms(a) <= RUN_MAX_MS), key=lambda arm: _run_ms(arm[1]))
+    arms = sorted(((m, a) for m, a in served if a.variant.latency_ms_1thread.n and _run_ms(a) <= RUN_MAX_MS),
+                  key=lambda arm: _run_ms(arm[1]))   # (n = 0: a build that did not measure it)
     if not arms:
         return Rehearsal()
     # (a request the policy chooses for may run any of its model's arms: only a model whose every

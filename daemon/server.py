@@ -245,7 +245,7 @@ class Daemon:
         """Undo a start-up that failed part-way: processes stopped, files removed, lock released."""
         for stop in (lambda: self.metrics.close(), lambda: self.pool.stop(timeout_s=2.0), lambda: self.meter.close(),
                      lambda: self.frontend.close(), lambda: self.store.close(), lambda: self.auth.stop(),
-                     lambda: self.context.term(), self.regions.close_all, self.lock.release):
+                     lambda: self.context.term(), self.regions.close_all, self.lock.release, self.collector.stop):
             try:
                 stop()
             except Exception:  # noqa: BLE001 - best effort: this start already failed; None parts too

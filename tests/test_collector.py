@@ -92,6 +92,44 @@ def test_the_oldest_generation_is_collected_once_what_it_gained_is_a_quarter_of_
     assert generations[13:] == [0, 0, 0, 1] and len(kept) > 0
 
 
+def test_after_a_skip_the_oldest_is_looked_at_again_only_after_another_threshold_of_its_count(collector,
+                                                                                              monkeypatch):
+    c, generations = collector
+    listed = []
+    get_objects = gc.get_objects
+
+    def counted(*args, **kwargs):
+        listed.append(len(generations))
+        return get_objects(*args, **kwargs)
+
+    monkeypatch.setattr(gc, "get_objects", counted)
+    for _ in range(24):
+        cycles(60)
+        c.idle()
+    # looked at before the 13th collection (the oldest's count 3 > 2), found too few and skipped;
+    # not again until its count passes 3 + 2, before the 25th
+    assert listed == [12] and 2 not in generations
+    cycles(60)
+    c.idle()
+    assert listed == [12, 24] and 2 not in generations
+
+
+def test_a_full_collection_made_elsewhere_starts_the_count_of_the_oldest_afresh(collector):
+    c, generations = collector
+    for _ in range(13):   # the oldest's turn skipped: looked at again once its count passes 5
+        cycles(60)
+        c.idle()
+    gc.collect()   # (elsewhere: its count back to 0)
+    del generations[:]
+    kept = [Node() for _ in range(gc.get_freeze_count() // 4 + 1000)]
+    for _ in range(13):
+        cycles(60)
+        c.idle()
+    # its count passes 2 again before the 13th: looked at, and what it holds since the other
+    # collection is a quarter of what it kept (without the fresh count, not before its count passed 5)
+    assert generations == [0, 0, 0, 1] * 3 + [2] and kept
+
+
 def test_a_loop_that_is_never_idle_collects_at_the_busy_factor(collector):
     c, generations = collector
     refs = cycles(60)

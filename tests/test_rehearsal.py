@@ -5,9 +5,12 @@ repository, real placement threads and interpreters, a real store."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -72,9 +75,10 @@ class KeepFrontend:
         return True
 
 
+@contextlib.contextmanager
 def assembled(repo: Path, tmp_path: Path, isolation: str):
     """A daemon's parts, started and loaded as start-up leaves them, with a frontend and a store
-    that keep what they are given; its dispatcher and meter, to stop."""
+    that keep what they are given: ``(daemon, store, dispatcher)``, stopped after."""
     config = Config.from_dict({"repository": str(repo), "state_dir": str(tmp_path), "runtime_dir": str(tmp_path)})
     store = SimpleNamespace(submitted=[])
     store.submit = store.submitted.append
@@ -83,23 +87,26 @@ def assembled(repo: Path, tmp_path: Path, isolation: str):
     pool = Dispatcher([PLACEMENT], 8, isolation=isolation)
     meter = EnergyMeter.from_config(config.power)
     d.assemble(registry=registry, placements=[PLACEMENT], pool=pool, meter=meter, store=store, frontend=KeepFrontend())
-    pool.start()
-    assert not pool.wait_ready(60)
-    d.policy.reset(registry)
-    d.admission.prepare(registry)
-    entry = registry.newest()[0]
-    for arm in entry.arms:
-        pool.preload(arm.placement.name, entry.version_dir, arm.variant.name)
-    assert not pool.wait_loaded(60)
-    return d, store, pool, meter
+    try:
+        pool.start()
+        assert not pool.wait_ready(60)
+        d.policy.reset(registry)
+        d.admission.prepare(registry)
+        entry = registry.newest()[0]
+        for arm in entry.arms:
+            pool.preload(arm.placement.name, entry.version_dir, arm.variant.name)
+        assert not pool.wait_loaded(60)
+        yield d, store, pool
+    finally:
+        pool.stop()
+        meter.close()
 
 
 def test_a_rehearsal_answers_every_request_with_a_result_through_parts_of_its_own(tiny_repository, tmp_path):
     """Its requests run on the placement's interpreters; the daemon's own request path,
     frontend, statistics and store see none of them, and its dispatcher keeps its callbacks."""
     repo, _, _ = tiny_repository
-    d, store, pool, meter = assembled(repo, tmp_path, "thread")
-    try:
+    with assembled(repo, tmp_path, "thread") as (d, store, pool):
         callbacks = (pool.on_load_failed, pool.on_down)
         decided = dry_run(d)
         done, cores_before, cores_after = on_a_thread_of_its_own(d, budget_s=60.0)
@@ -113,21 +120,29 @@ def test_a_rehearsal_answers_every_request_with_a_result_through_parts_of_its_ow
         assert all(d.books.stats_of(entry, arm).latency_ms.count == 0 and d.books.stats_of(entry, arm).errors == 0
                    for arm in entry.arms)
         assert (pool.on_load_failed, pool.on_down) == callbacks
-    finally:
-        pool.stop()
-        meter.close()
 
 
 def test_a_rehearsal_runs_nothing_in_a_worker_process(tiny_repository, tmp_path):
     """With every placement in a worker process there is nothing it may run: it sends nothing."""
     repo, _, _ = tiny_repository
-    d, store, pool, meter = assembled(repo, tmp_path, "process")
-    try:
+    with assembled(repo, tmp_path, "process") as (d, store, _):
         assert on_a_thread_of_its_own(d, budget_s=60.0)[0] == Rehearsal()
         assert d.frontend.sent == [] and store.submitted == []
-    finally:
-        pool.stop()
-        meter.close()
+
+
+def test_a_rehearsal_runs_no_variant_whose_run_its_build_did_not_measure(tiny_repository, tmp_path):
+    """A build that did not measure its variants records their run as 0 ms: unknown, not short."""
+    repo, model, version = tiny_repository
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    manifest_path = copy / model / version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for variant in manifest["variants"]:
+        variant["latency_ms_1thread"] = {"median": 0.0, "p90": 0.0, "n": 0}
+    manifest_path.write_text(json.dumps(manifest))
+    with assembled(copy, tmp_path, "thread") as (d, store, _):
+        assert on_a_thread_of_its_own(d, budget_s=60.0)[0] == Rehearsal()
+        assert d.frontend.sent == [] and store.submitted == []
 
 
 def test_a_rehearsal_that_fails_is_logged_and_the_start_goes_on(caplog):
