@@ -6,18 +6,19 @@ Contract
   starts everything, in this order, or nothing: the runtime directory's owner, the instance lock
   (:mod:`adaptd.daemon.instance`), placements, the repository, the store, the sockets
   (:mod:`adaptd.daemon.frontend`), the power meter, the workers, the metrics endpoint when
-  ``[metrics]`` is on (:mod:`adaptd.daemon.metrics`); then tells systemd READY. A
-  failure is one line (:class:`StartupError`); whatever was started is stopped and every file
-  made removed. :meth:`Daemon.run` serves until SIGTERM/SIGINT, then drains (new requests get
-  ``SHUTTING_DOWN``, held ones finish and are answered, up to ``server.drain_timeout_s``; what is
-  still held then is answered ``SHUTTING_DOWN`` too), flushes the store and exits 0. A second
-  SIGTERM stops at once. SIGHUP reloads the repository with an atomic swap.
+  ``[metrics]`` is on (:mod:`adaptd.daemon.metrics`), a rehearsal of the request path
+  (:mod:`adaptd.daemon.rehearsal`); then tells systemd READY. A failure is one line
+  (:class:`StartupError`); whatever was started is stopped and every file made removed.
+  :meth:`Daemon.run` serves until SIGTERM/SIGINT, then drains (new requests get ``SHUTTING_DOWN``,
+  held ones finish and are answered, up to ``server.drain_timeout_s``; what is still held then is
+  answered ``SHUTTING_DOWN`` too), flushes the store and exits 0. A second SIGTERM stops at once.
+  SIGHUP reloads the repository with an atomic swap.
 * The pieces are injected: :meth:`Daemon.assemble` takes the registry, placements, pool, meter,
   store and frontend, so a test can build a daemon in-process with fakes for the pool, meter,
   store and sockets and drive its request path with frames.
-* Threads: everything here runs on the main thread; signal handlers only set flags and wake the
-  loop through a pipe. The power sampler and the store writer run elsewhere behind their own
-  contracts; the request path hands them data without blocking.
+* Threads: all here runs on the main thread, Python's collector too (at idle moments:
+  :mod:`adaptd.daemon.collector`); signal handlers only set flags and wake the loop through a pipe.
+  The power sampler and the store writer run behind contracts of their own, fed without blocking.
 * Exactly one reply per request message (PROTOCOL.md §8): every branch of
   :meth:`Daemon.on_request` ends in a reply or in a job whose outcome (done, failed, worker death,
   drain) produces one. Nothing a client sends, and no worker's death, ends the loop: an
