@@ -618,3 +618,17 @@ def test_the_daemons_threads_carry_their_names_in_the_kernel(slow_repository, tm
         else:
             assert {_thread_names(p["worker_pid"])[p["worker_pid"]] for p in placements} \
                 == {f"adaptd-{p['name']}"[:15] for p in placements}
+
+
+def test_the_launcher_leaves_no_runtime_directory_behind_a_daemon_that_stopped(tiny_repository, tmp_path):
+    """The sockets' directory the launcher made under /tmp is gone once the daemon has stopped
+    (it removed its sockets); one killed leaves its sockets, and the directory with them."""
+    repo, _, _ = tiny_repository
+    with DaemonProcess.start(repo, tmp_path / "a") as d:
+        stopped = d.runtime_dir
+        assert (stopped / "adaptd.sock").exists()
+    assert not stopped.exists()
+    with DaemonProcess.start(repo, tmp_path / "b") as d:
+        d.kill()
+        assert (d.runtime_dir / "adaptd.sock").exists()
+    shutil.rmtree(d.runtime_dir)

@@ -2,14 +2,16 @@
 
 Contract
 --------
-* :meth:`DaemonProcess.start` writes a TOML config under ``workdir`` (ipc endpoints inside it,
-  the selection store in it), starts ``python -m adaptd serve --config ...`` (behind the
+* :meth:`DaemonProcess.start` writes a TOML config under ``workdir`` (the selection store in it;
+  the sockets in a short directory of their own under /tmp, ``runtime_dir``), starts ``python -m adaptd serve --config ...`` (behind the
   command ``wrapper`` names, if any: a profiler that runs the interpreter) and returns once the
   daemon answers a ``health`` request, so callers never sleep to synchronise. It raises
   ``RuntimeError`` with the daemon's own error output when the daemon exits or does not answer
   within ``ready_timeout_s``.
 * :meth:`DaemonProcess.stop` sends SIGTERM and waits (the daemon drains); :meth:`kill` sends
-  SIGKILL. The context manager stops the daemon on exit and never leaves it running.
+  SIGKILL. The context manager stops the daemon on exit and never leaves it running. Either
+  removes ``runtime_dir`` once the daemon is gone, if it is empty (a daemon killed leaves its
+  sockets, and the directory with them).
 * Not thread-safe: one owner per instance.
 """
 
@@ -81,6 +83,7 @@ class DaemonProcess:
         self.pub_endpoint = pub_endpoint
         self.store_path = store_path
         self.log_path = log_path
+        self.runtime_dir = Path(endpoint[len("ipc://"):]).parent   # (made for this daemon: removed after it)
 
     @classmethod
     def start(cls, repository: Path, workdir: Path, *, config: Mapping[str, Any] | None = None,
@@ -194,10 +197,20 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                return self.proc.wait(timeout_s)
+                self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self.proc.wait()
+        code = self.proc.wait()
+        self._remove_runtime_dir()
+        return code
+
+    def _remove_runtime_dir(self) -> None:
+        """The runtime directory made for this daemon, once it is empty (a daemon that exits
+        removes its sockets; what one killed leaves is left for a look)."""
+        try:
+            self.runtime_dir.rmdir()
+        except OSError:
+            pass
 
     def renice(self, nice: int) -> None:
         """Every thread of the daemon and of its workers to ``nice`` (Linux nice is per thread; a
@@ -214,6 +227,7 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._remove_runtime_dir()
 
     def __enter__(self) -> DaemonProcess:
         return self
