@@ -207,3 +207,42 @@ def enum_calls(fn) -> list[str]:
     finally:
         sys.setprofile(None)
     return seen
+
+
+@pytest.fixture
+def unix_pair():
+    """A connected Unix stream socket pair ``(a, b)``, ``b`` non-blocking (the reading end)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def read_ready(reader, sock: socket.socket) -> list:
+    """Every message a framing reader (the local stream's, or the ZMTP one) finds complete on the
+    non-blocking ``sock`` now: each as its frames' bytes, a ``TooLarge`` as it is."""
+    got = []
+    while True:
+        try:
+            got += reader.read_from(sock)
+        except BlockingIOError:
+            return [m if not isinstance(m, list) else [bytes(f) for f in m] for m in got]
+
+
+def read_in_cuts(reader, data: bytes, cuts: list[int]) -> list:
+    """``data`` sent over a socket pair in pieces of the sizes ``cuts`` gives in turn, each read by
+    ``reader`` as it arrives (:func:`read_ready`): the messages it gave back."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    b.setblocking(False)
+    try:
+        got, at, i = [], 0, 0
+        while at < len(data):
+            step = cuts[i % len(cuts)]
+            a.sendall(data[at:at + step])
+            at, i = at + step, i + 1
+            got += read_ready(reader, b)
+        return got
+    finally:
+        a.close()
+        b.close()

@@ -13,38 +13,19 @@ from hypothesis import strategies as st
 from adaptd.wire.stream import (BODY_ALIGN, GROW_FROM, MAX_FRAMES, READ_BYTES, SEND_BUFFER_BYTES, FramingError,
                                 MessageReader, TooLarge, framed, message_bytes, send_message, unsent, widen_send_buffer)
 
-from .conftest import enum_calls
+from .conftest import enum_calls, read_in_cuts, read_ready
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def read_all(reader: MessageReader, sock: socket.socket) -> list[list[bytes]]:
-    """Every message complete on ``sock`` now, as bytes."""
-    out = []
-    while True:
-        try:
-            out += [[bytes(f) for f in m] for m in reader.read_from(sock)]
-        except BlockingIOError:
-            return out
-
-
-def test_a_message_arrives_with_its_frames_and_a_tensor_uncopied_on_the_way(pair):
-    a, b = pair
+def test_a_message_arrives_with_its_frames_and_a_tensor_uncopied_on_the_way(unix_pair):
+    a, b = unix_pair
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     send_message(a, [b"ADPT01", b"header", x])
-    (frames,) = read_all(MessageReader(1 << 20), b)
+    (frames,) = read_ready(MessageReader(1 << 20), b)
     assert frames == [b"ADPT01", b"header", x.tobytes()]
 
 
-def test_messages_sent_back_to_back_are_all_read_and_stay_valid_after_later_reads(pair):
-    a, b = pair
+def test_messages_sent_back_to_back_are_all_read_and_stay_valid_after_later_reads(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1 << 20)
     for i in range(5):
         send_message(a, [b"ADPT01", b"h%d" % i, b""])
@@ -58,20 +39,20 @@ def test_messages_sent_back_to_back_are_all_read_and_stay_valid_after_later_read
         first[0][1][0] = 0   # read-only
 
 
-def test_a_message_trickling_in_byte_by_byte_is_whole_once_its_last_byte_comes(pair):
-    a, b = pair
+def test_a_message_trickling_in_byte_by_byte_is_whole_once_its_last_byte_comes(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1 << 20)
     data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"hdr", b"\x01\x02\x03"]))
     got = []
     for i, byte in enumerate(data):
         a.sendall(bytes([byte]))
-        got += read_all(reader, b)
+        got += read_ready(reader, b)
         assert bool(got) == (i == len(data) - 1)
     assert got == [[b"ADPT01", b"hdr", b"\x01\x02\x03"]]
 
 
-def test_a_large_message_in_pieces_lands_in_one_buffer_of_its_size(pair):
-    a, b = pair
+def test_a_large_message_in_pieces_lands_in_one_buffer_of_its_size(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1 << 26)
     body = np.random.default_rng(0).integers(0, 255, 3 * READ_BYTES + 17, dtype=np.uint8)
     data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"hdr", body]))
@@ -86,10 +67,10 @@ def test_a_large_message_in_pieces_lands_in_one_buffer_of_its_size(pair):
 
 @pytest.mark.parametrize("header_bytes", [1, 2, 3, 4, 5, 16, 301])
 @pytest.mark.parametrize("floats", [READ_BYTES // 4 + 1, 150_528, (GROW_FROM // 4) * 3])   # the last one grows
-def test_a_large_messages_tensors_are_aligned_in_their_buffer(pair, header_bytes, floats):
+def test_a_large_messages_tensors_are_aligned_in_their_buffer(unix_pair, header_bytes, floats):
     """Whatever the header's length, a large message's tensors start on an aligned address, so
     numpy reads them as aligned arrays (its BLAS paths need that), the buffer growing or not."""
-    a, b = pair
+    a, b = unix_pair
     reader = MessageReader(1 << 26)
     x = np.random.default_rng(floats).random(floats, dtype=np.float32)
     y = np.arange(5, dtype=np.float32)
@@ -116,28 +97,28 @@ def read_all_views(reader: MessageReader, sock: socket.socket) -> list[list[memo
             return out
 
 
-def test_a_peer_announcing_a_huge_message_and_sending_little_holds_little(pair):
-    a, b = pair
+def test_a_peer_announcing_a_huge_message_and_sending_little_holds_little(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1 << 30)
     a.sendall(bytes(message_bytes([b"x" * (900 << 20)])[0]) + b"x" * (2 * READ_BYTES))
-    read_all(reader, b)
+    read_ready(reader, b)
     assert reader.held_bytes <= max(GROW_FROM, 4 * READ_BYTES)
 
 
 @pytest.mark.parametrize("count", [0, MAX_FRAMES + 1])
-def test_a_frame_count_out_of_range_breaks_the_stream_for_good(pair, count):
-    a, b = pair
+def test_a_frame_count_out_of_range_breaks_the_stream_for_good(unix_pair, count):
+    a, b = unix_pair
     reader = MessageReader(1000)
     a.sendall(count.to_bytes(4, "little") + b"more")
     with pytest.raises(FramingError):
-        read_all(reader, b)
+        read_ready(reader, b)
     assert reader.broken is not None
     with pytest.raises(FramingError):   # every later call
         reader.read_from(b)
 
 
-def test_the_messages_before_a_break_come_out_and_the_break_after_them(pair):
-    a, b = pair
+def test_the_messages_before_a_break_come_out_and_the_break_after_them(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1000)
     data = b"".join(bytes(memoryview(x).cast("B")) for x in message_bytes([b"ADPT01", b"fine"]))
     a.sendall(data + (0).to_bytes(4, "little"))
@@ -147,8 +128,8 @@ def test_the_messages_before_a_break_come_out_and_the_break_after_them(pair):
         reader.read_from(b)
 
 
-def test_a_message_over_the_limit_comes_out_as_its_size_and_the_stream_stays_in_step(pair):
-    a, b = pair
+def test_a_message_over_the_limit_comes_out_as_its_size_and_the_stream_stays_in_step(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1000)
     over = [b"ADPT01", os.urandom(3 * READ_BYTES)]
     data = b"".join(bytes(memoryview(x).cast("B")) for m in (over, [b"ADPT01", b"next"]) for x in message_bytes(m))
@@ -161,13 +142,13 @@ def test_a_message_over_the_limit_comes_out_as_its_size_and_the_stream_stays_in_
     assert reader.held_bytes < 1000 and reader.broken is None
 
 
-def test_the_end_of_the_stream_is_a_connection_error_mid_message_or_not(pair):
-    a, b = pair
+def test_the_end_of_the_stream_is_a_connection_error_mid_message_or_not(unix_pair):
+    a, b = unix_pair
     reader = MessageReader(1 << 20)
     a.sendall(bytes(message_bytes([b"ADPT01", b"0123456789"])[0]) + b"ADPT")
     a.close()
     with pytest.raises(ConnectionError, match="middle of a message"):
-        read_all(reader, b)
+        read_ready(reader, b)
     c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     c.close()
     with pytest.raises(ConnectionError, match="closed the stream"):
@@ -186,20 +167,8 @@ def test_unsent_is_what_a_partial_write_left():
 @given(messages=st.lists(st.lists(st.binary(max_size=300), min_size=1, max_size=5), min_size=1, max_size=6),
        cuts=st.lists(st.integers(1, 400), min_size=1, max_size=30))
 def test_any_messages_cut_anywhere_are_read_back_exactly(messages, cuts):
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    b.setblocking(False)
-    try:
-        data = b"".join(bytes(memoryview(x).cast("B")) for m in messages for x in message_bytes(m))
-        reader, got, at, i = MessageReader(1 << 20), [], 0, 0
-        while at < len(data):
-            step = cuts[i % len(cuts)]
-            a.sendall(data[at:at + step])
-            at, i = at + step, i + 1
-            got += read_all(reader, b)
-        assert got == messages
-    finally:
-        a.close()
-        b.close()
+    data = b"".join(bytes(memoryview(x).cast("B")) for m in messages for x in message_bytes(m))
+    assert read_in_cuts(MessageReader(1 << 20), data, cuts) == messages
 
 
 def _taken_at_once(widen: bool, size: int) -> int:
@@ -249,13 +218,13 @@ def test_widening_never_shrinks_a_larger_buffer():
         b.close()
 
 
-def test_a_send_within_a_deadline_runs_no_enum_arithmetic(pair):
+def test_a_send_within_a_deadline_runs_no_enum_arithmetic(unix_pair):
     # socket.MSG_* are enum flags: an ``|`` of two runs the enum module's Python on every send
     # (1.6 us here, several times that on a cold request path), where plain ints cost nothing.
-    a, b = pair
+    a, b = unix_pair
     import time
     assert enum_calls(lambda: send_message(a, [b"ADPT01", b"\x80"], time.monotonic() + 5)) == []
-    assert read_all(MessageReader(1 << 20), b) == [[b"ADPT01", b"\x80"]]
+    assert read_ready(MessageReader(1 << 20), b) == [[b"ADPT01", b"\x80"]]
 
 
 def test_a_framed_messages_size_is_its_buffers_bytes_whatever_their_kind():

@@ -21,6 +21,8 @@ from adaptd.wire import protocol as proto
 from adaptd.wire import zmtp
 from adaptd.wire.stream import READ_BYTES, FramingError, TooLarge
 
+from .conftest import read_in_cuts, read_ready
+
 
 def peer_greeting(mechanism: bytes = b"NULL", major: int = 3) -> bytes:
     return b"\xff" + b"\0" * 8 + b"\x7f" + bytes((major, 0)) + mechanism.ljust(20, b"\0") + b"\0" * 32
@@ -45,31 +47,13 @@ def wire(frames: list[bytes]) -> bytes:
     return data
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def read_all(reader: zmtp.ZmtpReader, sock: socket.socket) -> list:
-    got = []
-    while True:
-        try:
-            got += reader.read_from(sock)
-        except BlockingIOError:
-            return [m if type(m) is TooLarge else [bytes(f) for f in m] for m in got]
-
-
 # --- the reader, fed bytes -----------------------------------------------------------------------
 
-def test_the_handshake_gives_the_peers_type_and_identity_and_then_its_messages(pair):
-    a, b = pair
+def test_the_handshake_gives_the_peers_type_and_identity_and_then_its_messages(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     a.sendall(peer_greeting() + ready(b"DEALER", b"\x01me") + wire([b"", b"ADPT01", b"hdr"]))
-    assert read_all(reader, b) == [[b"", b"ADPT01", b"hdr"]]
+    assert read_ready(reader, b) == [[b"", b"ADPT01", b"hdr"]]
     assert reader.ready and reader.socket_type == b"DEALER" and reader.identity == b"\x01me"
 
 
@@ -77,24 +61,12 @@ def test_the_handshake_gives_the_peers_type_and_identity_and_then_its_messages(p
 @given(messages=st.lists(st.lists(st.binary(max_size=300), min_size=1, max_size=5), min_size=1, max_size=6),
        cuts=st.lists(st.integers(1, 400), min_size=1, max_size=30))
 def test_any_messages_cut_anywhere_are_read_back_exactly(messages, cuts):
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    b.setblocking(False)
-    try:
-        data = peer_greeting() + ready() + b"".join(wire(m) for m in messages)
-        reader, got, at, i = zmtp.ZmtpReader(1 << 20), [], 0, 0
-        while at < len(data):
-            step = cuts[i % len(cuts)]
-            a.sendall(data[at:at + step])
-            at, i = at + step, i + 1
-            got += read_all(reader, b)
-        assert got == messages
-    finally:
-        a.close()
-        b.close()
+    data = peer_greeting() + ready() + b"".join(wire(m) for m in messages)
+    assert read_in_cuts(zmtp.ZmtpReader(1 << 20), data, cuts) == messages
 
 
-def test_a_frame_larger_than_a_read_lands_whole_and_aligned_in_a_buffer_of_its_own(pair):
-    a, b = pair
+def test_a_frame_larger_than_a_read_lands_whole_and_aligned_in_a_buffer_of_its_own(unix_pair):
+    a, b = unix_pair
     a.setblocking(False)
     tensor = np.arange(3 * READ_BYTES, dtype=np.float32)
     data = peer_greeting() + ready() + wire([b"", b"ADPT01", b"h" * 7, tensor.tobytes()])
@@ -114,34 +86,34 @@ def test_a_frame_larger_than_a_read_lands_whole_and_aligned_in_a_buffer_of_its_o
     assert np.array_equal(np.frombuffer(body, np.float32), tensor)
 
 
-def test_a_ping_is_answered_with_a_pong_carrying_its_context(pair):
-    a, b = pair
+def test_a_ping_is_answered_with_a_pong_carrying_its_context(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     a.sendall(peer_greeting() + ready() + command(b"PING", b"\x00\x0actx-1") + wire([b"", b"x"]))
-    assert read_all(reader, b) == [[b"", b"x"]]
+    assert read_ready(reader, b) == [[b"", b"x"]]
     assert reader.pong == command(b"PONG", b"ctx-1")
 
 
-def test_a_ping_between_a_messages_frames_is_answered_and_the_message_goes_on(pair):
-    a, b = pair
+def test_a_ping_between_a_messages_frames_is_answered_and_the_message_goes_on(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     message = wire([b"", b"ADPT01", b"hdr", b"x" * 300])
     cut = len(wire([b"", b"ADPT01"]))   # (libzmq's heartbeat timer may fire after any frame)
     a.sendall(peer_greeting() + ready() + message[:cut] + command(b"PING", b"\x00\x0a") + message[cut:])
-    assert read_all(reader, b) == [[b"", b"ADPT01", b"hdr", b"x" * 300]]
+    assert read_ready(reader, b) == [[b"", b"ADPT01", b"hdr", b"x" * 300]]
     assert reader.pong == command(b"PONG") and reader.pings == 1
 
 
-def test_a_flood_of_pings_holds_one_pong(pair):
-    a, b = pair
+def test_a_flood_of_pings_holds_one_pong(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     a.sendall(peer_greeting() + ready() + b"".join(command(b"PING", b"\x00\x0a%d" % i) for i in range(1000)))
-    read_all(reader, b)
+    read_ready(reader, b)
     assert reader.pings == 1000 and reader.pong == command(b"PONG", b"999")
 
 
-def test_a_message_over_the_limit_comes_out_as_its_size_and_header_and_the_stream_stays_in_step(pair):
-    a, b = pair
+def test_a_message_over_the_limit_comes_out_as_its_size_and_header_and_the_stream_stays_in_step(unix_pair):
+    a, b = unix_pair
     a.setblocking(False)
     reader = zmtp.ZmtpReader(1000)
     big = wire([b"", b"ADPT01", b"the-header", b"x" * 200_000, b"y" * 10])
@@ -153,23 +125,23 @@ def test_a_message_over_the_limit_comes_out_as_its_size_and_header_and_the_strea
                 at += a.send(data[at:at + 50_000])
             except BlockingIOError:
                 pass
-        got += read_all(reader, b)
+        got += read_ready(reader, b)
     assert got == [TooLarge(len(b"ADPT01the-header") + 200_010, b"the-header"), [b"", b"ADPT01", b"next"]]
 
 
-def test_a_message_over_the_limit_behind_a_proxy_keeps_its_envelope_for_the_reply(pair):
-    a, b = pair
+def test_a_message_over_the_limit_behind_a_proxy_keeps_its_envelope_for_the_reply(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(100)
     a.sendall(peer_greeting() + ready() + wire([b"\x01hop", b"", b"ADPT01", b"hdr", b"x" * 200]))
-    assert read_all(reader, b) == [TooLarge(209, b"hdr", (b"\x01hop",))]
+    assert read_ready(reader, b) == [TooLarge(209, b"hdr", (b"\x01hop",))]
 
 
-def test_the_size_limit_counts_a_message_less_its_envelope_as_a_routers_does(pair):
-    a, b = pair
+def test_the_size_limit_counts_a_message_less_its_envelope_as_a_routers_does(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1000)
     message = [b"\x01" + b"h" * 15, b"", b"ADPT01", b"hdr", b"x" * 991]   # 1000 bytes past the delimiter
     a.sendall(peer_greeting() + ready() + wire(message))
-    assert read_all(reader, b) == [message]
+    assert read_ready(reader, b) == [message]
 
 
 @pytest.mark.parametrize("data, why", [
@@ -181,18 +153,18 @@ def test_the_size_limit_counts_a_message_less_its_envelope_as_a_routers_does(pai
     (peer_greeting() + ready() + b"\x10\x01x", "reserved"),
     (peer_greeting() + ready() + b"\x05\x04\x04PING", "MORE flag"),
 ])
-def test_what_is_not_zmtp_3_from_a_routers_peer_breaks_the_stream_for_good(pair, data, why):
-    a, b = pair
+def test_what_is_not_zmtp_3_from_a_routers_peer_breaks_the_stream_for_good(unix_pair, data, why):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     a.sendall(data)
     with pytest.raises(FramingError, match=why):
-        read_all(reader, b)
+        read_ready(reader, b)
     with pytest.raises(FramingError):
         reader.read_from(b)
 
 
-def test_the_messages_before_a_break_come_out_first(pair):
-    a, b = pair
+def test_the_messages_before_a_break_come_out_first(unix_pair):
+    a, b = unix_pair
     reader = zmtp.ZmtpReader(1 << 20)
     a.sendall(peer_greeting() + ready() + wire([b"", b"ok"]) + b"\x01\x00" * (zmtp.MAX_FRAMES + 1))
     assert reader.read_from(b) == [[b"", b"ok"]]
