@@ -39,7 +39,7 @@ from typing import Any
 import zmq
 
 from adaptd.daemon.streams import SCHEME as STREAM_SCHEME
-from adaptd.daemon.streams import StreamConnection, StreamServer, stream_path
+from adaptd.daemon.streams import StreamConnection, StreamServer, stream_path, zmtp_path
 from adaptd.wire.frames import readable, send_frames
 
 log = logging.getLogger("adaptd.frontend")
@@ -107,7 +107,7 @@ class Frontend:
         """Whether the daemon's own ZMTP engine serves this request endpoint, not a ROUTER: an ipc
         one (not in the abstract namespace) with ``ipc_engine = "adaptd"`` (which the daemon does
         not give with CurveZMQ on)."""
-        return self.ipc_engine == "adaptd" and endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@")
+        return self.ipc_engine == "adaptd" and zmtp_path(endpoint) is not None
 
     def _bind(self, endpoint: str, admin: bool) -> None:
         sock = self.context.socket(zmq.ROUTER)

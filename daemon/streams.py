@@ -89,6 +89,12 @@ def stream_path(endpoint: str) -> Path | None:
     return Path(endpoint[len(SCHEME):]) if endpoint.startswith(SCHEME) else None
 
 
+def zmtp_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc endpoint the daemon can serve itself (not in the abstract namespace)."""
+    abstract = endpoint.startswith(IPC_SCHEME + "@")
+    return Path(endpoint[len(IPC_SCHEME):]) if endpoint.startswith(IPC_SCHEME) and not abstract else None
+
+
 class StreamConnection:
     """One client's connection: its reader, its backlog of requests, its queue of reply bytes."""
 
@@ -146,10 +152,8 @@ class StreamServer:
     def bind(self, endpoint: str) -> None:
         """Listen on a ``unix://`` endpoint (a local stream) or an ``ipc://`` one (ZMTP, for
         ZeroMQ's clients; not one in the abstract namespace)."""
-        path = stream_path(endpoint)
-        zmtp_peers = path is None and endpoint.startswith(IPC_SCHEME) and not endpoint.startswith(IPC_SCHEME + "@")
-        if zmtp_peers:
-            path = Path(endpoint[len(IPC_SCHEME):])
+        zmtp_peers = stream_path(endpoint) is None
+        path = zmtp_path(endpoint) if zmtp_peers else stream_path(endpoint)
         if path is None:
             raise ValueError(f"not a {SCHEME} or an {IPC_SCHEME} endpoint: {endpoint}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
