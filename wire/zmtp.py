@@ -276,7 +276,7 @@ class ZmtpReader:
             if start + n > size:
                 if n > READ_BYTES:   # received into a buffer of its own, not by concatenation
                     have = size - start
-                    big = bytearray(n if n <= max(GROW_FROM, 2 * have) else max(GROW_FROM, 2 * have))
+                    big = bytearray(min(n, max(GROW_FROM, 2 * have)))   # (grown by fill_from as it comes)
                     big[:have] = view[start:]
                     self._big, self._big_filled, self._big_size, self._big_more = big, have, n, bool(more)
                     return
