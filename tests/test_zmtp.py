@@ -65,6 +65,20 @@ def test_any_messages_cut_anywhere_are_read_back_exactly(messages, cuts):
     assert read_in_cuts(zmtp.ZmtpReader(1 << 20), data, cuts) == messages
 
 
+@settings(max_examples=40, deadline=None)
+@given(header=st.binary(max_size=400), bodies=st.lists(st.binary(max_size=600), max_size=3))
+def test_a_replys_framing_made_once_for_its_delimiter_and_signature_is_the_frames_own(header, bodies):
+    """protocol.encode's delimiter and signature take a ready-made head: the same bytes as framing
+    each frame (a signature equal but not the same object takes that general path)."""
+    arrays = [np.frombuffer(b, dtype=np.uint8) for b in bodies]
+    encoded = [b"", proto.SIGNATURE, header, *arrays]
+    general = [bytearray(b""), bytes(bytearray(proto.SIGNATURE)), header, *arrays]
+    assert general[1] is not proto.SIGNATURE
+    assert wire(encoded) == wire(general)
+    assert read_in_cuts(zmtp.ZmtpReader(1 << 20), peer_greeting() + ready() + wire(encoded), [7]) == [
+        [b"", proto.SIGNATURE, header, *bodies]]
+
+
 def test_a_frame_larger_than_a_read_lands_whole_and_aligned_in_a_buffer_of_its_own(unix_pair):
     a, b = unix_pair
     a.setblocking(False)

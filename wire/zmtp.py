@@ -46,6 +46,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from adaptd.wire.protocol import SIGNATURE
 from adaptd.wire.stream import GROW_FROM, READ_BYTES, FramingError, TooLarge, fill_from
 
 MAX_FRAMES = 1016        # a proxy's envelope, the delimiter, the signature, the header, 998 tensors
@@ -58,6 +59,7 @@ _LONG_HEADER = struct.Struct(">BQ")
 # Every short frame's header, by its size, for a frame with more to come and for a last one.
 _SHORT_MORE = tuple(bytes((_MORE, n)) for n in range(256))
 _SHORT_LAST = tuple(bytes((0, n)) for n in range(256))
+_REPLY_HEAD = _SHORT_MORE[0] + _SHORT_MORE[len(SIGNATURE)] + SIGNATURE   # the delimiter, then the signature
 
 
 def command(name: bytes, body: bytes = b"") -> bytes:
@@ -93,13 +95,16 @@ def handshake() -> bytes:
 def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
     """The buffers of one message as ZMTP frames (each frame's flags and size, then the frame;
     an empty frame is its header alone), and their size in bytes."""
-    out: list[Any] = []
-    total = 0
     last = len(frames) - 1
-    for i, frame in enumerate(frames):
-        n = getattr(frame, "nbytes", None)
-        if n is None:
-            n = len(frame)
+    if last > 1 and frames[1] is SIGNATURE and frames[0] == b"":   # a reply's delimiter and signature,
+        out: list[Any] = [_REPLY_HEAD]                           # as protocol.encode makes them: framed once
+        total = len(_REPLY_HEAD)
+        first = 2
+    else:
+        out, total, first = [], 0, 0
+    for i in range(first, last + 1):
+        frame = frames[i]
+        n = len(frame) if type(frame) is bytes else _nbytes(frame)
         if n < 256:
             out.append((_SHORT_MORE if i < last else _SHORT_LAST)[n])
             total += 2 + n
@@ -109,6 +114,11 @@ def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
         if n:
             out.append(frame)
     return out, total
+
+
+def _nbytes(frame: Any) -> int:
+    n = getattr(frame, "nbytes", None)   # (an array, a memoryview: its bytes, not its length)
+    return len(frame) if n is None else n
 
 
 class ZmtpReader:
@@ -235,6 +245,7 @@ class ZmtpReader:
         view = memoryview(data)   # (over bytes: read-only)
         size = len(data)
         frames = self._frames
+        limit = self.max_message_bytes
         while at < size:
             flags = data[at]
             if flags & _LONG:
@@ -247,10 +258,10 @@ class ZmtpReader:
                     break
                 n = data[at + 1]
                 start = at + 2
-            if flags & 0xF8:
-                raise FramingError(f"a frame with reserved flag bits set ({flags:#04x})")
-            if flags & _COMMAND:   # (libzmq may send a heartbeat between a message's frames)
-                if flags & _MORE:
+            if flags > _MORE | _LONG:   # a command or reserved bits: one test for a data frame
+                if flags & 0xF8:
+                    raise FramingError(f"a frame with reserved flag bits set ({flags:#04x})")
+                if flags & _MORE:   # (libzmq may send a heartbeat between a message's frames)
                     raise FramingError("a command with the MORE flag")
                 if start + n > size:
                     if n > READ_BYTES:
@@ -259,36 +270,37 @@ class ZmtpReader:
                 self._oncommand(view[start:start + n])
                 at = start + n
                 continue
-            more = flags & _MORE
-            if not self._discarding and self._bytes - max(self._envelope_bytes, 0) + n > self.max_message_bytes:
-                self._discard(frames, view)
-                frames = self._frames
-            if self._discarding:
+            end = start + n
+            envelope = self._envelope_bytes   # (max() written out: per frame)
+            if self._discarding or self._bytes - (envelope if envelope > 0 else 0) + n > limit:
+                if not self._discarding:
+                    self._discard(frames, view)
+                    frames = self._frames
                 self._bytes += n
-                have = min(n, size - start)
+                have = n if end <= size else size - start
                 at = start + have
                 if have < n:
-                    self._skip, self._skip_more = n - have, bool(more)
+                    self._skip, self._skip_more = n - have, bool(flags & _MORE)
                     return
-                if not more:
+                if not flags & _MORE:
                     messages.append(self._end_discarded())
                 continue
-            if start + n > size:
+            if end > size:
                 if n > READ_BYTES:   # received into a buffer of its own, not by concatenation
                     have = size - start
                     big = bytearray(min(n, max(GROW_FROM, 2 * have)))   # (grown by fill_from as it comes)
                     big[:have] = view[start:]
-                    self._big, self._big_filled, self._big_size, self._big_more = big, have, n, bool(more)
+                    self._big, self._big_filled, self._big_size, self._big_more = big, have, n, bool(flags & _MORE)
                     return
                 break
-            if not n and self._envelope_bytes < 0:   # the delimiter: what came before it is the envelope
+            if not n and envelope < 0:   # the delimiter: what came before it is the envelope
                 self._envelope_bytes = self._bytes
-            frames.append(view[start:start + n])
+            frames.append(view[start:end])
             self._bytes += n
-            at = start + n
+            at = end
             if len(frames) > MAX_FRAMES:
                 raise FramingError(f"a message of more than {MAX_FRAMES} frames")
-            if not more:
+            if not flags & _MORE:
                 messages.append(frames)
                 self._frames = frames = []
                 self._bytes, self._envelope_bytes = 0, -1
