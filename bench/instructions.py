@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -50,6 +51,7 @@ import numpy as np
 from dealers import connect, pinned_requests
 
 ROOT = Path(__file__).resolve().parents[1]
+PACE = 50.0   # how many times slower the daemon runs under callgrind (its wall-time rules are stretched so)
 INVOKE = "InterpreterWrapper::Invoke(int)"
 # Where an instruction ran, by the object or source file callgrind names (first match).
 PLACES = (("LiteRT (the run, and its Python binding)", "litert"), ("ZeroMQ", "zmq"), ("msgpack", "msgpack"),
@@ -59,15 +61,26 @@ LINE = re.compile(r"^\s*([\d,]+) \([ \d.]+%\)\s+(?:\*\s+)?(.*)$")
 
 
 def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path, label: str,
-          new_headers: bool = False, own_bounds: bool = False) -> Path:
+          new_headers: bool = False, own_bounds: bool = False, pace: float = PACE) -> Path:
     """The callgrind dump of ``n`` requests to one daemon (see the module's docstring)."""
+    from adaptd.daemon.config import PlacementsConfig
+    from adaptd.daemon.store_config import StoreConfig
     from adaptd.tools.launch import DaemonProcess
 
     out = tmp / f"{label}.callgrind"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
-    config = {"placements": {"include": ["cpu:1"], "load": "eager"}}
-    env = {"PYTHONPATH": pythonpath} if pythonpath else {}
+    config: dict = {"placements": {"include": ["cpu:1"], "load": "eager"}}
+    paths = [pythonpath] if pythonpath else []
+    env = {}
+    if pace:   # the daemon's wall-time rules at valgrind's pace (bench/valgrind_pace says which)
+        config["placements"] |= {key: getattr(PlacementsConfig, key) * pace
+                                 for key in ("inline_max_ms", "inline_sole_caller_max_ms")}
+        config["store"] = {"flush_interval_s": StoreConfig.flush_interval_s * pace}
+        paths.insert(0, str(ROOT / "bench" / "valgrind_pace"))
+        env["ADAPTD_VALGRIND_PACE"] = str(pace)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     with DaemonProcess.start(ROOT / "demo-repo", tmp / label, config=config, env=env, wrapper=wrapper,
                              ready_timeout_s=900) as daemon:
         conn = connect(daemon.local_endpoint if transport == "stream" else daemon.endpoint)
@@ -130,6 +143,8 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--baseline", metavar="REV", help="also count a daemon of this git revision's code")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="copy the dumps there (for callgrind_annotate)")
+    ap.add_argument("--pace", type=float, default=PACE,
+                    help="stretch the daemon's wall-time batching rules by this factor (0: leave them as they are)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
@@ -142,7 +157,7 @@ def main() -> int:
             runs.append((f"{args.baseline} ({short_rev(args.baseline)})",
                          str(stack.enter_context(baseline_source(args.baseline, Path(tmp))))))
         dumps = [count(path, args.transport, args.requests, args.warmup, Path(tmp), f"run{i}", args.new_headers,
-                       args.own_bounds)
+                       args.own_bounds, args.pace)
                  for i, (_, path) in enumerate(runs)]
         results = [summary(dump, args.requests) for dump in dumps]
         if args.keep:
@@ -152,6 +167,7 @@ def main() -> int:
     print(f"the tiny model, input inline, {args.transport}, a thin client, {args.requests} requests counted "
           f"after {args.warmup}" + (", each a header not seen before" if args.new_headers else "")
           + (", each with a latency bound of its own" if args.own_bounds else "")
+          + (f", the daemon's batching clocks stretched {args.pace:g}x" if args.pace else ", clocks as they are")
           + "; instructions per request")
     width = max(len(k) for k in results[0] if not k.startswith("_")) + 2
     print(f"{'':<{width}}" + "".join(f"{label.split(' (')[0][:18]:>20}" for label, _ in runs)
