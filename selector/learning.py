@@ -35,6 +35,7 @@ class Learning:
     _pidx: np.ndarray
     _model_range: dict[str, tuple[int, int]]
     _on_placement: dict[int, np.ndarray]   # placement index -> its arms' ids (made on first use)
+    _on_model_placement: dict[tuple[str, str], np.ndarray]   # (model, placement) -> its arms' ids (the same)
     arms: Any
     # and Selector's arm_id() and prior_energy_mj()
 
@@ -101,15 +102,20 @@ class Learning:
             return refused
         path: dict[str, float] = {}
         energy: dict[tuple[str, str], float] = {}
+        arm_of: dict[int, tuple[str, str, float]] = {}   # (the batch's shifts come after it: its priors hold)
         for a, (latency_ms, energy_mj, _, _, compute_ms) in ordered:   # the learner's averages depend on order
-            spec = self.arms[a]
+            known = arm_of.get(a)
+            if known is None:
+                spec = self.arms[a]
+                known = arm_of[a] = (spec.model, spec.placement, self.prior_energy_mj(a))
+            model, placement, prior_mj = known
             if compute_ms is not None:
-                for placement, delta_ms in learner.path_sample(spec.placement, max(0.0, latency_ms - compute_ms)):
-                    path[placement] = path.get(placement, 0.0) + delta_ms
-            prior_mj = self.prior_energy_mj(a)
+                beyond_ms = latency_ms - compute_ms   # (max() written out: per sample)
+                for p, delta_ms in learner.path_sample(placement, beyond_ms if beyond_ms > 0.0 else 0.0):
+                    path[p] = path.get(p, 0.0) + delta_ms
             if energy_mj is not None and prior_mj == prior_mj:
-                for model, placement, delta_mj in learner.energy_sample(spec.model, spec.placement, energy_mj - prior_mj):
-                    energy[model, placement] = energy.get((model, placement), 0.0) + delta_mj
+                for m, p, delta_mj in learner.energy_sample(model, placement, energy_mj - prior_mj):
+                    energy[m, p] = energy.get((m, p), 0.0) + delta_mj
         for placement, delta_ms in path.items():
             self.shift_placement_priors(placement, delta_ms)
         for (model, placement), delta_mj in energy.items():
@@ -129,14 +135,15 @@ class Learning:
     def shift_energy_priors(self, model: str, placement: str, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior of ``model``'s arms on ``placement`` not yet
         measured (see :meth:`OnlineCostModel.shift_energy_priors`); unknown names are ignored."""
-        p = self._pindex.get(placement)
-        rng = self._model_range.get(model)
-        if p is None or rng is None:
-            return
-        lo, hi = rng
-        mask = np.zeros(self._n_arms, dtype=bool)
-        mask[lo:hi] = self._pidx[lo:hi] == p
-        self._online.shift_energy_priors(mask, delta_mj)
+        on = self._on_model_placement.get((model, placement))
+        if on is None:
+            p = self._pindex.get(placement)
+            rng = self._model_range.get(model)
+            if p is None or rng is None:
+                return
+            lo, hi = rng
+            on = self._on_model_placement[model, placement] = lo + np.flatnonzero(self._pidx[lo:hi] == p)
+        self._online.shift_energy_priors(on, delta_mj)
 
 
 

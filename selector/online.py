@@ -14,8 +14,9 @@ Contract
   ``latency_bounds_ms_``, ``est_energy_mj_``, ``energy_bound_mj_``, ``energy_estimated_``,
   ``last_update_s_``) are always current after ``update`` returns, so a decision reads them
   without recomputing anything. ``version`` counts the calls that changed them (``update``,
-  ``update_batch``, ``shift_priors``, ``shift_energy_priors``): a decision made at one version
-  holds while it stays.
+  ``update_batch``, and ``shift_priors`` or ``shift_energy_priors`` when an arm they shift has
+  no measurement of its own, the only arms whose published figures a shift moves): a decision
+  made at one version holds while it stays.
 * Latency bounds are published at several confidences (``levels_``: BOUND_LEVELS and the
   configured one), one row of ``latency_bounds_ms_`` each, so a request may ask for its own
   (``level_for``: the lowest level at or above it, never a weaker promise than asked);
@@ -339,22 +340,23 @@ class OnlineCostModel:
         if len(fresh):   # (none, most often: the arms a daemon serves are measured)
             self.est_latency_ms_[fresh] = self.prior_latency_ms_[fresh]
             self.latency_bounds_ms_[:, fresh] = self.prior_bounds_ms_[:, fresh]
-        self.version += 1
+            self.version += 1   # (else nothing published changed: a measured arm blends at its update)
 
     def shift_energy_priors(self, arms: np.ndarray, delta_mj: float) -> None:
         """Add ``delta_mj`` to the energy prior (mean and bound, kept >= 0) of ``arms`` (a boolean
-        mask): what the priors of their siblings missed, learnt from those siblings' measurements
-        (the daemon: per model and placement). Arms with an energy measurement are left alone:
-        their estimate is measured."""
+        mask, or their ids): what the priors of their siblings missed, learnt from those siblings'
+        measurements (the daemon: per model and placement). Arms with an energy measurement are
+        left alone: their estimate is measured."""
         d = float(delta_mj)
         if not math.isfinite(d):
             raise ValueError(f"delta_mj must be finite, got {delta_mj!r}")
-        idx = np.flatnonzero(arms)
+        idx = np.flatnonzero(arms) if arms.dtype == bool else arms
         self.prior_energy_shift_mj_[idx] += d
         fresh = idx[self.energy_n_[idx] == 0]
-        self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
-        self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
-        self.version += 1
+        if len(fresh):
+            self.est_energy_mj_[fresh] = np.maximum(self.est_energy_mj_[fresh] + d, 0.0)
+            self.energy_bound_mj_[fresh] = np.maximum(self.energy_bound_mj_[fresh] + d, 0.0)
+            self.version += 1
 
     def _recent(self, values: np.ndarray, times: np.ndarray, a: int, n: int, t: float) -> np.ndarray:
         """Arm ``a``'s ring (its ``n`` samples so far, the n-th in slot ``(n - 1) % window``): the

@@ -140,6 +140,7 @@ class Selector(Learning):
         self._scanners: dict[tuple, Any] = {}   # the kernel's compiled loops, by the shape of a request
         self._repeats: dict[int, tuple[Request, int, Decision, tuple[int, ...] | None]] = {}   # see choose
         self._on_placement: dict[int, np.ndarray] = {}
+        self._on_model_placement: dict[tuple[str, str], np.ndarray] = {}
         self._learner = learner
         if learner is not None:   # what was learnt before this generation
             path, energy = learner.start(self.placements)
