@@ -24,13 +24,22 @@ REV`` counts a daemon of that revision's code too (a git worktree, as ``bench_pa
 --baseline`` makes), and prints the differences. Under valgrind the daemon
 runs about 50 times slower; a run of 300 requests takes about a minute.
 
+Its requests then come 50 times less often, while the daemon batches by wall time: the policy's
+update takes what was held for at most 20 ms, the store's writer commits what came in its batch
+gap. Counted as they are, one or two executions per update and a few rows per transaction,
+where the live daemon batches eight and hundreds, put about 180k instructions of per-batch work
+into each request (630k outside the invoke, against 450k paced). So the daemon runs with its
+wall-time rules stretched ``--pace`` times (50 by default: ``bench/valgrind_pace`` stretches the
+bookkeeping's batch age and the store's batch gaps, and the configuration the inline rule's
+bounds and the store's flush interval); ``--pace 0`` counts with the clocks as they are.
+
 valgrind 3.19 does not know ``pidfd_open(2)``: the daemon runs there as on a kernel without it
 (docs/decisions.md, "Processes watched without pidfds"), so a baseline must be 26a4acd or later.
 
 Usage::
 
     .venv/bin/python bench/instructions.py [--transport ipc|stream] [--requests 300] [--new-headers | --own-bounds]
-                                           [--baseline REV] [--top 25] [--keep DIR]
+                                           [--baseline REV] [--top 25] [--keep DIR] [--pace 50]
 """
 
 from __future__ import annotations
