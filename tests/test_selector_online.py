@@ -295,6 +295,30 @@ def test_energy_prior_shift_moves_only_arms_without_an_energy_measurement():
         m.shift_energy_priors(np.array([True, False, False]), float("nan"))
 
 
+def test_a_shift_counts_as_a_change_only_when_it_moves_a_published_figure():
+    """``version`` says when a decision made earlier may no longer hold: a prior shift that
+    reaches only measured arms changes nothing published (each blends it at its next update,
+    which counts), so it leaves ``version`` alone; one that reaches an unmeasured arm counts."""
+    m = model(n=3, prior=2.0, sd=0.0, energy=1.0)
+    m.update(0, 2.0, 3.0, True, 0.0)
+    m.update(1, 2.5, 3.5, True, 0.0)
+    before, published = m.version, _published(m)
+    m.shift_priors(np.array([0, 1]), 0.3)                     # measured arms only (their ids)
+    m.shift_energy_priors(np.array([True, True, False]), 0.4)   # (a mask)
+    assert m.version == before and _published(m) == published
+    m.update(1, 2.5, 3.5, True, 0.1)                          # its update blends the shifted prior in
+    assert m.version == before + 1 and m.est_latency_ms_[1] != published["est_latency_ms_"][1]
+    m.shift_priors(np.array([1, 2]), 0.3)                     # arm 2 has no measurement
+    assert m.version == before + 2 and m.est_latency_ms_[2] == pytest.approx(2.3)
+    m.shift_energy_priors(np.array([2]), 0.4)
+    assert m.version == before + 3 and m.est_energy_mj_[2] == pytest.approx(1.4)
+
+
+def _published(m):
+    return {k: getattr(m, k).tolist() for k in ("est_latency_ms_", "latency_bounds_ms_", "est_energy_mj_",
+                                                 "energy_bound_mj_")}
+
+
 def _state(m):
     return {k: np.array(v, copy=True) for k, v in vars(m).items() if k.endswith("_") and isinstance(v, np.ndarray)}
 
