@@ -5,8 +5,8 @@ On this shared 2-vCPU host a change of a few µs per request is inside the sprea
 run to run, so small changes to the request path cannot be judged by time. An instruction count
 can: callgrind counts what the daemon's process executes (every thread: the main loop, a
 placement's thread, ZeroMQ's I/O thread, the store's writer), within about 1% from run to run
-(the loop's rounds and the store's batches follow the requests' timing), whatever else the host
-does. It is not time (a cache miss costs no instruction), so it complements
+over 2,000 requests (the loop's rounds and the store's batches follow the requests' timing),
+whatever else the host does. It is not time (a cache miss costs no instruction), so it complements
 ``bench_paired.py``, it does not replace it.
 
 A daemon is started on the demo repository under ``valgrind --tool=callgrind
@@ -24,14 +24,17 @@ REV`` counts a daemon of that revision's code too (a git worktree, as ``bench_pa
 --baseline`` makes), and prints the differences. Under valgrind the daemon
 runs about 50 times slower; a run of 300 requests takes about a minute.
 
-Its requests then come 50 times less often, while the daemon batches by wall time: the policy's
-update takes what was held for at most 20 ms, the store's writer commits what came in its batch
-gap. Counted as they are, one or two executions per update and a few rows per transaction,
-where the live daemon batches eight and hundreds, put about 180k instructions of per-batch work
-into each request (630k outside the invoke, against 450k paced). So the daemon runs with its
-wall-time rules stretched ``--pace`` times (50 by default: ``bench/valgrind_pace`` stretches the
-bookkeeping's batch age and the store's batch gaps, and the configuration the inline rule's
-bounds and the store's flush interval); ``--pace 0`` counts with the clocks as they are.
+Its requests then come 50 times less often, while some of the daemon's rules count wall time:
+the inline rule's bounds (the tiny model's run, predicted past them under valgrind, was handed
+to the placement's thread where the live daemon runs it inline), the policy's batches (what was
+held for at most 20 ms: one or two executions, eight live) and the store's (a few rows per
+transaction, hundreds live). Counted as they are, a request cost 629k instructions outside the
+invoke over ipc, against 456k paced (AMD-3, 3b98515; stretched one at a time, the inline bounds
+took 127k, the policy's batches 78k, the store's 11k). So the daemon runs with those rules
+stretched ``--pace`` times (50 by default: ``bench/valgrind_pace`` says how, and the inline
+bounds stop at the configuration's maximum, 1,000 ms); ``--pace 0`` counts with the clocks as
+they are. Over 2,000 requests two runs of the same code agree within about 1%; over 600, up to
+2.5% (the store commits 256 rows at a time, and a run of 600 holds two or three commits).
 
 valgrind 3.19 does not know ``pidfd_open(2)``: the daemon runs there as on a kernel without it
 (docs/decisions.md, "Processes watched without pidfds"), so a baseline must be 26a4acd or later.
@@ -61,6 +64,7 @@ from dealers import connect, pinned_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 PACE = 50.0   # how many times slower the daemon runs under callgrind (its wall-time rules are stretched so)
+INLINE_MAX_MS = 1000.0   # the configuration's largest inline bound
 INVOKE = "InterpreterWrapper::Invoke(int)"
 # Where an instruction ran, by the object or source file callgrind names (first match).
 PLACES = (("LiteRT (the run, and its Python binding)", "litert"), ("ZeroMQ", "zmq"), ("msgpack", "msgpack"),
@@ -77,21 +81,25 @@ def count(pythonpath: str | None, transport: str, n: int, warmup: int, tmp: Path
     from adaptd.tools.launch import DaemonProcess
 
     out = tmp / f"{label}.callgrind"
+    mark = tmp / f"{label}.paced"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
     config: dict = {"placements": {"include": ["cpu:1"], "load": "eager"}}
     paths = [pythonpath] if pythonpath else []
     env = {}
     if pace:   # the daemon's wall-time rules at valgrind's pace (bench/valgrind_pace says which)
-        config["placements"] |= {key: getattr(PlacementsConfig, key) * pace
+        config["placements"] |= {key: min(getattr(PlacementsConfig, key) * pace, INLINE_MAX_MS)
                                  for key in ("inline_max_ms", "inline_sole_caller_max_ms")}
-        config["store"] = {"flush_interval_s": StoreConfig.flush_interval_s * pace}
+        config["store"] = {key: getattr(StoreConfig, key) * pace for key in ("flush_interval_s", "retention_interval_s")}
         paths.insert(0, str(ROOT / "bench" / "valgrind_pace"))
         env["ADAPTD_VALGRIND_PACE"] = str(pace)
+        env["ADAPTD_VALGRIND_PACE_MARK"] = str(mark)
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(paths)
     with DaemonProcess.start(ROOT / "demo-repo", tmp / label, config=config, env=env, wrapper=wrapper,
                              ready_timeout_s=900) as daemon:
+        if pace and not mark.exists():
+            raise SystemExit(f"the daemon's clocks were not stretched (bench/valgrind_pace failed): see {daemon.log_path}")
         conn = connect(daemon.local_endpoint if transport == "stream" else daemon.endpoint)
         requests = pinned_requests(conn, "digits", x, "float32", "cpu:1", new_headers, own_bounds)
 
@@ -176,7 +184,7 @@ def main() -> int:
     print(f"the tiny model, input inline, {args.transport}, a thin client, {args.requests} requests counted "
           f"after {args.warmup}" + (", each a header not seen before" if args.new_headers else "")
           + (", each with a latency bound of its own" if args.own_bounds else "")
-          + (f", the daemon's batching clocks stretched {args.pace:g}x" if args.pace else ", clocks as they are")
+          + (f", the daemon's wall-time rules stretched {args.pace:g}x" if args.pace else ", clocks as they are")
           + "; instructions per request")
     width = max(len(k) for k in results[0] if not k.startswith("_")) + 2
     print(f"{'':<{width}}" + "".join(f"{label.split(' (')[0][:18]:>20}" for label, _ in runs)
