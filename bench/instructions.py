@@ -161,7 +161,8 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="REV", help="also count a daemon of this git revision's code")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="copy the dumps there (for callgrind_annotate)")
     ap.add_argument("--pace", type=float, default=PACE,
-                    help="stretch the daemon's wall-time batching rules by this factor (0: leave them as they are)")
+                    help="stretch the daemon's wall-time rules (the inline bounds, the policy's and the store's "
+                         "batches) by this factor (0: leave them as they are)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if shutil.which(tool) is None:
