@@ -10,8 +10,9 @@ Contract
   within ``ready_timeout_s``.
 * :meth:`DaemonProcess.stop` sends SIGTERM and waits (the daemon drains); :meth:`kill` sends
   SIGKILL. The context manager stops the daemon on exit and never leaves it running. Either
-  removes ``runtime_dir`` once the daemon is gone, if it is empty (a daemon killed leaves its
-  sockets, and the directory with them).
+  removes ``runtime_dir`` once the daemon is gone: a daemon that exits removes its own sockets,
+  and for one a signal killed (by :meth:`kill` or from outside) the launcher removes the sockets
+  it named for it.
 * Not thread-safe: one owner per instance.
 """
 
@@ -205,8 +206,14 @@ class DaemonProcess:
         return code
 
     def _remove_runtime_dir(self) -> None:
-        """The runtime directory made for this daemon, once it is empty (a daemon that exits
-        removes its sockets; what one killed leaves is left for a look)."""
+        """The runtime directory made for this daemon, once the daemon is gone. A daemon that
+        exits removes its own sockets; one a signal killed cannot, so the launcher removes those
+        it named for it (sockets only: anything else keeps the directory)."""
+        if self.proc.returncode is not None and self.proc.returncode < 0:
+            for endpoint in (self.endpoint, self.pub_endpoint, self.admin_endpoint, self.local_endpoint):
+                path = Path(endpoint.split("://", 1)[1]) if endpoint and "://" in endpoint else None
+                if path is not None and path.parent == self.runtime_dir and path.is_socket():
+                    path.unlink(missing_ok=True)
         try:
             self.runtime_dir.rmdir()
         except OSError:
