@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,7 +267,10 @@ def serve_fails(tmp_path: Path, repo: Path, metrics: dict, prelude: str = "") ->
     (tmp_path / "adaptd.toml").write_text(to_toml(config))
     code = f"{prelude}\nimport sys\nfrom adaptd.cli.main import main\nsys.exit(main(['serve', '--config', " \
            f"{str(tmp_path / 'adaptd.toml')!r}]))"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)   # (made by the daemon before it gave up: not under tmp_path)
 
 
 @pytest.mark.slow
