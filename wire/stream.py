@@ -83,8 +83,9 @@ class TooLarge:
     envelope: tuple[bytes, ...] = ()
 
 
-def _nbytes(frame: Any) -> int:
-    n = getattr(frame, "nbytes", None)   # a memoryview, a numpy array
+def frame_nbytes(frame: Any) -> int:
+    """A frame's size in bytes: its ``nbytes`` (a memoryview, a numpy array), else its length."""
+    n = getattr(frame, "nbytes", None)
     return len(frame) if n is None else n
 
 
@@ -99,7 +100,7 @@ def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
     if not 1 <= n <= MAX_FRAMES:
         raise ValueError(f"a message has 1 to {MAX_FRAMES} frames, not {n}")
     lengths = [n]
-    for frame in frames:   # (_nbytes written out: a call a frame, on every reply's path)
+    for frame in frames:   # (frame_nbytes written out: a call a frame, on every reply's path)
         size = getattr(frame, "nbytes", None)
         lengths.append(len(frame) if size is None else size)
     prefix = struct.pack(f"<{n + 1}I", *lengths)
@@ -175,7 +176,7 @@ def unsent(buffers: Sequence[Any], sent: int) -> list[memoryview]:
         if rest:
             rest.append(memoryview(buf).cast("B"))
             continue
-        n = _nbytes(buf)
+        n = frame_nbytes(buf)
         if sent >= n:
             sent -= n
             continue

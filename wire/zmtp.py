@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adaptd.wire.protocol import SIGNATURE
-from adaptd.wire.stream import GROW_FROM, READ_BYTES, FramingError, TooLarge, fill_from
+from adaptd.wire.stream import GROW_FROM, READ_BYTES, FramingError, TooLarge, fill_from, frame_nbytes
 
 MAX_FRAMES = 1016        # a proxy's envelope, the delimiter, the signature, the header, 998 tensors
 PEER_TYPES = frozenset({b"DEALER", b"REQ", b"ROUTER"})   # what a ROUTER talks to (RFC 28)
@@ -104,7 +104,7 @@ def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
         out, total, first = [], 0, 0
     for i in range(first, last + 1):
         frame = frames[i]
-        n = len(frame) if type(frame) is bytes else _nbytes(frame)
+        n = len(frame) if type(frame) is bytes else frame_nbytes(frame)
         if n < 256:
             out.append((_SHORT_MORE if i < last else _SHORT_LAST)[n])
             total += 2 + n
@@ -114,11 +114,6 @@ def framed(frames: Sequence[Any]) -> tuple[list[Any], int]:
         if n:
             out.append(frame)
     return out, total
-
-
-def _nbytes(frame: Any) -> int:
-    n = getattr(frame, "nbytes", None)   # (an array, a memoryview: its bytes, not its length)
-    return len(frame) if n is None else n
 
 
 class ZmtpReader:
