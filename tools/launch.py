@@ -30,6 +30,7 @@ from typing import Any
 
 import zmq
 
+from adaptd.daemon.frontend import socket_path
 from adaptd.wire import protocol as proto
 
 
@@ -84,7 +85,7 @@ class DaemonProcess:
         self.pub_endpoint = pub_endpoint
         self.store_path = store_path
         self.log_path = log_path
-        self.runtime_dir = Path(endpoint[len("ipc://"):]).parent   # (made for this daemon: removed after it)
+        self.runtime_dir = socket_path(endpoint).parent   # (made for this daemon: removed after it)
 
     @classmethod
     def start(cls, repository: Path, workdir: Path, *, config: Mapping[str, Any] | None = None,
@@ -211,7 +212,7 @@ class DaemonProcess:
         it named for it (sockets only: anything else keeps the directory)."""
         if self.proc.returncode is not None and self.proc.returncode < 0:
             for endpoint in (self.endpoint, self.pub_endpoint, self.admin_endpoint, self.local_endpoint):
-                path = Path(endpoint.split("://", 1)[1]) if endpoint and "://" in endpoint else None
+                path = socket_path(endpoint) if endpoint else None
                 if path is not None and path.parent == self.runtime_dir and path.is_socket():
                     path.unlink(missing_ok=True)
         try:
