@@ -333,7 +333,7 @@ class OnlineCostModel:
         d = float(delta_ms)
         if not math.isfinite(d):
             raise ValueError(f"delta_ms must be finite, got {delta_ms!r}")
-        idx = np.flatnonzero(arms) if arms.dtype == bool else arms
+        idx = _arm_ids(arms)
         self.prior_latency_ms_[idx] += d
         self.prior_bounds_ms_[:, idx] += d
         fresh = idx[self.n_[idx] == 0]
@@ -350,7 +350,7 @@ class OnlineCostModel:
         d = float(delta_mj)
         if not math.isfinite(d):
             raise ValueError(f"delta_mj must be finite, got {delta_mj!r}")
-        idx = np.flatnonzero(arms) if arms.dtype == bool else arms
+        idx = _arm_ids(arms)
         self.prior_energy_shift_mj_[idx] += d
         fresh = idx[self.energy_n_[idx] == 0]
         if len(fresh):
@@ -443,6 +443,11 @@ def sample_error(sample: Sequence[Any]) -> str | None:
 def _quantile(values: np.ndarray, q: float) -> float:
     """Linear-interpolated quantile of a small 1-D array (numpy's default method), cheaply."""
     return _sorted_quantile(sorted(values.tolist()), q)
+
+
+def _arm_ids(arms: np.ndarray) -> np.ndarray:
+    """Arm ids from a boolean mask over every arm, or ids as they are."""
+    return np.flatnonzero(arms) if arms.dtype == bool else arms
 
 
 def _sorted_quantile(s: list[float], q: float) -> float:
