@@ -152,10 +152,8 @@ class StreamServer:
     def bind(self, endpoint: str) -> None:
         """Listen on a ``unix://`` endpoint (a local stream) or an ``ipc://`` one (ZMTP, for
         ZeroMQ's clients; not one in the abstract namespace)."""
-        path = stream_path(endpoint)
-        zmtp_peers = path is None
-        if zmtp_peers:
-            path = zmtp_path(endpoint)
+        zmtp_peers = (path := stream_path(endpoint)) is None
+        path = zmtp_path(endpoint) if zmtp_peers else path
         if path is None:
             raise ValueError(f"not a {SCHEME} or an {IPC_SCHEME} endpoint: {endpoint}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
